@@ -1,0 +1,6 @@
+//! cluster: the control plane. The manager keeps desired state in a durable store and serves
+//! the Docker Engine API subset; agents fetch their node's plan and apply it through netcore.
+
+pub mod images;
+pub mod lifecycle;
+pub mod paths;

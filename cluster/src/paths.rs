@@ -1,0 +1,88 @@
+//! Where a cluster keeps its files, and how its kernel objects are named. Every name starts
+//! with the cluster's own prefix so that parallel clusters never collide and teardown finds
+//! everything a cluster made.
+
+use std::path::PathBuf;
+
+pub const RUN_ROOT: &str = "/run/swarmkit";
+pub const STATE_ROOT: &str = "/var/lib/swarmkit";
+
+/// Cluster names become parts of namespace and file names; keep them short and plain.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid cluster name {name:?}: use 1-24 characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
+        ))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterPaths {
+    pub name: String,
+}
+
+impl ClusterPaths {
+    pub fn new(name: &str) -> Self {
+        ClusterPaths {
+            name: name.to_string(),
+        }
+    }
+    /// Runtime directory: sockets, logs, per-task files. Gone after `cluster down`.
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(RUN_ROOT).join(&self.name)
+    }
+    /// Durable state: the manager's store and the cluster's description.
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(STATE_ROOT).join(&self.name)
+    }
+    pub fn manager_socket(&self) -> PathBuf {
+        self.run_dir().join("manager.sock")
+    }
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.manager_socket().display())
+    }
+    pub fn store(&self) -> PathBuf {
+        self.state_dir().join("state.redb")
+    }
+    pub fn info_file(&self) -> PathBuf {
+        self.state_dir().join("cluster.json")
+    }
+    /// Prefix of every network namespace this cluster owns. The '.' cannot occur in a
+    /// cluster name, so cluster "a" never matches cluster "a-b".
+    pub fn ns_prefix(&self) -> String {
+        format!("sk-{}.", self.name)
+    }
+    pub fn underlay_ns(&self) -> String {
+        format!("{}underlay", self.ns_prefix())
+    }
+    pub fn node_ns(&self, hostname: &str) -> String {
+        format!("{}{hostname}", self.ns_prefix())
+    }
+    pub fn sandbox_ns(&self, hostname: &str, network_id: &str) -> String {
+        format!("{}{hostname}.1-{}", self.ns_prefix(), &network_id[..10.min(network_id.len())])
+    }
+    pub fn ingress_sbox_ns(&self, hostname: &str) -> String {
+        format!("{}{hostname}.ingress_sbox", self.ns_prefix())
+    }
+    pub fn task_ns(&self, task_id: &str) -> String {
+        format!("{}t-{}", self.ns_prefix(), &task_id[..12.min(task_id.len())])
+    }
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.run_dir().join("tasks").join(task_id)
+    }
+    pub fn log_file(&self, process: &str) -> PathBuf {
+        self.run_dir().join(format!("{process}.log"))
+    }
+}
+
+/// Environment variable carried by every process a cluster starts, so teardown can find
+/// them by reading /proc even after a crash lost the pid files.
+pub const OWNER_ENV: &str = "SWARMKIT_OWNER";

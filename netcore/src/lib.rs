@@ -1,0 +1,5 @@
+//! netcore: the node-local dataplane. Everything here programs one node's kernel state
+//! (inside network namespaces) declaratively: callers describe what should exist and each
+//! module reconciles the kernel towards it, so applying twice is harmless.
+
+pub mod netns;

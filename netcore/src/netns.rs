@@ -1,0 +1,234 @@
+//! Named network namespaces, bound under `/run/netns` the way `ip netns` does, so that
+//! `ip netns exec` and cleanup by prefix both find them.
+//!
+//! `setns` only moves the calling thread, and tokio tasks hop between worker threads, so every
+//! operation that must run inside a namespace runs on a short-lived dedicated OS thread.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetNsError {
+    #[error("network namespace {name}: {op}: {source}")]
+    Sys {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network namespace {0} does not exist")]
+    Missing(String),
+    #[error("thread running inside network namespace {0} panicked")]
+    Panicked(String),
+}
+
+type Result<T> = std::result::Result<T, NetNsError>;
+
+/// An open handle on a network namespace. Holding it keeps the namespace alive even after its
+/// name is removed.
+#[derive(Clone, Debug)]
+pub struct NetNs {
+    name: String,
+    file: Arc<File>,
+}
+
+fn sys<'a>(name: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> NetNsError + 'a {
+    move |source| NetNsError::Sys {
+        name: name.to_string(),
+        op,
+        source,
+    }
+}
+
+fn errno(e: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+impl NetNs {
+    /// Creates the named namespace, or opens it if it already exists (idempotent).
+    pub fn create(name: &str) -> Result<NetNs> {
+        let path = path_of(name);
+        if let Ok(ns) = Self::open(name) {
+            return Ok(ns);
+        }
+        std::fs::create_dir_all(NETNS_RUN_DIR).map_err(sys(name, "create /run/netns"))?;
+        File::create(&path).map_err(sys(name, "create mount point"))?;
+        let bind_path = path.clone();
+        let made = std::thread::spawn(move || -> std::io::Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(errno)?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &bind_path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(errno)
+        })
+        .join()
+        .map_err(|_| NetNsError::Panicked(name.to_string()))?;
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(sys(name, "unshare and bind")(e));
+        }
+        Self::open(name)
+    }
+
+    /// Opens an existing named namespace.
+    pub fn open(name: &str) -> Result<NetNs> {
+        let path = path_of(name);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetNsError::Missing(name.to_string())
+            } else {
+                sys(name, "open")(e)
+            }
+        })?;
+        // An unmounted placeholder file is not a namespace.
+        let st = nix::sys::statfs::fstatfs(&file).map_err(|e| sys(name, "statfs")(errno(e)))?;
+        if st.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+            return Err(NetNsError::Missing(name.to_string()));
+        }
+        Ok(NetNs {
+            name: name.to_string(),
+            file: Arc::new(file),
+        })
+    }
+
+    /// The network namespace of a running process (unnamed).
+    pub fn of_pid(pid: u32) -> Result<NetNs> {
+        let label = format!("pid {pid}");
+        let file = File::open(format!("/proc/{pid}/ns/net")).map_err(sys(&label, "open"))?;
+        Ok(NetNs {
+            name: label,
+            file: Arc::new(file),
+        })
+    }
+
+    /// Removes the name; the namespace disappears once no process or handle holds it.
+    /// Missing namespaces are not an error, so teardown can be repeated.
+    pub fn delete(name: &str) -> Result<()> {
+        let path = path_of(name);
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(sys(name, "unmount")(errno(e))),
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(sys(name, "remove")(e)),
+        }
+    }
+
+    /// Names under /run/netns that start with `prefix`.
+    pub fn list_with_prefix(prefix: &str) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Runs `f` on a dedicated thread that has entered this namespace.
+    pub fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce() -> T + Send,
+    {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| sys(&self.name, "setns")(errno(e)))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| NetNsError::Panicked(self.name.clone()))?
+        })
+    }
+
+    /// An rtnetlink handle whose socket lives in this namespace. The connection task is spawned
+    /// on the current tokio runtime; the handle can then be used from any thread.
+    pub fn netlink(&self) -> Result<rtnetlink::Handle> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = self
+            .run(|| {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(sys(&self.name, "netlink socket"))?;
+        rt.spawn(conn);
+        Ok(handle)
+    }
+
+    /// Writes a sysctl as seen from inside this namespace (e.g. `net/ipv4/ip_forward`).
+    pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{key}");
+        self.run(|| std::fs::write(&path, value))?
+            .map_err(sys(&self.name, "write sysctl"))
+    }
+}
+
+/// For `pre_exec`: moves the forked child into the namespace behind `fd`.
+/// Only async-signal-safe calls happen here.
+pub fn enter_raw(fd: RawFd, nstype: CloneFlags) -> std::io::Result<()> {
+    // SAFETY: the caller keeps `fd` open until after exec.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    setns(fd, nstype).map_err(errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn create_run_delete() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let name = format!("sktest-netns-{}", std::process::id());
+        let ns = NetNs::create(&name).expect("create");
+        assert!(NetNs::create(&name).is_ok(), "create is idempotent");
+        let inside = ns
+            .run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap())
+            .unwrap();
+        let outside = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        assert_ne!(inside, outside);
+        assert_eq!(NetNs::list_with_prefix(&name), vec![name.clone()]);
+        NetNs::delete(&name).unwrap();
+        NetNs::delete(&name).unwrap();
+        assert!(matches!(NetNs::open(&name), Err(NetNsError::Missing(_))));
+    }
+}
