@@ -1,0 +1,230 @@
+//! The manager's records: desired state written by the API, observed state reported by agents.
+//! Bollard's models are the wire shapes; these are what the store keeps.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use bollard::models::ServiceSpec;
+use chrono::{DateTime, Utc};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub type Time = DateTime<Utc>;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub created: Time,
+    pub version: u64,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub vni: u32,
+    pub attachable: bool,
+    pub ingress: bool,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    Ingress,
+    Host,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Port {
+    pub protocol: Protocol,
+    pub target: u16,
+    pub published: u16,
+    pub mode: PublishMode,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vip {
+    pub network_id: String,
+    pub addr: Ipv4Net,
+    /// Firewall mark keying this VIP's virtual service in IPVS; stable for the VIP's life.
+    pub fwmark: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    pub id: String,
+    pub name: String,
+    pub created: Time,
+    pub updated: Time,
+    pub version: u64,
+    /// Exactly what the client sent (docker reads it back on update).
+    pub spec: ServiceSpec,
+    pub previous_spec: Option<ServiceSpec>,
+    /// Bumped when a change to the spec requires replacing tasks.
+    pub spec_generation: u64,
+    pub endpoint_mode: EndpointMode,
+    pub ports: Vec<Port>,
+    pub vips: Vec<Vip>,
+}
+
+impl Service {
+    pub fn replicas(&self) -> u64 {
+        self.spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas)
+            .unwrap_or(1)
+            .max(0) as u64
+    }
+
+    pub fn image(&self) -> String {
+        self.spec
+            .task_template
+            .as_ref()
+            .and_then(|t| t.container_spec.as_ref())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    }
+
+    /// Networks the service's tasks join, by ID, in spec order (ingress first when publishing).
+    pub fn network_ids(&self) -> Vec<String> {
+        self.vips.iter().map(|v| v.network_id.clone()).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    New,
+    Pending,
+    Assigned,
+    Accepted,
+    Preparing,
+    Starting,
+    Running,
+    Complete,
+    Shutdown,
+    Failed,
+    Rejected,
+    Orphaned,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub state: TaskState,
+    pub timestamp: Time,
+    pub message: String,
+    pub err: Option<String>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub network_id: String,
+    pub addr: Ipv4Net,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    pub id: String,
+    pub service_id: String,
+    pub slot: u64,
+    pub node_id: String,
+    pub created: Time,
+    pub updated: Time,
+    pub version: u64,
+    /// `Running` while the task should run; `Shutdown` once it should stop.
+    pub desired: TaskState,
+    pub status: TaskStatus,
+    pub attachments: Vec<Attachment>,
+    pub spec_generation: u64,
+    /// Restart back-off: the agent starts the task no earlier than this.
+    pub start_after: Option<Time>,
+    /// Store version at which the task was taken out of every load balancer. The task keeps
+    /// running until every node has applied that version, so no new connection lands on it
+    /// while it dies.
+    pub drain_version: Option<u64>,
+    /// Store version at which the agent reported it running; it counts as running for clients
+    /// once every node has applied that version (it is then reachable through the LB).
+    pub running_version: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Ready,
+    Down,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    pub addr: Ipv4Addr,
+    pub created: Time,
+    pub updated: Time,
+    pub version: u64,
+    pub state: NodeState,
+    pub leader: bool,
+    pub lb_driver: String,
+    pub kernel: String,
+    /// This node's address on the ingress network (its ingress sandbox).
+    pub ingress_addr: Ipv4Net,
+}
+
+/// Cluster-wide facts fixed at creation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub cluster_id: String,
+    pub cluster_name: String,
+    pub created: Option<Time>,
+    /// IDs of docker's local default networks (bridge, docker_gwbridge, host, none).
+    pub local_networks: BTreeMap<String, String>,
+    pub next_fwmark: u32,
+}

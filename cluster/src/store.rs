@@ -1,0 +1,313 @@
+//! The manager's durable, transactional store.
+//!
+//! Reads come from an in-memory snapshot (persistent maps, so cloning one is O(1)); every write
+//! runs as a closure on a draft of that snapshot under one lock, and only if the closure
+//! succeeds are the objects it touched written to redb in one durable transaction and the draft
+//! published. A failed closure changes nothing, and concurrent writers are serialised, so no
+//! update is ever lost or half-applied.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use imbl::OrdMap;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::model::{Meta, Network, Node, Service, Task};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("state store write failed: {0}")]
+    Write(String),
+    #[error("state store holds an unreadable {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Network,
+    Service,
+    Task,
+    Node,
+    Meta,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Network => "network/",
+            Kind::Service => "service/",
+            Kind::Task => "task/",
+            Kind::Node => "node/",
+            Kind::Meta => "meta",
+        }
+    }
+}
+
+/// One consistent view of the whole desired and observed state.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub version: u64,
+    pub meta: Meta,
+    pub networks: OrdMap<String, Network>,
+    pub services: OrdMap<String, Service>,
+    pub tasks: OrdMap<String, Task>,
+    pub nodes: OrdMap<String, Node>,
+    dirty: Vec<(Kind, String)>,
+}
+
+impl State {
+    pub fn put_network(&mut self, mut n: Network) {
+        n.version = self.version;
+        self.dirty.push((Kind::Network, n.id.clone()));
+        self.networks.insert(n.id.clone(), n);
+    }
+    pub fn remove_network(&mut self, id: &str) {
+        self.dirty.push((Kind::Network, id.to_string()));
+        self.networks.remove(id);
+    }
+    pub fn put_service(&mut self, mut s: Service) {
+        s.version = self.version;
+        self.dirty.push((Kind::Service, s.id.clone()));
+        self.services.insert(s.id.clone(), s);
+    }
+    pub fn remove_service(&mut self, id: &str) {
+        self.dirty.push((Kind::Service, id.to_string()));
+        self.services.remove(id);
+    }
+    pub fn put_task(&mut self, mut t: Task) {
+        t.version = self.version;
+        self.dirty.push((Kind::Task, t.id.clone()));
+        self.tasks.insert(t.id.clone(), t);
+    }
+    pub fn remove_task(&mut self, id: &str) {
+        self.dirty.push((Kind::Task, id.to_string()));
+        self.tasks.remove(id);
+    }
+    pub fn put_node(&mut self, mut n: Node) {
+        n.version = self.version;
+        self.dirty.push((Kind::Node, n.id.clone()));
+        self.nodes.insert(n.id.clone(), n);
+    }
+    pub fn put_meta(&mut self, meta: Meta) {
+        self.dirty.push((Kind::Meta, String::new()));
+        self.meta = meta;
+    }
+
+    fn encoded(&self, kind: Kind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        fn enc<T: Serialize>(v: Option<&T>) -> Result<Option<Vec<u8>>, StoreError> {
+            v.map(|v| serde_json::to_vec(v).map_err(|e| StoreError::Write(e.to_string())))
+                .transpose()
+        }
+        match kind {
+            Kind::Network => enc(self.networks.get(id)),
+            Kind::Service => enc(self.services.get(id)),
+            Kind::Task => enc(self.tasks.get(id)),
+            Kind::Node => enc(self.nodes.get(id)),
+            Kind::Meta => enc(Some(&(self.version, &self.meta))),
+        }
+    }
+}
+
+pub struct Store {
+    db: Database,
+    current: RwLock<Arc<State>>,
+    write_lock: Mutex<()>,
+    changed: watch::Sender<u64>,
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |message: String| StoreError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let mut state = State::default();
+        {
+            let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
+            txn.open_table(OBJECTS).map_err(|e| err(e.to_string()))?;
+            txn.commit().map_err(|e| err(e.to_string()))?;
+        }
+        let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = txn.open_table(OBJECTS).map_err(|e| err(e.to_string()))?;
+        for row in table.iter().map_err(|e| err(e.to_string()))? {
+            let (k, v) = row.map_err(|e| err(e.to_string()))?;
+            let (key, bytes) = (k.value(), v.value());
+            if key == Kind::Meta.prefix() {
+                let (version, meta): (u64, Meta) = decode(key, bytes)?;
+                state.version = version;
+                state.meta = meta;
+            } else if let Some(id) = key.strip_prefix(Kind::Network.prefix()) {
+                state.networks.insert(id.to_string(), decode(key, bytes)?);
+            } else if let Some(id) = key.strip_prefix(Kind::Service.prefix()) {
+                state.services.insert(id.to_string(), decode(key, bytes)?);
+            } else if let Some(id) = key.strip_prefix(Kind::Task.prefix()) {
+                state.tasks.insert(id.to_string(), decode(key, bytes)?);
+            } else if let Some(id) = key.strip_prefix(Kind::Node.prefix()) {
+                state.nodes.insert(id.to_string(), decode(key, bytes)?);
+            }
+        }
+        let version = state.version;
+        Ok(Store {
+            db,
+            current: RwLock::new(Arc::new(state)),
+            write_lock: Mutex::new(()),
+            changed: watch::channel(version).0,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<State> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Notified with the new version after every committed change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Runs `f` on a draft of the state; commits durably only if it returns Ok and changed
+    /// something. `E` must absorb store failures.
+    pub fn update<T, E>(&self, f: impl FnOnce(&mut State) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _serialised = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut draft = (*self.snapshot()).clone();
+        draft.version += 1;
+        draft.dirty.clear();
+        let out = f(&mut draft)?;
+        if draft.dirty.is_empty() {
+            return Ok(out);
+        }
+        draft.dirty.push((Kind::Meta, String::new()));
+        draft.dirty.sort();
+        draft.dirty.dedup();
+        self.persist(&draft)?;
+        draft.dirty.clear();
+        let version = draft.version;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(draft);
+        self.changed.send_replace(version);
+        Ok(out)
+    }
+
+    fn persist(&self, draft: &State) -> Result<(), StoreError> {
+        let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+        let txn = self.db.begin_write().map_err(|e| w(&e))?;
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
+            for (kind, id) in &draft.dirty {
+                let key = format!("{}{}", kind.prefix(), id);
+                match draft.encoded(*kind, id)? {
+                    Some(bytes) => {
+                        table.insert(key.as_str(), bytes.as_slice()).map_err(|e| w(&e))?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(|e| w(&e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| w(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Meta;
+
+    #[derive(Debug)]
+    struct Refused;
+    impl From<StoreError> for Refused {
+        fn from(_: StoreError) -> Self {
+            Refused
+        }
+    }
+
+    fn temp_path(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("swarmkit-store-{tag}-{}.redb", std::process::id()))
+    }
+
+    #[test]
+    fn failed_update_changes_nothing_and_state_survives_reopen() {
+        let path = temp_path("reopen");
+        let _ = std::fs::remove_file(&path);
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .update(|s| {
+                    let mut m = Meta::default();
+                    m.cluster_name = "c1".into();
+                    s.put_meta(m);
+                    Ok::<_, Refused>(())
+                })
+                .unwrap();
+            let before = store.snapshot().version;
+            let r = store.update(|s| {
+                let mut m = s.meta.clone();
+                m.cluster_name = "changed".into();
+                s.put_meta(m);
+                Err::<(), _>(Refused)
+            });
+            assert!(r.is_err());
+            assert_eq!(store.snapshot().version, before);
+            assert_eq!(store.snapshot().meta.cluster_name, "c1");
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.snapshot().meta.cluster_name, "c1");
+        assert_eq!(store.snapshot().version, 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn concurrent_writers_never_lose_an_update() {
+        let path = temp_path("concurrent");
+        let _ = std::fs::remove_file(&path);
+        let store = Arc::new(Store::open(&path).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        store
+                            .update(|s| {
+                                let mut m = s.meta.clone();
+                                m.next_fwmark += 1;
+                                s.put_meta(m);
+                                Ok::<_, Refused>(())
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.snapshot().meta.next_fwmark, 80);
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().snapshot().meta.next_fwmark, 80);
+        let _ = std::fs::remove_file(&path);
+    }
+}
