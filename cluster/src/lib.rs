@@ -7,3 +7,6 @@ pub mod lifecycle;
 pub mod model;
 pub mod paths;
 pub mod store;
+pub mod ipam;
+pub mod orchestrator;
+pub mod plan;
