@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cluster::images::{Builtin, TaskContext, serve_on};
+use cluster::images::{
+    BUILTIN, Builtin, ImageError, TaskContext, canonical, es_cluster_uuid, es_node_name, resolve,
+    serve_on, unknown_image_error,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ctx(id: &str) -> TaskContext {
@@ -141,4 +144,59 @@ async fn postgres_accepts_and_declines_tls() {
         .unwrap()
         .unwrap();
     assert_eq!(&reply, b"N");
+}
+
+#[test]
+fn resolves_references() {
+    for img in [
+        "drupal",
+        "drupal:latest",
+        "library/drupal",
+        "docker.io/library/drupal:9",
+        "index.docker.io/library/drupal@sha256:abcd",
+    ] {
+        assert_eq!(resolve(img), Some(Builtin::Drupal), "{img}");
+    }
+    assert_eq!(resolve("elasticsearch:2"), Some(Builtin::Elasticsearch));
+    assert_eq!(resolve("postgres:13-alpine"), Some(Builtin::Postgres));
+    assert_eq!(resolve("traefik/whoami:v1.10"), Some(Builtin::Whoami));
+    assert_eq!(resolve("nginx"), None);
+    assert_eq!(resolve("example.com/drupal"), None);
+    assert_eq!(resolve("someone/drupal"), None);
+}
+
+#[test]
+fn canonical_forms() {
+    assert_eq!(canonical("postgres"), "postgres:latest");
+    assert_eq!(canonical("elasticsearch:2"), "elasticsearch:2");
+    assert_eq!(canonical("docker.io/library/drupal"), "drupal:latest");
+    assert_eq!(canonical("drupal:9@sha256:ab"), "drupal:9");
+    assert_eq!(canonical("localhost:5000/app"), "localhost:5000/app:latest");
+    assert_eq!(canonical("traefik/whoami"), "traefik/whoami:latest");
+}
+
+#[test]
+fn unknown_image_names_the_builtins() {
+    let msg = unknown_image_error("nginx");
+    assert!(msg.contains("nginx:latest"), "{msg}");
+    for b in BUILTIN {
+        assert!(msg.contains(b), "{msg}");
+    }
+    assert_eq!(ImageError::Unknown("nginx".into()).to_string(), msg);
+}
+
+#[test]
+fn es_identity_is_stable_and_spread() {
+    let uuid = es_cluster_uuid("defhxc6ybd3w0000000000000");
+    assert_eq!(uuid.len(), 22);
+    assert!(
+        uuid.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+    assert_eq!(uuid, es_cluster_uuid("defhxc6ybd3w0000000000000"));
+    assert_ne!(uuid, es_cluster_uuid("defhxc6ybd3w0000000000001"));
+    let names: std::collections::HashSet<_> = (0..20)
+        .map(|i| es_node_name(&format!("task{i:021}")))
+        .collect();
+    assert!(names.len() > 10, "names spread: {names:?}");
 }
