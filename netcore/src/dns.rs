@@ -197,6 +197,8 @@ impl Resolver {
     }
 
     async fn serve_tcp(self: Arc<Self>, scope: String, listener: tokio::net::TcpListener) {
+        // Owned here so that aborting the accept loop also ends its open connections.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             let (conn, _) = match listener.accept().await {
                 Ok(c) => c,
@@ -206,8 +208,9 @@ impl Resolver {
                     continue;
                 }
             };
+            while conns.try_join_next().is_some() {}
             let (me, scope) = (Arc::clone(&self), scope.clone());
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let _ = tokio::time::timeout(TCP_IDLE * 6, me.serve_conn(&scope, conn)).await;
             });
         }
