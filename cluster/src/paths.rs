@@ -14,7 +14,10 @@ pub fn validate_cluster_name(name: &str) -> Result<(), String> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -67,13 +70,21 @@ impl ClusterPaths {
         format!("{}{hostname}", self.ns_prefix())
     }
     pub fn sandbox_ns(&self, hostname: &str, network_id: &str) -> String {
-        format!("{}{hostname}.1-{}", self.ns_prefix(), &network_id[..10.min(network_id.len())])
+        format!(
+            "{}{hostname}.1-{}",
+            self.ns_prefix(),
+            &network_id[..10.min(network_id.len())]
+        )
     }
     pub fn ingress_sbox_ns(&self, hostname: &str) -> String {
         format!("{}{hostname}.ingress_sbox", self.ns_prefix())
     }
     pub fn task_ns(&self, task_id: &str) -> String {
-        format!("{}t-{}", self.ns_prefix(), &task_id[..12.min(task_id.len())])
+        format!(
+            "{}t-{}",
+            self.ns_prefix(),
+            &task_id[..12.min(task_id.len())]
+        )
     }
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.run_dir().join("tasks").join(task_id)

@@ -2,4 +2,5 @@
 //! (inside network namespaces) declaratively: callers describe what should exist and each
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
+pub mod dns;
 pub mod netns;

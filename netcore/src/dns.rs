@@ -1,0 +1,470 @@
+//! Embedded DNS, like Docker's 127.0.0.11 resolver: one resolver per agent answers for every
+//! task on the node. Each task (a "scope") sees only the names its networks give it; views are
+//! plain maps replaced wholesale on every plan change (the aardvark-dns pattern), so the query
+//! path only takes a read lock and never waits on the control plane.
+//!
+//! The listening sockets are created inside each task's network namespace on a thread that has
+//! entered it, then handed to the agent's tokio runtime: a socket keeps the namespace it was
+//! created in, so one process can serve many namespaces.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+use crate::netns::{NetNs, NetNsError};
+
+/// Where the resolver listens inside every task namespace, as in Docker.
+pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+pub const VIP_TTL: u32 = 600;
+/// Idle TCP clients are dropped after this, so a stuck client cannot pin a task.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Classic DNS UDP limit, used when the client sent no EDNS.
+const UDP_PLAIN_MAX: usize = 512;
+/// What we advertise and honour over EDNS (the DNS flag day 2020 value).
+const UDP_EDNS_MAX: u16 = 1232;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("dns: {0}")]
+    Namespace(#[from] NetNsError),
+    #[error("dns: bind {proto} {addr} in namespace {ns}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        ns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dns: register {proto} socket of namespace {ns} with tokio: {source}")]
+    Register {
+        proto: &'static str,
+        ns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dns: serve_in must be called from within a tokio runtime")]
+    NoRuntime,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Answer {
+    pub ips: Vec<Ipv4Addr>,
+    /// dnsrr services and `tasks.NAME`: rotate the order on every answer.
+    pub rotate: bool,
+}
+
+/// What one task can resolve. Keys are lower-case without a trailing dot ("search",
+/// "tasks.search").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    pub names: HashMap<String, Answer>,
+}
+
+struct Entry {
+    answer: Answer,
+    /// Next rotation offset; carried across view swaps so a plan change does not restart it.
+    turn: AtomicUsize,
+}
+
+type Scope = HashMap<String, Entry>;
+
+pub struct Resolver {
+    scopes: RwLock<HashMap<String, Arc<Scope>>>,
+}
+
+/// Stops serving when dropped or aborted.
+pub struct ServeHandle {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServeHandle {
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ServeHandle {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+impl Resolver {
+    pub fn new() -> Arc<Resolver> {
+        Arc::new(Resolver {
+            scopes: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Replace what `scope` (a task id) can see. Cheap; called on every plan change.
+    pub fn set_view(&self, scope: &str, view: View) {
+        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        let old = scopes.get(scope);
+        let fresh: Scope = view
+            .names
+            .into_iter()
+            .map(|(name, answer)| {
+                let name = normalize(&name);
+                let turn = old
+                    .and_then(|o| o.get(&name))
+                    .map_or(0, |e| e.turn.load(Ordering::Relaxed));
+                let entry = Entry {
+                    answer,
+                    turn: AtomicUsize::new(turn),
+                };
+                (name, entry)
+            })
+            .collect();
+        scopes.insert(scope.to_string(), Arc::new(fresh));
+    }
+
+    pub fn remove(&self, scope: &str) {
+        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        scopes.remove(scope);
+    }
+
+    fn scope(&self, scope: &str) -> Option<Arc<Scope>> {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes.get(scope).cloned()
+    }
+
+    /// Bind 127.0.0.11:53 (UDP and TCP) inside `ns` and answer queries there from `scope`'s
+    /// view. The namespace needs `lo` up. Dropping/aborting the returned handle stops serving.
+    pub fn serve_in(self: &Arc<Self>, scope: &str, ns: &NetNs) -> Result<ServeHandle, DnsError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| DnsError::NoRuntime)?;
+        let addr = SocketAddr::from((RESOLVER_ADDR, 53));
+        let bind_err = |proto| {
+            let ns = ns.name().to_string();
+            move |source| DnsError::Bind {
+                proto,
+                addr,
+                ns,
+                source,
+            }
+        };
+        let (udp, tcp) = ns.run(|| {
+            let udp = std::net::UdpSocket::bind(addr).map_err(bind_err("udp"))?;
+            let tcp = std::net::TcpListener::bind(addr).map_err(bind_err("tcp"))?;
+            Ok::<_, DnsError>((udp, tcp))
+        })??;
+        let reg_err = |proto| {
+            let ns = ns.name().to_string();
+            move |source| DnsError::Register { proto, ns, source }
+        };
+        udp.set_nonblocking(true).map_err(reg_err("udp"))?;
+        tcp.set_nonblocking(true).map_err(reg_err("tcp"))?;
+        let _guard = rt.enter();
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(reg_err("udp"))?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).map_err(reg_err("tcp"))?;
+        let (r1, r2) = (Arc::clone(self), Arc::clone(self));
+        let (s1, s2) = (scope.to_string(), scope.to_string());
+        Ok(ServeHandle {
+            tasks: vec![
+                rt.spawn(async move { r1.serve_udp(&s1, udp).await }),
+                rt.spawn(async move { r2.serve_tcp(s2, tcp).await }),
+            ],
+        })
+    }
+
+    async fn serve_udp(&self, scope: &str, sock: tokio::net::UdpSocket) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, peer) = match sock.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here; they do not end the socket.
+                    tracing::debug!(scope, error = %e, "dns udp recv");
+                    continue;
+                }
+            };
+            let Some(reply) = self.answer(scope, &buf[..n], Transport::Udp) else {
+                continue;
+            };
+            if let Err(e) = sock.send_to(&reply, peer).await {
+                tracing::debug!(scope, %peer, error = %e, "dns udp send");
+            }
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, scope: String, listener: tokio::net::TcpListener) {
+        // Owned here so that aborting the accept loop also ends its open connections.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (conn, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(scope, error = %e, "dns tcp accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            while conns.try_join_next().is_some() {}
+            let (me, scope) = (Arc::clone(&self), scope.clone());
+            conns.spawn(async move {
+                let _ = tokio::time::timeout(TCP_IDLE * 6, me.serve_conn(&scope, conn)).await;
+            });
+        }
+    }
+
+    /// RFC 1035 4.2.2 framing: each message is preceded by its 16-bit length.
+    async fn serve_conn(
+        &self,
+        scope: &str,
+        mut conn: tokio::net::TcpStream,
+    ) -> std::io::Result<()> {
+        loop {
+            let mut len = [0u8; 2];
+            match tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => return Ok(()),
+            }
+            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+            tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut msg))
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??;
+            let Some(reply) = self.answer(scope, &msg, Transport::Tcp) else {
+                return Ok(());
+            };
+            let Ok(n) = u16::try_from(reply.len()) else {
+                return Ok(());
+            };
+            let mut out = Vec::with_capacity(reply.len() + 2);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&reply);
+            conn.write_all(&out).await?;
+        }
+    }
+
+    /// The wire reply to one wire query, or None when the packet is too short to even carry an
+    /// id (nothing sensible can be sent back).
+    pub fn answer(&self, scope: &str, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let reply = match Message::from_vec(query) {
+            Ok(req) if req.metadata.message_type == MessageType::Query => {
+                self.respond(scope, &req, transport)
+            }
+            Ok(_) => return None,
+            Err(_) => formerr(query)?,
+        };
+        reply.to_vec().ok()
+    }
+
+    fn respond(&self, scope: &str, req: &Message, transport: Transport) -> Message {
+        let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+        resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        // glibc ignores answers without RA from a server it treats as recursive.
+        resp.metadata.recursion_available = true;
+        resp.metadata.authoritative = true;
+        resp.queries = req.queries.clone();
+        if req.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(UDP_EDNS_MAX);
+            resp.edns = Some(edns);
+        }
+        if req.metadata.op_code != OpCode::Query {
+            resp.metadata.response_code = ResponseCode::NotImp;
+            return resp;
+        }
+        let [q] = req.queries.as_slice() else {
+            resp.metadata.response_code = ResponseCode::FormErr;
+            return resp;
+        };
+        let name = normalize(&q.name().to_ascii());
+        let entry_scope = self.scope(scope);
+        let Some(entry) = entry_scope.as_ref().and_then(|s| s.get(&name)) else {
+            resp.metadata.response_code = ResponseCode::NXDomain;
+            return resp;
+        };
+        let wants_a = matches!(q.query_type(), RecordType::A | RecordType::ANY);
+        if !wants_a || q.query_class() != DNSClass::IN {
+            return resp;
+        }
+        let ips = &entry.answer.ips;
+        let (ttl, start) = if entry.answer.rotate && !ips.is_empty() {
+            (0, entry.turn.fetch_add(1, Ordering::Relaxed) % ips.len())
+        } else {
+            (VIP_TTL, 0)
+        };
+        for ip in ips[start..].iter().chain(&ips[..start]) {
+            let rec = Record::from_rdata(q.name().clone(), ttl, RData::A(A(*ip)));
+            resp.add_answer(rec);
+        }
+        if let Transport::Udp = transport {
+            let limit = req.edns.as_ref().map_or(UDP_PLAIN_MAX, |e| {
+                e.max_payload().min(UDP_EDNS_MAX) as usize
+            });
+            if resp.to_vec().map_or(0, |v| v.len()) > limit {
+                // The client retries over TCP, where the whole set fits.
+                resp = resp.truncate();
+            }
+        }
+        resp
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Lower-case and without the root dot, the form view keys use.
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A FORMERR reply for a packet that does not parse, echoing its id and opcode.
+fn formerr(query: &[u8]) -> Option<Message> {
+    let [hi, lo, flags, ..] = *query else {
+        return None;
+    };
+    // A packet with QR set is itself a response; answering it could start a loop.
+    if flags & 0x80 != 0 {
+        return None;
+    }
+    let op = OpCode::from_u8((flags >> 3) & 0x0f);
+    let mut resp = Message::error_msg(u16::from_be_bytes([hi, lo]), op, ResponseCode::FormErr);
+    resp.metadata.recursion_available = true;
+    Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn resolver() -> Arc<Resolver> {
+        let r = Resolver::new();
+        let mut names = HashMap::new();
+        let vip = Answer {
+            ips: vec![Ipv4Addr::new(10, 0, 0, 5)],
+            rotate: false,
+        };
+        let tasks = Answer {
+            ips: (6..9).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect(),
+            rotate: true,
+        };
+        names.insert("search".to_string(), vip);
+        names.insert("Tasks.Search".to_string(), tasks);
+        r.set_view("t1", View { names });
+        r
+    }
+
+    fn ask(r: &Resolver, scope: &str, name: &str, ty: RecordType) -> Message {
+        let mut q = Message::query();
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+        let wire = r
+            .answer(scope, &q.to_vec().unwrap(), Transport::Udp)
+            .unwrap();
+        let resp = Message::from_vec(&wire).unwrap();
+        assert_eq!(resp.metadata.id, q.metadata.id);
+        assert!(resp.metadata.recursion_available);
+        resp
+    }
+
+    fn ips(m: &Message) -> Vec<Ipv4Addr> {
+        m.answers
+            .iter()
+            .filter_map(|r| match r.data {
+                RData::A(A(ip)) => Some(ip),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn vip_answers_case_insensitive_with_ttl() {
+        let r = resolver();
+        for name in ["search", "search.", "SEARCH."] {
+            let m = ask(&r, "t1", name, RecordType::A);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(ips(&m), vec![Ipv4Addr::new(10, 0, 0, 5)]);
+            assert_eq!(m.answers[0].ttl, VIP_TTL);
+        }
+    }
+
+    #[test]
+    fn rotating_names_rotate_with_zero_ttl() {
+        let r = resolver();
+        let a = ips(&ask(&r, "t1", "tasks.search", RecordType::A));
+        let b = ips(&ask(&r, "t1", "tasks.search", RecordType::A));
+        assert_eq!(a.len(), 3);
+        assert_ne!(a, b);
+        let mut rot = a.clone();
+        rot.rotate_left(1);
+        assert_eq!(b, rot);
+        let m = ask(&r, "t1", "tasks.search", RecordType::A);
+        assert!(m.answers.iter().all(|r| r.ttl == 0));
+    }
+
+    #[test]
+    fn set_view_keeps_rotation() {
+        let r = resolver();
+        let first = ips(&ask(&r, "t1", "tasks.search", RecordType::A));
+        let view = r.scope("t1").unwrap();
+        let names = view
+            .iter()
+            .map(|(k, e)| (k.clone(), e.answer.clone()))
+            .collect();
+        r.set_view("t1", View { names });
+        assert_ne!(ips(&ask(&r, "t1", "tasks.search", RecordType::A)), first);
+    }
+
+    #[test]
+    fn other_types_unknown_names_and_scopes() {
+        let r = resolver();
+        let m = ask(&r, "t1", "search", RecordType::AAAA);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        let m = ask(&r, "t1", "nope", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        let m = ask(&r, "t2", "search", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        r.remove("t1");
+        let m = ask(&r, "t1", "search", RecordType::A);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn malformed_gets_formerr() {
+        let r = resolver();
+        // Header claims one question but the packet ends.
+        let pkt = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'a'];
+        let wire = r.answer("t1", &pkt, Transport::Udp).unwrap();
+        let m = Message::from_vec(&wire).unwrap();
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(r.answer("t1", &[1], Transport::Udp).is_none());
+    }
+
+    #[test]
+    fn large_sets_truncate_over_udp_only() {
+        let r = Resolver::new();
+        let big = Answer {
+            ips: (0..100).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect(),
+            rotate: true,
+        };
+        let names = HashMap::from([("tasks.big".to_string(), big)]);
+        r.set_view("s", View { names });
+        let m = ask(&r, "s", "tasks.big", RecordType::A);
+        assert!(m.metadata.truncation);
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("tasks.big").unwrap(),
+            RecordType::A,
+        ));
+        let wire = r.answer("s", &q.to_vec().unwrap(), Transport::Tcp).unwrap();
+        assert_eq!(Message::from_vec(&wire).unwrap().answers.len(), 100);
+    }
+}

@@ -1,0 +1,150 @@
+//! The embedded resolver answering real clients (dig, glibc via getent) inside namespaces.
+//! Needs root; skipped otherwise.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use netcore::dns::{Answer, Resolver, View};
+use netcore::netns::NetNs;
+
+/// A namespace with lo up and an /etc/netns/NAME/resolv.conf pointing at 127.0.0.11, both
+/// removed on drop.
+struct TestNs {
+    ns: NetNs,
+    etc: PathBuf,
+}
+
+impl TestNs {
+    fn new(tag: &str) -> TestNs {
+        let name = format!("sktest-dns-{}-{tag}", std::process::id());
+        let etc = PathBuf::from("/etc/netns").join(&name);
+        let ns = NetNs::create(&name).expect("create namespace");
+        let guard = TestNs { ns, etc };
+        let up = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .expect("run ip");
+        assert!(up.success(), "bring lo up in {name}");
+        std::fs::create_dir_all(&guard.etc).expect("create /etc/netns dir");
+        std::fs::write(
+            guard.etc.join("resolv.conf"),
+            "nameserver 127.0.0.11\noptions ndots:0 timeout:1 attempts:1\n",
+        )
+        .expect("write resolv.conf");
+        guard
+    }
+
+    fn name(&self) -> &str {
+        self.ns.name()
+    }
+
+    async fn exec(&self, args: &[&str]) -> String {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", self.name()]).args(args);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), cmd.output())
+            .await
+            .expect("command timed out")
+            .expect("run command");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn dig(&self, name: &str) -> Vec<String> {
+        let out = self
+            .exec(&["dig", "@127.0.0.11", "+short", "+tries=1", "+time=2", name])
+            .await;
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.etc);
+        let _ = NetNs::delete(self.ns.name());
+    }
+}
+
+fn view(vip: Ipv4Addr, tasks: &[Ipv4Addr]) -> View {
+    let names = HashMap::from([
+        (
+            "search".to_string(),
+            Answer {
+                ips: vec![vip],
+                rotate: false,
+            },
+        ),
+        (
+            "tasks.search".to_string(),
+            Answer {
+                ips: tasks.to_vec(),
+                rotate: true,
+            },
+        ),
+    ]);
+    View { names }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_resolve_per_scope() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let a = TestNs::new("a");
+    let b = TestNs::new("b");
+    let resolver = Resolver::new();
+    let tasks: Vec<Ipv4Addr> = (6..9).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+    resolver.set_view("task-a", view(Ipv4Addr::new(10, 0, 0, 5), &tasks));
+    resolver.set_view("task-b", view(Ipv4Addr::new(10, 0, 1, 5), &[]));
+    let _serve_a = resolver.serve_in("task-a", &a.ns).expect("serve in a");
+    let serve_b = resolver.serve_in("task-b", &b.ns).expect("serve in b");
+
+    assert_eq!(a.dig("search").await, vec!["10.0.0.5"]);
+    assert_eq!(a.dig("SEARCH.").await, vec!["10.0.0.5"]);
+    assert_eq!(b.dig("search").await, vec!["10.0.1.5"]);
+
+    let first = a.dig("tasks.search").await;
+    let second = a.dig("tasks.search").await;
+    assert_eq!(first.len(), 3, "all task IPs: {first:?}");
+    let mut rotated = first.clone();
+    rotated.rotate_left(1);
+    assert_eq!(second, rotated, "tasks.search rotates per query");
+
+    let nx = a
+        .exec(&["dig", "@127.0.0.11", "+tries=1", "+time=2", "nosuch"])
+        .await;
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    let tcp = a
+        .exec(&["dig", "@127.0.0.11", "+tcp", "+short", "+tries=1", "search"])
+        .await;
+    assert_eq!(tcp.trim(), "10.0.0.5");
+
+    // glibc through /etc/resolv.conf, as a task's processes resolve.
+    let hosts = a.exec(&["getent", "hosts", "search"]).await;
+    assert!(hosts.starts_with("10.0.0.5"), "getent in a: {hosts:?}");
+    let hosts = b.exec(&["getent", "hosts", "search"]).await;
+    assert!(hosts.starts_with("10.0.1.5"), "getent in b: {hosts:?}");
+    let hosts = b.exec(&["getent", "hosts", "nosuch"]).await;
+    assert!(hosts.is_empty(), "unknown name: {hosts:?}");
+
+    // Views change without re-serving; dropping the handle stops answers.
+    resolver.set_view("task-b", view(Ipv4Addr::new(10, 0, 1, 9), &[]));
+    assert_eq!(b.dig("search").await, vec!["10.0.1.9"]);
+    drop(serve_b);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = b.dig("search").await;
+        if out.iter().all(|l| !l.starts_with("10.")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still served: {out:?}"
+        );
+    }
+}
