@@ -1,0 +1,181 @@
+//! The manager: owns the store, serves the Docker Engine API subset to clients and the plan
+//! channel to agents, over HTTP on a unix socket (mode 0600).
+
+mod agents;
+mod error;
+mod lookup;
+mod networks;
+mod nodes;
+mod services;
+mod system;
+mod tasks;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::{get, post};
+use tokio::sync::watch;
+
+pub use error::{ApiError, ApiResult};
+
+use crate::model::{Meta, Network, NodeState};
+use crate::store::{State, Store};
+
+/// Docker API version we speak (the 28.x CLI's).
+pub const API_VERSION: &str = "1.50";
+pub const MIN_API_VERSION: &str = "1.24";
+pub const ENGINE_VERSION: &str = concat!("swarmkit-", env!("CARGO_PKG_VERSION"));
+
+pub struct Manager {
+    pub store: Store,
+    /// Highest plan version each node has applied (observed state, not persisted).
+    acks: Mutex<HashMap<String, u64>>,
+    /// Bumped on every store commit and on ack changes that alter some plan.
+    epoch: watch::Sender<u64>,
+}
+
+pub type Shared = Arc<Manager>;
+
+impl Manager {
+    pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
+        let store = Store::open(path)?;
+        let m = Arc::new(Manager {
+            store,
+            acks: Mutex::new(HashMap::new()),
+            epoch: watch::channel(0).0,
+        });
+        m.initialise(cluster)?;
+        Ok(m)
+    }
+
+    fn initialise(&self, cluster: &str) -> Result<(), ApiError> {
+        self.store.update(|s: &mut State| {
+            if s.meta.cluster_id.is_empty() {
+                let mut local = std::collections::BTreeMap::new();
+                for name in ["bridge", "docker_gwbridge", "host", "none"] {
+                    local.insert(name.to_string(), crate::ids::new_hex_id());
+                }
+                s.put_meta(Meta {
+                    cluster_id: crate::ids::new_id(),
+                    cluster_name: cluster.to_string(),
+                    created: Some(chrono::Utc::now()),
+                    local_networks: local,
+                    next_fwmark: 256,
+                });
+            }
+            if !s.networks.values().any(|n| n.ingress) {
+                let subnet = crate::ipam::INGRESS_SUBNET.parse().expect("constant");
+                s.put_network(Network {
+                    id: crate::ids::new_id(),
+                    name: "ingress".into(),
+                    created: chrono::Utc::now(),
+                    version: 0,
+                    subnet,
+                    gateway: "10.255.0.1".parse().expect("constant"),
+                    vni: crate::ipam::INGRESS_VNI,
+                    attachable: false,
+                    ingress: true,
+                    labels: Default::default(),
+                    options: Default::default(),
+                });
+            }
+            // Nodes are re-proven live by their agents after a manager restart.
+            let nodes: Vec<_> = s.nodes.values().cloned().collect();
+            for mut n in nodes {
+                if n.state != NodeState::Down {
+                    n.state = NodeState::Down;
+                    s.put_node(n);
+                }
+            }
+            Ok::<_, ApiError>(())
+        })
+    }
+
+    /// The lowest plan version applied by every ready node.
+    pub fn min_ack(&self, state: &State) -> u64 {
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Ready)
+            .map(|n| acks.get(&n.id).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(state.version)
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Commits through the store and wakes every agent waiting for a new plan.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let out = tokio::task::block_in_place(|| self.store.update(f))?;
+        self.bump_epoch();
+        Ok(out)
+    }
+}
+
+/// Docker clients prefix paths with `/v1.NN`; route on the rest.
+async fn strip_version(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/v")
+        && let Some(slash) = rest.find('/')
+        && rest[..slash].chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        let new_path = rest[slash..].to_string();
+        let pq = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+pub fn router(m: Shared) -> Router {
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/swarm", get(system::swarm))
+        .route("/distribution/{*name}", get(system::distribution))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/services", get(services::list))
+        .route("/services/create", post(services::create))
+        .route(
+            "/services/{id}",
+            get(services::inspect).delete(services::remove),
+        )
+        .route("/services/{id}/update", post(services::update))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{id}", get(tasks::inspect))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{id}", get(nodes::inspect))
+        .route("/swarmkit/v1/agents/register", post(agents::register))
+        .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
+        .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
+        .with_state(m)
+}
+
+/// Serves the API on `socket` until the process is stopped.
+pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tower::Layer;
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
+    tokio::spawn(agents::watch_liveness(m));
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).await?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! /_ping, /version, /info, /swarm and /distribution: what clients ask before anything else.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::IntoResponse;
+use bollard::models::{
+    ClusterInfo, DistributionInspect, LocalNodeState, OciDescriptor, OciPlatform, ObjectVersion,
+    PeerNode, SwarmInfo, SwarmSpec, SystemInfo, SystemVersion, SystemVersionPlatform,
+};
+use sha2::Digest;
+
+use super::{API_VERSION, ApiError, ApiResult, ENGINE_VERSION, MIN_API_VERSION, Shared};
+use crate::model::NodeState;
+
+pub async fn ping() -> impl IntoResponse {
+    let mut h = HeaderMap::new();
+    h.insert("API-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    h.insert("OSType", HeaderValue::from_static("linux"));
+    h.insert("Swarm", HeaderValue::from_static("active/manager"));
+    h.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    (h, "OK")
+}
+
+fn kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub async fn version() -> Json<SystemVersion> {
+    Json(SystemVersion {
+        platform: Some(SystemVersionPlatform {
+            name: "swarmkit".into(),
+        }),
+        version: Some(ENGINE_VERSION.into()),
+        api_version: Some(API_VERSION.into()),
+        min_api_version: Some(MIN_API_VERSION.into()),
+        git_commit: Some(env!("CARGO_PKG_VERSION").into()),
+        go_version: Some("n/a (Rust)".into()),
+        os: Some("linux".into()),
+        arch: Some(std::env::consts::ARCH.replace("x86_64", "amd64")),
+        kernel_version: Some(kernel()),
+        ..Default::default()
+    })
+}
+
+fn swarm_spec(name: &str) -> SwarmSpec {
+    SwarmSpec {
+        name: Some(name.to_string()),
+        ..Default::default()
+    }
+}
+
+pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
+    let s = m.store.snapshot();
+    let leader = s.nodes.values().find(|n| n.leader);
+    let nodes = s.nodes.len() as i64;
+    Json(SystemInfo {
+        id: Some(s.meta.cluster_id.clone()),
+        name: leader.map(|n| n.hostname.clone()),
+        server_version: Some(ENGINE_VERSION.into()),
+        operating_system: Some("swarmkit netns node".into()),
+        os_type: Some("linux".into()),
+        architecture: Some(std::env::consts::ARCH.into()),
+        kernel_version: Some(kernel()),
+        ncpu: Some(std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1)),
+        containers: Some(s.tasks.values().filter(|t| t.status.state == crate::model::TaskState::Running).count() as i64),
+        driver: Some("swarmkit".into()),
+        docker_root_dir: Some(crate::paths::STATE_ROOT.into()),
+        swarm: Some(SwarmInfo {
+            node_id: leader.map(|n| n.id.clone()),
+            node_addr: leader.map(|n| n.addr.to_string()),
+            local_node_state: Some(LocalNodeState::ACTIVE),
+            control_available: Some(true),
+            error: Some(String::new()),
+            remote_managers: leader.map(|n| {
+                vec![PeerNode {
+                    node_id: Some(n.id.clone()),
+                    addr: Some(format!("{}:2377", n.addr)),
+                }]
+            }),
+            nodes: Some(nodes),
+            managers: Some(1),
+            cluster: Some(ClusterInfo {
+                id: Some(s.meta.cluster_id.clone()),
+                version: Some(ObjectVersion {
+                    index: Some(s.version),
+                }),
+                created_at: s.meta.created,
+                updated_at: s.meta.created,
+                spec: Some(swarm_spec(&s.meta.cluster_name)),
+                data_path_port: Some(4789),
+                default_addr_pool: Some(vec![crate::ipam::DEFAULT_POOL.into()]),
+                subnet_size: Some(24),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    })
+}
+
+pub async fn swarm(State(m): State<Shared>) -> Json<serde_json::Value> {
+    let s = m.store.snapshot();
+    let ready = s.nodes.values().filter(|n| n.state == NodeState::Ready).count();
+    Json(serde_json::json!({
+        "ID": s.meta.cluster_id,
+        "Version": { "Index": s.version },
+        "CreatedAt": s.meta.created,
+        "UpdatedAt": s.meta.created,
+        "Spec": swarm_spec(&s.meta.cluster_name),
+        "DataPathPort": 4789,
+        "DefaultAddrPool": [crate::ipam::DEFAULT_POOL],
+        "SubnetSize": 24,
+        "ReadyNodes": ready,
+    }))
+}
+
+/// Built-in images resolve to a digest of their own name, so docker's CLI can pin them as it
+/// pins registry images.
+pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<DistributionInspect>> {
+    let name = name.strip_suffix("/json").unwrap_or(&name);
+    let Some(builtin) = crate::images::resolve(name) else {
+        return Err(ApiError::NotFound(crate::images::unknown_image_error(name)));
+    };
+    let digest = sha2::Sha256::digest(format!("swarmkit-builtin:{}", builtin.name()));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(DistributionInspect {
+        descriptor: OciDescriptor {
+            media_type: Some("application/vnd.oci.image.index.v1+json".into()),
+            digest: Some(format!("sha256:{hex}")),
+            size: Some(1024),
+            ..Default::default()
+        },
+        platforms: vec![OciPlatform {
+            architecture: Some("amd64".into()),
+            os: Some("linux".into()),
+            ..Default::default()
+        }],
+    }))
+}
+
