@@ -2,4 +2,7 @@
 //! (inside network namespaces) declaratively: callers describe what should exist and each
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
+pub mod link;
 pub mod netns;
+pub mod overlay;
+pub mod underlay;
