@@ -12,7 +12,9 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -459,6 +461,31 @@ impl Links {
                 Some(FdbEntry { mac: mac?, dst })
             })
             .collect())
+    }
+
+    /// The local (source) address of a vxlan device, if it is one and has it set.
+    pub async fn vxlan_local(&self, name: &str) -> Result<Option<Ipv4Addr>> {
+        let Some(link) = self.get_link(name).await? else {
+            return Ok(None);
+        };
+        let local = link
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => Some(infos),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|i| match i {
+                LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|d| match d {
+                InfoVxlan::Local(addr) => Some(*addr),
+                _ => None,
+            });
+        Ok(local)
     }
 
     pub async fn stats(&self, name: &str) -> Result<LinkStats> {

@@ -165,7 +165,8 @@ async fn ensure_bridge(sb: &Links, spec: &OverlaySpec) -> Result<u32, OverlayErr
 
 /// Finds the vxlan device in the sandbox, or creates it in the node namespace and moves it
 /// in. A device left in the node namespace by an interrupted earlier run is moved, not
-/// recreated (a second one with the same VNI and port could not be created anyway).
+/// recreated (a second one with the same VNI and port could not be created anyway); one
+/// whose local VTEP differs from `local_vtep` is replaced.
 async fn ensure_vxlan(
     node: &NetNs,
     sandbox: &NetNs,
@@ -175,7 +176,11 @@ async fn ensure_vxlan(
 ) -> Result<u32, OverlayError> {
     let name = vxlan_name(spec);
     if let Some(index) = sb.index_of(&name).await? {
-        return Ok(index);
+        if sb.vxlan_local(&name).await? == Some(local_vtep) {
+            return Ok(index);
+        }
+        // The node's underlay address changed: the tunnel must be rebuilt to source from it.
+        sb.delete_link(index).await?;
     }
     let host = Links::new(node)?;
     let index = match host.index_of(&name).await? {
