@@ -3,4 +3,7 @@
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
 pub mod dns;
+pub mod link;
 pub mod netns;
+pub mod overlay;
+pub mod underlay;
