@@ -86,6 +86,9 @@ pub struct Service {
     pub spec_generation: u64,
     pub endpoint_mode: EndpointMode,
     pub ports: Vec<Port>,
+    /// Networks the tasks join, by ID: ingress first when publishing, then the spec's order.
+    pub networks: Vec<String>,
+    /// One per network in VIP mode; none in dnsrr mode.
     pub vips: Vec<Vip>,
 }
 
@@ -111,7 +114,7 @@ impl Service {
 
     /// Networks the service's tasks join, by ID, in spec order (ingress first when publishing).
     pub fn network_ids(&self) -> Vec<String> {
-        self.vips.iter().map(|v| v.network_id.clone()).collect()
+        self.networks.clone()
     }
 }
 
