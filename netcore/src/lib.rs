@@ -3,3 +3,5 @@
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
 pub mod netns;
+pub mod ingress;
+pub mod lb;
