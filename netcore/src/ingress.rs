@@ -105,11 +105,21 @@ impl NodeIngress {
                 })),
             ]
         };
-        b.add_base_chain("prerouting", NfChainType::NAT, NfHook::Prerouting, PRIO_DSTNAT);
+        b.add_base_chain(
+            "prerouting",
+            NfChainType::NAT,
+            NfHook::Prerouting,
+            PRIO_DSTNAT,
+        );
         b.add_rule("prerouting", to_sandbox());
         b.add_base_chain("output", NfChainType::NAT, NfHook::Output, PRIO_DSTNAT);
         b.add_rule("output", to_sandbox());
-        b.add_base_chain("postrouting", NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT);
+        b.add_base_chain(
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            PRIO_SRCNAT,
+        );
         let loopback = Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(ip(Ipv4Addr::new(127, 0, 0, 0))),
             len: 8,
@@ -131,7 +141,11 @@ impl NodeIngress {
                 .set_sysctl("net/ipv4/conf/all/route_localnet", "1")?;
             self.node.set_sysctl("net/ipv4/ip_forward", "1")?;
         }
-        batch.run(&self.node)?;
+        if let Err(e) = batch.run(&self.node) {
+            // Rebuild the whole (atomic) table next time rather than retry a stale delta.
+            self.applied = None;
+            return Err(e);
+        }
         self.last_commands = batch.len();
         self.applied = Some(ports.iter().copied().collect());
         Ok(())
@@ -163,14 +177,35 @@ mod tests {
             Ipv4Addr::new(172, 18, 0, 2),
             "gw0",
         );
-        let first = ing.plan(&[PublishedPort { proto: Protocol::Tcp, port: 80 }]);
+        let first = ing.plan(&[PublishedPort {
+            proto: Protocol::Tcp,
+            port: 80,
+        }]);
         let json = first.to_json().unwrap();
-        assert!(json.contains(r#""fib":{"flags":["daddr"],"result":"type"}"#), "{json}");
+        assert!(
+            json.contains(r#""fib":{"flags":["daddr"],"result":"type"}"#),
+            "{json}"
+        );
         assert!(json.contains(r#""dnat":{"addr":"172.18.0.2"}"#), "{json}");
 
-        ing.applied = Some([PublishedPort { proto: Protocol::Tcp, port: 80 }].into());
-        assert!(ing.plan(&[PublishedPort { proto: Protocol::Tcp, port: 80 }]).is_empty());
-        let swap = ing.plan(&[PublishedPort { proto: Protocol::Udp, port: 80 }]);
+        ing.applied = Some(
+            [PublishedPort {
+                proto: Protocol::Tcp,
+                port: 80,
+            }]
+            .into(),
+        );
+        assert!(
+            ing.plan(&[PublishedPort {
+                proto: Protocol::Tcp,
+                port: 80
+            }])
+            .is_empty()
+        );
+        let swap = ing.plan(&[PublishedPort {
+            proto: Protocol::Udp,
+            port: 80,
+        }]);
         assert_eq!(swap.len(), 2);
     }
 }

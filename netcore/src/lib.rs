@@ -2,6 +2,6 @@
 //! (inside network namespaces) declaratively: callers describe what should exist and each
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
-pub mod netns;
 pub mod ingress;
 pub mod lb;
+pub mod netns;

@@ -116,10 +116,7 @@ impl GenlSocket {
     /// Sends every message in one write, then waits for one ACK per message. The kernel handles
     /// them in order and carries on after a failure, so the first error is returned after all
     /// ACKs are read (leaving none behind to confuse the next call).
-    pub fn request_all(
-        &mut self,
-        build: impl Fn(u32) -> Vec<Vec<u8>>,
-    ) -> Result<usize, LbError> {
+    pub fn request_all(&mut self, build: impl Fn(u32) -> Vec<Vec<u8>>) -> Result<usize, LbError> {
         let first = self.seq.wrapping_add(1);
         let msgs = build(first);
         if msgs.is_empty() {

@@ -115,7 +115,11 @@ impl IpvsLb {
             let Some(o) = old.get(mark) else {
                 ipvs.push(IpvsRequest::NewService { fwmark });
                 for dest in dests(n) {
-                    ipvs.push(IpvsRequest::NewDest { fwmark, dest, weight: 1 });
+                    ipvs.push(IpvsRequest::NewDest {
+                        fwmark,
+                        dest,
+                        weight: 1,
+                    });
                 }
                 add_marks(&mut nft, n);
                 continue;
@@ -124,11 +128,19 @@ impl IpvsLb {
             for dest in before.iter().filter(|d| !after.contains(d)) {
                 // Weight 0 first: even if the delete fails, nothing new is scheduled there.
                 let dest = *dest;
-                ipvs.push(IpvsRequest::SetDest { fwmark, dest, weight: 0 });
+                ipvs.push(IpvsRequest::SetDest {
+                    fwmark,
+                    dest,
+                    weight: 0,
+                });
                 ipvs.push(IpvsRequest::DelDest { fwmark, dest });
             }
             for dest in after.iter().filter(|d| !before.contains(d)) {
-                ipvs.push(IpvsRequest::NewDest { fwmark, dest: *dest, weight: 1 });
+                ipvs.push(IpvsRequest::NewDest {
+                    fwmark,
+                    dest: *dest,
+                    weight: 1,
+                });
             }
             if n.frontend != o.frontend {
                 add_marks(&mut nft, n);
@@ -165,7 +177,11 @@ impl IpvsLb {
 
 fn create_skeleton(b: &mut NftBatch) {
     b.recreate_table();
-    b.add_map(VIP_MARKS, SetTypeValue::Single(SetType::Ipv4Addr), SetType::Mark);
+    b.add_map(
+        VIP_MARKS,
+        SetTypeValue::Single(SetType::Ipv4Addr),
+        SetType::Mark,
+    );
     b.add_map(
         PORT_MARKS,
         SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
@@ -193,12 +209,22 @@ fn create_skeleton(b: &mut NftBatch) {
             set_mark(map_lookup(payload("ip", "daddr"), VIP_MARKS)),
         ],
     );
-    b.add_base_chain("prerouting", NfChainType::Filter, NfHook::Prerouting, PRIO_MANGLE);
+    b.add_base_chain(
+        "prerouting",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        PRIO_MANGLE,
+    );
     b.add_rule(
         "prerouting",
         vec![set_mark(map_lookup(pkt_proto_port(), PORT_MARKS))],
     );
-    b.add_base_chain("postrouting", NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT);
+    b.add_base_chain(
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        PRIO_SRCNAT,
+    );
     b.add_rule(
         "postrouting",
         vec![
@@ -322,9 +348,20 @@ mod tests {
         assert_eq!(
             plan.ipvs,
             vec![
-                IpvsRequest::SetDest { fwmark: 256, dest: gone, weight: 0 },
-                IpvsRequest::DelDest { fwmark: 256, dest: gone },
-                IpvsRequest::NewDest { fwmark: 256, dest: added, weight: 1 },
+                IpvsRequest::SetDest {
+                    fwmark: 256,
+                    dest: gone,
+                    weight: 0
+                },
+                IpvsRequest::DelDest {
+                    fwmark: 256,
+                    dest: gone
+                },
+                IpvsRequest::NewDest {
+                    fwmark: 256,
+                    dest: added,
+                    weight: 1
+                },
             ]
         );
         assert!(plan.nft.is_empty());

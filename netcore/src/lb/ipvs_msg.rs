@@ -51,12 +51,27 @@ pub struct Dest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpvsRequest {
     /// An IPv4 fwmark service, scheduler rr, no persistence.
-    NewService { fwmark: u32 },
-    DelService { fwmark: u32 },
-    NewDest { fwmark: u32, dest: Dest, weight: u32 },
+    NewService {
+        fwmark: u32,
+    },
+    DelService {
+        fwmark: u32,
+    },
+    NewDest {
+        fwmark: u32,
+        dest: Dest,
+        weight: u32,
+    },
     /// Changes the weight; weight 0 stops new connections but keeps established ones.
-    SetDest { fwmark: u32, dest: Dest, weight: u32 },
-    DelDest { fwmark: u32, dest: Dest },
+    SetDest {
+        fwmark: u32,
+        dest: Dest,
+        weight: u32,
+    },
+    DelDest {
+        fwmark: u32,
+        dest: Dest,
+    },
     /// Every service and destination in the namespace.
     Flush,
 }
@@ -71,9 +86,8 @@ impl Attrs {
         self.0.extend_from_slice(&len.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
-        while self.0.len() % 4 != 0 {
-            self.0.push(0);
-        }
+        let aligned = (self.0.len() + 3) & !3;
+        self.0.resize(aligned, 0);
     }
     fn u16(&mut self, kind: u16, v: u16) {
         self.put(kind, &v.to_ne_bytes());
@@ -140,7 +154,9 @@ impl IpvsRequest {
                 svc.put(IPVS_SVC_ATTR_NETMASK, &[0xff; 4]);
                 a.nested(IPVS_CMD_ATTR_SERVICE, svc);
             }
-            IpvsRequest::DelService { fwmark } => a.nested(IPVS_CMD_ATTR_SERVICE, service_id(fwmark)),
+            IpvsRequest::DelService { fwmark } => {
+                a.nested(IPVS_CMD_ATTR_SERVICE, service_id(fwmark))
+            }
             IpvsRequest::NewDest {
                 fwmark,
                 dest,
@@ -177,7 +193,14 @@ impl IpvsRequest {
 }
 
 /// nlmsghdr (len, type, flags, seq, pid=0) + genlmsghdr (cmd, version, reserved) + attrs.
-pub fn genl_message(kind: u16, flags: u16, seq: u32, cmd: u8, version: u8, attrs: &[u8]) -> Vec<u8> {
+pub fn genl_message(
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    cmd: u8,
+    version: u8,
+    attrs: &[u8],
+) -> Vec<u8> {
     let len = (16 + 4 + attrs.len()) as u32;
     let mut m = Vec::with_capacity(len as usize);
     m.extend_from_slice(&len.to_ne_bytes());
@@ -199,7 +222,14 @@ pub fn get_family_message(name: &str, seq: u32) -> Vec<u8> {
     let mut z = name.as_bytes().to_vec();
     z.push(0);
     a.put(CTRL_ATTR_FAMILY_NAME, &z);
-    genl_message(GENL_ID_CTRL, NLM_F_REQUEST, seq, CTRL_CMD_GETFAMILY, 1, &a.0)
+    genl_message(
+        GENL_ID_CTRL,
+        NLM_F_REQUEST,
+        seq,
+        CTRL_CMD_GETFAMILY,
+        1,
+        &a.0,
+    )
 }
 
 #[cfg(test)]
@@ -251,7 +281,8 @@ mod tests {
         let dest_attr = |weight: u8| {
             let mut v = vec![
                 72, 0, 2, 0x80, // IPVS_CMD_ATTR_DEST | NLA_F_NESTED, len 4 + 68
-                20, 0, 1, 0, 10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // ADDR (16 bytes)
+                20, 0, 1, 0, 10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, // ADDR (16 bytes)
                 6, 0, 2, 0, 0x1f, 0x90, 0, 0, // PORT 8080 big-endian + pad
                 8, 0, 3, 0, 0, 0, 0, 0, // FWD_METHOD = MASQ
                 8, 0, 4, 0, weight, 0, 0, 0, // WEIGHT

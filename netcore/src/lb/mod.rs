@@ -17,9 +17,11 @@ mod genl;
 pub mod ipvs;
 pub mod ipvs_msg;
 pub mod nft;
-pub(crate) mod nftbatch;
+pub mod nftbatch;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     Tcp,
     Udp,

@@ -15,9 +15,7 @@
 //! backend change flushes and refills the service's chain (removing a backend from the
 //! numgen map means no new connection can land on it), a frontend change swaps elements.
 
-use nftables::expr::{
-    Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem,
-};
+use nftables::expr::{Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
 use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
 use nftables::types::{NfChainType, NfHook, RejectCode};
@@ -112,7 +110,12 @@ fn create_skeleton(b: &mut NftBatch) {
             }),
         ],
     );
-    b.add_base_chain("prerouting", NfChainType::NAT, NfHook::Prerouting, PRIO_DSTNAT);
+    b.add_base_chain(
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        PRIO_DSTNAT,
+    );
     b.add_rule(
         "prerouting",
         vec![Statement::VerdictMap(VerdictMap {
@@ -120,7 +123,12 @@ fn create_skeleton(b: &mut NftBatch) {
             data: set_ref(PORTS),
         })],
     );
-    b.add_base_chain("postrouting", NfChainType::NAT, NfHook::Postrouting, PRIO_SRCNAT);
+    b.add_base_chain(
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        PRIO_SRCNAT,
+    );
     for proto in [Protocol::Tcp, Protocol::Udp] {
         b.add_rule(
             "postrouting",
@@ -282,7 +290,12 @@ impl LoadBalancer for NftLb {
             self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
             self.forwarding = true;
         }
-        batch.run(&self.ns)?;
+        if let Err(e) = batch.run(&self.ns) {
+            // The batch is atomic, so the kernel is unchanged; but a failing delta usually means
+            // the table was altered behind our back, so the next apply rebuilds it whole.
+            self.applied = None;
+            return Err(e);
+        }
         self.last_commands = batch.len();
         self.applied = Some(by_mark(desired));
         Ok(())
@@ -336,10 +349,15 @@ mod tests {
     #[test]
     fn first_apply_builds_skeleton_then_services() {
         let lb = NftLb::new(dummy_ns());
-        let b = lb.plan(&[svc(256, [10, 0, 1, 1], &[[10, 0, 0, 2]])]).unwrap();
+        let b = lb
+            .plan(&[svc(256, [10, 0, 1, 1], &[[10, 0, 0, 2]])])
+            .unwrap();
         let json = b.to_json().unwrap();
         assert!(json.contains(r#""map":"verdict""#), "{json}");
-        assert!(json.contains(r#""numgen":{"mod":1,"mode":"inc"}"#), "{json}");
+        assert!(
+            json.contains(r#""numgen":{"mod":1,"mode":"inc"}"#),
+            "{json}"
+        );
         assert!(json.contains(r#"{"goto":{"target":"svc-256"}}"#), "{json}");
     }
 
@@ -347,7 +365,13 @@ mod tests {
     fn delta_is_proportional_to_changes() {
         let mut lb = NftLb::new(dummy_ns());
         let base: Vec<_> = (0..100u32)
-            .map(|i| svc(256 + i, [10, 1, (i / 250) as u8, (i % 250) as u8], &[[10, 0, 0, 2]]))
+            .map(|i| {
+                svc(
+                    256 + i,
+                    [10, 1, (i / 250) as u8, (i % 250) as u8],
+                    &[[10, 0, 0, 2]],
+                )
+            })
             .collect();
         lb.applied = Some(by_mark(&base));
         assert!(lb.plan(&base).unwrap().is_empty(), "no change, no batch");
@@ -386,7 +410,10 @@ mod tests {
         let b = lb.plan(std::slice::from_ref(&port)).unwrap();
         let json = b.to_json().unwrap();
         assert!(json.contains(r#""port":5353"#), "{json}");
-        assert!(json.contains(r#""elem":[53],"family":"ip","name":"masq_udp""#), "{json}");
+        assert!(
+            json.contains(r#""elem":[53],"family":"ip","name":"masq_udp""#),
+            "{json}"
+        );
         assert!(json.contains(r#"{"concat":["udp",53]}"#), "{json}");
     }
 
@@ -394,7 +421,11 @@ mod tests {
     fn empty_backends_reject() {
         let mut lb = NftLb::new(dummy_ns());
         lb.applied = Some(ServiceMap::new());
-        let json = lb.plan(&[svc(256, [10, 0, 1, 1], &[])]).unwrap().to_json().unwrap();
+        let json = lb
+            .plan(&[svc(256, [10, 0, 1, 1], &[])])
+            .unwrap()
+            .to_json()
+            .unwrap();
         assert!(json.contains(r#""type":"tcp reset""#), "{json}");
         assert!(json.contains("port-unreachable"), "{json}");
     }

@@ -284,7 +284,11 @@ pub fn goto(chain: &str) -> Expression<'static> {
     }))
 }
 
-pub fn matches(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+pub fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
 
