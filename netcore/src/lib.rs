@@ -3,6 +3,8 @@
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
 pub mod dns;
+pub mod ingress;
+pub mod lb;
 pub mod link;
 pub mod netns;
 pub mod overlay;
