@@ -10,3 +10,5 @@ pub mod store;
 pub mod ipam;
 pub mod orchestrator;
 pub mod plan;
+pub mod manager;
+pub mod protocol;

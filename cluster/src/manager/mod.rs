@@ -33,8 +33,10 @@ pub struct Manager {
     pub store: Store,
     /// Highest plan version each node has applied (observed state, not persisted).
     acks: Mutex<HashMap<String, u64>>,
-    /// Bumped on every store commit and on ack changes that alter some plan.
+    /// Bumped on every store commit and whenever the lowest ack moves (plans depend on it).
     epoch: watch::Sender<u64>,
+    /// When each node's agent last talked to us.
+    last_seen: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 pub type Shared = Arc<Manager>;
@@ -46,6 +48,7 @@ impl Manager {
             store,
             acks: Mutex::new(HashMap::new()),
             epoch: watch::channel(0).0,
+            last_seen: Mutex::new(HashMap::new()),
         });
         m.initialise(cluster)?;
         Ok(m)
@@ -104,6 +107,34 @@ impl Manager {
             .map(|n| acks.get(&n.id).copied().unwrap_or(0))
             .min()
             .unwrap_or(state.version)
+    }
+
+    pub fn set_ack(&self, node_id: &str, version: u64) {
+        let s = self.store.snapshot();
+        let before = self.min_ack(&s);
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), version);
+        if self.min_ack(&s) != before {
+            self.bump_epoch();
+        }
+    }
+
+    pub fn touch(&self, node_id: &str) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), std::time::Instant::now());
+    }
+
+    pub fn silent_for(&self, node_id: &str) -> std::time::Duration {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .map(|t| t.elapsed())
+            .unwrap_or(std::time::Duration::MAX)
     }
 
     fn bump_epoch(&self) {

@@ -1,0 +1,489 @@
+//! /services: create, list, inspect, update, delete. Validation happens before anything is
+//! written; the service and its tasks change in one transaction.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bollard::models::{
+    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
+    EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ObjectVersion,
+    Service as ApiService, ServiceEndpoint, ServiceEndpointVirtualIps, ServiceServiceStatus,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+};
+use serde::Deserialize;
+
+use super::lookup::{ListQuery, find, parse_filters};
+use super::{ApiError, ApiResult, Shared};
+use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
+use crate::orchestrator;
+use crate::store::State as StoreState;
+
+const DYNAMIC_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// What a spec asks for, checked against the state but not yet allocated.
+struct Checked {
+    endpoint_mode: EndpointMode,
+    /// Published 0 = allocate one.
+    ports: Vec<Port>,
+    networks: Vec<String>,
+}
+
+fn validate_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid service name {name:?}: use up to 63 letters, digits, '-' or '_', starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<Checked> {
+    let name = spec.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a service needs a name: give --name NAME".into(),
+        ));
+    }
+    validate_name(&name)?;
+    if let Some(other) = s
+        .services
+        .values()
+        .find(|o| o.name == name && Some(o.id.as_str()) != self_id)
+    {
+        return Err(ApiError::Conflict(format!(
+            "service name {name} is already in use by service {}: choose another --name or remove it (swarmkit service rm {name})",
+            &other.id[..12]
+        )));
+    }
+    let mode = spec.mode.clone().unwrap_or_default();
+    if mode.global.is_some() || mode.replicated_job.is_some() || mode.global_job.is_some() {
+        return Err(ApiError::BadRequest(
+            "only --mode replicated is supported by swarmkit for now".into(),
+        ));
+    }
+    if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas)
+        && r < 0
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid replicas {r}: the number of replicas must be 0 or more"
+        )));
+    }
+    let container = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.clone())
+        .unwrap_or_default();
+    let image = container.image.clone().unwrap_or_default();
+    if image.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a service needs an image: give IMAGE after the options".into(),
+        ));
+    }
+    let has_command = container.command.as_ref().is_some_and(|c| !c.is_empty())
+        || container.args.as_ref().is_some_and(|c| !c.is_empty());
+    if crate::images::resolve(&image).is_none() && !has_command {
+        return Err(ApiError::BadRequest(crate::images::unknown_image_error(&image)));
+    }
+
+    let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
+    let endpoint_mode = match endpoint.mode {
+        Some(EndpointSpecModeEnum::DNSRR) => EndpointMode::Dnsrr,
+        _ => EndpointMode::Vip,
+    };
+    let mut ports = Vec::new();
+    for p in endpoint.ports.clone().unwrap_or_default() {
+        let target = p.target_port.unwrap_or(0);
+        if !(1..=65535).contains(&target) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid target port {target}: give a port between 1 and 65535"
+            )));
+        }
+        let published = p.published_port.unwrap_or(0);
+        if !(0..=65535).contains(&published) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid published port {published}: give a port between 1 and 65535, or none to get one from 30000-32767"
+            )));
+        }
+        let protocol = match p.protocol {
+            Some(EndpointPortConfigProtocolEnum::UDP) => Protocol::Udp,
+            Some(EndpointPortConfigProtocolEnum::SCTP) => {
+                return Err(ApiError::BadRequest(
+                    "sctp ports are not supported: use tcp or udp".into(),
+                ));
+            }
+            _ => Protocol::Tcp,
+        };
+        let mode = match p.publish_mode {
+            Some(EndpointPortConfigPublishModeEnum::HOST) => PublishMode::Host,
+            _ => PublishMode::Ingress,
+        };
+        if mode == PublishMode::Ingress && endpoint_mode == EndpointMode::Dnsrr {
+            return Err(ApiError::BadRequest(
+                "ports published in ingress mode need a VIP: use --endpoint-mode vip, or publish with mode=host".into(),
+            ));
+        }
+        ports.push(Port {
+            protocol,
+            target: target as u16,
+            published: published as u16,
+            mode,
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for p in ports.iter().filter(|p| p.published != 0) {
+        if !seen.insert((p.protocol, p.published)) {
+            return Err(ApiError::BadRequest(format!(
+                "port {}/{} is published twice in this service",
+                p.published,
+                p.protocol.as_str()
+            )));
+        }
+        if let Some(other) = s.services.values().find(|o| {
+            Some(o.id.as_str()) != self_id
+                && o.ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+        }) {
+            return Err(ApiError::BadRequest(format!(
+                "port {}/{} is already published by service {}: choose another published port",
+                p.published,
+                p.protocol.as_str(),
+                other.name
+            )));
+        }
+    }
+
+    let mut networks = Vec::new();
+    if ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        && let Some(ing) = s.networks.values().find(|n| n.ingress)
+    {
+        networks.push(ing.id.clone());
+    }
+    let mut targets: Vec<NetworkAttachmentConfig> = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.clone())
+        .unwrap_or_default();
+    #[allow(deprecated)]
+    targets.extend(spec.networks.clone().unwrap_or_default());
+    for t in targets {
+        let target = t.target.unwrap_or_default();
+        let n = find(&s.networks, &target, |n| &n.name, "network").map_err(|_| {
+            ApiError::NotFound(format!(
+                "network {target} not found: create it first (swarmkit network create --driver overlay {target})"
+            ))
+        })?;
+        if !networks.contains(&n.id) {
+            networks.push(n.id.clone());
+        }
+    }
+    Ok(Checked {
+        endpoint_mode,
+        ports,
+        networks,
+    })
+}
+
+fn allocate_port(s: &StoreState, proto: Protocol, taken_here: &BTreeSet<u16>) -> ApiResult<u16> {
+    let used: BTreeSet<u16> = s
+        .services
+        .values()
+        .flat_map(|o| o.ports.iter())
+        .filter(|p| p.protocol == proto)
+        .map(|p| p.published)
+        .collect();
+    DYNAMIC_PORTS
+        .clone()
+        .find(|p| !used.contains(p) && !taken_here.contains(p))
+        .ok_or_else(|| {
+            ApiError::BadRequest("no free port left in 30000-32767: publish an explicit port".into())
+        })
+}
+
+/// Fills in published ports and VIPs, keeping the ones `previous` already holds.
+fn allocate(
+    s: &mut StoreState,
+    checked: Checked,
+    previous: Option<&Service>,
+) -> ApiResult<(Vec<Port>, Vec<Vip>)> {
+    let mut ports = checked.ports;
+    let mut taken_here: BTreeSet<u16> = ports.iter().map(|p| p.published).collect();
+    for p in ports.iter_mut().filter(|p| p.published == 0) {
+        let reuse = previous.and_then(|prev| {
+            prev.ports
+                .iter()
+                .find(|q| q.target == p.target && q.protocol == p.protocol)
+                .map(|q| q.published)
+        });
+        p.published = match reuse {
+            Some(r) => r,
+            None => allocate_port(s, p.protocol, &taken_here)?,
+        };
+        taken_here.insert(p.published);
+    }
+    let mut vips = Vec::new();
+    if checked.endpoint_mode == EndpointMode::Vip {
+        for net in &checked.networks {
+            if let Some(v) = previous.and_then(|p| p.vips.iter().find(|v| &v.network_id == net)) {
+                vips.push(v.clone());
+                continue;
+            }
+            let addr = crate::ipam::allocate_address(s, net)?;
+            let mut meta = s.meta.clone();
+            let fwmark = meta.next_fwmark.max(256);
+            meta.next_fwmark = fwmark + 1;
+            s.put_meta(meta);
+            vips.push(Vip {
+                network_id: net.clone(),
+                addr,
+                fwmark,
+            });
+        }
+    }
+    Ok((ports, vips))
+}
+
+/// Swarm stores network targets as IDs and fills in the replicated mode.
+fn normalise_spec(s: &StoreState, mut spec: ServiceSpec) -> ServiceSpec {
+    if spec.mode.is_none() {
+        spec.mode = Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+            ..Default::default()
+        });
+    }
+    if let Some(tt) = spec.task_template.as_mut()
+        && let Some(nets) = tt.networks.as_mut()
+    {
+        for n in nets.iter_mut() {
+            if let Some(t) = n.target.as_deref()
+                && let Ok(net) = find(&s.networks, t, |n| &n.name, "network")
+            {
+                n.target = Some(net.id.clone());
+            }
+        }
+    }
+    spec
+}
+
+fn task_template_changed(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.task_template != b.task_template
+}
+
+fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
+    let checked = check_spec(s, &spec, None)?;
+    let spec = normalise_spec(s, spec);
+    let endpoint_mode = checked.endpoint_mode;
+    let networks = checked.networks.clone();
+    let now = chrono::Utc::now();
+    let mut service = Service {
+        id: crate::ids::new_id(),
+        name: spec.name.clone().unwrap_or_default(),
+        created: now,
+        updated: now,
+        version: 0,
+        spec,
+        previous_spec: None,
+        spec_generation: 1,
+        endpoint_mode,
+        ports: Vec::new(),
+        networks,
+        vips: Vec::new(),
+    };
+    // A service has at most one VIP per network, so its own allocations never collide.
+    let (ports, vips) = allocate(s, checked, None)?;
+    service.ports = ports;
+    service.vips = vips;
+    let id = service.id.clone();
+    s.put_service(service);
+    orchestrator::reconcile(s, &id)?;
+    Ok(id)
+}
+
+pub async fn create(
+    State(m): State<Shared>,
+    Json(spec): Json<ServiceSpec>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let id = m.update(|s| create_in(s, spec))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "ID": id, "Warnings": null })),
+    ))
+}
+
+fn port_to_api(p: &Port) -> EndpointPortConfig {
+    EndpointPortConfig {
+        protocol: Some(match p.protocol {
+            Protocol::Tcp => EndpointPortConfigProtocolEnum::TCP,
+            Protocol::Udp => EndpointPortConfigProtocolEnum::UDP,
+        }),
+        target_port: Some(p.target as i64),
+        published_port: Some(p.published as i64),
+        publish_mode: Some(match p.mode {
+            PublishMode::Ingress => EndpointPortConfigPublishModeEnum::INGRESS,
+            PublishMode::Host => EndpointPortConfigPublishModeEnum::HOST,
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) -> ApiService {
+    let mut endpoint_spec = svc.spec.endpoint_spec.clone().unwrap_or_default();
+    if endpoint_spec.mode.is_none() {
+        endpoint_spec.mode = Some(EndpointSpecModeEnum::VIP);
+    }
+    let status = with_status.then(|| {
+        let tasks = s.tasks.values().filter(|t| t.service_id == svc.id);
+        let (mut running, mut completed) = (0u64, 0u64);
+        for t in tasks {
+            if t.desired == TaskState::Running && super::tasks::visible_state(t, min_ack) == TaskState::Running {
+                running += 1;
+            }
+            if t.status.state == TaskState::Complete {
+                completed += 1;
+            }
+        }
+        ServiceServiceStatus {
+            running_tasks: Some(running),
+            desired_tasks: Some(svc.replicas()),
+            completed_tasks: Some(completed),
+        }
+    });
+    ApiService {
+        id: Some(svc.id.clone()),
+        version: Some(ObjectVersion {
+            index: Some(svc.version),
+        }),
+        created_at: Some(svc.created),
+        updated_at: Some(svc.updated),
+        spec: Some(svc.spec.clone()),
+        endpoint: Some(ServiceEndpoint {
+            spec: Some(EndpointSpec {
+                mode: endpoint_spec.mode,
+                ports: endpoint_spec.ports.clone(),
+            }),
+            ports: (!svc.ports.is_empty()).then(|| svc.ports.iter().map(port_to_api).collect()),
+            virtual_ips: (!svc.vips.is_empty()).then(|| {
+                svc.vips
+                    .iter()
+                    .map(|v| ServiceEndpointVirtualIps {
+                        network_id: Some(v.network_id.clone()),
+                        addr: Some(v.addr.to_string()),
+                    })
+                    .collect()
+            }),
+        }),
+        service_status: status,
+        ..Default::default()
+    }
+}
+
+fn matches(svc: &Service, filters: &HashMap<String, Vec<String>>) -> bool {
+    filters.iter().all(|(k, vals)| match k.as_str() {
+        "id" => vals.iter().any(|v| svc.id.starts_with(v.as_str())),
+        "name" => vals.iter().any(|v| svc.name.starts_with(v.as_str())),
+        "mode" => vals.iter().any(|v| v == "replicated"),
+        _ => true,
+    })
+}
+
+pub async fn list(
+    State(m): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<ApiService>>> {
+    let filters = parse_filters(q.filters.as_deref())?;
+    let s = m.store.snapshot();
+    let min_ack = m.min_ack(&s);
+    Ok(Json(
+        s.services
+            .values()
+            .filter(|svc| matches(svc, &filters))
+            .map(|svc| to_api(&s, svc, min_ack, q.status.unwrap_or(false)))
+            .collect(),
+    ))
+}
+
+pub async fn inspect(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApiService>> {
+    let s = m.store.snapshot();
+    let svc = find(&s.services, &id, |x| &x.name, "service")?;
+    Ok(Json(to_api(&s, svc, m.min_ack(&s), false)))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateQuery {
+    version: Option<u64>,
+}
+
+pub async fn update(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<UpdateQuery>,
+    Json(spec): Json<ServiceSpec>,
+) -> ApiResult<Json<serde_json::Value>> {
+    m.update(|s| {
+        let old = find(&s.services, &id, |x| &x.name, "service")?.clone();
+        let Some(version) = q.version else {
+            return Err(ApiError::BadRequest(
+                "service update needs ?version=N (the service's Version.Index)".into(),
+            ));
+        };
+        if version != old.version {
+            return Err(ApiError::Conflict(format!(
+                "update out of sequence: service {} changed since version {version} (now {}); inspect it again and retry",
+                old.name, old.version
+            )));
+        }
+        if spec.name.as_deref().is_some_and(|n| n != old.name) {
+            return Err(ApiError::BadRequest(format!(
+                "service {} cannot be renamed: create a new service instead",
+                old.name
+            )));
+        }
+        let checked = check_spec(s, &spec, Some(&old.id))?;
+        let spec = normalise_spec(s, spec);
+        let mut svc = old.clone();
+        svc.networks = checked.networks.clone();
+        svc.endpoint_mode = checked.endpoint_mode;
+        let (ports, vips) = allocate(s, checked, Some(&old))?;
+        svc.ports = ports;
+        if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
+            svc.spec_generation += 1;
+        }
+        svc.vips = vips;
+        svc.previous_spec = Some(old.spec.clone());
+        svc.spec = spec;
+        svc.updated = chrono::Utc::now();
+        let id = svc.id.clone();
+        s.put_service(svc);
+        orchestrator::reconcile(s, &id)?;
+        Ok(())
+    })?;
+    Ok(Json(serde_json::json!({ "Warnings": null })))
+}
+
+pub async fn remove(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    m.update(|s| {
+        let svc = find(&s.services, &id, |x| &x.name, "service")?.clone();
+        let tasks: Vec<String> = s
+            .tasks
+            .values()
+            .filter(|t| t.service_id == svc.id)
+            .map(|t| t.id.clone())
+            .collect();
+        for t in tasks {
+            s.remove_task(&t);
+        }
+        s.remove_service(&svc.id);
+        Ok(())
+    })?;
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,146 @@
+//! /tasks: what `service ps` and docker's convergence progress read.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use bollard::models::{
+    ContainerStatus, ObjectVersion, Task as ApiTask, TaskSpec, TaskState as ApiState, TaskStatus,
+};
+
+use super::lookup::{ListQuery, find, parse_filters};
+use super::{ApiResult, Shared};
+use crate::model::{Task, TaskState};
+use crate::store::State as StoreState;
+
+/// What clients see: a task the agent runs counts as running only once every node has applied
+/// the plan that routes traffic to it, so "converged" means reachable through the LB.
+pub fn visible_state(t: &Task, min_ack: u64) -> TaskState {
+    match (t.status.state, t.running_version) {
+        (TaskState::Running, Some(v)) if v > min_ack => TaskState::Starting,
+        (state, _) => state,
+    }
+}
+
+fn api_state(s: TaskState) -> ApiState {
+    match s {
+        TaskState::New => ApiState::NEW,
+        TaskState::Pending => ApiState::PENDING,
+        TaskState::Assigned => ApiState::ASSIGNED,
+        TaskState::Accepted => ApiState::ACCEPTED,
+        TaskState::Preparing => ApiState::PREPARING,
+        TaskState::Starting => ApiState::STARTING,
+        TaskState::Running => ApiState::RUNNING,
+        TaskState::Complete => ApiState::COMPLETE,
+        TaskState::Shutdown => ApiState::SHUTDOWN,
+        TaskState::Failed => ApiState::FAILED,
+        TaskState::Rejected => ApiState::REJECTED,
+        TaskState::Orphaned => ApiState::ORPHANED,
+    }
+}
+
+pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
+    let spec: Option<TaskSpec> = s
+        .services
+        .get(&t.service_id)
+        .and_then(|svc| svc.spec.task_template.clone());
+    let state = visible_state(t, min_ack);
+    let task = ApiTask {
+        id: Some(t.id.clone()),
+        version: Some(ObjectVersion {
+            index: Some(t.version),
+        }),
+        created_at: Some(t.created),
+        updated_at: Some(t.updated),
+        labels: Some(HashMap::new()),
+        spec,
+        service_id: Some(t.service_id.clone()),
+        slot: Some(t.slot as i64),
+        node_id: Some(t.node_id.clone()),
+        status: Some(TaskStatus {
+            timestamp: Some(t.status.timestamp),
+            state: Some(api_state(state)),
+            message: Some(if state == TaskState::Starting && t.status.state == TaskState::Running {
+                "joining the load balancers".into()
+            } else {
+                t.status.message.clone()
+            }),
+            err: t.status.err.clone(),
+            container_status: Some(ContainerStatus {
+                container_id: Some(t.id.clone()),
+                pid: t.status.pid.map(|p| p as i64),
+                exit_code: t.status.exit_code,
+            }),
+            port_status: None,
+        }),
+        desired_state: Some(api_state(t.desired)),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(task).unwrap_or_default();
+    // Docker's Task has NetworksAttachments; bollard's model lacks it.
+    v["NetworksAttachments"] = t
+        .attachments
+        .iter()
+        .map(|a| {
+            let net = s.networks.get(&a.network_id);
+            serde_json::json!({
+                "Network": {
+                    "ID": a.network_id,
+                    "Spec": { "Name": net.map(|n| n.name.clone()) },
+                },
+                "Addresses": [a.addr.to_string()],
+            })
+        })
+        .collect();
+    v
+}
+
+fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> bool {
+    filters.iter().all(|(k, vals)| match k.as_str() {
+        "id" => vals.iter().any(|v| t.id.starts_with(v.as_str())),
+        "service" => vals.iter().any(|v| {
+            t.service_id == *v
+                || s.services
+                    .get(&t.service_id)
+                    .is_some_and(|svc| svc.name == *v || svc.id.starts_with(v.as_str()))
+        }),
+        "node" => vals.iter().any(|v| {
+            t.node_id == *v
+                || s.nodes
+                    .get(&t.node_id)
+                    .is_some_and(|n| n.hostname == *v || n.id.starts_with(v.as_str()))
+        }),
+        "desired-state" => vals.iter().any(|v| t.desired.as_str() == v.as_str()),
+        "name" => vals.iter().any(|v| {
+            s.services
+                .get(&t.service_id)
+                .is_some_and(|svc| format!("{}.{}", svc.name, t.slot).starts_with(v.as_str()))
+        }),
+        _ => true,
+    })
+}
+
+pub async fn list(
+    State(m): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let filters = parse_filters(q.filters.as_deref())?;
+    let s = m.store.snapshot();
+    let min_ack = m.min_ack(&s);
+    Ok(Json(
+        s.tasks
+            .values()
+            .filter(|t| matches(&s, t, &filters))
+            .map(|t| to_api(&s, t, min_ack))
+            .collect(),
+    ))
+}
+
+pub async fn inspect(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let s = m.store.snapshot();
+    let t = find(&s.tasks, &id, |_| "", "task")?;
+    Ok(Json(to_api(&s, t, m.min_ack(&s))))
+}
