@@ -12,3 +12,5 @@ pub mod orchestrator;
 pub mod plan;
 pub mod manager;
 pub mod protocol;
+pub mod client;
+pub mod agent;

@@ -1,6 +1,20 @@
-//! Bringing clusters up and down. (Stub signatures; implementation lands with the backend.)
+//! Bringing clusters up and down on the netns backend, and running commands inside nodes and
+//! tasks. `up` builds the underlay and node namespaces over netlink while the manager starts,
+//! then starts one agent per node and returns once every node is ready.
 
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use netcore::netns::{NetNs, enter_raw};
+use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
+
+use crate::client::ManagerClient;
+use crate::paths::{ClusterPaths, OWNER_ENV, validate_cluster_name};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -22,33 +36,404 @@ pub struct UpOptions {
     pub lb: Option<String>,
 }
 
-pub async fn up(_opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
-    anyhow::bail!("not implemented yet")
+const UNDERLAY_BRIDGE: &str = "br0";
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn node_addr(i: usize) -> Ipv4Net {
+    Ipv4Net::new(std::net::Ipv4Addr::new(192, 168, 0, 10 + i as u8), 24).expect("valid /24")
 }
 
-pub async fn down(_name: &str) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "swarmkit needs root to create network namespaces and program the kernel: run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+fn spawn_daemon(
+    paths: &ClusterPaths,
+    log: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    node_ns: Option<(NetNs, String)>,
+) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let out = std::fs::File::create(paths.log_file(log))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--cluster")
+        .arg(&paths.name)
+        .args(args)
+        .env(OWNER_ENV, &paths.name)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some((ns, hostname)) = node_ns {
+        let fd = ns.raw_fd();
+        // SAFETY: async-signal-safe syscalls only; `ns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                enter_raw(fd, CloneFlags::CLONE_NEWNET)?;
+                unshare(CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
+                nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        drop(ns);
+        return Ok(child.id());
+    }
+    Ok(cmd.spawn()?.id())
+}
+
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    while !check().await {
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn manager_running(paths: &ClusterPaths) -> bool {
+    std::os::unix::net::UnixStream::connect(paths.manager_socket()).is_ok()
+}
+
+pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
+    require_root()?;
+    validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
+    if opts.backend != "netns" {
+        bail!(
+            "backend {:?} is not available yet: use --backend netns",
+            opts.backend
+        );
+    }
+    if !(1..=200).contains(&opts.nodes) {
+        bail!("invalid --nodes {}: give 1 to 200", opts.nodes);
+    }
+    if let Some(lb) = &opts.lb {
+        lb.parse::<netcore::lb::Driver>()
+            .map_err(|_| anyhow::anyhow!("invalid --lb {lb:?}: use ipvs or nftables"))?;
+    }
+    let paths = ClusterPaths::new(&opts.name);
+    if paths.info_file().exists() {
+        if manager_running(&paths) {
+            bail!(
+                "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
+                opts.name,
+                opts.name
+            );
+        }
+        // Leftovers of a crashed cluster of this name.
+        down(&opts.name).await?;
+    }
+    std::fs::create_dir_all(paths.run_dir())?;
+    std::fs::create_dir_all(paths.state_dir())?;
+
+    let result = build(opts, &paths).await;
+    if result.is_err() {
+        let _ = down(&opts.name).await;
+    }
+    result
+}
+
+async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
+    let underlay = NetNs::create(&paths.underlay_ns())?;
+    if !netcore::link::probe_vxlan(&underlay).await? {
+        bail!(
+            "this kernel cannot create VXLAN devices (CONFIG_VXLAN): overlay networks need it; use a kernel with VXLAN or the qemu backend"
+        );
+    }
+    let manager_pid = spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
+    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+
+    netcore::underlay::create_switch(&underlay, UNDERLAY_BRIDGE).await?;
+    let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
+    let plugs = hostnames.iter().enumerate().map(|(i, h)| {
+        let underlay = underlay.clone();
+        let ns_name = paths.node_ns(h);
+        async move {
+            let node = NetNs::create(&ns_name)?;
+            netcore::underlay::plug(
+                &underlay,
+                UNDERLAY_BRIDGE,
+                &format!("p{}", i + 1),
+                &node,
+                "eth0",
+                node_addr(i + 1),
+            )
+            .await?;
+            Ok::<_, anyhow::Error>(node)
+        }
+    });
+    let nodes = futures::future::try_join_all(plugs).await?;
+
+    let client = ManagerClient::new(&paths.manager_socket());
+    wait_until("the manager to answer", READY_TIMEOUT, || async {
+        client.get::<serde_json::Value>("/swarm").await.is_ok()
+    })
+    .await
+    .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
+
+    for (i, (h, node)) in hostnames.iter().zip(nodes).enumerate() {
+        let mut env = vec![(
+            crate::agent::ENV_NODE_ADDR,
+            node_addr(i + 1).addr().to_string(),
+        )];
+        if let Some(lb) = &opts.lb {
+            env.push((crate::agent::ENV_LB, lb.clone()));
+        }
+        let pid = spawn_daemon(
+            paths,
+            h,
+            &["__agent", "--node", h],
+            &env,
+            Some((node, h.clone())),
+        )?;
+        std::fs::write(paths.run_dir().join(format!("{h}.pid")), pid.to_string())?;
+    }
+    let want = opts.nodes;
+    wait_until("every node to be ready", READY_TIMEOUT, || async {
+        client
+            .get::<Vec<bollard::models::Node>>("/nodes")
+            .await
+            .map(|ns| {
+                ns.iter()
+                    .filter(|n| {
+                        n.status.as_ref().and_then(|s| s.state)
+                            == Some(bollard::models::NodeState::READY)
+                    })
+                    .count()
+                    == want
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .with_context(|| format!("see the node logs in {}", paths.run_dir().display()))?;
+
+    let info = ClusterInfo {
+        name: opts.name.clone(),
+        backend: opts.backend.clone(),
+        nodes: hostnames,
+        created: chrono::Utc::now(),
+        running: true,
+    };
+    write_atomically(&paths.info_file(), &serde_json::to_vec_pretty(&info)?)?;
+    Ok(info)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// Processes carrying this cluster's owner mark, found through /proc so that a crash that
+/// lost pid files still leaves nothing behind.
+fn owned_processes(cluster: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mark = format!("{OWNER_ENV}={cluster}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub async fn down(name: &str) -> anyhow::Result<()> {
+    require_root()?;
+    validate_cluster_name(name).map_err(anyhow::Error::msg)?;
+    let paths = ClusterPaths::new(name);
+    let prefix = paths.ns_prefix();
+    let known = paths.info_file().exists() || paths.run_dir().exists();
+    let namespaces = NetNs::list_with_prefix(&prefix);
+    let procs = owned_processes(name);
+    if !known && namespaces.is_empty() && procs.is_empty() {
+        bail!("no cluster named {name:?}: see swarmkit cluster ls");
+    }
+    for pid in &procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    wait_until("cluster processes to exit", Duration::from_secs(5), || async {
+        procs
+            .iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p))
+    })
+    .await?;
+    let mut errors = Vec::new();
+    for ns in NetNs::list_with_prefix(&prefix) {
+        if let Err(e) = NetNs::delete(&ns) {
+            errors.push(e.to_string());
+        }
+    }
+    for dir in [paths.run_dir(), paths.state_dir()] {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(format!("{}: {e}", dir.display()));
+        }
+    }
+    if !errors.is_empty() {
+        bail!("cluster {name} was not fully removed:\n  {}", errors.join("\n  "));
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .unwrap_or(true)
 }
 
 pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
-    Ok(Vec::new())
+    let Ok(dir) = std::fs::read_dir(crate::paths::STATE_ROOT) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in dir.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let paths = ClusterPaths::new(&name);
+        let Ok(bytes) = std::fs::read(paths.info_file()) else {
+            continue;
+        };
+        let mut info: ClusterInfo = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", paths.info_file().display()))?;
+        info.running = manager_running(&paths);
+        out.push(info);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
-/// Runs argv inside a node's namespaces; returns its exit code.
-pub async fn node_exec(_cluster: &str, _node: &str, _argv: &[String]) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+fn run_in(pid: u32, kinds: &[(&str, CloneFlags)], argv: &[String]) -> anyhow::Result<i32> {
+    let Some(program) = argv.first() else {
+        bail!("give a command to run after --");
+    };
+    let fds: Vec<(std::fs::File, CloneFlags)> = kinds
+        .iter()
+        .map(|(k, flag)| {
+            std::fs::File::open(format!("/proc/{pid}/ns/{k}"))
+                .map(|f| (f, *flag))
+                .with_context(|| format!("opening namespace {k} of process {pid}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let raw: Vec<(i32, CloneFlags)> = fds
+        .iter()
+        .map(|(f, flag)| (std::os::fd::AsRawFd::as_raw_fd(f), *flag))
+        .collect();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&argv[1..]);
+    // SAFETY: async-signal-safe syscalls only; the fds stay open until the child has exec'd.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, flag) in &raw {
+                enter_raw(*fd, *flag)?;
+            }
+            nix::unistd::chdir("/").map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let status = tokio::task::block_in_place(|| cmd.status())
+        .with_context(|| format!("running {program}"))?;
+    drop(fds);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Runs argv inside a task's namespaces (net, mnt, uts); `task` is an ID, ID prefix or
+/// Runs argv inside a node's namespaces (network and hostname); returns its exit code.
+pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
+    require_root()?;
+    let paths = ClusterPaths::new(cluster);
+    let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no node {node:?} in cluster {cluster:?}: see swarmkit --cluster {cluster} node ls"
+            )
+        })?
+        .trim()
+        .parse()?;
+    run_in(
+        pid,
+        &[("net", CloneFlags::CLONE_NEWNET), ("uts", CloneFlags::CLONE_NEWUTS)],
+        argv,
+    )
+}
+
+/// Runs argv inside a task's namespaces (net, uts, mnt); `task` is an ID, ID prefix or
 /// task name like `search.1`. Returns its exit code.
-pub async fn task_exec(_cluster: &str, _task: &str, _argv: &[String]) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Result<i32> {
+    require_root()?;
+    let paths = ClusterPaths::new(cluster);
+    let client = ManagerClient::new(&paths.manager_socket());
+    let tasks: Vec<serde_json::Value> = client.get("/tasks").await?;
+    let services: Vec<bollard::models::Service> = client.get("/services").await?;
+    let name_of = |t: &serde_json::Value| {
+        let sid = t["ServiceID"].as_str().unwrap_or_default();
+        let svc = services
+            .iter()
+            .find(|s| s.id.as_deref() == Some(sid))
+            .and_then(|s| s.spec.as_ref()?.name.clone())
+            .unwrap_or_default();
+        format!("{svc}.{}", t["Slot"].as_i64().unwrap_or(0))
+    };
+    let found = tasks.iter().find(|t| {
+        let running = t["Status"]["State"].as_str() == Some("running")
+            || t["Status"]["State"].as_str() == Some("starting");
+        running
+            && (t["ID"].as_str().is_some_and(|id| id.starts_with(task))
+                || name_of(t) == task
+                || task.starts_with(&format!("{}.", name_of(t))))
+    });
+    let Some(t) = found else {
+        bail!("no running task {task:?} in cluster {cluster:?}: see swarmkit service ps SERVICE");
+    };
+    let pid = t["Status"]["ContainerStatus"]["PID"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
+    run_in(
+        pid as u32,
+        &[
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ],
+        argv,
+    )
 }
 
 /// Entry points of the daemons `cluster up` starts (hidden subcommands of the binary).
-pub async fn run_manager(_cluster: &str) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
+    let paths = ClusterPaths::new(cluster);
+    let m = crate::manager::Manager::open(cluster, &paths.store())?;
+    crate::manager::serve(m, &paths.manager_socket()).await
 }
-pub async fn run_agent(_cluster: &str, _node: &str) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+
+pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {
+    crate::agent::run(cluster, node).await
 }

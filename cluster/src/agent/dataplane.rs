@@ -1,0 +1,257 @@
+//! The node-level parts of a plan: overlay sandboxes, the ingress sandbox with the routing
+//! mesh, and the per-task load-balancer and DNS contents derived from the plan's services.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use netcore::dns::{Answer, View};
+use netcore::ingress::{NodeIngress, PublishedPort};
+use netcore::lb::{self, Driver, Frontend, LoadBalancer, VirtualService};
+use netcore::netns::NetNs;
+use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
+
+use crate::model::{EndpointMode, Protocol};
+use crate::paths::ClusterPaths;
+use crate::plan::{AttachmentPlan, NetworkPlan, NodePlan, TaskPlan};
+
+/// The docker_gwbridge stand-in between a node and its ingress sandbox.
+const GW_IFNAME: &str = "docker_gwbridge";
+const GW_NODE: &str = "172.18.0.1/16";
+const GW_SANDBOX: &str = "172.18.0.2/16";
+
+struct Sandbox {
+    ns: NetNs,
+    spec: OverlaySpec,
+}
+
+struct Ingress {
+    lb: Box<dyn LoadBalancer>,
+    node_rules: NodeIngress,
+}
+
+pub struct Dataplane {
+    paths: ClusterPaths,
+    hostname: String,
+    node: NetNs,
+    vtep: Ipv4Addr,
+    driver: Driver,
+    sandboxes: HashMap<String, Sandbox>,
+    ingress: Option<Ingress>,
+}
+
+fn spec_of(n: &NetworkPlan) -> OverlaySpec {
+    OverlaySpec {
+        network_id: n.id.clone(),
+        vni: n.vni,
+        subnet: n.subnet,
+        gateway: n.gateway,
+        mtu: n.mtu,
+        peers: n
+            .peers
+            .iter()
+            .map(|p| Peer {
+                ip: p.ip,
+                mac: overlay::mac_for(p.ip),
+                vtep: p.vtep,
+            })
+            .collect(),
+    }
+}
+
+fn lb_proto(p: Protocol) -> lb::Protocol {
+    match p {
+        Protocol::Tcp => lb::Protocol::Tcp,
+        Protocol::Udp => lb::Protocol::Udp,
+    }
+}
+
+impl Dataplane {
+    pub fn new(
+        paths: ClusterPaths,
+        hostname: &str,
+        node: NetNs,
+        vtep: Ipv4Addr,
+        driver: Driver,
+    ) -> Self {
+        Dataplane {
+            paths,
+            hostname: hostname.to_string(),
+            node,
+            vtep,
+            driver,
+            sandboxes: HashMap::new(),
+            ingress: None,
+        }
+    }
+
+    pub async fn apply_networks(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        for n in &plan.networks {
+            let spec = spec_of(n);
+            if self.sandboxes.get(&n.id).is_some_and(|s| s.spec == spec) {
+                continue;
+            }
+            let name = self.paths.sandbox_ns(&self.hostname, &n.id);
+            let ns = overlay::ensure(&self.node, &name, self.vtep, &spec).await?;
+            self.sandboxes.insert(n.id.clone(), Sandbox { ns, spec });
+        }
+        Ok(())
+    }
+
+    /// Sandboxes of networks no longer in the plan (no local task uses them).
+    pub async fn prune_networks(&mut self, plan: &NodePlan) {
+        let gone: Vec<String> = self
+            .sandboxes
+            .keys()
+            .filter(|id| !plan.networks.iter().any(|n| &n.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.sandboxes.remove(&id);
+            let name = self.paths.sandbox_ns(&self.hostname, &id);
+            if let Err(e) = overlay::remove(&name).await {
+                tracing::warn!("removing sandbox {name}: {e}");
+            }
+        }
+    }
+
+    pub async fn attach(
+        &self,
+        network_id: &str,
+        target: &NetNs,
+        a: &AttachmentPlan,
+    ) -> anyhow::Result<()> {
+        let sb = self
+            .sandboxes
+            .get(network_id)
+            .ok_or_else(|| anyhow::anyhow!("network {network_id} has no sandbox on this node"))?;
+        overlay::attach(
+            &sb.ns,
+            &sb.spec,
+            target,
+            &Endpoint {
+                ifname: a.ifname.clone(),
+                addr: a.addr,
+                mac: overlay::mac_for(a.addr.addr()),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn apply_ingress(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        let Some(ing) = &plan.ingress else {
+            return Ok(());
+        };
+        if self.ingress.is_none() {
+            let sbox = NetNs::create(&self.paths.ingress_sbox_ns(&self.hostname))?;
+            let gw_node: Ipv4Net = GW_NODE.parse()?;
+            let gw_sbox: Ipv4Net = GW_SANDBOX.parse()?;
+            netcore::underlay::link_pair(&self.node, GW_IFNAME, gw_node, &sbox, "eth1", gw_sbox)
+                .await?;
+            self.attach(
+                &ing.network_id,
+                &sbox,
+                &AttachmentPlan {
+                    network_id: ing.network_id.clone(),
+                    ifname: "eth0".into(),
+                    addr: ing.sandbox_addr,
+                },
+            )
+            .await?;
+            self.ingress = Some(Ingress {
+                lb: lb::new(self.driver, sbox),
+                node_rules: NodeIngress::new(self.node.clone(), gw_sbox.addr(), GW_IFNAME),
+            });
+        }
+        let ingress = self.ingress.as_mut().expect("set above");
+        let services: Vec<VirtualService> = ing
+            .ports
+            .iter()
+            .map(|p| VirtualService {
+                fwmark: 0x10000 + u32::from(p.published) + if p.protocol == Protocol::Udp { 0x10000 } else { 0 },
+                frontend: Frontend::Port {
+                    proto: lb_proto(p.protocol),
+                    port: p.published,
+                    target: p.target,
+                },
+                backends: p.backends.clone(),
+            })
+            .collect();
+        let published: Vec<PublishedPort> = ing
+            .ports
+            .iter()
+            .map(|p| PublishedPort {
+                proto: lb_proto(p.protocol),
+                port: p.published,
+            })
+            .collect();
+        tokio::task::block_in_place(|| -> anyhow::Result<()> {
+            ingress.lb.apply(&services)?;
+            ingress.node_rules.apply(&published)?;
+            Ok(())
+        })
+    }
+}
+
+/// Networks a task shares with services, in the task's interface order; ingress carries no
+/// service discovery.
+fn task_networks<'a>(plan: &NodePlan, task: &'a TaskPlan) -> Vec<&'a str> {
+    let ingress = plan.ingress.as_ref().map(|i| i.network_id.as_str());
+    task.attachments
+        .iter()
+        .map(|a| a.network_id.as_str())
+        .filter(|n| Some(*n) != ingress)
+        .collect()
+}
+
+/// The VIPs a task can reach: every VIP-mode service on a network the task is on.
+pub fn task_services(plan: &NodePlan, task: &TaskPlan) -> Vec<VirtualService> {
+    let nets = task_networks(plan, task);
+    let mut out = Vec::new();
+    for s in &plan.services {
+        for net in &nets {
+            if let Some((vip, fwmark)) = s.vips.get(*net) {
+                out.push(VirtualService {
+                    fwmark: *fwmark,
+                    frontend: Frontend::Vip(*vip),
+                    backends: s.backends.get(*net).cloned().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What the task resolves through 127.0.0.11: service names to VIPs (or task IPs in dnsrr
+/// mode) and `tasks.NAME` to task IPs, only for services on networks it shares.
+pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
+    let nets = task_networks(plan, task);
+    let mut names = HashMap::new();
+    for s in &plan.services {
+        let shared: Vec<&&str> = nets.iter().filter(|n| s.backends.contains_key(**n)).collect();
+        let Some(first) = shared.first() else {
+            continue;
+        };
+        let ips: Vec<Ipv4Addr> = shared
+            .iter()
+            .flat_map(|n| s.backends.get(**n).cloned().unwrap_or_default())
+            .collect();
+        let answer = match (s.endpoint_mode, s.vips.get(**first)) {
+            (EndpointMode::Vip, Some((vip, _))) => Answer {
+                ips: vec![*vip],
+                rotate: false,
+            },
+            _ => Answer {
+                ips: ips.clone(),
+                rotate: true,
+            },
+        };
+        names.insert(s.name.to_lowercase(), answer);
+        names.insert(
+            format!("tasks.{}", s.name.to_lowercase()),
+            Answer { ips, rotate: true },
+        );
+    }
+    View { names }
+}

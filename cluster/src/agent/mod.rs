@@ -1,0 +1,427 @@
+//! The agent: one per node. It registers with the manager, long-polls its node's plan, makes
+//! the node's kernel state and task processes match it through netcore, and reports back
+//! what it observed. Every step is a reconcile, so a missed event is repaired by the next plan.
+
+mod dataplane;
+mod process;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Context;
+use netcore::dns::{Resolver, ServeHandle};
+use netcore::lb::{self, Driver, LoadBalancer};
+use netcore::netns::NetNs;
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{ClientError, ManagerClient};
+use crate::model::TaskState;
+use crate::paths::ClusterPaths;
+use crate::plan::{NodePlan, TaskPlan};
+use crate::protocol::{PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport};
+
+pub use process::write_files;
+
+/// Environment the lifecycle passes to an agent it starts.
+pub const ENV_NODE_ADDR: &str = "SWARMKIT_NODE_ADDR";
+pub const ENV_LB: &str = "SWARMKIT_LB";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+enum Event {
+    Exited { id: String, code: Option<i32> },
+    Ready { id: String },
+    NotReady { id: String, err: String },
+}
+
+struct RunningTask {
+    plan: TaskPlan,
+    ns: NetNs,
+    pid: Option<u32>,
+    dns: Option<ServeHandle>,
+    lb: Box<dyn LoadBalancer>,
+    state: TaskState,
+    stopping: bool,
+}
+
+pub struct Agent {
+    paths: ClusterPaths,
+    hostname: String,
+    client: ManagerClient,
+    node: NetNs,
+    vtep: Ipv4Addr,
+    driver: Driver,
+    resolver: std::sync::Arc<Resolver>,
+    dataplane: dataplane::Dataplane,
+    tasks: HashMap<String, RunningTask>,
+    reports: BTreeMap<String, TaskReport>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
+            .await
+        {
+            Ok(r) => return Ok(r.node_id),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e).context("registering with the manager");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
+    let paths = ClusterPaths::new(cluster);
+    let node = NetNs::open(&paths.node_ns(hostname))?;
+    let vtep: Ipv4Addr = std::env::var(ENV_NODE_ADDR)
+        .context("SWARMKIT_NODE_ADDR is not set")?
+        .parse()
+        .context("SWARMKIT_NODE_ADDR is not an IPv4 address")?;
+    let driver = match std::env::var(ENV_LB).ok().filter(|s| !s.is_empty()) {
+        Some(d) => d.parse::<Driver>().map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => lb::probe(),
+    };
+    let client = ManagerClient::new(&paths.manager_socket());
+    let req = RegisterRequest {
+        hostname: hostname.to_string(),
+        addr: vtep,
+        lb_driver: driver.to_string(),
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let node_id = register(&client, &req).await?;
+    tracing::info!(node_id, hostname, %driver, "registered");
+
+    let (plan_tx, mut plan_rx) = watch::channel::<Option<NodePlan>>(None);
+    tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        dataplane: dataplane::Dataplane::new(paths.clone(), hostname, node.clone(), vtep, driver),
+        paths,
+        hostname: hostname.to_string(),
+        client,
+        node,
+        vtep,
+        driver,
+        resolver: Resolver::new(),
+        tasks: HashMap::new(),
+        reports: BTreeMap::new(),
+        events: events_tx,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut node_id = node_id;
+    loop {
+        tokio::select! {
+            changed = plan_rx.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("plan channel closed");
+                }
+            }
+            Some(ev) = events_rx.recv() => agent.on_event(ev),
+            _ = tick.tick() => {}
+        }
+        while let Ok(ev) = events_rx.try_recv() {
+            agent.on_event(ev);
+        }
+        let Some(plan) = plan_rx.borrow_and_update().clone() else {
+            continue;
+        };
+        node_id = plan.node_id.clone();
+        let applied = match agent.reconcile(&plan).await {
+            Ok(()) => Some(plan.version),
+            Err(e) => {
+                tracing::warn!("applying plan {}: {e:#}", plan.version);
+                None
+            }
+        };
+        agent.send_report(&node_id, applied).await;
+    }
+}
+
+async fn poll_plans(
+    client: ManagerClient,
+    mut node_id: String,
+    req: RegisterRequest,
+    tx: watch::Sender<Option<NodePlan>>,
+) {
+    let mut epoch: Option<u64> = None;
+    loop {
+        let uri = match epoch {
+            Some(e) => format!("{PREFIX}/{node_id}/plan?after={e}"),
+            None => format!("{PREFIX}/{node_id}/plan"),
+        };
+        match client.get::<PlanResponse>(&uri).await {
+            Ok(r) => {
+                epoch = Some(r.epoch);
+                tx.send_if_modified(|cur| {
+                    if cur.as_ref() == Some(&r.plan) {
+                        false
+                    } else {
+                        *cur = Some(r.plan);
+                        true
+                    }
+                });
+            }
+            Err(ClientError::Status { status, .. }) if status == 404 => {
+                if let Ok(id) = register(&client, &req).await {
+                    node_id = id;
+                }
+                epoch = None;
+            }
+            Err(e) => {
+                // The dataplane keeps serving while the manager is away.
+                tracing::debug!("plan poll: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                epoch = None;
+            }
+        }
+    }
+}
+
+impl Agent {
+    fn report(&mut self, id: &str, state: TaskState, message: &str, err: Option<String>) {
+        let (pid, exit_code) = match self.tasks.get(id) {
+            Some(t) => (t.pid, None),
+            None => (None, None),
+        };
+        self.reports.insert(
+            id.to_string(),
+            TaskReport {
+                id: id.to_string(),
+                state,
+                message: message.to_string(),
+                err,
+                pid,
+                exit_code,
+            },
+        );
+    }
+
+    async fn send_report(&mut self, node_id: &str, applied: Option<u64>) {
+        let report = Report {
+            applied_version: applied,
+            tasks: self.reports.values().cloned().collect(),
+        };
+        match self
+            .client
+            .post::<_, serde_json::Value>(&format!("{PREFIX}/{node_id}/report"), &report)
+            .await
+        {
+            Ok(_) => self.reports.clear(),
+            Err(e) => tracing::warn!("report: {e}"),
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready { id } => {
+                if let Some(t) = self.tasks.get_mut(&id)
+                    && t.state == TaskState::Starting
+                    && !t.stopping
+                {
+                    t.state = TaskState::Running;
+                    self.report(&id, TaskState::Running, "started", None);
+                }
+            }
+            Event::NotReady { id, err } => {
+                tracing::warn!(task = id, "not ready: {err}");
+            }
+            Event::Exited { id, code } => {
+                let Some(t) = self.tasks.remove(&id) else {
+                    return;
+                };
+                let (state, message, err) = if t.stopping {
+                    (TaskState::Shutdown, "shutdown".to_string(), None)
+                } else if code == Some(0) {
+                    (TaskState::Complete, "finished".to_string(), None)
+                } else {
+                    let why = match code {
+                        Some(c) => format!("task: non-zero exit ({c})"),
+                        None => "task: killed by a signal".to_string(),
+                    };
+                    (TaskState::Failed, why.clone(), Some(why))
+                };
+                let pid = t.pid;
+                self.cleanup(t);
+                self.reports.insert(
+                    id.clone(),
+                    TaskReport {
+                        id,
+                        state,
+                        message,
+                        err,
+                        pid,
+                        exit_code: code.map(i64::from),
+                    },
+                );
+            }
+        }
+    }
+
+    fn cleanup(&mut self, t: RunningTask) {
+        self.resolver.remove(&t.plan.id);
+        let RunningTask { ns, dns, lb, .. } = t;
+        // Sockets and handles keep a namespace alive: release them before its name.
+        drop(dns);
+        drop(lb);
+        let name = ns.name().to_string();
+        drop(ns);
+        if let Err(e) = NetNs::delete(&name) {
+            tracing::warn!("removing {name}: {e}");
+        }
+    }
+
+    async fn reconcile(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        self.dataplane.apply_networks(plan).await?;
+        self.dataplane.apply_ingress(plan).await?;
+
+        let wanted: HashMap<&str, &TaskPlan> =
+            plan.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        let stale: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.stop(&id);
+        }
+        let now = chrono::Utc::now();
+        for t in &plan.tasks {
+            if self.tasks.contains_key(&t.id) || t.start_after.is_some_and(|at| at > now) {
+                continue;
+            }
+            if let Err(e) = self.start(t).await {
+                tracing::warn!("starting {}: {e:#}", t.name);
+                self.report(&t.id, TaskState::Rejected, "failed to start", Some(format!("{e:#}")));
+            }
+        }
+        for t in self.tasks.values_mut().filter(|t| !t.stopping) {
+            let services = dataplane::task_services(plan, &t.plan);
+            tokio::task::block_in_place(|| t.lb.apply(&services))
+                .with_context(|| format!("load balancing for {}", t.plan.name))?;
+            self.resolver
+                .set_view(&t.plan.id, dataplane::task_view(plan, &t.plan));
+        }
+        self.dataplane.prune_networks(plan).await;
+        Ok(())
+    }
+
+    async fn start(&mut self, t: &TaskPlan) -> anyhow::Result<()> {
+        let ns = NetNs::create(&self.paths.task_ns(&t.id))?;
+        netcore::link::loopback_up(&ns).await?;
+        for a in &t.attachments {
+            self.dataplane.attach(&a.network_id, &ns, a).await?;
+        }
+        let dns = self.resolver.serve_in(&t.id, &ns)?;
+        let lb = lb::new(self.driver, ns.clone());
+        let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
+            (Some(b), true) => vec![
+                std::env::current_exe()?.to_string_lossy().into_owned(),
+                "__image".to_string(),
+                b.name().to_string(),
+            ],
+            _ => t.args.clone(),
+        };
+        let dir = self.paths.task_dir(&t.id);
+        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
+        let pid = child.id();
+        let id = t.id.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = events.send(Event::Exited { id, code });
+        });
+        let port = crate::images::resolve(&t.image)
+            .filter(|_| t.args.is_empty())
+            .map(|b| b.port());
+        self.tasks.insert(
+            t.id.clone(),
+            RunningTask {
+                plan: t.clone(),
+                ns: ns.clone(),
+                pid,
+                dns: Some(dns),
+                lb,
+                state: TaskState::Starting,
+                stopping: false,
+            },
+        );
+        self.report(&t.id, TaskState::Starting, "starting", None);
+        let events = self.events.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let ev = match wait_listening(ns, port).await {
+                Ok(()) => Event::Ready { id },
+                Err(err) => Event::NotReady { id, err },
+            };
+            let _ = events.send(ev);
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self, id: &str) {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return;
+        };
+        if t.stopping {
+            return;
+        }
+        t.stopping = true;
+        match t.pid {
+            Some(pid) => {
+                let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
+                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+                tokio::spawn(async move {
+                    tokio::time::sleep(STOP_GRACE).await;
+                    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+                });
+            }
+            None => {
+                let _ = self.events.send(Event::Exited {
+                    id: id.to_string(),
+                    code: None,
+                });
+            }
+        }
+    }
+}
+
+/// Ready means the task accepts connections on its image's port (from inside its namespace),
+/// not merely that its process exists.
+async fn wait_listening(ns: NetNs, port: Option<u16>) -> Result<(), String> {
+    let Some(port) = port else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let ns2 = ns.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            ns2.run(|| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+            .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("nothing listens on port {port} after {READY_TIMEOUT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

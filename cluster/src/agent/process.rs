@@ -1,0 +1,159 @@
+//! Starting a task's process inside its namespaces. The child enters the task's network
+//! namespace and gets a private mount and UTS namespace with the task's own /etc/hosts,
+//! /etc/resolv.conf (127.0.0.11) and hostname, as a container would.
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use netcore::netns::{NetNs, enter_raw};
+
+use crate::paths::OWNER_ENV;
+use crate::plan::TaskPlan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("task {task}: preparing {what}: {source}")]
+    Prepare {
+        task: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("task {task}: starting {program}: {source}")]
+    Spawn {
+        task: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes the task's hosts, resolv.conf and hostname files into `dir`.
+pub fn write_files(dir: &Path, task: &TaskPlan) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    // The last attachment is the service's own network (ingress, when present, comes first).
+    if let Some(a) = task.attachments.last() {
+        hosts.push_str(&format!("{}\t{}\n", a.addr.addr(), task.hostname));
+    }
+    std::fs::write(dir.join("hosts"), hosts)?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 127.0.0.11\noptions ndots:0\n",
+    )?;
+    std::fs::write(dir.join("hostname"), format!("{}\n", task.hostname))?;
+    Ok(())
+}
+
+fn cstr(task: &str, what: &'static str, s: &str) -> Result<CString, ProcessError> {
+    CString::new(s).map_err(|e| ProcessError::Prepare {
+        task: task.to_string(),
+        what,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })
+}
+
+pub fn spawn(
+    task: &TaskPlan,
+    ns: &NetNs,
+    dir: &Path,
+    cluster: &str,
+    argv: &[String],
+) -> Result<tokio::process::Child, ProcessError> {
+    let prepare = |what, source| ProcessError::Prepare {
+        task: task.name.clone(),
+        what,
+        source,
+    };
+    write_files(dir, task).map_err(|e| prepare("hosts and resolv.conf", e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("output.log"))
+        .map_err(|e| prepare("log file", e))?;
+    let log2 = log.try_clone().map_err(|e| prepare("log file", e))?;
+
+    let binds: Vec<(CString, CString)> = ["hosts", "resolv.conf", "hostname"]
+        .iter()
+        .map(|f| {
+            Ok((
+                cstr(&task.name, "bind source", &dir.join(f).to_string_lossy())?,
+                cstr(&task.name, "bind target", &format!("/etc/{f}"))?,
+            ))
+        })
+        .collect::<Result<_, ProcessError>>()?;
+    let hostname = task.hostname.clone();
+    let net_fd = ns.raw_fd();
+
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOSTNAME", &task.hostname)
+        .env("SWARMKIT_TASK_ID", &task.id)
+        .env("SWARMKIT_TASK_NAME", &task.name)
+        .env(
+            "SWARMKIT_TASK_ADDRS",
+            task.attachments
+                .iter()
+                .map(|a| a.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env(OWNER_ENV, cluster)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .current_dir("/");
+    for kv in &task.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    // SAFETY: only async-signal-safe syscalls run between fork and exec; every buffer they
+    // use was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+                .map_err(std::io::Error::from)?;
+            // Private propagation first, or the binds below would leak into the host.
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            for (src, dst) in &binds {
+                // /etc/hostname may be absent on minimal hosts; the UTS name still applies.
+                let _ = mount(
+                    Some(src.as_c_str()),
+                    dst.as_c_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                );
+            }
+            nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let cmd = tokio::process::Command::from(cmd);
+    let mut cmd = cmd;
+    cmd.kill_on_drop(false);
+    cmd.spawn().map_err(|source| ProcessError::Spawn {
+        task: task.name.clone(),
+        program: argv[0].clone(),
+        source,
+    })
+}
