@@ -304,14 +304,31 @@ async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    let counted = if services.iter().any(|s| s.service_status.is_none()) {
+        count_tasks(api).await?
+    } else {
+        HashMap::new()
+    };
     let mut table = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
     for s in &services {
-        let status = s.service_status.as_ref();
-        let replicas = format!(
-            "{}/{}",
-            status.and_then(|st| st.running_tasks).unwrap_or(0),
-            status.and_then(|st| st.desired_tasks).unwrap_or(0)
-        );
+        let (running, desired) = match &s.service_status {
+            Some(st) => (st.running_tasks.unwrap_or(0), st.desired_tasks.unwrap_or(0)),
+            None => {
+                let (running, active) = counted
+                    .get(s.id.as_deref().unwrap_or(""))
+                    .copied()
+                    .unwrap_or((0, 0));
+                let replicas = s
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.mode.as_ref())
+                    .and_then(|m| m.replicated.as_ref())
+                    .and_then(|r| r.replicas)
+                    .and_then(|r| u64::try_from(r).ok());
+                (running, replicas.unwrap_or(active))
+            }
+        };
+        let replicas = format!("{running}/{desired}");
         let ports = s
             .endpoint
             .as_ref()
@@ -346,6 +363,26 @@ async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
         table.print()?;
     }
     Ok(0)
+}
+
+/// Per service: (tasks running, tasks meant to run). docker computes REPLICAS this way
+/// when the manager does not fill in ServiceStatus.
+async fn count_tasks(api: &Api) -> Result<HashMap<String, (u64, u64)>, ClientError> {
+    use bollard::models::TaskState;
+    let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+    for t in api.docker.list_tasks(None).await.api(api)? {
+        if t.desired_state != Some(TaskState::RUNNING) {
+            continue;
+        }
+        let entry = counts
+            .entry(t.service_id.clone().unwrap_or_default())
+            .or_default();
+        entry.1 += 1;
+        if t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING) {
+            entry.0 += 1;
+        }
+    }
+    Ok(counts)
 }
 
 async fn inspect(api: &Api, names: &[String], pretty: bool) -> anyhow::Result<i32> {
