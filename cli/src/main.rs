@@ -1,1 +1,130 @@
-fn main() {}
+//! swarmkit: Docker Swarm networking you can run, watch and test.
+//!
+//! The binary is a client of a cluster's manager (the Docker Engine API on a unix socket),
+//! plus the hidden entry points of the daemons `cluster up` starts.
+
+mod commands;
+mod progress;
+mod publish;
+mod render;
+mod walkthrough;
+
+use clap::{Parser, Subcommand};
+
+use commands::{cluster::ClusterCmd, network::NetworkCmd, node::NodeCmd, service::ServiceCmd};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "swarmkit",
+    version,
+    about = "Docker Swarm networking you can run, watch and test"
+)]
+struct Cli {
+    /// Cluster to talk to
+    #[arg(
+        long,
+        global = true,
+        env = "SWARMKIT_CLUSTER",
+        default_value = "default"
+    )]
+    cluster: String,
+    /// Enable debug logging (RUST_LOG, when set, takes precedence)
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage local clusters
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Manage cluster nodes
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Manage services
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Run a command inside a task's namespaces
+    Exec(commands::exec::ExecArgs),
+    /// Walk through Docker's swarm networking tutorial on a live cluster
+    Walkthrough(walkthrough::WalkthroughArgs),
+    #[command(name = "__manager", hide = true)]
+    Manager,
+    #[command(name = "__agent", hide = true)]
+    Agent {
+        #[arg(long)]
+        node: String,
+    },
+    #[command(name = "__image", hide = true)]
+    Image { image: String },
+}
+
+fn init_tracing(debug: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "warn" })
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let cluster = cli.cluster.as_str();
+    match cli.command {
+        Command::Cluster(cmd) => commands::cluster::run(cluster, cmd).await,
+        Command::Node(cmd) => commands::node::run(cluster, cmd).await,
+        Command::Network(cmd) => commands::network::run(cluster, cmd).await,
+        Command::Service(cmd) => commands::service::run(cluster, cmd).await,
+        Command::Exec(args) => commands::exec::run(cluster, args).await,
+        Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
+        Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
+        Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)
+            .await
+            .map(|()| 0),
+        Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
+    }
+}
+
+/// Daemon errors print exactly like docker's; anything else prints its whole cause chain.
+pub fn print_error(err: &anyhow::Error) {
+    if let Some(e @ commands::ClientError::Daemon(_)) = err.downcast_ref() {
+        eprintln!("{e}");
+        return;
+    }
+    eprintln!("Error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.debug);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            print_error(&anyhow::Error::new(err).context("starting the async runtime"));
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            print_error(&err);
+            1
+        }
+    };
+    // Do not wait for stray blocking tasks (a hung request) before exiting.
+    runtime.shutdown_background();
+    std::process::exit(code);
+}

@@ -1,0 +1,223 @@
+//! `swarmkit node ...`
+
+use bollard::models::Node;
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::{Api, ApiResult};
+use crate::render::{self, Format, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List nodes in the cluster
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Display detailed information on one or more nodes
+    Inspect {
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+        /// Print the information in a human friendly format
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Run a command inside a node's namespaces
+    Exec {
+        node: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        NodeCmd::Ls { quiet, format } => ls(cluster, quiet, format).await,
+        NodeCmd::Inspect { nodes, pretty } => inspect(cluster, &nodes, pretty).await,
+        NodeCmd::Exec { node, command } => {
+            ::cluster::lifecycle::node_exec(cluster, &node, &command).await
+        }
+    }
+}
+
+pub fn hostname(n: &Node) -> String {
+    n.description
+        .as_ref()
+        .and_then(|d| d.hostname.clone())
+        .unwrap_or_default()
+}
+
+/// The manager answers for its own node, and that node is the leader; docker marks the
+/// node it talks to with `*`.
+fn is_self(n: &Node) -> bool {
+    n.manager_status
+        .as_ref()
+        .and_then(|m| m.leader)
+        .unwrap_or(false)
+}
+
+struct Row {
+    id: String,
+    is_self: bool,
+    hostname: String,
+    status: String,
+    availability: String,
+    manager_status: String,
+    engine_version: String,
+}
+
+fn row(n: &Node) -> Row {
+    let manager_status = match &n.manager_status {
+        Some(m) if m.leader == Some(true) => "Leader".to_string(),
+        Some(m) => render::pretty(&m.reachability.map(|r| r.to_string()).unwrap_or_default()),
+        None => String::new(),
+    };
+    Row {
+        id: n.id.clone().unwrap_or_default(),
+        is_self: is_self(n),
+        hostname: hostname(n),
+        status: render::pretty(
+            &n.status
+                .as_ref()
+                .and_then(|s| s.state)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        ),
+        availability: render::pretty(
+            &n.spec
+                .as_ref()
+                .and_then(|s| s.availability)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ),
+        manager_status,
+        engine_version: n
+            .description
+            .as_ref()
+            .and_then(|d| d.engine.as_ref())
+            .and_then(|e| e.engine_version.clone())
+            .unwrap_or_default(),
+    }
+}
+
+async fn ls(cluster: &str, quiet: bool, format: Format) -> anyhow::Result<i32> {
+    let api = Api::connect(cluster)?;
+    let mut nodes = api.docker.list_nodes(None).await.api(&api)?;
+    nodes.sort_by(|a, b| render::natural_cmp(&hostname(a), &hostname(b)));
+    let rows: Vec<Row> = nodes.iter().map(row).collect();
+    if quiet {
+        // Node IDs are never truncated by docker, not even in tables.
+        rows.iter().for_each(|r| println!("{}", r.id));
+        return Ok(0);
+    }
+    match format {
+        Format::Json => {
+            for r in rows {
+                println!(
+                    "{}",
+                    render::json_line(&[
+                        ("Availability", r.availability.into()),
+                        ("EngineVersion", r.engine_version.into()),
+                        ("Hostname", r.hostname.into()),
+                        ("ID", r.id.into()),
+                        ("ManagerStatus", r.manager_status.into()),
+                        ("Self", Value::Bool(r.is_self)),
+                        ("Status", r.status.into()),
+                        ("TLSStatus", "Unknown".into()),
+                    ])
+                );
+            }
+        }
+        Format::Table => {
+            let mut table = Table::new(&[
+                "ID",
+                "HOSTNAME",
+                "STATUS",
+                "AVAILABILITY",
+                "MANAGER STATUS",
+                "ENGINE VERSION",
+            ]);
+            for r in rows {
+                table.row(vec![
+                    format!("{} {}", r.id, if r.is_self { "*" } else { " " }),
+                    r.hostname,
+                    r.status,
+                    r.availability,
+                    r.manager_status,
+                    r.engine_version,
+                ]);
+            }
+            table.print()?;
+        }
+    }
+    Ok(0)
+}
+
+async fn inspect(cluster: &str, names: &[String], pretty: bool) -> anyhow::Result<i32> {
+    let api = Api::connect(cluster)?;
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match api.docker.inspect_node(name).await.api(&api) {
+            Ok(n) => found.push(n),
+            Err(e @ super::ClientError::Daemon(_)) => errors.push(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !pretty {
+        return super::print_inspect(&found, errors);
+    }
+    for n in &found {
+        print!("{}", pretty_node(n));
+    }
+    let code = if errors.is_empty() { 0 } else { 1 };
+    errors
+        .into_iter()
+        .for_each(|e| crate::print_error(&e.into()));
+    Ok(code)
+}
+
+/// A subset of docker's `node inspect --pretty` template, same labels and tab layout.
+fn pretty_node(n: &Node) -> String {
+    let r = row(n);
+    let mut out = format!("ID:\t\t\t{}\n", r.id);
+    out += &format!("Hostname:              \t{}\n", r.hostname);
+    if let Some(created) = n.created_at {
+        out += &format!("Joined at:             \t{}\n", created.to_rfc3339());
+    }
+    out += "Status:\n";
+    out += &format!(" State:\t\t\t{}\n", r.status);
+    out += &format!(" Availability:         \t{}\n", r.availability);
+    if let Some(addr) = n.status.as_ref().and_then(|s| s.addr.as_deref()) {
+        out += &format!(" Address:\t\t{addr}\n");
+    }
+    if let Some(m) = &n.manager_status {
+        out += "Manager Status:\n";
+        out += &format!(" Address:\t\t{}\n", m.addr.clone().unwrap_or_default());
+        out += &format!(
+            " Raft Status:\t\t{}\n",
+            render::pretty(&m.reachability.map(|r| r.to_string()).unwrap_or_default())
+        );
+        let leader = if m.leader == Some(true) { "Yes" } else { "No" };
+        out += &format!(" Leader:\t\t{leader}\n");
+    }
+    let platform = n.description.as_ref().and_then(|d| d.platform.as_ref());
+    out += "Platform:\n";
+    out += &format!(
+        " Operating System:\t{}\n",
+        platform.and_then(|p| p.os.clone()).unwrap_or_default()
+    );
+    out += &format!(
+        " Architecture:\t\t{}\n",
+        platform
+            .and_then(|p| p.architecture.clone())
+            .unwrap_or_default()
+    );
+    out += &format!("Engine Version:\t\t{}\n", r.engine_version);
+    out
+}

@@ -1,0 +1,595 @@
+//! `swarmkit service ...`
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    EndpointPortConfig, EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, Service,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
+};
+use bollard::query_parameters::{ListServicesOptions, UpdateServiceOptions};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{Api, ApiResult, ClientError};
+use crate::progress;
+use crate::publish::PublishSpec;
+use crate::render::{self, Format, Table};
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a new service
+    Create(CreateArgs),
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List the tasks of one or more services
+    Ps(super::service_ps::PsArgs),
+    /// Display detailed information on one or more services
+    Inspect {
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Print the information in a human friendly format
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Scale one or multiple replicated services
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
+        targets: Vec<(String, u64)>,
+        /// Exit immediately instead of waiting for the services to converge
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Update a service
+    Update(UpdateArgs),
+    /// Remove one or more services
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    Replicated,
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EndpointMode {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    name: Option<String>,
+    /// Network attachments
+    #[arg(long = "network", value_name = "NETWORK")]
+    networks: Vec<String>,
+    /// Number of tasks
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+    replicas: Option<u64>,
+    /// Set environment variables
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Publish a port as a node port: [PUBLISHED:]TARGET[/PROTO] or published=P,target=T
+    #[arg(short, long = "publish", value_name = "SPEC")]
+    publish: Vec<PublishSpec>,
+    /// Endpoint mode
+    #[arg(long, value_enum)]
+    endpoint_mode: Option<EndpointMode>,
+    /// Service mode
+    #[arg(long, value_enum, default_value = "replicated")]
+    mode: Mode,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
+    image: String,
+    /// Command and arguments passed to the image
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Number of tasks
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+    replicas: Option<u64>,
+    /// Service image tag
+    #[arg(long)]
+    image: Option<String>,
+    /// Add or update an environment variable
+    #[arg(long, value_name = "KEY=VALUE")]
+    env_add: Vec<String>,
+    /// Remove an environment variable
+    #[arg(long, value_name = "KEY")]
+    env_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long, value_name = "SPEC")]
+    publish_add: Vec<PublishSpec>,
+    /// Remove a published port by its target port
+    #[arg(long, value_name = "TARGET[/PROTO]")]
+    publish_rm: Vec<String>,
+    /// Add a network
+    #[arg(long, value_name = "NETWORK")]
+    network_add: Vec<String>,
+    /// Remove a network
+    #[arg(long, value_name = "NETWORK")]
+    network_rm: Vec<String>,
+    /// Force update even if no changes require it
+    #[arg(long)]
+    force: bool,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
+    service: String,
+}
+
+fn parse_replicas(s: &str) -> Result<u64, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("replicas cannot be negative: use 0 or more, e.g. --replicas 3".into());
+    }
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a number of replicas: use a whole number, e.g. --replicas 3")
+    })
+}
+
+fn parse_scale(s: &str) -> Result<(String, u64), String> {
+    let Some((name, replicas)) = s.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+        return Err("use SERVICE=REPLICAS, e.g. web=3".into());
+    };
+    let replicas =
+        parse_replicas(replicas).map_err(|e| format!("invalid replicas for {name}: {e}"))?;
+    Ok((name.to_string(), replicas))
+}
+
+/// docker's ValidateEnv: a bare `KEY` takes its value from this shell, if set there.
+fn env_entry(kv: &str) -> String {
+    if kv.contains('=') {
+        return kv.to_string();
+    }
+    match std::env::var(kv) {
+        Ok(v) => format!("{kv}={v}"),
+        Err(_) => kv.to_string(),
+    }
+}
+
+pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
+    let api = Api::connect(cluster)?;
+    match cmd {
+        ServiceCmd::Create(args) => create(&api, args).await,
+        ServiceCmd::Ls { quiet, format } => ls(&api, quiet, format).await,
+        ServiceCmd::Ps(args) => super::service_ps::ps(&api, args).await,
+        ServiceCmd::Inspect { services, pretty } => inspect(&api, &services, pretty).await,
+        ServiceCmd::Scale { targets, detach } => scale(&api, targets, detach).await,
+        ServiceCmd::Update(args) => update(&api, args).await,
+        ServiceCmd::Rm { services } => {
+            let api = &api;
+            super::for_each_name(&services, |name| async move {
+                api.docker.delete_service(&name).await.api(api)?;
+                Ok(name)
+            })
+            .await
+        }
+    }
+}
+
+/// docker resolves network names to IDs before creating the service, so the spec (and
+/// `service inspect`) always carries IDs.
+async fn network_id(api: &Api, name: &str) -> Result<String, ClientError> {
+    let net = api.docker.inspect_network(name, None).await.api(api)?;
+    Ok(net.id.unwrap_or_else(|| name.to_string()))
+}
+
+fn ports_of(specs: Vec<PublishSpec>) -> Vec<EndpointPortConfig> {
+    specs.into_iter().flat_map(|p| p.0).collect()
+}
+
+async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
+    let mut networks = Vec::new();
+    for net in &args.networks {
+        networks.push(NetworkAttachmentConfig {
+            target: Some(network_id(api, net).await?),
+            ..Default::default()
+        });
+    }
+    let mode = match args.mode {
+        Mode::Replicated => ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: args.replicas.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+            }),
+            ..Default::default()
+        },
+        Mode::Global => ServiceSpecMode {
+            global: Some(HashMap::new()),
+            ..Default::default()
+        },
+    };
+    let ports = ports_of(args.publish);
+    let endpoint_spec = (args.endpoint_mode.is_some() || !ports.is_empty()).then(|| EndpointSpec {
+        mode: args.endpoint_mode.map(|m| match m {
+            EndpointMode::Vip => EndpointSpecModeEnum::VIP,
+            EndpointMode::Dnsrr => EndpointSpecModeEnum::DNSRR,
+        }),
+        ports: (!ports.is_empty()).then_some(ports),
+    });
+    let spec = ServiceSpec {
+        name: args.name,
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(args.image),
+                // Like docker, words after the image are the image's arguments, not an
+                // entrypoint override.
+                args: (!args.args.is_empty()).then_some(args.args),
+                env: (!args.env.is_empty())
+                    .then(|| args.env.iter().map(|e| env_entry(e)).collect()),
+                ..Default::default()
+            }),
+            networks: (!networks.is_empty()).then_some(networks),
+            ..Default::default()
+        }),
+        mode: Some(mode),
+        endpoint_spec,
+        ..Default::default()
+    };
+    let created = api.docker.create_service(spec, None).await.api(api)?;
+    warn(created.warnings);
+    let id = created.id.unwrap_or_default();
+    println!("{id}");
+    if !args.detach && !args.quiet {
+        progress::converge(api, &id).await?;
+    }
+    Ok(0)
+}
+
+fn warn(warnings: Option<Vec<String>>) {
+    warnings
+        .into_iter()
+        .flatten()
+        .for_each(|w| eprintln!("{w}"));
+}
+
+pub fn service_name(s: &Service) -> String {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.name.clone())
+        .unwrap_or_default()
+}
+
+fn image_of(s: &Service) -> String {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.task_template.as_ref())
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+fn mode_of(s: &Service) -> &'static str {
+    match s.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(m) if m.global.is_some() => "global",
+        Some(m) if m.replicated.is_some() => "replicated",
+        Some(m) if m.replicated_job.is_some() => "replicated job",
+        Some(m) if m.global_job.is_some() => "global job",
+        _ => "",
+    }
+}
+
+async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
+    let opts = ListServicesOptions {
+        status: Some(!quiet),
+        ..Default::default()
+    };
+    let mut services = api.docker.list_services(Some(opts)).await.api(api)?;
+    services.sort_by(|a, b| render::natural_cmp(&service_name(a), &service_name(b)));
+    if quiet {
+        for s in &services {
+            println!("{}", render::truncate_id(s.id.as_deref().unwrap_or("")));
+        }
+        return Ok(0);
+    }
+    let counted = if services.iter().any(|s| s.service_status.is_none()) {
+        count_tasks(api).await?
+    } else {
+        HashMap::new()
+    };
+    let mut table = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
+    for s in &services {
+        let (running, desired) = match &s.service_status {
+            Some(st) => (st.running_tasks.unwrap_or(0), st.desired_tasks.unwrap_or(0)),
+            None => {
+                let (running, active) = counted
+                    .get(s.id.as_deref().unwrap_or(""))
+                    .copied()
+                    .unwrap_or((0, 0));
+                let replicas = s
+                    .spec
+                    .as_ref()
+                    .and_then(|sp| sp.mode.as_ref())
+                    .and_then(|m| m.replicated.as_ref())
+                    .and_then(|r| r.replicas)
+                    .and_then(|r| u64::try_from(r).ok());
+                (running, replicas.unwrap_or(active))
+            }
+        };
+        let replicas = format!("{running}/{desired}");
+        let ports = s
+            .endpoint
+            .as_ref()
+            .and_then(|e| e.ports.as_deref())
+            .map(render::service_ports)
+            .unwrap_or_default();
+        let id = render::truncate_id(s.id.as_deref().unwrap_or(""));
+        let (name, image) = (service_name(s), render::display_image(&image_of(s)));
+        match format {
+            Format::Json => println!(
+                "{}",
+                render::json_line(&[
+                    ("ID", id.into()),
+                    ("Image", image.into()),
+                    ("Mode", mode_of(s).into()),
+                    ("Name", name.into()),
+                    ("Ports", ports.into()),
+                    ("Replicas", replicas.into()),
+                ])
+            ),
+            Format::Table => table.row(vec![
+                id,
+                name,
+                mode_of(s).to_string(),
+                replicas,
+                image,
+                ports,
+            ]),
+        }
+    }
+    if format == Format::Table {
+        table.print()?;
+    }
+    Ok(0)
+}
+
+/// Per service: (tasks running, tasks meant to run). docker computes REPLICAS this way
+/// when the manager does not fill in ServiceStatus.
+async fn count_tasks(api: &Api) -> Result<HashMap<String, (u64, u64)>, ClientError> {
+    use bollard::models::TaskState;
+    let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+    for t in api.docker.list_tasks(None).await.api(api)? {
+        if t.desired_state != Some(TaskState::RUNNING) {
+            continue;
+        }
+        let entry = counts
+            .entry(t.service_id.clone().unwrap_or_default())
+            .or_default();
+        entry.1 += 1;
+        if t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING) {
+            entry.0 += 1;
+        }
+    }
+    Ok(counts)
+}
+
+async fn inspect(api: &Api, names: &[String], pretty: bool) -> anyhow::Result<i32> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match api.docker.inspect_service(name, None).await.api(api) {
+            Ok(s) => found.push(s),
+            Err(e @ ClientError::Daemon(_)) => errors.push(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !pretty {
+        return super::print_inspect(&found, errors);
+    }
+    for s in &found {
+        print!("{}", super::service_ps::pretty_service(s));
+    }
+    let code = if errors.is_empty() { 0 } else { 1 };
+    errors
+        .into_iter()
+        .for_each(|e| crate::print_error(&e.into()));
+    Ok(code)
+}
+
+/// GETs the service, lets `edit` change its spec, and POSTs it back at the version read,
+/// so a concurrent change makes the manager refuse rather than be overwritten.
+async fn modify(
+    api: &Api,
+    name: &str,
+    edit: impl FnOnce(&mut ServiceSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let service = api.docker.inspect_service(name, None).await.api(api)?;
+    let id = service.id.clone().unwrap_or_else(|| name.to_string());
+    let version = service.version.and_then(|v| v.index).unwrap_or(0);
+    let mut spec = service.spec.unwrap_or_default();
+    edit(&mut spec)?;
+    let opts = UpdateServiceOptions {
+        version: i32::try_from(version).unwrap_or(i32::MAX),
+        ..Default::default()
+    };
+    let resp = api
+        .docker
+        .update_service(&id, spec, opts, None)
+        .await
+        .api(api)?;
+    warn(resp.warnings);
+    Ok(id)
+}
+
+fn set_replicas(spec: &mut ServiceSpec, name: &str, replicas: u64) -> anyhow::Result<()> {
+    let Some(replicated) = spec.mode.as_mut().and_then(|m| m.replicated.as_mut()) else {
+        anyhow::bail!("{name}: scale can only be used with replicated mode");
+    };
+    replicated.replicas = Some(i64::try_from(replicas).unwrap_or(i64::MAX));
+    Ok(())
+}
+
+async fn scale(api: &Api, targets: Vec<(String, u64)>, detach: bool) -> anyhow::Result<i32> {
+    let mut code = 0;
+    let mut scaled = Vec::new();
+    for (name, replicas) in targets {
+        match modify(api, &name, |spec| set_replicas(spec, &name, replicas)).await {
+            Ok(id) => {
+                println!("{name} scaled to {replicas}");
+                scaled.push(id);
+            }
+            Err(err) => {
+                crate::print_error(&err);
+                code = 1;
+            }
+        }
+    }
+    if !detach {
+        for id in scaled {
+            progress::converge(api, &id).await?;
+        }
+    }
+    Ok(code)
+}
+
+async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
+    let mut add_networks = Vec::new();
+    for net in &args.network_add {
+        add_networks.push(network_id(api, net).await?);
+    }
+    let mut rm_networks = Vec::new();
+    for net in &args.network_rm {
+        rm_networks.push(network_id(api, net).await?);
+    }
+    let name = args.service.clone();
+    let id = modify(api, &name, |spec| {
+        if let Some(r) = args.replicas {
+            set_replicas(spec, &name, r)?;
+        }
+        let task = spec.task_template.get_or_insert_with(Default::default);
+        if args.force {
+            task.force_update = Some(task.force_update.unwrap_or(0) + 1);
+        }
+        let container = task.container_spec.get_or_insert_with(Default::default);
+        if let Some(image) = args.image {
+            container.image = Some(image);
+        }
+        // Only touch what the flags name, so an untouched field keeps its exact value.
+        if !args.env_add.is_empty() || !args.env_rm.is_empty() {
+            update_env(container, &args.env_add, &args.env_rm);
+        }
+        if !add_networks.is_empty() || !rm_networks.is_empty() {
+            let nets = task.networks.get_or_insert_with(Vec::new);
+            nets.retain(|n| !rm_networks.iter().any(|r| n.target.as_ref() == Some(r)));
+            for net in add_networks {
+                if !nets.iter().any(|n| n.target.as_ref() == Some(&net)) {
+                    nets.push(NetworkAttachmentConfig {
+                        target: Some(net),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if !args.publish_add.is_empty() || !args.publish_rm.is_empty() {
+            let endpoint = spec.endpoint_spec.get_or_insert_with(Default::default);
+            update_ports(endpoint, ports_of(args.publish_add), &args.publish_rm);
+        }
+        Ok(())
+    })
+    .await?;
+    println!("{}", args.service);
+    if !args.detach && !args.quiet {
+        progress::converge(api, &id).await?;
+    }
+    Ok(0)
+}
+
+fn update_env(container: &mut TaskSpecContainerSpec, add: &[String], rm: &[String]) {
+    let key = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.retain(|e| !rm.contains(&key(e)));
+    for kv in add.iter().map(|kv| env_entry(kv)) {
+        env.retain(|e| key(e) != key(&kv));
+        env.push(kv);
+    }
+}
+
+/// `--publish-rm 80` or `80/udp` drops by target port; an added port replaces one with the
+/// same published port and protocol.
+fn update_ports(endpoint: &mut EndpointSpec, add: Vec<EndpointPortConfig>, rm: &[String]) {
+    let ports = endpoint.ports.get_or_insert_with(Vec::new);
+    for r in rm {
+        let (target, proto) = r.split_once('/').unwrap_or((r, "tcp"));
+        ports.retain(|p| {
+            let same_proto = p
+                .protocol
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "tcp".into())
+                == proto;
+            !(same_proto && p.target_port.map(|t| t.to_string()).as_deref() == Some(target))
+        });
+    }
+    for new in add {
+        ports.retain(|p| {
+            new.published_port == Some(0)
+                || !(p.published_port == new.published_port && p.protocol == new.protocol)
+        });
+        ports.push(new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_and_scale_parsing() {
+        assert_eq!(parse_replicas("3"), Ok(3));
+        assert!(parse_replicas("-1").unwrap_err().contains("negative"));
+        assert!(
+            parse_replicas("three")
+                .unwrap_err()
+                .contains("--replicas 3")
+        );
+        assert_eq!(parse_scale("web=5"), Ok(("web".into(), 5)));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("=3").is_err());
+        assert!(parse_scale("web=x").unwrap_err().contains("web"));
+    }
+
+    #[test]
+    fn env_updates_replace_by_key() {
+        let mut c = TaskSpecContainerSpec {
+            env: Some(vec!["A=1".into(), "B=2".into()]),
+            ..Default::default()
+        };
+        update_env(&mut c, &["A=3".into(), "C=4".into()], &["B".into()]);
+        assert_eq!(c.env, Some(vec!["A=3".into(), "C=4".into()]));
+    }
+
+    #[test]
+    fn port_updates() {
+        let spec = |s: &str| crate::publish::parse(s).unwrap_or_default();
+        let mut e = EndpointSpec {
+            ports: Some(spec("80:80")),
+            ..Default::default()
+        };
+        update_ports(&mut e, spec("80:8080"), &[]);
+        update_ports(&mut e, spec("9200:9200"), &[]);
+        assert_eq!(e.ports.as_ref().map(Vec::len), Some(2));
+        update_ports(&mut e, vec![], &["9200".into()]);
+        assert_eq!(e.ports, Some(spec("80:8080")));
+    }
+}
