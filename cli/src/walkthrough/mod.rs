@@ -44,7 +44,8 @@ impl Backend {
 
 #[derive(clap::Args, Debug)]
 pub struct WalkthroughArgs {
-    /// The walkthrough to run (NAME of testplans/NAME.md), or `list` to list them.
+    /// The walkthrough to run (NAME of testplans/NAME.md); `list` lists them, `patterns`
+    /// lists the normalisation patterns.
     pub name: String,
     /// What the cluster's nodes are.
     #[arg(long, value_enum, default_value_t = Backend::Netns)]
@@ -106,8 +107,10 @@ impl Source {
 
 pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
     let plans = Source::choose(args.plans.as_deref(), "testplans")?;
-    if args.name == "list" {
-        return list(&plans);
+    match args.name.as_str() {
+        "list" => return list(&plans),
+        "patterns" => return Ok(list_patterns()),
+        _ => {}
     }
     let text = plan_text(&plans, &args.name)?;
     let plan = plan::parse(&args.name, &text)?;
@@ -250,6 +253,15 @@ fn list(plans: &Source) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn list_patterns() -> i32 {
+    println!("{:16}   {:8}   MEANING", "PATTERN", "APPLIES");
+    for p in normalize::PATTERNS {
+        let applies = if p.default { "always" } else { "opt-in" };
+        println!("{:16}   {applies:8}   {}", p.name, p.about);
+    }
+    0
+}
+
 fn plan_text(plans: &Source, name: &str) -> Result<String, anyhow::Error> {
     let missing = || WalkthroughError::NoSuchPlan {
         name: name.into(),
@@ -334,6 +346,29 @@ mod tests {
             unique_cluster_name("a-very-long-cluster-name-indeed", 4_194_304).expect("shortened");
         assert!(long.len() <= 24 && long.ends_with("-wt4194304"), "{long}");
         assert_eq!(unique_cluster_name("", 7).ok(), Some("wt7".into()));
+    }
+
+    /// The Markdown's own examples must satisfy the plan's assertions wherever they are shown
+    /// in full, so the documentation never illustrates a failure.
+    #[test]
+    fn plans_agree_with_their_own_assertions() {
+        for (name, text) in embedded::PLANS {
+            let p = plan::parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+            for b in &p.blocks {
+                let shown: Vec<String> = b.commands.iter().map(|c| c.expected.join("\n")).collect();
+                if shown.iter().any(|o| o.lines().any(|l| l.trim() == "...")) {
+                    continue;
+                }
+                for a in &b.assertions {
+                    if matches!(a, assert::Assertion::JsonLen { .. }) {
+                        continue;
+                    }
+                    if let Err(why) = a.check(&shown) {
+                        panic!("{name} block {}: {a}: {why}", b.number);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -210,3 +210,86 @@ impl Session<'_> {
         (own, mismatches)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::walkthrough::exec::Client;
+    use crate::walkthrough::{plan, snapshot};
+
+    /// A stand-in for the swarmkit binary: `node exec N -- CMD...` runs CMD here, and
+    /// `service ls NAME` prints a one-row table for NAME.
+    const FAKE: &str = "#!/bin/sh\nshift 2\ncase \"$1\" in\n\
+        node) shift 4; exec \"$@\" ;;\n\
+        service) printf 'ID             NAME   MODE\\nab12cd34ef56   %s   replicated\\n' \"$3\" ;;\n\
+        esac\n";
+
+    const PLAN: &str = "# Fake\n\n```console node=node1\n$ docker service ls psql\n\
+        ID    NAME   MODE\n<id>  psql   replicated\n$ printf 'x\\n'\nx\n```\n\
+        <!-- expect: lines '^x$' 1 -->\n";
+
+    async fn run_plan(markdown: &str, snap: Option<&[Entry]>, tag: &str) -> Report {
+        let dir = std::env::temp_dir().join(format!("sk-walk-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let exe = dir.join("swarmkit");
+        std::fs::write(&exe, FAKE).expect("write fake");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let runner = Runner {
+            exe,
+            cluster: "fake".into(),
+            client: Client::Swarmkit,
+        };
+        let plan = plan::parse("fake", markdown).expect("plan parses");
+        let display = Display::new(plan.command_count());
+        let session = Session {
+            plan: &plan,
+            runner: &runner,
+            display: &display,
+            snapshot: snap,
+        };
+        let report = session.run().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        report.expect("runs")
+    }
+
+    #[tokio::test]
+    async fn passes_then_matches_its_own_snapshot() {
+        let first = run_plan(PLAN, None, "a").await;
+        assert_eq!((first.commands, first.mismatches), (2, 0));
+        assert_eq!(
+            first.entries[0].output,
+            vec!["ID             NAME   MODE", "<id>   psql   replicated"]
+        );
+        let snap = snapshot::parse(&snapshot::render("fake", &first.entries)).expect("parses");
+        let again = run_plan(PLAN, Some(&snap), "b").await;
+        assert_eq!((again.mismatches, again.snapshot_mismatches), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn snapshot_differences_are_counted_apart() {
+        let first = run_plan(PLAN, None, "c").await;
+        let mut snap = first.entries.clone();
+        // Padding alone is not a difference; a changed word is.
+        snap[0].output[1] = "<id>      psql        replicated".into();
+        let same = run_plan(PLAN, Some(&snap), "d").await;
+        assert_eq!(same.mismatches, 0);
+        snap[0].output[1] = "<id>   psql   global".into();
+        let changed = run_plan(PLAN, Some(&snap), "e").await;
+        assert_eq!((changed.mismatches, changed.snapshot_mismatches), (1, 1));
+        let longer = [snap.clone(), snap].concat();
+        let extra = run_plan(PLAN, Some(&longer), "f").await;
+        assert_eq!(extra.snapshot_mismatches, 2);
+    }
+
+    #[tokio::test]
+    async fn markdown_and_assertion_failures_are_the_walkthroughs_own() {
+        let wrong = PLAN.replace("<id>  psql   replicated", "<id>  psql   global");
+        let r = run_plan(&wrong, None, "g").await;
+        assert_eq!((r.mismatches, r.snapshot_mismatches), (1, 0));
+        let failing = PLAN.replace("'^x$' 1", "'^y$' 1");
+        let r = run_plan(&failing, None, "h").await;
+        assert_eq!((r.mismatches, r.snapshot_mismatches), (1, 0));
+    }
+}
