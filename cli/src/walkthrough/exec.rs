@@ -1,0 +1,414 @@
+//! Turning a walkthrough line into a process, and running it. `docker ...` lines go to the
+//! cluster's manager, through swarmkit's own CLI or through the real docker binary; every
+//! other line runs in a shell on the block's node or inside the block's task.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::plan::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot create a pipe for the command's output")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the output of {program} failed")]
+    Read {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which CLI answers `docker ...` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// swarmkit's own CLI: `docker service ls` runs as `swarmkit --cluster C service ls`.
+    Swarmkit,
+    /// The real docker CLI, pointed at the cluster's manager socket with DOCKER_HOST.
+    Docker,
+}
+
+/// A fully resolved process to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+pub struct Runner {
+    pub exe: PathBuf,
+    pub cluster: String,
+    pub client: Client,
+}
+
+impl Runner {
+    /// The swarmkit binary with its cluster selected, followed by `args`.
+    pub fn swarmkit(&self, args: &[&str]) -> Invocation {
+        let mut all = vec!["--cluster".to_string(), self.cluster.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Invocation {
+            program: self.exe.display().to_string(),
+            args: all,
+            env: Vec::new(),
+        }
+    }
+
+    fn docker_host(&self) -> (String, String) {
+        (
+            "DOCKER_HOST".into(),
+            cluster::paths::ClusterPaths::new(&self.cluster).docker_host(),
+        )
+    }
+
+    pub fn invocation(&self, target: &Target, line: &str) -> Invocation {
+        let words = split_words(line);
+        let is_docker = match &words {
+            Some(w) => w.first().is_some_and(|w| w == "docker"),
+            None => line.split_whitespace().next() == Some("docker"),
+        };
+        match (is_docker, words, self.client) {
+            (true, Some(words), Client::Swarmkit) => {
+                let rest: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+                self.swarmkit(&rest)
+            }
+            (true, Some(words), Client::Docker) => Invocation {
+                program: "docker".into(),
+                args: words[1..].to_vec(),
+                env: vec![self.docker_host()],
+            },
+            // Docker lines with pipes or redirections run in a host shell where `docker` is a
+            // function calling the chosen client, so the shell syntax keeps its meaning.
+            (true, None, Client::Swarmkit) => Invocation {
+                program: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    format!(
+                        "docker() {{ \"$SK_WALK_EXE\" --cluster \"$SK_WALK_CLUSTER\" \"$@\"; }}\n{line}"
+                    ),
+                ],
+                env: vec![
+                    ("SK_WALK_EXE".into(), self.exe.display().to_string()),
+                    ("SK_WALK_CLUSTER".into(), self.cluster.clone()),
+                ],
+            },
+            (true, None, Client::Docker) => Invocation {
+                program: "sh".into(),
+                args: vec!["-c".into(), line.to_string()],
+                env: vec![self.docker_host()],
+            },
+            (false, ..) => match target {
+                Target::Node(node) => {
+                    self.swarmkit(&["node", "exec", node, "--", "sh", "-c", line])
+                }
+                Target::Task(task) => self.swarmkit(&["exec", task, "--", "sh", "-c", line]),
+            },
+        }
+    }
+}
+
+/// Splits a line into words as `sh` would for a simple command: quotes, backslashes and a
+/// trailing `# comment`. None when the line uses any other shell syntax (pipes, redirections,
+/// expansions, globs), which only a real shell may interpret.
+pub fn split_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '#' if !in_word => break,
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => word.push(c),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '$' | '`' => return None,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\') => word.push(c),
+                            c => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                        },
+                        c => word.push(c),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next()?);
+            }
+            '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' => return None,
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Some(words)
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    /// stdout and stderr interleaved as the command wrote them, like a terminal shows.
+    pub output: String,
+    /// Exit code; None when killed by a signal or the timeout.
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs the invocation with its output on one pipe, handing each line to `on_line` as it
+/// arrives. The command runs in its own process group so a timeout kills all of it.
+pub async fn run(
+    inv: &Invocation,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<Outcome, ExecError> {
+    let started = Instant::now();
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| ExecError::Pipe(std::io::Error::from(e)))?;
+    let write_err: OwnedFd = write_end.try_clone().map_err(ExecError::Pipe)?;
+    let mut child = {
+        let mut cmd = tokio::process::Command::new(&inv.program);
+        cmd.args(&inv.args)
+            .envs(inv.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::from(write_err))
+            .process_group(0)
+            .kill_on_drop(true);
+        // The Command owns our copies of the pipe's write end; it is dropped at the end of this
+        // block so that the reader sees end-of-file once the command's processes exit.
+        cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: inv.program.clone(),
+            source,
+        })?
+    };
+    let receiver =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(read_end).map_err(ExecError::Pipe)?;
+    let mut reader = BufReader::new(receiver);
+    let mut output = String::new();
+    let read_err = |source| ExecError::Read {
+        program: inv.program.clone(),
+        source,
+    };
+
+    let finished = tokio::time::timeout(timeout, async {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).await.map_err(read_err)? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf);
+            on_line(text.trim_end_matches('\n'));
+            output.push_str(&text);
+        }
+        child.wait().await.map_err(read_err)
+    })
+    .await;
+
+    let (status, timed_out) = match finished {
+        Ok(status) => (status?.code(), false),
+        Err(_elapsed) => {
+            if let Some(pid) = child.id() {
+                // Best effort: the group may already be gone.
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            (None, true)
+        }
+    };
+    Ok(Outcome {
+        output,
+        status,
+        timed_out,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(client: Client) -> Runner {
+        Runner {
+            exe: PathBuf::from("/usr/bin/swarmkit"),
+            cluster: "wt42".into(),
+            client,
+        }
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn split_words_like_sh() {
+        assert_eq!(
+            split_words(
+                r#"docker service create --name psql -e POSTGRES_PASSWORD=mypass postgres"#
+            ),
+            Some(s(&[
+                "docker",
+                "service",
+                "create",
+                "--name",
+                "psql",
+                "-e",
+                "POSTGRES_PASSWORD=mypass",
+                "postgres"
+            ]))
+        );
+        assert_eq!(
+            split_words(r#"docker x --format '{{.Name}} a' "b \"c\"" d\ e # comment"#),
+            Some(s(&[
+                "docker",
+                "x",
+                "--format",
+                "{{.Name}} a",
+                "b \"c\"",
+                "d e"
+            ]))
+        );
+        assert_eq!(split_words("a'b'c"), Some(s(&["abc"])));
+        assert_eq!(split_words("docker service ls | wc -l"), None);
+        assert_eq!(split_words("echo $HOME"), None);
+        assert_eq!(split_words("echo 'unterminated"), None);
+    }
+
+    #[test]
+    fn docker_lines_map_to_swarmkit_cli() {
+        let r = runner(Client::Swarmkit);
+        let node1 = Target::Node("node1".into());
+        assert_eq!(
+            r.invocation(&node1, "docker service ls"),
+            Invocation {
+                program: "/usr/bin/swarmkit".into(),
+                args: s(&["--cluster", "wt42", "service", "ls"]),
+                env: vec![],
+            }
+        );
+        let inv = r.invocation(&node1, "docker service inspect drupal | grep Addr");
+        assert_eq!(inv.program, "sh");
+        assert!(inv.args[1].ends_with("\ndocker service inspect drupal | grep Addr"));
+        assert!(inv.env.contains(&("SK_WALK_CLUSTER".into(), "wt42".into())));
+    }
+
+    #[test]
+    fn docker_lines_map_to_docker_cli() {
+        let r = runner(Client::Docker);
+        let inv = r.invocation(&Target::Node("node2".into()), "docker network ls");
+        assert_eq!(inv.program, "docker");
+        assert_eq!(inv.args, s(&["network", "ls"]));
+        assert_eq!(
+            inv.env,
+            vec![(
+                "DOCKER_HOST".into(),
+                "unix:///run/swarmkit/wt42/manager.sock".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn other_lines_run_on_the_node_or_in_the_task() {
+        let r = runner(Client::Docker);
+        assert_eq!(
+            r.invocation(
+                &Target::Node("node3".into()),
+                "curl -I localhost # or the IP"
+            )
+            .args,
+            s(&[
+                "--cluster",
+                "wt42",
+                "node",
+                "exec",
+                "node3",
+                "--",
+                "sh",
+                "-c",
+                "curl -I localhost # or the IP"
+            ])
+        );
+        assert_eq!(
+            r.invocation(&Target::Task("web.1".into()), "getent hosts api")
+                .args,
+            s(&[
+                "--cluster",
+                "wt42",
+                "exec",
+                "web.1",
+                "--",
+                "sh",
+                "-c",
+                "getent hosts api"
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn run_interleaves_output_and_reports_status() {
+        let inv = Invocation {
+            program: "sh".into(),
+            args: s(&["-c", "echo out; echo err >&2; exit 3"]),
+            env: vec![],
+        };
+        let mut seen = Vec::new();
+        let o = run(&inv, Duration::from_secs(10), |l| seen.push(l.to_string()))
+            .await
+            .expect("runs");
+        assert_eq!(o.output, "out\nerr\n");
+        assert_eq!(seen, s(&["out", "err"]));
+        assert_eq!(o.status, Some(3));
+        assert!(!o.timed_out);
+    }
+
+    #[tokio::test]
+    async fn run_kills_the_whole_group_on_timeout() {
+        let inv = Invocation {
+            program: "sh".into(),
+            args: s(&["-c", "echo start; sleep 30; echo never"]),
+            env: vec![],
+        };
+        let o = run(&inv, Duration::from_millis(300), |_| {})
+            .await
+            .expect("runs");
+        assert!(o.timed_out);
+        assert_eq!(o.output, "start\n");
+        assert!(o.elapsed < Duration::from_secs(10));
+    }
+}

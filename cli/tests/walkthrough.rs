@@ -1,0 +1,73 @@
+//! End-to-end: replay the walkthroughs against real clusters built by the swarmkit binary.
+//! They need root (namespaces, netlink, nftables) and the whole system; as a normal user they
+//! report that they were skipped and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `swarmkit walkthrough ARGS` from the project root, so ./testplans and ./snapshots are
+/// the ones in the source tree, and fails with the transcript on a non-zero exit.
+fn walkthrough(args: &[&str]) {
+    if !is_root() {
+        eprintln!("skipped: the walkthrough builds a cluster and needs root");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmkit"))
+        .current_dir(project_root())
+        .env("CI", "true")
+        .arg("walkthrough")
+        .args(args)
+        .output()
+        .expect("swarmkit runs");
+    let transcript = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "swarmkit walkthrough {} failed ({}):\n{transcript}",
+        args.join(" "),
+        out.status
+    );
+    assert!(transcript.contains(" 0 mismatches, "), "{transcript}");
+}
+
+#[test]
+fn routing_with_swarmkit_cli() {
+    walkthrough(&["routing"]);
+}
+
+#[test]
+fn routing_with_docker_cli() {
+    walkthrough(&["routing", "--client", "docker"]);
+}
+
+#[test]
+fn overlay_with_swarmkit_cli() {
+    walkthrough(&["overlay"]);
+}
+
+#[test]
+fn list_shows_every_plan() {
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmkit"))
+        .current_dir(project_root())
+        .args(["walkthrough", "list"])
+        .output()
+        .expect("swarmkit runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("routing") && text.contains("Routing in swarm"),
+        "{text}"
+    );
+    assert!(text.contains("overlay"), "{text}");
+}
