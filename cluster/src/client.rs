@@ -32,15 +32,70 @@ pub enum ClientError {
     },
 }
 
+/// Where the manager listens: its unix socket on the host, or a TCP port that an SSH tunnel
+/// forwards to that socket (agents inside guests).
+#[derive(Clone, Debug)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct ManagerClient {
-    socket: PathBuf,
+    endpoint: Endpoint,
 }
+
+/// Environment variable that points an agent at a TCP endpoint (`host:port`) instead of the
+/// cluster's unix socket.
+pub const ENV_MANAGER_TCP: &str = "SWARMKIT_MANAGER_TCP";
 
 impl ManagerClient {
     pub fn new(socket: &Path) -> Self {
         ManagerClient {
-            socket: socket.to_path_buf(),
+            endpoint: Endpoint::Unix(socket.to_path_buf()),
+        }
+    }
+
+    pub fn tcp(addr: &str) -> Self {
+        ManagerClient {
+            endpoint: Endpoint::Tcp(addr.to_string()),
+        }
+    }
+
+    async fn handshake(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+        let connect = |source| ClientError::Connect {
+            path: match &self.endpoint {
+                Endpoint::Unix(p) => p.clone(),
+                Endpoint::Tcp(a) => PathBuf::from(format!("tcp:{a}")),
+            },
+            source,
+        };
+        let hs = |e: hyper::Error| ClientError::Http {
+            method: Method::GET,
+            uri: String::new(),
+            message: e.to_string(),
+        };
+        match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .map_err(hs)?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
+            Endpoint::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .map_err(hs)?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
         }
     }
 
@@ -55,17 +110,7 @@ impl ManagerClient {
             uri: uri.to_string(),
             message,
         };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(conn);
+        let mut sender = self.handshake().await?;
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| http(e.to_string()))?,
             None => Vec::new(),
@@ -100,7 +145,11 @@ impl ManagerClient {
                 message,
             });
         }
-        let body = if body.is_empty() { &b"null"[..] } else { &body[..] };
+        let body = if body.is_empty() {
+            &b"null"[..]
+        } else {
+            &body[..]
+        };
         serde_json::from_slice(body).map_err(|e| http(e.to_string()))
     }
 

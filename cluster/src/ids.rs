@@ -31,7 +31,10 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_eq!(a.len(), ID_LEN);
-        assert!(a.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+        );
         assert_ne!(a, b);
         assert_eq!(new_hex_id().len(), 64);
     }

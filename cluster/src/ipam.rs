@@ -28,7 +28,9 @@ pub enum IpamError {
         "invalid subnet {0:?}: give an IPv4 network in CIDR form with a prefix of /8 to /29, such as 10.1.2.0/24"
     )]
     BadSubnet(String),
-    #[error("subnet {subnet} overlaps network {other} ({other_subnet}); choose a subnet that does not")]
+    #[error(
+        "subnet {subnet} overlaps network {other} ({other_subnet}); choose a subnet that does not"
+    )]
     Overlap {
         subnet: Ipv4Net,
         other: String,
@@ -164,10 +166,14 @@ mod tests {
     fn subnets_vnis_and_addresses_are_lowest_free() {
         let mut s = State::default();
         s.networks.insert("a".into(), net("a", "10.0.0.0/24", 4096));
-        s.networks.insert("i".into(), net("i", "10.255.0.0/16", 4097));
+        s.networks
+            .insert("i".into(), net("i", "10.255.0.0/16", 4097));
         assert_eq!(allocate_subnet(&s).unwrap().to_string(), "10.0.1.0/24");
         assert_eq!(allocate_vni(&s).unwrap(), 4098);
-        assert_eq!(allocate_address(&s, "a").unwrap().to_string(), "10.0.0.2/24");
+        assert_eq!(
+            allocate_address(&s, "a").unwrap().to_string(),
+            "10.0.0.2/24"
+        );
     }
 
     #[test]
@@ -178,7 +184,10 @@ mod tests {
         assert!(parse_subnet("banana").is_err());
         assert!(parse_subnet("10.0.0.0/30").is_err());
         let sub = parse_subnet("10.0.0.0/16").unwrap();
-        assert!(matches!(check_overlap(&s, sub), Err(IpamError::Overlap { .. })));
+        assert!(matches!(
+            check_overlap(&s, sub),
+            Err(IpamError::Overlap { .. })
+        ));
         assert!(check_overlap(&s, parse_subnet("10.9.0.0/24").unwrap()).is_ok());
         assert!(parse_gateway("10.9.1.1", sub).is_err());
         assert!(parse_gateway("10.0.0.0", sub).is_err());

@@ -1,16 +1,16 @@
 //! cluster: the control plane. The manager keeps desired state in a durable store and serves
 //! the Docker Engine API subset; agents fetch their node's plan and apply it through netcore.
 
+pub mod agent;
+pub mod client;
 pub mod ids;
 pub mod images;
-pub mod lifecycle;
-pub mod model;
-pub mod paths;
-pub mod store;
 pub mod ipam;
-pub mod orchestrator;
-pub mod plan;
+pub mod lifecycle;
 pub mod manager;
+pub mod model;
+pub mod orchestrator;
+pub mod paths;
+pub mod plan;
 pub mod protocol;
-pub mod client;
-pub mod agent;
+pub mod store;

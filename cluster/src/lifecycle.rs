@@ -278,11 +278,15 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    wait_until("cluster processes to exit", Duration::from_secs(5), || async {
-        procs
-            .iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p))
-    })
+    wait_until(
+        "cluster processes to exit",
+        Duration::from_secs(5),
+        || async {
+            procs
+                .iter()
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p))
+        },
+    )
     .await?;
     let mut errors = Vec::new();
     for ns in NetNs::list_with_prefix(&prefix) {
@@ -298,14 +302,21 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
         }
     }
     if !errors.is_empty() {
-        bail!("cluster {name} was not fully removed:\n  {}", errors.join("\n  "));
+        bail!(
+            "cluster {name} was not fully removed:\n  {}",
+            errors.join("\n  ")
+        );
     }
     Ok(())
 }
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -380,7 +391,10 @@ pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Re
         .parse()?;
     run_in(
         pid,
-        &[("net", CloneFlags::CLONE_NEWNET), ("uts", CloneFlags::CLONE_NEWUTS)],
+        &[
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+        ],
         argv,
     )
 }

@@ -139,7 +139,9 @@ pub fn reconcile(state: &mut State, service_id: &str) -> Result<(), ScheduleErro
         .collect();
     let mut filled = std::collections::BTreeSet::new();
     for t in active {
-        if t.slot > replicas || t.spec_generation != service.spec_generation || !filled.insert(t.slot)
+        if t.slot > replicas
+            || t.spec_generation != service.spec_generation
+            || !filled.insert(t.slot)
         {
             shut_down(state, t);
         }

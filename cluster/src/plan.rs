@@ -186,48 +186,49 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
         local_networks.insert(ing.id.clone());
     }
 
-    let networks = local_networks
-        .iter()
-        .filter_map(|id| state.networks.get(id))
-        .map(|n| {
-            let mut peers: Vec<PeerPlan> = live
-                .iter()
-                .filter(|t| t.node_id != node_id)
-                .flat_map(|t| {
-                    let vtep = vtep_of.get(t.node_id.as_str()).copied();
-                    t.attachments
-                        .iter()
-                        .filter(|a| a.network_id == n.id)
-                        .filter_map(move |a| {
-                            vtep.map(|vtep| PeerPlan {
-                                ip: a.addr.addr(),
-                                vtep,
+    let networks =
+        local_networks
+            .iter()
+            .filter_map(|id| state.networks.get(id))
+            .map(|n| {
+                let mut peers: Vec<PeerPlan> = live
+                    .iter()
+                    .filter(|t| t.node_id != node_id)
+                    .flat_map(|t| {
+                        let vtep = vtep_of.get(t.node_id.as_str()).copied();
+                        t.attachments
+                            .iter()
+                            .filter(|a| a.network_id == n.id)
+                            .filter_map(move |a| {
+                                vtep.map(|vtep| PeerPlan {
+                                    ip: a.addr.addr(),
+                                    vtep,
+                                })
                             })
-                        })
-                })
-                .collect();
-            if n.ingress {
-                peers.extend(state.nodes.values().filter(|o| o.id != node_id).map(|o| {
-                    PeerPlan {
-                        ip: o.ingress_addr.addr(),
-                        vtep: o.addr,
-                    }
-                }));
-            }
-            peers.sort();
-            peers.dedup();
-            NetworkPlan {
-                id: n.id.clone(),
-                name: n.name.clone(),
-                vni: n.vni,
-                subnet: n.subnet,
-                gateway: n.gateway,
-                mtu: crate::ipam::OVERLAY_MTU,
-                ingress: n.ingress,
-                peers,
-            }
-        })
-        .collect();
+                    })
+                    .collect();
+                if n.ingress {
+                    peers.extend(state.nodes.values().filter(|o| o.id != node_id).map(|o| {
+                        PeerPlan {
+                            ip: o.ingress_addr.addr(),
+                            vtep: o.addr,
+                        }
+                    }));
+                }
+                peers.sort();
+                peers.dedup();
+                NetworkPlan {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: n.subnet,
+                    gateway: n.gateway,
+                    mtu: crate::ipam::OVERLAY_MTU,
+                    ingress: n.ingress,
+                    peers,
+                }
+            })
+            .collect();
 
     let mut services = Vec::new();
     let mut ports = Vec::new();

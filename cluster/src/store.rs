@@ -220,7 +220,9 @@ impl Store {
                 let key = format!("{}{}", kind.prefix(), id);
                 match draft.encoded(*kind, id)? {
                     Some(bytes) => {
-                        table.insert(key.as_str(), bytes.as_slice()).map_err(|e| w(&e))?;
+                        table
+                            .insert(key.as_str(), bytes.as_slice())
+                            .map_err(|e| w(&e))?;
                     }
                     None => {
                         table.remove(key.as_str()).map_err(|e| w(&e))?;

@@ -169,7 +169,13 @@ impl Dataplane {
             .ports
             .iter()
             .map(|p| VirtualService {
-                fwmark: 0x10000 + u32::from(p.published) + if p.protocol == Protocol::Udp { 0x10000 } else { 0 },
+                fwmark: 0x10000
+                    + u32::from(p.published)
+                    + if p.protocol == Protocol::Udp {
+                        0x10000
+                    } else {
+                        0
+                    },
                 frontend: Frontend::Port {
                     proto: lb_proto(p.protocol),
                     port: p.published,
@@ -229,7 +235,10 @@ pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
     let nets = task_networks(plan, task);
     let mut names = HashMap::new();
     for s in &plan.services {
-        let shared: Vec<&&str> = nets.iter().filter(|n| s.backends.contains_key(**n)).collect();
+        let shared: Vec<&&str> = nets
+            .iter()
+            .filter(|n| s.backends.contains_key(**n))
+            .collect();
         let Some(first) = shared.first() else {
             continue;
         };

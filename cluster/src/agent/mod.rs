@@ -19,13 +19,18 @@ use crate::client::{ClientError, ManagerClient};
 use crate::model::TaskState;
 use crate::paths::ClusterPaths;
 use crate::plan::{NodePlan, TaskPlan};
-use crate::protocol::{PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport};
+use crate::protocol::{
+    PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport,
+};
 
 pub use process::write_files;
 
 /// Environment the lifecycle passes to an agent it starts.
 pub const ENV_NODE_ADDR: &str = "SWARMKIT_NODE_ADDR";
 pub const ENV_LB: &str = "SWARMKIT_LB";
+/// `self` when the node is the machine itself (a VM guest or a remote host) rather than a
+/// named namespace on the host.
+pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -48,10 +53,7 @@ struct RunningTask {
 
 pub struct Agent {
     paths: ClusterPaths,
-    hostname: String,
     client: ManagerClient,
-    node: NetNs,
-    vtep: Ipv4Addr,
     driver: Driver,
     resolver: std::sync::Arc<Resolver>,
     dataplane: dataplane::Dataplane,
@@ -78,7 +80,10 @@ async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Resu
 
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
-    let node = NetNs::open(&paths.node_ns(hostname))?;
+    let node = match std::env::var(ENV_NODE_NS).as_deref() {
+        Ok("self") => NetNs::of_pid(std::process::id())?,
+        _ => NetNs::open(&paths.node_ns(hostname))?,
+    };
     let vtep: Ipv4Addr = std::env::var(ENV_NODE_ADDR)
         .context("SWARMKIT_NODE_ADDR is not set")?
         .parse()
@@ -87,7 +92,10 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         Some(d) => d.parse::<Driver>().map_err(|e| anyhow::anyhow!("{e}"))?,
         None => lb::probe(),
     };
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
+        Ok(addr) => ManagerClient::tcp(&addr),
+        Err(_) => ManagerClient::new(&paths.manager_socket()),
+    };
     let req = RegisterRequest {
         hostname: hostname.to_string(),
         addr: vtep,
@@ -105,10 +113,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let mut agent = Agent {
         dataplane: dataplane::Dataplane::new(paths.clone(), hostname, node.clone(), vtep, driver),
         paths,
-        hostname: hostname.to_string(),
         client,
-        node,
-        vtep,
         driver,
         resolver: Resolver::new(),
         tasks: HashMap::new(),
@@ -116,7 +121,6 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         events: events_tx,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut node_id = node_id;
     loop {
         tokio::select! {
             changed = plan_rx.changed() => {
@@ -133,7 +137,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         let Some(plan) = plan_rx.borrow_and_update().clone() else {
             continue;
         };
-        node_id = plan.node_id.clone();
+        let node_id = plan.node_id.clone();
         let applied = match agent.reconcile(&plan).await {
             Ok(()) => Some(plan.version),
             Err(e) => {
@@ -300,7 +304,12 @@ impl Agent {
             }
             if let Err(e) = self.start(t).await {
                 tracing::warn!("starting {}: {e:#}", t.name);
-                self.report(&t.id, TaskState::Rejected, "failed to start", Some(format!("{e:#}")));
+                self.report(
+                    &t.id,
+                    TaskState::Rejected,
+                    "failed to start",
+                    Some(format!("{e:#}")),
+                );
             }
         }
         for t in self.tasks.values_mut().filter(|t| !t.stopping) {
@@ -420,7 +429,9 @@ async fn wait_listening(ns: NetNs, port: Option<u16>) -> Result<(), String> {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("nothing listens on port {port} after {READY_TIMEOUT:?}"));
+            return Err(format!(
+                "nothing listens on port {port} after {READY_TIMEOUT:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -7,9 +7,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 
+use netcore::netns::{NetNs, enter_raw};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
-use netcore::netns::{NetNs, enter_raw};
 
 use crate::paths::OWNER_ENV;
 use crate::plan::TaskPlan;
@@ -35,7 +35,8 @@ pub enum ProcessError {
 /// Writes the task's hosts, resolv.conf and hostname files into `dir`.
 pub fn write_files(dir: &Path, task: &TaskPlan) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     // The last attachment is the service's own network (ingress, when present, comes first).
     if let Some(a) = task.attachments.last() {
         hosts.push_str(&format!("{}\t{}\n", a.addr.addr(), task.hostname));

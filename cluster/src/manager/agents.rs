@@ -22,7 +22,11 @@ pub async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let node_id = m.update(|s| {
-        let existing = s.nodes.values().find(|n| n.hostname == req.hostname).cloned();
+        let existing = s
+            .nodes
+            .values()
+            .find(|n| n.hostname == req.hostname)
+            .cloned();
         let now = Utc::now();
         let node = match existing {
             Some(mut n) => {
@@ -110,9 +114,8 @@ pub async fn report(
                 if t.node_id != id {
                     continue;
                 }
-                let changed = t.status.state != r.state
-                    || t.status.pid != r.pid
-                    || t.status.err != r.err;
+                let changed =
+                    t.status.state != r.state || t.status.pid != r.pid || t.status.err != r.err;
                 if !changed {
                     continue;
                 }

@@ -29,19 +29,24 @@ pub fn find<'a, T>(
 }
 
 /// Docker's `filters` query parameter: `{"name":["a"],"service":{"b":true}}` (both shapes).
-pub fn parse_filters(raw: Option<&str>) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
+pub fn parse_filters(
+    raw: Option<&str>,
+) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
     let mut out = std::collections::HashMap::new();
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(out);
     };
     let v: serde_json::Value = serde_json::from_str(raw)
         .map_err(|e| ApiError::BadRequest(format!("invalid filters {raw:?}: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::BadRequest(format!("invalid filters {raw:?}: expected an object")))?;
+    let obj = v.as_object().ok_or_else(|| {
+        ApiError::BadRequest(format!("invalid filters {raw:?}: expected an object"))
+    })?;
     for (k, vals) in obj {
         let list = match vals {
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
             serde_json::Value::Object(o) => o.keys().cloned().collect(),
             serde_json::Value::String(s) => vec![s.clone()],
             _ => Vec::new(),

@@ -154,7 +154,9 @@ async fn strip_version(mut req: Request) -> Request {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v")
         && let Some(slash) = rest.find('/')
-        && rest[..slash].chars().all(|c| c.is_ascii_digit() || c == '.')
+        && rest[..slash]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.')
     {
         let new_path = rest[slash..].to_string();
         let pq = match req.uri().query() {
@@ -207,6 +209,10 @@ pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
     tokio::spawn(agents::watch_liveness(m));
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app)).await?;
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(app),
+    )
+    .await?;
     Ok(())
 }

@@ -115,7 +115,12 @@ pub async fn inspect(
     {
         return Ok(Json(row));
     }
-    Ok(Json(to_api(find(&s.networks, &id, |n| &n.name, "network")?)))
+    Ok(Json(to_api(find(
+        &s.networks,
+        &id,
+        |n| &n.name,
+        "network",
+    )?)))
 }
 
 fn validate_name(name: &str) -> ApiResult<()> {
@@ -124,7 +129,10 @@ fn validate_name(name: &str) -> ApiResult<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -145,8 +153,12 @@ pub async fn create(
             "network driver {driver:?} is not supported by a swarmkit manager: use --driver overlay"
         )));
     }
-    let options: std::collections::BTreeMap<String, String> =
-        req.options.clone().unwrap_or_default().into_iter().collect();
+    let options: std::collections::BTreeMap<String, String> = req
+        .options
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     if options.contains_key("encrypted") {
         return Err(ApiError::BadRequest(
             "encrypted overlay networks (--opt encrypted) are not supported yet: create the network without --opt encrypted"
@@ -174,7 +186,11 @@ pub async fn create(
         ));
     }
     let config = configs.into_iter().next().unwrap_or_default();
-    let subnet = config.subnet.as_deref().map(ipam::parse_subnet).transpose()?;
+    let subnet = config
+        .subnet
+        .as_deref()
+        .map(ipam::parse_subnet)
+        .transpose()?;
     if config.gateway.is_some() && subnet.is_none() {
         return Err(ApiError::BadRequest(
             "--gateway needs --subnet: give the subnet the gateway belongs to".into(),

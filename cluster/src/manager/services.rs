@@ -33,8 +33,13 @@ struct Checked {
 fn validate_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -89,7 +94,9 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
     let has_command = container.command.as_ref().is_some_and(|c| !c.is_empty())
         || container.args.as_ref().is_some_and(|c| !c.is_empty());
     if crate::images::resolve(&image).is_none() && !has_command {
-        return Err(ApiError::BadRequest(crate::images::unknown_image_error(&image)));
+        return Err(ApiError::BadRequest(crate::images::unknown_image_error(
+            &image,
+        )));
     }
 
     let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
@@ -203,7 +210,9 @@ fn allocate_port(s: &StoreState, proto: Protocol, taken_here: &BTreeSet<u16>) ->
         .clone()
         .find(|p| !used.contains(p) && !taken_here.contains(p))
         .ok_or_else(|| {
-            ApiError::BadRequest("no free port left in 30000-32767: publish an explicit port".into())
+            ApiError::BadRequest(
+                "no free port left in 30000-32767: publish an explicit port".into(),
+            )
         })
 }
 
@@ -342,7 +351,9 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
         let tasks = s.tasks.values().filter(|t| t.service_id == svc.id);
         let (mut running, mut completed) = (0u64, 0u64);
         for t in tasks {
-            if t.desired == TaskState::Running && super::tasks::visible_state(t, min_ack) == TaskState::Running {
+            if t.desired == TaskState::Running
+                && super::tasks::visible_state(t, min_ack) == TaskState::Running
+            {
                 running += 1;
             }
             if t.status.state == TaskState::Complete {

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use bollard::models::{
-    ClusterInfo, DistributionInspect, LocalNodeState, OciDescriptor, OciPlatform, ObjectVersion,
+    ClusterInfo, DistributionInspect, LocalNodeState, ObjectVersion, OciDescriptor, OciPlatform,
     PeerNode, SwarmInfo, SwarmSpec, SystemInfo, SystemVersion, SystemVersionPlatform,
 };
 use sha2::Digest;
@@ -19,7 +19,10 @@ pub async fn ping() -> impl IntoResponse {
     h.insert("Docker-Experimental", HeaderValue::from_static("false"));
     h.insert("OSType", HeaderValue::from_static("linux"));
     h.insert("Swarm", HeaderValue::from_static("active/manager"));
-    h.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    h.insert(
+        "Cache-Control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     (h, "OK")
 }
 
@@ -65,8 +68,17 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
         os_type: Some("linux".into()),
         architecture: Some(std::env::consts::ARCH.into()),
         kernel_version: Some(kernel()),
-        ncpu: Some(std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1)),
-        containers: Some(s.tasks.values().filter(|t| t.status.state == crate::model::TaskState::Running).count() as i64),
+        ncpu: Some(
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
+        ),
+        containers: Some(
+            s.tasks
+                .values()
+                .filter(|t| t.status.state == crate::model::TaskState::Running)
+                .count() as i64,
+        ),
         driver: Some("swarmkit".into()),
         docker_root_dir: Some(crate::paths::STATE_ROOT.into()),
         swarm: Some(SwarmInfo {
@@ -103,7 +115,11 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
 
 pub async fn swarm(State(m): State<Shared>) -> Json<serde_json::Value> {
     let s = m.store.snapshot();
-    let ready = s.nodes.values().filter(|n| n.state == NodeState::Ready).count();
+    let ready = s
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready)
+        .count();
     Json(serde_json::json!({
         "ID": s.meta.cluster_id,
         "Version": { "Index": s.version },
@@ -140,4 +156,3 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
         }],
     }))
 }
-

@@ -60,11 +60,13 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         status: Some(TaskStatus {
             timestamp: Some(t.status.timestamp),
             state: Some(api_state(state)),
-            message: Some(if state == TaskState::Starting && t.status.state == TaskState::Running {
-                "joining the load balancers".into()
-            } else {
-                t.status.message.clone()
-            }),
+            message: Some(
+                if state == TaskState::Starting && t.status.state == TaskState::Running {
+                    "joining the load balancers".into()
+                } else {
+                    t.status.message.clone()
+                },
+            ),
             err: t.status.err.clone(),
             container_status: Some(ContainerStatus {
                 container_id: Some(t.id.clone()),
