@@ -94,6 +94,59 @@ mod ordered {
         "Plugins",
     ];
 
+    /// Where bollard's (swagger-ordered) types disagree with the field order of docker's Go
+    /// types, which is what `docker inspect` prints.
+    const GO_ORDER: &[(&str, &[&str])] = &[
+        (
+            "ContainerSpec",
+            &[
+                "Image",
+                "Labels",
+                "Command",
+                "Args",
+                "Hostname",
+                "Env",
+                "Dir",
+                "User",
+                "Groups",
+                "Privileges",
+                "Init",
+                "StopSignal",
+                "TTY",
+                "OpenStdin",
+                "ReadOnly",
+                "Mounts",
+                "StopGracePeriod",
+                "Healthcheck",
+                "Hosts",
+                "DNSConfig",
+                "Secrets",
+                "Configs",
+                "Isolation",
+                "Sysctls",
+                "CapabilityAdd",
+                "CapabilityDrop",
+                "Ulimits",
+                "OomScoreAdj",
+            ],
+        ),
+        (
+            "TaskTemplate",
+            &[
+                "ContainerSpec",
+                "PluginSpec",
+                "NetworkAttachmentSpec",
+                "Resources",
+                "RestartPolicy",
+                "Placement",
+                "Networks",
+                "LogDriver",
+                "ForceUpdate",
+                "Runtime",
+            ],
+        ),
+    ];
+
     pub enum Value {
         Scalar(serde_json::Value),
         Array(Vec<Value>),
@@ -108,6 +161,12 @@ mod ordered {
                 Value::Object(fields) => {
                     if parent_key.is_some_and(|k| MAP_FIELDS.contains(&k)) {
                         fields.sort_by(|a, b| a.0.cmp(&b.0));
+                    } else if let Some((_, order)) =
+                        GO_ORDER.iter().find(|(p, _)| Some(*p) == parent_key)
+                    {
+                        let rank =
+                            |k: &str| order.iter().position(|o| *o == k).unwrap_or(usize::MAX);
+                        fields.sort_by_key(|(k, _)| rank(k));
                     }
                     for (k, v) in fields.iter_mut() {
                         v.sort_maps(Some(k));

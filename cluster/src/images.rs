@@ -511,6 +511,23 @@ pub fn es_node_name(task_id: &str) -> &'static str {
     ES_NAMES[(stable_hash("name", task_id) % ES_NAMES.len() as u64) as usize]
 }
 
+/// Replicas of one service must answer with distinct names (the tutorial's rotation shows
+/// three different ones), so the name follows the task's slot within its service; a task
+/// whose name carries no slot falls back to its id.
+pub fn es_node_name_for(ctx: &TaskContext) -> &'static str {
+    let mut parts = ctx.name.splitn(3, '.');
+    match (
+        parts.next(),
+        parts.next().and_then(|s| s.parse::<u64>().ok()),
+    ) {
+        (Some(service), Some(slot)) if !service.is_empty() => {
+            let base = stable_hash("name", service);
+            ES_NAMES[(base.wrapping_add(slot) % ES_NAMES.len() as u64) as usize]
+        }
+        _ => es_node_name(&ctx.id),
+    }
+}
+
 /// 22 url-safe base64 characters (16 bytes), like elasticsearch's cluster UUIDs.
 pub fn es_cluster_uuid(task_id: &str) -> String {
     let mut bytes = stable_hash("uuid-hi", task_id).to_be_bytes().to_vec();
@@ -543,7 +560,7 @@ fn elasticsearch(method: &str, path: &str, ctx: &TaskContext) -> Response {
   "tagline" : "You Know, for Search"
 }}
 "#,
-        name = es_node_name(&ctx.id),
+        name = es_node_name_for(ctx),
         uuid = es_cluster_uuid(&ctx.id),
     );
     Response {

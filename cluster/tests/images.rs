@@ -200,3 +200,17 @@ fn es_identity_is_stable_and_spread() {
         .collect();
     assert!(names.len() > 10, "names spread: {names:?}");
 }
+
+#[test]
+fn elasticsearch_replicas_of_one_service_have_distinct_names() {
+    let names: std::collections::HashSet<_> = (1..=10)
+        .map(|slot| {
+            cluster::images::es_node_name_for(&TaskContext {
+                id: format!("{slot:025}"),
+                name: format!("search.{slot}.{slot:025}"),
+                ..Default::default()
+            })
+        })
+        .collect();
+    assert_eq!(names.len(), 10);
+}

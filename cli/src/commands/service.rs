@@ -222,26 +222,42 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
         },
     };
     let ports = ports_of(args.publish);
-    let endpoint_spec = (args.endpoint_mode.is_some() || !ports.is_empty()).then(|| EndpointSpec {
-        mode: args.endpoint_mode.map(|m| match m {
-            EndpointMode::Vip => EndpointSpecModeEnum::VIP,
-            EndpointMode::Dnsrr => EndpointSpecModeEnum::DNSRR,
+    let endpoint_spec = Some(EndpointSpec {
+        mode: Some(match args.endpoint_mode {
+            Some(EndpointMode::Dnsrr) => EndpointSpecModeEnum::DNSRR,
+            _ => EndpointSpecModeEnum::VIP,
         }),
         ports: (!ports.is_empty()).then_some(ports),
     });
+    let (image, platforms) = pin_image(api, &args.image).await;
+    // The same spec docker's CLI sends, so `service inspect` reads the same whichever client
+    // created the service.
     let spec = ServiceSpec {
         name: args.name,
+        labels: Some(HashMap::new()),
         task_template: Some(TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
-                image: Some(args.image),
+                image: Some(image),
                 // Like docker, words after the image are the image's arguments, not an
                 // entrypoint override.
                 args: (!args.args.is_empty()).then_some(args.args),
                 env: (!args.env.is_empty())
                     .then(|| args.env.iter().map(|e| env_entry(e)).collect()),
+                init: Some(false),
+                dns_config: Some(Default::default()),
+                ..Default::default()
+            }),
+            resources: Some(bollard::models::TaskSpecResources {
+                limits: Some(Default::default()),
+                reservations: Some(Default::default()),
+                ..Default::default()
+            }),
+            placement: platforms.map(|p| bollard::models::TaskSpecPlacement {
+                platforms: Some(p),
                 ..Default::default()
             }),
             networks: (!networks.is_empty()).then_some(networks),
+            force_update: Some(0),
             ..Default::default()
         }),
         mode: Some(mode),
@@ -256,6 +272,43 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
         progress::converge(api, &id).await?;
     }
     Ok(0)
+}
+
+/// Pins the image to the digest the manager's distribution endpoint reports, as docker does;
+/// an image it cannot resolve runs unpinned, with docker's warning.
+async fn pin_image(api: &Api, image: &str) -> (String, Option<Vec<bollard::models::Platform>>) {
+    let familiar = familiar_reference(image);
+    match api.docker.inspect_registry_image(&familiar, None).await {
+        Ok(d) if !image.contains('@') => {
+            let digest = d.descriptor.digest.unwrap_or_default();
+            let platforms = d
+                .platforms
+                .into_iter()
+                .map(|p| bollard::models::Platform {
+                    architecture: p.architecture,
+                    os: p.os,
+                })
+                .collect();
+            (format!("{familiar}@{digest}"), Some(platforms))
+        }
+        Ok(_) => (image.to_string(), None),
+        Err(_) => {
+            eprintln!(
+                "image {image} could not be accessed on a registry to record\nits digest. Each node will access {image} independently,\npossibly leading to different nodes running different\nversions of the image.\n"
+            );
+            (image.to_string(), None)
+        }
+    }
+}
+
+/// `postgres` -> `postgres:latest`: docker's familiar form with an explicit tag.
+fn familiar_reference(image: &str) -> String {
+    let name_part = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || name_part.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
 }
 
 fn warn(warnings: Option<Vec<String>>) {

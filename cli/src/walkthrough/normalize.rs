@@ -75,9 +75,24 @@ pub const PATTERNS: &[Pattern] = &[
         default: true,
         about: "relative times (`27 seconds ago`, `About a minute ago`) -> <when>",
         rule: Rule::Regex(
-            r"\b(?:Less than a second|About an? (?:minute|hour)|\d+ (?:second|minute|hour|day|week|month|year)s?) ago\b",
+            r"(?i)\b(?:Less than a second|About an? (?:minute|hour)|\d+ (?:second|minute|hour|day|week|month|year)s?) ago\b",
             "<when>",
         ),
+    },
+    Pattern {
+        name: "timestamp",
+        default: true,
+        about: "RFC 3339 timestamps (`2026-11-26T07:25:43.052894240Z`) -> <timestamp>",
+        rule: Rule::Regex(
+            r"\b\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})",
+            "<timestamp>",
+        ),
+    },
+    Pattern {
+        name: "version-index",
+        default: true,
+        about: "object versions (`\"Index\": 9`) -> <index>: they count every write in the cluster",
+        rule: Rule::Regex(r#""Index": \d+"#, r#""Index": <index>"#),
     },
     Pattern {
         name: "http-date",
@@ -327,6 +342,7 @@ mod tests {
             "27 seconds ago",
             "1 second ago",
             "Less than a second ago",
+            "less than a second ago",
             "About a minute ago",
             "About an hour ago",
             "4 minutes ago",

@@ -259,13 +259,25 @@ fn allocate(
     Ok((ports, vips))
 }
 
-/// Swarm stores network targets as IDs and fills in the replicated mode.
+/// Swarm stores network targets as IDs and fills in the replicated mode; image references are
+/// kept in docker's familiar form with a tag (`postgres` -> `postgres:latest`), as docker's
+/// CLI sends them.
 fn normalise_spec(s: &StoreState, mut spec: ServiceSpec) -> ServiceSpec {
-    if spec.mode.is_none() {
-        spec.mode = Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
-            ..Default::default()
-        });
+    if let Some(c) = spec
+        .task_template
+        .as_mut()
+        .and_then(|t| t.container_spec.as_mut())
+        && let Some(image) = c.image.as_mut()
+        && !image.contains('@')
+    {
+        *image = crate::images::canonical(image);
+    }
+    let mode = spec.mode.get_or_insert_with(ServiceSpecMode::default);
+    if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
+        let replicated = mode
+            .replicated
+            .get_or_insert(ServiceSpecModeReplicated { replicas: None });
+        replicated.replicas.get_or_insert(1);
     }
     if let Some(tt) = spec.task_template.as_mut()
         && let Some(nets) = tt.networks.as_mut()
