@@ -18,6 +18,10 @@ pub const HISTORY_PER_SLOT: usize = 5;
 pub enum ScheduleError {
     #[error("no node is ready to run tasks: is the cluster up? (swarmkit node ls)")]
     NoNodes,
+    #[error(
+        "no ready node satisfies the placement constraints {0}: check them against swarmkit node ls"
+    )]
+    Unsatisfiable(String),
     #[error(transparent)]
     Ipam(#[from] IpamError),
 }
@@ -28,7 +32,71 @@ fn is_active(t: &Task) -> bool {
 
 /// Spread like Swarm: the node with the fewest tasks of this service, then the fewest tasks
 /// overall, then by hostname so placement is reproducible.
+/// A placement constraint as docker writes it: `node.hostname==node1`, `node.id!=...`,
+/// `node.role==manager`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraint {
+    field: String,
+    equal: bool,
+    value: String,
+}
+
+impl std::str::FromStr for Constraint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (field, equal, value) = if let Some((f, v)) = s.split_once("!=") {
+            (f, false, v)
+        } else if let Some((f, v)) = s.split_once("==") {
+            (f, true, v)
+        } else {
+            return Err(format!(
+                "invalid constraint {s:?}: write FIELD==VALUE or FIELD!=VALUE, e.g. node.hostname!=node3"
+            ));
+        };
+        let field = field.trim();
+        if !matches!(field, "node.hostname" | "node.id" | "node.role") {
+            return Err(format!(
+                "unsupported constraint field {field:?} in {s:?}: use node.hostname, node.id or node.role"
+            ));
+        }
+        Ok(Constraint {
+            field: field.to_string(),
+            equal,
+            value: value.trim().to_string(),
+        })
+    }
+}
+
+impl Constraint {
+    fn admits(&self, n: &crate::model::Node) -> bool {
+        let actual = match self.field.as_str() {
+            "node.hostname" => n.hostname.clone(),
+            "node.id" => n.id.clone(),
+            _ => if n.leader { "manager" } else { "worker" }.to_string(),
+        };
+        (actual == self.value) == self.equal
+    }
+}
+
+pub fn constraints_of(service: &Service) -> Result<Vec<Constraint>, String> {
+    service
+        .spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .and_then(|p| p.constraints.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.parse())
+        .collect()
+}
+
 pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleError> {
+    let constraints = state
+        .services
+        .get(service_id)
+        .map(|s| constraints_of(s).unwrap_or_default())
+        .unwrap_or_default();
     let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
     for t in state.tasks.values().filter(|t| is_active(t)) {
         let e = load.entry(t.node_id.as_str()).or_default();
@@ -37,16 +105,38 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
             e.0 += 1;
         }
     }
-    state
+    let ready: Vec<_> = state
         .nodes
         .values()
         .filter(|n| n.state == NodeState::Ready)
+        .collect();
+    if ready.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
+    ready
+        .into_iter()
+        .filter(|n| constraints.iter().all(|c| c.admits(n)))
         .min_by_key(|n| {
             let (mine, all) = load.get(n.id.as_str()).copied().unwrap_or_default();
             (mine, all, n.hostname.clone())
         })
         .map(|n| n.id.clone())
-        .ok_or(ScheduleError::NoNodes)
+        .ok_or_else(|| {
+            ScheduleError::Unsatisfiable(
+                constraints
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}{}{}",
+                            c.field,
+                            if c.equal { "==" } else { "!=" },
+                            c.value
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
 }
 
 fn restart_delay(state: &State, service_id: &str, slot: u64) -> Option<chrono::Duration> {

@@ -85,6 +85,9 @@ pub struct CreateArgs {
     /// Publish a port as a node port: [PUBLISHED:]TARGET[/PROTO] or published=P,target=T
     #[arg(short, long = "publish", value_name = "SPEC")]
     publish: Vec<PublishSpec>,
+    /// Placement constraint, e.g. node.hostname!=node3
+    #[arg(long = "constraint", value_name = "EXPR")]
+    constraints: Vec<String>,
     /// Endpoint mode
     #[arg(long, value_enum)]
     endpoint_mode: Option<EndpointMode>,
@@ -252,9 +255,12 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
                 reservations: Some(Default::default()),
                 ..Default::default()
             }),
-            placement: platforms.map(|p| bollard::models::TaskSpecPlacement {
-                platforms: Some(p),
-                ..Default::default()
+            placement: (platforms.is_some() || !args.constraints.is_empty()).then(|| {
+                bollard::models::TaskSpecPlacement {
+                    constraints: (!args.constraints.is_empty()).then_some(args.constraints),
+                    platforms,
+                    ..Default::default()
+                }
             }),
             networks: (!networks.is_empty()).then_some(networks),
             force_update: Some(0),

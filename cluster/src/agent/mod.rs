@@ -5,7 +5,7 @@
 mod dataplane;
 mod process;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ pub struct Agent {
     dataplane: dataplane::Dataplane,
     tasks: HashMap<String, RunningTask>,
     reports: BTreeMap<String, TaskReport>,
+    /// Tasks that ran here and ended. A task ID never runs twice: replacements are new tasks
+    /// the manager creates, so the history in `service ps` tells the truth.
+    finished: HashSet<String>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -118,6 +121,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         resolver: Resolver::new(),
         tasks: HashMap::new(),
         reports: BTreeMap::new(),
+        finished: HashSet::new(),
         events: events_tx,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -253,6 +257,7 @@ impl Agent {
                     (TaskState::Failed, why.clone(), Some(why))
                 };
                 let pid = t.pid;
+                self.finished.insert(id.clone());
                 self.cleanup(t);
                 self.reports.insert(
                     id.clone(),
@@ -297,13 +302,18 @@ impl Agent {
         for id in stale {
             self.stop(&id);
         }
+        self.finished.retain(|id| wanted.contains_key(id.as_str()));
         let now = chrono::Utc::now();
         for t in &plan.tasks {
-            if self.tasks.contains_key(&t.id) || t.start_after.is_some_and(|at| at > now) {
+            if self.tasks.contains_key(&t.id)
+                || self.finished.contains(&t.id)
+                || t.start_after.is_some_and(|at| at > now)
+            {
                 continue;
             }
             if let Err(e) = self.start(t).await {
                 tracing::warn!("starting {}: {e:#}", t.name);
+                self.finished.insert(t.id.clone());
                 self.report(
                     &t.id,
                     TaskState::Rejected,

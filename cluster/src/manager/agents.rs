@@ -140,7 +140,10 @@ pub async fn report(
                 s.put_task(t);
             }
             for svc in touched_services {
-                orchestrator::reconcile(s, &svc)?;
+                // An unplaceable replacement must not cost us the observed states above.
+                if let Err(e) = orchestrator::reconcile(s, &svc) {
+                    tracing::warn!("replacing a task of service {svc}: {e}");
+                }
             }
             Ok(())
         })?;

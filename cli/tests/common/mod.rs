@@ -1,0 +1,174 @@
+//! A cluster per test, built by the real binary and always torn down (Drop), plus helpers to
+//! run swarmkit commands and real clients inside nodes and tasks.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Skips (passes with a note) when not root: clusters need namespaces and netlink.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::is_root() {
+            eprintln!("skipped: needs root to build a cluster");
+            return;
+        }
+    };
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+pub fn swarmkit(args: &[&str]) -> Run {
+    Run::from(
+        Command::new(env!("CARGO_BIN_EXE_swarmkit"))
+            .args(args)
+            .env("CI", "true")
+            .output()
+            .expect("swarmkit runs"),
+    )
+}
+
+pub struct Cluster {
+    pub name: String,
+}
+
+impl Cluster {
+    /// A fresh cluster named after the test (and this process, so parallel runs never meet).
+    pub fn up(tag: &str, nodes: usize) -> Cluster {
+        let name = format!("t{}-{tag}", std::process::id() % 100000);
+        let c = Cluster { name };
+        swarmkit(&[
+            "cluster",
+            "up",
+            "--name",
+            &c.name,
+            "--nodes",
+            &nodes.to_string(),
+        ])
+        .ok();
+        c
+    }
+
+    pub fn sk(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--cluster", self.name.as_str()];
+        all.extend_from_slice(args);
+        swarmkit(&all)
+    }
+
+    pub fn node(&self, node: &str, cmd: &str) -> Run {
+        self.sk(&["node", "exec", node, "--", "sh", "-c", cmd])
+    }
+
+    pub fn task(&self, task: &str, cmd: &str) -> Run {
+        self.sk(&["exec", task, "--", "sh", "-c", cmd])
+    }
+
+    pub fn ns_prefix(&self) -> String {
+        format!("sk-{}.", self.name)
+    }
+
+    /// Polls `check` until it holds, failing the test with `what` after `timeout`.
+    pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Task IDs, slots and node hostnames of a service, from `service ps --format json`.
+    pub fn tasks(&self, service: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .sk(&["service", "ps", service, "--format", "json"])
+            .ok();
+        out.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let r = swarmkit(&["cluster", "down", &self.name]);
+        if r.code != 0 {
+            eprintln!("cluster down {}: {}", self.name, r.stderr);
+        }
+    }
+}
+
+/// Names of the network namespaces whose names start with `prefix`.
+pub fn namespaces(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes carrying the cluster's owner mark.
+pub fn owned_processes(cluster: &str) -> Vec<u32> {
+    let mark = format!("SWARMKIT_OWNER={cluster}");
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .map(|s| {
+                            s.rsplit(')')
+                                .next()
+                                .is_some_and(|r| r.trim_start().starts_with('Z'))
+                        })
+                        .unwrap_or(true);
+                    !zombie
+                        && std::fs::read(format!("/proc/{pid}/environ"))
+                            .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
+                            .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The JSON `"name"` of each elasticsearch answer in `out`.
+pub fn es_names(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("\"name\" : \"")
+                .and_then(|r| r.strip_suffix("\","))
+                .map(String::from)
+        })
+        .collect()
+}
