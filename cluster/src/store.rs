@@ -259,9 +259,10 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store
                 .update(|s| {
-                    let mut m = Meta::default();
-                    m.cluster_name = "c1".into();
-                    s.put_meta(m);
+                    s.put_meta(Meta {
+                        cluster_name: "c1".into(),
+                        ..Default::default()
+                    });
                     Ok::<_, Refused>(())
                 })
                 .unwrap();

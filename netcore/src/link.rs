@@ -348,6 +348,18 @@ impl Links {
         self.change("add route", &subject, msg, flags, &[]).await
     }
 
+    /// Default route via `gateway` (replaces any existing default).
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .build();
+        let subject = format!("default via {gateway}");
+        let flags = NLM_F_CREATE | NLM_F_REPLACE;
+        let msg = RouteNetlinkMessage::NewRoute(msg);
+        self.change("add route", &subject, msg, flags, &[]).await
+    }
+
     /// Permanent ARP entry `ip -> mac` on a device; replaces whatever was there.
     pub async fn add_neigh_permanent(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         let mut msg = neigh_msg(AddressFamily::Inet, index);

@@ -149,6 +149,11 @@ impl Dataplane {
             let gw_sbox: Ipv4Net = GW_SANDBOX.parse()?;
             netcore::underlay::link_pair(&self.node, GW_IFNAME, gw_node, &sbox, "eth1", gw_sbox)
                 .await?;
+            // Replies to clients on the underlay (or to the node's own address) leave the
+            // way docker's ingress-sbox sends them: back through the gateway bridge.
+            netcore::link::Links::new(&sbox)?
+                .add_default_route(gw_node.addr())
+                .await?;
             self.attach(
                 &ing.network_id,
                 &sbox,
