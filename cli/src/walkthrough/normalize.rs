@@ -95,6 +95,18 @@ pub const PATTERNS: &[Pattern] = &[
         rule: Rule::Regex(r#""Index": \d+"#, r#""Index": <index>"#),
     },
     Pattern {
+        name: "hostname",
+        default: true,
+        about: "a task's hostname, its 12-character ID prefix (`Hostname: 4284kpdg4v6b`) -> <id>",
+        rule: Rule::Regex(r"(?m)^Hostname: [0-9a-z]{12}$", "Hostname: <id>"),
+    },
+    Pattern {
+        name: "client-port",
+        default: true,
+        about: "the client's ephemeral port in whoami's `RemoteAddr: 10.0.0.5:50328` -> :<port>",
+        rule: Rule::Regex(r"(?m)^(RemoteAddr: [0-9.]+):\d+$", "$1:<port>"),
+    },
+    Pattern {
         name: "http-date",
         default: true,
         about: "HTTP `Date:` header -> Date: <date>",
