@@ -14,17 +14,28 @@ fn assert_round_robin(names: &[String], distinct: usize, context: &str) {
     assert_eq!(set.len(), distinct, "{context}: {names:?}");
     for (i, n) in names.iter().enumerate() {
         if i >= distinct {
-            assert_eq!(n, &names[i - distinct], "{context}: not a rotation: {names:?}");
+            assert_eq!(
+                n,
+                &names[i - distinct],
+                "{context}: not a rotation: {names:?}"
+            );
         }
         if i > 0 {
-            assert_ne!(n, &names[i - 1], "{context}: same replica twice in a row: {names:?}");
+            assert_ne!(
+                n,
+                &names[i - 1],
+                "{context}: same replica twice in a row: {names:?}"
+            );
         }
     }
 }
 
 fn curls(c: &Cluster, node: &str, url: &str, n: usize) -> Vec<String> {
     let out = c
-        .node(node, &format!("for i in $(seq {n}); do curl -s --max-time 5 {url}; done"))
+        .node(
+            node,
+            &format!("for i in $(seq {n}); do curl -s --max-time 5 {url}; done"),
+        )
         .ok();
     es_names(&out.stdout)
 }
@@ -35,12 +46,28 @@ fn routing_mesh_answers_round_robin_on_every_node() {
     let c = Cluster::up("mesh", 3);
     // Three replicas on two nodes, so node3 runs none and still answers.
     c.sk(&[
-        "service", "create", "--name", "search", "--replicas", "3", "-p", "9200:9200",
-        "--constraint", "node.hostname!=node3", "elasticsearch:2",
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--replicas",
+        "3",
+        "-p",
+        "9200:9200",
+        "--constraint",
+        "node.hostname!=node3",
+        "elasticsearch:2",
     ])
     .ok();
-    let nodes: BTreeSet<String> = c.tasks("search").iter().map(|t| t["Node"].as_str().unwrap_or("").to_string()).collect();
-    assert_eq!(nodes, BTreeSet::from(["node1".to_string(), "node2".to_string()]));
+    let nodes: BTreeSet<String> = c
+        .tasks("search")
+        .iter()
+        .map(|t| t["Node"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["node1".to_string(), "node2".to_string()])
+    );
     let ls = c.sk(&["service", "ls"]).ok().stdout;
     assert!(ls.contains("*:9200->9200/tcp"), "{ls}");
     for node in ["node1", "node2", "node3"] {
@@ -50,36 +77,111 @@ fn routing_mesh_answers_round_robin_on_every_node() {
         assert_eq!(curls(&c, node, &addr, 3).len(), 3, "{node} via {addr}");
     }
     // And another node's address, across the underlay.
-    assert_round_robin(&curls(&c, "node3", "192.168.0.11:9200", 6), 3, "node3 -> node1");
+    assert_round_robin(
+        &curls(&c, "node3", "192.168.0.11:9200", 6),
+        3,
+        "node3 -> node1",
+    );
 }
 
 #[test]
 fn vip_round_robin_and_dns_from_a_task() {
     require_root!();
     let c = Cluster::up("vip", 3);
-    c.sk(&["network", "create", "--driver", "overlay", "app"]).ok();
-    c.sk(&["network", "create", "--driver", "overlay", "other"]).ok();
-    c.sk(&["service", "create", "--name", "search", "--network", "app", "--replicas", "3", "elasticsearch:2"]).ok();
-    c.sk(&["service", "create", "--name", "rr", "--network", "app", "--replicas", "3", "--endpoint-mode", "dnsrr", "whoami"]).ok();
-    c.sk(&["service", "create", "--name", "client", "--network", "app", "whoami"]).ok();
-    c.sk(&["service", "create", "--name", "stranger", "--network", "other", "whoami"]).ok();
+    c.sk(&["network", "create", "--driver", "overlay", "app"])
+        .ok();
+    c.sk(&["network", "create", "--driver", "overlay", "other"])
+        .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "elasticsearch:2",
+    ])
+    .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "rr",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "--endpoint-mode",
+        "dnsrr",
+        "whoami",
+    ])
+    .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "client",
+        "--network",
+        "app",
+        "whoami",
+    ])
+    .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "stranger",
+        "--network",
+        "other",
+        "whoami",
+    ])
+    .ok();
 
-    let out = c.task("client.1", "for i in 1 2 3 4 5 6; do curl -s --max-time 5 search:9200; done").ok();
+    let out = c
+        .task(
+            "client.1",
+            "for i in 1 2 3 4 5 6; do curl -s --max-time 5 search:9200; done",
+        )
+        .ok();
     assert_round_robin(&es_names(&out.stdout), 3, "client.1 -> search VIP");
 
     // The service name is its VIP on the shared network, as `service inspect` says.
     let inspect: serde_json::Value =
         serde_json::from_str(&c.sk(&["service", "inspect", "search"]).ok().stdout).unwrap();
-    let vip = inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap();
+    let vip = inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .unwrap();
     let vip = vip.split('/').next().unwrap();
-    assert_eq!(c.task("client.1", "dig +short search").ok().stdout.trim(), vip);
-    assert!(c.task("client.1", "getent hosts search").ok().stdout.starts_with(vip));
+    assert_eq!(
+        c.task("client.1", "dig +short search").ok().stdout.trim(),
+        vip
+    );
+    assert!(
+        c.task("client.1", "getent hosts search")
+            .ok()
+            .stdout
+            .starts_with(vip)
+    );
 
     // tasks.NAME: every task address.
-    let tasks: BTreeSet<String> = c.task("client.1", "dig +short tasks.search").ok().stdout.lines().map(String::from).collect();
+    let tasks: BTreeSet<String> = c
+        .task("client.1", "dig +short tasks.search")
+        .ok()
+        .stdout
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(tasks.len(), 3, "{tasks:?}");
     let direct: BTreeSet<String> = (1..=3)
-        .map(|i| c.task(&format!("search.{i}"), "hostname -i").ok().stdout.trim().to_string())
+        .map(|i| {
+            c.task(&format!("search.{i}"), "hostname -i")
+                .ok()
+                .stdout
+                .trim()
+                .to_string()
+        })
         .collect();
     assert_eq!(tasks, direct);
 
@@ -90,26 +192,56 @@ fn vip_round_robin_and_dns_from_a_task() {
     assert_ne!(first, second, "dnsrr answers do not rotate");
     let inspect: serde_json::Value =
         serde_json::from_str(&c.sk(&["service", "inspect", "rr"]).ok().stdout).unwrap();
-    assert!(inspect[0]["Endpoint"]["VirtualIPs"].is_null(), "dnsrr has no VIP");
+    assert!(
+        inspect[0]["Endpoint"]["VirtualIPs"].is_null(),
+        "dnsrr has no VIP"
+    );
 
     // Answers are scoped to shared networks.
     assert_ne!(c.task("stranger.1", "getent hosts search").code, 0);
-    assert!(c.task("stranger.1", "dig +short search").ok().stdout.trim().is_empty());
+    assert!(
+        c.task("stranger.1", "dig +short search")
+            .ok()
+            .stdout
+            .trim()
+            .is_empty()
+    );
 }
 
 #[test]
 fn scaling_changes_the_answering_set_to_exactly_the_live_replicas() {
     require_root!();
     let c = Cluster::up("scale", 3);
-    c.sk(&["service", "create", "--name", "search", "--replicas", "3", "-p", "9200:9200", "elasticsearch:2"]).ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--replicas",
+        "3",
+        "-p",
+        "9200:9200",
+        "elasticsearch:2",
+    ])
+    .ok();
     for replicas in [3usize, 5, 1] {
-        c.sk(&["service", "scale", &format!("search={replicas}")]).ok();
+        c.sk(&["service", "scale", &format!("search={replicas}")])
+            .ok();
         let names = curls(&c, "node1", "localhost:9200", 2 * replicas);
         let distinct: BTreeSet<&String> = names.iter().collect();
-        assert_eq!(distinct.len(), replicas, "after scaling to {replicas}: {names:?}");
+        assert_eq!(
+            distinct.len(),
+            replicas,
+            "after scaling to {replicas}: {names:?}"
+        );
         let mut counts: HashMap<&String, usize> = HashMap::new();
-        names.iter().for_each(|n| *counts.entry(n).or_default() += 1);
-        assert!(counts.values().all(|n| *n == 2), "uneven after scaling to {replicas}: {names:?}");
+        names
+            .iter()
+            .for_each(|n| *counts.entry(n).or_default() += 1);
+        assert!(
+            counts.values().all(|n| *n == 2),
+            "uneven after scaling to {replicas}: {names:?}"
+        );
     }
     let ls = c.sk(&["service", "ls"]).ok().stdout;
     assert!(ls.contains(" 1/1 "), "{ls}");
@@ -119,13 +251,22 @@ fn scaling_changes_the_answering_set_to_exactly_the_live_replicas() {
 fn ports_without_a_number_come_from_the_dynamic_range() {
     require_root!();
     let c = Cluster::up("dynport", 2);
-    c.sk(&["service", "create", "--name", "web", "-p", "80", "drupal"]).ok();
+    c.sk(&["service", "create", "--name", "web", "-p", "80", "drupal"])
+        .ok();
     let inspect: serde_json::Value =
         serde_json::from_str(&c.sk(&["service", "inspect", "web"]).ok().stdout).unwrap();
-    let published = inspect[0]["Endpoint"]["Ports"][0]["PublishedPort"].as_u64().unwrap();
+    let published = inspect[0]["Endpoint"]["Ports"][0]["PublishedPort"]
+        .as_u64()
+        .unwrap();
     assert!((30000..=32767).contains(&published), "{published}");
-    let out = c.node("node2", &format!("curl -sI localhost:{published}")).ok();
-    assert!(out.stdout.starts_with("HTTP/1.1 302 Found"), "{}", out.stdout);
+    let out = c
+        .node("node2", &format!("curl -sI localhost:{published}"))
+        .ok();
+    assert!(
+        out.stdout.starts_with("HTTP/1.1 302 Found"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -133,6 +274,143 @@ fn node_inspect_names_the_load_balancer_driver() {
     require_root!();
     let c = Cluster::up("lbdriver", 1);
     let out = c.sk(&["node", "inspect", "node1"]).ok().stdout;
-    let expected = if std::path::Path::new("/proc/net/ip_vs").exists() { "ipvs" } else { "nftables" };
-    assert!(out.contains(&format!("\"swarmkit.lb-driver\": \"{expected}\"")), "{out}");
+    let expected = if std::path::Path::new("/proc/net/ip_vs").exists() {
+        "ipvs"
+    } else {
+        "nftables"
+    };
+    assert!(
+        out.contains(&format!("\"swarmkit.lb-driver\": \"{expected}\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn host_mode_publishes_on_the_tasks_node_only_and_keeps_the_client_address() {
+    require_root!();
+    let c = Cluster::up("hostmode", 3);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--publish",
+        "published=8080,target=80,mode=host",
+        "whoami",
+    ])
+    .ok();
+    let ps = c.sk(&["service", "ps", "web"]).ok().stdout;
+    assert_eq!(ps.matches("*:8080->80/tcp").count(), 2, "{ps}");
+    // node1 runs web.1: from node3 its address answers, and sees node3's own address.
+    let out = c
+        .node("node3", "curl -s --max-time 5 192.168.0.11:8080")
+        .ok()
+        .stdout;
+    assert!(out.contains("Name: web.1."), "{out}");
+    assert!(
+        out.contains("RemoteAddr: 192.168.0.13:"),
+        "client address lost: {out}"
+    );
+    assert!(
+        c.node("node1", "curl -s --max-time 5 localhost:8080")
+            .ok()
+            .stdout
+            .contains("Name: web.1.")
+    );
+    // node3 runs no replica: nothing listens there.
+    assert_ne!(
+        c.node("node3", "curl -s --max-time 2 localhost:8080").code,
+        0
+    );
+    let r = c.sk(&["service", "scale", "web=4"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("one replica per node"), "{}", r.stderr);
+}
+
+#[test]
+fn scaling_down_drains_backends_before_tasks_stop() {
+    require_root!();
+    let c = Cluster::up("drain", 3);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--replicas",
+        "3",
+        "-p",
+        "9200:9200",
+        "elasticsearch:2",
+    ])
+    .ok();
+    let name = c.name.clone();
+    // A bounded stream of new connections through the mesh while the service shrinks and
+    // grows; every one of them must be answered.
+    let load = std::thread::spawn(move || {
+        common::swarmkit(&[
+            "--cluster",
+            &name,
+            "node",
+            "exec",
+            "node1",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 400); do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 5 localhost:9200; done",
+        ])
+    });
+    for replicas in ["1", "3", "2", "3", "1"] {
+        c.sk(&["service", "scale", &format!("search={replicas}")])
+            .ok();
+    }
+    let out = load.join().unwrap().ok();
+    let codes: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(codes.len(), 400);
+    let failed = codes.iter().filter(|c| **c != "200").count();
+    assert_eq!(
+        failed, 0,
+        "{failed} of 400 connections failed during scaling: {codes:?}"
+    );
+}
+
+#[test]
+fn service_update_replaces_tasks_and_reprograms_backends() {
+    require_root!();
+    let c = Cluster::up("update", 3);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "search",
+        "--replicas",
+        "3",
+        "-p",
+        "9200:9200",
+        "elasticsearch:2",
+    ])
+    .ok();
+    let before: BTreeSet<String> = c
+        .tasks("search")
+        .iter()
+        .map(|t| t["ID"].as_str().unwrap().to_string())
+        .collect();
+    c.sk(&["service", "update", "--env-add", "GREETING=hello", "search"])
+        .ok();
+    let running: BTreeSet<String> = c
+        .tasks("search")
+        .iter()
+        .filter(|t| t["DesiredState"] == "Running")
+        .map(|t| t["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(running.len(), 3);
+    assert!(running.is_disjoint(&before), "tasks were not replaced");
+    let pid = c.task_pid("search", 1);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ.split(|b| *b == 0).any(|kv| kv == b"GREETING=hello"),
+        "the replacement task runs without the new environment"
+    );
+    assert_round_robin(&curls(&c, "node2", "localhost:9200", 6), 3, "after update");
 }

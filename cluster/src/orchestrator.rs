@@ -22,6 +22,10 @@ pub enum ScheduleError {
         "no ready node satisfies the placement constraints {0}: check them against swarmkit node ls"
     )]
     Unsatisfiable(String),
+    #[error(
+        "a port published with mode=host allows one replica per node, and every eligible node runs one: add nodes or lower --replicas"
+    )]
+    HostPortsFull,
     #[error(transparent)]
     Ipam(#[from] IpamError),
 }
@@ -110,18 +114,28 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .values()
         .filter(|n| n.state == NodeState::Ready)
         .collect();
+    // A host-mode port exists once per node: at most one replica of such a service per node.
+    let host_mode = state.services.get(service_id).is_some_and(|s| {
+        s.ports
+            .iter()
+            .any(|p| p.mode == crate::model::PublishMode::Host)
+    });
+    let busy = |node: &str| host_mode && load.get(node).is_some_and(|(mine, _)| *mine > 0);
     if ready.is_empty() {
         return Err(ScheduleError::NoNodes);
     }
     ready
         .into_iter()
-        .filter(|n| constraints.iter().all(|c| c.admits(n)))
+        .filter(|n| constraints.iter().all(|c| c.admits(n)) && !busy(&n.id))
         .min_by_key(|n| {
             let (mine, all) = load.get(n.id.as_str()).copied().unwrap_or_default();
             (mine, all, n.hostname.clone())
         })
         .map(|n| n.id.clone())
         .ok_or_else(|| {
+            if host_mode {
+                return ScheduleError::HostPortsFull;
+            }
             ScheduleError::Unsatisfiable(
                 constraints
                     .iter()

@@ -58,6 +58,15 @@ pub struct TaskPlan {
     pub hostname: String,
     pub attachments: Vec<AttachmentPlan>,
     pub start_after: Option<Time>,
+    /// Ports published in host mode: this node forwards them to this task directly.
+    pub host_ports: Vec<HostPortPlan>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostPortPlan {
+    pub protocol: Protocol,
+    pub published: u16,
+    pub target: u16,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -180,6 +189,16 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
             hostname: t.id[..12.min(t.id.len())].to_string(),
             attachments,
             start_after: t.start_after,
+            host_ports: service
+                .ports
+                .iter()
+                .filter(|p| p.mode == PublishMode::Host)
+                .map(|p| HostPortPlan {
+                    protocol: p.protocol,
+                    published: p.published,
+                    target: p.target,
+                })
+                .collect(),
         });
     }
     if let Some(ing) = ingress_net {

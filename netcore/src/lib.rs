@@ -3,6 +3,7 @@
 //! module reconciles the kernel towards it, so applying twice is harmless.
 
 pub mod dns;
+pub mod hostport;
 pub mod ingress;
 pub mod lb;
 pub mod link;

@@ -115,6 +115,25 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The process ID of the running task in `slot` of `service`, from the manager's API.
+    pub fn task_pid(&self, service: &str, slot: u64) -> i32 {
+        let socket = format!("/run/swarmkit/{}/manager.sock", self.name);
+        let filter = format!("http://swarmkit/tasks?filters={{%22service%22:[%22{service}%22]}}");
+        let out = Command::new("curl")
+            .args(["-s", "-g", "--unix-socket", &socket, &filter])
+            .output()
+            .expect("curl");
+        let tasks: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("tasks JSON");
+        tasks
+            .iter()
+            .find(|t| t["Slot"] == slot && t["DesiredState"] == "running")
+            .and_then(|t| t["Status"]["ContainerStatus"]["PID"].as_i64())
+            .expect("a running task with a PID") as i32
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let r = swarmkit(&["cluster", "down", &self.name]);

@@ -43,6 +43,8 @@ enum Event {
 
 struct RunningTask {
     plan: TaskPlan,
+    /// Index of the task's /30 on its host-port link to the node, if it publishes in host mode.
+    host_link: Option<u32>,
     ns: NetNs,
     pid: Option<u32>,
     dns: Option<ServeHandle>,
@@ -54,7 +56,9 @@ struct RunningTask {
 pub struct Agent {
     paths: ClusterPaths,
     client: ManagerClient,
+    node: NetNs,
     driver: Driver,
+    host_ports: netcore::hostport::HostPorts,
     resolver: std::sync::Arc<Resolver>,
     dataplane: dataplane::Dataplane,
     tasks: HashMap<String, RunningTask>,
@@ -117,6 +121,8 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         dataplane: dataplane::Dataplane::new(paths.clone(), hostname, node.clone(), vtep, driver),
         paths,
         client,
+        host_ports: netcore::hostport::HostPorts::new(node.clone()),
+        node,
         driver,
         resolver: Resolver::new(),
         tasks: HashMap::new(),
@@ -329,6 +335,28 @@ impl Agent {
             self.resolver
                 .set_view(&t.plan.id, dataplane::task_view(plan, &t.plan));
         }
+        let host_ports: Vec<netcore::hostport::HostPort> = self
+            .tasks
+            .values()
+            .filter(|t| !t.stopping)
+            .filter_map(|t| t.host_link.map(|i| (t, i)))
+            .flat_map(|(t, i)| {
+                t.plan
+                    .host_ports
+                    .iter()
+                    .map(move |p| netcore::hostport::HostPort {
+                        proto: match p.protocol {
+                            crate::model::Protocol::Tcp => lb::Protocol::Tcp,
+                            crate::model::Protocol::Udp => lb::Protocol::Udp,
+                        },
+                        port: p.published,
+                        addr: host_link_addrs(i).1.addr(),
+                        target: p.target,
+                    })
+            })
+            .collect();
+        tokio::task::block_in_place(|| self.host_ports.apply(&host_ports))
+            .context("host-mode ports")?;
         self.dataplane.prune_networks(plan).await;
         Ok(())
     }
@@ -339,6 +367,29 @@ impl Agent {
         for a in &t.attachments {
             self.dataplane.attach(&a.network_id, &ns, a).await?;
         }
+        let host_link = if t.host_ports.is_empty() {
+            None
+        } else {
+            let used: HashSet<u32> = self.tasks.values().filter_map(|r| r.host_link).collect();
+            let i = (0..16000u32)
+                .find(|i| !used.contains(i))
+                .context("no free host-port link left on this node")?;
+            let (node_side, task_side) = host_link_addrs(i);
+            netcore::underlay::link_pair(
+                &self.node,
+                &format!("hp{}", &t.id[..8.min(t.id.len())]),
+                node_side,
+                &ns,
+                "gw0",
+                task_side,
+            )
+            .await?;
+            // Replies to outside clients go back through the node, source addresses intact.
+            netcore::link::Links::new(&ns)?
+                .add_default_route(node_side.addr())
+                .await?;
+            Some(i)
+        };
         let dns = self.resolver.serve_in(&t.id, &ns)?;
         let lb = lb::new(self.driver, ns.clone());
         let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
@@ -366,6 +417,7 @@ impl Agent {
             t.id.clone(),
             RunningTask {
                 plan: t.clone(),
+                host_link,
                 ns: ns.clone(),
                 pid,
                 dns: Some(dns),
@@ -412,6 +464,15 @@ impl Agent {
             }
         }
     }
+}
+
+/// The /30 linking a host-mode task to its node, carved from 172.19.0.0/16: (node, task).
+fn host_link_addrs(i: u32) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
+    let base = u32::from(Ipv4Addr::new(172, 19, 0, 0)) + i * 4;
+    (
+        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 1), 30).expect("/30"),
+        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 2), 30).expect("/30"),
+    )
 }
 
 /// Ready means the task accepts connections on its image's port (from inside its namespace),

@@ -31,7 +31,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Ipam(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Schedule(ScheduleError::Unsatisfiable(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Schedule(ScheduleError::Unsatisfiable(_) | ScheduleError::HostPortsFull) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Schedule(ScheduleError::Ipam(_)) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::NoNodes) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -361,7 +361,7 @@ pub async fn create(
     ))
 }
 
-fn port_to_api(p: &Port) -> EndpointPortConfig {
+pub fn port_to_api(p: &Port) -> EndpointPortConfig {
     EndpointPortConfig {
         protocol: Some(match p.protocol {
             Protocol::Tcp => EndpointPortConfigProtocolEnum::TCP,

@@ -73,7 +73,7 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
                 pid: t.status.pid.map(|p| p as i64),
                 exit_code: t.status.exit_code,
             }),
-            port_status: None,
+            port_status: host_ports(s, t, state),
         }),
         desired_state: Some(api_state(t.desired)),
         ..Default::default()
@@ -95,6 +95,19 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         })
         .collect();
     v
+}
+
+/// Ports a running task publishes in host mode, as docker reports them in `service ps`.
+fn host_ports(s: &StoreState, t: &Task, state: TaskState) -> Option<bollard::models::PortStatus> {
+    let svc = s.services.get(&t.service_id)?;
+    let ports: Vec<_> = svc
+        .ports
+        .iter()
+        .filter(|p| p.mode == crate::model::PublishMode::Host)
+        .map(super::services::port_to_api)
+        .collect();
+    (state == TaskState::Running && !ports.is_empty())
+        .then(|| bollard::models::PortStatus { ports: Some(ports) })
 }
 
 fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> bool {

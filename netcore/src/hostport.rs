@@ -1,0 +1,95 @@
+//! Host-mode published ports: a port on one node that goes straight to the task running
+//! there, keeping the client's source address (the routing mesh cannot; see moby#25526).
+//! One small table per node, `swarmkit-hostports`, rewritten as a whole in one atomic batch
+//! whenever the set changes (a node has few host-mode ports).
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use crate::lb::nftbatch::run_nft;
+use crate::lb::{LbError, Protocol};
+use crate::netns::NetNs;
+
+pub const TABLE: &str = "swarmkit-hostports";
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostPort {
+    pub proto: Protocol,
+    pub port: u16,
+    /// The task's address on its link to the node, and the port it listens on.
+    pub addr: Ipv4Addr,
+    pub target: u16,
+}
+
+pub struct HostPorts {
+    node: NetNs,
+    applied: Option<Vec<HostPort>>,
+}
+
+/// The whole table for `ports`: DNAT for traffic arriving at or generated on the node for one
+/// of its own addresses (127.0.0.1 included), and masquerade only for loopback sources, which
+/// cannot leave the node; everything else keeps its source address.
+pub fn ruleset(ports: &[HostPort]) -> String {
+    let mut rules = String::new();
+    for p in ports {
+        let _ = writeln!(
+            rules,
+            "    fib daddr type local {} dport {} dnat to {}:{}",
+            p.proto.as_str(),
+            p.port,
+            p.addr,
+            p.target
+        );
+    }
+    format!(
+        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  \
+         chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  \
+         chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  \
+         chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+         ip saddr 127.0.0.0/8 ct status dnat masquerade\n  }}\n}}\n"
+    )
+}
+
+impl HostPorts {
+    pub fn new(node: NetNs) -> Self {
+        HostPorts {
+            node,
+            applied: None,
+        }
+    }
+
+    pub fn apply(&mut self, ports: &[HostPort]) -> Result<(), LbError> {
+        let mut ports = ports.to_vec();
+        ports.sort();
+        if self.applied.as_ref() == Some(&ports) {
+            return Ok(());
+        }
+        if ports.is_empty() && self.applied.is_none() {
+            self.applied = Some(ports);
+            return Ok(());
+        }
+        self.node
+            .set_sysctl("net/ipv4/conf/all/route_localnet", "1")
+            .map_err(LbError::from)?;
+        run_nft(&self.node, &["-f", "-"], Some(ruleset(&ports).as_bytes()))?;
+        self.applied = Some(ports);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_has_one_dnat_per_port_in_both_hooks() {
+        let r = ruleset(&[HostPort {
+            proto: Protocol::Tcp,
+            port: 8080,
+            addr: "172.19.0.2".parse().unwrap(),
+            target: 80,
+        }]);
+        assert_eq!(r.matches("tcp dport 8080 dnat to 172.19.0.2:80").count(), 2);
+        assert!(r.contains("delete table ip swarmkit-hostports"));
+    }
+}
