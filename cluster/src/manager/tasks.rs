@@ -107,7 +107,7 @@ fn host_ports(s: &StoreState, t: &Task, state: TaskState) -> Option<bollard::mod
         .map(super::services::port_to_api)
         .collect();
     (state == TaskState::Running && !ports.is_empty())
-        .then(|| bollard::models::PortStatus { ports: Some(ports) })
+        .then_some(bollard::models::PortStatus { ports: Some(ports) })
 }
 
 fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> bool {
