@@ -467,29 +467,38 @@ async fn inspect(api: &Api, names: &[String], pretty: bool) -> anyhow::Result<i3
     Ok(code)
 }
 
-/// GETs the service, lets `edit` change its spec, and POSTs it back at the version read,
-/// so a concurrent change makes the manager refuse rather than be overwritten.
+/// GETs the service, lets `edit` change its spec, and POSTs it back at the version read. If
+/// another client changed the service in between, the manager refuses (409, out of
+/// sequence) and the edit is replayed on the fresh spec, so concurrent updates all land and
+/// none overwrites another.
 async fn modify(
     api: &Api,
     name: &str,
-    edit: impl FnOnce(&mut ServiceSpec) -> anyhow::Result<()>,
+    edit: impl Fn(&mut ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<String> {
-    let service = api.docker.inspect_service(name, None).await.api(api)?;
-    let id = service.id.clone().unwrap_or_else(|| name.to_string());
-    let version = service.version.and_then(|v| v.index).unwrap_or(0);
-    let mut spec = service.spec.unwrap_or_default();
-    edit(&mut spec)?;
-    let opts = UpdateServiceOptions {
-        version: i32::try_from(version).unwrap_or(i32::MAX),
-        ..Default::default()
-    };
-    let resp = api
-        .docker
-        .update_service(&id, spec, opts, None)
-        .await
-        .api(api)?;
-    warn(resp.warnings);
-    Ok(id)
+    const ATTEMPTS: usize = 20;
+    for attempt in 1..=ATTEMPTS {
+        let service = api.docker.inspect_service(name, None).await.api(api)?;
+        let id = service.id.clone().unwrap_or_else(|| name.to_string());
+        let version = service.version.and_then(|v| v.index).unwrap_or(0);
+        let mut spec = service.spec.unwrap_or_default();
+        edit(&mut spec)?;
+        let opts = UpdateServiceOptions {
+            version: i32::try_from(version).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        match api.docker.update_service(&id, spec, opts, None).await {
+            Ok(resp) => {
+                warn(resp.warnings);
+                return Ok(id);
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(Err::<(), _>(e).api(api).unwrap_err().into()),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 fn set_replicas(spec: &mut ServiceSpec, name: &str, replicas: u64) -> anyhow::Result<()> {
@@ -542,8 +551,8 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
             task.force_update = Some(task.force_update.unwrap_or(0) + 1);
         }
         let container = task.container_spec.get_or_insert_with(Default::default);
-        if let Some(image) = args.image {
-            container.image = Some(image);
+        if let Some(image) = &args.image {
+            container.image = Some(image.clone());
         }
         // Only touch what the flags name, so an untouched field keeps its exact value.
         if !args.env_add.is_empty() || !args.env_rm.is_empty() {
@@ -552,10 +561,10 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
         if !add_networks.is_empty() || !rm_networks.is_empty() {
             let nets = task.networks.get_or_insert_with(Vec::new);
             nets.retain(|n| !rm_networks.iter().any(|r| n.target.as_ref() == Some(r)));
-            for net in add_networks {
-                if !nets.iter().any(|n| n.target.as_ref() == Some(&net)) {
+            for net in &add_networks {
+                if !nets.iter().any(|n| n.target.as_ref() == Some(net)) {
                     nets.push(NetworkAttachmentConfig {
-                        target: Some(net),
+                        target: Some(net.clone()),
                         ..Default::default()
                     });
                 }
@@ -563,7 +572,11 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
         }
         if !args.publish_add.is_empty() || !args.publish_rm.is_empty() {
             let endpoint = spec.endpoint_spec.get_or_insert_with(Default::default);
-            update_ports(endpoint, ports_of(args.publish_add), &args.publish_rm);
+            update_ports(
+                endpoint,
+                ports_of(args.publish_add.clone()),
+                &args.publish_rm,
+            );
         }
         Ok(())
     })

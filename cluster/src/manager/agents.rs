@@ -15,7 +15,7 @@ use crate::protocol::{PlanResponse, RegisterRequest, RegisterResponse, Report};
 
 const LONG_POLL: Duration = Duration::from_secs(5);
 /// A node that has not polled for this long is marked down.
-const NODE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub async fn register(
     State(m): State<Shared>,

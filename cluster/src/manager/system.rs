@@ -6,7 +6,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use bollard::models::{
     ClusterInfo, DistributionInspect, LocalNodeState, ObjectVersion, OciDescriptor, OciPlatform,
-    PeerNode, SwarmInfo, SwarmSpec, SystemInfo, SystemVersion, SystemVersionPlatform,
+    PeerNode, SwarmInfo, SwarmSpec, SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecOrchestration,
+    SwarmSpecRaft, SystemInfo, SystemVersion, SystemVersionPlatform,
 };
 use sha2::Digest;
 
@@ -49,9 +50,31 @@ pub async fn version() -> Json<SystemVersion> {
     })
 }
 
+/// The cluster's settings as docker reports them. swarmkit has one manager and no raft;
+/// the figures are the ones it actually uses (task history per slot, the agents' liveness
+/// timeout) or Swarm's defaults where it has no equivalent.
 fn swarm_spec(name: &str) -> SwarmSpec {
     SwarmSpec {
         name: Some(name.to_string()),
+        labels: Some(Default::default()),
+        orchestration: Some(SwarmSpecOrchestration {
+            task_history_retention_limit: Some(crate::orchestrator::HISTORY_PER_SLOT as i64),
+        }),
+        raft: Some(SwarmSpecRaft {
+            snapshot_interval: Some(10000),
+            keep_old_snapshots: Some(0),
+            log_entries_for_slow_followers: Some(500),
+            election_tick: Some(10),
+            heartbeat_tick: Some(1),
+        }),
+        dispatcher: Some(SwarmSpecDispatcher {
+            heartbeat_period: Some(super::agents::NODE_TIMEOUT.as_nanos() as i64 / 3),
+        }),
+        ca_config: Some(SwarmSpecCaConfig {
+            node_cert_expiry: Some(90 * 24 * 3600 * 1_000_000_000),
+            force_rotate: Some(0),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# swarmkit's benchmarks. Every figure is a ratio against a baseline measured in the same run,
+# interleaved, because these machines are noisy. Needs root and ./scripts/setup.
+# Usage: bench/run.sh [up|conn|scale|walkthrough|all]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SK=${SWARMKIT:-target/release/swarmkit}
+[ -x "$SK" ] || cargo build --release --quiet
+C=bench$$
+N=${N:-2000}          # connections per ab run
+ROUNDS=${ROUNDS:-3}   # interleaved rounds; the median is reported
+
+cleanup() { "$SK" cluster down "$C" >/dev/null 2>&1 || true; bench/handbuilt-mesh.sh down; }
+trap cleanup EXIT
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+rps() { awk '/Requests per second/ {print $4}'; }
+
+bench_up() {
+  echo "== cluster up (3 nodes) vs the same mesh hand-built with ip/nft"
+  hyperfine --style basic --runs 10 --export-json /tmp/sk-up.json \
+    --prepare "$SK cluster down $C >/dev/null 2>&1 || true; bench/handbuilt-mesh.sh down" \
+    "$SK cluster up --name $C --nodes 3" "bench/handbuilt-mesh.sh up" | grep -E "Time|±" || true
+  "$SK" cluster down "$C" >/dev/null 2>&1 || true
+  bench/handbuilt-mesh.sh down
+  python3 - <<'PY'
+import json
+r = json.load(open("/tmp/sk-up.json"))["results"]
+sk, hb = r[0]["median"], r[1]["median"]
+print(f"cluster up: swarmkit {sk:.3f} s, hand-built {hb:.3f} s, ratio {sk / hb:.2f} (median of 10)")
+PY
+}
+
+bench_conn() {
+  echo "== new connections per second (ab -c1 -n $N), interleaved, $ROUNDS rounds"
+  "$SK" cluster up --name "$C" --nodes 3 >/dev/null
+  "$SK" --cluster "$C" network create --driver overlay app >/dev/null
+  # One replica on node2, published; a client task on node1 on the same network.
+  "$SK" --cluster "$C" service create --name es --network app -p 9200:9200 \
+    --constraint node.hostname==node2 elasticsearch:2 >/dev/null
+  "$SK" --cluster "$C" service create --name client --network app \
+    --constraint node.hostname==node1 whoami >/dev/null
+  local vip task
+  vip=$("$SK" --cluster "$C" exec client.1 -- dig +short es)
+  task=$("$SK" --cluster "$C" exec client.1 -- dig +short tasks.es)
+  local direct=() viar=() mesh=()
+  for _ in $(seq "$ROUNDS"); do
+    direct+=("$("$SK" --cluster "$C" exec client.1 -- ab -q -n "$N" -c 1 "http://$task:9200/" | rps)")
+    viar+=("$("$SK" --cluster "$C" exec client.1 -- ab -q -n "$N" -c 1 "http://$vip:9200/" | rps)")
+    mesh+=("$("$SK" --cluster "$C" node exec node1 -- ab -q -n "$N" -c 1 "http://127.0.0.1:9200/" | rps)")
+  done
+  local d v m
+  d=$(printf '%s\n' "${direct[@]}" | median)
+  v=$(printf '%s\n' "${viar[@]}" | median)
+  m=$(printf '%s\n' "${mesh[@]}" | median)
+  echo "direct to the task across nodes: $d conn/s (runs: ${direct[*]})"
+  echo "through the VIP:                 $v conn/s (runs: ${viar[*]})  ratio $(ratio "$v" "$d")  (target >= 0.95)"
+  echo "through the ingress mesh:        $m conn/s (runs: ${mesh[*]})  ratio $(ratio "$m" "$d")  (target >= 0.85)"
+  "$SK" cluster down "$C" >/dev/null
+}
+
+# Adds one published, one-replica service and waits until it converged (running and routed
+# on every node); prints seconds.
+add_one() {
+  local name=$1 port=$2 t0 t1
+  t0=$(date +%s.%N)
+  "$SK" --cluster "$C" service create --name "$name" -p "$port:80" whoami >/dev/null
+  t1=$(date +%s.%N)
+  "$SK" --cluster "$C" service rm "$name" >/dev/null
+  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f\n", b - a}'
+}
+
+bench_scale() {
+  echo "== adding one service: with 1000 services present vs the first one"
+  "$SK" cluster up --name "$C" --nodes 3 >/dev/null
+  local first=() many=() sock=/run/swarmkit/$C/manager.sock
+  for i in 1 2 3 4 5; do first+=("$(add_one probe$i 9000)"); done
+  # 1000 services, each with a VIP on the ingress network and a published port on every node.
+  for i in $(seq 1000); do
+    curl -s -o /dev/null --unix-socket "$sock" -H 'Content-Type: application/json' \
+      -d "{\"Name\":\"s$i\",\"TaskTemplate\":{\"ContainerSpec\":{\"Image\":\"whoami\"}},\"Mode\":{\"Replicated\":{\"Replicas\":0}},\"EndpointSpec\":{\"Ports\":[{\"TargetPort\":80,\"PublishedPort\":$((20000 + i))}]}}" \
+      http://swarmkit/services/create
+  done
+  [ "$("$SK" --cluster "$C" service ls -q | wc -l)" = 1000 ] || { echo "setup failed"; exit 1; }
+  for i in 1 2 3 4 5; do many+=("$(add_one probe$i 9000)"); done
+  local f m
+  f=$(printf '%s\n' "${first[@]}" | median)
+  m=$(printf '%s\n' "${many[@]}" | median)
+  echo "first service: ${f}s (runs: ${first[*]})"
+  echo "with 1000:     ${m}s (runs: ${many[*]})  ratio $(ratio "$m" "$f")  (target <= 2)"
+  "$SK" cluster down "$C" >/dev/null
+}
+
+bench_walkthrough() {
+  echo "== the routing walkthrough, end to end (cluster up, 26 commands, cluster down)"
+  hyperfine --style basic --runs 3 "$SK walkthrough routing" | grep -E "Time|±" || true
+}
+
+case "${1:-all}" in
+up) bench_up ;;
+conn) bench_conn ;;
+scale) bench_scale ;;
+walkthrough) bench_walkthrough ;;
+all) bench_up; bench_conn; bench_scale; bench_walkthrough ;;
+*) echo "usage: $0 [up|conn|scale|walkthrough|all]" >&2; exit 2 ;;
+esac
