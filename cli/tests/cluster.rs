@@ -55,6 +55,10 @@ fn up_then_down_leaves_nothing_behind() {
         "{ls}"
     );
     assert!(ls.contains("Leader"), "{ls}");
+    use std::os::unix::fs::PermissionsExt;
+    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the manager's socket is open to others");
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     c.sk(&[
@@ -429,6 +433,34 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+}
+
+#[test]
+fn other_images_run_their_command_from_the_node_filesystem() {
+    require_root!();
+    let c = Cluster::up("command", 1);
+    c.sk(&[
+        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
+    ])
+    .ok();
+    let ps = c.sk(&["service", "ps", "sleeper"]).ok().stdout;
+    assert!(ps.contains(" Running "), "{ps}");
+    let pid = c.task_pid("sleeper", 1);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\0300\0");
+}
+
+#[test]
+fn lb_override_is_checked_against_the_kernel() {
+    require_root!();
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("skipped: this kernel has IPVS");
+        return;
+    }
+    let r = swarmkit(&["cluster", "up", "--name", "noipvs", "--lb", "ipvs"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no IPVS"), "{}", r.stderr);
+    assert!(namespaces("sk-noipvs.").is_empty());
 }
 
 #[test]

@@ -125,8 +125,16 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
         bail!("invalid --nodes {}: give 1 to 200", opts.nodes);
     }
     if let Some(lb) = &opts.lb {
-        lb.parse::<netcore::lb::Driver>()
+        let driver = lb
+            .parse::<netcore::lb::Driver>()
             .map_err(|_| anyhow::anyhow!("invalid --lb {lb:?}: use ipvs or nftables"))?;
+        // Namespaces share the host's kernel, so what it lacks, every node lacks.
+        if driver == netcore::lb::Driver::Ipvs && netcore::lb::probe() != netcore::lb::Driver::Ipvs
+        {
+            bail!(
+                "this kernel has no IPVS (CONFIG_IP_VS), so netns nodes cannot use --lb ipvs: use --lb nftables, or the qemu backend whose guests have IPVS"
+            );
+        }
     }
     let paths = ClusterPaths::new(&opts.name);
     if paths.info_file().exists() {
