@@ -447,7 +447,7 @@ fn other_images_run_their_command_from_the_node_filesystem() {
     assert!(ps.contains(" Running "), "{ps}");
     let pid = c.task_pid("sleeper", 1);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert_eq!(cmdline, b"sleep\0300\0");
+    assert_eq!(cmdline, b"sleep\x00300\x00");
 }
 
 #[test]

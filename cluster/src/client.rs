@@ -77,25 +77,24 @@ impl ManagerClient {
             uri: String::new(),
             message: e.to_string(),
         };
+        async fn over<S>(
+            io: S,
+        ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            Ok(sender)
+        }
         match &self.endpoint {
-            Endpoint::Unix(p) => {
-                let s = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                        .await
-                        .map_err(hs)?;
-                tokio::spawn(conn);
-                Ok(sender)
-            }
-            Endpoint::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                        .await
-                        .map_err(hs)?;
-                tokio::spawn(conn);
-                Ok(sender)
-            }
+            Endpoint::Unix(p) => over(tokio::net::UnixStream::connect(p).await.map_err(connect)?)
+                .await
+                .map_err(hs),
+            Endpoint::Tcp(a) => over(tokio::net::TcpStream::connect(a).await.map_err(connect)?)
+                .await
+                .map_err(hs),
         }
     }
 

@@ -59,13 +59,6 @@ fn spec_of(n: &NetworkPlan) -> OverlaySpec {
     }
 }
 
-fn lb_proto(p: Protocol) -> lb::Protocol {
-    match p {
-        Protocol::Tcp => lb::Protocol::Tcp,
-        Protocol::Udp => lb::Protocol::Udp,
-    }
-}
-
 impl Dataplane {
     pub fn new(
         paths: ClusterPaths,
@@ -182,7 +175,7 @@ impl Dataplane {
                         0
                     },
                 frontend: Frontend::Port {
-                    proto: lb_proto(p.protocol),
+                    proto: p.protocol,
                     port: p.published,
                     target: p.target,
                 },
@@ -193,7 +186,7 @@ impl Dataplane {
             .ports
             .iter()
             .map(|p| PublishedPort {
-                proto: lb_proto(p.protocol),
+                proto: p.protocol,
                 port: p.published,
             })
             .collect();
