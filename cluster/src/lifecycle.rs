@@ -214,6 +214,7 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
         std::fs::write(paths.run_dir().join(format!("{h}.pid")), pid.to_string())?;
     }
     let want = opts.nodes;
+    // Ready means registered and its dataplane (ingress sandbox, routing mesh) applied.
     wait_until("every node to be ready", READY_TIMEOUT, || async {
         client
             .get::<Vec<bollard::models::Node>>("/nodes")
@@ -221,8 +222,16 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
             .map(|ns| {
                 ns.iter()
                     .filter(|n| {
-                        n.status.as_ref().and_then(|s| s.state)
-                            == Some(bollard::models::NodeState::READY)
+                        let ready = n.status.as_ref().and_then(|s| s.state)
+                            == Some(bollard::models::NodeState::READY);
+                        let applied = n
+                            .description
+                            .as_ref()
+                            .and_then(|d| d.engine.as_ref())
+                            .and_then(|e| e.labels.as_ref())
+                            .and_then(|l| l.get(crate::manager::DATAPLANE_LABEL))
+                            .is_some_and(|v| v == "ready");
+                        ready && applied
                     })
                     .count()
                     == want

@@ -45,9 +45,12 @@ impl Run {
     }
 }
 
+/// Runs the binary under test, killed after two minutes so a hang fails the test instead of
+/// the whole run.
 pub fn swarmkit(args: &[&str]) -> Run {
     Run::from(
-        Command::new(env!("CARGO_BIN_EXE_swarmkit"))
+        Command::new("timeout")
+            .args(["--kill-after=5", "120", env!("CARGO_BIN_EXE_swarmkit")])
             .args(args)
             .env("CI", "true")
             .output()

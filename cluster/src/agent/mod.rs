@@ -130,8 +130,11 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         finished: HashSet::new(),
         events: events_tx,
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Wakes the loop for tasks whose restart back-off ends later; otherwise idle.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_acked = None;
     loop {
+        let mut woke_by_tick = false;
         tokio::select! {
             changed = plan_rx.changed() => {
                 if changed.is_err() {
@@ -139,14 +142,24 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
                 }
             }
             Some(ev) = events_rx.recv() => agent.on_event(ev),
-            _ = tick.tick() => {}
+            _ = tick.tick() => woke_by_tick = true,
         }
         while let Ok(ev) = events_rx.try_recv() {
             agent.on_event(ev);
         }
+        let new_plan = plan_rx.has_changed().unwrap_or(false);
         let Some(plan) = plan_rx.borrow_and_update().clone() else {
             continue;
         };
+        let now = chrono::Utc::now();
+        let due = plan.tasks.iter().any(|t| {
+            t.start_after.is_some_and(|at| at <= now)
+                && !agent.tasks.contains_key(&t.id)
+                && !agent.finished.contains(&t.id)
+        });
+        if woke_by_tick && !new_plan && !due && agent.reports.is_empty() {
+            continue;
+        }
         let node_id = plan.node_id.clone();
         let applied = match agent.reconcile(&plan).await {
             Ok(()) => Some(plan.version),
@@ -155,7 +168,11 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
                 None
             }
         };
-        agent.send_report(&node_id, applied).await;
+        if (!agent.reports.is_empty() || applied != last_acked)
+            && agent.send_report(&node_id, applied).await
+        {
+            last_acked = applied;
+        }
     }
 }
 
@@ -218,7 +235,8 @@ impl Agent {
         );
     }
 
-    async fn send_report(&mut self, node_id: &str, applied: Option<u64>) {
+    /// Whether the manager took the report.
+    async fn send_report(&mut self, node_id: &str, applied: Option<u64>) -> bool {
         let report = Report {
             applied_version: applied,
             tasks: self.reports.values().cloned().collect(),
@@ -228,8 +246,14 @@ impl Agent {
             .post::<_, serde_json::Value>(&format!("{PREFIX}/{node_id}/report"), &report)
             .await
         {
-            Ok(_) => self.reports.clear(),
-            Err(e) => tracing::warn!("report: {e}"),
+            Ok(_) => {
+                self.reports.clear();
+                true
+            }
+            Err(e) => {
+                tracing::warn!("report: {e}");
+                false
+            }
         }
     }
 

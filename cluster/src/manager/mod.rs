@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 
 pub use error::{ApiError, ApiResult};
+pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 
 use crate::model::{Meta, Network, NodeState};
 use crate::store::{State, Store};
@@ -95,6 +96,16 @@ impl Manager {
             }
             Ok::<_, ApiError>(())
         })
+    }
+
+    /// The plan version a node last reported applied (0: none yet).
+    pub fn ack_of(&self, node_id: &str) -> u64 {
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The lowest plan version applied by every ready node.

@@ -16,8 +16,11 @@ use crate::model::{Node, NodeState};
 
 /// Engine label naming the load-balancer driver the node's agent uses.
 pub const LB_DRIVER_LABEL: &str = "swarmkit.lb-driver";
+/// Engine label saying whether the node's agent has applied a plan since it registered
+/// (`ready`) or not yet (`pending`): `cluster up` returns once every node's is ready.
+pub const DATAPLANE_LABEL: &str = "swarmkit.dataplane";
 
-pub fn to_api(n: &Node) -> ApiNode {
+pub fn to_api(n: &Node, applied: u64) -> ApiNode {
     ApiNode {
         id: Some(n.id.clone()),
         version: Some(ObjectVersion {
@@ -45,6 +48,10 @@ pub fn to_api(n: &Node) -> ApiNode {
                 engine_version: Some(ENGINE_VERSION.into()),
                 labels: Some(HashMap::from([
                     (LB_DRIVER_LABEL.to_string(), n.lb_driver.clone()),
+                    (
+                        DATAPLANE_LABEL.to_string(),
+                        if applied > 0 { "ready" } else { "pending" }.to_string(),
+                    ),
                     ("swarmkit.kernel".to_string(), n.kernel.clone()),
                     (
                         "swarmkit.ingress-address".to_string(),
@@ -73,10 +80,16 @@ pub fn to_api(n: &Node) -> ApiNode {
 
 pub async fn list(State(m): State<Shared>) -> Json<Vec<ApiNode>> {
     let s = m.store.snapshot();
-    Json(s.nodes.values().map(to_api).collect())
+    Json(
+        s.nodes
+            .values()
+            .map(|n| to_api(n, m.ack_of(&n.id)))
+            .collect(),
+    )
 }
 
 pub async fn inspect(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<ApiNode>> {
     let s = m.store.snapshot();
-    Ok(Json(to_api(find(&s.nodes, &id, |n| &n.hostname, "node")?)))
+    let n = find(&s.nodes, &id, |n| &n.hostname, "node")?;
+    Ok(Json(to_api(n, m.ack_of(&n.id))))
 }
