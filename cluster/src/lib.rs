@@ -14,3 +14,4 @@ pub mod paths;
 pub mod plan;
 pub mod protocol;
 pub mod store;
+pub mod vm;
