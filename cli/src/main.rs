@@ -63,6 +63,8 @@ enum Command {
         #[arg(long)]
         node: String,
     },
+    #[command(name = "__vmhost", hide = true)]
+    VmHost,
     #[command(name = "__image", hide = true)]
     Image { image: String },
 }
@@ -91,6 +93,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)
             .await
             .map(|()| 0),
+        Command::VmHost => cluster::lifecycle::run_vmhost(cluster).await.map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
     }
 }

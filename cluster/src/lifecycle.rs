@@ -36,7 +36,7 @@ pub struct UpOptions {
     pub lb: Option<String>,
 }
 
-const UNDERLAY_BRIDGE: &str = "br0";
+pub(crate) const UNDERLAY_BRIDGE: &str = "br0";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn node_addr(i: usize) -> Ipv4Net {
@@ -52,7 +52,7 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_daemon(
+pub(crate) fn spawn_daemon(
     paths: &ClusterPaths,
     log: &str,
     args: &[&str],
@@ -91,7 +91,11 @@ fn spawn_daemon(
     Ok(cmd.spawn()?.id())
 }
 
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
+pub(crate) async fn wait_until<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -115,9 +119,10 @@ fn manager_running(paths: &ClusterPaths) -> bool {
 pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     require_root()?;
     validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
-    if opts.backend != "netns" {
+    // --- backend dispatch (qemu: see crate::vm) ---
+    if opts.backend != "netns" && opts.backend != "qemu" {
         bail!(
-            "backend {:?} is not available yet: use --backend netns",
+            "backend {:?} is not available: use --backend netns or qemu",
             opts.backend
         );
     }
@@ -143,7 +148,10 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     std::fs::create_dir_all(paths.run_dir())?;
     std::fs::create_dir_all(paths.state_dir())?;
 
-    let result = build(opts, &paths).await;
+    let result = match opts.backend.as_str() {
+        "qemu" => crate::vm::up::build(opts, &paths).await,
+        _ => build(opts, &paths).await,
+    };
     if result.is_err() {
         let _ = down(&opts.name).await;
     }
@@ -235,7 +243,7 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
     Ok(info)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -380,6 +388,10 @@ fn run_in(pid: u32, kinds: &[(&str, CloneFlags)], argv: &[String]) -> anyhow::Re
 /// Runs argv inside a node's namespaces (network and hostname); returns its exit code.
 pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
     require_root()?;
+    // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
+    if crate::vm::up::is_machine_backend(cluster) {
+        return crate::vm::host::node_exec(cluster, node, argv).await;
+    }
     let paths = ClusterPaths::new(cluster);
     let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
         .map_err(|_| {
@@ -446,6 +458,10 @@ pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     let m = crate::manager::Manager::open(cluster, &paths.store())?;
     crate::manager::serve(m, &paths.manager_socket()).await
+}
+
+pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {
+    crate::vm::host::run(cluster).await
 }
 
 pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {

@@ -19,7 +19,7 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = ["netns"])]
+        #[arg(long, default_value = "netns", value_parser = ["netns", "qemu"])]
         backend: String,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
         #[arg(long, value_parser = ["ipvs", "nftables"])]
