@@ -54,7 +54,8 @@ fn agent_command(cluster: &str, node: &VmNode) -> String {
         .map(|(k, v)| format!("{k}={}", shell_quote(v)))
         .collect();
     format!(
-        "mkdir -p {run} /run/netns && \
+        "i=0; while [ ! -e /run/swarmkit-modules.done ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; \
+         mkdir -p {run} /run/netns && \
          if [ -f {run}/agent.pid ] && kill -0 \"$(cat {run}/agent.pid)\" 2>/dev/null; then exit 0; fi; \
          cd / && {env} setsid {bin} --cluster {c} __agent --node {n} </dev/null >>{run}/agent.log 2>&1 & \
          echo $! > {run}/agent.pid",
@@ -66,7 +67,24 @@ fn agent_command(cluster: &str, node: &VmNode) -> String {
 }
 
 async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
+    // The console says when init is done. Until the guest's network is up, the user-mode NIC accepts our connection and then
+    // retries its SYN to the guest with TCP backoff, stalling a handshake for many seconds;
+    // a banner poll with short timeouts finds the moment the server really answers.
+    while !super::qemu::console_ready(paths, &node.name) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let addr = node.ssh.clone();
+        if tokio::task::spawn_blocking(move || super::qemu::banner(&addr))
+            .await
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let s = connect(paths, node, true).await?;
+    super::qemu::set_session_state(paths, &node.name, "ssh");
     s.remote_forward("127.0.0.1", MANAGER_PORT)
         .await
         .context("asking the node to forward the manager port")?;
@@ -98,10 +116,7 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
                 match serve_node(&paths, &node).await {
                     Ok(s) => {
                         tracing::info!(node = node.name, "session up, agent started");
-                        let _ = std::fs::write(
-                            super::qemu::vm_dir(&paths).join(format!("{}.session", node.name)),
-                            "up",
-                        );
+                        super::qemu::set_session_state(&paths, &node.name, "agent");
                         pause = Duration::from_millis(200);
                         s.closed().await;
                         tracing::warn!(node = node.name, "session lost; reconnecting");

@@ -24,8 +24,6 @@ const INITTAB: &str = include_str!("guest/inittab");
 /// Modules the dataplane needs; their dependencies are resolved with modprobe. Missing ones
 /// (built in, or absent from a custom kernel) are skipped.
 pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_net",
     "virtio_console",
     "veth",
     "bridge",
@@ -64,9 +62,14 @@ pub const MODULES: &[&str] = &[
     "echainiv",
     "aesni_intel",
     "authenc",
-    "drbg",
+    // drbg seeds itself from jitterentropy when it loads: the RNG must be there first.
     "jitterentropy_rng",
+    "drbg",
 ];
+
+/// Loaded before the network is configured; everything else loads in the background while
+/// dropbear starts (the agent waits for it).
+pub const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
 
 /// Tools packed with their shared libraries: (host path candidates, guest path).
 const TOOLS: &[(&[&str], &str)] = &[
@@ -328,10 +331,13 @@ fn extract_vmlinux(vmlinuz: &Path, dest: &Path) -> Result<()> {
 }
 
 /// insmod paths (relative to lib/modules/VERSION) in load order, dependencies first.
-fn module_closure(src: &KernelSource) -> Result<Vec<String>> {
+fn module_closure(
+    src: &KernelSource,
+    wanted: &[&str],
+    mut order: Vec<String>,
+) -> Result<Vec<String>> {
     let base = src.root.join("lib/modules").join(&src.version);
-    let mut order: Vec<String> = Vec::new();
-    for m in MODULES {
+    for m in wanted {
         let Ok(out) = run(Command::new("modprobe").arg("-d").arg(&src.root).args([
             "-S",
             &src.version,
@@ -443,7 +449,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
         )
         .map_err(io("modules.dep"))?,
     );
-    for m in MODULES {
+    for m in BOOT_MODULES.iter().chain(MODULES) {
         h.update(m);
         h.update([0]);
     }
@@ -517,7 +523,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Writes initramfs.img: an uncompressed newc archive.
 fn pack(src: &KernelSource, files: &[(String, PathBuf)], dir: &Path) -> Result<()> {
-    let modules = module_closure(src)?;
+    let boot = module_closure(src, BOOT_MODULES, Vec::new())?;
+    let all = module_closure(src, MODULES, boot.clone())?;
+    let modules = all.clone();
+    let rest: Vec<String> = all[boot.len()..].to_vec();
     // depmod the subset so that the guest's modprobe (kernel autoload) resolves only what
     // is actually packed.
     let stage = dir.join("stage");
@@ -572,9 +581,11 @@ fn pack(src: &KernelSource, files: &[(String, PathBuf)], dir: &Path) -> Result<(
         w.file("etc/shells", 0o644, b"/bin/sh\n")?;
         w.file("etc/nsswitch.conf", 0o644, b"hosts: files dns\n")?;
         w.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n")?;
-        let mut load = modules.join("\n");
-        load.push('\n');
-        w.file("etc/swarmkit/modules.load", 0o644, load.as_bytes())?;
+        for (name, list) in [("modules.boot", &boot), ("modules.load", &rest)] {
+            let mut text = list.join("\n");
+            text.push('\n');
+            w.file(&format!("etc/swarmkit/{name}"), 0o644, text.as_bytes())?;
+        }
         for entry in walk(&sbase)? {
             let rel = entry.strip_prefix(&stage).unwrap_or(&entry);
             w.file(&rel.to_string_lossy(), 0o644, &std::fs::read(&entry)?)?;

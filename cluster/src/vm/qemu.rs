@@ -32,6 +32,10 @@ const GUEST_MEM: &str = "384M";
 const MGMT_NET: &str = "172.31.254.0/24";
 const MGMT_GUEST: &str = "172.31.254.15/24";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Kernel parameters that cut boot time under TCG (7.5 s -> 5.1 s to a login in one
+/// measurement): no mitigations or KASLR, no keyboard-controller probing, no delay-loop
+/// calibration, no crypto self-tests (ESP still uses the same algorithms).
+const BOOT_TUNING: &str = "mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable no_timer_check lpj=5000000 cryptomgr.notests random.trust_cpu=on";
 pub const ENV_ACCEL: &str = "SWARMKIT_ACCEL";
 
 #[derive(Debug, thiserror::Error)]
@@ -307,7 +311,7 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     let port = free_port()?;
     let mac = format!("52:54:00:5c:00:{:02x}", spec.index.min(255));
     let cmdline = format!(
-        "console=ttyS0 panic=-1 quiet sk.hostname={} sk.addr={} sk.mgmt={MGMT_GUEST}",
+        "console=ttyS0 panic=-1 quiet {BOOT_TUNING} sk.hostname={} sk.addr={} sk.mgmt={MGMT_GUEST}",
         spec.name, spec.addr
     );
     let console = paths.log_file(&format!("{}.console", spec.name));
@@ -381,16 +385,21 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     Ok(node)
 }
 
-/// Waits until the node's SSH server greets us. With a user-mode NIC the host side accepts
-/// at once and closes when the guest does not answer, so only the banner proves it is up.
+/// Progress the `__vmhost` daemon records per node: "ssh" once logged in, "agent" once the
+/// agent was started. `cluster up` shows these instead of opening connections of its own.
+pub fn session_state(paths: &ClusterPaths, node: &str) -> Option<String> {
+    std::fs::read_to_string(vm_dir(paths).join(format!("{node}.session"))).ok()
+}
+
+pub fn set_session_state(paths: &ClusterPaths, node: &str, state: &str) {
+    let _ = std::fs::write(vm_dir(paths).join(format!("{node}.session")), state);
+}
+
+/// Waits until the daemon reports the node's SSH session up; fails early when QEMU died.
 pub async fn wait_ssh(paths: &ClusterPaths, node: &VmNode, deadline: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
-        let addr = node.ssh.clone();
-        let got = tokio::task::spawn_blocking(move || banner(&addr))
-            .await
-            .unwrap_or(false);
-        if got {
+        if session_state(paths, &node.name).is_some() {
             return Ok(());
         }
         if let Some(pid) = node.pid
@@ -408,18 +417,30 @@ pub async fn wait_ssh(paths: &ClusterPaths, node: &VmNode, deadline: Duration) -
                 console: paths.log_file(&format!("{}.console", node.name)),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn banner(addr: &str) -> bool {
+/// Whether the guest's init said it is about to start its SSH server (QEMU guests only;
+/// machines without a console log count as ready).
+pub fn console_ready(paths: &ClusterPaths, node: &str) -> bool {
+    match std::fs::read(paths.log_file(&format!("{node}.console"))) {
+        Ok(bytes) => bytes.windows(13).any(|w| w == b"ready for ssh"),
+        Err(_) => true,
+    }
+}
+
+/// Whether an SSH server greets on `addr`. The timeout is generous: on a loaded host an
+/// emulated guest takes seconds to fork a server process, and giving up early only piles up
+/// more connections for it to serve.
+pub fn banner(addr: &str) -> bool {
     let Ok(sa) = addr.parse() else {
         return false;
     };
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(300)) else {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(500)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).is_ok() && &buf == b"SSH-"
 }
