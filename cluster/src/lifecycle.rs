@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub backend: String,
     /// "ipvs" or "nftables"; None means probe the kernel.
     pub lb: Option<String>,
+    /// Hosts of the ssh backend (see crate::vm::inventory).
+    pub inventory: Option<std::path::PathBuf>,
 }
 
 pub(crate) const UNDERLAY_BRIDGE: &str = "br0";
@@ -120,9 +122,9 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     require_root()?;
     validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
     // --- backend dispatch (qemu: see crate::vm) ---
-    if opts.backend != "netns" && opts.backend != "qemu" {
+    if !["netns", "qemu", "ssh"].contains(&opts.backend.as_str()) {
         bail!(
-            "backend {:?} is not available: use --backend netns or qemu",
+            "backend {:?} is not available: use --backend netns, qemu or ssh",
             opts.backend
         );
     }
@@ -150,6 +152,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
 
     let result = match opts.backend.as_str() {
         "qemu" => crate::vm::up::build(opts, &paths).await,
+        "ssh" => crate::vm::up::build_ssh(opts, &paths).await,
         _ => build(opts, &paths).await,
     };
     if result.is_err() {
@@ -280,6 +283,12 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     if !known && namespaces.is_empty() && procs.is_empty() {
         bail!("no cluster named {name:?}: see swarmkit cluster ls");
     }
+    // --- backend dispatch: existing hosts clean up after themselves over SSH ---
+    let remote_errors = if crate::vm::up::is_ssh_backend(name) {
+        crate::vm::host::remote_down(name).await
+    } else {
+        Vec::new()
+    };
     for pid in &procs {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
@@ -296,7 +305,7 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut errors = Vec::new();
+    let mut errors = remote_errors;
     for ns in NetNs::list_with_prefix(&prefix) {
         if let Err(e) = NetNs::delete(&ns) {
             errors.push(e.to_string());

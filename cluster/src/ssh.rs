@@ -326,13 +326,45 @@ impl Session {
         code
     }
 
-    async fn run(&self, command: &str, mut sink: impl FnMut(u8, &[u8])) -> Result<i32> {
+    /// Runs `command` with `input` on its stdin (then EOF), collecting its output.
+    pub async fn exec_with_stdin(&self, command: &str, input: &[u8]) -> Result<Output> {
+        let mut out = Output {
+            code: -1,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        out.code = self
+            .run_input(command, Some(input), |fd, data| {
+                if fd == 1 {
+                    out.stdout.extend_from_slice(data)
+                } else {
+                    out.stderr.extend_from_slice(data)
+                }
+            })
+            .await?;
+        Ok(out)
+    }
+
+    async fn run(&self, command: &str, sink: impl FnMut(u8, &[u8])) -> Result<i32> {
+        self.run_input(command, None, sink).await
+    }
+
+    async fn run_input(
+        &self,
+        command: &str,
+        input: Option<&[u8]>,
+        mut sink: impl FnMut(u8, &[u8]),
+    ) -> Result<i32> {
         let mut ch = self
             .handle
             .channel_open_session()
             .await
             .map_err(self.proto())?;
         ch.exec(true, command).await.map_err(self.proto())?;
+        if let Some(input) = input {
+            ch.data(input).await.map_err(self.proto())?;
+            ch.eof().await.map_err(self.proto())?;
+        }
         let mut code = None;
         while let Some(msg) = ch.wait().await {
             match msg {

@@ -3,7 +3,6 @@
 //! 127.0.0.1:2377 back to the manager's unix socket) and starts the agent once. The agent runs
 //! detached in the node, so a lost session only pauses its manager channel until we reconnect.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +36,44 @@ pub async fn connect(
     Ok(ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await?)
 }
 
+/// Makes sure the node has this build of swarmkit; returns its path there. Uploads go to a
+/// content-addressed path, so an unchanged binary is never sent twice.
+async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
+    if let Some(b) = &node.binary {
+        return Ok(b.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let cache = super::image::default_cache();
+    let _ = std::fs::create_dir_all(&cache);
+    let mut fp = super::fingerprint::Fingerprints::load(&cache);
+    let hash = fp.get(&exe)?;
+    fp.save();
+    let path = format!("/var/lib/swarmkit/bin/swarmkit-{}", &hash[..16]);
+    let present = s.exec(&format!("test -x {path}")).await?;
+    if present.code == 0 {
+        return Ok(path);
+    }
+    let bytes = tokio::task::spawn_blocking(move || super::image::stripped(&exe)).await??;
+    let out = s
+        .exec_with_stdin(
+            &format!(
+                "mkdir -p /var/lib/swarmkit/bin && cat > {path}.tmp && chmod 755 {path}.tmp && mv {path}.tmp {path}"
+            ),
+            &bytes,
+        )
+        .await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "uploading swarmkit to {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(path)
+}
+
 /// Shell command that starts the agent unless it already runs.
-fn agent_command(cluster: &str, node: &VmNode) -> String {
+fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     let run = format!("/run/swarmkit/{cluster}");
     let mut env = vec![
         ("SWARMKIT_NODE_NS", "self".to_string()),
@@ -60,7 +95,7 @@ fn agent_command(cluster: &str, node: &VmNode) -> String {
          cd / && {env} setsid {bin} --cluster {c} __agent --node {n} </dev/null >>{run}/agent.log 2>&1 & \
          echo $! > {run}/agent.pid",
         env = env.join(" "),
-        bin = GUEST_BINARY,
+        bin = shell_quote(bin),
         c = shell_quote(cluster),
         n = shell_quote(&node.name),
     )
@@ -88,7 +123,8 @@ async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Sessi
     s.remote_forward("127.0.0.1", MANAGER_PORT)
         .await
         .context("asking the node to forward the manager port")?;
-    let out = s.exec(&agent_command(&paths.name, node)).await?;
+    let bin = ensure_binary(&s, node).await?;
+    let out = s.exec(&agent_command(&paths.name, node, &bin)).await?;
     if out.code != 0 {
         anyhow::bail!(
             "starting the agent on {} failed ({}): {}",
@@ -155,8 +191,30 @@ pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Re
     Ok(s.exec_streaming(&cmd).await?)
 }
 
-/// Whether the key file exists with a safe mode (used by tests and `cluster up`).
-pub fn key_ok(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+/// `cluster down` on a cluster of existing hosts: each host runs `swarmkit cluster down` for
+/// this cluster itself (its agent, tasks, namespaces and run directory). Unreachable hosts are
+/// reported, not fatal: the local side is removed anyway.
+pub async fn remote_down(cluster: &str) -> Vec<String> {
+    let paths = ClusterPaths::new(cluster);
+    let mut errors = Vec::new();
+    for node in load_nodes(&paths) {
+        let r = async {
+            let s = connect(&paths, &node, false).await?;
+            let bin = ensure_binary(&s, &node).await?;
+            s.exec(&format!(
+                "{} cluster down {} >/dev/null 2>&1; true",
+                shell_quote(&bin),
+                shell_quote(cluster)
+            ))
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        {
+            errors.push(format!("{}: {e:#}", node.name));
+        }
+    }
+    errors
 }

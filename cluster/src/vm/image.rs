@@ -609,7 +609,7 @@ fn pack(src: &KernelSource, files: &[(String, PathBuf)], dir: &Path) -> Result<(
 
 /// The binary without debug info (a debug build is ~10x larger, and every byte is
 /// decompressed by an emulated CPU at boot).
-fn stripped(bin: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn stripped(bin: &Path) -> std::io::Result<Vec<u8>> {
     let tmp = std::env::temp_dir().join(format!("swarmkit-strip-{}", std::process::id()));
     let st = Command::new("strip")
         .arg("-s")

@@ -4,6 +4,7 @@ pub mod cpio;
 pub mod fingerprint;
 pub mod host;
 pub mod image;
+pub mod inventory;
 pub mod qemu;
 pub mod up;
 

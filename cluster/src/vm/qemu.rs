@@ -92,6 +92,9 @@ pub struct VmNode {
     pub pid: Option<u32>,
     #[serde(default)]
     pub lb: Option<String>,
+    /// Path of the swarmkit binary on the node; None: upload this one.
+    #[serde(default)]
+    pub binary: Option<String>,
 }
 
 pub fn vm_dir(paths: &ClusterPaths) -> PathBuf {
@@ -380,6 +383,7 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         key_file: client_key_file(paths),
         pid: Some(child.id()),
         lb: spec.lb,
+        binary: Some(super::host::GUEST_BINARY.to_string()),
     };
     save_node(paths, &node).map_err(io("saving the node's SSH details"))?;
     Ok(node)

@@ -72,6 +72,82 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     for n in &nodes {
         progress(start, &n.name, &format!("booting ({accel})"));
     }
+    if std::env::var(ENV_BARE).is_ok_and(|v| v == "1") {
+        return bare(opts, paths, &nodes, start).await;
+    }
+    finish(opts, paths, &nodes, start).await
+}
+
+/// With this set to 1, `cluster up --backend qemu` only boots the guests (SSH up, no agents):
+/// machines to point an ssh-backend inventory at, as if they were hosts.
+pub const ENV_BARE: &str = "SWARMKIT_QEMU_BARE";
+
+async fn bare(
+    opts: &UpOptions,
+    paths: &ClusterPaths,
+    nodes: &[qemu::VmNode],
+    start: Instant,
+) -> anyhow::Result<ClusterInfo> {
+    let waits = nodes.iter().map(|n| async move {
+        while !qemu::console_ready(paths, &n.name) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        crate::lifecycle::wait_until(&format!("ssh on {}", n.name), SSH_TIMEOUT, || async {
+            let a = n.ssh.clone();
+            tokio::task::spawn_blocking(move || qemu::banner(&a))
+                .await
+                .unwrap_or(false)
+        })
+        .await?;
+        progress(start, &n.name, "ssh up (bare)");
+        Ok::<_, anyhow::Error>(())
+    });
+    futures::future::try_join_all(waits).await?;
+    let info = ClusterInfo {
+        name: opts.name.clone(),
+        backend: opts.backend.clone(),
+        nodes: nodes.iter().map(|n| n.name.clone()).collect(),
+        created: chrono::Utc::now(),
+        running: true,
+    };
+    crate::lifecycle::write_atomically(&paths.info_file(), &serde_json::to_vec_pretty(&info)?)?;
+    Ok(info)
+}
+
+/// `cluster up --backend ssh --inventory FILE`: the manager here, agents on existing hosts.
+pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
+    let start = Instant::now();
+    let Some(inv) = &opts.inventory else {
+        anyhow::bail!(
+            "--backend ssh needs --inventory hosts.toml (address, user, key and host_key of each host)"
+        );
+    };
+    let nodes = super::inventory::load(inv, opts.lb.clone())?;
+    for n in &nodes {
+        if !n.key_file.is_file() {
+            anyhow::bail!(
+                "node {}: key {} does not exist",
+                n.name,
+                n.key_file.display()
+            );
+        }
+        // Loading it checks its mode is 0600 and that it parses.
+        crate::ssh::ensure_client_key(&n.key_file)?;
+        qemu::save_node(paths, n)?;
+    }
+    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
+    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    finish(opts, paths, &nodes, start).await
+}
+
+/// Starts the SSH daemon and waits for every node's session and agent.
+async fn finish(
+    opts: &UpOptions,
+    paths: &ClusterPaths,
+    nodes: &[qemu::VmNode],
+    start: Instant,
+) -> anyhow::Result<ClusterInfo> {
+    let hostnames: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let vmhost = crate::lifecycle::spawn_daemon(paths, "vmhost", &["__vmhost"], &[], None)?;
     std::fs::write(paths.run_dir().join("vmhost.pid"), vmhost.to_string())?;
 
@@ -129,4 +205,11 @@ async fn node_ready(client: &ManagerClient, hostname: &str) -> bool {
 /// (their SSH details are in the run directory from the moment they boot).
 pub fn is_machine_backend(cluster: &str) -> bool {
     qemu::vm_dir(&ClusterPaths::new(cluster)).is_dir()
+}
+
+/// Nodes of this cluster are existing hosts (no QEMU behind them).
+pub fn is_ssh_backend(cluster: &str) -> bool {
+    let paths = ClusterPaths::new(cluster);
+    let nodes = qemu::load_nodes(&paths);
+    !nodes.is_empty() && nodes.iter().all(|n| n.pid.is_none())
 }
