@@ -338,3 +338,105 @@ fn changed_host_key_is_refused() {
         Ok(_) => panic!("a changed host key must be refused"),
     }
 }
+
+/// The ssh backend against qemu guests treated as plain hosts: an inventory with their
+/// addresses, key and pinned host keys; the binary is uploaded, agents register, and
+/// `cluster down` cleans the hosts over SSH.
+#[test]
+fn ssh_backend_on_bare_guests() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let machines = format!("qm{}", std::process::id());
+    let name = format!("qs{}", std::process::id());
+    let _down_machines = Down(machines.clone());
+    let _down = Down(name.clone());
+    let bin = swarmkit().unwrap();
+    let out = Command::new(&bin)
+        .args([
+            "cluster",
+            "up",
+            "--name",
+            &machines,
+            "--backend",
+            "qemu",
+            "--nodes",
+            "2",
+        ])
+        .env(cluster::vm::up::ENV_BARE, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mpaths = ClusterPaths::new(&machines);
+    let mut inv = String::new();
+    for n in cluster::vm::qemu::load_nodes(&mpaths) {
+        inv.push_str(&format!(
+            "[[host]]\nname = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nhost_key = \"{}\"\nnode_addr = \"{}\"\n\n",
+            n.name,
+            n.ssh,
+            n.key_file.display(),
+            n.host_key,
+            n.addr
+        ));
+    }
+    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
+    std::fs::write(&inv_path, &inv).unwrap();
+    let t = Instant::now();
+    let out = sk(&[
+        "cluster",
+        "up",
+        "--name",
+        &name,
+        "--backend",
+        "ssh",
+        "--inventory",
+        inv_path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&inv_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "ssh backend, 2 hosts (with upload): {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    let nodes = ok(&["--cluster", &name, "node", "ls"]);
+    assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
+    let host = ok(&[
+        "--cluster",
+        &name,
+        "node",
+        "exec",
+        "node1",
+        "--",
+        "hostname",
+    ]);
+    assert_eq!(host.trim(), "node1");
+
+    ok(&["cluster", "down", &name]);
+    // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
+    let left = ok(&[
+        "--cluster",
+        &machines,
+        "node",
+        "exec",
+        "node1",
+        "--",
+        "sh",
+        "-c",
+        &format!("ls /run/netns | grep -c '^sk-{name}\\.' ; ps | grep -c '[_]_agent'; true"),
+    ]);
+    assert_eq!(
+        left.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{left}"
+    );
+}
