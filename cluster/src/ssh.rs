@@ -95,6 +95,8 @@ pub fn ensure_client_key(path: &Path) -> Result<PrivateKey> {
 /// public half to pin before the guest ever answers.
 pub struct HostKey {
     pub dropbear: Vec<u8>,
+    /// The same key in OpenSSH's format, for guests that run sshd.
+    pub openssh_private: Vec<u8>,
     pub public: PublicKey,
 }
 
@@ -107,9 +109,15 @@ pub fn generate_host_key() -> HostKey {
     dropbear.extend_from_slice(name);
     dropbear.extend_from_slice(&64u32.to_be_bytes());
     dropbear.extend_from_slice(&kp.to_bytes());
+    let public = PublicKey::from(kp.public);
+    let openssh_private = PrivateKey::from(kp)
+        .to_openssh(LineEnding::LF)
+        .map(|s| s.as_bytes().to_vec())
+        .unwrap_or_default();
     HostKey {
         dropbear,
-        public: PublicKey::from(kp.public),
+        openssh_private,
+        public,
     }
 }
 

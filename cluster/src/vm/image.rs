@@ -145,6 +145,40 @@ pub struct Image {
     pub swarmkit_sha256: String,
     #[serde(default)]
     pub cached: bool,
+    /// Extra kernel parameters (a foreign image, e.g. NixOS's `init=/nix/store/...`).
+    #[serde(default)]
+    pub append: String,
+}
+
+/// A prebuilt image from a directory with `kernel`, `initrd` and optionally `cmdline` (extra
+/// kernel parameters): how the Nix flake hands NixOS guests to the qemu backend. The guest
+/// must follow the same contract as ours (see vms/README.md).
+pub const ENV_IMAGE_DIR: &str = "SWARMKIT_VM_IMAGE";
+
+pub fn from_dir(dir: &Path) -> Result<Image> {
+    let need = |name: &str| {
+        let p = dir.join(name);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(ImageError::Io {
+                what: p.display().to_string(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+    };
+    Ok(Image {
+        hash: format!("dir:{}", dir.display()),
+        kernel_version: String::new(),
+        vmlinux: need("kernel")?,
+        initramfs: need("initrd")?,
+        swarmkit_sha256: String::new(),
+        cached: true,
+        append: std::fs::read_to_string(dir.join("cmdline"))
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    })
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>> {
@@ -489,6 +523,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
             initramfs: dir.join("initramfs.img"),
             swarmkit_sha256,
             cached: false,
+            append: String::new(),
         };
         let json = serde_json::to_vec_pretty(&img).map_err(|source| ImageError::Meta {
             path: meta.clone(),

@@ -256,6 +256,9 @@ fn tap_name(cluster: &str, i: usize) -> String {
 /// kernel unpacks concatenated archives in order, later files winning).
 fn node_initrd(base: &Path, dest: &Path, host_key: &[u8], authorized: &str) -> Result<()> {
     std::fs::copy(base, dest).map_err(io(dest.display().to_string()))?;
+    // It is about to hold the guest's private host key.
+    std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io(dest.display().to_string()))?;
     let f = std::fs::OpenOptions::new()
         .append(true)
         .open(dest)
@@ -314,9 +317,26 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     let port = free_port()?;
     let mac = format!("52:54:00:5c:00:{:02x}", spec.index.min(255));
     let cmdline = format!(
-        "console=ttyS0 panic=-1 quiet {BOOT_TUNING} sk.hostname={} sk.addr={} sk.mgmt={MGMT_GUEST}",
-        spec.name, spec.addr
+        "console=ttyS0 panic=-1 quiet {BOOT_TUNING} sk.hostname={} sk.addr={} sk.mgmt={MGMT_GUEST} {}",
+        spec.name, spec.addr, spec.image.append
     );
+    // Images whose init cannot read the appended archive (NixOS switches root and drops the
+    // initramfs) read the same two files from QEMU's firmware config instead.
+    let hk_file = dir.join(format!("{}.host_key", spec.name));
+    let ak_file = dir.join(format!("{}.authorized_keys", spec.name));
+    let secret = |p: &Path, data: &[u8]| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(p);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, data))
+            .map_err(io(p.display().to_string()))
+    };
+    secret(&hk_file, &host_key.openssh_private)?;
+    secret(&ak_file, spec.authorized_key.as_bytes())?;
     let console = paths.log_file(&format!("{}.console", spec.name));
     let log = std::fs::File::create(paths.log_file(&format!("{}.qemu", spec.name)))
         .map_err(io("qemu log"))?;
@@ -354,6 +374,16 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
             &format!("user,id=m,restrict=on,net={MGMT_NET},hostfwd=tcp:127.0.0.1:{port}-:22"),
         ])
         .args(["-device", "virtio-net-pci,netdev=m,addr=0x4"])
+        .arg("-fw_cfg")
+        .arg(format!(
+            "name=opt/swarmkit/host_key,file={}",
+            hk_file.display()
+        ))
+        .arg("-fw_cfg")
+        .arg(format!(
+            "name=opt/swarmkit/authorized_keys,file={}",
+            ak_file.display()
+        ))
         .env(OWNER_ENV, &paths.name)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(io("qemu log"))?)
