@@ -5,6 +5,7 @@ pub mod fingerprint;
 pub mod host;
 pub mod image;
 pub mod inventory;
+pub mod kernel;
 pub mod qemu;
 pub mod up;
 

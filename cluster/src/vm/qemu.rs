@@ -125,7 +125,7 @@ pub fn load_nodes(paths: &ClusterPaths) -> Vec<VmNode> {
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
         .collect();
-    out.sort_by(|a: &VmNode, b| crate::vm::natural(&a.name).cmp(&crate::vm::natural(&b.name)));
+    out.sort_by_key(|n: &VmNode| crate::vm::natural(&n.name));
     out
 }
 
