@@ -6,6 +6,7 @@ pub mod host;
 pub mod image;
 pub mod inventory;
 pub mod kernel;
+pub mod progress;
 pub mod qemu;
 pub mod up;
 

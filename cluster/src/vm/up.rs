@@ -8,6 +8,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use netcore::netns::NetNs;
 
+use super::progress::{AGENT_READY, BOOTING, NodeProgress, SSH_UP};
 use super::{image, qemu};
 use crate::client::ManagerClient;
 use crate::lifecycle::{ClusterInfo, UpOptions};
@@ -18,11 +19,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn node_addr(i: usize) -> Ipv4Net {
     Ipv4Net::new(std::net::Ipv4Addr::new(192, 168, 0, 10 + i as u8), 24).expect("valid /24")
-}
-
-/// One progress line per node step; stderr, so scripted stdout stays clean.
-fn progress(start: Instant, node: &str, what: &str) {
-    eprintln!("{:>6.2}s  {node:<8} {what}", start.elapsed().as_secs_f64());
 }
 
 pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
@@ -37,15 +33,16 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
     let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
     std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
+    let progress = NodeProgress::new(&hostnames, start);
 
     let img =
         tokio::task::spawn_blocking(|| image::build(&image::BuildOptions::default())).await??;
-    eprintln!(
-        "{:>6.2}s  image {}{}",
-        start.elapsed().as_secs_f64(),
+    progress.note(&format!(
+        "image {}{}",
         img.hash,
         if img.cached { " (cached)" } else { "" }
-    );
+    ));
     let key = crate::ssh::ensure_client_key(&qemu::client_key_file(paths))?;
     let authorized = format!("{}\n", crate::ssh::public_openssh(key.public_key()));
     let accel = {
@@ -53,7 +50,6 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
         tokio::task::spawn_blocking(move || qemu::detect_accel(&p, &i)).await??
     };
 
-    let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let boots = hostnames.iter().enumerate().map(|(i, h)| {
         qemu::boot(qemu::BootSpec {
             paths,
@@ -70,12 +66,12 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     });
     let nodes = futures::future::try_join_all(boots).await?;
     for n in &nodes {
-        progress(start, &n.name, &format!("booting ({accel})"));
+        progress.step(&n.name, BOOTING, &format!("booting ({accel})"));
     }
     if std::env::var(ENV_BARE).is_ok_and(|v| v == "1") {
-        return bare(opts, paths, &nodes, start).await;
+        return bare(opts, paths, &nodes, &progress).await;
     }
-    finish(opts, paths, &nodes, start).await
+    finish(opts, paths, &nodes, &progress).await
 }
 
 /// With this set to 1, `cluster up --backend qemu` only boots the guests (SSH up, no agents):
@@ -86,7 +82,7 @@ async fn bare(
     opts: &UpOptions,
     paths: &ClusterPaths,
     nodes: &[qemu::VmNode],
-    start: Instant,
+    progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let waits = nodes.iter().map(|n| async move {
         while !qemu::console_ready(paths, &n.name) {
@@ -99,7 +95,7 @@ async fn bare(
                 .unwrap_or(false)
         })
         .await?;
-        progress(start, &n.name, "ssh up (bare)");
+        progress.step(&n.name, AGENT_READY, "ssh up (bare)");
         Ok::<_, anyhow::Error>(())
     });
     futures::future::try_join_all(waits).await?;
@@ -137,7 +133,9 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
     }
     let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
     std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
-    finish(opts, paths, &nodes, start).await
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let progress = NodeProgress::new(&names, start);
+    finish(opts, paths, &nodes, &progress).await
 }
 
 /// Starts the SSH daemon and waits for every node's session and agent.
@@ -145,7 +143,7 @@ async fn finish(
     opts: &UpOptions,
     paths: &ClusterPaths,
     nodes: &[qemu::VmNode],
-    start: Instant,
+    progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let hostnames: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let vmhost = crate::lifecycle::spawn_daemon(paths, "vmhost", &["__vmhost"], &[], None)?;
@@ -156,7 +154,7 @@ async fn finish(
         let client = client.clone();
         async move {
             qemu::wait_ssh(paths, n, SSH_TIMEOUT).await?;
-            progress(start, &n.name, "ssh up");
+            progress.step(&n.name, SSH_UP, "ssh up");
             crate::lifecycle::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
@@ -170,7 +168,7 @@ async fn finish(
                     paths.name
                 )
             })?;
-            progress(start, &n.name, "agent ready");
+            progress.step(&n.name, AGENT_READY, "agent ready");
             Ok::<_, anyhow::Error>(())
         }
     });
