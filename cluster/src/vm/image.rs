@@ -336,6 +336,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
+        prune(&cache.join("images"), KEEP_IMAGES);
         img
     };
     if let Some(out) = &opts.out {
@@ -352,6 +353,25 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
         }
     }
     Ok(image)
+}
+
+/// Every rebuilt binary makes a new ~70 MB image; keep only the most recent few. Images in
+/// use by running guests are safe: QEMU reads kernel and initrd only when it starts.
+const KEEP_IMAGES: usize = 3;
+
+fn prune(images: &Path, keep: usize) {
+    let Ok(dir) = std::fs::read_dir(images) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in all.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(old);
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
