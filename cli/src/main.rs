@@ -53,6 +53,9 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Walk through Docker's swarm networking tutorial on a live cluster
     Walkthrough(walkthrough::WalkthroughArgs),
+    /// Build guest images for the qemu backend
+    #[command(subcommand)]
+    Vm(commands::vm::VmCmd),
     #[command(name = "__manager", hide = true)]
     Manager,
     #[command(name = "__agent", hide = true)]
@@ -60,6 +63,8 @@ enum Command {
         #[arg(long)]
         node: String,
     },
+    #[command(name = "__vmhost", hide = true)]
+    VmHost,
     #[command(name = "__image", hide = true)]
     Image { image: String },
 }
@@ -83,10 +88,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Service(cmd) => commands::service::run(cluster, cmd).await,
         Command::Exec(args) => commands::exec::run(cluster, args).await,
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
+        Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)
             .await
             .map(|()| 0),
+        Command::VmHost => cluster::lifecycle::run_vmhost(cluster).await.map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
     }
 }

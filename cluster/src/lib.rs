@@ -13,4 +13,6 @@ pub mod orchestrator;
 pub mod paths;
 pub mod plan;
 pub mod protocol;
+pub mod ssh;
 pub mod store;
+pub mod vm;

@@ -34,9 +34,11 @@ pub struct UpOptions {
     pub backend: String,
     /// "ipvs" or "nftables"; None means probe the kernel.
     pub lb: Option<String>,
+    /// Hosts of the ssh backend (see crate::vm::inventory).
+    pub inventory: Option<std::path::PathBuf>,
 }
 
-const UNDERLAY_BRIDGE: &str = "br0";
+pub(crate) const UNDERLAY_BRIDGE: &str = "br0";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn node_addr(i: usize) -> Ipv4Net {
@@ -52,7 +54,7 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_daemon(
+pub(crate) fn spawn_daemon(
     paths: &ClusterPaths,
     log: &str,
     args: &[&str],
@@ -91,7 +93,11 @@ fn spawn_daemon(
     Ok(cmd.spawn()?.id())
 }
 
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
+pub(crate) async fn wait_until<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -115,9 +121,10 @@ fn manager_running(paths: &ClusterPaths) -> bool {
 pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     require_root()?;
     validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
-    if opts.backend != "netns" {
+    // --- backend dispatch (qemu: see crate::vm) ---
+    if !["netns", "qemu", "ssh"].contains(&opts.backend.as_str()) {
         bail!(
-            "backend {:?} is not available yet: use --backend netns",
+            "backend {:?} is not available: use --backend netns, qemu or ssh",
             opts.backend
         );
     }
@@ -151,7 +158,11 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     std::fs::create_dir_all(paths.run_dir())?;
     std::fs::create_dir_all(paths.state_dir())?;
 
-    let result = build(opts, &paths).await;
+    let result = match opts.backend.as_str() {
+        "qemu" => crate::vm::up::build(opts, &paths).await,
+        "ssh" => crate::vm::up::build_ssh(opts, &paths).await,
+        _ => build(opts, &paths).await,
+    };
     if result.is_err() {
         let _ = down(&opts.name).await;
     }
@@ -252,7 +263,7 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
     Ok(info)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -289,6 +300,12 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     if !known && namespaces.is_empty() && procs.is_empty() {
         bail!("no cluster named {name:?}: see swarmkit cluster ls");
     }
+    // --- backend dispatch: existing hosts clean up after themselves over SSH ---
+    let remote_errors = if crate::vm::up::is_ssh_backend(name) {
+        crate::vm::host::remote_down(name).await
+    } else {
+        Vec::new()
+    };
     for pid in &procs {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
@@ -305,7 +322,7 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let mut errors = Vec::new();
+    let mut errors = remote_errors;
     for ns in NetNs::list_with_prefix(&prefix) {
         if let Err(e) = NetNs::delete(&ns) {
             errors.push(e.to_string());
@@ -397,6 +414,10 @@ fn run_in(pid: u32, kinds: &[(&str, CloneFlags)], argv: &[String]) -> anyhow::Re
 /// Runs argv inside a node's namespaces (network and hostname); returns its exit code.
 pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
     require_root()?;
+    // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
+    if crate::vm::up::is_machine_backend(cluster) {
+        return crate::vm::host::node_exec(cluster, node, argv).await;
+    }
     let paths = ClusterPaths::new(cluster);
     let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
         .map_err(|_| {
@@ -463,6 +484,10 @@ pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     let m = crate::manager::Manager::open(cluster, &paths.store())?;
     crate::manager::serve(m, &paths.manager_socket()).await
+}
+
+pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {
+    crate::vm::host::run(cluster).await
 }
 
 pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {

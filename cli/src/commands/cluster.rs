@@ -19,11 +19,14 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = ["netns"])]
+        #[arg(long, default_value = "netns", value_parser = ["netns", "qemu", "ssh"])]
         backend: String,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
         #[arg(long, value_parser = ["ipvs", "nftables"])]
         lb: Option<String>,
+        /// Hosts for --backend ssh: a TOML file of [[host]] address, user, key, host_key
+        #[arg(long)]
+        inventory: Option<std::path::PathBuf>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -47,6 +50,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             nodes,
             backend,
             lb,
+            inventory,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             let opts = UpOptions {
@@ -54,6 +58,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 nodes,
                 backend,
                 lb,
+                inventory,
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;

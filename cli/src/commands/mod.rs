@@ -7,6 +7,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 mod service_ps;
+pub mod vm;
 
 use std::path::PathBuf;
 

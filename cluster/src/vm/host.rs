@@ -1,0 +1,220 @@
+//! The host side of whole-machine nodes: `swarmkit __vmhost` keeps one SSH session per node
+//! open for the life of the cluster. Each session carries a remote forward (the node's
+//! 127.0.0.1:2377 back to the manager's unix socket) and starts the agent once. The agent runs
+//! detached in the node, so a lost session only pauses its manager channel until we reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::qemu::{VmNode, load_node, load_nodes};
+use crate::paths::ClusterPaths;
+use crate::ssh::{self, Session, Target, shell_quote};
+
+/// Port the agent dials inside a node; SSH forwards it to the manager.
+pub const MANAGER_PORT: u32 = 2377;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Where the agent binary lives inside a node built from our image.
+pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
+
+pub fn target(node: &VmNode) -> anyhow::Result<Target> {
+    Ok(Target {
+        addr: node.ssh.clone(),
+        user: node.user.clone(),
+        host_key: ssh::parse_public(&node.host_key)?,
+    })
+}
+
+pub async fn connect(
+    paths: &ClusterPaths,
+    node: &VmNode,
+    forward: bool,
+) -> anyhow::Result<Session> {
+    let key = Arc::new(ssh::ensure_client_key(&node.key_file)?);
+    let fwd = forward.then(|| paths.manager_socket());
+    Ok(ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await?)
+}
+
+/// Makes sure the node has this build of swarmkit; returns its path there. Uploads go to a
+/// content-addressed path, so an unchanged binary is never sent twice.
+async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
+    if let Some(b) = &node.binary {
+        return Ok(b.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let cache = super::image::default_cache();
+    let _ = std::fs::create_dir_all(&cache);
+    let mut fp = super::fingerprint::Fingerprints::load(&cache);
+    let hash = fp.get(&exe)?;
+    fp.save();
+    let path = format!("/var/lib/swarmkit/bin/swarmkit-{}", &hash[..16]);
+    let present = s.exec(&format!("test -x {path}")).await?;
+    if present.code == 0 {
+        return Ok(path);
+    }
+    let bytes = tokio::task::spawn_blocking(move || super::image::stripped(&exe)).await??;
+    let out = s
+        .exec_with_stdin(
+            &format!(
+                "mkdir -p /var/lib/swarmkit/bin && cat > {path}.tmp && chmod 755 {path}.tmp && mv {path}.tmp {path}"
+            ),
+            &bytes,
+        )
+        .await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "uploading swarmkit to {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(path)
+}
+
+/// Shell command that starts the agent unless it already runs.
+fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
+    let run = format!("/run/swarmkit/{cluster}");
+    let mut env = vec![
+        ("SWARMKIT_NODE_NS", "self".to_string()),
+        ("SWARMKIT_MANAGER_TCP", format!("127.0.0.1:{MANAGER_PORT}")),
+        ("SWARMKIT_NODE_ADDR", node.addr.addr().to_string()),
+        (crate::paths::OWNER_ENV, cluster.to_string()),
+    ];
+    if let Some(lb) = &node.lb {
+        env.push(("SWARMKIT_LB", lb.clone()));
+    }
+    let env: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+        .collect();
+    format!(
+        "i=0; while [ ! -e /run/swarmkit-modules.done ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; \
+         mkdir -p {run} /run/netns && \
+         if [ -f {run}/agent.pid ] && kill -0 \"$(cat {run}/agent.pid)\" 2>/dev/null; then exit 0; fi; \
+         cd / && {env} setsid {bin} --cluster {c} __agent --node {n} </dev/null >>{run}/agent.log 2>&1 & \
+         echo $! > {run}/agent.pid",
+        env = env.join(" "),
+        bin = shell_quote(bin),
+        c = shell_quote(cluster),
+        n = shell_quote(&node.name),
+    )
+}
+
+async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
+    // The console says when init is done. Until the guest's network is up, the user-mode NIC accepts our connection and then
+    // retries its SYN to the guest with TCP backoff, stalling a handshake for many seconds;
+    // a banner poll with short timeouts finds the moment the server really answers.
+    while !super::qemu::console_ready(paths, &node.name) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let addr = node.ssh.clone();
+        if tokio::task::spawn_blocking(move || super::qemu::banner(&addr))
+            .await
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = connect(paths, node, true).await?;
+    super::qemu::set_session_state(paths, &node.name, "ssh");
+    s.remote_forward("127.0.0.1", MANAGER_PORT)
+        .await
+        .context("asking the node to forward the manager port")?;
+    let bin = ensure_binary(&s, node).await?;
+    let out = s.exec(&agent_command(&paths.name, node, &bin)).await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "starting the agent on {} failed ({}): {}",
+            node.name,
+            out.code,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(s)
+}
+
+/// Entry point of `swarmkit __vmhost --cluster C`.
+pub async fn run(cluster: &str) -> anyhow::Result<()> {
+    let paths = ClusterPaths::new(cluster);
+    let nodes = load_nodes(&paths);
+    if nodes.is_empty() {
+        anyhow::bail!("cluster {cluster} has no whole-machine nodes");
+    }
+    let mut tasks = Vec::new();
+    for node in nodes {
+        let paths = paths.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match serve_node(&paths, &node).await {
+                    Ok(s) => {
+                        tracing::info!(node = node.name, "session up, agent started");
+                        super::qemu::set_session_state(&paths, &node.name, "agent");
+                        pause = Duration::from_millis(200);
+                        s.closed().await;
+                        tracing::warn!(node = node.name, "session lost; reconnecting");
+                    }
+                    Err(e) => tracing::warn!(node = node.name, "{e:#}"),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(3));
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    Ok(())
+}
+
+/// `node exec` on a whole-machine node: the command runs through SSH with its output
+/// streamed; returns the remote exit code.
+pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
+    let paths = ClusterPaths::new(cluster);
+    let n = load_node(&paths, node).map_err(|_| {
+        anyhow::anyhow!(
+            "no node {node:?} in cluster {cluster:?}: see swarmkit --cluster {cluster} node ls"
+        )
+    })?;
+    if argv.is_empty() {
+        anyhow::bail!("give a command to run after --");
+    }
+    let s = connect(&paths, &n, false).await?;
+    let cmd = format!(
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; exec {}",
+        argv.iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(s.exec_streaming(&cmd).await?)
+}
+
+/// `cluster down` on a cluster of existing hosts: each host runs `swarmkit cluster down` for
+/// this cluster itself (its agent, tasks, namespaces and run directory). Unreachable hosts are
+/// reported, not fatal: the local side is removed anyway.
+pub async fn remote_down(cluster: &str) -> Vec<String> {
+    let paths = ClusterPaths::new(cluster);
+    let mut errors = Vec::new();
+    for node in load_nodes(&paths) {
+        let r = async {
+            let s = connect(&paths, &node, false).await?;
+            let bin = ensure_binary(&s, &node).await?;
+            s.exec(&format!(
+                "{} cluster down {} >/dev/null 2>&1; true",
+                shell_quote(&bin),
+                shell_quote(cluster)
+            ))
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        {
+            errors.push(format!("{}: {e:#}", node.name));
+        }
+    }
+    errors
+}

@@ -1,0 +1,214 @@
+//! Where a guest kernel comes from: Debian's linux-image-amd64 (downloaded and unpacked into
+//! the cache, never installed) or a kernel and module tree given on the command line; and the
+//! pieces cut out of it: the uncompressed vmlinux and the module closure.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::image::{ImageError, run};
+
+type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let what = what.into();
+    move |source| ImageError::Io { what, source }
+}
+
+/// Where the kernel and its module tree come from.
+pub struct KernelSource {
+    pub vmlinuz: PathBuf,
+    pub root: PathBuf,
+    pub version: String,
+}
+
+/// Downloads (once) and unpacks Debian's current linux-image-amd64 into the cache.
+pub fn debian_kernel(cache: &Path, refresh: bool) -> Result<KernelSource> {
+    // Asking apt costs ~1.5 s; a kernel already unpacked is used unless a refresh is asked.
+    if !refresh && let Some(src) = unpacked_kernel(cache) {
+        return Ok(src);
+    }
+    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let pkg = String::from_utf8_lossy(&deps)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string))
+        .filter(|p| p.starts_with("linux-image-"))
+        .ok_or_else(|| ImageError::Command {
+            cmd: "apt-cache depends linux-image-amd64".into(),
+            message: "no linux-image-* dependency (run apt-get update?)".into(),
+        })?;
+    let version = pkg.trim_start_matches("linux-image-").to_string();
+    let unpacked = cache.join("kernel").join(&pkg);
+    let done = unpacked.join(".unpacked");
+    if !done.exists() {
+        let debs = cache.join("debs");
+        std::fs::create_dir_all(&debs).map_err(io(debs.display().to_string()))?;
+        let find_deb = || -> Option<PathBuf> {
+            std::fs::read_dir(&debs)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .find_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    (n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")).then(|| e.path())
+                })
+        };
+        let deb = match find_deb() {
+            Some(d) => d,
+            None => {
+                run(Command::new("apt-get")
+                    .args(["download", &pkg])
+                    .current_dir(&debs))?;
+                find_deb().ok_or_else(|| ImageError::Command {
+                    cmd: format!("apt-get download {pkg}"),
+                    message: "no .deb appeared".into(),
+                })?
+            }
+        };
+        let _ = std::fs::remove_dir_all(&unpacked);
+        std::fs::create_dir_all(&unpacked).map_err(io(unpacked.display().to_string()))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        run(Command::new("depmod")
+            .arg("-b")
+            .arg(&unpacked)
+            .arg(&version))?;
+        std::fs::write(&done, &pkg).map_err(io(done.display().to_string()))?;
+    }
+    Ok(KernelSource {
+        vmlinuz: unpacked.join("boot").join(format!("vmlinuz-{version}")),
+        root: unpacked,
+        version,
+    })
+}
+
+fn unpacked_kernel(cache: &Path) -> Option<KernelSource> {
+    let mut pkgs: Vec<String> = std::fs::read_dir(cache.join("kernel"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(".unpacked").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    pkgs.sort_by_key(|p| natural_key(p));
+    let pkg = pkgs.pop()?;
+    let version = pkg.trim_start_matches("linux-image-").to_string();
+    let root = cache.join("kernel").join(&pkg);
+    Some(KernelSource {
+        vmlinuz: root.join("boot").join(format!("vmlinuz-{version}")),
+        root,
+        version,
+    })
+}
+
+/// Orders "6.1.0-9" before "6.1.0-56".
+fn natural_key(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn custom_kernel(kernel: &Path, modules: &Path) -> Result<KernelSource> {
+    let lm = modules.join("lib/modules");
+    let (root, version) = if lm.is_dir() {
+        let mut versions: Vec<String> = std::fs::read_dir(&lm)
+            .map_err(io(lm.display().to_string()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        versions.sort();
+        match versions.as_slice() {
+            [v] => (modules.to_path_buf(), v.clone()),
+            _ => return Err(ImageError::ModulesLayout(modules.into())),
+        }
+    } else if modules.join("kernel").is_dir() || modules.join("modules.dep").is_file() {
+        // DIR is lib/modules/VERSION: its root is three levels up.
+        let version = modules
+            .file_name()
+            .map(|v| v.to_string_lossy().into_owned())
+            .ok_or_else(|| ImageError::ModulesLayout(modules.into()))?;
+        let root = modules
+            .ancestors()
+            .nth(3)
+            .ok_or_else(|| ImageError::ModulesLayout(modules.into()))?;
+        (root.to_path_buf(), version)
+    } else {
+        return Err(ImageError::ModulesLayout(modules.into()));
+    };
+    let dep = root.join("lib/modules").join(&version).join("modules.dep");
+    if !dep.is_file() {
+        return Err(ImageError::NoDepmod(dep));
+    }
+    Ok(KernelSource {
+        vmlinuz: kernel.to_path_buf(),
+        root,
+        version,
+    })
+}
+
+/// The uncompressed ELF kernel: as is when it already is one, else the xz stream inside a
+/// bzImage (Debian compresses with xz).
+pub fn extract_vmlinux(vmlinuz: &Path, dest: &Path) -> Result<()> {
+    let bytes = std::fs::read(vmlinuz).map_err(io(vmlinuz.display().to_string()))?;
+    if bytes.starts_with(b"\x7fELF") {
+        return std::fs::write(dest, &bytes).map_err(io(dest.display().to_string()));
+    }
+    let magic = b"\xfd7zXZ\x00";
+    let at = bytes
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .ok_or_else(|| ImageError::NoKernel(vmlinuz.into()))?;
+    let out = std::fs::File::create(dest).map_err(io(dest.display().to_string()))?;
+    let mut child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|_| ImageError::MissingTool("xz".into()))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| ImageError::MissingTool("xz".into()))?;
+    let tail = bytes[at..].to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&tail));
+    let out = child.wait_with_output().map_err(io("xz"))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(ImageError::Command {
+            cmd: "xz -dc".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().into(),
+        });
+    }
+    Ok(())
+}
+
+/// insmod paths (relative to lib/modules/VERSION) in load order, dependencies first.
+pub fn module_closure(
+    src: &KernelSource,
+    wanted: &[&str],
+    mut order: Vec<String>,
+) -> Result<Vec<String>> {
+    let base = src.root.join("lib/modules").join(&src.version);
+    for m in wanted {
+        let Ok(out) = run(Command::new("modprobe").arg("-d").arg(&src.root).args([
+            "-S",
+            &src.version,
+            "--show-depends",
+            m,
+        ])) else {
+            tracing::debug!("module {m} not in this kernel; skipped");
+            continue;
+        };
+        for line in String::from_utf8_lossy(&out).lines() {
+            let Some(path) = line.strip_prefix("insmod ") else {
+                continue;
+            };
+            let path = path.split_whitespace().next().unwrap_or_default();
+            if let Ok(rel) = Path::new(path).strip_prefix(&base) {
+                let rel = rel.to_string_lossy().into_owned();
+                if !order.contains(&rel) {
+                    order.push(rel);
+                }
+            }
+        }
+    }
+    Ok(order)
+}
