@@ -368,7 +368,7 @@ fn prune(images: &Path, keep: usize) {
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, old) in all.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(old);
     }
