@@ -182,7 +182,9 @@ pub fn split_words(line: &str) -> Option<Vec<String>> {
 
 #[derive(Debug)]
 pub struct Outcome {
-    /// stdout and stderr interleaved as the command wrote them, like a terminal shows.
+    /// What the command wrote to stdout, then what it wrote to stderr. Keeping the streams
+    /// apart makes the transcript the same whether they travel together (a local pipe) or
+    /// apart (an SSH session to a VM node), which would interleave them arbitrarily.
     pub output: String,
     /// Exit code; None when killed by a signal or the timeout.
     pub status: Option<i32>,
@@ -190,53 +192,84 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Runs the invocation with its output on one pipe, handing each line to `on_line` as it
-/// arrives. The command runs in its own process group so a timeout kills all of it.
+async fn read_lines(
+    fd: OwnedFd,
+    program: &str,
+    lines: &tokio::sync::mpsc::UnboundedSender<String>,
+    text: &std::sync::Mutex<String>,
+) -> Result<(), ExecError> {
+    let read_err = |source| ExecError::Read {
+        program: program.to_string(),
+        source,
+    };
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(ExecError::Pipe)?;
+    let mut reader = BufReader::new(receiver);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).await.map_err(read_err)? == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let _ = lines.send(line.trim_end_matches('\n').to_string());
+        text.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_str(&line);
+    }
+}
+
+/// Runs the invocation, handing each line of output to `on_line` as it arrives. The command
+/// runs in its own process group so a timeout kills all of it.
 pub async fn run(
     inv: &Invocation,
     timeout: Duration,
     mut on_line: impl FnMut(&str),
 ) -> Result<Outcome, ExecError> {
     let started = Instant::now();
-    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| ExecError::Pipe(std::io::Error::from(e)))?;
-    let write_err: OwnedFd = write_end.try_clone().map_err(ExecError::Pipe)?;
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| ExecError::Pipe(std::io::Error::from(e)))
+    };
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
     let mut child = {
         let mut cmd = tokio::process::Command::new(&inv.program);
         cmd.args(&inv.args)
             .envs(inv.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::from(write_end))
-            .stderr(Stdio::from(write_err))
+            .stdout(Stdio::from(out_write))
+            .stderr(Stdio::from(err_write))
             .process_group(0)
             .kill_on_drop(true);
-        // The Command owns our copies of the pipe's write end; it is dropped at the end of this
-        // block so that the reader sees end-of-file once the command's processes exit.
+        // The Command owns our copies of the pipes' write ends; it is dropped at the end of
+        // this block so that the readers see end-of-file once the command's processes exit.
         cmd.spawn().map_err(|source| ExecError::Spawn {
             program: inv.program.clone(),
             source,
         })?
     };
-    let receiver =
-        tokio::net::unix::pipe::Receiver::from_owned_fd(read_end).map_err(ExecError::Pipe)?;
-    let mut reader = BufReader::new(receiver);
-    let mut output = String::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let read_err = |source| ExecError::Read {
         program: inv.program.clone(),
         source,
     };
 
+    let (out, err) = (std::sync::Mutex::default(), std::sync::Mutex::default());
     let finished = tokio::time::timeout(timeout, async {
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf).await.map_err(read_err)? == 0 {
-                break;
+        let both = async {
+            let r = tokio::try_join!(
+                read_lines(out_read, &inv.program, &tx, &out),
+                read_lines(err_read, &inv.program, &tx, &err)
+            );
+            drop(tx);
+            r
+        };
+        let show = async {
+            while let Some(line) = rx.recv().await {
+                on_line(&line);
             }
-            let text = String::from_utf8_lossy(&buf);
-            on_line(text.trim_end_matches('\n'));
-            output.push_str(&text);
-        }
+        };
+        let (read, ()) = tokio::join!(both, show);
+        read?;
         child.wait().await.map_err(read_err)
     })
     .await;
@@ -252,8 +285,9 @@ pub async fn run(
             (None, true)
         }
     };
+    let text = |m: std::sync::Mutex<String>| m.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(Outcome {
-        output,
+        output: text(out) + &text(err),
         status,
         timed_out,
         elapsed: started.elapsed(),
@@ -381,7 +415,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_interleaves_output_and_reports_status() {
+    async fn run_keeps_stdout_before_stderr_and_reports_status() {
         let inv = Invocation {
             program: "sh".into(),
             args: s(&["-c", "echo out; echo err >&2; exit 3"]),
@@ -392,7 +426,8 @@ mod tests {
             .await
             .expect("runs");
         assert_eq!(o.output, "out\nerr\n");
-        assert_eq!(seen, s(&["out", "err"]));
+        seen.sort();
+        assert_eq!(seen, s(&["err", "out"]), "every line is shown live");
         assert_eq!(o.status, Some(3));
         assert!(!o.timed_out);
     }
