@@ -56,6 +56,26 @@ fn overlay_with_swarmkit_cli() {
     walkthrough(&["overlay"]);
 }
 
+/// The same walkthrough and snapshot on QEMU guests with their own kernel, where the load
+/// balancer is IPVS. Skipped (with the reason) where QEMU is not installed.
+#[test]
+fn routing_on_qemu_guests() {
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return;
+    }
+    let kernel_known = Path::new("/var/cache/swarmkit/kernel").is_dir()
+        || Command::new("apt-cache")
+            .args(["show", "linux-image-amd64"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !kernel_known {
+        eprintln!("skipped: Debian's linux-image-amd64 (the guest kernel) is not available here");
+        return;
+    }
+    walkthrough(&["routing", "--backend", "qemu"]);
+}
+
 #[test]
 fn list_shows_every_plan() {
     let out = Command::new(env!("CARGO_BIN_EXE_swarmkit"))
