@@ -176,6 +176,11 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         }
         Err(e) => Err(e),
     };
+    // A failed run shows what the cluster's daemons logged before teardown removes them.
+    let failed = !matches!(&outcome, Ok(Some(r)) if r.mismatches == 0);
+    if failed {
+        show_daemon_logs(&display, &name);
+    }
     // Teardown runs whatever happened above, so a failed run leaves nothing behind.
     if args.keep {
         display.line(&format!(
@@ -330,6 +335,35 @@ async fn cluster_command(runner: &Runner, display: &Display, args: &[&str]) -> a
         why,
     }
     .into())
+}
+
+/// The last lines of each daemon log of the cluster (manager, agents, VM hosts).
+fn show_daemon_logs(display: &display::Display, cluster: &str) {
+    let dir = std::path::Path::new(cluster::paths::RUN_ROOT).join(cluster);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut logs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        display.line(&format!(
+            "# {} (last {} lines)",
+            log.display(),
+            lines.len().min(20)
+        ));
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            display.line(&format!("#   {l}"));
+        }
+    }
 }
 
 #[cfg(test)]

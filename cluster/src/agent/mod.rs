@@ -32,7 +32,9 @@ pub const ENV_LB: &str = "SWARMKIT_LB";
 /// named namespace on the host.
 pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
 
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a task may take to start listening before the agent says so in its log; it keeps
+/// checking after that, since a loaded machine can be that slow.
+const READY_WARN_AFTER: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 enum Event {
@@ -133,6 +135,9 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     // Wakes the loop for tasks whose restart back-off ends later; otherwise idle.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_acked = None;
+    // A failed apply (say, a netlink call refused under load) is retried on the next tick,
+    // not only when the next plan arrives.
+    let mut retry = false;
     loop {
         let mut woke_by_tick = false;
         tokio::select! {
@@ -157,14 +162,18 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
                 && !agent.tasks.contains_key(&t.id)
                 && !agent.finished.contains(&t.id)
         });
-        if woke_by_tick && !new_plan && !due && agent.reports.is_empty() {
+        if woke_by_tick && !new_plan && !due && !retry && agent.reports.is_empty() {
             continue;
         }
         let node_id = plan.node_id.clone();
         let applied = match agent.reconcile(&plan).await {
-            Ok(()) => Some(plan.version),
+            Ok(()) => {
+                retry = false;
+                Some(plan.version)
+            }
             Err(e) => {
                 tracing::warn!("applying plan {}: {e:#}", plan.version);
+                retry = true;
                 None
             }
         };
@@ -454,7 +463,7 @@ impl Agent {
         let events = self.events.clone();
         let id = t.id.clone();
         tokio::spawn(async move {
-            let ev = match wait_listening(ns, port).await {
+            let ev = match wait_listening(ns, pid, port).await {
                 Ok(()) => Event::Ready { id },
                 Err(err) => Event::NotReady { id, err },
             };
@@ -500,12 +509,15 @@ fn host_link_addrs(i: u32) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
 }
 
 /// Ready means the task accepts connections on its image's port (from inside its namespace),
-/// not merely that its process exists.
-async fn wait_listening(ns: NetNs, port: Option<u16>) -> Result<(), String> {
+/// not merely that its process exists. It checks until the port answers; a task that exits
+/// first is reported by its exit, and the check's late answer is ignored.
+async fn wait_listening(ns: NetNs, pid: Option<u32>, port: Option<u16>) -> Result<(), String> {
     let Some(port) = port else {
         return Ok(());
     };
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let started = tokio::time::Instant::now();
+    let mut warned = false;
+    let mut pause = Duration::from_millis(2);
     loop {
         let ns2 = ns.clone();
         let ok = tokio::task::spawn_blocking(move || {
@@ -523,11 +535,19 @@ async fn wait_listening(ns: NetNs, port: Option<u16>) -> Result<(), String> {
         if ok {
             return Ok(());
         }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "nothing listens on port {port} after {READY_TIMEOUT:?}"
-            ));
+        if !warned && started.elapsed() > READY_WARN_AFTER {
+            warned = true;
+            tracing::warn!(
+                "nothing listens on port {port} after {READY_WARN_AFTER:?}; still waiting"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let alive = pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
+        });
+        if !alive {
+            return Err(format!("the task stopped before port {port} answered"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }

@@ -78,12 +78,23 @@ pub async fn plan(
     Path(id): Path<String>,
     Query(q): Query<PlanQuery>,
 ) -> ApiResult<Json<PlanResponse>> {
-    if !m.store.snapshot().nodes.contains_key(&id) {
+    let Some(node) = m.store.snapshot().nodes.get(&id).cloned() else {
         return Err(ApiError::NotFound(format!(
             "node {id} is not registered: register first"
         )));
-    }
+    };
     m.touch(&id);
+    if node.state == NodeState::Down {
+        // It was only slow (a loaded machine): it is back.
+        m.update(|s| {
+            if let Some(mut n) = s.nodes.get(&id).cloned() {
+                n.state = NodeState::Ready;
+                n.updated = Utc::now();
+                s.put_node(n);
+            }
+            Ok(())
+        })?;
+    }
     let mut rx = m.epoch.subscribe();
     if let Some(after) = q.after {
         let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|e| *e > after)).await;
