@@ -18,18 +18,9 @@ fn task_ip(c: &Cluster, task: &str) -> String {
 }
 
 fn vxlan_counter(c: &Cluster, node: &str, network: &str, counter: &str) -> u64 {
-    let id = c.sk(&["network", "inspect", network, "--format", "json"]);
-    let id = if id.code == 0 {
-        id.stdout
-    } else {
-        c.sk(&["network", "inspect", network]).ok().stdout
-    };
-    let v: serde_json::Value = serde_json::from_str(id.trim()).expect("inspect JSON");
-    let net_id = v[0]["Id"]
-        .as_str()
-        .or(v["Id"].as_str())
-        .expect("network id")
-        .to_string();
+    let inspect = c.sk(&["network", "inspect", network]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(inspect.trim()).expect("inspect JSON");
+    let net_id = v[0]["Id"].as_str().expect("network id").to_string();
     let ns = format!("{}{node}.1-{}", c.ns_prefix(), &net_id[..10]);
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &ns, "sh", "-c"])

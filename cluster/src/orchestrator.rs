@@ -82,10 +82,8 @@ impl Constraint {
     }
 }
 
-pub fn constraints_of(service: &Service) -> Result<Vec<Constraint>, String> {
-    service
-        .spec
-        .task_template
+pub fn constraints_of(spec: &bollard::models::ServiceSpec) -> Result<Vec<Constraint>, String> {
+    spec.task_template
         .as_ref()
         .and_then(|t| t.placement.as_ref())
         .and_then(|p| p.constraints.clone())
@@ -99,7 +97,7 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
     let constraints = state
         .services
         .get(service_id)
-        .map(|s| constraints_of(s).unwrap_or_default())
+        .map(|s| constraints_of(&s.spec).unwrap_or_default())
         .unwrap_or_default();
     let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
     for t in state.tasks.values().filter(|t| is_active(t)) {

@@ -227,10 +227,7 @@ async fn poll_plans(
 
 impl Agent {
     fn report(&mut self, id: &str, state: TaskState, message: &str, err: Option<String>) {
-        let (pid, exit_code) = match self.tasks.get(id) {
-            Some(t) => (t.pid, None),
-            None => (None, None),
-        };
+        let pid = self.tasks.get(id).and_then(|t| t.pid);
         self.reports.insert(
             id.to_string(),
             TaskReport {
@@ -239,7 +236,7 @@ impl Agent {
                 message: message.to_string(),
                 err,
                 pid,
-                exit_code,
+                exit_code: None,
             },
         );
     }

@@ -99,11 +99,7 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
         )));
     }
 
-    let probe = Service {
-        spec: spec.clone(),
-        ..placeholder_service()
-    };
-    orchestrator::constraints_of(&probe).map_err(ApiError::BadRequest)?;
+    orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
 
     let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
     let endpoint_mode = match endpoint.mode {
@@ -202,23 +198,6 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
         ports,
         networks,
     })
-}
-
-fn placeholder_service() -> Service {
-    Service {
-        id: String::new(),
-        name: String::new(),
-        created: chrono::Utc::now(),
-        updated: chrono::Utc::now(),
-        version: 0,
-        spec: ServiceSpec::default(),
-        previous_spec: None,
-        spec_generation: 0,
-        endpoint_mode: EndpointMode::Vip,
-        ports: Vec::new(),
-        networks: Vec::new(),
-        vips: Vec::new(),
-    }
 }
 
 fn allocate_port(s: &StoreState, proto: Protocol, taken_here: &BTreeSet<u16>) -> ApiResult<u16> {
