@@ -166,8 +166,10 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             continue;
         }
         let node_id = plan.node_id.clone();
+        let started = std::time::Instant::now();
         let applied = match agent.reconcile(&plan).await {
             Ok(()) => {
+                tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
                 retry = false;
                 Some(plan.version)
             }
@@ -324,8 +326,11 @@ impl Agent {
     }
 
     async fn reconcile(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         self.dataplane.apply_networks(plan).await?;
+        let networks = started.elapsed();
         self.dataplane.apply_ingress(plan).await?;
+        tracing::debug!(?networks, ingress = ?(started.elapsed() - networks), "dataplane applied");
 
         let wanted: HashMap<&str, &TaskPlan> =
             plan.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
