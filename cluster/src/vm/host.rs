@@ -84,6 +84,10 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     if let Some(lb) = &node.lb {
         env.push(("SWARMKIT_LB", lb.clone()));
     }
+    // Agents log at the level the cluster was brought up with, as they do on netns nodes.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        env.push(("RUST_LOG", filter));
+    }
     let env: Vec<String> = env
         .iter()
         .map(|(k, v)| format!("{k}={}", shell_quote(v)))
@@ -102,10 +106,9 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
 }
 
 async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
-    // The console says when init is done. Until the guest's network is up, the user-mode NIC accepts our connection and then
-    // retries its SYN to the guest with TCP backoff, stalling a handshake for many seconds;
-    // a banner poll with short timeouts finds the moment the server really answers.
-    while !super::qemu::console_ready(paths, &node.name) {
+    // The console says when init is done; from then on a refused connection comes back at
+    // once, and the banner poll finds the moment the server really answers.
+    while !super::qemu::console_ready(paths, node) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     loop {

@@ -212,3 +212,64 @@ pub fn module_closure(
     }
     Ok(order)
 }
+
+/// Whether this kernel loads unsigned modules. Only a kernel whose config says so (Debian's
+/// does: signatures are checked but not enforced, and lockdown only comes with Secure Boot,
+/// which a directly booted guest never has) gets its modules' signatures stripped; a custom
+/// kernel without a config keeps them.
+pub fn loads_unsigned_modules(src: &KernelSource) -> bool {
+    let config = src
+        .root
+        .join("boot")
+        .join(format!("config-{}", src.version));
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return false;
+    };
+    let set = |key: &str| text.lines().any(|l| l == format!("{key}=y"));
+    !set("CONFIG_MODULE_SIG_FORCE")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY")
+}
+
+/// A module without its appended signature. Under TCG the guest spends ~15 ms of emulated
+/// RSA and SHA-256 per signed module, ~0.8 s for the dataplane's closure (measured: 2.7 s ->
+/// 1.8 s for the whole insmod pass on one guest).
+pub fn strip_signature(module: &[u8]) -> &[u8] {
+    const MAGIC: &[u8] = b"~Module signature appended~\n";
+    // struct module_signature: 12 bytes, the signature's length big-endian in the last 4.
+    const INFO: usize = 12;
+    let Some(body) = module.strip_suffix(MAGIC) else {
+        return module;
+    };
+    if body.len() < INFO {
+        return module;
+    }
+    let info = &body[body.len() - INFO..];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    match (body.len() - INFO).checked_sub(sig_len) {
+        Some(end) => &module[..end],
+        None => module,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_signature;
+
+    #[test]
+    fn strips_an_appended_signature() {
+        let mut m = b"\x7fELF module body".to_vec();
+        let body = m.len();
+        m.extend_from_slice(b"SIGNATURE");
+        m.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        m.extend_from_slice(b"~Module signature appended~\n");
+        assert_eq!(strip_signature(&m), &m[..body]);
+    }
+
+    #[test]
+    fn leaves_unsigned_and_malformed_modules_alone() {
+        assert_eq!(strip_signature(b"plain"), b"plain");
+        let bogus = b"xx\0\0\0\xff~Module signature appended~\n";
+        assert_eq!(strip_signature(bogus), bogus);
+    }
+}

@@ -85,7 +85,7 @@ async fn bare(
     progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let waits = nodes.iter().map(|n| async move {
-        while !qemu::console_ready(paths, &n.name) {
+        while !qemu::console_ready(paths, n) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         crate::lifecycle::wait_until(&format!("ssh on {}", n.name), SSH_TIMEOUT, || async {
