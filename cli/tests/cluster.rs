@@ -414,6 +414,13 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     let r = c.sk(&["node", "exec", "node9", "--", "true"]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("no node \"node9\""), "{}", r.stderr);
+    let r = c.sk(&["node", "exec", "--netns", "lb_x", "node1", "--", "true"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("no sandbox \"lb_x\"") && r.stderr.contains("ingress_sbox"),
+        "{}",
+        r.stderr
+    );
 
     // The API itself refuses negative replicas with a 4xx, whatever the client.
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);

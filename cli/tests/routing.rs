@@ -70,6 +70,38 @@ fn routing_mesh_answers_round_robin_on_every_node() {
     );
     let ls = c.sk(&["service", "ls"]).ok().stdout;
     assert!(ls.contains("*:9200->9200/tcp"), "{ls}");
+    // The mesh's load balancer lives in each node's ingress sandbox, as in Docker; node exec
+    // can look inside it. Every task's ingress address is a backend there, even on node3.
+    let ingress_addrs: Vec<String> = c
+        .api_tasks("search")
+        .iter()
+        .filter(|t| t["DesiredState"] == "running")
+        .filter_map(|t| {
+            let a = t["NetworksAttachments"][0]["Addresses"][0].as_str()?;
+            Some(a.split('/').next()?.to_string())
+        })
+        .collect();
+    assert_eq!(ingress_addrs.len(), 3, "{ingress_addrs:?}");
+    let rules = c
+        .sk(&[
+            "node",
+            "exec",
+            "--netns",
+            "ingress_sbox",
+            "node3",
+            "--",
+            "nft",
+            "list",
+            "ruleset",
+        ])
+        .ok()
+        .stdout;
+    for a in &ingress_addrs {
+        assert!(
+            rules.contains(a.as_str()),
+            "{a} not in node3's ingress sandbox:\n{rules}"
+        );
+    }
     for node in ["node1", "node2", "node3"] {
         assert_round_robin(&curls(&c, node, "localhost:9200", 6), 3, node);
         // The node's own underlay address answers too.

@@ -374,18 +374,16 @@ pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
     Ok(out)
 }
 
-fn run_in(pid: u32, kinds: &[(&str, CloneFlags)], argv: &[String]) -> anyhow::Result<i32> {
+fn open_ns(path: &str, flag: CloneFlags) -> anyhow::Result<(std::fs::File, CloneFlags)> {
+    std::fs::File::open(path)
+        .map(|f| (f, flag))
+        .with_context(|| format!("opening namespace {path}"))
+}
+
+fn run_in(fds: Vec<(std::fs::File, CloneFlags)>, argv: &[String]) -> anyhow::Result<i32> {
     let Some(program) = argv.first() else {
         bail!("give a command to run after --");
     };
-    let fds: Vec<(std::fs::File, CloneFlags)> = kinds
-        .iter()
-        .map(|(k, flag)| {
-            std::fs::File::open(format!("/proc/{pid}/ns/{k}"))
-                .map(|f| (f, *flag))
-                .with_context(|| format!("opening namespace {k} of process {pid}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
     let raw: Vec<(i32, CloneFlags)> = fds
         .iter()
         .map(|(f, flag)| (std::os::fd::AsRawFd::as_raw_fd(f), *flag))
@@ -412,11 +410,26 @@ fn run_in(pid: u32, kinds: &[(&str, CloneFlags)], argv: &[String]) -> anyhow::Re
 }
 
 /// Runs argv inside a node's namespaces (network and hostname); returns its exit code.
-pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
+pub async fn node_exec(
+    cluster: &str,
+    node: &str,
+    sandbox: Option<&str>,
+    argv: &[String],
+) -> anyhow::Result<i32> {
     require_root()?;
+    if let Some(name) = sandbox
+        && (name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        bail!(
+            "{name:?} is not a sandbox name: use ingress_sbox or 1-<network id> (letters, digits, '_', '-', '.')"
+        );
+    }
     // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
     if crate::vm::up::is_machine_backend(cluster) {
-        return crate::vm::host::node_exec(cluster, node, argv).await;
+        return crate::vm::host::node_exec(cluster, node, sandbox, argv).await;
     }
     let paths = ClusterPaths::new(cluster);
     let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
@@ -427,13 +440,50 @@ pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Re
         })?
         .trim()
         .parse()?;
-    run_in(
-        pid,
-        &[
-            ("net", CloneFlags::CLONE_NEWNET),
-            ("uts", CloneFlags::CLONE_NEWUTS),
-        ],
-        argv,
+    let uts = open_ns(&format!("/proc/{pid}/ns/uts"), CloneFlags::CLONE_NEWUTS)?;
+    let net = match sandbox {
+        None => open_ns(&format!("/proc/{pid}/ns/net"), CloneFlags::CLONE_NEWNET)?,
+        Some(name) => {
+            let path =
+                Path::new(netcore::netns::NETNS_RUN_DIR).join(paths.node_sandbox_ns(node, name));
+            if !path.exists() {
+                bail!(
+                    "{}",
+                    no_sandbox(cluster, node, name, &node_sandboxes(&paths, node))
+                );
+            }
+            open_ns(&path.to_string_lossy(), CloneFlags::CLONE_NEWNET)?
+        }
+    };
+    run_in(vec![net, uts], argv)
+}
+
+/// The short names of a node's sandboxes (network namespaces the agent made for it).
+fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
+    let prefix = paths.node_sandbox_ns(node, "");
+    let mut names: Vec<String> = std::fs::read_dir(netcore::netns::NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix(&prefix)
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+pub(crate) fn no_sandbox(cluster: &str, node: &str, name: &str, have: &[String]) -> String {
+    format!(
+        "node {node} of cluster {cluster} has no sandbox {name:?}; it has: {}",
+        if have.is_empty() {
+            "none yet".to_string()
+        } else {
+            have.join(", ")
+        }
     )
 }
 
@@ -468,12 +518,12 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
     let pid = t["Status"]["ContainerStatus"]["PID"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
+    let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
     run_in(
-        pid as u32,
-        &[
-            ("net", CloneFlags::CLONE_NEWNET),
-            ("uts", CloneFlags::CLONE_NEWUTS),
-            ("mnt", CloneFlags::CLONE_NEWNS),
+        vec![
+            ns("net", CloneFlags::CLONE_NEWNET)?,
+            ns("uts", CloneFlags::CLONE_NEWUTS)?,
+            ns("mnt", CloneFlags::CLONE_NEWNS)?,
         ],
         argv,
     )

@@ -77,7 +77,12 @@ impl ClusterPaths {
         )
     }
     pub fn ingress_sbox_ns(&self, hostname: &str) -> String {
-        format!("{}{hostname}.ingress_sbox", self.ns_prefix())
+        self.node_sandbox_ns(hostname, "ingress_sbox")
+    }
+    /// A sandbox of a node by its short name, as Docker names them: `ingress_sbox`, or
+    /// `1-<network id>` for an overlay.
+    pub fn node_sandbox_ns(&self, hostname: &str, sandbox: &str) -> String {
+        format!("{}{hostname}.{sandbox}", self.ns_prefix())
     }
     pub fn task_ns(&self, task_id: &str) -> String {
         format!(

@@ -203,7 +203,6 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         "8080:80",
         "traefik/whoami",
     ]);
-    let sbox = format!("/run/netns/sk-{name}.node1.ingress_sbox");
     let ipvs = poll(
         "three IPVS backends on node1",
         Duration::from_secs(60),
@@ -213,10 +212,10 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
                 &name,
                 "node",
                 "exec",
+                "--netns",
+                "ingress_sbox",
                 "node1",
                 "--",
-                "nsenter",
-                &format!("--net={sbox}"),
                 "ipvsadm",
                 "-Ln",
             ]);
@@ -226,6 +225,23 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     );
     eprintln!("node1 ingress_sbox ipvsadm -Ln:\n{ipvs}");
     assert!(ipvs.contains("FWM"), "{ipvs}");
+    let missing = sk(&[
+        "--cluster",
+        &name,
+        "node",
+        "exec",
+        "--netns",
+        "no_such_sbox",
+        "node1",
+        "--",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("it has:") && err.contains("ingress_sbox"),
+        "{err}"
+    );
     let body = ok(&[
         "--cluster",
         &name,

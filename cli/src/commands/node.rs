@@ -29,6 +29,10 @@ pub enum NodeCmd {
     },
     /// Run a command inside a node's namespaces
     Exec {
+        /// Run in one of the node's sandboxes instead of the node itself: `ingress_sbox`
+        /// (the routing mesh's load balancer) or `1-<network id>` (an overlay's bridge)
+        #[arg(long, value_name = "SANDBOX")]
+        netns: Option<String>,
         node: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -39,9 +43,11 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
     match cmd {
         NodeCmd::Ls { quiet, format } => ls(cluster, quiet, format).await,
         NodeCmd::Inspect { nodes, pretty } => inspect(cluster, &nodes, pretty).await,
-        NodeCmd::Exec { node, command } => {
-            ::cluster::lifecycle::node_exec(cluster, &node, &command).await
-        }
+        NodeCmd::Exec {
+            netns,
+            node,
+            command,
+        } => ::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await,
     }
 }
 

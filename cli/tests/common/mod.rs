@@ -119,17 +119,20 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// The process ID of the running task in `slot` of `service`, from the manager's API.
-    pub fn task_pid(&self, service: &str, slot: u64) -> i32 {
+    /// The tasks of `service` as the manager's API returns them (Docker's Task shape).
+    pub fn api_tasks(&self, service: &str) -> Vec<serde_json::Value> {
         let socket = format!("/run/swarmkit/{}/manager.sock", self.name);
         let filter = format!("http://swarmkit/tasks?filters={{%22service%22:[%22{service}%22]}}");
         let out = Command::new("curl")
             .args(["-s", "-g", "--unix-socket", &socket, &filter])
             .output()
             .expect("curl");
-        let tasks: Vec<serde_json::Value> =
-            serde_json::from_slice(&out.stdout).expect("tasks JSON");
-        tasks
+        serde_json::from_slice(&out.stdout).expect("tasks JSON")
+    }
+
+    /// The process ID of the running task in `slot` of `service`, from the manager's API.
+    pub fn task_pid(&self, service: &str, slot: u64) -> i32 {
+        self.api_tasks(service)
             .iter()
             .find(|t| t["Slot"] == slot && t["DesiredState"] == "running")
             .and_then(|t| t["Status"]["ContainerStatus"]["PID"].as_i64())

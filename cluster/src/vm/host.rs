@@ -173,7 +173,12 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
 
 /// `node exec` on a whole-machine node: the command runs through SSH with its output
 /// streamed; returns the remote exit code.
-pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Result<i32> {
+pub async fn node_exec(
+    cluster: &str,
+    node: &str,
+    sandbox: Option<&str>,
+    argv: &[String],
+) -> anyhow::Result<i32> {
     let paths = ClusterPaths::new(cluster);
     let n = load_node(&paths, node).map_err(|_| {
         anyhow::anyhow!(
@@ -184,12 +189,33 @@ pub async fn node_exec(cluster: &str, node: &str, argv: &[String]) -> anyhow::Re
         anyhow::bail!("give a command to run after --");
     }
     let s = connect(&paths, &n, false).await?;
+    let command = argv
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let enter = match sandbox {
+        None => String::new(),
+        Some(name) => {
+            let file = format!(
+                "{}/{}",
+                netcore::netns::NETNS_RUN_DIR,
+                paths.node_sandbox_ns(node, name)
+            );
+            let prefix = paths.node_sandbox_ns(node, "");
+            // On a miss, name the sandboxes the node does have, as the netns backend does.
+            format!(
+                "[ -e {f} ] || {{ echo \"node {node} of cluster {cluster} has no sandbox {name}; it has: \
+                 $(ls {dir} | sed -n 's/^{prefix}//p' | tr '\\n' ' ')\" >&2; exit 125; }}; \
+                 exec nsenter --net={f}",
+                f = shell_quote(&file),
+                dir = netcore::netns::NETNS_RUN_DIR,
+            )
+        }
+    };
     let cmd = format!(
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; exec {}",
-        argv.iter()
-            .map(|a| shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" ")
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; {} {command}",
+        if enter.is_empty() { "exec" } else { &enter }
     );
     Ok(s.exec_streaming(&cmd).await?)
 }
