@@ -51,6 +51,9 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<i32> {
             );
             println!("  kernel    {}", img.vmlinux.display());
             println!("  initramfs {}", img.initramfs.display());
+            if let Some(v) = &img.volume {
+                println!("  volume    {}", v.display());
+            }
             Ok(0)
         }
     }
