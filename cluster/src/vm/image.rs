@@ -425,8 +425,9 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
     Ok(image)
 }
 
-/// Every rebuilt binary makes a new ~70 MB image; keep only the most recent few. Images in
-/// use by running guests are safe: QEMU reads kernel and initrd only when it starts.
+/// Every rebuilt binary makes a new ~115 MB image; keep only the most recent few. Images in
+/// use by running guests are safe: QEMU reads kernel and initrd only when it starts, and
+/// keeps the volume open, so a removed volume lives on until its last guest stops.
 const KEEP_IMAGES: usize = 3;
 
 fn prune(images: &Path, keep: usize) {

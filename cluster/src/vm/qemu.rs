@@ -489,11 +489,24 @@ fn host_tsc_khz() -> Result<u64> {
         return Ok(khz);
     }
     let khz = measure_tsc_khz();
+    if khz == 0 {
+        return Err(QemuError::Io {
+            what: "measuring the host's TSC rate for microvm guests".into(),
+            source: std::io::Error::other("the qemu backend needs an x86_64 host"),
+        });
+    }
     let _ = std::fs::create_dir_all(crate::paths::RUN_ROOT);
     let _ = std::fs::write(&cache, khz.to_string());
     Ok(khz)
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn measure_tsc_khz() -> u64 {
+    // Elsewhere TCG's TSC is some other host counter whose rate we do not know.
+    0
+}
+
+#[cfg(target_arch = "x86_64")]
 fn measure_tsc_khz() -> u64 {
     // SAFETY: rdtsc has no preconditions on x86_64.
     let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
