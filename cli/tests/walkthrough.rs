@@ -20,7 +20,10 @@ fn walkthrough(args: &[&str]) {
         eprintln!("skipped: the walkthrough builds a cluster and needs root");
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_swarmkit"))
+    // Bounded: on TERM the walkthrough tears its cluster down and fails, instead of
+    // stalling the whole run.
+    let out = Command::new("timeout")
+        .args(["--kill-after=60", "600", env!("CARGO_BIN_EXE_swarmkit")])
         .current_dir(project_root())
         .env("CI", "true")
         .arg("walkthrough")

@@ -45,6 +45,9 @@ pub struct ManagerClient {
     endpoint: Endpoint,
 }
 
+/// Longer than the manager's plan long-poll (5 s) with room for a loaded machine.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Environment variable that points an agent at a TCP endpoint (`host:port`) instead of the
 /// cluster's unix socket.
 pub const ENV_MANAGER_TCP: &str = "SWARMKIT_MANAGER_TCP";
@@ -98,7 +101,27 @@ impl ManagerClient {
         }
     }
 
+    /// One request, given up after [`REQUEST_TIMEOUT`]: a connection that stalls (seen once
+    /// through an SSH forward into a guest, with both ends still established) must cost an
+    /// agent one retry, not its plan updates for good.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.call_once(method.clone(), uri, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Http {
+                    method,
+                    uri: uri.to_string(),
+                    message: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                })
+            })
+    }
+
+    async fn call_once<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         uri: &str,

@@ -46,9 +46,12 @@ fn skip_reason() -> Option<String> {
     None
 }
 
+/// Every command is bounded, so a hang fails the test instead of stalling CI.
 fn sk(args: &[&str]) -> Output {
     let bin = swarmkit().expect("checked by skip_reason");
-    Command::new(bin)
+    Command::new("timeout")
+        .args(["-k", "5", "240"])
+        .arg(bin)
         .args(args)
         .output()
         .expect("running swarmkit")

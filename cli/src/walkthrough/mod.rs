@@ -169,9 +169,13 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
                 display: &display,
                 snapshot: accepted.as_deref(),
             };
+            // Interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), it still tears down.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 r = session.run() => r.map(Some),
                 _ = tokio::signal::ctrl_c() => Ok(None),
+                _ = term.recv() => Ok(None),
             }
         }
         Err(e) => Err(e),
