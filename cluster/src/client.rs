@@ -23,6 +23,12 @@ pub enum ClientError {
         uri: String,
         message: String,
     },
+    #[error("manager request {method} {uri}: no answer within {after:?}")]
+    Timeout {
+        method: Method,
+        uri: String,
+        after: std::time::Duration,
+    },
     #[error("manager answered {status} to {method} {uri}: {message}")]
     Status {
         status: StatusCode,
@@ -113,10 +119,10 @@ impl ManagerClient {
         tokio::time::timeout(REQUEST_TIMEOUT, self.call_once(method.clone(), uri, body))
             .await
             .unwrap_or_else(|_| {
-                Err(ClientError::Http {
+                Err(ClientError::Timeout {
                     method,
                     uri: uri.to_string(),
-                    message: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    after: REQUEST_TIMEOUT,
                 })
             })
     }

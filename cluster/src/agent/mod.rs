@@ -217,6 +217,11 @@ async fn poll_plans(
                 }
                 epoch = None;
             }
+            Err(e @ ClientError::Timeout { .. }) => {
+                // A request nobody answered (not a manager that is away) is worth seeing.
+                tracing::warn!("plan poll: {e}; polling again");
+                epoch = None;
+            }
             Err(e) => {
                 // The dataplane keeps serving while the manager is away.
                 tracing::debug!("plan poll: {e}");
