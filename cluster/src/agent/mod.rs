@@ -72,7 +72,9 @@ pub struct Agent {
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Several request timeouts long: a stalled connection (see ManagerClient::call) costs
+    // one attempt, not the agent.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         match client
             .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
