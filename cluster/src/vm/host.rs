@@ -54,10 +54,17 @@ async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
         return Ok(path);
     }
     let bytes = tokio::task::spawn_blocking(move || super::image::stripped(&exe)).await??;
+    if bytes.is_empty() {
+        anyhow::bail!("stripping {} gave an empty binary", node.name);
+    }
+    // Only a binary whose bytes arrived whole takes the name the presence check looks for.
+    let sha = super::image::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let out = s
         .exec_with_stdin(
             &format!(
-                "mkdir -p /var/lib/swarmkit/bin && cat > {path}.tmp && chmod 755 {path}.tmp && mv {path}.tmp {path}"
+                "mkdir -p /var/lib/swarmkit/bin && cat > {path}.tmp && \
+                 echo '{sha}  {path}.tmp' | sha256sum -c - >/dev/null && \
+                 chmod 755 {path}.tmp && mv {path}.tmp {path}"
             ),
             &bytes,
         )

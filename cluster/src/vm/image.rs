@@ -610,7 +610,11 @@ fn pack_volume(files: &[Packed], dir: &Path) -> Result<()> {
 /// The binary without debug info (a debug build is ~10x larger, and every byte is
 /// decompressed by an emulated CPU at boot).
 pub(crate) fn stripped(bin: &Path) -> std::io::Result<Vec<u8>> {
-    let tmp = std::env::temp_dir().join(format!("swarmkit-strip-{}", std::process::id()));
+    // One file per call: the host daemon strips for several nodes at once, and a shared
+    // name once let one call read another's half-written output (an empty binary).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("swarmkit-strip-{}-{n}", std::process::id()));
     let st = Command::new("strip")
         .arg("-s")
         .arg("-o")
