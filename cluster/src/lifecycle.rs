@@ -252,10 +252,19 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
     .await
     .with_context(|| format!("see the node logs in {}", paths.run_dir().display()))?;
 
+    record_up(opts, paths, hostnames)
+}
+
+/// Writes the record `cluster ls` reads, once every node of a new cluster is up.
+pub(crate) fn record_up(
+    opts: &UpOptions,
+    paths: &ClusterPaths,
+    nodes: Vec<String>,
+) -> anyhow::Result<ClusterInfo> {
     let info = ClusterInfo {
         name: opts.name.clone(),
         backend: opts.backend.clone(),
-        nodes: hostnames,
+        nodes,
         created: chrono::Utc::now(),
         running: true,
     };

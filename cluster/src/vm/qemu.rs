@@ -172,21 +172,27 @@ pub fn detect_accel(paths: &ClusterPaths, image: &Image) -> Result<String> {
     Ok(accel.to_string())
 }
 
+/// QEMU with no devices, display or reboot of its own, booting `kernel` directly.
+fn headless_guest(kernel: &Path, initrd: &Path) -> Result<Command> {
+    let mut cmd = Command::new(qemu_binary()?);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd);
+    Ok(cmd)
+}
+
 fn probe_kvm(image: &Image) -> Result<bool> {
     let log = std::env::temp_dir().join(format!("swarmkit-kvm-probe-{}.log", std::process::id()));
-    let mut child = Command::new(qemu_binary()?)
+    let mut child = headless_guest(&image.vmlinux, &image.initramfs)?
         .args(["-accel", "kvm", "-cpu", "host", "-m", "256M", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&image.vmlinux)
-        .arg("-initrd")
-        .arg(&image.initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet sk.probe=1"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
@@ -348,23 +354,12 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     let log = std::fs::File::create(paths.log_file(&format!("{}.qemu", spec.name)))
         .map_err(io("qemu log"))?;
     let cpu = if spec.accel == "kvm" { "host" } else { TCG_CPU };
-    let mut cmd = Command::new(qemu_binary()?);
+    let mut cmd = headless_guest(&spec.image.vmlinux, &initrd)?;
     cmd.args(["-name", &format!("sk-{}-{}", paths.name, spec.name)])
         .args(["-M", machine.name])
         .args([
             "-accel", spec.accel, "-cpu", cpu, "-smp", "1", "-m", GUEST_MEM,
         ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&spec.image.vmlinux)
-        .arg("-initrd")
-        .arg(&initrd)
         .args(["-append", &cmdline])
         .args([
             "-chardev",

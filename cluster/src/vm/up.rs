@@ -99,15 +99,7 @@ async fn bare(
         Ok::<_, anyhow::Error>(())
     });
     futures::future::try_join_all(waits).await?;
-    let info = ClusterInfo {
-        name: opts.name.clone(),
-        backend: opts.backend.clone(),
-        nodes: nodes.iter().map(|n| n.name.clone()).collect(),
-        created: chrono::Utc::now(),
-        running: true,
-    };
-    crate::lifecycle::write_atomically(&paths.info_file(), &serde_json::to_vec_pretty(&info)?)?;
-    Ok(info)
+    crate::lifecycle::record_up(opts, paths, nodes.iter().map(|n| n.name.clone()).collect())
 }
 
 /// `cluster up --backend ssh --inventory FILE`: the manager here, agents on existing hosts.
@@ -173,16 +165,7 @@ async fn finish(
         }
     });
     futures::future::try_join_all(waits).await?;
-
-    let info = ClusterInfo {
-        name: opts.name.clone(),
-        backend: opts.backend.clone(),
-        nodes: hostnames,
-        created: chrono::Utc::now(),
-        running: true,
-    };
-    crate::lifecycle::write_atomically(&paths.info_file(), &serde_json::to_vec_pretty(&info)?)?;
-    Ok(info)
+    crate::lifecycle::record_up(opts, paths, hostnames)
 }
 
 async fn node_ready(client: &ManagerClient, hostname: &str) -> bool {
