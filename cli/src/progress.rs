@@ -259,6 +259,8 @@ fn check_failures(
 
 /// Draws snapshots: in place on a terminal, only the last one otherwise.
 struct Screen {
+    /// `--quiet`: wait as usual, print nothing.
+    quiet: bool,
     tty: bool,
     drawn: usize,
     last: Vec<String>,
@@ -267,7 +269,7 @@ struct Screen {
 impl Screen {
     fn show(&mut self, lines: &[String]) -> std::io::Result<()> {
         self.last = lines.to_vec();
-        if !self.tty {
+        if !self.tty || self.quiet {
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
@@ -283,6 +285,9 @@ impl Screen {
 
     /// Prints the final lines plus `extra`, which is appended below the redrawn block.
     fn finish(&mut self, extra: Option<&str>) -> std::io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         if !self.tty {
             for line in &self.last {
@@ -296,9 +301,11 @@ impl Screen {
     }
 }
 
-/// Polls the manager until every task of the service runs, drawing progress on stdout.
-pub async fn converge(api: &Api, service_id: &str) -> anyhow::Result<()> {
+/// Polls the manager until every task of the service runs, drawing progress on stdout unless
+/// `quiet` (docker's `--quiet` still waits; only `--detach` does not).
+pub async fn converge(api: &Api, service_id: &str, quiet: bool) -> anyhow::Result<()> {
     let mut screen = Screen {
+        quiet,
         tty: std::io::stdout().is_terminal(),
         drawn: 0,
         last: Vec::new(),

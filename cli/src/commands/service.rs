@@ -274,8 +274,8 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
     warn(created.warnings);
     let id = created.id.unwrap_or_default();
     println!("{id}");
-    if !args.detach && !args.quiet {
-        progress::converge(api, &id).await?;
+    if !args.detach {
+        progress::converge(api, &id, args.quiet).await?;
     }
     Ok(0)
 }
@@ -526,7 +526,7 @@ async fn scale(api: &Api, targets: Vec<(String, u64)>, detach: bool) -> anyhow::
     }
     if !detach {
         for id in scaled {
-            progress::converge(api, &id).await?;
+            progress::converge(api, &id, false).await?;
         }
     }
     Ok(code)
@@ -582,8 +582,8 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
     })
     .await?;
     println!("{}", args.service);
-    if !args.detach && !args.quiet {
-        progress::converge(api, &id).await?;
+    if !args.detach {
+        progress::converge(api, &id, args.quiet).await?;
     }
     Ok(0)
 }
