@@ -203,6 +203,9 @@ pub struct Node {
     pub state: NodeState,
     pub leader: bool,
     pub lb_driver: String,
+    /// Where the routing mesh balances on this node: "sandbox" or "node".
+    #[serde(default)]
+    pub mesh: String,
     pub kernel: String,
     /// This node's address on the ingress network (its ingress sandbox).
     pub ingress_addr: Ipv4Net,

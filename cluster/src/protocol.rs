@@ -15,6 +15,9 @@ pub struct RegisterRequest {
     pub hostname: String,
     pub addr: Ipv4Addr,
     pub lb_driver: String,
+    /// Where the routing mesh balances on this node (netcore::ingress::MeshLayout).
+    #[serde(default)]
+    pub mesh: String,
     pub kernel: String,
 }
 

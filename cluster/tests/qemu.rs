@@ -206,6 +206,12 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         "8080:80",
         "traefik/whoami",
     ]);
+    // On a guest the mesh balances in the node's own IPVS, so plain `ipvsadm -Ln` shows it.
+    let exec = |node: &str, cmd: &[&str]| {
+        let mut args = vec!["--cluster", &name, "node", "exec", node, "--"];
+        args.extend_from_slice(cmd);
+        ok(&args)
+    };
     let ipvs = poll(
         "three IPVS backends on node1",
         Duration::from_secs(60),
@@ -215,8 +221,6 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
                 &name,
                 "node",
                 "exec",
-                "--netns",
-                "ingress_sbox",
                 "node1",
                 "--",
                 "ipvsadm",
@@ -226,8 +230,68 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
             (text.matches("Masq").count() == 3).then_some(text)
         },
     );
-    eprintln!("node1 ingress_sbox ipvsadm -Ln:\n{ipvs}");
+    eprintln!("node1 ipvsadm -Ln:\n{ipvs}");
     assert!(ipvs.contains("FWM"), "{ipvs}");
+    let sandbox_ipvs = ok(&[
+        "--cluster",
+        &name,
+        "node",
+        "exec",
+        "--netns",
+        "ingress_sbox",
+        "node1",
+        "--",
+        "ipvsadm",
+        "-Ln",
+    ]);
+    assert!(
+        !sandbox_ipvs.contains("FWM"),
+        "the sandbox only routes in this layout:\n{sandbox_ipvs}"
+    );
+
+    // That table serves both paths into the mesh, round-robin over the three tasks: a
+    // neighbour calling node1's address, and node1's own localhost (hairpinned through the
+    // sandbox).
+    let node1_addr = node.addr.addr().to_string();
+    let hostnames = |out: String| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("Hostname: "))
+            .map(str::to_string)
+            .collect()
+    };
+    let three_calls =
+        |url: String| format!("for i in 1 2 3; do curl -s -m 10 {url} || exit 1; done");
+    let mut remote = hostnames(exec(
+        "node2",
+        &[
+            "sh",
+            "-c",
+            &three_calls(format!("http://{node1_addr}:8080/")),
+        ],
+    ));
+    let mut local = hostnames(exec(
+        "node1",
+        &["sh", "-c", &three_calls("http://127.0.0.1:8080/".into())],
+    ));
+    for calls in [&mut remote, &mut local] {
+        calls.sort();
+        calls.dedup();
+        assert_eq!(calls.len(), 3, "each call a different task: {calls:?}");
+    }
+    let conns = exec("node1", &["ipvsadm", "-Lnc"]);
+    eprintln!("node1 ipvsadm -Lnc:\n{conns}");
+    let node2_addr = cluster::vm::qemu::load_node(&paths, "node2")
+        .unwrap()
+        .addr
+        .addr()
+        .to_string();
+    for from in [format!("{node2_addr}:"), "172.18.255.254:".to_string()] {
+        assert_eq!(
+            conns.matches(&from).count(),
+            3,
+            "three connections from {from} in node1's IPVS:\n{conns}"
+        );
+    }
     let missing = sk(&[
         "--cluster",
         &name,
@@ -245,21 +309,6 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         err.contains("it has:") && err.contains("ingress_sbox"),
         "{err}"
     );
-    let body = ok(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "node3",
-        "--",
-        "curl",
-        "-s",
-        "-m",
-        "10",
-        "http://127.0.0.1:8080/",
-    ]);
-    assert!(body.contains("Hostname:"), "{body}");
-
     let t = Instant::now();
     ok(&["cluster", "down", &name]);
     eprintln!("cluster down: {:.2}s", t.elapsed().as_secs_f64());

@@ -1,13 +1,29 @@
 //! The node half of the routing mesh: every published port answers on the node's own
-//! addresses and on localhost by DNATing to the ingress sandbox, where the load balancer's
-//! `Frontend::Port` picks a task. Always nftables, table `ip swarmkit-ingress` in the node
-//! namespace.
+//! addresses and on localhost. Two layouts, chosen per node (`MeshLayout`):
+//!
+//! **Sandbox** (Docker's): the node DNATs published ports to the ingress sandbox, where the
+//! load balancer's `Frontend::Port` picks a task. Table `ip swarmkit-ingress` in the node:
 //!
 //! ```text
 //! set published { inet_proto . inet_service }
 //! chain prerouting  nat/prerouting  fib daddr type local meta l4proto . th dport @published dnat to SANDBOX
 //! chain output      nat/output      fib daddr type local meta l4proto . th dport @published dnat to SANDBOX
 //! chain postrouting nat/postrouting ip saddr 127.0.0.0/8 oifname GW masquerade
+//! ```
+//!
+//! **Node**: the node's own IPVS picks the task (so `ipvsadm -Ln` on the node shows the mesh,
+//! and its counters count every connection), and the sandbox is only the router into the
+//! ingress network. The node keeps the output and postrouting chains above but not the
+//! prerouting one. IPVS refuses to forward a packet whose source is loopback, so locally
+//! generated traffic takes a hairpin: DNAT to the sandbox, which sends it straight back to the
+//! node from `HAIRPIN`, an address nobody owns that the node routes to the sandbox. Table
+//! `ip swarmkit-mesh` in the sandbox (`SandboxRouter`):
+//!
+//! ```text
+//! set published { inet_proto . inet_service }
+//! chain prerouting  nat/prerouting  iifname GW ip daddr SANDBOX meta l4proto . th dport @published dnat to NODE
+//! chain postrouting nat/postrouting oifname GW ip daddr NODE snat to HAIRPIN
+//!                                   iifname GW oifname INGRESS masquerade
 //! ```
 //!
 //! Localhost works without Docker's userland proxy: route_localnet lets a 127.0.0.1-sourced
@@ -17,20 +33,54 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use nftables::expr::{Expression, Fib, FibFlag, FibResult, MetaKey, NamedExpression, Prefix};
+use nftables::expr::{Expression, MetaKey, NamedExpression, Prefix};
 use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{NAT, Statement};
 use nftables::types::{NfChainType, NfHook};
 
 use crate::lb::nftbatch::{
-    NftBatch, PRIO_DSTNAT, PRIO_SRCNAT, eq, ip, meta, payload, pkt_proto_port, proto_port, s,
-    set_ref,
+    NftBatch, PRIO_DSTNAT, PRIO_SRCNAT, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port,
+    proto_port, s, set_ref,
 };
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
 
 pub const TABLE: &str = "swarmkit-ingress";
+pub const SANDBOX_TABLE: &str = "swarmkit-mesh";
 const PUBLISHED: &str = "published";
+
+/// Where the routing mesh balances a node's published ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshLayout {
+    /// In the ingress sandbox, as Docker does. For nodes whose namespace is not the project's
+    /// alone: a netns node shares the host's kernel, an ssh node is the user's own host.
+    Sandbox,
+    /// In the node's own namespace, with IPVS; for nodes the project owns whole (QEMU guests).
+    Node,
+}
+
+impl std::fmt::Display for MeshLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeshLayout::Sandbox => "sandbox",
+            MeshLayout::Node => "node",
+        })
+    }
+}
+
+impl std::str::FromStr for MeshLayout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sandbox" => Ok(MeshLayout::Sandbox),
+            "node" => Ok(MeshLayout::Node),
+            other => Err(format!(
+                "unknown mesh layout {other:?} (expected \"sandbox\" or \"node\")"
+            )),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublishedPort {
@@ -38,25 +88,68 @@ pub struct PublishedPort {
     pub port: u16,
 }
 
-/// Every published port answers on the node's own addresses and on localhost: PREROUTING
-/// `fib daddr type local` + OUTPUT (locally generated, including to 127.0.0.1) DNAT
-/// proto/port -> sandbox_addr:port; POSTROUTING masquerade when the source is 127.0.0.0/8 and
-/// the packet leaves via gw_ifname. Sets route_localnet=1 and ip_forward=1 in the node
-/// namespace. Delta-applied like the load balancer.
+/// The batch that takes a table's `published` set from `applied` to `ports`; with nothing
+/// applied yet, `skeleton` (re)creates the table first.
+fn published_delta(
+    table: &str,
+    applied: &Option<BTreeSet<PublishedPort>>,
+    ports: &[PublishedPort],
+    skeleton: impl FnOnce(&mut NftBatch),
+) -> NftBatch {
+    let want: BTreeSet<PublishedPort> = ports.iter().copied().collect();
+    let mut b = NftBatch::new(table);
+    let empty = BTreeSet::new();
+    let have = match applied {
+        Some(have) => have,
+        None => {
+            b.recreate_table();
+            b.add_set(
+                PUBLISHED,
+                SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
+            );
+            skeleton(&mut b);
+            &empty
+        }
+    };
+    for p in have.difference(&want) {
+        b.delete_element(PUBLISHED, proto_port(p.proto, p.port));
+    }
+    for p in want.difference(have) {
+        b.add_element(PUBLISHED, proto_port(p.proto, p.port));
+    }
+    b
+}
+
+fn dnat_to(addr: Ipv4Addr) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(ip(addr)),
+        family: None,
+        port: None,
+        flags: None,
+    }))
+}
+
+/// Every published port answers on the node's own addresses and on localhost: OUTPUT
+/// (locally generated, including to 127.0.0.1) and, in the sandbox layout, PREROUTING
+/// `fib daddr type local` DNAT proto/port -> sandbox_addr:port; POSTROUTING masquerade when
+/// the source is 127.0.0.0/8 and the packet leaves via gw_ifname. Sets route_localnet=1 and
+/// ip_forward=1 in the node namespace. Delta-applied like the load balancer.
 pub struct NodeIngress {
     node: NetNs,
     sandbox_addr: Ipv4Addr,
     gw_ifname: String,
+    layout: MeshLayout,
     applied: Option<BTreeSet<PublishedPort>>,
     last_commands: usize,
 }
 
 impl NodeIngress {
-    pub fn new(node: NetNs, sandbox_addr: Ipv4Addr, gw_ifname: &str) -> Self {
+    pub fn new(node: NetNs, sandbox_addr: Ipv4Addr, gw_ifname: &str, layout: MeshLayout) -> Self {
         NodeIngress {
             node,
             sandbox_addr,
             gw_ifname: gw_ifname.to_string(),
+            layout,
             applied: None,
             last_commands: 0,
         }
@@ -64,54 +157,27 @@ impl NodeIngress {
 
     /// The batch that takes the node from what was applied last to `ports`.
     pub fn plan(&self, ports: &[PublishedPort]) -> NftBatch {
-        let want: BTreeSet<PublishedPort> = ports.iter().copied().collect();
-        let mut b = NftBatch::new(TABLE);
-        let empty = BTreeSet::new();
-        let have = match &self.applied {
-            Some(have) => have,
-            None => {
-                self.create_skeleton(&mut b);
-                &empty
-            }
-        };
-        for p in have.difference(&want) {
-            b.delete_element(PUBLISHED, proto_port(p.proto, p.port));
-        }
-        for p in want.difference(have) {
-            b.add_element(PUBLISHED, proto_port(p.proto, p.port));
-        }
-        b
+        published_delta(TABLE, &self.applied, ports, |b| self.create_skeleton(b))
     }
 
     fn create_skeleton(&self, b: &mut NftBatch) {
-        b.recreate_table();
-        b.add_set(
-            PUBLISHED,
-            SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
-        );
-        let local = Expression::Named(NamedExpression::Fib(Fib {
-            result: FibResult::Type,
-            flags: [FibFlag::Daddr].into_iter().collect(),
-        }));
         let to_sandbox = || {
             vec![
-                eq(local.clone(), s("local")),
+                eq(fib_daddr_type(), s("local")),
                 eq(pkt_proto_port(), set_ref(PUBLISHED)),
-                Statement::DNAT(Some(NAT {
-                    addr: Some(ip(self.sandbox_addr)),
-                    family: None,
-                    port: None,
-                    flags: None,
-                })),
+                dnat_to(self.sandbox_addr),
             ]
         };
-        b.add_base_chain(
-            "prerouting",
-            NfChainType::NAT,
-            NfHook::Prerouting,
-            PRIO_DSTNAT,
-        );
-        b.add_rule("prerouting", to_sandbox());
+        // In the node layout, traffic from outside stays here for the node's IPVS.
+        if self.layout == MeshLayout::Sandbox {
+            b.add_base_chain(
+                "prerouting",
+                NfChainType::NAT,
+                NfHook::Prerouting,
+                PRIO_DSTNAT,
+            );
+            b.add_rule("prerouting", to_sandbox());
+        }
         b.add_base_chain("output", NfChainType::NAT, NfHook::Output, PRIO_DSTNAT);
         b.add_rule("output", to_sandbox());
         b.add_base_chain(
@@ -166,6 +232,122 @@ impl NodeIngress {
     }
 }
 
+/// The sandbox's side of the node layout: it routes the node's IPVS traffic into the ingress
+/// network (masquerading it, so tasks on any node answer through here) and bounces the
+/// node's own published-port traffic back to it from `hairpin`. The node must route the
+/// ingress subnet and `hairpin` via the sandbox. Delta-applied like `NodeIngress`.
+pub struct SandboxRouter {
+    sandbox: NetNs,
+    addrs: RouterAddrs,
+    applied: Option<BTreeSet<PublishedPort>>,
+    last_commands: usize,
+}
+
+/// Addresses and interface names of the link between a node and its ingress sandbox.
+#[derive(Clone, Debug)]
+pub struct RouterAddrs {
+    /// The node's end of the link.
+    pub node: Ipv4Addr,
+    /// The sandbox's end of the link.
+    pub sandbox: Ipv4Addr,
+    /// Source of hairpinned traffic: owned by neither end, routed by the node to the sandbox.
+    pub hairpin: Ipv4Addr,
+    /// The sandbox's interface towards the node.
+    pub gw_ifname: String,
+    /// The sandbox's interface on the ingress network.
+    pub ingress_ifname: String,
+}
+
+impl SandboxRouter {
+    pub fn new(sandbox: NetNs, addrs: RouterAddrs) -> Self {
+        SandboxRouter {
+            sandbox,
+            addrs,
+            applied: None,
+            last_commands: 0,
+        }
+    }
+
+    pub fn plan(&self, ports: &[PublishedPort]) -> NftBatch {
+        published_delta(SANDBOX_TABLE, &self.applied, ports, |b| {
+            self.create_skeleton(b)
+        })
+    }
+
+    fn create_skeleton(&self, b: &mut NftBatch) {
+        let a = &self.addrs;
+        b.add_base_chain(
+            "prerouting",
+            NfChainType::NAT,
+            NfHook::Prerouting,
+            PRIO_DSTNAT,
+        );
+        b.add_rule(
+            "prerouting",
+            vec![
+                eq(meta(MetaKey::Iifname), s(&a.gw_ifname)),
+                eq(payload("ip", "daddr"), ip(a.sandbox)),
+                eq(pkt_proto_port(), set_ref(PUBLISHED)),
+                dnat_to(a.node),
+            ],
+        );
+        b.add_base_chain(
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            PRIO_SRCNAT,
+        );
+        // Only hairpinned connections are new ones going back to the node.
+        b.add_rule(
+            "postrouting",
+            vec![
+                eq(meta(MetaKey::Oifname), s(&a.gw_ifname)),
+                eq(payload("ip", "daddr"), ip(a.node)),
+                Statement::SNAT(Some(NAT {
+                    addr: Some(ip(a.hairpin)),
+                    family: None,
+                    port: None,
+                    flags: None,
+                })),
+            ],
+        );
+        b.add_rule(
+            "postrouting",
+            vec![
+                eq(meta(MetaKey::Iifname), s(&a.gw_ifname)),
+                eq(meta(MetaKey::Oifname), s(&a.ingress_ifname)),
+                Statement::Masquerade(None),
+            ],
+        );
+    }
+
+    pub fn apply(&mut self, ports: &[PublishedPort]) -> Result<(), LbError> {
+        let batch = self.plan(ports);
+        if self.applied.is_none() {
+            self.sandbox.set_sysctl("net/ipv4/ip_forward", "1")?;
+            // The hairpin leaves by the interface it came in on; that is intended, not a
+            // better route to tell the node about.
+            self.sandbox
+                .set_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
+            self.sandbox.set_sysctl(
+                &format!("net/ipv4/conf/{}/send_redirects", self.addrs.gw_ifname),
+                "0",
+            )?;
+        }
+        if let Err(e) = batch.run(&self.sandbox) {
+            self.applied = None;
+            return Err(e);
+        }
+        self.last_commands = batch.len();
+        self.applied = Some(ports.iter().copied().collect());
+        Ok(())
+    }
+
+    pub fn last_apply_commands(&self) -> usize {
+        self.last_commands
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +358,7 @@ mod tests {
             NetNs::of_pid(std::process::id()).unwrap(),
             Ipv4Addr::new(172, 18, 0, 2),
             "gw0",
+            MeshLayout::Sandbox,
         );
         let first = ing.plan(&[PublishedPort {
             proto: Protocol::Tcp,
@@ -207,5 +390,51 @@ mod tests {
             port: 80,
         }]);
         assert_eq!(swap.len(), 2);
+    }
+    fn tcp(port: u16) -> PublishedPort {
+        PublishedPort {
+            proto: Protocol::Tcp,
+            port,
+        }
+    }
+
+    #[test]
+    fn node_layout_leaves_traffic_from_outside_to_the_node() {
+        let ing = NodeIngress::new(
+            NetNs::of_pid(std::process::id()).unwrap(),
+            Ipv4Addr::new(172, 18, 0, 2),
+            "gw0",
+            MeshLayout::Node,
+        );
+        let json = ing.plan(&[tcp(80)]).to_json().unwrap();
+        assert!(!json.contains(r#""hook":"prerouting""#), "{json}");
+        assert!(json.contains(r#""hook":"output""#), "{json}");
+        assert!(json.contains(r#""dnat":{"addr":"172.18.0.2"}"#), "{json}");
+    }
+
+    #[test]
+    fn sandbox_router_hairpins_to_the_node_and_masquerades_into_ingress() {
+        let mut router = SandboxRouter::new(
+            NetNs::of_pid(std::process::id()).unwrap(),
+            RouterAddrs {
+                node: Ipv4Addr::new(172, 18, 0, 1),
+                sandbox: Ipv4Addr::new(172, 18, 0, 2),
+                hairpin: Ipv4Addr::new(172, 18, 255, 254),
+                gw_ifname: "eth1".into(),
+                ingress_ifname: "eth0".into(),
+            },
+        );
+        let json = router.plan(&[tcp(80)]).to_json().unwrap();
+        assert!(json.contains(r#""table":"swarmkit-mesh""#), "{json}");
+        assert!(json.contains(r#""dnat":{"addr":"172.18.0.1"}"#), "{json}");
+        assert!(
+            json.contains(r#""snat":{"addr":"172.18.255.254"}"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""masquerade""#), "{json}");
+
+        router.applied = Some([tcp(80)].into());
+        assert!(router.plan(&[tcp(80)]).is_empty());
+        assert_eq!(router.plan(&[tcp(80), tcp(81)]).len(), 1);
     }
 }

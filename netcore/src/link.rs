@@ -350,11 +350,16 @@ impl Links {
 
     /// Default route via `gateway` (replaces any existing default).
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        self.add_route_via(Ipv4Net::default(), gateway).await
+    }
+
+    /// Adds (or replaces) the route `dst via gateway`.
+    pub async fn add_route_via(&self, dst: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .destination_prefix(dst.network(), dst.prefix_len())
             .gateway(gateway)
             .build();
-        let subject = format!("default via {gateway}");
+        let subject = format!("{dst} via {gateway}");
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         let msg = RouteNetlinkMessage::NewRoute(msg);
         self.change("add route", &subject, msg, flags, &[]).await

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netcore::ingress::{NodeIngress, PublishedPort};
+use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort};
 use netcore::lb::{self, Driver, Frontend, Protocol, VirtualService};
 use netcore::netns::NetNs;
 
@@ -305,7 +305,12 @@ fn routing_mesh_from_localhost_and_neighbour() {
         backends: (0..3).map(backend).collect(),
     };
     sandbox_lb.apply(std::slice::from_ref(&published)).unwrap();
-    let mut ingress = NodeIngress::new(mesh.node.clone(), Ipv4Addr::new(172, 31, 1, 2), "gw0");
+    let mut ingress = NodeIngress::new(
+        mesh.node.clone(),
+        Ipv4Addr::new(172, 31, 1, 2),
+        "gw0",
+        MeshLayout::Sandbox,
+    );
     let ports = [PublishedPort {
         proto: Protocol::Tcp,
         port: PUBLISHED,

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use netcore::dns::{Answer, View};
-use netcore::ingress::{NodeIngress, PublishedPort};
+use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort, RouterAddrs, SandboxRouter};
 use netcore::lb::{self, Driver, Frontend, LoadBalancer, VirtualService};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
@@ -19,6 +19,12 @@ use crate::plan::{AttachmentPlan, NetworkPlan, NodePlan, TaskPlan};
 const GW_IFNAME: &str = "docker_gwbridge";
 const GW_NODE: &str = "172.18.0.1/16";
 const GW_SANDBOX: &str = "172.18.0.2/16";
+/// The ingress sandbox's interfaces, named as in Docker's ingress_sbox.
+const SBOX_GW_IFNAME: &str = "eth1";
+const SBOX_INGRESS_IFNAME: &str = "eth0";
+/// Source of the node layout's hairpinned traffic (see netcore::ingress): on the gateway
+/// subnet's far end, which Docker never hands out first, and assigned to nobody.
+const GW_HAIRPIN: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 254);
 
 struct Sandbox {
     ns: NetNs,
@@ -26,8 +32,11 @@ struct Sandbox {
 }
 
 struct Ingress {
+    /// Balances the published ports: in the sandbox, or in the node in the node layout.
     lb: Box<dyn LoadBalancer>,
     node_rules: NodeIngress,
+    /// The node layout's router into the ingress network.
+    router: Option<SandboxRouter>,
 }
 
 pub struct Dataplane {
@@ -36,6 +45,7 @@ pub struct Dataplane {
     node: NetNs,
     vtep: Ipv4Addr,
     driver: Driver,
+    mesh: MeshLayout,
     sandboxes: HashMap<String, Sandbox>,
     ingress: Option<Ingress>,
 }
@@ -66,6 +76,7 @@ impl Dataplane {
         node: NetNs,
         vtep: Ipv4Addr,
         driver: Driver,
+        mesh: MeshLayout,
     ) -> Self {
         Dataplane {
             paths,
@@ -73,6 +84,7 @@ impl Dataplane {
             node,
             vtep,
             driver,
+            mesh,
             sandboxes: HashMap::new(),
             ingress: None,
         }
@@ -140,8 +152,15 @@ impl Dataplane {
             let sbox = NetNs::create(&self.paths.ingress_sbox_ns(&self.hostname))?;
             let gw_node: Ipv4Net = GW_NODE.parse()?;
             let gw_sbox: Ipv4Net = GW_SANDBOX.parse()?;
-            netcore::underlay::link_pair(&self.node, GW_IFNAME, gw_node, &sbox, "eth1", gw_sbox)
-                .await?;
+            netcore::underlay::link_pair(
+                &self.node,
+                GW_IFNAME,
+                gw_node,
+                &sbox,
+                SBOX_GW_IFNAME,
+                gw_sbox,
+            )
+            .await?;
             // Replies to clients on the underlay (or to the node's own address) leave the
             // way docker's ingress-sbox sends them: back through the gateway bridge.
             netcore::link::Links::new(&sbox)?
@@ -152,14 +171,43 @@ impl Dataplane {
                 &sbox,
                 &AttachmentPlan {
                     network_id: ing.network_id.clone(),
-                    ifname: "eth0".into(),
+                    ifname: SBOX_INGRESS_IFNAME.into(),
                     addr: ing.sandbox_addr,
                 },
             )
             .await?;
+            let (lb, router) = match self.mesh {
+                MeshLayout::Sandbox => (lb::new(self.driver, sbox), None),
+                MeshLayout::Node => {
+                    let links = netcore::link::Links::new(&self.node)?;
+                    links
+                        .add_route_via(ing.sandbox_addr.trunc(), gw_sbox.addr())
+                        .await?;
+                    links
+                        .add_route_via(Ipv4Net::from(GW_HAIRPIN), gw_sbox.addr())
+                        .await?;
+                    let router = SandboxRouter::new(
+                        sbox,
+                        RouterAddrs {
+                            node: gw_node.addr(),
+                            sandbox: gw_sbox.addr(),
+                            hairpin: GW_HAIRPIN,
+                            gw_ifname: SBOX_GW_IFNAME.into(),
+                            ingress_ifname: SBOX_INGRESS_IFNAME.into(),
+                        },
+                    );
+                    (lb::new(self.driver, self.node.clone()), Some(router))
+                }
+            };
             self.ingress = Some(Ingress {
-                lb: lb::new(self.driver, sbox),
-                node_rules: NodeIngress::new(self.node.clone(), gw_sbox.addr(), GW_IFNAME),
+                lb,
+                node_rules: NodeIngress::new(
+                    self.node.clone(),
+                    gw_sbox.addr(),
+                    GW_IFNAME,
+                    self.mesh,
+                ),
+                router,
             });
         }
         let ingress = self.ingress.as_mut().expect("set above");
@@ -191,6 +239,10 @@ impl Dataplane {
             })
             .collect();
         tokio::task::block_in_place(|| -> anyhow::Result<()> {
+            // Routes before marks: the node's IPVS forwards through the sandbox.
+            if let Some(router) = &mut ingress.router {
+                router.apply(&published)?;
+            }
             ingress.lb.apply(&services)?;
             ingress.node_rules.apply(&published)?;
             Ok(())

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use netcore::dns::{Resolver, ServeHandle};
+use netcore::ingress::MeshLayout;
 use netcore::lb::{self, Driver, LoadBalancer};
 use netcore::netns::NetNs;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +32,9 @@ pub const ENV_LB: &str = "SWARMKIT_LB";
 /// `self` when the node is the machine itself (a VM guest or a remote host) rather than a
 /// named namespace on the host.
 pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
+/// Where the routing mesh balances: "node" where the node's namespace is the project's alone
+/// (QEMU guests), else "sandbox" (the default).
+pub const ENV_MESH: &str = "SWARMKIT_MESH";
 
 /// How long a task may take to start listening before the agent says so in its log; it keeps
 /// checking after that, since a loaded machine can be that slow.
@@ -103,6 +107,19 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         Some(d) => d.parse::<Driver>().map_err(|e| anyhow::anyhow!("{e}"))?,
         None => lb::probe(),
     };
+    let mesh = match std::env::var(ENV_MESH).ok().filter(|s| !s.is_empty()) {
+        Some(m) => m
+            .parse::<MeshLayout>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => MeshLayout::Sandbox,
+    };
+    // Balancing in the node is what makes `ipvsadm -Ln` on the node show the mesh; with the
+    // nftables driver nothing is gained by leaving Docker's layout.
+    let mesh = if driver == Driver::Ipvs {
+        mesh
+    } else {
+        MeshLayout::Sandbox
+    };
     let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
         Ok(addr) => ManagerClient::tcp(&addr),
         Err(_) => ManagerClient::new(&paths.manager_socket()),
@@ -111,18 +128,26 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         hostname: hostname.to_string(),
         addr: vtep,
         lb_driver: driver.to_string(),
+        mesh: mesh.to_string(),
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
     let node_id = register(&client, &req).await?;
-    tracing::info!(node_id, hostname, %driver, "registered");
+    tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
     let (plan_tx, mut plan_rx) = watch::channel::<Option<NodePlan>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
-        dataplane: dataplane::Dataplane::new(paths.clone(), hostname, node.clone(), vtep, driver),
+        dataplane: dataplane::Dataplane::new(
+            paths.clone(),
+            hostname,
+            node.clone(),
+            vtep,
+            driver,
+            mesh,
+        ),
         paths,
         client,
         host_ports: netcore::hostport::HostPorts::new(node.clone()),

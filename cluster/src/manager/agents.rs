@@ -33,6 +33,7 @@ pub async fn register(
                 n.addr = req.addr;
                 n.state = NodeState::Ready;
                 n.lb_driver = req.lb_driver.clone();
+                n.mesh = req.mesh.clone();
                 n.kernel = req.kernel.clone();
                 n.updated = now;
                 n
@@ -54,6 +55,7 @@ pub async fn register(
                     state: NodeState::Ready,
                     leader: !s.nodes.values().any(|n| n.leader),
                     lb_driver: req.lb_driver.clone(),
+                    mesh: req.mesh.clone(),
                     kernel: req.kernel.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,
                 }

@@ -16,6 +16,9 @@ use crate::model::{Node, NodeState};
 
 /// Engine label naming the load-balancer driver the node's agent uses.
 pub const LB_DRIVER_LABEL: &str = "swarmkit.lb-driver";
+/// Engine label naming where the node's routing mesh balances: `sandbox` (in ingress_sbox, as
+/// Docker does) or `node` (the node's own IPVS).
+pub const MESH_LABEL: &str = "swarmkit.mesh";
 /// Engine label saying whether the node's agent has applied a plan since it registered
 /// (`ready`) or not yet (`pending`): `cluster up` returns once every node's is ready.
 pub const DATAPLANE_LABEL: &str = "swarmkit.dataplane";
@@ -48,6 +51,7 @@ pub fn to_api(n: &Node, applied: u64) -> ApiNode {
                 engine_version: Some(ENGINE_VERSION.into()),
                 labels: Some(HashMap::from([
                     (LB_DRIVER_LABEL.to_string(), n.lb_driver.clone()),
+                    (MESH_LABEL.to_string(), n.mesh.clone()),
                     (
                         DATAPLANE_LABEL.to_string(),
                         if applied > 0 { "ready" } else { "pending" }.to_string(),

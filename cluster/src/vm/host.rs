@@ -83,13 +83,20 @@ async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
 fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     let run = format!("/run/swarmkit/{cluster}");
     let mut env = vec![
-        ("SWARMKIT_NODE_NS", "self".to_string()),
-        ("SWARMKIT_MANAGER_TCP", format!("127.0.0.1:{MANAGER_PORT}")),
-        ("SWARMKIT_NODE_ADDR", node.addr.addr().to_string()),
+        (crate::agent::ENV_NODE_NS, "self".to_string()),
+        (
+            crate::client::ENV_MANAGER_TCP,
+            format!("127.0.0.1:{MANAGER_PORT}"),
+        ),
+        (crate::agent::ENV_NODE_ADDR, node.addr.addr().to_string()),
         (crate::paths::OWNER_ENV, cluster.to_string()),
     ];
     if let Some(lb) = &node.lb {
-        env.push(("SWARMKIT_LB", lb.clone()));
+        env.push((crate::agent::ENV_LB, lb.clone()));
+    }
+    // A guest's namespace is the project's alone; a host's (ssh backend) is its owner's.
+    if node.pid.is_some() {
+        env.push((crate::agent::ENV_MESH, "node".to_string()));
     }
     // Agents log at the level the cluster was brought up with, as they do on netns nodes.
     if let Ok(filter) = std::env::var("RUST_LOG") {

@@ -8,7 +8,7 @@
 //!   map port_marks { inet_proto . inet_service : mark }  tcp . 80  -> fwmark
 //!   set masq_marks { mark }                              fwmarks of Port frontends
 //!   chain output      route/output      meta l4proto {tcp,udp} meta mark set ip daddr map @vip_marks
-//!   chain prerouting  filter/prerouting meta mark set meta l4proto . th dport map @port_marks
+//!   chain prerouting  filter/prerouting fib daddr type local meta mark set meta l4proto . th dport map @port_marks
 //!   chain postrouting nat/postrouting   meta mark @masq_marks masquerade
 //! ```
 //!
@@ -26,8 +26,8 @@ use nftables::types::{NfChainType, NfHook};
 use super::genl::GenlSocket;
 use super::ipvs_msg::{Dest, IPVS_GENL_NAME, IpvsRequest};
 use super::nftbatch::{
-    NftBatch, PRIO_MANGLE, PRIO_SRCNAT, eq, ip, mapping, meta, num, payload, pkt_proto_port,
-    proto_port, s, set_ref,
+    NftBatch, PRIO_MANGLE, PRIO_SRCNAT, eq, fib_daddr_type, ip, mapping, meta, num, payload,
+    pkt_proto_port, proto_port, s, set_ref,
 };
 use super::{
     Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
@@ -217,7 +217,12 @@ fn create_skeleton(b: &mut NftBatch) {
     );
     b.add_rule(
         "prerouting",
-        vec![set_mark(map_lookup(pkt_proto_port(), PORT_MARKS))],
+        // Only traffic addressed to this namespace: a node balancing its own mesh also
+        // forwards traffic, and that is not the service's.
+        vec![
+            eq(fib_daddr_type(), s("local")),
+            set_mark(map_lookup(pkt_proto_port(), PORT_MARKS)),
+        ],
     );
     b.add_base_chain(
         "postrouting",

@@ -269,6 +269,14 @@ pub fn pkt_proto_port() -> Expression<'static> {
     concat(vec![meta(MetaKey::L4proto), payload("th", "dport")])
 }
 
+/// `fib daddr type`: compare with `s("local")` for "addressed to this namespace".
+pub fn fib_daddr_type() -> Expression<'static> {
+    Expression::Named(nftables::expr::NamedExpression::Fib(nftables::expr::Fib {
+        result: nftables::expr::FibResult::Type,
+        flags: [nftables::expr::FibFlag::Daddr].into_iter().collect(),
+    }))
+}
+
 pub fn set_ref(name: &str) -> Expression<'static> {
     s(&format!("@{name}"))
 }
