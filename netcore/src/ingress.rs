@@ -35,12 +35,12 @@ use std::net::Ipv4Addr;
 
 use nftables::expr::{Expression, MetaKey, NamedExpression, Prefix};
 use nftables::schema::{SetType, SetTypeValue};
-use nftables::stmt::{NAT, Statement};
-use nftables::types::{NfChainType, NfHook};
+use nftables::stmt::Statement;
+use nftables::types::NfHook;
 
 use crate::lb::nftbatch::{
-    NftBatch, PRIO_DSTNAT, PRIO_SRCNAT, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port,
-    proto_port, s, set_ref,
+    NftBatch, dnat_to, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port, proto_port, s,
+    set_ref, snat_to,
 };
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
@@ -120,15 +120,6 @@ fn published_delta(
     b
 }
 
-fn dnat_to(addr: Ipv4Addr) -> Statement<'static> {
-    Statement::DNAT(Some(NAT {
-        addr: Some(ip(addr)),
-        family: None,
-        port: None,
-        flags: None,
-    }))
-}
-
 /// Every published port answers on the node's own addresses and on localhost: OUTPUT
 /// (locally generated, including to 127.0.0.1) and, in the sandbox layout, PREROUTING
 /// `fib daddr type local` DNAT proto/port -> sandbox_addr:port; POSTROUTING masquerade when
@@ -170,22 +161,12 @@ impl NodeIngress {
         };
         // In the node layout, traffic from outside stays here for the node's IPVS.
         if self.layout == MeshLayout::Sandbox {
-            b.add_base_chain(
-                "prerouting",
-                NfChainType::NAT,
-                NfHook::Prerouting,
-                PRIO_DSTNAT,
-            );
+            b.add_nat_chain("prerouting", NfHook::Prerouting);
             b.add_rule("prerouting", to_sandbox());
         }
-        b.add_base_chain("output", NfChainType::NAT, NfHook::Output, PRIO_DSTNAT);
+        b.add_nat_chain("output", NfHook::Output);
         b.add_rule("output", to_sandbox());
-        b.add_base_chain(
-            "postrouting",
-            NfChainType::NAT,
-            NfHook::Postrouting,
-            PRIO_SRCNAT,
-        );
+        b.add_nat_chain("postrouting", NfHook::Postrouting);
         let loopback = Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(ip(Ipv4Addr::new(127, 0, 0, 0))),
             len: 8,
@@ -276,12 +257,7 @@ impl SandboxRouter {
 
     fn create_skeleton(&self, b: &mut NftBatch) {
         let a = &self.addrs;
-        b.add_base_chain(
-            "prerouting",
-            NfChainType::NAT,
-            NfHook::Prerouting,
-            PRIO_DSTNAT,
-        );
+        b.add_nat_chain("prerouting", NfHook::Prerouting);
         b.add_rule(
             "prerouting",
             vec![
@@ -291,24 +267,14 @@ impl SandboxRouter {
                 dnat_to(a.node),
             ],
         );
-        b.add_base_chain(
-            "postrouting",
-            NfChainType::NAT,
-            NfHook::Postrouting,
-            PRIO_SRCNAT,
-        );
+        b.add_nat_chain("postrouting", NfHook::Postrouting);
         // Only hairpinned connections are new ones going back to the node.
         b.add_rule(
             "postrouting",
             vec![
                 eq(meta(MetaKey::Oifname), s(&a.gw_ifname)),
                 eq(payload("ip", "daddr"), ip(a.node)),
-                Statement::SNAT(Some(NAT {
-                    addr: Some(ip(a.hairpin)),
-                    family: None,
-                    port: None,
-                    flags: None,
-                })),
+                snat_to(a.hairpin),
             ],
         );
         b.add_rule(

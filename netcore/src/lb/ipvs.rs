@@ -26,8 +26,8 @@ use nftables::types::{NfChainType, NfHook};
 use super::genl::GenlSocket;
 use super::ipvs_msg::{Dest, IPVS_GENL_NAME, IpvsRequest};
 use super::nftbatch::{
-    NftBatch, PRIO_MANGLE, PRIO_SRCNAT, eq, fib_daddr_type, ip, mapping, meta, num, payload,
-    pkt_proto_port, proto_port, s, set_ref,
+    NftBatch, PRIO_MANGLE, eq, fib_daddr_type, ip, mapping, meta, num, payload, pkt_proto_port,
+    proto_port, s, set_ref,
 };
 use super::{
     Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
@@ -224,12 +224,7 @@ fn create_skeleton(b: &mut NftBatch) {
             set_mark(map_lookup(pkt_proto_port(), PORT_MARKS)),
         ],
     );
-    b.add_base_chain(
-        "postrouting",
-        NfChainType::NAT,
-        NfHook::Postrouting,
-        PRIO_SRCNAT,
-    );
+    b.add_nat_chain("postrouting", NfHook::Postrouting);
     b.add_rule(
         "postrouting",
         vec![

@@ -18,11 +18,10 @@
 use nftables::expr::{Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
 use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
-use nftables::types::{NfChainType, NfHook, RejectCode};
+use nftables::types::{NfHook, RejectCode};
 
 use super::nftbatch::{
-    self, NftBatch, PRIO_DSTNAT, PRIO_SRCNAT, eq, goto, ip, mapping, meta, num, payload,
-    proto_port, s, set_ref,
+    self, NftBatch, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
 };
 use super::{
     Driver, Frontend, LbError, LoadBalancer, Protocol, ServiceMap, VirtualService, by_mark,
@@ -93,7 +92,7 @@ fn create_skeleton(b: &mut NftBatch) {
     for proto in [Protocol::Tcp, Protocol::Udp] {
         b.add_set(masq_set(proto), SetTypeValue::Single(SetType::InetService));
     }
-    b.add_base_chain("output", NfChainType::NAT, NfHook::Output, PRIO_DSTNAT);
+    b.add_nat_chain("output", NfHook::Output);
     b.add_rule(
         "output",
         vec![
@@ -110,12 +109,7 @@ fn create_skeleton(b: &mut NftBatch) {
             }),
         ],
     );
-    b.add_base_chain(
-        "prerouting",
-        NfChainType::NAT,
-        NfHook::Prerouting,
-        PRIO_DSTNAT,
-    );
+    b.add_nat_chain("prerouting", NfHook::Prerouting);
     b.add_rule(
         "prerouting",
         vec![Statement::VerdictMap(VerdictMap {
@@ -123,12 +117,7 @@ fn create_skeleton(b: &mut NftBatch) {
             data: set_ref(PORTS),
         })],
     );
-    b.add_base_chain(
-        "postrouting",
-        NfChainType::NAT,
-        NfHook::Postrouting,
-        PRIO_SRCNAT,
-    );
+    b.add_nat_chain("postrouting", NfHook::Postrouting);
     for proto in [Protocol::Tcp, Protocol::Udp] {
         b.add_rule(
             "postrouting",

@@ -87,6 +87,16 @@ impl NftBatch {
         }
     }
 
+    /// A NAT base chain at iptables' priority for its hook: destination NAT before routing
+    /// (prerouting, output), source NAT after it (postrouting, input).
+    pub fn add_nat_chain(&mut self, name: &str, hook: NfHook) {
+        let prio = match hook {
+            NfHook::Prerouting | NfHook::Output => PRIO_DSTNAT,
+            _ => PRIO_SRCNAT,
+        };
+        self.add_base_chain(name, NfChainType::NAT, hook, prio);
+    }
+
     pub fn add_base_chain(&mut self, name: &str, kind: NfChainType, hook: NfHook, prio: i32) {
         let chain = Chain {
             _type: Some(kind),
@@ -274,6 +284,26 @@ pub fn fib_daddr_type() -> Expression<'static> {
     Expression::Named(nftables::expr::NamedExpression::Fib(nftables::expr::Fib {
         result: nftables::expr::FibResult::Type,
         flags: [nftables::expr::FibFlag::Daddr].into_iter().collect(),
+    }))
+}
+
+/// `dnat to addr`, keeping the port.
+pub fn dnat_to(addr: Ipv4Addr) -> Statement<'static> {
+    Statement::DNAT(Some(nftables::stmt::NAT {
+        addr: Some(ip(addr)),
+        family: None,
+        port: None,
+        flags: None,
+    }))
+}
+
+/// `snat to addr`, keeping the port.
+pub fn snat_to(addr: Ipv4Addr) -> Statement<'static> {
+    Statement::SNAT(Some(nftables::stmt::NAT {
+        addr: Some(ip(addr)),
+        family: None,
+        port: None,
+        flags: None,
     }))
 }
 
