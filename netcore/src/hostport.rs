@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::lb::nftbatch::run_nft;
+use crate::lb::nftbatch::apply_nft;
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
 
@@ -71,7 +71,7 @@ impl HostPorts {
         self.node
             .set_sysctl("net/ipv4/conf/all/route_localnet", "1")
             .map_err(LbError::from)?;
-        run_nft(&self.node, &["-f", "-"], Some(ruleset(&ports).as_bytes()))?;
+        apply_nft(&self.node, &ruleset(&ports))?;
         self.applied = Some(ports);
         Ok(())
     }

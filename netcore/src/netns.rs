@@ -37,6 +37,8 @@ type Result<T> = std::result::Result<T, NetNsError>;
 pub struct NetNs {
     name: String,
     file: Arc<File>,
+    /// This namespace's libnftables context, opened on first use and shared by every clone.
+    nft: Arc<std::sync::Mutex<crate::lb::libnft::Slot>>,
 }
 
 fn sys<'a>(name: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> NetNsError + 'a {
@@ -103,6 +105,7 @@ impl NetNs {
         Ok(NetNs {
             name: name.to_string(),
             file: Arc::new(file),
+            nft: Arc::default(),
         })
     }
 
@@ -113,6 +116,7 @@ impl NetNs {
         Ok(NetNs {
             name: label,
             file: Arc::new(file),
+            nft: Arc::default(),
         })
     }
 
@@ -147,6 +151,10 @@ impl NetNs {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn nft_slot(&self) -> &std::sync::Mutex<crate::lb::libnft::Slot> {
+        &self.nft
     }
 
     pub fn raw_fd(&self) -> RawFd {

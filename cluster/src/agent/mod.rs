@@ -384,7 +384,10 @@ impl Agent {
             {
                 continue;
             }
-            if let Err(e) = self.start(t).await {
+            let task_started = std::time::Instant::now();
+            let result = self.start(t).await;
+            tracing::debug!(task = t.name, took = ?task_started.elapsed(), "task started");
+            if let Err(e) = result {
                 tracing::warn!("starting {}: {e:#}", t.name);
                 self.finished.insert(t.id.clone());
                 self.report(

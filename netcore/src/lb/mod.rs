@@ -16,6 +16,7 @@ use crate::netns::{NetNs, NetNsError};
 mod genl;
 pub mod ipvs;
 pub mod ipvs_msg;
+pub mod libnft;
 pub mod nft;
 pub mod nftbatch;
 

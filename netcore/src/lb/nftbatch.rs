@@ -198,8 +198,31 @@ impl NftBatch {
         if self.cmds.is_empty() {
             return Ok(());
         }
-        run_nft(ns, &["-j", "-f", "-"], Some(self.to_json()?.as_bytes())).map(|_| ())
+        let started = std::time::Instant::now();
+        apply_nft(ns, &self.to_json()?)?;
+        tracing::debug!(ns = ns.name(), table = %self.table, commands = self.cmds.len(), took = ?started.elapsed(), "nft batch");
+        Ok(())
     }
+}
+
+/// Applies `commands` (a JSON batch, or nft syntax as `nft -f` reads it) in `ns` as one
+/// transaction: in-process through libnftables when it is installed, else with the binary.
+pub fn apply_nft(ns: &NetNs, commands: &str) -> Result<(), LbError> {
+    let mut slot = ns.nft_slot().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ctx) = slot.get_or_open(ns) {
+        return ctx.run(commands).map_err(|stderr| LbError::NftFailed {
+            ns: ns.name().to_string(),
+            stderr,
+        });
+    }
+    drop(slot);
+    let json = commands.starts_with('{');
+    let args: &[&str] = if json {
+        &["-j", "-f", "-"]
+    } else {
+        &["-f", "-"]
+    };
+    run_nft(ns, args, Some(commands.as_bytes())).map(|_| ())
 }
 
 /// Runs `nft ARGS` inside `ns` and returns its stdout. The child enters the namespace between
