@@ -198,6 +198,19 @@
                 forwards back to the manager over its SSH session.
               '';
             };
+            mesh = lib.mkOption {
+              type = lib.types.enum [
+                "sandbox"
+                "node"
+              ];
+              default = "sandbox";
+              description = ''
+                Where the routing mesh balances published ports: in the ingress sandbox, as
+                Docker does, or in this machine's own IPVS (`ipvsadm -Ln` on the node shows
+                it; the agent then owns the machine's IPVS table, so only for machines that
+                are nothing but swarmkit nodes).
+              '';
+            };
             loadBalancer = lib.mkOption {
               type = lib.types.enum [
                 "ipvs"
@@ -253,7 +266,10 @@
                 SWARMKIT_NODE_ADDR = cfg.nodeAddress;
                 SWARMKIT_MANAGER_TCP = cfg.managerAddress;
                 SWARMKIT_LB = cfg.loadBalancer;
+                SWARMKIT_MESH = cfg.mesh;
                 SWARMKIT_OWNER = cfg.cluster;
+                # Batches go through libnftables in-process; NixOS has no global library path.
+                SWARMKIT_LIBNFTABLES = "${pkgs.nftables}/lib/libnftables.so.1";
               };
               serviceConfig = {
                 ExecStart = "${lib.getExe cfg.package} --cluster ${cfg.cluster} __agent --node ${cfg.nodeName}";

@@ -15,7 +15,7 @@ let
   self = flake.outputs { inherit self nixpkgs; };
   cfg = { enable = true; package = { name = "/nix/store/x-swarmkit"; }; startAgent = true; cluster = "c1";
           nodeName = "node1"; nodeAddress = "192.168.0.11"; managerAddress = "127.0.0.1:2377";
-          loadBalancer = "ipvs"; authorizedKeys = []; };
+          loadBalancer = "ipvs"; mesh = "node"; authorizedKeys = []; };
   m = self.nixosModules.node { config = { services.swarmkit-node = cfg; networking.hostName = "n"; }; inherit lib pkgs; };
 in {
   options = builtins.attrNames m.options.services.swarmkit-node;

@@ -13,6 +13,10 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::netns::NetNs;
 
+/// Where to load libnftables from when the dynamic loader's search path does not have it
+/// (NixOS, say); the soname otherwise.
+pub const ENV_LIBRARY: &str = "SWARMKIT_LIBNFTABLES";
+
 /// `NFT_CTX_OUTPUT_JSON`: also makes `nft_run_cmd_from_buffer` try JSON before nft syntax.
 const OUTPUT_JSON: c_uint = 1 << 4;
 
@@ -33,7 +37,8 @@ fn lib() -> Option<&'static Lib> {
         // SAFETY: libnftables runs no initialisers with preconditions; the symbols are its
         // stable C API (unchanged since 0.9) and typed as in <nftables/libnftables.h>.
         unsafe {
-            let lib = libloading::Library::new("libnftables.so.1").ok()?;
+            let path = std::env::var_os(ENV_LIBRARY).unwrap_or_else(|| "libnftables.so.1".into());
+            let lib = libloading::Library::new(path).ok()?;
             Some(Lib {
                 ctx_new: *lib.get(b"nft_ctx_new\0").ok()?,
                 ctx_free: *lib.get(b"nft_ctx_free\0").ok()?,
