@@ -279,13 +279,21 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(tmp, path)
 }
 
-/// Processes carrying this cluster's owner mark, found through /proc so that a crash that
-/// lost pid files still leaves nothing behind.
-fn owned_processes(cluster: &str) -> Vec<i32> {
+/// Live processes (this one aside) carrying this cluster's owner mark, found through /proc so
+/// that a crash that lost pid files still leaves nothing behind. Zombies are already dead:
+/// their parent, not `cluster down`, has to reap them.
+pub fn owned_processes(cluster: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mark = format!("{OWNER_ENV}={cluster}");
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
+    };
+    let zombie = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|state| state.trim_start().starts_with('Z'))
+        })
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -295,6 +303,7 @@ fn owned_processes(cluster: &str) -> Vec<i32> {
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
                 .unwrap_or(false)
         })
+        .filter(|pid| !zombie(*pid))
         .collect()
 }
 

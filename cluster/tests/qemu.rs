@@ -87,26 +87,10 @@ fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> 
     }
 }
 
+/// What still runs for the cluster, by name, for the failure message.
 fn owned_live_processes(cluster: &str) -> Vec<String> {
-    let mark = format!("SWARMKIT_OWNER={cluster}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-        })
-        .filter(|pid| {
-            // Zombies are already dead; their parent (not us) has to reap them.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        })
+    cluster::lifecycle::owned_processes(cluster)
+        .into_iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
         .collect()
 }

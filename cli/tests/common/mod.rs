@@ -151,39 +151,12 @@ impl Drop for Cluster {
 
 /// Names of the network namespaces whose names start with `prefix`.
 pub fn namespaces(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
+    netcore::netns::NetNs::list_with_prefix(prefix)
 }
 
-/// Processes carrying the cluster's owner mark.
-pub fn owned_processes(cluster: &str) -> Vec<u32> {
-    let mark = format!("SWARMKIT_OWNER={cluster}");
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| {
-                    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .map(|s| {
-                            s.rsplit(')')
-                                .next()
-                                .is_some_and(|r| r.trim_start().starts_with('Z'))
-                        })
-                        .unwrap_or(true);
-                    !zombie
-                        && std::fs::read(format!("/proc/{pid}/environ"))
-                            .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-                            .unwrap_or(false)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Live processes carrying the cluster's owner mark (what `cluster down` must stop).
+pub fn owned_processes(cluster: &str) -> Vec<i32> {
+    cluster::lifecycle::owned_processes(cluster)
 }
 
 /// The JSON `"name"` of each elasticsearch answer in `out`.
