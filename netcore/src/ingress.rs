@@ -88,36 +88,64 @@ pub struct PublishedPort {
     pub port: u16,
 }
 
-/// The batch that takes a table's `published` set from `applied` to `ports`; with nothing
-/// applied yet, `skeleton` (re)creates the table first.
-fn published_delta(
-    table: &str,
-    applied: &Option<BTreeSet<PublishedPort>>,
-    ports: &[PublishedPort],
-    skeleton: impl FnOnce(&mut NftBatch),
-) -> NftBatch {
-    let want: BTreeSet<PublishedPort> = ports.iter().copied().collect();
-    let mut b = NftBatch::new(table);
-    let empty = BTreeSet::new();
-    let have = match applied {
-        Some(have) => have,
-        None => {
-            b.recreate_table();
-            b.add_set(
-                PUBLISHED,
-                SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
-            );
-            skeleton(&mut b);
-            &empty
+/// An nft table whose only changing part is its `published` set, delta-applied in one
+/// namespace: the first apply (or the one after a failure) builds the whole table atomically.
+struct PublishedTable {
+    ns: NetNs,
+    name: &'static str,
+    applied: Option<BTreeSet<PublishedPort>>,
+    last_commands: usize,
+}
+
+impl PublishedTable {
+    fn new(ns: NetNs, name: &'static str) -> Self {
+        PublishedTable {
+            ns,
+            name,
+            applied: None,
+            last_commands: 0,
         }
-    };
-    for p in have.difference(&want) {
-        b.delete_element(PUBLISHED, proto_port(p.proto, p.port));
     }
-    for p in want.difference(have) {
-        b.add_element(PUBLISHED, proto_port(p.proto, p.port));
+
+    /// The batch that takes the set from what was applied last to `ports`; with nothing
+    /// applied yet, `skeleton` adds the table's chains after the set.
+    fn plan(&self, ports: &[PublishedPort], skeleton: impl FnOnce(&mut NftBatch)) -> NftBatch {
+        let want: BTreeSet<PublishedPort> = ports.iter().copied().collect();
+        let mut b = NftBatch::new(self.name);
+        let empty = BTreeSet::new();
+        let have = match &self.applied {
+            Some(have) => have,
+            None => {
+                b.recreate_table();
+                b.add_set(
+                    PUBLISHED,
+                    SetTypeValue::Concatenated(
+                        vec![SetType::InetProto, SetType::InetService].into(),
+                    ),
+                );
+                skeleton(&mut b);
+                &empty
+            }
+        };
+        for p in have.difference(&want) {
+            b.delete_element(PUBLISHED, proto_port(p.proto, p.port));
+        }
+        for p in want.difference(have) {
+            b.add_element(PUBLISHED, proto_port(p.proto, p.port));
+        }
+        b
     }
-    b
+
+    fn commit(&mut self, batch: &NftBatch, ports: &[PublishedPort]) -> Result<(), LbError> {
+        if let Err(e) = batch.run(&self.ns) {
+            // Rebuild the whole (atomic) table next time rather than retry a stale delta.
+            self.applied = None;
+            return Err(e);
+        }
+        self.last_commands = batch.len();
+        self.applied = Some(ports.iter().copied().collect());
+        Ok(())
+    }
 }
 
 /// Every published port answers on the node's own addresses and on localhost: OUTPUT
@@ -126,29 +154,25 @@ fn published_delta(
 /// the source is 127.0.0.0/8 and the packet leaves via gw_ifname. Sets route_localnet=1 and
 /// ip_forward=1 in the node namespace. Delta-applied like the load balancer.
 pub struct NodeIngress {
-    node: NetNs,
+    table: PublishedTable,
     sandbox_addr: Ipv4Addr,
     gw_ifname: String,
     layout: MeshLayout,
-    applied: Option<BTreeSet<PublishedPort>>,
-    last_commands: usize,
 }
 
 impl NodeIngress {
     pub fn new(node: NetNs, sandbox_addr: Ipv4Addr, gw_ifname: &str, layout: MeshLayout) -> Self {
         NodeIngress {
-            node,
+            table: PublishedTable::new(node, TABLE),
             sandbox_addr,
             gw_ifname: gw_ifname.to_string(),
             layout,
-            applied: None,
-            last_commands: 0,
         }
     }
 
     /// The batch that takes the node from what was applied last to `ports`.
     pub fn plan(&self, ports: &[PublishedPort]) -> NftBatch {
-        published_delta(TABLE, &self.applied, ports, |b| self.create_skeleton(b))
+        self.table.plan(ports, |b| self.create_skeleton(b))
     }
 
     fn create_skeleton(&self, b: &mut NftBatch) {
@@ -183,33 +207,26 @@ impl NodeIngress {
 
     pub fn apply(&mut self, ports: &[PublishedPort]) -> Result<(), LbError> {
         let batch = self.plan(ports);
-        if self.applied.is_none() {
-            self.node
-                .set_sysctl("net/ipv4/conf/all/route_localnet", "1")?;
-            self.node.set_sysctl("net/ipv4/ip_forward", "1")?;
+        if self.table.applied.is_none() {
+            let node = &self.table.ns;
+            node.set_sysctl("net/ipv4/conf/all/route_localnet", "1")?;
+            node.set_sysctl("net/ipv4/ip_forward", "1")?;
         }
-        if let Err(e) = batch.run(&self.node) {
-            // Rebuild the whole (atomic) table next time rather than retry a stale delta.
-            self.applied = None;
-            return Err(e);
-        }
-        self.last_commands = batch.len();
-        self.applied = Some(ports.iter().copied().collect());
-        Ok(())
+        self.table.commit(&batch, ports)
     }
 
     pub fn teardown(&mut self) -> Result<(), LbError> {
         let mut b = NftBatch::new(TABLE);
         b.delete_table();
-        b.run(&self.node)?;
-        self.applied = None;
-        self.last_commands = b.len();
+        b.run(&self.table.ns)?;
+        self.table.applied = None;
+        self.table.last_commands = b.len();
         Ok(())
     }
 
     /// How many nft commands the last `apply` sent (0: nothing changed, no batch).
     pub fn last_apply_commands(&self) -> usize {
-        self.last_commands
+        self.table.last_commands
     }
 }
 
@@ -218,10 +235,8 @@ impl NodeIngress {
 /// node's own published-port traffic back to it from `hairpin`. The node must route the
 /// ingress subnet and `hairpin` via the sandbox. Delta-applied like `NodeIngress`.
 pub struct SandboxRouter {
-    sandbox: NetNs,
+    table: PublishedTable,
     addrs: RouterAddrs,
-    applied: Option<BTreeSet<PublishedPort>>,
-    last_commands: usize,
 }
 
 /// Addresses and interface names of the link between a node and its ingress sandbox.
@@ -242,17 +257,13 @@ pub struct RouterAddrs {
 impl SandboxRouter {
     pub fn new(sandbox: NetNs, addrs: RouterAddrs) -> Self {
         SandboxRouter {
-            sandbox,
+            table: PublishedTable::new(sandbox, SANDBOX_TABLE),
             addrs,
-            applied: None,
-            last_commands: 0,
         }
     }
 
     pub fn plan(&self, ports: &[PublishedPort]) -> NftBatch {
-        published_delta(SANDBOX_TABLE, &self.applied, ports, |b| {
-            self.create_skeleton(b)
-        })
+        self.table.plan(ports, |b| self.create_skeleton(b))
     }
 
     fn create_skeleton(&self, b: &mut NftBatch) {
@@ -289,28 +300,22 @@ impl SandboxRouter {
 
     pub fn apply(&mut self, ports: &[PublishedPort]) -> Result<(), LbError> {
         let batch = self.plan(ports);
-        if self.applied.is_none() {
-            self.sandbox.set_sysctl("net/ipv4/ip_forward", "1")?;
+        if self.table.applied.is_none() {
+            let sandbox = &self.table.ns;
+            sandbox.set_sysctl("net/ipv4/ip_forward", "1")?;
             // The hairpin leaves by the interface it came in on; that is intended, not a
             // better route to tell the node about.
-            self.sandbox
-                .set_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
-            self.sandbox.set_sysctl(
+            sandbox.set_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
+            sandbox.set_sysctl(
                 &format!("net/ipv4/conf/{}/send_redirects", self.addrs.gw_ifname),
                 "0",
             )?;
         }
-        if let Err(e) = batch.run(&self.sandbox) {
-            self.applied = None;
-            return Err(e);
-        }
-        self.last_commands = batch.len();
-        self.applied = Some(ports.iter().copied().collect());
-        Ok(())
+        self.table.commit(&batch, ports)
     }
 
     pub fn last_apply_commands(&self) -> usize {
-        self.last_commands
+        self.table.last_commands
     }
 }
 
@@ -337,7 +342,7 @@ mod tests {
         );
         assert!(json.contains(r#""dnat":{"addr":"172.18.0.2"}"#), "{json}");
 
-        ing.applied = Some(
+        ing.table.applied = Some(
             [PublishedPort {
                 proto: Protocol::Tcp,
                 port: 80,
@@ -399,7 +404,7 @@ mod tests {
         );
         assert!(json.contains(r#""masquerade""#), "{json}");
 
-        router.applied = Some([tcp(80)].into());
+        router.table.applied = Some([tcp(80)].into());
         assert!(router.plan(&[tcp(80)]).is_empty());
         assert_eq!(router.plan(&[tcp(80), tcp(81)]).len(), 1);
     }
