@@ -97,39 +97,22 @@ bench_walkthrough() {
   hyperfine --style basic --runs 3 "$SK walkthrough routing" | grep -E "Time|±" || true
 }
 
-# Boots 3 bare guests in parallel with the image's own kernel, machine and CPU, whose init
-# only says so and powers off: the floor any node's userspace starts from. Prints seconds.
-bare_boot() {
-  local img=$1 tiny=$2 khz=$3 t0 t1 i
-  t0=$(date +%s.%N)
-  for i in 1 2 3; do
-    timeout 60 qemu-system-x86_64 -M microvm -accel tcg \
-      -cpu qemu64,+aes,+pclmulqdq,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt -smp 1 -m 384M \
-      -nodefaults -no-user-config -display none -no-reboot \
-      -kernel "$img/vmlinux" -initrd "$tiny" -serial null \
-      -append "console=ttyS0 panic=-1 quiet tsc=reliable tsc_early_khz=$khz rdinit=/init" &
-  done
-  wait
-  t1=$(date +%s.%N)
-  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
-}
-
 bench_qemu() {
   echo "== qemu backend (TCG): three guests ready vs three bare kernel boots, interleaved"
-  local img tiny=/tmp/sk-bench-tiny.cpio dir=/tmp/sk-bench-tiny
-  img=$("$SK" vm build | awk '/vmlinux/ {print $2}' | xargs dirname)
+  local tiny=/tmp/sk-bench-tiny.cpio dir=/tmp/sk-bench-tiny
   rm -rf "$dir" && mkdir -p "$dir/bin"
   cp "$(command -v busybox)" "$dir/bin/busybox"
   printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$dir/init" && chmod +x "$dir/init"
   (cd "$dir" && find . | busybox cpio -o -H newc 2>/dev/null) > "$tiny"
   # One guest first: its SSH-ready time, and the host's TSC rate gets measured and kept.
+  # The baseline (vm bare-boot) boots the same kernel, machine, CPU and kernel parameters as
+  # the guests, with an init that powers off at once.
   local one
   one=$("$SK" cluster up --name "$C" --backend qemu --nodes 1 2>&1 | awk '/ssh up/ {print $1}')
   "$SK" cluster down "$C" >/dev/null
-  local khz bare=() ready=() t0 t1
-  khz=$(cat /run/swarmkit/.tsc_khz)
+  local bare=() ready=() t0 t1
   for _ in $(seq "$ROUNDS"); do
-    bare+=("$(bare_boot "$img" "$tiny" "$khz")")
+    bare+=("$("$SK" vm bare-boot --initrd "$tiny" --count 3)")
     t0=$(date +%s.%N)
     "$SK" cluster up --name "$C" --backend qemu --nodes 3 >/dev/null 2>&1
     t1=$(date +%s.%N)

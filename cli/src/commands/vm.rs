@@ -23,6 +23,15 @@ pub enum VmCmd {
         #[arg(long)]
         refresh_kernel: bool,
     },
+    /// Boot COUNT guests of the image at once with INITRD as their only userspace (whose init
+    /// must power off) and print the seconds until all are off: bench/run.sh's baseline
+    #[command(name = "bare-boot", hide = true)]
+    BareBoot {
+        #[arg(long)]
+        initrd: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
 }
 
 pub async fn run(cmd: VmCmd) -> anyhow::Result<i32> {
@@ -54,6 +63,15 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<i32> {
             if let Some(v) = &img.volume {
                 println!("  volume    {}", v.display());
             }
+            Ok(0)
+        }
+        VmCmd::BareBoot { initrd, count } => {
+            let took = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let img = image::build(&BuildOptions::default())?;
+                Ok(cluster::vm::qemu::bare_boots(&img, &initrd, count)?)
+            })
+            .await??;
+            println!("{:.2}", took.as_secs_f64());
             Ok(0)
         }
     }
