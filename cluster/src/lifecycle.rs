@@ -494,7 +494,7 @@ fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
     names
 }
 
-fn no_sandbox(cluster: &str, node: &str, name: &str, have: &[String]) -> String {
+pub(crate) fn no_sandbox(cluster: &str, node: &str, name: &str, have: &[String]) -> String {
     format!(
         "node {node} of cluster {cluster} has no sandbox {name:?}; it has: {}",
         if have.is_empty() {

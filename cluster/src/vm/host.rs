@@ -211,20 +211,24 @@ pub async fn node_exec(
     let enter = match sandbox {
         None => String::new(),
         Some(name) => {
+            // The node's own listing, so a miss names the sandboxes it does have.
+            let listing = s
+                .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
+                .await?;
+            let prefix = paths.node_sandbox_ns(node, "");
+            let have: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+                .collect();
+            if !have.iter().any(|h| h == name) {
+                anyhow::bail!(crate::lifecycle::no_sandbox(cluster, node, name, &have));
+            }
             let file = format!(
                 "{}/{}",
                 netcore::netns::NETNS_RUN_DIR,
                 paths.node_sandbox_ns(node, name)
             );
-            let prefix = paths.node_sandbox_ns(node, "");
-            // On a miss, name the sandboxes the node does have, as the netns backend does.
-            format!(
-                "[ -e {f} ] || {{ echo \"node {node} of cluster {cluster} has no sandbox {name}; it has: \
-                 $(ls {dir} | sed -n 's/^{prefix}//p' | tr '\\n' ' ')\" >&2; exit 125; }}; \
-                 exec nsenter --net={f}",
-                f = shell_quote(&file),
-                dir = netcore::netns::NETNS_RUN_DIR,
-            )
+            format!("exec nsenter --net={}", shell_quote(&file))
         }
     };
     let cmd = format!(
