@@ -479,19 +479,19 @@ pub async fn node_exec(
 /// The short names of a node's sandboxes (network namespaces the agent made for it).
 fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
     let prefix = paths.node_sandbox_ns(node, "");
-    let mut names: Vec<String> = std::fs::read_dir(netcore::netns::NETNS_RUN_DIR)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix(&prefix)
-                .map(str::to_string)
-        })
+    sandbox_names(
+        &prefix,
+        NetNs::list_with_prefix(&prefix).iter().map(String::as_str),
+    )
+}
+
+/// Sandbox short names among namespace names: those under a node's `prefix`, sorted.
+pub(crate) fn sandbox_names<'a>(prefix: &str, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut short: Vec<String> = names
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
         .collect();
-    names.sort();
-    names
+    short.sort();
+    short
 }
 
 pub(crate) fn no_sandbox(cluster: &str, node: &str, name: &str, have: &[String]) -> String {

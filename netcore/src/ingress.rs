@@ -93,15 +93,18 @@ pub struct PublishedPort {
 struct PublishedTable {
     ns: NetNs,
     name: &'static str,
+    /// Set before the table is first built (and again after a failed apply).
+    sysctls: Vec<(String, &'static str)>,
     applied: Option<BTreeSet<PublishedPort>>,
     last_commands: usize,
 }
 
 impl PublishedTable {
-    fn new(ns: NetNs, name: &'static str) -> Self {
+    fn new(ns: NetNs, name: &'static str, sysctls: Vec<(String, &'static str)>) -> Self {
         PublishedTable {
             ns,
             name,
+            sysctls,
             applied: None,
             last_commands: 0,
         }
@@ -137,6 +140,11 @@ impl PublishedTable {
     }
 
     fn commit(&mut self, batch: &NftBatch, ports: &[PublishedPort]) -> Result<(), LbError> {
+        if self.applied.is_none() {
+            for (key, value) in &self.sysctls {
+                self.ns.set_sysctl(key, value)?;
+            }
+        }
         if let Err(e) = batch.run(&self.ns) {
             // Rebuild the whole (atomic) table next time rather than retry a stale delta.
             self.applied = None;
@@ -144,6 +152,15 @@ impl PublishedTable {
         }
         self.last_commands = batch.len();
         self.applied = Some(ports.iter().copied().collect());
+        Ok(())
+    }
+
+    fn teardown(&mut self) -> Result<(), LbError> {
+        let mut b = NftBatch::new(self.name);
+        b.delete_table();
+        b.run(&self.ns)?;
+        self.applied = None;
+        self.last_commands = b.len();
         Ok(())
     }
 }
@@ -163,7 +180,14 @@ pub struct NodeIngress {
 impl NodeIngress {
     pub fn new(node: NetNs, sandbox_addr: Ipv4Addr, gw_ifname: &str, layout: MeshLayout) -> Self {
         NodeIngress {
-            table: PublishedTable::new(node, TABLE),
+            table: PublishedTable::new(
+                node,
+                TABLE,
+                vec![
+                    ("net/ipv4/conf/all/route_localnet".into(), "1"),
+                    ("net/ipv4/ip_forward".into(), "1"),
+                ],
+            ),
             sandbox_addr,
             gw_ifname: gw_ifname.to_string(),
             layout,
@@ -207,21 +231,11 @@ impl NodeIngress {
 
     pub fn apply(&mut self, ports: &[PublishedPort]) -> Result<(), LbError> {
         let batch = self.plan(ports);
-        if self.table.applied.is_none() {
-            let node = &self.table.ns;
-            node.set_sysctl("net/ipv4/conf/all/route_localnet", "1")?;
-            node.set_sysctl("net/ipv4/ip_forward", "1")?;
-        }
         self.table.commit(&batch, ports)
     }
 
     pub fn teardown(&mut self) -> Result<(), LbError> {
-        let mut b = NftBatch::new(TABLE);
-        b.delete_table();
-        b.run(&self.table.ns)?;
-        self.table.applied = None;
-        self.table.last_commands = b.len();
-        Ok(())
+        self.table.teardown()
     }
 
     /// How many nft commands the last `apply` sent (0: nothing changed, no batch).
@@ -257,7 +271,20 @@ pub struct RouterAddrs {
 impl SandboxRouter {
     pub fn new(sandbox: NetNs, addrs: RouterAddrs) -> Self {
         SandboxRouter {
-            table: PublishedTable::new(sandbox, SANDBOX_TABLE),
+            // The hairpin leaves by the interface it came in on; that is intended, not a
+            // better route to tell the node about.
+            table: PublishedTable::new(
+                sandbox,
+                SANDBOX_TABLE,
+                vec![
+                    ("net/ipv4/ip_forward".into(), "1"),
+                    ("net/ipv4/conf/all/send_redirects".into(), "0"),
+                    (
+                        format!("net/ipv4/conf/{}/send_redirects", addrs.gw_ifname),
+                        "0",
+                    ),
+                ],
+            ),
             addrs,
         }
     }
@@ -300,22 +327,7 @@ impl SandboxRouter {
 
     pub fn apply(&mut self, ports: &[PublishedPort]) -> Result<(), LbError> {
         let batch = self.plan(ports);
-        if self.table.applied.is_none() {
-            let sandbox = &self.table.ns;
-            sandbox.set_sysctl("net/ipv4/ip_forward", "1")?;
-            // The hairpin leaves by the interface it came in on; that is intended, not a
-            // better route to tell the node about.
-            sandbox.set_sysctl("net/ipv4/conf/all/send_redirects", "0")?;
-            sandbox.set_sysctl(
-                &format!("net/ipv4/conf/{}/send_redirects", self.addrs.gw_ifname),
-                "0",
-            )?;
-        }
         self.table.commit(&batch, ports)
-    }
-
-    pub fn last_apply_commands(&self) -> usize {
-        self.table.last_commands
     }
 }
 

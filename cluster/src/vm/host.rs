@@ -215,11 +215,10 @@ pub async fn node_exec(
             let listing = s
                 .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
                 .await?;
-            let prefix = paths.node_sandbox_ns(node, "");
-            let have: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-                .lines()
-                .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
-                .collect();
+            let have = crate::lifecycle::sandbox_names(
+                &paths.node_sandbox_ns(node, ""),
+                String::from_utf8_lossy(&listing.stdout).lines(),
+            );
             if !have.iter().any(|h| h == name) {
                 anyhow::bail!(crate::lifecycle::no_sandbox(cluster, node, name, &have));
             }

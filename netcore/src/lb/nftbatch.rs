@@ -312,22 +312,21 @@ pub fn fib_daddr_type() -> Expression<'static> {
 
 /// `dnat to addr`, keeping the port.
 pub fn dnat_to(addr: Ipv4Addr) -> Statement<'static> {
-    Statement::DNAT(Some(nftables::stmt::NAT {
-        addr: Some(ip(addr)),
-        family: None,
-        port: None,
-        flags: None,
-    }))
+    Statement::DNAT(Some(to_addr(addr)))
 }
 
 /// `snat to addr`, keeping the port.
 pub fn snat_to(addr: Ipv4Addr) -> Statement<'static> {
-    Statement::SNAT(Some(nftables::stmt::NAT {
+    Statement::SNAT(Some(to_addr(addr)))
+}
+
+fn to_addr(addr: Ipv4Addr) -> nftables::stmt::NAT<'static> {
+    nftables::stmt::NAT {
         addr: Some(ip(addr)),
         family: None,
         port: None,
         flags: None,
-    }))
+    }
 }
 
 pub fn set_ref(name: &str) -> Expression<'static> {
