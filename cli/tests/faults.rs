@@ -130,9 +130,11 @@ fn kill_crashes_a_node_and_start_brings_it_back() {
     c.sk(&["node", "start", "node2"]).ok();
     let agent = agent_pid(&c, "node2");
     assert!(alive(agent), "node start did not start an agent");
-    c.eventually("node2 to reach the manager again", Duration::from_secs(10), || {
-        reaches_manager(&c, "node2")
-    });
+    c.eventually(
+        "node2 to reach the manager again",
+        Duration::from_secs(10),
+        || reaches_manager(&c, "node2"),
+    );
     assert!(can_ping(&c, "node1", "192.168.0.12"));
     // Starting a running node is a no-op: the same agent keeps running.
     c.sk(&["node", "start", "node2"]).ok();
@@ -163,9 +165,11 @@ fn isolate_cuts_data_and_control_and_heal_restores_both() {
     c.sk(&["node", "heal", "node2"]).ok();
     // Neighbour entries that failed while cut are resolved again on the next probe (up to a
     // second), as on a real network.
-    c.eventually("node2 to reach the manager again", Duration::from_secs(10), || {
-        reaches_manager(&c, "node2")
-    });
+    c.eventually(
+        "node2 to reach the manager again",
+        Duration::from_secs(10),
+        || reaches_manager(&c, "node2"),
+    );
     assert!(can_ping(&c, "node1", "192.168.0.12"));
     assert_eq!(agent_pid(&c, "node2"), agent);
 }

@@ -189,6 +189,17 @@ pub fn node_ready(n: &bollard::models::Node) -> bool {
 
 /// Whether the node with this hostname is ready (see [`node_ready`]).
 pub async fn hostname_ready(client: &ManagerClient, hostname: &str) -> bool {
+    hostname_ready_since(client, hostname, None).await
+}
+
+/// As [`hostname_ready`], counting only a node whose record changed at or after `since`: a
+/// node that comes back registers anew, while the manager may still show the old, stale
+/// registration as ready.
+pub async fn hostname_ready_since(
+    client: &ManagerClient,
+    hostname: &str,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> bool {
     client
         .get::<Vec<bollard::models::Node>>("/nodes")
         .await
@@ -196,9 +207,30 @@ pub async fn hostname_ready(client: &ManagerClient, hostname: &str) -> bool {
             ns.iter().any(|n| {
                 n.description.as_ref().and_then(|d| d.hostname.as_deref()) == Some(hostname)
                     && node_ready(n)
+                    && since.is_none_or(|t| n.updated_at.is_some_and(|u| u >= t))
             })
         })
         .unwrap_or(false)
+}
+
+/// Waits until `node` has registered again since `since` and is ready.
+pub(crate) async fn wait_restarted(
+    paths: &ClusterPaths,
+    node: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    deadline: std::time::Duration,
+    log: std::path::PathBuf,
+) -> Result<()> {
+    let client = ManagerClient::new(&paths.manager_socket());
+    crate::lifecycle::wait_until(&format!("{node} to be ready"), deadline, || {
+        hostname_ready_since(&client, node, Some(since))
+    })
+    .await
+    .map_err(|_| TestbedError::NotReady {
+        node: node.to_string(),
+        after: deadline,
+        log,
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use netcore::link::Links;
 use netcore::netns::NetNs;
 
 use super::{Fault, NodeBackend, Result, TestbedError, procs};
-use crate::client::ManagerClient;
 use crate::lifecycle::ClusterInfo;
 use crate::paths::ClusterPaths;
 
@@ -155,22 +154,15 @@ impl NodeBackend for Netns {
             Fault::Start => {
                 set_port(paths, i, true).await?;
                 let _ = std::fs::remove_file(killed_marker(paths, node));
-                if agent_pid(paths, node).is_none() {
-                    spawn_agent(paths, i, node, info.lb).map_err(|e| TestbedError::Remote {
-                        node: node.to_string(),
-                        message: format!("starting its agent: {e:#}"),
-                    })?;
+                if agent_pid(paths, node).is_some() {
+                    return Ok(());
                 }
-                let client = ManagerClient::new(&paths.manager_socket());
-                crate::lifecycle::wait_until(&format!("{node} to be ready"), START_TIMEOUT, || {
-                    super::hostname_ready(&client, node)
-                })
-                .await
-                .map_err(|_| TestbedError::NotReady {
+                let since = chrono::Utc::now();
+                spawn_agent(paths, i, node, info.lb).map_err(|e| TestbedError::Remote {
                     node: node.to_string(),
-                    after: START_TIMEOUT,
-                    log: paths.log_file(node),
-                })
+                    message: format!("starting its agent: {e:#}"),
+                })?;
+                super::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
             }
             Fault::Isolate => set_port(paths, i, false).await,
             Fault::Heal => set_port(paths, i, true).await,

@@ -11,7 +11,6 @@ use netcore::link::Links;
 use netcore::netns::NetNs;
 
 use super::{Fault, NodeBackend, Result, TestbedError, procs};
-use crate::client::ManagerClient;
 use crate::lifecycle::ClusterInfo;
 use crate::paths::ClusterPaths;
 use crate::vm::host::MANAGER_PORT;
@@ -37,9 +36,9 @@ fn remote(node: &str) -> impl FnOnce(anyhow::Error) -> TestbedError {
     }
 }
 
-async fn guest(paths: &ClusterPaths, node: &VmNode, cmd: &str) -> anyhow::Result<()> {
+async fn guest(paths: &ClusterPaths, node: &VmNode, cmd: &str, stdin: &str) -> anyhow::Result<()> {
     let s = crate::vm::host::connect(paths, node, false).await?;
-    let out = s.exec(cmd).await?;
+    let out = s.exec_with_stdin(cmd, stdin.as_bytes()).await?;
     if out.code != 0 {
         anyhow::bail!(
             "`{cmd}` failed ({}): {}",
@@ -95,32 +94,26 @@ impl NodeBackend for Qemu {
                 let _ = std::fs::remove_file(
                     crate::vm::qemu::vm_dir(paths).join(format!("{name}.session")),
                 );
+                let since = chrono::Utc::now();
                 let pid = launch
                     .spawn(paths, name, &underlay, super::netns::UNDERLAY_BRIDGE)
                     .await?;
                 node.pid = Some(pid);
                 save_node(paths, &node).map_err(super::io("saving the node's record"))?;
-                let client = ManagerClient::new(&paths.manager_socket());
-                crate::lifecycle::wait_until(&format!("{name} to be ready"), START_TIMEOUT, || {
-                    super::hostname_ready(&client, name)
-                })
-                .await
-                .map_err(|_| TestbedError::NotReady {
-                    node: name.to_string(),
-                    after: START_TIMEOUT,
-                    log: paths.log_file("vmhost"),
-                })
+                super::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))
+                    .await
             }
             Fault::Isolate => {
                 set_tap(paths, &launch.tap, false).await?;
                 let rules = format!(
-                    "table inet {ISOLATE_TABLE} {{ chain out {{ type filter hook output priority -300; \
-                     oif lo tcp dport {MANAGER_PORT} drop; oif lo tcp sport {MANAGER_PORT} drop; }} }}"
+                    "table inet {ISOLATE_TABLE} {{\n chain out {{\n  type filter hook output priority raw;\n  \
+                     oif lo tcp dport {MANAGER_PORT} drop\n  oif lo tcp sport {MANAGER_PORT} drop\n }}\n}}\n"
                 );
                 guest(
                     paths,
                     &node,
-                    &format!("nft delete table inet {ISOLATE_TABLE} 2>/dev/null; nft '{rules}'"),
+                    &format!("nft delete table inet {ISOLATE_TABLE} 2>/dev/null; nft -f -"),
+                    &rules,
                 )
                 .await
                 .map_err(remote(name))
@@ -130,6 +123,7 @@ impl NodeBackend for Qemu {
                     paths,
                     &node,
                     &format!("nft delete table inet {ISOLATE_TABLE} 2>/dev/null; true"),
+                    "",
                 )
                 .await
                 .map_err(remote(name))?;
