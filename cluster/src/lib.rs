@@ -15,4 +15,5 @@ pub mod plan;
 pub mod protocol;
 pub mod ssh;
 pub mod store;
+pub mod tasklog;
 pub mod vm;
