@@ -109,7 +109,7 @@ impl Server {
             .build()
             .expect("runtime");
         let (m, s) = (manager.clone(), socket.clone());
-        rt.spawn(async move { cluster::manager::serve(m, &s).await });
+        rt.spawn(async move { cluster::manager::serve(m, &s, None).await });
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(socket.exists() && curl(&socket, &dir, "GET", "/_ping", None, None).status == 200) {
             assert!(
