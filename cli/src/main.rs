@@ -71,6 +71,8 @@ enum Command {
     },
     #[command(name = "__vmhost", hide = true)]
     VmHost,
+    #[command(name = "__supervise", hide = true)]
+    Supervise,
     #[command(name = "__image", hide = true)]
     Image { image: String },
 }
@@ -102,6 +104,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::VmHost => cluster::lifecycle::run_vmhost(cluster).await.map(|()| 0),
+        Command::Supervise => cluster::lifecycle::run_supervisor(cluster)
+            .await
+            .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
     }
 }
