@@ -492,3 +492,38 @@ fn ssh_backend_on_bare_guests() {
         "{left}"
     );
 }
+
+/// SWARMKIT_VM_IMAGE (a prebuilt image directory, what flake.nix hands over) is read: a
+/// directory without a kernel is refused by name, and nothing of the cluster is left.
+#[test]
+fn a_prebuilt_image_directory_is_checked() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let name = format!("qimg{}", std::process::id() % 100000);
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(swarmkit().expect("checked by skip_reason"))
+        .args([
+            "cluster",
+            "up",
+            "--name",
+            &name,
+            "--backend",
+            "qemu",
+            "--nodes",
+            "1",
+        ])
+        .env("SWARMKIT_VM_IMAGE", "/nonexistent-sk-image")
+        .output()
+        .expect("running swarmkit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "came up without an image");
+    assert!(
+        stderr.contains("SWARMKIT_VM_IMAGE") && stderr.contains("/nonexistent-sk-image/kernel"),
+        "{stderr}"
+    );
+    assert!(!ClusterPaths::new(&name).run_dir().exists());
+    assert!(!ClusterPaths::new(&name).state_dir().exists());
+}

@@ -15,6 +15,8 @@ use crate::ssh::{self, Session, Target, shell_quote};
 /// Port the agent dials inside a node; SSH forwards it to the manager.
 pub const MANAGER_PORT: u32 = 2377;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A guest under TCG on a loaded host reaches its SSH server in well under this.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Where the agent binary lives inside a node built from our image.
 pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
 
@@ -122,9 +124,7 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
 async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
     // The console says when init is done; from then on a refused connection comes back at
     // once, and the banner poll finds the moment the server really answers.
-    while !super::qemu::console_ready(paths, node) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::qemu::wait_console(paths, node, CONSOLE_TIMEOUT).await?;
     loop {
         let addr = node.ssh.clone();
         if tokio::task::spawn_blocking(move || super::qemu::banner(&addr))
