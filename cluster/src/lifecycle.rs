@@ -438,7 +438,11 @@ pub async fn node_exec(
     }
     // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
     if crate::vm::up::is_machine_backend(cluster) {
-        return crate::vm::host::node_exec(cluster, node, sandbox, argv).await;
+        let inside = match sandbox {
+            Some(name) => crate::vm::host::Inside::Sandbox(name),
+            None => crate::vm::host::Inside::Node,
+        };
+        return crate::vm::host::node_exec(cluster, node, inside, argv).await;
     }
     let paths = ClusterPaths::new(cluster);
     let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
@@ -527,6 +531,23 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
     let pid = t["Status"]["ContainerStatus"]["PID"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
+    // On whole machines the pid is the guest's: enter the task from inside its node.
+    if crate::vm::up::is_machine_backend(cluster) {
+        let node_id = t["NodeID"].as_str().unwrap_or_default();
+        let nodes: Vec<bollard::models::Node> = client.get("/nodes").await?;
+        let hostname = nodes
+            .iter()
+            .find(|n| n.id.as_deref() == Some(node_id))
+            .and_then(|n| n.description.as_ref()?.hostname.clone())
+            .ok_or_else(|| anyhow::anyhow!("task {task} is on node {node_id}, which is gone"))?;
+        return crate::vm::host::node_exec(
+            cluster,
+            &hostname,
+            crate::vm::host::Inside::Task(pid),
+            argv,
+        )
+        .await;
+    }
     let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
     run_in(
         vec![

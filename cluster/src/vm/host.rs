@@ -185,12 +185,23 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `node exec` on a whole-machine node: the command runs through SSH with its output
-/// streamed; returns the remote exit code.
+/// Where in a node a command runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Inside<'a> {
+    /// The node's own namespaces.
+    Node,
+    /// One of its sandboxes, by short name (`ingress_sbox`, `1-<network id>`).
+    Sandbox(&'a str),
+    /// A task's namespaces (net, uts, mnt), by the task's pid in the node.
+    Task(u64),
+}
+
+/// `node exec` and `exec TASK` on a whole-machine node: the command runs through SSH with its
+/// output streamed; returns the remote exit code.
 pub async fn node_exec(
     cluster: &str,
     node: &str,
-    sandbox: Option<&str>,
+    inside: Inside<'_>,
     argv: &[String],
 ) -> anyhow::Result<i32> {
     let paths = ClusterPaths::new(cluster);
@@ -208,9 +219,10 @@ pub async fn node_exec(
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    let enter = match sandbox {
-        None => String::new(),
-        Some(name) => {
+    let enter = match inside {
+        Inside::Node => String::new(),
+        Inside::Task(pid) => format!("exec nsenter -t {pid} -n -u -m --"),
+        Inside::Sandbox(name) => {
             // The node's own listing, so a miss names the sandboxes it does have.
             let listing = s
                 .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
