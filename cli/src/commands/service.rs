@@ -48,6 +48,16 @@ pub enum ServiceCmd {
     },
     /// Update a service
     Update(UpdateArgs),
+    /// Revert changes to a service's configuration
+    Rollback {
+        /// Exit immediately instead of waiting for the service to converge
+        #[arg(short, long)]
+        detach: bool,
+        /// Suppress progress output
+        #[arg(short, long)]
+        quiet: bool,
+        service: String,
+    },
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm {
@@ -91,6 +101,8 @@ pub struct CreateArgs {
     /// Endpoint mode
     #[arg(long, value_enum)]
     endpoint_mode: Option<EndpointMode>,
+    #[command(flatten)]
+    policy: super::service_policy::PolicyArgs,
     /// Service mode
     #[arg(long, value_enum, default_value = "replicated")]
     mode: Mode,
@@ -135,6 +147,17 @@ pub struct UpdateArgs {
     /// Force update even if no changes require it
     #[arg(long)]
     force: bool,
+    /// Roll back to the previous specification
+    #[arg(long)]
+    rollback: bool,
+    /// Add or update a placement constraint
+    #[arg(long, value_name = "EXPR")]
+    constraint_add: Vec<String>,
+    /// Remove a constraint
+    #[arg(long, value_name = "EXPR")]
+    constraint_rm: Vec<String>,
+    #[command(flatten)]
+    policy: super::service_policy::PolicyArgs,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
@@ -182,6 +205,11 @@ pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
         ServiceCmd::Inspect { services, pretty } => inspect(&api, &services, pretty).await,
         ServiceCmd::Scale { targets, detach } => scale(&api, targets, detach).await,
         ServiceCmd::Update(args) => update(&api, args).await,
+        ServiceCmd::Rollback {
+            detach,
+            quiet,
+            service,
+        } => rollback(&api, &service, detach, quiet).await,
         ServiceCmd::Rm { services } => {
             let api = &api;
             super::for_each_name(&services, |name| async move {
@@ -235,7 +263,7 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
     let (image, platforms) = pin_image(api, &args.image).await;
     // The same spec docker's CLI sends, so `service inspect` reads the same whichever client
     // created the service.
-    let spec = ServiceSpec {
+    let mut spec = ServiceSpec {
         name: args.name,
         labels: Some(HashMap::new()),
         task_template: Some(TaskSpec {
@@ -270,6 +298,7 @@ async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
         endpoint_spec,
         ..Default::default()
     };
+    args.policy.apply(&mut spec);
     let created = api.docker.create_service(spec, None).await.api(api)?;
     warn(created.warnings);
     let id = created.id.unwrap_or_default();
@@ -476,6 +505,17 @@ async fn modify(
     name: &str,
     edit: impl Fn(&mut ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<String> {
+    modify_or_rollback(api, name, false, edit).await
+}
+
+/// `modify`, or with `rollback` the manager's own rollback to the previous spec (the spec
+/// sent is then ignored, as dockerd does).
+async fn modify_or_rollback(
+    api: &Api,
+    name: &str,
+    rollback: bool,
+    edit: impl Fn(&mut ServiceSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     const ATTEMPTS: usize = 20;
     for attempt in 1..=ATTEMPTS {
         let service = api.docker.inspect_service(name, None).await.api(api)?;
@@ -485,6 +525,7 @@ async fn modify(
         edit(&mut spec)?;
         let opts = UpdateServiceOptions {
             version: i32::try_from(version).unwrap_or(i32::MAX),
+            rollback: rollback.then(|| "previous".to_string()),
             ..Default::default()
         };
         match api.docker.update_service(&id, spec, opts, None).await {
@@ -542,7 +583,22 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
         rm_networks.push(network_id(api, net).await?);
     }
     let name = args.service.clone();
-    let id = modify(api, &name, |spec| {
+    let id = modify_or_rollback(api, &name, args.rollback, |spec| {
+        args.policy.apply(spec);
+        if !args.constraint_add.is_empty() || !args.constraint_rm.is_empty() {
+            let placement = spec
+                .task_template
+                .get_or_insert_with(Default::default)
+                .placement
+                .get_or_insert_with(Default::default);
+            let list = placement.constraints.get_or_insert_with(Vec::new);
+            list.retain(|c| !args.constraint_rm.contains(c));
+            for c in &args.constraint_add {
+                if !list.contains(c) {
+                    list.push(c.clone());
+                }
+            }
+        }
         if let Some(r) = args.replicas {
             set_replicas(spec, &name, r)?;
         }
@@ -584,6 +640,15 @@ async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
     println!("{}", args.service);
     if !args.detach {
         progress::converge(api, &id, args.quiet).await?;
+    }
+    Ok(0)
+}
+
+async fn rollback(api: &Api, name: &str, detach: bool, quiet: bool) -> anyhow::Result<i32> {
+    let id = modify_or_rollback(api, name, true, |_| Ok(())).await?;
+    println!("{name}");
+    if !detach {
+        progress::converge(api, &id, quiet).await?;
     }
     Ok(0)
 }
