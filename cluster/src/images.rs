@@ -239,6 +239,22 @@ pub async fn serve_until(
             a = listener.accept() => a,
             _ = stopped(&mut stop) => {
                 drop(slot);
+                // Connections already in the backlog were sent here before this task left
+                // the load balancers: answer them too.
+                loop {
+                    let waiting = tokio::select! {
+                        biased;
+                        a = listener.accept() => a,
+                        _ = std::future::ready(()) => break,
+                    };
+                    let Ok((conn, peer)) = waiting else { break };
+                    let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+                    let (ctx, stop) = (Arc::clone(&ctx), stop.clone());
+                    tokio::spawn(async move {
+                        let _ = serve_conn(b, conn, peer, &ctx, stop).await;
+                        drop(slot);
+                    });
+                }
                 drop(listener);
                 let _ = slots.acquire_many(MAX_CONNS as u32).await;
                 return Ok(());
@@ -254,19 +270,28 @@ pub async fn serve_until(
             }
             Err(e) => return Err(e),
         };
-        let _ = conn.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let result = match b {
-                Builtin::Postgres => hold_postgres(conn, stop).await,
-                _ => serve_http(b, conn, peer, &ctx, stop).await,
-            };
-            if let Err(e) = result {
+            if let Err(e) = serve_conn(b, conn, peer, &ctx, stop).await {
                 tracing::debug!(%peer, error = %e, "connection");
             }
             drop(slot);
         });
+    }
+}
+
+async fn serve_conn(
+    b: Builtin,
+    conn: TcpStream,
+    peer: SocketAddr,
+    ctx: &TaskContext,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    match b {
+        Builtin::Postgres => hold_postgres(conn, stop).await,
+        _ => serve_http(b, conn, peer, ctx, stop).await,
     }
 }
 
@@ -420,6 +445,7 @@ async fn serve_http(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
+    let mut served = 0u64;
     loop {
         let head_len = loop {
             if let Some(n) = head_end(&buf) {
@@ -428,9 +454,9 @@ async fn serve_http(
             if buf.len() > MAX_HEAD {
                 return reject(&mut conn, "431 Request Header Fields Too Large").await;
             }
-            // An idle keep-alive connection closes when the server stops; one with a request
-            // under way is answered first.
-            let read = if buf.is_empty() {
+            // An idle keep-alive connection closes when the server stops; a new one, or one
+            // with a request under way, is answered first.
+            let read = if buf.is_empty() && served > 0 {
                 tokio::select! {
                     r = read_more(&mut conn, &mut buf) => r,
                     _ = stopped(&mut stop) => return conn.shutdown().await,
@@ -460,6 +486,7 @@ async fn serve_http(
         let resp = respond(b, &req, peer, ctx);
         let wire = resp.encode(req.method == "HEAD", req.minor, keep);
         conn.write_all(&wire).await?;
+        served += 1;
         if !keep {
             return conn.shutdown().await;
         }

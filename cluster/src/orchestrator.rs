@@ -168,7 +168,6 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         })
 }
 
-
 /// Back-off for a slot whose tasks keep failing, whatever the policy's delay: 0 for the first
 /// failure, then doubling up to 5 s, so a task that cannot start never spins.
 fn failure_backoff(state: &State, service_id: &str, slot: u64) -> chrono::Duration {
@@ -320,7 +319,12 @@ pub fn reconcile(state: &mut State, service_id: &str) -> Result<(), ScheduleErro
 
 /// Like `reconcile`, but a failure to place a task leaves the state as it was (the caller's
 /// other changes stand).
-pub fn reconcile_or_keep(state: &mut State, service_id: &str, min_ack: u64, now: Time) -> Option<Time> {
+pub fn reconcile_or_keep(
+    state: &mut State,
+    service_id: &str,
+    min_ack: u64,
+    now: Time,
+) -> Option<Time> {
     let before = state.clone();
     match reconcile_at(state, service_id, min_ack, now) {
         Ok(wake) => wake,
@@ -454,9 +458,9 @@ pub fn reconcile_at(
             0 => usize::MAX,
             p => (p as usize).saturating_sub(u.slots.len()),
         };
-        let due = u.last_slot_done.map(|t| {
-            t + chrono::Duration::from_std(update.delay).unwrap_or(chrono::Duration::MAX)
-        });
+        let due = u
+            .last_slot_done
+            .map(|t| t + chrono::Duration::from_std(update.delay).unwrap_or(chrono::Duration::MAX));
         if due.is_some_and(|d| d > now) {
             wake = due.filter(|_| !waiting.is_empty());
         } else {

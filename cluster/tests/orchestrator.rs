@@ -155,7 +155,11 @@ fn exit(s: &mut State, slot: u64, state: TaskState) {
     s.put_task(t);
 }
 
-fn with_restart(condition: TaskSpecRestartPolicyConditionEnum, delay: i64, max: i64) -> ServiceSpec {
+fn with_restart(
+    condition: TaskSpecRestartPolicyConditionEnum,
+    delay: i64,
+    max: i64,
+) -> ServiceSpec {
     let mut sp = spec(1);
     if let Some(t) = sp.task_template.as_mut() {
         t.restart_policy = Some(TaskSpecRestartPolicy {
@@ -184,7 +188,10 @@ fn exited_tasks_restart_under_the_policy() {
     assert_eq!(new.len(), 1);
     assert_eq!(new[0].restarts, 1);
     let at = new[0].start_after.expect("delayed");
-    assert!(at >= before + chrono::Duration::milliseconds(1900), "{at} vs {before}");
+    assert!(
+        at >= before + chrono::Duration::milliseconds(1900),
+        "{at} vs {before}"
+    );
 
     // on-failure: a clean exit stays down, a failure restarts.
     let mut s = cluster(with_restart(ON_FAILURE, 0, 0));
@@ -259,7 +266,10 @@ fn a_draining_node_hands_its_tasks_over_start_first() {
             .filter(|t| t.desired == TaskState::Running)
             .all(|t| t.node_id != "node-node3")
     );
-    assert_eq!(active_per_slot(&s), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    assert_eq!(
+        active_per_slot(&s),
+        BTreeMap::from([(1, 1), (2, 1), (3, 1)])
+    );
     assert!(in_transition(&s).is_empty());
 
     // Pause keeps what runs and takes nothing new; no node left active: nothing placeable.
@@ -287,7 +297,12 @@ fn roll(config: ServiceSpecUpdateConfig, min_routed: usize) -> State {
     s.put_service(svc);
     let mut steps = 0;
     let mut max_in_flight = 0;
-    while s.services.get("svc").and_then(|x| x.update_status.clone()).unwrap().state
+    while s
+        .services
+        .get("svc")
+        .and_then(|x| x.update_status.clone())
+        .unwrap()
+        .state
         != UpdateState::Completed
     {
         steps += 1;

@@ -8,6 +8,7 @@ pub mod node;
 pub mod service;
 mod service_policy;
 mod service_ps;
+mod service_update;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -286,8 +286,12 @@ async fn update(
     label_rm: &[String],
 ) -> anyhow::Result<i32> {
     for l in label_add {
-        if l.split_once('=').map_or(l.is_empty(), |(k, _)| k.is_empty()) {
-            anyhow::bail!("invalid label {l:?}: use KEY=VALUE (or KEY), e.g. --label-add zone=east");
+        if l.split_once('=')
+            .map_or(l.is_empty(), |(k, _)| k.is_empty())
+        {
+            anyhow::bail!(
+                "invalid label {l:?}: use KEY=VALUE (or KEY), e.g. --label-add zone=east"
+            );
         }
     }
     let api = Api::connect(cluster)?;

@@ -148,7 +148,9 @@ impl PolicyArgs {
 /// Go's time.ParseDuration, which docker's duration flags use: `1h30m`, `1.5s`, `300ms`, `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("invalid duration {s:?}: use a number with a unit (ns, us, ms, s, m, h), e.g. 5s or 1m30s")
+        format!(
+            "invalid duration {s:?}: use a number with a unit (ns, us, ms, s, m, h), e.g. 5s or 1m30s"
+        )
     };
     let t = s.trim();
     if t.starts_with('-') {
@@ -210,7 +212,9 @@ mod tests {
         PolicyArgs::default().apply(&mut spec);
         assert_eq!(spec.update_config, None);
         assert_eq!(
-            spec.task_template.as_ref().and_then(|t| t.restart_policy.clone()),
+            spec.task_template
+                .as_ref()
+                .and_then(|t| t.restart_policy.clone()),
             None
         );
         let args = PolicyArgs {
