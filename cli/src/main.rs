@@ -4,9 +4,11 @@
 //! plus the hidden entry points of the daemons `cluster up` starts.
 
 mod commands;
+mod graph;
 mod progress;
 mod publish;
 mod render;
+mod trace;
 mod walkthrough;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,10 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Walk through Docker's swarm networking tutorial on a live cluster
     Walkthrough(walkthrough::WalkthroughArgs),
+    /// Draw the cluster from its live state (text, dot, mermaid or svg)
+    Graph(graph::GraphArgs),
+    /// Follow one real connection hop by hop, from the kernels' records
+    Trace(trace::TraceArgs),
     /// Build guest images for the qemu backend
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
@@ -88,6 +94,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Service(cmd) => commands::service::run(cluster, cmd).await,
         Command::Exec(args) => commands::exec::run(cluster, args).await,
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
+        Command::Graph(args) => graph::run(cluster, args).await,
+        Command::Trace(args) => trace::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)

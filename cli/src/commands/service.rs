@@ -17,7 +17,7 @@ use crate::render::{self, Format, Table};
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
     /// Create a new service
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List services
     #[command(visible_alias = "list")]
     Ls {
@@ -47,7 +47,7 @@ pub enum ServiceCmd {
         detach: bool,
     },
     /// Update a service
-    Update(super::service_update::UpdateArgs),
+    Update(Box<super::service_update::UpdateArgs>),
     /// Revert changes to a service's configuration
     Rollback {
         /// Exit immediately instead of waiting for the service to converge
@@ -150,14 +150,14 @@ pub(super) fn env_entry(kv: &str) -> String {
 pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
     let api = Api::connect(cluster)?;
     match cmd {
-        ServiceCmd::Create(args) => create(&api, args).await,
+        ServiceCmd::Create(args) => create(&api, *args).await,
         ServiceCmd::Ls { quiet, format } => ls(&api, quiet, format).await,
         ServiceCmd::Ps(args) => super::service_ps::ps(&api, args).await,
         ServiceCmd::Inspect { services, pretty } => inspect(&api, &services, pretty).await,
         ServiceCmd::Scale { targets, detach } => {
             super::service_update::scale(&api, targets, detach).await
         }
-        ServiceCmd::Update(args) => super::service_update::update(&api, args).await,
+        ServiceCmd::Update(args) => super::service_update::update(&api, *args).await,
         ServiceCmd::Rollback {
             detach,
             quiet,

@@ -217,7 +217,7 @@ fn draining_a_node_moves_its_tasks_without_a_failed_request() {
         .filter(|t| t["Slot"] == 4 && t["DesiredState"] == "running")
         .filter_map(|t| t["NodeID"].as_str().map(String::from))
         .collect();
-    assert_eq!(placed, [node1.clone()]);
+    assert_eq!(placed, std::slice::from_ref(&node1));
 
     // Labels, and constraints on them.
     c.sk(&["node", "update", "--label-add", "zone=east", "node2"])

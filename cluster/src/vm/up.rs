@@ -61,7 +61,7 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
             index: i + 1,
             addr: node_addr(i + 1),
             authorized_key: authorized.clone(),
-            lb: opts.lb.clone(),
+            lb: opts.lb.map(|d| d.to_string()),
         })
     });
     let nodes = futures::future::try_join_all(boots).await?;
@@ -110,7 +110,7 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
             "--backend ssh needs --inventory hosts.toml (address, user, key and host_key of each host)"
         );
     };
-    let nodes = super::inventory::load(inv, opts.lb.clone())?;
+    let nodes = super::inventory::load(inv, opts.lb.map(|d| d.to_string()))?;
     for n in &nodes {
         if !n.key_file.is_file() {
             anyhow::bail!(
@@ -150,7 +150,7 @@ async fn finish(
             crate::lifecycle::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
-                || async { node_ready(&client, &n.name).await },
+                || crate::testbed::hostname_ready(&client, &n.name),
             )
             .await
             .with_context(|| {
@@ -166,20 +166,6 @@ async fn finish(
     });
     futures::future::try_join_all(waits).await?;
     crate::lifecycle::record_up(opts, paths, hostnames)
-}
-
-async fn node_ready(client: &ManagerClient, hostname: &str) -> bool {
-    client
-        .get::<Vec<bollard::models::Node>>("/nodes")
-        .await
-        .map(|ns| {
-            ns.iter().any(|n| {
-                n.description.as_ref().and_then(|d| d.hostname.as_deref()) == Some(hostname)
-                    && n.status.as_ref().and_then(|s| s.state)
-                        == Some(bollard::models::NodeState::READY)
-            })
-        })
-        .unwrap_or(false)
 }
 
 /// Whether `node exec` and friends go through SSH for this cluster: its nodes are machines
