@@ -4,17 +4,17 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use netcore::netns::{NetNs, enter_raw};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ManagerClient;
 use crate::paths::{ClusterPaths, OWNER_ENV, validate_cluster_name};
 use crate::testbed::Backend;
+use crate::testbed::supervise::{self, Spec};
 use netcore::lb::Driver;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,45 +52,6 @@ fn require_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-pub(crate) fn spawn_daemon(
-    paths: &ClusterPaths,
-    log: &str,
-    args: &[&str],
-    env: &[(&str, String)],
-    node_ns: Option<(NetNs, String)>,
-) -> anyhow::Result<u32> {
-    let exe = std::env::current_exe()?;
-    let out = std::fs::File::create(paths.log_file(log))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--cluster")
-        .arg(&paths.name)
-        .args(args)
-        .env(OWNER_ENV, &paths.name)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .process_group(0);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some((ns, hostname)) = node_ns {
-        let fd = ns.raw_fd();
-        // SAFETY: async-signal-safe syscalls only; `ns` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                enter_raw(fd, CloneFlags::CLONE_NEWNET)?;
-                unshare(CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
-                nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(ns);
-        return Ok(child.id());
-    }
-    Ok(cmd.spawn()?.id())
 }
 
 pub(crate) async fn wait_until<F, Fut>(
@@ -133,15 +94,11 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
         }
     }
     let paths = ClusterPaths::new(&opts.name);
-    if paths.info_file().exists() {
-        if manager_running(&paths) {
-            bail!(
-                "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
-                opts.name,
-                opts.name
-            );
-        }
-        // Leftovers of a crashed cluster of this name.
+    if let Some(info) = read_info(&paths) {
+        return resume(info, &paths).await;
+    }
+    if paths.run_dir().exists() || paths.state_dir().exists() {
+        // Leftovers of a `cluster up` that never finished: nothing was ever recorded as up.
         down(&opts.name).await?;
     }
     std::fs::create_dir_all(paths.run_dir())?;
@@ -166,14 +123,15 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
         );
     }
     crate::testbed::netns::create_switch(&underlay).await?;
-    let manager_pid = spawn_daemon(
+    supervise::ensure(
         paths,
-        "manager",
-        &["__manager"],
-        &[(crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string())],
-        None,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &[(crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string())],
+        ),
     )?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let plugs = hostnames.iter().enumerate().map(|(i, h)| {
         let underlay = underlay.clone();
@@ -204,7 +162,10 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
     // The agents dial the manager across the underlay; each opens its node's namespace.
     drop(nodes);
     for (i, h) in hostnames.iter().enumerate() {
-        crate::testbed::netns::spawn_agent(paths, i + 1, h, opts.lb)?;
+        supervise::ensure(
+            paths,
+            &crate::testbed::netns::agent_spec(i + 1, h, opts.lb, paths),
+        )?;
     }
     let want = opts.nodes;
     wait_until("every node to be ready", READY_TIMEOUT, || async {
@@ -219,6 +180,61 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
 
     record_up(opts, paths, hostnames)
 }
+
+/// `cluster up` on a cluster that is recorded as up: starts whatever of it is not running (the
+/// supervisor, which restarts the manager and the agents; nodes killed on purpose stay down)
+/// and waits until it answers. Its state is never touched.
+async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
+    let specs = supervise::all(paths);
+    if specs.is_empty() {
+        bail!(
+            "cluster {:?} is recorded in {} but nothing of it runs, nor is there a record of how it ran (was the host rebooted?): remove it with swarmkit cluster down {}",
+            info.name,
+            paths.info_file().display(),
+            info.name
+        );
+    }
+    let down: Vec<&Spec> = specs
+        .iter()
+        .filter(|s| {
+            supervise::running(paths, s).is_none()
+                && !supervise::killed_marker(paths, &s.name).exists()
+        })
+        .collect();
+    if down.is_empty() && supervise::supervisor(paths).is_some() {
+        bail!(
+            "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
+            info.name,
+            info.name
+        );
+    }
+    for spec in down {
+        supervise::ensure(paths, spec)?;
+    }
+    supervise::ensure_supervisor(paths)?;
+    let client = ManagerClient::new(&paths.manager_socket());
+    wait_until("the manager to answer", READY_TIMEOUT, || async {
+        client.get::<serde_json::Value>("/swarm").await.is_ok()
+    })
+    .await
+    .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
+    for node in &info.nodes {
+        if supervise::killed_marker(paths, node).exists() {
+            continue;
+        }
+        wait_until(&format!("{node} to be ready"), RESUME_TIMEOUT, || {
+            crate::testbed::hostname_ready(&client, node)
+        })
+        .await?;
+    }
+    Ok(ClusterInfo {
+        running: true,
+        ..info
+    })
+}
+
+/// Agents that were down reconnect within their retry back-off.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes the record `cluster ls` reads, once every node of a new cluster is up.
 pub(crate) fn record_up(
@@ -290,6 +306,10 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // The supervisor first, or it would restart what is being stopped.
+    if let Some(pid) = supervise::supervisor(&paths) {
+        crate::testbed::procs::kill_all(&[pid]);
+    }
     for pid in &procs {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
@@ -527,6 +547,12 @@ pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
         Err(_) => None,
     };
     crate::manager::serve(m, &paths.manager_socket(), underlay).await
+}
+
+pub async fn run_supervisor(cluster: &str) -> anyhow::Result<()> {
+    let cluster = cluster.to_string();
+    tokio::task::spawn_blocking(move || crate::testbed::supervise::run(&cluster)).await??;
+    Ok(())
 }
 
 pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod network;
 pub mod node;
 pub mod service;
+mod service_logs;
 mod service_policy;
 mod service_ps;
 mod service_update;

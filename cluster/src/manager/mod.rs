@@ -3,6 +3,8 @@
 
 mod agents;
 mod error;
+mod extract;
+mod logs;
 mod lookup;
 mod networks;
 mod nodes;
@@ -37,6 +39,8 @@ pub struct Manager {
     acks: Mutex<HashMap<String, u64>>,
     /// Bumped on every store commit and whenever the lowest ack moves (plans depend on it).
     epoch: watch::Sender<u64>,
+    /// What tasks printed, as their agents pushed it.
+    logs: logs::Logs,
     /// When each node's agent last talked to us.
     last_seen: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -50,6 +54,7 @@ impl Manager {
             store,
             acks: Mutex::new(HashMap::new()),
             epoch: watch::channel(0).0,
+            logs: Default::default(),
             last_seen: Mutex::new(HashMap::new()),
         });
         m.initialise(cluster)?;
@@ -202,14 +207,25 @@ pub fn router(m: Shared) -> Router {
             get(services::inspect).delete(services::remove),
         )
         .route("/services/{id}/update", post(services::update))
+        .route("/services/{id}/logs", get(logs::service_logs))
+        .route("/secrets", get(system::no_secrets))
+        .route("/configs", get(system::no_secrets))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::inspect))
+        .route("/tasks/{id}/logs", get(logs::task_logs))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
         .route("/swarmkit/v1/agents/register", post(agents::register))
         .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
         .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
+        .route(
+            &format!("/swarmkit/v1/agents/{{id}}/{}", crate::tasklog::PUSH_PATH),
+            post(logs::push),
+        )
+        .fallback(system::page_not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(m)
 }
 

@@ -9,6 +9,7 @@ pub mod netns;
 pub mod procs;
 pub mod qemu;
 pub mod ssh;
+pub mod supervise;
 
 use std::fmt;
 use std::str::FromStr;

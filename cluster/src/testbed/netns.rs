@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use netcore::link::Links;
 use netcore::netns::NetNs;
 
+use super::supervise::{self, Spec};
 use super::{Fault, NodeBackend, Result, TestbedError, procs};
 use crate::lifecycle::ClusterInfo;
 use crate::paths::ClusterPaths;
@@ -65,55 +66,34 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
         )))
 }
 
-/// Starts the agent of the `i`th node inside its namespace; returns its pid (also written to
-/// the node's pid file).
-pub fn spawn_agent(
-    paths: &ClusterPaths,
+/// How the `i`th node's agent is started: inside its namespace, dialling the manager across
+/// the underlay.
+pub fn agent_spec(
     i: usize,
     hostname: &str,
     lb: Option<netcore::lb::Driver>,
-) -> anyhow::Result<u32> {
+    paths: &ClusterPaths,
+) -> Spec {
     let mut env = vec![
-        (crate::agent::ENV_NODE_ADDR, node_addr(i).addr().to_string()),
         (
-            crate::client::ENV_MANAGER_TCP,
+            crate::agent::ENV_NODE_ADDR.to_string(),
+            node_addr(i).addr().to_string(),
+        ),
+        (
+            crate::client::ENV_MANAGER_TCP.to_string(),
             format!("{MANAGER_ADDR}:{MANAGER_PORT}"),
         ),
     ];
     if let Some(lb) = lb {
-        env.push((crate::agent::ENV_LB, lb.to_string()));
+        env.push((crate::agent::ENV_LB.to_string(), lb.to_string()));
     }
-    let ns = NetNs::open(&paths.node_ns(hostname))?;
-    let pid = crate::lifecycle::spawn_daemon(
-        paths,
-        hostname,
-        &["__agent", "--node", hostname],
-        &env,
-        Some((ns, hostname.to_string())),
-    )?;
-    crate::lifecycle::write_atomically(
-        &agent_pid_file(paths, hostname),
-        pid.to_string().as_bytes(),
-    )?;
-    Ok(pid)
-}
-
-fn agent_pid_file(paths: &ClusterPaths, node: &str) -> std::path::PathBuf {
-    paths.run_dir().join(format!("{node}.pid"))
-}
-
-/// The node's agent, when it runs.
-pub fn agent_pid(paths: &ClusterPaths, node: &str) -> Option<i32> {
-    procs::from_file(
-        &agent_pid_file(paths, node),
-        &paths.name,
-        &["__agent", node],
-    )
-}
-
-/// Marks a node as killed on purpose, so that supervision leaves it down until `node start`.
-pub fn killed_marker(paths: &ClusterPaths, node: &str) -> std::path::PathBuf {
-    paths.run_dir().join(format!("{node}.killed"))
+    Spec {
+        name: hostname.to_string(),
+        args: vec!["__agent".into(), "--node".into(), hostname.to_string()],
+        env,
+        node_ns: Some(paths.node_ns(hostname)),
+        hostname: Some(hostname.to_string()),
+    }
 }
 
 async fn set_port(paths: &ClusterPaths, i: usize, up: bool) -> Result<()> {
@@ -139,9 +119,10 @@ impl NodeBackend for Netns {
             Fault::Kill => {
                 // The link first: nothing the node still sends escapes after the "crash".
                 set_port(paths, i, false).await?;
-                std::fs::write(killed_marker(paths, node), b"")
+                std::fs::write(supervise::killed_marker(paths, node), b"")
                     .map_err(super::io("marking the node killed"))?;
-                if let Some(pid) = agent_pid(paths, node)
+                let spec = agent_spec(i, node, info.lb, paths);
+                if let Some(pid) = supervise::running(paths, &spec)
                     && !procs::kill_tree(pid)
                 {
                     return Err(TestbedError::Remote {
@@ -153,15 +134,14 @@ impl NodeBackend for Netns {
             }
             Fault::Start => {
                 set_port(paths, i, true).await?;
-                let _ = std::fs::remove_file(killed_marker(paths, node));
-                if agent_pid(paths, node).is_some() {
+                let spec = agent_spec(i, node, info.lb, paths);
+                if supervise::running(paths, &spec).is_some() {
                     return Ok(());
                 }
                 let since = chrono::Utc::now();
-                spawn_agent(paths, i, node, info.lb).map_err(|e| TestbedError::Remote {
-                    node: node.to_string(),
-                    message: format!("starting its agent: {e:#}"),
-                })?;
+                // Once unmarked, the supervisor may start the agent first; either way once.
+                let _ = std::fs::remove_file(supervise::killed_marker(paths, node));
+                supervise::ensure(paths, &spec)?;
                 super::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
             }
             Fault::Isolate => set_port(paths, i, false).await,

@@ -13,6 +13,7 @@ use super::{image, qemu};
 use crate::client::ManagerClient;
 use crate::lifecycle::{ClusterInfo, UpOptions};
 use crate::paths::ClusterPaths;
+use crate::testbed::supervise::{self, Spec};
 
 const SSH_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,8 +32,8 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     }
     let underlay = NetNs::create(&paths.underlay_ns())?;
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let progress = NodeProgress::new(&hostnames, start);
 
@@ -123,8 +124,8 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
         crate::ssh::ensure_client_key(&n.key_file)?;
         qemu::save_node(paths, n)?;
     }
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure_supervisor(paths)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let progress = NodeProgress::new(&names, start);
     finish(opts, paths, &nodes, &progress).await
@@ -138,8 +139,7 @@ async fn finish(
     progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let hostnames: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    let vmhost = crate::lifecycle::spawn_daemon(paths, "vmhost", &["__vmhost"], &[], None)?;
-    std::fs::write(paths.run_dir().join("vmhost.pid"), vmhost.to_string())?;
+    supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
 
     let client = ManagerClient::new(&paths.manager_socket());
     let waits = nodes.iter().map(|n| {
