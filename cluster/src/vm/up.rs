@@ -31,7 +31,13 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     }
     let underlay = NetNs::create(&paths.underlay_ns())?;
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
+    let manager_pid = crate::lifecycle::spawn_daemon(
+        paths,
+        "manager",
+        &["__manager"],
+        &crate::lifecycle::manager_env(opts),
+        None,
+    )?;
     std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let progress = NodeProgress::new(&hostnames, start);
@@ -123,7 +129,13 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
         crate::ssh::ensure_client_key(&n.key_file)?;
         qemu::save_node(paths, n)?;
     }
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
+    let manager_pid = crate::lifecycle::spawn_daemon(
+        paths,
+        "manager",
+        &["__manager"],
+        &crate::lifecycle::manager_env(opts),
+        None,
+    )?;
     std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let progress = NodeProgress::new(&names, start);
