@@ -235,13 +235,15 @@ fn wanted(spec: &IpsecSpec) -> Wanted<'_> {
 
 /// The nftables table: marks on output, the cleartext drop on input. Replaced whole, in one
 /// transaction, so it is never seen half-written.
-fn table_text(port: u16, vnis: &BTreeSet<u32>) -> String {
+pub fn table_text(port: u16, vnis: &BTreeSet<u32>) -> String {
     let mut s = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
     if vnis.is_empty() {
         return s;
     }
     s.push_str(&format!("table ip {NFT_TABLE} {{\n"));
-    s.push_str("  chain mark {\n    type route hook output priority mangle; policy accept;\n");
+    s.push_str(
+        "  chain select_esp {\n    type route hook output priority mangle; policy accept;\n",
+    );
     for v in vnis {
         s.push_str(&format!(
             "    udp dport {port} @th,96,24 {v} meta mark set {:#x} comment \"vni {v}\"\n",
@@ -249,7 +251,7 @@ fn table_text(port: u16, vnis: &BTreeSet<u32>) -> String {
         ));
     }
     s.push_str(
-        "  }\n  chain cleartext {\n    type filter hook input priority filter; policy accept;\n",
+        "  }\n  chain drop_cleartext {\n    type filter hook input priority filter; policy accept;\n",
     );
     for v in vnis {
         s.push_str(&format!(
@@ -599,14 +601,11 @@ pub async fn probe(ns: &NetNs) -> Result<()> {
     };
     let mut missing = Vec::new();
     match gcm {
-        // The kernel could not set up the transform: with gcm present, its RNG is what fails.
-        Some(libc::EINVAL) => missing.push(
-            "a seeded crypto RNG for AEAD states (CONFIG_CRYPTO_DRBG, jitterentropy_rng)".into(),
-        ),
         Some(libc::EPROTONOSUPPORT) => {
             missing.push("IPsec ESP (CONFIG_INET_ESP, module esp4)".into());
         }
-        _ => {
+        // "Requested AEAD algorithm not found": no GCM; whether ESP is there is asked apart.
+        Some(libc::ENOSYS) => {
             missing.push(format!(
                 "AES-GCM for ESP ({AEAD_ALG}: CONFIG_CRYPTO_GCM, modules gcm and ghash_generic)"
             ));
@@ -618,6 +617,15 @@ pub async fn probe(ns: &NetNs) -> Result<()> {
                 Err(_) => {}
             }
         }
+        // "Kernel was unable to initialize cryptographic operations": GCM is known but cannot be
+        // instantiated, in practice because ESP's IV generator finds no seeded stdrng.
+        other => missing.push(format!(
+            "a working AES-GCM transform (the kernel refused it{}; usually the crypto RNG is \
+             missing: drbg with hmac(sha512), modules drbg and sha512_generic)",
+            other
+                .map(|e| format!(": {}", io::Error::from_raw_os_error(e)))
+                .unwrap_or_default()
+        )),
     }
     Err(XfrmError::Unsupported { missing })
 }

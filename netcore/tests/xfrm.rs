@@ -77,6 +77,19 @@ async fn probe_names_what_is_missing_or_sas_reconcile() {
             };
             ipsec.apply(&empty).await.expect("empty spec applies");
             assert!(ipsec.sas().await.unwrap().is_empty());
+            // The nftables half needs no ESP: the kernel takes the table as written, twice.
+            let table = xfrm::table_text(7789, &[4097, 4098].into());
+            for _ in 0..2 {
+                netcore::lb::nftbatch::apply_nft(&ns, &table).expect("the table applies");
+            }
+            let listed = netcore::lb::nftbatch::run_nft(
+                &ns,
+                &["list", "table", "ip", xfrm::NFT_TABLE],
+                None,
+            )
+            .expect("nft list");
+            assert!(listed.contains("meta mark set 0x5c001001"), "{listed}");
+            assert!(listed.contains("missing counter packets 0"), "{listed}");
         }
         Err(e) => panic!("probe failed: {e}"),
         Ok(()) => {

@@ -73,6 +73,9 @@ pub const ESP_MODULES: &[&str] = &[
     "authenc",
     // drbg seeds itself from jitterentropy when it loads: the RNG must be there first.
     "jitterentropy_rng",
+    // The default stdrng is drbg's hmac(sha512) one; without sha512 every AEAD state (ESP's
+    // IV generator asks stdrng) fails with "unable to initialize cryptographic operations".
+    "sha512_generic",
     "drbg",
 ];
 
