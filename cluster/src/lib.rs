@@ -16,4 +16,6 @@ pub mod plan;
 pub mod protocol;
 pub mod ssh;
 pub mod store;
+pub mod tasklog;
+pub mod testbed;
 pub mod vm;

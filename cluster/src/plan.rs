@@ -102,6 +102,9 @@ pub struct ServicePlan {
     pub vips: BTreeMap<String, (Ipv4Addr, u32)>,
     /// network id -> addresses of running tasks, in slot order (the round-robin order).
     pub backends: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// network id -> extra DNS names of the service on that network (`Networks[].Aliases`).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -142,6 +145,40 @@ pub fn serves_traffic(t: &Task) -> bool {
 
 pub fn task_name(service_name: &str, t: &Task) -> String {
     format!("{service_name}.{}.{}", t.slot, t.id)
+}
+
+/// The spec's network aliases by network ID, from both places a spec may list networks
+/// (TaskTemplate.Networks and the deprecated top-level Networks), targets by ID or name.
+fn aliases_of(state: &State, s: &crate::model::Service) -> BTreeMap<String, Vec<String>> {
+    let mut targets = s
+        .spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.clone())
+        .unwrap_or_default();
+    #[allow(deprecated)]
+    targets.extend(s.spec.networks.clone().unwrap_or_default());
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in targets {
+        let Some(target) = t.target.as_deref() else {
+            continue;
+        };
+        let Some(net) = state
+            .networks
+            .get(target)
+            .or_else(|| state.networks.values().find(|n| n.name == target))
+        else {
+            continue;
+        };
+        let list = out.entry(net.id.clone()).or_default();
+        for a in t.aliases.unwrap_or_default() {
+            if !a.is_empty() && !list.contains(&a) {
+                list.push(a);
+            }
+        }
+    }
+    out.retain(|_, v| !v.is_empty());
+    out
 }
 
 pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
@@ -311,6 +348,7 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
             endpoint_mode: s.endpoint_mode,
             vips,
             backends,
+            aliases: aliases_of(state, s),
         });
     }
     ports.sort_by_key(|p| (p.protocol, p.published));

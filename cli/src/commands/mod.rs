@@ -6,6 +6,7 @@ pub mod exec;
 pub mod network;
 pub mod node;
 pub mod service;
+mod service_logs;
 mod service_ps;
 pub mod vm;
 

@@ -30,6 +30,8 @@ pub enum ServiceCmd {
     },
     /// List the tasks of one or more services
     Ps(super::service_ps::PsArgs),
+    /// Fetch the logs of a service or task
+    Logs(super::service_logs::LogsArgs),
     /// Display detailed information on one or more services
     Inspect {
         #[arg(required = true, value_name = "SERVICE")]
@@ -179,6 +181,7 @@ pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
         ServiceCmd::Create(args) => create(&api, args).await,
         ServiceCmd::Ls { quiet, format } => ls(&api, quiet, format).await,
         ServiceCmd::Ps(args) => super::service_ps::ps(&api, args).await,
+        ServiceCmd::Logs(args) => super::service_logs::logs(&api, args).await,
         ServiceCmd::Inspect { services, pretty } => inspect(&api, &services, pretty).await,
         ServiceCmd::Scale { targets, detach } => scale(&api, targets, detach).await,
         ServiceCmd::Update(args) => update(&api, args).await,

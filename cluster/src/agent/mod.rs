@@ -3,6 +3,7 @@
 //! what it observed. Every step is a reconcile, so a missed event is repaired by the next plan.
 
 mod dataplane;
+mod logs;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -73,6 +74,7 @@ pub struct Agent {
     /// the manager creates, so the history in `service ps` tells the truth.
     finished: HashSet<String>,
     events: mpsc::UnboundedSender<Event>,
+    logs: logs::LogSink,
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
@@ -178,6 +180,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let (plan_tx, mut plan_rx) = watch::channel::<Option<NodePlan>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let logs = logs::LogSink::start(client.clone(), node_id.clone());
     let mut agent = Agent {
         dataplane: dataplane::Dataplane::new(
             paths.clone(),
@@ -197,6 +200,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         reports: BTreeMap::new(),
         finished: HashSet::new(),
         events: events_tx,
+        logs,
     };
     // Wakes the loop for tasks whose restart back-off ends later; otherwise idle.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -518,7 +522,8 @@ impl Agent {
             _ => t.args.clone(),
         };
         let dir = self.paths.task_dir(&t.id);
-        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
+        let mut child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
+        self.logs.capture(&t.id, &mut child);
         let pid = child.id();
         let id = t.id.clone();
         let events = self.events.clone();

@@ -3,6 +3,8 @@
 
 mod agents;
 mod error;
+mod extract;
+mod logs;
 mod lookup;
 mod networks;
 mod nodes;
@@ -38,6 +40,8 @@ pub struct Manager {
     acks: Mutex<HashMap<String, u64>>,
     /// Bumped on every store commit and whenever the lowest ack moves (plans depend on it).
     epoch: watch::Sender<u64>,
+    /// What tasks printed, as their agents pushed it.
+    logs: logs::Logs,
     /// When each node's agent last talked to us.
     last_seen: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -51,6 +55,7 @@ impl Manager {
             store,
             acks: Mutex::new(HashMap::new()),
             epoch: watch::channel(0).0,
+            logs: Default::default(),
             last_seen: Mutex::new(HashMap::new()),
         });
         m.initialise(cluster)?;
@@ -221,8 +226,12 @@ pub fn router(m: Shared) -> Router {
             get(services::inspect).delete(services::remove),
         )
         .route("/services/{id}/update", post(services::update))
+        .route("/services/{id}/logs", get(logs::service_logs))
+        .route("/secrets", get(system::no_secrets))
+        .route("/configs", get(system::no_secrets))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::inspect))
+        .route("/tasks/{id}/logs", get(logs::task_logs))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect))
         .route(
@@ -233,11 +242,24 @@ pub fn router(m: Shared) -> Router {
         .route("/swarmkit/v1/agents/register", post(agents::register))
         .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
         .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
+        .route(
+            &format!("/swarmkit/v1/agents/{{id}}/{}", crate::tasklog::PUSH_PATH),
+            post(logs::push),
+        )
+        .fallback(system::page_not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(m)
 }
 
-/// Serves the API on `socket` until the process is stopped.
-pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
+/// Serves the API on `socket` until the process is stopped, and on `underlay` too when given:
+/// agents whose control channel must cross the cluster's underlay (so that cutting a node's
+/// link really cuts it off) dial that TCP listener; clients keep the unix socket.
+pub async fn serve(
+    m: Shared,
+    socket: &Path,
+    underlay: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     use tower::Layer;
     let _ = std::fs::remove_file(socket);
@@ -246,10 +268,20 @@ pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
     tokio::spawn(agents::watch_liveness(m.clone()));
     tokio::spawn(rotation::run(m));
-    axum::serve(
+    let unix = axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
-    )
-    .await?;
+        axum::ServiceExt::<Request>::into_make_service(app.clone()),
+    );
+    match underlay {
+        None => unix.await?,
+        Some(tcp) => {
+            tcp.set_nonblocking(true)?;
+            let tcp = axum::serve(
+                tokio::net::TcpListener::from_std(tcp)?,
+                axum::ServiceExt::<Request>::into_make_service(app),
+            );
+            tokio::try_join!(unix.into_future(), tcp.into_future())?;
+        }
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
@@ -14,7 +14,8 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
-use super::lookup::{ListQuery, find, parse_filters};
+use super::extract::{self, Query};
+use super::lookup::{ListQuery, find, labels_match, parse_filters};
 use super::{ApiError, ApiResult, Shared};
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
 use crate::orchestrator;
@@ -331,7 +332,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
 
 pub async fn create(
     State(m): State<Shared>,
-    Json(spec): Json<ServiceSpec>,
+    extract::Json(spec): extract::Json<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let id = m.update(|s| create_in(s, spec))?;
     Ok((
@@ -409,11 +410,16 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
     }
 }
 
+pub fn label<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
+    svc.spec.labels.as_ref()?.get(key).map(String::as_str)
+}
+
 fn matches(svc: &Service, filters: &HashMap<String, Vec<String>>) -> bool {
     filters.iter().all(|(k, vals)| match k.as_str() {
         "id" => vals.iter().any(|v| svc.id.starts_with(v.as_str())),
         "name" => vals.iter().any(|v| svc.name.starts_with(v.as_str())),
         "mode" => vals.iter().any(|v| v == "replicated"),
+        "label" => labels_match(|k| label(svc, k), vals),
         _ => true,
     })
 }
@@ -422,7 +428,7 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiService>>> {
-    let filters = parse_filters(q.filters.as_deref())?;
+    let filters = parse_filters(q.filters.as_deref(), &["id", "name", "label", "mode"])?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
     Ok(Json(
@@ -452,7 +458,7 @@ pub async fn update(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<UpdateQuery>,
-    Json(spec): Json<ServiceSpec>,
+    extract::Json(spec): extract::Json<ServiceSpec>,
 ) -> ApiResult<Json<serde_json::Value>> {
     m.update(|s| {
         let old = find(&s.services, &id, |x| &x.name, "service")?.clone();
