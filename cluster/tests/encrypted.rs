@@ -11,6 +11,7 @@
 //!   and the outbound SPIs change;
 //! - membership: scaling onto a third node installs its SAs on every peer, scaling away
 //!   removes them everywhere.
+//!
 //! Needs root, qemu-system-x86_64, the Debian kernel package (or a cached one), tcpdump,
 //! python3 and a built `swarmkit` binary next to the test binary; each missing piece skips.
 

@@ -568,9 +568,10 @@ pub async fn probe(ns: &NetNs) -> Result<()> {
             None => req.encryption_aead(AEAD_ALG, &key, ICV_BITS),
             // AES-CBC with HMAC-SHA1: what CONFIG_INET_ESP itself selects, so it tells ESP's
             // absence apart from GCM's.
-            Some(enc) => req
-                .encryption(enc, &key[..16].to_vec())
-                .and_then(|r| r.authentication_trunc("hmac(sha1)", &key, 96)),
+            Some(enc) => match req.encryption(enc, &key[..16].to_vec()) {
+                Ok(r) => r.authentication_trunc("hmac(sha1)", &key, 96),
+                Err(e) => Err(e),
+            },
         };
         async move {
             match req {
