@@ -13,6 +13,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod paths;
 pub mod plan;
+pub mod policy;
 pub mod protocol;
 pub mod ssh;
 pub mod store;

@@ -77,6 +77,9 @@ pub struct TaskPlan {
     pub start_after: Option<Time>,
     /// Ports published in host mode: this node forwards them to this task directly.
     pub host_ports: Vec<HostPortPlan>,
+    /// Between SIGTERM and SIGKILL when the task stops (`--stop-grace-period`).
+    #[serde(default)]
+    pub stop_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -243,6 +246,7 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
             hostname: t.id[..12.min(t.id.len())].to_string(),
             attachments,
             start_after: t.start_after,
+            stop_grace_ms: crate::policy::stop_grace(&service.spec).as_millis() as u64,
             host_ports: service
                 .ports
                 .iter()

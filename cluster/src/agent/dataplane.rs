@@ -427,6 +427,7 @@ mod tests {
                 .collect(),
             start_after: None,
             host_ports: vec![],
+            stop_grace_ms: 0,
         }
     }
 

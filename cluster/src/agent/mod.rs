@@ -40,7 +40,6 @@ pub const ENV_MESH: &str = "SWARMKIT_MESH";
 /// How long a task may take to start listening before the agent says so in its log; it keeps
 /// checking after that, since a loaded machine can be that slow.
 const READY_WARN_AFTER: Duration = Duration::from_secs(10);
-const STOP_GRACE: Duration = Duration::from_secs(3);
 
 enum Event {
     Exited { id: String, code: Option<i32> },
@@ -569,12 +568,13 @@ impl Agent {
             return;
         }
         t.stopping = true;
+        let grace = Duration::from_millis(t.plan.stop_grace_ms);
         match t.pid {
             Some(pid) => {
                 let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
                 let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
                 tokio::spawn(async move {
-                    tokio::time::sleep(STOP_GRACE).await;
+                    tokio::time::sleep(grace).await;
                     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
                 });
             }

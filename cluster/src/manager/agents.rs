@@ -60,6 +60,8 @@ pub async fn register(
                     kernel: req.kernel.clone(),
                     ipsec_missing: req.ipsec_missing.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,
+                    availability: Default::default(),
+                    labels: Default::default(),
                 }
             }
         };

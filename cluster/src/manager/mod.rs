@@ -12,6 +12,7 @@ mod rotation;
 mod services;
 mod system;
 mod tasks;
+mod updater;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -233,7 +234,8 @@ pub fn router(m: Shared) -> Router {
         .route("/tasks/{id}", get(tasks::inspect))
         .route("/tasks/{id}/logs", get(logs::task_logs))
         .route("/nodes", get(nodes::list))
-        .route("/nodes/{id}", get(nodes::inspect))
+        .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
+        .route("/nodes/{id}/update", post(nodes::update))
         .route(
             "/swarmkit/v1/networks/{id}/rotate-key",
             post(rotation::rotate),
@@ -267,7 +269,8 @@ pub async fn serve(
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
     tokio::spawn(agents::watch_liveness(m.clone()));
-    tokio::spawn(rotation::run(m));
+    tokio::spawn(rotation::run(m.clone()));
+    tokio::spawn(updater::run(m));
     let unix = axum::serve(
         listener,
         axum::ServiceExt::<Request>::into_make_service(app.clone()),
