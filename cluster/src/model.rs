@@ -24,7 +24,19 @@ pub struct Network {
     pub ingress: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    /// Data-path keys of an encrypted network (`--opt encrypted`); stays in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<crate::keys::Keyring>,
 }
+
+impl Network {
+    pub fn encrypted(&self) -> bool {
+        self.options.contains_key(ENCRYPTED_OPTION)
+    }
+}
+
+/// docker's network option asking for IPsec on the data path.
+pub const ENCRYPTED_OPTION: &str = "encrypted";
 
 /// The dataplane's protocol type is the one the records keep.
 pub use netcore::lb::Protocol;
@@ -77,6 +89,31 @@ pub struct Service {
     pub networks: Vec<String>,
     /// One per network in VIP mode; none in dnsrr mode.
     pub vips: Vec<Vip>,
+    /// Progress of the rolling update (or rollback) to the current spec, as docker shows it.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Completed,
+    RollbackStarted,
+    RollbackCompleted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started: Time,
+    pub completed: Option<Time>,
+    pub message: String,
+    /// When a slot last finished updating: the next batch waits `UpdateConfig.Delay` from here.
+    pub last_slot_done: Option<Time>,
+    /// Slots being replaced now (at most `UpdateConfig.Parallelism` of them).
+    #[serde(default)]
+    pub slots: std::collections::BTreeSet<u64>,
 }
 
 impl Service {
@@ -183,6 +220,10 @@ pub struct Task {
     /// Store version at which the agent reported it running; it counts as running for clients
     /// once every node has applied that version (it is then reachable through the LB).
     pub running_version: Option<u64>,
+    /// Restarts of this slot under the current spec that led to this task (the restart
+    /// policy's attempt count).
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -190,6 +231,19 @@ pub struct Task {
 pub enum NodeState {
     Ready,
     Down,
+}
+
+/// docker's node availability: where the scheduler may place tasks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere, and it takes no new ones.
+    Drain,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -209,6 +263,15 @@ pub struct Node {
     pub kernel: String,
     /// This node's address on the ingress network (its ingress sandbox).
     pub ingress_addr: Ipv4Net,
+    #[serde(default)]
+    pub availability: Availability,
+    /// `node update --label-add`: what `--constraint node.labels.K==V` matches.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What the node's kernel lacks for encrypted overlays, as its agent probed it (empty: it
+    /// can encrypt; None: not probed).
+    #[serde(default)]
+    pub ipsec_missing: Option<Vec<String>>,
 }
 
 /// Cluster-wide facts fixed at creation.
@@ -220,4 +283,28 @@ pub struct Meta {
     /// IDs of docker's local default networks (bridge, docker_gwbridge, host, none).
     pub local_networks: BTreeMap<String, String>,
     pub next_fwmark: u32,
+    /// UDP port of every network's VXLAN traffic (`cluster up --data-path-port`); 0: 4789.
+    #[serde(default)]
+    pub data_path_port: u16,
+    /// How often encrypted networks get a new key (`cluster up --key-rotation`); 0: 12 h.
+    #[serde(default)]
+    pub key_rotation_secs: u64,
+}
+
+impl Meta {
+    pub fn data_port(&self) -> u16 {
+        if self.data_path_port == 0 {
+            netcore::overlay::VXLAN_PORT
+        } else {
+            self.data_path_port
+        }
+    }
+
+    pub fn key_rotation(&self) -> std::time::Duration {
+        if self.key_rotation_secs == 0 {
+            crate::keys::DEFAULT_ROTATION
+        } else {
+            std::time::Duration::from_secs(self.key_rotation_secs)
+        }
+    }
 }

@@ -401,6 +401,7 @@ mod tests {
             start_after: None,
             drain_version: None,
             running_version: None,
+            restarts: 0,
         };
         state.put_task(task("t1"));
         let line = "x".repeat(1000);
