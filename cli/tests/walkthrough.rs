@@ -54,6 +54,13 @@ fn routing_with_docker_cli() {
     walkthrough(&["routing", "--client", "docker"]);
 }
 
+/// A compose stack through the docker CLI (the plan asks for it: `docker stack` runs in the
+/// client).
+#[test]
+fn stack_with_docker_cli() {
+    walkthrough(&["stack"]);
+}
+
 #[test]
 fn overlay_with_swarmkit_cli() {
     walkthrough(&["overlay"]);

@@ -6,7 +6,8 @@ use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use clap::{Args, Subcommand};
 
 use super::{Api, ApiResult};
-use crate::render::{self, Format, Table};
+use crate::render::{self, Format};
+use crate::template::Printer;
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
@@ -21,14 +22,20 @@ pub enum NetworkCmd {
         /// Do not truncate the output
         #[arg(long)]
         no_trunc: bool,
+        /// Filter output based on conditions provided (KEY=VALUE), e.g. label=com.docker.stack.namespace=demo
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+        filter: Vec<(String, String)>,
         /// Output format
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = crate::template::parse)]
         format: Format,
     },
     /// Display detailed information on one or more networks
     Inspect {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
+        /// Format the output using the given Go template
+        #[arg(short, long, value_parser = crate::template::parse)]
+        format: Option<crate::render::Format>,
     },
     /// Remove one or more networks
     #[command(visible_alias = "remove")]
@@ -128,9 +135,13 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
         NetworkCmd::Ls {
             quiet,
             no_trunc,
+            filter,
             format,
         } => {
-            let mut networks = api.docker.list_networks(None).await.api(&api)?;
+            let opts = bollard::query_parameters::ListNetworksOptions {
+                filters: super::filters(&filter),
+            };
+            let mut networks = api.docker.list_networks(Some(opts)).await.api(&api)?;
             networks.sort_by(|a, b| {
                 render::natural_cmp(
                     a.name.as_deref().unwrap_or_default(),
@@ -149,38 +160,44 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
                 networks.into_iter().for_each(|n| println!("{}", id(n.id)));
                 return Ok(0);
             }
-            let mut table = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+            let mut out = Printer::new(
+                &format,
+                &[
+                    "CreatedAt",
+                    "Driver",
+                    "ID",
+                    "IPv4",
+                    "IPv6",
+                    "Internal",
+                    "Labels",
+                    "Name",
+                    "Scope",
+                ],
+                &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+            );
             for n in networks {
                 let (nid, name) = (id(n.id.clone()), n.name.clone().unwrap_or_default());
                 let driver = n.driver.clone().unwrap_or_default();
                 let scope = n.scope.clone().unwrap_or_default();
-                match format {
-                    Format::Json => println!(
-                        "{}",
-                        render::json_line(&[
-                            (
-                                "CreatedAt",
-                                n.created.map(|c| c.to_string()).unwrap_or_default().into()
-                            ),
-                            ("Driver", driver.into()),
-                            ("ID", nid.into()),
-                            ("IPv4", "true".into()),
-                            ("IPv6", n.enable_ipv6.unwrap_or(false).to_string().into()),
-                            ("Internal", n.internal.unwrap_or(false).to_string().into()),
-                            ("Labels", labels_text(n.labels.as_ref()).into()),
-                            ("Name", name.into()),
-                            ("Scope", scope.into()),
-                        ])
-                    ),
-                    Format::Table => table.row(vec![nid, name, driver, scope]),
-                }
+                out.row(
+                    vec![
+                        n.created.map(|c| c.to_string()).unwrap_or_default().into(),
+                        driver.clone().into(),
+                        nid.clone().into(),
+                        "true".into(),
+                        n.enable_ipv6.unwrap_or(false).to_string().into(),
+                        n.internal.unwrap_or(false).to_string().into(),
+                        labels_text(n.labels.as_ref()).into(),
+                        name.clone().into(),
+                        scope.clone().into(),
+                    ],
+                    vec![nid, name, driver, scope],
+                )?;
             }
-            if format == Format::Table {
-                table.print()?;
-            }
+            out.finish()?;
             Ok(0)
         }
-        NetworkCmd::Inspect { networks } => {
+        NetworkCmd::Inspect { networks, format } => {
             let mut found = Vec::new();
             let mut errors = Vec::new();
             for name in &networks {
@@ -190,7 +207,7 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            super::print_inspect(&found, errors)
+            super::print_inspect(&found, errors, &format.unwrap_or(Format::Json))
         }
         NetworkCmd::RotateKey { network } => rotate_key(cluster, &network).await,
         NetworkCmd::Rm { networks } => {

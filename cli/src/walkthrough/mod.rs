@@ -131,10 +131,11 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
 
     let started = Instant::now();
     let name = unique_cluster_name(cluster, std::process::id())?;
+    let client = plan.client.unwrap_or(args.client);
     let runner = Runner {
         exe: std::env::current_exe().context("finding the swarmkit executable")?,
         cluster: name.clone(),
-        client: args.client,
+        client,
     };
     let display = Display::new(plan.command_count());
     display.line(&format!(
@@ -142,7 +143,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         plan.name,
         plan.title,
         plan.nodes,
-        match args.client {
+        match client {
             Client::Swarmkit => "swarmkit",
             Client::Docker => "docker",
         }

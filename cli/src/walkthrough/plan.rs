@@ -85,6 +85,9 @@ pub struct Plan {
     pub name: String,
     pub title: String,
     pub nodes: usize,
+    /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
+    /// `--client` says.
+    pub client: Option<super::Client>,
     pub blocks: Vec<Block>,
 }
 
@@ -111,6 +114,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         message,
     };
     let mut nodes = DEFAULT_NODES;
+    let mut client = None;
     let mut blocks: Vec<Block> = Vec::new();
     let mut lines = markdown.lines().enumerate().map(|(i, l)| (i + 1, l));
 
@@ -140,6 +144,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                         err(lineno, format!("bad node count {n:?}"))
                                     })?
                             }
+                            Some(("client", "docker")) => client = Some(super::Client::Docker),
                             _ => return Err(err(lineno, format!("unknown setting {word:?}"))),
                         }
                     }
@@ -162,6 +167,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         name: name.to_string(),
         title: title_of(markdown),
         nodes,
+        client,
         blocks,
     })
 }
