@@ -76,6 +76,9 @@ pub struct Block {
     /// Re-run each command until its output matches the Markdown, for at most this long.
     pub retry_secs: Option<u64>,
     pub timeout_secs: u64,
+    /// `backend=netns`: the block shows what only these backends have (say, the sandbox
+    /// layout of the routing mesh); on any other it is skipped, its snapshot entries kept.
+    pub backends: Vec<String>,
     pub commands: Vec<Command>,
     pub assertions: Vec<Assertion>,
 }
@@ -215,6 +218,7 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
         patterns: Vec::new(),
         retry_secs: None,
         timeout_secs: DEFAULT_TIMEOUT_SECS,
+        backends: Vec::new(),
         commands: Vec::new(),
         assertions: Vec::new(),
     };
@@ -226,6 +230,7 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
             Some(("normalize", p)) => block.patterns = split_list(p),
             Some(("retry", v)) => block.retry_secs = Some(secs(v)?),
             Some(("timeout", v)) => block.timeout_secs = secs(v)?,
+            Some(("backend", b)) => block.backends = split_list(b),
             None if word == "nocheck" => block.nocheck = true,
             None if word == "underlay" => target = Some(Target::Underlay),
             _ => return Err(format!("unknown block attribute {word:?}")),
