@@ -23,6 +23,20 @@ pub struct NodePlan {
     pub tasks: Vec<TaskPlan>,
     pub services: Vec<ServicePlan>,
     pub ingress: Option<IngressPlan>,
+    /// UDP port of all VXLAN traffic (0 in plans from before it existed: 4789).
+    #[serde(default)]
+    pub data_port: u16,
+    /// Keys of the encrypted networks in `networks`, by network ID.
+    #[serde(default)]
+    pub keyrings: BTreeMap<String, KeyringPlan>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyringPlan {
+    /// Every key the node receives with.
+    pub keys: Vec<netcore::xfrm::Key>,
+    /// Tag of the key it sends with.
+    pub primary: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,6 +48,9 @@ pub struct NetworkPlan {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub ingress: bool,
+    /// VXLAN of this network travels in ESP between nodes (`--opt encrypted`).
+    #[serde(default)]
+    pub encrypted: bool,
     /// Endpoints of this network on other nodes.
     pub peers: Vec<PeerPlan>,
 }
@@ -283,8 +300,13 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
                     vni: n.vni,
                     subnet: n.subnet,
                     gateway: n.gateway,
-                    mtu: crate::ipam::OVERLAY_MTU,
+                    mtu: if n.encrypted() {
+                        netcore::xfrm::ENCRYPTED_MTU
+                    } else {
+                        crate::ipam::OVERLAY_MTU
+                    },
                     ingress: n.ingress,
+                    encrypted: n.encrypted(),
                     peers,
                 }
             })
@@ -334,6 +356,21 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
         });
     }
     ports.sort_by_key(|p| (p.protocol, p.published));
+    let keyrings = local_networks
+        .iter()
+        .filter_map(|id| state.networks.get(id))
+        .filter_map(|n| {
+            n.keyring.as_ref().map(|k| {
+                (
+                    n.id.clone(),
+                    KeyringPlan {
+                        keys: k.keys.clone(),
+                        primary: k.primary,
+                    },
+                )
+            })
+        })
+        .collect();
 
     NodePlan {
         version: state.version,
@@ -349,5 +386,7 @@ pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
             sandbox_addr: node.ingress_addr,
             ports,
         }),
+        data_port: state.meta.data_port(),
+        keyrings,
     }
 }

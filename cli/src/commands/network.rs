@@ -36,6 +36,52 @@ pub enum NetworkCmd {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
     },
+    /// Give an encrypted network a new data-path key now; returns once every node sends with it
+    RotateKey {
+        #[arg(value_name = "NETWORK")]
+        network: String,
+    },
+}
+
+/// How long `rotate-key` waits for every node to take the new key.
+const ROTATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn rotate_key(cluster: &str, network: &str) -> anyhow::Result<i32> {
+    use ::cluster::client::{ClientError, ManagerClient};
+    use ::cluster::manager::KeyStatus;
+    let client = ManagerClient::new(&::cluster::paths::ClusterPaths::new(cluster).manager_socket());
+    let base = format!("/swarmkit/v1/networks/{network}");
+    let begun: Result<KeyStatus, _> = client
+        .post(&format!("{base}/rotate-key"), &serde_json::json!({}))
+        .await;
+    let begun = match begun {
+        Ok(s) => s,
+        Err(ClientError::Status { message, .. }) => {
+            eprintln!("Error response from daemon: {message}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = std::time::Instant::now() + ROTATE_DEADLINE;
+    loop {
+        let s: KeyStatus = client.get(&format!("{base}/keys")).await?;
+        if !s.rotating && s.generation >= begun.generation {
+            println!(
+                "{}: new key in use on every node (rotation {})",
+                s.network, s.generation
+            );
+            return Ok(0);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "network {}: the new key was handed out but not every node applied it within \
+                 {ROTATE_DEADLINE:?}; see `swarmkit node ls` for nodes that are down (the rotation \
+                 completes once they are back or removed)",
+                s.network
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +192,7 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
             }
             super::print_inspect(&found, errors)
         }
+        NetworkCmd::RotateKey { network } => rotate_key(cluster, &network).await,
         NetworkCmd::Rm { networks } => {
             let api = &api;
             super::for_each_name(&networks, |name| async move {

@@ -27,6 +27,9 @@ pub enum PlanError {
 pub enum Target {
     Node(String),
     Task(String),
+    /// This host, inside the cluster's underlay namespace: the wire between the nodes, where
+    /// a capture shows what really crosses it (`console underlay`).
+    Underlay,
 }
 
 impl std::fmt::Display for Target {
@@ -34,6 +37,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Node(n) => write!(f, "node={n}"),
             Target::Task(t) => write!(f, "task={t}"),
+            Target::Underlay => write!(f, "underlay"),
         }
     }
 }
@@ -43,6 +47,7 @@ impl Target {
     pub fn label(&self) -> &str {
         match self {
             Target::Node(n) | Target::Task(n) => n,
+            Target::Underlay => "underlay",
         }
     }
 }
@@ -216,6 +221,7 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
             Some(("retry", v)) => block.retry_secs = Some(secs(v)?),
             Some(("timeout", v)) => block.timeout_secs = secs(v)?,
             None if word == "nocheck" => block.nocheck = true,
+            None if word == "underlay" => target = Some(Target::Underlay),
             _ => return Err(format!("unknown block attribute {word:?}")),
         }
     }

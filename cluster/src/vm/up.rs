@@ -32,7 +32,14 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     }
     let underlay = NetNs::create(&paths.underlay_ns())?;
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
-    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure(
+        paths,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &crate::lifecycle::manager_env(opts),
+        ),
+    )?;
     supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let progress = NodeProgress::new(&hostnames, start);
@@ -124,7 +131,14 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
         crate::ssh::ensure_client_key(&n.key_file)?;
         qemu::save_node(paths, n)?;
     }
-    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure(
+        paths,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &crate::lifecycle::manager_env(opts),
+        ),
+    )?;
     supervise::ensure_supervisor(paths)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let progress = NodeProgress::new(&names, start);
