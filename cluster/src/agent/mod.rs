@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{ClientError, ManagerClient};
 use crate::model::TaskState;
 use crate::paths::ClusterPaths;
-use crate::plan::{NodePlan, TaskPlan};
+use crate::plan::{NodePlan, PlanState, TaskPlan};
 use crate::protocol::{
     PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport,
 };
@@ -73,6 +73,8 @@ pub struct Agent {
     /// the manager creates, so the history in `service ps` tells the truth.
     finished: HashSet<String>,
     events: mpsc::UnboundedSender<Event>,
+    /// The plan last applied in full: what the next apply compares against.
+    applied: Option<NodePlan>,
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
@@ -158,108 +160,135 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         reports: BTreeMap::new(),
         finished: HashSet::new(),
         events: events_tx,
+        applied: None,
     };
-    // Wakes the loop for tasks whose restart back-off ends later; otherwise idle.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut plan: Option<NodePlan> = None;
     let mut last_acked = None;
-    // A failed apply (say, a netlink call refused under load) is retried on the next tick,
-    // not only when the next plan arrives.
-    let mut retry = false;
+    // Nothing ticks: the loop wakes for a new plan, a task event, or a timer set for a
+    // restart back-off ending or for retrying what failed.
+    let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        let mut woke_by_tick = false;
+        let mut reconcile = false;
         tokio::select! {
             changed = plan_rx.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("plan channel closed");
                 }
+                plan = plan_rx.borrow_and_update().clone();
+                reconcile = true;
             }
             Some(ev) = events_rx.recv() => agent.on_event(ev),
-            _ = tick.tick() => woke_by_tick = true,
+            _ = sleep_until(wake_at) => reconcile = true,
         }
         while let Ok(ev) = events_rx.try_recv() {
             agent.on_event(ev);
         }
-        let new_plan = plan_rx.has_changed().unwrap_or(false);
-        let Some(plan) = plan_rx.borrow_and_update().clone() else {
+        let Some(plan) = &plan else {
             continue;
         };
-        let now = chrono::Utc::now();
-        let due = plan.tasks.iter().any(|t| {
-            t.start_after.is_some_and(|at| at <= now)
-                && !agent.tasks.contains_key(&t.id)
-                && !agent.finished.contains(&t.id)
-        });
-        if woke_by_tick && !new_plan && !due && !retry && agent.reports.is_empty() {
-            continue;
+        wake_at = None;
+        let mut applied = last_acked;
+        if reconcile {
+            let started = std::time::Instant::now();
+            match agent.reconcile(plan).await {
+                Ok(()) => {
+                    tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
+                    applied = Some(plan.version);
+                }
+                Err(e) => {
+                    tracing::warn!("applying plan {}: {e:#}", plan.version);
+                    wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                }
+            }
         }
-        let node_id = plan.node_id.clone();
-        let started = std::time::Instant::now();
-        let applied = match agent.reconcile(&plan).await {
-            Ok(()) => {
-                tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
-                retry = false;
-                Some(plan.version)
+        if !agent.reports.is_empty() || applied != last_acked {
+            if agent.send_report(&plan.node_id, applied).await {
+                last_acked = applied;
+            } else {
+                wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
             }
-            Err(e) => {
-                tracing::warn!("applying plan {}: {e:#}", plan.version);
-                retry = true;
-                None
-            }
-        };
-        if (!agent.reports.is_empty() || applied != last_acked)
-            && agent.send_report(&node_id, applied).await
-        {
-            last_acked = applied;
+        }
+        if let Some(at) = agent.next_start(plan) {
+            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
         }
     }
 }
 
+/// How soon a failed apply or report is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Long-polls the node's plan changes and hands on the accumulated plan. It runs apart from
+/// applying, so the polls (the node's heartbeats) keep coming however long an apply takes.
 async fn poll_plans(
     client: ManagerClient,
     mut node_id: String,
     req: RegisterRequest,
     tx: watch::Sender<Option<NodePlan>>,
 ) {
-    let mut epoch: Option<u64> = None;
+    let mut since: Option<u64> = None;
+    let mut plan = PlanState::default();
     loop {
-        let uri = match epoch {
-            Some(e) => format!("{PREFIX}/{node_id}/plan?after={e}"),
+        let uri = match since {
+            Some(v) => format!("{PREFIX}/{node_id}/plan?since={v}"),
             None => format!("{PREFIX}/{node_id}/plan"),
         };
         match client.get::<PlanResponse>(&uri).await {
             Ok(r) => {
-                epoch = Some(r.epoch);
-                tx.send_if_modified(|cur| {
-                    if cur.as_ref() == Some(&r.plan) {
-                        false
-                    } else {
-                        *cur = Some(r.plan);
-                        true
-                    }
-                });
+                since = Some(r.version);
+                if let Some(delta) = &r.delta {
+                    tracing::debug!(
+                        version = r.version,
+                        full = delta.full,
+                        objects = delta.len(),
+                        "plan delta"
+                    );
+                    plan.apply(delta);
+                    tx.send_replace(Some(plan.to_plan(r.version)));
+                }
             }
             Err(ClientError::Status { status, .. }) if status == 404 => {
                 if let Ok(id) = register(&client, &req).await {
                     node_id = id;
                 }
-                epoch = None;
+                since = None;
             }
             Err(e @ ClientError::Timeout { .. }) => {
                 // A request nobody answered (not a manager that is away) is worth seeing.
                 tracing::warn!("plan poll: {e}; polling again");
-                epoch = None;
             }
             Err(e) => {
-                // The dataplane keeps serving while the manager is away.
+                // The dataplane keeps serving while the manager is away; the manager sends
+                // the full plan if it cannot tell what we have.
                 tracing::debug!("plan poll: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                epoch = None;
             }
         }
     }
 }
 
 impl Agent {
+    /// When the earliest task waiting out a restart back-off may start.
+    fn next_start(&self, plan: &NodePlan) -> Option<tokio::time::Instant> {
+        let now = chrono::Utc::now();
+        plan.tasks
+            .iter()
+            .filter(|t| !self.tasks.contains_key(&t.id) && !self.finished.contains(&t.id))
+            .filter_map(|t| t.start_after)
+            .filter(|at| *at > now)
+            .min()
+            .map(|at| {
+                let wait = (at - now).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + wait + Duration::from_millis(1)
+            })
+    }
+
     fn report(&mut self, id: &str, state: TaskState, message: &str, err: Option<String>) {
         let pid = self.tasks.get(id).and_then(|t| t.pid);
         self.reports.insert(
@@ -358,6 +387,17 @@ impl Agent {
     }
 
     async fn reconcile(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        // Whatever fails below is re-applied in full next time.
+        let prev = self.applied.take();
+        self.apply(plan, prev.as_ref()).await?;
+        self.applied = Some(plan.clone());
+        Ok(())
+    }
+
+    /// Makes the node match `plan`. Tasks' load balancers and DNS views are rebuilt only
+    /// where a service on one of their networks changed since `prev` (the plan applied
+    /// last), so a change costs in proportion to what it touches.
+    async fn apply(&mut self, plan: &NodePlan, prev: Option<&NodePlan>) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         self.dataplane.apply_networks(plan).await?;
         let networks = started.elapsed();
@@ -398,7 +438,21 @@ impl Agent {
                 );
             }
         }
+        let touched = prev.map(|p| dataplane::changed_networks(p, plan));
+        let prev_tasks: HashSet<&str> = prev
+            .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
+            .unwrap_or_default();
         for t in self.tasks.values_mut().filter(|t| !t.stopping) {
+            if let Some(nets) = &touched
+                && prev_tasks.contains(t.plan.id.as_str())
+                && !t
+                    .plan
+                    .attachments
+                    .iter()
+                    .any(|a| nets.contains(&a.network_id))
+            {
+                continue;
+            }
             let services = dataplane::task_services(plan, &t.plan);
             tokio::task::block_in_place(|| t.lb.apply(&services))
                 .with_context(|| format!("load balancing for {}", t.plan.name))?;
