@@ -220,15 +220,21 @@ impl<T: Keyed> Changes<T> {
         self.put.len() + self.del.len()
     }
 
-    fn apply_to(&self, map: &mut BTreeMap<T::Key, T>)
+    /// Applies these changes to `map`, keeping `digest` (see [`PlanState::digest`]) current.
+    fn apply_to(&self, map: &mut BTreeMap<T::Key, T>, kind: u8, digest: &mut u64)
     where
-        T: Clone,
+        T: Clone + Serialize,
     {
         for k in &self.del {
-            map.remove(k);
+            if let Some(old) = map.remove(k) {
+                *digest = digest.wrapping_sub(object_hash(kind, &old));
+            }
         }
         for v in &self.put {
-            map.insert(v.key(), v.clone());
+            *digest = digest.wrapping_add(object_hash(kind, v));
+            if let Some(old) = map.insert(v.key(), v.clone()) {
+                *digest = digest.wrapping_sub(object_hash(kind, &old));
+            }
         }
     }
 }
@@ -281,19 +287,63 @@ pub struct PlanState {
     pub ports: BTreeMap<PortKey, IngressPort>,
 }
 
+/// A stable hash of one plan object (same binary, same value, same hash).
+fn object_hash<T: Serialize>(kind: u8, v: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    kind.hash(&mut h);
+    serde_json::to_vec(v).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+const HEADER: u8 = 0;
+const NETWORKS: u8 = 1;
+const PEERS: u8 = 2;
+const TASKS: u8 = 3;
+const SERVICES: u8 = 4;
+const PORTS: u8 = 5;
+
 impl PlanState {
-    pub fn apply(&mut self, delta: &PlanDelta) {
+    /// Applies a delta; returns the new digest given the digest before (kept up to date in
+    /// time proportional to the delta).
+    pub fn apply(&mut self, delta: &PlanDelta, digest: u64) -> u64 {
+        let mut d = digest;
         if delta.full {
             *self = PlanState::default();
+            d = 0;
         }
         if let Some(h) = &delta.header {
+            if !delta.full {
+                d = d.wrapping_sub(object_hash(HEADER, &self.header));
+            }
+            d = d.wrapping_add(object_hash(HEADER, h));
             self.header = h.clone();
         }
-        delta.networks.apply_to(&mut self.networks);
-        delta.peers.apply_to(&mut self.peers);
-        delta.tasks.apply_to(&mut self.tasks);
-        delta.services.apply_to(&mut self.services);
-        delta.ports.apply_to(&mut self.ports);
+        delta
+            .networks
+            .apply_to(&mut self.networks, NETWORKS, &mut d);
+        delta.peers.apply_to(&mut self.peers, PEERS, &mut d);
+        delta.tasks.apply_to(&mut self.tasks, TASKS, &mut d);
+        delta
+            .services
+            .apply_to(&mut self.services, SERVICES, &mut d);
+        delta.ports.apply_to(&mut self.ports, PORTS, &mut d);
+        d
+    }
+
+    /// An order-independent digest of the whole plan: the sum of its objects' hashes, so an
+    /// agent keeps it current per delta and the manager can tell whether an agent holds
+    /// exactly the plan it holds for the node.
+    pub fn digest(&self) -> u64 {
+        fn sum<T: Serialize>(kind: u8, it: impl Iterator<Item = T>) -> u64 {
+            it.fold(0u64, |d, v| d.wrapping_add(object_hash(kind, &v)))
+        }
+        object_hash(HEADER, &self.header)
+            .wrapping_add(sum(NETWORKS, self.networks.values()))
+            .wrapping_add(sum(PEERS, self.peers.values()))
+            .wrapping_add(sum(TASKS, self.tasks.values()))
+            .wrapping_add(sum(SERVICES, self.services.values()))
+            .wrapping_add(sum(PORTS, self.ports.values()))
     }
 
     /// The whole plan as one delta (a full resync).

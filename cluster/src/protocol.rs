@@ -43,6 +43,10 @@ pub struct PlanResponse {
 pub struct Report {
     /// The plan version now fully applied on the node.
     pub applied_version: Option<u64>,
+    /// The digest of the plan applied (`PlanState::digest`): the manager compares it with
+    /// the plan it holds for the node.
+    #[serde(default)]
+    pub plan_digest: Option<u64>,
     pub tasks: Vec<TaskReport>,
 }
 

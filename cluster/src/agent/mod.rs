@@ -138,7 +138,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let node_id = register(&client, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
-    let (plan_tx, mut plan_rx) = watch::channel::<Option<NodePlan>>(None);
+    let (plan_tx, mut plan_rx) = watch::channel::<Option<(NodePlan, u64)>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut agent = Agent {
@@ -162,7 +162,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         events: events_tx,
         applied: None,
     };
-    let mut plan: Option<NodePlan> = None;
+    let mut plan: Option<(NodePlan, u64)> = None;
     let mut last_acked = None;
     // Nothing ticks: the loop wakes for a new plan, a task event, or a timer set for a
     // restart back-off ending or for retrying what failed.
@@ -183,11 +183,11 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         while let Ok(ev) = events_rx.try_recv() {
             agent.on_event(ev);
         }
-        let Some(plan) = &plan else {
+        let Some((plan, digest)) = &plan else {
             continue;
         };
         wake_at = None;
-        let mut applied = last_acked;
+        let mut applied = last_acked.map(|(v, _)| v);
         if reconcile {
             let started = std::time::Instant::now();
             match agent.reconcile(plan).await {
@@ -201,7 +201,8 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
                 }
             }
         }
-        if !agent.reports.is_empty() || applied != last_acked {
+        if !agent.reports.is_empty() || applied != last_acked.map(|(v, _)| v) {
+            let applied = applied.map(|v| (v, *digest));
             if agent.send_report(&plan.node_id, applied).await {
                 last_acked = applied;
             } else {
@@ -230,10 +231,11 @@ async fn poll_plans(
     client: ManagerClient,
     mut node_id: String,
     req: RegisterRequest,
-    tx: watch::Sender<Option<NodePlan>>,
+    tx: watch::Sender<Option<(NodePlan, u64)>>,
 ) {
     let mut since: Option<u64> = None;
     let mut plan = PlanState::default();
+    let mut digest = 0;
     loop {
         let uri = match since {
             Some(v) => format!("{PREFIX}/{node_id}/plan?since={v}"),
@@ -249,8 +251,8 @@ async fn poll_plans(
                         objects = delta.len(),
                         "plan delta"
                     );
-                    plan.apply(delta);
-                    tx.send_replace(Some(plan.to_plan(r.version)));
+                    digest = plan.apply(delta, digest);
+                    tx.send_replace(Some((plan.to_plan(r.version), digest)));
                 }
             }
             Err(ClientError::Status { status, .. }) if status == 404 => {
@@ -305,9 +307,10 @@ impl Agent {
     }
 
     /// Whether the manager took the report.
-    async fn send_report(&mut self, node_id: &str, applied: Option<u64>) -> bool {
+    async fn send_report(&mut self, node_id: &str, applied: Option<(u64, u64)>) -> bool {
         let report = Report {
-            applied_version: applied,
+            applied_version: applied.map(|(v, _)| v),
+            plan_digest: applied.map(|(_, d)| d),
             tasks: self.reports.values().cloned().collect(),
         };
         match self

@@ -32,6 +32,15 @@ struct Keys {
 }
 
 impl Keys {
+    fn len(&self) -> usize {
+        usize::from(self.header)
+            + self.networks.len()
+            + self.peers.len()
+            + self.tasks.len()
+            + self.services.len()
+            + self.ports.len()
+    }
+
     fn is_empty(&self) -> bool {
         !self.header
             && self.networks.is_empty()
@@ -49,6 +58,33 @@ struct Feed {
     /// The version last handed to the agent (None: its next poll gets the full plan).
     delivered: Option<u64>,
     wake: watch::Sender<u64>,
+    sent: Sent,
+}
+
+/// What the manager sent one node (its control-plane traffic).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Sent {
+    /// Incremental deltas.
+    pub deltas: u64,
+    /// Full plans (new, restarted or resynced agents).
+    pub full: u64,
+    /// Plan objects put or deleted, over both.
+    pub objects: u64,
+    /// Bytes of the answers that carried them.
+    pub bytes: u64,
+}
+
+/// One node's channel, as `GET /swarmkit/v1/agents` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FeedStatus {
+    pub node_id: String,
+    pub delivered: Option<u64>,
+    pub acked: u64,
+    /// Plan objects changed and not yet delivered.
+    pub pending: usize,
+    pub sent: Sent,
+    /// The agent applied everything delivered, and its plan's digest equals the manager's.
+    pub in_sync: bool,
 }
 
 impl Feed {
@@ -58,6 +94,7 @@ impl Feed {
             dirty: Keys::default(),
             delivered: None,
             wake: watch::channel(0).0,
+            sent: Sent::default(),
         }
     }
 }
@@ -106,6 +143,8 @@ pub struct Dispatcher {
     feeds: BTreeMap<String, Feed>,
     /// The plan version each node's agent reported applied (observed, not persisted).
     acks: HashMap<String, u64>,
+    /// The digest of the plan each agent applied (see `PlanState::digest`).
+    digests: HashMap<String, u64>,
 }
 
 impl Dispatcher {
@@ -117,6 +156,7 @@ impl Dispatcher {
             idx,
             feeds: BTreeMap::new(),
             acks: HashMap::new(),
+            digests: HashMap::new(),
         };
         let nodes: Vec<String> = d.state.nodes.keys().cloned().collect();
         for n in nodes {
@@ -391,7 +431,13 @@ impl Dispatcher {
             })
         };
         let version = match &delta {
-            Some(_) => {
+            Some(d) => {
+                if d.full {
+                    feed.sent.full += 1;
+                } else {
+                    feed.sent.deltas += 1;
+                }
+                feed.sent.objects += d.len() as u64;
                 feed.delivered = Some(version);
                 feed.dirty = Keys::default();
                 version
@@ -406,14 +452,39 @@ impl Dispatcher {
         self.feeds.get(node).map(|f| f.wake.subscribe())
     }
 
-    pub fn ack(&mut self, node: &str, version: u64) {
+    /// Counts the bytes of an answer that carried a delta.
+    pub fn count_bytes(&mut self, node: &str, bytes: usize) {
+        if let Some(f) = self.feeds.get_mut(node) {
+            f.sent.bytes += bytes as u64;
+        }
+    }
+
+    pub fn ack(&mut self, node: &str, version: u64, digest: Option<u64>) {
         self.acks.insert(node.to_string(), version);
+        match digest {
+            Some(d) => self.digests.insert(node.to_string(), d),
+            None => self.digests.remove(node),
+        };
         self.settle();
     }
 
-    pub fn forget_ack(&mut self, node: &str) {
-        self.acks.remove(node);
-        self.settle();
+    pub fn status(&self) -> Vec<FeedStatus> {
+        self.feeds
+            .iter()
+            .map(|(id, f)| {
+                let acked = self.ack_of(id);
+                FeedStatus {
+                    node_id: id.clone(),
+                    delivered: f.delivered,
+                    acked,
+                    pending: f.dirty.len(),
+                    sent: f.sent,
+                    in_sync: f.dirty.is_empty()
+                        && f.delivered == Some(acked)
+                        && self.digests.get(id) == Some(&f.plan.digest()),
+                }
+            })
+            .collect()
     }
 
     /// The plan version a node last reported applied (0: none yet).

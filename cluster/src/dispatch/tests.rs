@@ -241,10 +241,12 @@ fn a_commit_unrelated_to_a_node_wakes_it_not() {
     for n in ["node1id", "node2id", "node3id"] {
         let has = if n == "node1id" { 2 } else { 1 };
         let v = d.take(n, Some(has)).unwrap().version;
-        d.ack(n, v);
+        d.ack(n, v, None);
     }
     assert_eq!(d.min_ack(), 2);
 }
+
+type Step = Box<dyn Fn(&mut State)>;
 
 /// Mutations a cluster goes through; after each, the incremental plans must equal plans
 /// computed from scratch, and an agent applying the deltas must hold exactly that.
@@ -253,8 +255,8 @@ fn incremental_plans_equal_full_recomputation() {
     let nodes = ["node1id", "node2id", "node3id"];
     let mut s = Arc::new(cluster());
     let mut d = Dispatcher::new(s.clone(), 0);
-    let mut agents: Vec<(Option<u64>, PlanState)> = vec![(None, PlanState::default()); 3];
-    let steps: Vec<Box<dyn Fn(&mut State)>> = vec![
+    let mut agents: Vec<(Option<u64>, PlanState, u64)> = vec![(None, PlanState::default(), 0); 3];
+    let steps: Vec<Step> = vec![
         // A new service on a new network, its task on node2.
         Box::new(|s| {
             s.put_network(network("n4", "10.0.4.0/24", 4099, false));
@@ -318,15 +320,21 @@ fn incremental_plans_equal_full_recomputation() {
                 "step {i}, {node}: held plan differs from a fresh one"
             );
             // Agent 2 loses every other answer, and resyncs.
-            let (since, plan) = &mut agents[n];
+            let (since, plan, digest) = &mut agents[n];
             let got = d.take(node, *since).unwrap();
             if let Some(delta) = &got.delta {
                 if n == 1 && i % 2 == 0 {
                     continue;
                 }
-                plan.apply(delta);
+                *digest = plan.apply(delta, *digest);
             }
             *since = Some(got.version);
+            assert_eq!(*digest, plan.digest(), "step {i}: digest kept per delta");
+            assert_eq!(
+                *digest,
+                d.feeds[*node].plan.digest(),
+                "step {i}: agent and manager"
+            );
             assert_eq!(
                 plan.to_plan(fresh.version),
                 fresh,
@@ -343,7 +351,7 @@ fn a_draining_task_stays_until_every_node_applied_its_removal() {
     let nodes = ["node1id", "node2id", "node3id"];
     for n in nodes {
         let v = d.take(n, None).unwrap().version;
-        d.ack(n, v);
+        d.ack(n, v, None);
     }
     let s1 = commit(&s0, |s| {
         let mut t = s.tasks.get("web2").unwrap().clone();
@@ -370,7 +378,7 @@ fn a_draining_task_stays_until_every_node_applied_its_removal() {
         let got = d.take(n, Some(1)).unwrap();
         assert!(got.delta.is_some(), "{n} must learn of it");
         assert!(on_node2(&d));
-        d.ack(n, got.version);
+        d.ack(n, got.version, None);
     }
     assert!(!on_node2(&d), "every node applied: it may stop");
     let got = d.take("node2id", Some(2)).unwrap().delta.unwrap();

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 
@@ -114,7 +116,7 @@ pub async fn register(
         Ok(id)
     })?;
     // A (re)started agent has applied nothing yet.
-    m.set_ack(&node_id, 0);
+    m.set_ack(&node_id, 0, None);
     m.touch(&node_id);
     Ok(Json(RegisterResponse { node_id }))
 }
@@ -131,7 +133,7 @@ pub async fn plan(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<PlanQuery>,
-) -> ApiResult<Json<PlanResponse>> {
+) -> ApiResult<Response> {
     let not_found = || ApiError::NotFound(format!("node {id} is not registered: register first"));
     let Some(node) = m.store.snapshot().nodes.get(&id).cloned() else {
         return Err(not_found());
@@ -158,11 +160,18 @@ pub async fn plan(
         };
         if delivery.delta.is_some() || tokio::time::Instant::now() >= deadline {
             m.touch(&id);
-            return Ok(Json(PlanResponse {
+            let carried = delivery.delta.is_some();
+            let body = serde_json::to_vec(&PlanResponse {
                 version: delivery.version,
                 delta: delivery.delta,
                 heartbeat_ms: m.heartbeat.period.as_millis() as u64,
-            }));
+            })
+            // Plain structs and string-keyed maps: encoding cannot fail.
+            .expect("plan responses encode");
+            if carried {
+                m.dispatch().count_bytes(&id, body.len());
+            }
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         let _ = tokio::time::timeout_at(deadline, woken.changed()).await;
     }
@@ -227,9 +236,15 @@ pub async fn report(
         })?;
     }
     if let Some(v) = report.applied_version {
-        m.set_ack(&id, v);
+        m.set_ack(&id, v, report.plan_digest);
     }
     Ok(Json(serde_json::json!({})))
+}
+
+/// Each node's channel: what was sent, what is pending, whether its agent holds exactly the
+/// manager's plan.
+pub async fn status(State(m): State<Shared>) -> Json<Vec<crate::dispatch::FeedStatus>> {
+    Json(m.dispatch().status())
 }
 
 /// Marks nodes down when they stop heartbeating. It sleeps until the earliest moment a
@@ -244,7 +259,7 @@ pub async fn watch_liveness(m: Shared) {
         for n in s.nodes.values().filter(|n| n.state == NodeState::Ready) {
             // A node this manager has not heard from yet gets the reconnect grace.
             let due = match m.last_seen(&n.id) {
-                Some(seen) => (seen + hb.timeout()).max(m.started + hb.grace),
+                Some(seen) => seen + hb.timeout(),
                 None => m.started + hb.grace.max(hb.timeout()),
             };
             if due <= now {

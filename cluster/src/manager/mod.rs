@@ -116,8 +116,8 @@ impl Manager {
         self.dispatch().min_ack()
     }
 
-    pub fn set_ack(&self, node_id: &str, version: u64) {
-        self.dispatch().ack(node_id, version);
+    pub fn set_ack(&self, node_id: &str, version: u64, digest: Option<u64>) {
+        self.dispatch().ack(node_id, version, digest);
     }
 
     pub fn touch(&self, node_id: &str) {
@@ -192,6 +192,7 @@ pub fn router(m: Shared) -> Router {
         .route("/tasks/{id}", get(tasks::inspect))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect))
+        .route("/swarmkit/v1/agents", get(agents::status))
         .route("/swarmkit/v1/agents/register", post(agents::register))
         .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
         .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
