@@ -4,9 +4,11 @@
 //! plus the hidden entry points of the daemons `cluster up` starts.
 
 mod commands;
+mod graph;
 mod progress;
 mod publish;
 mod render;
+mod trace;
 mod walkthrough;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +55,10 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Walk through Docker's swarm networking tutorial on a live cluster
     Walkthrough(walkthrough::WalkthroughArgs),
+    /// Draw the cluster from its live state (text, dot, mermaid or svg)
+    Graph(graph::GraphArgs),
+    /// Follow one real connection hop by hop, from the kernels' records
+    Trace(trace::TraceArgs),
     /// Build guest images for the qemu backend
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
@@ -65,6 +71,8 @@ enum Command {
     },
     #[command(name = "__vmhost", hide = true)]
     VmHost,
+    #[command(name = "__supervise", hide = true)]
+    Supervise,
     #[command(name = "__image", hide = true)]
     Image { image: String },
 }
@@ -88,12 +96,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Service(cmd) => commands::service::run(cluster, cmd).await,
         Command::Exec(args) => commands::exec::run(cluster, args).await,
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
+        Command::Graph(args) => graph::run(cluster, args).await,
+        Command::Trace(args) => trace::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)
             .await
             .map(|()| 0),
         Command::VmHost => cluster::lifecycle::run_vmhost(cluster).await.map(|()| 0),
+        Command::Supervise => cluster::lifecycle::run_supervisor(cluster)
+            .await
+            .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
     }
 }

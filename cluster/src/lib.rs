@@ -16,4 +16,5 @@ pub mod plan;
 pub mod protocol;
 pub mod ssh;
 pub mod store;
+pub mod testbed;
 pub mod vm;

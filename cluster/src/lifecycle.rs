@@ -4,23 +4,27 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
 use netcore::netns::{NetNs, enter_raw};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ManagerClient;
 use crate::paths::{ClusterPaths, OWNER_ENV, validate_cluster_name};
+use crate::testbed::Backend;
+use crate::testbed::supervise::{self, Spec};
+use netcore::lb::Driver;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
     pub name: String,
-    pub backend: String,
+    pub backend: Backend,
     pub nodes: Vec<String>,
+    /// The load balancer asked for at `cluster up`; None: each agent probes its kernel.
+    #[serde(default)]
+    pub lb: Option<Driver>,
     pub created: chrono::DateTime<chrono::Utc>,
     /// Whether the manager answers right now.
     #[serde(default)]
@@ -31,19 +35,15 @@ pub struct ClusterInfo {
 pub struct UpOptions {
     pub name: String,
     pub nodes: usize,
-    pub backend: String,
-    /// "ipvs" or "nftables"; None means probe the kernel.
-    pub lb: Option<String>,
+    pub backend: Backend,
+    /// None means each agent probes its kernel.
+    pub lb: Option<Driver>,
     /// Hosts of the ssh backend (see crate::vm::inventory).
     pub inventory: Option<std::path::PathBuf>,
 }
 
-pub(crate) const UNDERLAY_BRIDGE: &str = "br0";
+pub(crate) use crate::testbed::netns::UNDERLAY_BRIDGE;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn node_addr(i: usize) -> Ipv4Net {
-    Ipv4Net::new(std::net::Ipv4Addr::new(192, 168, 0, 10 + i as u8), 24).expect("valid /24")
-}
 
 fn require_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -52,45 +52,6 @@ fn require_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-pub(crate) fn spawn_daemon(
-    paths: &ClusterPaths,
-    log: &str,
-    args: &[&str],
-    env: &[(&str, String)],
-    node_ns: Option<(NetNs, String)>,
-) -> anyhow::Result<u32> {
-    let exe = std::env::current_exe()?;
-    let out = std::fs::File::create(paths.log_file(log))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--cluster")
-        .arg(&paths.name)
-        .args(args)
-        .env(OWNER_ENV, &paths.name)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .process_group(0);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some((ns, hostname)) = node_ns {
-        let fd = ns.raw_fd();
-        // SAFETY: async-signal-safe syscalls only; `ns` outlives the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                enter_raw(fd, CloneFlags::CLONE_NEWNET)?;
-                unshare(CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
-                nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(ns);
-        return Ok(child.id());
-    }
-    Ok(cmd.spawn()?.id())
 }
 
 pub(crate) async fn wait_until<F, Fut>(
@@ -121,47 +82,32 @@ fn manager_running(paths: &ClusterPaths) -> bool {
 pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     require_root()?;
     validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
-    // --- backend dispatch (qemu: see crate::vm) ---
-    if !["netns", "qemu", "ssh"].contains(&opts.backend.as_str()) {
-        bail!(
-            "backend {:?} is not available: use --backend netns, qemu or ssh",
-            opts.backend
-        );
-    }
     if !(1..=200).contains(&opts.nodes) {
         bail!("invalid --nodes {}: give 1 to 200", opts.nodes);
     }
-    if let Some(lb) = &opts.lb {
-        let driver = lb
-            .parse::<netcore::lb::Driver>()
-            .map_err(|_| anyhow::anyhow!("invalid --lb {lb:?}: use ipvs or nftables"))?;
+    if opts.backend == Backend::Netns && opts.lb == Some(Driver::Ipvs) {
         // Namespaces share the host's kernel, so what it lacks, every node lacks.
-        if driver == netcore::lb::Driver::Ipvs && netcore::lb::probe() != netcore::lb::Driver::Ipvs
-        {
+        if netcore::lb::probe() != Driver::Ipvs {
             bail!(
                 "this kernel has no IPVS (CONFIG_IP_VS), so netns nodes cannot use --lb ipvs: use --lb nftables, or the qemu backend whose guests have IPVS"
             );
         }
     }
     let paths = ClusterPaths::new(&opts.name);
-    if paths.info_file().exists() {
-        if manager_running(&paths) {
-            bail!(
-                "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
-                opts.name,
-                opts.name
-            );
-        }
-        // Leftovers of a crashed cluster of this name.
+    if let Some(info) = read_info(&paths) {
+        return resume(info, &paths).await;
+    }
+    if paths.run_dir().exists() || paths.state_dir().exists() {
+        // Leftovers of a `cluster up` that never finished: nothing was ever recorded as up.
         down(&opts.name).await?;
     }
     std::fs::create_dir_all(paths.run_dir())?;
     std::fs::create_dir_all(paths.state_dir())?;
 
-    let result = match opts.backend.as_str() {
-        "qemu" => crate::vm::up::build(opts, &paths).await,
-        "ssh" => crate::vm::up::build_ssh(opts, &paths).await,
-        _ => build(opts, &paths).await,
+    let result = match opts.backend {
+        Backend::Qemu => crate::vm::up::build(opts, &paths).await,
+        Backend::Ssh => crate::vm::up::build_ssh(opts, &paths).await,
+        Backend::Netns => build(opts, &paths).await,
     };
     if result.is_err() {
         let _ = down(&opts.name).await;
@@ -176,10 +122,16 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
             "this kernel cannot create VXLAN devices (CONFIG_VXLAN): overlay networks need it; use a kernel with VXLAN or the qemu backend"
         );
     }
-    let manager_pid = spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
-
-    netcore::underlay::create_switch(&underlay, UNDERLAY_BRIDGE).await?;
+    crate::testbed::netns::create_switch(&underlay).await?;
+    supervise::ensure(
+        paths,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &[(crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string())],
+        ),
+    )?;
+    supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let plugs = hostnames.iter().enumerate().map(|(i, h)| {
         let underlay = underlay.clone();
@@ -192,7 +144,7 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
                 &format!("p{}", i + 1),
                 &node,
                 "eth0",
-                node_addr(i + 1),
+                crate::testbed::netns::node_addr(i + 1),
             )
             .await?;
             Ok::<_, anyhow::Error>(node)
@@ -207,46 +159,20 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
     .await
     .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
 
-    for (i, (h, node)) in hostnames.iter().zip(nodes).enumerate() {
-        let mut env = vec![(
-            crate::agent::ENV_NODE_ADDR,
-            node_addr(i + 1).addr().to_string(),
-        )];
-        if let Some(lb) = &opts.lb {
-            env.push((crate::agent::ENV_LB, lb.clone()));
-        }
-        let pid = spawn_daemon(
+    // The agents dial the manager across the underlay; each opens its node's namespace.
+    drop(nodes);
+    for (i, h) in hostnames.iter().enumerate() {
+        supervise::ensure(
             paths,
-            h,
-            &["__agent", "--node", h],
-            &env,
-            Some((node, h.clone())),
+            &crate::testbed::netns::agent_spec(i + 1, h, opts.lb, paths),
         )?;
-        std::fs::write(paths.run_dir().join(format!("{h}.pid")), pid.to_string())?;
     }
     let want = opts.nodes;
-    // Ready means registered and its dataplane (ingress sandbox, routing mesh) applied.
     wait_until("every node to be ready", READY_TIMEOUT, || async {
         client
             .get::<Vec<bollard::models::Node>>("/nodes")
             .await
-            .map(|ns| {
-                ns.iter()
-                    .filter(|n| {
-                        let ready = n.status.as_ref().and_then(|s| s.state)
-                            == Some(bollard::models::NodeState::READY);
-                        let applied = n
-                            .description
-                            .as_ref()
-                            .and_then(|d| d.engine.as_ref())
-                            .and_then(|e| e.labels.as_ref())
-                            .and_then(|l| l.get(crate::manager::DATAPLANE_LABEL))
-                            .is_some_and(|v| v == "ready");
-                        ready && applied
-                    })
-                    .count()
-                    == want
-            })
+            .map(|ns| ns.iter().filter(|n| crate::testbed::node_ready(n)).count() == want)
             .unwrap_or(false)
     })
     .await
@@ -254,6 +180,61 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
 
     record_up(opts, paths, hostnames)
 }
+
+/// `cluster up` on a cluster that is recorded as up: starts whatever of it is not running (the
+/// supervisor, which restarts the manager and the agents; nodes killed on purpose stay down)
+/// and waits until it answers. Its state is never touched.
+async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
+    let specs = supervise::all(paths);
+    if specs.is_empty() {
+        bail!(
+            "cluster {:?} is recorded in {} but nothing of it runs, nor is there a record of how it ran (was the host rebooted?): remove it with swarmkit cluster down {}",
+            info.name,
+            paths.info_file().display(),
+            info.name
+        );
+    }
+    let down: Vec<&Spec> = specs
+        .iter()
+        .filter(|s| {
+            supervise::running(paths, s).is_none()
+                && !supervise::killed_marker(paths, &s.name).exists()
+        })
+        .collect();
+    if down.is_empty() && supervise::supervisor(paths).is_some() {
+        bail!(
+            "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
+            info.name,
+            info.name
+        );
+    }
+    for spec in down {
+        supervise::ensure(paths, spec)?;
+    }
+    supervise::ensure_supervisor(paths)?;
+    let client = ManagerClient::new(&paths.manager_socket());
+    wait_until("the manager to answer", READY_TIMEOUT, || async {
+        client.get::<serde_json::Value>("/swarm").await.is_ok()
+    })
+    .await
+    .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
+    for node in &info.nodes {
+        if supervise::killed_marker(paths, node).exists() {
+            continue;
+        }
+        wait_until(&format!("{node} to be ready"), RESUME_TIMEOUT, || {
+            crate::testbed::hostname_ready(&client, node)
+        })
+        .await?;
+    }
+    Ok(ClusterInfo {
+        running: true,
+        ..info
+    })
+}
+
+/// Agents that were down reconnect within their retry back-off.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes the record `cluster ls` reads, once every node of a new cluster is up.
 pub(crate) fn record_up(
@@ -263,8 +244,9 @@ pub(crate) fn record_up(
 ) -> anyhow::Result<ClusterInfo> {
     let info = ClusterInfo {
         name: opts.name.clone(),
-        backend: opts.backend.clone(),
+        backend: opts.backend,
         nodes,
+        lb: opts.lb,
         created: chrono::Utc::now(),
         running: true,
     };
@@ -324,6 +306,10 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // The supervisor first, or it would restart what is being stopped.
+    if let Some(pid) = supervise::supervisor(&paths) {
+        crate::testbed::procs::kill_all(&[pid]);
+    }
     for pid in &procs {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid),
@@ -370,6 +356,11 @@ fn is_zombie(pid: i32) -> bool {
                 .is_some_and(|r| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// The cluster's record, once `cluster up` has finished.
+pub fn read_info(paths: &ClusterPaths) -> Option<ClusterInfo> {
+    serde_json::from_slice(&std::fs::read(paths.info_file()).ok()?).ok()
 }
 
 pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
@@ -551,7 +542,17 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
 pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     let m = crate::manager::Manager::open(cluster, &paths.store())?;
-    crate::manager::serve(m, &paths.manager_socket()).await
+    let underlay = match std::env::var(crate::testbed::netns::ENV_UNDERLAY_LISTEN) {
+        Ok(_) => Some(crate::testbed::netns::underlay_listener(&paths)?),
+        Err(_) => None,
+    };
+    crate::manager::serve(m, &paths.manager_socket(), underlay).await
+}
+
+pub async fn run_supervisor(cluster: &str) -> anyhow::Result<()> {
+    let cluster = cluster.to_string();
+    tokio::task::spawn_blocking(move || crate::testbed::supervise::run(&cluster)).await??;
+    Ok(())
 }
 
 pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {

@@ -227,6 +227,12 @@ impl Links {
         self.set("set up", name, msg).await
     }
 
+    /// Takes a link down by name (the testbed cuts a node's underlay port this way).
+    pub async fn set_down_by_name(&self, name: &str) -> Result<()> {
+        let msg = LinkUnspec::new_with_name(name).down().build();
+        self.set("set down", name, msg).await
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
         self.set("set mtu", &format!("link #{index} to {mtu}"), msg)

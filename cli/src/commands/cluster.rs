@@ -53,11 +53,12 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             inventory,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
+            // clap already limited both to their known names.
             let opts = UpOptions {
                 name,
                 nodes,
-                backend,
-                lb,
+                backend: backend.parse()?,
+                lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
                 inventory,
             };
             let started = Instant::now();
@@ -77,7 +78,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             for c in clusters {
                 table.row(vec![
                     c.name,
-                    c.backend,
+                    c.backend.to_string(),
                     c.nodes.len().to_string(),
                     if c.running { "running" } else { "stopped" }.to_string(),
                     format!("{} ago", render::human_duration(render::since(c.created))),

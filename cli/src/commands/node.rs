@@ -1,5 +1,6 @@
 //! `swarmkit node ...`
 
+use ::cluster::testbed::Fault;
 use bollard::models::Node;
 use clap::Subcommand;
 use serde_json::Value;
@@ -37,6 +38,16 @@ pub enum NodeCmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Crash a node (testbed): its agent and tasks die, its underlay link goes down; a QEMU
+    /// guest is killed
+    Kill { node: String },
+    /// Bring a killed node back (testbed): link up, agent started or guest booted; returns
+    /// once the node is ready
+    Start { node: String },
+    /// Cut a node off the underlay, control channel included (testbed); nothing is killed
+    Isolate { node: String },
+    /// Undo `node isolate`
+    Heal { node: String },
 }
 
 pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
@@ -48,7 +59,23 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             node,
             command,
         } => ::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await,
+        NodeCmd::Kill { node } => fault(cluster, &node, Fault::Kill).await,
+        NodeCmd::Start { node } => fault(cluster, &node, Fault::Start).await,
+        NodeCmd::Isolate { node } => fault(cluster, &node, Fault::Isolate).await,
+        NodeCmd::Heal { node } => fault(cluster, &node, Fault::Heal).await,
     }
+}
+
+async fn fault(cluster: &str, node: &str, fault: Fault) -> anyhow::Result<i32> {
+    ::cluster::testbed::inject(cluster, node, fault).await?;
+    let done = match fault {
+        Fault::Kill => "killed",
+        Fault::Start => "started",
+        Fault::Isolate => "isolated",
+        Fault::Heal => "healed",
+    };
+    println!("{node} {done}");
+    Ok(0)
 }
 
 pub fn hostname(n: &Node) -> String {

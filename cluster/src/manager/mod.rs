@@ -199,8 +199,14 @@ pub fn router(m: Shared) -> Router {
         .with_state(m)
 }
 
-/// Serves the API on `socket` until the process is stopped.
-pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
+/// Serves the API on `socket` until the process is stopped, and on `underlay` too when given:
+/// agents whose control channel must cross the cluster's underlay (so that cutting a node's
+/// link really cuts it off) dial that TCP listener; clients keep the unix socket.
+pub async fn serve(
+    m: Shared,
+    socket: &Path,
+    underlay: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     use tower::Layer;
     let _ = std::fs::remove_file(socket);
@@ -208,10 +214,20 @@ pub async fn serve(m: Shared, socket: &Path) -> anyhow::Result<()> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
     tokio::spawn(agents::watch_liveness(m));
-    axum::serve(
+    let unix = axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
-    )
-    .await?;
+        axum::ServiceExt::<Request>::into_make_service(app.clone()),
+    );
+    match underlay {
+        None => unix.await?,
+        Some(tcp) => {
+            tcp.set_nonblocking(true)?;
+            let tcp = axum::serve(
+                tokio::net::TcpListener::from_std(tcp)?,
+                axum::ServiceExt::<Request>::into_make_service(app),
+            );
+            tokio::try_join!(unix.into_future(), tcp.into_future())?;
+        }
+    }
     Ok(())
 }

@@ -124,6 +124,7 @@ pub fn load(path: &Path, lb: Option<String>) -> Result<Vec<VmNode>, InventoryErr
             pid: None,
             lb: lb.clone(),
             binary: h.binary,
+            launch: None,
         });
     }
     Ok(nodes)

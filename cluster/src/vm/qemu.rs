@@ -107,6 +107,66 @@ pub struct VmNode {
     /// Path of the swarmkit binary on the node; None: upload this one.
     #[serde(default)]
     pub binary: Option<String>,
+    /// How to boot it again; None for hosts (the ssh backend).
+    #[serde(default)]
+    pub launch: Option<Launch>,
+}
+
+/// How a guest was started, kept so that `node start` boots the same guest again (same host
+/// key, SSH port, MAC and addresses) after `node kill`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Launch {
+    /// QEMU's command line; its underlay NIC is the inherited fd 3.
+    pub argv: Vec<String>,
+    /// The tap on the cluster's bridge, opened anew for every launch.
+    pub tap: String,
+}
+
+impl Launch {
+    /// Opens the tap in `underlay`, plugs it into `bridge` and starts QEMU; returns its pid.
+    /// The tap vanishes when QEMU exits.
+    pub async fn spawn(
+        &self,
+        paths: &ClusterPaths,
+        node: &str,
+        underlay: &NetNs,
+        bridge: &str,
+    ) -> Result<u32> {
+        let tap_fd = open_tap(underlay, &self.tap)?;
+        let links = Links::new(underlay)?;
+        let ti = links.require(&self.tap).await?;
+        let bi = links.require(bridge).await?;
+        links.set_master(ti, bi).await?;
+        links.set_up(ti).await?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.log_file(&format!("{node}.qemu")))
+            .map_err(io("qemu log"))?;
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .env(OWNER_ENV, &paths.name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("qemu log"))?)
+            .stderr(log)
+            .process_group(0);
+        let raw = tap_fd.as_raw_fd();
+        // SAFETY: dup2/fcntl are async-signal-safe; `tap_fd` stays open until after spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == 3 {
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                } else if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(io("starting qemu"))?;
+        drop(tap_fd);
+        Ok(child.id())
+    }
 }
 
 pub fn vm_dir(paths: &ClusterPaths) -> PathBuf {
@@ -388,13 +448,6 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         &spec.authorized_key,
     )?;
     let tap = tap_name(&paths.name, spec.index);
-    let tap_fd = open_tap(spec.underlay, &tap)?;
-    let links = Links::new(spec.underlay)?;
-    let ti = links.require(&tap).await?;
-    let bi = links.require(spec.bridge).await?;
-    links.set_master(ti, bi).await?;
-    links.set_up(ti).await?;
-
     let port = free_port()?;
     let mac = format!("52:54:00:5c:00:{:02x}", spec.index.min(255));
     let machine = MachineArgs::new(spec.image.machine)?;
@@ -420,8 +473,6 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     secret(&hk_file, &host_key.openssh_private)?;
     secret(&ak_file, spec.authorized_key.as_bytes())?;
     let console = paths.log_file(&format!("{}.console", spec.name));
-    let log = std::fs::File::create(paths.log_file(&format!("{}.qemu", spec.name)))
-        .map_err(io("qemu log"))?;
     let cpu = if spec.accel == "kvm" { "host" } else { TCG_CPU };
     let mut cmd = headless_guest(&spec.image.vmlinux, &initrd)?;
     cmd.args(["-name", &format!("sk-{}-{}", paths.name, spec.name)])
@@ -456,27 +507,17 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         .arg(format!(
             "name=opt/swarmkit/authorized_keys,file={}",
             ak_file.display()
-        ))
-        .env(OWNER_ENV, &paths.name)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io("qemu log"))?)
-        .stderr(log)
-        .process_group(0);
-    let raw = tap_fd.as_raw_fd();
-    // SAFETY: dup2/fcntl are async-signal-safe; `tap_fd` stays open until after spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if raw == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(io("starting qemu"))?;
-    drop(tap_fd);
+        ));
+    let launch = Launch {
+        argv: std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        tap,
+    };
+    let pid = launch
+        .spawn(paths, &spec.name, spec.underlay, spec.bridge)
+        .await?;
     let node = VmNode {
         name: spec.name.clone(),
         addr: spec.addr,
@@ -484,9 +525,10 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         user: "root".into(),
         host_key: ssh::public_openssh(&host_key.public),
         key_file: client_key_file(paths),
-        pid: Some(child.id()),
+        pid: Some(pid),
         lb: spec.lb,
         binary: Some(super::host::GUEST_BINARY.to_string()),
+        launch: Some(launch),
     };
     save_node(paths, &node).map_err(io("saving the node's SSH details"))?;
     Ok(node)

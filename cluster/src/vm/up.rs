@@ -13,6 +13,7 @@ use super::{image, qemu};
 use crate::client::ManagerClient;
 use crate::lifecycle::{ClusterInfo, UpOptions};
 use crate::paths::ClusterPaths;
+use crate::testbed::supervise::{self, Spec};
 
 const SSH_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,8 +32,8 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     }
     let underlay = NetNs::create(&paths.underlay_ns())?;
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let progress = NodeProgress::new(&hostnames, start);
 
@@ -61,7 +62,7 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
             index: i + 1,
             addr: node_addr(i + 1),
             authorized_key: authorized.clone(),
-            lb: opts.lb.clone(),
+            lb: opts.lb.map(|d| d.to_string()),
         })
     });
     let nodes = futures::future::try_join_all(boots).await?;
@@ -110,7 +111,7 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
             "--backend ssh needs --inventory hosts.toml (address, user, key and host_key of each host)"
         );
     };
-    let nodes = super::inventory::load(inv, opts.lb.clone())?;
+    let nodes = super::inventory::load(inv, opts.lb.map(|d| d.to_string()))?;
     for n in &nodes {
         if !n.key_file.is_file() {
             anyhow::bail!(
@@ -123,8 +124,8 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
         crate::ssh::ensure_client_key(&n.key_file)?;
         qemu::save_node(paths, n)?;
     }
-    let manager_pid = crate::lifecycle::spawn_daemon(paths, "manager", &["__manager"], &[], None)?;
-    std::fs::write(paths.run_dir().join("manager.pid"), manager_pid.to_string())?;
+    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure_supervisor(paths)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let progress = NodeProgress::new(&names, start);
     finish(opts, paths, &nodes, &progress).await
@@ -138,8 +139,7 @@ async fn finish(
     progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let hostnames: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    let vmhost = crate::lifecycle::spawn_daemon(paths, "vmhost", &["__vmhost"], &[], None)?;
-    std::fs::write(paths.run_dir().join("vmhost.pid"), vmhost.to_string())?;
+    supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
 
     let client = ManagerClient::new(&paths.manager_socket());
     let waits = nodes.iter().map(|n| {
@@ -150,7 +150,7 @@ async fn finish(
             crate::lifecycle::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
-                || async { node_ready(&client, &n.name).await },
+                || crate::testbed::hostname_ready(&client, &n.name),
             )
             .await
             .with_context(|| {
@@ -166,20 +166,6 @@ async fn finish(
     });
     futures::future::try_join_all(waits).await?;
     crate::lifecycle::record_up(opts, paths, hostnames)
-}
-
-async fn node_ready(client: &ManagerClient, hostname: &str) -> bool {
-    client
-        .get::<Vec<bollard::models::Node>>("/nodes")
-        .await
-        .map(|ns| {
-            ns.iter().any(|n| {
-                n.description.as_ref().and_then(|d| d.hostname.as_deref()) == Some(hostname)
-                    && n.status.as_ref().and_then(|s| s.state)
-                        == Some(bollard::models::NodeState::READY)
-            })
-        })
-        .unwrap_or(false)
 }
 
 /// Whether `node exec` and friends go through SSH for this cluster: its nodes are machines

@@ -1,0 +1,387 @@
+//! The cluster as the pictures see it: nodes with their tasks, overlay networks with the nodes
+//! they reach, services with their VIPs and published ports. Read from the manager's API only,
+//! so a picture shows what the cluster says it is, never what swarmkit thinks it should be.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bollard::models::{Network, Node, Service};
+use serde::{Deserialize, Serialize};
+
+use crate::commands::{Api, ApiResult};
+use crate::render;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Topology {
+    pub cluster: String,
+    pub nodes: Vec<GNode>,
+    pub networks: Vec<GNetwork>,
+    pub services: Vec<GService>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GNode {
+    pub id: String,
+    pub hostname: String,
+    /// The underlay address, which is also the node's VTEP.
+    pub addr: String,
+    pub state: String,
+    pub availability: String,
+    pub lb_driver: String,
+    /// Where the routing mesh balances on this node: `sandbox` or `node`.
+    pub mesh: String,
+    pub tasks: Vec<GTask>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GTask {
+    pub id: String,
+    /// `service.slot`, as `service ps` names it.
+    pub name: String,
+    pub service: String,
+    pub node: String,
+    pub state: String,
+    pub addresses: Vec<Attachment>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub network: String,
+    /// Without the prefix length, as connections use it.
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GNetwork {
+    pub id: String,
+    pub name: String,
+    pub vni: String,
+    pub subnet: String,
+    pub ingress: bool,
+    pub encrypted: bool,
+    /// Hostnames of the nodes the overlay reaches: every node for ingress, else the nodes
+    /// running a task attached to it (where the agent builds its sandbox).
+    pub nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GService {
+    pub id: String,
+    pub name: String,
+    /// `vip` or `dnsrr`.
+    pub mode: String,
+    pub running: usize,
+    pub desired: Option<i64>,
+    pub vips: Vec<Attachment>,
+    pub ports: Vec<GPort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GPort {
+    pub published: i64,
+    pub target: i64,
+    pub protocol: String,
+}
+
+impl GPort {
+    pub fn label(&self) -> String {
+        format!("*:{}->{}/{}", self.published, self.target, self.protocol)
+    }
+}
+
+/// A task as the manager's API returns it; bollard's model lacks `NetworksAttachments`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiTask {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub slot: i64,
+    #[serde(default)]
+    pub desired_state: String,
+    #[serde(default)]
+    pub status: ApiTaskStatus,
+    #[serde(default)]
+    pub networks_attachments: Vec<ApiAttachment>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiTaskStatus {
+    #[serde(default)]
+    pub state: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiAttachment {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub network: ApiAttachedNetwork,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiAttachedNetwork {
+    #[serde(rename = "ID")]
+    pub id: String,
+}
+
+/// Everything the manager says about the cluster, as it said it.
+pub struct Raw {
+    pub nodes: Vec<Node>,
+    pub networks: Vec<Network>,
+    pub services: Vec<Service>,
+    pub tasks: Vec<ApiTask>,
+}
+
+impl Raw {
+    pub async fn fetch(cluster: &str) -> anyhow::Result<Raw> {
+        let api = Api::connect(cluster)?;
+        let nodes = api.docker.list_nodes(None).await.api(&api)?;
+        let networks = api.docker.list_networks(None).await.api(&api)?;
+        let services = api.docker.list_services(None).await.api(&api)?;
+        let client = ::cluster::client::ManagerClient::new(
+            &::cluster::paths::ClusterPaths::new(cluster).manager_socket(),
+        );
+        let tasks = client.get("/tasks").await?;
+        Ok(Raw {
+            nodes,
+            networks,
+            services,
+            tasks,
+        })
+    }
+}
+
+pub async fn fetch(cluster: &str) -> anyhow::Result<Topology> {
+    Ok(Topology::from_raw(cluster, Raw::fetch(cluster).await?))
+}
+
+fn strip_len(addr: &str) -> String {
+    addr.split('/').next().unwrap_or(addr).to_string()
+}
+
+impl Topology {
+    pub fn from_raw(cluster: &str, raw: Raw) -> Topology {
+        let net_names: BTreeMap<String, String> = raw
+            .networks
+            .iter()
+            .filter_map(|n| Some((n.id.clone()?, n.name.clone()?)))
+            .collect();
+        let svc_names: BTreeMap<String, String> = raw
+            .services
+            .iter()
+            .filter_map(|s| Some((s.id.clone()?, s.spec.as_ref()?.name.clone()?)))
+            .collect();
+        let mut nodes: Vec<GNode> = raw.nodes.iter().map(node).collect();
+        nodes.sort_by(|a, b| render::natural_cmp(&a.hostname, &b.hostname));
+        let hostname_of: BTreeMap<String, String> = nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.hostname.clone()))
+            .collect();
+
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        for t in raw.tasks.iter().filter(|t| t.desired_state == "running") {
+            let service = svc_names.get(&t.service_id).cloned().unwrap_or_default();
+            let task = GTask {
+                id: t.id.clone(),
+                name: format!("{service}.{}", t.slot),
+                service,
+                node: hostname_of.get(&t.node_id).cloned().unwrap_or_default(),
+                state: t.status.state.clone(),
+                addresses: t
+                    .networks_attachments
+                    .iter()
+                    .flat_map(|a| {
+                        let network = net_names.get(&a.network.id).cloned().unwrap_or_default();
+                        a.addresses.iter().map(move |addr| Attachment {
+                            network: network.clone(),
+                            addr: strip_len(addr),
+                        })
+                    })
+                    .collect(),
+            };
+            if t.status.state == "running" {
+                *running.entry(t.service_id.clone()).or_default() += 1;
+            }
+            if let Some(n) = nodes.iter_mut().find(|n| n.id == t.node_id) {
+                n.tasks.push(task);
+            }
+        }
+        for n in &mut nodes {
+            n.tasks
+                .sort_by(|a, b| render::natural_cmp(&a.name, &b.name));
+        }
+
+        let mut networks: Vec<GNetwork> = raw
+            .networks
+            .iter()
+            .filter(|n| n.driver.as_deref() == Some("overlay"))
+            .map(|n| network(n, &nodes))
+            .collect();
+        // Ingress first: it is the one every published port crosses.
+        networks.sort_by(|a, b| (!a.ingress, &a.name).cmp(&(!b.ingress, &b.name)));
+
+        let mut services: Vec<GService> = raw
+            .services
+            .iter()
+            .map(|s| service(s, &net_names, &running))
+            .collect();
+        services.sort_by(|a, b| render::natural_cmp(&a.name, &b.name));
+        Topology {
+            cluster: cluster.to_string(),
+            nodes,
+            networks,
+            services,
+        }
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &GTask> {
+        self.nodes.iter().flat_map(|n| n.tasks.iter())
+    }
+
+    pub fn node(&self, hostname: &str) -> Option<&GNode> {
+        self.nodes.iter().find(|n| n.hostname == hostname)
+    }
+
+    /// Ports published by any service: they enter at every node.
+    pub fn published(&self) -> Vec<(&GService, &GPort)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+            .collect()
+    }
+}
+
+fn node(n: &Node) -> GNode {
+    let labels = n
+        .description
+        .as_ref()
+        .and_then(|d| d.engine.as_ref())
+        .and_then(|e| e.labels.clone())
+        .unwrap_or_default();
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    GNode {
+        id: n.id.clone().unwrap_or_default(),
+        hostname: crate::commands::node::hostname(n),
+        addr: n
+            .status
+            .as_ref()
+            .and_then(|s| s.addr.clone())
+            .unwrap_or_default(),
+        state: n
+            .status
+            .as_ref()
+            .and_then(|s| s.state)
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        availability: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.availability)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        lb_driver: label("swarmkit.lb-driver"),
+        mesh: label("swarmkit.mesh"),
+        tasks: Vec::new(),
+    }
+}
+
+fn network(n: &Network, nodes: &[GNode]) -> GNetwork {
+    let name = n.name.clone().unwrap_or_default();
+    let ingress = n.ingress.unwrap_or(false);
+    let options = n.options.clone().unwrap_or_default();
+    let reach: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|node| {
+            ingress
+                || node
+                    .tasks
+                    .iter()
+                    .any(|t| t.addresses.iter().any(|a| a.network == name))
+        })
+        .map(|node| node.hostname.as_str())
+        .collect();
+    GNetwork {
+        id: n.id.clone().unwrap_or_default(),
+        vni: options
+            .get("com.docker.network.driver.overlay.vxlanid_list")
+            .cloned()
+            .unwrap_or_default(),
+        subnet: n
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.subnet.clone())
+            .unwrap_or_default(),
+        encrypted: options.contains_key("encrypted"),
+        ingress,
+        // Keep the nodes' order (natural by hostname), not the set's.
+        nodes: nodes
+            .iter()
+            .filter(|node| reach.contains(node.hostname.as_str()))
+            .map(|node| node.hostname.clone())
+            .collect(),
+        name,
+    }
+}
+
+fn service(
+    s: &Service,
+    net_names: &BTreeMap<String, String>,
+    running: &BTreeMap<String, usize>,
+) -> GService {
+    let id = s.id.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    let endpoint = s.endpoint.clone().unwrap_or_default();
+    let mode = endpoint
+        .spec
+        .as_ref()
+        .and_then(|e| e.mode)
+        .map(|m| m.to_string())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "vip".into());
+    GService {
+        name: spec.name.clone().unwrap_or_default(),
+        mode,
+        running: running.get(&id).copied().unwrap_or(0),
+        desired: spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas),
+        vips: endpoint
+            .virtual_ips
+            .unwrap_or_default()
+            .iter()
+            .map(|v| Attachment {
+                network: v
+                    .network_id
+                    .as_ref()
+                    .and_then(|id| net_names.get(id))
+                    .cloned()
+                    .unwrap_or_default(),
+                addr: strip_len(v.addr.as_deref().unwrap_or_default()),
+            })
+            .collect(),
+        ports: endpoint
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .map(|p| GPort {
+                published: p.published_port.unwrap_or_default(),
+                target: p.target_port.unwrap_or_default(),
+                protocol: p
+                    .protocol
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "tcp".into()),
+            })
+            .collect(),
+        id,
+    }
+}

@@ -1,0 +1,345 @@
+//! Reading kernel state inside nodes, sandboxes and tasks: conntrack entries, IPVS
+//! connection entries, neighbour and FDB entries and link counters. Every read runs the
+//! usual tool through `swarmkit node exec` / `swarmkit exec`, the same machinery a person
+//! would use, so it works on every backend and shows nothing the kernel did not say.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Where a command runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Node(String),
+    Sandbox(String, String),
+    Task(String),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Node(n) => write!(f, "{n}"),
+            Place::Sandbox(n, s) => write!(f, "{n}/{s}"),
+            Place::Task(t) => write!(f, "task {t}"),
+        }
+    }
+}
+
+const EXEC_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `argv` at `place` and returns its stdout; a non-zero exit is an error carrying stderr.
+pub async fn run(cluster: &str, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
+    let out = output(cluster, place, argv).await?;
+    if !out.status.success() {
+        bail!(
+            "{} at {place} failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `argv` at `place` and returns its stdout whatever its exit status.
+pub async fn run_status(cluster: &str, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
+    let out = output(cluster, place, argv).await?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn output(
+    cluster: &str,
+    place: &Place,
+    argv: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let exe = std::env::current_exe().context("locating the swarmkit binary")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["--cluster", cluster]);
+    match place {
+        Place::Node(n) => cmd.args(["node", "exec", n, "--"]),
+        Place::Sandbox(n, s) => cmd.args(["node", "exec", "--netns", s, n, "--"]),
+        Place::Task(t) => cmd.args(["exec", t, "--"]),
+    };
+    cmd.args(argv).kill_on_drop(true);
+    tokio::time::timeout(EXEC_DEADLINE, cmd.output())
+        .await
+        .with_context(|| {
+            format!(
+                "{} at {place} took longer than {EXEC_DEADLINE:?}",
+                argv.join(" ")
+            )
+        })?
+        .with_context(|| format!("running {} at {place}", argv.join(" ")))
+}
+
+/// One direction of a conntrack tuple.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: String,
+    pub dst: String,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} -> {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub proto: String,
+    pub state: String,
+    pub orig: Tuple,
+    pub reply: Tuple,
+}
+
+impl CtEntry {
+    /// The destination was rewritten (DNAT, REDIRECT or an IPVS/nft balancing decision).
+    pub fn dnat(&self) -> bool {
+        self.reply.src != self.orig.dst || self.reply.sport != self.orig.dport
+    }
+
+    /// The tuple the next hop sees as its original direction, read off this entry's reply
+    /// direction (so any SNAT or masquerade on the way is followed, not assumed).
+    pub fn onward(&self) -> Tuple {
+        Tuple {
+            src: self.reply.dst.clone(),
+            sport: self.reply.dport,
+            dst: self.reply.src.clone(),
+            dport: self.reply.sport,
+        }
+    }
+}
+
+/// Parses `conntrack -L` lines: the first src/dst/sport/dport are the original direction,
+/// the second the reply.
+pub fn parse_conntrack(out: &str) -> Vec<CtEntry> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let proto = words.next()?.to_string();
+            let mut e = CtEntry {
+                proto,
+                ..CtEntry::default()
+            };
+            let mut seen = [0usize; 4];
+            for w in words {
+                if let Some((k, v)) = w.split_once('=') {
+                    let i = match k {
+                        "src" => 0,
+                        "dst" => 1,
+                        "sport" => 2,
+                        "dport" => 3,
+                        _ => continue,
+                    };
+                    let t = if seen[i] == 0 {
+                        &mut e.orig
+                    } else {
+                        &mut e.reply
+                    };
+                    seen[i] += 1;
+                    match i {
+                        0 => t.src = v.to_string(),
+                        1 => t.dst = v.to_string(),
+                        2 => t.sport = v.parse().ok()?,
+                        _ => t.dport = v.parse().ok()?,
+                    }
+                } else if w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    && e.state.is_empty()
+                    && seen == [0; 4]
+                {
+                    e.state = w.to_string();
+                }
+            }
+            (seen == [2; 4]).then_some(e)
+        })
+        .collect()
+}
+
+/// The conntrack entries at `place` whose original direction matches `want` (empty fields
+/// and zero ports match anything).
+pub async fn conntrack(
+    cluster: &str,
+    place: &Place,
+    proto: &str,
+    want: &Tuple,
+) -> anyhow::Result<Vec<CtEntry>> {
+    let mut argv = vec![
+        "conntrack".to_string(),
+        "-L".into(),
+        "-p".into(),
+        proto.into(),
+    ];
+    if want.sport != 0 {
+        argv.extend(["--orig-port-src".into(), want.sport.to_string()]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = run(cluster, place, &argv).await?;
+    Ok(parse_conntrack(&out)
+        .into_iter()
+        .filter(|e| {
+            (want.src.is_empty() || e.orig.src == want.src)
+                && (want.dst.is_empty() || e.orig.dst == want.dst)
+                && (want.dport == 0 || e.orig.dport == want.dport)
+        })
+        .collect())
+}
+
+/// One line of `ipvsadm -Lnc`: the connection IPVS balanced and where it sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpvsConn {
+    pub state: String,
+    pub source: String,
+    pub virtual_: String,
+    pub destination: String,
+}
+
+pub fn parse_ipvs_conns(out: &str) -> Vec<IpvsConn> {
+    out.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 6 && matches!(w[0], "TCP" | "UDP")).then(|| IpvsConn {
+                state: w[2].to_string(),
+                source: w[3].to_string(),
+                virtual_: w[4].to_string(),
+                destination: w[5].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// IPVS connection entries at `place` from source port `sport`; empty where the place has
+/// no IPVS (the nftables driver), which is not an error.
+pub async fn ipvs_conns(cluster: &str, place: &Place, sport: u16) -> Vec<IpvsConn> {
+    match run(cluster, place, &["ipvsadm", "-Lnc"]).await {
+        Ok(out) => parse_ipvs_conns(&out)
+            .into_iter()
+            .filter(|c| c.source.rsplit(':').next() == Some(&sport.to_string()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The VXLAN hop towards `addr` as a network sandbox's kernel has it: the permanent
+/// neighbour entry, the FDB entry naming the remote VTEP, the device's VNI and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VxlanHop {
+    pub device: String,
+    pub mac: String,
+    /// None when the MAC sits on a local bridge port: the peer runs on this node.
+    pub remote_vtep: Option<String>,
+    pub vni: Option<u64>,
+    pub tx_packets: Option<u64>,
+}
+
+pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
+    let neigh: Value = serde_json::from_str(
+        &run(cluster, sandbox, &["ip", "-j", "neigh", "show", "to", addr]).await?,
+    )
+    .unwrap_or(Value::Null);
+    let fdb: Value =
+        serde_json::from_str(&run(cluster, sandbox, &["bridge", "-j", "fdb", "show"]).await?)
+            .unwrap_or(Value::Null);
+    let mac = neigh
+        .as_array()
+        .and_then(|a| a.iter().find_map(|n| n["lladdr"].as_str()))
+        .map(str::to_string)
+        .unwrap_or_else(|| netcore_mac(addr));
+    // A remote peer's MAC has a `dst` (the VTEP) on the vxlan device; a local one sits on
+    // a bridge port with no `dst`.
+    let entries = fdb.as_array().cloned().unwrap_or_default();
+    let same_mac = |e: &&Value| e["mac"].as_str() == Some(mac.as_str());
+    let entry = entries
+        .iter()
+        .filter(same_mac)
+        .find(|e| e["dst"].is_string())
+        .or_else(|| {
+            entries
+                .iter()
+                .filter(same_mac)
+                .find(|e| !e["master"].is_null())
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    let device = entry["ifname"].as_str().unwrap_or_default().to_string();
+    let mut hop = VxlanHop {
+        remote_vtep: entry["dst"].as_str().map(str::to_string),
+        device: device.clone(),
+        mac,
+        ..VxlanHop::default()
+    };
+    if hop.remote_vtep.is_some() && !device.is_empty() {
+        let link: Value = serde_json::from_str(
+            &run(
+                cluster,
+                sandbox,
+                &["ip", "-j", "-s", "-d", "link", "show", "dev", &device],
+            )
+            .await?,
+        )
+        .unwrap_or(Value::Null);
+        hop.vni = link[0]["linkinfo"]["info_data"]["id"].as_u64();
+        hop.tx_packets = link[0]["stats64"]["tx"]["packets"].as_u64();
+    }
+    Ok(hop)
+}
+
+/// Tasks' MACs are derived from their addresses (`02:42:<ip>`), as Docker's are; used only to
+/// find a local bridge port when no neighbour entry names the address.
+fn netcore_mac(addr: &str) -> String {
+    let octets: Vec<u8> = addr.split('.').filter_map(|o| o.parse().ok()).collect();
+    let mut mac = String::from("02:42");
+    for o in octets {
+        mac += &format!(":{o:02x}");
+    }
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_lines_give_both_directions() {
+        let out = "tcp      6 119 TIME_WAIT src=127.0.0.1 dst=127.0.0.1 sport=41001 dport=9200 src=172.18.0.2 dst=172.18.0.1 sport=9200 dport=41001 [ASSURED] mark=0 use=1\n\
+                   udp      17 29 src=10.0.0.3 dst=10.0.0.2 sport=5353 dport=53 src=10.0.0.9 dst=10.0.0.3 sport=53 dport=5353 mark=0 use=1\n\
+                   conntrack v1.4.7 (conntrack-tools): 2 flow entries have been shown.\n";
+        let e = parse_conntrack(out);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].state, "TIME_WAIT");
+        assert_eq!(e[0].orig.dst, "127.0.0.1");
+        assert_eq!(e[0].reply.src, "172.18.0.2");
+        assert!(e[0].dnat());
+        assert_eq!(
+            e[0].onward(),
+            Tuple {
+                src: "172.18.0.1".into(),
+                sport: 41001,
+                dst: "172.18.0.2".into(),
+                dport: 9200
+            }
+        );
+        assert_eq!(e[1].state, "");
+        assert_eq!(e[1].reply.src, "10.0.0.9");
+    }
+
+    #[test]
+    fn ipvs_connection_entries_parse() {
+        let out = "IPVS connection entries\npro expire state       source             virtual            destination\nTCP 01:57  TIME_WAIT   127.0.0.1:41001    127.0.0.1:9200     10.255.0.8:9200\n";
+        let c = parse_ipvs_conns(out);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].destination, "10.255.0.8:9200");
+        assert_eq!(c[0].source, "127.0.0.1:41001");
+    }
+
+    #[test]
+    fn task_macs_follow_docker() {
+        assert_eq!(netcore_mac("10.255.0.10"), "02:42:0a:ff:00:0a");
+    }
+}

@@ -1,0 +1,525 @@
+//! `swarmkit trace`: follow one real connection through the cluster, hop by hop, from what
+//! the kernels recorded about it (conntrack and IPVS entries, neighbour and FDB entries, link
+//! counters). Nothing here predicts where a packet should go: each hop is found by the
+//! previous hop's reply tuple, and a hop the kernel has no record of ends the trace.
+
+pub mod kernel;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+use crate::graph::model::{GTask, Topology};
+use crate::graph::svg::{Anchor, Overlay};
+use kernel::{CtEntry, Place, Tuple};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormat {
+    Text,
+    Svg,
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Follow a connection made on this node (to a published port: the routing mesh)
+    #[arg(long, required_unless_present = "task", conflicts_with = "task")]
+    pub node: Option<String>,
+    /// Follow a connection made in this task (name like `web.1`, or ID): DNS, VIP, backend
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Follow the connection you made from this source port (e.g. `curl --local-port 41001`)
+    /// instead of making one with curl
+    #[arg(long, value_name = "PORT")]
+    pub sport: Option<u16>,
+    /// Output format: text, or SVG with the path drawn over the graph
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TraceFormat,
+    /// Write to FILE instead of stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Where the connection goes, HOST:PORT (e.g. localhost:9200, search:9200)
+    pub target: String,
+}
+
+/// One hop, as the kernel at `place` recorded it.
+#[derive(Clone, Debug)]
+pub struct Hop {
+    pub place: String,
+    pub what: String,
+    pub evidence: String,
+    pub anchors: Vec<Anchor>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub title: String,
+    pub hops: Vec<Hop>,
+    /// The task that accepted the connection, when the trace reached one.
+    pub replica: Option<GTask>,
+}
+
+impl Trace {
+    pub fn text(&self) -> String {
+        let width = self.hops.iter().map(|h| h.place.len()).max().unwrap_or(0);
+        let mut out = format!("{}\n", self.title);
+        for (i, h) in self.hops.iter().enumerate() {
+            out += &format!(
+                "{:>2}. {:<width$}  {}  [{}]\n",
+                i + 1,
+                h.place,
+                h.what,
+                h.evidence
+            );
+        }
+        match &self.replica {
+            Some(t) => {
+                let addrs = crate::graph::text::addresses(t);
+                out += &format!("replica: {} on {} ({addrs})\n", t.name, t.node);
+            }
+            None => out += "replica: none reached (the trace ends where the kernel's records do)\n",
+        }
+        out
+    }
+
+    pub fn overlay(&self) -> Overlay {
+        Overlay {
+            title: self.title.clone(),
+            hops: self
+                .hops
+                .iter()
+                .map(|h| (h.anchors.clone(), format!("{}: {}", h.place, h.what)))
+                .collect(),
+        }
+    }
+}
+
+pub fn parse_target(target: &str) -> anyhow::Result<(String, u16)> {
+    let hint = "give the target as HOST:PORT, e.g. localhost:9200 or search:9200";
+    let (host, port) = target
+        .rsplit_once(':')
+        .with_context(|| format!("{target:?} has no port: {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("{port:?} in {target:?} is not a port number: {hint}"))?;
+    if host.is_empty() {
+        bail!("{target:?} has no host: {hint}");
+    }
+    Ok((host.to_string(), port))
+}
+
+pub fn find_task<'a>(t: &'a Topology, name: &str) -> anyhow::Result<&'a GTask> {
+    t.tasks()
+        .find(|x| x.name == name || x.id == name)
+        .or_else(|| {
+            let mut by_prefix = t.tasks().filter(|x| x.id.starts_with(name));
+            match (by_prefix.next(), by_prefix.next()) {
+                (Some(one), None) if name.len() >= 3 => Some(one),
+                _ => None,
+            }
+        })
+        .with_context(|| {
+            format!(
+                "no task {name:?} in cluster {:?}: tasks are {}",
+                t.cluster,
+                t.tasks()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {
+    let topo = crate::graph::model::fetch(cluster).await?;
+    let (host, port) = parse_target(&args.target)?;
+    let trace = match (&args.node, &args.task) {
+        (Some(node), _) => from_node(cluster, &topo, node, &host, port, args.sport).await?,
+        (None, Some(task)) => from_task(cluster, &topo, task, &host, port, args.sport).await?,
+        (None, None) => bail!("say where the connection starts: --node NODE or --task TASK"),
+    };
+    let body = match args.format {
+        TraceFormat::Text => trace.text(),
+        TraceFormat::Svg => crate::graph::svg::render(&topo, Some(&trace.overlay())),
+    };
+    crate::graph::emit(&body, args.output.as_deref())?;
+    Ok(if trace.replica.is_some() { 0 } else { 1 })
+}
+
+/// Makes one connection with curl at `place` and returns its source port.
+async fn connect(cluster: &str, place: &Place, host: &str, port: u16) -> anyhow::Result<u16> {
+    let url = format!("http://{host}:{port}/");
+    // curl fails on a server that does not speak HTTP, but it has connected by then, which
+    // is all a trace needs; the local port tells which connection it was.
+    let out = kernel::run_status(
+        cluster,
+        place,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            "-w",
+            "%{local_port}",
+            &url,
+        ],
+    )
+    .await?;
+    match out.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => bail!("curl {url} at {place} did not connect; is something listening on port {port}?"),
+    }
+}
+
+async fn from_node(
+    cluster: &str,
+    topo: &Topology,
+    node: &str,
+    host: &str,
+    port: u16,
+    sport: Option<u16>,
+) -> anyhow::Result<Trace> {
+    let n = topo.node(node).with_context(|| {
+        format!(
+            "no node {node:?} in cluster {cluster:?}: nodes are {}",
+            topo.nodes
+                .iter()
+                .map(|n| n.hostname.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let place = Place::Node(n.hostname.clone());
+    let sport = match sport {
+        Some(p) => p,
+        None => connect(cluster, &place, host, port).await?,
+    };
+    let mut hops = vec![Hop {
+        place: n.hostname.clone(),
+        what: format!("connection to {host}:{port} from source port {sport}"),
+        evidence: "client".into(),
+        anchors: vec![Anchor::Port(n.hostname.clone())],
+    }];
+    let want = Tuple {
+        sport,
+        dport: port,
+        ..Tuple::default()
+    };
+    let replica = follow(cluster, topo, place, &n.hostname, want, &mut hops).await?;
+    Ok(Trace {
+        title: format!("trace: {node} -> {host}:{port} (tcp, source port {sport})"),
+        hops,
+        replica,
+    })
+}
+
+async fn from_task(
+    cluster: &str,
+    topo: &Topology,
+    task: &str,
+    host: &str,
+    port: u16,
+    sport: Option<u16>,
+) -> anyhow::Result<Trace> {
+    let t = find_task(topo, task)?;
+    let place = Place::Task(t.id.clone());
+    let mut hops = Vec::new();
+    let mut dst = String::new();
+    if host.parse::<std::net::Ipv4Addr>().is_err() {
+        let answer = kernel::run(
+            cluster,
+            &place,
+            &["dig", "+short", "+time=2", "+tries=2", host],
+        )
+        .await?;
+        let addrs: Vec<&str> = answer
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            bail!(
+                "{host} does not resolve in task {}: does it share a network with that service?",
+                t.name
+            );
+        }
+        let kind = match topo
+            .services
+            .iter()
+            .find(|s| s.vips.iter().any(|v| addrs.contains(&v.addr.as_str())))
+        {
+            Some(s) => format!("VIP of service {}", s.name),
+            None => "task addresses (dnsrr)".into(),
+        };
+        let svc = topo.services.iter().find(|s| s.name == host);
+        hops.push(Hop {
+            place: t.name.clone(),
+            what: format!("DNS {host} -> {} ({kind})", addrs.join(", ")),
+            evidence: "dig @127.0.0.11".into(),
+            anchors: [Anchor::Task(t.name.clone())]
+                .into_iter()
+                .chain(svc.map(|s| Anchor::Service(s.name.clone())))
+                .collect(),
+        });
+        if addrs.len() == 1 {
+            dst = addrs[0].to_string();
+        }
+    } else {
+        dst = host.to_string();
+    }
+    let sport = match sport {
+        Some(p) => p,
+        None => connect(cluster, &place, host, port).await?,
+    };
+    hops.push(Hop {
+        place: t.name.clone(),
+        what: format!("connection to {host}:{port} from source port {sport}"),
+        evidence: "client".into(),
+        anchors: vec![Anchor::Task(t.name.clone())],
+    });
+    let want = Tuple {
+        dst,
+        sport,
+        dport: port,
+        ..Tuple::default()
+    };
+    let replica = follow(cluster, topo, place, &t.node, want, &mut hops).await?;
+    Ok(Trace {
+        title: format!(
+            "trace: task {} -> {host}:{port} (tcp, source port {sport})",
+            t.name
+        ),
+        hops,
+        replica,
+    })
+}
+
+fn task_by_addr<'a>(topo: &'a Topology, addr: &str) -> Option<(&'a GTask, String)> {
+    topo.tasks().find_map(|t| {
+        t.addresses
+            .iter()
+            .find(|a| a.addr == addr)
+            .map(|a| (t, a.network.clone()))
+    })
+}
+
+fn place_label(topo: &Topology, place: &Place) -> String {
+    match place {
+        Place::Task(id) => topo
+            .tasks()
+            .find(|t| &t.id == id)
+            .map(|t| format!("{} ({})", t.name, t.node))
+            .unwrap_or_else(|| id.clone()),
+        other => other.to_string(),
+    }
+}
+
+/// Walks from `place`, where a conntrack entry with original tuple `want` must exist, to the
+/// task that accepted the connection. Returns that task.
+async fn follow(
+    cluster: &str,
+    topo: &Topology,
+    mut place: Place,
+    start_node: &str,
+    mut want: Tuple,
+    hops: &mut Vec<Hop>,
+) -> anyhow::Result<Option<GTask>> {
+    let mut node = start_node.to_string();
+    // A connection crosses at most node -> sandbox -> task (mesh) or task -> task (VIP).
+    for _ in 0..5 {
+        let entries = kernel::conntrack(cluster, &place, "tcp", &want).await?;
+        let here = place_label(topo, &place);
+        let Some(e) = pick(&entries) else {
+            hops.push(Hop {
+                place: here,
+                what: format!("no conntrack entry for {}", describe(&want)),
+                evidence: "conntrack -L".into(),
+                anchors: Vec::new(),
+            });
+            return Ok(None);
+        };
+        let mut next = (e.reply.src.clone(), e.reply.sport);
+        let mut evidence = format!("conntrack {}", or_new(&e.state));
+        let mut onward = e.onward();
+        let ipvs = topo.node(&node).is_some_and(|n| n.lb_driver == "ipvs");
+        // IPVS may balance without conntrack recording the rewrite.
+        let balanced = if ipvs && !e.dnat() {
+            kernel::ipvs_conns(cluster, &place, e.orig.sport).await
+        } else {
+            Vec::new()
+        };
+        if let Some(c) = balanced.first()
+            && let Some((a, p)) = c.destination.rsplit_once(':')
+        {
+            next = (a.to_string(), p.parse().unwrap_or(0));
+            evidence = format!("ipvsadm -Lnc {}", c.state);
+            onward = Tuple {
+                src: String::new(),
+                sport: 0,
+                dst: next.0.clone(),
+                dport: next.1,
+            };
+        }
+        let current_task = match &place {
+            Place::Task(id) => topo.tasks().find(|t| &t.id == id).cloned(),
+            _ => None,
+        };
+        match task_by_addr(topo, &next.0) {
+            Some((task, _)) if current_task.as_ref().map(|c| &c.id) == Some(&task.id) => {
+                let redirect = if e.reply.sport != e.orig.dport {
+                    format!(", redirected to target port {}", e.reply.sport)
+                } else {
+                    String::new()
+                };
+                hops.push(Hop {
+                    place: here,
+                    what: format!("accepted {}{redirect}", e.orig),
+                    evidence,
+                    anchors: vec![Anchor::Task(task.name.clone())],
+                });
+                return Ok(Some(task.clone()));
+            }
+            Some((task, network)) => {
+                let how = if e.dnat() || evidence.starts_with("ipvsadm") {
+                    "load balancer chose"
+                } else {
+                    "goes straight to"
+                };
+                hops.push(Hop {
+                    place: here,
+                    what: format!(
+                        "{how} {} on {}: {} => {}:{}",
+                        task.name, task.node, e.orig, next.0, next.1
+                    ),
+                    evidence,
+                    anchors: lb_anchor(topo, &place, &node),
+                });
+                hops.push(overlay_hop(cluster, topo, &node, task, &network).await?);
+                place = Place::Task(task.id.clone());
+                node = task.node.clone();
+                want = onward;
+            }
+            None if e.dnat() && matches!(place, Place::Node(_)) => {
+                hops.push(Hop {
+                    place: here,
+                    what: format!(
+                        "DNAT {} => {}:{} (the node's ingress sandbox)",
+                        e.orig, next.0, next.1
+                    ),
+                    evidence,
+                    anchors: vec![Anchor::Node(node.clone())],
+                });
+                place = Place::Sandbox(node.clone(), "ingress_sbox".into());
+                want = onward;
+            }
+            None => {
+                hops.push(Hop {
+                    place: here,
+                    what: format!(
+                        "{} leaves for {}:{}, which no task owns",
+                        e.orig, next.0, next.1
+                    ),
+                    evidence,
+                    anchors: Vec::new(),
+                });
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn lb_anchor(topo: &Topology, place: &Place, node: &str) -> Vec<Anchor> {
+    match place {
+        Place::Task(id) => topo
+            .tasks()
+            .find(|t| &t.id == id)
+            .map(|t| vec![Anchor::Task(t.name.clone())])
+            .unwrap_or_default(),
+        Place::Sandbox(..) => vec![Anchor::Sandbox(node.to_string())],
+        Place::Node(_) => vec![Anchor::Node(node.to_string())],
+    }
+}
+
+/// The hop from `node` to `task` over `network`, from the network sandbox's neighbour and
+/// FDB entries on `node`.
+async fn overlay_hop(
+    cluster: &str,
+    topo: &Topology,
+    node: &str,
+    task: &GTask,
+    network: &str,
+) -> anyhow::Result<Hop> {
+    let addr = task
+        .addresses
+        .iter()
+        .find(|a| a.network == network)
+        .map(|a| a.addr.clone())
+        .unwrap_or_default();
+    let net = topo
+        .networks
+        .iter()
+        .find(|n| n.name == network)
+        .with_context(|| format!("network {network} is not in the cluster's list"))?;
+    let short: String = net.id.chars().take(10).collect();
+    let sandbox = Place::Sandbox(node.to_string(), format!("1-{short}"));
+    let hop = kernel::vxlan_hop(cluster, &sandbox, &addr).await?;
+    let vtep_node = |vtep: &str| {
+        topo.nodes
+            .iter()
+            .find(|n| n.addr == vtep)
+            .map(|n| n.hostname.clone())
+            .unwrap_or_else(|| "no node of this cluster".into())
+    };
+    let what = match &hop.remote_vtep {
+        Some(vtep) => format!(
+            "VXLAN {} VNI {}: {addr} is {} at remote VTEP {vtep} ({}){}",
+            hop.device,
+            hop.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            hop.mac,
+            vtep_node(vtep),
+            hop.tx_packets
+                .map(|p| format!(", {p} packets sent"))
+                .unwrap_or_default()
+        ),
+        None if hop.device.is_empty() => {
+            format!("no neighbour or FDB entry for {addr} on {network}")
+        }
+        None => format!(
+            "{addr} is {} on local bridge port {} ({network} stays on {node})",
+            hop.mac, hop.device
+        ),
+    };
+    Ok(Hop {
+        place: sandbox.to_string(),
+        what,
+        evidence: "ip neigh, bridge fdb, ip -s link".into(),
+        anchors: vec![
+            Anchor::Vtep(network.to_string(), node.to_string()),
+            Anchor::Vtep(network.to_string(), task.node.clone()),
+        ],
+    })
+}
+
+/// Of several entries for one tuple (a source port reused within TIME_WAIT), prefer the one
+/// still open.
+fn pick(entries: &[CtEntry]) -> Option<&CtEntry> {
+    entries
+        .iter()
+        .find(|e| e.state == "ESTABLISHED")
+        .or_else(|| entries.first())
+}
+
+fn or_new(s: &str) -> &str {
+    if s.is_empty() { "entry" } else { s }
+}
+
+fn describe(t: &Tuple) -> String {
+    let src = if t.src.is_empty() { "*" } else { &t.src };
+    let dst = if t.dst.is_empty() { "*" } else { &t.dst };
+    format!("{src}:{} -> {dst}:{}", t.sport, t.dport)
+}
