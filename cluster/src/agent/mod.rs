@@ -2,6 +2,7 @@
 //! the node's kernel state and task processes match it through netcore, and reports back
 //! what it observed. Every step is a reconcile, so a missed event is repaired by the next plan.
 
+mod adopt;
 mod dataplane;
 mod process;
 
@@ -57,6 +58,8 @@ struct RunningTask {
     lb: Box<dyn LoadBalancer>,
     state: TaskState,
     stopping: bool,
+    /// Started by an earlier agent: not our child, so its exit status is unknown.
+    adopted: bool,
 }
 
 pub struct Agent {
@@ -75,6 +78,9 @@ pub struct Agent {
     events: mpsc::UnboundedSender<Event>,
     /// The plan last applied in full: what the next apply compares against.
     applied: Option<NodePlan>,
+    hostname: String,
+    /// Tasks left by an earlier agent and absent from the plan were stopped.
+    swept: bool,
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
@@ -161,6 +167,8 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         finished: HashSet::new(),
         events: events_tx,
         applied: None,
+        hostname: hostname.to_string(),
+        swept: false,
     };
     let mut plan: Option<(NodePlan, u64)> = None;
     let mut last_acked = None;
@@ -349,6 +357,9 @@ impl Agent {
                 };
                 let (state, message, err) = if t.stopping {
                     (TaskState::Shutdown, "shutdown".to_string(), None)
+                } else if t.adopted {
+                    let why = "task: exited (status unknown: it outlived an agent restart)";
+                    (TaskState::Failed, why.to_string(), Some(why.to_string()))
                 } else if code == Some(0) {
                     (TaskState::Complete, "finished".to_string(), None)
                 } else {
@@ -378,6 +389,7 @@ impl Agent {
 
     fn cleanup(&mut self, t: RunningTask) {
         self.resolver.remove(&t.plan.id);
+        adopt::forget(&self.paths.task_dir(&t.plan.id));
         let RunningTask { ns, dns, lb, .. } = t;
         // Sockets and handles keep a namespace alive: release them before its name.
         drop(dns);
@@ -394,7 +406,99 @@ impl Agent {
         let prev = self.applied.take();
         self.apply(plan, prev.as_ref()).await?;
         self.applied = Some(plan.clone());
+        if !self.swept {
+            self.sweep(plan);
+            self.swept = true;
+        }
         Ok(())
+    }
+
+    /// Takes over a task an earlier agent started, if its process still runs.
+    fn adopt(&mut self, t: &TaskPlan) -> Adoption {
+        let dir = self.paths.task_dir(&t.id);
+        let Some(rec) = adopt::load(&dir).filter(|r| r.node == self.hostname) else {
+            return Adoption::Nothing;
+        };
+        if !adopt::alive(&rec) {
+            adopt::forget(&dir);
+            return Adoption::Ended;
+        }
+        let adopted = NetNs::open(&self.paths.task_ns(&t.id))
+            .map_err(anyhow::Error::from)
+            .and_then(|ns| Ok((self.resolver.serve_in(&t.id, &ns)?, ns)));
+        let (dns, ns) = match adopted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("adopting {}: {e:#}; it is stopped", t.name);
+                kill_group(rec.pid);
+                adopt::forget(&dir);
+                return Adoption::Ended;
+            }
+        };
+        tracing::info!(task = t.name, pid = rec.pid, "adopted");
+        let id = t.id.clone();
+        let events = self.events.clone();
+        let pid = rec.pid;
+        tokio::spawn(async move {
+            if let Err(e) = adopt::exited(pid).await {
+                tracing::warn!("watching adopted task {id}: {e}");
+                return;
+            }
+            let _ = events.send(Event::Exited { id, code: None });
+        });
+        let port = crate::images::resolve(&t.image)
+            .filter(|_| t.args.is_empty())
+            .map(|b| b.port());
+        // Starting until it answers again; not reported, since the manager knows it running
+        // and a report would take it out of the load balancers for nothing.
+        self.tasks.insert(
+            t.id.clone(),
+            RunningTask {
+                plan: t.clone(),
+                host_link: rec.host_link,
+                ns: ns.clone(),
+                pid: Some(rec.pid),
+                dns: Some(dns),
+                lb: lb::new(self.driver, ns.clone()),
+                state: TaskState::Starting,
+                stopping: false,
+                adopted: true,
+            },
+        );
+        let events = self.events.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let ev = match wait_listening(ns, Some(pid), port).await {
+                Ok(()) => Event::Ready { id },
+                Err(err) => Event::NotReady { id, err },
+            };
+            let _ = events.send(ev);
+        });
+        Adoption::Adopted
+    }
+
+    /// Stops what an earlier agent left running that the plan no longer wants (its node was
+    /// down meanwhile and the tasks were replaced elsewhere), so nothing runs twice.
+    fn sweep(&mut self, plan: &NodePlan) {
+        let wanted: HashSet<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+        let tasks_dir = self.paths.run_dir().join("tasks");
+        for (id, dir, rec) in adopt::records(&tasks_dir, &self.hostname) {
+            if wanted.contains(id.as_str()) || self.tasks.contains_key(&id) {
+                continue;
+            }
+            if adopt::alive(&rec) {
+                tracing::info!(
+                    task = id,
+                    pid = rec.pid,
+                    "stopping a task the plan no longer has"
+                );
+                kill_group(rec.pid);
+            }
+            if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
+                tracing::debug!("removing the namespace of {id}: {e}");
+            }
+            adopt::forget(&dir);
+        }
     }
 
     /// Makes the node match `plan`. Tasks' load balancers and DNS views are rebuilt only
@@ -426,6 +530,16 @@ impl Agent {
                 || t.start_after.is_some_and(|at| at > now)
             {
                 continue;
+            }
+            match self.adopt(t) {
+                Adoption::Adopted => continue,
+                Adoption::Ended => {
+                    self.finished.insert(t.id.clone());
+                    let why = "task: exited while its agent was down";
+                    self.report(&t.id, TaskState::Failed, why, Some(why.to_string()));
+                    continue;
+                }
+                Adoption::Nothing => {}
             }
             let task_started = std::time::Instant::now();
             let result = self.start(t).await;
@@ -530,6 +644,17 @@ impl Agent {
         let dir = self.paths.task_dir(&t.id);
         let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
         let pid = child.id();
+        if let Some(p) = pid {
+            let rec = adopt::Record {
+                node: self.hostname.clone(),
+                pid: p,
+                start_time: adopt::start_time(p).unwrap_or_default(),
+                host_link,
+            };
+            if let Err(e) = adopt::save(&dir, &rec) {
+                tracing::warn!("recording {} for a restarted agent: {e}", t.name);
+            }
+        }
         let id = t.id.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -551,6 +676,7 @@ impl Agent {
                 lb,
                 state: TaskState::Starting,
                 stopping: false,
+                adopted: false,
             },
         );
         self.report(&t.id, TaskState::Starting, "starting", None);
@@ -575,14 +701,7 @@ impl Agent {
         }
         t.stopping = true;
         match t.pid {
-            Some(pid) => {
-                let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
-                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
-                tokio::spawn(async move {
-                    tokio::time::sleep(STOP_GRACE).await;
-                    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
-                });
-            }
+            Some(pid) => kill_group(pid),
             None => {
                 let _ = self.events.send(Event::Exited {
                     id: id.to_string(),
@@ -591,6 +710,24 @@ impl Agent {
             }
         }
     }
+}
+
+enum Adoption {
+    Adopted,
+    /// Its process ended while no agent watched it.
+    Ended,
+    /// No earlier agent started it.
+    Nothing,
+}
+
+/// SIGTERM to a task's process group, SIGKILL after the stop grace period.
+fn kill_group(pid: u32) {
+    let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+    tokio::spawn(async move {
+        tokio::time::sleep(STOP_GRACE).await;
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    });
 }
 
 /// The /30 linking a host-mode task to its node, carved from 172.19.0.0/16: (node, task).

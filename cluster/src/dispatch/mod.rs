@@ -452,6 +452,23 @@ impl Dispatcher {
         self.feeds.get(node).map(|f| f.wake.subscribe())
     }
 
+    /// After a manager restart: what the agents applied under the previous manager is
+    /// unknown until they report, so assume the state as of the restart, except that no
+    /// task draining then may stop before every node has acked its removal anew.
+    pub fn assume_applied_before_restart(&mut self) {
+        let assumed = self
+            .idx
+            .draining
+            .iter()
+            .filter_map(|id| self.state.tasks.get(id)?.drain_version)
+            .map(|v| v.saturating_sub(1))
+            .fold(self.state.version, u64::min);
+        for n in self.state.nodes.keys() {
+            self.acks.insert(n.clone(), assumed);
+        }
+        self.settle();
+    }
+
     /// Counts the bytes of an answer that carried a delta.
     pub fn count_bytes(&mut self, node: &str, bytes: usize) {
         if let Some(f) = self.feeds.get_mut(node) {

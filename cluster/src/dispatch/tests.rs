@@ -401,3 +401,47 @@ fn deltas_are_small() {
         "delta {delta:?} vs full {full} bytes"
     );
 }
+
+#[test]
+fn after_a_manager_restart_running_tasks_stay_running_and_draining_ones_wait() {
+    let s0 = Arc::new(cluster());
+    let s1 = commit(&s0, |s| {
+        let mut t = s.tasks.get("web2").unwrap().clone();
+        t.desired = TaskState::Shutdown;
+        t.drain_version = Some(s.version);
+        s.put_task(t);
+    });
+    let s2 = commit(&s1, |s| {
+        let db = s.services.get("db").unwrap().clone();
+        let mut t = task(&db, 2, 1, 22);
+        t.running_version = Some(s.version);
+        s.put_task(t);
+    });
+    // A new manager on that store.
+    let mut d = Dispatcher::new(s2.clone(), 0);
+    d.assume_applied_before_restart();
+    assert_eq!(
+        d.min_ack(),
+        1,
+        "web2's removal (version 2) is not known applied"
+    );
+    assert!(
+        d.plan_of("node2id")
+            .unwrap()
+            .tasks
+            .iter()
+            .any(|t| t.id == "web2")
+    );
+    for n in ["node1id", "node2id", "node3id"] {
+        let v = d.take(n, Some(3)).unwrap().version;
+        d.ack(n, v, None);
+    }
+    assert_eq!(d.min_ack(), 3);
+    assert!(
+        !d.plan_of("node2id")
+            .unwrap()
+            .tasks
+            .iter()
+            .any(|t| t.id == "web2")
+    );
+}

@@ -57,6 +57,7 @@ impl Manager {
             started: Instant::now(),
         });
         m.initialise(cluster)?;
+        m.dispatch().assume_applied_before_restart();
         Ok(m)
     }
 
