@@ -9,6 +9,7 @@ mod progress;
 mod publish;
 mod render;
 mod trace;
+mod ui;
 mod walkthrough;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,8 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Follow one real connection hop by hop, from the kernels' records
     Trace(trace::TraceArgs),
+    /// Serve a live picture of the cluster on 127.0.0.1, with traces on request
+    Ui(ui::UiArgs),
     /// Build guest images for the qemu backend
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
@@ -98,6 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
         Command::Graph(args) => graph::run(cluster, args).await,
         Command::Trace(args) => trace::run(cluster, args).await,
+        Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)

@@ -117,3 +117,48 @@ fn a_killed_node_stays_down_until_started() {
     c.sk(&["node", "start", "node2"]).ok();
     assert!(alive(pid_of(&c, "node2")));
 }
+
+#[test]
+fn prune_removes_a_crashed_cluster_completely_and_leaves_running_ones() {
+    require_root!();
+    let live = Cluster::up("prunelive", 1);
+    let dead = Cluster::up("prunedead", 2);
+    dead.sk(&[
+        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
+    ])
+    .ok();
+    // A crash of everything: supervisor, manager, agents and tasks at once.
+    let procs = common::owned_processes(&dead.name);
+    assert!(procs.len() >= 4, "{procs:?}");
+    for p in &procs {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    dead.eventually("every process to die", Duration::from_secs(5), || {
+        common::owned_processes(&dead.name).is_empty()
+    });
+    assert!(!common::namespaces(&dead.ns_prefix()).is_empty());
+
+    // Only this test's clusters: others may be running tests on this host.
+    let prefix = format!("t{}-prune", std::process::id() % 100000);
+    let r = swarmkit(&["cluster", "prune", "--prefix", &prefix]).ok();
+    assert!(
+        r.stdout.contains(&format!("removed {}", dead.name)),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("left {} (running)", live.name)),
+        "{}",
+        r.stdout
+    );
+    assert!(common::namespaces(&dead.ns_prefix()).is_empty());
+    assert!(common::owned_processes(&dead.name).is_empty());
+    assert!(!std::path::Path::new(&format!("/run/swarmkit/{}", dead.name)).exists());
+    assert!(!std::path::Path::new(&format!("/var/lib/swarmkit/{}", dead.name)).exists());
+    live.sk(&["node", "ls"]).ok();
+    let r = swarmkit(&["cluster", "prune", "--prefix", &prefix]).ok();
+    assert!(r.stdout.contains("nothing to prune"), "{}", r.stdout);
+}

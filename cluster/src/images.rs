@@ -196,20 +196,71 @@ pub async fn run(image: &str) -> anyhow::Result<()> {
             port: b.port(),
             source,
         })?;
-    serve_on(b, listener, ctx)
+    // SIGTERM (a task being stopped, after it left every load balancer) ends the server
+    // gracefully: requests in progress are answered, then connections close.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::spawn(async move {
+        term.recv().await;
+        let _ = stop_tx.send(true);
+    });
+    serve_until(b, listener, ctx, stop)
         .await
         .with_context(|| format!("built-in image {}", b.name()))
 }
 
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Serves `b` on `listener` until the listener fails.
 pub async fn serve_on(b: Builtin, listener: TcpListener, ctx: TaskContext) -> io::Result<()> {
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    serve_until(b, listener, ctx, stop).await
+}
+
+/// Serves `b` on `listener` until the listener fails or `stop` turns true; then it accepts
+/// nothing more, finishes the requests in progress and returns once every connection closed.
+pub async fn serve_until(
+    b: Builtin,
+    listener: TcpListener,
+    ctx: TaskContext,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
     let ctx = Arc::new(ctx);
     let slots = Arc::new(Semaphore::new(MAX_CONNS));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return Ok(());
         };
-        let (conn, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => {
+                drop(slot);
+                // Connections already in the backlog were sent here before this task left
+                // the load balancers: answer them too.
+                loop {
+                    let waiting = tokio::select! {
+                        biased;
+                        a = listener.accept() => a,
+                        _ = std::future::ready(()) => break,
+                    };
+                    let Ok((conn, peer)) = waiting else { break };
+                    let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+                    let (ctx, stop) = (Arc::clone(&ctx), stop.clone());
+                    tokio::spawn(async move {
+                        let _ = serve_conn(b, conn, peer, &ctx, stop).await;
+                        drop(slot);
+                    });
+                }
+                drop(listener);
+                let _ = slots.acquire_many(MAX_CONNS as u32).await;
+                return Ok(());
+            }
+        };
+        let (conn, peer) = match accepted {
             Ok(c) => c,
             Err(e) if is_transient(&e) => {
                 // Out of descriptors or a client that gave up: keep serving the others.
@@ -219,18 +270,28 @@ pub async fn serve_on(b: Builtin, listener: TcpListener, ctx: TaskContext) -> io
             }
             Err(e) => return Err(e),
         };
-        let _ = conn.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let result = match b {
-                Builtin::Postgres => hold_postgres(conn).await,
-                _ => serve_http(b, conn, peer, &ctx).await,
-            };
-            if let Err(e) = result {
+            if let Err(e) = serve_conn(b, conn, peer, &ctx, stop).await {
                 tracing::debug!(%peer, error = %e, "connection");
             }
             drop(slot);
         });
+    }
+}
+
+async fn serve_conn(
+    b: Builtin,
+    conn: TcpStream,
+    peer: SocketAddr,
+    ctx: &TaskContext,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    match b {
+        Builtin::Postgres => hold_postgres(conn, stop).await,
+        _ => serve_http(b, conn, peer, ctx, stop).await,
     }
 }
 
@@ -245,12 +306,19 @@ fn is_transient(e: &io::Error) -> bool {
 
 /// Answers an SSLRequest with "no" (as a server without TLS does), then holds the connection
 /// until the client leaves or goes quiet.
-async fn hold_postgres(mut conn: TcpStream) -> io::Result<()> {
+async fn hold_postgres(
+    mut conn: TcpStream,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut buf = [0u8; 1024];
     let mut first = true;
     loop {
-        let n = match tokio::time::timeout(PG_IDLE, conn.read(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(PG_IDLE, conn.read(&mut buf)) => r,
+            _ = stopped(&mut stop) => return conn.shutdown().await,
+        };
+        let n = match read {
             Ok(r) => r?,
             Err(_) => return Ok(()),
         };
@@ -374,8 +442,10 @@ async fn serve_http(
     mut conn: TcpStream,
     peer: SocketAddr,
     ctx: &TaskContext,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
+    let mut served = 0u64;
     loop {
         let head_len = loop {
             if let Some(n) = head_end(&buf) {
@@ -384,7 +454,17 @@ async fn serve_http(
             if buf.len() > MAX_HEAD {
                 return reject(&mut conn, "431 Request Header Fields Too Large").await;
             }
-            if read_more(&mut conn, &mut buf).await? == 0 {
+            // An idle keep-alive connection closes when the server stops; a new one, or one
+            // with a request under way, is answered first.
+            let read = if buf.is_empty() && served > 0 {
+                tokio::select! {
+                    r = read_more(&mut conn, &mut buf) => r,
+                    _ = stopped(&mut stop) => return conn.shutdown().await,
+                }
+            } else {
+                read_more(&mut conn, &mut buf).await
+            };
+            if read? == 0 {
                 return Ok(());
             }
         };
@@ -402,10 +482,11 @@ async fn serve_http(
             }
         }
         buf.drain(..head_len + body_len);
-        let keep = req.keep_alive();
+        let keep = req.keep_alive() && !*stop.borrow();
         let resp = respond(b, &req, peer, ctx);
         let wire = resp.encode(req.method == "HEAD", req.minor, keep);
         conn.write_all(&wire).await?;
+        served += 1;
         if !keep {
             return conn.shutdown().await;
         }

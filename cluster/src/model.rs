@@ -77,6 +77,31 @@ pub struct Service {
     pub networks: Vec<String>,
     /// One per network in VIP mode; none in dnsrr mode.
     pub vips: Vec<Vip>,
+    /// Progress of the rolling update (or rollback) to the current spec, as docker shows it.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Completed,
+    RollbackStarted,
+    RollbackCompleted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started: Time,
+    pub completed: Option<Time>,
+    pub message: String,
+    /// When a slot last finished updating: the next batch waits `UpdateConfig.Delay` from here.
+    pub last_slot_done: Option<Time>,
+    /// Slots being replaced now (at most `UpdateConfig.Parallelism` of them).
+    #[serde(default)]
+    pub slots: std::collections::BTreeSet<u64>,
 }
 
 impl Service {
@@ -183,6 +208,10 @@ pub struct Task {
     /// Store version at which the agent reported it running; it counts as running for clients
     /// once every node has applied that version (it is then reachable through the LB).
     pub running_version: Option<u64>,
+    /// Restarts of this slot under the current spec that led to this task (the restart
+    /// policy's attempt count).
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -190,6 +219,19 @@ pub struct Task {
 pub enum NodeState {
     Ready,
     Down,
+}
+
+/// docker's node availability: where the scheduler may place tasks.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere, and it takes no new ones.
+    Drain,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -209,6 +251,11 @@ pub struct Node {
     pub kernel: String,
     /// This node's address on the ingress network (its ingress sandbox).
     pub ingress_addr: Ipv4Net,
+    #[serde(default)]
+    pub availability: Availability,
+    /// `node update --label-add`: what `--constraint node.labels.K==V` matches.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Cluster-wide facts fixed at creation.

@@ -60,6 +60,9 @@ pub struct TaskPlan {
     pub start_after: Option<Time>,
     /// Ports published in host mode: this node forwards them to this task directly.
     pub host_ports: Vec<HostPortPlan>,
+    /// Between SIGTERM and SIGKILL when the task stops (`--stop-grace-period`).
+    #[serde(default)]
+    pub stop_grace_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -85,6 +88,9 @@ pub struct ServicePlan {
     pub vips: BTreeMap<String, (Ipv4Addr, u32)>,
     /// network id -> addresses of running tasks, in slot order (the round-robin order).
     pub backends: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// network id -> extra DNS names of the service on that network (`Networks[].Aliases`).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -125,6 +131,43 @@ pub fn serves_traffic(t: &Task) -> bool {
 
 pub fn task_name(service_name: &str, t: &Task) -> String {
     format!("{service_name}.{}.{}", t.slot, t.id)
+}
+
+/// The spec's network aliases by network ID, from both places a spec may list networks
+/// (TaskTemplate.Networks and the deprecated top-level Networks), targets by ID or name.
+pub fn aliases_of(
+    state: &crate::store::State,
+    s: &crate::model::Service,
+) -> BTreeMap<String, Vec<String>> {
+    let mut targets = s
+        .spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.networks.clone())
+        .unwrap_or_default();
+    #[allow(deprecated)]
+    targets.extend(s.spec.networks.clone().unwrap_or_default());
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in targets {
+        let Some(target) = t.target.as_deref() else {
+            continue;
+        };
+        let Some(net) = state
+            .networks
+            .get(target)
+            .or_else(|| state.networks.values().find(|n| n.name == target))
+        else {
+            continue;
+        };
+        let list = out.entry(net.id.clone()).or_default();
+        for a in t.aliases.unwrap_or_default() {
+            if !a.is_empty() && !list.contains(&a) {
+                list.push(a);
+            }
+        }
+    }
+    out.retain(|_, v| !v.is_empty());
+    out
 }
 
 /// A plan object's identity within one node's plan: a delta puts or deletes it whole.

@@ -67,6 +67,10 @@ pub struct State {
 }
 
 impl State {
+    /// Whether anything was written to this draft (a dry run changed nothing if not).
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
     pub fn put_network(&mut self, mut n: Network) {
         n.version = self.version;
         self.dirty.push((Kind::Network, n.id.clone()));
@@ -98,6 +102,10 @@ impl State {
         n.version = self.version;
         self.dirty.push((Kind::Node, n.id.clone()));
         self.nodes.insert(n.id.clone(), n);
+    }
+    pub fn remove_node(&mut self, id: &str) {
+        self.dirty.push((Kind::Node, id.to_string()));
+        self.nodes.remove(id);
     }
     pub fn put_meta(&mut self, meta: Meta) {
         self.dirty.push((Kind::Meta, String::new()));

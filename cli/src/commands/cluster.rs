@@ -36,6 +36,13 @@ pub enum ClusterCmd {
         /// Cluster name (defaults to the global --cluster)
         name: Option<String>,
     },
+    /// Remove what dead clusters left behind (namespaces, processes, QEMU guests, run and
+    /// state directories); clusters that run are left alone
+    Prune {
+        /// Only clusters whose name starts with this
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Print shell commands that point docker clients at a cluster's manager
     Env {
         /// Cluster name (defaults to the global --cluster)
@@ -92,6 +99,22 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             lifecycle::down(&name).await?;
             println!("cluster {name:?} down");
             Ok(0)
+        }
+        ClusterCmd::Prune { prefix } => {
+            let pruned = ::cluster::testbed::prune::prune(&prefix).await;
+            for name in &pruned.removed {
+                println!("removed {name}");
+            }
+            for name in &pruned.running {
+                println!("left {name} (running)");
+            }
+            for (name, why) in &pruned.failed {
+                eprintln!("could not remove {name}: {why}");
+            }
+            if pruned.removed.is_empty() && pruned.failed.is_empty() {
+                println!("nothing to prune");
+            }
+            Ok(if pruned.failed.is_empty() { 0 } else { 1 })
         }
         ClusterCmd::Env { name } => {
             let name = name.unwrap_or_else(|| cluster.to_string());

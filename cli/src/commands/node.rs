@@ -1,8 +1,9 @@
 //! `swarmkit node ...`
 
 use ::cluster::testbed::Fault;
-use bollard::models::Node;
-use clap::Subcommand;
+use bollard::models::{Node, NodeSpecAvailabilityEnum};
+use bollard::query_parameters::{DeleteNodeOptions, UpdateNodeOptions};
+use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
 use super::{Api, ApiResult};
@@ -28,6 +29,28 @@ pub enum NodeCmd {
         #[arg(long)]
         pretty: bool,
     },
+    /// Update a node
+    Update {
+        /// Availability of the node
+        #[arg(long, value_enum)]
+        availability: Option<Availability>,
+        /// Add or update a node label (KEY=VALUE)
+        #[arg(long, value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a node label if exists
+        #[arg(long, value_name = "KEY")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Remove one or more nodes from the swarm
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Force remove a node from the swarm
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
     /// Run a command inside a node's namespaces
     Exec {
         /// Run in one of the node's sandboxes instead of the node itself: `ingress_sbox`
@@ -50,8 +73,33 @@ pub enum NodeCmd {
     Heal { node: String },
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
 pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
     match cmd {
+        NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => update(cluster, &node, availability, &label_add, &label_rm).await,
+        NodeCmd::Rm { force, nodes } => {
+            let api = Api::connect(cluster)?;
+            let api = &api;
+            super::for_each_name(&nodes, |name| async move {
+                api.docker
+                    .delete_node(&name, Some(DeleteNodeOptions { force }))
+                    .await
+                    .api(api)?;
+                Ok(name)
+            })
+            .await
+        }
         NodeCmd::Ls { quiet, format } => ls(cluster, quiet, format).await,
         NodeCmd::Inspect { nodes, pretty } => inspect(cluster, &nodes, pretty).await,
         NodeCmd::Exec {
@@ -253,4 +301,61 @@ fn pretty_node(n: &Node) -> String {
     );
     out += &format!("Engine Version:\t\t{}\n", r.engine_version);
     out
+}
+
+/// docker's `node update`: read the spec, change what the flags name, send it back at the
+/// version read (a concurrent change makes the manager refuse, and the edit is replayed).
+async fn update(
+    cluster: &str,
+    name: &str,
+    availability: Option<Availability>,
+    label_add: &[String],
+    label_rm: &[String],
+) -> anyhow::Result<i32> {
+    for l in label_add {
+        if l.split_once('=')
+            .map_or(l.is_empty(), |(k, _)| k.is_empty())
+        {
+            anyhow::bail!(
+                "invalid label {l:?}: use KEY=VALUE (or KEY), e.g. --label-add zone=east"
+            );
+        }
+    }
+    let api = Api::connect(cluster)?;
+    const ATTEMPTS: usize = 20;
+    for attempt in 1..=ATTEMPTS {
+        let node = api.docker.inspect_node(name).await.api(&api)?;
+        let id = node.id.clone().unwrap_or_else(|| name.to_string());
+        let version = node.version.and_then(|v| v.index).unwrap_or(0);
+        let mut spec = node.spec.unwrap_or_default();
+        if let Some(a) = availability {
+            spec.availability = Some(match a {
+                Availability::Active => NodeSpecAvailabilityEnum::ACTIVE,
+                Availability::Pause => NodeSpecAvailabilityEnum::PAUSE,
+                Availability::Drain => NodeSpecAvailabilityEnum::DRAIN,
+            });
+        }
+        let labels = spec.labels.get_or_insert_with(Default::default);
+        for k in label_rm {
+            labels.remove(k);
+        }
+        for l in label_add {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            labels.insert(k.to_string(), v.to_string());
+        }
+        let opts = UpdateNodeOptions {
+            version: i64::try_from(version).unwrap_or(i64::MAX),
+        };
+        match api.docker.update_node(&id, spec, opts).await {
+            Ok(()) => {
+                println!("{name}");
+                return Ok(0);
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(Err::<(), _>(e).api(&api).unwrap_err().into()),
+        }
+    }
+    unreachable!("the last attempt returns")
 }

@@ -8,8 +8,7 @@ use crate::render::Table;
 pub fn text(t: &Topology) -> String {
     let tasks = t.tasks().count();
     let mut out = format!(
-        "cluster {}: {} nodes, {} overlay networks, {} services, {} tasks\n",
-        t.cluster,
+        "{} nodes, {} overlay networks, {} services, {} tasks\n",
         t.nodes.len(),
         t.networks.len(),
         t.services.len(),

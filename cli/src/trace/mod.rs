@@ -132,14 +132,39 @@ pub fn find_task<'a>(t: &'a Topology, name: &str) -> anyhow::Result<&'a GTask> {
         })
 }
 
+/// Where a traced connection starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    Node(String),
+    Task(String),
+}
+
+/// Follows one connection to `target` (HOST:PORT) from `from`: the one from source port
+/// `sport`, or a new one made with curl.
+pub async fn trace(
+    cluster: &str,
+    topo: &Topology,
+    from: &From,
+    target: &str,
+    sport: Option<u16>,
+) -> anyhow::Result<Trace> {
+    let (host, port) = parse_target(target)?;
+    match from {
+        From::Node(node) => from_node(cluster, topo, node, &host, port, sport).await,
+        From::Task(task) => from_task(cluster, topo, task, &host, port, sport).await,
+    }
+}
+
 pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {
-    let topo = crate::graph::model::fetch(cluster).await?;
-    let (host, port) = parse_target(&args.target)?;
-    let trace = match (&args.node, &args.task) {
-        (Some(node), _) => from_node(cluster, &topo, node, &host, port, args.sport).await?,
-        (None, Some(task)) => from_task(cluster, &topo, task, &host, port, args.sport).await?,
+    let from = match (args.node, args.task) {
+        (Some(node), _) => From::Node(node),
+        (None, Some(task)) => From::Task(task),
         (None, None) => bail!("say where the connection starts: --node NODE or --task TASK"),
     };
+    // Check the target before asking the manager anything.
+    parse_target(&args.target)?;
+    let topo = crate::graph::model::fetch(cluster).await?;
+    let trace = trace(cluster, &topo, &from, &args.target, args.sport).await?;
     let body = match args.format {
         TraceFormat::Text => trace.text(),
         TraceFormat::Svg => crate::graph::svg::render(&topo, Some(&trace.overlay())),

@@ -76,6 +76,14 @@ impl Runner {
 
     pub fn invocation(&self, target: &Target, line: &str) -> Invocation {
         let words = split_words(line);
+        // swarmkit's own commands (graph, trace) run on this host, whichever client answers
+        // `docker` lines.
+        if let Some(w) = &words
+            && w.first().is_some_and(|w| w == "swarmkit")
+        {
+            let rest: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+            return self.swarmkit(&rest);
+        }
         let is_docker = match &words {
             Some(w) => w.first().is_some_and(|w| w == "docker"),
             None => line.split_whitespace().next() == Some("docker"),
@@ -342,6 +350,21 @@ mod tests {
         assert_eq!(split_words("docker service ls | wc -l"), None);
         assert_eq!(split_words("echo $HOME"), None);
         assert_eq!(split_words("echo 'unterminated"), None);
+    }
+
+    #[test]
+    fn swarmkit_lines_run_on_the_host() {
+        let r = Runner {
+            exe: PathBuf::from("/usr/bin/swarmkit"),
+            cluster: "wt42".into(),
+            client: Client::Docker,
+        };
+        let inv = r.invocation(
+            &Target::Node("node3".into()),
+            "swarmkit graph --format text",
+        );
+        assert_eq!(inv.program, "/usr/bin/swarmkit");
+        assert_eq!(inv.args, ["--cluster", "wt42", "graph", "--format", "text"]);
     }
 
     #[test]

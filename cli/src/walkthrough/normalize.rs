@@ -146,6 +146,26 @@ pub const PATTERNS: &[Pattern] = &[
         rule: Rule::Regex(r"\bnode\d+\b", "<node>"),
     },
     Pattern {
+        name: "slot",
+        default: false,
+        about: "task names' slots (`search.2`) -> search.<slot>, where the scheduler picks \
+                which slot lands on which node",
+        rule: Rule::Regex(r"\b([a-z][a-z0-9_-]*)\.[1-9]\d*\b", "$1.<slot>"),
+    },
+    Pattern {
+        name: "sandbox",
+        default: false,
+        about: "names made from a network's ID: sandboxes (`1-72eabnq9ed`) -> 1-<id>, \
+                devices (`vx-001000-72eab`) -> vx-001000-<id>",
+        rule: Rule::Regex(r"\b(1|(?:vx|ov)-[0-9a-f]{6})-[a-z0-9]{5,10}\b", "$1-<id>"),
+    },
+    Pattern {
+        name: "packets",
+        default: false,
+        about: "interface packet counts (`6 packets sent`) -> <n> packets",
+        rule: Rule::Regex(r"\b\d+ packets\b", "<n> packets"),
+    },
+    Pattern {
         name: "overlay-host",
         default: true,
         about: "host part of 10.x.y.z addresses -> 10.x.y.<n>: the subnet is fixed, \
@@ -405,6 +425,18 @@ mod tests {
         assert_eq!(norm("ether 02:42:0a:00:00:05", &["mac"]), "ether <mac>");
         assert_eq!(norm("search.1  node3", &["node"]), "search.1  <node>");
         assert_eq!(norm("search.1  node3", &[]), "search.1  node3");
+        assert_eq!(
+            norm("search.12 elasticsearch:2 PHP/7.3.17", &["slot"]),
+            "search.<slot> elasticsearch:2 PHP/7.3.17"
+        );
+        assert_eq!(
+            norm("node3/1-72eabnq9ed VXLAN vx-001000-72eab", &["sandbox"]),
+            "node3/1-<id> VXLAN vx-001000-<id>"
+        );
+        assert_eq!(
+            norm("VNI 4096, 6 packets sent", &["packets"]),
+            "VNI 4096, <n> packets sent"
+        );
         assert_eq!(
             normalize("x", &["nope".to_string()]),
             Err(NormalizeError::Unknown("nope".into()))

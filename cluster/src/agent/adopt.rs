@@ -16,6 +16,9 @@ pub struct Record {
     /// reused pid is never mistaken for the task.
     pub start_time: u64,
     pub host_link: Option<u32>,
+    /// Between SIGTERM and SIGKILL when it is stopped.
+    #[serde(default)]
+    pub stop_grace_ms: u64,
 }
 
 const FILE: &str = "task.json";

@@ -300,23 +300,18 @@ pub fn task_services(plan: &NodePlan, task: &TaskPlan) -> Vec<VirtualService> {
 }
 
 /// What the task resolves through 127.0.0.11: service names to VIPs (or task IPs in dnsrr
-/// mode) and `tasks.NAME` to task IPs, only for services on networks it shares.
+/// mode) and `tasks.NAME` to task IPs, only for services on networks it shares. A service's
+/// network aliases resolve the same way, but only on the network that names them, as in
+/// Docker.
 pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
     let nets = task_networks(plan, task);
     let mut names = HashMap::new();
-    for s in &plan.services {
-        let shared: Vec<&&str> = nets
+    let answers = |s: &crate::plan::ServicePlan, on: &[&str]| {
+        let ips: Vec<Ipv4Addr> = on
             .iter()
-            .filter(|n| s.backends.contains_key(**n))
+            .flat_map(|n| s.backends.get(*n).cloned().unwrap_or_default())
             .collect();
-        let Some(first) = shared.first() else {
-            continue;
-        };
-        let ips: Vec<Ipv4Addr> = shared
-            .iter()
-            .flat_map(|n| s.backends.get(**n).cloned().unwrap_or_default())
-            .collect();
-        let answer = match (s.endpoint_mode, s.vips.get(**first)) {
+        let name = match (s.endpoint_mode, on.first().and_then(|n| s.vips.get(*n))) {
             (EndpointMode::Vip, Some((vip, _))) => Answer {
                 ips: vec![*vip],
                 rotate: false,
@@ -326,11 +321,144 @@ pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
                 rotate: true,
             },
         };
-        names.insert(s.name.to_lowercase(), answer);
-        names.insert(
-            format!("tasks.{}", s.name.to_lowercase()),
-            Answer { ips, rotate: true },
-        );
+        (name, Answer { ips, rotate: true })
+    };
+    for s in &plan.services {
+        let shared: Vec<&str> = nets
+            .iter()
+            .copied()
+            .filter(|n| s.backends.contains_key(*n))
+            .collect();
+        if shared.is_empty() {
+            continue;
+        }
+        let (name, tasks) = answers(s, &shared);
+        names.insert(s.name.to_lowercase(), name);
+        names.insert(format!("tasks.{}", s.name.to_lowercase()), tasks);
+        for net in &shared {
+            for alias in s.aliases.get(*net).into_iter().flatten() {
+                let (name, tasks) = answers(s, &[net]);
+                let alias = alias.to_lowercase();
+                names.entry(format!("tasks.{alias}")).or_insert(tasks);
+                names.entry(alias).or_insert(name);
+            }
+        }
     }
     View { names }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{IngressPlan, ServicePlan};
+    use std::collections::BTreeMap;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, last)
+    }
+
+    fn task(nets: &[&str]) -> TaskPlan {
+        TaskPlan {
+            id: "t1".into(),
+            name: "app.1.t1".into(),
+            service_id: "app".into(),
+            service_name: "app".into(),
+            slot: 1,
+            image: "whoami".into(),
+            args: vec![],
+            env: vec![],
+            hostname: "t1".into(),
+            attachments: nets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| AttachmentPlan {
+                    network_id: n.to_string(),
+                    ifname: format!("eth{i}"),
+                    addr: "10.0.9.9/24".parse().unwrap(),
+                })
+                .collect(),
+            start_after: None,
+            host_ports: vec![],
+            stop_grace_ms: 0,
+        }
+    }
+
+    fn service(name: &str, mode: EndpointMode, on: &[(&str, u8, &[&str])]) -> ServicePlan {
+        ServicePlan {
+            id: name.into(),
+            name: name.into(),
+            endpoint_mode: mode,
+            vips: on
+                .iter()
+                .filter(|_| mode == EndpointMode::Vip)
+                .map(|(n, vip, _)| (n.to_string(), (ip(*vip), 300)))
+                .collect(),
+            backends: on
+                .iter()
+                .map(|(n, vip, _)| (n.to_string(), vec![ip(vip + 1), ip(vip + 2)]))
+                .collect(),
+            aliases: on
+                .iter()
+                .map(|(n, _, a)| (n.to_string(), a.iter().map(|s| s.to_string()).collect()))
+                .collect::<BTreeMap<_, Vec<_>>>(),
+        }
+    }
+
+    fn plan(services: Vec<ServicePlan>) -> NodePlan {
+        NodePlan {
+            services,
+            ingress: Some(IngressPlan {
+                network_id: "ingress".into(),
+                sandbox_addr: "10.255.0.2/16".parse().unwrap(),
+                ports: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ips(v: &View, name: &str) -> Option<Vec<Ipv4Addr>> {
+        v.names.get(name).map(|a| a.ips.clone())
+    }
+
+    #[test]
+    fn aliases_resolve_on_their_own_network_only() {
+        let p = plan(vec![service(
+            "demo_db",
+            EndpointMode::Vip,
+            &[("back", 10, &["db", "Store"]), ("front", 20, &[])],
+        )]);
+        let on_back = task_view(&p, &task(&["ingress", "back"]));
+        assert_eq!(ips(&on_back, "db"), Some(vec![ip(10)]));
+        assert_eq!(ips(&on_back, "store"), Some(vec![ip(10)]));
+        assert_eq!(ips(&on_back, "tasks.db"), Some(vec![ip(11), ip(12)]));
+        assert_eq!(ips(&on_back, "demo_db"), Some(vec![ip(10)]));
+        // On the other network the service resolves by name, not by the alias.
+        let on_front = task_view(&p, &task(&["front"]));
+        assert_eq!(ips(&on_front, "demo_db"), Some(vec![ip(20)]));
+        assert_eq!(ips(&on_front, "db"), None);
+        assert_eq!(ips(&on_front, "tasks.db"), None);
+    }
+
+    #[test]
+    fn dnsrr_aliases_answer_task_addresses() {
+        let p = plan(vec![service(
+            "demo_db",
+            EndpointMode::Dnsrr,
+            &[("back", 10, &["db"])],
+        )]);
+        let v = task_view(&p, &task(&["back"]));
+        assert_eq!(ips(&v, "db"), Some(vec![ip(11), ip(12)]));
+        assert!(v.names["db"].rotate);
+    }
+
+    #[test]
+    fn a_service_name_wins_over_another_services_alias() {
+        let p = plan(vec![
+            service("db", EndpointMode::Vip, &[("back", 30, &[])]),
+            service("demo_db", EndpointMode::Vip, &[("back", 10, &["db"])]),
+        ]);
+        let v = task_view(&p, &task(&["back"]));
+        assert_eq!(ips(&v, "db"), Some(vec![ip(30)]));
+        assert_eq!(ips(&v, "demo_db"), Some(vec![ip(10)]));
+    }
 }

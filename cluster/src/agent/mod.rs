@@ -4,6 +4,7 @@
 
 mod adopt;
 mod dataplane;
+mod logs;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,7 +41,6 @@ pub const ENV_MESH: &str = "SWARMKIT_MESH";
 /// How long a task may take to start listening before the agent says so in its log; it keeps
 /// checking after that, since a loaded machine can be that slow.
 const READY_WARN_AFTER: Duration = Duration::from_secs(10);
-const STOP_GRACE: Duration = Duration::from_secs(3);
 
 enum Event {
     Exited { id: String, code: Option<i32> },
@@ -81,6 +81,7 @@ pub struct Agent {
     hostname: String,
     /// Tasks left by an earlier agent and absent from the plan were stopped.
     swept: bool,
+    logs: logs::LogSink,
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
@@ -147,6 +148,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let (plan_tx, mut plan_rx) = watch::channel::<Option<(NodePlan, u64)>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let logs = logs::LogSink::start(client.clone(), node_id.clone());
     let mut agent = Agent {
         dataplane: dataplane::Dataplane::new(
             paths.clone(),
@@ -169,6 +171,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         applied: None,
         hostname: hostname.to_string(),
         swept: false,
+        logs,
     };
     let mut plan: Option<(NodePlan, u64)> = None;
     let mut last_acked = None;
@@ -430,7 +433,7 @@ impl Agent {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("adopting {}: {e:#}; it is stopped", t.name);
-                kill_group(rec.pid);
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
                 adopt::forget(&dir);
                 return Adoption::Ended;
             }
@@ -492,7 +495,7 @@ impl Agent {
                     pid = rec.pid,
                     "stopping a task the plan no longer has"
                 );
-                kill_group(rec.pid);
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
             }
             if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
                 tracing::debug!("removing the namespace of {id}: {e}");
@@ -642,7 +645,8 @@ impl Agent {
             _ => t.args.clone(),
         };
         let dir = self.paths.task_dir(&t.id);
-        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
+        let mut child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
+        self.logs.capture(&t.id, &mut child);
         let pid = child.id();
         if let Some(p) = pid {
             let rec = adopt::Record {
@@ -650,6 +654,7 @@ impl Agent {
                 pid: p,
                 start_time: adopt::start_time(p).unwrap_or_default(),
                 host_link,
+                stop_grace_ms: t.stop_grace_ms,
             };
             if let Err(e) = adopt::save(&dir, &rec) {
                 tracing::warn!("recording {} for a restarted agent: {e}", t.name);
@@ -700,8 +705,9 @@ impl Agent {
             return;
         }
         t.stopping = true;
+        let grace = Duration::from_millis(t.plan.stop_grace_ms);
         match t.pid {
-            Some(pid) => kill_group(pid),
+            Some(pid) => kill_group(pid, grace),
             None => {
                 let _ = self.events.send(Event::Exited {
                     id: id.to_string(),
@@ -720,12 +726,12 @@ enum Adoption {
     Nothing,
 }
 
-/// SIGTERM to a task's process group, SIGKILL after the stop grace period.
-fn kill_group(pid: u32) {
+/// SIGTERM to a task's process group, SIGKILL after its stop grace period.
+fn kill_group(pid: u32, grace: Duration) {
     let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
     tokio::spawn(async move {
-        tokio::time::sleep(STOP_GRACE).await;
+        tokio::time::sleep(grace).await;
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
     });
 }

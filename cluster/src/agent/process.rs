@@ -71,12 +71,6 @@ pub fn spawn(
         source,
     };
     write_files(dir, task).map_err(|e| prepare("hosts and resolv.conf", e))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("output.log"))
-        .map_err(|e| prepare("log file", e))?;
-    let log2 = log.try_clone().map_err(|e| prepare("log file", e))?;
 
     let binds: Vec<(CString, CString)> = ["hosts", "resolv.conf", "hostname"]
         .iter()
@@ -110,8 +104,9 @@ pub fn spawn(
         )
         .env(OWNER_ENV, cluster)
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        // Read by the agent (see logs.rs), which keeps the streams apart for `service logs`.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .current_dir("/");
     for kv in &task.env {
         if let Some((k, v)) = kv.split_once('=') {

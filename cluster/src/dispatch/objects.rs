@@ -314,6 +314,7 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
             })
             .collect(),
         start_after: t.start_after,
+        stop_grace_ms: crate::policy::stop_grace(&service.spec).as_millis() as u64,
         host_ports: service
             .ports
             .iter()
@@ -379,6 +380,7 @@ pub fn service(state: &State, idx: &Index, node: &str, id: &str) -> Option<Servi
             .map(|v| (v.network_id.clone(), (v.addr.addr(), v.fwmark)))
             .collect(),
         backends: backends(state, idx, s),
+        aliases: crate::plan::aliases_of(state, s),
     })
 }
 

@@ -31,6 +31,8 @@ fn node(n: u8) -> Node {
         mesh: "sandbox".into(),
         kernel: "6.1".into(),
         ingress_addr: format!("10.255.0.{}/16", 1 + n).parse().unwrap(),
+        availability: Default::default(),
+        labels: Default::default(),
     }
 }
 
@@ -111,6 +113,7 @@ fn service(id: &str, networks: &[&str], published: Option<u16>, vip_base: u8) ->
         ports,
         networks: nets,
         vips,
+        update_status: None,
     }
 }
 
@@ -151,6 +154,7 @@ fn task(s: &Service, slot: u64, node: u8, host: u8) -> Task {
         start_after: None,
         drain_version: None,
         running_version: Some(1),
+        restarts: 0,
     }
 }
 

@@ -108,6 +108,8 @@ pub async fn register(
                     mesh: req.mesh.clone(),
                     kernel: req.kernel.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,
+                    availability: Default::default(),
+                    labels: Default::default(),
                 }
             }
         };

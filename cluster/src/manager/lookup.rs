@@ -29,27 +29,38 @@ pub fn find<'a, T>(
 }
 
 /// Docker's `filters` query parameter: `{"name":["a"],"service":{"b":true}}` (both shapes).
+/// Keys outside `allowed` are refused, as dockerd refuses them.
 pub fn parse_filters(
     raw: Option<&str>,
+    allowed: &[&str],
 ) -> Result<std::collections::HashMap<String, Vec<String>>, ApiError> {
     let mut out = std::collections::HashMap::new();
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(out);
     };
-    let v: serde_json::Value = serde_json::from_str(raw)
-        .map_err(|e| ApiError::BadRequest(format!("invalid filters {raw:?}: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| {
-        ApiError::BadRequest(format!("invalid filters {raw:?}: expected an object"))
-    })?;
+    let bad = |why: &str| {
+        ApiError::BadRequest(format!(
+            "invalid filters {raw:?}: {why}; give a JSON object such as {{\"name\":[\"web\"]}}"
+        ))
+    };
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| bad(&e.to_string()))?;
+    let obj = v.as_object().ok_or_else(|| bad("not an object"))?;
     for (k, vals) in obj {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid filter '{k}': use one of {}",
+                allowed.join(", ")
+            )));
+        }
         let list = match vals {
             serde_json::Value::Array(a) => a
                 .iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect(),
+                .map(|x| x.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad(&format!("the values of '{k}' must be strings")))?,
             serde_json::Value::Object(o) => o.keys().cloned().collect(),
             serde_json::Value::String(s) => vec![s.clone()],
-            _ => Vec::new(),
+            _ => return Err(bad(&format!("the values of '{k}' must be strings"))),
         };
         out.insert(k.clone(), list);
     }
@@ -60,4 +71,12 @@ pub fn parse_filters(
 pub struct ListQuery {
     pub filters: Option<String>,
     pub status: Option<bool>,
+}
+
+/// Docker's `label` filter: every value must match, as `KEY` (present) or `KEY=VALUE`.
+pub fn labels_match<'a>(labels: impl Fn(&str) -> Option<&'a str>, wanted: &[String]) -> bool {
+    wanted.iter().all(|w| match w.split_once('=') {
+        Some((k, v)) => labels(k) == Some(v),
+        None => labels(w).is_some(),
+    })
 }

@@ -3,12 +3,15 @@
 
 mod agents;
 mod error;
+mod extract;
+mod logs;
 mod lookup;
 mod networks;
 mod nodes;
 mod services;
 mod system;
 mod tasks;
+mod updater;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,6 +21,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
+use tokio::sync::watch;
 
 pub use agents::{Heartbeat, node_down};
 pub use error::{ApiError, ApiResult};
@@ -36,6 +40,10 @@ pub struct Manager {
     pub store: Store,
     /// Every node's plan, kept up to date from the store's commits, and the agents' acks.
     dispatch: Mutex<Dispatcher>,
+    /// What tasks printed, as their agents pushed it.
+    logs: logs::Logs,
+    /// Bumped on every commit and whenever the lowest ack moves (for the updater).
+    epoch: watch::Sender<u64>,
     /// When each node's agent last talked to us.
     last_seen: Mutex<HashMap<String, Instant>>,
     pub heartbeat: agents::Heartbeat,
@@ -52,6 +60,8 @@ impl Manager {
         let m = Arc::new(Manager {
             store,
             dispatch,
+            logs: Default::default(),
+            epoch: watch::channel(0).0,
             last_seen: Mutex::new(HashMap::new()),
             heartbeat,
             started: Instant::now(),
@@ -118,7 +128,12 @@ impl Manager {
     }
 
     pub fn set_ack(&self, node_id: &str, version: u64, digest: Option<u64>) {
-        self.dispatch().ack(node_id, version, digest);
+        let mut d = self.dispatch();
+        let before = d.min_ack();
+        d.ack(node_id, version, digest);
+        if d.min_ack() != before {
+            self.epoch.send_modify(|e| *e += 1);
+        }
     }
 
     pub fn touch(&self, node_id: &str) {
@@ -144,6 +159,7 @@ impl Manager {
             drop(self.dispatch());
             Ok::<_, ApiError>(out)
         })?;
+        self.epoch.send_modify(|e| *e += 1);
         Ok(out)
     }
 }
@@ -189,14 +205,26 @@ pub fn router(m: Shared) -> Router {
             get(services::inspect).delete(services::remove),
         )
         .route("/services/{id}/update", post(services::update))
+        .route("/services/{id}/logs", get(logs::service_logs))
+        .route("/secrets", get(system::no_secrets))
+        .route("/configs", get(system::no_secrets))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::inspect))
+        .route("/tasks/{id}/logs", get(logs::task_logs))
         .route("/nodes", get(nodes::list))
-        .route("/nodes/{id}", get(nodes::inspect))
+        .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
+        .route("/nodes/{id}/update", post(nodes::update))
         .route("/swarmkit/v1/agents", get(agents::status))
         .route("/swarmkit/v1/agents/register", post(agents::register))
         .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
         .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
+        .route(
+            &format!("/swarmkit/v1/agents/{{id}}/{}", crate::tasklog::PUSH_PATH),
+            post(logs::push),
+        )
+        .fallback(system::page_not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(m)
 }
 
@@ -214,7 +242,8 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
-    tokio::spawn(agents::watch_liveness(m));
+    tokio::spawn(agents::watch_liveness(m.clone()));
+    tokio::spawn(updater::run(m));
     let unix = axum::serve(
         listener,
         axum::ServiceExt::<Request>::into_make_service(app.clone()),

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{Ipam, IpamConfig, Network as ApiNetwork, NetworkCreateRequest};
 
-use super::lookup::{ListQuery, find, parse_filters};
+use super::extract::{self, Query};
+use super::lookup::{ListQuery, find, labels_match, parse_filters};
 use super::{ApiError, ApiResult, Shared};
 use crate::ipam;
 use crate::model::Network;
@@ -77,11 +78,23 @@ fn local_rows(s: &StoreState) -> Vec<ApiNetwork> {
 
 fn matches(n: &ApiNetwork, filters: &HashMap<String, Vec<String>>) -> bool {
     filters.iter().all(|(k, vals)| {
+        if k == "label" {
+            let labels = n.labels.as_ref();
+            return labels_match(
+                |key| labels.and_then(|l| l.get(key)).map(String::as_str),
+                vals,
+            );
+        }
         let field = match k.as_str() {
             "name" => n.name.clone(),
             "id" => n.id.clone(),
             "driver" => n.driver.clone(),
             "scope" => n.scope.clone(),
+            "type" => Some(if n.scope.as_deref() == Some("local") {
+                "builtin".to_string()
+            } else {
+                "custom".to_string()
+            }),
             _ => return true,
         }
         .unwrap_or_default();
@@ -96,7 +109,10 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiNetwork>>> {
-    let filters = parse_filters(q.filters.as_deref())?;
+    let filters = parse_filters(
+        q.filters.as_deref(),
+        &["id", "name", "label", "driver", "scope", "type", "dangling"],
+    )?;
     let s = m.store.snapshot();
     let mut all = local_rows(&s);
     all.extend(s.networks.values().map(to_api));
@@ -144,7 +160,7 @@ fn validate_name(name: &str) -> ApiResult<()> {
 
 pub async fn create(
     State(m): State<Shared>,
-    Json(req): Json<NetworkCreateRequest>,
+    extract::Json(req): extract::Json<NetworkCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     validate_name(&req.name)?;
     let driver = req.driver.clone().unwrap_or_else(|| "overlay".into());
@@ -200,9 +216,14 @@ pub async fn create(
         (Some(g), Some(sub)) => Some(ipam::parse_gateway(g, sub)?),
         _ => None,
     };
+    if LOCAL.iter().any(|(n, _)| *n == req.name) {
+        return Err(ApiError::Forbidden(format!(
+            "{} is a pre-defined network and cannot be created: choose another name",
+            req.name
+        )));
+    }
     let id = m.update(|s| {
-        let taken = LOCAL.iter().any(|(n, _)| *n == req.name)
-            || s.networks.values().any(|n| n.name == req.name);
+        let taken = s.networks.values().any(|n| n.name == req.name);
         if taken {
             return Err(ApiError::Conflict(format!(
                 "network with name {} already exists: choose another name or remove it first",
@@ -242,7 +263,7 @@ pub async fn create(
 
 pub async fn remove(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if LOCAL.iter().any(|(n, _)| *n == id) {
-        return Err(ApiError::Conflict(format!(
+        return Err(ApiError::Forbidden(format!(
             "{id} is a pre-defined network and cannot be removed"
         )));
     }

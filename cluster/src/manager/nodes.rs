@@ -1,18 +1,21 @@
-//! /nodes: what `node ls` and `node inspect` read.
+//! /nodes: what `node ls` and `node inspect` read, and `node update` / `node rm` change.
 
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use bollard::models::{
     EngineDescription, ManagerStatus, Node as ApiNode, NodeDescription, NodeSpec,
     NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState as ApiNodeState, NodeStatus,
     ObjectVersion, Platform, Reachability,
 };
+use serde::Deserialize;
 
 use super::lookup::find;
-use super::{ApiResult, ENGINE_VERSION, Shared};
-use crate::model::{Node, NodeState};
+use super::{ApiError, ApiResult, ENGINE_VERSION, Shared};
+use crate::model::{Availability, Node, NodeState};
+use crate::orchestrator;
 
 /// Engine label naming the load-balancer driver the node's agent uses.
 pub const LB_DRIVER_LABEL: &str = "swarmkit.lb-driver";
@@ -33,13 +36,17 @@ pub fn to_api(n: &Node, applied: u64) -> ApiNode {
         updated_at: Some(n.updated),
         spec: Some(NodeSpec {
             name: None,
-            labels: Some(HashMap::new()),
+            labels: Some(n.labels.clone().into_iter().collect()),
             role: Some(if n.leader {
                 NodeSpecRoleEnum::MANAGER
             } else {
                 NodeSpecRoleEnum::WORKER
             }),
-            availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+            availability: Some(match n.availability {
+                Availability::Active => NodeSpecAvailabilityEnum::ACTIVE,
+                Availability::Pause => NodeSpecAvailabilityEnum::PAUSE,
+                Availability::Drain => NodeSpecAvailabilityEnum::DRAIN,
+            }),
         }),
         description: Some(NodeDescription {
             hostname: Some(n.hostname.clone()),
@@ -96,4 +103,135 @@ pub async fn inspect(State(m): State<Shared>, Path(id): Path<String>) -> ApiResu
     let s = m.store.snapshot();
     let n = find(&s.nodes, &id, |n| &n.hostname, "node")?;
     Ok(Json(to_api(n, m.ack_of(&n.id))))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateQuery {
+    version: Option<u64>,
+}
+
+/// `POST /nodes/{id}/update?version=N` with a NodeSpec: availability and labels (what `docker
+/// node update` sends, the whole spec read back with its changes). Draining moves the node's
+/// tasks elsewhere, each successor routed everywhere before its predecessor leaves.
+pub async fn update(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<UpdateQuery>,
+    Json(spec): Json<NodeSpec>,
+) -> ApiResult<StatusCode> {
+    m.update(|s| {
+        let mut node = find(&s.nodes, &id, |n| &n.hostname, "node")?.clone();
+        let Some(version) = q.version else {
+            return Err(ApiError::BadRequest(
+                "node update needs ?version=N (the node's Version.Index)".into(),
+            ));
+        };
+        if version != node.version {
+            return Err(ApiError::Conflict(format!(
+                "update out of sequence: node {} changed since version {version} (now {}); inspect it again and retry",
+                node.hostname, node.version
+            )));
+        }
+        let role = if node.leader {
+            NodeSpecRoleEnum::MANAGER
+        } else {
+            NodeSpecRoleEnum::WORKER
+        };
+        if spec.role.is_some_and(|r| r != role) {
+            return Err(ApiError::BadRequest(format!(
+                "node {} cannot change role: a swarmkit cluster has exactly one manager",
+                node.hostname
+            )));
+        }
+        if let Some(name) = spec.name.as_deref().filter(|n| !n.is_empty()) {
+            return Err(ApiError::BadRequest(format!(
+                "node names cannot be set (got {name:?}): swarmkit names nodes by hostname"
+            )));
+        }
+        if let Some((k, _)) = spec
+            .labels
+            .iter()
+            .flatten()
+            .find(|(k, _)| k.is_empty() || k.contains(char::is_whitespace))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "invalid node label key {k:?}: use a non-empty key without spaces, e.g. --label-add zone=east"
+            )));
+        }
+        let availability = match spec.availability {
+            Some(NodeSpecAvailabilityEnum::PAUSE) => Availability::Pause,
+            Some(NodeSpecAvailabilityEnum::DRAIN) => Availability::Drain,
+            Some(NodeSpecAvailabilityEnum::ACTIVE) => Availability::Active,
+            _ => node.availability,
+        };
+        let labels = spec
+            .labels
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_else(|| node.labels.clone());
+        if availability == node.availability && labels == node.labels {
+            return Ok(());
+        }
+        node.availability = availability;
+        node.labels = labels;
+        node.updated = chrono::Utc::now();
+        s.put_node(node);
+        // Draining, or labels a constraint no longer admits: tasks move where they can;
+        // a task with nowhere to go keeps serving where it is.
+        let services: Vec<String> = s.services.keys().cloned().collect();
+        let min_ack = m.min_ack(s);
+        for svc in services {
+            orchestrator::reconcile_or_keep(s, &svc, min_ack, chrono::Utc::now());
+        }
+        Ok(())
+    })?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub struct RemoveQuery {
+    force: Option<bool>,
+}
+
+/// `DELETE /nodes/{id}`: forgets a node that is down (or any worker with `force`); its tasks
+/// are replaced elsewhere.
+pub async fn remove(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    m.update(|s| {
+        let node = find(&s.nodes, &id, |n| &n.hostname, "node")?.clone();
+        if node.leader {
+            return Err(ApiError::BadRequest(format!(
+                "node {} is the cluster's manager and cannot be removed: remove the cluster instead (swarmkit cluster down)",
+                node.hostname
+            )));
+        }
+        if node.state != NodeState::Down && !q.force.unwrap_or(false) {
+            return Err(ApiError::BadRequest(format!(
+                "node {} is not down and can't be removed: stop it first, or use --force",
+                node.hostname
+            )));
+        }
+        let mut services = Vec::new();
+        let tasks: Vec<_> = s
+            .tasks
+            .values()
+            .filter(|t| t.node_id == node.id)
+            .cloned()
+            .collect();
+        for t in tasks {
+            services.push(t.service_id.clone());
+            s.remove_task(&t.id);
+        }
+        s.remove_node(&node.id);
+        services.sort();
+        services.dedup();
+        let min_ack = m.min_ack(s);
+        for svc in services {
+            orchestrator::reconcile_or_keep(s, &svc, min_ack, chrono::Utc::now());
+        }
+        Ok(())
+    })?;
+    Ok(StatusCode::OK)
 }

@@ -4,17 +4,19 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ObjectVersion,
     Service as ApiService, ServiceEndpoint, ServiceEndpointVirtualIps, ServiceServiceStatus,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceUpdateStatus,
+    ServiceUpdateStatusStateEnum,
 };
 use serde::Deserialize;
 
-use super::lookup::{ListQuery, find, parse_filters};
+use super::extract::{self, Query};
+use super::lookup::{ListQuery, find, labels_match, parse_filters};
 use super::{ApiError, ApiResult, Shared};
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
 use crate::orchestrator;
@@ -100,6 +102,7 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
     }
 
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
+    crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
 
     let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
     let endpoint_mode = match endpoint.mode {
@@ -318,6 +321,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
         ports: Vec::new(),
         networks,
         vips: Vec::new(),
+        update_status: None,
     };
     // A service has at most one VIP per network, so its own allocations never collide.
     let (ports, vips) = allocate(s, checked, None)?;
@@ -331,7 +335,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
 
 pub async fn create(
     State(m): State<Shared>,
-    Json(spec): Json<ServiceSpec>,
+    extract::Json(spec): extract::Json<ServiceSpec>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let id = m.update(|s| create_in(s, spec))?;
     Ok((
@@ -405,8 +409,28 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
             }),
         }),
         service_status: status,
+        update_status: svc.update_status.as_ref().map(update_status_to_api),
         ..Default::default()
     }
+}
+
+fn update_status_to_api(u: &crate::model::UpdateStatus) -> ServiceUpdateStatus {
+    use crate::model::UpdateState;
+    ServiceUpdateStatus {
+        state: Some(match u.state {
+            UpdateState::Updating => ServiceUpdateStatusStateEnum::UPDATING,
+            UpdateState::Completed => ServiceUpdateStatusStateEnum::COMPLETED,
+            UpdateState::RollbackStarted => ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
+            UpdateState::RollbackCompleted => ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED,
+        }),
+        started_at: Some(u.started),
+        completed_at: u.completed,
+        message: Some(u.message.clone()),
+    }
+}
+
+pub fn label<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
+    svc.spec.labels.as_ref()?.get(key).map(String::as_str)
 }
 
 fn matches(svc: &Service, filters: &HashMap<String, Vec<String>>) -> bool {
@@ -414,6 +438,7 @@ fn matches(svc: &Service, filters: &HashMap<String, Vec<String>>) -> bool {
         "id" => vals.iter().any(|v| svc.id.starts_with(v.as_str())),
         "name" => vals.iter().any(|v| svc.name.starts_with(v.as_str())),
         "mode" => vals.iter().any(|v| v == "replicated"),
+        "label" => labels_match(|k| label(svc, k), vals),
         _ => true,
     })
 }
@@ -422,7 +447,7 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiService>>> {
-    let filters = parse_filters(q.filters.as_deref())?;
+    let filters = parse_filters(q.filters.as_deref(), &["id", "name", "label", "mode"])?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
     Ok(Json(
@@ -446,13 +471,16 @@ pub async fn inspect(
 #[derive(Deserialize)]
 pub struct UpdateQuery {
     version: Option<u64>,
+    /// `previous`: roll back to the spec before the last update (what `docker service
+    /// rollback` and `service update --rollback` send).
+    rollback: Option<String>,
 }
 
 pub async fn update(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<UpdateQuery>,
-    Json(spec): Json<ServiceSpec>,
+    extract::Json(spec): extract::Json<ServiceSpec>,
 ) -> ApiResult<Json<serde_json::Value>> {
     m.update(|s| {
         let old = find(&s.services, &id, |x| &x.name, "service")?.clone();
@@ -467,6 +495,27 @@ pub async fn update(
                 old.name, old.version
             )));
         }
+        let rollback = match q.rollback.as_deref() {
+            None | Some("") => false,
+            Some("previous") => true,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid rollback {other:?}: the only value is \"previous\""
+                )));
+            }
+        };
+        // A rollback swaps in the previous spec, and the spec it replaces becomes the one a
+        // second rollback returns to, as in Swarm.
+        let spec = if rollback {
+            old.previous_spec.clone().ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "service {} does not have a previous spec to roll back to: it was never updated",
+                    old.name
+                ))
+            })?
+        } else {
+            spec
+        };
         if spec.name.as_deref().is_some_and(|n| n != old.name) {
             return Err(ApiError::BadRequest(format!(
                 "service {} cannot be renamed: create a new service instead",
@@ -482,6 +531,7 @@ pub async fn update(
         svc.ports = ports;
         if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
             svc.spec_generation += 1;
+            orchestrator::begin_update(&mut svc, rollback);
         }
         svc.vips = vips;
         svc.previous_spec = Some(old.spec.clone());

@@ -11,6 +11,8 @@ use bollard::models::{
 };
 use sha2::Digest;
 
+use super::extract::Query;
+use super::lookup::{ListQuery, parse_filters};
 use super::{API_VERSION, ApiError, ApiResult, ENGINE_VERSION, MIN_API_VERSION, Shared};
 use crate::model::NodeState;
 
@@ -178,4 +180,15 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
             ..Default::default()
         }],
     }))
+}
+
+/// swarmkit keeps no secrets or configs; docker's `stack deploy` and `stack rm` list them to
+/// find a stack's parts, so the lists exist and are empty.
+pub async fn no_secrets(Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    parse_filters(q.filters.as_deref(), &["id", "name", "label", "names"])?;
+    Ok(Json(Vec::new()))
+}
+
+pub async fn page_not_found() -> ApiError {
+    ApiError::NotFound("page not found".into())
 }

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use bollard::models::{
     ContainerStatus, ObjectVersion, Task as ApiTask, TaskSpec, TaskState as ApiState, TaskStatus,
 };
 
-use super::lookup::{ListQuery, find, parse_filters};
+use super::extract::Query;
+use super::lookup::{ListQuery, find, labels_match, parse_filters};
 use super::{ApiResult, Shared};
 use crate::model::{Task, TaskState};
 use crate::store::State as StoreState;
@@ -131,15 +132,31 @@ fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> 
                 .get(&t.service_id)
                 .is_some_and(|svc| format!("{}.{}", svc.name, t.slot).starts_with(v.as_str()))
         }),
+        "label" => s
+            .services
+            .get(&t.service_id)
+            .is_some_and(|svc| labels_match(|k| super::services::label(svc, k), vals)),
         _ => true,
     })
 }
+
+/// docker's CLI adds `_up-to-date` while it shows a service converging; it is accepted and
+/// not applied (every task is listed, and the CLI counts by desired and observed state).
+const TASK_FILTERS: &[&str] = &[
+    "id",
+    "name",
+    "label",
+    "service",
+    "node",
+    "desired-state",
+    "_up-to-date",
+];
 
 pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    let filters = parse_filters(q.filters.as_deref())?;
+    let filters = parse_filters(q.filters.as_deref(), TASK_FILTERS)?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
     Ok(Json(

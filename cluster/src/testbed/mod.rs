@@ -7,6 +7,7 @@
 
 pub mod netns;
 pub mod procs;
+pub mod prune;
 pub mod qemu;
 pub mod ssh;
 pub mod supervise;

@@ -1,0 +1,346 @@
+//! The cluster heals and changes without dropping requests: a killed task is replaced under its
+//! restart policy, a drained node hands its tasks over, rolling updates and rollbacks replace
+//! every task, each under a bounded load through the routing mesh whose failures are counted.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod load;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use load::{Load, Report};
+
+const PORT: u16 = 8080;
+
+/// `web`: three whoami replicas published on 8080, stopping within 2 s of SIGTERM (docker's
+/// default is 10 s; the built-in image stops at once, answering what is under way).
+fn web(c: &Cluster, extra: &[&str]) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "--stop-grace-period",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    args.push("whoami");
+    c.sk(&args).ok();
+}
+
+/// Starts the load on node1 and waits until requests are flowing.
+fn load(c: &Cluster) -> Load {
+    let l = Load::start(&c.name, "node1", PORT, 4);
+    c.eventually("the load to get going", Duration::from_secs(20), || {
+        l.sent() > 100
+    });
+    l
+}
+
+/// Lets the load run on for `n` more requests (the state after a change is observed under
+/// load too), then stops it.
+fn finish(c: &Cluster, l: Load, n: u64, what: &str) -> Report {
+    let target = l.sent() + n;
+    c.eventually(
+        "more requests after the change",
+        Duration::from_secs(30),
+        || l.sent() >= target || !l.running(),
+    );
+    let r = l.stop();
+    eprintln!(
+        "{what}: {} requests, {} failed in {:.1?} (first failure at {:?}, last at {:?}) {:?}",
+        r.ok + r.failed,
+        r.failed,
+        r.elapsed,
+        r.first_failure,
+        r.last_failure,
+        r.errors
+    );
+    r
+}
+
+fn inspect(c: &Cluster, what: &str, name: &str) -> serde_json::Value {
+    let out = c.sk(&[what, "inspect", name]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect JSON");
+    v[0].clone()
+}
+
+fn update_state(c: &Cluster, svc: &str) -> String {
+    inspect(c, "service", svc)["UpdateStatus"]["State"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn running_ids(c: &Cluster, svc: &str) -> Vec<String> {
+    c.api_tasks(svc)
+        .iter()
+        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .filter_map(|t| t["ID"].as_str().map(String::from))
+        .collect()
+}
+
+fn node_id(c: &Cluster, node: &str) -> String {
+    inspect(c, "node", node)["ID"]
+        .as_str()
+        .expect("node ID")
+        .to_string()
+}
+
+fn kill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("killing the task's process");
+}
+
+#[test]
+fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
+    require_root!();
+    let c = Cluster::up("restart", 3);
+    web(&c, &["--restart-delay", "1s"]);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "once",
+        "--restart-condition",
+        "none",
+        "whoami",
+    ])
+    .ok();
+
+    let l = load(&c);
+    let old = c.api_tasks("web");
+    let old_id = old
+        .iter()
+        .find(|t| t["Slot"] == 1 && t["DesiredState"] == "running")
+        .and_then(|t| t["ID"].as_str())
+        .expect("web.1")
+        .to_string();
+    let killed = Instant::now();
+    kill(c.task_pid("web", 1));
+    c.eventually("web.1 replaced and routed", Duration::from_secs(30), || {
+        let running = running_ids(&c, "web");
+        running.len() == 3 && !running.contains(&old_id)
+    });
+    let replaced = killed.elapsed();
+    let converged_at = l.started_for();
+    let r = finish(&c, l, 400, "task killed");
+    eprintln!("task killed: replaced and routed everywhere after {replaced:.1?}");
+    // Failures end when the dead backend leaves the load balancers, well before its
+    // replacement (1 s restart delay) runs.
+    assert!(r.ok > 400);
+    if let Some(last) = r.last_failure {
+        assert!(
+            last < converged_at,
+            "requests failed after the replacement ran"
+        );
+    }
+    assert!(
+        replaced >= Duration::from_secs(1),
+        "the restart delay was skipped"
+    );
+    let ps = c.sk(&["service", "ps", "web"]).ok().stdout;
+    let history = ps
+        .lines()
+        .find(|l| l.contains(" \\_ web.1"))
+        .unwrap_or_else(|| panic!("no history row for web.1:\n{ps}"));
+    assert!(
+        history.contains("Shutdown") && history.contains("Failed"),
+        "{history}"
+    );
+
+    // --restart-condition none: the task stays down, and the service says so.
+    kill(c.task_pid("once", 1));
+    c.eventually("once.1 failed", Duration::from_secs(20), || {
+        c.api_tasks("once")
+            .iter()
+            .any(|t| t["Status"]["State"] == "failed")
+    });
+    assert!(
+        c.api_tasks("once")
+            .iter()
+            .all(|t| t["DesiredState"] != "running"),
+        "a task with --restart-condition none was restarted"
+    );
+    let ls = c.sk(&["service", "ls"]).ok().stdout;
+    let row = ls.lines().find(|l| l.contains(" once ")).expect("once");
+    assert!(row.contains(" 0/1 "), "{row}");
+}
+
+#[test]
+fn draining_a_node_moves_its_tasks_without_a_failed_request() {
+    require_root!();
+    let c = Cluster::up("drain", 3);
+    web(&c, &[]);
+    let node3 = node_id(&c, "node3");
+    let on3 = |c: &Cluster| {
+        c.api_tasks("web")
+            .iter()
+            .filter(|t| t["NodeID"] == node3.as_str() && t["DesiredState"] == "running")
+            .count()
+    };
+    assert_eq!(on3(&c), 1);
+
+    let l = load(&c);
+    c.sk(&["node", "update", "--availability", "drain", "node3"])
+        .ok();
+    c.eventually("node3 drained", Duration::from_secs(30), || {
+        on3(&c) == 0
+            && running_ids(&c, "web").len() == 3
+            && c.api_tasks("web")
+                .iter()
+                .filter(|t| t["NodeID"] == node3.as_str())
+                .all(|t| t["Status"]["State"] == "shutdown")
+    });
+    let r = finish(&c, l, 400, "drain");
+    assert_eq!(r.failed, 0, "{r:?}");
+    let ls = c.sk(&["node", "ls"]).ok().stdout;
+    let row = ls.lines().find(|l| l.contains("node3")).expect("node3");
+    assert!(row.contains("Drain"), "{row}");
+
+    // Pause: node2 keeps its task and takes no new one; a new replica goes to node1.
+    c.sk(&["node", "update", "--availability", "pause", "node2"])
+        .ok();
+    c.sk(&["service", "scale", "web=4"]).ok();
+    let node1 = node_id(&c, "node1");
+    let placed: Vec<String> = c
+        .api_tasks("web")
+        .iter()
+        .filter(|t| t["Slot"] == 4 && t["DesiredState"] == "running")
+        .filter_map(|t| t["NodeID"].as_str().map(String::from))
+        .collect();
+    assert_eq!(placed, std::slice::from_ref(&node1));
+
+    // Labels, and constraints on them.
+    c.sk(&["node", "update", "--label-add", "zone=east", "node2"])
+        .ok();
+    c.sk(&["node", "update", "--availability", "active", "node2"])
+        .ok();
+    let labels = inspect(&c, "node", "node2")["Spec"]["Labels"].clone();
+    assert_eq!(labels, serde_json::json!({"zone": "east"}));
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "east",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==east",
+        "whoami",
+    ])
+    .ok();
+    let node2 = node_id(&c, "node2");
+    assert!(
+        c.api_tasks("east")
+            .iter()
+            .filter(|t| t["DesiredState"] == "running")
+            .all(|t| t["NodeID"] == node2.as_str())
+    );
+    c.sk(&["node", "update", "--label-rm", "zone", "node2"])
+        .ok();
+    assert_eq!(
+        inspect(&c, "node", "node2")["Spec"]["Labels"],
+        serde_json::json!({})
+    );
+
+    // The stock docker CLI: availability back to active; node rm refuses a node that is up.
+    let host = format!("unix:///run/swarmkit/{}/manager.sock", c.name);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .output()
+            .expect("the docker CLI is installed (scripts/setup)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = docker(&["node", "update", "--availability", "active", "node3"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = docker(&["node", "ls"]);
+    let row = out.lines().find(|l| l.contains("node3")).expect("node3");
+    assert!(row.contains("Active"), "{row}");
+    let (code, _, err) = docker(&["node", "rm", "node3"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not down"), "{err}");
+    let r = c.sk(&["node", "rm", "node1"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("manager"), "{}", r.stderr);
+}
+
+/// Rolls `web` with `args` under load and checks every task was replaced with no failed
+/// request.
+fn roll(c: &Cluster, args: &[&str], done: &str, what: &str) {
+    let before = running_ids(c, "web");
+    let l = load(c);
+    let mut all = vec!["service"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--detach", "web"]);
+    c.sk(&all).ok();
+    c.eventually(what, Duration::from_secs(60), || {
+        update_state(c, "web") == done && running_ids(c, "web").len() == 3
+    });
+    let r = finish(c, l, 400, what);
+    assert_eq!(r.failed, 0, "{what}: {r:?}");
+    let after = running_ids(c, "web");
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "{what}: not every task was replaced"
+    );
+}
+
+#[test]
+fn rolling_updates_and_rollback_drop_no_request() {
+    require_root!();
+    let c = Cluster::up("update", 3);
+    web(&c, &[]);
+    roll(
+        &c,
+        &[
+            "update",
+            "--update-order",
+            "start-first",
+            "--env-add",
+            "V=2",
+        ],
+        "completed",
+        "update start-first",
+    );
+    roll(
+        &c,
+        &["update", "--update-order", "stop-first", "--env-add", "V=3"],
+        "completed",
+        "update stop-first",
+    );
+    roll(&c, &["rollback"], "rollback_completed", "rollback");
+    let env = inspect(&c, "service", "web")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"].clone();
+    assert_eq!(env, serde_json::json!(["V=2"]));
+    // Parallelism 0 replaces every slot at once, start-first still without a failure.
+    roll(
+        &c,
+        &[
+            "update",
+            "--update-parallelism",
+            "0",
+            "--update-order",
+            "start-first",
+            "--env-add",
+            "V=4",
+        ],
+        "completed",
+        "update all at once",
+    );
+    let r = c.sk(&["service", "rollback", "--detach", "nosuch"]);
+    assert_ne!(r.code, 0);
+}

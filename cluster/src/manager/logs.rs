@@ -1,0 +1,425 @@
+//! Task output: agents push what their tasks print (POST /swarmkit/v1/agents/{id}/logs), the
+//! manager keeps the last LOG_PER_TASK bytes of each task in memory, and clients read it as
+//! docker's daemon serves it: GET /services/{id}/logs and /tasks/{id}/logs, in the
+//! multiplexed stream format (8-byte frame headers), with follow, tail, since, timestamps and
+//! details. Agents push rather than being asked, so the same path works on every backend
+//! (guests and remote hosts reach the manager; the manager cannot reach them).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::extract::{self, Query};
+use super::lookup::find;
+use super::{ApiError, ApiResult, Shared};
+use crate::store::State as StoreState;
+use crate::tasklog::{LogPush, LogRecord};
+
+/// What the manager keeps of one task's output; older lines are dropped first.
+pub const LOG_PER_TASK: usize = 1024 * 1024;
+/// How often a follower re-checks that what it follows still exists, when nothing is printed.
+const FOLLOW_RECHECK: Duration = Duration::from_secs(1);
+
+struct Entry {
+    seq: u64,
+    rec: LogRecord,
+}
+
+#[derive(Default)]
+struct TaskLog {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_seq: u64,
+    tasks: HashMap<String, TaskLog>,
+}
+
+pub struct Logs {
+    inner: Mutex<Inner>,
+    /// The sequence number of the newest line; followers wait on it.
+    newest: watch::Sender<u64>,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            inner: Mutex::new(Inner::default()),
+            newest: watch::channel(0).0,
+        }
+    }
+}
+
+impl Logs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the lines of tasks the store knows; output of tasks it has forgotten (pruned
+    /// history) goes with them.
+    pub fn push(&self, state: &StoreState, records: Vec<LogRecord>) {
+        let mut inner = self.lock();
+        inner.tasks.retain(|id, _| state.tasks.contains_key(id));
+        for rec in records {
+            if !state.tasks.contains_key(&rec.task_id) {
+                continue;
+            }
+            inner.next_seq += 1;
+            let seq = inner.next_seq;
+            let log = inner.tasks.entry(rec.task_id.clone()).or_default();
+            log.bytes += rec.line.len();
+            log.entries.push_back(Entry { seq, rec });
+            while log.bytes > LOG_PER_TASK
+                && let Some(old) = log.entries.pop_front()
+            {
+                log.bytes -= old.rec.line.len();
+            }
+        }
+        let newest = inner.next_seq;
+        drop(inner);
+        self.newest.send_replace(newest);
+    }
+
+    /// Lines of `tasks` newer than `after`, oldest first; with `tail`, only each task's last
+    /// `tail` of them.
+    fn read(
+        &self,
+        tasks: &[String],
+        after: u64,
+        tail: Option<usize>,
+    ) -> (Vec<(u64, LogRecord)>, u64) {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for id in tasks {
+            let Some(log) = inner.tasks.get(id) else {
+                continue;
+            };
+            let fresh: Vec<&Entry> = log.entries.iter().filter(|e| e.seq > after).collect();
+            let skip = tail.map_or(0, |t| fresh.len().saturating_sub(t));
+            out.extend(fresh[skip..].iter().map(|e| (e.seq, e.rec.clone())));
+        }
+        out.sort_by_key(|(seq, rec)| (rec.time, *seq));
+        (out, inner.next_seq)
+    }
+}
+
+/// Docker's boolean query values: 1/true/True/... or 0/false/... (empty is false).
+fn flag(name: &str, v: &Option<String>) -> ApiResult<bool> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("0") | Some("false") | Some("no") => Ok(false),
+        Some("1") | Some("true") | Some("yes") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "invalid value {other:?} for {name}: use 1 or 0 (true or false)"
+        ))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct LogsQuery {
+    stdout: Option<String>,
+    stderr: Option<String>,
+    follow: Option<String>,
+    timestamps: Option<String>,
+    details: Option<String>,
+    tail: Option<String>,
+    since: Option<String>,
+}
+
+struct Options {
+    stdout: bool,
+    stderr: bool,
+    follow: bool,
+    timestamps: bool,
+    details: bool,
+    tail: Option<usize>,
+    since: Option<DateTime<Utc>>,
+}
+
+fn options(q: &LogsQuery) -> ApiResult<Options> {
+    let o = Options {
+        stdout: flag("stdout", &q.stdout)?,
+        stderr: flag("stderr", &q.stderr)?,
+        follow: flag("follow", &q.follow)?,
+        timestamps: flag("timestamps", &q.timestamps)?,
+        details: flag("details", &q.details)?,
+        tail: match q.tail.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(n) => Some(n.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid tail {n:?}: give a number of lines or \"all\""
+                ))
+            })?),
+        },
+        since: match q.since.as_deref() {
+            None | Some("") | Some("0") => None,
+            Some(s) => Some(parse_since(s)?),
+        },
+    };
+    if !o.stdout && !o.stderr {
+        return Err(ApiError::BadRequest(
+            "Bad parameters: you must choose at least one stream (stdout=1 or stderr=1)".into(),
+        ));
+    }
+    Ok(o)
+}
+
+/// `since` as docker's client sends it: Unix seconds with optional nanoseconds (`SECS.NANOS`).
+fn parse_since(s: &str) -> ApiResult<DateTime<Utc>> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "invalid since {s:?}: give Unix seconds, optionally with .nanoseconds"
+        ))
+    };
+    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
+    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    let nanos: u32 = format!("{nanos:0<9}")[..9].parse().map_err(|_| bad())?;
+    DateTime::from_timestamp(secs, nanos).ok_or_else(bad)
+}
+
+/// Which tasks a request reads, and the details docker's CLI needs to name each line.
+enum Target {
+    Service(String),
+    Task(String),
+}
+
+impl Target {
+    fn tasks(&self, s: &StoreState) -> Option<Vec<String>> {
+        match self {
+            Target::Service(id) => s.services.get(id).map(|_| {
+                let mut tasks: Vec<_> = s.tasks.values().filter(|t| &t.service_id == id).collect();
+                tasks.sort_by_key(|t| (t.slot, t.created));
+                tasks.into_iter().map(|t| t.id.clone()).collect()
+            }),
+            Target::Task(id) => s.tasks.get(id).map(|_| vec![id.clone()]),
+        }
+    }
+}
+
+/// One frame of docker's multiplexed stream: stream type (1 stdout, 2 stderr), three zero
+/// bytes, the payload length big-endian, the payload.
+pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&[stream, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A line as dockerd's WriteLogStream writes it: `[TIMESTAMP ][DETAILS ]LINE\n`, details
+/// as sorted, query-escaped `key=value` pairs joined by commas.
+fn render(s: &StoreState, rec: &LogRecord, o: &Options) -> Vec<u8> {
+    let mut line = String::new();
+    if o.timestamps {
+        line.push_str(&rec.time.to_rfc3339_opts(SecondsFormat::Nanos, true));
+        line.push(' ');
+    }
+    if o.details {
+        let (service, node) = s
+            .tasks
+            .get(&rec.task_id)
+            .map(|t| (t.service_id.as_str(), t.node_id.as_str()))
+            .unwrap_or_default();
+        let attrs = [
+            ("com.docker.swarm.node.id", node),
+            ("com.docker.swarm.service.id", service),
+            ("com.docker.swarm.task.id", rec.task_id.as_str()),
+        ];
+        let pairs: Vec<String> = attrs
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+            .collect();
+        line.push_str(&pairs.join(","));
+        line.push(' ');
+    }
+    line.push_str(&rec.line);
+    if !line.ends_with('\n') {
+        line.push('\n');
+    }
+    frame(rec.stream, line.as_bytes())
+}
+
+/// Go's url.QueryEscape, for the characters IDs and label keys can hold.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' | '~' => vec![c],
+            ' ' => vec!['+'],
+            _ => format!("%{:02X}", c as u32).chars().collect(),
+        })
+        .collect()
+}
+
+fn wanted(rec: &LogRecord, o: &Options) -> bool {
+    (if rec.stream == crate::tasklog::STDERR {
+        o.stderr
+    } else {
+        o.stdout
+    }) && o.since.is_none_or(|t| rec.time > t)
+}
+
+async fn stream(m: Shared, target: Target, o: Options) -> ApiResult<Response> {
+    let s = m.store.snapshot();
+    let Some(tasks) = target.tasks(&s) else {
+        return Err(ApiError::NotFound("no such service or task".into()));
+    };
+    let mut newest = m.logs.newest.subscribe();
+    let (first, mut seen) = m.logs.read(&tasks, 0, o.tail);
+    let mut backlog = Vec::new();
+    for (_, rec) in first.iter().filter(|(_, r)| wanted(r, &o)) {
+        backlog.extend(render(&s, rec, &o));
+    }
+    let headers = [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.docker.multiplexed-stream"),
+    )];
+    if !o.follow {
+        return Ok((headers, backlog).into_response());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(backlog))).await.is_err() {
+            return;
+        }
+        loop {
+            // Wakes on new output, and now and then to notice the target is gone.
+            let _ = tokio::time::timeout(FOLLOW_RECHECK, newest.changed()).await;
+            let s = m.store.snapshot();
+            let Some(tasks) = target.tasks(&s) else {
+                return;
+            };
+            let (fresh, upto) = m.logs.read(&tasks, seen, None);
+            seen = upto;
+            let mut out = Vec::new();
+            for (_, rec) in fresh.iter().filter(|(_, r)| wanted(r, &o)) {
+                out.extend(render(&s, rec, &o));
+            }
+            if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    Ok((headers, body).into_response())
+}
+
+pub async fn service_logs(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let o = options(&q)?;
+    let id = {
+        let s = m.store.snapshot();
+        find(&s.services, &id, |x| &x.name, "service")?.id.clone()
+    };
+    stream(m, Target::Service(id), o).await
+}
+
+pub async fn task_logs(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let o = options(&q)?;
+    let id = {
+        let s = m.store.snapshot();
+        find(&s.tasks, &id, |_| "", "task")?.id.clone()
+    };
+    stream(m, Target::Task(id), o).await
+}
+
+/// Agents push their tasks' output here.
+pub async fn push(
+    State(m): State<Shared>,
+    Path(_node): Path<String>,
+    extract::Json(p): extract::Json<LogPush>,
+) -> axum::Json<serde_json::Value> {
+    m.logs.push(&m.store.snapshot(), p.records);
+    axum::Json(serde_json::json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_docker_headers() {
+        let f = frame(2, b"oops\n");
+        assert_eq!(&f[..8], &[2, 0, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(&f[8..], b"oops\n");
+    }
+
+    #[test]
+    fn since_and_flags_parse_as_docker_sends_them() {
+        assert_eq!(
+            parse_since("1700000000.5").unwrap(),
+            DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap()
+        );
+        assert!(parse_since("soon").is_err());
+        assert!(flag("follow", &Some("1".into())).unwrap());
+        assert!(!flag("follow", &Some("false".into())).unwrap());
+        assert!(flag("follow", &Some("maybe".into())).is_err());
+        assert_eq!(escape("a=b,c d"), "a%3Db%2Cc+d");
+    }
+
+    #[test]
+    fn each_task_keeps_its_newest_output_within_its_bound() {
+        let logs = Logs::default();
+        let mut state = StoreState::default();
+        let task = |id: &str| crate::model::Task {
+            id: id.into(),
+            service_id: "s".into(),
+            slot: 1,
+            node_id: "n".into(),
+            created: Utc::now(),
+            updated: Utc::now(),
+            version: 0,
+            desired: crate::model::TaskState::Running,
+            status: crate::model::TaskStatus {
+                state: crate::model::TaskState::Running,
+                timestamp: Utc::now(),
+                message: String::new(),
+                err: None,
+                pid: None,
+                exit_code: None,
+            },
+            attachments: vec![],
+            spec_generation: 1,
+            start_after: None,
+            drain_version: None,
+            running_version: None,
+            restarts: 0,
+        };
+        state.put_task(task("t1"));
+        let line = "x".repeat(1000);
+        let records = (0..2000)
+            .map(|i| LogRecord {
+                task_id: if i == 0 { "gone".into() } else { "t1".into() },
+                stream: 1,
+                time: Utc::now(),
+                line: format!("{i} {line}"),
+            })
+            .collect();
+        logs.push(&state, records);
+        let (all, _) = logs.read(&["t1".into(), "gone".into()], 0, None);
+        let bytes: usize = all.iter().map(|(_, r)| r.line.len()).sum();
+        assert!(bytes <= LOG_PER_TASK, "{bytes}");
+        assert!(all.last().unwrap().1.line.starts_with("1999 "));
+        let (tail, _) = logs.read(&["t1".into()], 0, Some(2));
+        assert_eq!(tail.len(), 2);
+        assert!(tail[0].1.line.starts_with("1998 "));
+    }
+}

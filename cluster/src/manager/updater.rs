@@ -1,0 +1,80 @@
+//! Carries rolling updates, rollbacks and drains forward. Each step waits on something that
+//! is not a client's request: a new task becoming routed on every node (acks move), an old
+//! one stopping, an update delay ending. So this runs whenever the store or the acks change,
+//! and on the next delay's deadline, and is idle otherwise.
+
+use chrono::Utc;
+
+use super::Shared;
+use crate::orchestrator;
+
+pub async fn run(m: Shared) {
+    let mut changes = m.epoch.subscribe();
+    let mut wake: Option<chrono::DateTime<Utc>> = None;
+    loop {
+        let until_wake = wake.map(|w| (w - Utc::now()).to_std().unwrap_or_default());
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = sleep(until_wake) => {}
+        }
+        wake = step(&m);
+    }
+}
+
+async fn sleep(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One pass over the services in transition. A dry run on a copy first: only a pass that
+/// changes something commits (a commit wakes this loop again, so an empty one would spin).
+fn step(m: &Shared) -> Option<chrono::DateTime<Utc>> {
+    let snapshot = m.store.snapshot();
+    let busy = orchestrator::in_transition(&snapshot);
+    if busy.is_empty() {
+        return None;
+    }
+    let min_ack = m.min_ack(&snapshot);
+    let now = Utc::now();
+    let mut draft = (*snapshot).clone();
+    let mut wake = None;
+    for id in &busy {
+        let w = orchestrator::reconcile_or_keep(&mut draft, id, min_ack, now);
+        wake = earliest(wake, w);
+    }
+    if !draft.is_dirty() {
+        return wake;
+    }
+    let committed = m.update(|s| {
+        let mut wake = None;
+        for id in &busy {
+            let w = orchestrator::reconcile_or_keep(s, id, min_ack, now);
+            wake = earliest(wake, w);
+        }
+        Ok(wake)
+    });
+    match committed {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("advancing updates: {e}");
+            // Try again shortly rather than wait for the next change.
+            Some(now + chrono::Duration::milliseconds(500))
+        }
+    }
+}
+
+fn earliest(
+    a: Option<chrono::DateTime<Utc>>,
+    b: Option<chrono::DateTime<Utc>>,
+) -> Option<chrono::DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

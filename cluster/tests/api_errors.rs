@@ -1,0 +1,476 @@
+//! Malformed Engine API requests, sent with curl to a real manager on a unix socket: each is
+//! answered with docker's JSON error body `{"message": ...}`, the status code the Engine API
+//! documents for that case, and no change of state.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster::manager::Manager;
+
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    /// None: no Content-Type header at all.
+    content_type: Option<&'static str>,
+    body: Option<String>,
+    status: u16,
+}
+
+fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Case {
+    Case {
+        what,
+        method,
+        path: path.to_string(),
+        content_type: None,
+        body: None,
+        status,
+    }
+}
+
+fn json(mut c: Case, body: &str) -> Case {
+    c.content_type = Some("application/json");
+    c.body = Some(body.to_string());
+    c
+}
+
+fn typed(mut c: Case, content_type: &'static str, body: &str) -> Case {
+    c.content_type = Some(content_type);
+    c.body = Some(body.to_string());
+    c
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+fn curl(
+    socket: &Path,
+    dir: &Path,
+    method: &str,
+    path: &str,
+    ct: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let out_file = dir.join("answer");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(socket)
+        .args(["-X", method, "-o"])
+        .arg(&out_file)
+        .args(["-w", "%{http_code} %{content_type}"]);
+    // curl adds a form content type to any body unless told otherwise.
+    cmd.arg("-H").arg(match ct {
+        Some(ct) => format!("Content-Type: {ct}"),
+        None => "Content-Type:".to_string(),
+    });
+    if let Some(b) = body {
+        let body_file = dir.join("body");
+        std::fs::write(&body_file, b).expect("write the request body");
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", body_file.display()));
+    }
+    cmd.arg(format!("http://localhost{path}"));
+    let out = cmd.output().expect("curl is installed (scripts/setup)");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, content_type) = meta.split_once(' ').unwrap_or((&meta, ""));
+    Answer {
+        status: code.parse().expect("an HTTP status"),
+        content_type: content_type.to_string(),
+        body: std::fs::read_to_string(&out_file).unwrap_or_default(),
+    }
+}
+
+struct Server {
+    dir: PathBuf,
+    socket: PathBuf,
+    manager: cluster::manager::Shared,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = std::env::temp_dir().join(format!("sk-api-errors-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("manager.sock");
+        let manager = Manager::open("apierrors", &dir.join("state.redb")).expect("open the store");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (m, s) = (manager.clone(), socket.clone());
+        rt.spawn(async move { cluster::manager::serve(m, &s, None).await });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(socket.exists() && curl(&socket, &dir, "GET", "/_ping", None, None).status == 200) {
+            assert!(
+                Instant::now() < deadline,
+                "the manager did not answer /_ping within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            dir,
+            socket,
+            manager,
+            _rt: rt,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&str>) -> Answer {
+        curl(&self.socket, &self.dir, method, path, ct, body)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        let a = self.call(method, path, Some("application/json"), Some(body));
+        assert!(a.status < 300, "{method} {path}: {} {}", a.status, a.body);
+        serde_json::from_str(&a.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Everything a client can observe changing: the store's version and its contents.
+    fn state(&self) -> (u64, String) {
+        let s = self.manager.store.snapshot();
+        let services: Vec<_> = s.services.values().map(|x| (&x.id, x.version)).collect();
+        let networks: Vec<_> = s.networks.values().map(|x| (&x.id, x.version)).collect();
+        let tasks: Vec<_> = s.tasks.values().map(|x| (&x.id, x.version)).collect();
+        (s.version, format!("{services:?} {networks:?} {tasks:?}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const SPEC: &str = r#"{"Name":"api2","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#;
+
+#[test]
+fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothing() {
+    let srv = Server::start();
+    // A node to schedule on (its agent never comes, which no case here needs), a network and
+    // a service for the cases that name existing objects.
+    let node = srv.ok(
+        "POST",
+        "/swarmkit/v1/agents/register",
+        r#"{"hostname":"node1","addr":"192.168.0.2","lb_driver":"nftables","kernel":"test"}"#,
+    );
+    srv.ok(
+        "POST",
+        "/v1.50/networks/create",
+        r#"{"Name":"front","Driver":"overlay"}"#,
+    );
+    let created = srv.ok(
+        "POST",
+        "/v1.50/services/create",
+        r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+    );
+    let web = created["ID"].as_str().expect("an ID").to_string();
+    let version = srv.manager.store.snapshot().services[&web].version;
+    let update = |q: &str| format!("/v1.50/services/{web}/update{q}");
+    let big = format!(
+        r#"{{"Name":"big","Labels":{{"x":"{}"}}}}"#,
+        "a".repeat(2 * 1024 * 1024)
+    );
+
+    let cases = vec![
+        // Bad JSON.
+        json(
+            case("truncated JSON", "POST", "/v1.50/services/create", 400),
+            "{",
+        ),
+        json(
+            case("empty body", "POST", "/v1.50/services/create", 400),
+            "",
+        ),
+        json(
+            case("trailing garbage", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"x"} x"#,
+        ),
+        json(
+            case("lone surrogate", "POST", "/v1.50/networks/create", 400),
+            r#"{"Name":"\ud800"}"#,
+        ),
+        json(
+            case("not JSON at all", "POST", "/v1.50/networks/create", 400),
+            "Name=front2",
+        ),
+        json(
+            case(
+                "bad JSON on update",
+                "POST",
+                &update(&format!("?version={version}")),
+                400,
+            ),
+            "{]",
+        ),
+        // Valid JSON of the wrong type.
+        json(
+            case("array for a spec", "POST", "/v1.50/services/create", 400),
+            "[1,2]",
+        ),
+        json(
+            case("null for a network", "POST", "/v1.50/networks/create", 400),
+            "null",
+        ),
+        json(
+            case("number for a name", "POST", "/v1.50/networks/create", 400),
+            r#"{"Name":5}"#,
+        ),
+        json(
+            case("string for labels", "POST", "/v1.50/networks/create", 400),
+            r#"{"Name":"n","Labels":"x"}"#,
+        ),
+        json(
+            case("string for replicas", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"w","Mode":{"Replicated":{"Replicas":"three"}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
+            case("string for a port", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"w","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}},"EndpointSpec":{"Ports":[{"TargetPort":"eighty"}]}}"#,
+        ),
+        json(
+            case("negative replicas", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"w","Mode":{"Replicated":{"Replicas":-1}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
+            case("no image", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"w"}"#,
+        ),
+        // Wrong content type.
+        typed(
+            case("text/plain spec", "POST", "/v1.50/services/create", 400),
+            "text/plain",
+            SPEC,
+        ),
+        typed(
+            case("XML network", "POST", "/v1.50/networks/create", 400),
+            "application/xml",
+            r#"{"Name":"n2"}"#,
+        ),
+        typed(
+            case(
+                "form update",
+                "POST",
+                &update(&format!("?version={version}")),
+                400,
+            ),
+            "application/x-www-form-urlencoded",
+            SPEC,
+        ),
+        {
+            let mut c = case(
+                "no content type with a body",
+                "POST",
+                "/v1.50/networks/create",
+                400,
+            );
+            c.body = Some(r#"{"Name":"n3"}"#.into());
+            c
+        },
+        // Bad query strings.
+        case(
+            "filters not JSON",
+            "GET",
+            "/v1.50/services?filters=notjson",
+            400,
+        ),
+        case(
+            "filters an array",
+            "GET",
+            "/v1.50/services?filters=%5B1%5D",
+            400,
+        ),
+        case(
+            "unknown filter",
+            "GET",
+            "/v1.50/tasks?filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D",
+            400,
+        ),
+        case(
+            "number in filter values",
+            "GET",
+            "/v1.50/networks?filters=%7B%22name%22%3A%5B1%5D%7D",
+            400,
+        ),
+        case(
+            "filter value a number",
+            "GET",
+            "/v1.50/tasks?filters=%7B%22desired-state%22%3A5%7D",
+            400,
+        ),
+        case(
+            "status not a bool",
+            "GET",
+            "/v1.50/services?status=maybe",
+            400,
+        ),
+        case(
+            "secrets filter unknown",
+            "GET",
+            "/v1.50/secrets?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D",
+            400,
+        ),
+        json(
+            case("version not a number", "POST", &update("?version=abc"), 400),
+            SPEC,
+        ),
+        json(
+            case("negative version", "POST", &update("?version=-1"), 400),
+            SPEC,
+        ),
+        json(
+            case("update without version", "POST", &update(""), 400),
+            SPEC,
+        ),
+        case(
+            "logs tail not a number",
+            "GET",
+            &format!("/v1.50/services/{web}/logs?stdout=1&tail=lots"),
+            400,
+        ),
+        case(
+            "logs without a stream",
+            "GET",
+            &format!("/v1.50/services/{web}/logs"),
+            400,
+        ),
+        // Unknown IDs.
+        case("unknown service", "GET", "/v1.50/services/nosuch", 404),
+        case(
+            "remove unknown service",
+            "DELETE",
+            "/v1.50/services/nosuch",
+            404,
+        ),
+        json(
+            case(
+                "update unknown service",
+                "POST",
+                "/v1.50/services/nosuch/update?version=1",
+                404,
+            ),
+            SPEC,
+        ),
+        case("unknown network", "GET", "/v1.50/networks/nosuch", 404),
+        case(
+            "remove unknown network",
+            "DELETE",
+            "/v1.50/networks/nosuch",
+            404,
+        ),
+        case("unknown task", "GET", "/v1.50/tasks/nosuch", 404),
+        case("unknown node", "GET", "/v1.50/nodes/nosuch", 404),
+        case(
+            "logs of unknown service",
+            "GET",
+            "/v1.50/services/nosuch/logs?stdout=1",
+            404,
+        ),
+        case(
+            "logs of unknown task",
+            "GET",
+            "/v1.50/tasks/nosuch/logs?stdout=1",
+            404,
+        ),
+        json(
+            case(
+                "service on unknown network",
+                "POST",
+                "/v1.50/services/create",
+                404,
+            ),
+            r#"{"Name":"w","TaskTemplate":{"ContainerSpec":{"Image":"whoami"},"Networks":[{"Target":"nosuch"}]}}"#,
+        ),
+        // Unknown paths and methods answer as dockerd does: 404, page not found.
+        case("unknown path", "GET", "/v1.50/nosuch", 404),
+        case(
+            "containers are not served",
+            "GET",
+            "/v1.50/containers/json",
+            404,
+        ),
+        case("method the path lacks", "PUT", "/v1.50/services/web", 404),
+        case("patch a network", "PATCH", "/v1.50/networks/front", 404),
+        // Forbidden operations on docker's pre-defined networks.
+        case(
+            "remove a pre-defined network",
+            "DELETE",
+            "/v1.50/networks/bridge",
+            403,
+        ),
+        json(
+            case(
+                "create a pre-defined name",
+                "POST",
+                "/v1.50/networks/create",
+                403,
+            ),
+            r#"{"Name":"host"}"#,
+        ),
+        // Oversized bodies.
+        json(
+            case("2 MiB service spec", "POST", "/v1.50/services/create", 400),
+            &big,
+        ),
+        json(
+            case("2 MiB network", "POST", "/v1.50/networks/create", 400),
+            &big,
+        ),
+    ];
+    assert!(cases.len() >= 30);
+
+    let before = srv.state();
+    let mut failures = Vec::new();
+    let node_id = node["node_id"].as_str().expect("a node ID").to_string();
+    for c in &cases {
+        // The node's agent is this test: it stays live, so no case sees it marked down.
+        srv.manager.touch(&node_id);
+        let a = srv.call(c.method, &c.path, c.content_type, c.body.as_deref());
+        let message = serde_json::from_str::<serde_json::Value>(&a.body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(String::from));
+        let why = if a.status != c.status {
+            Some(format!("status {} (want {})", a.status, c.status))
+        } else if !a.content_type.starts_with("application/json") {
+            Some(format!("content type {:?}", a.content_type))
+        } else if message.as_deref().is_none_or(str::is_empty) {
+            Some("no message".to_string())
+        } else if srv.state() != before {
+            Some("the state changed".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => failures.push(format!(
+                "{} ({} {}): {why}; body {}",
+                c.what,
+                c.method,
+                c.path,
+                a.body.chars().take(300).collect::<String>()
+            )),
+            None => eprintln!(
+                "{:<32} {} {}",
+                c.what,
+                a.status,
+                message.unwrap_or_default()
+            ),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
