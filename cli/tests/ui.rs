@@ -77,7 +77,7 @@ impl Page {
 }
 
 #[test]
-fn ui_shows_every_node_and_task_and_follows_a_scale() {
+fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
     require_root!();
     if Command::new("chromium").arg("--version").output().is_err() {
         panic!("chromium is not installed: run scripts/setup");
@@ -210,6 +210,20 @@ fn ui_shows_every_node_and_task_and_follows_a_scale() {
         page.eval("document.querySelector('#graph svg g.trace') !== null"),
         Value::Bool(true)
     );
+    // Back to the live picture; a node fails: the same page draws it down once the manager
+    // counts it down (missed heartbeats).
+    page.eval("document.getElementById('live').click(); 'live'");
+    c.sk(&["node", "kill", "node3"]).ok();
+    wait_for(
+        "the page to draw node3 down",
+        Duration::from_secs(90),
+        || {
+            let down = page.words("document.body.dataset.down || ''");
+            let drawn = page.words(svg_text);
+            (down == ["node3"] && drawn.iter().any(|w| w == "down")).then_some(())
+        },
+    );
+
     drop(chromium);
     let _ = std::fs::remove_dir_all(&profile);
 }

@@ -2,6 +2,8 @@
 
 pub mod model;
 pub mod svg;
+#[cfg(test)]
+mod tests;
 pub mod text;
 
 use std::path::PathBuf;

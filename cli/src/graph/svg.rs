@@ -110,12 +110,26 @@ fn net_colour(t: &Topology, net: &str) -> &'static str {
     NET_PALETTE[i % NET_PALETTE.len()]
 }
 
+/// The published ports as they are written above each column, wrapped to its width.
+fn port_lines(t: &Topology) -> Vec<String> {
+    let ports: Vec<String> = t
+        .published()
+        .iter()
+        .map(|(_, p)| format!(":{}", p.published))
+        .collect();
+    if ports.is_empty() {
+        return Vec::new();
+    }
+    wrap(&format!("published {}", ports.join(" ")), 26)
+}
+
 pub fn layout(t: &Topology) -> Layout {
     let mut l = Layout::default();
+    let ports_h = (24.0 + 16.0 * port_lines(t).len() as f64).max(PORTS_H);
     let cols = t.nodes.len().max(1) as f64;
     let content_w = cols * COL_W + (cols - 1.0) * COL_GAP;
     let width = (MARGIN * 2.0 + content_w).max(MARGIN * 2.0 + 2.0 * SVC_W);
-    let top = 44.0 + PORTS_H;
+    let top = 44.0 + ports_h;
     let node_h = t
         .nodes
         .iter()
@@ -138,7 +152,7 @@ pub fn layout(t: &Topology) -> Layout {
                 x,
                 y: 44.0,
                 w: COL_W,
-                h: PORTS_H - 8.0,
+                h: ports_h - 8.0,
             },
         );
         let mut y = top + HEADER_H;
@@ -231,26 +245,29 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
         t.tasks().count()
     );
 
-    let published: Vec<String> = t
-        .published()
-        .iter()
-        .map(|(_, p)| format!(":{}", p.published))
-        .collect();
+    let port_lines = port_lines(t);
     for n in &t.nodes {
         let (Some(r), Some(pr)) = (l.nodes.get(&n.hostname), l.ports.get(&n.hostname)) else {
             continue;
         };
-        if !published.is_empty() {
-            let _ = writeln!(
+        if !port_lines.is_empty() {
+            let _ = write!(
                 o,
-                r##"<g class="ports"><line x1="{x}" y1="{y1}" x2="{x}" y2="{y2}" stroke="#555" stroke-width="2" marker-end="url(#arrow)"/><text x="{tx}" y="{ty}" font-size="12" fill="#333">published {ports}</text></g>"##,
+                r##"<g class="ports"><line x1="{x}" y1="{y1}" x2="{x}" y2="{y2}" stroke="#555" stroke-width="2" marker-end="url(#arrow)"/>"##,
                 x = pr.x + 30.0,
                 y1 = pr.y,
                 y2 = r.y - 2.0,
-                tx = pr.x + 40.0,
-                ty = pr.y + 16.0,
-                ports = esc(&published.join(" "))
             );
+            for (i, line) in port_lines.iter().enumerate() {
+                let _ = write!(
+                    o,
+                    r##"<text x="{}" y="{}" font-size="12" fill="#333" xml:space="preserve">{}</text>"##,
+                    pr.x + 40.0,
+                    pr.y + 16.0 + 16.0 * i as f64,
+                    esc(line)
+                );
+            }
+            o += "</g>\n";
         }
         let down = n.state != "ready";
         let _ = writeln!(

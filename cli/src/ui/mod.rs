@@ -40,6 +40,8 @@ struct Snapshot {
     svg: String,
     text: String,
     nodes: Vec<String>,
+    /// Nodes the manager does not count as ready.
+    down: Vec<String>,
     tasks: Vec<String>,
     #[serde(skip)]
     topology: Topology,
@@ -93,6 +95,12 @@ fn snapshot(t: Topology, version: u64) -> Snapshot {
         svg: crate::graph::svg::render(&t, None),
         text: crate::graph::text::text(&t),
         nodes: t.nodes.iter().map(|n| n.hostname.clone()).collect(),
+        down: t
+            .nodes
+            .iter()
+            .filter(|n| n.state != "ready")
+            .map(|n| n.hostname.clone())
+            .collect(),
         tasks: t.tasks().map(|x| x.name.clone()).collect(),
         topology: t,
     }

@@ -344,3 +344,83 @@ fn rolling_updates_and_rollback_drop_no_request() {
     let r = c.sk(&["service", "rollback", "--detach", "nosuch"]);
     assert_ne!(r.code, 0);
 }
+
+#[test]
+fn the_docker_cli_sets_policies_updates_and_rolls_back() {
+    require_root!();
+    let c = Cluster::up("dockerupd", 3);
+    let host = format!("unix:///run/swarmkit/{}/manager.sock", c.name);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .args(["120", "docker"])
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .output()
+            .expect("the docker CLI is installed (scripts/setup)");
+        let r = common::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        r.ok()
+    };
+    docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "2s",
+        "--restart-max-attempts",
+        "3",
+        "--update-order",
+        "start-first",
+        "--stop-grace-period",
+        "2s",
+        "whoami",
+    ]);
+    let spec = inspect(&c, "service", "web")["Spec"].clone();
+    let restart = &spec["TaskTemplate"]["RestartPolicy"];
+    assert_eq!(restart["Condition"], "on-failure", "{spec}");
+    assert_eq!(restart["Delay"], 2_000_000_000i64);
+    assert_eq!(restart["MaxAttempts"], 3);
+    assert_eq!(spec["UpdateConfig"]["Order"], "start-first");
+    c.eventually("web converged", Duration::from_secs(30), || {
+        running_ids(&c, "web").len() == 3
+    });
+
+    // docker's own progress display follows the update to its end (UpdateStatus), under load.
+    let before = running_ids(&c, "web");
+    let l = load(&c);
+    docker(&["service", "update", "--env-add", "V=2", "web"]);
+    assert_eq!(update_state(&c, "web"), "completed");
+    let r = finish(&c, l, 400, "docker service update");
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(running_ids(&c, "web").iter().all(|id| !before.contains(id)));
+
+    let l = load(&c);
+    let out = docker(&["service", "rollback", "web"]);
+    assert!(out.stdout.contains("rollback"), "{}", out.stdout);
+    assert_eq!(update_state(&c, "web"), "rollback_completed");
+    let r = finish(&c, l, 400, "docker service rollback");
+    assert_eq!(r.failed, 0, "{r:?}");
+    let env = inspect(&c, "service", "web")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"].clone();
+    assert!(env.is_null() || env == serde_json::json!([]), "{env}");
+
+    // swarmkit's CLI waits for a start-first update too, and only for the new tasks.
+    let before = running_ids(&c, "web");
+    c.sk(&["service", "update", "--env-add", "V=3", "web"]).ok();
+    let after = running_ids(&c, "web");
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "returned before the update ended"
+    );
+}

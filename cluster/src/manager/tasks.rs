@@ -41,10 +41,17 @@ fn api_state(s: TaskState) -> ApiState {
 }
 
 pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
-    let spec: Option<TaskSpec> = s
-        .services
-        .get(&t.service_id)
-        .and_then(|svc| svc.spec.task_template.clone());
+    // A task runs the spec of its generation: during an update, older tasks still carry
+    // the spec before it (the one store kept), so clients can tell them apart.
+    let spec: Option<TaskSpec> = s.services.get(&t.service_id).and_then(|svc| {
+        if t.spec_generation != svc.spec_generation
+            && let Some(prev) = &svc.previous_spec
+        {
+            prev.task_template.clone()
+        } else {
+            svc.spec.task_template.clone()
+        }
+    });
     let state = visible_state(t, min_ack);
     let task = ApiTask {
         id: Some(t.id.clone()),
@@ -127,6 +134,14 @@ fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> 
                     .is_some_and(|n| n.hostname == *v || n.id.starts_with(v.as_str()))
         }),
         "desired-state" => vals.iter().any(|v| t.desired.as_str() == v.as_str()),
+        // docker's progress asks for the tasks of the service's current spec.
+        "_up-to-date" => {
+            let current = s
+                .services
+                .get(&t.service_id)
+                .is_some_and(|svc| svc.spec_generation == t.spec_generation);
+            vals.iter().any(|v| (v == "true" || v == "1") == current)
+        }
         "name" => vals.iter().any(|v| {
             s.services
                 .get(&t.service_id)

@@ -1,27 +1,33 @@
 //! Carries rolling updates, rollbacks and drains forward. Each step waits on something that
 //! is not a client's request: a new task becoming routed on every node (acks move), an old
-//! one stopping, an update delay ending. So this runs whenever the store or the acks change,
-//! and on the next delay's deadline, and is idle otherwise.
+//! one stopping, an update delay ending. So while something is in transition this looks again
+//! after every commit and every `BUSY_POLL` (acks move without commits); otherwise it sleeps
+//! until the next commit.
+
+use std::time::Duration;
 
 use chrono::Utc;
 
 use super::Shared;
 use crate::orchestrator;
 
+/// How often acks are looked at while a service is in transition. Each step of an update waits
+/// for one, so this bounds what the updater adds to a step; an idle cluster never polls.
+const BUSY_POLL: Duration = Duration::from_millis(25);
+
 pub async fn run(m: Shared) {
-    let mut changes = m.epoch.subscribe();
-    let mut wake: Option<chrono::DateTime<Utc>> = None;
+    let mut commits = m.store.subscribe();
     loop {
+        let wake = step(&m);
         let until_wake = wake.map(|w| (w - Utc::now()).to_std().unwrap_or_default());
         tokio::select! {
-            changed = changes.changed() => {
+            changed = commits.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
             _ = sleep(until_wake) => {}
         }
-        wake = step(&m);
     }
 }
 
@@ -43,7 +49,7 @@ fn step(m: &Shared) -> Option<chrono::DateTime<Utc>> {
     let min_ack = m.min_ack(&snapshot);
     let now = Utc::now();
     let mut draft = (*snapshot).clone();
-    let mut wake = None;
+    let mut wake = Some(now + chrono::Duration::from_std(BUSY_POLL).unwrap_or_default());
     for id in &busy {
         let w = orchestrator::reconcile_or_keep(&mut draft, id, min_ack, now);
         wake = earliest(wake, w);
@@ -52,7 +58,7 @@ fn step(m: &Shared) -> Option<chrono::DateTime<Utc>> {
         return wake;
     }
     let committed = m.update(|s| {
-        let mut wake = None;
+        let mut wake = Some(now + chrono::Duration::from_std(BUSY_POLL).unwrap_or_default());
         for id in &busy {
             let w = orchestrator::reconcile_or_keep(s, id, min_ack, now);
             wake = earliest(wake, w);
