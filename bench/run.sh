@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # swarmkit's benchmarks. Every figure is a ratio against a baseline measured in the same run,
 # interleaved, because these machines are noisy. Needs root and ./scripts/setup.
-# Usage: bench/run.sh [up|conn|scale|walkthrough|qemu|all]   (default: all)
+# Usage: bench/run.sh [up|conn|scale|walkthrough|qemu|encrypted|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SK=${SWARMKIT:-target/release/swarmkit}
@@ -132,12 +132,49 @@ bench_qemu() {
   echo "walkthrough routing on qemu: $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.1f", b - a}') s  (target: under 60 s)"
 }
 
+bench_encrypted() {
+  echo "== qemu guests (TCG): encrypted (ESP, AES-GCM) vs plain overlay, TCP throughput and RTT, interleaved, $ROUNDS rounds"
+  "$SK" cluster up --name "$C" --backend qemu --nodes 2 >/dev/null
+  "$SK" --cluster "$C" network create --driver overlay --opt encrypted sec >/dev/null
+  "$SK" --cluster "$C" network create --driver overlay plain >/dev/null
+  # A server task on node2 and a client task on node1, both on both networks (eth0: sec,
+  # eth1: plain), so each measurement crosses between the guests.
+  "$SK" --cluster "$C" service create --name srv --network sec --network plain \
+    --constraint node.hostname==node2 whoami >/dev/null
+  "$SK" --cluster "$C" service create --name client --network sec --network plain \
+    --constraint node.hostname==node1 whoami >/dev/null
+  local sec plain
+  sec=$("$SK" --cluster "$C" exec srv.1 -- ip -4 addr show dev eth0 | awk '/inet / {sub("/.*", "", $2); print $2}')
+  plain=$("$SK" --cluster "$C" exec srv.1 -- ip -4 addr show dev eth1 | awk '/inet / {sub("/.*", "", $2); print $2}')
+  "$SK" --cluster "$C" exec srv.1 -- iperf3 -s -D >/dev/null
+  mbps() { "$SK" --cluster "$C" exec client.1 -- iperf3 -c "$1" -t 5 -f m | awk '/receiver/ {print $7}'; }
+  rtt() { "$SK" --cluster "$C" exec client.1 -- ping -c 20 -i 0.05 -q "$1" | awk -F/ '/round-trip/ {print $4}'; }
+  local tput_e=() tput_p=() rtt_e=() rtt_p=()
+  for _ in $(seq "$ROUNDS"); do
+    tput_p+=("$(mbps "$plain")")
+    tput_e+=("$(mbps "$sec")")
+    rtt_p+=("$(rtt "$plain")")
+    rtt_e+=("$(rtt "$sec")")
+  done
+  local tp te rp re
+  tp=$(printf '%s\n' "${tput_p[@]}" | median)
+  te=$(printf '%s\n' "${tput_e[@]}" | median)
+  rp=$(printf '%s\n' "${rtt_p[@]}" | median)
+  re=$(printf '%s\n' "${rtt_e[@]}" | median)
+  echo "TCP plain overlay:     $tp Mbit/s (runs: ${tput_p[*]})"
+  echo "TCP encrypted overlay: $te Mbit/s (runs: ${tput_e[*]})  ratio $(ratio "$te" "$tp")"
+  echo "RTT plain overlay:     $rp ms (runs: ${rtt_p[*]})"
+  echo "RTT encrypted overlay: $re ms (runs: ${rtt_e[*]})  ratio $(ratio "$re" "$rp")"
+  "$SK" cluster down "$C" >/dev/null
+}
+
 case "${1:-all}" in
 up) bench_up ;;
 conn) bench_conn ;;
 scale) bench_scale ;;
 walkthrough) bench_walkthrough ;;
 qemu) bench_qemu ;;
-all) bench_up; bench_conn; bench_scale; bench_walkthrough; bench_qemu ;;
-*) echo "usage: $0 [up|conn|scale|walkthrough|qemu|all]" >&2; exit 2 ;;
+encrypted) bench_encrypted ;;
+all) bench_up; bench_conn; bench_scale; bench_walkthrough; bench_qemu; bench_encrypted ;;
+*) echo "usage: $0 [up|conn|scale|walkthrough|qemu|encrypted|all]" >&2; exit 2 ;;
 esac

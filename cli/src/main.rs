@@ -8,6 +8,7 @@ mod graph;
 mod progress;
 mod publish;
 mod render;
+mod template;
 mod trace;
 mod ui;
 mod walkthrough;

@@ -53,12 +53,7 @@ pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {
     serde_json::to_string(&map).unwrap_or_default()
 }
 
-/// The output format every list command accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
+pub use crate::template::Format;
 
 /// Pretty JSON with 4-space indentation, the way `docker inspect` prints: fields in the
 /// order of the API types, and string-keyed maps (labels, options) sorted by key.

@@ -25,24 +25,6 @@ fn reaches_manager(c: &Cluster, from: &str) -> bool {
         == 0
 }
 
-fn agent_pid(c: &Cluster, node: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/swarmkit/{}/{node}.pid", c.name))
-        .expect("agent pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
 /// Running tasks of `service` as (node hostname, pid).
 fn running(c: &Cluster, service: &str) -> Vec<(String, i32)> {
     let nodes: Vec<serde_json::Value> = c
@@ -110,14 +92,17 @@ fn kill_crashes_a_node_and_start_brings_it_back() {
         !on2.is_empty() && !on1.is_empty(),
         "replicas did not spread: {tasks:?}"
     );
-    let agent = agent_pid(&c, "node2");
+    let agent = common::pid_of(&c, "node2");
     assert!(can_ping(&c, "node1", "192.168.0.12"));
 
     c.sk(&["node", "kill", "node2"]).ok();
-    assert!(!alive(agent), "node2's agent survived the kill");
-    assert!(on2.iter().all(|p| !alive(*p)), "node2's task survived");
+    assert!(!common::alive(agent), "node2's agent survived the kill");
     assert!(
-        on1.iter().all(|p| alive(*p)),
+        on2.iter().all(|p| !common::alive(*p)),
+        "node2's task survived"
+    );
+    assert!(
+        on1.iter().all(|p| common::alive(*p)),
         "node1's task died with node2"
     );
     assert!(
@@ -128,8 +113,8 @@ fn kill_crashes_a_node_and_start_brings_it_back() {
     c.sk(&["node", "kill", "node2"]).ok();
 
     c.sk(&["node", "start", "node2"]).ok();
-    let agent = agent_pid(&c, "node2");
-    assert!(alive(agent), "node start did not start an agent");
+    let agent = common::pid_of(&c, "node2");
+    assert!(common::alive(agent), "node start did not start an agent");
     c.eventually(
         "node2 to reach the manager again",
         Duration::from_secs(10),
@@ -138,7 +123,7 @@ fn kill_crashes_a_node_and_start_brings_it_back() {
     assert!(can_ping(&c, "node1", "192.168.0.12"));
     // Starting a running node is a no-op: the same agent keeps running.
     c.sk(&["node", "start", "node2"]).ok();
-    assert_eq!(agent_pid(&c, "node2"), agent);
+    assert_eq!(common::pid_of(&c, "node2"), agent);
 }
 
 #[test]
@@ -146,7 +131,7 @@ fn isolate_cuts_data_and_control_and_heal_restores_both() {
     require_root!();
     let c = Cluster::up("isolate", 3);
     assert!(reaches_manager(&c, "node2"));
-    let agent = agent_pid(&c, "node2");
+    let agent = common::pid_of(&c, "node2");
 
     c.sk(&["node", "isolate", "node2"]).ok();
     assert!(!can_ping(&c, "node1", "192.168.0.12"), "data path not cut");
@@ -160,7 +145,7 @@ fn isolate_cuts_data_and_control_and_heal_restores_both() {
         can_ping(&c, "node1", "192.168.0.13"),
         "the others lost each other"
     );
-    assert!(alive(agent), "isolation killed the agent");
+    assert!(common::alive(agent), "isolation killed the agent");
 
     c.sk(&["node", "heal", "node2"]).ok();
     // Neighbour entries that failed while cut are resolved again on the next probe (up to a
@@ -171,7 +156,7 @@ fn isolate_cuts_data_and_control_and_heal_restores_both() {
         || reaches_manager(&c, "node2"),
     );
     assert!(can_ping(&c, "node1", "192.168.0.12"));
-    assert_eq!(agent_pid(&c, "node2"), agent);
+    assert_eq!(common::pid_of(&c, "node2"), agent);
 }
 
 #[test]

@@ -7,24 +7,6 @@ use std::time::Duration;
 
 use common::{Cluster, swarmkit};
 
-fn pid_of(c: &Cluster, daemon: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/swarmkit/{}/{daemon}.pid", c.name))
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
-}
-
 fn sigkill(pid: i32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -60,11 +42,11 @@ fn a_dead_manager_is_restarted_and_keeps_its_state() {
     ])
     .ok();
     let before = listings(&c);
-    let old = pid_of(&c, "manager");
+    let old = common::pid_of(&c, "manager");
     sigkill(old);
     c.eventually("a new manager", Duration::from_secs(10), || {
-        let new = pid_of(&c, "manager");
-        new != old && alive(new) && c.sk(&["node", "ls"]).code == 0
+        let new = common::pid_of(&c, "manager");
+        new != old && common::alive(new) && c.sk(&["node", "ls"]).code == 0
     });
     assert_eq!(listings(&c), before);
 }
@@ -78,15 +60,20 @@ fn cluster_up_resumes_a_stopped_cluster_without_losing_state() {
     let before = listings(&c);
     // Everything that restarts things, then the manager and an agent.
     for daemon in ["supervisor", "manager", "node2"] {
-        let pid = pid_of(&c, daemon);
+        let pid = common::pid_of(&c, daemon);
         sigkill(pid);
-        c.eventually("the process to die", Duration::from_secs(5), || !alive(pid));
+        c.eventually("the process to die", Duration::from_secs(5), || {
+            !common::alive(pid)
+        });
     }
     assert_ne!(c.sk(&["node", "ls"]).code, 0, "the manager still answers");
     let r = swarmkit(&["cluster", "up", "--name", &c.name]).ok();
     assert!(r.stdout.contains("up"), "{}", r.stdout);
     for daemon in ["supervisor", "manager", "node2"] {
-        assert!(alive(pid_of(&c, daemon)), "{daemon} was not restarted");
+        assert!(
+            common::alive(common::pid_of(&c, daemon)),
+            "{daemon} was not restarted"
+        );
     }
     assert_eq!(listings(&c), before);
     let ls = c.sk(&["node", "ls"]).ok().stdout;
@@ -102,20 +89,20 @@ fn a_killed_node_stays_down_until_started() {
     require_root!();
     let c = Cluster::up("supkill", 2);
     c.sk(&["node", "kill", "node2"]).ok();
-    let dead = pid_of(&c, "node2");
+    let dead = common::pid_of(&c, "node2");
     // Five supervisor rounds: a restart would have happened by then.
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(1) {
         assert_eq!(
-            pid_of(&c, "node2"),
+            common::pid_of(&c, "node2"),
             dead,
             "the supervisor restarted a killed node"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!alive(dead));
+    assert!(!common::alive(dead));
     c.sk(&["node", "start", "node2"]).ok();
-    assert!(alive(pid_of(&c, "node2")));
+    assert!(common::alive(common::pid_of(&c, "node2")));
 }
 
 #[test]

@@ -159,6 +159,7 @@ mod tests {
             ingress: false,
             labels: Default::default(),
             options: Default::default(),
+            keyring: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod ids;
 pub mod images;
 pub mod ipam;
+pub mod keys;
 pub mod lifecycle;
 pub mod manager;
 pub mod model;

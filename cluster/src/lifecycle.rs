@@ -40,6 +40,42 @@ pub struct UpOptions {
     pub lb: Option<Driver>,
     /// Hosts of the ssh backend (see crate::vm::inventory).
     pub inventory: Option<std::path::PathBuf>,
+    /// UDP port of every network's VXLAN traffic (docker's `--data-path-port`); None: 4789.
+    pub data_path_port: Option<u16>,
+    /// How often encrypted networks get a new key; None: every 12 hours.
+    pub key_rotation: Option<Duration>,
+}
+
+/// The environment carrying `opts`' data-path settings to a new cluster's manager.
+pub(crate) fn manager_env(opts: &UpOptions) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Some(p) = opts.data_path_port {
+        env.push((crate::manager::ENV_DATA_PATH_PORT, p.to_string()));
+    }
+    if let Some(d) = opts.key_rotation {
+        env.push((
+            crate::manager::ENV_KEY_ROTATION_SECS,
+            d.as_secs().to_string(),
+        ));
+    }
+    env
+}
+
+fn validate_data_path(opts: &UpOptions) -> anyhow::Result<()> {
+    if let Some(p) = opts.data_path_port
+        && !(1024..=49151).contains(&p)
+    {
+        bail!("invalid --data-path-port {p}: give a port in 1024-49151 (the default is 4789)");
+    }
+    if let Some(d) = opts.key_rotation
+        && d < Duration::from_secs(10)
+    {
+        bail!(
+            "invalid --key-rotation {}s: give at least 10s (the default is 12h)",
+            d.as_secs()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) use crate::testbed::netns::UNDERLAY_BRIDGE;
@@ -85,6 +121,7 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     if !(1..=200).contains(&opts.nodes) {
         bail!("invalid --nodes {}: give 1 to 200", opts.nodes);
     }
+    validate_data_path(opts)?;
     if opts.backend == Backend::Netns && opts.lb == Some(Driver::Ipvs) {
         // Namespaces share the host's kernel, so what it lacks, every node lacks.
         if netcore::lb::probe() != Driver::Ipvs {
@@ -123,14 +160,9 @@ async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Cluster
         );
     }
     crate::testbed::netns::create_switch(&underlay).await?;
-    supervise::ensure(
-        paths,
-        &Spec::host(
-            "manager",
-            &["__manager"],
-            &[(crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string())],
-        ),
-    )?;
+    let mut env = manager_env(opts);
+    env.push((crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string()));
+    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &env))?;
     supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let plugs = hostnames.iter().enumerate().map(|(i, h)| {
@@ -438,7 +470,11 @@ pub async fn node_exec(
     }
     // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
     if crate::vm::up::is_machine_backend(cluster) {
-        return crate::vm::host::node_exec(cluster, node, sandbox, argv).await;
+        let inside = match sandbox {
+            Some(name) => crate::vm::host::Inside::Sandbox(name),
+            None => crate::vm::host::Inside::Node,
+        };
+        return crate::vm::host::node_exec(cluster, node, inside, argv).await;
     }
     let paths = ClusterPaths::new(cluster);
     let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
@@ -527,6 +563,23 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
     let pid = t["Status"]["ContainerStatus"]["PID"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
+    // On whole machines the pid is the guest's: enter the task from inside its node.
+    if crate::vm::up::is_machine_backend(cluster) {
+        let node_id = t["NodeID"].as_str().unwrap_or_default();
+        let nodes: Vec<bollard::models::Node> = client.get("/nodes").await?;
+        let hostname = nodes
+            .iter()
+            .find(|n| n.id.as_deref() == Some(node_id))
+            .and_then(|n| n.description.as_ref()?.hostname.clone())
+            .ok_or_else(|| anyhow::anyhow!("task {task} is on node {node_id}, which is gone"))?;
+        return crate::vm::host::node_exec(
+            cluster,
+            &hostname,
+            crate::vm::host::Inside::Task(pid),
+            argv,
+        )
+        .await;
+    }
     let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
     run_in(
         vec![

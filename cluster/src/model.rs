@@ -24,7 +24,19 @@ pub struct Network {
     pub ingress: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
+    /// Data-path keys of an encrypted network (`--opt encrypted`); stays in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<crate::keys::Keyring>,
 }
+
+impl Network {
+    pub fn encrypted(&self) -> bool {
+        self.options.contains_key(ENCRYPTED_OPTION)
+    }
+}
+
+/// docker's network option asking for IPsec on the data path.
+pub const ENCRYPTED_OPTION: &str = "encrypted";
 
 /// The dataplane's protocol type is the one the records keep.
 pub use netcore::lb::Protocol;
@@ -256,6 +268,10 @@ pub struct Node {
     /// `node update --label-add`: what `--constraint node.labels.K==V` matches.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the node's kernel lacks for encrypted overlays, as its agent probed it (empty: it
+    /// can encrypt; None: not probed).
+    #[serde(default)]
+    pub ipsec_missing: Option<Vec<String>>,
 }
 
 /// Cluster-wide facts fixed at creation.
@@ -267,4 +283,28 @@ pub struct Meta {
     /// IDs of docker's local default networks (bridge, docker_gwbridge, host, none).
     pub local_networks: BTreeMap<String, String>,
     pub next_fwmark: u32,
+    /// UDP port of every network's VXLAN traffic (`cluster up --data-path-port`); 0: 4789.
+    #[serde(default)]
+    pub data_path_port: u16,
+    /// How often encrypted networks get a new key (`cluster up --key-rotation`); 0: 12 h.
+    #[serde(default)]
+    pub key_rotation_secs: u64,
+}
+
+impl Meta {
+    pub fn data_port(&self) -> u16 {
+        if self.data_path_port == 0 {
+            netcore::overlay::VXLAN_PORT
+        } else {
+            self.data_path_port
+        }
+    }
+
+    pub fn key_rotation(&self) -> std::time::Duration {
+        if self.key_rotation_secs == 0 {
+            crate::keys::DEFAULT_ROTATION
+        } else {
+            std::time::Duration::from_secs(self.key_rotation_secs)
+        }
+    }
 }

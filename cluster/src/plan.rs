@@ -23,6 +23,17 @@ pub struct NodePlan {
     pub tasks: Vec<TaskPlan>,
     pub services: Vec<ServicePlan>,
     pub ingress: Option<IngressPlan>,
+    /// UDP port of all VXLAN traffic (0 in plans from before it existed: 4789).
+    #[serde(default)]
+    pub data_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyringPlan {
+    /// Every key the node receives with.
+    pub keys: Vec<netcore::xfrm::Key>,
+    /// Tag of the key it sends with.
+    pub primary: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,6 +45,12 @@ pub struct NetworkPlan {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub ingress: bool,
+    /// VXLAN of this network travels in ESP between nodes (`--opt encrypted`).
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The keys of an encrypted network; a rotation re-sends the network, never its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<KeyringPlan>,
     /// Endpoints of this network on other nodes.
     pub peers: Vec<PeerPlan>,
 }
@@ -233,6 +250,9 @@ pub struct NodeHeader {
     pub lb_driver: String,
     /// The ingress network and this node's sandbox address on it.
     pub ingress: Option<(String, Ipv4Net)>,
+    /// UDP port of all VXLAN traffic.
+    #[serde(default)]
+    pub data_port: u16,
 }
 
 /// Puts and deletes of one kind of plan object.
@@ -418,6 +438,7 @@ impl PlanState {
             hostname: h.hostname.clone(),
             vtep: h.vtep,
             lb_driver: h.lb_driver.clone(),
+            data_port: h.data_port,
             networks: self
                 .networks
                 .values()

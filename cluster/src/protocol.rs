@@ -22,6 +22,10 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub mesh: String,
     pub kernel: String,
+    /// What the node's kernel lacks for encrypted overlays (empty: nothing), from a real
+    /// attempt (netcore::xfrm::probe).
+    #[serde(default)]
+    pub ipsec_missing: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -147,6 +147,18 @@ impl Store {
             path: path.display().to_string(),
             message,
         };
+        // The store holds encrypted networks' keys: owner-only from its first byte on.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| err(e.to_string()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err(e.to_string()))?;
+        }
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
         let mut state = State::default();
         {
@@ -257,6 +269,17 @@ mod tests {
 
     fn temp_path(tag: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("swarmkit-store-{tag}-{}.redb", std::process::id()))
+    }
+
+    #[test]
+    fn the_store_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_path("mode");
+        let _ = std::fs::remove_file(&path);
+        drop(Store::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(mode & 0o777, 0o600, "the store keeps keys: {mode:o}");
     }
 
     #[test]

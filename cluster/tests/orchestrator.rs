@@ -35,6 +35,7 @@ fn node(state: &mut State, name: &str, i: u8) -> String {
         ingress_addr: format!("10.255.0.{}/16", 1 + i).parse().unwrap(),
         availability: Availability::Active,
         labels: BTreeMap::new(),
+        ipsec_missing: Some(Vec::new()),
     });
     id
 }

@@ -492,3 +492,151 @@ fn ssh_backend_on_bare_guests() {
         "{left}"
     );
 }
+
+/// SWARMKIT_VM_IMAGE (a prebuilt image directory, what flake.nix hands over) is read: a
+/// directory without a kernel is refused by name, and nothing of the cluster is left.
+#[test]
+fn a_prebuilt_image_directory_is_checked() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let name = format!("qimg{}", std::process::id() % 100000);
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(swarmkit().expect("checked by skip_reason"))
+        .args([
+            "cluster",
+            "up",
+            "--name",
+            &name,
+            "--backend",
+            "qemu",
+            "--nodes",
+            "1",
+        ])
+        .env("SWARMKIT_VM_IMAGE", "/nonexistent-sk-image")
+        .output()
+        .expect("running swarmkit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "came up without an image");
+    assert!(
+        stderr.contains("SWARMKIT_VM_IMAGE") && stderr.contains("/nonexistent-sk-image/kernel"),
+        "{stderr}"
+    );
+    assert!(!ClusterPaths::new(&name).run_dir().exists());
+    assert!(!ClusterPaths::new(&name).state_dir().exists());
+}
+
+/// On guests: `--lb ipvs` is judged by the guests' kernel (this host may lack IPVS), `exec
+/// TASK` enters the task from inside its node, and the fault verbs crash, reboot, cut and heal
+/// a guest.
+#[test]
+fn guests_take_ipvs_exec_tasks_and_take_faults() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let name = format!("qf{}", std::process::id() % 100000);
+    let _down = Down(name.clone());
+    ok(&[
+        "cluster",
+        "up",
+        "--name",
+        &name,
+        "--backend",
+        "qemu",
+        "--nodes",
+        "2",
+        "--lb",
+        "ipvs",
+    ]);
+    let c = |args: &[&str]| {
+        let mut all = vec!["--cluster", name.as_str()];
+        all.extend_from_slice(args);
+        ok(&all)
+    };
+    let inspect = c(&["node", "inspect", "node1"]);
+    assert!(
+        inspect.contains("\"swarmkit.lb-driver\": \"ipvs\""),
+        "{inspect}"
+    );
+
+    c(&[
+        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
+    ]);
+    let hostname = poll("the task to run", Duration::from_secs(60), || {
+        let out = sk(&["--cluster", &name, "exec", "sleeper.1", "--", "hostname"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    assert!(
+        !hostname.is_empty() && !hostname.starts_with("node"),
+        "{hostname:?}"
+    );
+
+    let ping = |from: &str, to: &str| {
+        sk(&[
+            "--cluster",
+            &name,
+            "node",
+            "exec",
+            from,
+            "--",
+            "ping",
+            "-c1",
+            "-W1",
+            to,
+        ])
+        .status
+        .success()
+    };
+    let manager = |from: &str| {
+        sk(&[
+            "--cluster",
+            &name,
+            "node",
+            "exec",
+            from,
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:2377/_ping",
+        ])
+        .status
+        .success()
+    };
+    assert!(ping("node1", "192.168.0.12"));
+    c(&["node", "isolate", "node2"]);
+    assert!(!ping("node1", "192.168.0.12"), "data path not cut");
+    assert!(!manager("node2"), "control channel not cut");
+    assert!(manager("node1"));
+    c(&["node", "heal", "node2"]);
+    poll(
+        "node2 to reach the manager",
+        Duration::from_secs(10),
+        || manager("node2").then_some(()),
+    );
+    assert!(ping("node1", "192.168.0.12"));
+
+    let paths = ClusterPaths::new(&name);
+    let guest = cluster::vm::qemu::load_node(&paths, "node2")
+        .unwrap()
+        .pid
+        .unwrap();
+    c(&["node", "kill", "node2"]);
+    assert!(
+        cluster::testbed::procs::dead(guest as i32),
+        "the guest survived"
+    );
+    assert!(!ping("node1", "192.168.0.12"));
+    c(&["node", "start", "node2"]);
+    assert!(ping("node1", "192.168.0.12"));
+    let nodes = c(&["node", "ls"]);
+    assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
+}

@@ -10,3 +10,4 @@ pub mod link;
 pub mod netns;
 pub mod overlay;
 pub mod underlay;
+pub mod xfrm;

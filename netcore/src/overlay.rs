@@ -46,6 +46,8 @@ pub struct OverlaySpec {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// UDP port of the VXLAN traffic (VXLAN_PORT unless the cluster moved it).
+    pub port: u16,
     pub peers: Vec<Peer>,
 }
 
@@ -186,7 +188,7 @@ async fn ensure_vxlan(
     let index = match host.index_of(&name).await? {
         Some(index) => index,
         None => {
-            host.create_vxlan(&name, spec.vni, local_vtep, VXLAN_PORT, spec.mtu)
+            host.create_vxlan(&name, spec.vni, local_vtep, spec.port, spec.mtu)
                 .await?;
             host.require(&name).await?
         }
@@ -304,6 +306,7 @@ mod tests {
             subnet: "10.0.0.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             mtu: 1450,
+            port: VXLAN_PORT,
             peers: vec![],
         }
     }

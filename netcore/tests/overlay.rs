@@ -81,6 +81,7 @@ fn spec(id: &str, vni: u32, net: u8, nodes: &[Node], local: usize) -> OverlaySpe
         subnet: Ipv4Net::new(Ipv4Addr::new(10, 0, net, 0), 24).unwrap(),
         gateway: Ipv4Addr::new(10, 0, net, 1),
         mtu: 1450,
+        port: overlay::VXLAN_PORT,
         peers,
     }
 }

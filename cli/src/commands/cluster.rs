@@ -27,6 +27,13 @@ pub enum ClusterCmd {
         /// Hosts for --backend ssh: a TOML file of [[host]] address, user, key, host_key
         #[arg(long)]
         inventory: Option<std::path::PathBuf>,
+        /// UDP port of every overlay network's VXLAN traffic, as docker swarm init's
+        /// (1024-49151; default 4789)
+        #[arg(long)]
+        data_path_port: Option<u16>,
+        /// How often encrypted networks get a new key: seconds, or with s/m/h (default 12h)
+        #[arg(long, value_parser = parse_interval)]
+        key_rotation: Option<std::time::Duration>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -50,6 +57,23 @@ pub enum ClusterCmd {
     },
 }
 
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 90s, 30m or 12h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} has an unknown unit: use s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
     match cmd {
         ClusterCmd::Up {
@@ -58,6 +82,8 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             backend,
             lb,
             inventory,
+            data_path_port,
+            key_rotation,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             // clap already limited both to their known names.
@@ -67,6 +93,8 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 backend: backend.parse()?,
                 lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
                 inventory,
+                data_path_port,
+                key_rotation,
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;

@@ -134,11 +134,41 @@ where
 pub fn print_inspect<T: serde::Serialize>(
     found: &[T],
     errors: Vec<ClientError>,
+    format: &crate::render::Format,
 ) -> anyhow::Result<i32> {
-    print!("{}", crate::render::inspect_json(found)?);
+    match format {
+        crate::render::Format::Template { text, .. } => {
+            for item in found {
+                let line = crate::template::render(text, &serde_json::to_value(item)?)?;
+                println!("{line}");
+            }
+        }
+        _ => print!("{}", crate::render::inspect_json(found)?),
+    }
     let code = if errors.is_empty() { 0 } else { 1 };
     for err in errors {
         crate::print_error(&err.into());
     }
     Ok(code)
+}
+
+/// One `--filter KEY=VALUE`; the manager checks the keys, as dockerd does.
+pub fn parse_filter(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "bad format of filter {s:?} (expected name=value), e.g. --filter name=web"
+        )),
+    }
+}
+
+/// `--filter` flags as the API's `filters` parameter: values of one key are alternatives.
+pub fn filters(
+    list: &[(String, String)],
+) -> Option<std::collections::HashMap<String, Vec<String>>> {
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (k, v) in list {
+        out.entry(k.clone()).or_default().push(v.clone());
+    }
+    (!out.is_empty()).then_some(out)
 }

@@ -6,7 +6,8 @@ use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use clap::{Args, Subcommand};
 
 use super::{Api, ApiResult};
-use crate::render::{self, Format, Table};
+use crate::render::{self, Format};
+use crate::template::Printer;
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
@@ -21,14 +22,20 @@ pub enum NetworkCmd {
         /// Do not truncate the output
         #[arg(long)]
         no_trunc: bool,
+        /// Filter output based on conditions provided (KEY=VALUE), e.g. label=com.docker.stack.namespace=demo
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+        filter: Vec<(String, String)>,
         /// Output format
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = crate::template::parse)]
         format: Format,
     },
     /// Display detailed information on one or more networks
     Inspect {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
+        /// Format the output using the given Go template
+        #[arg(short, long, value_parser = crate::template::parse)]
+        format: Option<crate::render::Format>,
     },
     /// Remove one or more networks
     #[command(visible_alias = "remove")]
@@ -36,6 +43,52 @@ pub enum NetworkCmd {
         #[arg(required = true, value_name = "NETWORK")]
         networks: Vec<String>,
     },
+    /// Give an encrypted network a new data-path key now; returns once every node sends with it
+    RotateKey {
+        #[arg(value_name = "NETWORK")]
+        network: String,
+    },
+}
+
+/// How long `rotate-key` waits for every node to take the new key.
+const ROTATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn rotate_key(cluster: &str, network: &str) -> anyhow::Result<i32> {
+    use ::cluster::client::{ClientError, ManagerClient};
+    use ::cluster::manager::KeyStatus;
+    let client = ManagerClient::new(&::cluster::paths::ClusterPaths::new(cluster).manager_socket());
+    let base = format!("/swarmkit/v1/networks/{network}");
+    let begun: Result<KeyStatus, _> = client
+        .post(&format!("{base}/rotate-key"), &serde_json::json!({}))
+        .await;
+    let begun = match begun {
+        Ok(s) => s,
+        Err(ClientError::Status { message, .. }) => {
+            eprintln!("Error response from daemon: {message}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = std::time::Instant::now() + ROTATE_DEADLINE;
+    loop {
+        let s: KeyStatus = client.get(&format!("{base}/keys")).await?;
+        if !s.rotating && s.generation >= begun.generation {
+            println!(
+                "{}: new key in use on every node (rotation {})",
+                s.network, s.generation
+            );
+            return Ok(0);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "network {}: the new key was handed out but not every node applied it within \
+                 {ROTATE_DEADLINE:?}; see `swarmkit node ls` for nodes that are down (the rotation \
+                 completes once they are back or removed)",
+                s.network
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[derive(Args, Debug)]
@@ -82,9 +135,13 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
         NetworkCmd::Ls {
             quiet,
             no_trunc,
+            filter,
             format,
         } => {
-            let mut networks = api.docker.list_networks(None).await.api(&api)?;
+            let opts = bollard::query_parameters::ListNetworksOptions {
+                filters: super::filters(&filter),
+            };
+            let mut networks = api.docker.list_networks(Some(opts)).await.api(&api)?;
             networks.sort_by(|a, b| {
                 render::natural_cmp(
                     a.name.as_deref().unwrap_or_default(),
@@ -103,38 +160,44 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
                 networks.into_iter().for_each(|n| println!("{}", id(n.id)));
                 return Ok(0);
             }
-            let mut table = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+            let mut out = Printer::new(
+                &format,
+                &[
+                    "CreatedAt",
+                    "Driver",
+                    "ID",
+                    "IPv4",
+                    "IPv6",
+                    "Internal",
+                    "Labels",
+                    "Name",
+                    "Scope",
+                ],
+                &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+            );
             for n in networks {
                 let (nid, name) = (id(n.id.clone()), n.name.clone().unwrap_or_default());
                 let driver = n.driver.clone().unwrap_or_default();
                 let scope = n.scope.clone().unwrap_or_default();
-                match format {
-                    Format::Json => println!(
-                        "{}",
-                        render::json_line(&[
-                            (
-                                "CreatedAt",
-                                n.created.map(|c| c.to_string()).unwrap_or_default().into()
-                            ),
-                            ("Driver", driver.into()),
-                            ("ID", nid.into()),
-                            ("IPv4", "true".into()),
-                            ("IPv6", n.enable_ipv6.unwrap_or(false).to_string().into()),
-                            ("Internal", n.internal.unwrap_or(false).to_string().into()),
-                            ("Labels", labels_text(n.labels.as_ref()).into()),
-                            ("Name", name.into()),
-                            ("Scope", scope.into()),
-                        ])
-                    ),
-                    Format::Table => table.row(vec![nid, name, driver, scope]),
-                }
+                out.row(
+                    vec![
+                        n.created.map(|c| c.to_string()).unwrap_or_default().into(),
+                        driver.clone().into(),
+                        nid.clone().into(),
+                        "true".into(),
+                        n.enable_ipv6.unwrap_or(false).to_string().into(),
+                        n.internal.unwrap_or(false).to_string().into(),
+                        labels_text(n.labels.as_ref()).into(),
+                        name.clone().into(),
+                        scope.clone().into(),
+                    ],
+                    vec![nid, name, driver, scope],
+                )?;
             }
-            if format == Format::Table {
-                table.print()?;
-            }
+            out.finish()?;
             Ok(0)
         }
-        NetworkCmd::Inspect { networks } => {
+        NetworkCmd::Inspect { networks, format } => {
             let mut found = Vec::new();
             let mut errors = Vec::new();
             for name in &networks {
@@ -144,8 +207,9 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            super::print_inspect(&found, errors)
+            super::print_inspect(&found, errors, &format.unwrap_or(Format::Json))
         }
+        NetworkCmd::RotateKey { network } => rotate_key(cluster, &network).await,
         NetworkCmd::Rm { networks } => {
             let api = &api;
             super::for_each_name(&networks, |name| async move {

@@ -7,7 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
 use super::{Api, ApiResult};
-use crate::render::{self, Format, Table};
+use crate::render::{self, Format};
+use crate::template::Printer;
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
@@ -18,13 +19,16 @@ pub enum NodeCmd {
         #[arg(short, long)]
         quiet: bool,
         /// Output format
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = crate::template::parse)]
         format: Format,
     },
     /// Display detailed information on one or more nodes
     Inspect {
         #[arg(required = true, value_name = "NODE")]
         nodes: Vec<String>,
+        /// Format the output using the given Go template
+        #[arg(short, long, value_parser = crate::template::parse, conflicts_with = "pretty")]
+        format: Option<crate::render::Format>,
         /// Print the information in a human friendly format
         #[arg(long)]
         pretty: bool,
@@ -101,7 +105,11 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             .await
         }
         NodeCmd::Ls { quiet, format } => ls(cluster, quiet, format).await,
-        NodeCmd::Inspect { nodes, pretty } => inspect(cluster, &nodes, pretty).await,
+        NodeCmd::Inspect {
+            nodes,
+            pretty,
+            format,
+        } => inspect(cluster, &nodes, pretty, format).await,
         NodeCmd::Exec {
             netns,
             node,
@@ -196,50 +204,59 @@ async fn ls(cluster: &str, quiet: bool, format: Format) -> anyhow::Result<i32> {
         rows.iter().for_each(|r| println!("{}", r.id));
         return Ok(0);
     }
-    match format {
-        Format::Json => {
-            for r in rows {
-                println!(
-                    "{}",
-                    render::json_line(&[
-                        ("Availability", r.availability.into()),
-                        ("EngineVersion", r.engine_version.into()),
-                        ("Hostname", r.hostname.into()),
-                        ("ID", r.id.into()),
-                        ("ManagerStatus", r.manager_status.into()),
-                        ("Self", Value::Bool(r.is_self)),
-                        ("Status", r.status.into()),
-                        ("TLSStatus", "Unknown".into()),
-                    ])
-                );
-            }
-        }
-        Format::Table => {
-            let mut table = Table::new(&[
-                "ID",
-                "HOSTNAME",
-                "STATUS",
-                "AVAILABILITY",
-                "MANAGER STATUS",
-                "ENGINE VERSION",
-            ]);
-            for r in rows {
-                table.row(vec![
-                    format!("{} {}", r.id, if r.is_self { "*" } else { " " }),
-                    r.hostname,
-                    r.status,
-                    r.availability,
-                    r.manager_status,
-                    r.engine_version,
-                ]);
-            }
-            table.print()?;
-        }
+    let mut out = Printer::new(
+        &format,
+        &[
+            "Availability",
+            "EngineVersion",
+            "Hostname",
+            "ID",
+            "ManagerStatus",
+            "Self",
+            "Status",
+            "TLSStatus",
+        ],
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "ENGINE VERSION",
+        ],
+    );
+    for r in rows {
+        out.row(
+            vec![
+                r.availability.clone().into(),
+                r.engine_version.clone().into(),
+                r.hostname.clone().into(),
+                r.id.clone().into(),
+                r.manager_status.clone().into(),
+                Value::Bool(r.is_self),
+                r.status.clone().into(),
+                "Unknown".into(),
+            ],
+            vec![
+                format!("{} {}", r.id, if r.is_self { "*" } else { " " }),
+                r.hostname,
+                r.status,
+                r.availability,
+                r.manager_status,
+                r.engine_version,
+            ],
+        )?;
     }
+    out.finish()?;
     Ok(0)
 }
 
-async fn inspect(cluster: &str, names: &[String], pretty: bool) -> anyhow::Result<i32> {
+async fn inspect(
+    cluster: &str,
+    names: &[String],
+    pretty: bool,
+    format: Option<Format>,
+) -> anyhow::Result<i32> {
     let api = Api::connect(cluster)?;
     let mut found = Vec::new();
     let mut errors = Vec::new();
@@ -251,7 +268,7 @@ async fn inspect(cluster: &str, names: &[String], pretty: bool) -> anyhow::Resul
         }
     }
     if !pretty {
-        return super::print_inspect(&found, errors);
+        return super::print_inspect(&found, errors, &format.unwrap_or(Format::Json));
     }
     for n in &found {
         print!("{}", pretty_node(n));

@@ -12,7 +12,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::{Api, ApiResult, ClientError};
 use crate::progress;
 use crate::publish::PublishSpec;
-use crate::render::{self, Format, Table};
+use crate::render::{self, Format};
+use crate::template::Printer;
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
@@ -24,8 +25,11 @@ pub enum ServiceCmd {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
+        /// Filter output based on conditions provided (KEY=VALUE), e.g. label=com.docker.stack.namespace=demo
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+        filter: Vec<(String, String)>,
         /// Output format
-        #[arg(long, value_enum, default_value = "table")]
+        #[arg(long, default_value = "table", value_parser = crate::template::parse)]
         format: Format,
     },
     /// List the tasks of one or more services
@@ -36,6 +40,9 @@ pub enum ServiceCmd {
     Inspect {
         #[arg(required = true, value_name = "SERVICE")]
         services: Vec<String>,
+        /// Format the output using the given Go template
+        #[arg(short, long, value_parser = crate::template::parse, conflicts_with = "pretty")]
+        format: Option<crate::render::Format>,
         /// Print the information in a human friendly format
         #[arg(long)]
         pretty: bool,
@@ -153,10 +160,18 @@ pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
     let api = Api::connect(cluster)?;
     match cmd {
         ServiceCmd::Create(args) => create(&api, *args).await,
-        ServiceCmd::Ls { quiet, format } => ls(&api, quiet, format).await,
+        ServiceCmd::Ls {
+            quiet,
+            filter,
+            format,
+        } => ls(&api, quiet, &filter, format).await,
         ServiceCmd::Ps(args) => super::service_ps::ps(&api, args).await,
         ServiceCmd::Logs(args) => super::service_logs::logs(&api, args).await,
-        ServiceCmd::Inspect { services, pretty } => inspect(&api, &services, pretty).await,
+        ServiceCmd::Inspect {
+            services,
+            pretty,
+            format,
+        } => inspect(&api, &services, pretty, format).await,
         ServiceCmd::Scale { targets, detach } => {
             super::service_update::scale(&api, targets, detach).await
         }
@@ -335,10 +350,15 @@ fn mode_of(s: &Service) -> &'static str {
     }
 }
 
-async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
+async fn ls(
+    api: &Api,
+    quiet: bool,
+    filter: &[(String, String)],
+    format: Format,
+) -> anyhow::Result<i32> {
     let opts = ListServicesOptions {
         status: Some(!quiet),
-        ..Default::default()
+        filters: super::filters(filter),
     };
     let mut services = api.docker.list_services(Some(opts)).await.api(api)?;
     services.sort_by(|a, b| render::natural_cmp(&service_name(a), &service_name(b)));
@@ -353,7 +373,11 @@ async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
     } else {
         HashMap::new()
     };
-    let mut table = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
+    let mut out = Printer::new(
+        &format,
+        &["ID", "Image", "Mode", "Name", "Ports", "Replicas"],
+        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
+    );
     for s in &services {
         let (running, desired) = match &s.service_status {
             Some(st) => (st.running_tasks.unwrap_or(0), st.desired_tasks.unwrap_or(0)),
@@ -381,31 +405,19 @@ async fn ls(api: &Api, quiet: bool, format: Format) -> anyhow::Result<i32> {
             .unwrap_or_default();
         let id = render::truncate_id(s.id.as_deref().unwrap_or(""));
         let (name, image) = (service_name(s), render::display_image(&image_of(s)));
-        match format {
-            Format::Json => println!(
-                "{}",
-                render::json_line(&[
-                    ("ID", id.into()),
-                    ("Image", image.into()),
-                    ("Mode", mode_of(s).into()),
-                    ("Name", name.into()),
-                    ("Ports", ports.into()),
-                    ("Replicas", replicas.into()),
-                ])
-            ),
-            Format::Table => table.row(vec![
-                id,
-                name,
-                mode_of(s).to_string(),
-                replicas,
-                image,
-                ports,
-            ]),
-        }
+        out.row(
+            vec![
+                id.clone().into(),
+                image.clone().into(),
+                mode_of(s).into(),
+                name.clone().into(),
+                ports.clone().into(),
+                replicas.clone().into(),
+            ],
+            vec![id, name, mode_of(s).to_string(), replicas, image, ports],
+        )?;
     }
-    if format == Format::Table {
-        table.print()?;
-    }
+    out.finish()?;
     Ok(0)
 }
 
@@ -429,7 +441,12 @@ async fn count_tasks(api: &Api) -> Result<HashMap<String, (u64, u64)>, ClientErr
     Ok(counts)
 }
 
-async fn inspect(api: &Api, names: &[String], pretty: bool) -> anyhow::Result<i32> {
+async fn inspect(
+    api: &Api,
+    names: &[String],
+    pretty: bool,
+    format: Option<Format>,
+) -> anyhow::Result<i32> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in names {
@@ -440,7 +457,7 @@ async fn inspect(api: &Api, names: &[String], pretty: bool) -> anyhow::Result<i3
         }
     }
     if !pretty {
-        return super::print_inspect(&found, errors);
+        return super::print_inspect(&found, errors, &format.unwrap_or(Format::Json));
     }
     for s in &found {
         print!("{}", super::service_ps::pretty_service(s));

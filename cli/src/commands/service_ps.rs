@@ -9,6 +9,7 @@ use clap::Args;
 use super::service::service_name;
 use super::{Api, ApiResult};
 use crate::render::{self, Format, Table};
+use crate::template::Printer;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -20,8 +21,11 @@ pub struct PsArgs {
     /// Do not truncate output
     #[arg(long)]
     no_trunc: bool,
+    /// Filter output based on conditions provided (KEY=VALUE), e.g. label=com.docker.stack.namespace=demo
+    #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+    filter: Vec<(String, String)>,
     /// Output format
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, default_value = "table", value_parser = crate::template::parse)]
     format: Format,
 }
 
@@ -46,7 +50,8 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
     let mut tasks = Vec::new();
     for s in &services {
         let id = s.id.clone().unwrap_or_default();
-        let filters = HashMap::from([("service".to_string(), vec![id])]);
+        let mut filters = super::filters(&args.filter).unwrap_or_default();
+        filters.insert("service".to_string(), vec![id]);
         let opts = ListTasksOptions {
             filters: Some(filters),
         };
@@ -84,26 +89,40 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
         rows.iter().for_each(|r| println!("{}", r.id));
         return Ok(0);
     }
-    match args.format {
-        Format::Json => {
-            for r in rows {
-                println!(
-                    "{}",
-                    render::json_line(&[
-                        ("CurrentState", r.current.into()),
-                        ("DesiredState", r.desired.into()),
-                        ("Error", r.error.into()),
-                        ("ID", r.id.into()),
-                        ("Image", r.image.into()),
-                        ("Name", r.name.into()),
-                        ("Node", r.node.into()),
-                        ("Ports", r.ports.into()),
-                    ])
-                );
-            }
-        }
-        Format::Table => print_table(rows)?,
+    if args.format == Format::Table {
+        print_table(rows)?;
+        return Ok(0);
     }
+    let mut out = Printer::new(
+        &args.format,
+        &[
+            "CurrentState",
+            "DesiredState",
+            "Error",
+            "ID",
+            "Image",
+            "Name",
+            "Node",
+            "Ports",
+        ],
+        &[],
+    );
+    for r in rows {
+        out.row(
+            vec![
+                r.current.into(),
+                r.desired.into(),
+                r.error.into(),
+                r.id.into(),
+                r.image.into(),
+                r.name.into(),
+                r.node.into(),
+                r.ports.into(),
+            ],
+            Vec::new(),
+        )?;
+    }
+    out.finish()?;
     Ok(0)
 }
 

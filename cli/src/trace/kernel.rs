@@ -122,7 +122,12 @@ impl CtEntry {
 pub fn parse_conntrack(out: &str) -> Vec<CtEntry> {
     out.lines()
         .filter_map(|line| {
-            let mut words = line.split_whitespace();
+            let mut words = line.split_whitespace().peekable();
+            // /proc/net/nf_conntrack starts each line with the family: `ipv4 2 tcp 6 ...`.
+            if words.peek().is_some_and(|w| w.starts_with("ipv")) {
+                words.next();
+                words.next();
+            }
             let proto = words.next()?.to_string();
             let mut e = CtEntry {
                 proto,
@@ -180,15 +185,30 @@ pub async fn conntrack(
         argv.extend(["--orig-port-src".into(), want.sport.to_string()]);
     }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = run(cluster, place, &argv).await?;
+    let out = match run(cluster, place, &argv).await {
+        Ok(out) => out,
+        // QEMU guests carry no conntrack tool; their kernel lists the same table in /proc.
+        Err(err) if missing_tool(&format!("{err:#}"), "conntrack") => {
+            run(cluster, place, &["cat", "/proc/net/nf_conntrack"]).await?
+        }
+        Err(err) => return Err(err),
+    };
     Ok(parse_conntrack(&out)
         .into_iter()
         .filter(|e| {
-            (want.src.is_empty() || e.orig.src == want.src)
+            e.proto == proto
+                && (want.sport == 0 || e.orig.sport == want.sport)
+                && (want.src.is_empty() || e.orig.src == want.src)
                 && (want.dst.is_empty() || e.orig.dst == want.dst)
                 && (want.dport == 0 || e.orig.dport == want.dport)
         })
         .collect())
+}
+
+/// The shell's or nsenter's words for a program that is not installed.
+fn missing_tool(err: &str, tool: &str) -> bool {
+    err.contains(&format!("{tool}: not found"))
+        || err.contains(&format!("can't execute '{tool}': No such file"))
 }
 
 /// One line of `ipvsadm -Lnc`: the connection IPVS balanced and where it sent it.
@@ -236,21 +256,47 @@ pub struct VxlanHop {
     pub remote_vtep: Option<String>,
     pub vni: Option<u64>,
     pub tx_packets: Option<u64>,
+    /// No `bridge` tool where the hop was read, so no FDB entry either.
+    pub fdb_unreadable: bool,
 }
 
 pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
-    let neigh: Value = serde_json::from_str(
-        &run(cluster, sandbox, &["ip", "-j", "neigh", "show", "to", addr]).await?,
-    )
-    .unwrap_or(Value::Null);
-    let fdb: Value =
-        serde_json::from_str(&run(cluster, sandbox, &["bridge", "-j", "fdb", "show"]).await?)
-            .unwrap_or(Value::Null);
+    let neigh: Value = match run(cluster, sandbox, &["ip", "-j", "neigh", "show", "to", addr]).await
+    {
+        Ok(out) => serde_json::from_str(&out).unwrap_or(Value::Null),
+        // Busybox's ip (QEMU guests) has no JSON: `ADDR dev DEV lladdr MAC PERMANENT`.
+        Err(_) => {
+            let out = run(cluster, sandbox, &["ip", "neigh", "show", "to", addr]).await?;
+            let words: Vec<&str> = out.split_whitespace().collect();
+            let after = |k: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == k)
+                    .and_then(|i| words.get(i + 1))
+                    .map(|w| Value::String(w.to_string()))
+                    .unwrap_or(Value::Null)
+            };
+            serde_json::json!([{"lladdr": after("lladdr"), "dev": after("dev")}])
+        }
+    };
+    // Guests carry no `bridge` tool; the hop then says the FDB could not be read.
+    let fdb: Option<Value> = run(cluster, sandbox, &["bridge", "-j", "fdb", "show"])
+        .await
+        .ok()
+        .map(|out| serde_json::from_str(&out).unwrap_or(Value::Null));
     let mac = neigh
         .as_array()
         .and_then(|a| a.iter().find_map(|n| n["lladdr"].as_str()))
         .map(str::to_string)
         .unwrap_or_else(|| netcore_mac(addr));
+    let Some(fdb) = fdb else {
+        return Ok(VxlanHop {
+            device: neigh[0]["dev"].as_str().unwrap_or_default().to_string(),
+            mac,
+            fdb_unreadable: true,
+            ..VxlanHop::default()
+        });
+    };
     // A remote peer's MAC has a `dst` (the VTEP) on the vxlan device; a local one sits on
     // a bridge port with no `dst`.
     let entries = fdb.as_array().cloned().unwrap_or_default();
@@ -327,6 +373,11 @@ mod tests {
         );
         assert_eq!(e[1].state, "");
         assert_eq!(e[1].reply.src, "10.0.0.9");
+        let proc_line = "ipv4     2 tcp      6 117 TIME_WAIT src=127.0.0.1 dst=127.0.0.1 sport=35346 dport=9200 src=10.255.0.6 dst=172.18.255.254 sport=9200 dport=35346 [ASSURED] mark=0 zone=0 use=2";
+        let e = parse_conntrack(proc_line);
+        assert_eq!(e[0].proto, "tcp");
+        assert_eq!(e[0].state, "TIME_WAIT");
+        assert_eq!(e[0].reply.src, "10.255.0.6");
     }
 
     #[test]

@@ -356,8 +356,19 @@ async fn follow(
     let mut node = start_node.to_string();
     // A connection crosses at most node -> sandbox -> task (mesh) or task -> task (VIP).
     for _ in 0..5 {
-        let entries = kernel::conntrack(cluster, &place, "tcp", &want).await?;
         let here = place_label(topo, &place);
+        let entries = match kernel::conntrack(cluster, &place, "tcp", &want).await {
+            Ok(entries) => entries,
+            Err(err) => {
+                hops.push(Hop {
+                    place: here,
+                    what: format!("cannot read the conntrack table: {err:#}"),
+                    evidence: "conntrack -L".into(),
+                    anchors: Vec::new(),
+                });
+                return Ok(None);
+            }
+        };
         let Some(e) = pick(&entries) else {
             hops.push(Hop {
                 place: here,
@@ -441,6 +452,22 @@ async fn follow(
                 place = Place::Sandbox(node.clone(), "ingress_sbox".into());
                 want = onward;
             }
+            // Where the node's own IPVS balances (mesh `node`, QEMU guests), the sandbox sends
+            // a connection from the node's localhost back to the node, since IPVS will not
+            // balance a loopback source.
+            None if e.dnat() && matches!(place, Place::Sandbox(..)) => {
+                hops.push(Hop {
+                    place: here,
+                    what: format!(
+                        "hairpin {} => back to the node as {}:{} -> {}:{}",
+                        e.orig, onward.src, onward.sport, onward.dst, onward.dport
+                    ),
+                    evidence,
+                    anchors: vec![Anchor::Sandbox(node.clone())],
+                });
+                place = Place::Node(node.clone());
+                want = onward;
+            }
             None => {
                 hops.push(Hop {
                     place: here,
@@ -501,6 +528,15 @@ async fn overlay_hop(
             .unwrap_or_else(|| "no node of this cluster".into())
     };
     let what = match &hop.remote_vtep {
+        None if hop.fdb_unreadable => format!(
+            "{addr} is {} on {} (no `bridge` tool here to read the FDB's remote VTEP)",
+            hop.mac,
+            if hop.device.is_empty() {
+                "?"
+            } else {
+                &hop.device
+            }
+        ),
         Some(vtep) => format!(
             "VXLAN {} VNI {}: {addr} is {} at remote VTEP {vtep} ({}){}",
             hop.device,

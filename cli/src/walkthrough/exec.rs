@@ -123,6 +123,19 @@ impl Runner {
                     self.swarmkit(&["node", "exec", node, "--", "sh", "-c", line])
                 }
                 Target::Task(task) => self.swarmkit(&["exec", task, "--", "sh", "-c", line]),
+                Target::Underlay => {
+                    let ns = cluster::paths::ClusterPaths::new(&self.cluster).underlay_ns();
+                    Invocation {
+                        program: "nsenter".into(),
+                        args: vec![
+                            format!("--net={}/{ns}", netcore::netns::NETNS_RUN_DIR),
+                            "sh".into(),
+                            "-c".into(),
+                            line.to_string(),
+                        ],
+                        env: vec![("SK_WALK_CLUSTER".into(), self.cluster.clone())],
+                    }
+                }
             },
         }
     }

@@ -131,10 +131,11 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
 
     let started = Instant::now();
     let name = unique_cluster_name(cluster, std::process::id())?;
+    let client = plan.client.unwrap_or(args.client);
     let runner = Runner {
         exe: std::env::current_exe().context("finding the swarmkit executable")?,
         cluster: name.clone(),
-        client: args.client,
+        client,
     };
     let display = Display::new(plan.command_count());
     display.line(&format!(
@@ -142,7 +143,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         plan.name,
         plan.title,
         plan.nodes,
-        match args.client {
+        match client {
             Client::Swarmkit => "swarmkit",
             Client::Docker => "docker",
         }
@@ -168,6 +169,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
                 runner: &runner,
                 display: &display,
                 snapshot: accepted.as_deref(),
+                backend: args.backend.as_str(),
             };
             // Interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), it still tears down.
             let mut term =
@@ -213,6 +215,20 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         // (its expected output, assertions, timeouts) must still pass.
         if report.mismatches > report.snapshot_mismatches {
             println!("snapshot not updated: fix the failures the walkthrough itself reports first");
+            return Ok(1);
+        }
+        // A transcript with skipped blocks would drop their accepted entries.
+        let backend = args.backend.as_str();
+        if let Some(b) = plan
+            .blocks
+            .iter()
+            .find(|b| !b.backends.is_empty() && !b.backends.iter().any(|x| x == backend))
+        {
+            println!(
+                "snapshot not updated: block {} runs on the {} backend only; update there",
+                b.number,
+                b.backends.join(", ")
+            );
             return Ok(1);
         }
         let path = dir.join(format!("{}.snap", plan.name));

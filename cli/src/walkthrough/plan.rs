@@ -27,6 +27,9 @@ pub enum PlanError {
 pub enum Target {
     Node(String),
     Task(String),
+    /// This host, inside the cluster's underlay namespace: the wire between the nodes, where
+    /// a capture shows what really crosses it (`console underlay`).
+    Underlay,
 }
 
 impl std::fmt::Display for Target {
@@ -34,6 +37,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Node(n) => write!(f, "node={n}"),
             Target::Task(t) => write!(f, "task={t}"),
+            Target::Underlay => write!(f, "underlay"),
         }
     }
 }
@@ -43,6 +47,7 @@ impl Target {
     pub fn label(&self) -> &str {
         match self {
             Target::Node(n) | Target::Task(n) => n,
+            Target::Underlay => "underlay",
         }
     }
 }
@@ -71,6 +76,9 @@ pub struct Block {
     /// Re-run each command until its output matches the Markdown, for at most this long.
     pub retry_secs: Option<u64>,
     pub timeout_secs: u64,
+    /// `backend=netns`: the block shows what only these backends have (say, the sandbox
+    /// layout of the routing mesh); on any other it is skipped, its snapshot entries kept.
+    pub backends: Vec<String>,
     pub commands: Vec<Command>,
     pub assertions: Vec<Assertion>,
 }
@@ -80,6 +88,9 @@ pub struct Plan {
     pub name: String,
     pub title: String,
     pub nodes: usize,
+    /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
+    /// `--client` says.
+    pub client: Option<super::Client>,
     pub blocks: Vec<Block>,
 }
 
@@ -106,6 +117,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         message,
     };
     let mut nodes = DEFAULT_NODES;
+    let mut client = None;
     let mut blocks: Vec<Block> = Vec::new();
     let mut lines = markdown.lines().enumerate().map(|(i, l)| (i + 1, l));
 
@@ -135,6 +147,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                         err(lineno, format!("bad node count {n:?}"))
                                     })?
                             }
+                            Some(("client", "docker")) => client = Some(super::Client::Docker),
                             _ => return Err(err(lineno, format!("unknown setting {word:?}"))),
                         }
                     }
@@ -157,6 +170,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         name: name.to_string(),
         title: title_of(markdown),
         nodes,
+        client,
         blocks,
     })
 }
@@ -204,6 +218,7 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
         patterns: Vec::new(),
         retry_secs: None,
         timeout_secs: DEFAULT_TIMEOUT_SECS,
+        backends: Vec::new(),
         commands: Vec::new(),
         assertions: Vec::new(),
     };
@@ -215,7 +230,9 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
             Some(("normalize", p)) => block.patterns = split_list(p),
             Some(("retry", v)) => block.retry_secs = Some(secs(v)?),
             Some(("timeout", v)) => block.timeout_secs = secs(v)?,
+            Some(("backend", b)) => block.backends = split_list(b),
             None if word == "nocheck" => block.nocheck = true,
+            None if word == "underlay" => target = Some(Target::Underlay),
             _ => return Err(format!("unknown block attribute {word:?}")),
         }
     }

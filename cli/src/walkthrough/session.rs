@@ -28,6 +28,8 @@ pub struct Session<'a> {
     pub display: &'a Display,
     /// The accepted snapshot, when there is one.
     pub snapshot: Option<&'a [Entry]>,
+    /// The cluster's backend, for blocks that run only on some (`backend=`).
+    pub backend: &'a str,
 }
 
 struct Ran {
@@ -47,7 +49,18 @@ impl Session<'_> {
             snapshot_mismatches: 0,
             entries: Vec::new(),
         };
+        // Position in the snapshot: it also counts the commands of skipped blocks.
+        let mut index = 0;
         for block in &self.plan.blocks {
+            if !block.backends.is_empty() && !block.backends.iter().any(|b| b == self.backend) {
+                index += block.commands.len();
+                self.display.line(&format!(
+                    "  skipped: block {} runs on the {} backend only",
+                    block.number,
+                    block.backends.join(", ")
+                ));
+                continue;
+            }
             let mut raw_outputs = Vec::new();
             for command in &block.commands {
                 let ran = self.run_command(block, command).await?;
@@ -57,7 +70,8 @@ impl Session<'_> {
                     command: command.line.clone(),
                     output: ran.transcript.clone(),
                 };
-                let (own, snap) = self.check(block, command, &ran, &entry, report.commands);
+                let (own, snap) = self.check(block, command, &ran, &entry, index);
+                index += 1;
                 report.mismatches += own + snap;
                 report.snapshot_mismatches += snap;
                 report.commands += 1;
@@ -82,14 +96,13 @@ impl Session<'_> {
             }
         }
         let snapshot_len = self.snapshot.map_or(0, <[Entry]>::len);
-        if snapshot_len > report.entries.len() {
+        if snapshot_len > index {
             report.mismatches += 1;
             report.snapshot_mismatches += 1;
             self.display.line(&format!(
                 "MISMATCH: the snapshot has {} commands, the walkthrough ran {}; \
                  run with --update if the walkthrough changed",
-                snapshot_len,
-                report.entries.len()
+                snapshot_len, index
             ));
         }
         Ok(report)
@@ -248,6 +261,7 @@ mod tests {
             runner: &runner,
             display: &display,
             snapshot: snap,
+            backend: "netns",
         };
         let report = session.run().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -291,5 +305,20 @@ mod tests {
         let failing = PLAN.replace("'^x$' 1", "'^y$' 1");
         let r = run_plan(&failing, None, "h").await;
         assert_eq!((r.mismatches, r.snapshot_mismatches), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn blocks_for_other_backends_are_skipped_and_keep_their_snapshot_place() {
+        // A qemu-only block first: skipped here, its snapshot entry passed over, not compared
+        // with the next block's command.
+        let plan = format!("```console node=node1 backend=qemu\n$ printf 'q\\n'\nq\n```\n{PLAN}");
+        let full = run_plan(&plan.replace("backend=qemu", "backend=netns"), None, "i").await;
+        assert_eq!((full.commands, full.mismatches), (3, 0));
+        let r = run_plan(&plan, Some(&full.entries), "j").await;
+        assert_eq!((r.commands, r.mismatches, r.snapshot_mismatches), (2, 0, 0));
+        let mut changed = full.entries.clone();
+        changed[2].output = vec!["y".into()];
+        let r = run_plan(&plan, Some(&changed), "k").await;
+        assert_eq!(r.snapshot_mismatches, 1);
     }
 }

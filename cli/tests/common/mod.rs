@@ -170,3 +170,23 @@ pub fn es_names(out: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The pid a cluster daemon (the manager, or a node's agent) recorded in its run directory.
+pub fn pid_of(c: &Cluster, daemon: &str) -> i32 {
+    std::fs::read_to_string(format!("/run/swarmkit/{}/{daemon}.pid", c.name))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Whether `pid` runs (a zombie does not count: it has exited).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}

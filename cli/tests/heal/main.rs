@@ -274,7 +274,14 @@ fn draining_a_node_moves_its_tasks_without_a_failed_request() {
     let (code, _, err) = docker(&["node", "rm", "node3"]);
     assert_ne!(code, 0);
     assert!(err.contains("is not down"), "{err}");
-    let r = c.sk(&["node", "rm", "node1"]);
+    // The first node to register leads, whichever that was.
+    let leader = out
+        .lines()
+        .find(|l| l.contains("Leader"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("node")))
+        .expect("a leader in node ls")
+        .to_string();
+    let r = c.sk(&["node", "rm", &leader]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("manager"), "{}", r.stderr);
 }

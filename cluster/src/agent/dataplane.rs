@@ -10,6 +10,7 @@ use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort, RouterAddrs, Sand
 use netcore::lb::{self, Driver, Frontend, LoadBalancer, VirtualService};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
+use netcore::xfrm::{Ipsec, IpsecSpec, NetworkIpsec};
 
 use crate::model::{EndpointMode, Protocol};
 use crate::paths::ClusterPaths;
@@ -48,15 +49,56 @@ pub struct Dataplane {
     mesh: MeshLayout,
     sandboxes: HashMap<String, Sandbox>,
     ingress: Option<Ingress>,
+    /// Opened with the first encrypted network, kept after (the kernel state is what matters).
+    ipsec: Option<Ipsec>,
 }
 
-fn spec_of(n: &NetworkPlan) -> OverlaySpec {
+/// The data port a plan asks for (plans from before it existed carry 0).
+fn data_port(plan: &NodePlan) -> u16 {
+    if plan.data_port == 0 {
+        overlay::VXLAN_PORT
+    } else {
+        plan.data_port
+    }
+}
+
+/// The IPsec the plan's encrypted networks need on this node: SAs and policies towards every
+/// node that has endpoints on them.
+fn ipsec_of(plan: &NodePlan, local: Ipv4Addr) -> IpsecSpec {
+    IpsecSpec {
+        local,
+        port: data_port(plan),
+        networks: plan
+            .networks
+            .iter()
+            .filter(|n| n.encrypted)
+            .filter_map(|n| {
+                let ring = n.keyring.as_ref()?;
+                Some(NetworkIpsec {
+                    network_id: n.id.clone(),
+                    vni: n.vni,
+                    keys: ring.keys.clone(),
+                    primary: ring.primary,
+                    peers: n
+                        .peers
+                        .iter()
+                        .map(|p| p.vtep)
+                        .filter(|v| *v != local)
+                        .collect(),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn spec_of(n: &NetworkPlan, port: u16) -> OverlaySpec {
     OverlaySpec {
         network_id: n.id.clone(),
         vni: n.vni,
         subnet: n.subnet,
         gateway: n.gateway,
         mtu: n.mtu,
+        port,
         peers: n
             .peers
             .iter()
@@ -87,12 +129,38 @@ impl Dataplane {
             mesh,
             sandboxes: HashMap::new(),
             ingress: None,
+            ipsec: None,
         }
     }
 
+    /// Installs the SAs, policies and nftables rules of the plan's encrypted networks. Runs
+    /// before the overlays change, so a new peer's VXLAN is never sent before it is encrypted.
+    pub async fn install_ipsec(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        let spec = ipsec_of(plan, self.vtep);
+        if self.ipsec.is_none() && spec.networks.is_empty() {
+            return Ok(());
+        }
+        let ipsec = match &mut self.ipsec {
+            Some(i) => i,
+            None => self.ipsec.insert(Ipsec::new(&self.node)?),
+        };
+        ipsec.install(&spec).await?;
+        Ok(())
+    }
+
+    /// Removes what `install_ipsec` put in and the plan no longer needs. Runs after the
+    /// overlays dropped their peers, so nothing still sends through what is removed.
+    pub async fn prune_ipsec(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        if let Some(ipsec) = &mut self.ipsec {
+            ipsec.prune(&ipsec_of(plan, self.vtep)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn apply_networks(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        let port = data_port(plan);
         for n in &plan.networks {
-            let spec = spec_of(n);
+            let spec = spec_of(n, port);
             if self.sandboxes.get(&n.id).is_some_and(|s| s.spec == spec) {
                 continue;
             }

@@ -75,8 +75,17 @@ async fn read(
         buf.extend_from_slice(&chunk[..n]);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            if tx.send(emit(&line[..pos])).await.is_err() {
-                return;
+            // A line can outgrow MAX_LINE between two reads; it is cut like an unended one.
+            let body = &line[..pos];
+            let pieces: Vec<&[u8]> = if body.is_empty() {
+                vec![body]
+            } else {
+                body.chunks(MAX_LINE).collect()
+            };
+            for piece in pieces {
+                if tx.send(emit(piece)).await.is_err() {
+                    return;
+                }
             }
         }
         while buf.len() >= MAX_LINE {

@@ -102,6 +102,44 @@ async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Resu
     }
 }
 
+/// Set by a QEMU guest's init once its ESP and crypto modules are loaded (see vm/guest/rc.node).
+const ESP_MODULES_DONE: &str = "/run/swarmkit-modules-esp.done";
+const DATAPLANE_MODULES_DONE: &str = "/run/swarmkit-modules.done";
+const ESP_MODULES_WAIT: Duration = Duration::from_secs(60);
+
+/// What this kernel lacks for encrypted overlays (empty: nothing), by really trying.
+async fn probe_ipsec(node: &NetNs) -> Vec<String> {
+    // A guest loads its ESP modules off the path to a ready node; probing before they are in
+    // would report them missing.
+    if std::path::Path::new(DATAPLANE_MODULES_DONE).exists() {
+        let start = std::time::Instant::now();
+        while !std::path::Path::new(ESP_MODULES_DONE).exists() {
+            if start.elapsed() > ESP_MODULES_WAIT {
+                tracing::warn!(
+                    "{ESP_MODULES_DONE} did not appear within {ESP_MODULES_WAIT:?}; probing anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    match netcore::xfrm::probe(node).await {
+        Ok(()) => Vec::new(),
+        Err(netcore::xfrm::XfrmError::Unsupported { missing }) => {
+            tracing::info!(
+                "encrypted overlays unavailable here: missing {}",
+                missing.join(", ")
+            );
+            missing
+        }
+        // The node still serves plain overlays; encrypted ones are refused with the reason.
+        Err(e) => {
+            tracing::warn!("probing the kernel for IPsec ESP: {e}");
+            vec![format!("a working IPsec probe ({e})")]
+        }
+    }
+}
+
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     let node = match std::env::var(ENV_NODE_NS).as_deref() {
@@ -141,6 +179,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
+        ipsec_missing: Some(probe_ipsec(&node).await),
     };
     let node_id = register(&client, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
@@ -509,6 +548,10 @@ impl Agent {
     /// last), so a change costs in proportion to what it touches.
     async fn apply(&mut self, plan: &NodePlan, prev: Option<&NodePlan>) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
+        self.dataplane
+            .install_ipsec(plan)
+            .await
+            .context("encrypted networks")?;
         self.dataplane.apply_networks(plan).await?;
         let networks = started.elapsed();
         self.dataplane.apply_ingress(plan).await?;
@@ -602,6 +645,10 @@ impl Agent {
         tokio::task::block_in_place(|| self.host_ports.apply(&host_ports))
             .context("host-mode ports")?;
         self.dataplane.prune_networks(plan).await;
+        self.dataplane
+            .prune_ipsec(plan)
+            .await
+            .context("encrypted networks")?;
         Ok(())
     }
 

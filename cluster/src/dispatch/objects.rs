@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use crate::model::{EndpointMode, PublishMode, Task};
 use crate::plan::{
-    AttachmentPlan, HostPortPlan, IngressPort, NetworkPeer, NetworkPlan, NodeHeader, PeerKey,
-    PortKey, ServicePlan, TaskPlan, keeps_running, serves_traffic, task_name,
+    AttachmentPlan, HostPortPlan, IngressPort, KeyringPlan, NetworkPeer, NetworkPlan, NodeHeader,
+    PeerKey, PortKey, ServicePlan, TaskPlan, keeps_running, serves_traffic, task_name,
 };
 use crate::store::State;
 
@@ -213,6 +213,7 @@ pub fn header(state: &State, idx: &Index, node: &str) -> NodeHeader {
         vtep: Some(n.addr),
         lb_driver: n.lb_driver.clone(),
         ingress: idx.ingress_net.clone().map(|id| (id, n.ingress_addr)),
+        data_port: state.meta.data_port(),
     }
 }
 
@@ -227,8 +228,17 @@ pub fn network(state: &State, idx: &Index, node: &str, id: &str) -> Option<Netwo
         vni: n.vni,
         subnet: n.subnet,
         gateway: n.gateway,
-        mtu: crate::ipam::OVERLAY_MTU,
+        mtu: if n.encrypted() {
+            netcore::xfrm::ENCRYPTED_MTU
+        } else {
+            crate::ipam::OVERLAY_MTU
+        },
         ingress: n.ingress,
+        encrypted: n.encrypted(),
+        keyring: n.keyring.as_ref().map(|k| KeyringPlan {
+            keys: k.keys.clone(),
+            primary: k.primary,
+        }),
         peers: Vec::new(),
     })
 }

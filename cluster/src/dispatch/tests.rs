@@ -33,6 +33,7 @@ fn node(n: u8) -> Node {
         ingress_addr: format!("10.255.0.{}/16", 1 + n).parse().unwrap(),
         availability: Default::default(),
         labels: Default::default(),
+        ipsec_missing: Default::default(),
     }
 }
 
@@ -50,6 +51,7 @@ fn network(id: &str, subnet: &str, vni: u32, ingress: bool) -> Network {
         ingress,
         labels: Default::default(),
         options: Default::default(),
+        keyring: None,
     }
 }
 
@@ -448,4 +450,43 @@ fn after_a_manager_restart_running_tasks_stay_running_and_draining_ones_wait() {
             .iter()
             .any(|t| t.id == "web2")
     );
+}
+
+/// A key rotation re-sends the encrypted network (with its keyring) to the nodes that have
+/// it, and never its peers: its cost does not grow with the network's endpoints.
+#[test]
+fn a_key_rotation_resends_the_network_not_its_peers() {
+    let s0 = commit(&Arc::new(cluster()), |s| {
+        let mut app = s.networks.get("app").unwrap().clone();
+        app.options.insert("encrypted".into(), String::new());
+        app.keyring = Some(crate::keys::Keyring::new(t0()).unwrap());
+        s.put_network(app);
+    });
+    let mut d = Dispatcher::new(s0.clone(), 0);
+    let full = d.take("node1id", None).unwrap().delta.unwrap();
+    let app = full.networks.put.iter().find(|n| n.id == "app").unwrap();
+    assert!(app.encrypted);
+    assert_eq!(app.mtu, netcore::xfrm::ENCRYPTED_MTU);
+    assert_eq!(app.keyring.as_ref().unwrap().keys.len(), 1);
+    for n in ["node2id", "node3id"] {
+        d.take(n, None).unwrap();
+    }
+    let v = s0.version;
+    let s1 = commit(&s0, |s| {
+        let mut app = s.networks.get("app").unwrap().clone();
+        app.keyring
+            .as_mut()
+            .unwrap()
+            .begin_rotation(v + 1, t0())
+            .unwrap();
+        s.put_network(app);
+    });
+    d.advance(s1);
+    for n in ["node1id", "node2id", "node3id"] {
+        // Every node has `app` (web on node1 and node2, db on node3).
+        let delta = d.take(n, Some(v)).unwrap().delta.unwrap();
+        assert_eq!(delta.len(), 1, "{n}: only the network: {delta:?}");
+        let ring = delta.networks.put[0].keyring.as_ref().unwrap();
+        assert_eq!(ring.keys.len(), 2, "{n} receives with the new key");
+    }
 }

@@ -85,6 +85,7 @@ pub async fn register(
                 n.lb_driver = req.lb_driver.clone();
                 n.mesh = req.mesh.clone();
                 n.kernel = req.kernel.clone();
+                n.ipsec_missing = req.ipsec_missing.clone();
                 n.updated = now;
                 n
             }
@@ -107,6 +108,7 @@ pub async fn register(
                     lb_driver: req.lb_driver.clone(),
                     mesh: req.mesh.clone(),
                     kernel: req.kernel.clone(),
+                    ipsec_missing: req.ipsec_missing.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,
                     availability: Default::default(),
                     labels: Default::default(),

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::ipam::IpamError;
+use crate::keys::RandomError;
 use crate::orchestrator::ScheduleError;
 use crate::store::StoreError;
 
@@ -26,6 +27,8 @@ pub enum ApiError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 impl ApiError {
@@ -40,7 +43,7 @@ impl ApiError {
             }
             ApiError::Schedule(ScheduleError::Ipam(_)) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::NoNodes) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Store(_) | ApiError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

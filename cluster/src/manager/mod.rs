@@ -8,6 +8,7 @@ mod logs;
 mod lookup;
 mod networks;
 mod nodes;
+mod rotation;
 mod services;
 mod system;
 mod tasks;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 pub use agents::{Heartbeat, node_down};
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
+pub use rotation::KeyStatus;
 
 use crate::dispatch::Dispatcher;
 use crate::model::{Meta, Network};
@@ -86,6 +88,7 @@ impl Manager {
                     created: Some(chrono::Utc::now()),
                     local_networks: local,
                     next_fwmark: 256,
+                    ..settings_from_env()
                 });
             }
             if !s.networks.values().any(|n| n.ingress) {
@@ -102,6 +105,7 @@ impl Manager {
                     ingress: true,
                     labels: Default::default(),
                     options: Default::default(),
+                    keyring: None,
                 });
             }
             Ok::<_, ApiError>(())
@@ -164,6 +168,22 @@ impl Manager {
     }
 }
 
+/// Environment `cluster up` passes to a new cluster's manager: its data-path settings,
+/// recorded in the store's Meta when the cluster is created.
+pub const ENV_DATA_PATH_PORT: &str = "SWARMKIT_DATA_PATH_PORT";
+pub const ENV_KEY_ROTATION_SECS: &str = "SWARMKIT_KEY_ROTATION_SECS";
+
+fn settings_from_env() -> Meta {
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    Meta {
+        data_path_port: num(ENV_DATA_PATH_PORT)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0),
+        key_rotation_secs: num(ENV_KEY_ROTATION_SECS).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
 /// Docker clients prefix paths with `/v1.NN`; route on the rest.
 async fn strip_version(mut req: Request) -> Request {
     let path = req.uri().path();
@@ -215,6 +235,11 @@ pub fn router(m: Shared) -> Router {
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
         .route("/swarmkit/v1/agents", get(agents::status))
+        .route(
+            "/swarmkit/v1/networks/{id}/rotate-key",
+            post(rotation::rotate),
+        )
+        .route("/swarmkit/v1/networks/{id}/keys", get(rotation::keys))
         .route("/swarmkit/v1/agents/register", post(agents::register))
         .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
         .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
@@ -243,6 +268,7 @@ pub async fn serve(
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
     tokio::spawn(agents::watch_liveness(m.clone()));
+    tokio::spawn(rotation::run(m.clone()));
     tokio::spawn(updater::run(m));
     let unix = axum::serve(
         listener,

@@ -11,7 +11,8 @@ use super::extract::{self, Query};
 use super::lookup::{ListQuery, find, labels_match, parse_filters};
 use super::{ApiError, ApiResult, Shared};
 use crate::ipam;
-use crate::model::Network;
+use crate::keys::Keyring;
+use crate::model::{ENCRYPTED_OPTION, Network};
 use crate::store::State as StoreState;
 
 const LOCAL: [(&str, &str); 4] = [
@@ -158,6 +159,37 @@ fn validate_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// Refuses an encrypted network unless every node's kernel proved (by its agent's probe) that
+/// it can carry ESP with AES-GCM, so nothing is created that could never encrypt.
+fn check_ipsec(s: &StoreState) -> ApiResult<()> {
+    let mut lacking: Vec<String> = Vec::new();
+    for n in s.nodes.values() {
+        match &n.ipsec_missing {
+            Some(missing) if missing.is_empty() => {}
+            Some(missing) => lacking.push(format!(
+                "{} (kernel {}) lacks {}",
+                n.hostname,
+                n.kernel,
+                missing.join(" and ")
+            )),
+            None => lacking.push(format!(
+                "{} has not reported whether its kernel can encrypt (an agent from an older swarmkit)",
+                n.hostname
+            )),
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "encrypted overlay networks need IPsec ESP with AES-GCM ({}) in every node's kernel: {}. \
+         Nothing was created. Use a cluster whose nodes boot such a kernel \
+         (swarmkit cluster up --backend qemu), or drop --opt encrypted",
+        netcore::xfrm::AEAD_ALG,
+        lacking.join("; ")
+    )))
+}
+
 pub async fn create(
     State(m): State<Shared>,
     extract::Json(req): extract::Json<NetworkCreateRequest>,
@@ -175,11 +207,9 @@ pub async fn create(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    if options.contains_key("encrypted") {
-        return Err(ApiError::BadRequest(
-            "encrypted overlay networks (--opt encrypted) are not supported yet: create the network without --opt encrypted"
-                .into(),
-        ));
+    let encrypted = options.contains_key(ENCRYPTED_OPTION);
+    if encrypted {
+        check_ipsec(&m.store.snapshot())?;
     }
     if req.enable_ipv6 == Some(true) {
         return Err(ApiError::BadRequest(
@@ -250,6 +280,11 @@ pub async fn create(
             ingress: false,
             labels: req.labels.clone().unwrap_or_default().into_iter().collect(),
             options: options.clone(),
+            keyring: if encrypted {
+                Some(Keyring::new(chrono::Utc::now())?)
+            } else {
+                None
+            },
         };
         let id = n.id.clone();
         s.put_network(n);

@@ -15,6 +15,8 @@ use crate::ssh::{self, Session, Target, shell_quote};
 /// Port the agent dials inside a node; SSH forwards it to the manager.
 pub const MANAGER_PORT: u32 = 2377;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A guest under TCG on a loaded host reaches its SSH server in well under this.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Where the agent binary lives inside a node built from our image.
 pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
 
@@ -122,9 +124,7 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
 async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
     // The console says when init is done; from then on a refused connection comes back at
     // once, and the banner poll finds the moment the server really answers.
-    while !super::qemu::console_ready(paths, node) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    super::qemu::wait_console(paths, node, CONSOLE_TIMEOUT).await?;
     loop {
         let addr = node.ssh.clone();
         if tokio::task::spawn_blocking(move || super::qemu::banner(&addr))
@@ -185,12 +185,23 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `node exec` on a whole-machine node: the command runs through SSH with its output
-/// streamed; returns the remote exit code.
+/// Where in a node a command runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Inside<'a> {
+    /// The node's own namespaces.
+    Node,
+    /// One of its sandboxes, by short name (`ingress_sbox`, `1-<network id>`).
+    Sandbox(&'a str),
+    /// A task's namespaces (net, uts, mnt), by the task's pid in the node.
+    Task(u64),
+}
+
+/// `node exec` and `exec TASK` on a whole-machine node: the command runs through SSH with its
+/// output streamed; returns the remote exit code.
 pub async fn node_exec(
     cluster: &str,
     node: &str,
-    sandbox: Option<&str>,
+    inside: Inside<'_>,
     argv: &[String],
 ) -> anyhow::Result<i32> {
     let paths = ClusterPaths::new(cluster);
@@ -208,9 +219,10 @@ pub async fn node_exec(
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ");
-    let enter = match sandbox {
-        None => String::new(),
-        Some(name) => {
+    let enter = match inside {
+        Inside::Node => String::new(),
+        Inside::Task(pid) => format!("exec nsenter -t {pid} -n -u -m --"),
+        Inside::Sandbox(name) => {
             // The node's own listing, so a miss names the sandboxes it does have.
             let listing = s
                 .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))

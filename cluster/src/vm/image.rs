@@ -73,6 +73,9 @@ pub const ESP_MODULES: &[&str] = &[
     "authenc",
     // drbg seeds itself from jitterentropy when it loads: the RNG must be there first.
     "jitterentropy_rng",
+    // The default stdrng is drbg's hmac(sha512) one; without sha512 every AEAD state (ESP's
+    // IV generator asks stdrng) fails with "unable to initialize cryptographic operations".
+    "sha512_generic",
     "drbg",
 ];
 
@@ -86,7 +89,13 @@ const TOOLS: &[(&[&str], &str)] = &[
     (&["/usr/sbin/nft", "/sbin/nft"], "/usr/sbin/nft"),
     (&["/usr/sbin/ipvsadm", "/sbin/ipvsadm"], "/usr/sbin/ipvsadm"),
     (&["/usr/bin/curl"], "/usr/bin/curl"),
+    (&["/usr/bin/iperf3"], "/usr/bin/iperf3"),
+    // iproute2's own `ip`, to observe xfrm state in tests (busybox's applet has no xfrm);
+    // off PATH so the init scripts keep busybox's.
+    (&["/usr/bin/ip", "/bin/ip", "/sbin/ip"], IPROUTE2_IP),
 ];
+/// Where a guest has iproute2's `ip`.
+pub const IPROUTE2_IP: &str = "/usr/lib/iproute2/ip";
 const BUSYBOX: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
 
 #[derive(Debug, thiserror::Error)]

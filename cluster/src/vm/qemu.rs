@@ -527,7 +527,12 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         key_file: client_key_file(paths),
         pid: Some(pid),
         lb: spec.lb,
-        binary: Some(super::host::GUEST_BINARY.to_string()),
+        // A foreign image (SWARMKIT_VM_IMAGE) gets this build uploaded.
+        binary: spec
+            .image
+            .volume
+            .is_some()
+            .then(|| super::host::GUEST_BINARY.to_string()),
         launch: Some(launch),
     };
     save_node(paths, &node).map_err(io("saving the node's SSH details"))?;
@@ -668,6 +673,31 @@ pub async fn wait_ssh(paths: &ClusterPaths, node: &VmNode, deadline: Duration) -
     }
 }
 
+/// Waits until the guest's console says it is ready for SSH (see [`console_ready`]); fails
+/// at once when QEMU died, and after `deadline` otherwise.
+pub async fn wait_console(paths: &ClusterPaths, node: &VmNode, deadline: Duration) -> Result<()> {
+    let start = Instant::now();
+    while !console_ready(paths, node) {
+        if let Some(pid) = node.pid
+            && crate::testbed::procs::dead(pid as i32)
+        {
+            return Err(QemuError::Died {
+                node: node.name.clone(),
+                log: paths.log_file(&format!("{}.qemu", node.name)),
+            });
+        }
+        if start.elapsed() > deadline {
+            return Err(QemuError::SshTimeout {
+                node: node.name.clone(),
+                after: deadline,
+                console: paths.log_file(&format!("{}.console", node.name)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Whether the guest's init said it is about to start its SSH server. Until then, connecting
 /// is worse than waiting: QEMU's user-mode NIC accepts the connection, loses its SYN to a
 /// guest whose network is not up yet, and retries it only seconds later. Machines that are
@@ -702,5 +732,47 @@ mod tsc_tests {
         let (a, b) = (super::measure_tsc_khz(), super::measure_tsc_khz());
         assert!((100_000..10_000_000).contains(&a), "{a} kHz");
         assert!(a.abs_diff(b) * 100 < a, "{a} kHz then {b} kHz");
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    fn node(pid: u32) -> VmNode {
+        VmNode {
+            name: "node1".into(),
+            addr: "192.168.0.11/24".parse().unwrap(),
+            ssh: "127.0.0.1:1".into(),
+            user: "root".into(),
+            host_key: String::new(),
+            key_file: PathBuf::new(),
+            pid: Some(pid),
+            lb: None,
+            binary: None,
+            launch: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_guest_is_noticed_while_waiting_for_its_console() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let paths = ClusterPaths::new("sktest-console-dead");
+        let r = wait_console(&paths, &node(pid), Duration::from_secs(60)).await;
+        assert!(matches!(r, Err(QemuError::Died { .. })), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn the_console_wait_has_a_deadline() {
+        let paths = ClusterPaths::new("sktest-console-silent");
+        let r = wait_console(
+            &paths,
+            &node(std::process::id()),
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(matches!(r, Err(QemuError::SshTimeout { .. })), "{r:?}");
     }
 }

@@ -32,13 +32,31 @@ pub async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<Clu
     }
     let underlay = NetNs::create(&paths.underlay_ns())?;
     netcore::underlay::create_switch(&underlay, crate::lifecycle::UNDERLAY_BRIDGE).await?;
-    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure(
+        paths,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &crate::lifecycle::manager_env(opts),
+        ),
+    )?;
     supervise::ensure_supervisor(paths)?;
     let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
     let progress = NodeProgress::new(&hostnames, start);
 
-    let img =
-        tokio::task::spawn_blocking(|| image::build(&image::BuildOptions::default())).await??;
+    // A prebuilt image (how flake.nix hands over NixOS guests), or ours, built or cached.
+    let img = match std::env::var_os(image::ENV_IMAGE_DIR) {
+        Some(dir) => image::from_dir(std::path::Path::new(&dir)).map_err(|e| {
+            anyhow::anyhow!(
+                "{} points at no usable image ({e}): give a directory with kernel, initrd and optionally cmdline",
+                image::ENV_IMAGE_DIR
+            )
+        })?,
+        None => {
+            tokio::task::spawn_blocking(|| image::build(&image::BuildOptions::default()))
+                .await??
+        }
+    };
     progress.note(&format!(
         "image {}{}",
         img.hash,
@@ -86,9 +104,7 @@ async fn bare(
     progress: &NodeProgress,
 ) -> anyhow::Result<ClusterInfo> {
     let waits = nodes.iter().map(|n| async move {
-        while !qemu::console_ready(paths, n) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        qemu::wait_console(paths, n, SSH_TIMEOUT).await?;
         crate::lifecycle::wait_until(&format!("ssh on {}", n.name), SSH_TIMEOUT, || async {
             let a = n.ssh.clone();
             tokio::task::spawn_blocking(move || qemu::banner(&a))
@@ -124,7 +140,14 @@ pub async fn build_ssh(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result
         crate::ssh::ensure_client_key(&n.key_file)?;
         qemu::save_node(paths, n)?;
     }
-    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &[]))?;
+    supervise::ensure(
+        paths,
+        &Spec::host(
+            "manager",
+            &["__manager"],
+            &crate::lifecycle::manager_env(opts),
+        ),
+    )?;
     supervise::ensure_supervisor(paths)?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let progress = NodeProgress::new(&names, start);
