@@ -1,6 +1,9 @@
 //! A bounded HTTP load from inside a node: a few clients, each opening a new TCP connection
 //! per request (as `ab` without -k does) to a published port on the node's localhost, so
 //! every request crosses the node's routing mesh. It counts what failed and when.
+//! Shared by the heal and failover suites, which read different parts of the report.
+
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
