@@ -70,7 +70,7 @@ fn swarm_spec(name: &str) -> SwarmSpec {
             heartbeat_tick: Some(1),
         }),
         dispatcher: Some(SwarmSpecDispatcher {
-            heartbeat_period: Some(super::agents::NODE_TIMEOUT.as_nanos() as i64 / 3),
+            heartbeat_period: Some(super::agents::DEFAULT_HEARTBEAT.as_nanos() as i64),
         }),
         ca_config: Some(SwarmSpecCaConfig {
             node_cert_expiry: Some(90 * 24 * 3600 * 1_000_000_000),
