@@ -65,17 +65,17 @@ pub struct Cluster {
 impl Cluster {
     /// A fresh cluster named after the test (and this process, so parallel runs never meet).
     pub fn up(tag: &str, nodes: usize) -> Cluster {
+        Cluster::up_with(tag, nodes, &[])
+    }
+
+    /// A fresh cluster with more `cluster up` flags (`--backend qemu`).
+    pub fn up_with(tag: &str, nodes: usize, flags: &[&str]) -> Cluster {
         let name = format!("t{}-{tag}", std::process::id() % 100000);
         let c = Cluster { name };
-        swarmkit(&[
-            "cluster",
-            "up",
-            "--name",
-            &c.name,
-            "--nodes",
-            &nodes.to_string(),
-        ])
-        .ok();
+        let nodes = nodes.to_string();
+        let mut args = vec!["cluster", "up", "--name", &c.name, "--nodes", &nodes];
+        args.extend_from_slice(flags);
+        swarmkit(&args).ok();
         c
     }
 
