@@ -191,6 +191,33 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     c.eventually("every agent in sync", Duration::from_secs(20), || {
         all_in_sync(&c)
     });
+    // A task on node2 that writes all along: its output must neither kill it (a write with
+    // no reader) nor be lost or repeated across the restart.
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "ticker",
+        "--constraint",
+        "node.hostname==node2",
+        "alpine",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done",
+    ])
+    .ok();
+    let ticks = || -> Vec<u64> {
+        c.sk(&["service", "logs", "--raw", "ticker"])
+            .ok()
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    c.eventually("the ticker's first lines", Duration::from_secs(20), || {
+        ticks().len() >= 3
+    });
+    let ticker = running_tasks(&c, "ticker");
     let before = running_tasks(&c, "web");
     assert_eq!(before.len(), 3);
     let agent = agent_pid(&c, "node2");
@@ -213,6 +240,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     ])
     .ok();
     c.sk(&["service", "scale", "--detach", "web=2"]).ok();
+    let seen_at_kill = ticks().len();
     signal(agent, "KILL");
     c.eventually(
         "node2's agent back and in sync",
@@ -223,6 +251,23 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
                 && running_tasks(&c, "api").len() == 3
                 && running_tasks(&c, "web").len() == 2
         },
+    );
+    assert_eq!(
+        running_tasks(&c, "ticker"),
+        ticker,
+        "the ticker survived its agent's restart as the same process"
+    );
+    c.eventually(
+        "ticks from after the restart",
+        Duration::from_secs(20),
+        || ticks().len() > seen_at_kill + 10,
+    );
+    let all = ticks();
+    let n = all.len() as u64;
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every line once, in order, across the restart"
     );
     let node2 = &channel(&c)["node2"];
     assert!(node2["sent"]["full"].as_u64().unwrap() >= 2, "{node2}");

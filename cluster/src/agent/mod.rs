@@ -478,6 +478,9 @@ impl Agent {
             }
         };
         tracing::info!(task = t.name, pid = rec.pid, "adopted");
+        if let Err(e) = self.logs.follow(&t.id, &dir) {
+            tracing::warn!("{}: its output is not read: {e}", t.name);
+        }
         let id = t.id.clone();
         let events = self.events.clone();
         let pid = rec.pid;
@@ -692,8 +695,11 @@ impl Agent {
             _ => t.args.clone(),
         };
         let dir = self.paths.task_dir(&t.id);
-        let mut child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
-        self.logs.capture(&t.id, &mut child);
+        let outputs = logs::outputs(&dir).context("the task's output FIFOs")?;
+        self.logs
+            .follow(&t.id, &dir)
+            .context("reading the task's output")?;
+        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv, outputs)?;
         let pid = child.id();
         if let Some(p) = pid {
             let rec = adopt::Record {
