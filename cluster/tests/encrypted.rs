@@ -10,7 +10,10 @@
 //! - rotation under load: `network rotate-key` during pings and HTTP requests loses nothing,
 //!   and the outbound SPIs change;
 //! - membership: scaling onto a third node installs its SAs on every peer, scaling away
-//!   removes them everywhere.
+//!   removes them everywhere;
+//! - node loss: a guest killed outright (`swarmkit node kill`) is marked down by its missed
+//!   heartbeats, its task is replaced on a live guest, every peer drops its SAs, and once it
+//!   is started again no slot runs twice.
 //!
 //! Needs root, qemu-system-x86_64, the Debian kernel package (or a cached one), tcpdump,
 //! python3 and a built `swarmkit` binary next to the test binary; each missing piece skips.
@@ -649,6 +652,95 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         );
     }
     eprintln!("membership: SAs followed the scale to 3 and back to 1");
+
+    // -- node loss: a guest dies; its SAs leave every peer, its task comes back elsewhere.
+    c.sk(&["service", "scale", "app=3"]);
+    let three = poll("three running tasks", Duration::from_secs(120), || {
+        let t = c.tasks("app");
+        (t.len() == 3).then_some(t)
+    });
+    let victim = three
+        .iter()
+        .map(|t| t.node.clone())
+        .find(|n| *n != a.node)
+        .expect("a task off the first node");
+    let v_vtep = c.node_addr(&victim);
+    let node_down = |node: &str| {
+        c.sk(&["node", "ls"])
+            .lines()
+            .any(|l| l.contains(node) && l.contains("Down"))
+    };
+    let t = Instant::now();
+    c.sk(&["node", "kill", &victim]);
+    poll(
+        "the killed guest marked down",
+        Duration::from_secs(30),
+        || node_down(&victim).then_some(()),
+    );
+    let down_after = t.elapsed();
+    let replaced = poll(
+        "three running tasks, none on the dead guest",
+        Duration::from_secs(120),
+        || {
+            let t = c.tasks("app");
+            (t.len() == 3 && t.iter().all(|t| t.node != victim)).then_some(t)
+        },
+    );
+    let replaced_after = t.elapsed();
+    let survivors: Vec<&str> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != victim)
+        .collect();
+    for node in &survivors {
+        poll("no SA with the dead guest", Duration::from_secs(30), || {
+            let s = c.spis(node);
+            (!s.iter().any(|l| l.contains(&v_vtep))).then_some(())
+        });
+    }
+    let sas_gone_after = t.elapsed();
+    // The replacement is reachable through ESP from the first task.
+    let moved = replaced
+        .iter()
+        .find(|r| !three.iter().any(|o| o.id == r.id))
+        .expect("a replacement task");
+    let mut last = String::new();
+    let reached = Instant::now();
+    while !last.contains("200") {
+        assert!(
+            reached.elapsed() < Duration::from_secs(30),
+            "the replacement {moved:?} does not answer {}: {last}",
+            a.node
+        );
+        last = text(&c.in_task(
+            &a,
+            &format!(
+                "curl -s -m 5 -o /dev/null -w %{{http_code}} http://{}/",
+                moved.addrs["sec"]
+            ),
+        ));
+    }
+    let answers_after = t.elapsed();
+    eprintln!(
+        "node loss on qemu: {victim} down after {:.2}s, task replaced after {:.2}s, its SAs gone \
+         from {survivors:?} after {:.2}s, the replacement answers through ESP after {:.2}s",
+        down_after.as_secs_f64(),
+        replaced_after.as_secs_f64(),
+        sas_gone_after.as_secs_f64(),
+        answers_after.as_secs_f64()
+    );
+    c.sk(&["node", "start", &victim]);
+    poll("the guest ready again", Duration::from_secs(180), || {
+        c.sk(&["node", "ls"])
+            .lines()
+            .any(|l| l.contains(&victim) && l.contains("Ready"))
+            .then_some(())
+    });
+    let after = c.tasks("app");
+    assert_eq!(
+        after.len(),
+        3,
+        "no slot runs twice after the guest is back: {after:?}"
+    );
 }
 
 /// The routing walkthrough, unchanged except that `mydrupal` is created encrypted: drupal and
