@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, alive, pid_of, swarmkit};
 
 fn api(c: &Cluster, path: &str) -> serde_json::Value {
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
@@ -66,13 +66,6 @@ fn signal(pid: i32, sig: &str) {
             .unwrap()
             .success()
     );
-}
-
-fn alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 /// Pids of the running tasks of a service (from the API), by task ID.
@@ -142,36 +135,11 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
 }
 
 /// A cluster whose daemons see `env` (the manager reads its heartbeat settings from it).
-fn up_with_env(tag: &str, nodes: usize, env: &[(&str, &str)]) -> Cluster {
-    let c = Cluster {
-        name: format!("t{}-{tag}", std::process::id() % 100000),
-    };
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "120", env!("CARGO_BIN_EXE_swarmkit")])
-        .args([
-            "cluster",
-            "up",
-            "--name",
-            &c.name,
-            "--nodes",
-            &nodes.to_string(),
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .expect("swarmkit runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c
-}
-
 #[test]
 fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state() {
     require_root!();
     // Long enough a heartbeat timeout that the hung agent below is not declared down.
-    let c = up_with_env("chan-restart", 3, &[("SWARMKIT_HEARTBEAT_MISSES", "20")]);
+    let c = Cluster::up_with("chan-restart", 3, &["--heartbeat-misses", "20"]);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     c.sk(&[
@@ -374,4 +342,59 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     c.eventually("every agent in sync", Duration::from_secs(20), || {
         all_in_sync(&c)
     });
+}
+
+/// The heartbeat is set at `cluster up`, shown as docker shows its dispatcher's, and kept by a
+/// restarted manager; nonsense is refused before anything exists.
+#[test]
+fn heartbeat_settings_are_the_clusters_and_survive_a_manager_restart() {
+    require_root!();
+    let c = Cluster::up_with(
+        "chan-hb",
+        1,
+        &["--heartbeat-period", "200ms", "--heartbeat-misses", "2"],
+    );
+    let sock = cluster::paths::ClusterPaths::new(&c.name).manager_socket();
+    let period = || -> Option<i64> {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "-m", "2", "--unix-socket"])
+            .arg(&sock)
+            .arg("http://swarmkit/swarm")
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["Spec"]["Dispatcher"]["HeartbeatPeriod"].as_i64()
+    };
+    assert_eq!(period(), Some(200_000_000));
+    let manager = pid_of(&c, "manager");
+    signal(manager, "KILL");
+    c.eventually("the manager restarted", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/run/swarmkit/{}/manager.pid", c.name))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|p| p != manager && alive(p))
+            && period().is_some()
+    });
+    assert_eq!(
+        period(),
+        Some(200_000_000),
+        "the restarted manager's heartbeat"
+    );
+
+    for (flags, named) in [
+        (["--heartbeat-misses", "0"], "--heartbeat-misses"),
+        (["--heartbeat-period", "5ms"], "--heartbeat-period"),
+    ] {
+        let name = format!("{}-bad", c.name);
+        let mut args = vec!["cluster", "up", "--name", &name];
+        args.extend_from_slice(&flags);
+        let r = swarmkit(&args);
+        assert_ne!(r.code, 0, "{flags:?} accepted");
+        assert!(r.stderr.contains(named), "{}", r.stderr);
+        let ls = swarmkit(&["cluster", "ls"]).ok().stdout;
+        assert!(
+            !ls.contains(&name),
+            "{flags:?} left a cluster behind:\n{ls}"
+        );
+    }
 }

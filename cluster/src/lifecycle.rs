@@ -44,6 +44,10 @@ pub struct UpOptions {
     pub data_path_port: Option<u16>,
     /// How often encrypted networks get a new key; None: every 12 hours.
     pub key_rotation: Option<Duration>,
+    /// Agents' heartbeat period (docker's `--dispatcher-heartbeat`); None: 500 ms.
+    pub heartbeat: Option<Duration>,
+    /// Heartbeats a node may miss before it is down; None: 3.
+    pub heartbeat_misses: Option<u32>,
 }
 
 /// The environment carrying `opts`' data-path settings to a new cluster's manager.
@@ -57,6 +61,12 @@ pub(crate) fn manager_env(opts: &UpOptions) -> Vec<(&'static str, String)> {
             crate::manager::ENV_KEY_ROTATION_SECS,
             d.as_secs().to_string(),
         ));
+    }
+    if let Some(d) = opts.heartbeat {
+        env.push((crate::manager::ENV_HEARTBEAT_MS, d.as_millis().to_string()));
+    }
+    if let Some(n) = opts.heartbeat_misses {
+        env.push((crate::manager::ENV_HEARTBEAT_MISSES, n.to_string()));
     }
     env
 }
@@ -74,6 +84,17 @@ fn validate_data_path(opts: &UpOptions) -> anyhow::Result<()> {
             "invalid --key-rotation {}s: give at least 10s (the default is 12h)",
             d.as_secs()
         );
+    }
+    if let Some(d) = opts.heartbeat
+        && !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&d)
+    {
+        bail!(
+            "invalid --heartbeat-period {}ms: give 50ms to 60s (the default is 500ms)",
+            d.as_millis()
+        );
+    }
+    if opts.heartbeat_misses == Some(0) {
+        bail!("invalid --heartbeat-misses 0: give at least 1 (the default is 3)");
     }
     Ok(())
 }

@@ -34,6 +34,13 @@ pub enum ClusterCmd {
         /// How often encrypted networks get a new key: seconds, or with s/m/h (default 12h)
         #[arg(long, value_parser = parse_interval)]
         key_rotation: Option<std::time::Duration>,
+        /// How often agents report to the manager, as docker swarm init's --dispatcher-heartbeat
+        /// (e.g. 500ms, 2s; default 500ms)
+        #[arg(long, value_parser = super::service_policy::parse_duration, value_name = "DURATION")]
+        heartbeat_period: Option<std::time::Duration>,
+        /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
+        #[arg(long, value_name = "N")]
+        heartbeat_misses: Option<u32>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -84,6 +91,8 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             inventory,
             data_path_port,
             key_rotation,
+            heartbeat_period,
+            heartbeat_misses,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             // clap already limited both to their known names.
@@ -95,6 +104,8 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 inventory,
                 data_path_port,
                 key_rotation,
+                heartbeat: heartbeat_period,
+                heartbeat_misses,
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;
