@@ -1,65 +1,21 @@
-//! Bringing clusters up and down on the netns backend, and running commands inside nodes and
-//! tasks. `up` builds the underlay and node namespaces over netlink while the manager starts,
-//! then starts one agent per node and returns once every node is ready.
+//! A cluster's life on any backend: `cluster up` (new, or resuming one that stopped), `cluster
+//! down`, `cluster ls`, and running commands on nodes and in tasks. What differs by backend is
+//! behind [`NodeBackend`]; this module reaches it only through the kind in the cluster's record.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use netcore::netns::{NetNs, enter_raw};
-use nix::sched::CloneFlags;
-use serde::{Deserialize, Serialize};
+use netcore::netns::NetNs;
 
 use crate::client::ManagerClient;
 use crate::paths::{ClusterPaths, OWNER_ENV, validate_cluster_name};
-use crate::testbed::Backend;
+use crate::testbed::record::{backend_of, note_backend, record_up};
 use crate::testbed::supervise::{self, Spec};
-use netcore::lb::Driver;
+use crate::testbed::{Inside, NodeBackend, TestbedError, wait_until};
+use crate::with_backend;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub name: String,
-    pub backend: Backend,
-    pub nodes: Vec<String>,
-    /// The load balancer asked for at `cluster up`; None: each agent probes its kernel.
-    #[serde(default)]
-    pub lb: Option<Driver>,
-    pub created: chrono::DateTime<chrono::Utc>,
-    /// Whether the manager answers right now.
-    #[serde(default)]
-    pub running: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct UpOptions {
-    pub name: String,
-    pub nodes: usize,
-    pub backend: Backend,
-    /// None means each agent probes its kernel.
-    pub lb: Option<Driver>,
-    /// Hosts of the ssh backend (see crate::vm::inventory).
-    pub inventory: Option<std::path::PathBuf>,
-    /// UDP port of every network's VXLAN traffic (docker's `--data-path-port`); None: 4789.
-    pub data_path_port: Option<u16>,
-    /// How often encrypted networks get a new key; None: every 12 hours.
-    pub key_rotation: Option<Duration>,
-}
-
-/// The environment carrying `opts`' data-path settings to a new cluster's manager.
-pub(crate) fn manager_env(opts: &UpOptions) -> Vec<(&'static str, String)> {
-    let mut env = Vec::new();
-    if let Some(p) = opts.data_path_port {
-        env.push((crate::manager::ENV_DATA_PATH_PORT, p.to_string()));
-    }
-    if let Some(d) = opts.key_rotation {
-        env.push((
-            crate::manager::ENV_KEY_ROTATION_SECS,
-            d.as_secs().to_string(),
-        ));
-    }
-    env
-}
+pub use crate::testbed::record::{ClusterInfo, UpOptions, read_info};
 
 fn validate_data_path(opts: &UpOptions) -> anyhow::Result<()> {
     if let Some(p) = opts.data_path_port
@@ -78,35 +34,11 @@ fn validate_data_path(opts: &UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) use crate::testbed::netns::UNDERLAY_BRIDGE;
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
 fn require_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "swarmkit needs root to create network namespaces and program the kernel: run it with sudo"
         );
-    }
-    Ok(())
-}
-
-pub(crate) async fn wait_until<F, Fut>(
-    what: &str,
-    deadline: Duration,
-    mut check: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    while !check().await {
-        if start.elapsed() > deadline {
-            bail!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
     Ok(())
 }
@@ -118,18 +50,8 @@ fn manager_running(paths: &ClusterPaths) -> bool {
 pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     require_root()?;
     validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
-    if !(1..=200).contains(&opts.nodes) {
-        bail!("invalid --nodes {}: give 1 to 200", opts.nodes);
-    }
     validate_data_path(opts)?;
-    if opts.backend == Backend::Netns && opts.lb == Some(Driver::Ipvs) {
-        // Namespaces share the host's kernel, so what it lacks, every node lacks.
-        if netcore::lb::probe() != Driver::Ipvs {
-            bail!(
-                "this kernel has no IPVS (CONFIG_IP_VS), so netns nodes cannot use --lb ipvs: use --lb nftables, or the qemu backend whose guests have IPVS"
-            );
-        }
-    }
+    with_backend!(opts.backend, b => b.check(opts))?;
     let paths = ClusterPaths::new(&opts.name);
     if let Some(info) = read_info(&paths) {
         return resume(info, &paths).await;
@@ -140,77 +62,15 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
     }
     std::fs::create_dir_all(paths.run_dir())?;
     std::fs::create_dir_all(paths.state_dir())?;
-
-    let result = match opts.backend {
-        Backend::Qemu => crate::vm::up::build(opts, &paths).await,
-        Backend::Ssh => crate::vm::up::build_ssh(opts, &paths).await,
-        Backend::Netns => build(opts, &paths).await,
+    note_backend(&paths, opts.backend)?;
+    let result = match with_backend!(opts.backend, b => b.up(opts, &paths).await) {
+        Ok(nodes) => record_up(opts, &paths, nodes).map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
     };
     if result.is_err() {
         let _ = down(&opts.name).await;
     }
     result
-}
-
-async fn build(opts: &UpOptions, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
-    let underlay = NetNs::create(&paths.underlay_ns())?;
-    if !netcore::link::probe_vxlan(&underlay).await? {
-        bail!(
-            "this kernel cannot create VXLAN devices (CONFIG_VXLAN): overlay networks need it; use a kernel with VXLAN or the qemu backend"
-        );
-    }
-    crate::testbed::netns::create_switch(&underlay).await?;
-    let mut env = manager_env(opts);
-    env.push((crate::testbed::netns::ENV_UNDERLAY_LISTEN, "1".to_string()));
-    supervise::ensure(paths, &Spec::host("manager", &["__manager"], &env))?;
-    supervise::ensure_supervisor(paths)?;
-    let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
-    let plugs = hostnames.iter().enumerate().map(|(i, h)| {
-        let underlay = underlay.clone();
-        let ns_name = paths.node_ns(h);
-        async move {
-            let node = NetNs::create(&ns_name)?;
-            netcore::underlay::plug(
-                &underlay,
-                UNDERLAY_BRIDGE,
-                &format!("p{}", i + 1),
-                &node,
-                "eth0",
-                crate::testbed::netns::node_addr(i + 1),
-            )
-            .await?;
-            Ok::<_, anyhow::Error>(node)
-        }
-    });
-    let nodes = futures::future::try_join_all(plugs).await?;
-
-    let client = ManagerClient::new(&paths.manager_socket());
-    wait_until("the manager to answer", READY_TIMEOUT, || async {
-        client.get::<serde_json::Value>("/swarm").await.is_ok()
-    })
-    .await
-    .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
-
-    // The agents dial the manager across the underlay; each opens its node's namespace.
-    drop(nodes);
-    for (i, h) in hostnames.iter().enumerate() {
-        supervise::ensure(
-            paths,
-            &crate::testbed::netns::agent_spec(i + 1, h, opts.lb, paths),
-        )?;
-    }
-    let want = opts.nodes;
-    wait_until("every node to be ready", READY_TIMEOUT, || async {
-        client
-            .get::<Vec<bollard::models::Node>>("/nodes")
-            .await
-            .map(|ns| ns.iter().filter(|n| crate::testbed::node_ready(n)).count() == want)
-            .unwrap_or(false)
-    })
-    .await
-    .with_context(|| format!("see the node logs in {}", paths.run_dir().display()))?;
-
-    record_up(opts, paths, hostnames)
 }
 
 /// `cluster up` on a cluster that is recorded as up: starts whatever of it is not running (the
@@ -244,19 +104,18 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<Clust
         supervise::ensure(paths, spec)?;
     }
     supervise::ensure_supervisor(paths)?;
+    crate::testbed::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
-    wait_until("the manager to answer", READY_TIMEOUT, || async {
-        client.get::<serde_json::Value>("/swarm").await.is_ok()
-    })
-    .await
-    .with_context(|| format!("see {}", paths.log_file("manager").display()))?;
     for node in &info.nodes {
         if supervise::killed_marker(paths, node).exists() {
             continue;
         }
-        wait_until(&format!("{node} to be ready"), RESUME_TIMEOUT, || {
-            crate::testbed::hostname_ready(&client, node)
-        })
+        wait_until(
+            &format!("{node} to be ready"),
+            RESUME_TIMEOUT,
+            &paths.run_dir(),
+            || crate::testbed::hostname_ready(&client, node),
+        )
         .await?;
     }
     Ok(ClusterInfo {
@@ -267,31 +126,6 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<Clust
 
 /// Agents that were down reconnect within their retry back-off.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Writes the record `cluster ls` reads, once every node of a new cluster is up.
-pub(crate) fn record_up(
-    opts: &UpOptions,
-    paths: &ClusterPaths,
-    nodes: Vec<String>,
-) -> anyhow::Result<ClusterInfo> {
-    let info = ClusterInfo {
-        name: opts.name.clone(),
-        backend: opts.backend,
-        nodes,
-        lb: opts.lb,
-        created: chrono::Utc::now(),
-        running: true,
-    };
-    write_atomically(&paths.info_file(), &serde_json::to_vec_pretty(&info)?)?;
-    Ok(info)
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(tmp, path)
-}
 
 /// Live processes (this one aside) carrying this cluster's owner mark, found through /proc so
 /// that a crash that lost pid files still leaves nothing behind. Zombies are already dead:
@@ -332,11 +166,11 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     if !known && namespaces.is_empty() && procs.is_empty() {
         bail!("no cluster named {name:?}: see swarmkit cluster ls");
     }
-    // --- backend dispatch: existing hosts clean up after themselves over SSH ---
-    let remote_errors = if crate::vm::up::is_ssh_backend(name) {
-        crate::vm::host::remote_down(name).await
-    } else {
-        Vec::new()
+    // What the backend made beyond this host's cluster-named objects goes first, while the
+    // records that lead to it still exist.
+    let remote_errors = match backend_of(&paths) {
+        Some(kind) => with_backend!(kind, b => b.down(&paths).await),
+        None => Vec::new(),
     };
     // The supervisor first, or it would restart what is being stopped.
     if let Some(pid) = supervise::supervisor(&paths) {
@@ -351,6 +185,7 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     wait_until(
         "cluster processes to exit",
         Duration::from_secs(5),
+        &paths.run_dir(),
         || async {
             procs
                 .iter()
@@ -390,11 +225,6 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// The cluster's record, once `cluster up` has finished.
-pub fn read_info(paths: &ClusterPaths) -> Option<ClusterInfo> {
-    serde_json::from_slice(&std::fs::read(paths.info_file()).ok()?).ok()
-}
-
 pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
     let Ok(dir) = std::fs::read_dir(crate::paths::STATE_ROOT) else {
         return Ok(Vec::new());
@@ -415,42 +245,8 @@ pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
     Ok(out)
 }
 
-fn open_ns(path: &str, flag: CloneFlags) -> anyhow::Result<(std::fs::File, CloneFlags)> {
-    std::fs::File::open(path)
-        .map(|f| (f, flag))
-        .with_context(|| format!("opening namespace {path}"))
-}
-
-fn run_in(fds: Vec<(std::fs::File, CloneFlags)>, argv: &[String]) -> anyhow::Result<i32> {
-    let Some(program) = argv.first() else {
-        bail!("give a command to run after --");
-    };
-    let raw: Vec<(i32, CloneFlags)> = fds
-        .iter()
-        .map(|(f, flag)| (std::os::fd::AsRawFd::as_raw_fd(f), *flag))
-        .collect();
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(&argv[1..]);
-    // SAFETY: async-signal-safe syscalls only; the fds stay open until the child has exec'd.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (fd, flag) in &raw {
-                enter_raw(*fd, *flag)?;
-            }
-            nix::unistd::chdir("/").map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let status = tokio::task::block_in_place(|| cmd.status())
-        .with_context(|| format!("running {program}"))?;
-    drop(fds);
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// Runs argv inside a node's namespaces (network and hostname); returns its exit code.
+/// Runs argv on a node, in its own namespaces or in one of its sandboxes; returns its exit
+/// code.
 pub async fn node_exec(
     cluster: &str,
     node: &str,
@@ -458,85 +254,34 @@ pub async fn node_exec(
     argv: &[String],
 ) -> anyhow::Result<i32> {
     require_root()?;
-    if let Some(name) = sandbox
-        && (name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
-        bail!(
-            "{name:?} is not a sandbox name: use ingress_sbox or 1-<network id> (letters, digits, '_', '-', '.')"
-        );
-    }
-    // --- backend dispatch: whole-machine nodes (qemu, ssh) run commands over SSH ---
-    if crate::vm::up::is_machine_backend(cluster) {
-        let inside = match sandbox {
-            Some(name) => crate::vm::host::Inside::Sandbox(name),
-            None => crate::vm::host::Inside::Node,
-        };
-        return crate::vm::host::node_exec(cluster, node, inside, argv).await;
-    }
-    let paths = ClusterPaths::new(cluster);
-    let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no node {node:?} in cluster {cluster:?}: see swarmkit --cluster {cluster} node ls"
-            )
-        })?
-        .trim()
-        .parse()?;
-    let uts = open_ns(&format!("/proc/{pid}/ns/uts"), CloneFlags::CLONE_NEWUTS)?;
-    let net = match sandbox {
-        None => open_ns(&format!("/proc/{pid}/ns/net"), CloneFlags::CLONE_NEWNET)?,
-        Some(name) => {
-            let path =
-                Path::new(netcore::netns::NETNS_RUN_DIR).join(paths.node_sandbox_ns(node, name));
-            if !path.exists() {
-                bail!(
-                    "{}",
-                    no_sandbox(cluster, node, name, &node_sandboxes(&paths, node))
-                );
-            }
-            open_ns(&path.to_string_lossy(), CloneFlags::CLONE_NEWNET)?
+    let inside = match sandbox {
+        Some(name)
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) =>
+        {
+            return Err(TestbedError::BadSandboxName(name.to_string()).into());
         }
+        Some(name) => Inside::Sandbox(name),
+        None => Inside::Node,
     };
-    run_in(vec![net, uts], argv)
+    let (paths, info) = recorded(cluster)?;
+    Ok(with_backend!(info.backend, b => b.exec(&paths, node, inside, argv).await)?)
 }
 
-/// The short names of a node's sandboxes (network namespaces the agent made for it).
-fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
-    let prefix = paths.node_sandbox_ns(node, "");
-    sandbox_names(
-        &prefix,
-        NetNs::list_with_prefix(&prefix).iter().map(String::as_str),
-    )
+/// The cluster's paths and record; a cluster without a record is not (yet) up.
+fn recorded(cluster: &str) -> Result<(ClusterPaths, ClusterInfo), TestbedError> {
+    let paths = ClusterPaths::new(cluster);
+    let info = read_info(&paths).ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
+    Ok((paths, info))
 }
 
-/// Sandbox short names among namespace names: those under a node's `prefix`, sorted.
-pub(crate) fn sandbox_names<'a>(prefix: &str, names: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut short: Vec<String> = names
-        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
-        .collect();
-    short.sort();
-    short
-}
-
-pub(crate) fn no_sandbox(cluster: &str, node: &str, name: &str, have: &[String]) -> String {
-    format!(
-        "node {node} of cluster {cluster} has no sandbox {name:?}; it has: {}",
-        if have.is_empty() {
-            "none yet".to_string()
-        } else {
-            have.join(", ")
-        }
-    )
-}
-
-/// Runs argv inside a task's namespaces (net, uts, mnt); `task` is an ID, ID prefix or
-/// task name like `search.1`. Returns its exit code.
+/// Runs argv inside a task's namespaces (net, uts, mnt), from its node; `task` is an ID, ID
+/// prefix or task name like `search.1`. Returns its exit code.
 pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Result<i32> {
     require_root()?;
-    let paths = ClusterPaths::new(cluster);
+    let (paths, info) = recorded(cluster)?;
     let client = ManagerClient::new(&paths.manager_socket());
     let tasks: Vec<serde_json::Value> = client.get("/tasks").await?;
     let services: Vec<bollard::models::Service> = client.get("/services").await?;
@@ -560,35 +305,20 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
     let Some(t) = found else {
         bail!("no running task {task:?} in cluster {cluster:?}: see swarmkit service ps SERVICE");
     };
+    // The pid is the one the task's node gave it: enter it from there.
     let pid = t["Status"]["ContainerStatus"]["PID"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
-    // On whole machines the pid is the guest's: enter the task from inside its node.
-    if crate::vm::up::is_machine_backend(cluster) {
-        let node_id = t["NodeID"].as_str().unwrap_or_default();
-        let nodes: Vec<bollard::models::Node> = client.get("/nodes").await?;
-        let hostname = nodes
-            .iter()
-            .find(|n| n.id.as_deref() == Some(node_id))
-            .and_then(|n| n.description.as_ref()?.hostname.clone())
-            .ok_or_else(|| anyhow::anyhow!("task {task} is on node {node_id}, which is gone"))?;
-        return crate::vm::host::node_exec(
-            cluster,
-            &hostname,
-            crate::vm::host::Inside::Task(pid),
-            argv,
-        )
-        .await;
-    }
-    let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
-    run_in(
-        vec![
-            ns("net", CloneFlags::CLONE_NEWNET)?,
-            ns("uts", CloneFlags::CLONE_NEWUTS)?,
-            ns("mnt", CloneFlags::CLONE_NEWNS)?,
-        ],
-        argv,
-    )
+    let node_id = t["NodeID"].as_str().unwrap_or_default();
+    let nodes: Vec<bollard::models::Node> = client.get("/nodes").await?;
+    let hostname = nodes
+        .iter()
+        .find(|n| n.id.as_deref() == Some(node_id))
+        .and_then(|n| n.description.as_ref()?.hostname.clone())
+        .ok_or_else(|| anyhow::anyhow!("task {task} is on node {node_id}, which is gone"))?;
+    Ok(with_backend!(info.backend, b => {
+        b.exec(&paths, &hostname, Inside::Task(pid), argv).await
+    })?)
 }
 
 /// Entry points of the daemons `cluster up` starts (hidden subcommands of the binary).
@@ -609,7 +339,7 @@ pub async fn run_supervisor(cluster: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {
-    crate::vm::host::run(cluster).await
+    crate::testbed::machine::run_host(cluster).await
 }
 
 pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {

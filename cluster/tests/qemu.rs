@@ -416,7 +416,7 @@ fn ssh_backend_on_bare_guests() {
             "--nodes",
             "2",
         ])
-        .env(cluster::vm::up::ENV_BARE, "1")
+        .env(cluster::testbed::qemu::ENV_BARE, "1")
         .output()
         .unwrap();
     assert!(

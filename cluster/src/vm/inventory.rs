@@ -123,6 +123,7 @@ pub fn load(path: &Path, lb: Option<String>) -> Result<Vec<VmNode>, InventoryErr
             key_file: h.key,
             pid: None,
             lb: lb.clone(),
+            mesh: None,
             binary: h.binary,
             launch: None,
         });
