@@ -249,8 +249,11 @@ pub trait NodeBackend {
 
     /// Removes what this backend made beyond this host's processes, namespaces and
     /// directories named after the cluster (the lifecycle removes those after this).
-    /// Problems are returned, not fatal: the rest of the teardown goes on.
-    fn down(&self, paths: &ClusterPaths) -> impl std::future::Future<Output = Vec<String>>;
+    /// Problems are returned, not fatal: the rest of the teardown goes on. By default there
+    /// is nothing beyond them.
+    fn down(&self, _paths: &ClusterPaths) -> impl std::future::Future<Output = Vec<String>> {
+        async { Vec::new() }
+    }
 
     /// Runs `argv` on `node`, `inside` its own namespaces, a sandbox or a task; its output
     /// goes to ours. Returns its exit code.

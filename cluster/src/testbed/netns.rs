@@ -228,11 +228,6 @@ impl NodeBackend for Netns {
         Ok(hostnames)
     }
 
-    async fn down(&self, _paths: &ClusterPaths) -> Vec<String> {
-        // Everything it made is on this host and named after the cluster.
-        Vec::new()
-    }
-
     async fn exec(
         &self,
         paths: &ClusterPaths,

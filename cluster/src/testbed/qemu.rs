@@ -3,7 +3,8 @@
 //! crate::vm). Faults: a kill is QEMU's death (the tap vanishes with it); a start boots the
 //! same guest again. Isolation takes the tap down (the data path) and, inside the guest, drops
 //! the agent's traffic to the manager's forwarded port (the control path, which otherwise runs
-//! over the management NIC and the SSH session that `node exec` also uses).
+//! over the management NIC and the SSH session that `node exec` also uses). Teardown needs
+//! nothing of its own: QEMU carries the cluster's owner mark and its taps die with it.
 
 use std::time::{Duration, Instant};
 
@@ -137,11 +138,6 @@ impl NodeBackend for Qemu {
             return Ok(hostnames);
         }
         machine::start_agents(paths, &nodes, &progress).await
-    }
-
-    async fn down(&self, _paths: &ClusterPaths) -> Vec<String> {
-        // QEMU carries the cluster's owner mark and its taps die with it; all is on this host.
-        Vec::new()
     }
 
     async fn exec(
