@@ -194,6 +194,15 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     )
     .await?;
     let mut errors = remote_errors;
+    // On a host whose own namespace an agent used (an ssh node), its tables and sysctls; the
+    // journal is only ever written there, never for namespaces the cluster made.
+    if paths.host_journal().exists() {
+        let here = NetNs::of_pid(std::process::id())?;
+        match netcore::undo::undo(&paths.host_journal(), &here) {
+            Ok(failed) => errors.extend(failed),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
     for ns in NetNs::list_with_prefix(&prefix) {
         if let Err(e) = NetNs::delete(&ns) {
             errors.push(e.to_string());

@@ -392,8 +392,10 @@ fn changed_host_key_is_refused() {
 }
 
 /// The ssh backend against qemu guests treated as plain hosts: an inventory with their
-/// addresses, key and pinned host keys; the binary is uploaded, agents register, and
-/// `cluster down` cleans the hosts over SSH.
+/// addresses, key and pinned host keys; the binary is uploaded, agents register, the nft
+/// tables the agent makes in a host's own namespace carry the cluster's name, and `cluster
+/// down` cleans the hosts over SSH: agents, namespaces, those tables, and the sysctls put
+/// back as they were.
 #[test]
 fn ssh_backend_on_bare_guests() {
     if let Some(why) = skip_reason() {
@@ -437,6 +439,24 @@ fn ssh_backend_on_bare_guests() {
             n.addr
         ));
     }
+    // The host's own settings before the cluster: both off, so that turning them on shows.
+    let on_host = |cmd: &str| {
+        ok(&[
+            "--cluster",
+            &machines,
+            "node",
+            "exec",
+            "node1",
+            "--",
+            "sh",
+            "-c",
+            cmd,
+        ])
+    };
+    let sysctls = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/all/route_localnet";
+    on_host(&format!(
+        "echo 0 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet; {sysctls}"
+    ));
     let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
     std::fs::write(&inv_path, &inv).unwrap();
     let t = Instant::now();
@@ -473,7 +493,60 @@ fn ssh_backend_on_bare_guests() {
     ]);
     assert_eq!(host.trim(), "node1");
 
+    // A routing-mesh port and a host-mode port on node1: the agent makes its tables in the
+    // host's own namespace, named after the cluster, and turns the sysctls on.
+    ok(&[
+        "--cluster",
+        &name,
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--constraint",
+        "node.hostname==node1",
+        "--publish",
+        "8080:80",
+        "--publish",
+        "published=8081,target=80,mode=host",
+        "whoami",
+    ]);
+    let ours = |tables: &str| {
+        let mut t: Vec<String> = tables
+            .lines()
+            .filter(|l| l.contains(&format!("swarmkit_{name}_")))
+            .map(|l| l.trim().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let made = poll(
+        "the cluster's tables on the host",
+        Duration::from_secs(60),
+        || {
+            let t = ours(&on_host("nft list tables"));
+            (t.len() == 2).then_some(t)
+        },
+    );
+    assert_eq!(
+        made,
+        [
+            format!("table ip swarmkit_{name}_hostports"),
+            format!("table ip swarmkit_{name}_ingress"),
+        ]
+    );
+    assert_eq!(
+        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        ["1", "1"]
+    );
+
     ok(&["cluster", "down", &name]);
+    // Everything the agent changed in the host's namespace is undone.
+    assert_eq!(ours(&on_host("nft list tables")), Vec::<String>::new());
+    assert_eq!(
+        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "the sysctls the agent set were not restored"
+    );
     // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
     let left = ok(&[
         "--cluster",

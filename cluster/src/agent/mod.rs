@@ -134,9 +134,16 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
 
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
-    let node = match std::env::var(ENV_NODE_NS).as_deref() {
-        Ok("self") => NetNs::of_pid(std::process::id())?,
-        _ => NetNs::open(&paths.node_ns(hostname))?,
+    // A namespace of the node's own is the cluster's and goes with it; on a whole machine
+    // ("self") what the agent changes there is journaled, for `cluster down` to undo.
+    let (node, journal) = match std::env::var(ENV_NODE_NS).as_deref() {
+        Ok("self") => (
+            NetNs::of_pid(std::process::id())?,
+            Some(std::sync::Arc::new(netcore::undo::Journal::new(
+                paths.host_journal(),
+            ))),
+        ),
+        _ => (NetNs::open(&paths.node_ns(hostname))?, None),
     };
     let vtep: Ipv4Addr = std::env::var(ENV_NODE_ADDR)
         .context("SWARMKIT_NODE_ADDR is not set")?
@@ -188,10 +195,15 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             vtep,
             driver,
             mesh,
+        )
+        .with_journal(journal.clone()),
+        client,
+        host_ports: netcore::hostport::HostPorts::new(
+            node.clone(),
+            &paths.nft_table("hostports"),
+            journal,
         ),
         paths,
-        client,
-        host_ports: netcore::hostport::HostPorts::new(node.clone()),
         node,
         driver,
         resolver: Resolver::new(),

@@ -131,6 +131,8 @@ pub enum LbError {
     DuplicateBackend(u32, Ipv4Addr),
     #[error(transparent)]
     NetNs(#[from] NetNsError),
+    #[error(transparent)]
+    Undo(Box<crate::undo::UndoError>),
     #[error("running nft in namespace {ns}: {source}")]
     NftSpawn {
         ns: String,
