@@ -70,7 +70,7 @@ fn normalise(s: &str) -> String {
 }
 
 fn cluster_name_marker() -> String {
-    format!("t{}-graph", std::process::id() % 100000)
+    common::unique_name("graph")
 }
 
 #[test]

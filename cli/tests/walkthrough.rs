@@ -5,10 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -16,10 +12,7 @@ fn project_root() -> PathBuf {
 /// Runs `swarmkit walkthrough ARGS` from the project root, so ./testplans and ./snapshots are
 /// the ones in the source tree, and fails with the transcript on a non-zero exit.
 fn walkthrough(args: &[&str]) {
-    if !is_root() {
-        eprintln!("skipped: the walkthrough builds a cluster and needs root");
-        return;
-    }
+    testkit::require_root!();
     // Bounded: on TERM the walkthrough tears its cluster down and fails, instead of
     // stalling the whole run.
     let out = Command::new("timeout")

@@ -10,29 +10,15 @@ use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
 use cluster::ssh::{self, SshError, Target};
-
-fn swarmkit() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SWARMKIT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    // target/debug/deps/qemu-HASH -> target/debug/swarmkit
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("swarmkit");
-    p.is_file().then_some(p)
-}
+use testkit::eventually;
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
+    if let Some(why) = testkit::needs_root().or_else(testkit::needs_bin) {
+        return Some(why);
     }
     if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
         return Some(
             "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
-        );
-    }
-    if swarmkit().is_none() {
-        return Some(
-            "no swarmkit binary next to the tests (cargo build first, or set SWARMKIT_BIN)".into(),
         );
     }
     let cached = Path::new("/var/cache/swarmkit/kernel").is_dir();
@@ -48,13 +34,7 @@ fn skip_reason() -> Option<String> {
 
 /// Every command is bounded, so a hang fails the test instead of stalling CI.
 fn sk(args: &[&str]) -> Output {
-    let bin = swarmkit().expect("checked by skip_reason");
-    Command::new("timeout")
-        .args(["-k", "5", "240"])
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("running swarmkit")
+    testkit::command(args).output().expect("running swarmkit")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -66,25 +46,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Tears the cluster down even when an assertion fails half way.
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = sk(&["cluster", "down", &self.0]);
-    }
-}
-
-fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// What still runs for the cluster, by name, for the failure message.
@@ -102,7 +63,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         return;
     }
     let name = format!("qt{}", std::process::id());
-    let _down = Down(name.clone());
+    let _down = testkit::Cluster::guard(&name);
 
     let t = Instant::now();
     ok(&["vm", "build"]);
@@ -196,7 +157,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         args.extend_from_slice(cmd);
         ok(&args)
     };
-    let ipvs = poll(
+    let ipvs = eventually(
         "three IPVS backends on node1",
         Duration::from_secs(60),
         || {
@@ -355,7 +316,7 @@ fn changed_host_key_is_refused() {
     }
     let _guard = Kill(server, dir.clone());
     let addr = format!("127.0.0.1:{port}");
-    poll("dropbear to listen", Duration::from_secs(10), || {
+    eventually("dropbear to listen", Duration::from_secs(10), || {
         cluster::vm::qemu::banner(&addr).then_some(())
     });
     let client = Arc::new(ssh::ensure_client_key(&dir.join("id_ed25519")).unwrap());
@@ -404,9 +365,9 @@ fn ssh_backend_on_bare_guests() {
     }
     let machines = format!("qm{}", std::process::id());
     let name = format!("qs{}", std::process::id());
-    let _down_machines = Down(machines.clone());
-    let _down = Down(name.clone());
-    let bin = swarmkit().unwrap();
+    let _down_machines = testkit::Cluster::guard(&machines);
+    let _down = testkit::Cluster::guard(&name);
+    let bin = testkit::bin().unwrap();
     let out = Command::new(&bin)
         .args([
             "cluster",
@@ -519,7 +480,7 @@ fn ssh_backend_on_bare_guests() {
         t.sort();
         t
     };
-    let made = poll(
+    let made = eventually(
         "the cluster's tables on the host",
         Duration::from_secs(60),
         || {
@@ -577,7 +538,7 @@ fn a_prebuilt_image_directory_is_checked() {
     let name = format!("qimg{}", std::process::id() % 100000);
     let out = Command::new("timeout")
         .args(["-k", "5", "120"])
-        .arg(swarmkit().expect("checked by skip_reason"))
+        .arg(testkit::bin().expect("checked by skip_reason"))
         .args([
             "cluster",
             "up",
@@ -611,7 +572,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         return;
     }
     let name = format!("qf{}", std::process::id() % 100000);
-    let _down = Down(name.clone());
+    let _down = testkit::Cluster::guard(&name);
     ok(&[
         "cluster",
         "up",
@@ -638,7 +599,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     c(&[
         "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
     ]);
-    let hostname = poll("the task to run", Duration::from_secs(60), || {
+    let hostname = eventually("the task to run", Duration::from_secs(60), || {
         let out = sk(&["--cluster", &name, "exec", "sleeper.1", "--", "hostname"]);
         out.status
             .success()
@@ -690,7 +651,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     assert!(!manager("node2"), "control channel not cut");
     assert!(manager("node1"));
     c(&["node", "heal", "node2"]);
-    poll(
+    eventually(
         "node2 to reach the manager",
         Duration::from_secs(10),
         || manager("node2").then_some(()),
