@@ -54,6 +54,12 @@ fn stack_with_docker_cli() {
     walkthrough(&["stack"]);
 }
 
+/// A node dies under the routing mesh, which heals: heartbeats, node loss, replacement.
+#[test]
+fn failover_with_swarmkit_cli() {
+    walkthrough(&["failover"]);
+}
+
 #[test]
 fn overlay_with_swarmkit_cli() {
     walkthrough(&["overlay"]);

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod dispatch;
 pub mod ids;
 pub mod images;
 pub mod ipam;

@@ -1,15 +1,15 @@
 //! The per-node plan: everything one node must make true, computed by the manager from the
-//! desired and observed state, fetched by the node's agent and applied through netcore.
-//! It is a pure function of (state, acks, node), so it can be tested without a kernel.
+//! desired and observed state (see `crate::dispatch`), sent to the node's agent as deltas
+//! and applied through netcore. Plan objects (networks, peers, tasks, services, ingress
+//! ports) are the unit of a delta: each has a key, and a delta puts or deletes whole objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointMode, Protocol, PublishMode, Task, TaskState, Time};
-use crate::store::State;
+use crate::model::{EndpointMode, Protocol, Task, TaskState, Time};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodePlan {
@@ -26,9 +26,6 @@ pub struct NodePlan {
     /// UDP port of all VXLAN traffic (0 in plans from before it existed: 4789).
     #[serde(default)]
     pub data_port: u16,
-    /// Keys of the encrypted networks in `networks`, by network ID.
-    #[serde(default)]
-    pub keyrings: BTreeMap<String, KeyringPlan>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -51,6 +48,9 @@ pub struct NetworkPlan {
     /// VXLAN of this network travels in ESP between nodes (`--opt encrypted`).
     #[serde(default)]
     pub encrypted: bool,
+    /// The keys of an encrypted network; a rotation re-sends the network, never its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<KeyringPlan>,
     /// Endpoints of this network on other nodes.
     pub peers: Vec<PeerPlan>,
 }
@@ -152,7 +152,10 @@ pub fn task_name(service_name: &str, t: &Task) -> String {
 
 /// The spec's network aliases by network ID, from both places a spec may list networks
 /// (TaskTemplate.Networks and the deprecated top-level Networks), targets by ID or name.
-fn aliases_of(state: &State, s: &crate::model::Service) -> BTreeMap<String, Vec<String>> {
+pub fn aliases_of(
+    state: &crate::store::State,
+    s: &crate::model::Service,
+) -> BTreeMap<String, Vec<String>> {
     let mut targets = s
         .spec
         .task_template
@@ -184,209 +187,283 @@ fn aliases_of(state: &State, s: &crate::model::Service) -> BTreeMap<String, Vec<
     out
 }
 
-pub fn compute(state: &State, node_id: &str, min_ack: u64) -> NodePlan {
-    let Some(node) = state.nodes.get(node_id) else {
-        return NodePlan {
-            version: state.version,
-            node_id: node_id.to_string(),
-            ..Default::default()
-        };
-    };
-    let vtep_of: BTreeMap<&str, Ipv4Addr> = state
-        .nodes
-        .values()
-        .map(|n| (n.id.as_str(), n.addr))
-        .collect();
-    let ingress_net = state.networks.values().find(|n| n.ingress);
+/// A plan object's identity within one node's plan: a delta puts or deletes it whole.
+pub trait Keyed {
+    type Key: Ord + Clone + Serialize + for<'de> Deserialize<'de> + std::fmt::Debug;
+    fn key(&self) -> Self::Key;
+}
 
-    // Tasks that exist (as namespaces with endpoints) anywhere, in slot order.
-    let mut live: Vec<&Task> = state
-        .tasks
-        .values()
-        .filter(|t| keeps_running(t, min_ack))
-        .collect();
-    live.sort_by_key(|t| (t.service_id.clone(), t.slot, t.created));
-
-    let mut tasks = Vec::new();
-    let mut local_networks: BTreeSet<String> = BTreeSet::new();
-    for t in live.iter().filter(|t| t.node_id == node_id) {
-        let Some(service) = state.services.get(&t.service_id) else {
-            continue;
-        };
-        let container = service
-            .spec
-            .task_template
-            .as_ref()
-            .and_then(|tt| tt.container_spec.clone())
-            .unwrap_or_default();
-        let mut args = container.command.clone().unwrap_or_default();
-        args.extend(container.args.clone().unwrap_or_default());
-        let attachments = t
-            .attachments
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                local_networks.insert(a.network_id.clone());
-                AttachmentPlan {
-                    network_id: a.network_id.clone(),
-                    ifname: format!("eth{i}"),
-                    addr: a.addr,
-                }
-            })
-            .collect();
-        tasks.push(TaskPlan {
-            id: t.id.clone(),
-            name: task_name(&service.name, t),
-            service_id: service.id.clone(),
-            service_name: service.name.clone(),
-            slot: t.slot,
-            image: service.image(),
-            args,
-            env: container.env.clone().unwrap_or_default(),
-            hostname: t.id[..12.min(t.id.len())].to_string(),
-            attachments,
-            start_after: t.start_after,
-            stop_grace_ms: crate::policy::stop_grace(&service.spec).as_millis() as u64,
-            host_ports: service
-                .ports
-                .iter()
-                .filter(|p| p.mode == PublishMode::Host)
-                .map(|p| HostPortPlan {
-                    protocol: p.protocol,
-                    published: p.published,
-                    target: p.target,
-                })
-                .collect(),
-        });
+impl Keyed for NetworkPlan {
+    type Key = String;
+    fn key(&self) -> String {
+        self.id.clone()
     }
-    if let Some(ing) = ingress_net {
-        local_networks.insert(ing.id.clone());
+}
+
+impl Keyed for TaskPlan {
+    type Key = String;
+    fn key(&self) -> String {
+        self.id.clone()
     }
+}
 
-    let networks =
-        local_networks
-            .iter()
-            .filter_map(|id| state.networks.get(id))
-            .map(|n| {
-                let mut peers: Vec<PeerPlan> = live
-                    .iter()
-                    .filter(|t| t.node_id != node_id)
-                    .flat_map(|t| {
-                        let vtep = vtep_of.get(t.node_id.as_str()).copied();
-                        t.attachments
-                            .iter()
-                            .filter(|a| a.network_id == n.id)
-                            .filter_map(move |a| {
-                                vtep.map(|vtep| PeerPlan {
-                                    ip: a.addr.addr(),
-                                    vtep,
-                                })
-                            })
-                    })
-                    .collect();
-                if n.ingress {
-                    peers.extend(state.nodes.values().filter(|o| o.id != node_id).map(|o| {
-                        PeerPlan {
-                            ip: o.ingress_addr.addr(),
-                            vtep: o.addr,
-                        }
-                    }));
-                }
-                peers.sort();
-                peers.dedup();
-                NetworkPlan {
-                    id: n.id.clone(),
-                    name: n.name.clone(),
-                    vni: n.vni,
-                    subnet: n.subnet,
-                    gateway: n.gateway,
-                    mtu: if n.encrypted() {
-                        netcore::xfrm::ENCRYPTED_MTU
-                    } else {
-                        crate::ipam::OVERLAY_MTU
-                    },
-                    ingress: n.ingress,
-                    encrypted: n.encrypted(),
-                    peers,
-                }
-            })
-            .collect();
+impl Keyed for ServicePlan {
+    type Key = String;
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
 
-    let mut services = Vec::new();
-    let mut ports = Vec::new();
-    for s in state.services.values() {
-        let serving: Vec<&&Task> = live
-            .iter()
-            .filter(|t| t.service_id == s.id && serves_traffic(t))
-            .collect();
-        let mut backends: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        for net in s.network_ids() {
-            let addrs = serving
-                .iter()
-                .flat_map(|t| t.attachments.iter())
-                .filter(|a| a.network_id == net)
-                .map(|a| a.addr.addr())
-                .collect();
-            backends.insert(net, addrs);
+pub type PortKey = (Protocol, u16);
+
+impl Keyed for IngressPort {
+    type Key = PortKey;
+    fn key(&self) -> PortKey {
+        (self.protocol, self.published)
+    }
+}
+
+/// One remote endpoint of one overlay, travelling on its own so that a task starting on a
+/// big network costs every node one entry, not the network's whole peer list.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NetworkPeer {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub vtep: Ipv4Addr,
+}
+
+pub type PeerKey = (String, Ipv4Addr);
+
+impl Keyed for NetworkPeer {
+    type Key = PeerKey;
+    fn key(&self) -> PeerKey {
+        (self.network_id.clone(), self.ip)
+    }
+}
+
+/// The node-level part of a plan.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeHeader {
+    pub node_id: String,
+    pub hostname: String,
+    pub vtep: Option<Ipv4Addr>,
+    pub lb_driver: String,
+    /// The ingress network and this node's sandbox address on it.
+    pub ingress: Option<(String, Ipv4Net)>,
+    /// UDP port of all VXLAN traffic.
+    #[serde(default)]
+    pub data_port: u16,
+}
+
+/// Puts and deletes of one kind of plan object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(bound(deserialize = "T: Keyed + Deserialize<'de>"))]
+pub struct Changes<T: Keyed> {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub put: Vec<T>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub del: Vec<T::Key>,
+}
+
+impl<T: Keyed> Default for Changes<T> {
+    fn default() -> Self {
+        Changes {
+            put: Vec::new(),
+            del: Vec::new(),
         }
-        for p in s.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
-            if let Some(ing) = ingress_net {
-                ports.push(IngressPort {
-                    protocol: p.protocol,
-                    published: p.published,
-                    target: p.target,
-                    service_id: s.id.clone(),
-                    backends: backends.get(&ing.id).cloned().unwrap_or_default(),
-                });
+    }
+}
+
+impl<T: Keyed> Changes<T> {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.del.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.put.len() + self.del.len()
+    }
+
+    /// Applies these changes to `map`, keeping `digest` (see [`PlanState::digest`]) current.
+    fn apply_to(&self, map: &mut BTreeMap<T::Key, T>, kind: u8, digest: &mut u64)
+    where
+        T: Clone + Serialize,
+    {
+        for k in &self.del {
+            if let Some(old) = map.remove(k) {
+                *digest = digest.wrapping_sub(object_hash(kind, &old));
             }
         }
-        let vips = s
-            .vips
-            .iter()
-            .filter(|_| s.endpoint_mode == EndpointMode::Vip)
-            .map(|v| (v.network_id.clone(), (v.addr.addr(), v.fwmark)))
-            .collect();
-        services.push(ServicePlan {
-            id: s.id.clone(),
-            name: s.name.clone(),
-            endpoint_mode: s.endpoint_mode,
-            vips,
-            backends,
-            aliases: aliases_of(state, s),
-        });
+        for v in &self.put {
+            *digest = digest.wrapping_add(object_hash(kind, v));
+            if let Some(old) = map.insert(v.key(), v.clone()) {
+                *digest = digest.wrapping_sub(object_hash(kind, &old));
+            }
+        }
     }
-    ports.sort_by_key(|p| (p.protocol, p.published));
-    let keyrings = local_networks
-        .iter()
-        .filter_map(|id| state.networks.get(id))
-        .filter_map(|n| {
-            n.keyring.as_ref().map(|k| {
-                (
-                    n.id.clone(),
-                    KeyringPlan {
-                        keys: k.keys.clone(),
-                        primary: k.primary,
-                    },
-                )
-            })
-        })
-        .collect();
+}
 
-    NodePlan {
-        version: state.version,
-        node_id: node.id.clone(),
-        hostname: node.hostname.clone(),
-        vtep: Some(node.addr),
-        lb_driver: node.lb_driver.clone(),
-        networks,
-        tasks,
-        services,
-        ingress: ingress_net.map(|n| IngressPlan {
-            network_id: n.id.clone(),
-            sandbox_addr: node.ingress_addr,
-            ports,
-        }),
-        data_port: state.meta.data_port(),
-        keyrings,
+/// What a node's plan gained and lost since the version its agent has, or (`full`) all of
+/// it. Networks travel without their peers; peers are objects of their own.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PlanDelta {
+    /// Replace the whole plan (the agent is new, restarted or fell behind).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NodeHeader>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub networks: Changes<NetworkPlan>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub peers: Changes<NetworkPeer>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub tasks: Changes<TaskPlan>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub services: Changes<ServicePlan>,
+    #[serde(default, skip_serializing_if = "Changes::is_empty")]
+    pub ports: Changes<IngressPort>,
+}
+
+impl PlanDelta {
+    /// Objects put or deleted (the header counts as one).
+    pub fn len(&self) -> usize {
+        usize::from(self.header.is_some())
+            + self.networks.len()
+            + self.peers.len()
+            + self.tasks.len()
+            + self.services.len()
+            + self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.len() == 0
+    }
+}
+
+/// A node's plan keyed by object, as the manager maintains it and the agent accumulates it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanState {
+    pub header: NodeHeader,
+    pub networks: BTreeMap<String, NetworkPlan>,
+    pub peers: BTreeMap<PeerKey, NetworkPeer>,
+    pub tasks: BTreeMap<String, TaskPlan>,
+    pub services: BTreeMap<String, ServicePlan>,
+    pub ports: BTreeMap<PortKey, IngressPort>,
+}
+
+/// A stable hash of one plan object (same binary, same value, same hash).
+fn object_hash<T: Serialize>(kind: u8, v: &T) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    kind.hash(&mut h);
+    serde_json::to_vec(v).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+const HEADER: u8 = 0;
+const NETWORKS: u8 = 1;
+const PEERS: u8 = 2;
+const TASKS: u8 = 3;
+const SERVICES: u8 = 4;
+const PORTS: u8 = 5;
+
+impl PlanState {
+    /// Applies a delta; returns the new digest given the digest before (kept up to date in
+    /// time proportional to the delta).
+    pub fn apply(&mut self, delta: &PlanDelta, digest: u64) -> u64 {
+        let mut d = digest;
+        if delta.full {
+            *self = PlanState::default();
+            d = 0;
+        }
+        if let Some(h) = &delta.header {
+            if !delta.full {
+                d = d.wrapping_sub(object_hash(HEADER, &self.header));
+            }
+            d = d.wrapping_add(object_hash(HEADER, h));
+            self.header = h.clone();
+        }
+        delta
+            .networks
+            .apply_to(&mut self.networks, NETWORKS, &mut d);
+        delta.peers.apply_to(&mut self.peers, PEERS, &mut d);
+        delta.tasks.apply_to(&mut self.tasks, TASKS, &mut d);
+        delta
+            .services
+            .apply_to(&mut self.services, SERVICES, &mut d);
+        delta.ports.apply_to(&mut self.ports, PORTS, &mut d);
+        d
+    }
+
+    /// An order-independent digest of the whole plan: the sum of its objects' hashes, so an
+    /// agent keeps it current per delta and the manager can tell whether an agent holds
+    /// exactly the plan it holds for the node.
+    pub fn digest(&self) -> u64 {
+        fn sum<T: Serialize>(kind: u8, it: impl Iterator<Item = T>) -> u64 {
+            it.fold(0u64, |d, v| d.wrapping_add(object_hash(kind, &v)))
+        }
+        object_hash(HEADER, &self.header)
+            .wrapping_add(sum(NETWORKS, self.networks.values()))
+            .wrapping_add(sum(PEERS, self.peers.values()))
+            .wrapping_add(sum(TASKS, self.tasks.values()))
+            .wrapping_add(sum(SERVICES, self.services.values()))
+            .wrapping_add(sum(PORTS, self.ports.values()))
+    }
+
+    /// The whole plan as one delta (a full resync).
+    pub fn to_full_delta(&self) -> PlanDelta {
+        fn all<T: Keyed + Clone>(m: &BTreeMap<T::Key, T>) -> Changes<T> {
+            Changes {
+                put: m.values().cloned().collect(),
+                del: Vec::new(),
+            }
+        }
+        PlanDelta {
+            full: true,
+            header: Some(self.header.clone()),
+            networks: all(&self.networks),
+            peers: all(&self.peers),
+            tasks: all(&self.tasks),
+            services: all(&self.services),
+            ports: all(&self.ports),
+        }
+    }
+
+    /// The plan in the shape the agent's reconcile reads: objects in key order, each network
+    /// with its peers.
+    pub fn to_plan(&self, version: u64) -> NodePlan {
+        let h = &self.header;
+        NodePlan {
+            version,
+            node_id: h.node_id.clone(),
+            hostname: h.hostname.clone(),
+            vtep: h.vtep,
+            lb_driver: h.lb_driver.clone(),
+            data_port: h.data_port,
+            networks: self
+                .networks
+                .values()
+                .map(|n| {
+                    let lo = (n.id.clone(), Ipv4Addr::UNSPECIFIED);
+                    let hi = (n.id.clone(), Ipv4Addr::BROADCAST);
+                    let mut n = n.clone();
+                    n.peers = self
+                        .peers
+                        .range(lo..=hi)
+                        .map(|(_, p)| PeerPlan {
+                            ip: p.ip,
+                            vtep: p.vtep,
+                        })
+                        .collect();
+                    n
+                })
+                .collect(),
+            tasks: self.tasks.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
+            ingress: h.ingress.as_ref().map(|(id, addr)| IngressPlan {
+                network_id: id.clone(),
+                sandbox_addr: *addr,
+                ports: self.ports.values().cloned().collect(),
+            }),
+        }
     }
 }

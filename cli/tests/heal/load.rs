@@ -32,7 +32,7 @@ struct Outcome {
 pub struct Report {
     pub ok: u64,
     pub failed: u64,
-    /// Since the load started: the last failed request, if any.
+    /// Since the load started: when the last failed request began, if any.
     pub last_failure: Option<Duration>,
     pub first_failure: Option<Duration>,
     pub errors: Vec<String>,
@@ -77,11 +77,12 @@ impl Load {
                             && started.elapsed() < MAX_TIME
                             && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
                         {
+                            // A request is placed on the timeline when it began: one
+                            // caught in flight by a crash fails late, but it is not a new
+                            // connection that failed.
+                            let at = started.elapsed();
                             let error = request(port).err();
-                            out.push(Outcome {
-                                at: started.elapsed(),
-                                error,
-                            });
+                            out.push(Outcome { at, error });
                         }
                         out
                     })

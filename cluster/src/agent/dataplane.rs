@@ -1,7 +1,7 @@
 //! The node-level parts of a plan: overlay sandboxes, the ingress sandbox with the routing
 //! mesh, and the per-task load-balancer and DNS contents derived from the plan's services.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use netcore::xfrm::{Ipsec, IpsecSpec, NetworkIpsec};
 
 use crate::model::{EndpointMode, Protocol};
 use crate::paths::ClusterPaths;
-use crate::plan::{AttachmentPlan, NetworkPlan, NodePlan, TaskPlan};
+use crate::plan::{AttachmentPlan, NetworkPlan, NodePlan, ServicePlan, TaskPlan};
 
 /// The docker_gwbridge stand-in between a node and its ingress sandbox.
 const GW_IFNAME: &str = "docker_gwbridge";
@@ -77,7 +77,7 @@ fn ipsec_of(plan: &NodePlan, local: Ipv4Addr) -> IpsecSpec {
             .iter()
             .filter(|n| n.encrypted)
             .filter_map(|n| {
-                let ring = plan.keyrings.get(&n.id)?;
+                let ring = n.keyring.as_ref()?;
                 Some(NetworkIpsec {
                     network_id: n.id.clone(),
                     vni: n.vni,
@@ -330,6 +330,26 @@ impl Dataplane {
             Ok(())
         })
     }
+}
+
+/// Networks on which a service appeared, left or changed between two plans: the tasks on
+/// them need their load balancers and DNS views rebuilt.
+pub fn changed_networks(old: &NodePlan, new: &NodePlan) -> HashSet<String> {
+    fn index(p: &NodePlan) -> HashMap<&str, &ServicePlan> {
+        p.services.iter().map(|s| (s.id.as_str(), s)).collect()
+    }
+    let (a, b) = (index(old), index(new));
+    let mut nets = HashSet::new();
+    for id in a.keys().chain(b.keys()) {
+        let (x, y) = (a.get(id).copied(), b.get(id).copied());
+        if x != y {
+            for s in [x, y].into_iter().flatten() {
+                nets.extend(s.vips.keys().cloned());
+                nets.extend(s.backends.keys().cloned());
+            }
+        }
+    }
+    nets
 }
 
 /// Networks a task shares with services, in the task's interface order; ingress carries no

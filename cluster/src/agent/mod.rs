@@ -2,6 +2,7 @@
 //! the node's kernel state and task processes match it through netcore, and reports back
 //! what it observed. Every step is a reconcile, so a missed event is repaired by the next plan.
 
+mod adopt;
 mod dataplane;
 mod logs;
 mod process;
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{ClientError, ManagerClient};
 use crate::model::TaskState;
 use crate::paths::ClusterPaths;
-use crate::plan::{NodePlan, TaskPlan};
+use crate::plan::{NodePlan, PlanState, TaskPlan};
 use crate::protocol::{
     PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport,
 };
@@ -57,6 +58,8 @@ struct RunningTask {
     lb: Box<dyn LoadBalancer>,
     state: TaskState,
     stopping: bool,
+    /// Started by an earlier agent: not our child, so its exit status is unknown.
+    adopted: bool,
 }
 
 pub struct Agent {
@@ -73,6 +76,11 @@ pub struct Agent {
     /// the manager creates, so the history in `service ps` tells the truth.
     finished: HashSet<String>,
     events: mpsc::UnboundedSender<Event>,
+    /// The plan last applied in full: what the next apply compares against.
+    applied: Option<NodePlan>,
+    hostname: String,
+    /// Tasks left by an earlier agent and absent from the plan were stopped.
+    swept: bool,
     logs: logs::LogSink,
 }
 
@@ -183,7 +191,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let node_id = register(&client, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
-    let (plan_tx, mut plan_rx) = watch::channel::<Option<NodePlan>>(None);
+    let (plan_tx, mut plan_rx) = watch::channel::<Option<(NodePlan, u64)>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let logs = logs::LogSink::start(client.clone(), node_id.clone());
@@ -211,109 +219,140 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         reports: BTreeMap::new(),
         finished: HashSet::new(),
         events: events_tx,
+        applied: None,
+        hostname: hostname.to_string(),
+        swept: false,
         logs,
     };
-    // Wakes the loop for tasks whose restart back-off ends later; otherwise idle.
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut plan: Option<(NodePlan, u64)> = None;
     let mut last_acked = None;
-    // A failed apply (say, a netlink call refused under load) is retried on the next tick,
-    // not only when the next plan arrives.
-    let mut retry = false;
+    // Nothing ticks: the loop wakes for a new plan, a task event, or a timer set for a
+    // restart back-off ending or for retrying what failed.
+    let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        let mut woke_by_tick = false;
+        let mut reconcile = false;
         tokio::select! {
             changed = plan_rx.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("plan channel closed");
                 }
+                plan = plan_rx.borrow_and_update().clone();
+                reconcile = true;
             }
             Some(ev) = events_rx.recv() => agent.on_event(ev),
-            _ = tick.tick() => woke_by_tick = true,
+            _ = sleep_until(wake_at) => reconcile = true,
         }
         while let Ok(ev) = events_rx.try_recv() {
             agent.on_event(ev);
         }
-        let new_plan = plan_rx.has_changed().unwrap_or(false);
-        let Some(plan) = plan_rx.borrow_and_update().clone() else {
+        let Some((plan, digest)) = &plan else {
             continue;
         };
-        let now = chrono::Utc::now();
-        let due = plan.tasks.iter().any(|t| {
-            t.start_after.is_some_and(|at| at <= now)
-                && !agent.tasks.contains_key(&t.id)
-                && !agent.finished.contains(&t.id)
-        });
-        if woke_by_tick && !new_plan && !due && !retry && agent.reports.is_empty() {
-            continue;
+        wake_at = None;
+        let mut applied = last_acked.map(|(v, _)| v);
+        if reconcile {
+            let started = std::time::Instant::now();
+            match agent.reconcile(plan).await {
+                Ok(()) => {
+                    tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
+                    applied = Some(plan.version);
+                }
+                Err(e) => {
+                    tracing::warn!("applying plan {}: {e:#}", plan.version);
+                    wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                }
+            }
         }
-        let node_id = plan.node_id.clone();
-        let started = std::time::Instant::now();
-        let applied = match agent.reconcile(&plan).await {
-            Ok(()) => {
-                tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
-                retry = false;
-                Some(plan.version)
+        if !agent.reports.is_empty() || applied != last_acked.map(|(v, _)| v) {
+            let applied = applied.map(|v| (v, *digest));
+            if agent.send_report(&plan.node_id, applied).await {
+                last_acked = applied;
+            } else {
+                wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
             }
-            Err(e) => {
-                tracing::warn!("applying plan {}: {e:#}", plan.version);
-                retry = true;
-                None
-            }
-        };
-        if (!agent.reports.is_empty() || applied != last_acked)
-            && agent.send_report(&node_id, applied).await
-        {
-            last_acked = applied;
+        }
+        if let Some(at) = agent.next_start(plan) {
+            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
         }
     }
 }
 
+/// How soon a failed apply or report is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Long-polls the node's plan changes and hands on the accumulated plan. It runs apart from
+/// applying, so the polls (the node's heartbeats) keep coming however long an apply takes.
 async fn poll_plans(
     client: ManagerClient,
     mut node_id: String,
     req: RegisterRequest,
-    tx: watch::Sender<Option<NodePlan>>,
+    tx: watch::Sender<Option<(NodePlan, u64)>>,
 ) {
-    let mut epoch: Option<u64> = None;
+    let mut since: Option<u64> = None;
+    let mut plan = PlanState::default();
+    let mut digest = 0;
     loop {
-        let uri = match epoch {
-            Some(e) => format!("{PREFIX}/{node_id}/plan?after={e}"),
+        let uri = match since {
+            Some(v) => format!("{PREFIX}/{node_id}/plan?since={v}"),
             None => format!("{PREFIX}/{node_id}/plan"),
         };
         match client.get::<PlanResponse>(&uri).await {
             Ok(r) => {
-                epoch = Some(r.epoch);
-                tx.send_if_modified(|cur| {
-                    if cur.as_ref() == Some(&r.plan) {
-                        false
-                    } else {
-                        *cur = Some(r.plan);
-                        true
-                    }
-                });
+                since = Some(r.version);
+                if let Some(delta) = &r.delta {
+                    tracing::debug!(
+                        version = r.version,
+                        full = delta.full,
+                        objects = delta.len(),
+                        "plan delta"
+                    );
+                    digest = plan.apply(delta, digest);
+                    tx.send_replace(Some((plan.to_plan(r.version), digest)));
+                }
             }
             Err(ClientError::Status { status, .. }) if status == 404 => {
                 if let Ok(id) = register(&client, &req).await {
                     node_id = id;
                 }
-                epoch = None;
+                since = None;
             }
             Err(e @ ClientError::Timeout { .. }) => {
                 // A request nobody answered (not a manager that is away) is worth seeing.
                 tracing::warn!("plan poll: {e}; polling again");
-                epoch = None;
             }
             Err(e) => {
-                // The dataplane keeps serving while the manager is away.
+                // The dataplane keeps serving while the manager is away; the manager sends
+                // the full plan if it cannot tell what we have.
                 tracing::debug!("plan poll: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                epoch = None;
             }
         }
     }
 }
 
 impl Agent {
+    /// When the earliest task waiting out a restart back-off may start.
+    fn next_start(&self, plan: &NodePlan) -> Option<tokio::time::Instant> {
+        let now = chrono::Utc::now();
+        plan.tasks
+            .iter()
+            .filter(|t| !self.tasks.contains_key(&t.id) && !self.finished.contains(&t.id))
+            .filter_map(|t| t.start_after)
+            .filter(|at| *at > now)
+            .min()
+            .map(|at| {
+                let wait = (at - now).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + wait + Duration::from_millis(1)
+            })
+    }
+
     fn report(&mut self, id: &str, state: TaskState, message: &str, err: Option<String>) {
         let pid = self.tasks.get(id).and_then(|t| t.pid);
         self.reports.insert(
@@ -330,9 +369,10 @@ impl Agent {
     }
 
     /// Whether the manager took the report.
-    async fn send_report(&mut self, node_id: &str, applied: Option<u64>) -> bool {
+    async fn send_report(&mut self, node_id: &str, applied: Option<(u64, u64)>) -> bool {
         let report = Report {
-            applied_version: applied,
+            applied_version: applied.map(|(v, _)| v),
+            plan_digest: applied.map(|(_, d)| d),
             tasks: self.reports.values().cloned().collect(),
         };
         match self
@@ -371,6 +411,9 @@ impl Agent {
                 };
                 let (state, message, err) = if t.stopping {
                     (TaskState::Shutdown, "shutdown".to_string(), None)
+                } else if t.adopted {
+                    let why = "task: exited (status unknown: it outlived an agent restart)";
+                    (TaskState::Failed, why.to_string(), Some(why.to_string()))
                 } else if code == Some(0) {
                     (TaskState::Complete, "finished".to_string(), None)
                 } else {
@@ -400,6 +443,7 @@ impl Agent {
 
     fn cleanup(&mut self, t: RunningTask) {
         self.resolver.remove(&t.plan.id);
+        adopt::forget(&self.paths.task_dir(&t.plan.id));
         let RunningTask { ns, dns, lb, .. } = t;
         // Sockets and handles keep a namespace alive: release them before its name.
         drop(dns);
@@ -412,6 +456,109 @@ impl Agent {
     }
 
     async fn reconcile(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+        // Whatever fails below is re-applied in full next time.
+        let prev = self.applied.take();
+        self.apply(plan, prev.as_ref()).await?;
+        self.applied = Some(plan.clone());
+        if !self.swept {
+            self.sweep(plan);
+            self.swept = true;
+        }
+        Ok(())
+    }
+
+    /// Takes over a task an earlier agent started, if its process still runs.
+    fn adopt(&mut self, t: &TaskPlan) -> Adoption {
+        let dir = self.paths.task_dir(&t.id);
+        let Some(rec) = adopt::load(&dir).filter(|r| r.node == self.hostname) else {
+            return Adoption::Nothing;
+        };
+        if !adopt::alive(&rec) {
+            adopt::forget(&dir);
+            return Adoption::Ended;
+        }
+        let adopted = NetNs::open(&self.paths.task_ns(&t.id))
+            .map_err(anyhow::Error::from)
+            .and_then(|ns| Ok((self.resolver.serve_in(&t.id, &ns)?, ns)));
+        let (dns, ns) = match adopted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("adopting {}: {e:#}; it is stopped", t.name);
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+                adopt::forget(&dir);
+                return Adoption::Ended;
+            }
+        };
+        tracing::info!(task = t.name, pid = rec.pid, "adopted");
+        let id = t.id.clone();
+        let events = self.events.clone();
+        let pid = rec.pid;
+        tokio::spawn(async move {
+            if let Err(e) = adopt::exited(pid).await {
+                tracing::warn!("watching adopted task {id}: {e}");
+                return;
+            }
+            let _ = events.send(Event::Exited { id, code: None });
+        });
+        let port = crate::images::resolve(&t.image)
+            .filter(|_| t.args.is_empty())
+            .map(|b| b.port());
+        // Starting until it answers again; not reported, since the manager knows it running
+        // and a report would take it out of the load balancers for nothing.
+        self.tasks.insert(
+            t.id.clone(),
+            RunningTask {
+                plan: t.clone(),
+                host_link: rec.host_link,
+                ns: ns.clone(),
+                pid: Some(rec.pid),
+                dns: Some(dns),
+                lb: lb::new(self.driver, ns.clone()),
+                state: TaskState::Starting,
+                stopping: false,
+                adopted: true,
+            },
+        );
+        let events = self.events.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let ev = match wait_listening(ns, Some(pid), port).await {
+                Ok(()) => Event::Ready { id },
+                Err(err) => Event::NotReady { id, err },
+            };
+            let _ = events.send(ev);
+        });
+        Adoption::Adopted
+    }
+
+    /// Stops what an earlier agent left running that the plan no longer wants (its node was
+    /// down meanwhile and the tasks were replaced elsewhere), so nothing runs twice.
+    fn sweep(&mut self, plan: &NodePlan) {
+        let wanted: HashSet<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+        let tasks_dir = self.paths.run_dir().join("tasks");
+        for (id, dir, rec) in adopt::records(&tasks_dir, &self.hostname) {
+            if wanted.contains(id.as_str()) || self.tasks.contains_key(&id) {
+                continue;
+            }
+            if adopt::alive(&rec) {
+                tracing::info!(
+                    task = id,
+                    pid = rec.pid,
+                    "stopping a task the plan no longer has"
+                );
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+            }
+            if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
+                tracing::debug!("removing the namespace of {id}: {e}");
+            }
+            adopt::forget(&dir);
+        }
+    }
+
+    /// Makes the node match `plan`. Tasks' load balancers and DNS views are rebuilt only
+    /// where a service on one of their networks changed since `prev` (the plan applied
+    /// last), so a change costs in proportion to what it touches.
+    async fn apply(&mut self, plan: &NodePlan, prev: Option<&NodePlan>) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         self.dataplane
             .install_ipsec(plan)
@@ -442,6 +589,16 @@ impl Agent {
             {
                 continue;
             }
+            match self.adopt(t) {
+                Adoption::Adopted => continue,
+                Adoption::Ended => {
+                    self.finished.insert(t.id.clone());
+                    let why = "task: exited while its agent was down";
+                    self.report(&t.id, TaskState::Failed, why, Some(why.to_string()));
+                    continue;
+                }
+                Adoption::Nothing => {}
+            }
             let task_started = std::time::Instant::now();
             let result = self.start(t).await;
             tracing::debug!(task = t.name, took = ?task_started.elapsed(), "task started");
@@ -456,7 +613,21 @@ impl Agent {
                 );
             }
         }
+        let touched = prev.map(|p| dataplane::changed_networks(p, plan));
+        let prev_tasks: HashSet<&str> = prev
+            .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
+            .unwrap_or_default();
         for t in self.tasks.values_mut().filter(|t| !t.stopping) {
+            if let Some(nets) = &touched
+                && prev_tasks.contains(t.plan.id.as_str())
+                && !t
+                    .plan
+                    .attachments
+                    .iter()
+                    .any(|a| nets.contains(&a.network_id))
+            {
+                continue;
+            }
             let services = dataplane::task_services(plan, &t.plan);
             tokio::task::block_in_place(|| t.lb.apply(&services))
                 .with_context(|| format!("load balancing for {}", t.plan.name))?;
@@ -536,6 +707,18 @@ impl Agent {
         let mut child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
         self.logs.capture(&t.id, &mut child);
         let pid = child.id();
+        if let Some(p) = pid {
+            let rec = adopt::Record {
+                node: self.hostname.clone(),
+                pid: p,
+                start_time: adopt::start_time(p).unwrap_or_default(),
+                host_link,
+                stop_grace_ms: t.stop_grace_ms,
+            };
+            if let Err(e) = adopt::save(&dir, &rec) {
+                tracing::warn!("recording {} for a restarted agent: {e}", t.name);
+            }
+        }
         let id = t.id.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -557,6 +740,7 @@ impl Agent {
                 lb,
                 state: TaskState::Starting,
                 stopping: false,
+                adopted: false,
             },
         );
         self.report(&t.id, TaskState::Starting, "starting", None);
@@ -582,14 +766,7 @@ impl Agent {
         t.stopping = true;
         let grace = Duration::from_millis(t.plan.stop_grace_ms);
         match t.pid {
-            Some(pid) => {
-                let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
-                let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
-                });
-            }
+            Some(pid) => kill_group(pid, grace),
             None => {
                 let _ = self.events.send(Event::Exited {
                     id: id.to_string(),
@@ -598,6 +775,24 @@ impl Agent {
             }
         }
     }
+}
+
+enum Adoption {
+    Adopted,
+    /// Its process ended while no agent watched it.
+    Ended,
+    /// No earlier agent started it.
+    Nothing,
+}
+
+/// SIGTERM to a task's process group, SIGKILL after its stop grace period.
+fn kill_group(pid: u32, grace: Duration) {
+    let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    });
 }
 
 /// The /30 linking a host-mode task to its node, carved from 172.19.0.0/16: (node, task).

@@ -1,21 +1,71 @@
-//! The agents' side of the manager: registration, plan long-polls and observed-state reports.
+//! The agents' side of the manager: registration, plan long-polls (which are also the
+//! heartbeats), observed-state reports, and what happens to a node that stops polling.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 
 use super::{ApiError, ApiResult, Shared};
-use crate::model::{Node, NodeState, TaskState};
+use crate::model::{Node, NodeState, TaskState, TaskStatus};
 use crate::orchestrator;
-use crate::plan;
 use crate::protocol::{PlanResponse, RegisterRequest, RegisterResponse, Report};
+use crate::store::State as StoreState;
 
-const LONG_POLL: Duration = Duration::from_secs(5);
-/// A node that has not polled for this long is marked down.
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Heartbeat defaults: a dead node is noticed within 1.5 s (3 missed 0.5 s periods), so its
+/// backends leave every load balancer well inside 3 s, and an idle node costs two small
+/// requests a second.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+pub const DEFAULT_MISSES: u32 = 3;
+/// After a manager restart, how long agents have to reconnect before their nodes count as
+/// down (they retry every 200 ms).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub const ENV_HEARTBEAT_MS: &str = "SWARMKIT_HEARTBEAT_MS";
+pub const ENV_HEARTBEAT_MISSES: &str = "SWARMKIT_HEARTBEAT_MISSES";
+pub const ENV_GRACE_MS: &str = "SWARMKIT_RECONNECT_GRACE_MS";
+
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat {
+    pub period: Duration,
+    pub misses: u32,
+    pub grace: Duration,
+}
+
+impl Heartbeat {
+    /// From the manager's environment (each variable optional).
+    pub fn from_env() -> anyhow::Result<Heartbeat> {
+        fn var(name: &str, default: u64, min: u64) -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Err(_) => Ok(default),
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => anyhow::bail!(
+                        "{name}={v:?} is not a whole number >= {min}: unset it for the default {default}"
+                    ),
+                },
+            }
+        }
+        Ok(Heartbeat {
+            period: Duration::from_millis(var(
+                ENV_HEARTBEAT_MS,
+                DEFAULT_HEARTBEAT.as_millis() as u64,
+                50,
+            )?),
+            misses: var(ENV_HEARTBEAT_MISSES, u64::from(DEFAULT_MISSES), 1)? as u32,
+            grace: Duration::from_millis(var(ENV_GRACE_MS, DEFAULT_GRACE.as_millis() as u64, 0)?),
+        })
+    }
+
+    /// Silence after which a node is down.
+    pub fn timeout(&self) -> Duration {
+        self.period * self.misses
+    }
+}
 
 pub async fn register(
     State(m): State<Shared>,
@@ -69,29 +119,32 @@ pub async fn register(
         s.put_node(node);
         Ok(id)
     })?;
-    m.set_ack(&node_id, 0);
+    // A (re)started agent has applied nothing yet.
+    m.set_ack(&node_id, 0, None);
     m.touch(&node_id);
     Ok(Json(RegisterResponse { node_id }))
 }
 
 #[derive(Deserialize)]
 pub struct PlanQuery {
-    after: Option<u64>,
+    /// The plan version the agent has (absent: it has nothing).
+    since: Option<u64>,
 }
 
+/// Answers with what changed for the node since `since`, as soon as something does, or
+/// with nothing after one heartbeat period.
 pub async fn plan(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<PlanQuery>,
-) -> ApiResult<Json<PlanResponse>> {
+) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound(format!("node {id} is not registered: register first"));
     let Some(node) = m.store.snapshot().nodes.get(&id).cloned() else {
-        return Err(ApiError::NotFound(format!(
-            "node {id} is not registered: register first"
-        )));
+        return Err(not_found());
     };
     m.touch(&id);
     if node.state == NodeState::Down {
-        // It was only slow (a loaded machine): it is back.
+        // It was only slow or cut off: it is back.
         m.update(|s| {
             if let Some(mut n) = s.nodes.get(&id).cloned() {
                 n.state = NodeState::Ready;
@@ -101,18 +154,31 @@ pub async fn plan(
             Ok(())
         })?;
     }
-    let mut rx = m.epoch.subscribe();
-    if let Some(after) = q.after {
-        let _ = tokio::time::timeout(LONG_POLL, rx.wait_for(|e| *e > after)).await;
+    let deadline = tokio::time::Instant::now() + m.heartbeat.period;
+    loop {
+        let (delivery, mut woken) = {
+            let mut d = m.dispatch();
+            let mut rx = d.subscribe(&id).ok_or_else(not_found)?;
+            rx.borrow_and_update();
+            (d.take(&id, q.since).ok_or_else(not_found)?, rx)
+        };
+        if delivery.delta.is_some() || tokio::time::Instant::now() >= deadline {
+            m.touch(&id);
+            let carried = delivery.delta.is_some();
+            let body = serde_json::to_vec(&PlanResponse {
+                version: delivery.version,
+                delta: delivery.delta,
+                heartbeat_ms: m.heartbeat.period.as_millis() as u64,
+            })
+            // Plain structs and string-keyed maps: encoding cannot fail.
+            .expect("plan responses encode");
+            if carried {
+                m.dispatch().count_bytes(&id, body.len());
+            }
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        let _ = tokio::time::timeout_at(deadline, woken.changed()).await;
     }
-    m.touch(&id);
-    let epoch = *rx.borrow();
-    let s = m.store.snapshot();
-    let min_ack = m.min_ack(&s);
-    Ok(Json(PlanResponse {
-        epoch,
-        plan: plan::compute(&s, &id, min_ack),
-    }))
 }
 
 pub async fn report(
@@ -129,6 +195,14 @@ pub async fn report(
                     continue;
                 };
                 if t.node_id != id {
+                    continue;
+                }
+                if t.desired != TaskState::Running
+                    && t.status.state.is_terminal()
+                    && !r.state.is_terminal()
+                {
+                    // Ended here already (its node was down): a late word from a node
+                    // coming back must not revive it.
                     continue;
                 }
                 let changed =
@@ -166,38 +240,101 @@ pub async fn report(
         })?;
     }
     if let Some(v) = report.applied_version {
-        m.set_ack(&id, v);
+        m.set_ack(&id, v, report.plan_digest);
     }
     Ok(Json(serde_json::json!({})))
 }
 
-/// Marks nodes down when they stop polling.
+/// Each node's channel: what was sent, what is pending, whether its agent holds exactly the
+/// manager's plan.
+pub async fn status(State(m): State<Shared>) -> Json<Vec<crate::dispatch::FeedStatus>> {
+    Json(m.dispatch().status())
+}
+
+/// Marks nodes down when they stop heartbeating. It sleeps until the earliest moment a
+/// node could be overdue, so an idle cluster costs one wake-up per heartbeat period.
 pub async fn watch_liveness(m: Shared) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let hb = m.heartbeat;
     loop {
-        tick.tick().await;
+        let now = Instant::now();
         let s = m.store.snapshot();
-        let stale: Vec<String> = s
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Ready && m.silent_for(&n.id) > NODE_TIMEOUT)
-            .map(|n| n.id.clone())
-            .collect();
-        if stale.is_empty() {
+        let mut next = now + hb.timeout();
+        let mut stale = Vec::new();
+        for n in s.nodes.values().filter(|n| n.state == NodeState::Ready) {
+            // A node this manager has not heard from yet gets the reconnect grace.
+            let due = match m.last_seen(&n.id) {
+                Some(seen) => seen + hb.timeout(),
+                None => m.started + hb.grace.max(hb.timeout()),
+            };
+            if due <= now {
+                stale.push(n.id.clone());
+            } else {
+                next = next.min(due);
+            }
+        }
+        if !stale.is_empty() {
+            let r = m.update(|s| {
+                for id in &stale {
+                    // Heard from since the snapshot: not down.
+                    if m.last_seen(id).is_some_and(|t| t.elapsed() < hb.timeout()) {
+                        continue;
+                    }
+                    tracing::warn!(node = id, "missed {} heartbeats: node down", hb.misses);
+                    node_down(s, id);
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!("marking nodes down: {e}");
+            }
             continue;
         }
-        let r = m.update(|s| {
-            for id in &stale {
-                if let Some(mut n) = s.nodes.get(id).cloned() {
-                    n.state = NodeState::Down;
-                    n.updated = Utc::now();
-                    s.put_node(n);
-                }
-            }
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::warn!("marking nodes down: {e}");
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// A node is down: its tasks end (Orphaned, as Swarm shows tasks of a lost node), which
+/// takes their backends and overlay entries off every other node at once, and their
+/// services get replacements on live nodes.
+pub fn node_down(s: &mut StoreState, id: &str) {
+    let Some(mut node) = s.nodes.get(id).cloned() else {
+        return;
+    };
+    if node.state == NodeState::Down {
+        return;
+    }
+    let now = Utc::now();
+    node.state = NodeState::Down;
+    node.updated = now;
+    let hostname = node.hostname.clone();
+    s.put_node(node);
+    let lost: Vec<_> = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id == id && !t.status.state.is_terminal())
+        .cloned()
+        .collect();
+    let mut services = BTreeSet::new();
+    for mut t in lost {
+        if t.desired == TaskState::Running {
+            services.insert(t.service_id.clone());
+        }
+        t.desired = TaskState::Shutdown;
+        t.status = TaskStatus {
+            state: TaskState::Orphaned,
+            timestamp: now,
+            message: "node is down".into(),
+            err: Some(format!("node {hostname} is down")),
+            pid: t.status.pid,
+            exit_code: None,
+        };
+        t.updated = now;
+        s.put_task(t);
+    }
+    for svc in services {
+        // No live node left to place on is no reason to keep the dead node Ready.
+        if let Err(e) = orchestrator::reconcile(s, &svc) {
+            tracing::warn!("replacing the tasks of service {svc} lost with node {hostname}: {e}");
         }
     }
 }

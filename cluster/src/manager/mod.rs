@@ -16,18 +16,21 @@ mod updater;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
+pub use agents::{Heartbeat, node_down};
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 pub use rotation::KeyStatus;
 
-use crate::model::{Meta, Network, NodeState};
+use crate::dispatch::Dispatcher;
+use crate::model::{Meta, Network};
 use crate::store::{State, Store};
 
 /// Docker API version we speak (the 28.x CLI's).
@@ -37,33 +40,42 @@ pub const ENGINE_VERSION: &str = concat!("swarmkit-", env!("CARGO_PKG_VERSION"))
 
 pub struct Manager {
     pub store: Store,
-    /// Highest plan version each node has applied (observed state, not persisted).
-    acks: Mutex<HashMap<String, u64>>,
-    /// Bumped on every store commit and whenever the lowest ack moves (plans depend on it).
-    epoch: watch::Sender<u64>,
+    /// Every node's plan, kept up to date from the store's commits, and the agents' acks.
+    dispatch: Mutex<Dispatcher>,
     /// What tasks printed, as their agents pushed it.
     logs: logs::Logs,
+    /// Bumped on every commit and whenever the lowest ack moves (for the updater).
+    epoch: watch::Sender<u64>,
     /// When each node's agent last talked to us.
-    last_seen: Mutex<HashMap<String, std::time::Instant>>,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    pub heartbeat: agents::Heartbeat,
+    started: Instant,
 }
 
 pub type Shared = Arc<Manager>;
 
 impl Manager {
     pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
+        let heartbeat = agents::Heartbeat::from_env()?;
         let store = Store::open(path)?;
+        let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,
-            acks: Mutex::new(HashMap::new()),
-            epoch: watch::channel(0).0,
+            dispatch,
             logs: Default::default(),
+            epoch: watch::channel(0).0,
             last_seen: Mutex::new(HashMap::new()),
+            heartbeat,
+            started: Instant::now(),
         });
         m.initialise(cluster)?;
+        m.dispatch().assume_applied_before_restart();
         Ok(m)
     }
 
     fn initialise(&self, cluster: &str) -> Result<(), ApiError> {
+        // Nodes keep their state across a manager restart: their agents get a grace period
+        // to reconnect (see agents::watch_liveness) before anything is rescheduled.
         self.store.update(|s: &mut State| {
             if s.meta.cluster_id.is_empty() {
                 let mut local = std::collections::BTreeMap::new();
@@ -96,49 +108,35 @@ impl Manager {
                     keyring: None,
                 });
             }
-            // Nodes are re-proven live by their agents after a manager restart.
-            let nodes: Vec<_> = s.nodes.values().cloned().collect();
-            for mut n in nodes {
-                if n.state != NodeState::Down {
-                    n.state = NodeState::Down;
-                    s.put_node(n);
-                }
-            }
             Ok::<_, ApiError>(())
-        })
+        })?;
+        drop(self.dispatch());
+        Ok(())
+    }
+
+    /// The dispatcher, brought up to the store's latest commit.
+    fn dispatch(&self) -> MutexGuard<'_, Dispatcher> {
+        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        d.advance(self.store.snapshot());
+        d
     }
 
     /// The plan version a node last reported applied (0: none yet).
     pub fn ack_of(&self, node_id: &str) -> u64 {
-        self.acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .copied()
-            .unwrap_or(0)
+        self.dispatch().ack_of(node_id)
     }
 
-    /// The lowest plan version applied by every ready node.
-    pub fn min_ack(&self, state: &State) -> u64 {
-        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
-        state
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Ready)
-            .map(|n| acks.get(&n.id).copied().unwrap_or(0))
-            .min()
-            .unwrap_or(state.version)
+    /// The lowest store version every ready node's dataplane reflects.
+    pub fn min_ack(&self, _state: &State) -> u64 {
+        self.dispatch().min_ack()
     }
 
-    pub fn set_ack(&self, node_id: &str, version: u64) {
-        let s = self.store.snapshot();
-        let before = self.min_ack(&s);
-        self.acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), version);
-        if self.min_ack(&s) != before {
-            self.bump_epoch();
+    pub fn set_ack(&self, node_id: &str, version: u64, digest: Option<u64>) {
+        let mut d = self.dispatch();
+        let before = d.min_ack();
+        d.ack(node_id, version, digest);
+        if d.min_ack() != before {
+            self.epoch.send_modify(|e| *e += 1);
         }
     }
 
@@ -146,26 +144,26 @@ impl Manager {
         self.last_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), std::time::Instant::now());
+            .insert(node_id.to_string(), Instant::now());
     }
 
-    pub fn silent_for(&self, node_id: &str) -> std::time::Duration {
+    pub fn last_seen(&self, node_id: &str) -> Option<Instant> {
         self.last_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(node_id)
-            .map(|t| t.elapsed())
-            .unwrap_or(std::time::Duration::MAX)
+            .copied()
     }
 
-    fn bump_epoch(&self) {
-        self.epoch.send_modify(|e| *e += 1);
-    }
-
-    /// Commits through the store and wakes every agent waiting for a new plan.
+    /// Commits through the store and hands the change to the dispatcher, which wakes the
+    /// agents whose plans it changed.
     pub fn update<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
-        let out = tokio::task::block_in_place(|| self.store.update(f))?;
-        self.bump_epoch();
+        let out = tokio::task::block_in_place(|| {
+            let out = self.store.update(f)?;
+            drop(self.dispatch());
+            Ok::<_, ApiError>(out)
+        })?;
+        self.epoch.send_modify(|e| *e += 1);
         Ok(out)
     }
 }
@@ -236,6 +234,7 @@ pub fn router(m: Shared) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
+        .route("/swarmkit/v1/agents", get(agents::status))
         .route(
             "/swarmkit/v1/networks/{id}/rotate-key",
             post(rotation::rotate),

@@ -12,7 +12,7 @@ use bollard::models::{
 use sha2::Digest;
 
 use super::extract::Query;
-use super::lookup::{ListQuery, parse_filters};
+use super::lookup::{Filters, ListQuery};
 use super::{API_VERSION, ApiError, ApiResult, ENGINE_VERSION, MIN_API_VERSION, Shared};
 use crate::model::NodeState;
 
@@ -70,7 +70,7 @@ fn swarm_spec(name: &str) -> SwarmSpec {
             heartbeat_tick: Some(1),
         }),
         dispatcher: Some(SwarmSpecDispatcher {
-            heartbeat_period: Some(super::agents::NODE_TIMEOUT.as_nanos() as i64 / 3),
+            heartbeat_period: Some(super::agents::DEFAULT_HEARTBEAT.as_nanos() as i64),
         }),
         ca_config: Some(SwarmSpecCaConfig {
             node_cert_expiry: Some(90 * 24 * 3600 * 1_000_000_000),
@@ -185,7 +185,7 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
 /// swarmkit keeps no secrets or configs; docker's `stack deploy` and `stack rm` list them to
 /// find a stack's parts, so the lists exist and are empty.
 pub async fn no_secrets(Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    parse_filters(q.filters.as_deref(), &["id", "name", "label", "names"])?;
+    Filters::parse(q.filters.as_deref(), &["id", "name", "label", "names"])?;
     Ok(Json(Vec::new()))
 }
 

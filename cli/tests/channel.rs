@@ -1,0 +1,332 @@
+//! The manager <-> agent channel on live clusters: deltas reach only the nodes they concern,
+//! a restarted agent resyncs to exactly the manager's plan, and a node that stops
+//! heartbeating is down, its tasks ended and replaced, its backends gone from every mesh.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+fn api(c: &Cluster, path: &str) -> serde_json::Value {
+    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
+    let out = Command::new("curl")
+        .args(["-s", "-g", "--unix-socket", &socket])
+        .arg(format!("http://swarmkit{path}"))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Each node's channel status (`GET /swarmkit/v1/agents`), by hostname.
+fn channel(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
+    let hostnames: BTreeMap<String, String> = api(c, "/nodes")
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["ID"].as_str().unwrap().to_string(),
+                n["Description"]["Hostname"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    api(c, "/swarmkit/v1/agents")
+        .as_array()
+        .expect("feeds")
+        .iter()
+        .map(|f| (hostnames[f["node_id"].as_str().unwrap()].clone(), f.clone()))
+        .collect()
+}
+
+fn plans_sent(f: &serde_json::Value) -> u64 {
+    f["sent"]["deltas"].as_u64().unwrap() + f["sent"]["full"].as_u64().unwrap()
+}
+
+fn all_in_sync(c: &Cluster) -> bool {
+    channel(c).values().all(|f| f["in_sync"] == true)
+}
+
+fn agent_pid(c: &Cluster, node: &str) -> i32 {
+    std::fs::read_to_string(format!("/run/swarmkit/{}/{node}.pid", c.name))
+        .expect("agent pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+fn signal(pid: i32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Pids of the running tasks of a service (from the API), by task ID.
+fn running_tasks(c: &Cluster, service: &str) -> BTreeMap<String, i64> {
+    c.api_tasks(service)
+        .iter()
+        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .map(|t| {
+            (
+                t["ID"].as_str().unwrap().to_string(),
+                t["Status"]["ContainerStatus"]["PID"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_commit_unrelated_to_a_node_sends_it_nothing() {
+    require_root!();
+    let c = Cluster::up("chan-quiet", 3);
+    c.sk(&["network", "create", "--driver", "overlay", "a"])
+        .ok();
+    c.sk(&["network", "create", "--driver", "overlay", "b"])
+        .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "on1",
+        "--network",
+        "a",
+        "--constraint",
+        "node.hostname==node1",
+        "whoami",
+    ])
+    .ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        all_in_sync(&c)
+    });
+    let before = channel(&c);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "on2",
+        "--network",
+        "b",
+        "--constraint",
+        "node.hostname==node2",
+        "whoami",
+    ])
+    .ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        all_in_sync(&c)
+    });
+    let after = channel(&c);
+    for node in ["node1", "node3"] {
+        assert_eq!(
+            plans_sent(&before[node]),
+            plans_sent(&after[node]),
+            "{node} shares nothing with on2 yet was sent something: {} -> {}",
+            before[node],
+            after[node]
+        );
+    }
+    assert!(plans_sent(&after["node2"]) > plans_sent(&before["node2"]));
+}
+
+/// A cluster whose daemons see `env` (the manager reads its heartbeat settings from it).
+fn up_with_env(tag: &str, nodes: usize, env: &[(&str, &str)]) -> Cluster {
+    let c = Cluster {
+        name: format!("t{}-{tag}", std::process::id() % 100000),
+    };
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "120", env!("CARGO_BIN_EXE_swarmkit")])
+        .args([
+            "cluster",
+            "up",
+            "--name",
+            &c.name,
+            "--nodes",
+            &nodes.to_string(),
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("swarmkit runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c
+}
+
+#[test]
+fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state() {
+    require_root!();
+    // Long enough a heartbeat timeout that the hung agent below is not declared down.
+    let c = up_with_env("chan-restart", 3, &[("SWARMKIT_HEARTBEAT_MISSES", "20")]);
+    c.sk(&["network", "create", "--driver", "overlay", "app"])
+        .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "whoami",
+    ])
+    .ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        all_in_sync(&c)
+    });
+    let before = running_tasks(&c, "web");
+    assert_eq!(before.len(), 3);
+    let agent = agent_pid(&c, "node2");
+    // Changes reach the manager while node2's agent hangs, then it dies mid-stream; the
+    // supervisor starts a new one.
+    signal(agent, "STOP");
+    c.sk(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "api",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "-p",
+        "8081:80",
+        "whoami",
+    ])
+    .ok();
+    c.sk(&["service", "scale", "--detach", "web=2"]).ok();
+    signal(agent, "KILL");
+    c.eventually(
+        "node2's agent back and in sync",
+        Duration::from_secs(30),
+        || {
+            agent_pid(&c, "node2") != agent
+                && all_in_sync(&c)
+                && running_tasks(&c, "api").len() == 3
+                && running_tasks(&c, "web").len() == 2
+        },
+    );
+    let node2 = &channel(&c)["node2"];
+    assert!(node2["sent"]["full"].as_u64().unwrap() >= 2, "{node2}");
+    // Adopted, not restarted: the same tasks with the same processes.
+    for (id, pid) in running_tasks(&c, "web") {
+        assert_eq!(before.get(&id), Some(&pid), "web task {id} was restarted");
+        assert!(alive(pid as i32));
+    }
+    // What it holds is real: the mesh on node2 reaches every api and web replica.
+    for port in [8080, 8081] {
+        let r = c.node(
+            "node2",
+            &format!(
+                "ok=0; for i in $(seq 12); do c=$(curl -s -m 2 -o /dev/null -w '%{{http_code}}' localhost:{port}/); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok"
+            ),
+        );
+        assert_eq!(r.stdout.trim(), "12", "port {port}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_silent_node_is_down_and_its_tasks_are_replaced() {
+    require_root!();
+    let c = Cluster::up("chan-down", 3);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "whoami",
+    ])
+    .ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        all_in_sync(&c)
+    });
+    let on_node3: Vec<(String, i64)> = c
+        .api_tasks("web")
+        .iter()
+        .filter(|t| t["DesiredState"] == "running")
+        .filter(|t| {
+            let n = t["NodeID"].as_str().unwrap();
+            api(&c, &format!("/nodes/{n}"))["Description"]["Hostname"] == "node3"
+        })
+        .map(|t| {
+            (
+                t["ID"].as_str().unwrap().to_string(),
+                t["Status"]["ContainerStatus"]["PID"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(on_node3.len(), 1, "spread puts one replica on node3");
+    let (lost_task, lost_pid) = on_node3[0].clone();
+    let agent = agent_pid(&c, "node3");
+    // A hung agent heartbeats no more; its task keeps running, unreachable to the manager.
+    signal(agent, "STOP");
+    let stopped = Instant::now();
+    c.eventually("node3 down", Duration::from_secs(10), || {
+        c.sk(&["node", "inspect", "node3"])
+            .ok()
+            .stdout
+            .contains("\"down\"")
+    });
+    let detected = stopped.elapsed();
+    c.eventually("3 replicas running again", Duration::from_secs(15), || {
+        running_tasks(&c, "web").len() == 3
+    });
+    let recovered = stopped.elapsed();
+    eprintln!("node3 down after {detected:?}, 3 replicas again after {recovered:?}");
+    let lost = c
+        .api_tasks("web")
+        .into_iter()
+        .find(|t| t["ID"] == lost_task.as_str())
+        .expect("the lost task stays as history");
+    assert_eq!(lost["Status"]["State"], "orphaned", "{lost}");
+    assert_eq!(lost["DesiredState"], "shutdown", "{lost}");
+    // Every request through the mesh on node1 succeeds: node3's backend is gone.
+    let r = c.node(
+        "node1",
+        "ok=0; for i in $(seq 30); do c=$(curl -s -m 2 -o /dev/null -w '%{http_code}' localhost:8080/); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok",
+    );
+    assert_eq!(
+        r.stdout.trim(),
+        "30",
+        "failed requests after node3 went down"
+    );
+    // Back: the orphaned task is stopped, nothing runs twice for a slot.
+    signal(agent, "CONT");
+    c.eventually("node3 ready", Duration::from_secs(10), || {
+        c.sk(&["node", "inspect", "node3"])
+            .ok()
+            .stdout
+            .contains("\"ready\"")
+    });
+    c.eventually("the orphaned task to stop", Duration::from_secs(10), || {
+        !alive(lost_pid as i32)
+    });
+    let running = running_tasks(&c, "web");
+    assert_eq!(running.len(), 3, "{running:?}");
+    assert!(!running.contains_key(&lost_task));
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        all_in_sync(&c)
+    });
+}
