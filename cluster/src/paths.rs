@@ -109,6 +109,15 @@ impl ClusterPaths {
     }
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never a
+/// mix: written beside it, synced, then renamed over it.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
 /// Environment variable carried by every process a cluster starts, so teardown can find
 /// them by reading /proc even after a crash lost the pid files.
 pub const OWNER_ENV: &str = "SWARMKIT_OWNER";

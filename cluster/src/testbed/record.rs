@@ -4,14 +4,13 @@
 //!
 //! [`NodeBackend`]: super::NodeBackend
 
-use std::path::Path;
 use std::time::Duration;
 
 use netcore::lb::Driver;
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, Result, io};
-use crate::paths::ClusterPaths;
+use crate::paths::{ClusterPaths, write_atomically};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -106,11 +105,4 @@ pub fn backend_of(paths: &ClusterPaths) -> Option<Backend> {
             .parse()
             .ok()
     })
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(tmp, path)
 }

@@ -110,10 +110,10 @@ pub fn ensure(paths: &ClusterPaths, spec: &Spec) -> Result<(u32, bool)> {
     }
     let pid = spawn(paths, spec)?;
     // The pid first: whoever reads the spec must find the process it describes.
-    super::record::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
+    crate::paths::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
         .map_err(io("writing a pid file"))?;
     let bytes = serde_json::to_vec_pretty(spec).expect("a spec serializes");
-    super::record::write_atomically(&spec_file(paths, &spec.name), &bytes)
+    crate::paths::write_atomically(&spec_file(paths, &spec.name), &bytes)
         .map_err(io("writing a daemon spec"))?;
     Ok((pid, true))
 }
