@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use netcore::netns::NetNs;
 
 use crate::client::ManagerClient;
@@ -17,28 +16,83 @@ use crate::with_backend;
 
 pub use crate::testbed::record::{ClusterInfo, UpOptions, read_info};
 
-fn validate_data_path(opts: &UpOptions) -> anyhow::Result<()> {
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(
+        "swarmkit needs root to create network namespaces and program the kernel: run it with sudo"
+    )]
+    NotRoot,
+    /// The message says what a name may be.
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("invalid --data-path-port {0}: give a port in 1024-49151 (the default is 4789)")]
+    InvalidDataPathPort(u16),
+    #[error("invalid --key-rotation {}s: give at least 10s (the default is 12h)", .0.as_secs())]
+    InvalidKeyRotation(Duration),
+    #[error("no cluster named {0:?}: see swarmkit cluster ls")]
+    NoCluster(String),
+    #[error("cluster {0:?} is already up: use it, or remove it first (swarmkit cluster down {0})")]
+    AlreadyUp(String),
+    #[error(
+        "cluster {name:?} is recorded in {} but nothing of it runs, nor is there a record of how it ran (was the host rebooted?): remove it with swarmkit cluster down {name}",
+        record.display()
+    )]
+    NothingRuns {
+        name: String,
+        record: std::path::PathBuf,
+    },
+    #[error("cluster {name} was not fully removed:\n  {}", problems.join("\n  "))]
+    NotFullyRemoved { name: String, problems: Vec<String> },
+    #[error("no running task {task:?} in cluster {cluster:?}: see swarmkit service ps SERVICE")]
+    NoTask { cluster: String, task: String },
+    #[error("task {0} has no process yet")]
+    TaskNotStarted(String),
+    #[error("task {task} is on node {node}, which is gone")]
+    TaskNodeGone { task: String, node: String },
+    #[error("reading {}: {source}", path.display())]
+    Record {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Testbed(#[from] TestbedError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    NetNs(#[from] netcore::netns::NetNsError),
+}
+
+pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
+    let what = what.into();
+    move |source| LifecycleError::Io { what, source }
+}
+
+fn validate_data_path(opts: &UpOptions) -> Result<()> {
     if let Some(p) = opts.data_path_port
         && !(1024..=49151).contains(&p)
     {
-        bail!("invalid --data-path-port {p}: give a port in 1024-49151 (the default is 4789)");
+        return Err(LifecycleError::InvalidDataPathPort(p));
     }
     if let Some(d) = opts.key_rotation
         && d < Duration::from_secs(10)
     {
-        bail!(
-            "invalid --key-rotation {}s: give at least 10s (the default is 12h)",
-            d.as_secs()
-        );
+        return Err(LifecycleError::InvalidKeyRotation(d));
     }
     Ok(())
 }
 
-fn require_root() -> anyhow::Result<()> {
+fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "swarmkit needs root to create network namespaces and program the kernel: run it with sudo"
-        );
+        return Err(LifecycleError::NotRoot);
     }
     Ok(())
 }
@@ -47,9 +101,9 @@ fn manager_running(paths: &ClusterPaths) -> bool {
     std::os::unix::net::UnixStream::connect(paths.manager_socket()).is_ok()
 }
 
-pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
+pub async fn up(opts: &UpOptions) -> Result<ClusterInfo> {
     require_root()?;
-    validate_cluster_name(&opts.name).map_err(anyhow::Error::msg)?;
+    validate_cluster_name(&opts.name).map_err(LifecycleError::InvalidName)?;
     validate_data_path(opts)?;
     with_backend!(opts.backend, b => b.check(opts))?;
     let paths = ClusterPaths::new(&opts.name);
@@ -60,11 +114,12 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
         // Leftovers of a `cluster up` that never finished: nothing was ever recorded as up.
         down(&opts.name).await?;
     }
-    std::fs::create_dir_all(paths.run_dir())?;
-    std::fs::create_dir_all(paths.state_dir())?;
+    for dir in [paths.run_dir(), paths.state_dir()] {
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
     note_backend(&paths, opts.backend)?;
     let result = match with_backend!(opts.backend, b => b.up(opts, &paths).await) {
-        Ok(nodes) => record_up(opts, &paths, nodes).map_err(anyhow::Error::from),
+        Ok(nodes) => record_up(opts, &paths, nodes).map_err(LifecycleError::from),
         Err(e) => Err(e.into()),
     };
     if result.is_err() {
@@ -76,15 +131,13 @@ pub async fn up(opts: &UpOptions) -> anyhow::Result<ClusterInfo> {
 /// `cluster up` on a cluster that is recorded as up: starts whatever of it is not running (the
 /// supervisor, which restarts the manager and the agents; nodes killed on purpose stay down)
 /// and waits until it answers. Its state is never touched.
-async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<ClusterInfo> {
+async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> {
     let specs = supervise::all(paths);
     if specs.is_empty() {
-        bail!(
-            "cluster {:?} is recorded in {} but nothing of it runs, nor is there a record of how it ran (was the host rebooted?): remove it with swarmkit cluster down {}",
-            info.name,
-            paths.info_file().display(),
-            info.name
-        );
+        return Err(LifecycleError::NothingRuns {
+            name: info.name,
+            record: paths.info_file(),
+        });
     }
     let down: Vec<&Spec> = specs
         .iter()
@@ -94,11 +147,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> anyhow::Result<Clust
         })
         .collect();
     if down.is_empty() && supervise::supervisor(paths).is_some() {
-        bail!(
-            "cluster {:?} is already up: use it, or remove it first (swarmkit cluster down {})",
-            info.name,
-            info.name
-        );
+        return Err(LifecycleError::AlreadyUp(info.name));
     }
     for spec in down {
         supervise::ensure(paths, spec)?;
@@ -155,16 +204,16 @@ pub fn owned_processes(cluster: &str) -> Vec<i32> {
         .collect()
 }
 
-pub async fn down(name: &str) -> anyhow::Result<()> {
+pub async fn down(name: &str) -> Result<()> {
     require_root()?;
-    validate_cluster_name(name).map_err(anyhow::Error::msg)?;
+    validate_cluster_name(name).map_err(LifecycleError::InvalidName)?;
     let paths = ClusterPaths::new(name);
     let prefix = paths.ns_prefix();
     let known = paths.info_file().exists() || paths.run_dir().exists();
     let namespaces = NetNs::list_with_prefix(&prefix);
     let procs = owned_processes(name);
     if !known && namespaces.is_empty() && procs.is_empty() {
-        bail!("no cluster named {name:?}: see swarmkit cluster ls");
+        return Err(LifecycleError::NoCluster(name.to_string()));
     }
     // What the backend made beyond this host's cluster-named objects goes first, while the
     // records that lead to it still exist.
@@ -216,10 +265,10 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
         }
     }
     if !errors.is_empty() {
-        bail!(
-            "cluster {name} was not fully removed:\n  {}",
-            errors.join("\n  ")
-        );
+        return Err(LifecycleError::NotFullyRemoved {
+            name: name.to_string(),
+            problems: errors,
+        });
     }
     Ok(())
 }
@@ -234,7 +283,7 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
+pub fn list() -> Result<Vec<ClusterInfo>> {
     let Ok(dir) = std::fs::read_dir(crate::paths::STATE_ROOT) else {
         return Ok(Vec::new());
     };
@@ -245,8 +294,11 @@ pub fn list() -> anyhow::Result<Vec<ClusterInfo>> {
         let Ok(bytes) = std::fs::read(paths.info_file()) else {
             continue;
         };
-        let mut info: ClusterInfo = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", paths.info_file().display()))?;
+        let mut info: ClusterInfo =
+            serde_json::from_slice(&bytes).map_err(|source| LifecycleError::Record {
+                path: paths.info_file(),
+                source,
+            })?;
         info.running = manager_running(&paths);
         out.push(info);
     }
@@ -261,7 +313,7 @@ pub async fn node_exec(
     node: &str,
     sandbox: Option<&str>,
     argv: &[String],
-) -> anyhow::Result<i32> {
+) -> Result<i32> {
     require_root()?;
     let inside = match sandbox {
         Some(name)
@@ -288,7 +340,7 @@ fn recorded(cluster: &str) -> Result<(ClusterPaths, ClusterInfo), TestbedError> 
 
 /// Runs argv inside a task's namespaces (net, uts, mnt), from its node; `task` is an ID, ID
 /// prefix or task name like `search.1`. Returns its exit code.
-pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Result<i32> {
+pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> Result<i32> {
     require_root()?;
     let (paths, info) = recorded(cluster)?;
     let client = ManagerClient::new(&paths.manager_socket());
@@ -312,19 +364,25 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> anyhow::Re
                 || task.starts_with(&format!("{}.", name_of(t))))
     });
     let Some(t) = found else {
-        bail!("no running task {task:?} in cluster {cluster:?}: see swarmkit service ps SERVICE");
+        return Err(LifecycleError::NoTask {
+            cluster: cluster.to_string(),
+            task: task.to_string(),
+        });
     };
     // The pid is the one the task's node gave it: enter it from there.
     let pid = t["Status"]["ContainerStatus"]["PID"]
         .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("task {task} has no process yet"))?;
+        .ok_or_else(|| LifecycleError::TaskNotStarted(task.to_string()))?;
     let node_id = t["NodeID"].as_str().unwrap_or_default();
     let nodes: Vec<bollard::models::Node> = client.get("/nodes").await?;
     let hostname = nodes
         .iter()
         .find(|n| n.id.as_deref() == Some(node_id))
         .and_then(|n| n.description.as_ref()?.hostname.clone())
-        .ok_or_else(|| anyhow::anyhow!("task {task} is on node {node_id}, which is gone"))?;
+        .ok_or_else(|| LifecycleError::TaskNodeGone {
+            task: task.to_string(),
+            node: node_id.to_string(),
+        })?;
     Ok(with_backend!(info.backend, b => {
         b.exec(&paths, &hostname, Inside::Task(pid), argv).await
     })?)
@@ -353,4 +411,60 @@ pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {
 
 pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {
     crate::agent::run(cluster, node).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::Backend;
+
+    fn opts(backend: Backend, nodes: usize) -> UpOptions {
+        UpOptions {
+            name: "t".into(),
+            nodes,
+            backend,
+            lb: None,
+            inventory: None,
+            data_path_port: None,
+            key_rotation: None,
+        }
+    }
+
+    #[test]
+    fn bad_options_are_refused_by_cause() {
+        let mut o = opts(Backend::Netns, 3);
+        o.data_path_port = Some(80);
+        assert!(matches!(
+            validate_data_path(&o),
+            Err(LifecycleError::InvalidDataPathPort(80))
+        ));
+        o.data_path_port = None;
+        o.key_rotation = Some(Duration::from_secs(1));
+        assert!(matches!(
+            validate_data_path(&o),
+            Err(LifecycleError::InvalidKeyRotation(_))
+        ));
+        // Each backend judges what it can build, before anything exists.
+        let refused = |o: &UpOptions| with_backend!(o.backend, b => b.check(o));
+        assert!(matches!(
+            refused(&opts(Backend::Qemu, 33)),
+            Err(TestbedError::InvalidNodes {
+                backend: Backend::Qemu,
+                given: 33,
+                max: 32
+            })
+        ));
+        assert!(matches!(
+            refused(&opts(Backend::Netns, 0)),
+            Err(TestbedError::InvalidNodes {
+                backend: Backend::Netns,
+                ..
+            })
+        ));
+        assert!(matches!(
+            refused(&opts(Backend::Ssh, 1)),
+            Err(TestbedError::NoInventory)
+        ));
+        assert!(refused(&opts(Backend::Qemu, 32)).is_ok());
+    }
 }

@@ -50,11 +50,12 @@ use crate::undo::{Journal, UndoError};
 const PUBLISHED: &str = "published";
 
 /// Where the routing mesh balances a node's published ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MeshLayout {
     /// In the ingress sandbox, as Docker does. For nodes whose namespace is not the project's
     /// alone: a netns node shares the host's kernel, an ssh node is the user's own host.
+    #[default]
     Sandbox,
     /// In the node's own namespace, with IPVS; for nodes the project owns whole (QEMU guests).
     Node,

@@ -45,9 +45,14 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// On the wire and in records by its name (`ipvs`, `nftables`); records written before that
+/// spelled it capitalised, which is still read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Driver {
+    #[serde(alias = "Ipvs")]
     Ipvs,
+    #[serde(alias = "Nftables")]
     Nftables,
 }
 
