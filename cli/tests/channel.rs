@@ -50,14 +50,6 @@ fn all_in_sync(c: &Cluster) -> bool {
     channel(c).values().all(|f| f["in_sync"] == true)
 }
 
-fn agent_pid(c: &Cluster, node: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/swarmkit/{}/{node}.pid", c.name))
-        .expect("agent pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
 fn signal(pid: i32, sig: &str) {
     assert!(
         Command::new("kill")
@@ -141,37 +133,16 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
     assert!(plans_sent(&after["node2"]) > plans_sent(&before["node2"]));
 }
 
-/// A cluster whose daemons see `env` (the manager reads its heartbeat settings from it).
-fn up_with_env(tag: &str, nodes: usize, env: &[(&str, &str)]) -> Cluster {
-    let c = Cluster {
-        name: format!("t{}-{tag}", std::process::id() % 100000),
-    };
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "120", env!("CARGO_BIN_EXE_swarmkit")])
-        .args([
-            "cluster",
-            "up",
-            "--name",
-            &c.name,
-            "--nodes",
-            &nodes.to_string(),
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .expect("swarmkit runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c
-}
-
 #[test]
 fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state() {
     require_root!();
     // Long enough a heartbeat timeout that the hung agent below is not declared down.
-    let c = up_with_env("chan-restart", 3, &[("SWARMKIT_HEARTBEAT_MISSES", "20")]);
+    let c = Cluster::up_with_env(
+        "chan-restart",
+        3,
+        &[],
+        &[("SWARMKIT_HEARTBEAT_MISSES", "20")],
+    );
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     c.sk(&[
@@ -193,7 +164,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     });
     let before = running_tasks(&c, "web");
     assert_eq!(before.len(), 3);
-    let agent = agent_pid(&c, "node2");
+    let agent = c.pid_of("node2");
     // Changes reach the manager while node2's agent hangs, then it dies mid-stream; the
     // supervisor starts a new one.
     signal(agent, "STOP");
@@ -218,7 +189,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
         "node2's agent back and in sync",
         Duration::from_secs(30),
         || {
-            agent_pid(&c, "node2") != agent
+            c.pid_of("node2") != agent
                 && all_in_sync(&c)
                 && running_tasks(&c, "api").len() == 3
                 && running_tasks(&c, "web").len() == 2
@@ -279,7 +250,7 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .collect();
     assert_eq!(on_node3.len(), 1, "spread puts one replica on node3");
     let (lost_task, lost_pid) = on_node3[0].clone();
-    let agent = agent_pid(&c, "node3");
+    let agent = c.pid_of("node3");
     // A hung agent heartbeats no more; its task keeps running, unreachable to the manager.
     signal(agent, "STOP");
     let stopped = Instant::now();

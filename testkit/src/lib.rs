@@ -130,21 +130,23 @@ pub struct Cluster {
 impl Cluster {
     /// A fresh netns cluster of `nodes` nodes named [`unique_name`]`(tag)`.
     pub fn up(tag: &str, nodes: usize) -> Cluster {
-        Cluster::up_with(&unique_name(tag), &["--nodes", &nodes.to_string()])
+        Cluster::up_with(tag, nodes, &[])
     }
 
-    /// Brings up the cluster `name` with `cluster up` flags `args`; the guard exists before
-    /// the command runs, so a half-built cluster is torn down too.
-    pub fn up_with(name: &str, args: &[&str]) -> Cluster {
-        Cluster::up_with_env(name, args, &[])
+    /// As [`Cluster::up`], with more `cluster up` flags (`--backend qemu`). The guard exists
+    /// before the command runs, so a half-built cluster is torn down too.
+    pub fn up_with(tag: &str, nodes: usize, flags: &[&str]) -> Cluster {
+        Cluster::up_with_env(tag, nodes, flags, &[])
     }
 
-    /// As [`Cluster::up_with`], with extra environment variables for `cluster up`.
-    pub fn up_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Cluster {
-        let c = Cluster::guard(name);
-        let mut all = vec!["cluster", "up", "--name", name];
-        all.extend_from_slice(args);
-        swarmkit_with(&all, env).ok();
+    /// As [`Cluster::up_with`], with `env` in the environment of `cluster up` and so of the
+    /// daemons it starts (the manager reads its heartbeat settings from there).
+    pub fn up_with_env(tag: &str, nodes: usize, flags: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let c = Cluster::guard(&unique_name(tag));
+        let nodes = nodes.to_string();
+        let mut args = vec!["cluster", "up", "--name", &c.name, "--nodes", &nodes];
+        args.extend_from_slice(flags);
+        swarmkit_with(&args, env).ok();
         c
     }
 
