@@ -30,25 +30,16 @@ const DATA_PORT: &str = "7789";
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn skip_reason() -> Option<String> {
-    if let Some(why) = testkit::needs_root().or_else(testkit::needs_bin) {
+    if let Some(why) = testkit::needs_qemu() {
         return Some(why);
     }
     for (tool, pkg) in [
-        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/bin/tcpdump", "tcpdump"),
         ("/usr/bin/python3", "python3"),
     ] {
         if !Path::new(tool).exists() {
             return Some(format!("{tool} is missing (apt-get install {pkg})"));
         }
-    }
-    let cached = Path::new("/var/cache/swarmkit/kernel").is_dir();
-    let apt = Command::new("apt-cache")
-        .args(["show", "linux-image-amd64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cached && !apt {
-        return Some("Debian's linux-image-amd64 is neither cached nor known to apt".into());
     }
     None
 }
@@ -66,13 +57,7 @@ fn text(o: &Output) -> String {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = sk(args);
-    assert!(
-        out.status.success(),
-        "swarmkit {args:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::swarmkit(args).ok().stdout
 }
 
 /// A running task of the service: where it runs and its address per network name.

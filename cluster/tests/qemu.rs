@@ -13,23 +13,7 @@ use cluster::ssh::{self, SshError, Target};
 use testkit::eventually;
 
 fn skip_reason() -> Option<String> {
-    if let Some(why) = testkit::needs_root().or_else(testkit::needs_bin) {
-        return Some(why);
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some(
-            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
-        );
-    }
-    let cached = Path::new("/var/cache/swarmkit/kernel").is_dir();
-    let apt = Command::new("apt-cache")
-        .args(["show", "linux-image-amd64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cached && !apt {
-        return Some("Debian's linux-image-amd64 is neither cached nor known to apt".into());
-    }
-    None
+    testkit::needs_qemu()
 }
 
 /// Every command is bounded, so a hang fails the test instead of stalling CI.
@@ -38,14 +22,7 @@ fn sk(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = sk(args);
-    assert!(
-        out.status.success(),
-        "swarmkit {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    testkit::swarmkit(args).ok().stdout
 }
 
 /// What still runs for the cluster, by name, for the failure message.

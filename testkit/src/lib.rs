@@ -53,6 +53,28 @@ pub fn needs_bin() -> Option<String> {
     })
 }
 
+/// Why a test that boots QEMU guests cannot run here, if it cannot: it needs root, the binary,
+/// QEMU, and a guest kernel (cached, or Debian's package to fetch).
+pub fn needs_qemu() -> Option<String> {
+    if let Some(why) = needs_root().or_else(needs_bin) {
+        return Some(why);
+    }
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        return Some(
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
+        );
+    }
+    let cached = std::path::Path::new("/var/cache/swarmkit/kernel").is_dir();
+    let apt = Command::new("apt-cache")
+        .args(["show", "linux-image-amd64"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !cached && !apt {
+        return Some("Debian's linux-image-amd64 is neither cached nor known to apt".into());
+    }
+    None
+}
+
 /// A cluster name unique to this test process: `t<pid>-<tag>` (cluster names are at most 24
 /// characters, so keep tags short).
 pub fn unique_name(tag: &str) -> String {
