@@ -9,8 +9,9 @@
 //! 1. a new file `testbed/containers.rs` with a unit struct implementing [`NodeBackend`]
 //!    (what it cannot do returns [`TestbedError::Unsupported`]); whole machines reached over
 //!    SSH can reuse [`machine`];
-//! 2. a variant in [`Backend`] (its name in `Display` and `ALL`), and its line in
-//!    [`with_backend!`]. The compiler finds every other place: there is none.
+//! 2. a variant in [`Backend`] (its name in `as_str` and `ALL`, from which `--backend` takes
+//!    its choices), and its line in [`with_backend!`]. The compiler finds every other place:
+//!    there is none.
 
 pub mod machine;
 pub mod netns;
@@ -44,15 +45,20 @@ pub enum Backend {
 
 impl Backend {
     pub const ALL: [Backend; 3] = [Backend::Netns, Backend::Qemu, Backend::Ssh];
+
+    /// Its name, as `--backend` takes it and the record keeps it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Netns => "netns",
+            Backend::Qemu => "qemu",
+            Backend::Ssh => "ssh",
+        }
+    }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Netns => "netns",
-            Backend::Qemu => "qemu",
-            Backend::Ssh => "ssh",
-        })
+        f.write_str(self.as_str())
     }
 }
 
