@@ -2,13 +2,12 @@
 //! down`, `cluster ls`, and running commands on nodes and in tasks. What differs by backend is
 //! behind [`NodeBackend`]; this module reaches it only through the kind in the cluster's record.
 
-use std::path::Path;
 use std::time::Duration;
 
 use netcore::netns::NetNs;
 
 use crate::client::ManagerClient;
-use crate::paths::{ClusterPaths, OWNER_ENV, validate_cluster_name};
+use crate::paths::{ClusterPaths, validate_cluster_name};
 use crate::testbed::record::{backend_of, note_backend, record_up};
 use crate::testbed::supervise::{self, Spec};
 use crate::testbed::{Inside, NodeBackend, TestbedError, wait_until};
@@ -176,34 +175,6 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
 /// Agents that were down reconnect within their retry back-off.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Live processes (this one aside) carrying this cluster's owner mark, found through /proc so
-/// that a crash that lost pid files still leaves nothing behind. Zombies are already dead:
-/// their parent, not `cluster down`, has to reap them.
-pub fn owned_processes(cluster: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mark = format!("{OWNER_ENV}={cluster}");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let zombie = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|state| state.trim_start().starts_with('Z'))
-        })
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == mark.as_bytes()))
-                .unwrap_or(false)
-        })
-        .filter(|pid| !zombie(*pid))
-        .collect()
-}
-
 pub async fn down(name: &str) -> Result<()> {
     require_root()?;
     validate_cluster_name(name).map_err(LifecycleError::InvalidName)?;
@@ -211,7 +182,7 @@ pub async fn down(name: &str) -> Result<()> {
     let prefix = paths.ns_prefix();
     let known = paths.info_file().exists() || paths.run_dir().exists();
     let namespaces = NetNs::list_with_prefix(&prefix);
-    let procs = owned_processes(name);
+    let procs = crate::procs::owned(name);
     if !known && namespaces.is_empty() && procs.is_empty() {
         return Err(LifecycleError::NoCluster(name.to_string()));
     }
@@ -223,26 +194,14 @@ pub async fn down(name: &str) -> Result<()> {
     };
     // The supervisor first, or it would restart what is being stopped.
     if let Some(pid) = supervise::supervisor(&paths) {
-        crate::testbed::procs::kill_all(&[pid]);
+        crate::procs::kill_all(&[pid]);
     }
-    for pid in &procs {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    wait_until(
-        "cluster processes to exit",
-        Duration::from_secs(5),
-        &paths.run_dir(),
-        || async {
-            procs
-                .iter()
-                .all(|p| !Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p))
-        },
-    )
-    .await?;
     let mut errors = remote_errors;
+    if !crate::procs::kill_all(&procs) {
+        errors.push(format!(
+            "processes {procs:?} did not die within 5s of SIGKILL"
+        ));
+    }
     // On a host whose own namespace an agent used (an ssh node), its tables and sysctls; the
     // journal is only ever written there, never for namespaces the cluster made.
     if paths.host_journal().exists() {
@@ -271,16 +230,6 @@ pub async fn down(name: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 pub fn list() -> Result<Vec<ClusterInfo>> {

@@ -27,7 +27,7 @@ fn ok(args: &[&str]) -> String {
 
 /// What still runs for the cluster, by name, for the failure message.
 fn owned_live_processes(cluster: &str) -> Vec<String> {
-    cluster::lifecycle::owned_processes(cluster)
+    cluster::procs::owned(cluster)
         .into_iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
         .collect()
@@ -641,10 +641,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         .pid
         .unwrap();
     c(&["node", "kill", "node2"]);
-    assert!(
-        cluster::testbed::procs::dead(guest as i32),
-        "the guest survived"
-    );
+    assert!(cluster::procs::dead(guest as i32), "the guest survived");
     assert!(!ping("node1", "192.168.0.12"));
     c(&["node", "start", "node2"]);
     assert!(ping("node1", "192.168.0.12"));

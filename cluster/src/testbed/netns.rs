@@ -16,10 +16,11 @@ use nix::sched::CloneFlags;
 
 use super::supervise::{self, Spec};
 use super::{
-    Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, io, procs,
+    Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, io,
 };
 use crate::client::ManagerClient;
 use crate::paths::ClusterPaths;
+use crate::procs;
 
 pub struct Netns;
 

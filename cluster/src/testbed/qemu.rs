@@ -12,10 +12,9 @@ use netcore::link::Links;
 use netcore::netns::NetNs;
 
 use super::machine::{self, remote};
-use super::{
-    Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, procs,
-};
+use super::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
 use crate::paths::ClusterPaths;
+use crate::procs;
 use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};

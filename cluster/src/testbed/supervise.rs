@@ -13,8 +13,9 @@ use netcore::netns::{NetNs, enter_raw};
 use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
-use super::{Result, io, procs};
+use super::{Result, io};
 use crate::paths::{ClusterPaths, OWNER_ENV};
+use crate::procs;
 
 /// How to start one daemon of a cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -684,7 +684,7 @@ pub async fn wait_console(paths: &ClusterPaths, node: &VmNode, deadline: Duratio
     let start = Instant::now();
     while !console_ready(paths, node) {
         if let Some(pid) = node.pid
-            && crate::testbed::procs::dead(pid as i32)
+            && crate::procs::dead(pid as i32)
         {
             return Err(QemuError::Died {
                 node: node.name.clone(),
