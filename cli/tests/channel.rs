@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, alive, pid_of, swarmkit};
+use common::{Cluster, alive, swarmkit};
 
 fn api(c: &Cluster, path: &str) -> serde_json::Value {
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
@@ -19,6 +19,17 @@ fn api(c: &Cluster, path: &str) -> serde_json::Value {
         .expect("curl");
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `path` from the manager, or None while it does not answer.
+fn try_api(c: &Cluster, path: &str) -> Option<serde_json::Value> {
+    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "2", "--unix-socket", &socket])
+        .arg(format!("http://swarmkit{path}"))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Each node's channel status (`GET /swarmkit/v1/agents`), by hostname.
@@ -48,14 +59,6 @@ fn plans_sent(f: &serde_json::Value) -> u64 {
 
 fn all_in_sync(c: &Cluster) -> bool {
     channel(c).values().all(|f| f["in_sync"] == true)
-}
-
-fn agent_pid(c: &Cluster, node: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/swarmkit/{}/{node}.pid", c.name))
-        .expect("agent pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
 }
 
 fn signal(pid: i32, sig: &str) {
@@ -134,7 +137,6 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
     assert!(plans_sent(&after["node2"]) > plans_sent(&before["node2"]));
 }
 
-/// A cluster whose daemons see `env` (the manager reads its heartbeat settings from it).
 #[test]
 fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state() {
     require_root!();
@@ -188,7 +190,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     let ticker = running_tasks(&c, "ticker");
     let before = running_tasks(&c, "web");
     assert_eq!(before.len(), 3);
-    let agent = agent_pid(&c, "node2");
+    let agent = c.pid_of("node2");
     // Changes reach the manager while node2's agent hangs, then it dies mid-stream; the
     // supervisor starts a new one.
     signal(agent, "STOP");
@@ -214,7 +216,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
         "node2's agent back and in sync",
         Duration::from_secs(30),
         || {
-            agent_pid(&c, "node2") != agent
+            c.pid_of("node2") != agent
                 && all_in_sync(&c)
                 && running_tasks(&c, "api").len() == 3
                 && running_tasks(&c, "web").len() == 2
@@ -292,7 +294,7 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .collect();
     assert_eq!(on_node3.len(), 1, "spread puts one replica on node3");
     let (lost_task, lost_pid) = on_node3[0].clone();
-    let agent = agent_pid(&c, "node3");
+    let agent = c.pid_of("node3");
     // A hung agent heartbeats no more; its task keeps running, unreachable to the manager.
     signal(agent, "STOP");
     let stopped = Instant::now();
@@ -354,19 +356,9 @@ fn heartbeat_settings_are_the_clusters_and_survive_a_manager_restart() {
         1,
         &["--heartbeat-period", "200ms", "--heartbeat-misses", "2"],
     );
-    let sock = cluster::paths::ClusterPaths::new(&c.name).manager_socket();
-    let period = || -> Option<i64> {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", "-m", "2", "--unix-socket"])
-            .arg(&sock)
-            .arg("http://swarmkit/swarm")
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["Spec"]["Dispatcher"]["HeartbeatPeriod"].as_i64()
-    };
+    let period = || try_api(&c, "/swarm")?["Spec"]["Dispatcher"]["HeartbeatPeriod"].as_i64();
     assert_eq!(period(), Some(200_000_000));
-    let manager = pid_of(&c, "manager");
+    let manager = c.pid_of("manager");
     signal(manager, "KILL");
     c.eventually("the manager restarted", Duration::from_secs(20), || {
         std::fs::read_to_string(format!("/run/swarmkit/{}/manager.pid", c.name))

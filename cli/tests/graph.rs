@@ -70,7 +70,7 @@ fn normalise(s: &str) -> String {
 }
 
 fn cluster_name_marker() -> String {
-    format!("t{}-graph", std::process::id() % 100000)
+    common::unique_name("graph")
 }
 
 #[test]
@@ -290,20 +290,7 @@ fn trace_names_the_replica_that_answered() {
 /// FDB and each task's conntrack table. Skipped (with the reason) where QEMU is not here.
 #[test]
 fn trace_on_qemu_guests_shows_every_hop() {
-    require_root!();
-    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        eprintln!("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)");
-        return;
-    }
-    let kernel_known = std::path::Path::new("/var/cache/swarmkit/kernel").is_dir()
-        || std::process::Command::new("apt-cache")
-            .args(["show", "linux-image-amd64"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !kernel_known {
-        eprintln!("skipped: Debian's linux-image-amd64 (the guest kernel) is not available here");
-        return;
-    }
+    testkit::skip_unless!(testkit::needs_qemu());
     let c = Cluster::up_with("qtrace", 2, &["--backend", "qemu"]);
     search_and_client(&c, 2);
     check_traces(&c, "node1", 2);

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use ::cluster::lifecycle::{self, UpOptions};
 use ::cluster::paths::ClusterPaths;
+use ::cluster::testbed::Backend;
 use clap::Subcommand;
 
 use crate::render::{self, Table};
@@ -19,8 +20,8 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = ["netns", "qemu", "ssh"])]
-        backend: String,
+        #[arg(long, default_value = "netns", value_parser = backend_parser())]
+        backend: Backend,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
         #[arg(long, value_parser = ["ipvs", "nftables"])]
         lb: Option<String>,
@@ -64,6 +65,13 @@ pub enum ClusterCmd {
     },
 }
 
+/// `--backend`: one of the backends the testbed has, listed in help and errors.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str))
+        .map(|s| s.parse::<Backend>().expect("a listed backend parses"))
+}
+
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -95,11 +103,11 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             heartbeat_misses,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
-            // clap already limited both to their known names.
+            // clap already limited --lb to the drivers' names.
             let opts = UpOptions {
                 name,
                 nodes,
-                backend: backend.parse()?,
+                backend,
                 lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
                 inventory,
                 data_path_port,

@@ -122,7 +122,7 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             netns,
             node,
             command,
-        } => ::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await,
+        } => Ok(::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await?),
         NodeCmd::Kill { node } => fault(cluster, &node, Fault::Kill).await,
         NodeCmd::Start { node } => fault(cluster, &node, Fault::Start).await,
         NodeCmd::Isolate { node } => fault(cluster, &node, Fault::Isolate).await,

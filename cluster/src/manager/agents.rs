@@ -89,8 +89,8 @@ pub async fn register(
             Some(mut n) => {
                 n.addr = req.addr;
                 n.state = NodeState::Ready;
-                n.lb_driver = req.lb_driver.clone();
-                n.mesh = req.mesh.clone();
+                n.lb_driver = req.lb_driver.to_string();
+                n.mesh = req.mesh.to_string();
                 n.kernel = req.kernel.clone();
                 n.ipsec_missing = req.ipsec_missing.clone();
                 n.updated = now;
@@ -112,8 +112,8 @@ pub async fn register(
                     version: 0,
                     state: NodeState::Ready,
                     leader: !s.nodes.values().any(|n| n.leader),
-                    lb_driver: req.lb_driver.clone(),
-                    mesh: req.mesh.clone(),
+                    lb_driver: req.lb_driver.to_string(),
+                    mesh: req.mesh.to_string(),
                     kernel: req.kernel.clone(),
                     ipsec_missing: req.ipsec_missing.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,

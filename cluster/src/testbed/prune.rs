@@ -43,7 +43,7 @@ pub fn candidates() -> Vec<String> {
             .iter()
             .filter_map(|ns| Some(ns.strip_prefix("sk-")?.split_once('.')?.0.to_string())),
     );
-    names.extend(super::procs::owners());
+    names.extend(crate::procs::owners());
     names.retain(|n| validate_cluster_name(n).is_ok());
     names.sort();
     names.dedup();
