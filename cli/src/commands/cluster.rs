@@ -148,7 +148,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         ClusterCmd::Prune { prefix } => {
-            let pruned = ::cluster::testbed::prune::prune(&prefix).await;
+            let pruned = ::cluster::lifecycle::prune::prune(&prefix).await;
             for name in &pruned.removed {
                 println!("removed {name}");
             }

@@ -15,7 +15,6 @@
 
 pub mod machine;
 pub mod netns;
-pub mod prune;
 pub mod qemu;
 pub mod record;
 pub mod ssh;

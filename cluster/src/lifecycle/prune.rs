@@ -65,7 +65,7 @@ pub async fn prune(prefix: &str) -> Pruned {
             out.running.push(name);
             continue;
         }
-        match crate::lifecycle::down(&name).await {
+        match super::down(&name).await {
             Ok(()) => out.removed.push(name),
             Err(e) => out.failed.push((name, format!("{e:#}"))),
         }

@@ -2,6 +2,8 @@
 //! down`, `cluster ls`, and running commands on nodes and in tasks. What differs by backend is
 //! behind [`NodeBackend`]; this module reaches it only through the kind in the cluster's record.
 
+pub mod prune;
+
 use std::time::Duration;
 
 use netcore::netns::NetNs;
