@@ -395,6 +395,16 @@ fn ssh_backend_on_bare_guests() {
     on_host(&format!(
         "echo 0 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet; {sysctls}"
     ));
+    // The host's own IPsec, which the cluster must leave alone: an SA and a policy of an
+    // address nothing sends to, the policy also only for marked packets.
+    on_host(&format!(
+        "{ip} xfrm state add src 10.99.0.1 dst 10.99.0.2 proto esp spi 0x5c5c reqid 7 \
+         mode transport aead 'rfc4106(gcm(aes))' 0x{key} 64 && \
+         {ip} xfrm policy add src 10.99.0.1/32 dst 10.99.0.2/32 dir out mark 0x77 \
+         tmpl src 10.99.0.1 dst 10.99.0.2 proto esp reqid 7 mode transport",
+        ip = cluster::vm::image::IPROUTE2_IP,
+        key = "ab".repeat(20),
+    ));
     let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
     std::fs::write(&inv_path, &inv).unwrap();
     let t = Instant::now();
@@ -477,9 +487,69 @@ fn ssh_backend_on_bare_guests() {
         ["1", "1"]
     );
 
+    // An encrypted network with a task on each host: the cluster's SAs and policies in the
+    // host's namespace carry its reqid, the marking table its name.
+    ok(&[
+        "--cluster",
+        &name,
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--opt",
+        "encrypted",
+        "sec",
+    ]);
+    ok(&[
+        "--cluster",
+        &name,
+        "service",
+        "create",
+        "--name",
+        "pair",
+        "--network",
+        "sec",
+        "--mode",
+        "global",
+        "whoami",
+    ]);
+    let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&name));
+    let xfrm = |what: &str| on_host(&format!("{} xfrm {what}", cluster::vm::image::IPROUTE2_IP));
+    let with_reqid = |listing: &str| listing.matches(&reqid).count();
+    // Inbound and outbound SAs towards node2, and the outbound policy.
+    eventually(
+        "the cluster's SAs and policy on the host",
+        Duration::from_secs(120),
+        || (with_reqid(&xfrm("state")) >= 2 && with_reqid(&xfrm("policy")) >= 1).then_some(()),
+    );
+    let tables = ours(&on_host("nft list tables"));
+    assert!(
+        tables.contains(&format!("table ip swarmkit_{name}_ipsec")),
+        "{tables:?}"
+    );
+
     ok(&["cluster", "down", &name]);
     // Everything the agent changed in the host's namespace is undone.
     assert_eq!(ours(&on_host("nft list tables")), Vec::<String>::new());
+    let (states, policies) = (xfrm("state"), xfrm("policy"));
+    assert_eq!(
+        with_reqid(&states),
+        0,
+        "the cluster's SAs are left:\n{states}"
+    );
+    assert_eq!(
+        with_reqid(&policies),
+        0,
+        "the cluster's policies are left:\n{policies}"
+    );
+    assert!(
+        states.contains("spi 0x00005c5c") && states.contains("reqid 7 "),
+        "the host's own SA went with the cluster's:\n{states}"
+    );
+    assert!(
+        policies.contains("10.99.0.2/32") && policies.contains("reqid 7 "),
+        "the host's own policy went with the cluster's:\n{policies}"
+    );
     assert_eq!(
         on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
         ["0", "0"],

@@ -29,8 +29,11 @@ use netlink_packet_xfrm::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
 use crate::lb::LbError;
 use crate::netns::{NetNs, NetNsError};
+use crate::undo::{Journal, UndoError};
 
 /// The MTU of an encrypted overlay: 1450 less ESP's overhead (26), rounded down to a
 /// multiple of 4, as Swarm sets it.
@@ -45,8 +48,11 @@ const REPLAY_WINDOW: u32 = 32;
 const OWNER: u32 = 0x5c00_0000;
 const OWNER_MASK: u32 = 0xff00_0000;
 const IPPROTO_UDP: u8 = 17;
-/// The nftables table (in the node namespace) that marks and guards encrypted VNIs.
+/// The nftables table that marks and guards encrypted VNIs in a namespace the cluster owns.
 pub const NFT_TABLE: &str = "swarmkit_ipsec";
+/// The top byte of the reqid an `Owner::shared` cluster programs: it never equals a
+/// per-VNI reqid, so one kind is never taken for the other.
+const SHARED_OWNER: u32 = 0x5d00_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XfrmError {
@@ -62,6 +68,8 @@ pub enum XfrmError {
     },
     #[error("nftables for encrypted overlays: {0}")]
     Nft(#[from] LbError),
+    #[error(transparent)]
+    Undo(Box<UndoError>),
     #[error(
         "this kernel cannot encrypt overlay networks: it lacks {}. Encrypted networks need \
          IPsec ESP with AES-GCM; use a cluster whose nodes boot such a kernel \
@@ -69,6 +77,12 @@ pub enum XfrmError {
         .missing.join(" and ")
     )]
     Unsupported { missing: Vec<String> },
+}
+
+impl From<UndoError> for XfrmError {
+    fn from(e: UndoError) -> Self {
+        XfrmError::Undo(Box::new(e))
+    }
 }
 
 impl XfrmError {
@@ -149,6 +163,69 @@ pub fn reqid_of(vni: u32) -> u32 {
     OWNER | (vni & 0xff_ffff)
 }
 
+/// Whose IPsec state an `Ipsec` reconciles, and in which nftables table.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    table: String,
+    /// None: the namespace is the cluster's own, and every reqid with the owner byte is ours.
+    reqid: Option<u32>,
+    /// Notes the table and the reqid before the first change, for teardown by another process.
+    journal: Option<Arc<Journal>>,
+}
+
+impl Owner {
+    /// A namespace that only this cluster uses (a netns node, a guest): one reqid per VNI.
+    pub fn namespace() -> Owner {
+        Owner {
+            table: NFT_TABLE.to_string(),
+            reqid: None,
+            journal: None,
+        }
+    }
+
+    /// A namespace shared with other clusters and with its owner's own xfrm state (an ssh
+    /// host): one reqid for all of the cluster's SAs and policies, derived from its name, so
+    /// reconciling and teardown touch nothing else. The SAs of different networks towards one
+    /// peer stay apart by their marks, which the kernel matches along with the reqid.
+    pub fn shared(cluster: &str, table: &str, journal: Option<Arc<Journal>>) -> Owner {
+        Owner {
+            table: table.to_string(),
+            reqid: Some(shared_reqid(cluster)),
+            journal,
+        }
+    }
+
+    /// Whatever carries `reqid`, for teardown, which needs no table.
+    pub(crate) fn of_reqid(reqid: u32) -> Owner {
+        Owner {
+            table: String::new(),
+            reqid: Some(reqid),
+            journal: None,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn reqid(&self, vni: u32) -> u32 {
+        self.reqid.unwrap_or_else(|| reqid_of(vni))
+    }
+
+    fn owns(&self, reqid: u32) -> bool {
+        match self.reqid {
+            Some(r) => reqid == r,
+            None => reqid & OWNER_MASK == OWNER,
+        }
+    }
+}
+
+/// The reqid of every SA and policy cluster `cluster` makes in a shared namespace.
+pub fn shared_reqid(cluster: &str) -> u32 {
+    let d = Sha256::digest(cluster.as_bytes());
+    SHARED_OWNER | u32::from_be_bytes([0, d[0], d[1], d[2]])
+}
+
 /// The SPI of the SA from `src` to `dst` for `network_id` with the key tagged `tag`. Both ends
 /// compute it alike; SPIs below 256 are reserved by RFC 4303.
 pub fn spi(network_id: &str, src: Ipv4Addr, dst: Ipv4Addr, tag: u32) -> u32 {
@@ -180,6 +257,8 @@ pub struct Policy {
     pub dst: Ipv4Addr,
     pub dport: u16,
     pub mark: u32,
+    /// Of its template: the SAs it sends through.
+    pub reqid: u32,
 }
 
 /// What the spec asks the kernel to hold, with the key for each SA.
@@ -189,13 +268,13 @@ struct Wanted<'a> {
     vnis: BTreeSet<u32>,
 }
 
-fn wanted(spec: &IpsecSpec) -> Wanted<'_> {
+fn wanted<'a>(spec: &'a IpsecSpec, owner: &Owner) -> Wanted<'a> {
     let mut sas = BTreeMap::new();
     let mut policies = BTreeSet::new();
     let mut vnis = BTreeSet::new();
     for n in &spec.networks {
         vnis.insert(n.vni);
-        let reqid = reqid_of(n.vni);
+        let reqid = owner.reqid(n.vni);
         let mark = mark_of(n.vni);
         for &peer in &n.peers {
             for k in &n.keys {
@@ -222,6 +301,7 @@ fn wanted(spec: &IpsecSpec) -> Wanted<'_> {
                     dst: peer,
                     dport: spec.port,
                     mark,
+                    reqid,
                 });
             }
         }
@@ -235,12 +315,12 @@ fn wanted(spec: &IpsecSpec) -> Wanted<'_> {
 
 /// The nftables table: marks on output, the cleartext drop on input. Replaced whole, in one
 /// transaction, so it is never seen half-written.
-pub fn table_text(port: u16, vnis: &BTreeSet<u32>) -> String {
-    let mut s = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+pub fn table_text(table: &str, port: u16, vnis: &BTreeSet<u32>) -> String {
+    let mut s = format!("add table ip {table}\ndelete table ip {table}\n");
     if vnis.is_empty() {
         return s;
     }
-    s.push_str(&format!("table ip {NFT_TABLE} {{\n"));
+    s.push_str(&format!("table ip {table} {{\n"));
     s.push_str(
         "  chain select_esp {\n    type route hook output priority mangle; policy accept;\n",
     );
@@ -289,23 +369,42 @@ fn ip(a: Ipv4Addr) -> IpAddr {
 /// overlay stopped using it, so no packet of an encrypted network ever leaves in cleartext.
 pub struct Ipsec {
     ns: NetNs,
+    owner: Owner,
     handle: xfrmnetlink::Handle,
     /// What the nftables table holds now (None: not written by this process yet).
     table: Option<(u16, BTreeSet<u32>)>,
 }
 
 impl Ipsec {
+    /// In a namespace the cluster owns (`Owner::namespace`).
     pub fn new(ns: &NetNs) -> Result<Ipsec> {
+        Self::owned_by(ns, Owner::namespace())
+    }
+
+    pub fn owned_by(ns: &NetNs, owner: Owner) -> Result<Ipsec> {
         Ok(Ipsec {
             ns: ns.clone(),
+            owner,
             handle: connect(ns)?,
             table: None,
         })
     }
 
+    /// Journals the table and the reqid, once, before anything is made with them.
+    fn note(&self) -> Result<()> {
+        if let (Some(j), Some(reqid)) = (&self.owner.journal, self.owner.reqid) {
+            j.table(&self.owner.table)?;
+            j.xfrm_reqid(reqid)?;
+        }
+        Ok(())
+    }
+
     /// Adds every SA, policy and VNI rule the spec needs; removes nothing.
     pub async fn install(&mut self, spec: &IpsecSpec) -> Result<()> {
-        let want = wanted(spec);
+        let want = wanted(spec, &self.owner);
+        if self.table.is_none() {
+            self.note()?;
+        }
         let have: BTreeSet<Sa> = self.sas().await?.into_iter().collect();
         // SAs first: a policy without its SA would drop the packets it selects.
         for (sa, key) in &want.sas {
@@ -326,7 +425,10 @@ impl Ipsec {
 
     /// Removes every SA, policy and VNI rule of ours the spec no longer needs.
     pub async fn prune(&mut self, spec: &IpsecSpec) -> Result<()> {
-        let want = wanted(spec);
+        let want = wanted(spec, &self.owner);
+        if self.table.is_none() {
+            self.note()?;
+        }
         self.write_table(spec.port, want.vnis.clone())?;
         for p in self.policies().await? {
             if !want.policies.contains(&p) {
@@ -351,12 +453,23 @@ impl Ipsec {
         if self.table.as_ref() == Some(&(port, vnis.clone())) {
             return Ok(());
         }
-        crate::lb::nftbatch::apply_nft(&self.ns, &table_text(port, &vnis))?;
+        crate::lb::nftbatch::apply_nft(&self.ns, &table_text(&self.owner.table, port, &vnis))?;
         self.table = Some((port, vnis));
         Ok(())
     }
 
-    /// Our SAs in the kernel (those whose reqid carries our owner byte).
+    /// Removes every SA and policy of ours, whatever made them (teardown of a shared namespace).
+    pub async fn remove_all(&self) -> Result<()> {
+        for p in self.policies().await? {
+            self.del_policy(&p).await?;
+        }
+        for sa in self.sas().await? {
+            self.del_sa(&sa).await?;
+        }
+        Ok(())
+    }
+
+    /// Our SAs in the kernel (those whose reqid is the owner's).
     pub async fn sas(&self) -> Result<Vec<Sa>> {
         let msgs: Vec<_> = self
             .handle
@@ -368,7 +481,7 @@ impl Ipsec {
             .map_err(kernel(self.ns.name(), "list", "states".into()))?;
         Ok(msgs
             .into_iter()
-            .filter(|m| m.user_sa_info.reqid & OWNER_MASK == OWNER)
+            .filter(|m| self.owner.owns(m.user_sa_info.reqid))
             .filter(|m| m.user_sa_info.id.proto == IPPROTO_ESP)
             .map(|m| Sa {
                 src: m.user_sa_info.saddr.to_ipv4(),
@@ -383,7 +496,8 @@ impl Ipsec {
             .collect())
     }
 
-    /// Our outbound policies in the kernel (those whose mark carries our owner byte).
+    /// Our outbound policies in the kernel (those whose mark carries our owner byte and whose
+    /// template's reqid is the owner's).
     pub async fn policies(&self) -> Result<Vec<Policy>> {
         let msgs: Vec<_> = self
             .handle
@@ -401,11 +515,16 @@ impl Ipsec {
                     XfrmAttrs::Mark(mk) => Some(mk.value),
                     _ => None,
                 })?;
-                (mark & OWNER_MASK == OWNER).then(|| Policy {
+                let reqid = m.nlas.iter().find_map(|a| match a {
+                    XfrmAttrs::Template(t) => t.first().map(|t| t.reqid),
+                    _ => None,
+                })?;
+                (mark & OWNER_MASK == OWNER && self.owner.owns(reqid)).then(|| Policy {
                     src: m.user_policy_info.selector.saddr.to_ipv4(),
                     dst: m.user_policy_info.selector.daddr.to_ipv4(),
                     dport: m.user_policy_info.selector.dport,
                     mark,
+                    reqid,
                 })
             })
             .collect())
@@ -468,7 +587,7 @@ impl Ipsec {
         tmpl.source(&ip(p.src));
         tmpl.id.daddr = Address::from_ipv4(&p.dst);
         tmpl.id.proto = IPPROTO_ESP;
-        tmpl.reqid = reqid_of(p.mark & 0xff_ffff);
+        tmpl.reqid = p.reqid;
         tmpl.mode = XFRM_MODE_TRANSPORT;
         let r = self
             .handle
@@ -684,7 +803,7 @@ mod tests {
                 peers: peers.clone(),
             }],
         };
-        let w = wanted(&spec);
+        let w = wanted(&spec, &Owner::namespace());
         let inbound = w.sas.keys().filter(|s| s.dst == local).count();
         let outbound: Vec<&Sa> = w.sas.keys().filter(|s| s.src == local).collect();
         assert_eq!(inbound, 4);
@@ -696,8 +815,37 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_namespace_gives_each_cluster_one_reqid_of_its_own() {
+        let spec = IpsecSpec {
+            local: Ipv4Addr::new(192, 168, 0, 10),
+            port: 4789,
+            networks: [4097, 4098]
+                .map(|vni| NetworkIpsec {
+                    network_id: format!("n{vni}"),
+                    vni,
+                    keys: vec![key(1)],
+                    primary: 1,
+                    peers: [Ipv4Addr::new(192, 168, 0, 11)].into(),
+                })
+                .into(),
+        };
+        let a = Owner::shared("alpha", "swarmkit_alpha_ipsec", None);
+        let w = wanted(&spec, &a);
+        let r = shared_reqid("alpha");
+        assert!(w.sas.keys().all(|s| s.reqid == r));
+        assert!(w.policies.iter().all(|p| p.reqid == r));
+        assert!(a.owns(r));
+        assert!(!a.owns(shared_reqid("beta")), "another cluster's state");
+        assert!(!a.owns(reqid_of(4097)), "a namespace-owned reqid");
+        assert!(!Owner::namespace().owns(r));
+        // The networks' outbound SAs to one peer stay apart by their marks.
+        let marks: BTreeSet<_> = w.sas.keys().filter_map(|s| s.mark).collect();
+        assert_eq!(marks, [mark_of(4097), mark_of(4098)].into());
+    }
+
+    #[test]
     fn table_marks_and_guards_each_encrypted_vni_on_the_data_port() {
-        let t = table_text(7789, &[4097, 4099].into());
+        let t = table_text(NFT_TABLE, 7789, &[4097, 4099].into());
         assert!(
             t.contains("udp dport 7789 @th,96,24 4097 meta mark set 0x5c001001"),
             "{t}"
@@ -706,7 +854,7 @@ mod tests {
             t.contains("udp dport 7789 @th,96,24 4099 meta secpath missing counter drop"),
             "{t}"
         );
-        let empty = table_text(4789, &BTreeSet::new());
+        let empty = table_text(NFT_TABLE, 4789, &BTreeSet::new());
         assert!(!empty.contains("chain"), "{empty}");
     }
 }

@@ -78,7 +78,7 @@ async fn probe_names_what_is_missing_or_sas_reconcile() {
             ipsec.apply(&empty).await.expect("empty spec applies");
             assert!(ipsec.sas().await.unwrap().is_empty());
             // The nftables half needs no ESP: the kernel takes the table as written, twice.
-            let table = xfrm::table_text(7789, &[4097, 4098].into());
+            let table = xfrm::table_text(xfrm::NFT_TABLE, 7789, &[4097, 4098].into());
             for _ in 0..2 {
                 netcore::lb::nftbatch::apply_nft(&ns, &table).expect("the table applies");
             }

@@ -12,7 +12,7 @@ use netcore::lb::{self, Driver, Frontend, LoadBalancer, VirtualService};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
 use netcore::undo::Journal;
-use netcore::xfrm::{Ipsec, IpsecSpec, NetworkIpsec};
+use netcore::xfrm::{Ipsec, IpsecSpec, NetworkIpsec, Owner};
 
 use crate::model::{EndpointMode, Protocol};
 use crate::paths::ClusterPaths;
@@ -153,7 +153,19 @@ impl Dataplane {
         }
         let ipsec = match &mut self.ipsec {
             Some(i) => i,
-            None => self.ipsec.insert(Ipsec::new(&self.node)?),
+            None => {
+                // On an ssh host the namespace is shared with other clusters and the host's own
+                // IPsec: the state carries the cluster's reqid and is journaled.
+                let owner = match &self.journal {
+                    Some(j) => Owner::shared(
+                        &self.paths.name,
+                        &self.paths.nft_table("ipsec"),
+                        Some(j.clone()),
+                    ),
+                    None => Owner::namespace(),
+                };
+                self.ipsec.insert(Ipsec::owned_by(&self.node, owner)?)
+            }
         };
         ipsec.install(&spec).await?;
         Ok(())

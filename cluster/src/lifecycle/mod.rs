@@ -218,11 +218,17 @@ pub async fn down(name: &str) -> Result<()> {
     }
     // On a host whose own namespace an agent used (an ssh node), its tables and sysctls; the
     // journal is only ever written there, never for namespaces the cluster made.
+    let mut journal_kept = false;
     if paths.host_journal().exists() {
         let here = NetNs::of_pid(std::process::id())?;
-        match netcore::undo::undo(&paths.host_journal(), &here) {
-            Ok(failed) => errors.extend(failed),
-            Err(e) => errors.push(e.to_string()),
+        if let Err(e) = netcore::undo::undo(&paths.host_journal(), &here).await {
+            // The run dir stays with the journal in it: that is what a retry undoes.
+            journal_kept = paths.host_journal().exists();
+            errors.push(if journal_kept {
+                format!("{e}: `swarmkit cluster down {name}` on this host")
+            } else {
+                e.to_string()
+            });
         }
     }
     for ns in NetNs::list_with_prefix(&prefix) {
@@ -231,6 +237,9 @@ pub async fn down(name: &str) -> Result<()> {
         }
     }
     for dir in [paths.run_dir(), paths.state_dir()] {
+        if journal_kept && dir == paths.run_dir() {
+            continue;
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
