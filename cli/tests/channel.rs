@@ -294,6 +294,48 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .collect();
     assert_eq!(on_node3.len(), 1, "spread puts one replica on node3");
     let (lost_task, lost_pid) = on_node3[0].clone();
+    // What node1's ingress sandbox holds for node3: FDB entries towards its VTEP, and the
+    // neighbour entry of the lost task's ingress address.
+    let ingress_id = api(&c, "/networks/ingress")["Id"]
+        .as_str()
+        .expect("ingress ID")
+        .to_string();
+    let sandbox = cluster::paths::ClusterPaths::new(&c.name).sandbox_ns("node1", &ingress_id);
+    let vtep3 = api(&c, "/nodes/node3")["Status"]["Addr"]
+        .as_str()
+        .expect("node3's address")
+        .to_string();
+    let lost_ip = c
+        .api_tasks("web")
+        .iter()
+        .find(|t| t["ID"] == lost_task.as_str())
+        .and_then(|t| t["NetworksAttachments"][0]["Addresses"][0].as_str())
+        .and_then(|a| a.split('/').next())
+        .expect("the lost task's ingress address")
+        .to_string();
+    let in_sandbox = |cmd: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &sandbox])
+            .args(cmd.split_whitespace())
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let towards_node3 = || -> (usize, bool) {
+        let fdb = in_sandbox("bridge fdb show");
+        let neigh = in_sandbox("ip neigh show");
+        (
+            fdb.lines()
+                .filter(|l| l.contains(&format!("dst {vtep3} ")))
+                .count(),
+            neigh.lines().any(|l| l.starts_with(&format!("{lost_ip} "))),
+        )
+    };
+    let (fdb_before, neigh_before) = towards_node3();
+    assert!(
+        fdb_before > 0 && neigh_before,
+        "node1 knows node3 before: fdb {fdb_before}, neigh {neigh_before}"
+    );
     let agent = c.pid_of("node3");
     // A hung agent heartbeats no more; its task keeps running, unreachable to the manager.
     signal(agent, "STOP");
@@ -317,6 +359,11 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .expect("the lost task stays as history");
     assert_eq!(lost["Status"]["State"], "orphaned", "{lost}");
     assert_eq!(lost["DesiredState"], "shutdown", "{lost}");
+    assert_eq!(
+        towards_node3(),
+        (0, false),
+        "node1 keeps FDB or neighbour entries of the down node3"
+    );
     // Every request through the mesh on node1 succeeds: node3's backend is gone.
     let r = c.node(
         "node1",
