@@ -500,19 +500,21 @@ fn ssh_backend_on_bare_guests() {
         "encrypted",
         "sec",
     ]);
-    ok(&[
-        "--cluster",
-        &name,
-        "service",
-        "create",
-        "--name",
-        "pair",
-        "--network",
-        "sec",
-        "--mode",
-        "global",
-        "whoami",
-    ]);
+    for node in ["node1", "node2"] {
+        ok(&[
+            "--cluster",
+            &name,
+            "service",
+            "create",
+            "--name",
+            &format!("sec-{node}"),
+            "--network",
+            "sec",
+            "--constraint",
+            &format!("node.hostname=={node}"),
+            "whoami",
+        ]);
+    }
     let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&name));
     let xfrm = |what: &str| on_host(&format!("{} xfrm {what}", cluster::vm::image::IPROUTE2_IP));
     let with_reqid = |listing: &str| listing.matches(&reqid).count();
