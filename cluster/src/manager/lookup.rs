@@ -193,26 +193,55 @@ mod tests {
         assert!(!none.matches(|_| Field::Labels(None)));
     }
 
+    /// Refused as a bad request (a 400), the message naming what is accepted.
     #[test]
     fn unknown_keys_and_values_are_refused_naming_what_is_accepted() {
-        let err = Filters::parse(Some(r#"{"color":["red"]}"#), KEYS)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("invalid filter 'color'") && err.contains("id, name, label, role"),
-            "{err}"
-        );
-        let f = Filters::parse(Some(r#"{"role":["boss"]}"#), KEYS).unwrap();
-        let err = f
-            .check_values("role", &["manager", "worker"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("invalid filter 'role=boss'") && err.contains("manager, worker"),
-            "{err}"
-        );
-        for raw in ["[1]", r#"{"name":[1]}"#, "{"] {
-            assert!(Filters::parse(Some(raw), KEYS).is_err(), "{raw}");
+        match Filters::parse(Some(r#"{"color":["red"]}"#), KEYS) {
+            Err(ApiError::BadRequest(m)) => assert!(
+                m.contains("'color'") && m.contains("id, name, label, role"),
+                "{m}"
+            ),
+            other => panic!("expected BadRequest, got {other:?}"),
         }
+        let f = Filters::parse(Some(r#"{"role":["boss"]}"#), KEYS).unwrap();
+        match f.check_values("role", &["manager", "worker"]) {
+            Err(ApiError::BadRequest(m)) => {
+                assert!(
+                    m.contains("'role=boss'") && m.contains("manager, worker"),
+                    "{m}"
+                )
+            }
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+        for raw in ["[1]", r#"{"name":[1]}"#, "{"] {
+            assert!(
+                matches!(
+                    Filters::parse(Some(raw), KEYS),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "{raw}"
+            );
+        }
+    }
+
+    /// By full ID, by name, by a unique prefix; an unknown or ambiguous key is not found.
+    #[test]
+    fn find_by_id_name_or_unique_prefix() {
+        let map: OrdMap<String, (String, &str)> = [
+            ("abc123".to_string(), ("abc123".to_string(), "web")),
+            ("abd456".to_string(), ("abd456".to_string(), "db")),
+        ]
+        .into_iter()
+        .collect();
+        let find = |key: &str| find(&map, key, |v| v.1, "service").map(|v| v.0.clone());
+        assert_eq!(find("abd456").unwrap(), "abd456");
+        assert_eq!(find("web").unwrap(), "abc123");
+        assert_eq!(find("abc").unwrap(), "abc123");
+        match find("ab") {
+            Err(ApiError::NotFound(m)) => assert!(m.contains("ambiguous"), "{m}"),
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        assert!(matches!(find("zzz"), Err(ApiError::NotFound(_))));
+        assert!(matches!(find(""), Err(ApiError::NotFound(_))));
     }
 }
