@@ -55,6 +55,7 @@ pub struct Dataplane {
     ingress: Option<Ingress>,
     /// Opened with the first encrypted network, kept after (the kernel state is what matters).
     ipsec: Option<Ipsec>,
+    ipsec_owner: Owner,
 }
 
 /// The data port a plan asks for (plans from before it existed carry 0).
@@ -135,12 +136,19 @@ impl Dataplane {
             sandboxes: HashMap::new(),
             ingress: None,
             ipsec: None,
+            ipsec_owner: Owner::namespace(),
         }
     }
 
     /// Journals what is changed in the node's own namespace, for `cluster down` to undo.
     pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
         self.journal = journal;
+        self
+    }
+
+    /// Whose IPsec state this node's namespace holds (see `xfrm::Owner`).
+    pub fn with_ipsec_owner(mut self, owner: Owner) -> Self {
+        self.ipsec_owner = owner;
         self
     }
 
@@ -153,19 +161,9 @@ impl Dataplane {
         }
         let ipsec = match &mut self.ipsec {
             Some(i) => i,
-            None => {
-                // On an ssh host the namespace is shared with other clusters and the host's own
-                // IPsec: the state carries the cluster's reqid and is journaled.
-                let owner = match &self.journal {
-                    Some(j) => Owner::shared(
-                        &self.paths.name,
-                        &self.paths.nft_table("ipsec"),
-                        Some(j.clone()),
-                    ),
-                    None => Owner::namespace(),
-                };
-                self.ipsec.insert(Ipsec::owned_by(&self.node, owner)?)
-            }
+            None => self
+                .ipsec
+                .insert(Ipsec::owned_by(&self.node, self.ipsec_owner.clone())?),
         };
         ipsec.install(&spec).await?;
         Ok(())

@@ -31,9 +31,11 @@ pub use process::write_files;
 /// Environment the lifecycle passes to an agent it starts.
 pub const ENV_NODE_ADDR: &str = "SWARMKIT_NODE_ADDR";
 pub const ENV_LB: &str = "SWARMKIT_LB";
-/// `self` when the node is the machine itself (a VM guest or a remote host) rather than a
-/// named namespace on the host.
+/// `self` when the node is the machine itself (a VM guest), `host` when it is someone's host
+/// (the ssh backend), rather than a named namespace on the host.
 pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
+pub const NODE_NS_GUEST: &str = "self";
+pub const NODE_NS_HOST: &str = "host";
 /// Where the routing mesh balances: "node" where the node's namespace is the project's alone
 /// (QEMU guests), else "sandbox" (the default).
 pub const ENV_MESH: &str = "SWARMKIT_MESH";
@@ -142,16 +144,24 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
 
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
-    // A namespace of the node's own is the cluster's and goes with it; on a whole machine
-    // ("self") what the agent changes there is journaled, for `cluster down` to undo.
-    let (node, journal) = match std::env::var(ENV_NODE_NS).as_deref() {
-        Ok("self") => (
+    // A namespace of the node's own is the cluster's and goes with it; on a whole machine (a
+    // guest or a host) what the agent changes there is journaled, for `cluster down` to undo.
+    let node_ns = std::env::var(ENV_NODE_NS);
+    let (node, journal) = match node_ns.as_deref() {
+        Ok(NODE_NS_GUEST | NODE_NS_HOST) => (
             NetNs::of_pid(std::process::id())?,
             Some(std::sync::Arc::new(netcore::undo::Journal::new(
                 paths.host_journal(),
             ))),
         ),
         _ => (NetNs::open(&paths.node_ns(hostname))?, None),
+    };
+    // Only a host's namespace holds other clusters' and its owner's IPsec next to ours.
+    let ipsec_owner = match (node_ns.as_deref(), &journal) {
+        (Ok(NODE_NS_HOST), Some(j)) => {
+            netcore::xfrm::Owner::shared(cluster, &paths.nft_table("ipsec"), Some(j.clone()))
+        }
+        _ => netcore::xfrm::Owner::namespace(),
     };
     let config::Config { vtep, driver, mesh } = config::Config::from_env()?;
     let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
@@ -184,7 +194,8 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             driver,
             mesh,
         )
-        .with_journal(journal.clone()),
+        .with_journal(journal.clone())
+        .with_ipsec_owner(ipsec_owner),
         client,
         host_ports: netcore::hostport::HostPorts::new(
             node.clone(),

@@ -85,7 +85,15 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
 fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     let run = format!("/run/swarmkit/{cluster}");
     let mut env = vec![
-        (crate::agent::ENV_NODE_NS, "self".to_string()),
+        // A node without a launch is a host (the ssh backend): its namespace is shared.
+        (
+            crate::agent::ENV_NODE_NS,
+            match node.launch {
+                Some(_) => crate::agent::NODE_NS_GUEST,
+                None => crate::agent::NODE_NS_HOST,
+            }
+            .to_string(),
+        ),
         (
             crate::client::ENV_MANAGER_TCP,
             format!("127.0.0.1:{MANAGER_PORT}"),
