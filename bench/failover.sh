@@ -18,7 +18,7 @@ for i in $(seq "$ROUNDS"); do
 done
 python3 - "$out" <<'PY'
 import collections, statistics, sys
-targets = {"no_failure_after_s": 3.0, "replicas_back_after_s": 5.0, "failed": None}
+targets = {"no_failure_after_s": 3.0, "down_after_s": 3.0, "replicas_back_after_s": 5.0, "failed": None}
 figures = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     _, test, *pairs = line.split()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, alive, swarmkit};
 
 fn api(c: &Cluster, path: &str) -> serde_json::Value {
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
@@ -19,6 +19,17 @@ fn api(c: &Cluster, path: &str) -> serde_json::Value {
         .expect("curl");
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `path` from the manager, or None while it does not answer.
+fn try_api(c: &Cluster, path: &str) -> Option<serde_json::Value> {
+    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "2", "--unix-socket", &socket])
+        .arg(format!("http://swarmkit{path}"))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Each node's channel status (`GET /swarmkit/v1/agents`), by hostname.
@@ -50,14 +61,6 @@ fn all_in_sync(c: &Cluster) -> bool {
     channel(c).values().all(|f| f["in_sync"] == true)
 }
 
-fn agent_pid(c: &Cluster, node: &str) -> i32 {
-    std::fs::read_to_string(format!("/run/swarmkit/{}/{node}.pid", c.name))
-        .expect("agent pid file")
-        .trim()
-        .parse()
-        .expect("a pid")
-}
-
 fn signal(pid: i32, sig: &str) {
     assert!(
         Command::new("kill")
@@ -66,13 +69,6 @@ fn signal(pid: i32, sig: &str) {
             .unwrap()
             .success()
     );
-}
-
-fn alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 /// Pids of the running tasks of a service (from the API), by task ID.
@@ -141,37 +137,11 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
     assert!(plans_sent(&after["node2"]) > plans_sent(&before["node2"]));
 }
 
-/// A cluster whose daemons see `env` (the manager reads its heartbeat settings from it).
-fn up_with_env(tag: &str, nodes: usize, env: &[(&str, &str)]) -> Cluster {
-    let c = Cluster {
-        name: format!("t{}-{tag}", std::process::id() % 100000),
-    };
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "120", env!("CARGO_BIN_EXE_swarmkit")])
-        .args([
-            "cluster",
-            "up",
-            "--name",
-            &c.name,
-            "--nodes",
-            &nodes.to_string(),
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .expect("swarmkit runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c
-}
-
 #[test]
 fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state() {
     require_root!();
     // Long enough a heartbeat timeout that the hung agent below is not declared down.
-    let c = up_with_env("chan-restart", 3, &[("SWARMKIT_HEARTBEAT_MISSES", "20")]);
+    let c = Cluster::up_with("chan-restart", 3, &["--heartbeat-misses", "20"]);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     c.sk(&[
@@ -191,9 +161,36 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     c.eventually("every agent in sync", Duration::from_secs(20), || {
         all_in_sync(&c)
     });
+    // A task on node2 that writes all along: its output must neither kill it (a write with
+    // no reader) nor be lost or repeated across the restart.
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "ticker",
+        "--constraint",
+        "node.hostname==node2",
+        "alpine",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done",
+    ])
+    .ok();
+    let ticks = || -> Vec<u64> {
+        c.sk(&["service", "logs", "--raw", "ticker"])
+            .ok()
+            .stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
+            .collect()
+    };
+    c.eventually("the ticker's first lines", Duration::from_secs(20), || {
+        ticks().len() >= 3
+    });
+    let ticker = running_tasks(&c, "ticker");
     let before = running_tasks(&c, "web");
     assert_eq!(before.len(), 3);
-    let agent = agent_pid(&c, "node2");
+    let agent = c.pid_of("node2");
     // Changes reach the manager while node2's agent hangs, then it dies mid-stream; the
     // supervisor starts a new one.
     signal(agent, "STOP");
@@ -213,16 +210,34 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     ])
     .ok();
     c.sk(&["service", "scale", "--detach", "web=2"]).ok();
+    let seen_at_kill = ticks().len();
     signal(agent, "KILL");
     c.eventually(
         "node2's agent back and in sync",
         Duration::from_secs(30),
         || {
-            agent_pid(&c, "node2") != agent
+            c.pid_of("node2") != agent
                 && all_in_sync(&c)
                 && running_tasks(&c, "api").len() == 3
                 && running_tasks(&c, "web").len() == 2
         },
+    );
+    assert_eq!(
+        running_tasks(&c, "ticker"),
+        ticker,
+        "the ticker survived its agent's restart as the same process"
+    );
+    c.eventually(
+        "ticks from after the restart",
+        Duration::from_secs(20),
+        || ticks().len() > seen_at_kill + 10,
+    );
+    let all = ticks();
+    let n = all.len() as u64;
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every line once, in order, across the restart"
     );
     let node2 = &channel(&c)["node2"];
     assert!(node2["sent"]["full"].as_u64().unwrap() >= 2, "{node2}");
@@ -279,7 +294,49 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .collect();
     assert_eq!(on_node3.len(), 1, "spread puts one replica on node3");
     let (lost_task, lost_pid) = on_node3[0].clone();
-    let agent = agent_pid(&c, "node3");
+    // What node1's ingress sandbox holds for node3: FDB entries towards its VTEP, and the
+    // neighbour entry of the lost task's ingress address.
+    let ingress_id = api(&c, "/networks/ingress")["Id"]
+        .as_str()
+        .expect("ingress ID")
+        .to_string();
+    let sandbox = cluster::paths::ClusterPaths::new(&c.name).sandbox_ns("node1", &ingress_id);
+    let vtep3 = api(&c, "/nodes/node3")["Status"]["Addr"]
+        .as_str()
+        .expect("node3's address")
+        .to_string();
+    let lost_ip = c
+        .api_tasks("web")
+        .iter()
+        .find(|t| t["ID"] == lost_task.as_str())
+        .and_then(|t| t["NetworksAttachments"][0]["Addresses"][0].as_str())
+        .and_then(|a| a.split('/').next())
+        .expect("the lost task's ingress address")
+        .to_string();
+    let in_sandbox = |cmd: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &sandbox])
+            .args(cmd.split_whitespace())
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let towards_node3 = || -> (usize, bool) {
+        let fdb = in_sandbox("bridge fdb show");
+        let neigh = in_sandbox("ip neigh show");
+        (
+            fdb.lines()
+                .filter(|l| l.contains(&format!("dst {vtep3} ")))
+                .count(),
+            neigh.lines().any(|l| l.starts_with(&format!("{lost_ip} "))),
+        )
+    };
+    let (fdb_before, neigh_before) = towards_node3();
+    assert!(
+        fdb_before > 0 && neigh_before,
+        "node1 knows node3 before: fdb {fdb_before}, neigh {neigh_before}"
+    );
+    let agent = c.pid_of("node3");
     // A hung agent heartbeats no more; its task keeps running, unreachable to the manager.
     signal(agent, "STOP");
     let stopped = Instant::now();
@@ -302,6 +359,11 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .expect("the lost task stays as history");
     assert_eq!(lost["Status"]["State"], "orphaned", "{lost}");
     assert_eq!(lost["DesiredState"], "shutdown", "{lost}");
+    assert_eq!(
+        towards_node3(),
+        (0, false),
+        "node1 keeps FDB or neighbour entries of the down node3"
+    );
     // Every request through the mesh on node1 succeeds: node3's backend is gone.
     let r = c.node(
         "node1",
@@ -329,4 +391,49 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     c.eventually("every agent in sync", Duration::from_secs(20), || {
         all_in_sync(&c)
     });
+}
+
+/// The heartbeat is set at `cluster up`, shown as docker shows its dispatcher's, and kept by a
+/// restarted manager; nonsense is refused before anything exists.
+#[test]
+fn heartbeat_settings_are_the_clusters_and_survive_a_manager_restart() {
+    require_root!();
+    let c = Cluster::up_with(
+        "chan-hb",
+        1,
+        &["--heartbeat-period", "200ms", "--heartbeat-misses", "2"],
+    );
+    let period = || try_api(&c, "/swarm")?["Spec"]["Dispatcher"]["HeartbeatPeriod"].as_i64();
+    assert_eq!(period(), Some(200_000_000));
+    let manager = c.pid_of("manager");
+    signal(manager, "KILL");
+    c.eventually("the manager restarted", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/run/swarmkit/{}/manager.pid", c.name))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|p| p != manager && alive(p))
+            && period().is_some()
+    });
+    assert_eq!(
+        period(),
+        Some(200_000_000),
+        "the restarted manager's heartbeat"
+    );
+
+    for (flags, named) in [
+        (["--heartbeat-misses", "0"], "--heartbeat-misses"),
+        (["--heartbeat-period", "5ms"], "--heartbeat-period"),
+    ] {
+        let name = format!("{}-bad", c.name);
+        let mut args = vec!["cluster", "up", "--name", &name];
+        args.extend_from_slice(&flags);
+        let r = swarmkit(&args);
+        assert_ne!(r.code, 0, "{flags:?} accepted");
+        assert!(r.stderr.contains(named), "{}", r.stderr);
+        let ls = swarmkit(&["cluster", "ls"]).ok().stdout;
+        assert!(
+            !ls.contains(&name),
+            "{flags:?} left a cluster behind:\n{ls}"
+        );
+    }
 }

@@ -332,3 +332,42 @@ fn service_inspect_prints_docker_shaped_json() {
     );
     assert_eq!(stderr(&out), "Error response from daemon: page not found\n");
 }
+
+#[test]
+fn node_ls_filter_is_sent_as_docker_sends_it() {
+    let node = r#"{"ID":"n2id00000000000000000000","Spec":{"Role":"worker","Availability":"active"},
+      "Description":{"Hostname":"node2"},"Status":{"State":"ready"}}"#;
+    let fake = FakeManager::start(
+        "nodefilter",
+        vec![("GET", "/nodes", 200, format!("[{node}]"))],
+    );
+    let out = fake.run(&[
+        "node",
+        "ls",
+        "--filter",
+        "node.label=zone=east",
+        "-f",
+        "role=worker",
+        "--format",
+        "{{.Hostname}}",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "node2\n");
+    let req = &fake.requests()[0];
+    assert!(
+        req.starts_with("GET")
+            && req.contains("/nodes?filters=")
+            && req.contains("node.label")
+            && req.contains("zone%3Deast")
+            && req.contains("worker"),
+        "{req}"
+    );
+
+    let out = fake.run(&["node", "ls", "--filter", "worker"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("expected name=value"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -230,3 +230,124 @@ fn concurrent_updates_from_many_clients_all_land() {
         );
     }
 }
+
+/// `node ls --filter` through swarmkit's CLI and the stock docker CLI: the same keys, the same
+/// rows, and the same refusal of a key dockerd does not know.
+#[test]
+fn node_ls_filters_alike_in_both_clis() {
+    require_root!();
+    let c = Cluster::up("nodefilter", 3);
+    let d = Docker {
+        c: &c,
+        host: format!("unix:///run/swarmkit/{}/manager.sock", c.name),
+    };
+    c.sk(&["node", "update", "--label-add", "zone=east", "node2"])
+        .ok();
+    c.sk(&["node", "update", "--label-add", "zone=west", "node3"])
+        .ok();
+    c.sk(&["node", "update", "--availability", "drain", "node3"])
+        .ok();
+    let leader = c
+        .sk(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"])
+        .ok()
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_suffix(" Leader").map(str::to_string))
+        .expect("one node is the leader");
+    let mut workers: Vec<String> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .map(String::from)
+        .collect();
+    workers.sort();
+    let node2_id = c
+        .sk(&["node", "inspect", "--format", "{{.ID}}", "node2"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+
+    let id_filter = format!("id={}", &node2_id[..8]);
+    let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
+        (vec!["node.label=zone=east"], vec!["node2".into()]),
+        (
+            vec!["node.label=zone"],
+            vec!["node2".into(), "node3".into()],
+        ),
+        (
+            vec!["node.label=zone", "role=worker", "availability=active"],
+            workers.iter().filter(|w| *w == "node2").cloned().collect(),
+        ),
+        (vec!["availability=drain"], vec!["node3".into()]),
+        (vec!["role=manager"], vec![leader.clone()]),
+        (vec!["role=worker"], workers.clone()),
+        (
+            vec!["name=node2", "name=node3"],
+            vec!["node2".into(), "node3".into()],
+        ),
+        (vec![&id_filter], vec!["node2".into()]),
+        // docker's `label` is the engine's labels.
+        (
+            vec!["label=swarmkit.dataplane=ready"],
+            vec!["node1".into(), "node2".into(), "node3".into()],
+        ),
+        (
+            vec!["membership=accepted", "name=node1"],
+            vec!["node1".into()],
+        ),
+        (vec!["membership=pending"], vec![]),
+    ];
+    for (filters, want) in cases {
+        let mut sk = vec!["node", "ls", "--format", "{{.Hostname}}"];
+        let mut dk = sk.clone();
+        for f in &filters {
+            sk.extend(["--filter", f]);
+            dk.extend(["--filter", f]);
+        }
+        let got = |out: String| {
+            let mut v: Vec<String> = out.lines().map(str::to_string).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(got(c.sk(&sk).ok().stdout), want, "swarmkit {filters:?}");
+        assert_eq!(got(d.run(&dk).ok().stdout), want, "docker {filters:?}");
+    }
+    // -q lists IDs of the filtered rows only.
+    let q = c
+        .sk(&["node", "ls", "-q", "--filter", "node.label=zone=east"])
+        .ok()
+        .stdout;
+    assert_eq!(q.trim(), node2_id);
+
+    for (filter, words) in [
+        ("color=red", ["invalid filter 'color'", "node.label"]),
+        (
+            "role=boss",
+            ["invalid filter 'role=boss'", "manager, worker"],
+        ),
+        (
+            "availability=gone",
+            ["invalid filter 'availability=gone'", "drain"],
+        ),
+    ] {
+        for (who, r) in [
+            ("swarmkit", c.sk(&["node", "ls", "--filter", filter])),
+            ("docker", d.run(&["node", "ls", "--filter", filter])),
+        ] {
+            assert_ne!(r.code, 0, "{who} {filter}: {}", r.stdout);
+            assert!(
+                words.iter().all(|w| r.stderr.contains(w)),
+                "{who} {filter}: {}",
+                r.stderr
+            );
+            assert!(r.stdout.is_empty(), "{who} {filter}: {}", r.stdout);
+        }
+    }
+    let r = d.run(&["node", "ls", "--filter", "color=red"]);
+    assert!(
+        r.stderr
+            .contains("Error response from daemon: invalid filter"),
+        "{}",
+        r.stderr
+    );
+}

@@ -93,14 +93,9 @@ fn one_per_slot(c: &Cluster, not_on: Option<&str>) -> bool {
         && not_on.is_none_or(|n| r.iter().all(|(_, node, ..)| node != n))
 }
 
+/// Whether a task's pid (i64 in the API's JSON) still runs.
 fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
+    i32::try_from(pid).is_ok_and(common::alive)
 }
 
 /// Kills (or isolates) node3 under load and brings it back; returns nothing, prints figures.

@@ -70,7 +70,7 @@ fn normalise(s: &str) -> String {
 }
 
 fn cluster_name_marker() -> String {
-    format!("t{}-graph", std::process::id() % 100000)
+    common::unique_name("graph")
 }
 
 #[test]
@@ -129,8 +129,8 @@ fn graph_draws_the_routing_cluster() {
 }
 
 /// The elasticsearch name each replica answers with, asked of the replica itself.
-fn replica_names(c: &Cluster, service: &str, port: u16) -> BTreeMap<String, String> {
-    (1..=3)
+fn replica_names(c: &Cluster, service: &str, port: u16, replicas: u64) -> BTreeMap<String, String> {
+    (1..=replicas)
         .map(|slot| {
             let task = format!("{service}.{slot}");
             let out = c
@@ -152,10 +152,8 @@ fn traced_replica(trace: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn trace_names_the_replica_that_answered() {
-    require_root!();
-    let c = Cluster::up("trace", 3);
+/// `search` (one replica per node, published on :9200) and `client`, both on `esnet`.
+fn search_and_client(c: &Cluster, replicas: u64) {
     c.sk(&["network", "create", "--driver", "overlay", "esnet"])
         .ok();
     c.sk(&[
@@ -165,7 +163,7 @@ fn trace_names_the_replica_that_answered() {
         "--name",
         "search",
         "--replicas",
-        "3",
+        &replicas.to_string(),
         "--network",
         "esnet",
         "-p",
@@ -184,20 +182,25 @@ fn trace_names_the_replica_that_answered() {
         "whoami",
     ])
     .ok();
-    let names = replica_names(&c, "search", 9200);
+}
+
+/// The routing mesh from `node`, and a task's VIP connection, several times each: the trace
+/// must name the replica whose name came back on that very connection, and show every hop
+/// to it: the node's DNAT, the load balancer's choice, the VXLAN hop with its VNI and remote
+/// VTEP (from the FDB) for a replica elsewhere, and the replica's own entry accepting it.
+fn check_traces(c: &Cluster, node: &str, replicas: u64) {
+    let names = replica_names(c, "search", 9200, replicas);
     assert_eq!(
         names
             .values()
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        3,
+        replicas as usize,
         "each replica has its own name: {names:?}"
     );
-
-    // The routing mesh from node3, and a task's VIP connection, several times each: the
-    // trace must name the replica whose name came back on that very connection.
+    let mut remote = 0;
     for (i, (from, via, target)) in [
-        ("--node", "node3", "localhost:9200"),
+        ("--node", node, "localhost:9200"),
         ("--task", "client.1", "search:9200"),
     ]
     .iter()
@@ -231,12 +234,29 @@ fn trace_names_the_replica_that_answered() {
             assert!(trace.contains("DNAT 127.0.0.1:"), "{trace}");
             assert!(trace.contains("ingress_sbox"), "{trace}");
         }
+        assert!(trace.contains("load balancer chose"), "{trace}");
+        assert!(
+            trace.contains(&format!("{replica} (")) && trace.contains("accepted "),
+            "the replica's own entry ends the trace:\n{trace}"
+        );
         // Every replica elsewhere is reached over VXLAN with the right VNI and VTEP.
         if !trace.contains("local bridge port") {
             assert!(trace.contains("VXLAN vx-"), "{trace}");
+            assert!(trace.contains(" VNI 4"), "{trace}");
             assert!(trace.contains("at remote VTEP 192.168.0."), "{trace}");
+            remote += 1;
         }
     }
+    // Round robin over a replica per node: some connections went to another node.
+    assert!(remote > 0, "no connection crossed VXLAN");
+}
+
+#[test]
+fn trace_names_the_replica_that_answered() {
+    require_root!();
+    let c = Cluster::up("trace", 3);
+    search_and_client(&c, 3);
+    check_traces(&c, "node3", 3);
 
     // Without --sport, trace makes its own connection; as SVG it draws the path.
     let svg = c
@@ -263,4 +283,23 @@ fn trace_names_the_replica_that_answered() {
     let bad = c.sk(&["trace", "--node", "node1", "localhost"]);
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("HOST:PORT"), "{}", bad.stderr);
+}
+
+/// The same traces on QEMU guests, where the node's own IPVS balances the mesh (the
+/// connection hairpins through the ingress sandbox and back) and the guests' tools read the
+/// FDB and each task's conntrack table. Skipped (with the reason) where QEMU is not here.
+#[test]
+fn trace_on_qemu_guests_shows_every_hop() {
+    testkit::skip_unless!(testkit::needs_qemu());
+    let c = Cluster::up_with("qtrace", 2, &["--backend", "qemu"]);
+    search_and_client(&c, 2);
+    check_traces(&c, "node1", 2);
+    let trace = c
+        .sk(&["trace", "--node", "node2", "localhost:9200"])
+        .ok()
+        .stdout;
+    assert!(
+        trace.contains("hairpin ") && trace.contains("masquerades "),
+        "the guest's mesh: node IPVS behind the sandbox's hairpin:\n{trace}"
+    );
 }

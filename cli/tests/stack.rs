@@ -374,3 +374,90 @@ fn docker_service_logs_follows_output_live() {
     assert!(seen.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{seen:?}");
     assert!(seen[4].0 > seen[0].0, "{seen:?}");
 }
+
+/// A follower started before a task exists gets its output too: `service logs -f`, through
+/// swarmkit's CLI and the stock docker CLI, after a scale-up from 1 to 2 replicas.
+#[test]
+fn service_logs_follow_takes_in_tasks_started_later() {
+    require_root!();
+    let c = Cluster::up("logscale", 2);
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "ticker",
+        "alpine",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done",
+    ])
+    .ok();
+    let follow = |program: &str, env: &[(&str, String)], args: &[&str]| {
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("a follower starts");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (Follower(child), rx)
+    };
+    let sock = format!("unix:///run/swarmkit/{}/manager.sock", c.name);
+    let followers = [
+        (
+            "swarmkit",
+            follow(
+                env!("CARGO_BIN_EXE_swarmkit"),
+                &[],
+                &["--cluster", &c.name, "service", "logs", "-f", "ticker"],
+            ),
+        ),
+        (
+            "docker",
+            follow(
+                "docker",
+                &[("DOCKER_HOST", sock)],
+                &["service", "logs", "-f", "ticker"],
+            ),
+        ),
+    ];
+    // Both follow the first task before the second exists.
+    let wait_for = |who: &str, rx: &std::sync::mpsc::Receiver<String>, slot: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(slot) && line.contains("| tick ") => return line,
+                Ok(_) => {}
+                Err(e) => panic!("{who}: no line of {slot} within 60 s ({e})"),
+            }
+        }
+    };
+    for (who, (_, rx)) in &followers {
+        wait_for(who, rx, "ticker.1.");
+    }
+    c.sk(&["service", "scale", "ticker=2"]).ok();
+    for (who, (_, rx)) in &followers {
+        let line = wait_for(who, rx, "ticker.2.");
+        assert!(line.contains("@node"), "{who}: {line}");
+    }
+}
+
+/// A `logs -f` process, ended however the test ends.
+struct Follower(std::process::Child);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

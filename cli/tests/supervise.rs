@@ -5,15 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, swarmkit};
-
-fn sigkill(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill");
-}
+use common::{Cluster, sigkill, swarmkit};
 
 /// What the API lists: must be identical before and after a restart.
 fn listings(c: &Cluster) -> (String, String) {
@@ -129,7 +121,7 @@ fn prune_removes_a_crashed_cluster_completely_and_leaves_running_ones() {
     assert!(!common::namespaces(&dead.ns_prefix()).is_empty());
 
     // Only this test's clusters: others may be running tests on this host.
-    let prefix = format!("t{}-prune", std::process::id() % 100000);
+    let prefix = common::unique_name("prune");
     let r = swarmkit(&["cluster", "prune", "--prefix", &prefix]).ok();
     assert!(
         r.stdout.contains(&format!("removed {}", dead.name)),

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Cluster;
 use serde_json::{Value, json};
@@ -19,17 +19,6 @@ impl Drop for Owned {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -138,7 +127,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
             .expect("chromium starts"),
     );
     // Chromium writes the port it picked into the profile.
-    let port = wait_for("chromium's DevTools port", Duration::from_secs(30), || {
+    let port = common::eventually("chromium's DevTools port", Duration::from_secs(30), || {
         std::fs::read_to_string(profile.join("DevToolsActivePort"))
             .ok()?
             .lines()
@@ -146,7 +135,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
             .parse::<u16>()
             .ok()
     });
-    let ws_url = wait_for("the page target", Duration::from_secs(30), || {
+    let ws_url = common::eventually("the page target", Duration::from_secs(30), || {
         let list = http_get(&format!("http://127.0.0.1:{port}/json/list"))?;
         list.as_array()?
             .iter()
@@ -157,7 +146,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
     let mut page = Page { ws, next_id: 0 };
 
     let svg_text = "Array.from(document.querySelectorAll('#graph svg text')).map(t => t.textContent).join(' ')";
-    let before = wait_for(
+    let before = common::eventually(
         "the page to draw three tasks",
         Duration::from_secs(30),
         || {
@@ -176,7 +165,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
     }
 
     c.sk(&["service", "scale", "search=5"]).ok();
-    wait_for(
+    common::eventually(
         "the page to redraw five tasks",
         Duration::from_secs(30),
         || {
@@ -200,7 +189,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
          document.getElementById('target').value = 'localhost:9200'; \
          document.getElementById('trace-form').requestSubmit(); 'submitted'",
     );
-    let text = wait_for("the page to show a trace", Duration::from_secs(60), || {
+    let text = common::eventually("the page to show a trace", Duration::from_secs(60), || {
         let text = page.eval("document.getElementById('trace-text').textContent");
         let text = text.as_str()?.to_string();
         text.contains("replica: ").then_some(text)
@@ -214,7 +203,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
     // counts it down (missed heartbeats).
     page.eval("document.getElementById('live').click(); 'live'");
     c.sk(&["node", "kill", "node3"]).ok();
-    wait_for(
+    common::eventually(
         "the page to draw node3 down",
         Duration::from_secs(90),
         || {

@@ -5,10 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -16,10 +12,7 @@ fn project_root() -> PathBuf {
 /// Runs `swarmkit walkthrough ARGS` from the project root, so ./testplans and ./snapshots are
 /// the ones in the source tree, and fails with the transcript on a non-zero exit.
 fn walkthrough(args: &[&str]) {
-    if !is_root() {
-        eprintln!("skipped: the walkthrough builds a cluster and needs root");
-        return;
-    }
+    testkit::require_root!();
     // Bounded: on TERM the walkthrough tears its cluster down and fails, instead of
     // stalling the whole run.
     let out = Command::new("timeout")
@@ -76,19 +69,7 @@ fn overlay_with_swarmkit_cli() {
 /// balancer is IPVS. Skipped (with the reason) where QEMU is not installed.
 #[test]
 fn routing_on_qemu_guests() {
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        eprintln!("skipped: qemu-system-x86_64 is not installed (scripts/setup installs it)");
-        return;
-    }
-    let kernel_known = Path::new("/var/cache/swarmkit/kernel").is_dir()
-        || Command::new("apt-cache")
-            .args(["show", "linux-image-amd64"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !kernel_known {
-        eprintln!("skipped: Debian's linux-image-amd64 (the guest kernel) is not available here");
-        return;
-    }
+    testkit::skip_unless!(testkit::needs_qemu());
     walkthrough(&["routing", "--backend", "qemu"]);
 }
 
@@ -96,20 +77,9 @@ fn routing_on_qemu_guests() {
 /// walkthrough's transcript shows ESP only for the encrypted network.
 #[test]
 fn encrypted_on_qemu_guests() {
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() || !Path::new("/usr/bin/tcpdump").exists()
-    {
-        eprintln!(
-            "skipped: qemu-system-x86_64 or tcpdump is not installed (scripts/setup installs them)"
-        );
-        return;
-    }
-    let kernel_known = Path::new("/var/cache/swarmkit/kernel").is_dir()
-        || Command::new("apt-cache")
-            .args(["show", "linux-image-amd64"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !kernel_known {
-        eprintln!("skipped: Debian's linux-image-amd64 (the guest kernel) is not available here");
+    testkit::skip_unless!(testkit::needs_qemu());
+    if !Path::new("/usr/bin/tcpdump").exists() {
+        eprintln!("skipped: tcpdump is not installed (scripts/setup installs it)");
         return;
     }
     walkthrough(&["encrypted", "--backend", "qemu"]);

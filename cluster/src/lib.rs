@@ -15,6 +15,7 @@ pub mod orchestrator;
 pub mod paths;
 pub mod plan;
 pub mod policy;
+pub mod procs;
 pub mod protocol;
 pub mod ssh;
 pub mod store;

@@ -289,6 +289,12 @@ pub struct Meta {
     /// How often encrypted networks get a new key (`cluster up --key-rotation`); 0: 12 h.
     #[serde(default)]
     pub key_rotation_secs: u64,
+    /// Agents' heartbeat period in ms (`cluster up --heartbeat-period`); 0: the default.
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+    /// Heartbeats missed before a node is down (`cluster up --heartbeat-misses`); 0: default.
+    #[serde(default)]
+    pub heartbeat_misses: u64,
 }
 
 impl Meta {

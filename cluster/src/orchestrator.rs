@@ -210,7 +210,8 @@ fn refill(state: &State, service: &Service, slot: u64, now: Time) -> Option<(u64
         RestartCondition::OnFailure => last.status.state != TaskState::Complete,
         RestartCondition::None => false,
     };
-    if !wanted || (p.max_attempts > 0 && last.restarts >= p.max_attempts) {
+    if !wanted || (p.max_attempts > 0 && attempts(state, service, last, &p, now) >= p.max_attempts)
+    {
         return None;
     }
     let delay = chrono::Duration::from_std(p.delay)
@@ -218,6 +219,35 @@ fn refill(state: &State, service: &Service, slot: u64, now: Time) -> Option<(u64
         .max(failure_backoff(state, &service.id, slot));
     let at = (delay > chrono::Duration::zero()).then(|| now + delay);
     Some((last.restarts + 1, at))
+}
+
+/// Restarts of the slot that count against the policy's maximum: all of them under the
+/// current spec, or with a window, those made within it.
+fn attempts(
+    state: &State,
+    service: &Service,
+    last: &Task,
+    p: &policy::RestartPolicy,
+    now: Time,
+) -> u64 {
+    if p.window.is_zero() {
+        return last.restarts;
+    }
+    let since = chrono::Duration::from_std(p.window)
+        .ok()
+        .and_then(|w| now.checked_sub_signed(w))
+        .unwrap_or(Time::MIN_UTC);
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.service_id == service.id
+                && t.slot == last.slot
+                && t.spec_generation == service.spec_generation
+                && t.restarts > 0
+                && t.created > since
+        })
+        .count() as u64
 }
 
 fn new_task(

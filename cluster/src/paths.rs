@@ -97,8 +97,46 @@ impl ClusterPaths {
     pub fn log_file(&self, process: &str) -> PathBuf {
         self.run_dir().join(format!("{process}.log"))
     }
+    /// An nft table the agent makes in a node's own namespace, which on an ssh node is its
+    /// owner's host and may hold other clusters' tables: `swarmkit_<cluster>_<what>`.
+    pub fn nft_table(&self, what: &str) -> String {
+        format!("swarmkit_{}_{what}", self.name)
+    }
+    /// The agent's journal of what it changed in a node namespace it does not own (see
+    /// netcore::undo); `cluster down` on that host undoes it.
+    pub fn host_journal(&self) -> PathBuf {
+        self.run_dir().join("host-changes.json")
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never a
+/// mix: written beside it, synced, then renamed over it.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
 }
 
 /// Environment variable carried by every process a cluster starts, so teardown can find
 /// them by reading /proc even after a crash lost the pid files.
 pub const OWNER_ENV: &str = "SWARMKIT_OWNER";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_tables_carry_the_cluster_name_and_stay_apart() {
+        let a = ClusterPaths::new("a");
+        let ab = ClusterPaths::new("a-b");
+        assert_eq!(a.nft_table("ingress"), "swarmkit_a_ingress");
+        assert_eq!(ab.nft_table("hostports"), "swarmkit_a-b_hostports");
+        let kinds = ["ingress", "hostports", "mesh"];
+        for x in kinds {
+            for y in kinds {
+                assert_ne!(a.nft_table(x), ab.nft_table(y));
+            }
+        }
+    }
+}

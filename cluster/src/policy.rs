@@ -25,6 +25,9 @@ pub struct RestartPolicy {
     pub delay: Duration,
     /// 0: no limit.
     pub max_attempts: u64,
+    /// Restarts count against `max_attempts` only within this long before now (Swarm's
+    /// `--restart-window`); 0: over the task slot's whole life under one spec.
+    pub window: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +63,7 @@ pub fn restart_policy(spec: &ServiceSpec) -> RestartPolicy {
         },
         delay: p.delay.map_or(DEFAULT_RESTART_DELAY, |d| nanos(Some(d))),
         max_attempts: p.max_attempts.unwrap_or(0).max(0) as u64,
+        window: nanos(p.window),
     }
 }
 
@@ -143,7 +147,8 @@ mod tests {
             RestartPolicy {
                 condition: RestartCondition::Any,
                 delay: Duration::from_secs(5),
-                max_attempts: 0
+                max_attempts: 0,
+                window: Duration::ZERO,
             }
         );
         assert_eq!(

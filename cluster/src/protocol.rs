@@ -17,10 +17,10 @@ pub const PREFIX: &str = "/swarmkit/v1/agents";
 pub struct RegisterRequest {
     pub hostname: String,
     pub addr: Ipv4Addr,
-    pub lb_driver: String,
-    /// Where the routing mesh balances on this node (netcore::ingress::MeshLayout).
+    pub lb_driver: netcore::lb::Driver,
+    /// Where the routing mesh balances on this node.
     #[serde(default)]
-    pub mesh: String,
+    pub mesh: netcore::ingress::MeshLayout,
     pub kernel: String,
     /// What the node's kernel lacks for encrypted overlays (empty: nothing), from a real
     /// attempt (netcore::xfrm::probe).

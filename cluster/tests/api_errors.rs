@@ -315,6 +315,24 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             400,
         ),
         case(
+            "unknown node filter",
+            "GET",
+            "/v1.50/nodes?filters=%7B%22color%22%3A%5B%22red%22%5D%7D",
+            400,
+        ),
+        case(
+            "node role filter neither manager nor worker",
+            "GET",
+            "/v1.50/nodes?filters=%7B%22role%22%3A%5B%22boss%22%5D%7D",
+            400,
+        ),
+        case(
+            "node filters not JSON",
+            "GET",
+            "/v1.50/nodes?filters=%7B",
+            400,
+        ),
+        case(
             "secrets filter unknown",
             "GET",
             "/v1.50/secrets?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D",

@@ -10,7 +10,10 @@
 //! - rotation under load: `network rotate-key` during pings and HTTP requests loses nothing,
 //!   and the outbound SPIs change;
 //! - membership: scaling onto a third node installs its SAs on every peer, scaling away
-//!   removes them everywhere.
+//!   removes them everywhere;
+//! - node loss: a guest killed outright (`swarmkit node kill`) is marked down by its missed
+//!   heartbeats, its task is replaced on a live guest, every peer drops its SAs, and once it
+//!   is started again no slot runs twice.
 //!
 //! Needs root, qemu-system-x86_64, the Debian kernel package (or a cached one), tcpdump,
 //! python3 and a built `swarmkit` binary next to the test binary; each missing piece skips.
@@ -22,27 +25,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
+use testkit::eventually;
 
 const DATA_PORT: &str = "7789";
 
 /// The tests here each boot guests; two at once would only starve each other on small hosts.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn swarmkit() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SWARMKIT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("swarmkit");
-    p.is_file().then_some(p)
-}
-
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
+    if let Some(why) = testkit::needs_qemu() {
+        return Some(why);
     }
     for (tool, pkg) in [
-        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/bin/tcpdump", "tcpdump"),
         ("/usr/bin/python3", "python3"),
     ] {
@@ -50,28 +44,11 @@ fn skip_reason() -> Option<String> {
             return Some(format!("{tool} is missing (apt-get install {pkg})"));
         }
     }
-    if swarmkit().is_none() {
-        return Some("no swarmkit binary next to the tests (cargo build first)".into());
-    }
-    let cached = Path::new("/var/cache/swarmkit/kernel").is_dir();
-    let apt = Command::new("apt-cache")
-        .args(["show", "linux-image-amd64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cached && !apt {
-        return Some("Debian's linux-image-amd64 is neither cached nor known to apt".into());
-    }
     None
 }
 
 fn sk(args: &[&str]) -> Output {
-    let bin = swarmkit().expect("checked by skip_reason");
-    Command::new("timeout")
-        .args(["-k", "5", "240"])
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("running swarmkit")
+    testkit::command(args).output().expect("running swarmkit")
 }
 
 fn text(o: &Output) -> String {
@@ -83,31 +60,7 @@ fn text(o: &Output) -> String {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = sk(args);
-    assert!(
-        out.status.success(),
-        "swarmkit {args:?} failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = sk(&["cluster", "down", &self.0]);
-    }
-}
-
-fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    testkit::swarmkit(args).ok().stdout
 }
 
 /// A running task of the service: where it runs and its address per network name.
@@ -377,7 +330,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("qe{}", std::process::id());
-    let _down = Down(name.clone());
+    let _down = testkit::Cluster::guard(&name);
     let c = Cluster {
         name: name.clone(),
         paths: ClusterPaths::new(&name),
@@ -439,7 +392,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         "2",
         "whoami",
     ]);
-    let tasks = poll("two running tasks", Duration::from_secs(120), || {
+    let tasks = eventually("two running tasks", Duration::from_secs(120), || {
         let t = c.tasks("app");
         (t.len() == 2).then_some(t)
     });
@@ -539,7 +492,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         9902,
         "INJECTED-PLAIN",
     );
-    let arrived = poll(
+    let arrived = eventually(
         "the control frames in the task",
         Duration::from_secs(20),
         || {
@@ -563,7 +516,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     let before = c.spis(&a.node);
     let load = {
         let ns = format!("/run/netns/{}", c.paths.task_ns(&a.id));
-        let bin = swarmkit().expect("checked");
+        let bin = testkit::bin().expect("checked");
         Command::new("timeout")
             .args(["-k", "5", "120"])
             .arg(bin)
@@ -612,7 +565,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
 
     // -- membership: a third node joins the network's peers everywhere, then leaves them.
     c.sk(&["service", "scale", "app=3"]);
-    let third = poll("three running tasks", Duration::from_secs(120), || {
+    let third = eventually("three running tasks", Duration::from_secs(120), || {
         let t = c.tasks("app");
         (t.len() == 3).then_some(t)
     });
@@ -624,7 +577,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         .clone();
     let n_vtep = c.node_addr(&newcomer);
     for t in [&a, &b] {
-        let spis = poll("SAs with the newcomer", Duration::from_secs(60), || {
+        let spis = eventually("SAs with the newcomer", Duration::from_secs(60), || {
             let s = c.spis(&t.node);
             (s.iter().filter(|l| l.contains(&n_vtep)).count() >= 2).then_some(s)
         });
@@ -633,12 +586,12 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     let mine = c.spis(&newcomer);
     assert!(!mine.is_empty(), "the newcomer has SAs: {mine:?}");
     c.sk(&["service", "scale", "app=1"]);
-    let left = poll("one running task", Duration::from_secs(120), || {
+    let left = eventually("one running task", Duration::from_secs(120), || {
         let t = c.tasks("app");
         (t.len() == 1).then_some(t)
     });
     for node in ["node1", "node2", "node3"] {
-        let spis = poll("no stale SAs", Duration::from_secs(60), || {
+        let spis = eventually("no stale SAs", Duration::from_secs(60), || {
             let s = c.spis(node);
             s.is_empty().then_some(s)
         });
@@ -649,6 +602,95 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         );
     }
     eprintln!("membership: SAs followed the scale to 3 and back to 1");
+
+    // -- node loss: a guest dies; its SAs leave every peer, its task comes back elsewhere.
+    c.sk(&["service", "scale", "app=3"]);
+    let three = eventually("three running tasks", Duration::from_secs(120), || {
+        let t = c.tasks("app");
+        (t.len() == 3).then_some(t)
+    });
+    let victim = three
+        .iter()
+        .map(|t| t.node.clone())
+        .find(|n| *n != a.node)
+        .expect("a task off the first node");
+    let v_vtep = c.node_addr(&victim);
+    let node_down = |node: &str| {
+        c.sk(&["node", "ls"])
+            .lines()
+            .any(|l| l.contains(node) && l.contains("Down"))
+    };
+    let t = Instant::now();
+    c.sk(&["node", "kill", &victim]);
+    eventually(
+        "the killed guest marked down",
+        Duration::from_secs(30),
+        || node_down(&victim).then_some(()),
+    );
+    let down_after = t.elapsed();
+    let replaced = eventually(
+        "three running tasks, none on the dead guest",
+        Duration::from_secs(120),
+        || {
+            let t = c.tasks("app");
+            (t.len() == 3 && t.iter().all(|t| t.node != victim)).then_some(t)
+        },
+    );
+    let replaced_after = t.elapsed();
+    let survivors: Vec<&str> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != victim)
+        .collect();
+    for node in &survivors {
+        eventually("no SA with the dead guest", Duration::from_secs(30), || {
+            let s = c.spis(node);
+            (!s.iter().any(|l| l.contains(&v_vtep))).then_some(())
+        });
+    }
+    let sas_gone_after = t.elapsed();
+    // The replacement is reachable through ESP from the first task.
+    let moved = replaced
+        .iter()
+        .find(|r| !three.iter().any(|o| o.id == r.id))
+        .expect("a replacement task");
+    let mut last = String::new();
+    let reached = Instant::now();
+    while !last.contains("200") {
+        assert!(
+            reached.elapsed() < Duration::from_secs(30),
+            "the replacement {moved:?} does not answer {}: {last}",
+            a.node
+        );
+        last = text(&c.in_task(
+            &a,
+            &format!(
+                "curl -s -m 5 -o /dev/null -w %{{http_code}} http://{}/",
+                moved.addrs["sec"]
+            ),
+        ));
+    }
+    let answers_after = t.elapsed();
+    eprintln!(
+        "node loss on qemu: {victim} down after {:.2}s, task replaced after {:.2}s, its SAs gone \
+         from {survivors:?} after {:.2}s, the replacement answers through ESP after {:.2}s",
+        down_after.as_secs_f64(),
+        replaced_after.as_secs_f64(),
+        sas_gone_after.as_secs_f64(),
+        answers_after.as_secs_f64()
+    );
+    c.sk(&["node", "start", &victim]);
+    eventually("the guest ready again", Duration::from_secs(180), || {
+        c.sk(&["node", "ls"])
+            .lines()
+            .any(|l| l.contains(&victim) && l.contains("Ready"))
+            .then_some(())
+    });
+    let after = c.tasks("app");
+    assert_eq!(
+        after.len(),
+        3,
+        "no slot runs twice after the guest is back: {after:?}"
+    );
 }
 
 /// The routing walkthrough, unchanged except that `mydrupal` is created encrypted: drupal and

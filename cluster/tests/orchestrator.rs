@@ -388,3 +388,47 @@ fn update_delay_spaces_the_slots_and_says_when_to_wake() {
     let wake = wake.expect("a wake-up for the delay's end");
     assert!(wake > Utc::now() + chrono::Duration::seconds(50));
 }
+
+/// `--restart-window`: restarts count against `--restart-max-attempts` only while they are
+/// recent; once the window has passed, the slot is filled again.
+#[test]
+fn the_restart_window_counts_only_recent_attempts() {
+    use TaskSpecRestartPolicyConditionEnum::*;
+    let mut sp = with_restart(ANY, 0, 1);
+    if let Some(r) = sp
+        .task_template
+        .as_mut()
+        .and_then(|t| t.restart_policy.as_mut())
+    {
+        r.window = Some(10_000_000_000);
+    }
+    let mut s = cluster(sp);
+    exit(&mut s, 1, TaskState::Failed);
+    step(&mut s);
+    assert_eq!(active_per_slot(&s), BTreeMap::from([(1, 1)]), "one attempt");
+    if let Some(mut t) = s
+        .tasks
+        .values()
+        .find(|t| t.desired == TaskState::Running)
+        .cloned()
+    {
+        t.start_after = None;
+        s.put_task(t);
+    }
+    settle(&mut s);
+    exit(&mut s, 1, TaskState::Failed);
+    step(&mut s);
+    assert!(
+        active_per_slot(&s).is_empty(),
+        "the one attempt in the window is used"
+    );
+    s.version += 1;
+    let min_ack = s.version - 1;
+    let later = Utc::now() + chrono::Duration::seconds(11);
+    reconcile_at(&mut s, "svc", min_ack, later).expect("placeable");
+    assert_eq!(
+        active_per_slot(&s),
+        BTreeMap::from([(1, 1)]),
+        "past the window the earlier attempt no longer counts"
+    );
+}

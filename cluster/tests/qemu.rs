@@ -10,86 +10,24 @@ use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
 use cluster::ssh::{self, SshError, Target};
-
-fn swarmkit() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SWARMKIT_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    // target/debug/deps/qemu-HASH -> target/debug/swarmkit
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("swarmkit");
-    p.is_file().then_some(p)
-}
+use testkit::eventually;
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some(
-            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
-        );
-    }
-    if swarmkit().is_none() {
-        return Some(
-            "no swarmkit binary next to the tests (cargo build first, or set SWARMKIT_BIN)".into(),
-        );
-    }
-    let cached = Path::new("/var/cache/swarmkit/kernel").is_dir();
-    let apt = Command::new("apt-cache")
-        .args(["show", "linux-image-amd64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !cached && !apt {
-        return Some("Debian's linux-image-amd64 is neither cached nor known to apt".into());
-    }
-    None
+    testkit::needs_qemu()
 }
 
 /// Every command is bounded, so a hang fails the test instead of stalling CI.
 fn sk(args: &[&str]) -> Output {
-    let bin = swarmkit().expect("checked by skip_reason");
-    Command::new("timeout")
-        .args(["-k", "5", "240"])
-        .arg(bin)
-        .args(args)
-        .output()
-        .expect("running swarmkit")
+    testkit::command(args).output().expect("running swarmkit")
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = sk(args);
-    assert!(
-        out.status.success(),
-        "swarmkit {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Tears the cluster down even when an assertion fails half way.
-struct Down(String);
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = sk(&["cluster", "down", &self.0]);
-    }
-}
-
-fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    testkit::swarmkit(args).ok().stdout
 }
 
 /// What still runs for the cluster, by name, for the failure message.
 fn owned_live_processes(cluster: &str) -> Vec<String> {
-    cluster::lifecycle::owned_processes(cluster)
+    cluster::procs::owned(cluster)
         .into_iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
         .collect()
@@ -102,7 +40,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         return;
     }
     let name = format!("qt{}", std::process::id());
-    let _down = Down(name.clone());
+    let _down = testkit::Cluster::guard(&name);
 
     let t = Instant::now();
     ok(&["vm", "build"]);
@@ -196,7 +134,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         args.extend_from_slice(cmd);
         ok(&args)
     };
-    let ipvs = poll(
+    let ipvs = eventually(
         "three IPVS backends on node1",
         Duration::from_secs(60),
         || {
@@ -355,7 +293,7 @@ fn changed_host_key_is_refused() {
     }
     let _guard = Kill(server, dir.clone());
     let addr = format!("127.0.0.1:{port}");
-    poll("dropbear to listen", Duration::from_secs(10), || {
+    eventually("dropbear to listen", Duration::from_secs(10), || {
         cluster::vm::qemu::banner(&addr).then_some(())
     });
     let client = Arc::new(ssh::ensure_client_key(&dir.join("id_ed25519")).unwrap());
@@ -392,8 +330,10 @@ fn changed_host_key_is_refused() {
 }
 
 /// The ssh backend against qemu guests treated as plain hosts: an inventory with their
-/// addresses, key and pinned host keys; the binary is uploaded, agents register, and
-/// `cluster down` cleans the hosts over SSH.
+/// addresses, key and pinned host keys; the binary is uploaded, agents register, the nft
+/// tables the agent makes in a host's own namespace carry the cluster's name, and `cluster
+/// down` cleans the hosts over SSH: agents, namespaces, those tables, and the sysctls put
+/// back as they were.
 #[test]
 fn ssh_backend_on_bare_guests() {
     if let Some(why) = skip_reason() {
@@ -402,9 +342,9 @@ fn ssh_backend_on_bare_guests() {
     }
     let machines = format!("qm{}", std::process::id());
     let name = format!("qs{}", std::process::id());
-    let _down_machines = Down(machines.clone());
-    let _down = Down(name.clone());
-    let bin = swarmkit().unwrap();
+    let _down_machines = testkit::Cluster::guard(&machines);
+    let _down = testkit::Cluster::guard(&name);
+    let bin = testkit::bin().unwrap();
     let out = Command::new(&bin)
         .args([
             "cluster",
@@ -416,7 +356,7 @@ fn ssh_backend_on_bare_guests() {
             "--nodes",
             "2",
         ])
-        .env(cluster::vm::up::ENV_BARE, "1")
+        .env(cluster::testbed::qemu::ENV_BARE, "1")
         .output()
         .unwrap();
     assert!(
@@ -437,6 +377,24 @@ fn ssh_backend_on_bare_guests() {
             n.addr
         ));
     }
+    // The host's own settings before the cluster: both off, so that turning them on shows.
+    let on_host = |cmd: &str| {
+        ok(&[
+            "--cluster",
+            &machines,
+            "node",
+            "exec",
+            "node1",
+            "--",
+            "sh",
+            "-c",
+            cmd,
+        ])
+    };
+    let sysctls = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/all/route_localnet";
+    on_host(&format!(
+        "echo 0 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet; {sysctls}"
+    ));
     let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
     std::fs::write(&inv_path, &inv).unwrap();
     let t = Instant::now();
@@ -473,7 +431,60 @@ fn ssh_backend_on_bare_guests() {
     ]);
     assert_eq!(host.trim(), "node1");
 
+    // A routing-mesh port and a host-mode port on node1: the agent makes its tables in the
+    // host's own namespace, named after the cluster, and turns the sysctls on.
+    ok(&[
+        "--cluster",
+        &name,
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--constraint",
+        "node.hostname==node1",
+        "--publish",
+        "8080:80",
+        "--publish",
+        "published=8081,target=80,mode=host",
+        "whoami",
+    ]);
+    let ours = |tables: &str| {
+        let mut t: Vec<String> = tables
+            .lines()
+            .filter(|l| l.contains(&format!("swarmkit_{name}_")))
+            .map(|l| l.trim().to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    let made = eventually(
+        "the cluster's tables on the host",
+        Duration::from_secs(60),
+        || {
+            let t = ours(&on_host("nft list tables"));
+            (t.len() == 2).then_some(t)
+        },
+    );
+    assert_eq!(
+        made,
+        [
+            format!("table ip swarmkit_{name}_hostports"),
+            format!("table ip swarmkit_{name}_ingress"),
+        ]
+    );
+    assert_eq!(
+        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        ["1", "1"]
+    );
+
     ok(&["cluster", "down", &name]);
+    // Everything the agent changed in the host's namespace is undone.
+    assert_eq!(ours(&on_host("nft list tables")), Vec::<String>::new());
+    assert_eq!(
+        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "the sysctls the agent set were not restored"
+    );
     // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
     let left = ok(&[
         "--cluster",
@@ -504,7 +515,7 @@ fn a_prebuilt_image_directory_is_checked() {
     let name = format!("qimg{}", std::process::id() % 100000);
     let out = Command::new("timeout")
         .args(["-k", "5", "120"])
-        .arg(swarmkit().expect("checked by skip_reason"))
+        .arg(testkit::bin().expect("checked by skip_reason"))
         .args([
             "cluster",
             "up",
@@ -538,7 +549,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         return;
     }
     let name = format!("qf{}", std::process::id() % 100000);
-    let _down = Down(name.clone());
+    let _down = testkit::Cluster::guard(&name);
     ok(&[
         "cluster",
         "up",
@@ -565,7 +576,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     c(&[
         "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
     ]);
-    let hostname = poll("the task to run", Duration::from_secs(60), || {
+    let hostname = eventually("the task to run", Duration::from_secs(60), || {
         let out = sk(&["--cluster", &name, "exec", "sleeper.1", "--", "hostname"]);
         out.status
             .success()
@@ -617,7 +628,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     assert!(!manager("node2"), "control channel not cut");
     assert!(manager("node1"));
     c(&["node", "heal", "node2"]);
-    poll(
+    eventually(
         "node2 to reach the manager",
         Duration::from_secs(10),
         || manager("node2").then_some(()),
@@ -630,10 +641,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         .pid
         .unwrap();
     c(&["node", "kill", "node2"]);
-    assert!(
-        cluster::testbed::procs::dead(guest as i32),
-        "the guest survived"
-    );
+    assert!(cluster::procs::dead(guest as i32), "the guest survived");
     assert!(!ping("node1", "192.168.0.12"));
     c(&["node", "start", "node2"]);
     assert!(ping("node1", "192.168.0.12"));

@@ -1,16 +1,19 @@
 //! Host-mode published ports: a port on one node that goes straight to the task running
 //! there, keeping the client's source address (the routing mesh cannot; see moby#25526).
-//! One small table per node, `swarmkit-hostports`, rewritten as a whole in one atomic batch
-//! whenever the set changes (a node has few host-mode ports).
+//! One small table per node, named by the caller (the node's namespace may be shared),
+//! rewritten as a whole in one atomic batch whenever the set changes (a node has few
+//! host-mode ports).
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::lb::nftbatch::apply_nft;
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
+use crate::undo::Journal;
 
-pub const TABLE: &str = "swarmkit-hostports";
+const ROUTE_LOCALNET: &str = "net/ipv4/conf/all/route_localnet";
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostPort {
@@ -23,13 +26,16 @@ pub struct HostPort {
 
 pub struct HostPorts {
     node: NetNs,
+    table: String,
+    /// Where the table and route_localnet's old value are noted, in a namespace not ours.
+    journal: Option<Arc<Journal>>,
     applied: Option<Vec<HostPort>>,
 }
 
 /// The whole table for `ports`: DNAT for traffic arriving at or generated on the node for one
 /// of its own addresses (127.0.0.1 included), and masquerade only for loopback sources, which
 /// cannot leave the node; everything else keeps its source address.
-pub fn ruleset(ports: &[HostPort]) -> String {
+pub fn ruleset(table: &str, ports: &[HostPort]) -> String {
     let mut rules = String::new();
     for p in ports {
         let _ = writeln!(
@@ -42,7 +48,7 @@ pub fn ruleset(ports: &[HostPort]) -> String {
         );
     }
     format!(
-        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  \
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  \
          chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  \
          chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  \
          chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
@@ -51,9 +57,11 @@ pub fn ruleset(ports: &[HostPort]) -> String {
 }
 
 impl HostPorts {
-    pub fn new(node: NetNs) -> Self {
+    pub fn new(node: NetNs, table: &str, journal: Option<Arc<Journal>>) -> Self {
         HostPorts {
             node,
+            table: table.to_string(),
+            journal,
             applied: None,
         }
     }
@@ -68,10 +76,16 @@ impl HostPorts {
             self.applied = Some(ports);
             return Ok(());
         }
-        self.node
-            .set_sysctl("net/ipv4/conf/all/route_localnet", "1")
-            .map_err(LbError::from)?;
-        apply_nft(&self.node, &ruleset(&ports))?;
+        match &self.journal {
+            Some(j) => {
+                let undo = |e| LbError::Undo(Box::new(e));
+                j.table(&self.table).map_err(undo)?;
+                j.set_sysctl(&self.node, ROUTE_LOCALNET, "1")
+                    .map_err(undo)?;
+            }
+            None => self.node.set_sysctl(ROUTE_LOCALNET, "1")?,
+        }
+        apply_nft(&self.node, &ruleset(&self.table, &ports))?;
         self.applied = Some(ports);
         Ok(())
     }
@@ -83,13 +97,16 @@ mod tests {
 
     #[test]
     fn ruleset_has_one_dnat_per_port_in_both_hooks() {
-        let r = ruleset(&[HostPort {
-            proto: Protocol::Tcp,
-            port: 8080,
-            addr: "172.19.0.2".parse().unwrap(),
-            target: 80,
-        }]);
+        let r = ruleset(
+            "swarmkit_c_hostports",
+            &[HostPort {
+                proto: Protocol::Tcp,
+                port: 8080,
+                addr: "172.19.0.2".parse().unwrap(),
+                target: 80,
+            }],
+        );
         assert_eq!(r.matches("tcp dport 8080 dnat to 172.19.0.2:80").count(), 2);
-        assert!(r.contains("delete table ip swarmkit-hostports"));
+        assert!(r.contains("delete table ip swarmkit_c_hostports"));
     }
 }

@@ -2,7 +2,7 @@
 //! addresses and on localhost. Two layouts, chosen per node (`MeshLayout`):
 //!
 //! **Sandbox** (Docker's): the node DNATs published ports to the ingress sandbox, where the
-//! load balancer's `Frontend::Port` picks a task. Table `ip swarmkit-ingress` in the node:
+//! load balancer's `Frontend::Port` picks a task. Table `ip <ingress table>` in the node:
 //!
 //! ```text
 //! set published { inet_proto . inet_service }
@@ -17,7 +17,7 @@
 //! prerouting one. IPVS refuses to forward a packet whose source is loopback, so locally
 //! generated traffic takes a hairpin: DNAT to the sandbox, which sends it straight back to the
 //! node from `HAIRPIN`, an address nobody owns that the node routes to the sandbox. Table
-//! `ip swarmkit-mesh` in the sandbox (`SandboxRouter`):
+//! `ip <mesh table>` in the sandbox (`SandboxRouter`):
 //!
 //! ```text
 //! set published { inet_proto . inet_service }
@@ -32,6 +32,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use nftables::expr::{Expression, MetaKey, NamedExpression, Prefix};
 use nftables::schema::{SetType, SetTypeValue};
@@ -44,17 +45,17 @@ use crate::lb::nftbatch::{
 };
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
+use crate::undo::{Journal, UndoError};
 
-pub const TABLE: &str = "swarmkit-ingress";
-pub const SANDBOX_TABLE: &str = "swarmkit-mesh";
 const PUBLISHED: &str = "published";
 
 /// Where the routing mesh balances a node's published ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MeshLayout {
     /// In the ingress sandbox, as Docker does. For nodes whose namespace is not the project's
     /// alone: a netns node shares the host's kernel, an ssh node is the user's own host.
+    #[default]
     Sandbox,
     /// In the node's own namespace, with IPVS; for nodes the project owns whole (QEMU guests).
     Node,
@@ -82,6 +83,10 @@ impl std::str::FromStr for MeshLayout {
     }
 }
 
+fn undo_failed(e: UndoError) -> LbError {
+    LbError::Undo(Box::new(e))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublishedPort {
     pub proto: Protocol,
@@ -92,19 +97,23 @@ pub struct PublishedPort {
 /// namespace: the first apply (or the one after a failure) builds the whole table atomically.
 struct PublishedTable {
     ns: NetNs,
-    name: &'static str,
+    /// The caller's name for it: a namespace may hold tables of several clusters.
+    name: String,
     /// Set before the table is first built (and again after a failed apply).
     sysctls: Vec<(String, &'static str)>,
+    /// Where the table and the sysctls' old values are noted, in a namespace not ours.
+    journal: Option<Arc<Journal>>,
     applied: Option<BTreeSet<PublishedPort>>,
     last_commands: usize,
 }
 
 impl PublishedTable {
-    fn new(ns: NetNs, name: &'static str, sysctls: Vec<(String, &'static str)>) -> Self {
+    fn new(ns: NetNs, name: &str, sysctls: Vec<(String, &'static str)>) -> Self {
         PublishedTable {
             ns,
-            name,
+            name: name.to_string(),
             sysctls,
+            journal: None,
             applied: None,
             last_commands: 0,
         }
@@ -114,7 +123,7 @@ impl PublishedTable {
     /// applied yet, `skeleton` adds the table's chains after the set.
     fn plan(&self, ports: &[PublishedPort], skeleton: impl FnOnce(&mut NftBatch)) -> NftBatch {
         let want: BTreeSet<PublishedPort> = ports.iter().copied().collect();
-        let mut b = NftBatch::new(self.name);
+        let mut b = NftBatch::new(&self.name);
         let empty = BTreeSet::new();
         let have = match &self.applied {
             Some(have) => have,
@@ -141,8 +150,18 @@ impl PublishedTable {
 
     fn commit(&mut self, batch: &NftBatch, ports: &[PublishedPort]) -> Result<(), LbError> {
         if self.applied.is_none() {
-            for (key, value) in &self.sysctls {
-                self.ns.set_sysctl(key, value)?;
+            match &self.journal {
+                Some(j) => {
+                    j.table(&self.name).map_err(undo_failed)?;
+                    for (key, value) in &self.sysctls {
+                        j.set_sysctl(&self.ns, key, value).map_err(undo_failed)?;
+                    }
+                }
+                None => {
+                    for (key, value) in &self.sysctls {
+                        self.ns.set_sysctl(key, value)?;
+                    }
+                }
             }
         }
         if let Err(e) = batch.run(&self.ns) {
@@ -156,7 +175,7 @@ impl PublishedTable {
     }
 
     fn teardown(&mut self) -> Result<(), LbError> {
-        let mut b = NftBatch::new(self.name);
+        let mut b = NftBatch::new(&self.name);
         b.delete_table();
         b.run(&self.ns)?;
         self.applied = None;
@@ -178,11 +197,19 @@ pub struct NodeIngress {
 }
 
 impl NodeIngress {
-    pub fn new(node: NetNs, sandbox_addr: Ipv4Addr, gw_ifname: &str, layout: MeshLayout) -> Self {
+    /// `table` names the node's table; give a name of the caller's own (the node's namespace
+    /// may be shared).
+    pub fn new(
+        node: NetNs,
+        table: &str,
+        sandbox_addr: Ipv4Addr,
+        gw_ifname: &str,
+        layout: MeshLayout,
+    ) -> Self {
         NodeIngress {
             table: PublishedTable::new(
                 node,
-                TABLE,
+                table,
                 vec![
                     ("net/ipv4/conf/all/route_localnet".into(), "1"),
                     ("net/ipv4/ip_forward".into(), "1"),
@@ -192,6 +219,13 @@ impl NodeIngress {
             gw_ifname: gw_ifname.to_string(),
             layout,
         }
+    }
+
+    /// Notes the table and the sysctls' old values in `journal` before changing them (for a
+    /// namespace the project does not own).
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.table.journal = journal;
+        self
     }
 
     /// The batch that takes the node from what was applied last to `ports`.
@@ -269,13 +303,13 @@ pub struct RouterAddrs {
 }
 
 impl SandboxRouter {
-    pub fn new(sandbox: NetNs, addrs: RouterAddrs) -> Self {
+    pub fn new(sandbox: NetNs, table: &str, addrs: RouterAddrs) -> Self {
         SandboxRouter {
             // The hairpin leaves by the interface it came in on; that is intended, not a
             // better route to tell the node about.
             table: PublishedTable::new(
                 sandbox,
-                SANDBOX_TABLE,
+                table,
                 vec![
                     ("net/ipv4/ip_forward".into(), "1"),
                     ("net/ipv4/conf/all/send_redirects".into(), "0"),
@@ -339,6 +373,7 @@ mod tests {
     fn delta_only_touches_changed_ports() {
         let mut ing = NodeIngress::new(
             NetNs::of_pid(std::process::id()).unwrap(),
+            "swarmkit_c_ingress",
             Ipv4Addr::new(172, 18, 0, 2),
             "gw0",
             MeshLayout::Sandbox,
@@ -385,6 +420,7 @@ mod tests {
     fn node_layout_leaves_traffic_from_outside_to_the_node() {
         let ing = NodeIngress::new(
             NetNs::of_pid(std::process::id()).unwrap(),
+            "swarmkit_c_ingress",
             Ipv4Addr::new(172, 18, 0, 2),
             "gw0",
             MeshLayout::Node,
@@ -399,6 +435,7 @@ mod tests {
     fn sandbox_router_hairpins_to_the_node_and_masquerades_into_ingress() {
         let mut router = SandboxRouter::new(
             NetNs::of_pid(std::process::id()).unwrap(),
+            "swarmkit_c_mesh",
             RouterAddrs {
                 node: Ipv4Addr::new(172, 18, 0, 1),
                 sandbox: Ipv4Addr::new(172, 18, 0, 2),
@@ -408,7 +445,7 @@ mod tests {
             },
         );
         let json = router.plan(&[tcp(80)]).to_json().unwrap();
-        assert!(json.contains(r#""table":"swarmkit-mesh""#), "{json}");
+        assert!(json.contains(r#""table":"swarmkit_c_mesh""#), "{json}");
         assert!(json.contains(r#""dnat":{"addr":"172.18.0.1"}"#), "{json}");
         assert!(
             json.contains(r#""snat":{"addr":"172.18.255.254"}"#),

@@ -10,4 +10,5 @@ pub mod link;
 pub mod netns;
 pub mod overlay;
 pub mod underlay;
+pub mod undo;
 pub mod xfrm;

@@ -196,6 +196,14 @@ impl NetNs {
         Ok(handle)
     }
 
+    /// Reads a sysctl as seen from inside this namespace, without its trailing newline.
+    pub fn sysctl(&self, key: &str) -> Result<String> {
+        let path = format!("/proc/sys/{key}");
+        self.run(|| std::fs::read_to_string(&path))?
+            .map(|v| v.trim_end().to_string())
+            .map_err(sys(&self.name, "read sysctl"))
+    }
+
     /// Writes a sysctl as seen from inside this namespace (e.g. `net/ipv4/ip_forward`).
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{key}");

@@ -307,6 +307,7 @@ fn routing_mesh_from_localhost_and_neighbour() {
     sandbox_lb.apply(std::slice::from_ref(&published)).unwrap();
     let mut ingress = NodeIngress::new(
         mesh.node.clone(),
+        "sktest_ingress",
         Ipv4Addr::new(172, 31, 1, 2),
         "gw0",
         MeshLayout::Sandbox,

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use ::cluster::lifecycle::{self, UpOptions};
 use ::cluster::paths::ClusterPaths;
+use ::cluster::testbed::Backend;
 use clap::Subcommand;
 
 use crate::render::{self, Table};
@@ -19,8 +20,8 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = ["netns", "qemu", "ssh"])]
-        backend: String,
+        #[arg(long, default_value = "netns", value_parser = backend_parser())]
+        backend: Backend,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
         #[arg(long, value_parser = ["ipvs", "nftables"])]
         lb: Option<String>,
@@ -34,6 +35,13 @@ pub enum ClusterCmd {
         /// How often encrypted networks get a new key: seconds, or with s/m/h (default 12h)
         #[arg(long, value_parser = parse_interval)]
         key_rotation: Option<std::time::Duration>,
+        /// How often agents report to the manager, as docker swarm init's --dispatcher-heartbeat
+        /// (e.g. 500ms, 2s; default 500ms)
+        #[arg(long, value_parser = super::service_policy::parse_duration, value_name = "DURATION")]
+        heartbeat_period: Option<std::time::Duration>,
+        /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
+        #[arg(long, value_name = "N")]
+        heartbeat_misses: Option<u32>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -55,6 +63,13 @@ pub enum ClusterCmd {
         /// Cluster name (defaults to the global --cluster)
         name: Option<String>,
     },
+}
+
+/// `--backend`: one of the backends the testbed has, listed in help and errors.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str))
+        .map(|s| s.parse::<Backend>().expect("a listed backend parses"))
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -84,17 +99,21 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             inventory,
             data_path_port,
             key_rotation,
+            heartbeat_period,
+            heartbeat_misses,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
-            // clap already limited both to their known names.
+            // clap already limited --lb to the drivers' names.
             let opts = UpOptions {
                 name,
                 nodes,
-                backend: backend.parse()?,
+                backend,
                 lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
                 inventory,
                 data_path_port,
                 key_rotation,
+                heartbeat: heartbeat_period,
+                heartbeat_misses,
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;
@@ -129,7 +148,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         ClusterCmd::Prune { prefix } => {
-            let pruned = ::cluster::testbed::prune::prune(&prefix).await;
+            let pruned = ::cluster::lifecycle::prune::prune(&prefix).await;
             for name in &pruned.removed {
                 println!("removed {name}");
             }

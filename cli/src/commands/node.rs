@@ -2,7 +2,7 @@
 
 use ::cluster::testbed::Fault;
 use bollard::models::{Node, NodeSpecAvailabilityEnum};
-use bollard::query_parameters::{DeleteNodeOptions, UpdateNodeOptions};
+use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
@@ -18,6 +18,10 @@ pub enum NodeCmd {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
+        /// Filter output based on conditions provided (KEY=VALUE): id, name, role, membership,
+        /// availability, label (engine labels), node.label; e.g. node.label=zone=east
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+        filter: Vec<(String, String)>,
         /// Output format
         #[arg(long, default_value = "table", value_parser = crate::template::parse)]
         format: Format,
@@ -104,7 +108,11 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             })
             .await
         }
-        NodeCmd::Ls { quiet, format } => ls(cluster, quiet, format).await,
+        NodeCmd::Ls {
+            quiet,
+            filter,
+            format,
+        } => ls(cluster, quiet, &filter, format).await,
         NodeCmd::Inspect {
             nodes,
             pretty,
@@ -114,7 +122,7 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             netns,
             node,
             command,
-        } => ::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await,
+        } => Ok(::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await?),
         NodeCmd::Kill { node } => fault(cluster, &node, Fault::Kill).await,
         NodeCmd::Start { node } => fault(cluster, &node, Fault::Start).await,
         NodeCmd::Isolate { node } => fault(cluster, &node, Fault::Isolate).await,
@@ -194,9 +202,17 @@ fn row(n: &Node) -> Row {
     }
 }
 
-async fn ls(cluster: &str, quiet: bool, format: Format) -> anyhow::Result<i32> {
+async fn ls(
+    cluster: &str,
+    quiet: bool,
+    filter: &[(String, String)],
+    format: Format,
+) -> anyhow::Result<i32> {
     let api = Api::connect(cluster)?;
-    let mut nodes = api.docker.list_nodes(None).await.api(&api)?;
+    let opts = ListNodesOptions {
+        filters: super::filters(filter),
+    };
+    let mut nodes = api.docker.list_nodes(Some(opts)).await.api(&api)?;
     nodes.sort_by(|a, b| render::natural_cmp(&hostname(a), &hostname(b)));
     let rows: Vec<Row> = nodes.iter().map(row).collect();
     if quiet {

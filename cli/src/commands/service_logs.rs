@@ -1,13 +1,16 @@
 //! `swarmkit service logs SERVICE|TASK`: what the tasks printed, each line prefixed with the
 //! task it came from as docker prints it (`web.1.<id>@node1    | ...`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::time::Duration;
 
 use bollard::container::LogOutput;
+use bollard::models::{Service, Task};
 use bollard::query_parameters::{ListTasksOptions, LogsOptions};
 use clap::Args;
 use futures::StreamExt;
+use futures::stream::{BoxStream, SelectAll};
 
 use super::service::service_name;
 use super::{Api, ApiResult, ClientError};
@@ -39,6 +42,12 @@ struct Source {
     prefix: String,
 }
 
+/// How often `-f` on a service looks for tasks that started after it began (a scale-up, a
+/// replaced task); each new one is followed from its first line, so nothing it printed is lost.
+const RESCAN: Duration = Duration::from_secs(1);
+
+type Lines = BoxStream<'static, (String, Result<LogOutput, bollard::errors::Error>)>;
+
 pub async fn logs(api: &Api, args: LogsArgs) -> anyhow::Result<i32> {
     if args.tail != "all" && args.tail.parse::<u64>().is_err() {
         anyhow::bail!(
@@ -46,7 +55,7 @@ pub async fn logs(api: &Api, args: LogsArgs) -> anyhow::Result<i32> {
             args.tail
         );
     }
-    let sources = sources(api, &args).await?;
+    let (service, sources) = sources(api, &args).await?;
     let opts = LogsOptions {
         follow: args.follow,
         stdout: true,
@@ -55,53 +64,88 @@ pub async fn logs(api: &Api, args: LogsArgs) -> anyhow::Result<i32> {
         tail: args.tail.clone(),
         ..Default::default()
     };
-    let width = sources.iter().map(|s| s.prefix.len()).max().unwrap_or(0);
+    let mut width = sources.iter().map(|s| s.prefix.len()).max().unwrap_or(0);
+    let mut known: HashSet<String> = sources.iter().map(|s| s.task_id.clone()).collect();
     // One stream per task, merged as lines arrive (docker's daemon merges them the same way).
-    let streams = sources.iter().map(|s| {
-        let prefix = if args.raw {
-            String::new()
-        } else {
-            format!("{:<width$}    | ", s.prefix)
-        };
-        api.docker
-            .task_logs(&s.task_id, Some(opts.clone()))
-            .map(move |item| (prefix.clone(), item))
-            .boxed()
-    });
-    let mut merged = futures::stream::select_all(streams);
-    while let Some((prefix, item)) = merged.next().await {
-        let (to_err, message) = match item.api(api)? {
-            LogOutput::StdErr { message } => (true, message),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => (false, message),
-            LogOutput::StdIn { .. } => continue,
-        };
-        let mut line = prefix.into_bytes();
-        line.extend_from_slice(&message);
-        if to_err {
-            std::io::stderr().write_all(&line)?;
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&line)?;
-            out.flush()?;
+    let mut merged: SelectAll<Lines> = SelectAll::new();
+    for s in &sources {
+        merged.push(task_lines(api, s, &args, width, opts.clone()));
+    }
+    // Following a service (not one task) takes in the tasks it gains while followed.
+    let mut following = service.filter(|_| args.follow);
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            item = merged.next(), if !merged.is_empty() => {
+                let Some((prefix, item)) = item else { continue };
+                let (to_err, message) = match item.api(api)? {
+                    LogOutput::StdErr { message } => (true, message),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (false, message)
+                    }
+                    LogOutput::StdIn { .. } => continue,
+                };
+                let mut line = prefix.into_bytes();
+                line.extend_from_slice(&message);
+                if to_err {
+                    std::io::stderr().write_all(&line)?;
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&line)?;
+                    out.flush()?;
+                }
+            }
+            _ = rescan.tick(), if following.is_some() => {
+                let Some(svc) = &following else { continue };
+                match service_tasks(api, svc, &args).await {
+                    Ok(now) => {
+                        for s in now {
+                            if !known.insert(s.task_id.clone()) {
+                                continue;
+                            }
+                            width = width.max(s.prefix.len());
+                            let from_start = LogsOptions {
+                                tail: "all".into(),
+                                ..opts.clone()
+                            };
+                            merged.push(task_lines(api, &s, &args, width, from_start));
+                        }
+                    }
+                    // The service is gone: what is followed ends as its tasks go.
+                    Err(ClientError::Daemon(_)) => following = None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            else => break,
         }
     }
     Ok(0)
 }
 
+/// One task's lines, each with the prefix that names its task.
+fn task_lines(api: &Api, s: &Source, args: &LogsArgs, width: usize, opts: LogsOptions) -> Lines {
+    let prefix = if args.raw {
+        String::new()
+    } else {
+        format!("{:<width$}    | ", s.prefix)
+    };
+    api.docker
+        .task_logs(&s.task_id, Some(opts))
+        .map(move |item| (prefix.clone(), item))
+        .boxed()
+}
+
 /// The tasks to read: the service's (history included, as docker shows them), or the task
-/// named.
-async fn sources(api: &Api, args: &LogsArgs) -> Result<Vec<Source>, ClientError> {
-    let (service, tasks) = match api.docker.inspect_service(&args.target, None).await {
+/// named; and the service when it was named.
+async fn sources(
+    api: &Api,
+    args: &LogsArgs,
+) -> Result<(Option<Service>, Vec<Source>), ClientError> {
+    match api.docker.inspect_service(&args.target, None).await {
         Ok(s) => {
-            let filters = HashMap::from([(
-                "service".to_string(),
-                vec![s.id.clone().unwrap_or_default()],
-            )]);
-            let opts = ListTasksOptions {
-                filters: Some(filters),
-            };
-            let tasks = api.docker.list_tasks(Some(opts)).await.api(api)?;
-            (s, tasks)
+            let sources = service_tasks(api, &s, args).await?;
+            Ok((Some(s), sources))
         }
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -112,10 +156,34 @@ async fn sources(api: &Api, args: &LogsArgs) -> Result<Vec<Source>, ClientError>
                 .inspect_service(task.service_id.as_deref().unwrap_or_default(), None)
                 .await
                 .api(api)?;
-            (service, vec![task])
+            Ok((None, named(api, &service, vec![task], args).await?))
         }
-        Err(e) => return Err(api.error(e)),
+        Err(e) => Err(api.error(e)),
+    }
+}
+
+/// The tasks the service has now; an error when the service is gone.
+async fn service_tasks(
+    api: &Api,
+    service: &Service,
+    args: &LogsArgs,
+) -> Result<Vec<Source>, ClientError> {
+    let id = service.id.clone().unwrap_or_default();
+    api.docker.inspect_service(&id, None).await.api(api)?;
+    let opts = ListTasksOptions {
+        filters: Some(HashMap::from([("service".to_string(), vec![id])])),
     };
+    let tasks = api.docker.list_tasks(Some(opts)).await.api(api)?;
+    named(api, service, tasks, args).await
+}
+
+/// Each task with the prefix docker prints for it: `web.1.<id>@node1`.
+async fn named(
+    api: &Api,
+    service: &Service,
+    mut tasks: Vec<Task>,
+    args: &LogsArgs,
+) -> Result<Vec<Source>, ClientError> {
     let nodes: HashMap<String, String> = api
         .docker
         .list_nodes(None)
@@ -127,8 +195,7 @@ async fn sources(api: &Api, args: &LogsArgs) -> Result<Vec<Source>, ClientError>
             (n.id.unwrap_or_default(), name)
         })
         .collect();
-    let name = service_name(&service);
-    let mut tasks = tasks;
+    let name = service_name(service);
     tasks.sort_by_key(|t| (t.slot, t.created_at));
     Ok(tasks
         .into_iter()

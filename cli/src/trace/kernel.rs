@@ -187,7 +187,7 @@ pub async fn conntrack(
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = match run(cluster, place, &argv).await {
         Ok(out) => out,
-        // QEMU guests carry no conntrack tool; their kernel lists the same table in /proc.
+        // A host without the conntrack tool: its kernel lists the same table in /proc.
         Err(err) if missing_tool(&format!("{err:#}"), "conntrack") => {
             run(cluster, place, &["cat", "/proc/net/nf_conntrack"]).await?
         }
@@ -203,6 +203,48 @@ pub async fn conntrack(
                 && (want.dport == 0 || e.orig.dport == want.dport)
         })
         .collect())
+}
+
+/// What `host` resolves to at `place` (a task: its resolver is the embedded DNS at
+/// 127.0.0.11), and the tool that asked.
+pub async fn resolve(
+    cluster: &str,
+    place: &Place,
+    host: &str,
+) -> anyhow::Result<(Vec<String>, &'static str)> {
+    match run(
+        cluster,
+        place,
+        &["dig", "+short", "+time=2", "+tries=2", host],
+    )
+    .await
+    {
+        Ok(out) => Ok((
+            out.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            "dig @127.0.0.11",
+        )),
+        // QEMU guests have busybox's nslookup, not dig (whose libraries would double the
+        // guest volume). It exits non-zero for a name with no answer: no addresses.
+        Err(err) if missing_tool(&format!("{err:#}"), "dig") => {
+            let out = run_status(cluster, place, &["nslookup", host]).await?;
+            Ok((parse_nslookup(&out), "nslookup @127.0.0.11"))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// busybox nslookup: the server's lines, then `Name: HOST` and an `Address: IP` per answer.
+pub fn parse_nslookup(out: &str) -> Vec<String> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter_map(|l| l.strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .collect()
 }
 
 /// The shell's or nsenter's words for a program that is not installed.
@@ -260,26 +302,25 @@ pub struct VxlanHop {
     pub fdb_unreadable: bool,
 }
 
-pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
-    let neigh: Value = match run(cluster, sandbox, &["ip", "-j", "neigh", "show", "to", addr]).await
-    {
-        Ok(out) => serde_json::from_str(&out).unwrap_or(Value::Null),
-        // Busybox's ip (QEMU guests) has no JSON: `ADDR dev DEV lladdr MAC PERMANENT`.
+/// `ip -j ARGS` at `place`, parsed. QEMU guests' `ip` on PATH is busybox's, which has no
+/// JSON; iproute2's own is packed beside it.
+async fn ip_json(cluster: &str, place: &Place, args: &[&str]) -> anyhow::Result<Value> {
+    let mut argv = vec!["ip", "-j"];
+    argv.extend_from_slice(args);
+    let out = match run(cluster, place, &argv).await {
+        Ok(out) => out,
         Err(_) => {
-            let out = run(cluster, sandbox, &["ip", "neigh", "show", "to", addr]).await?;
-            let words: Vec<&str> = out.split_whitespace().collect();
-            let after = |k: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == k)
-                    .and_then(|i| words.get(i + 1))
-                    .map(|w| Value::String(w.to_string()))
-                    .unwrap_or(Value::Null)
-            };
-            serde_json::json!([{"lladdr": after("lladdr"), "dev": after("dev")}])
+            argv[0] = ::cluster::vm::image::IPROUTE2_IP;
+            run(cluster, place, &argv).await?
         }
     };
-    // Guests carry no `bridge` tool; the hop then says the FDB could not be read.
+    serde_json::from_str(&out).with_context(|| format!("{} at {place}: not JSON", argv.join(" ")))
+}
+
+pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
+    let neigh = ip_json(cluster, sandbox, &["neigh", "show", "to", addr]).await?;
+    // A host without iproute2's `bridge` (an SSH node set up by hand): the hop then says the
+    // FDB could not be read.
     let fdb: Option<Value> = run(cluster, sandbox, &["bridge", "-j", "fdb", "show"])
         .await
         .ok()
@@ -321,15 +362,12 @@ pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Re
         ..VxlanHop::default()
     };
     if hop.remote_vtep.is_some() && !device.is_empty() {
-        let link: Value = serde_json::from_str(
-            &run(
-                cluster,
-                sandbox,
-                &["ip", "-j", "-s", "-d", "link", "show", "dev", &device],
-            )
-            .await?,
+        let link = ip_json(
+            cluster,
+            sandbox,
+            &["-s", "-d", "link", "show", "dev", &device],
         )
-        .unwrap_or(Value::Null);
+        .await?;
         hop.vni = link[0]["linkinfo"]["info_data"]["id"].as_u64();
         hop.tx_packets = link[0]["stats64"]["tx"]["packets"].as_u64();
     }
@@ -387,6 +425,13 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].destination, "10.255.0.8:9200");
         assert_eq!(c[0].source, "127.0.0.1:41001");
+    }
+
+    #[test]
+    fn nslookup_answers_parse() {
+        let out = "Server:\t\t127.0.0.11\nAddress:\t127.0.0.11:53\n\nName:\tsearch\nAddress: 10.0.0.2\n\nName:\tsearch\nAddress: 10.0.0.7\n";
+        assert_eq!(parse_nslookup(out), ["10.0.0.2", "10.0.0.7"]);
+        assert!(parse_nslookup("Server:\t\t127.0.0.11\nAddress:\t127.0.0.11:53\n\n** server can't find nope: NXDOMAIN\n").is_empty());
     }
 
     #[test]

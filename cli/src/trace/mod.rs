@@ -229,7 +229,16 @@ async fn from_node(
         evidence: "client".into(),
         anchors: vec![Anchor::Port(n.hostname.clone())],
     }];
+    // The node's table may hold a second entry from this source port: the same connection
+    // hairpinned back by its ingress sandbox. The client's own is the one to the address it
+    // called, when that address is known here.
+    let dst = match host {
+        "localhost" => "127.0.0.1".to_string(),
+        h if h.parse::<std::net::Ipv4Addr>().is_ok() => h.to_string(),
+        _ => String::new(),
+    };
     let want = Tuple {
+        dst,
         sport,
         dport: port,
         ..Tuple::default()
@@ -255,17 +264,7 @@ async fn from_task(
     let mut hops = Vec::new();
     let mut dst = String::new();
     if host.parse::<std::net::Ipv4Addr>().is_err() {
-        let answer = kernel::run(
-            cluster,
-            &place,
-            &["dig", "+short", "+time=2", "+tries=2", host],
-        )
-        .await?;
-        let addrs: Vec<&str> = answer
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let (addrs, tool) = kernel::resolve(cluster, &place, host).await?;
         if addrs.is_empty() {
             bail!(
                 "{host} does not resolve in task {}: does it share a network with that service?",
@@ -275,7 +274,7 @@ async fn from_task(
         let kind = match topo
             .services
             .iter()
-            .find(|s| s.vips.iter().any(|v| addrs.contains(&v.addr.as_str())))
+            .find(|s| s.vips.iter().any(|v| addrs.contains(&v.addr)))
         {
             Some(s) => format!("VIP of service {}", s.name),
             None => "task addresses (dnsrr)".into(),
@@ -284,14 +283,14 @@ async fn from_task(
         hops.push(Hop {
             place: t.name.clone(),
             what: format!("DNS {host} -> {} ({kind})", addrs.join(", ")),
-            evidence: "dig @127.0.0.11".into(),
+            evidence: tool.into(),
             anchors: [Anchor::Task(t.name.clone())]
                 .into_iter()
                 .chain(svc.map(|s| Anchor::Service(s.name.clone())))
                 .collect(),
         });
-        if addrs.len() == 1 {
-            dst = addrs[0].to_string();
+        if let [one] = &addrs[..] {
+            dst = one.clone();
         }
     } else {
         dst = host.to_string();
@@ -354,8 +353,10 @@ async fn follow(
     hops: &mut Vec<Hop>,
 ) -> anyhow::Result<Option<GTask>> {
     let mut node = start_node.to_string();
-    // A connection crosses at most node -> sandbox -> task (mesh) or task -> task (VIP).
-    for _ in 0..5 {
+    // A connection crosses at most node -> sandbox -> node -> sandbox -> task (the mesh
+    // balanced by the node's own IPVS), node -> sandbox -> task (in the sandbox), or task ->
+    // task (VIP).
+    for _ in 0..6 {
         let here = place_label(topo, &place);
         let entries = match kernel::conntrack(cluster, &place, "tcp", &want).await {
             Ok(entries) => entries,
@@ -420,20 +421,39 @@ async fn follow(
                 return Ok(Some(task.clone()));
             }
             Some((task, network)) => {
-                let how = if e.dnat() || evidence.starts_with("ipvsadm") {
-                    "load balancer chose"
+                let balanced = e.dnat() || evidence.starts_with("ipvsadm");
+                let masquerade = !balanced && e.reply.dst != e.orig.src;
+                let what = if masquerade {
+                    format!(
+                        "masquerades {} as {} on to {} on {}: {}",
+                        e.orig.src, e.reply.dst, task.name, task.node, e.orig
+                    )
                 } else {
-                    "goes straight to"
+                    let how = if balanced {
+                        "load balancer chose"
+                    } else {
+                        "goes straight to"
+                    };
+                    format!(
+                        "{how} {} on {}: {} => {}:{}",
+                        task.name, task.node, e.orig, next.0, next.1
+                    )
                 };
                 hops.push(Hop {
                     place: here,
-                    what: format!(
-                        "{how} {} on {}: {} => {}:{}",
-                        task.name, task.node, e.orig, next.0, next.1
-                    ),
+                    what,
                     evidence,
                     anchors: lb_anchor(topo, &place, &node),
                 });
+                // Where the node's own IPVS balances (mesh `node`), the chosen ingress task is
+                // reached through the node's ingress sandbox, whose own entry shows its
+                // masquerade.
+                let ingress = topo.networks.iter().any(|n| n.name == network && n.ingress);
+                if balanced && ingress && matches!(place, Place::Node(_)) {
+                    place = Place::Sandbox(node.clone(), "ingress_sbox".into());
+                    want = onward;
+                    continue;
+                }
                 hops.push(overlay_hop(cluster, topo, &node, task, &network).await?);
                 place = Place::Task(task.id.clone());
                 node = task.node.clone();

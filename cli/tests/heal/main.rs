@@ -92,14 +92,6 @@ fn node_id(c: &Cluster, node: &str) -> String {
         .to_string()
 }
 
-fn kill(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("killing the task's process");
-}
-
 #[test]
 fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
     require_root!();
@@ -125,7 +117,7 @@ fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
         .expect("web.1")
         .to_string();
     let killed = Instant::now();
-    kill(c.task_pid("web", 1));
+    common::sigkill(c.task_pid("web", 1));
     c.eventually("web.1 replaced and routed", Duration::from_secs(30), || {
         let running = running_ids(&c, "web");
         running.len() == 3 && !running.contains(&old_id)
@@ -158,7 +150,7 @@ fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
     );
 
     // --restart-condition none: the task stays down, and the service says so.
-    kill(c.task_pid("once", 1));
+    common::sigkill(c.task_pid("once", 1));
     c.eventually("once.1 failed", Duration::from_secs(20), || {
         c.api_tasks("once")
             .iter()

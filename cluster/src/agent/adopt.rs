@@ -25,7 +25,7 @@ const FILE: &str = "task.json";
 
 pub fn save(dir: &Path, r: &Record) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(r).map_err(std::io::Error::other)?;
-    crate::lifecycle::write_atomically(&dir.join(FILE), &bytes)
+    crate::paths::write_atomically(&dir.join(FILE), &bytes)
 }
 
 pub fn load(dir: &Path) -> Option<Record> {

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use netcore::dns::{Answer, View};
@@ -10,6 +11,7 @@ use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort, RouterAddrs, Sand
 use netcore::lb::{self, Driver, Frontend, LoadBalancer, VirtualService};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
+use netcore::undo::Journal;
 use netcore::xfrm::{Ipsec, IpsecSpec, NetworkIpsec};
 
 use crate::model::{EndpointMode, Protocol};
@@ -47,6 +49,8 @@ pub struct Dataplane {
     vtep: Ipv4Addr,
     driver: Driver,
     mesh: MeshLayout,
+    /// Set when the node's namespace is not the project's (see netcore::undo).
+    journal: Option<Arc<Journal>>,
     sandboxes: HashMap<String, Sandbox>,
     ingress: Option<Ingress>,
     /// Opened with the first encrypted network, kept after (the kernel state is what matters).
@@ -127,10 +131,17 @@ impl Dataplane {
             vtep,
             driver,
             mesh,
+            journal: None,
             sandboxes: HashMap::new(),
             ingress: None,
             ipsec: None,
         }
+    }
+
+    /// Journals what is changed in the node's own namespace, for `cluster down` to undo.
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// Installs the SAs, policies and nftables rules of the plan's encrypted networks. Runs
@@ -256,6 +267,7 @@ impl Dataplane {
                         .await?;
                     let router = SandboxRouter::new(
                         sbox,
+                        &self.paths.nft_table("mesh"),
                         RouterAddrs {
                             node: gw_node.addr(),
                             sandbox: gw_sbox.addr(),
@@ -271,10 +283,12 @@ impl Dataplane {
                 lb,
                 node_rules: NodeIngress::new(
                     self.node.clone(),
+                    &self.paths.nft_table("ingress"),
                     gw_sbox.addr(),
                     GW_IFNAME,
                     self.mesh,
-                ),
+                )
+                .with_journal(self.journal.clone()),
                 router,
             });
         }

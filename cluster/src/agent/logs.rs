@@ -1,8 +1,17 @@
-//! Task output on the node: each task's stdout and stderr are pipes the agent reads line by
-//! line, stamps with the time and pushes to the manager, which keeps them for `service logs`.
-//! Lines wait in a bounded buffer while the manager is away; past the bound the oldest go.
+//! Task output on the node: each task's stdout and stderr are FIFOs in its run directory that
+//! the agent reads line by line, stamps with the time and pushes to the manager, which keeps
+//! them for `service logs`. Lines wait in a bounded buffer while the manager is away; past the
+//! bound the oldest go.
+//!
+//! FIFOs rather than pipes, for the agent's restarts: the task holds each FIFO open for reading
+//! and writing (as containerd's shims do for docker's live restore), so its writes never fail
+//! while no agent reads, and a restarted agent that adopts the task reopens them and reads on
+//! where its predecessor stopped, losing and repeating nothing. With no agent for long, a task
+//! that fills a FIFO's buffer (64 KiB) waits, as docker's do.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -33,15 +42,39 @@ impl LogSink {
         LogSink { tx }
     }
 
-    /// Reads the task's output until it closes its ends of the pipes.
-    pub fn capture(&self, task_id: &str, child: &mut tokio::process::Child) {
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(read(out, task_id.to_string(), STDOUT, self.tx.clone()));
+    /// Reads the task's output FIFOs in `dir` until every writer is gone (the task and its
+    /// children exited). For a new task, call it between [`outputs`] and the spawn, while the
+    /// agent's own ends keep the FIFOs open.
+    pub fn follow(&self, task_id: &str, dir: &Path) -> std::io::Result<()> {
+        for (file, stream) in STREAMS {
+            let r = tokio::net::unix::pipe::OpenOptions::new().open_receiver(dir.join(file))?;
+            tokio::spawn(read(r, task_id.to_string(), stream, self.tx.clone()));
         }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(read(err, task_id.to_string(), STDERR, self.tx.clone()));
-        }
+        Ok(())
     }
+}
+
+const STREAMS: [(&str, u8); 2] = [("stdout", STDOUT), ("stderr", STDERR)];
+
+/// Makes the task's output FIFOs in `dir` (anew: a stale one may hold a dead task's lines)
+/// and opens each for reading and writing: what the task gets as stdout and stderr.
+pub fn outputs(dir: &Path) -> std::io::Result<[OwnedFd; 2]> {
+    std::fs::create_dir_all(dir)?;
+    let open = |file: &str| -> std::io::Result<OwnedFd> {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+        // Opening a FIFO for reading and writing never waits for the other side (Linux).
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        Ok(f.into())
+    };
+    Ok([open(STREAMS[0].0)?, open(STREAMS[1].0)?])
 }
 
 async fn read(
@@ -155,6 +188,41 @@ async fn push(client: ManagerClient, node_id: String, mut rx: mpsc::Receiver<Log
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a task wrote while no agent read arrives once one follows again, once, and the
+    /// reader ends when the task's ends close.
+    #[test]
+    fn output_survives_an_agent_that_goes_away() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("swarmkit-fifo-{}", std::process::id()));
+        let [out, err] = outputs(&dir).unwrap();
+        let mut task_out = std::fs::File::from(out);
+        // Each runtime stands for one agent: dropping it closes its readers, as an exit would.
+        let agent = || tokio::runtime::Runtime::new().unwrap();
+        let follow = |rt: &tokio::runtime::Runtime| {
+            let (tx, rx) = mpsc::channel(64);
+            rt.block_on(async { LogSink { tx }.follow("t", &dir) })
+                .unwrap();
+            rx
+        };
+        let first = agent();
+        let mut rx = follow(&first);
+        writeln!(task_out, "before").unwrap();
+        let r = first.block_on(rx.recv()).unwrap();
+        assert_eq!((r.line.as_str(), r.stream), ("before", STDOUT));
+        drop(first);
+        writeln!(task_out, "while away").unwrap();
+        let second = agent();
+        let mut rx = follow(&second);
+        let r = second.block_on(rx.recv()).unwrap();
+        assert_eq!(r.line, "while away");
+        drop((task_out, err));
+        assert!(
+            second.block_on(rx.recv()).is_none(),
+            "the readers end with the task's ends"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn output_splits_into_lines_and_long_lines_into_pieces() {

@@ -3,6 +3,7 @@
 //! what it observed. Every step is a reconcile, so a missed event is repaired by the next plan.
 
 mod adopt;
+mod config;
 mod dataplane;
 mod logs;
 mod process;
@@ -13,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use netcore::dns::{Resolver, ServeHandle};
-use netcore::ingress::MeshLayout;
 use netcore::lb::{self, Driver, LoadBalancer};
 use netcore::netns::NetNs;
 use tokio::sync::{mpsc, watch};
@@ -142,31 +142,18 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
 
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
-    let node = match std::env::var(ENV_NODE_NS).as_deref() {
-        Ok("self") => NetNs::of_pid(std::process::id())?,
-        _ => NetNs::open(&paths.node_ns(hostname))?,
+    // A namespace of the node's own is the cluster's and goes with it; on a whole machine
+    // ("self") what the agent changes there is journaled, for `cluster down` to undo.
+    let (node, journal) = match std::env::var(ENV_NODE_NS).as_deref() {
+        Ok("self") => (
+            NetNs::of_pid(std::process::id())?,
+            Some(std::sync::Arc::new(netcore::undo::Journal::new(
+                paths.host_journal(),
+            ))),
+        ),
+        _ => (NetNs::open(&paths.node_ns(hostname))?, None),
     };
-    let vtep: Ipv4Addr = std::env::var(ENV_NODE_ADDR)
-        .context("SWARMKIT_NODE_ADDR is not set")?
-        .parse()
-        .context("SWARMKIT_NODE_ADDR is not an IPv4 address")?;
-    let driver = match std::env::var(ENV_LB).ok().filter(|s| !s.is_empty()) {
-        Some(d) => d.parse::<Driver>().map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => lb::probe(),
-    };
-    let mesh = match std::env::var(ENV_MESH).ok().filter(|s| !s.is_empty()) {
-        Some(m) => m
-            .parse::<MeshLayout>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => MeshLayout::Sandbox,
-    };
-    // Balancing in the node is what makes `ipvsadm -Ln` on the node show the mesh; with the
-    // nftables driver nothing is gained by leaving Docker's layout.
-    let mesh = if driver == Driver::Ipvs {
-        mesh
-    } else {
-        MeshLayout::Sandbox
-    };
+    let config::Config { vtep, driver, mesh } = config::Config::from_env()?;
     let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
         Ok(addr) => ManagerClient::tcp(&addr),
         Err(_) => ManagerClient::new(&paths.manager_socket()),
@@ -174,8 +161,8 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let req = RegisterRequest {
         hostname: hostname.to_string(),
         addr: vtep,
-        lb_driver: driver.to_string(),
-        mesh: mesh.to_string(),
+        lb_driver: driver,
+        mesh,
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -196,10 +183,15 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             vtep,
             driver,
             mesh,
+        )
+        .with_journal(journal.clone()),
+        client,
+        host_ports: netcore::hostport::HostPorts::new(
+            node.clone(),
+            &paths.nft_table("hostports"),
+            journal,
         ),
         paths,
-        client,
-        host_ports: netcore::hostport::HostPorts::new(node.clone()),
         node,
         driver,
         resolver: Resolver::new(),
@@ -478,6 +470,9 @@ impl Agent {
             }
         };
         tracing::info!(task = t.name, pid = rec.pid, "adopted");
+        if let Err(e) = self.logs.follow(&t.id, &dir) {
+            tracing::warn!("{}: its output is not read: {e}", t.name);
+        }
         let id = t.id.clone();
         let events = self.events.clone();
         let pid = rec.pid;
@@ -705,8 +700,11 @@ impl Agent {
             _ => t.args.clone(),
         };
         let dir = self.paths.task_dir(&t.id);
-        let mut child = process::spawn(t, &ns, &dir, &self.paths.name, &argv)?;
-        self.logs.capture(&t.id, &mut child);
+        let outputs = logs::outputs(&dir).context("the task's output FIFOs")?;
+        self.logs
+            .follow(&t.id, &dir)
+            .context("reading the task's output")?;
+        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv, outputs)?;
         let pid = child.id();
         if let Some(p) = pid {
             let rec = adopt::Record {

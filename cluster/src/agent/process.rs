@@ -64,6 +64,7 @@ pub fn spawn(
     dir: &Path,
     cluster: &str,
     argv: &[String],
+    [stdout, stderr]: [std::os::fd::OwnedFd; 2],
 ) -> Result<tokio::process::Child, ProcessError> {
     let prepare = |what, source| ProcessError::Prepare {
         task: task.name.clone(),
@@ -104,9 +105,9 @@ pub fn spawn(
         )
         .env(OWNER_ENV, cluster)
         .stdin(Stdio::null())
-        // Read by the agent (see logs.rs), which keeps the streams apart for `service logs`.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // FIFOs the agent reads (see logs.rs), which keeps the streams apart for `service logs`.
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
         .current_dir("/");
     for kv in &task.env {
         if let Some((k, v)) = kv.split_once('=') {

@@ -37,9 +37,12 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// From the manager's environment (each variable optional).
-    pub fn from_env() -> anyhow::Result<Heartbeat> {
-        fn var(name: &str, default: u64, min: u64) -> anyhow::Result<u64> {
+    /// From the manager's environment, else what the cluster was created with (its Meta), else
+    /// the defaults. The environment is how `cluster up` hands its flags to a new manager,
+    /// which records them; a restarted manager finds them in the store.
+    pub fn of(meta: &crate::model::Meta) -> anyhow::Result<Heartbeat> {
+        let recorded = |v: u64, default: u64| if v == 0 { default } else { v };
+        let var = |name: &str, default: u64, min: u64| -> anyhow::Result<u64> {
             match std::env::var(name) {
                 Err(_) => Ok(default),
                 Ok(v) => match v.trim().parse::<u64>() {
@@ -49,14 +52,18 @@ impl Heartbeat {
                     ),
                 },
             }
-        }
+        };
         Ok(Heartbeat {
             period: Duration::from_millis(var(
                 ENV_HEARTBEAT_MS,
-                DEFAULT_HEARTBEAT.as_millis() as u64,
+                recorded(meta.heartbeat_ms, DEFAULT_HEARTBEAT.as_millis() as u64),
                 50,
             )?),
-            misses: var(ENV_HEARTBEAT_MISSES, u64::from(DEFAULT_MISSES), 1)? as u32,
+            misses: var(
+                ENV_HEARTBEAT_MISSES,
+                recorded(meta.heartbeat_misses, u64::from(DEFAULT_MISSES)),
+                1,
+            )? as u32,
             grace: Duration::from_millis(var(ENV_GRACE_MS, DEFAULT_GRACE.as_millis() as u64, 0)?),
         })
     }
@@ -82,8 +89,8 @@ pub async fn register(
             Some(mut n) => {
                 n.addr = req.addr;
                 n.state = NodeState::Ready;
-                n.lb_driver = req.lb_driver.clone();
-                n.mesh = req.mesh.clone();
+                n.lb_driver = req.lb_driver.to_string();
+                n.mesh = req.mesh.to_string();
                 n.kernel = req.kernel.clone();
                 n.ipsec_missing = req.ipsec_missing.clone();
                 n.updated = now;
@@ -105,8 +112,8 @@ pub async fn register(
                     version: 0,
                     state: NodeState::Ready,
                     leader: !s.nodes.values().any(|n| n.leader),
-                    lb_driver: req.lb_driver.clone(),
-                    mesh: req.mesh.clone(),
+                    lb_driver: req.lb_driver.to_string(),
+                    mesh: req.mesh.to_string(),
                     kernel: req.kernel.clone(),
                     ipsec_missing: req.ipsec_missing.clone(),
                     ingress_addr: crate::ipam::allocate_address(s, &ingress)?,

@@ -24,7 +24,7 @@ use axum::extract::Request;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
-pub use agents::{Heartbeat, node_down};
+pub use agents::{ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, Heartbeat, node_down};
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 pub use rotation::KeyStatus;
@@ -56,8 +56,8 @@ pub type Shared = Arc<Manager>;
 
 impl Manager {
     pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
-        let heartbeat = agents::Heartbeat::from_env()?;
         let store = Store::open(path)?;
+        let heartbeat = agents::Heartbeat::of(&store.snapshot().meta)?;
         let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,
@@ -180,6 +180,8 @@ fn settings_from_env() -> Meta {
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(0),
         key_rotation_secs: num(ENV_KEY_ROTATION_SECS).unwrap_or(0),
+        heartbeat_ms: num(agents::ENV_HEARTBEAT_MS).unwrap_or(0),
+        heartbeat_misses: num(agents::ENV_HEARTBEAT_MISSES).unwrap_or(0),
         ..Default::default()
     }
 }

@@ -1,5 +1,6 @@
 //! /networks: overlay networks in Swarm's shapes, next to docker's local default rows.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use axum::Json;
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use bollard::models::{Ipam, IpamConfig, Network as ApiNetwork, NetworkCreateRequest};
 
 use super::extract::{self, Query};
-use super::lookup::{ListQuery, find, labels_match, parse_filters};
+use super::lookup::{Field, Filters, ListQuery, find};
 use super::{ApiError, ApiResult, Shared};
 use crate::ipam;
 use crate::keys::Keyring;
@@ -77,32 +78,22 @@ fn local_rows(s: &StoreState) -> Vec<ApiNetwork> {
         .collect()
 }
 
-fn matches(n: &ApiNetwork, filters: &HashMap<String, Vec<String>>) -> bool {
-    filters.iter().all(|(k, vals)| {
-        if k == "label" {
-            let labels = n.labels.as_ref();
-            return labels_match(
-                |key| labels.and_then(|l| l.get(key)).map(String::as_str),
-                vals,
-            );
-        }
-        let field = match k.as_str() {
-            "name" => n.name.clone(),
-            "id" => n.id.clone(),
-            "driver" => n.driver.clone(),
-            "scope" => n.scope.clone(),
-            "type" => Some(if n.scope.as_deref() == Some("local") {
-                "builtin".to_string()
-            } else {
-                "custom".to_string()
-            }),
-            _ => return true,
-        }
-        .unwrap_or_default();
-        vals.iter().any(|v| match k.as_str() {
-            "id" | "name" => field.starts_with(v.as_str()),
-            _ => field == *v,
-        })
+fn matches(n: &ApiNetwork, filters: &Filters) -> bool {
+    fn text(f: &Option<String>) -> Cow<'_, str> {
+        Cow::Borrowed(f.as_deref().unwrap_or_default())
+    }
+    filters.matches(|k| match k {
+        "name" => Field::Prefix(text(&n.name)),
+        "id" => Field::Prefix(text(&n.id)),
+        "driver" => Field::Exact(text(&n.driver)),
+        "scope" => Field::Exact(text(&n.scope)),
+        "type" => Field::Exact(if n.scope.as_deref() == Some("local") {
+            "builtin".into()
+        } else {
+            "custom".into()
+        }),
+        "label" => Field::Labels(n.labels.as_ref()),
+        _ => Field::Any,
     })
 }
 
@@ -110,7 +101,7 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiNetwork>>> {
-    let filters = parse_filters(
+    let filters = Filters::parse(
         q.filters.as_deref(),
         &["id", "name", "label", "driver", "scope", "type", "dangling"],
     )?;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{
     EngineDescription, ManagerStatus, Node as ApiNode, NodeDescription, NodeSpec,
@@ -12,7 +12,8 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
-use super::lookup::find;
+use super::extract::Query;
+use super::lookup::{Field, Filters, ListQuery, find};
 use super::{ApiError, ApiResult, ENGINE_VERSION, Shared};
 use crate::model::{Availability, Node, NodeState};
 use crate::orchestrator;
@@ -89,14 +90,63 @@ pub fn to_api(n: &Node, applied: u64) -> ApiNode {
     }
 }
 
-pub async fn list(State(m): State<Shared>) -> Json<Vec<ApiNode>> {
+/// What `docker node ls --filter` accepts (docker's keys, and `availability` besides).
+const NODE_FILTERS: &[&str] = &[
+    "id",
+    "name",
+    "label",
+    "node.label",
+    "role",
+    "membership",
+    "availability",
+];
+
+fn matches(n: &ApiNode, filters: &Filters) -> bool {
+    let spec = n.spec.as_ref();
+    let hostname = n.description.as_ref().and_then(|d| d.hostname.as_deref());
+    filters.matches(|k| match k {
+        "id" => Field::Prefix(n.id.as_deref().unwrap_or_default().into()),
+        "name" => Field::Prefix(hostname.unwrap_or_default().into()),
+        // docker: `label` is the engine's labels, `node.label` the ones `node update` sets.
+        "label" => Field::Labels(
+            n.description
+                .as_ref()
+                .and_then(|d| d.engine.as_ref())
+                .and_then(|e| e.labels.as_ref()),
+        ),
+        "node.label" => Field::Labels(spec.and_then(|s| s.labels.as_ref())),
+        "role" => Field::Keyword(match spec.and_then(|s| s.role) {
+            Some(NodeSpecRoleEnum::MANAGER) => "manager",
+            _ => "worker",
+        }),
+        // Every node of a swarmkit cluster joined with the cluster: none waits for acceptance.
+        "membership" => Field::Keyword("accepted"),
+        "availability" => Field::Keyword(match spec.and_then(|s| s.availability) {
+            Some(NodeSpecAvailabilityEnum::PAUSE) => "pause",
+            Some(NodeSpecAvailabilityEnum::DRAIN) => "drain",
+            _ => "active",
+        }),
+        _ => Field::Any,
+    })
+}
+
+/// `GET /nodes?filters=...`: what `node ls` shows.
+pub async fn list(
+    State(m): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<ApiNode>>> {
+    let filters = Filters::parse(q.filters.as_deref(), NODE_FILTERS)?;
+    filters.check_values("role", &["manager", "worker"])?;
+    filters.check_values("membership", &["accepted", "pending"])?;
+    filters.check_values("availability", &["active", "pause", "drain"])?;
     let s = m.store.snapshot();
-    Json(
+    Ok(Json(
         s.nodes
             .values()
             .map(|n| to_api(n, m.ack_of(&n.id)))
+            .filter(|n| matches(n, &filters))
             .collect(),
-    )
+    ))
 }
 
 pub async fn inspect(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<ApiNode>> {

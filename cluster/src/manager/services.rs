@@ -1,7 +1,7 @@
 //! /services: create, list, inspect, update, delete. Validation happens before anything is
 //! written; the service and its tasks change in one transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -16,7 +16,7 @@ use bollard::models::{
 use serde::Deserialize;
 
 use super::extract::{self, Query};
-use super::lookup::{ListQuery, find, labels_match, parse_filters};
+use super::lookup::{Field, Filters, ListQuery, find};
 use super::{ApiError, ApiResult, Shared};
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
 use crate::orchestrator;
@@ -429,17 +429,13 @@ fn update_status_to_api(u: &crate::model::UpdateStatus) -> ServiceUpdateStatus {
     }
 }
 
-pub fn label<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
-    svc.spec.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-fn matches(svc: &Service, filters: &HashMap<String, Vec<String>>) -> bool {
-    filters.iter().all(|(k, vals)| match k.as_str() {
-        "id" => vals.iter().any(|v| svc.id.starts_with(v.as_str())),
-        "name" => vals.iter().any(|v| svc.name.starts_with(v.as_str())),
-        "mode" => vals.iter().any(|v| v == "replicated"),
-        "label" => labels_match(|k| label(svc, k), vals),
-        _ => true,
+fn matches(svc: &Service, filters: &Filters) -> bool {
+    filters.matches(|k| match k {
+        "id" => Field::Prefix(svc.id.as_str().into()),
+        "name" => Field::Prefix(svc.name.as_str().into()),
+        "mode" => Field::Exact("replicated".into()),
+        "label" => Field::Labels(svc.spec.labels.as_ref()),
+        _ => Field::Any,
     })
 }
 
@@ -447,7 +443,7 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<ApiService>>> {
-    let filters = parse_filters(q.filters.as_deref(), &["id", "name", "label", "mode"])?;
+    let filters = Filters::parse(q.filters.as_deref(), &["id", "name", "label", "mode"])?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
     Ok(Json(

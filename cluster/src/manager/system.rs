@@ -12,7 +12,7 @@ use bollard::models::{
 use sha2::Digest;
 
 use super::extract::Query;
-use super::lookup::{ListQuery, parse_filters};
+use super::lookup::{Filters, ListQuery};
 use super::{API_VERSION, ApiError, ApiResult, ENGINE_VERSION, MIN_API_VERSION, Shared};
 use crate::model::NodeState;
 
@@ -55,7 +55,7 @@ pub async fn version() -> Json<SystemVersion> {
 /// The cluster's settings as docker reports them. swarmkit has one manager and no raft;
 /// the figures are the ones it actually uses (task history per slot, the agents' liveness
 /// timeout) or Swarm's defaults where it has no equivalent.
-fn swarm_spec(name: &str) -> SwarmSpec {
+fn swarm_spec(name: &str, heartbeat: std::time::Duration) -> SwarmSpec {
     SwarmSpec {
         name: Some(name.to_string()),
         labels: Some(Default::default()),
@@ -70,7 +70,7 @@ fn swarm_spec(name: &str) -> SwarmSpec {
             heartbeat_tick: Some(1),
         }),
         dispatcher: Some(SwarmSpecDispatcher {
-            heartbeat_period: Some(super::agents::DEFAULT_HEARTBEAT.as_nanos() as i64),
+            heartbeat_period: Some(heartbeat.as_nanos() as i64),
         }),
         ca_config: Some(SwarmSpecCaConfig {
             node_cert_expiry: Some(90 * 24 * 3600 * 1_000_000_000),
@@ -127,8 +127,8 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
                 }),
                 created_at: s.meta.created,
                 updated_at: s.meta.created,
-                spec: Some(swarm_spec(&s.meta.cluster_name)),
-                data_path_port: Some(4789),
+                spec: Some(swarm_spec(&s.meta.cluster_name, m.heartbeat.period)),
+                data_path_port: Some(u32::from(s.meta.data_port())),
                 default_addr_pool: Some(vec![crate::ipam::DEFAULT_POOL.into()]),
                 subnet_size: Some(24),
                 ..Default::default()
@@ -150,8 +150,8 @@ pub async fn swarm(State(m): State<Shared>) -> Json<serde_json::Value> {
         "Version": { "Index": s.version },
         "CreatedAt": s.meta.created,
         "UpdatedAt": s.meta.created,
-        "Spec": swarm_spec(&s.meta.cluster_name),
-        "DataPathPort": 4789,
+        "Spec": swarm_spec(&s.meta.cluster_name, m.heartbeat.period),
+        "DataPathPort": s.meta.data_port(),
         "DefaultAddrPool": [crate::ipam::DEFAULT_POOL],
         "SubnetSize": 24,
         "ReadyNodes": ready,
@@ -185,7 +185,7 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
 /// swarmkit keeps no secrets or configs; docker's `stack deploy` and `stack rm` list them to
 /// find a stack's parts, so the lists exist and are empty.
 pub async fn no_secrets(Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    parse_filters(q.filters.as_deref(), &["id", "name", "label", "names"])?;
+    Filters::parse(q.filters.as_deref(), &["id", "name", "label", "names"])?;
     Ok(Json(Vec::new()))
 }
 

@@ -9,7 +9,7 @@ use bollard::models::{
 };
 
 use super::extract::Query;
-use super::lookup::{ListQuery, find, labels_match, parse_filters};
+use super::lookup::{Field, Filters, ListQuery, find};
 use super::{ApiResult, Shared};
 use crate::model::{Task, TaskState};
 use crate::store::State as StoreState;
@@ -118,40 +118,32 @@ fn host_ports(s: &StoreState, t: &Task, state: TaskState) -> Option<bollard::mod
         .then_some(bollard::models::PortStatus { ports: Some(ports) })
 }
 
-fn matches(s: &StoreState, t: &Task, filters: &HashMap<String, Vec<String>>) -> bool {
-    filters.iter().all(|(k, vals)| match k.as_str() {
-        "id" => vals.iter().any(|v| t.id.starts_with(v.as_str())),
-        "service" => vals.iter().any(|v| {
-            t.service_id == *v
-                || s.services
-                    .get(&t.service_id)
-                    .is_some_and(|svc| svc.name == *v || svc.id.starts_with(v.as_str()))
-        }),
-        "node" => vals.iter().any(|v| {
-            t.node_id == *v
+fn matches(s: &StoreState, t: &Task, filters: &Filters) -> bool {
+    let svc = s.services.get(&t.service_id);
+    filters.matches(|k| match k {
+        "id" => Field::Prefix(t.id.as_str().into()),
+        "service" => Field::Test(Box::new(move |v| {
+            t.service_id == v || svc.is_some_and(|svc| svc.name == v || svc.id.starts_with(v))
+        })),
+        "node" => Field::Test(Box::new(move |v| {
+            t.node_id == v
                 || s.nodes
                     .get(&t.node_id)
-                    .is_some_and(|n| n.hostname == *v || n.id.starts_with(v.as_str()))
-        }),
-        "desired-state" => vals.iter().any(|v| t.desired.as_str() == v.as_str()),
+                    .is_some_and(|n| n.hostname == v || n.id.starts_with(v))
+        })),
+        "desired-state" => Field::Exact(t.desired.as_str().into()),
         // docker's progress asks for the tasks of the service's current spec.
         "_up-to-date" => {
-            let current = s
-                .services
-                .get(&t.service_id)
-                .is_some_and(|svc| svc.spec_generation == t.spec_generation);
-            vals.iter().any(|v| (v == "true" || v == "1") == current)
+            let current = svc.is_some_and(|svc| svc.spec_generation == t.spec_generation);
+            Field::Test(Box::new(move |v| (v == "true" || v == "1") == current))
         }
-        "name" => vals.iter().any(|v| {
-            s.services
-                .get(&t.service_id)
-                .is_some_and(|svc| format!("{}.{}", svc.name, t.slot).starts_with(v.as_str()))
-        }),
-        "label" => s
-            .services
-            .get(&t.service_id)
-            .is_some_and(|svc| labels_match(|k| super::services::label(svc, k), vals)),
-        _ => true,
+        "name" => Field::Prefix(
+            svc.map(|svc| format!("{}.{}", svc.name, t.slot))
+                .unwrap_or_default()
+                .into(),
+        ),
+        "label" => Field::Labels(svc.and_then(|svc| svc.spec.labels.as_ref())),
+        _ => Field::Any,
     })
 }
 
@@ -171,7 +163,7 @@ pub async fn list(
     State(m): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    let filters = parse_filters(q.filters.as_deref(), TASK_FILTERS)?;
+    let filters = Filters::parse(q.filters.as_deref(), TASK_FILTERS)?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
     Ok(Json(

@@ -1,14 +1,22 @@
 //! The testbed: what a node is made of. Each backend (netns, qemu, ssh) lives in a file of its
-//! own; the rest of the crate names a backend only through [`Backend`], the typed value kept in
-//! the cluster's record, and reaches its code through the one match in [`with_backend!`].
+//! own and implements [`NodeBackend`]: bring a cluster's nodes up, take what it made down, run
+//! a command on a node or in a task, inject faults. The rest of the crate names a backend only
+//! through [`Backend`], the typed value kept in the cluster's record ([`record`]), and reaches
+//! its code through the one match in [`with_backend!`]; `crate::lifecycle` talks to nothing
+//! else. Imports run one way: lifecycle -> testbed -> vm (the QEMU and SSH machinery).
 //!
-//! Adding a fourth backend: a new file with a unit struct implementing [`NodeBackend`], a
-//! variant in [`Backend`] (its name in `Display`/`FromStr`), and one line in `with_backend!`.
+//! Adding a fourth backend (say, containers):
+//! 1. a new file `testbed/containers.rs` with a unit struct implementing [`NodeBackend`]
+//!    (what it cannot do returns [`TestbedError::Unsupported`]); whole machines reached over
+//!    SSH can reuse [`machine`];
+//! 2. a variant in [`Backend`] (its name in `as_str` and `ALL`, from which `--backend` takes
+//!    its choices), and its line in [`with_backend!`]. The compiler finds every other place:
+//!    there is none.
 
+pub mod machine;
 pub mod netns;
-pub mod procs;
-pub mod prune;
 pub mod qemu;
+pub mod record;
 pub mod ssh;
 pub mod supervise;
 
@@ -19,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::ManagerClient;
 use crate::paths::ClusterPaths;
+pub use record::{ClusterInfo, UpOptions};
 
 /// How a cluster's nodes are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,15 +43,20 @@ pub enum Backend {
 
 impl Backend {
     pub const ALL: [Backend; 3] = [Backend::Netns, Backend::Qemu, Backend::Ssh];
+
+    /// Its name, as `--backend` takes it and the record keeps it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Netns => "netns",
+            Backend::Qemu => "qemu",
+            Backend::Ssh => "ssh",
+        }
+    }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Netns => "netns",
-            Backend::Qemu => "qemu",
-            Backend::Ssh => "ssh",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -123,6 +137,61 @@ pub enum TestbedError {
         after: std::time::Duration,
         log: std::path::PathBuf,
     },
+    #[error("timed out after {after:?} waiting for {what}; see {see}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+        see: String,
+    },
+    #[error("invalid --nodes {given} for the {backend} backend: give 1 to {max}")]
+    InvalidNodes {
+        backend: Backend,
+        given: usize,
+        max: usize,
+    },
+    #[error("this kernel has no {feature}: {hint}")]
+    KernelLacks {
+        feature: &'static str,
+        hint: &'static str,
+    },
+    #[error(
+        "--backend ssh needs --inventory hosts.toml (address, user, key and host_key of each host)"
+    )]
+    NoInventory,
+    #[error("node {node}: key {path} does not exist")]
+    NoKey {
+        node: String,
+        path: std::path::PathBuf,
+    },
+    #[error(
+        "{var} points at no usable image ({source}): give a directory with kernel, initrd and optionally cmdline"
+    )]
+    ImageDir {
+        var: &'static str,
+        #[source]
+        source: crate::vm::image::ImageError,
+    },
+    #[error("give a command to run after --")]
+    NoCommand,
+    #[error(
+        "{0:?} is not a sandbox name: use ingress_sbox or 1-<network id> (letters, digits, '_', '-', '.')"
+    )]
+    BadSandboxName(String),
+    #[error("node {node} of cluster {cluster} has no sandbox {name:?}; it has: {}", list_or_none(.have))]
+    NoSandbox {
+        cluster: String,
+        node: String,
+        name: String,
+        have: Vec<String>,
+    },
+    #[error(transparent)]
+    Image(#[from] crate::vm::image::ImageError),
+    #[error(transparent)]
+    Inventory(#[from] crate::vm::inventory::InventoryError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("an internal task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     NetNs(#[from] netcore::netns::NetNsError),
     #[error(transparent)]
@@ -141,20 +210,70 @@ pub enum TestbedError {
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
+fn list_or_none(have: &[String]) -> String {
+    if have.is_empty() {
+        "none yet".to_string()
+    } else {
+        have.join(", ")
+    }
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestbedError {
     let what = what.into();
     move |source| TestbedError::Io { what, source }
 }
 
+/// Where on a node a command runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Inside<'a> {
+    /// The node's own namespaces.
+    Node,
+    /// One of its sandboxes, by short name (`ingress_sbox`, `1-<network id>`).
+    Sandbox(&'a str),
+    /// A task's namespaces (net, uts, mnt), by the task's pid as the node sees it.
+    Task(u64),
+}
+
 /// What every backend does for the lifecycle and the fault verbs. Methods take the cluster's
-/// paths and its record; a backend that cannot do something says so with
+/// paths (and its record where it exists); a backend that cannot do something says so with
 /// [`TestbedError::Unsupported`].
 pub trait NodeBackend {
+    /// Refuses, before anything is created, what this backend cannot build: a node count
+    /// out of its range, a load balancer its nodes' kernel lacks, a missing inventory.
+    fn check(&self, opts: &UpOptions) -> Result<()>;
+
+    /// Builds the nodes of a new cluster whose run and state directories exist, starts the
+    /// manager, the supervisor and one agent per node, and returns the nodes' names once
+    /// every one is ready ([`node_ready`]). On error the lifecycle tears down what was made.
+    fn up(
+        &self,
+        opts: &UpOptions,
+        paths: &ClusterPaths,
+    ) -> impl std::future::Future<Output = Result<Vec<String>>>;
+
+    /// Removes what this backend made beyond this host's processes, namespaces and
+    /// directories named after the cluster (the lifecycle removes those after this).
+    /// Problems are returned, not fatal: the rest of the teardown goes on. By default there
+    /// is nothing beyond them.
+    fn down(&self, _paths: &ClusterPaths) -> impl std::future::Future<Output = Vec<String>> {
+        async { Vec::new() }
+    }
+
+    /// Runs `argv` on `node`, `inside` its own namespaces, a sandbox or a task; its output
+    /// goes to ours. Returns its exit code.
+    fn exec(
+        &self,
+        paths: &ClusterPaths,
+        node: &str,
+        inside: Inside<'_>,
+        argv: &[String],
+    ) -> impl std::future::Future<Output = Result<i32>>;
+
     /// Injects `fault` into `node` (one of `info.nodes`).
     fn fault(
         &self,
         paths: &ClusterPaths,
-        info: &crate::lifecycle::ClusterInfo,
+        info: &ClusterInfo,
         node: &str,
         fault: Fault,
     ) -> impl std::future::Future<Output = Result<()>>;
@@ -163,8 +282,8 @@ pub trait NodeBackend {
 /// `swarmkit node kill|start|isolate|heal NODE`.
 pub async fn inject(cluster: &str, node: &str, fault: Fault) -> Result<()> {
     let paths = ClusterPaths::new(cluster);
-    let info = crate::lifecycle::read_info(&paths)
-        .ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
+    let info =
+        record::read_info(&paths).ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
     if !info.nodes.iter().any(|n| n == node) {
         return Err(TestbedError::NoNode {
             cluster: cluster.to_string(),
@@ -224,7 +343,7 @@ pub(crate) async fn wait_restarted(
     log: std::path::PathBuf,
 ) -> Result<()> {
     let client = ManagerClient::new(&paths.manager_socket());
-    crate::lifecycle::wait_until(&format!("{node} to be ready"), deadline, || {
+    wait_until(&format!("{node} to be ready"), deadline, &log, || {
         hostname_ready_since(&client, node, Some(since))
     })
     .await
@@ -233,6 +352,74 @@ pub(crate) async fn wait_restarted(
         after: deadline,
         log,
     })
+}
+
+/// Polls `check` with a short back-off until it holds or `deadline` has passed; the error
+/// names what was awaited and `see`, where to look for why.
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    deadline: std::time::Duration,
+    see: &std::path::Path,
+    mut check: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(2);
+    while !check().await {
+        if start.elapsed() > deadline {
+            return Err(TestbedError::Timeout {
+                what: what.to_string(),
+                after: deadline,
+                see: see.display().to_string(),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Starts a new cluster's manager (with `extra` in its environment) and the supervisor that
+/// keeps it running; [`wait_manager`] waits until it answers.
+pub(crate) fn start_manager(
+    opts: &UpOptions,
+    paths: &ClusterPaths,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut env = opts.manager_env();
+    env.extend_from_slice(extra);
+    supervise::ensure(
+        paths,
+        &supervise::Spec::host("manager", &["__manager"], &env),
+    )?;
+    supervise::ensure_supervisor(paths)?;
+    Ok(())
+}
+
+/// The manager's own start-up, on any backend.
+const MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
+    let client = ManagerClient::new(&paths.manager_socket());
+    wait_until(
+        "the manager to answer",
+        MANAGER_TIMEOUT,
+        &paths.log_file("manager"),
+        || async { client.get::<serde_json::Value>("/swarm").await.is_ok() },
+    )
+    .await
+}
+
+/// Sandbox short names among namespace names: those under a node's `prefix`, sorted.
+pub(crate) fn sandbox_names<'a>(prefix: &str, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut short: Vec<String> = names
+        .filter_map(|n| n.strip_prefix(prefix).map(str::to_string))
+        .collect();
+    short.sort();
+    short
 }
 
 #[cfg(test)]

@@ -4,16 +4,23 @@
 //! cutting a node's port cuts its control channel as it would on a real network.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
+use netcore::lb::Driver;
 use netcore::link::Links;
-use netcore::netns::NetNs;
+use netcore::netns::{NetNs, enter_raw};
+use nix::sched::CloneFlags;
 
 use super::supervise::{self, Spec};
-use super::{Fault, NodeBackend, Result, TestbedError, procs};
-use crate::lifecycle::ClusterInfo;
+use super::{
+    Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, io,
+};
+use crate::client::ManagerClient;
 use crate::paths::ClusterPaths;
+use crate::procs;
 
 pub struct Netns;
 
@@ -24,6 +31,9 @@ pub const MANAGER_PORT: u16 = 2377;
 /// Set on the manager: bind the agents' TCP listener inside the cluster's underlay namespace.
 pub const ENV_UNDERLAY_LISTEN: &str = "SWARMKIT_MANAGER_UNDERLAY";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Every node of a new cluster is ready within this (namespaces are cheap; agents are local).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const MAX_NODES: usize = 200;
 
 /// Underlay address of the `i`th node (1-based).
 pub fn node_addr(i: usize) -> Ipv4Net {
@@ -68,12 +78,7 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
 
 /// How the `i`th node's agent is started: inside its namespace, dialling the manager across
 /// the underlay.
-pub fn agent_spec(
-    i: usize,
-    hostname: &str,
-    lb: Option<netcore::lb::Driver>,
-    paths: &ClusterPaths,
-) -> Spec {
+pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
     let mut env = vec![
         (
             crate::agent::ENV_NODE_ADDR.to_string(),
@@ -106,7 +111,171 @@ async fn set_port(paths: &ClusterPaths, i: usize, up: bool) -> Result<()> {
     Ok(())
 }
 
+fn open_ns(path: &str, flag: CloneFlags) -> Result<(std::fs::File, CloneFlags)> {
+    std::fs::File::open(path)
+        .map(|f| (f, flag))
+        .map_err(io(format!("opening namespace {path}")))
+}
+
+/// Runs argv entering `fds` first (in the child, before exec); returns its exit code.
+fn run_in(fds: Vec<(std::fs::File, CloneFlags)>, argv: &[String]) -> Result<i32> {
+    let Some(program) = argv.first() else {
+        return Err(TestbedError::NoCommand);
+    };
+    let raw: Vec<(std::os::fd::RawFd, CloneFlags)> = fds
+        .iter()
+        .map(|(f, flag)| (std::os::fd::AsRawFd::as_raw_fd(f), *flag))
+        .collect();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&argv[1..]);
+    // SAFETY: async-signal-safe syscalls only; the fds stay open until the child has exec'd.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, flag) in &raw {
+                enter_raw(*fd, *flag)?;
+            }
+            nix::unistd::chdir("/").map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let status =
+        tokio::task::block_in_place(|| cmd.status()).map_err(io(format!("running {program}")))?;
+    drop(fds);
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The short names of a node's sandboxes (network namespaces the agent made for it).
+fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
+    let prefix = paths.node_sandbox_ns(node, "");
+    super::sandbox_names(
+        &prefix,
+        NetNs::list_with_prefix(&prefix).iter().map(String::as_str),
+    )
+}
+
 impl NodeBackend for Netns {
+    fn check(&self, opts: &UpOptions) -> Result<()> {
+        if !(1..=MAX_NODES).contains(&opts.nodes) {
+            return Err(TestbedError::InvalidNodes {
+                backend: Backend::Netns,
+                given: opts.nodes,
+                max: MAX_NODES,
+            });
+        }
+        // Namespaces share the host's kernel, so what it lacks, every node lacks.
+        if opts.lb == Some(Driver::Ipvs) && netcore::lb::probe() != Driver::Ipvs {
+            return Err(TestbedError::KernelLacks {
+                feature: "IPVS (CONFIG_IP_VS)",
+                hint: "netns nodes cannot use --lb ipvs: use --lb nftables, or the qemu backend whose guests have IPVS",
+            });
+        }
+        Ok(())
+    }
+
+    async fn up(&self, opts: &UpOptions, paths: &ClusterPaths) -> Result<Vec<String>> {
+        let underlay = NetNs::create(&paths.underlay_ns())?;
+        if !netcore::link::probe_vxlan(&underlay).await? {
+            return Err(TestbedError::KernelLacks {
+                feature: "VXLAN (CONFIG_VXLAN)",
+                hint: "overlay networks need it; use a kernel with VXLAN or the qemu backend",
+            });
+        }
+        create_switch(&underlay).await?;
+        // The manager starts while the nodes are plugged.
+        super::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
+        let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
+        let plugs = hostnames.iter().enumerate().map(|(i, h)| {
+            let underlay = underlay.clone();
+            let ns_name = paths.node_ns(h);
+            async move {
+                let node = NetNs::create(&ns_name)?;
+                netcore::underlay::plug(
+                    &underlay,
+                    UNDERLAY_BRIDGE,
+                    &port(i + 1),
+                    &node,
+                    "eth0",
+                    node_addr(i + 1),
+                )
+                .await?;
+                Ok::<_, TestbedError>(())
+            }
+        });
+        futures::future::try_join_all(plugs).await?;
+        super::wait_manager(paths).await?;
+
+        // The agents dial the manager across the underlay; each opens its node's namespace.
+        for (i, h) in hostnames.iter().enumerate() {
+            supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
+        }
+        let client = ManagerClient::new(&paths.manager_socket());
+        let want = opts.nodes;
+        super::wait_until(
+            "every node to be ready",
+            READY_TIMEOUT,
+            &paths.run_dir(),
+            || async {
+                client
+                    .get::<Vec<bollard::models::Node>>("/nodes")
+                    .await
+                    .map(|ns| ns.iter().filter(|n| super::node_ready(n)).count() == want)
+                    .unwrap_or(false)
+            },
+        )
+        .await?;
+        Ok(hostnames)
+    }
+
+    async fn exec(
+        &self,
+        paths: &ClusterPaths,
+        node: &str,
+        inside: Inside<'_>,
+        argv: &[String],
+    ) -> Result<i32> {
+        if let Inside::Task(pid) = inside {
+            let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
+            return run_in(
+                vec![
+                    ns("net", CloneFlags::CLONE_NEWNET)?,
+                    ns("uts", CloneFlags::CLONE_NEWUTS)?,
+                    ns("mnt", CloneFlags::CLONE_NEWNS)?,
+                ],
+                argv,
+            );
+        }
+        let no_node = || TestbedError::NoNode {
+            cluster: paths.name.clone(),
+            node: node.to_string(),
+        };
+        let pid: u32 = std::fs::read_to_string(paths.run_dir().join(format!("{node}.pid")))
+            .map_err(|_| no_node())?
+            .trim()
+            .parse()
+            .map_err(|_| no_node())?;
+        let uts = open_ns(&format!("/proc/{pid}/ns/uts"), CloneFlags::CLONE_NEWUTS)?;
+        let net = match inside {
+            Inside::Sandbox(name) => {
+                let path = Path::new(netcore::netns::NETNS_RUN_DIR)
+                    .join(paths.node_sandbox_ns(node, name));
+                if !path.exists() {
+                    return Err(TestbedError::NoSandbox {
+                        cluster: paths.name.clone(),
+                        node: node.to_string(),
+                        name: name.to_string(),
+                        have: node_sandboxes(paths, node),
+                    });
+                }
+                open_ns(&path.to_string_lossy(), CloneFlags::CLONE_NEWNET)?
+            }
+            _ => open_ns(&format!("/proc/{pid}/ns/net"), CloneFlags::CLONE_NEWNET)?,
+        };
+        run_in(vec![net, uts], argv)
+    }
+
     async fn fault(
         &self,
         paths: &ClusterPaths,

@@ -3,20 +3,30 @@
 //! crate::vm). Faults: a kill is QEMU's death (the tap vanishes with it); a start boots the
 //! same guest again. Isolation takes the tap down (the data path) and, inside the guest, drops
 //! the agent's traffic to the manager's forwarded port (the control path, which otherwise runs
-//! over the management NIC and the SSH session that `node exec` also uses).
+//! over the management NIC and the SSH session that `node exec` also uses). Teardown needs
+//! nothing of its own: QEMU carries the cluster's owner mark and its taps die with it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netcore::link::Links;
 use netcore::netns::NetNs;
 
-use super::{Fault, NodeBackend, Result, TestbedError, procs};
-use crate::lifecycle::ClusterInfo;
+use super::machine::{self, remote};
+use super::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
 use crate::paths::ClusterPaths;
+use crate::procs;
 use crate::vm::host::MANAGER_PORT;
-use crate::vm::qemu::{VmNode, load_node, save_node};
+use crate::vm::image;
+use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
+use crate::vm::qemu::{self as vm, VmNode, load_node, save_node};
 
 pub struct Qemu;
+
+const MAX_NODES: usize = 32;
+
+/// With this set to 1, `cluster up --backend qemu` only boots the guests (SSH up, no agents):
+/// machines to point an ssh-backend inventory at, as if they were hosts.
+pub const ENV_BARE: &str = "SWARMKIT_QEMU_BARE";
 
 /// A rebooted guest is booted, logged into and given its agent by the `__vmhost` daemon.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,14 +36,6 @@ const ISOLATE_TABLE: &str = "swarmkit-isolate";
 fn qemu_pid(paths: &ClusterPaths, node: &VmNode) -> Option<i32> {
     let name = format!("sk-{}-{}", paths.name, node.name);
     procs::verified(node.pid? as i32, &paths.name, &["-name", &name])
-}
-
-fn remote(node: &str) -> impl FnOnce(anyhow::Error) -> TestbedError {
-    let node = node.to_string();
-    move |e| TestbedError::Remote {
-        node,
-        message: format!("{e:#}"),
-    }
 }
 
 async fn guest(paths: &ClusterPaths, node: &VmNode, cmd: &str, stdin: &str) -> anyhow::Result<()> {
@@ -59,7 +61,94 @@ async fn set_tap(paths: &ClusterPaths, tap: &str, up: bool) -> Result<()> {
     Ok(())
 }
 
+/// The image every guest boots: a prebuilt one (how flake.nix hands over NixOS guests), or
+/// ours, built or cached.
+async fn image() -> Result<image::Image> {
+    match std::env::var_os(image::ENV_IMAGE_DIR) {
+        Some(dir) => {
+            image::from_dir(std::path::Path::new(&dir)).map_err(|source| TestbedError::ImageDir {
+                var: image::ENV_IMAGE_DIR,
+                source,
+            })
+        }
+        None => Ok(
+            tokio::task::spawn_blocking(|| image::build(&image::BuildOptions::default())).await??,
+        ),
+    }
+}
+
 impl NodeBackend for Qemu {
+    fn check(&self, opts: &UpOptions) -> Result<()> {
+        // The guests bring their own kernel, with IPVS: any --lb is theirs to honour.
+        if !(1..=MAX_NODES).contains(&opts.nodes) {
+            return Err(TestbedError::InvalidNodes {
+                backend: Backend::Qemu,
+                given: opts.nodes,
+                max: MAX_NODES,
+            });
+        }
+        Ok(())
+    }
+
+    async fn up(&self, opts: &UpOptions, paths: &ClusterPaths) -> Result<Vec<String>> {
+        let start = Instant::now();
+        let underlay = NetNs::create(&paths.underlay_ns())?;
+        netcore::underlay::create_switch(&underlay, super::netns::UNDERLAY_BRIDGE).await?;
+        super::start_manager(opts, paths, &[])?;
+        let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
+        let progress = NodeProgress::new(&hostnames, start);
+        let img = image().await?;
+        progress.note(&format!(
+            "image {}{}",
+            img.hash,
+            if img.cached { " (cached)" } else { "" }
+        ));
+        let key = crate::ssh::ensure_client_key(&vm::client_key_file(paths))?;
+        let authorized = format!("{}\n", crate::ssh::public_openssh(key.public_key()));
+        let accel = {
+            let (p, i) = (paths.clone(), img.clone());
+            tokio::task::spawn_blocking(move || vm::detect_accel(&p, &i)).await??
+        };
+        let boots = hostnames.iter().enumerate().map(|(i, h)| {
+            vm::boot(vm::BootSpec {
+                paths,
+                image: &img,
+                accel: &accel,
+                underlay: &underlay,
+                bridge: super::netns::UNDERLAY_BRIDGE,
+                name: h.clone(),
+                index: i + 1,
+                addr: super::netns::node_addr(i + 1),
+                authorized_key: authorized.clone(),
+                lb: opts.lb.map(|d| d.to_string()),
+            })
+        });
+        let nodes = futures::future::try_join_all(boots).await?;
+        for n in &nodes {
+            progress.step(&n.name, BOOTING, &format!("booting ({accel})"));
+        }
+        if std::env::var(ENV_BARE).is_ok_and(|v| v == "1") {
+            let waits = nodes.iter().map(|n| async {
+                machine::wait_sshd(paths, n).await?;
+                progress.step(&n.name, AGENT_READY, "ssh up (bare)");
+                Ok::<_, TestbedError>(())
+            });
+            futures::future::try_join_all(waits).await?;
+            return Ok(hostnames);
+        }
+        machine::start_agents(paths, &nodes, &progress).await
+    }
+
+    async fn exec(
+        &self,
+        paths: &ClusterPaths,
+        node: &str,
+        inside: Inside<'_>,
+        argv: &[String],
+    ) -> Result<i32> {
+        machine::exec(paths, node, inside, argv).await
+    }
+
     async fn fault(
         &self,
         paths: &ClusterPaths,

@@ -13,8 +13,9 @@ use netcore::netns::{NetNs, enter_raw};
 use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
-use super::{Result, io, procs};
+use super::{Result, io};
 use crate::paths::{ClusterPaths, OWNER_ENV};
+use crate::procs;
 
 /// How to start one daemon of a cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,10 +111,10 @@ pub fn ensure(paths: &ClusterPaths, spec: &Spec) -> Result<(u32, bool)> {
     }
     let pid = spawn(paths, spec)?;
     // The pid first: whoever reads the spec must find the process it describes.
-    crate::lifecycle::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
+    crate::paths::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
         .map_err(io("writing a pid file"))?;
     let bytes = serde_json::to_vec_pretty(spec).expect("a spec serializes");
-    crate::lifecycle::write_atomically(&spec_file(paths, &spec.name), &bytes)
+    crate::paths::write_atomically(&spec_file(paths, &spec.name), &bytes)
         .map_err(io("writing a daemon spec"))?;
     Ok((pid, true))
 }

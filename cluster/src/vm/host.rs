@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::qemu::{VmNode, load_node, load_nodes};
+use super::qemu::{VmNode, load_nodes};
 use crate::paths::ClusterPaths;
 use crate::ssh::{self, Session, Target, shell_quote};
 
@@ -20,7 +20,7 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Where the agent binary lives inside a node built from our image.
 pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
 
-pub fn target(node: &VmNode) -> anyhow::Result<Target> {
+pub fn target(node: &VmNode) -> Result<Target, ssh::SshError> {
     Ok(Target {
         addr: node.ssh.clone(),
         user: node.user.clone(),
@@ -32,15 +32,15 @@ pub async fn connect(
     paths: &ClusterPaths,
     node: &VmNode,
     forward: bool,
-) -> anyhow::Result<Session> {
+) -> Result<Session, ssh::SshError> {
     let key = Arc::new(ssh::ensure_client_key(&node.key_file)?);
     let fwd = forward.then(|| paths.manager_socket());
-    Ok(ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await?)
+    ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await
 }
 
 /// Makes sure the node has this build of swarmkit; returns its path there. Uploads go to a
 /// content-addressed path, so an unchanged binary is never sent twice.
-async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
+pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<String> {
     if let Some(b) = &node.binary {
         return Ok(b.clone());
     }
@@ -96,9 +96,8 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     if let Some(lb) = &node.lb {
         env.push((crate::agent::ENV_LB, lb.clone()));
     }
-    // A guest's namespace is the project's alone; a host's (ssh backend) is its owner's.
-    if node.pid.is_some() {
-        env.push((crate::agent::ENV_MESH, "node".to_string()));
+    if let Some(mesh) = node.mesh {
+        env.push((crate::agent::ENV_MESH, mesh.to_string()));
     }
     // Agents log at the level the cluster was brought up with, as they do on netns nodes.
     if let Ok(filter) = std::env::var("RUST_LOG") {
@@ -183,96 +182,4 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
     }
     futures::future::join_all(tasks).await;
     Ok(())
-}
-
-/// Where in a node a command runs.
-#[derive(Clone, Copy, Debug)]
-pub enum Inside<'a> {
-    /// The node's own namespaces.
-    Node,
-    /// One of its sandboxes, by short name (`ingress_sbox`, `1-<network id>`).
-    Sandbox(&'a str),
-    /// A task's namespaces (net, uts, mnt), by the task's pid in the node.
-    Task(u64),
-}
-
-/// `node exec` and `exec TASK` on a whole-machine node: the command runs through SSH with its
-/// output streamed; returns the remote exit code.
-pub async fn node_exec(
-    cluster: &str,
-    node: &str,
-    inside: Inside<'_>,
-    argv: &[String],
-) -> anyhow::Result<i32> {
-    let paths = ClusterPaths::new(cluster);
-    let n = load_node(&paths, node).map_err(|_| {
-        anyhow::anyhow!(
-            "no node {node:?} in cluster {cluster:?}: see swarmkit --cluster {cluster} node ls"
-        )
-    })?;
-    if argv.is_empty() {
-        anyhow::bail!("give a command to run after --");
-    }
-    let s = connect(&paths, &n, false).await?;
-    let command = argv
-        .iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let enter = match inside {
-        Inside::Node => String::new(),
-        Inside::Task(pid) => format!("exec nsenter -t {pid} -n -u -m --"),
-        Inside::Sandbox(name) => {
-            // The node's own listing, so a miss names the sandboxes it does have.
-            let listing = s
-                .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
-                .await?;
-            let have = crate::lifecycle::sandbox_names(
-                &paths.node_sandbox_ns(node, ""),
-                String::from_utf8_lossy(&listing.stdout).lines(),
-            );
-            if !have.iter().any(|h| h == name) {
-                anyhow::bail!(crate::lifecycle::no_sandbox(cluster, node, name, &have));
-            }
-            let file = format!(
-                "{}/{}",
-                netcore::netns::NETNS_RUN_DIR,
-                paths.node_sandbox_ns(node, name)
-            );
-            format!("exec nsenter --net={}", shell_quote(&file))
-        }
-    };
-    let cmd = format!(
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; {} {command}",
-        if enter.is_empty() { "exec" } else { &enter }
-    );
-    Ok(s.exec_streaming(&cmd).await?)
-}
-
-/// `cluster down` on a cluster of existing hosts: each host runs `swarmkit cluster down` for
-/// this cluster itself (its agent, tasks, namespaces and run directory). Unreachable hosts are
-/// reported, not fatal: the local side is removed anyway.
-pub async fn remote_down(cluster: &str) -> Vec<String> {
-    let paths = ClusterPaths::new(cluster);
-    let mut errors = Vec::new();
-    for node in load_nodes(&paths) {
-        let r = async {
-            let s = connect(&paths, &node, false).await?;
-            let bin = ensure_binary(&s, &node).await?;
-            s.exec(&format!(
-                "{} cluster down {} >/dev/null 2>&1; true",
-                shell_quote(&bin),
-                shell_quote(cluster)
-            ))
-            .await?;
-            Ok::<_, anyhow::Error>(())
-        };
-        if let Err(e) = tokio::time::timeout(Duration::from_secs(30), r)
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-        {
-            errors.push(format!("{}: {e:#}", node.name));
-        }
-    }
-    errors
 }

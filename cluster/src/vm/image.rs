@@ -49,6 +49,8 @@ pub const MODULES: &[&str] = &[
     "ip_vs_sh",
     "ip_vs_wlc",
     "ip_vs_lc",
+    // ctnetlink: how `conntrack -L` (and so `swarmkit trace`) reads the connection table.
+    "nf_conntrack_netlink",
 ];
 
 /// IPsec ESP and the crypto it needs, and nft expressions our rulesets do not use (there for
@@ -90,6 +92,13 @@ const TOOLS: &[(&[&str], &str)] = &[
     (&["/usr/sbin/ipvsadm", "/sbin/ipvsadm"], "/usr/sbin/ipvsadm"),
     (&["/usr/bin/curl"], "/usr/bin/curl"),
     (&["/usr/bin/iperf3"], "/usr/bin/iperf3"),
+    // `swarmkit trace` reads conntrack entries and the VXLAN FDB with the usual tools, on
+    // guests as on namespace nodes.
+    (
+        &["/usr/sbin/conntrack", "/sbin/conntrack"],
+        "/usr/sbin/conntrack",
+    ),
+    (&["/usr/sbin/bridge", "/sbin/bridge"], "/usr/sbin/bridge"),
     // iproute2's own `ip`, to observe xfrm state in tests (busybox's applet has no xfrm);
     // off PATH so the init scripts keep busybox's.
     (&["/usr/bin/ip", "/bin/ip", "/sbin/ip"], IPROUTE2_IP),
@@ -109,7 +118,7 @@ pub enum ImageError {
     #[error("`{cmd}` failed: {message}")]
     Command { cmd: String, message: String },
     #[error(
-        "{0} is not installed; install it (Debian: apt-get install busybox-static dropbear-bin nftables ipvsadm curl kmod squashfs-tools)"
+        "{0} is not installed; install it (Debian: apt-get install busybox-static dropbear-bin nftables ipvsadm conntrack iproute2 curl kmod squashfs-tools)"
     )]
     MissingTool(String),
     #[error("{0} holds no xz-compressed kernel and is not an ELF vmlinux")]

@@ -123,6 +123,7 @@ pub fn load(path: &Path, lb: Option<String>) -> Result<Vec<VmNode>, InventoryErr
             key_file: h.key,
             pid: None,
             lb: lb.clone(),
+            mesh: None,
             binary: h.binary,
             launch: None,
         });
@@ -164,8 +165,11 @@ mod tests {
     #[test]
     fn a_host_without_a_pinned_key_is_rejected() {
         let p = write("[[host]]\naddress = \"10.0.9.1\"\nkey = \"/k\"\n");
-        let err = load(&p, None).unwrap_err().to_string();
+        let err = load(&p, None).unwrap_err();
         std::fs::remove_file(&p).unwrap();
-        assert!(err.contains("host_key"), "{err}");
+        assert!(
+            matches!(&err, InventoryError::Parse { message, .. } if message.contains("host_key")),
+            "{err:?}"
+        );
     }
 }

@@ -1,4 +1,6 @@
-//! Nodes that are whole machines: QEMU guests booted from a cached image, driven over SSH.
+//! The machinery of whole-machine nodes (QEMU guests booted from a cached image, hosts from an
+//! inventory), driven over SSH. Used by the qemu and ssh backends in crate::testbed; nothing
+//! here knows about the cluster's lifecycle.
 
 pub mod cpio;
 pub mod fingerprint;
@@ -8,7 +10,6 @@ pub mod inventory;
 pub mod kernel;
 pub mod progress;
 pub mod qemu;
-pub mod up;
 
 /// Orders "node2" before "node10".
 pub fn natural(s: &str) -> (String, u64) {

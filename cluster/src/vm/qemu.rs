@@ -104,6 +104,10 @@ pub struct VmNode {
     pub pid: Option<u32>,
     #[serde(default)]
     pub lb: Option<String>,
+    /// Where its agent balances published ports; None: the agent's default. A guest's
+    /// namespace is the project's alone, a host's (ssh backend) is its owner's.
+    #[serde(default)]
+    pub mesh: Option<netcore::ingress::MeshLayout>,
     /// Path of the swarmkit binary on the node; None: upload this one.
     #[serde(default)]
     pub binary: Option<String>,
@@ -527,6 +531,7 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         key_file: client_key_file(paths),
         pid: Some(pid),
         lb: spec.lb,
+        mesh: Some(netcore::ingress::MeshLayout::Node),
         // A foreign image (SWARMKIT_VM_IMAGE) gets this build uploaded.
         binary: spec
             .image
@@ -679,7 +684,7 @@ pub async fn wait_console(paths: &ClusterPaths, node: &VmNode, deadline: Duratio
     let start = Instant::now();
     while !console_ready(paths, node) {
         if let Some(pid) = node.pid
-            && crate::testbed::procs::dead(pid as i32)
+            && crate::procs::dead(pid as i32)
         {
             return Err(QemuError::Died {
                 node: node.name.clone(),
@@ -749,6 +754,7 @@ mod console_tests {
             key_file: PathBuf::new(),
             pid: Some(pid),
             lb: None,
+            mesh: None,
             binary: None,
             launch: None,
         }

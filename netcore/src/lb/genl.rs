@@ -3,17 +3,18 @@
 //! without a runtime; the socket is created on a thread inside the target namespace and keeps
 //! talking to that namespace from any thread afterwards.
 
+use netlink_packet_core::{
+    NLM_F_REQUEST, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_generic::GenlMessage;
+use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 use super::LbError;
-use super::ipvs_msg::get_family_message;
+use super::ipvs_msg::serialize;
 use crate::netns::NetNs;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const NLMSG_HDRLEN: usize = 16;
-const GENL_HDRLEN: usize = 4;
 
 fn nl_err(op: &'static str) -> impl FnOnce(std::io::Error) -> LbError {
     move |source| LbError::Netlink { op, source }
@@ -24,44 +25,24 @@ pub struct GenlSocket {
     seq: u32,
 }
 
-/// One parsed netlink message: type, seq and payload after the netlink header.
-struct Reply<'a> {
-    kind: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn split_messages(buf: &[u8]) -> Result<Vec<Reply<'_>>, LbError> {
+/// The messages of one read, parsed as replies to requests of payload `F`.
+fn messages<F>(buf: &[u8]) -> Result<Vec<NetlinkMessage<F>>, LbError>
+where
+    F: NetlinkDeserializable,
+{
     let mut out = Vec::new();
     let mut at = 0;
-    while at + NLMSG_HDRLEN <= buf.len() {
-        let len = u32_at(buf, at).ok_or(LbError::BadReply("short header"))? as usize;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return Err(LbError::BadReply("message length out of bounds"));
-        }
-        out.push(Reply {
-            kind: u16_at(buf, at + 4).ok_or(LbError::BadReply("short header"))?,
-            seq: u32_at(buf, at + 8).ok_or(LbError::BadReply("short header"))?,
-            payload: &buf[at + NLMSG_HDRLEN..at + len],
-        });
+    while at < buf.len() {
+        let len = NetlinkBuffer::new_checked(&buf[at..])
+            .map_err(|_| LbError::BadReply("message length out of bounds"))?
+            .length() as usize;
+        out.push(
+            NetlinkMessage::deserialize(&buf[at..at + len])
+                .map_err(|_| LbError::BadReply("undecodable netlink message"))?,
+        );
         at += (len + 3) & !3;
     }
     Ok(out)
-}
-
-/// The errno of an NLMSG_ERROR payload (0 is an ACK).
-fn error_code(payload: &[u8]) -> Result<i32, LbError> {
-    u32_at(payload, 0)
-        .map(|v| v as i32)
-        .ok_or(LbError::BadReply("short error message"))
 }
 
 impl GenlSocket {
@@ -93,22 +74,38 @@ impl GenlSocket {
     /// kernel does not provide it.
     pub fn resolve_family(&mut self, name: &'static str) -> Result<u16, LbError> {
         let seq = self.next_seq();
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        header.sequence_number = seq;
+        let ask = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![GenlCtrlAttrs::FamilyName(name.to_string())],
+        });
         self.sock
-            .send(&get_family_message(name, seq), 0)
+            .send(&serialize(NetlinkMessage::new(header, ask.into())), 0)
             .map_err(nl_err("send getfamily"))?;
         loop {
             let buf = self.recv()?;
-            for m in split_messages(&buf)? {
-                if m.seq != seq {
+            for m in messages::<GenlMessage<GenlCtrl>>(&buf)? {
+                if m.header.sequence_number != seq {
                     continue;
                 }
-                if m.kind == NLMSG_ERROR {
-                    return match error_code(m.payload)? {
-                        e if e == -libc::ENOENT => Err(LbError::FamilyMissing(name)),
-                        e => Err(nl_err("getfamily")(std::io::Error::from_raw_os_error(-e))),
-                    };
-                }
-                return family_id(m.payload).ok_or(LbError::BadReply("no CTRL_ATTR_FAMILY_ID"));
+                return match m.payload {
+                    NetlinkPayload::Error(e) if e.raw_code() == -libc::ENOENT => {
+                        Err(LbError::FamilyMissing(name))
+                    }
+                    NetlinkPayload::Error(e) => Err(nl_err("getfamily")(e.to_io())),
+                    NetlinkPayload::InnerMessage(reply) => reply
+                        .payload
+                        .nlas
+                        .iter()
+                        .find_map(|a| match a {
+                            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                            _ => None,
+                        })
+                        .ok_or(LbError::BadReply("no CTRL_ATTR_FAMILY_ID")),
+                    _ => Err(LbError::BadReply("unexpected reply to getfamily")),
+                };
             }
         }
     }
@@ -129,17 +126,16 @@ impl GenlSocket {
         let mut first_err = None;
         while pending > 0 {
             let buf = self.recv()?;
-            for m in split_messages(&buf)? {
-                if m.kind == NLMSG_DONE {
+            for m in messages::<GenlMessage<super::ipvs_msg::IpvsRequest>>(&buf)? {
+                let NetlinkPayload::Error(e) = m.payload else {
                     continue;
-                }
-                if m.kind != NLMSG_ERROR || m.seq.wrapping_sub(first) >= msgs.len() as u32 {
+                };
+                if m.header.sequence_number.wrapping_sub(first) >= msgs.len() as u32 {
                     continue;
                 }
                 pending -= 1;
-                let code = error_code(m.payload)?;
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(std::io::Error::from_raw_os_error(-code));
+                if e.code.is_some() && first_err.is_none() {
+                    first_err = Some(e.to_io());
                 }
             }
         }
@@ -148,22 +144,6 @@ impl GenlSocket {
             None => Ok(msgs.len()),
         }
     }
-}
-
-fn family_id(payload: &[u8]) -> Option<u16> {
-    let mut at = GENL_HDRLEN;
-    while at + 4 <= payload.len() {
-        let len = u16_at(payload, at)? as usize;
-        let kind = u16_at(payload, at + 2)? & 0x3fff;
-        if len < 4 {
-            return None;
-        }
-        if kind == CTRL_ATTR_FAMILY_ID {
-            return u16_at(payload, at + 4);
-        }
-        at += (len + 3) & !3;
-    }
-    None
 }
 
 #[cfg(test)]

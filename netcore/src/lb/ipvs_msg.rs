@@ -1,8 +1,16 @@
-//! IPVS generic-netlink requests, encoded by hand to the layout of the kernel's
-//! include/uapi/linux/ip_vs.h. Only the handful of commands a fwmark-keyed, masquerading,
-//! round-robin balancer needs are covered; every byte is pinned by the tests below.
+//! IPVS generic-netlink requests. The netlink and generic netlink framing is
+//! netlink-packet-core's and -generic's; the IPVS attributes, which no crate covers, are
+//! encoded by hand to the layout of the kernel's include/uapi/linux/ip_vs.h. Only the handful
+//! of commands a fwmark-keyed, masquerading, round-robin balancer needs are covered; every
+//! byte is pinned by the tests below.
 
 use std::net::Ipv4Addr;
+
+use netlink_packet_core::{
+    DecodeError, Emitable, NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    ParseableParametrized,
+};
+use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 
 pub const IPVS_GENL_NAME: &str = "IPVS";
 pub const IPVS_GENL_VERSION: u8 = 1;
@@ -35,8 +43,6 @@ pub const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
 /// IP_VS_CONN_F_MASQ: NAT forwarding, the only method that works across a VXLAN overlay.
 pub const IP_VS_CONN_F_MASQ: u32 = 0;
 pub const NLA_F_NESTED: u16 = 0x8000;
-pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_ACK: u16 = 0x4;
 const AF_INET: u16 = libc::AF_INET as u16;
 const NLA_HDRLEN: usize = 4;
 
@@ -181,55 +187,64 @@ impl IpvsRequest {
 
     /// A complete netlink message asking for an ACK.
     pub fn to_message(&self, family_id: u16, seq: u32) -> Vec<u8> {
-        genl_message(
+        let genl = GenlMessage::new(
+            GenlHeader {
+                cmd: self.command(),
+                version: IPVS_GENL_VERSION,
+            },
+            self.clone(),
             family_id,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            self.command(),
-            IPVS_GENL_VERSION,
-            &self.attributes(),
-        )
+        );
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        header.sequence_number = seq;
+        serialize(NetlinkMessage::new(header, NetlinkPayload::from(genl)))
     }
 }
 
-/// nlmsghdr (len, type, flags, seq, pid=0) + genlmsghdr (cmd, version, reserved) + attrs.
-pub fn genl_message(
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    cmd: u8,
-    version: u8,
-    attrs: &[u8],
+/// A finalized message (length and type filled in) as bytes.
+pub(crate) fn serialize<I: netlink_packet_core::NetlinkSerializable>(
+    mut m: NetlinkMessage<I>,
 ) -> Vec<u8> {
-    let len = (16 + 4 + attrs.len()) as u32;
-    let mut m = Vec::with_capacity(len as usize);
-    m.extend_from_slice(&len.to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[cmd, version, 0, 0]);
-    m.extend_from_slice(attrs);
-    m
+    m.finalize();
+    let mut buf = vec![0; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
 }
 
-/// CTRL_CMD_GETFAMILY for `name` (GENL_ID_CTRL, attribute CTRL_ATTR_FAMILY_NAME).
-pub fn get_family_message(name: &str, seq: u32) -> Vec<u8> {
-    const GENL_ID_CTRL: u16 = 0x10;
-    const CTRL_CMD_GETFAMILY: u8 = 3;
-    const CTRL_ATTR_FAMILY_NAME: u16 = 2;
-    let mut a = Attrs::default();
-    let mut z = name.as_bytes().to_vec();
-    z.push(0);
-    a.put(CTRL_ATTR_FAMILY_NAME, &z);
-    genl_message(
-        GENL_ID_CTRL,
-        NLM_F_REQUEST,
-        seq,
-        CTRL_CMD_GETFAMILY,
-        1,
-        &a.0,
-    )
+impl GenlFamily for IpvsRequest {
+    fn family_name() -> &'static str {
+        IPVS_GENL_NAME
+    }
+
+    fn command(&self) -> u8 {
+        IpvsRequest::command(self)
+    }
+
+    fn version(&self) -> u8 {
+        IPVS_GENL_VERSION
+    }
+}
+
+impl Emitable for IpvsRequest {
+    fn buffer_len(&self) -> usize {
+        self.attributes().len()
+    }
+
+    fn emit(&self, buffer: &mut [u8]) {
+        buffer.copy_from_slice(&self.attributes());
+    }
+}
+
+/// Only ACKs come back for these requests, and those never reach this parser; it exists for
+/// the framing's bounds.
+impl ParseableParametrized<[u8], GenlHeader> for IpvsRequest {
+    fn parse_with_param(_: &[u8], header: GenlHeader) -> Result<Self, DecodeError> {
+        Err(DecodeError::from(format!(
+            "unexpected IPVS message (command {}) in reply to a request",
+            header.cmd
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -342,19 +357,5 @@ mod tests {
         assert_eq!(IpvsRequest::DelService { fwmark: 256 }.command(), 3);
         assert!(IpvsRequest::Flush.attributes().is_empty());
         assert_eq!(IpvsRequest::Flush.command(), 17);
-    }
-
-    #[test]
-    #[cfg(target_endian = "little")]
-    fn get_family_bytes() {
-        let msg = get_family_message("IPVS", 3);
-        assert_eq!(
-            msg,
-            vec![
-                32, 0, 0, 0, 0x10, 0, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr
-                3, 1, 0, 0, // CTRL_CMD_GETFAMILY
-                9, 0, 2, 0, b'I', b'P', b'V', b'S', 0, 0, 0, 0, // FAMILY_NAME "IPVS\0" + pad
-            ]
-        );
     }
 }

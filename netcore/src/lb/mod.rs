@@ -45,9 +45,14 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// On the wire and in records by its name (`ipvs`, `nftables`); records written before that
+/// spelled it capitalised, which is still read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Driver {
+    #[serde(alias = "Ipvs")]
     Ipvs,
+    #[serde(alias = "Nftables")]
     Nftables,
 }
 
@@ -131,6 +136,8 @@ pub enum LbError {
     DuplicateBackend(u32, Ipv4Addr),
     #[error(transparent)]
     NetNs(#[from] NetNsError),
+    #[error(transparent)]
+    Undo(Box<crate::undo::UndoError>),
     #[error("running nft in namespace {ns}: {source}")]
     NftSpawn {
         ns: String,

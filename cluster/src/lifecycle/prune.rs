@@ -43,7 +43,7 @@ pub fn candidates() -> Vec<String> {
             .iter()
             .filter_map(|ns| Some(ns.strip_prefix("sk-")?.split_once('.')?.0.to_string())),
     );
-    names.extend(super::procs::owners());
+    names.extend(crate::procs::owners());
     names.retain(|n| validate_cluster_name(n).is_ok());
     names.sort();
     names.dedup();
@@ -65,7 +65,7 @@ pub async fn prune(prefix: &str) -> Pruned {
             out.running.push(name);
             continue;
         }
-        match crate::lifecycle::down(&name).await {
+        match super::down(&name).await {
             Ok(()) => out.removed.push(name),
             Err(e) => out.failed.push((name, format!("{e:#}"))),
         }

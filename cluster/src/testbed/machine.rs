@@ -1,0 +1,138 @@
+//! What the two whole-machine backends (qemu guests, ssh hosts) share: nodes reached over SSH
+//! through their records in the run directory (`vm/<node>.json`, see crate::vm::qemu::VmNode),
+//! agents started by the `__vmhost` daemon, commands run through a session.
+
+use std::time::Duration;
+
+use super::{Inside, Result, TestbedError};
+use crate::client::ManagerClient;
+use crate::paths::ClusterPaths;
+use crate::ssh::shell_quote;
+use crate::testbed::supervise::{self, Spec};
+use crate::vm::progress::{AGENT_READY, NodeProgress, SSH_UP};
+use crate::vm::qemu::{self, VmNode, load_node};
+
+const SSH_TIMEOUT: Duration = Duration::from_secs(90);
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub(crate) fn remote(node: &str) -> impl FnOnce(anyhow::Error) -> TestbedError {
+    let node = node.to_string();
+    move |e| TestbedError::Remote {
+        node,
+        message: format!("{e:#}"),
+    }
+}
+
+/// Starts the SSH daemon (which starts each node's agent) and waits until every node's
+/// session is up and its agent ready; returns the nodes' names.
+pub(crate) async fn start_agents(
+    paths: &ClusterPaths,
+    nodes: &[VmNode],
+    progress: &NodeProgress,
+) -> Result<Vec<String>> {
+    supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
+    super::wait_manager(paths).await?;
+    let client = ManagerClient::new(&paths.manager_socket());
+    let see = format!(
+        "{} and, inside the node, /run/swarmkit/{}/agent.log",
+        paths.log_file("vmhost").display(),
+        paths.name
+    );
+    let waits = nodes.iter().map(|n| {
+        let client = client.clone();
+        let see = std::path::PathBuf::from(&see);
+        async move {
+            qemu::wait_ssh(paths, n, SSH_TIMEOUT).await?;
+            progress.step(&n.name, SSH_UP, "ssh up");
+            super::wait_until(
+                &format!("the agent on {} to be ready", n.name),
+                READY_TIMEOUT,
+                &see,
+                || super::hostname_ready(&client, &n.name),
+            )
+            .await?;
+            progress.step(&n.name, AGENT_READY, "agent ready");
+            Ok::<_, TestbedError>(())
+        }
+    });
+    futures::future::try_join_all(waits).await?;
+    Ok(nodes.iter().map(|n| n.name.clone()).collect())
+}
+
+/// Waits until a booted machine's SSH server answers (without starting an agent).
+pub(crate) async fn wait_sshd(paths: &ClusterPaths, n: &VmNode) -> Result<()> {
+    qemu::wait_console(paths, n, SSH_TIMEOUT).await?;
+    super::wait_until(
+        &format!("ssh on {}", n.name),
+        SSH_TIMEOUT,
+        &qemu::vm_dir(paths),
+        || async {
+            let a = n.ssh.clone();
+            tokio::task::spawn_blocking(move || qemu::banner(&a))
+                .await
+                .unwrap_or(false)
+        },
+    )
+    .await
+}
+
+/// `node exec` and `exec TASK` on a machine: the command runs through SSH with its output
+/// streamed; returns the remote exit code. A task is entered from inside its node, by the pid
+/// the node's kernel gave it.
+pub(crate) async fn exec(
+    paths: &ClusterPaths,
+    node: &str,
+    inside: Inside<'_>,
+    argv: &[String],
+) -> Result<i32> {
+    let n = load_node(paths, node).map_err(|_| TestbedError::NoNode {
+        cluster: paths.name.clone(),
+        node: node.to_string(),
+    })?;
+    if argv.is_empty() {
+        return Err(TestbedError::NoCommand);
+    }
+    let s = crate::vm::host::connect(paths, &n, false).await?;
+    let command = argv
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let enter = match inside {
+        Inside::Node => "exec".to_string(),
+        Inside::Task(pid) => format!("exec nsenter -t {pid} -n -u -m --"),
+        Inside::Sandbox(name) => {
+            // The node's own listing, so a miss names the sandboxes it does have.
+            let listing = s
+                .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
+                .await?;
+            let have = super::sandbox_names(
+                &paths.node_sandbox_ns(node, ""),
+                String::from_utf8_lossy(&listing.stdout).lines(),
+            );
+            if !have.iter().any(|h| h == name) {
+                return Err(TestbedError::NoSandbox {
+                    cluster: paths.name.clone(),
+                    node: node.to_string(),
+                    name: name.to_string(),
+                    have,
+                });
+            }
+            let file = format!(
+                "{}/{}",
+                netcore::netns::NETNS_RUN_DIR,
+                paths.node_sandbox_ns(node, name)
+            );
+            format!("exec nsenter --net={}", shell_quote(&file))
+        }
+    };
+    let cmd = format!(
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export PATH; {enter} {command}"
+    );
+    Ok(s.exec_streaming(&cmd).await?)
+}
+
+/// Entry point of `swarmkit __vmhost`: one SSH session per machine, each starting its agent.
+pub async fn run_host(cluster: &str) -> anyhow::Result<()> {
+    crate::vm::host::run(cluster).await
+}
