@@ -88,126 +88,20 @@ pub struct Context {
 // uses it.
 unsafe impl Send for Context {}
 
-/// libnftables waits on its netlink socket with select(2), and glibc aborts the whole process
-/// when select is handed a descriptor >= FD_SETSIZE. An agent running a few hundred tasks holds
-/// over a thousand descriptors (namespaces, DNS sockets, pipes), so a context must not open its
-/// socket on whatever number is free: at first use, the free numbers below `LOW_FDS` are set
-/// aside (on /dev/null), and each context opens its socket on one of them. With none left,
-/// `open_in` declines and callers spawn nft, which starts with a fresh descriptor table.
-const LOW_FDS: c_int = 1000;
-
-enum Reserve {
-    /// The descriptor limit is below FD_SETSIZE: every descriptor is low.
-    NotNeeded,
-    /// Reserved low descriptors, highest first (`pop` gives the lowest).
-    Pool(Vec<c_int>),
-}
-
-/// Guarded by `CALLS` (taken before it).
-static RESERVE: Mutex<Option<Reserve>> = Mutex::new(None);
-
-fn open_dev_null() -> c_int {
-    // SAFETY: plain open(2) of a constant path.
-    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
-}
-
-/// Holds one more low descriptor if the lowest free one is low.
-fn reserve_one(pool: &mut Vec<c_int>) -> bool {
-    let fd = open_dev_null();
-    if fd < 0 {
-        return false;
-    }
-    if fd >= LOW_FDS {
-        // SAFETY: ours, just opened.
-        unsafe { libc::close(fd) };
-        return false;
-    }
-    pool.push(fd);
-    pool.sort_unstable_by(|a, b| b.cmp(a));
-    true
-}
-
-fn reserve() -> std::sync::MutexGuard<'static, Option<Reserve>> {
-    let mut r = RESERVE.lock().unwrap_or_else(|e| e.into_inner());
-    if r.is_none() {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: fills a local struct.
-        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } == 0 {
-            lim.rlim_cur
-        } else {
-            u64::MAX
-        };
-        *r = Some(if soft <= libc::FD_SETSIZE as u64 {
-            Reserve::NotNeeded
-        } else {
-            let mut pool = Vec::new();
-            while reserve_one(&mut pool) {}
-            Reserve::Pool(pool)
-        });
-    }
-    r
-}
-
-/// Whether `fd` is a netfilter netlink socket (only libnftables opens those, under `CALLS`).
-fn is_nfnetlink(fd: c_int) -> bool {
-    let opt = |name: c_int| {
-        let mut v: c_int = -1;
-        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-        // SAFETY: reads one int option into a local of the right size.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                (&raw mut v).cast(),
-                &raw mut len,
-            )
-        };
-        (rc == 0).then_some(v)
-    };
-    opt(libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
-        && opt(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
-}
-
 impl Context {
-    /// A context whose netlink socket lives in `ns`; None if libnftables is not installed, no
-    /// low descriptor is left for its socket, or the context cannot be made there.
+    /// A context whose netlink socket lives in `ns`; None if libnftables is not installed or
+    /// the context cannot be made there.
     pub fn open_in(ns: &NetNs) -> Option<Context> {
         let lib = lib()?;
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reserve = reserve();
-        let low = match reserve.as_mut() {
-            Some(Reserve::Pool(pool)) => Some(pool.pop()?),
-            _ => None,
-        };
         let ptr = ns
             .run(|| {
-                if let Some(fd) = low {
-                    // The lowest free number, so the socket opened next takes it.
-                    // SAFETY: a /dev/null descriptor this module reserved.
-                    unsafe { libc::close(fd) };
-                }
                 // SAFETY: plain constructor; flags 0 = NFT_CTX_DEFAULT (opens the socket).
                 let ctx = unsafe { (lib.ctx_new)(0) };
                 ctx as usize
             })
-            .ok();
-        let ctx = ptr.and_then(|p| NonNull::new(p as *mut c_void));
-        if let (Some(fd), Some(Reserve::Pool(pool))) = (low, reserve.as_mut())
-            && !ctx.is_some_and(|_| is_nfnetlink(fd))
-        {
-            // Another thread took the number first: the socket is elsewhere, maybe high.
-            if let Some(ctx) = ctx {
-                // SAFETY: a live context nobody else has seen.
-                unsafe { (lib.ctx_free)(ctx.as_ptr()) };
-            }
-            reserve_one(pool);
-            return None;
-        }
-        let ctx = ctx?;
+            .ok()?;
+        let ctx = NonNull::new(ptr as *mut c_void)?;
         // SAFETY: `ctx` is a live context from nft_ctx_new.
         unsafe {
             (lib.output_set_flags)(ctx.as_ptr(), OUTPUT_JSON);
@@ -251,10 +145,6 @@ impl Drop for Context {
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: freed once; closes the context's socket, releasing the namespace.
         unsafe { (self.lib.ctx_free)(self.ctx.as_ptr()) }
-        // Its low number is free again: hold it for the next context.
-        if let Some(Reserve::Pool(pool)) = reserve().as_mut() {
-            reserve_one(pool);
-        }
     }
 }
 
@@ -290,30 +180,5 @@ mod tests {
         assert!(listed.unwrap().contains("chain c"));
         assert!(!host.unwrap().contains("table ip t\n"), "nothing in ours");
         assert!(err.contains("No such file or directory"), "{err}");
-    }
-
-    #[test]
-    fn contexts_work_with_more_descriptors_open_than_select_takes() {
-        use std::os::fd::AsRawFd;
-        if !is_root() || lib().is_none() {
-            eprintln!("skipped: needs root and libnftables");
-            return;
-        }
-        let name = format!("sk-libnft-fds-{}", std::process::id());
-        let ns = NetNs::create(&name).unwrap();
-        // The first context sets the low descriptors aside, as in an agent starting up.
-        drop(Context::open_in(&ns).unwrap());
-        let hog: Vec<std::fs::File> = (0..1100)
-            .map(|_| std::fs::File::open("/dev/null").unwrap())
-            .collect();
-        let highest = hog.last().unwrap().as_raw_fd();
-        // glibc aborts the whole test binary if the socket's number reaches select(2).
-        let result = Context::open_in(&ns).map(|mut ctx| {
-            ctx.run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
-        });
-        drop(hog);
-        NetNs::delete(&name).unwrap();
-        assert!(highest >= libc::FD_SETSIZE as i32, "{highest}");
-        assert_eq!(result, Some(Ok(())));
     }
 }

@@ -242,16 +242,10 @@ pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&[u8]>) -> Result<String
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns(2) and close_range(2) are async-signal-safe; `ns` keeps the fd open until
-    // the child has exec'd because we wait for it below. nft waits on its socket with
-    // select(2), so it must not inherit descriptors (libnftables' sockets are not
-    // close-on-exec) that would push its own past FD_SETSIZE.
+    // SAFETY: enter_raw only calls setns(2), which is async-signal-safe; `ns` keeps the fd open
+    // until the child has exec'd because we wait for it below.
     unsafe {
-        cmd.pre_exec(move || {
-            enter_raw(fd, CloneFlags::CLONE_NEWNET)?;
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
+        cmd.pre_exec(move || enter_raw(fd, CloneFlags::CLONE_NEWNET));
     }
     let mut child = cmd.spawn().map_err(spawn_err)?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
