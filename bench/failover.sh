@@ -14,7 +14,7 @@ for i in $(seq "$ROUNDS"); do
   echo "== round $i/$ROUNDS" >&2
   # A failed assertion still leaves its figures: they are what this reports.
   cargo test --release -q -p swarmkit --test failover -- --test-threads 1 --nocapture $FILTER \
-    2>&1 | grep '^FAILOVER' | tee -a "$out" >&2 || true
+    2>&1 | grep -o 'FAILOVER .*' | tee -a "$out" >&2 || true
 done
 python3 - "$out" <<'PY'
 import collections, statistics, sys

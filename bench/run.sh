@@ -60,36 +60,10 @@ bench_conn() {
   "$SK" cluster down "$C" >/dev/null
 }
 
-# Adds one published, one-replica service and waits until it converged (running and routed
-# on every node); prints seconds.
-add_one() {
-  local name=$1 port=$2 t0 t1
-  t0=$(date +%s.%N)
-  "$SK" --cluster "$C" service create --name "$name" -p "$port:80" whoami >/dev/null
-  t1=$(date +%s.%N)
-  "$SK" --cluster "$C" service rm "$name" >/dev/null
-  awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f\n", b - a}'
-}
-
+# One-replica services with real tasks, grown to 5000 on one cluster, and 50 nodes: see
+# bench/scale.sh (it runs its own clusters).
 bench_scale() {
-  echo "== adding one service: with 1000 services present vs the first one"
-  "$SK" cluster up --name "$C" --nodes 3 >/dev/null
-  local first=() many=() sock=/run/swarmkit/$C/manager.sock
-  for i in 1 2 3 4 5; do first+=("$(add_one probe$i 9000)"); done
-  # 1000 services, each with a VIP on the ingress network and a published port on every node.
-  for i in $(seq 1000); do
-    curl -s -o /dev/null --unix-socket "$sock" -H 'Content-Type: application/json' \
-      -d "{\"Name\":\"s$i\",\"TaskTemplate\":{\"ContainerSpec\":{\"Image\":\"whoami\"}},\"Mode\":{\"Replicated\":{\"Replicas\":0}},\"EndpointSpec\":{\"Ports\":[{\"TargetPort\":80,\"PublishedPort\":$((20000 + i))}]}}" \
-      http://swarmkit/services/create
-  done
-  [ "$("$SK" --cluster "$C" service ls -q | wc -l)" = 1000 ] || { echo "setup failed"; exit 1; }
-  for i in 1 2 3 4 5; do many+=("$(add_one probe$i 9000)"); done
-  local f m
-  f=$(printf '%s\n' "${first[@]}" | median)
-  m=$(printf '%s\n' "${many[@]}" | median)
-  echo "first service: ${f}s (runs: ${first[*]})"
-  echo "with 1000:     ${m}s (runs: ${many[*]})  ratio $(ratio "$m" "$f")  (target <= 2)"
-  "$SK" cluster down "$C" >/dev/null
+  SWARMKIT="$SK" bench/scale.sh all
 }
 
 bench_walkthrough() {

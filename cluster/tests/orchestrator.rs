@@ -156,6 +156,19 @@ fn exit(s: &mut State, slot: u64, state: TaskState) {
     s.put_task(t);
 }
 
+/// The failure back-off may delay a replacement's start; let it pass.
+fn skip_backoff(s: &mut State) {
+    if let Some(mut t) = s
+        .tasks
+        .values()
+        .find(|t| t.desired == TaskState::Running)
+        .cloned()
+    {
+        t.start_after = None;
+        s.put_task(t);
+    }
+}
+
 fn with_restart(
     condition: TaskSpecRestartPolicyConditionEnum,
     delay: i64,
@@ -217,16 +230,7 @@ fn exited_tasks_restart_under_the_policy() {
         step(&mut s);
         let running = active_per_slot(&s).get(&1).copied().unwrap_or(0);
         assert_eq!(running, usize::from(round < 2), "round {round}");
-        // The failure back-off may delay the start; let it pass.
-        if let Some(mut t) = s
-            .tasks
-            .values()
-            .find(|t| t.desired == TaskState::Running)
-            .cloned()
-        {
-            t.start_after = None;
-            s.put_task(t);
-        }
+        skip_backoff(&mut s);
         settle(&mut s);
     }
     // A new spec starts the count again.
@@ -406,15 +410,7 @@ fn the_restart_window_counts_only_recent_attempts() {
     exit(&mut s, 1, TaskState::Failed);
     step(&mut s);
     assert_eq!(active_per_slot(&s), BTreeMap::from([(1, 1)]), "one attempt");
-    if let Some(mut t) = s
-        .tasks
-        .values()
-        .find(|t| t.desired == TaskState::Running)
-        .cloned()
-    {
-        t.start_after = None;
-        s.put_task(t);
-    }
+    skip_backoff(&mut s);
     settle(&mut s);
     exit(&mut s, 1, TaskState::Failed);
     step(&mut s);

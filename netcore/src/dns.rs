@@ -108,24 +108,35 @@ impl Resolver {
 
     /// Replace what `scope` (a task id) can see. Cheap; called on every plan change.
     pub fn set_view(&self, scope: &str, view: View) {
-        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
-        let old = scopes.get(scope);
-        let fresh: Scope = view
-            .names
-            .into_iter()
-            .map(|(name, answer)| {
-                let name = normalize(&name);
-                let turn = old
-                    .and_then(|o| o.get(&name))
-                    .map_or(0, |e| e.turn.load(Ordering::Relaxed));
-                let entry = Entry {
-                    answer,
-                    turn: AtomicUsize::new(turn),
-                };
-                (name, entry)
-            })
-            .collect();
-        scopes.insert(scope.to_string(), Arc::new(fresh));
+        self.set_shared_view(&[scope], view);
+    }
+
+    /// Gives every scope in `scopes` one shared copy of `view`: tasks on the same networks see
+    /// the same names, so a plan change builds one view, not one per task, and memory does not
+    /// multiply by the tasks. Rotation turns carry over from the first scope's old view.
+    pub fn set_shared_view(&self, scopes: &[&str], view: View) {
+        let mut all = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        let old = scopes.iter().find_map(|s| all.get(*s)).cloned();
+        let fresh: Arc<Scope> = Arc::new(
+            view.names
+                .into_iter()
+                .map(|(name, answer)| {
+                    let name = normalize(&name);
+                    let turn = old
+                        .as_ref()
+                        .and_then(|o| o.get(&name))
+                        .map_or(0, |e| e.turn.load(Ordering::Relaxed));
+                    let entry = Entry {
+                        answer,
+                        turn: AtomicUsize::new(turn),
+                    };
+                    (name, entry)
+                })
+                .collect(),
+        );
+        for scope in scopes {
+            all.insert(scope.to_string(), Arc::clone(&fresh));
+        }
     }
 
     pub fn remove(&self, scope: &str) {

@@ -364,7 +364,7 @@ pub fn changed_networks(old: &NodePlan, new: &NodePlan) -> HashSet<String> {
 
 /// Networks a task shares with services, in the task's interface order; ingress carries no
 /// service discovery.
-fn task_networks<'a>(plan: &NodePlan, task: &'a TaskPlan) -> Vec<&'a str> {
+pub fn task_networks<'a>(plan: &NodePlan, task: &'a TaskPlan) -> Vec<&'a str> {
     let ingress = plan.ingress.as_ref().map(|i| i.network_id.as_str());
     task.attachments
         .iter()

@@ -611,6 +611,9 @@ impl Agent {
         let prev_tasks: HashSet<&str> = prev
             .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
             .unwrap_or_default();
+        // Tasks on the same networks see the same services and names: each set is computed
+        // once per apply (not once per task), and its DNS view is shared.
+        let mut by_nets: HashMap<Vec<String>, Vec<&mut RunningTask>> = HashMap::new();
         for t in self.tasks.values_mut().filter(|t| !t.stopping) {
             if let Some(nets) = &touched
                 && prev_tasks.contains(t.plan.id.as_str())
@@ -622,11 +625,21 @@ impl Agent {
             {
                 continue;
             }
-            let services = dataplane::task_services(plan, &t.plan);
-            tokio::task::block_in_place(|| t.lb.apply(&services))
-                .with_context(|| format!("load balancing for {}", t.plan.name))?;
-            self.resolver
-                .set_view(&t.plan.id, dataplane::task_view(plan, &t.plan));
+            let key = dataplane::task_networks(plan, &t.plan)
+                .into_iter()
+                .map(String::from)
+                .collect();
+            by_nets.entry(key).or_default().push(t);
+        }
+        for mut tasks in by_nets.into_values() {
+            let services = dataplane::task_services(plan, &tasks[0].plan);
+            let view = dataplane::task_view(plan, &tasks[0].plan);
+            for t in tasks.iter_mut() {
+                tokio::task::block_in_place(|| t.lb.apply(&services))
+                    .with_context(|| format!("load balancing for {}", t.plan.name))?;
+            }
+            let ids: Vec<&str> = tasks.iter().map(|t| t.plan.id.as_str()).collect();
+            self.resolver.set_shared_view(&ids, view);
         }
         let host_ports: Vec<netcore::hostport::HostPort> = self
             .tasks
