@@ -609,11 +609,13 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         let t = c.tasks("app");
         (t.len() == 3).then_some(t)
     });
+    // The scale-down above may have removed `a`: the client is one of the three running now.
+    let keeper = three[0].clone();
     let victim = three
         .iter()
         .map(|t| t.node.clone())
-        .find(|n| *n != a.node)
-        .expect("a task off the first node");
+        .find(|n| *n != keeper.node)
+        .expect("a task on another node");
     let v_vtep = c.node_addr(&victim);
     let node_down = |node: &str| {
         c.sk(&["node", "ls"])
@@ -659,10 +661,10 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         assert!(
             reached.elapsed() < Duration::from_secs(30),
             "the replacement {moved:?} does not answer {}: {last}",
-            a.node
+            keeper.node
         );
         last = text(&c.in_task(
-            &a,
+            &keeper,
             &format!(
                 "curl -s -m 5 -o /dev/null -w %{{http_code}} http://{}/",
                 moved.addrs["sec"]
