@@ -52,6 +52,16 @@ impl Backend {
             Backend::Ssh => "ssh",
         }
     }
+
+    /// Heartbeats a node may miss before it is down, when `cluster up` is not told. Emulated
+    /// (TCG) guests stall for seconds when their host is busy, and 1.5 s of silence from one
+    /// is no sign it died: they get 5 s. Namespaces and real hosts keep the manager's 3.
+    pub const fn default_heartbeat_misses(self) -> Option<u32> {
+        match self {
+            Backend::Qemu => Some(10),
+            Backend::Netns | Backend::Ssh => None,
+        }
+    }
 }
 
 impl fmt::Display for Backend {

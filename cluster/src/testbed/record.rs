@@ -61,7 +61,10 @@ impl UpOptions {
         if let Some(d) = self.heartbeat {
             env.push((crate::manager::ENV_HEARTBEAT_MS, d.as_millis().to_string()));
         }
-        if let Some(n) = self.heartbeat_misses {
+        if let Some(n) = self
+            .heartbeat_misses
+            .or(self.backend.default_heartbeat_misses())
+        {
             env.push((crate::manager::ENV_HEARTBEAT_MISSES, n.to_string()));
         }
         env
