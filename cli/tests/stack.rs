@@ -461,3 +461,46 @@ impl Drop for Follower {
         let _ = self.0.wait();
     }
 }
+
+/// A task starts with its standard streams and nothing else of its agent's: no netlink
+/// socket, namespace or other task's descriptor leaks into it.
+#[test]
+fn a_task_inherits_only_its_standard_streams() {
+    require_root!();
+    let c = Cluster::up("fds", 1);
+    // A busy agent first: a second task's namespace has its own load balancer context.
+    c.sk(&["service", "create", "--name", "web", "whoami"]).ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "fds",
+        "--restart-condition",
+        "none",
+        "alpine",
+        "sh",
+        "-c",
+        "exec ls -1 /proc/self/fd",
+    ])
+    .ok();
+    let mut listed = BTreeSet::new();
+    c.eventually(
+        "the task's descriptors listed",
+        Duration::from_secs(30),
+        || {
+            listed = c
+                .sk(&["service", "logs", "--raw", "fds"])
+                .ok()
+                .stdout
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            listed.len() >= 4
+        },
+    );
+    // 3 is the directory ls reads.
+    let expected: BTreeSet<String> = ["0", "1", "2", "3"].map(String::from).into();
+    assert_eq!(listed, expected, "the task inherited more than its streams");
+}

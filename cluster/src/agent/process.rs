@@ -142,6 +142,16 @@ pub fn spawn(
             }
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // The task gets stdin, stdout and stderr only. Rust opens its descriptors
+            // close-on-exec, but libnftables' netlink sockets (one per namespace the agent
+            // programs) are not, and would leak into every task. Best effort: a kernel before
+            // 5.11 lacks close_range, and the task still starts.
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }
