@@ -248,13 +248,8 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     }
     // What it holds is real: the mesh on node2 reaches every api and web replica.
     for port in [8080, 8081] {
-        let r = c.node(
-            "node2",
-            &format!(
-                "ok=0; for i in $(seq 12); do c=$(curl -s -m 2 -o /dev/null -w '%{{http_code}}' localhost:{port}/); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok"
-            ),
-        );
-        assert_eq!(r.stdout.trim(), "12", "port {port}: {}", r.stderr);
+        let (ok, stderr) = c.count_ok("node2", &format!("localhost:{port}/"), 12);
+        assert_eq!(ok, 12, "port {port}: {stderr}");
     }
 }
 
@@ -365,15 +360,8 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         "node1 keeps FDB or neighbour entries of the down node3"
     );
     // Every request through the mesh on node1 succeeds: node3's backend is gone.
-    let r = c.node(
-        "node1",
-        "ok=0; for i in $(seq 30); do c=$(curl -s -m 2 -o /dev/null -w '%{http_code}' localhost:8080/); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok",
-    );
-    assert_eq!(
-        r.stdout.trim(),
-        "30",
-        "failed requests after node3 went down"
-    );
+    let (ok, _) = c.count_ok("node1", "localhost:8080/", 30);
+    assert_eq!(ok, 30, "failed requests after node3 went down");
     // Back: the orphaned task is stopped, nothing runs twice for a slot.
     signal(agent, "CONT");
     c.eventually("node3 ready", Duration::from_secs(10), || {

@@ -151,17 +151,10 @@ fn lose_node3(test: &str, cut: &str, restore: &str) {
     if r.last_failure.is_some_and(|f| f >= quiet_from) {
         eprintln!("FAILOVER {test} failed_after_replicas_back=1 ({r:?})");
     }
-    let probe = c.node(
-        "node1",
-        &format!(
-            "ok=0; for i in $(seq 30); do c=$(curl -s -m 2 -o /dev/null -w '%{{http_code}}' localhost:{PORT}/); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok"
-        ),
-    );
+    let (ok, stderr) = c.count_ok("node1", &format!("localhost:{PORT}/"), 30);
     assert_eq!(
-        probe.stdout.trim(),
-        "30",
-        "the mesh on node1 after the replicas were back: {}",
-        probe.stderr
+        ok, 30,
+        "the mesh on node1 after the replicas were back: {stderr}"
     );
     let ps = c.sk(&["service", "ps", "web"]).ok().stdout;
     assert!(

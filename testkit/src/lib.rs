@@ -213,6 +213,18 @@ impl Cluster {
         r.success().then_some(r.stdout)
     }
 
+    /// Of `n` new requests to `url` from a node, one after the other in one exec, how many
+    /// answered 200 (each may take 2 s); with the exec's stderr, for the failure message.
+    pub fn count_ok(&self, node: &str, url: &str, n: usize) -> (usize, String) {
+        let r = self.node(
+            node,
+            &format!(
+                "ok=0; for i in $(seq {n}); do c=$(curl -s -m 2 -o /dev/null -w '%{{http_code}}' {url}); [ \"$c\" = 200 ] && ok=$((ok+1)); done; echo $ok"
+            ),
+        );
+        (r.stdout.trim().parse().unwrap_or(0), r.stderr)
+    }
+
     /// Polls `check` until it holds, failing the test with `what` after `deadline`.
     pub fn eventually(&self, what: &str, deadline: Duration, check: impl FnMut() -> bool) {
         eventually_true(what, deadline, check)
