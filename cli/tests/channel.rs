@@ -10,17 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, alive, swarmkit};
 
-fn api(c: &Cluster, path: &str) -> serde_json::Value {
-    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
-    let out = Command::new("curl")
-        .args(["-s", "-g", "--unix-socket", &socket])
-        .arg(format!("http://swarmkit{path}"))
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 /// `path` from the manager, or None while it does not answer.
 fn try_api(c: &Cluster, path: &str) -> Option<serde_json::Value> {
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
@@ -34,7 +23,8 @@ fn try_api(c: &Cluster, path: &str) -> Option<serde_json::Value> {
 
 /// Each node's channel status (`GET /swarmkit/v1/agents`), by hostname.
 fn channel(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
-    let hostnames: BTreeMap<String, String> = api(c, "/nodes")
+    let hostnames: BTreeMap<String, String> = c
+        .api("/nodes")
         .as_array()
         .expect("nodes")
         .iter()
@@ -45,7 +35,7 @@ fn channel(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
             )
         })
         .collect();
-    api(c, "/swarmkit/v1/agents")
+    c.api("/swarmkit/v1/agents")
         .as_array()
         .expect("feeds")
         .iter()
@@ -55,10 +45,6 @@ fn channel(c: &Cluster) -> BTreeMap<String, serde_json::Value> {
 
 fn plans_sent(f: &serde_json::Value) -> u64 {
     f["sent"]["deltas"].as_u64().unwrap() + f["sent"]["full"].as_u64().unwrap()
-}
-
-fn all_in_sync(c: &Cluster) -> bool {
-    channel(c).values().all(|f| f["in_sync"] == true)
 }
 
 fn signal(pid: i32, sig: &str) {
@@ -106,7 +92,7 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
     ])
     .ok();
     c.eventually("every agent in sync", Duration::from_secs(20), || {
-        all_in_sync(&c)
+        c.all_in_sync()
     });
     let before = channel(&c);
     c.sk(&[
@@ -122,7 +108,7 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
     ])
     .ok();
     c.eventually("every agent in sync", Duration::from_secs(20), || {
-        all_in_sync(&c)
+        c.all_in_sync()
     });
     let after = channel(&c);
     for node in ["node1", "node3"] {
@@ -159,7 +145,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     ])
     .ok();
     c.eventually("every agent in sync", Duration::from_secs(20), || {
-        all_in_sync(&c)
+        c.all_in_sync()
     });
     // A task on node2 that writes all along: its output must neither kill it (a write with
     // no reader) nor be lost or repeated across the restart.
@@ -217,7 +203,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
         Duration::from_secs(30),
         || {
             c.pid_of("node2") != agent
-                && all_in_sync(&c)
+                && c.all_in_sync()
                 && running_tasks(&c, "api").len() == 3
                 && running_tasks(&c, "web").len() == 2
         },
@@ -270,7 +256,7 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     ])
     .ok();
     c.eventually("every agent in sync", Duration::from_secs(20), || {
-        all_in_sync(&c)
+        c.all_in_sync()
     });
     let on_node3: Vec<(String, i64)> = c
         .api_tasks("web")
@@ -278,7 +264,7 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
         .filter(|t| t["DesiredState"] == "running")
         .filter(|t| {
             let n = t["NodeID"].as_str().unwrap();
-            api(&c, &format!("/nodes/{n}"))["Description"]["Hostname"] == "node3"
+            c.api(&format!("/nodes/{n}"))["Description"]["Hostname"] == "node3"
         })
         .map(|t| {
             (
@@ -291,12 +277,12 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     let (lost_task, lost_pid) = on_node3[0].clone();
     // What node1's ingress sandbox holds for node3: FDB entries towards its VTEP, and the
     // neighbour entry of the lost task's ingress address.
-    let ingress_id = api(&c, "/networks/ingress")["Id"]
+    let ingress_id = c.api("/networks/ingress")["Id"]
         .as_str()
         .expect("ingress ID")
         .to_string();
     let sandbox = cluster::paths::ClusterPaths::new(&c.name).sandbox_ns("node1", &ingress_id);
-    let vtep3 = api(&c, "/nodes/node3")["Status"]["Addr"]
+    let vtep3 = c.api("/nodes/node3")["Status"]["Addr"]
         .as_str()
         .expect("node3's address")
         .to_string();
@@ -377,7 +363,7 @@ fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     assert_eq!(running.len(), 3, "{running:?}");
     assert!(!running.contains_key(&lost_task));
     c.eventually("every agent in sync", Duration::from_secs(20), || {
-        all_in_sync(&c)
+        c.all_in_sync()
     });
 }
 

@@ -270,6 +270,29 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).expect("tasks JSON")
     }
 
+    /// `GET path` from the manager's API (Docker's paths, and `/swarmkit/v1/...`).
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let socket = format!("/run/swarmkit/{}/manager.sock", self.name);
+        let out = Command::new("curl")
+            .args(["-s", "-g", "--max-time", "10", "--unix-socket", &socket])
+            .arg(format!("http://swarmkit{path}"))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Whether every agent applied everything the manager sent it and holds exactly the
+    /// manager's plan (`GET /swarmkit/v1/agents`): a causal "the change is in every
+    /// dataplane", where a test would otherwise guess how long that takes.
+    pub fn all_in_sync(&self) -> bool {
+        self.api("/swarmkit/v1/agents")
+            .as_array()
+            .expect("agents")
+            .iter()
+            .all(|f| f["in_sync"] == true)
+    }
+
     /// The process ID of the running task in `slot` of `service`, from the manager's API.
     pub fn task_pid(&self, service: &str, slot: u64) -> i32 {
         self.api_tasks(service)

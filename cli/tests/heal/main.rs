@@ -118,21 +118,34 @@ fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
         .to_string();
     let killed = Instant::now();
     common::sigkill(c.task_pid("web", 1));
+    // The dead backend is out of every load balancer once the manager knows the task
+    // failed and every agent holds its plan. From then on no request may fail: not to the
+    // dead backend, nor to its replacement, which joins only once it answers.
+    c.eventually(
+        "web.1's failure in every node's dataplane",
+        Duration::from_secs(30),
+        || {
+            c.api_tasks("web")
+                .iter()
+                .any(|t| t["ID"] == old_id.as_str() && t["Status"]["State"] == "failed")
+                && c.all_in_sync()
+        },
+    );
+    let out_of_the_mesh = l.started_for();
     c.eventually("web.1 replaced and routed", Duration::from_secs(30), || {
         let running = running_ids(&c, "web");
-        running.len() == 3 && !running.contains(&old_id)
+        running.len() == 3 && !running.contains(&old_id) && c.all_in_sync()
     });
     let replaced = killed.elapsed();
-    let converged_at = l.started_for();
     let r = finish(&c, l, 400, "task killed");
-    eprintln!("task killed: replaced and routed everywhere after {replaced:.1?}");
-    // Failures end when the dead backend leaves the load balancers, well before its
-    // replacement (1 s restart delay) runs.
+    eprintln!(
+        "task killed: out of every mesh {out_of_the_mesh:.1?} into the load, replaced and routed everywhere {replaced:.1?} after the kill"
+    );
     assert!(r.ok > 400);
     if let Some(last) = r.last_failure {
         assert!(
-            last < converged_at,
-            "requests failed after the replacement ran"
+            last < out_of_the_mesh,
+            "a request failed after every node had taken the dead backend out"
         );
     }
     assert!(
