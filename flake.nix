@@ -20,6 +20,7 @@
         "vxlan"
         "veth"
         "bridge"
+        "br_netfilter"
         "nf_conntrack"
         "nf_tables"
         "nft_nat"

@@ -12,6 +12,7 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
@@ -21,8 +22,8 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
-    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
-    RouteMessageBuilder,
+    AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    LinkVxlan, RouteMessageBuilder,
 };
 
 use crate::netns::{NetNs, NetNsError};
@@ -338,6 +339,57 @@ impl Links {
         let flags = NLM_F_CREATE | NLM_F_EXCL;
         let msg = RouteNetlinkMessage::NewAddress(msg);
         self.change("add address", &subject, msg, flags, &[libc::EEXIST])
+            .await
+    }
+
+    /// Deletes an IPv4 address; absent already is fine.
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(addr.addr(), addr.prefix_len())
+            .build();
+        let subject = format!("{addr} on link #{index}");
+        let msg = RouteNetlinkMessage::DelAddress(msg);
+        let gone = [libc::EADDRNOTAVAIL, libc::ENOENT, libc::ENODEV];
+        self.change("delete address", &subject, msg, 0, &gone).await
+    }
+
+    /// The IPv4 addresses of one device.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let replies = self
+            .call(
+                "list addresses",
+                &format!("link #{index}"),
+                RouteNetlinkMessage::GetAddress(msg),
+                NLM_F_DUMP,
+            )
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => Some(a),
+                _ => None,
+            })
+            .filter_map(|a| {
+                let ip = a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Local(std::net::IpAddr::V4(ip))
+                    | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                Ipv4Net::new(ip, a.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    /// Lets a bridge port send a frame back out the port it came in on: what a task needs to
+    /// reach its own service's VIP when the load balancer picks the task itself.
+    pub async fn set_hairpin(&self, port: u32) -> Result<()> {
+        let msg = LinkBridgePort::new(port).hairpin(true).build();
+        // Port (slave) settings are only read from RTM_NEWLINK, never from RTM_SETLINK.
+        let msg = RouteNetlinkMessage::NewLink(msg);
+        self.change("set hairpin", &format!("bridge port #{port}"), msg, 0, &[])
             .await
     }
 

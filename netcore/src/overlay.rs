@@ -6,7 +6,17 @@
 //! underlay address is, exactly as Docker does. Remote endpoints are programmed statically
 //! (permanent ARP entry plus FDB entry to the remote VTEP) and reconciled: entries for peers
 //! that went away are deleted, so stale ARP/FDB state never lingers (moby#50232).
+//!
+//! The sandbox also balances the network's service VIPs, once per node and network where
+//! Docker programs every VIP into every task's namespace (what makes thousands of services
+//! slow, moby#30820): each VIP is a /32 on the bridge, so a task's ARP for it is answered by
+//! the sandbox, whose load balancer rewrites the destination to a backend. The backend's
+//! reply crosses the bridge on its way back to the task, and br_netfilter runs bridged
+//! packets through the sandbox's conntrack, which restores the VIP as their source. The
+//! client's own address reaches the backend unchanged. A task balanced onto itself is
+//! masqueraded by the load balancer and sent back through its bridge port (hairpin).
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -27,6 +37,10 @@ pub enum OverlayError {
     Namespace(#[from] NetNsError),
     #[error("overlay network {network}: {problem}")]
     InvalidSpec { network: String, problem: String },
+    #[error(
+        "bridged packets cannot reach conntrack in the network sandbox ({0}): VIP load balancing needs br_netfilter (modprobe br_netfilter)"
+    )]
+    NoBridgeNetfilter(String),
     #[error("endpoint {ifname}: {problem}")]
     InvalidEndpoint { ifname: String, problem: String },
 }
@@ -134,12 +148,66 @@ pub async fn ensure(
     sb.set_up_by_name("lo").await?;
 
     let bridge = ensure_bridge(&sb, spec).await?;
+    balance_in(&sandbox, &bridge_name(spec))?;
     let vx = ensure_vxlan(node, &sandbox, &sb, local_vtep, spec).await?;
     sb.set_mtu(vx, spec.mtu).await?;
     sb.set_master(vx, bridge).await?;
     sb.set_up(vx).await?;
     reconcile_peers(&sb, vx, &spec.peers).await?;
     Ok(sandbox)
+}
+
+/// What the sandbox needs to balance VIPs: forwarding, bridged packets through conntrack
+/// (the replies' way back to the VIP), and no ICMP redirects for the hairpin.
+fn balance_in(sandbox: &NetNs, bridge: &str) -> Result<(), OverlayError> {
+    let sysctls = [
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv4/conf/all/send_redirects", "0"),
+        (
+            &format!("net/ipv4/conf/{bridge}/send_redirects") as &str,
+            "0",
+        ),
+    ];
+    for (key, value) in sysctls {
+        sandbox.set_sysctl(key, value)?;
+    }
+    sandbox
+        .set_sysctl("net/bridge/bridge-nf-call-iptables", "1")
+        .map_err(|e| OverlayError::NoBridgeNetfilter(e.to_string()))?;
+    Ok(())
+}
+
+/// Makes the bridge's service addresses (its /32s) exactly `vips`. `known` is what an
+/// earlier call left there; without it the bridge is read. Only differences are written.
+pub async fn reconcile_vips(
+    sandbox: &NetNs,
+    spec: &OverlaySpec,
+    known: Option<&BTreeSet<Ipv4Addr>>,
+    vips: &BTreeSet<Ipv4Addr>,
+) -> Result<(), OverlayError> {
+    let sb = Links::new(sandbox)?;
+    let bridge = sb.require(&bridge_name(spec)).await?;
+    let listed;
+    let present = match known {
+        Some(k) => k,
+        None => {
+            listed = sb
+                .addresses(bridge)
+                .await?
+                .into_iter()
+                .filter(|a| a.prefix_len() == 32)
+                .map(|a| a.addr())
+                .collect::<BTreeSet<_>>();
+            &listed
+        }
+    };
+    for gone in present.difference(vips) {
+        sb.del_addr(bridge, Ipv4Net::from(*gone)).await?;
+    }
+    for new in vips.difference(present) {
+        sb.add_addr(bridge, Ipv4Net::from(*new)).await?;
+    }
+    Ok(())
 }
 
 async fn ensure_bridge(sb: &Links, spec: &OverlaySpec) -> Result<u32, OverlayError> {
@@ -277,6 +345,7 @@ pub async fn attach(
     let bridge = sb.require(&bridge_name(spec)).await?;
     let outer_index = sb.require(&outer).await?;
     sb.set_master(outer_index, bridge).await?;
+    sb.set_hairpin(outer_index).await?;
     sb.set_up(outer_index).await?;
 
     let index = inside.require(&ep.ifname).await?;

@@ -355,7 +355,7 @@ async fn follow(
     let mut node = start_node.to_string();
     // A connection crosses at most node -> sandbox -> node -> sandbox -> task (the mesh
     // balanced by the node's own IPVS), node -> sandbox -> task (in the sandbox), or task ->
-    // task (VIP).
+    // network sandbox -> task (VIP).
     for _ in 0..6 {
         let here = place_label(topo, &place);
         let entries = match kernel::conntrack(cluster, &place, "tcp", &want).await {
@@ -459,6 +459,23 @@ async fn follow(
                 node = task.node.clone();
                 want = onward;
             }
+            // A task's VIP is answered by its network's sandbox on the same node, whose
+            // load balancer picks the backend.
+            None if matches!(place, Place::Task(_)) && vip_network(topo, &next.0).is_some() => {
+                let network = vip_network(topo, &next.0).expect("matched");
+                hops.push(Hop {
+                    place: here,
+                    what: format!(
+                        "to VIP {}:{}, answered by the {} network's sandbox on {node}",
+                        next.0, next.1, network.name
+                    ),
+                    evidence,
+                    anchors: lb_anchor(topo, &place, &node),
+                });
+                let short = &network.id[..10.min(network.id.len())];
+                place = Place::Sandbox(node.clone(), format!("1-{short}"));
+                want = onward;
+            }
             None if e.dnat() && matches!(place, Place::Node(_)) => {
                 hops.push(Hop {
                     place: here,
@@ -503,6 +520,16 @@ async fn follow(
         }
     }
     Ok(None)
+}
+
+/// The network on which `addr` is a service's VIP.
+fn vip_network<'a>(topo: &'a Topology, addr: &str) -> Option<&'a crate::graph::model::GNetwork> {
+    let on = topo
+        .services
+        .iter()
+        .flat_map(|s| &s.vips)
+        .find(|v| v.addr == addr)?;
+    topo.networks.iter().find(|n| n.name == on.network)
 }
 
 fn lb_anchor(topo: &Topology, place: &Place, node: &str) -> Vec<Anchor> {

@@ -1,10 +1,11 @@
 //! The node-level parts of a plan: overlay sandboxes, the ingress sandbox with the routing
 //! mesh, and the per-task load-balancer and DNS contents derived from the plan's services.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use ipnet::Ipv4Net;
 use netcore::dns::{Answer, View};
 use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort, RouterAddrs, SandboxRouter};
@@ -32,6 +33,10 @@ const GW_HAIRPIN: Ipv4Addr = Ipv4Addr::new(172, 18, 255, 254);
 struct Sandbox {
     ns: NetNs,
     spec: OverlaySpec,
+    /// Balances the network's VIPs for every local task on it (see netcore::overlay).
+    lb: Box<dyn LoadBalancer>,
+    /// The VIPs on the bridge, once set (None: read the bridge first).
+    vips: Option<BTreeSet<Ipv4Addr>>,
 }
 
 struct Ingress {
@@ -187,7 +192,64 @@ impl Dataplane {
             }
             let name = self.paths.sandbox_ns(&self.hostname, &n.id);
             let ns = overlay::ensure(&self.node, &name, self.vtep, &spec).await?;
-            self.sandboxes.insert(n.id.clone(), Sandbox { ns, spec });
+            let lb = lb::new(self.driver, ns.clone());
+            self.sandboxes.insert(
+                n.id.clone(),
+                Sandbox {
+                    ns,
+                    spec,
+                    lb,
+                    vips: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Balances each network's VIPs in its sandbox: once per network and change, however
+    /// many local tasks use it. `touched` (from `changed_networks`) skips networks whose
+    /// services did not change; None re-applies all.
+    pub async fn apply_vips(
+        &mut self,
+        plan: &NodePlan,
+        touched: Option<&HashSet<String>>,
+    ) -> anyhow::Result<()> {
+        let ingress = plan.ingress.as_ref().map(|i| i.network_id.as_str());
+        for (id, sb) in self.sandboxes.iter_mut() {
+            if Some(id.as_str()) == ingress
+                || (sb.vips.is_some() && touched.is_some_and(|t| !t.contains(id)))
+            {
+                continue;
+            }
+            let services = network_services(plan, id);
+            let vips: BTreeSet<Ipv4Addr> = services
+                .iter()
+                .filter_map(|s| match s.frontend {
+                    Frontend::Vip(ip) => Some(ip),
+                    Frontend::Port { .. } => None,
+                })
+                .collect();
+            // A VIP the bridge answers for has its rules already; one it stops answering
+            // for loses them after.
+            let kept = sb
+                .vips
+                .as_ref()
+                .map(|v| v.intersection(&vips).copied().collect());
+            overlay::reconcile_vips(
+                &sb.ns,
+                &sb.spec,
+                sb.vips.as_ref(),
+                kept.as_ref().unwrap_or(&vips),
+            )
+            .await
+            .with_context(|| format!("VIP addresses of network {id}"))?;
+            sb.vips = kept;
+            tokio::task::block_in_place(|| sb.lb.apply(&services))
+                .with_context(|| format!("load balancing on network {id}"))?;
+            overlay::reconcile_vips(&sb.ns, &sb.spec, sb.vips.as_ref(), &vips)
+                .await
+                .with_context(|| format!("VIP addresses of network {id}"))?;
+            sb.vips = Some(vips);
         }
         Ok(())
     }
@@ -373,22 +435,19 @@ pub fn task_networks<'a>(plan: &NodePlan, task: &'a TaskPlan) -> Vec<&'a str> {
         .collect()
 }
 
-/// The VIPs a task can reach: every VIP-mode service on a network the task is on.
-pub fn task_services(plan: &NodePlan, task: &TaskPlan) -> Vec<VirtualService> {
-    let nets = task_networks(plan, task);
-    let mut out = Vec::new();
-    for s in &plan.services {
-        for net in &nets {
-            if let Some((vip, fwmark)) = s.vips.get(*net) {
-                out.push(VirtualService {
-                    fwmark: *fwmark,
-                    frontend: Frontend::Vip(*vip),
-                    backends: s.backends.get(*net).cloned().unwrap_or_default(),
-                });
-            }
-        }
-    }
-    out
+/// The VIPs a network's sandbox balances: every VIP-mode service on the network.
+pub fn network_services(plan: &NodePlan, network_id: &str) -> Vec<VirtualService> {
+    plan.services
+        .iter()
+        .filter_map(|s| {
+            let (vip, fwmark) = s.vips.get(network_id)?;
+            Some(VirtualService {
+                fwmark: *fwmark,
+                frontend: Frontend::Vip(*vip),
+                backends: s.backends.get(network_id).cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// What the task resolves through 127.0.0.11: service names to VIPs (or task IPs in dnsrr

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use netcore::dns::{Resolver, ServeHandle};
-use netcore::lb::{self, Driver, LoadBalancer};
+use netcore::lb;
 use netcore::netns::NetNs;
 use tokio::sync::{mpsc, watch};
 
@@ -57,7 +57,6 @@ struct RunningTask {
     ns: NetNs,
     pid: Option<u32>,
     dns: Option<ServeHandle>,
-    lb: Box<dyn LoadBalancer>,
     state: TaskState,
     stopping: bool,
     /// Started by an earlier agent: not our child, so its exit status is unknown.
@@ -68,7 +67,6 @@ pub struct Agent {
     paths: ClusterPaths,
     client: ManagerClient,
     node: NetNs,
-    driver: Driver,
     host_ports: netcore::hostport::HostPorts,
     resolver: std::sync::Arc<Resolver>,
     dataplane: dataplane::Dataplane,
@@ -204,7 +202,6 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         ),
         paths,
         node,
-        driver,
         resolver: Resolver::new(),
         tasks: HashMap::new(),
         reports: BTreeMap::new(),
@@ -435,10 +432,9 @@ impl Agent {
     fn cleanup(&mut self, t: RunningTask) {
         self.resolver.remove(&t.plan.id);
         adopt::forget(&self.paths.task_dir(&t.plan.id));
-        let RunningTask { ns, dns, lb, .. } = t;
+        let RunningTask { ns, dns, .. } = t;
         // Sockets and handles keep a namespace alive: release them before its name.
         drop(dns);
-        drop(lb);
         let name = ns.name().to_string();
         drop(ns);
         if let Err(e) = NetNs::delete(&name) {
@@ -507,7 +503,6 @@ impl Agent {
                 ns: ns.clone(),
                 pid: Some(rec.pid),
                 dns: Some(dns),
-                lb: lb::new(self.driver, ns.clone()),
                 state: TaskState::Starting,
                 stopping: false,
                 adopted: true,
@@ -608,13 +603,14 @@ impl Agent {
             }
         }
         let touched = prev.map(|p| dataplane::changed_networks(p, plan));
+        self.dataplane.apply_vips(plan, touched.as_ref()).await?;
         let prev_tasks: HashSet<&str> = prev
             .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
             .unwrap_or_default();
-        // Tasks on the same networks see the same services and names: each set is computed
-        // once per apply (not once per task), and its DNS view is shared.
-        let mut by_nets: HashMap<Vec<String>, Vec<&mut RunningTask>> = HashMap::new();
-        for t in self.tasks.values_mut().filter(|t| !t.stopping) {
+        // Tasks on the same networks see the same names: each view is computed once per
+        // apply (not once per task), and shared.
+        let mut by_nets: HashMap<Vec<String>, Vec<&RunningTask>> = HashMap::new();
+        for t in self.tasks.values().filter(|t| !t.stopping) {
             if let Some(nets) = &touched
                 && prev_tasks.contains(t.plan.id.as_str())
                 && !t
@@ -631,13 +627,8 @@ impl Agent {
                 .collect();
             by_nets.entry(key).or_default().push(t);
         }
-        for mut tasks in by_nets.into_values() {
-            let services = dataplane::task_services(plan, &tasks[0].plan);
+        for tasks in by_nets.into_values() {
             let view = dataplane::task_view(plan, &tasks[0].plan);
-            for t in tasks.iter_mut() {
-                tokio::task::block_in_place(|| t.lb.apply(&services))
-                    .with_context(|| format!("load balancing for {}", t.plan.name))?;
-            }
             let ids: Vec<&str> = tasks.iter().map(|t| t.plan.id.as_str()).collect();
             self.resolver.set_shared_view(&ids, view);
         }
@@ -701,7 +692,8 @@ impl Agent {
             Some(i)
         };
         let dns = self.resolver.serve_in(&t.id, &ns)?;
-        let lb = lb::new(self.driver, ns.clone());
+        tokio::task::block_in_place(|| lb::track_connections(&ns))
+            .context("connection tracking in the task's namespace")?;
         let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
             (Some(b), true) => vec![
                 std::env::current_exe()?.to_string_lossy().into_owned(),
@@ -747,7 +739,6 @@ impl Agent {
                 ns: ns.clone(),
                 pid,
                 dns: Some(dns),
-                lb,
                 state: TaskState::Starting,
                 stopping: false,
                 adopted: false,

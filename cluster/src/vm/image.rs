@@ -30,6 +30,9 @@ const INITTAB: &str = include_str!("guest/inittab");
 pub const MODULES: &[&str] = &[
     "veth",
     "bridge",
+    // Bridged replies from a VIP's backend pass the network sandbox's conntrack, which
+    // restores the VIP as their source (netcore::overlay).
+    "br_netfilter",
     "vxlan",
     "nf_conntrack",
     "nf_nat",

@@ -8,8 +8,11 @@
 //!   map port_marks { inet_proto . inet_service : mark }  tcp . 80  -> fwmark
 //!   set masq_marks { mark }                              fwmarks of Port frontends
 //!   chain output      route/output      meta l4proto {tcp,udp} meta mark set ip daddr map @vip_marks
-//!   chain prerouting  filter/prerouting fib daddr type local meta mark set meta l4proto . th dport map @port_marks
+//!   set hairpin    { ipv4_addr . ipv4_addr }             VIP backends as b . b
+//!   chain prerouting  filter/prerouting meta l4proto {tcp,udp} meta mark set ip daddr map @vip_marks
+//!                                       fib daddr type local meta mark set meta l4proto . th dport map @port_marks
 //!   chain postrouting nat/postrouting   meta mark @masq_marks masquerade
+//!                                       ip saddr . ip daddr @hairpin masquerade
 //! ```
 //!
 //! IPVS has no transactions: the requests of one apply go out in one write and are handled in
@@ -30,7 +33,7 @@ use super::nftbatch::{
     proto_port, s, set_ref,
 };
 use super::{
-    Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
+    Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark, hairpin,
     has_port_frontend, validate,
 };
 use crate::netns::NetNs;
@@ -146,6 +149,7 @@ impl IpvsLb {
                 add_marks(&mut nft, n);
             }
         }
+        hairpin::diff(&mut nft, old, &new);
         Ok(IpvsPlan { ipvs, nft })
     }
 
@@ -196,8 +200,7 @@ fn create_skeleton(b: &mut NftBatch) {
     };
     // A route chain, so the kernel re-routes locally generated packets after the mark changes.
     b.add_base_chain("output", NfChainType::Route, NfHook::Output, PRIO_MANGLE);
-    b.add_rule(
-        "output",
+    let to_vip = || {
         vec![
             eq(
                 meta(MetaKey::L4proto),
@@ -207,14 +210,17 @@ fn create_skeleton(b: &mut NftBatch) {
                 ])),
             ),
             set_mark(map_lookup(payload("ip", "daddr"), VIP_MARKS)),
-        ],
-    );
+        ]
+    };
+    b.add_rule("output", to_vip());
     b.add_base_chain(
         "prerouting",
         NfChainType::Filter,
         NfHook::Prerouting,
         PRIO_MANGLE,
     );
+    // Tasks' traffic to the VIPs a network sandbox answers for on its bridge.
+    b.add_rule("prerouting", to_vip());
     b.add_rule(
         "prerouting",
         // Only traffic addressed to this namespace: a node balancing its own mesh also
@@ -232,6 +238,7 @@ fn create_skeleton(b: &mut NftBatch) {
             Statement::Masquerade(None),
         ],
     );
+    hairpin::skeleton(b);
 }
 
 fn map_lookup(key: Expression<'static>, map: &str) -> Expression<'static> {
@@ -364,7 +371,8 @@ mod tests {
                 },
             ]
         );
-        assert!(plan.nft.is_empty());
+        // Marks are untouched; only the hairpin pairs follow the backends.
+        assert_eq!(plan.nft.len(), 2);
     }
 
     #[test]
@@ -375,6 +383,7 @@ mod tests {
         assert!(same.ipvs.is_empty() && same.nft.is_empty());
         let gone = lb.plan(&[]).unwrap();
         assert_eq!(gone.ipvs, vec![IpvsRequest::DelService { fwmark: 256 }]);
-        assert_eq!(gone.nft.len(), 1);
+        // The VIP's mark, then its backend's hairpin pair.
+        assert_eq!(gone.nft.len(), 2);
     }
 }

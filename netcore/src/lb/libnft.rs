@@ -58,6 +58,18 @@ fn lib() -> Option<&'static Lib> {
 /// serialised; each takes well under a millisecond.
 static CALLS: Mutex<()> = Mutex::new(());
 
+/// libnftables waits on its netlink socket with select(2), and glibc aborts the whole process
+/// when select is handed a descriptor >= FD_SETSIZE (1024). The socket is opened by
+/// `nft_ctx_new` on the lowest free descriptor, so a context is only opened while that is
+/// well below the limit (an agent with a thousand tasks holds several thousand descriptors);
+/// otherwise callers spawn nft, which starts with a fresh descriptor table.
+const LOW_FDS: std::os::fd::RawFd = 1000;
+
+fn low_descriptor_free() -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::File::open("/dev/null").is_ok_and(|f| f.as_raw_fd() < LOW_FDS)
+}
+
 /// A namespace's context, opened on first use: not tried yet, unavailable, or open.
 #[derive(Default)]
 pub struct Slot(Option<Option<Context>>);
@@ -94,6 +106,9 @@ impl Context {
     pub fn open_in(ns: &NetNs) -> Option<Context> {
         let lib = lib()?;
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
+        if !low_descriptor_free() {
+            return None;
+        }
         let ptr = ns
             .run(|| {
                 // SAFETY: plain constructor; flags 0 = NFT_CTX_DEFAULT (opens the socket).

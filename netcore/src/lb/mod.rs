@@ -78,9 +78,10 @@ impl FromStr for Driver {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frontend {
-    /// Container -> VIP: any TCP/UDP traffic generated in this namespace (OUTPUT) to the VIP,
-    /// DNAT to a backend keeping the port. The namespace needs a route covering the VIP (any
-    /// route will do: the kernel re-routes after DNAT), or the connect fails before NAT runs.
+    /// Task -> VIP: TCP/UDP traffic to the VIP, made in this namespace (OUTPUT) or arriving
+    /// in it (PREROUTING: a network sandbox that answers for the VIP on its bridge), DNAT to
+    /// a backend keeping the port. A backend that is the client itself is masqueraded
+    /// (hairpin).
     Vip(Ipv4Addr),
     /// Routing mesh inside an ingress sandbox: traffic arriving (PREROUTING) on proto/port goes
     /// to backend:target, and is SNATed (masquerade) to the sandbox's own address on the way
@@ -172,6 +173,21 @@ pub trait LoadBalancer: Send {
     fn last_apply_commands(&self) -> usize;
 }
 
+/// Turns on connection tracking in a task's namespace, which the kernel only does for a
+/// namespace whose rules use it. Nothing is filtered: the entries are what `swarmkit trace`
+/// reads to show where a connection began and which task accepted it.
+pub fn track_connections(ns: &NetNs) -> Result<(), LbError> {
+    nftbatch::apply_nft_once(
+        ns,
+        "table ip swarmkit-conntrack {\n\
+         \tchain track {\n\
+         \t\ttype filter hook prerouting priority -300; policy accept;\n\
+         \t\tct state established,related accept\n\
+         \t}\n\
+         }\n",
+    )
+}
+
 /// IPVS if the kernel has it (generic netlink family "IPVS" resolves), else Nftables.
 pub fn probe() -> Driver {
     match genl::GenlSocket::open().and_then(|mut s| s.resolve_family(ipvs_msg::IPVS_GENL_NAME)) {
@@ -216,6 +232,64 @@ pub(crate) type ServiceMap = std::collections::BTreeMap<u32, VirtualService>;
 
 pub(crate) fn by_mark(desired: &[VirtualService]) -> ServiceMap {
     desired.iter().map(|s| (s.fwmark, s.clone())).collect()
+}
+
+/// A VIP balanced in a network sandbox may pick the very task that connected. The packet
+/// must then go back out the task's own bridge port (hairpin) with another source, or the
+/// task would see a SYN from itself and drop it. Both drivers keep the set of VIP backends
+/// as `source . destination` pairs and masquerade a packet that matches one.
+pub(crate) mod hairpin {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
+    use nftables::schema::{SetType, SetTypeValue};
+    use nftables::stmt::Statement;
+
+    use super::nftbatch::{NftBatch, concat, eq, ip, payload, set_ref};
+    use super::{Frontend, ServiceMap};
+
+    const SET: &str = "hairpin";
+
+    /// The set, and its rule in the table's `postrouting` nat chain (which must exist).
+    pub fn skeleton(b: &mut NftBatch) {
+        b.add_set(
+            SET,
+            SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::Ipv4Addr].into()),
+        );
+        b.add_rule(
+            "postrouting",
+            vec![
+                eq(
+                    concat(vec![payload("ip", "saddr"), payload("ip", "daddr")]),
+                    set_ref(SET),
+                ),
+                Statement::Masquerade(None),
+            ],
+        );
+    }
+
+    fn backends(services: &ServiceMap) -> BTreeSet<Ipv4Addr> {
+        services
+            .values()
+            .filter(|s| matches!(s.frontend, Frontend::Vip(_)))
+            .flat_map(|s| s.backends.iter().copied())
+            .collect()
+    }
+
+    fn pair(addr: Ipv4Addr) -> nftables::expr::Expression<'static> {
+        concat(vec![ip(addr), ip(addr)])
+    }
+
+    /// Elements for backends that left first, then for those that came.
+    pub fn diff(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
+        let (before, after) = (backends(old), backends(new));
+        for gone in before.difference(&after) {
+            b.delete_element(SET, pair(*gone));
+        }
+        for came in after.difference(&before) {
+            b.add_element(SET, pair(*came));
+        }
+    }
 }
 
 pub(crate) fn has_port_frontend(desired: &[VirtualService]) -> bool {

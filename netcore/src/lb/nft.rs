@@ -4,9 +4,12 @@
 //! map vips  { ipv4_addr : verdict }                    VIP        -> goto svc-<fwmark>
 //! map ports { inet_proto . inet_service : verdict }    tcp . 80   -> goto svc-<fwmark>
 //! set masq_tcp, masq_udp { inet_service }              published ports to masquerade
+//! set hairpin { ipv4_addr . ipv4_addr }                VIP backends as b . b
 //! chain output      nat/output      meta l4proto {tcp,udp} ip daddr vmap @vips
-//! chain prerouting  nat/prerouting  meta l4proto . th dport vmap @ports
+//! chain prerouting  nat/prerouting  meta l4proto {tcp,udp} ip daddr vmap @vips
+//!                                   meta l4proto . th dport vmap @ports
 //! chain postrouting nat/postrouting ct status dnat, l4proto P, ct original proto-dst @masq_P: masquerade
+//!                                   ip saddr . ip daddr @hairpin masquerade
 //! chain svc-<fwmark>  dnat to numgen inc mod N map { 0 : b0, 1 : b1, ... } [: target]
 //!                     (no backends: reject with tcp reset / icmp port-unreachable)
 //! ```
@@ -25,7 +28,7 @@ use super::nftbatch::{
 };
 use super::{
     Driver, Frontend, LbError, LoadBalancer, Protocol, ServiceMap, VirtualService, by_mark,
-    has_port_frontend, validate,
+    hairpin, has_port_frontend, validate,
 };
 use crate::netns::NetNs;
 
@@ -78,6 +81,7 @@ impl NftLb {
             }
         };
         diff(&mut b, old, &new);
+        hairpin::diff(&mut b, old, &new);
         Ok(b)
     }
 }
@@ -92,9 +96,7 @@ fn create_skeleton(b: &mut NftBatch) {
     for proto in [Protocol::Tcp, Protocol::Udp] {
         b.add_set(masq_set(proto), SetTypeValue::Single(SetType::InetService));
     }
-    b.add_nat_chain("output", NfHook::Output);
-    b.add_rule(
-        "output",
+    let to_vip = || {
         vec![
             eq(
                 meta(MetaKey::L4proto),
@@ -107,9 +109,12 @@ fn create_skeleton(b: &mut NftBatch) {
                 key: payload("ip", "daddr"),
                 data: set_ref(VIPS),
             }),
-        ],
-    );
+        ]
+    };
+    b.add_nat_chain("output", NfHook::Output);
+    b.add_rule("output", to_vip());
     b.add_nat_chain("prerouting", NfHook::Prerouting);
+    b.add_rule("prerouting", to_vip());
     b.add_rule(
         "prerouting",
         vec![Statement::VerdictMap(VerdictMap {
@@ -139,6 +144,7 @@ fn create_skeleton(b: &mut NftBatch) {
             ],
         );
     }
+    hairpin::skeleton(b);
 }
 
 fn ct(key: &'static str, dir: Option<nftables::expr::CTDir>) -> nftables::expr::CT<'static> {
@@ -369,12 +375,16 @@ mod tests {
         more.push(svc(1000, [10, 2, 0, 1], &[[10, 0, 0, 3]]));
         assert_eq!(
             ops(&lb.plan(&more).unwrap()),
-            ["add chain", "add rule", "add element"]
+            // The dispatch element, and the new backend's hairpin pair.
+            ["add chain", "add rule", "add element", "add element"]
         );
 
         let mut scaled = base.clone();
         scaled[5].backends.push([10, 0, 0, 9].into());
-        assert_eq!(ops(&lb.plan(&scaled).unwrap()), ["flush chain", "add rule"]);
+        assert_eq!(
+            ops(&lb.plan(&scaled).unwrap()),
+            ["flush chain", "add rule", "add element"]
+        );
 
         let fewer = &base[1..];
         assert_eq!(

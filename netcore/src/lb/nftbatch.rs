@@ -205,6 +205,18 @@ impl NftBatch {
     }
 }
 
+/// As [`apply_nft`], for a namespace that is written once: no context is kept for it (one
+/// per task would cost a descriptor and a ruleset cache each).
+pub fn apply_nft_once(ns: &NetNs, commands: &str) -> Result<(), LbError> {
+    if let Some(mut ctx) = super::libnft::Context::open_in(ns) {
+        return ctx.run(commands).map_err(|stderr| LbError::NftFailed {
+            ns: ns.name().to_string(),
+            stderr,
+        });
+    }
+    run_nft(ns, &["-f", "-"], Some(commands.as_bytes())).map(|_| ())
+}
+
 /// Applies `commands` (a JSON batch, or nft syntax as `nft -f` reads it) in `ns` as one
 /// transaction: in-process through libnftables when it is installed, else with the binary.
 pub fn apply_nft(ns: &NetNs, commands: &str) -> Result<(), LbError> {
