@@ -446,3 +446,112 @@ fn service_update_replaces_tasks_and_reprograms_backends() {
     );
     assert_round_robin(&curls(&c, "node2", "localhost:9200", 6), 3, "after update");
 }
+
+/// A VIP is balanced in its network's sandbox, once per node: the tasks hold no load-balancer
+/// rules of their own, backends see the client's own address, and a task balanced onto itself
+/// is answered too (hairpin through its bridge port).
+#[test]
+fn vips_are_balanced_in_the_network_sandbox_keeping_the_client_address() {
+    require_root!();
+    let c = Cluster::up("vipsbox", 2);
+    c.sk(&["network", "create", "--driver", "overlay", "app"])
+        .ok();
+    for (name, replicas) in [("web", "2"), ("client", "1")] {
+        c.sk(&[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--network",
+            "app",
+            "--replicas",
+            replicas,
+            "whoami",
+        ])
+        .ok();
+    }
+    let strip = |a: &str| a.split('/').next().unwrap_or_default().to_string();
+    let client = &c.api_tasks("client")[0];
+    let client_addr = strip(
+        client["NetworksAttachments"][0]["Addresses"][0]
+            .as_str()
+            .expect("the client's address"),
+    );
+    let web = c.api("/services/web");
+    let vip = strip(
+        web["Endpoint"]["VirtualIPs"]
+            .as_array()
+            .expect("VIPs")
+            .iter()
+            .find_map(|v| v["Addr"].as_str())
+            .expect("web's VIP"),
+    );
+    let network_id = web["Endpoint"]["VirtualIPs"][0]["NetworkID"]
+        .as_str()
+        .expect("network ID")
+        .to_string();
+
+    let answers = |task: &str| {
+        let out = c
+            .task(
+                task,
+                "for i in 1 2 3 4; do curl -s --max-time 5 http://web/ || echo FAILED; done",
+            )
+            .ok()
+            .stdout;
+        assert!(!out.contains("FAILED"), "{task} -> web:\n{out}");
+        out
+    };
+    let field = |out: &str, key: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let out = answers("client.1");
+    let hosts: BTreeSet<String> = field(&out, "Hostname:").into_iter().collect();
+    assert_eq!(hosts.len(), 2, "both replicas answer:\n{out}");
+    for remote in field(&out, "RemoteAddr:") {
+        assert_eq!(
+            remote.rsplit_once(':').map(|(h, _)| h),
+            Some(client_addr.as_str()),
+            "the backend sees the client's own address:\n{out}"
+        );
+    }
+    // web.1 reaching its own service is balanced onto itself every other time.
+    let own = answers("web.1");
+    let hosts: BTreeSet<String> = field(&own, "Hostname:").into_iter().collect();
+    assert_eq!(
+        hosts.len(),
+        2,
+        "web.1 reaches both replicas, itself too:\n{own}"
+    );
+
+    let tables = c.task("client.1", "nft list tables").ok().stdout;
+    assert_eq!(
+        tables.trim(),
+        "table ip swarmkit-conntrack",
+        "a task holds no load balancer"
+    );
+    let short = &network_id[..10];
+    for node in ["node1", "node2"] {
+        let addrs = c
+            .sk(&[
+                "node",
+                "exec",
+                "--netns",
+                &format!("1-{short}"),
+                node,
+                "--",
+                "ip",
+                "-br",
+                "addr",
+            ])
+            .ok()
+            .stdout;
+        assert!(
+            addrs.contains(&format!("{vip}/32")),
+            "{node}'s sandbox answers for the VIP {vip}:\n{addrs}"
+        );
+    }
+}
