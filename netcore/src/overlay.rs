@@ -292,6 +292,48 @@ async fn reconcile_peers(sb: &Links, vx: u32, peers: &[Peer]) -> Result<(), Over
     Ok(())
 }
 
+/// Moves an existing sandbox from `old` to `new`, which differ only in their peers, writing
+/// only the entries of peers that left, came or moved: a task starting elsewhere on the
+/// network costs one entry here, not a listing of every endpoint.
+pub async fn update_peers(
+    sandbox: &NetNs,
+    old: &OverlaySpec,
+    new: &OverlaySpec,
+) -> Result<(), OverlayError> {
+    let sb = Links::new(sandbox)?;
+    let vx = sb.require(&vxlan_name(new)).await?;
+    let before: std::collections::HashMap<Ipv4Addr, &Peer> =
+        old.peers.iter().map(|p| (p.ip, p)).collect();
+    let after: std::collections::HashMap<Ipv4Addr, &Peer> =
+        new.peers.iter().map(|p| (p.ip, p)).collect();
+    for (ip, p) in &before {
+        if !after.contains_key(ip) {
+            sb.del_neigh(vx, *ip).await?;
+            sb.del_fdb(vx, p.mac).await?;
+        }
+    }
+    for (ip, p) in &after {
+        if before.get(ip) != Some(p) {
+            sb.add_neigh_permanent(vx, p.ip, p.mac).await?;
+            sb.add_fdb_self(vx, p.mac, p.vtep).await?;
+        }
+    }
+    Ok(())
+}
+
+impl OverlaySpec {
+    /// Whether `other` is this spec with other peers (see `update_peers`).
+    pub fn differs_only_in_peers(&self, other: &OverlaySpec) -> bool {
+        OverlaySpec {
+            peers: Vec::new(),
+            ..self.clone()
+        } == OverlaySpec {
+            peers: Vec::new(),
+            ..other.clone()
+        }
+    }
+}
+
 /// Deletes the sandbox. Its devices are deleted explicitly first: a namespace only dies when
 /// its last reference goes, and until then its vxlan device would keep the VNI's UDP binding
 /// in the node namespace and block re-creating the network. Idempotent.

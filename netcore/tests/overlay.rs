@@ -276,6 +276,22 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
     cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP after peer restored");
 
+    // The same through the incremental path the agent takes when only peers change.
+    assert!(s0.differs_only_in_peers(&lonely));
+    overlay::update_peers(&sandboxes[0], &s0, &lonely)
+        .await
+        .unwrap();
+    assert!(l.neighbours(vx_index).await.unwrap().is_empty());
+    assert!(l.fdb(vx_index).await.unwrap().is_empty());
+    overlay::update_peers(&sandboxes[0], &lonely, &s0)
+        .await
+        .unwrap();
+    assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
+    cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP after update_peers restored it");
+    let mut moved_mtu = s0.clone();
+    moved_mtu.mtu = 1400;
+    assert!(!s0.differs_only_in_peers(&moved_mtu));
+
     // Detach and remove are idempotent, and the VNI can be created again afterwards.
     overlay::detach(&tasks[0], "eth0").await.unwrap();
     overlay::detach(&tasks[0], "eth0").await.unwrap();

@@ -187,21 +187,35 @@ impl Dataplane {
         let port = data_port(plan);
         for n in &plan.networks {
             let spec = spec_of(n, port);
-            if self.sandboxes.get(&n.id).is_some_and(|s| s.spec == spec) {
-                continue;
+            if let Some(sb) = self.sandboxes.get_mut(&n.id) {
+                if sb.spec == spec {
+                    continue;
+                }
+                // The common change: a task started or ended elsewhere on the network.
+                if sb.spec.differs_only_in_peers(&spec) {
+                    overlay::update_peers(&sb.ns, &sb.spec, &spec).await?;
+                    sb.spec = spec;
+                    continue;
+                }
             }
             let name = self.paths.sandbox_ns(&self.hostname, &n.id);
             let ns = overlay::ensure(&self.node, &name, self.vtep, &spec).await?;
-            let lb = lb::new(self.driver, ns.clone());
-            self.sandboxes.insert(
-                n.id.clone(),
-                Sandbox {
-                    ns,
-                    spec,
-                    lb,
-                    vips: None,
-                },
-            );
+            match self.sandboxes.get_mut(&n.id) {
+                // Same namespace: its load balancer and VIPs are still what it applied.
+                Some(sb) => sb.spec = spec,
+                None => {
+                    let lb = lb::new(self.driver, ns.clone());
+                    self.sandboxes.insert(
+                        n.id.clone(),
+                        Sandbox {
+                            ns,
+                            spec,
+                            lb,
+                            vips: None,
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }
