@@ -10,13 +10,22 @@
 //!                                   meta l4proto . th dport vmap @ports
 //! chain postrouting nat/postrouting ct status dnat, l4proto P, ct original proto-dst @masq_P: masquerade
 //!                                   ip saddr . ip daddr @hairpin masquerade
-//! chain svc-<fwmark>  dnat to numgen inc mod N map { 0 : b0, 1 : b1, ... } [: target]
+//! map backends { ipv4_addr . mark : ipv4_addr }        VIP . i    -> i-th backend
+//! chain svc-<fwmark>  VIP:  ct mark set numgen inc mod N dnat to ip daddr . ct mark map @backends
+//!                     port: dnat to numgen inc mod N map { 0 : b0, 1 : b1, ... } : target
 //!                     (no backends: reject with tcp reset / icmp port-unreachable)
 //! ```
 //!
-//! A service is one chain plus one dispatch element, so any change touches O(1) objects: a
-//! backend change flushes and refills the service's chain (removing a backend from the
-//! numgen map means no new connection can land on it), a frontend change swaps elements.
+//! A service is one chain plus one dispatch element (and its backends' elements), so any
+//! change touches O(1) objects: a backend change flushes and refills the service's chain
+//! (removing a backend from the rotation means no new connection can land on it), a frontend
+//! change swaps elements. VIP backends live in one named map rather than in an anonymous map
+//! per rule: libnftables lists every set before each batch, and a thousand anonymous maps made
+//! every change cost milliseconds more per thousand services. The round-robin index passes
+//! through the connection's ct mark (the packet's own mark could follow it into the VXLAN
+//! encapsulation, where IPsec policies match on marks).
+
+use std::net::Ipv4Addr;
 
 use nftables::expr::{Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
 use nftables::schema::{SetType, SetTypeValue};
@@ -24,7 +33,7 @@ use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
 use nftables::types::{NfHook, RejectCode};
 
 use super::nftbatch::{
-    self, NftBatch, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
+    self, NftBatch, concat, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
 };
 use super::{
     Driver, Frontend, LbError, LoadBalancer, Protocol, ServiceMap, VirtualService, by_mark,
@@ -34,6 +43,7 @@ use crate::netns::NetNs;
 
 pub const TABLE: &str = "swarmkit";
 const VIPS: &str = "vips";
+const BACKENDS: &str = "backends";
 const PORTS: &str = "ports";
 
 fn masq_set(proto: Protocol) -> &'static str {
@@ -89,6 +99,11 @@ impl NftLb {
 fn create_skeleton(b: &mut NftBatch) {
     b.recreate_table();
     b.add_verdict_map(VIPS, SetTypeValue::Single(SetType::Ipv4Addr));
+    b.add_map(
+        BACKENDS,
+        SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::Mark].into()),
+        SetType::Ipv4Addr,
+    );
     b.add_verdict_map(
         PORTS,
         SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
@@ -166,8 +181,9 @@ fn diff(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
             Some(_) => {}
         }
     }
-    for mark in old.keys().filter(|m| !new.contains_key(m)) {
+    for (mark, o) in old.iter().filter(|(m, _)| !new.contains_key(m)) {
         b.delete_chain(&service_chain(*mark));
+        remove_backends(b, o);
     }
     for (mark, n) in new {
         let chain = service_chain(*mark);
@@ -179,8 +195,9 @@ fn diff(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
             }
             Some(o) if o == n => {}
             Some(o) => {
-                if o.backends != n.backends || target(o) != target(n) {
+                if o.backends != n.backends || o.frontend != n.frontend {
                     b.flush_chain(&chain);
+                    remove_backends(b, o);
                     fill_chain(b, n);
                 }
                 if o.frontend != n.frontend {
@@ -221,6 +238,24 @@ fn remove_dispatch(b: &mut NftBatch, svc: &VirtualService) {
     }
 }
 
+/// A VIP's `backends` elements, keyed by the VIP and the backend's place in the rotation.
+fn backend_keys(svc: &VirtualService) -> Vec<(Expression<'static>, Ipv4Addr)> {
+    let Frontend::Vip(vip) = svc.frontend else {
+        return Vec::new();
+    };
+    svc.backends
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| (concat(vec![ip(vip), num(i as u32)]), *addr))
+        .collect()
+}
+
+fn remove_backends(b: &mut NftBatch, svc: &VirtualService) {
+    for (key, _) in backend_keys(svc) {
+        b.delete_element(BACKENDS, key);
+    }
+}
+
 /// The service's rules: round-robin DNAT over the backends, or an explicit reject so clients
 /// fail fast instead of waiting on a blackhole.
 fn fill_chain(b: &mut NftBatch, svc: &VirtualService) {
@@ -243,6 +278,40 @@ fn fill_chain(b: &mut NftBatch, svc: &VirtualService) {
         return;
     }
     let n = svc.backends.len() as u32;
+    let numgen = || {
+        Expression::Named(NamedExpression::Numgen(Numgen {
+            mode: NgMode::Inc,
+            ng_mod: n,
+            offset: None,
+        }))
+    };
+    if let Frontend::Vip(_) = svc.frontend {
+        for (key, addr) in backend_keys(svc) {
+            b.add_element(BACKENDS, mapping(key, ip(addr)));
+        }
+        let ct_mark = || Expression::Named(NamedExpression::CT(ct("mark", None)));
+        b.add_rule(
+            &chain,
+            vec![
+                Statement::Mangle(nftables::stmt::Mangle {
+                    key: ct_mark(),
+                    value: numgen(),
+                }),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(Expression::Named(NamedExpression::Map(Box::new(
+                        nftables::expr::Map {
+                            key: concat(vec![payload("ip", "daddr"), ct_mark()]),
+                            data: set_ref(BACKENDS),
+                        },
+                    )))),
+                    family: None,
+                    port: None,
+                    flags: None,
+                })),
+            ],
+        );
+        return;
+    }
     let table: Vec<SetItem<'static>> = svc
         .backends
         .iter()
@@ -250,11 +319,7 @@ fn fill_chain(b: &mut NftBatch, svc: &VirtualService) {
         .map(|(i, addr)| SetItem::Mapping(num(i as u32), ip(*addr)))
         .collect();
     let addr = Expression::Named(NamedExpression::Map(Box::new(nftables::expr::Map {
-        key: Expression::Named(NamedExpression::Numgen(Numgen {
-            mode: NgMode::Inc,
-            ng_mod: n,
-            offset: None,
-        })),
+        key: numgen(),
         data: Expression::Named(NamedExpression::Set(table)),
     })));
     let mut rule = Vec::new();
@@ -375,21 +440,36 @@ mod tests {
         more.push(svc(1000, [10, 2, 0, 1], &[[10, 0, 0, 3]]));
         assert_eq!(
             ops(&lb.plan(&more).unwrap()),
-            // The dispatch element, and the new backend's hairpin pair.
-            ["add chain", "add rule", "add element", "add element"]
+            // Its backend, rule and dispatch element, and the new backend's hairpin pair.
+            [
+                "add chain",
+                "add element",
+                "add rule",
+                "add element",
+                "add element"
+            ]
         );
 
         let mut scaled = base.clone();
         scaled[5].backends.push([10, 0, 0, 9].into());
         assert_eq!(
             ops(&lb.plan(&scaled).unwrap()),
-            ["flush chain", "add rule", "add element"]
+            // The rotation is rewritten whole: its old element, its two, the rule, and the
+            // new backend's hairpin pair.
+            [
+                "flush chain",
+                "delete element",
+                "add element",
+                "add element",
+                "add rule",
+                "add element"
+            ]
         );
 
         let fewer = &base[1..];
         assert_eq!(
             ops(&lb.plan(fewer).unwrap()),
-            ["delete element", "delete chain"]
+            ["delete element", "delete chain", "delete element"]
         );
     }
 
