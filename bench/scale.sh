@@ -164,7 +164,8 @@ bench_curve() {
   done
   local idle1 pss
   idle1=$(idle_cpu)
-  pss=$(pgrep -f "__image whoami" | head -20 | while read -r p; do
+  # awk reads all of pgrep's output: head would close the pipe early, and pipefail end the run.
+  pss=$(pgrep -f "__image whoami" | awk 'NR <= 20' | while read -r p; do
     awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null; done |
     awk '{s += $1; n++} END {if (n) printf "%.1f", s / n / 1024}')
   echo "idle CPU, manager + 3 agents over ${IDLE}s: ${idle0}% of a core at 0 services, ${idle1}% at $have (target < 1%)"

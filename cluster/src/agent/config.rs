@@ -18,6 +18,12 @@ pub enum AgentError {
         value: String,
         why: String,
     },
+    #[error(
+        "this kernel does not pass bridged packets to conntrack (no /proc/sys/net/bridge): \
+         VIPs are balanced in each network's sandbox, which needs br_netfilter; load it with \
+         `modprobe br_netfilter`"
+    )]
+    NoBridgeNetfilter,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

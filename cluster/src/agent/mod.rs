@@ -162,6 +162,10 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         _ => netcore::xfrm::Owner::namespace(),
     };
     let config::Config { vtep, driver, mesh } = config::Config::from_env()?;
+    // Refused at start, not at the first network: its sandbox could not balance VIPs.
+    if node.sysctl("net/bridge/bridge-nf-call-iptables").is_err() {
+        return Err(config::AgentError::NoBridgeNetfilter.into());
+    }
     let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
         Ok(addr) => ManagerClient::tcp(&addr),
         Err(_) => ManagerClient::new(&paths.manager_socket()),
