@@ -1,5 +1,6 @@
-//! The node-level parts of a plan: overlay sandboxes, the ingress sandbox with the routing
-//! mesh, and the per-task load-balancer and DNS contents derived from the plan's services.
+//! The node-level parts of a plan: overlay sandboxes with their networks' VIP load balancers,
+//! the ingress sandbox with the routing mesh, and the tasks' DNS views derived from the
+//! plan's services.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
