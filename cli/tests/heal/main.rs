@@ -295,8 +295,8 @@ fn draining_a_node_moves_its_tasks_without_a_failed_request() {
     assert!(r.stderr.contains("manager"), "{}", r.stderr);
 }
 
-/// No request failed, but for a known defect not yet explained (README): in about one update
-/// in five under this load, one new connection among thousands is refused around a task's
+/// No request failed, but for a known defect not yet explained (README): in about 3 changes
+/// in 100 under this load, one new connection among thousands is refused around a task's
 /// replacement (seen before and after VIPs moved into the network sandboxes; the ingress
 /// path they take did not change). More than one, or any other error, fails.
 fn assert_served(r: &Report, what: &str) {
