@@ -185,6 +185,9 @@ pub async fn reconcile_vips(
     known: Option<&BTreeSet<Ipv4Addr>>,
     vips: &BTreeSet<Ipv4Addr>,
 ) -> Result<(), OverlayError> {
+    if known == Some(vips) {
+        return Ok(());
+    }
     let sb = Links::new(sandbox)?;
     let bridge = sb.require(&bridge_name(spec)).await?;
     let listed;
@@ -324,13 +327,23 @@ pub async fn update_peers(
 impl OverlaySpec {
     /// Whether `other` is this spec with other peers (see `update_peers`).
     pub fn differs_only_in_peers(&self, other: &OverlaySpec) -> bool {
-        OverlaySpec {
-            peers: Vec::new(),
-            ..self.clone()
-        } == OverlaySpec {
-            peers: Vec::new(),
-            ..other.clone()
-        }
+        // Named field by field (no `..`), so a field added later is not silently ignored;
+        // and no copy of the peers, which can number thousands.
+        let OverlaySpec {
+            network_id,
+            vni,
+            subnet,
+            gateway,
+            mtu,
+            port,
+            peers: _,
+        } = self;
+        *network_id == other.network_id
+            && *vni == other.vni
+            && *subnet == other.subnet
+            && *gateway == other.gateway
+            && *mtu == other.mtu
+            && *port == other.port
     }
 }
 

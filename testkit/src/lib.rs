@@ -253,21 +253,10 @@ impl Cluster {
 
     /// The tasks of `service` as the manager's API returns them (Docker's Task shape).
     pub fn api_tasks(&self, service: &str) -> Vec<serde_json::Value> {
-        let socket = format!("/run/swarmkit/{}/manager.sock", self.name);
-        let filter = format!("http://swarmkit/tasks?filters={{%22service%22:[%22{service}%22]}}");
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-g",
-                "--max-time",
-                "10",
-                "--unix-socket",
-                &socket,
-                &filter,
-            ])
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&out.stdout).expect("tasks JSON")
+        let tasks = self.api(&format!(
+            "/tasks?filters={{%22service%22:[%22{service}%22]}}"
+        ));
+        serde_json::from_value(tasks).expect("tasks JSON")
     }
 
     /// `GET path` from the manager's API (Docker's paths, and `/swarmkit/v1/...`).

@@ -208,13 +208,10 @@ impl NftBatch {
 /// As [`apply_nft`], for a namespace that is written once: no context is kept for it (one
 /// per task would cost a descriptor and a ruleset cache each).
 pub fn apply_nft_once(ns: &NetNs, commands: &str) -> Result<(), LbError> {
-    if let Some(mut ctx) = super::libnft::Context::open_in(ns) {
-        return ctx.run(commands).map_err(|stderr| LbError::NftFailed {
-            ns: ns.name().to_string(),
-            stderr,
-        });
+    match super::libnft::Context::open_in(ns) {
+        Some(mut ctx) => run_in_context(&mut ctx, ns, commands),
+        None => spawn_nft(ns, commands),
     }
-    run_nft(ns, &["-f", "-"], Some(commands.as_bytes())).map(|_| ())
 }
 
 /// Applies `commands` (a JSON batch, or nft syntax as `nft -f` reads it) in `ns` as one
@@ -222,14 +219,25 @@ pub fn apply_nft_once(ns: &NetNs, commands: &str) -> Result<(), LbError> {
 pub fn apply_nft(ns: &NetNs, commands: &str) -> Result<(), LbError> {
     let mut slot = ns.nft_slot().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(ctx) = slot.get_or_open(ns) {
-        return ctx.run(commands).map_err(|stderr| LbError::NftFailed {
-            ns: ns.name().to_string(),
-            stderr,
-        });
+        return run_in_context(ctx, ns, commands);
     }
     drop(slot);
-    let json = commands.starts_with('{');
-    let args: &[&str] = if json {
+    spawn_nft(ns, commands)
+}
+
+fn run_in_context(
+    ctx: &mut super::libnft::Context,
+    ns: &NetNs,
+    commands: &str,
+) -> Result<(), LbError> {
+    ctx.run(commands).map_err(|stderr| LbError::NftFailed {
+        ns: ns.name().to_string(),
+        stderr,
+    })
+}
+
+fn spawn_nft(ns: &NetNs, commands: &str) -> Result<(), LbError> {
+    let args: &[&str] = if commands.starts_with('{') {
         &["-j", "-f", "-"]
     } else {
         &["-f", "-"]
