@@ -148,9 +148,8 @@ fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
         .filter(|(at, _)| *at >= out_of_the_mesh)
         .collect();
     assert!(
-        late.is_empty() || (late.len() == 1 && late[0].1.contains("Connection refused")),
-        "requests failed after every node had taken the dead backend out (one refused is the \
-         known defect, see assert_served): {late:?}"
+        late.is_empty(),
+        "requests failed after every node had taken the dead backend out: {late:?}"
     );
     assert!(
         replaced >= Duration::from_secs(1),
@@ -295,20 +294,12 @@ fn draining_a_node_moves_its_tasks_without_a_failed_request() {
     assert!(r.stderr.contains("manager"), "{}", r.stderr);
 }
 
-/// No request failed, but for a known defect not yet explained (README): in about 3 changes
-/// in 100 under this load, one new connection among thousands is refused around a task's
-/// replacement (seen before and after VIPs moved into the network sandboxes; the ingress
-/// path they take did not change). More than one, or any other error, fails.
 fn assert_served(r: &Report, what: &str) {
-    assert!(
-        r.failed == 0
-            || (r.failed == 1 && r.errors.iter().all(|e| e.contains("Connection refused"))),
-        "{what}: {r:?}"
-    );
+    assert_eq!(r.failed, 0, "{what}: {r:?}");
 }
 
 /// Rolls `web` with `args` under load and checks every task was replaced, with no failed
-/// request beyond the known defect noted below.
+/// request.
 fn roll(c: &Cluster, args: &[&str], done: &str, what: &str) {
     let before = running_ids(c, "web");
     let l = load(c);

@@ -282,12 +282,21 @@ pub(crate) mod hairpin {
 
     /// Elements for backends that left first, then for those that came.
     pub fn diff(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
-        let (before, after) = (backends(old), backends(new));
-        for gone in before.difference(&after) {
-            b.delete_element(SET, pair(*gone));
-        }
-        for came in after.difference(&before) {
+        removed(b, old, new);
+        added(b, old, new);
+    }
+
+    pub fn added(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
+        let before = backends(old);
+        for came in backends(new).difference(&before) {
             b.add_element(SET, pair(*came));
+        }
+    }
+
+    pub fn removed(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
+        let after = backends(new);
+        for gone in backends(old).difference(&after) {
+            b.delete_element(SET, pair(*gone));
         }
     }
 }
