@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,10 @@ pub struct NodePlan {
     pub vtep: Option<Ipv4Addr>,
     pub lb_driver: String,
     pub networks: Vec<NetworkPlan>,
-    pub tasks: Vec<TaskPlan>,
-    pub services: Vec<ServicePlan>,
+    /// Shared with the plan state they came from: a plan is made for every change, and its
+    /// thousands of unchanged objects are not copied (nor compared, see `Arc::ptr_eq`).
+    pub tasks: Vec<Arc<TaskPlan>>,
+    pub services: Vec<Arc<ServicePlan>>,
     pub ingress: Option<IngressPlan>,
     /// UDP port of all VXLAN traffic (0 in plans from before it existed: 4789).
     #[serde(default)]
@@ -284,19 +287,19 @@ impl<T: Keyed> Changes<T> {
     }
 
     /// Applies these changes to `map`, keeping `digest` (see [`PlanState::digest`]) current.
-    fn apply_to(&self, map: &mut BTreeMap<T::Key, T>, kind: u8, digest: &mut u64)
+    fn apply_to(&self, map: &mut BTreeMap<T::Key, Arc<T>>, kind: u8, digest: &mut u64)
     where
         T: Clone + Serialize,
     {
         for k in &self.del {
             if let Some(old) = map.remove(k) {
-                *digest = digest.wrapping_sub(object_hash(kind, &old));
+                *digest = digest.wrapping_sub(object_hash(kind, &*old));
             }
         }
         for v in &self.put {
             *digest = digest.wrapping_add(object_hash(kind, v));
-            if let Some(old) = map.insert(v.key(), v.clone()) {
-                *digest = digest.wrapping_sub(object_hash(kind, &old));
+            if let Some(old) = map.insert(v.key(), Arc::new(v.clone())) {
+                *digest = digest.wrapping_sub(object_hash(kind, &*old));
             }
         }
     }
@@ -340,14 +343,15 @@ impl PlanDelta {
 }
 
 /// A node's plan keyed by object, as the manager maintains it and the agent accumulates it.
+/// Objects are shared, so the plans made from it cost pointers, not copies.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlanState {
     pub header: NodeHeader,
-    pub networks: BTreeMap<String, NetworkPlan>,
-    pub peers: BTreeMap<PeerKey, NetworkPeer>,
-    pub tasks: BTreeMap<String, TaskPlan>,
-    pub services: BTreeMap<String, ServicePlan>,
-    pub ports: BTreeMap<PortKey, IngressPort>,
+    pub networks: BTreeMap<String, Arc<NetworkPlan>>,
+    pub peers: BTreeMap<PeerKey, Arc<NetworkPeer>>,
+    pub tasks: BTreeMap<String, Arc<TaskPlan>>,
+    pub services: BTreeMap<String, Arc<ServicePlan>>,
+    pub ports: BTreeMap<PortKey, Arc<IngressPort>>,
 }
 
 /// A stable hash of one plan object (same binary, same value, same hash).
@@ -398,8 +402,8 @@ impl PlanState {
     /// agent keeps it current per delta and the manager can tell whether an agent holds
     /// exactly the plan it holds for the node.
     pub fn digest(&self) -> u64 {
-        fn sum<T: Serialize>(kind: u8, it: impl Iterator<Item = T>) -> u64 {
-            it.fold(0u64, |d, v| d.wrapping_add(object_hash(kind, &v)))
+        fn sum<'a, T: Serialize + 'a>(kind: u8, it: impl Iterator<Item = &'a Arc<T>>) -> u64 {
+            it.fold(0u64, |d, v| d.wrapping_add(object_hash(kind, &**v)))
         }
         object_hash(HEADER, &self.header)
             .wrapping_add(sum(NETWORKS, self.networks.values()))
@@ -411,9 +415,9 @@ impl PlanState {
 
     /// The whole plan as one delta (a full resync).
     pub fn to_full_delta(&self) -> PlanDelta {
-        fn all<T: Keyed + Clone>(m: &BTreeMap<T::Key, T>) -> Changes<T> {
+        fn all<T: Keyed + Clone>(m: &BTreeMap<T::Key, Arc<T>>) -> Changes<T> {
             Changes {
-                put: m.values().cloned().collect(),
+                put: m.values().map(|v| (**v).clone()).collect(),
                 del: Vec::new(),
             }
         }
@@ -445,7 +449,7 @@ impl PlanState {
                 .map(|n| {
                     let lo = (n.id.clone(), Ipv4Addr::UNSPECIFIED);
                     let hi = (n.id.clone(), Ipv4Addr::BROADCAST);
-                    let mut n = n.clone();
+                    let mut n = (**n).clone();
                     n.peers = self
                         .peers
                         .range(lo..=hi)
@@ -462,7 +466,7 @@ impl PlanState {
             ingress: h.ingress.as_ref().map(|(id, addr)| IngressPlan {
                 network_id: id.clone(),
                 sandbox_addr: *addr,
-                ports: self.ports.values().cloned().collect(),
+                ports: self.ports.values().map(|p| (**p).clone()).collect(),
             }),
         }
     }

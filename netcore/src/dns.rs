@@ -74,7 +74,9 @@ struct Entry {
     turn: AtomicUsize,
 }
 
-type Scope = HashMap<String, Entry>;
+/// One view, shared by every task on the same networks; changed in place (see
+/// `Resolver::update_shared_view`).
+type Scope = RwLock<HashMap<String, Entry>>;
 
 pub struct Resolver {
     scopes: RwLock<HashMap<String, Arc<Scope>>>,
@@ -117,7 +119,10 @@ impl Resolver {
     pub fn set_shared_view(&self, scopes: &[&str], view: View) {
         let mut all = self.scopes.write().unwrap_or_else(|e| e.into_inner());
         let old = scopes.iter().find_map(|s| all.get(*s)).cloned();
-        let fresh: Arc<Scope> = Arc::new(
+        let old = old
+            .as_ref()
+            .map(|o| o.read().unwrap_or_else(|e| e.into_inner()));
+        let fresh: Arc<Scope> = Arc::new(RwLock::new(
             view.names
                 .into_iter()
                 .map(|(name, answer)| {
@@ -133,10 +138,54 @@ impl Resolver {
                     (name, entry)
                 })
                 .collect(),
-        );
+        ));
+        drop(old);
         for scope in scopes {
             all.insert(scope.to_string(), Arc::clone(&fresh));
         }
+    }
+
+    /// Changes some names of the view that `scopes` share (`None`: the name is gone), in
+    /// place, so a plan change costs the names it touched. Scopes not seen yet join that
+    /// view. Returns false, changing nothing, when the scopes do not already share one view;
+    /// the caller then sets it whole with `set_shared_view`.
+    pub fn update_shared_view(
+        &self,
+        scopes: &[&str],
+        changes: Vec<(String, Option<Answer>)>,
+    ) -> bool {
+        let mut all = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        let mut present = scopes.iter().filter_map(|s| all.get(*s));
+        let Some(shared) = present.next().cloned() else {
+            return false;
+        };
+        if !present.all(|s| Arc::ptr_eq(s, &shared)) {
+            return false;
+        }
+        for scope in scopes {
+            if !all.contains_key(*scope) {
+                all.insert(scope.to_string(), Arc::clone(&shared));
+            }
+        }
+        drop(all);
+        let mut names = shared.write().unwrap_or_else(|e| e.into_inner());
+        for (name, answer) in changes {
+            let name = normalize(&name);
+            match answer {
+                None => {
+                    names.remove(&name);
+                }
+                Some(answer) => match names.get_mut(&name) {
+                    // The rotation carries on, as across a whole new view.
+                    Some(e) => e.answer = answer,
+                    None => {
+                        let turn = AtomicUsize::new(0);
+                        names.insert(name, Entry { answer, turn });
+                    }
+                },
+            }
+        }
+        true
     }
 
     pub fn remove(&self, scope: &str) {
@@ -291,7 +340,10 @@ impl Resolver {
         };
         let name = normalize(&q.name().to_ascii());
         let entry_scope = self.scope(scope);
-        let Some(entry) = entry_scope.as_ref().and_then(|s| s.get(&name)) else {
+        let names = entry_scope
+            .as_ref()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()));
+        let Some(entry) = names.as_ref().and_then(|n| n.get(&name)) else {
             resp.metadata.response_code = ResponseCode::NXDomain;
             return resp;
         };
@@ -425,11 +477,48 @@ mod tests {
         let first = ips(&ask(&r, "t1", "tasks.search", RecordType::A));
         let view = r.scope("t1").unwrap();
         let names = view
+            .read()
+            .unwrap()
             .iter()
             .map(|(k, e)| (k.clone(), e.answer.clone()))
             .collect();
         r.set_view("t1", View { names });
         assert_ne!(ips(&ask(&r, "t1", "tasks.search", RecordType::A)), first);
+    }
+
+    #[test]
+    fn a_shared_view_changes_in_place_and_takes_in_new_scopes() {
+        let r = Resolver::new();
+        let answer = |last| Answer {
+            ips: vec![Ipv4Addr::new(10, 0, 0, last)],
+            rotate: false,
+        };
+        let names = HashMap::from([("web".to_string(), answer(2))]);
+        r.set_shared_view(&["t1", "t2"], View { names });
+        let changes = vec![
+            ("DB".to_string(), Some(answer(3))),
+            ("web".to_string(), None),
+        ];
+        assert!(r.update_shared_view(&["t1", "t2", "t3"], changes));
+        for t in ["t1", "t2", "t3"] {
+            let scope = r.scope(t).unwrap();
+            let names = scope.read().unwrap();
+            assert_eq!(
+                names.get("db").map(|e| e.answer.clone()),
+                Some(answer(3)),
+                "{t}"
+            );
+            assert!(!names.contains_key("web"), "{t}");
+        }
+        r.set_view("t4", View::default());
+        assert!(
+            !r.update_shared_view(&["t1", "t4"], Vec::new()),
+            "t1 and t4 see different views"
+        );
+        assert!(
+            !r.update_shared_view(&["t9"], Vec::new()),
+            "no view to change"
+        );
     }
 
     #[test]

@@ -419,22 +419,38 @@ impl Dataplane {
     }
 }
 
-/// Networks on which a service appeared, left or changed between two plans: the tasks on
-/// them need their load balancers and DNS views rebuilt.
-pub fn changed_networks(old: &NodePlan, new: &NodePlan) -> HashSet<String> {
-    fn index(p: &NodePlan) -> HashMap<&str, &ServicePlan> {
-        p.services.iter().map(|s| (s.id.as_str(), s)).collect()
-    }
-    let (a, b) = (index(old), index(new));
-    let mut nets = HashSet::new();
-    for id in a.keys().chain(b.keys()) {
-        let (x, y) = (a.get(id).copied(), b.get(id).copied());
-        if x != y {
-            for s in [x, y].into_iter().flatten() {
-                nets.extend(s.vips.keys().cloned());
-                nets.extend(s.backends.keys().cloned());
-            }
+/// A service as it was and as it is (None: absent).
+pub type ServiceChange<'a> = (Option<&'a Arc<ServicePlan>>, Option<&'a Arc<ServicePlan>>);
+
+/// Services that appeared, left or changed between two plans.
+pub fn changed_services<'a>(old: &'a NodePlan, new: &'a NodePlan) -> Vec<ServiceChange<'a>> {
+    let before: HashMap<&str, &Arc<ServicePlan>> =
+        old.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for s in &new.services {
+        seen.insert(s.id.as_str());
+        match before.get(s.id.as_str()) {
+            // Plans made from one plan state share their unchanged services.
+            Some(o) if Arc::ptr_eq(o, s) || o == &s => {}
+            o => out.push((o.copied(), Some(s))),
         }
+    }
+    for s in &old.services {
+        if !seen.contains(s.id.as_str()) {
+            out.push((Some(s), None));
+        }
+    }
+    out
+}
+
+/// The networks whose services `changed_services` found changed: the tasks on them need
+/// their load balancers and DNS views brought up to date.
+pub fn networks_of(changed: &[ServiceChange]) -> HashSet<String> {
+    let mut nets = HashSet::new();
+    for s in changed.iter().flat_map(|(a, b)| [a, b]).flatten() {
+        nets.extend(s.vips.keys().cloned());
+        nets.extend(s.backends.keys().cloned());
     }
     nets
 }
@@ -465,14 +481,25 @@ pub fn network_services(plan: &NodePlan, network_id: &str) -> Vec<VirtualService
         .collect()
 }
 
-/// What the task resolves through 127.0.0.11: service names to VIPs (or task IPs in dnsrr
-/// mode) and `tasks.NAME` to task IPs, only for services on networks it shares. A service's
-/// network aliases resolve the same way, but only on the network that names them, as in
-/// Docker.
-pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
-    let nets = task_networks(plan, task);
-    let mut names = HashMap::new();
-    let answers = |s: &crate::plan::ServicePlan, on: &[&str]| {
+/// How a name in a view was claimed: a service's own name wins over another's alias.
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    Name,
+    Alias,
+}
+
+/// The names `s` gives a task on `nets` (lower-case), with their answers: its name and
+/// `tasks.NAME`, and its aliases on the networks that name them, as in Docker.
+fn claims(s: &ServicePlan, nets: &[&str]) -> Vec<(String, Answer, Claim)> {
+    let shared: Vec<&str> = nets
+        .iter()
+        .copied()
+        .filter(|n| s.backends.contains_key(*n))
+        .collect();
+    if shared.is_empty() {
+        return Vec::new();
+    }
+    let answers = |on: &[&str]| {
         let ips: Vec<Ipv4Addr> = on
             .iter()
             .flat_map(|n| s.backends.get(*n).cloned().unwrap_or_default())
@@ -489,28 +516,87 @@ pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
         };
         (name, Answer { ips, rotate: true })
     };
-    for s in &plan.services {
-        let shared: Vec<&str> = nets
-            .iter()
-            .copied()
-            .filter(|n| s.backends.contains_key(*n))
-            .collect();
-        if shared.is_empty() {
-            continue;
+    let mut out = Vec::new();
+    let (name, tasks) = answers(&shared);
+    let lower = s.name.to_lowercase();
+    out.push((format!("tasks.{lower}"), tasks, Claim::Name));
+    out.push((lower, name, Claim::Name));
+    for net in &shared {
+        for alias in s.aliases.get(*net).into_iter().flatten() {
+            let (name, tasks) = answers(&[net]);
+            let alias = alias.to_lowercase();
+            out.push((format!("tasks.{alias}"), tasks, Claim::Alias));
+            out.push((alias, name, Claim::Alias));
         }
-        let (name, tasks) = answers(s, &shared);
-        names.insert(s.name.to_lowercase(), name);
-        names.insert(format!("tasks.{}", s.name.to_lowercase()), tasks);
-        for net in &shared {
-            for alias in s.aliases.get(*net).into_iter().flatten() {
-                let (name, tasks) = answers(s, &[net]);
-                let alias = alias.to_lowercase();
-                names.entry(format!("tasks.{alias}")).or_insert(tasks);
-                names.entry(alias).or_insert(name);
-            }
+    }
+    out
+}
+
+/// Whether `s` could claim `name` (lower-case) at all, without building its claims.
+fn may_claim(s: &ServicePlan, name: &str) -> bool {
+    let bare = name.strip_prefix("tasks.").unwrap_or(name);
+    let is = |n: &str| n.eq_ignore_ascii_case(name) || n.eq_ignore_ascii_case(bare);
+    is(&s.name) || s.aliases.values().flatten().any(|a| is(a))
+}
+
+/// Adds one claim the way the whole view is built: a name overwrites, an alias only fills.
+fn claim(names: &mut HashMap<String, Answer>, name: String, answer: Answer, how: Claim) {
+    match how {
+        Claim::Name => {
+            names.insert(name, answer);
+        }
+        Claim::Alias => {
+            names.entry(name).or_insert(answer);
+        }
+    }
+}
+
+/// What the task resolves through 127.0.0.11: service names to VIPs (or task IPs in dnsrr
+/// mode) and `tasks.NAME` to task IPs, only for services on networks it shares. A service's
+/// network aliases resolve the same way, but only on the network that names them, as in
+/// Docker.
+pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
+    let nets = task_networks(plan, task);
+    let mut names = HashMap::new();
+    for s in &plan.services {
+        for (name, answer, how) in claims(s, &nets) {
+            claim(&mut names, name, answer, how);
         }
     }
     View { names }
+}
+
+/// The names of `task`'s view that `changed` (from `changed_services`) touched, each with
+/// its answer in `plan` (None: gone): what `task_view` would give for those names, found
+/// without building the whole view.
+pub fn view_changes(
+    plan: &NodePlan,
+    task: &TaskPlan,
+    changed: &[ServiceChange],
+) -> Vec<(String, Option<Answer>)> {
+    let nets = task_networks(plan, task);
+    let touched: BTreeSet<String> = changed
+        .iter()
+        .flat_map(|(a, b)| [a, b])
+        .flatten()
+        .flat_map(|s| claims(s, &nets))
+        .map(|(name, _, _)| name)
+        .collect();
+    touched
+        .into_iter()
+        .map(|name| {
+            let mut one = HashMap::new();
+            for s in plan.services.iter().filter(|s| may_claim(s, &name)) {
+                for (n, answer, how) in claims(s, &nets) {
+                    if n == name {
+                        claim(&mut one, n, answer, how);
+                    }
+                }
+            }
+            let answer = one.remove(&name);
+            (name, answer)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -572,7 +658,7 @@ mod tests {
 
     fn plan(services: Vec<ServicePlan>) -> NodePlan {
         NodePlan {
-            services,
+            services: services.into_iter().map(Arc::new).collect(),
             ingress: Some(IngressPlan {
                 network_id: "ingress".into(),
                 sandbox_addr: "10.255.0.2/16".parse().unwrap(),
@@ -626,5 +712,47 @@ mod tests {
         let v = task_view(&p, &task(&["back"]));
         assert_eq!(ips(&v, "db"), Some(vec![ip(30)]));
         assert_eq!(ips(&v, "demo_db"), Some(vec![ip(10)]));
+    }
+
+    /// The names a change touched, brought into the old view, give the new whole view: for
+    /// services coming and going, backends changing, aliases colliding with names.
+    #[test]
+    fn view_changes_bring_a_view_to_the_whole_new_one() {
+        let t = task(&["ingress", "back"]);
+        let steps = vec![
+            vec![service("web", EndpointMode::Vip, &[("back", 10, &[])])],
+            vec![
+                service("web", EndpointMode::Vip, &[("back", 10, &[])]),
+                service(
+                    "demo_db",
+                    EndpointMode::Vip,
+                    &[("back", 20, &["db", "Web"])],
+                ),
+            ],
+            vec![
+                service("web", EndpointMode::Vip, &[("back", 30, &[])]),
+                service("demo_db", EndpointMode::Dnsrr, &[("back", 20, &["db"])]),
+                service("db", EndpointMode::Vip, &[("back", 40, &[])]),
+            ],
+            vec![
+                service("demo_db", EndpointMode::Dnsrr, &[("back", 20, &["db"])]),
+                service("other", EndpointMode::Vip, &[("front", 50, &[])]),
+            ],
+            vec![],
+        ];
+        let mut prev = plan(Vec::new());
+        let mut names = task_view(&prev, &t).names;
+        for services in steps {
+            let next = plan(services);
+            let changed = changed_services(&prev, &next);
+            for (name, answer) in view_changes(&next, &t, &changed) {
+                match answer {
+                    Some(a) => names.insert(name, a),
+                    None => names.remove(&name),
+                };
+            }
+            assert_eq!(names, task_view(&next, &t).names);
+            prev = next;
+        }
     }
 }

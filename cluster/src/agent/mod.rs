@@ -10,6 +10,7 @@ mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -77,7 +78,7 @@ pub struct Agent {
     finished: HashSet<String>,
     events: mpsc::UnboundedSender<Event>,
     /// The plan last applied in full: what the next apply compares against.
-    applied: Option<NodePlan>,
+    applied: Option<Arc<NodePlan>>,
     hostname: String,
     /// Tasks left by an earlier agent and absent from the plan were stopped.
     swept: bool,
@@ -183,7 +184,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     let node_id = register(&client, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
-    let (plan_tx, mut plan_rx) = watch::channel::<Option<(NodePlan, u64)>>(None);
+    let (plan_tx, mut plan_rx) = watch::channel::<Option<(Arc<NodePlan>, u64)>>(None);
     tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let logs = logs::LogSink::start(client.clone(), node_id.clone());
@@ -216,7 +217,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         swept: false,
         logs,
     };
-    let mut plan: Option<(NodePlan, u64)> = None;
+    let mut plan: Option<(Arc<NodePlan>, u64)> = None;
     let mut last_acked = None;
     // Nothing ticks: the loop wakes for a new plan, a task event, or a timer set for a
     // restart back-off ending or for retrying what failed.
@@ -285,7 +286,7 @@ async fn poll_plans(
     client: ManagerClient,
     mut node_id: String,
     req: RegisterRequest,
-    tx: watch::Sender<Option<(NodePlan, u64)>>,
+    tx: watch::Sender<Option<(Arc<NodePlan>, u64)>>,
 ) {
     let mut since: Option<u64> = None;
     let mut plan = PlanState::default();
@@ -306,7 +307,7 @@ async fn poll_plans(
                         "plan delta"
                     );
                     digest = plan.apply(delta, digest);
-                    tx.send_replace(Some((plan.to_plan(r.version), digest)));
+                    tx.send_replace(Some((Arc::new(plan.to_plan(r.version)), digest)));
                 }
             }
             Err(ClientError::Status { status, .. }) if status == 404 => {
@@ -446,11 +447,11 @@ impl Agent {
         }
     }
 
-    async fn reconcile(&mut self, plan: &NodePlan) -> anyhow::Result<()> {
+    async fn reconcile(&mut self, plan: &Arc<NodePlan>) -> anyhow::Result<()> {
         // Whatever fails below is re-applied in full next time.
         let prev = self.applied.take();
-        self.apply(plan, prev.as_ref()).await?;
-        self.applied = Some(plan.clone());
+        self.apply(plan, prev.as_deref()).await?;
+        self.applied = Some(Arc::clone(plan));
         if !self.swept {
             self.sweep(plan);
             self.swept = true;
@@ -563,7 +564,7 @@ impl Agent {
         tracing::debug!(?networks, ingress = ?(started.elapsed() - networks), "dataplane applied");
 
         let wanted: HashMap<&str, &TaskPlan> =
-            plan.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+            plan.tasks.iter().map(|t| (t.id.as_str(), &**t)).collect();
         let stale: Vec<String> = self
             .tasks
             .keys()
@@ -606,7 +607,8 @@ impl Agent {
                 );
             }
         }
-        let touched = prev.map(|p| dataplane::changed_networks(p, plan));
+        let changed = prev.map(|p| dataplane::changed_services(p, plan));
+        let touched = changed.as_deref().map(dataplane::networks_of);
         self.dataplane.apply_vips(plan, touched.as_ref()).await?;
         let prev_tasks: HashSet<&str> = prev
             .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
@@ -632,9 +634,17 @@ impl Agent {
             by_nets.entry(key).or_default().push(t);
         }
         for tasks in by_nets.into_values() {
-            let view = dataplane::task_view(plan, &tasks[0].plan);
             let ids: Vec<&str> = tasks.iter().map(|t| t.plan.id.as_str()).collect();
-            self.resolver.set_shared_view(&ids, view);
+            // The names the change touched, when the view shared so far is the one for `prev`;
+            // the whole view otherwise.
+            let updated = changed.as_deref().is_some_and(|c| {
+                let changes = dataplane::view_changes(plan, &tasks[0].plan, c);
+                self.resolver.update_shared_view(&ids, changes)
+            });
+            if !updated {
+                let view = dataplane::task_view(plan, &tasks[0].plan);
+                self.resolver.set_shared_view(&ids, view);
+            }
         }
         let host_ports: Vec<netcore::hostport::HostPort> = self
             .tasks

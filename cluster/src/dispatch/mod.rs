@@ -101,15 +101,15 @@ impl Feed {
 
 /// Sets one object of a node's plan; records the key as dirty when it changed.
 fn set<T: Keyed + Clone + PartialEq>(
-    map: &mut BTreeMap<T::Key, T>,
+    map: &mut BTreeMap<T::Key, Arc<T>>,
     dirty: &mut BTreeSet<T::Key>,
     key: &T::Key,
     value: Option<T>,
 ) -> bool {
-    let changed = map.get(key) != value.as_ref();
+    let changed = map.get(key).map(|v| &**v) != value.as_ref();
     if changed {
         match value {
-            Some(v) => map.insert(key.clone(), v),
+            Some(v) => map.insert(key.clone(), Arc::new(v)),
             None => map.remove(key),
         };
         dirty.insert(key.clone());
@@ -117,11 +117,14 @@ fn set<T: Keyed + Clone + PartialEq>(
     changed
 }
 
-fn changes<T: Keyed + Clone>(map: &BTreeMap<T::Key, T>, keys: &BTreeSet<T::Key>) -> Changes<T> {
+fn changes<T: Keyed + Clone>(
+    map: &BTreeMap<T::Key, Arc<T>>,
+    keys: &BTreeSet<T::Key>,
+) -> Changes<T> {
     let mut c = Changes::default();
     for k in keys {
         match map.get(k) {
-            Some(v) => c.put.push(v.clone()),
+            Some(v) => c.put.push((**v).clone()),
             None => c.del.push(k.clone()),
         }
     }

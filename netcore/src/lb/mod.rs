@@ -282,20 +282,31 @@ pub(crate) mod hairpin {
 
     /// Elements for backends that left first, then for those that came.
     pub fn diff(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
-        removed(b, old, new);
-        added(b, old, new);
+        let (before, after) = (backends(old), backends(new));
+        removed(b, &before, &after);
+        added(b, &before, &after);
     }
 
-    pub fn added(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
-        let before = backends(old);
-        for came in backends(new).difference(&before) {
+    /// Elements for backends that came (into `added`) and that left (into `removed`).
+    pub fn split(
+        added_to: &mut NftBatch,
+        removed_to: &mut NftBatch,
+        old: &ServiceMap,
+        new: &ServiceMap,
+    ) {
+        let (before, after) = (backends(old), backends(new));
+        added(added_to, &before, &after);
+        removed(removed_to, &before, &after);
+    }
+
+    fn added(b: &mut NftBatch, before: &BTreeSet<Ipv4Addr>, after: &BTreeSet<Ipv4Addr>) {
+        for came in after.difference(before) {
             b.add_element(SET, pair(*came));
         }
     }
 
-    pub fn removed(b: &mut NftBatch, old: &ServiceMap, new: &ServiceMap) {
-        let after = backends(new);
-        for gone in backends(old).difference(&after) {
+    fn removed(b: &mut NftBatch, before: &BTreeSet<Ipv4Addr>, after: &BTreeSet<Ipv4Addr>) {
+        for gone in before.difference(after) {
             b.delete_element(SET, pair(*gone));
         }
     }

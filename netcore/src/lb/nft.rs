@@ -109,12 +109,12 @@ impl NftLb {
             }
         };
         let offsets = diff(&mut make, &mut retire, old, &new, old_offsets);
-        hairpin::added(&mut make, old, &new);
-        hairpin::removed(&mut retire, old, &new);
+        hairpin::split(&mut make, &mut retire, old, &new);
         Ok(Plan {
             make,
             retire,
             offsets,
+            services: new,
         })
     }
 }
@@ -127,6 +127,8 @@ pub struct Plan {
     pub make: NftBatch,
     pub retire: NftBatch,
     offsets: Offsets,
+    /// What the kernel holds once both batches ran.
+    services: ServiceMap,
 }
 
 impl Plan {
@@ -409,7 +411,7 @@ impl LoadBalancer for NftLb {
             }
         }
         self.last_commands = plan.make.len() + plan.retire.len();
-        self.applied = Some(by_mark(desired));
+        self.applied = Some(plan.services);
         self.offsets = plan.offsets;
         Ok(())
     }
