@@ -97,17 +97,18 @@ fn veth(a: &NetNs, a_if: &str, a_addr: &str, b: &NetNs, b_if: &str, b_addr: &str
 /// A TCP server inside a namespace that answers every connection with its name.
 struct Server {
     stop: Arc<AtomicBool>,
-    addr: SocketAddrV4,
+    listener: std::os::fd::RawFd,
     ns: NetNs,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    fn start(ns: &NetNs, addr: Ipv4Addr, reply: &str) -> Self {
+    fn start(ns: &NetNs, reply: &str) -> Self {
         let listener = ns
             .run(|| TcpListener::bind(("0.0.0.0", TARGET)))
             .unwrap()
             .expect("bind backend");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let reply = reply.as_bytes().to_vec();
@@ -123,7 +124,7 @@ impl Server {
         });
         Server {
             stop,
-            addr: SocketAddrV4::new(addr, TARGET),
+            listener: fd,
             ns: ns.clone(),
             thread: Some(thread),
         }
@@ -133,11 +134,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // A blocked accept sees `stop` with the next connection: make one.
-        let addr = self.addr;
-        let _ = self
-            .ns
-            .run(|| TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)));
+        // Wakes the blocked accept (it fails from then on), whatever the namespace's
+        // firewall lets through. The thread holds the listener open until joined below.
+        let _ = nix::sys::socket::shutdown(self.listener, nix::sys::socket::Shutdown::Read);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -190,7 +189,7 @@ fn build_mesh(tag: &str) -> Mesh {
     for i in 0..3u8 {
         let b = nss.create(&format!("b{i}"));
         attach(&b, &format!("pb{i}"), &format!("{}/24", backend(i)));
-        servers.push(Server::start(&b, backend(i), &format!("b{i}")));
+        servers.push(Server::start(&b, &format!("b{i}")));
     }
     let vc = nss.create("vc");
     attach(&vc, "pvc", "10.99.0.2/24");
@@ -439,6 +438,115 @@ fn changing_backends_under_load_refuses_nothing() {
     }
     sandbox_lb.teardown().unwrap();
     client_lb.teardown().unwrap();
+}
+
+/// Connects from `source_port` inside `ns` and returns what the server said.
+fn dial_from(
+    ns: &NetNs,
+    source_port: u16,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    ns.run(|| {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        let any = SockaddrIn::new(0, 0, 0, 0, source_port);
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &any)?;
+        let timeval =
+            nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+        // A blocking connect gives up after SO_SNDTIMEO.
+        setsockopt(&fd, sockopt::SendTimeout, &timeval)?;
+        nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to))?;
+        let mut s = TcpStream::from(fd);
+        s.set_read_timeout(Some(timeout))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .unwrap()
+}
+
+/// A SYN that a backend never answered leaves a conntrack entry binding the client's port
+/// to that backend, and NAT is decided once per entry. Once the backend has left, the
+/// port's next connection must reach a live one within seconds, not after the kernel's
+/// 120 s: a client opening thousands of connections a second is back on its ports that soon.
+#[test]
+fn a_departed_backend_does_not_keep_a_client_port() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mesh = build_mesh("port");
+    lb::forget_unanswered_quickly(&mesh.sb).unwrap();
+    let published = |ids: &[u8]| VirtualService {
+        fwmark: 300,
+        frontend: Frontend::Port {
+            proto: Protocol::Tcp,
+            port: PUBLISHED,
+            target: TARGET,
+        },
+        backends: ids.iter().map(|i| backend(*i)).collect(),
+    };
+    let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
+    sandbox_lb.apply(&[published(&[0])]).unwrap();
+    // b0 stops answering, as the task of a node that crashed does.
+    let b0 = mesh._servers[0].ns.clone();
+    lb::nftbatch::run_nft(
+        &b0,
+        &["-f", "-"],
+        Some(
+            b"table ip sktest_drop {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 8080 drop\n }\n}\n",
+        ),
+    )
+    .unwrap();
+    const PORT: u16 = 40123;
+    let sandbox = SocketAddrV4::new(Ipv4Addr::new(172, 31, 1, 2), PUBLISHED);
+    let first = dial_from(&mesh.node, PORT, sandbox, Duration::from_millis(1500));
+    assert!(first.is_err(), "b0 answered: {first:?}");
+
+    sandbox_lb.apply(&[published(&[1])]).unwrap();
+    let started = Instant::now();
+    let deadline = Duration::from_secs(15);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                mesh.sb.name(),
+                "conntrack",
+                "-L",
+                "-p",
+                "tcp",
+            ])
+            .args(["--sport", &PORT.to_string()])
+            .output()
+            .expect("conntrack");
+        if !String::from_utf8_lossy(&out.stdout).contains("dport=") {
+            break;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the entry binding port {PORT} to b0 outlived {deadline:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "the stale entry was gone {:?} after b0 left",
+        started.elapsed()
+    );
+    let answer = dial_from(&mesh.node, PORT, sandbox, Duration::from_secs(2))
+        .expect("the port's next connection");
+    assert_eq!(answer, "b1");
+    sandbox_lb.teardown().unwrap();
 }
 
 /// (e) The work of an apply scales with what changed, not with how much is there: one more

@@ -343,7 +343,10 @@ impl Dataplane {
             )
             .await?;
             let (lb, router) = match self.mesh {
-                MeshLayout::Sandbox => (lb::new(self.driver, sbox), None),
+                MeshLayout::Sandbox => {
+                    lb::forget_unanswered_quickly(&sbox)?;
+                    (lb::new(self.driver, sbox), None)
+                }
                 MeshLayout::Node => {
                     let links = netcore::link::Links::new(&self.node)?;
                     links

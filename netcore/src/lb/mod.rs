@@ -227,6 +227,27 @@ pub(crate) fn validate(desired: &[VirtualService]) -> Result<(), LbError> {
     Ok(())
 }
 
+/// Conntrack timeouts for a namespace of the project's own that balances (a network
+/// sandbox, the ingress sandbox; never a host's). An entry that binds a client's source port
+/// to a backend without a connection, a SYN never answered or a reset, sends that port's
+/// next connection to the same backend, even one that has left the load balancer: NAT is
+/// decided once per entry. The kernel keeps such entries 120 s (SYN_SENT) and 10 s (CLOSE),
+/// and a client opening thousands of connections a second is back on a port within seconds.
+/// A client still retransmitting to a dead backend gets a fresh entry, and so a live
+/// backend, once its retransmissions are further apart than this.
+pub const CONNTRACK_TIMEOUTS: [(&str, &str); 2] = [
+    ("net/netfilter/nf_conntrack_tcp_timeout_syn_sent", "3"),
+    ("net/netfilter/nf_conntrack_tcp_timeout_close", "1"),
+];
+
+/// Sets [`CONNTRACK_TIMEOUTS`] in `ns`.
+pub fn forget_unanswered_quickly(ns: &NetNs) -> Result<(), LbError> {
+    for (key, value) in CONNTRACK_TIMEOUTS {
+        ns.set_sysctl(key, value)?;
+    }
+    Ok(())
+}
+
 /// Desired services keyed by fwmark, the identity both drivers diff on.
 pub(crate) type ServiceMap = std::collections::BTreeMap<u32, VirtualService>;
 
