@@ -44,8 +44,8 @@ pub struct Report {
 /// Source ports handed out in turn, none twice within 40 000 requests: thousands of
 /// connections a second from kernel-chosen ports come back to a port within seconds, and one
 /// whose last connection's conntrack entry still binds it to a backend that left (a SYN never
-/// answered, a reset) is sent there again: a known defect of the nftables load balancer
-/// (README). The suites test draining and replacement, not that.
+/// answered, a reset) is sent there again until that entry expires (seconds in the balancing
+/// namespaces, see README). The suites test draining and replacement, not that.
 static NEXT_SOURCE_PORT: AtomicU64 = AtomicU64::new(0);
 const SOURCE_PORTS: std::ops::Range<u64> = 20_000..60_000;
 
