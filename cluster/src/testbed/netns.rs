@@ -208,10 +208,21 @@ impl NodeBackend for Netns {
         super::wait_manager(paths).await?;
 
         // The agents dial the manager across the underlay; each opens its node's namespace.
+        // The first node leads, as the node that ran `docker swarm init` does: it registers
+        // before the others start, so which node leads does not depend on a race.
+        let client = ManagerClient::new(&paths.manager_socket());
         for (i, h) in hostnames.iter().enumerate() {
             supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
+            if i == 0 {
+                super::wait_until(
+                    &format!("{h} to register"),
+                    READY_TIMEOUT,
+                    &paths.run_dir(),
+                    || super::hostname_ready(&client, h),
+                )
+                .await?;
+            }
         }
-        let client = ManagerClient::new(&paths.manager_socket());
         let want = opts.nodes;
         super::wait_until(
             "every node to be ready",
