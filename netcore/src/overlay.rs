@@ -161,9 +161,7 @@ pub async fn ensure(
 /// (the replies' way back to the VIP), no ICMP redirects for the hairpin, and conntrack
 /// that soon forgets entries without a connection (see `lb::CONNTRACK_TIMEOUTS`).
 fn balance_in(sandbox: &NetNs, bridge: &str) -> Result<(), OverlayError> {
-    for (key, value) in crate::lb::CONNTRACK_TIMEOUTS {
-        sandbox.set_sysctl(key, value)?;
-    }
+    crate::lb::forget_unanswered_quickly(sandbox)?;
     let sysctls = [
         ("net/ipv4/ip_forward", "1"),
         ("net/ipv4/conf/all/send_redirects", "0"),

@@ -246,6 +246,19 @@ fn vip_service(backends: &[u8]) -> VirtualService {
     }
 }
 
+/// The published port, balanced over the backends `ids` from the sandbox.
+fn published(ids: &[u8]) -> VirtualService {
+    VirtualService {
+        fwmark: 300,
+        frontend: Frontend::Port {
+            proto: Protocol::Tcp,
+            port: PUBLISHED,
+            target: TARGET,
+        },
+        backends: ids.iter().map(|i| backend(*i)).collect(),
+    }
+}
+
 fn names(ids: &[u8], rounds: usize) -> Vec<String> {
     (0..rounds)
         .flat_map(|_| ids.iter().map(|i| format!("b{i}")))
@@ -301,15 +314,7 @@ fn routing_mesh_from_localhost_and_neighbour() {
     }
     let mesh = build_mesh("mesh");
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
-    let published = VirtualService {
-        fwmark: 300,
-        frontend: Frontend::Port {
-            proto: Protocol::Tcp,
-            port: PUBLISHED,
-            target: TARGET,
-        },
-        backends: (0..3).map(backend).collect(),
-    };
+    let published = published(&[0, 1, 2]);
     sandbox_lb.apply(std::slice::from_ref(&published)).unwrap();
     let mut ingress = NodeIngress::new(
         mesh.node.clone(),
@@ -386,15 +391,6 @@ fn changing_backends_under_load_refuses_nothing() {
         return;
     }
     let mesh = build_mesh("flip");
-    let published = |ids: &[u8]| VirtualService {
-        fwmark: 300,
-        frontend: Frontend::Port {
-            proto: Protocol::Tcp,
-            port: PUBLISHED,
-            target: TARGET,
-        },
-        backends: ids.iter().map(|i| backend(*i)).collect(),
-    };
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
     let mut client_lb = lb::new(Driver::Nftables, mesh.vc.clone());
     let rotations: [&[u8]; 4] = [&[0, 1, 2], &[0, 1], &[1, 2], &[2, 0, 1]];
@@ -486,15 +482,6 @@ fn a_departed_backend_does_not_keep_a_client_port() {
     }
     let mesh = build_mesh("port");
     lb::forget_unanswered_quickly(&mesh.sb).unwrap();
-    let published = |ids: &[u8]| VirtualService {
-        fwmark: 300,
-        frontend: Frontend::Port {
-            proto: Protocol::Tcp,
-            port: PUBLISHED,
-            target: TARGET,
-        },
-        backends: ids.iter().map(|i| backend(*i)).collect(),
-    };
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
     sandbox_lb.apply(&[published(&[0])]).unwrap();
     // b0 stops answering, as the task of a node that crashed does.

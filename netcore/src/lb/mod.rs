@@ -241,7 +241,7 @@ pub const CONNTRACK_TIMEOUTS: [(&str, &str); 2] = [
 ];
 
 /// Sets [`CONNTRACK_TIMEOUTS`] in `ns`.
-pub fn forget_unanswered_quickly(ns: &NetNs) -> Result<(), LbError> {
+pub fn forget_unanswered_quickly(ns: &NetNs) -> Result<(), NetNsError> {
     for (key, value) in CONNTRACK_TIMEOUTS {
         ns.set_sysctl(key, value)?;
     }
