@@ -198,10 +198,26 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     c.sk(&["service", "scale", "--detach", "web=2"]).ok();
     let seen_at_kill = ticks().len();
     signal(agent, "KILL");
+    // Each new state is printed, so a timeout shows which part never came.
+    let mut last = String::new();
     c.eventually(
         "node2's agent back and in sync",
         Duration::from_secs(30),
         || {
+            let state = format!(
+                "restarted: {}, in sync: {:?}, running api: {}, running web: {}",
+                c.pid_of("node2") != agent,
+                channel(&c)
+                    .iter()
+                    .map(|(node, f)| (node.clone(), f["in_sync"].clone()))
+                    .collect::<Vec<_>>(),
+                running_tasks(&c, "api").len(),
+                running_tasks(&c, "web").len(),
+            );
+            if state != last {
+                eprintln!("{state}");
+                last = state;
+            }
             c.pid_of("node2") != agent
                 && c.all_in_sync()
                 && running_tasks(&c, "api").len() == 3

@@ -282,6 +282,28 @@ impl Cluster {
             .all(|f| f["in_sync"] == true)
     }
 
+    /// The last lines of each daemon's log, to stderr: what a failed test leaves to read
+    /// once `cluster down` has removed the run directory.
+    fn print_daemon_logs(&self) {
+        const LINES: usize = 40;
+        let Ok(entries) = std::fs::read_dir(format!("/run/swarmkit/{}", self.name)) else {
+            return;
+        };
+        let mut logs: Vec<_> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {} (last {LINES} lines)", log.display());
+            for line in &lines[lines.len().saturating_sub(LINES)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// The process ID of the running task in `slot` of `service`, from the manager's API.
     pub fn task_pid(&self, service: &str, slot: u64) -> i32 {
         self.api_tasks(service)
@@ -294,6 +316,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_daemon_logs();
+        }
         let r = swarmkit(&["cluster", "down", &self.name]);
         if r.code != 0 && !r.stderr.contains("no cluster named") {
             eprintln!("cluster down {}: {}", self.name, r.stderr);
