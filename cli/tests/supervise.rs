@@ -141,3 +141,53 @@ fn prune_removes_a_crashed_cluster_completely_and_leaves_running_ones() {
     let r = swarmkit(&["cluster", "prune", "--prefix", &prefix]).ok();
     assert!(r.stdout.contains("nothing to prune"), "{}", r.stdout);
 }
+
+/// An upgrade replaces the binary under a running cluster: the supervisor still restarts
+/// what dies, and an agent still starts built-in images, from the binary they run.
+#[test]
+fn daemons_and_tasks_still_start_after_their_binary_is_replaced() {
+    require_root!();
+    let dir = std::env::temp_dir().join(format!("sk-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("swarmkit");
+    let install = || {
+        // A new file, as a package upgrade or a rebuild writes it: the old one is unlinked.
+        let _ = std::fs::remove_file(&copy);
+        std::fs::copy(testkit::bin().unwrap(), &copy).unwrap();
+    };
+    install();
+    let c = Cluster::guard(&common::unique_name("supupgrade"));
+    let up = std::process::Command::new("timeout")
+        .args([
+            "60",
+            copy.to_str().unwrap(),
+            "cluster",
+            "up",
+            "--name",
+            &c.name,
+        ])
+        .args(["--nodes", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    install();
+    for daemon in ["manager", "node1"] {
+        let old = common::pid_of(&c, daemon);
+        sigkill(old);
+        c.eventually(
+            &format!("{daemon} restarted"),
+            Duration::from_secs(15),
+            || {
+                let new = common::pid_of(&c, daemon);
+                new != old && common::alive(new)
+            },
+        );
+    }
+    c.sk(&["service", "create", "--name", "web", "whoami"]).ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(c.api_tasks("web")[0]["Status"]["State"], "running");
+}

@@ -122,6 +122,11 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result
 /// them by reading /proc even after a crash lost the pid files.
 pub const OWNER_ENV: &str = "SWARMKIT_OWNER";
 
+/// The program to run for a daemon or built-in image: this very binary. Not its path, which
+/// an upgrade (or a rebuild) replaces under running daemons, so that restarting one would
+/// fail with "No such file"; the running binary stays reachable as long as we run.
+pub const OWN_BINARY: &str = "/proc/self/exe";
+
 #[cfg(test)]
 mod tests {
     use super::*;

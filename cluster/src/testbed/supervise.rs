@@ -120,7 +120,6 @@ pub fn ensure(paths: &ClusterPaths, spec: &Spec) -> Result<(u32, bool)> {
 }
 
 fn spawn(paths: &ClusterPaths, spec: &Spec) -> Result<u32> {
-    let exe = std::env::current_exe().map_err(io("finding the swarmkit binary"))?;
     let log = paths.log_file(&spec.name);
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -128,8 +127,9 @@ fn spawn(paths: &ClusterPaths, spec: &Spec) -> Result<u32> {
         .open(&log)
         .map_err(io(log.display().to_string()))?;
     let err = out.try_clone().map_err(io(log.display().to_string()))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--cluster")
+    let mut cmd = std::process::Command::new(crate::paths::OWN_BINARY);
+    cmd.arg0("swarmkit")
+        .arg("--cluster")
         .arg(&paths.name)
         .args(&spec.args)
         .env(OWNER_ENV, &paths.name)
