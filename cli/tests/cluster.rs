@@ -483,3 +483,42 @@ fn without_root_the_error_says_so() {
     assert!(err.contains("needs root"), "{err}");
     assert!(namespaces("sk-nonroot.").is_empty());
 }
+
+/// A task's mount namespace holds its own hosts, resolv.conf and hostname, and none of the
+/// mounts that keep the host's network namespaces (every task's and sandbox's on a netns
+/// testbed).
+#[test]
+fn a_task_has_its_own_files_and_none_of_the_hosts_namespace_mounts() {
+    require_root!();
+    let c = Cluster::up("taskmounts", 1);
+    c.sk(&["network", "create", "--driver", "overlay", "app"])
+        .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "box",
+        "--network",
+        "app",
+        "alpine",
+        "sleep",
+        "600",
+    ])
+    .ok();
+    let out = c
+        .task(
+            "box.1",
+            "hostname; cat /etc/hostname /etc/resolv.conf; \
+             echo netns mounts: $(grep -c ' /run/netns/' /proc/self/mountinfo)",
+        )
+        .ok()
+        .stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], lines[1], "/etc/hostname is the task's: {out}");
+    assert!(out.contains("nameserver 127.0.0.11"), "{out}");
+    assert!(out.contains("netns mounts: 0"), "{out}");
+    assert!(
+        !namespaces(&c.ns_prefix()).is_empty(),
+        "the host has the cluster's namespace mounts all the same"
+    );
+}

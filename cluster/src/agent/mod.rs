@@ -83,6 +83,8 @@ pub struct Agent {
     /// Tasks left by an earlier agent and absent from the plan were stopped.
     swept: bool,
     logs: logs::LogSink,
+    /// None where it could not be made: tasks then copy the agent's own mount table.
+    mounts: Option<process::MountTemplate>,
 }
 
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
@@ -142,6 +144,10 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
 }
 
 pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
+    // Before tasks fill the descriptor table: one for each namespace whose nftables this
+    // agent keeps programming (a sandbox per network, the ingress sandbox, the node), and
+    // one for a task's, in flight. Past them, nft is spawned, a fork of the whole agent.
+    lb::libnft::reserve_low_descriptors(64);
     let paths = ClusterPaths::new(cluster);
     // A namespace of the node's own is the cluster's and goes with it; on a whole machine (a
     // guest or a host) what the agent changes there is journaled, for `cluster down` to undo.
@@ -216,6 +222,9 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         hostname: hostname.to_string(),
         swept: false,
         logs,
+        mounts: process::MountTemplate::new()
+            .inspect_err(|e| tracing::warn!("tasks will copy the node's whole mount table: {e}"))
+            .ok(),
     };
     let mut plan: Option<(Arc<NodePlan>, u64)> = None;
     let mut last_acked = None;
@@ -710,7 +719,7 @@ impl Agent {
             .context("connection tracking in the task's namespace")?;
         let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
             (Some(b), true) => vec![
-                std::env::current_exe()?.to_string_lossy().into_owned(),
+                crate::paths::OWN_BINARY.to_string(),
                 "__image".to_string(),
                 b.name().to_string(),
             ],
@@ -721,7 +730,15 @@ impl Agent {
         self.logs
             .follow(&t.id, &dir)
             .context("reading the task's output")?;
-        let child = process::spawn(t, &ns, &dir, &self.paths.name, &argv, outputs)?;
+        let child = process::spawn(
+            t,
+            &ns,
+            self.mounts.as_ref(),
+            &dir,
+            &self.paths.name,
+            &argv,
+            outputs,
+        )?;
         let pid = child.id();
         if let Some(p) = pid {
             let rec = adopt::Record {

@@ -8,7 +8,9 @@
 //! missing (an ssh host with only the binary, say), `open_in` says so and callers spawn nft.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::netns::NetNs;
@@ -54,20 +56,84 @@ fn lib() -> Option<&'static Lib> {
     .as_ref()
 }
 
+/// Whether libnftables could be loaded.
+pub fn available() -> bool {
+    lib().is_some()
+}
+
 /// libnftables keeps some state process-wide (symbol tables, the JSON parser's), so calls are
 /// serialised; each takes well under a millisecond.
 static CALLS: Mutex<()> = Mutex::new(());
 
 /// libnftables waits on its netlink socket with select(2), and glibc aborts the whole process
 /// when select is handed a descriptor >= FD_SETSIZE (1024). The socket is opened by
-/// `nft_ctx_new` on the lowest free descriptor, so a context is only opened while that is
-/// well below the limit (an agent with a thousand tasks holds several thousand descriptors);
-/// otherwise callers spawn nft, which starts with a fresh descriptor table.
-const LOW_FDS: std::os::fd::RawFd = 1000;
+/// `nft_ctx_new` on the lowest free descriptor, so a context is only opened where that is
+/// well below the limit. An agent with a thousand tasks holds several thousand descriptors,
+/// so it sets low ones aside at start ([`reserve_low_descriptors`]) and frees one just before
+/// a context opens. Without one, callers spawn nft, which starts with a fresh descriptor
+/// table but costs a fork of the whole agent and nft's own listing of the ruleset.
+const LOW_FDS: RawFd = 1000;
 
-fn low_descriptor_free() -> bool {
-    use std::os::fd::AsRawFd;
-    std::fs::File::open("/dev/null").is_ok_and(|f| f.as_raw_fd() < LOW_FDS)
+/// Descriptors below `LOW_FDS` set aside for contexts' sockets (each holds /dev/null), and
+/// how many the process asked for.
+static RESERVED: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+static RESERVE_TARGET: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets aside up to `n` descriptors below FD_SETSIZE for the libnftables contexts this process
+/// will open, wherever its descriptor count goes later. Call it early, while they are free.
+pub fn reserve_low_descriptors(n: usize) {
+    RESERVE_TARGET.store(n, Ordering::Relaxed);
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    while reserved.len() < n {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) if f.as_raw_fd() < LOW_FDS => reserved.push(f.into()),
+            _ => break,
+        }
+    }
+}
+
+/// Where the next context's socket will land: a free low descriptor, or a reserved one
+/// freed for it. None when neither is left.
+fn free_low_descriptor() -> Option<RawFd> {
+    let probe = std::fs::File::open("/dev/null").ok()?;
+    if probe.as_raw_fd() < LOW_FDS {
+        return Some(probe.as_raw_fd());
+    }
+    let spare = RESERVED.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+    let fd = spare.as_raw_fd();
+    drop(spare);
+    Some(fd)
+}
+
+/// Whether `fd` is a netfilter netlink socket: how a context's socket is told apart from a
+/// descriptor another thread opened on the freed number first.
+fn is_netfilter_socket(fd: RawFd) -> bool {
+    let int_opt = |opt| {
+        let mut v: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for the call; a descriptor that is not a socket
+        // (or was closed) fails with an error instead.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&raw mut v).cast(), &raw mut len)
+        };
+        (rc == 0).then_some(v)
+    };
+    int_opt(libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+        && int_opt(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+}
+
+/// Sets the low descriptor a freed context's socket held aside again, if it is still free
+/// and fewer than asked for are set aside.
+fn give_back(fd: RawFd) {
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    if reserved.len() >= RESERVE_TARGET.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Ok(f) = std::fs::File::open("/dev/null")
+        && f.as_raw_fd() == fd
+    {
+        reserved.push(f.into());
+    }
 }
 
 /// A namespace's context, opened on first use: not tried yet, unavailable, or open.
@@ -76,7 +142,12 @@ pub struct Slot(Option<Option<Context>>);
 
 impl Slot {
     pub fn get_or_open(&mut self, ns: &NetNs) -> Option<&mut Context> {
-        self.0.get_or_insert_with(|| Context::open_in(ns)).as_mut()
+        // Without the library there is nothing to retry; without a low descriptor, a later
+        // call may find one.
+        if self.0.is_none() || matches!(self.0, Some(None)) && available() {
+            self.0 = Some(Context::open_in(ns));
+        }
+        self.0.as_mut().and_then(Option::as_mut)
     }
 }
 
@@ -94,6 +165,8 @@ impl std::fmt::Debug for Slot {
 pub struct Context {
     lib: &'static Lib,
     ctx: NonNull<c_void>,
+    /// Its netlink socket's descriptor, set aside again once the context is freed.
+    socket: RawFd,
 }
 
 // SAFETY: the context is only touched under `CALLS`, and its socket does not care which thread
@@ -106,17 +179,25 @@ impl Context {
     pub fn open_in(ns: &NetNs) -> Option<Context> {
         let lib = lib()?;
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
-        if !low_descriptor_free() {
-            return None;
-        }
-        let ptr = ns
-            .run(|| {
-                // SAFETY: plain constructor; flags 0 = NFT_CTX_DEFAULT (opens the socket).
-                let ctx = unsafe { (lib.ctx_new)(0) };
-                ctx as usize
-            })
-            .ok()?;
-        let ctx = NonNull::new(ptr as *mut c_void)?;
+        // Another thread may take the freed number first, leaving the socket where select
+        // may not reach: that context is freed and the next number tried.
+        let (ctx, socket) = (0..4).find_map(|_| {
+            let socket = free_low_descriptor()?;
+            let ptr = ns
+                .run(|| {
+                    // SAFETY: plain constructor; flags 0 = NFT_CTX_DEFAULT (opens the socket).
+                    let ctx = unsafe { (lib.ctx_new)(0) };
+                    ctx as usize
+                })
+                .ok()?;
+            let ctx = NonNull::new(ptr as *mut c_void)?;
+            if is_netfilter_socket(socket) {
+                return Some((ctx, socket));
+            }
+            // SAFETY: a live context from nft_ctx_new, freed once.
+            unsafe { (lib.ctx_free)(ctx.as_ptr()) };
+            None
+        })?;
         // SAFETY: `ctx` is a live context from nft_ctx_new.
         unsafe {
             (lib.output_set_flags)(ctx.as_ptr(), OUTPUT_JSON);
@@ -124,7 +205,7 @@ impl Context {
             (lib.buffer_output)(ctx.as_ptr());
             (lib.buffer_error)(ctx.as_ptr());
         }
-        Some(Context { lib, ctx })
+        Some(Context { lib, ctx, socket })
     }
 
     /// Runs a JSON batch or nft-syntax commands as one transaction; on failure, nft's own
@@ -160,6 +241,7 @@ impl Drop for Context {
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: freed once; closes the context's socket, releasing the namespace.
         unsafe { (self.lib.ctx_free)(self.ctx.as_ptr()) }
+        give_back(self.socket);
     }
 }
 

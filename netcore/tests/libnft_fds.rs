@@ -1,0 +1,40 @@
+//! libnftables in a process with thousands of descriptors (an agent with a thousand tasks):
+//! its socket must land below FD_SETSIZE, or glibc aborts the process on its first select.
+//! Alone in its binary, because it fills the process's descriptor table.
+
+use std::os::fd::AsRawFd;
+
+use netcore::lb::libnft::{self, Context, reserve_low_descriptors};
+use netcore::netns::NetNs;
+
+#[test]
+fn a_context_opens_below_fd_setsize_however_many_descriptors_are_open() {
+    if !nix::unistd::geteuid().is_root() || !libnft::available() {
+        eprintln!("skipped: needs root and libnftables");
+        return;
+    }
+    reserve_low_descriptors(2);
+    let crowd: Vec<std::fs::File> = (0..1500)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    assert!(crowd.last().unwrap().as_raw_fd() > 1024);
+    let name = format!("sk-libnftfds-{}", std::process::id());
+    let ns = NetNs::create(&name).unwrap();
+    let outcome = (|| {
+        // Three in a row: each freed context's descriptor is set aside again for the next.
+        for round in 0..3 {
+            let mut ctx = Context::open_in(&ns).ok_or(format!("round {round}: no context"))?;
+            ctx.run(&format!("add table ip t{round}"))
+                .map_err(|e| format!("round {round}: {e}"))?;
+        }
+        let listed = netcore::lb::nftbatch::run_nft(&ns, &["list", "tables"], None)
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(listed)
+    })();
+    NetNs::delete(&name).unwrap();
+    drop(crowd);
+    let listed = outcome.unwrap();
+    for t in ["t0", "t1", "t2"] {
+        assert!(listed.contains(&format!("table ip {t}")), "{listed}");
+    }
+}
