@@ -46,9 +46,25 @@ enum Endpoint {
     Tcp(String),
 }
 
-#[derive(Clone, Debug)]
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+#[derive(Debug)]
 pub struct ManagerClient {
     endpoint: Endpoint,
+    /// The connection the last request used, kept for the next: an agent long-polls its
+    /// plan every heartbeat, and a connection per poll (a TCP handshake and teardown across
+    /// the underlay each time) was most of an idle cluster's CPU.
+    idle: std::sync::Mutex<Option<Sender>>,
+}
+
+/// A clone has its own connection: a long poll holds one for its whole wait.
+impl Clone for ManagerClient {
+    fn clone(&self) -> Self {
+        ManagerClient {
+            endpoint: self.endpoint.clone(),
+            idle: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// Longer than the manager's plan long-poll (5 s) with room for a loaded machine.
@@ -62,18 +78,18 @@ impl ManagerClient {
     pub fn new(socket: &Path) -> Self {
         ManagerClient {
             endpoint: Endpoint::Unix(socket.to_path_buf()),
+            idle: std::sync::Mutex::new(None),
         }
     }
 
     pub fn tcp(addr: &str) -> Self {
         ManagerClient {
             endpoint: Endpoint::Tcp(addr.to_string()),
+            idle: std::sync::Mutex::new(None),
         }
     }
 
-    async fn handshake(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
+    async fn handshake(&self) -> Result<Sender, ClientError> {
         let connect = |source| ClientError::Connect {
             path: match &self.endpoint {
                 Endpoint::Unix(p) => p.clone(),
@@ -86,9 +102,7 @@ impl ManagerClient {
             uri: String::new(),
             message: e.to_string(),
         };
-        async fn over<S>(
-            io: S,
-        ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+        async fn over<S>(io: S) -> Result<Sender, hyper::Error>
         where
             S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         {
@@ -138,22 +152,41 @@ impl ManagerClient {
             uri: uri.to_string(),
             message,
         };
-        let mut sender = self.handshake().await?;
-        let bytes = match body {
+        let bytes = Bytes::from(match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| http(e.to_string()))?,
             None => Vec::new(),
+        });
+        let request = || {
+            Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header("Host", "swarmkit")
+                .header("Content-Type", "application/json")
+                .body(Full::new(bytes.clone()))
+                .map_err(|e| http(e.to_string()))
         };
-        let req = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header("Host", "swarmkit")
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let kept = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|s| !s.is_closed());
+        let (mut sender, resp) = match kept {
+            Some(mut sender) => match send(&mut sender, request()?).await {
+                Ok(resp) => (sender, resp),
+                // The manager closed it meanwhile (it restarted, say): once more on a new one.
+                Err(_) => {
+                    let mut sender = self.handshake().await?;
+                    let resp = send(&mut sender, request()?).await.map_err(http)?;
+                    (sender, resp)
+                }
+            },
+            None => {
+                let mut sender = self.handshake().await?;
+                let resp = send(&mut sender, request()?).await.map_err(http)?;
+                (sender, resp)
+            }
+        };
         let status = resp.status();
         let body = resp
             .into_body()
@@ -161,6 +194,9 @@ impl ManagerClient {
             .await
             .map_err(|e| http(e.to_string()))?
             .to_bytes();
+        if sender.ready().await.is_ok() {
+            *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        }
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -192,4 +228,12 @@ impl ManagerClient {
     ) -> Result<T, ClientError> {
         self.call(Method::POST, uri, Some(body)).await
     }
+}
+
+async fn send(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }

@@ -122,15 +122,15 @@ fn is_netfilter_socket(fd: RawFd) -> bool {
         && int_opt(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
 }
 
-/// Sets the low descriptor a freed context's socket held aside again, if it is still free
-/// and fewer than asked for are set aside.
-fn give_back(fd: RawFd) {
+/// Sets a low descriptor aside again for a freed context's: its own number, or a lower one
+/// freed meanwhile (any other descriptor closing below it).
+fn give_back() {
     let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
     if reserved.len() >= RESERVE_TARGET.load(Ordering::Relaxed) {
         return;
     }
     if let Ok(f) = std::fs::File::open("/dev/null")
-        && f.as_raw_fd() == fd
+        && f.as_raw_fd() < LOW_FDS
     {
         reserved.push(f.into());
     }
@@ -165,8 +165,6 @@ impl std::fmt::Debug for Slot {
 pub struct Context {
     lib: &'static Lib,
     ctx: NonNull<c_void>,
-    /// Its netlink socket's descriptor, set aside again once the context is freed.
-    socket: RawFd,
 }
 
 // SAFETY: the context is only touched under `CALLS`, and its socket does not care which thread
@@ -181,7 +179,7 @@ impl Context {
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
         // Another thread may take the freed number first, leaving the socket where select
         // may not reach: that context is freed and the next number tried.
-        let (ctx, socket) = (0..4).find_map(|_| {
+        let ctx = (0..4).find_map(|_| {
             let socket = free_low_descriptor()?;
             let ptr = ns
                 .run(|| {
@@ -192,7 +190,7 @@ impl Context {
                 .ok()?;
             let ctx = NonNull::new(ptr as *mut c_void)?;
             if is_netfilter_socket(socket) {
-                return Some((ctx, socket));
+                return Some(ctx);
             }
             // SAFETY: a live context from nft_ctx_new, freed once.
             unsafe { (lib.ctx_free)(ctx.as_ptr()) };
@@ -205,7 +203,7 @@ impl Context {
             (lib.buffer_output)(ctx.as_ptr());
             (lib.buffer_error)(ctx.as_ptr());
         }
-        Some(Context { lib, ctx, socket })
+        Some(Context { lib, ctx })
     }
 
     /// Runs a JSON batch or nft-syntax commands as one transaction; on failure, nft's own
@@ -241,7 +239,7 @@ impl Drop for Context {
         let _serial = CALLS.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: freed once; closes the context's socket, releasing the namespace.
         unsafe { (self.lib.ctx_free)(self.ctx.as_ptr()) }
-        give_back(self.socket);
+        give_back();
     }
 }
 
