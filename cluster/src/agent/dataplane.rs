@@ -222,28 +222,51 @@ impl Dataplane {
     }
 
     /// Balances each network's VIPs in its sandbox: once per network and change, however
-    /// many local tasks use it. `touched` (from `changed_networks`) skips networks whose
-    /// services did not change; None re-applies all.
+    /// many local tasks use it. With `changed` (the services that changed since the plan last
+    /// applied, from `changed_services`), only those are handed on, so a change costs what it
+    /// touches; None re-applies every network whole.
     pub async fn apply_vips(
         &mut self,
         plan: &NodePlan,
-        touched: Option<&HashSet<String>>,
+        changed: Option<&[ServiceChange<'_>]>,
     ) -> anyhow::Result<()> {
         let ingress = plan.ingress.as_ref().map(|i| i.network_id.as_str());
         for (id, sb) in self.sandboxes.iter_mut() {
-            if Some(id.as_str()) == ingress
-                || (sb.vips.is_some() && touched.is_some_and(|t| !t.contains(id)))
-            {
+            if Some(id.as_str()) == ingress {
                 continue;
             }
-            let services = network_services(plan, id);
-            let vips: BTreeSet<Ipv4Addr> = services
-                .iter()
-                .filter_map(|s| match s.frontend {
-                    Frontend::Vip(ip) => Some(ip),
-                    Frontend::Port { .. } => None,
-                })
-                .collect();
+            let (vips, changes) = match (changed, &sb.vips) {
+                (Some(changed), Some(vips)) => {
+                    let changes = network_changes(changed, id);
+                    if changes.is_empty() {
+                        continue;
+                    }
+                    // All that leave before all that come: a VIP may pass from a service
+                    // that left to one that came.
+                    let mut now = vips.clone();
+                    for (old, _) in changed {
+                        if let Some((vip, _)) = old.and_then(|s| s.vips.get(id)) {
+                            now.remove(vip);
+                        }
+                    }
+                    for (_, new) in changed {
+                        if let Some((vip, _)) = new.and_then(|s| s.vips.get(id)) {
+                            now.insert(*vip);
+                        }
+                    }
+                    (now, Some(changes))
+                }
+                _ => {
+                    let vips = network_services(plan, id)
+                        .iter()
+                        .filter_map(|s| match s.frontend {
+                            Frontend::Vip(ip) => Some(ip),
+                            Frontend::Port { .. } => None,
+                        })
+                        .collect();
+                    (vips, None)
+                }
+            };
             // A VIP the bridge answers for has its rules already; one it stops answering
             // for loses them after.
             let kept = sb
@@ -259,8 +282,12 @@ impl Dataplane {
             .await
             .with_context(|| format!("VIP addresses of network {id}"))?;
             sb.vips = kept;
-            tokio::task::block_in_place(|| sb.lb.apply(&services))
-                .with_context(|| format!("load balancing on network {id}"))?;
+            let whole = || network_services(plan, id);
+            tokio::task::block_in_place(|| match &changes {
+                Some(changes) => sb.lb.apply_changes(changes, &whole),
+                None => sb.lb.apply(&whole()),
+            })
+            .with_context(|| format!("load balancing on network {id}"))?;
             overlay::reconcile_vips(&sb.ns, &sb.spec, sb.vips.as_ref(), &vips)
                 .await
                 .with_context(|| format!("VIP addresses of network {id}"))?;
@@ -425,26 +452,36 @@ impl Dataplane {
 /// A service as it was and as it is (None: absent).
 pub type ServiceChange<'a> = (Option<&'a Arc<ServicePlan>>, Option<&'a Arc<ServicePlan>>);
 
-/// Services that appeared, left or changed between two plans.
+/// Services that appeared, left or changed between two plans: one walk down both lists,
+/// which a plan keeps sorted by ID (`PlanState` holds them in a BTreeMap). Plans made from one
+/// plan state share their unchanged services, so most steps compare two pointers.
 pub fn changed_services<'a>(old: &'a NodePlan, new: &'a NodePlan) -> Vec<ServiceChange<'a>> {
-    let before: HashMap<&str, &Arc<ServicePlan>> =
-        old.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    debug_assert!(old.services.is_sorted_by(|a, b| a.id < b.id));
+    debug_assert!(new.services.is_sorted_by(|a, b| a.id < b.id));
+    let (mut a, mut b) = (old.services.iter().peekable(), new.services.iter().peekable());
     let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for s in &new.services {
-        seen.insert(s.id.as_str());
-        match before.get(s.id.as_str()) {
-            // Plans made from one plan state share their unchanged services.
-            Some(o) if Arc::ptr_eq(o, s) || o == &s => {}
-            o => out.push((o.copied(), Some(s))),
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {
+                a.next();
+                b.next();
+            }
+            (Some(o), Some(n)) => match o.id.cmp(&n.id) {
+                std::cmp::Ordering::Equal => {
+                    if o != n {
+                        out.push((Some(*o), Some(*n)));
+                    }
+                    a.next();
+                    b.next();
+                }
+                std::cmp::Ordering::Less => out.push((a.next(), None)),
+                std::cmp::Ordering::Greater => out.push((None, b.next())),
+            },
+            (Some(_), None) => out.push((a.next(), None)),
+            (None, Some(_)) => out.push((None, b.next())),
+            (None, None) => return out,
         }
     }
-    for s in &old.services {
-        if !seen.contains(s.id.as_str()) {
-            out.push((Some(s), None));
-        }
-    }
-    out
 }
 
 /// The networks whose services `changed_services` found changed: the tasks on them need
@@ -469,18 +506,43 @@ pub fn task_networks<'a>(plan: &NodePlan, task: &'a TaskPlan) -> Vec<&'a str> {
         .collect()
 }
 
+/// What `changed` does to a network's balanced services, by fwmark (None: gone).
+pub fn network_changes(
+    changed: &[ServiceChange],
+    network_id: &str,
+) -> Vec<(u32, Option<VirtualService>)> {
+    let mut out = Vec::new();
+    for (old, new) in changed {
+        let now = new.and_then(|s| virtual_service(s, network_id));
+        if let Some((_, mark)) = old.and_then(|s| s.vips.get(network_id))
+            && now.as_ref().map(|v| v.fwmark) != Some(*mark)
+        {
+            out.push((*mark, None));
+        }
+        if let Some(v) = now {
+            out.push((v.fwmark, Some(v)));
+        }
+    }
+    // Marks that leave first: one freed and taken by another service in the same change
+    // ends up taken.
+    out.sort_by_key(|(_, v)| v.is_some());
+    out
+}
+
+fn virtual_service(s: &ServicePlan, network_id: &str) -> Option<VirtualService> {
+    let (vip, fwmark) = s.vips.get(network_id)?;
+    Some(VirtualService {
+        fwmark: *fwmark,
+        frontend: Frontend::Vip(*vip),
+        backends: s.backends.get(network_id).cloned().unwrap_or_default(),
+    })
+}
+
 /// The VIPs a network's sandbox balances: every VIP-mode service on the network.
 pub fn network_services(plan: &NodePlan, network_id: &str) -> Vec<VirtualService> {
     plan.services
         .iter()
-        .filter_map(|s| {
-            let (vip, fwmark) = s.vips.get(network_id)?;
-            Some(VirtualService {
-                fwmark: *fwmark,
-                frontend: Frontend::Vip(*vip),
-                backends: s.backends.get(network_id).cloned().unwrap_or_default(),
-            })
-        })
+        .filter_map(|s| virtual_service(s, network_id))
         .collect()
 }
 
@@ -659,7 +721,9 @@ mod tests {
         }
     }
 
-    fn plan(services: Vec<ServicePlan>) -> NodePlan {
+    /// A plan as `PlanState` makes them: services sorted by ID.
+    fn plan(mut services: Vec<ServicePlan>) -> NodePlan {
+        services.sort_by(|a, b| a.id.cmp(&b.id));
         NodePlan {
             services: services.into_iter().map(Arc::new).collect(),
             ingress: Some(IngressPlan {
@@ -757,5 +821,49 @@ mod tests {
             assert_eq!(names, task_view(&next, &t).names);
             prev = next;
         }
+    }
+
+    /// With a mark: `service` gives every VIP mark 300.
+    fn marked(name: &str, mark: u32, vip: u8) -> ServicePlan {
+        let mut s = service(name, EndpointMode::Vip, &[("back", vip, &[])]);
+        s.vips.get_mut("back").unwrap().1 = mark;
+        s
+    }
+
+    #[test]
+    fn changed_services_and_their_balancing_on_a_network() {
+        let old = plan(vec![
+            marked("a", 300, 10),
+            marked("b", 301, 20),
+            marked("c", 302, 30),
+        ]);
+        // `a` is shared as plans from one plan state share it; `b` gains a backend; `c`
+        // leaves and `d` comes with its mark and VIP.
+        let mut b = marked("b", 301, 20);
+        b.backends.get_mut("back").unwrap().push(ip(99));
+        let mut services = vec![old.services[0].clone(), Arc::new(b)];
+        services.push(Arc::new(marked("d", 302, 30)));
+        let new = NodePlan {
+            services,
+            ..old.clone()
+        };
+        let changed = changed_services(&old, &new);
+        let ids: Vec<_> = changed
+            .iter()
+            .map(|(o, n)| (o.map(|s| s.id.as_str()), n.map(|s| s.id.as_str())))
+            .collect();
+        assert_eq!(
+            ids,
+            [(Some("b"), Some("b")), (Some("c"), None), (None, Some("d"))]
+        );
+        let on_back = network_changes(&changed, "back");
+        let marks: Vec<_> = on_back
+            .iter()
+            .map(|(m, s)| (*m, s.as_ref().map(|s| s.backends.len())))
+            .collect();
+        // The mark `c` frees is taken by `d`: freed first, so it ends up taken.
+        assert_eq!(marks, [(302, None), (301, Some(3)), (302, Some(2))]);
+        assert!(network_changes(&changed, "front").is_empty());
+        assert!(changed_services(&new, &new).is_empty());
     }
 }

@@ -618,7 +618,7 @@ impl Agent {
         }
         let changed = prev.map(|p| dataplane::changed_services(p, plan));
         let touched = changed.as_deref().map(dataplane::networks_of);
-        self.dataplane.apply_vips(plan, touched.as_ref()).await?;
+        self.dataplane.apply_vips(plan, changed.as_deref()).await?;
         let prev_tasks: HashSet<&str> = prev
             .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
             .unwrap_or_default();

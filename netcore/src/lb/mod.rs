@@ -167,6 +167,18 @@ pub trait LoadBalancer: Send {
     /// the difference from what this instance last applied is sent to the kernel, in ONE atomic
     /// batch, so cost grows with the number of changes, not the number of services.
     fn apply(&mut self, desired: &[VirtualService]) -> Result<(), LbError>;
+    /// Brings the services `changes` names (by fwmark; None: gone) to what it gives, and
+    /// leaves every other as the last apply left it, so a change costs what it touches, not
+    /// the namespace's size. `full` gives the whole desired set, for a balancer that has to
+    /// rebuild (nothing applied yet, or a failed batch) or cannot apply a part.
+    fn apply_changes(
+        &mut self,
+        changes: &[(u32, Option<VirtualService>)],
+        full: &dyn Fn() -> Vec<VirtualService>,
+    ) -> Result<(), LbError> {
+        let _ = changes;
+        self.apply(&full())
+    }
     /// Remove everything this driver created in the namespace.
     fn teardown(&mut self) -> Result<(), LbError>;
     /// How many kernel commands the last `apply` sent (0 when nothing changed, so no batch).
@@ -306,6 +318,60 @@ pub(crate) mod hairpin {
         let (before, after) = (backends(old), backends(new));
         removed(b, &before, &after);
         added(b, &before, &after);
+    }
+
+    /// How many VIP services list each backend: a backend's pair stays while any does.
+    pub type Refs = std::collections::HashMap<Ipv4Addr, u32>;
+    /// What a partial change does to `Refs`.
+    pub type RefChanges = std::collections::BTreeMap<Ipv4Addr, i64>;
+
+    pub fn refs(services: &ServiceMap) -> Refs {
+        let mut refs = RefChanges::new();
+        for s in services.values() {
+            count(&mut refs, s, 1);
+        }
+        let mut counted = Refs::new();
+        settle(&mut counted, &refs);
+        counted
+    }
+
+    /// Counts `svc`'s backends in (`by` 1) or out (`by` -1).
+    pub fn count(changes: &mut RefChanges, svc: &super::VirtualService, by: i64) {
+        if matches!(svc.frontend, Frontend::Vip(_)) {
+            for b in &svc.backends {
+                *changes.entry(*b).or_insert(0) += by;
+            }
+        }
+    }
+
+    /// For a partial change: elements for backends no service listed before (into
+    /// `added_to`) and that none lists after (into `removed_to`).
+    pub fn split_counted(
+        added_to: &mut NftBatch,
+        removed_to: &mut NftBatch,
+        refs: &Refs,
+        changes: &RefChanges,
+    ) {
+        for (addr, by) in changes {
+            let before = i64::from(refs.get(addr).copied().unwrap_or(0));
+            match (before > 0, before + by > 0) {
+                (false, true) => added_to.add_element(SET, pair(*addr)),
+                (true, false) => removed_to.delete_element(SET, pair(*addr)),
+                _ => {}
+            }
+        }
+    }
+
+    /// `refs` once `changes` are applied.
+    pub fn settle(refs: &mut Refs, changes: &RefChanges) {
+        for (addr, by) in changes {
+            let n = i64::from(refs.get(addr).copied().unwrap_or(0)) + by;
+            if n > 0 {
+                refs.insert(*addr, n as u32);
+            } else {
+                refs.remove(addr);
+            }
+        }
     }
 
     /// Elements for backends that came (into `added`) and that left (into `removed`).

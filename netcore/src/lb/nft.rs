@@ -77,6 +77,8 @@ pub struct NftLb {
     applied: Option<ServiceMap>,
     /// Where each applied service's rotation starts in its backend map (absent: 0).
     offsets: Offsets,
+    /// How many applied VIP services list each backend (its hairpin pair's owners).
+    hairpin: hairpin::Refs,
     forwarding: bool,
     last_commands: usize,
 }
@@ -87,6 +89,7 @@ impl NftLb {
             ns,
             applied: None,
             offsets: Offsets::new(),
+            hairpin: hairpin::Refs::new(),
             forwarding: false,
             last_commands: 0,
         }
@@ -117,6 +120,70 @@ impl NftLb {
             services: new,
         })
     }
+}
+
+impl NftLb {
+    /// The batches that bring the services `changes` names to what it gives, every other
+    /// left alone; None when nothing is applied yet to change. Pure, as [`NftLb::plan`].
+    pub fn plan_changes(
+        &self,
+        changes: &[(u32, Option<VirtualService>)],
+    ) -> Result<Option<ChangePlan>, LbError> {
+        let Some(applied) = &self.applied else {
+            return Ok(None);
+        };
+        // Later entries for a mark win: a mark freed and taken again in one change.
+        let mut new = ServiceMap::new();
+        let mut old = ServiceMap::new();
+        for (mark, svc) in changes {
+            if let Some(o) = applied.get(mark) {
+                old.insert(*mark, o.clone());
+            }
+            match svc {
+                Some(svc) if svc.fwmark == *mark => {
+                    new.insert(*mark, svc.clone());
+                }
+                Some(svc) => return Err(LbError::DuplicateFwmark(svc.fwmark)),
+                None => {
+                    new.remove(mark);
+                }
+            }
+        }
+        validate(&new.values().cloned().collect::<Vec<_>>())?;
+        let mut make = NftBatch::new(TABLE);
+        let mut retire = NftBatch::new(TABLE);
+        let offsets = diff(&mut make, &mut retire, &old, &new, &self.offsets);
+        let mut refs = hairpin::RefChanges::new();
+        for o in old.values() {
+            hairpin::count(&mut refs, o, -1);
+        }
+        for n in new.values() {
+            hairpin::count(&mut refs, n, 1);
+        }
+        hairpin::split_counted(&mut make, &mut retire, &self.hairpin, &refs);
+        let gone = old.keys().filter(|m| !new.contains_key(m)).copied().collect();
+        Ok(Some(ChangePlan {
+            make,
+            retire,
+            offsets,
+            services: new,
+            gone,
+            refs,
+        }))
+    }
+}
+
+/// A partial apply (see [`NftLb::plan_changes`]): its batches, as in [`Plan`], and what the
+/// changed services become once they ran.
+pub struct ChangePlan {
+    pub make: NftBatch,
+    pub retire: NftBatch,
+    /// Rotation offsets of the services in `services` (absent: 0).
+    offsets: Offsets,
+    services: ServiceMap,
+    /// Marks that leave.
+    gone: Vec<u32>,
+    refs: hairpin::RefChanges,
 }
 
 type Offsets = std::collections::BTreeMap<u32, u32>;
@@ -411,8 +478,44 @@ impl LoadBalancer for NftLb {
             }
         }
         self.last_commands = plan.make.len() + plan.retire.len();
+        self.hairpin = hairpin::refs(&plan.services);
         self.applied = Some(plan.services);
         self.offsets = plan.offsets;
+        Ok(())
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &[(u32, Option<VirtualService>)],
+        full: &dyn Fn() -> Vec<VirtualService>,
+    ) -> Result<(), LbError> {
+        let Some(plan) = self.plan_changes(changes)? else {
+            return self.apply(&full());
+        };
+        if !self.forwarding && plan.services.values().any(|s| matches!(s.frontend, Frontend::Port { .. })) {
+            self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
+            self.forwarding = true;
+        }
+        for batch in [&plan.make, &plan.retire] {
+            if let Err(e) = batch.run(&self.ns) {
+                self.applied = None;
+                return Err(e);
+            }
+        }
+        self.last_commands = plan.make.len() + plan.retire.len();
+        hairpin::settle(&mut self.hairpin, &plan.refs);
+        let applied = self.applied.get_or_insert_with(ServiceMap::new);
+        for mark in plan.gone {
+            applied.remove(&mark);
+            self.offsets.remove(&mark);
+        }
+        for (mark, svc) in plan.services {
+            match plan.offsets.get(&mark) {
+                Some(o) => self.offsets.insert(mark, *o),
+                None => self.offsets.remove(&mark),
+            };
+            applied.insert(mark, svc);
+        }
         Ok(())
     }
 
@@ -568,6 +671,50 @@ mod tests {
             retire.contains(r#"{"concat":["10.1.0.1",65537]}"#),
             "{retire}"
         );
+    }
+
+    /// A partial change plans exactly the batches the whole desired set would.
+    #[test]
+    fn changes_plan_what_the_whole_set_would() {
+        let base: Vec<_> = (0..50u32)
+            .map(|i| svc(256 + i, [10, 1, 0, i as u8], &[[10, 0, 1, i as u8]]))
+            .collect();
+        let mut lb = NftLb::new(dummy_ns());
+        lb.applied = Some(by_mark(&base));
+        lb.hairpin = hairpin::refs(&by_mark(&base));
+        lb.offsets.insert(260, ROTATION_SPAN);
+        let mut scaled = base[4].clone();
+        scaled.backends.push([10, 0, 1, 200].into());
+        let mut moved = base[7].clone();
+        moved.frontend = Frontend::Vip([10, 1, 9, 9].into());
+        // A backend moves from the service that leaves to one that stays.
+        let mut took = base[9].clone();
+        took.backends.push([10, 0, 1, 8].into());
+        let scenarios: Vec<Vec<(u32, Option<VirtualService>)>> = vec![
+            vec![(1000, Some(svc(1000, [10, 2, 0, 1], &[[10, 0, 2, 1]])))],
+            vec![(256, None)],
+            vec![(260, Some(scaled))],
+            vec![(263, Some(moved))],
+            vec![(264, None), (265, Some(took))],
+            vec![(270, Some(base[14].clone()))],
+        ];
+        for changes in scenarios {
+            let mut whole = by_mark(&base);
+            for (mark, s) in &changes {
+                match s {
+                    Some(s) => whole.insert(*mark, s.clone()),
+                    None => whole.remove(mark),
+                };
+            }
+            let whole: Vec<_> = whole.into_values().collect();
+            let full = lb.plan(&whole).unwrap();
+            let part = lb.plan_changes(&changes).unwrap().unwrap();
+            assert_eq!(
+                (full.make.to_json().unwrap(), full.retire.to_json().unwrap()),
+                (part.make.to_json().unwrap(), part.retire.to_json().unwrap()),
+                "{changes:?}"
+            );
+        }
     }
 
     #[test]
