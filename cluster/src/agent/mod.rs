@@ -251,13 +251,15 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             continue;
         };
         wake_at = None;
-        let mut applied = last_acked.map(|(v, _)| v);
+        // The version and digest of the plan last applied: the manager can send a second
+        // delta under one version (a draining task settling), so both are reported.
+        let mut applied = last_acked;
         if reconcile {
             let started = std::time::Instant::now();
             match agent.reconcile(plan).await {
                 Ok(()) => {
                     tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
-                    applied = Some(plan.version);
+                    applied = Some((plan.version, *digest));
                 }
                 Err(e) => {
                     tracing::warn!("applying plan {}: {e:#}", plan.version);
@@ -265,8 +267,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
                 }
             }
         }
-        if !agent.reports.is_empty() || applied != last_acked.map(|(v, _)| v) {
-            let applied = applied.map(|v| (v, *digest));
+        if !agent.reports.is_empty() || applied != last_acked {
             if agent.send_report(&plan.node_id, applied).await {
                 last_acked = applied;
             } else {
