@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use common::{Cluster, es_names};
 
@@ -554,4 +555,55 @@ fn vips_are_balanced_in_the_network_sandbox_keeping_the_client_address() {
             "{node}'s sandbox answers for the VIP {vip}:\n{addrs}"
         );
     }
+}
+
+/// A VIP whose service has no task serving refuses at once (a reset from the network
+/// sandbox, which holds the VIP), rather than leaving the client to time out; its first task
+/// makes it answer, and scaling back to none makes it refuse again.
+#[test]
+fn a_vip_without_tasks_refuses_and_answers_once_a_task_serves() {
+    require_root!();
+    let c = Cluster::up("vipempty", 2);
+    c.sk(&["network", "create", "--driver", "overlay", "app"])
+        .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "--replicas",
+        "0",
+        "whoami",
+    ])
+    .ok();
+    c.sk(&[
+        "service",
+        "create",
+        "--name",
+        "client",
+        "--network",
+        "app",
+        "alpine",
+        "sleep",
+        "600",
+    ])
+    .ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        c.all_in_sync()
+    });
+    // curl's exit code 7 is "connection refused"; a blackholed VIP would give 28 (timeout).
+    let probe = "curl -s -o /dev/null -m 3 http://web/; echo rc=$?";
+    let refused = c.task("client.1", probe).ok().stdout;
+    assert!(refused.contains("rc=7"), "no tasks: {refused}");
+    c.sk(&["service", "scale", "web=1"]).ok();
+    let served = c.task("client.1", probe).ok().stdout;
+    assert!(served.contains("rc=0"), "one task: {served}");
+    c.sk(&["service", "scale", "web=0"]).ok();
+    c.eventually("every agent in sync", Duration::from_secs(20), || {
+        c.all_in_sync()
+    });
+    let refused = c.task("client.1", probe).ok().stdout;
+    assert!(refused.contains("rc=7"), "scaled back to none: {refused}");
 }

@@ -257,12 +257,10 @@ impl Dataplane {
                     (now, Some(changes))
                 }
                 _ => {
-                    let vips = network_services(plan, id)
+                    let vips = plan
+                        .services
                         .iter()
-                        .filter_map(|s| match s.frontend {
-                            Frontend::Vip(ip) => Some(ip),
-                            Frontend::Port { .. } => None,
-                        })
+                        .filter_map(|s| s.vips.get(id).map(|(vip, _)| *vip))
                         .collect();
                     (vips, None)
                 }
@@ -458,7 +456,10 @@ pub type ServiceChange<'a> = (Option<&'a Arc<ServicePlan>>, Option<&'a Arc<Servi
 pub fn changed_services<'a>(old: &'a NodePlan, new: &'a NodePlan) -> Vec<ServiceChange<'a>> {
     debug_assert!(old.services.is_sorted_by(|a, b| a.id < b.id));
     debug_assert!(new.services.is_sorted_by(|a, b| a.id < b.id));
-    let (mut a, mut b) = (old.services.iter().peekable(), new.services.iter().peekable());
+    let (mut a, mut b) = (
+        old.services.iter().peekable(),
+        new.services.iter().peekable(),
+    );
     let mut out = Vec::new();
     loop {
         match (a.peek(), b.peek()) {
@@ -529,16 +530,22 @@ pub fn network_changes(
     out
 }
 
+/// What the sandbox balances for `s` on the network: nothing while no task of it serves
+/// there. Its VIP is on the sandbox's bridge all the same (see `apply_vips`), so a client gets
+/// the reset or port-unreachable a reject rule would give, from the sandbox's own stack; and a
+/// new service costs one load-balancer batch per node, when its first task runs, not two.
 fn virtual_service(s: &ServicePlan, network_id: &str) -> Option<VirtualService> {
     let (vip, fwmark) = s.vips.get(network_id)?;
+    let backends = s.backends.get(network_id).filter(|b| !b.is_empty())?;
     Some(VirtualService {
         fwmark: *fwmark,
         frontend: Frontend::Vip(*vip),
-        backends: s.backends.get(network_id).cloned().unwrap_or_default(),
+        backends: backends.clone(),
     })
 }
 
-/// The VIPs a network's sandbox balances: every VIP-mode service on the network.
+/// The VIPs a network's sandbox balances: every VIP-mode service on the network with a task
+/// that serves.
 pub fn network_services(plan: &NodePlan, network_id: &str) -> Vec<VirtualService> {
     plan.services
         .iter()
