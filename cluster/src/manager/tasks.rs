@@ -166,9 +166,32 @@ pub async fn list(
     let filters = Filters::parse(q.filters.as_deref(), TASK_FILTERS)?;
     let s = m.store.snapshot();
     let min_ack = m.min_ack(&s);
+    // Most clients ask for one service's tasks (docker's progress polls them while a service
+    // converges, `service ps` lists them): the services are resolved once, so each of the
+    // thousands of other tasks costs one set lookup rather than a full match.
+    let services = filters.get("service");
+    // Few services match (one, as a rule): a list beats hashing every task's service ID.
+    let of_services: Option<Vec<&str>> = (!services.is_empty()).then(|| {
+        s.services
+            .values()
+            .filter(|svc| {
+                services
+                    .iter()
+                    .any(|v| svc.id == *v || svc.name == *v || svc.id.starts_with(v.as_str()))
+            })
+            .map(|svc| svc.id.as_str())
+            // A removed service's tasks still match its exact ID.
+            .chain(services.iter().map(String::as_str))
+            .collect()
+    });
     Ok(Json(
         s.tasks
             .values()
+            .filter(|t| {
+                of_services
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&t.service_id.as_str()))
+            })
             .filter(|t| matches(&s, t, &filters))
             .map(|t| to_api(&s, t, min_ack))
             .collect(),
