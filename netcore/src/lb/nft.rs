@@ -161,7 +161,11 @@ impl NftLb {
             hairpin::count(&mut refs, n, 1);
         }
         hairpin::split_counted(&mut make, &mut retire, &self.hairpin, &refs);
-        let gone = old.keys().filter(|m| !new.contains_key(m)).copied().collect();
+        let gone = old
+            .keys()
+            .filter(|m| !new.contains_key(m))
+            .copied()
+            .collect();
         Ok(Some(ChangePlan {
             make,
             retire,
@@ -492,7 +496,12 @@ impl LoadBalancer for NftLb {
         let Some(plan) = self.plan_changes(changes)? else {
             return self.apply(&full());
         };
-        if !self.forwarding && plan.services.values().any(|s| matches!(s.frontend, Frontend::Port { .. })) {
+        if !self.forwarding
+            && plan
+                .services
+                .values()
+                .any(|s| matches!(s.frontend, Frontend::Port { .. }))
+        {
             self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
             self.forwarding = true;
         }
