@@ -355,7 +355,7 @@ pub struct PlanState {
 }
 
 /// A stable hash of one plan object (same binary, same value, same hash).
-fn object_hash<T: Serialize>(kind: u8, v: &T) -> u64 {
+pub(crate) fn object_hash<T: Serialize>(kind: u8, v: &T) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     kind.hash(&mut h);
@@ -363,12 +363,12 @@ fn object_hash<T: Serialize>(kind: u8, v: &T) -> u64 {
     h.finish()
 }
 
-const HEADER: u8 = 0;
-const NETWORKS: u8 = 1;
-const PEERS: u8 = 2;
-const TASKS: u8 = 3;
-const SERVICES: u8 = 4;
-const PORTS: u8 = 5;
+pub(crate) const HEADER: u8 = 0;
+pub(crate) const NETWORKS: u8 = 1;
+pub(crate) const PEERS: u8 = 2;
+pub(crate) const TASKS: u8 = 3;
+pub(crate) const SERVICES: u8 = 4;
+pub(crate) const PORTS: u8 = 5;
 
 impl PlanState {
     /// Applies a delta; returns the new digest given the digest before (kept up to date in

@@ -54,6 +54,9 @@ impl Keys {
 /// One node's plan as the manager holds it, and what its agent has not received yet.
 struct Feed {
     plan: PlanState,
+    /// `plan.digest()`, kept current as the plan changes: the status of every node is read
+    /// often (tests and tools poll it), and the whole sum costs a pass over the plan.
+    digest: u64,
     dirty: Keys,
     /// The version last handed to the agent (None: its next poll gets the full plan).
     delivered: Option<u64>,
@@ -91,6 +94,7 @@ impl Feed {
     fn new() -> Feed {
         Feed {
             plan: PlanState::default(),
+            digest: PlanState::default().digest(),
             dirty: Keys::default(),
             delivered: None,
             wake: watch::channel(0).0,
@@ -99,15 +103,23 @@ impl Feed {
     }
 }
 
-/// Sets one object of a node's plan; records the key as dirty when it changed.
-fn set<T: Keyed + Clone + PartialEq>(
+/// Sets one object of a node's plan; records the key as dirty when it changed, and keeps
+/// `digest` (the plan's, see [`PlanState::digest`]) current.
+fn set<T: Keyed + Clone + PartialEq + serde::Serialize>(
     map: &mut BTreeMap<T::Key, Arc<T>>,
     dirty: &mut BTreeSet<T::Key>,
+    (kind, digest): (u8, &mut u64),
     key: &T::Key,
     value: Option<T>,
 ) -> bool {
     let changed = map.get(key).map(|v| &**v) != value.as_ref();
     if changed {
+        if let Some(old) = map.get(key) {
+            *digest = digest.wrapping_sub(crate::plan::object_hash(kind, &**old));
+        }
+        if let Some(v) = &value {
+            *digest = digest.wrapping_add(crate::plan::object_hash(kind, v));
+        }
         match value {
             Some(v) => map.insert(key.clone(), Arc::new(v)),
             None => map.remove(key),
@@ -165,6 +177,7 @@ impl Dispatcher {
         for n in nodes {
             let plan = d.full_plan(&n);
             let mut feed = Feed::new();
+            feed.digest = plan.digest();
             feed.plan = plan;
             d.feeds.insert(n, feed);
         }
@@ -189,10 +202,13 @@ impl Dispatcher {
             ..Default::default()
         };
         let mut ignore = Keys::default();
+        // Summed once the plan is whole.
+        let mut no_digest = 0;
         for net in idx.nets_of(node) {
             set(
                 &mut p.networks,
                 &mut ignore.networks,
+                (crate::plan::NETWORKS, &mut no_digest),
                 &net,
                 objects::network(s, idx, node, &net),
             );
@@ -200,6 +216,7 @@ impl Dispatcher {
                 set(
                     &mut p.peers,
                     &mut ignore.peers,
+                    (crate::plan::PEERS, &mut no_digest),
                     &k,
                     objects::peer(s, idx, node, &k),
                 );
@@ -208,6 +225,7 @@ impl Dispatcher {
                 set(
                     &mut p.services,
                     &mut ignore.services,
+                    (crate::plan::SERVICES, &mut no_digest),
                     sid,
                     objects::service(s, idx, node, sid),
                 );
@@ -217,12 +235,19 @@ impl Dispatcher {
             set(
                 &mut p.tasks,
                 &mut ignore.tasks,
+                (crate::plan::TASKS, &mut no_digest),
                 id,
                 objects::task(s, idx, node, id),
             );
         }
         for k in idx.ports.keys() {
-            set(&mut p.ports, &mut ignore.ports, k, objects::port(s, idx, k));
+            set(
+                &mut p.ports,
+                &mut ignore.ports,
+                (crate::plan::PORTS, &mut no_digest),
+                k,
+                objects::port(s, idx, k),
+            );
         }
         p
     }
@@ -351,6 +376,7 @@ impl Dispatcher {
                 // Joining: its agent gets the full plan on its first poll anyway.
                 let mut feed = Feed::new();
                 feed.plan = self.full_plan(node);
+                feed.digest = feed.plan.digest();
                 self.feeds.insert(node.clone(), feed);
             }
         }
@@ -358,10 +384,12 @@ impl Dispatcher {
         for node in s.nodes.keys() {
             let feed = self.feeds.get_mut(node).expect("inserted above");
             let was_clean = feed.dirty.is_empty();
-            let (p, dirty) = (&mut feed.plan, &mut feed.dirty);
+            let (p, dirty, digest) = (&mut feed.plan, &mut feed.dirty, &mut feed.digest);
             if touched.header || node_changes.contains(node) {
                 let h = objects::header(&s, idx, node);
                 if p.header != h {
+                    let hash = |h| crate::plan::object_hash(crate::plan::HEADER, h);
+                    *digest = digest.wrapping_sub(hash(&p.header)).wrapping_add(hash(&h));
                     p.header = h;
                     dirty.header = true;
                 }
@@ -372,7 +400,13 @@ impl Dispatcher {
                 let v = objects::network(&s, idx, node, net);
                 let had = p.networks.contains_key(net);
                 let has = v.is_some();
-                set(&mut p.networks, &mut dirty.networks, net, v);
+                set(
+                    &mut p.networks,
+                    &mut dirty.networks,
+                    (crate::plan::NETWORKS, &mut *digest),
+                    net,
+                    v,
+                );
                 if had != has {
                     peers.extend(objects::peer_keys_of_net(&s, idx, net));
                     services.extend(idx.services_by_net.get(net).into_iter().flatten().cloned());
@@ -382,6 +416,7 @@ impl Dispatcher {
                 set(
                     &mut p.peers,
                     &mut dirty.peers,
+                    (crate::plan::PEERS, &mut *digest),
                     k,
                     objects::peer(&s, idx, node, k),
                 );
@@ -390,6 +425,7 @@ impl Dispatcher {
                 set(
                     &mut p.tasks,
                     &mut dirty.tasks,
+                    (crate::plan::TASKS, &mut *digest),
                     id,
                     objects::task(&s, idx, node, id),
                 );
@@ -398,12 +434,19 @@ impl Dispatcher {
                 set(
                     &mut p.services,
                     &mut dirty.services,
+                    (crate::plan::SERVICES, &mut *digest),
                     id,
                     objects::service(&s, idx, node, id),
                 );
             }
             for k in &touched.ports {
-                set(&mut p.ports, &mut dirty.ports, k, objects::port(&s, idx, k));
+                set(
+                    &mut p.ports,
+                    &mut dirty.ports,
+                    (crate::plan::PORTS, &mut *digest),
+                    k,
+                    objects::port(&s, idx, k),
+                );
             }
             if was_clean && !dirty.is_empty() {
                 feed.wake.send_modify(|g| *g += 1);
@@ -501,7 +544,7 @@ impl Dispatcher {
                     sent: f.sent,
                     in_sync: f.dirty.is_empty()
                         && f.delivered == Some(acked)
-                        && self.digests.get(id) == Some(&f.plan.digest()),
+                        && self.digests.get(id) == Some(&f.digest),
                 }
             })
             .collect()

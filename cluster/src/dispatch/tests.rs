@@ -342,6 +342,11 @@ fn incremental_plans_equal_full_recomputation() {
                 "step {i}: agent and manager"
             );
             assert_eq!(
+                d.feeds[*node].digest,
+                d.feeds[*node].plan.digest(),
+                "step {i}: the manager's digest kept per change"
+            );
+            assert_eq!(
                 plan.to_plan(fresh.version),
                 fresh,
                 "step {i}, agent of {node}"
