@@ -259,19 +259,24 @@ mod tests {
         }
         let name = format!("sk-libnft-{}", std::process::id());
         let ns = NetNs::create(&name).unwrap();
-        let mut ctx = Context::open_in(&ns).unwrap();
-        ctx.run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
-            .unwrap();
-        ctx.run("add chain ip t c").unwrap();
+        // Nothing may fail before the namespace is deleted: it would outlive the test.
+        let outcome = Context::open_in(&ns).ok_or("no context").map(|mut ctx| {
+            let made = ctx
+                .run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
+                .and_then(|()| ctx.run("add chain ip t c"));
+            let err = ctx.run("add chain ip no_such_table c");
+            (made, err)
+        });
         let listed = crate::lb::nftbatch::run_nft(&ns, &["list", "table", "ip", "t"], None);
         let host = crate::lb::nftbatch::run_nft(
             &NetNs::of_pid(std::process::id()).unwrap(),
             &["list", "tables"],
             None,
         );
-        let err = ctx.run("add chain ip no_such_table c").unwrap_err();
-        drop(ctx);
         NetNs::delete(&name).unwrap();
+        let (made, err) = outcome.unwrap();
+        made.unwrap();
+        let err = err.unwrap_err();
         assert!(listed.unwrap().contains("chain c"));
         assert!(!host.unwrap().contains("table ip t\n"), "nothing in ours");
         assert!(err.contains("No such file or directory"), "{err}");
