@@ -171,16 +171,17 @@ impl ManagerClient {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .filter(|s| !s.is_closed());
-        let (mut sender, resp) = match kept {
-            Some(mut sender) => match send(&mut sender, request()?).await {
-                Ok(resp) => (sender, resp),
-                // The manager closed it meanwhile (it restarted, say): once more on a new one.
-                Err(_) => {
-                    let mut sender = self.handshake().await?;
-                    let resp = send(&mut sender, request()?).await.map_err(http)?;
-                    (sender, resp)
-                }
-            },
+        let answered = match kept {
+            // The manager may have closed it meanwhile (it restarted, say): then once more on
+            // a new one.
+            Some(mut sender) => send(&mut sender, request()?)
+                .await
+                .ok()
+                .map(|resp| (sender, resp)),
+            None => None,
+        };
+        let (mut sender, resp) = match answered {
+            Some(answered) => answered,
             None => {
                 let mut sender = self.handshake().await?;
                 let resp = send(&mut sender, request()?).await.map_err(http)?;

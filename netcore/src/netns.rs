@@ -63,7 +63,7 @@ impl NetNs {
     /// Links made in it get no IPv6 (its loopback keeps `::1`). swarmkit's networks are IPv4
     /// only, and IPv6 on every veth meant duplicate address detection, router solicitations
     /// and MLD reports flooded to every port of a network's bridge each time a task started:
-    /// with 800 tasks on a bridge, a third of the CPU a new service cost.
+    /// with 800 tasks on a bridge, about a quarter of the CPU adding services cost.
     pub fn create(name: &str) -> Result<NetNs> {
         let path = path_of(name);
         if let Ok(ns) = Self::open(name) {

@@ -175,10 +175,7 @@ impl Dispatcher {
         };
         let nodes: Vec<String> = d.state.nodes.keys().cloned().collect();
         for n in nodes {
-            let plan = d.full_plan(&n);
-            let mut feed = Feed::new();
-            feed.digest = plan.digest();
-            feed.plan = plan;
+            let feed = d.full_feed(&n);
             d.feeds.insert(n, feed);
         }
         d
@@ -195,20 +192,20 @@ impl Dispatcher {
             .map(|f| f.plan.to_plan(self.state.version))
     }
 
-    fn full_plan(&self, node: &str) -> PlanState {
+    /// A new feed holding the node's whole plan, computed from scratch.
+    fn full_feed(&self, node: &str) -> Feed {
         let (s, idx) = (&*self.state, &self.idx);
         let mut p = PlanState {
             header: objects::header(s, idx, node),
             ..Default::default()
         };
+        let mut digest = crate::plan::object_hash(crate::plan::HEADER, &p.header);
         let mut ignore = Keys::default();
-        // Summed once the plan is whole.
-        let mut no_digest = 0;
         for net in idx.nets_of(node) {
             set(
                 &mut p.networks,
                 &mut ignore.networks,
-                (crate::plan::NETWORKS, &mut no_digest),
+                (crate::plan::NETWORKS, &mut digest),
                 &net,
                 objects::network(s, idx, node, &net),
             );
@@ -216,7 +213,7 @@ impl Dispatcher {
                 set(
                     &mut p.peers,
                     &mut ignore.peers,
-                    (crate::plan::PEERS, &mut no_digest),
+                    (crate::plan::PEERS, &mut digest),
                     &k,
                     objects::peer(s, idx, node, &k),
                 );
@@ -225,7 +222,7 @@ impl Dispatcher {
                 set(
                     &mut p.services,
                     &mut ignore.services,
-                    (crate::plan::SERVICES, &mut no_digest),
+                    (crate::plan::SERVICES, &mut digest),
                     sid,
                     objects::service(s, idx, node, sid),
                 );
@@ -235,7 +232,7 @@ impl Dispatcher {
             set(
                 &mut p.tasks,
                 &mut ignore.tasks,
-                (crate::plan::TASKS, &mut no_digest),
+                (crate::plan::TASKS, &mut digest),
                 id,
                 objects::task(s, idx, node, id),
             );
@@ -244,12 +241,15 @@ impl Dispatcher {
             set(
                 &mut p.ports,
                 &mut ignore.ports,
-                (crate::plan::PORTS, &mut no_digest),
+                (crate::plan::PORTS, &mut digest),
                 k,
                 objects::port(s, idx, k),
             );
         }
-        p
+        let mut feed = Feed::new();
+        feed.plan = p;
+        feed.digest = digest;
+        feed
     }
 
     /// Brings every node's plan to `new`, a later snapshot of the store.
@@ -374,9 +374,7 @@ impl Dispatcher {
         for node in s.nodes.keys() {
             if !self.feeds.contains_key(node) {
                 // Joining: its agent gets the full plan on its first poll anyway.
-                let mut feed = Feed::new();
-                feed.plan = self.full_plan(node);
-                feed.digest = feed.plan.digest();
+                let feed = self.full_feed(node);
                 self.feeds.insert(node.clone(), feed);
             }
         }

@@ -326,13 +326,16 @@ pub(crate) mod hairpin {
     pub type RefChanges = std::collections::BTreeMap<Ipv4Addr, i64>;
 
     pub fn refs(services: &ServiceMap) -> Refs {
-        let mut refs = RefChanges::new();
-        for s in services.values() {
-            count(&mut refs, s, 1);
+        let mut refs = Refs::new();
+        for s in services
+            .values()
+            .filter(|s| matches!(s.frontend, Frontend::Vip(_)))
+        {
+            for b in &s.backends {
+                *refs.entry(*b).or_insert(0) += 1;
+            }
         }
-        let mut counted = Refs::new();
-        settle(&mut counted, &refs);
-        counted
+        refs
     }
 
     /// Counts `svc`'s backends in (`by` 1) or out (`by` -1).

@@ -123,6 +123,26 @@ impl NftLb {
 }
 
 impl NftLb {
+    /// Sends `make`, then `retire` (see [`Plan`]), turning forwarding on first if a published
+    /// port is balanced.
+    fn run(&mut self, make: &NftBatch, retire: &NftBatch, ports: bool) -> Result<(), LbError> {
+        if ports && !self.forwarding {
+            // Routing-mesh traffic enters on one interface and leaves to a backend on another.
+            self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
+            self.forwarding = true;
+        }
+        for batch in [make, retire] {
+            if let Err(e) = batch.run(&self.ns) {
+                // Each batch is atomic; but a failing delta usually means the table was
+                // altered behind our back, so the next apply rebuilds it whole.
+                self.applied = None;
+                return Err(e);
+            }
+        }
+        self.last_commands = make.len() + retire.len();
+        Ok(())
+    }
+
     /// The batches that bring the services `changes` names to what it gives, every other
     /// left alone; None when nothing is applied yet to change. Pure, as [`NftLb::plan`].
     pub fn plan_changes(
@@ -468,20 +488,7 @@ impl LoadBalancer for NftLb {
 
     fn apply(&mut self, desired: &[VirtualService]) -> Result<(), LbError> {
         let plan = self.plan(desired)?;
-        if has_port_frontend(desired) && !self.forwarding {
-            // Routing-mesh traffic enters on one interface and leaves to a backend on another.
-            self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
-            self.forwarding = true;
-        }
-        for batch in [&plan.make, &plan.retire] {
-            if let Err(e) = batch.run(&self.ns) {
-                // Each batch is atomic; but a failing delta usually means the table was
-                // altered behind our back, so the next apply rebuilds it whole.
-                self.applied = None;
-                return Err(e);
-            }
-        }
-        self.last_commands = plan.make.len() + plan.retire.len();
+        self.run(&plan.make, &plan.retire, has_port_frontend(desired))?;
         self.hairpin = hairpin::refs(&plan.services);
         self.applied = Some(plan.services);
         self.offsets = plan.offsets;
@@ -496,22 +503,11 @@ impl LoadBalancer for NftLb {
         let Some(plan) = self.plan_changes(changes)? else {
             return self.apply(&full());
         };
-        if !self.forwarding
-            && plan
-                .services
-                .values()
-                .any(|s| matches!(s.frontend, Frontend::Port { .. }))
-        {
-            self.ns.set_sysctl("net/ipv4/ip_forward", "1")?;
-            self.forwarding = true;
-        }
-        for batch in [&plan.make, &plan.retire] {
-            if let Err(e) = batch.run(&self.ns) {
-                self.applied = None;
-                return Err(e);
-            }
-        }
-        self.last_commands = plan.make.len() + plan.retire.len();
+        let ports = plan
+            .services
+            .values()
+            .any(|s| matches!(s.frontend, Frontend::Port { .. }));
+        self.run(&plan.make, &plan.retire, ports)?;
         hairpin::settle(&mut self.hairpin, &plan.refs);
         let applied = self.applied.get_or_insert_with(ServiceMap::new);
         for mark in plan.gone {
