@@ -104,12 +104,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Trace(args) => trace::run(cluster, args).await,
         Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
-        Command::Manager => cluster::lifecycle::run_manager(cluster).await.map(|()| 0),
-        Command::Agent { node } => cluster::lifecycle::run_agent(cluster, &node)
-            .await
-            .map(|()| 0),
-        Command::VmHost => cluster::lifecycle::run_vmhost(cluster).await.map(|()| 0),
-        Command::Supervise => cluster::lifecycle::run_supervisor(cluster)
+        Command::Manager => testbed::lifecycle::run_manager(cluster).await.map(|()| 0),
+        Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
+        Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
+        Command::Supervise => testbed::lifecycle::run_supervisor(cluster)
             .await
             .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),

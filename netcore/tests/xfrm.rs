@@ -2,7 +2,7 @@
 //! (`sktest-xfrm-<pid>-*`), removed by a Drop guard. On a kernel without ESP or GCM (the
 //! project's host kernel) they prove the refusal names what is missing; where the kernel has
 //! both they reconcile SAs and policies and read them back. Traffic through ESP is proven on
-//! QEMU guests (cluster/tests/encrypted.rs).
+//! QEMU guests (testbed/tests/encrypted.rs).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use ::cluster::lifecycle::{self, UpOptions};
 use ::cluster::paths::ClusterPaths;
-use ::cluster::testbed::Backend;
+use ::testbed::Backend;
+use ::testbed::lifecycle::{self, UpOptions};
 use clap::Subcommand;
 
 use crate::render::{self, Table};
@@ -148,7 +148,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         ClusterCmd::Prune { prefix } => {
-            let pruned = ::cluster::lifecycle::prune::prune(&prefix).await;
+            let pruned = ::testbed::lifecycle::prune::prune(&prefix).await;
             for name in &pruned.removed {
                 println!("removed {name}");
             }

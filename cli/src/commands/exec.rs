@@ -12,5 +12,5 @@ pub struct ExecArgs {
 }
 
 pub async fn run(cluster: &str, args: ExecArgs) -> anyhow::Result<i32> {
-    Ok(::cluster::lifecycle::task_exec(cluster, &args.task, &args.command).await?)
+    Ok(::testbed::lifecycle::task_exec(cluster, &args.task, &args.command).await?)
 }

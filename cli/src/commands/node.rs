@@ -1,6 +1,6 @@
 //! `swarmkit node ...`
 
-use ::cluster::testbed::Fault;
+use ::testbed::Fault;
 use bollard::models::{Node, NodeSpecAvailabilityEnum};
 use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
 use clap::{Subcommand, ValueEnum};
@@ -122,7 +122,7 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
             netns,
             node,
             command,
-        } => Ok(::cluster::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await?),
+        } => Ok(::testbed::lifecycle::node_exec(cluster, &node, netns.as_deref(), &command).await?),
         NodeCmd::Kill { node } => fault(cluster, &node, Fault::Kill).await,
         NodeCmd::Start { node } => fault(cluster, &node, Fault::Start).await,
         NodeCmd::Isolate { node } => fault(cluster, &node, Fault::Isolate).await,
@@ -131,7 +131,7 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
 }
 
 async fn fault(cluster: &str, node: &str, fault: Fault) -> anyhow::Result<i32> {
-    ::cluster::testbed::inject(cluster, node, fault).await?;
+    ::testbed::inject(cluster, node, fault).await?;
     let done = match fault {
         Fault::Kill => "killed",
         Fault::Start => "started",

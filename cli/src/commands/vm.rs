@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ::cluster::vm::image::{self, BuildOptions};
+use ::testbed::vm::image::{self, BuildOptions};
 use clap::Subcommand;
 
 #[derive(Subcommand, Debug)]
@@ -68,7 +68,7 @@ pub async fn run(cmd: VmCmd) -> anyhow::Result<i32> {
         VmCmd::BareBoot { initrd, count } => {
             let took = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let img = image::build(&BuildOptions::default())?;
-                Ok(cluster::vm::qemu::bare_boots(&img, &initrd, count)?)
+                Ok(testbed::vm::qemu::bare_boots(&img, &initrd, count)?)
             })
             .await??;
             println!("{:.2}", took.as_secs_f64());

@@ -310,7 +310,7 @@ async fn ip_json(cluster: &str, place: &Place, args: &[&str]) -> anyhow::Result<
     let out = match run(cluster, place, &argv).await {
         Ok(out) => out,
         Err(_) => {
-            argv[0] = ::cluster::vm::image::IPROUTE2_IP;
+            argv[0] = ::testbed::vm::image::IPROUTE2_IP;
             run(cluster, place, &argv).await?
         }
     };

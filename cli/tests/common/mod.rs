@@ -23,7 +23,7 @@ pub fn namespaces(prefix: &str) -> Vec<String> {
 
 /// Live processes carrying the cluster's owner mark (what `cluster down` must stop).
 pub fn owned_processes(cluster: &str) -> Vec<i32> {
-    cluster::procs::owned(cluster)
+    testbed::procs::owned(cluster)
 }
 
 /// The JSON `"name"` of each elasticsearch answer in `out`.

@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use super::machine::{self, remote};
-use super::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
-use crate::paths::ClusterPaths;
 use crate::ssh::shell_quote;
 use crate::vm::progress::NodeProgress;
 use crate::vm::qemu::{load_nodes, save_node};
+use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
+use cluster::paths::ClusterPaths;
 
 pub struct Ssh;
 
@@ -39,9 +39,9 @@ impl NodeBackend for Ssh {
             }
             // Loading it checks its mode is 0600 and that it parses.
             crate::ssh::ensure_client_key(&n.key_file)?;
-            save_node(paths, n).map_err(super::io("saving the node's record"))?;
+            save_node(paths, n).map_err(crate::io("saving the node's record"))?;
         }
-        super::start_manager(opts, paths, &[])?;
+        crate::start_manager(opts, paths, &[])?;
         let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let progress = NodeProgress::new(&names, start);
         machine::start_agents(paths, &nodes, &progress).await

@@ -6,7 +6,7 @@
 
 use netcore::netns::NetNs;
 
-use crate::paths::{ClusterPaths, RUN_ROOT, STATE_ROOT, validate_cluster_name};
+use cluster::paths::{ClusterPaths, RUN_ROOT, STATE_ROOT, validate_cluster_name};
 
 /// What prune found and did.
 #[derive(Debug, Default)]

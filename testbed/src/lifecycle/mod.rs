@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use netcore::netns::NetNs;
 
-use crate::client::ManagerClient;
-use crate::paths::{ClusterPaths, validate_cluster_name};
-use crate::testbed::record::{backend_of, note_backend, record_up};
-use crate::testbed::supervise::{self, Spec};
-use crate::testbed::{Inside, NodeBackend, TestbedError, wait_until};
+use crate::record::{backend_of, note_backend, record_up};
+use crate::supervise::{self, Spec};
 use crate::with_backend;
+use crate::{Inside, NodeBackend, TestbedError, wait_until};
+use cluster::client::ManagerClient;
+use cluster::paths::{ClusterPaths, validate_cluster_name};
 
-pub use crate::testbed::record::{ClusterInfo, UpOptions, read_info};
+pub use crate::record::{ClusterInfo, UpOptions, read_info};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -69,7 +69,7 @@ pub enum LifecycleError {
     #[error(transparent)]
     Testbed(#[from] TestbedError),
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] cluster::client::ClientError),
     #[error(transparent)]
     NetNs(#[from] netcore::netns::NetNsError),
 }
@@ -166,7 +166,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
         supervise::ensure(paths, spec)?;
     }
     supervise::ensure_supervisor(paths)?;
-    crate::testbed::wait_manager(paths).await?;
+    crate::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     for node in &info.nodes {
         if supervise::killed_marker(paths, node).exists() {
@@ -176,7 +176,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
             &format!("{node} to be ready"),
             RESUME_TIMEOUT,
             &paths.run_dir(),
-            || crate::testbed::hostname_ready(&client, node),
+            || crate::hostname_ready(&client, node),
         )
         .await?;
     }
@@ -256,7 +256,7 @@ pub async fn down(name: &str) -> Result<()> {
 }
 
 pub fn list() -> Result<Vec<ClusterInfo>> {
-    let Ok(dir) = std::fs::read_dir(crate::paths::STATE_ROOT) else {
+    let Ok(dir) = std::fs::read_dir(cluster::paths::STATE_ROOT) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -363,32 +363,28 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> Result<i32
 /// Entry points of the daemons `cluster up` starts (hidden subcommands of the binary).
 pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
-    let m = crate::manager::Manager::open(cluster, &paths.store())?;
-    let underlay = match std::env::var(crate::testbed::netns::ENV_UNDERLAY_LISTEN) {
-        Ok(_) => Some(crate::testbed::netns::underlay_listener(&paths)?),
+    let m = cluster::manager::Manager::open(cluster, &paths.store())?;
+    let underlay = match std::env::var(crate::backend::netns::ENV_UNDERLAY_LISTEN) {
+        Ok(_) => Some(crate::backend::netns::underlay_listener(&paths)?),
         Err(_) => None,
     };
-    crate::manager::serve(m, &paths.manager_socket(), underlay).await
+    cluster::manager::serve(m, &paths.manager_socket(), underlay).await
 }
 
 pub async fn run_supervisor(cluster: &str) -> anyhow::Result<()> {
     let cluster = cluster.to_string();
-    tokio::task::spawn_blocking(move || crate::testbed::supervise::run(&cluster)).await??;
+    tokio::task::spawn_blocking(move || crate::supervise::run(&cluster)).await??;
     Ok(())
 }
 
 pub async fn run_vmhost(cluster: &str) -> anyhow::Result<()> {
-    crate::testbed::machine::run_host(cluster).await
-}
-
-pub async fn run_agent(cluster: &str, node: &str) -> anyhow::Result<()> {
-    crate::agent::run(cluster, node).await
+    crate::backend::machine::run_host(cluster).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::Backend;
+    use crate::Backend;
 
     fn opts(backend: Backend, nodes: usize) -> UpOptions {
         UpOptions {

@@ -2,15 +2,15 @@
 //! for and what it built. Its backend is the one source of truth for which [`NodeBackend`]
 //! drives the cluster afterwards; nothing re-derives it from other files.
 //!
-//! [`NodeBackend`]: super::NodeBackend
+//! [`NodeBackend`]: crate::NodeBackend
 
 use std::time::Duration;
 
 use netcore::lb::Driver;
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Result, io};
-use crate::paths::{ClusterPaths, write_atomically};
+use crate::{Backend, Result, io};
+use cluster::paths::{ClusterPaths, write_atomically};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -50,22 +50,25 @@ impl UpOptions {
     pub(crate) fn manager_env(&self) -> Vec<(&'static str, String)> {
         let mut env = Vec::new();
         if let Some(p) = self.data_path_port {
-            env.push((crate::manager::ENV_DATA_PATH_PORT, p.to_string()));
+            env.push((cluster::manager::ENV_DATA_PATH_PORT, p.to_string()));
         }
         if let Some(d) = self.key_rotation {
             env.push((
-                crate::manager::ENV_KEY_ROTATION_SECS,
+                cluster::manager::ENV_KEY_ROTATION_SECS,
                 d.as_secs().to_string(),
             ));
         }
         if let Some(d) = self.heartbeat {
-            env.push((crate::manager::ENV_HEARTBEAT_MS, d.as_millis().to_string()));
+            env.push((
+                cluster::manager::ENV_HEARTBEAT_MS,
+                d.as_millis().to_string(),
+            ));
         }
         if let Some(n) = self
             .heartbeat_misses
             .or(self.backend.default_heartbeat_misses())
         {
-            env.push((crate::manager::ENV_HEARTBEAT_MISSES, n.to_string()));
+            env.push((cluster::manager::ENV_HEARTBEAT_MISSES, n.to_string()));
         }
         env
     }

@@ -14,13 +14,13 @@ use netcore::link::Links;
 use netcore::netns::{NetNs, enter_raw};
 use nix::sched::CloneFlags;
 
-use super::supervise::{self, Spec};
-use super::{
+use crate::procs;
+use crate::supervise::{self, Spec};
+use crate::{
     Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, io,
 };
-use crate::client::ManagerClient;
-use crate::paths::ClusterPaths;
-use crate::procs;
+use cluster::client::ManagerClient;
+use cluster::paths::ClusterPaths;
 
 pub struct Netns;
 
@@ -70,7 +70,7 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
     let ns = NetNs::open(&paths.underlay_ns())?;
     let addr = std::net::SocketAddr::from((MANAGER_ADDR, MANAGER_PORT));
     ns.run(move || std::net::TcpListener::bind(addr))?
-        .map_err(super::io(format!(
+        .map_err(crate::io(format!(
             "binding {addr} in {}",
             paths.underlay_ns()
         )))
@@ -81,16 +81,16 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
 pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
     let mut env = vec![
         (
-            crate::agent::ENV_NODE_ADDR.to_string(),
+            cluster::agent::ENV_NODE_ADDR.to_string(),
             node_addr(i).addr().to_string(),
         ),
         (
-            crate::client::ENV_MANAGER_TCP.to_string(),
+            cluster::client::ENV_MANAGER_TCP.to_string(),
             format!("{MANAGER_ADDR}:{MANAGER_PORT}"),
         ),
     ];
     if let Some(lb) = lb {
-        env.push((crate::agent::ENV_LB.to_string(), lb.to_string()));
+        env.push((cluster::agent::ENV_LB.to_string(), lb.to_string()));
     }
     Spec {
         name: hostname.to_string(),
@@ -150,7 +150,7 @@ fn run_in(fds: Vec<(std::fs::File, CloneFlags)>, argv: &[String]) -> Result<i32>
 /// The short names of a node's sandboxes (network namespaces the agent made for it).
 fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
     let prefix = paths.node_sandbox_ns(node, "");
-    super::sandbox_names(
+    crate::sandbox_names(
         &prefix,
         NetNs::list_with_prefix(&prefix).iter().map(String::as_str),
     )
@@ -185,7 +185,7 @@ impl NodeBackend for Netns {
         }
         create_switch(&underlay).await?;
         // The manager starts while the nodes are plugged.
-        super::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
+        crate::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let plugs = hostnames.iter().enumerate().map(|(i, h)| {
             let underlay = underlay.clone();
@@ -205,7 +205,7 @@ impl NodeBackend for Netns {
             }
         });
         futures::future::try_join_all(plugs).await?;
-        super::wait_manager(paths).await?;
+        crate::wait_manager(paths).await?;
 
         // The agents dial the manager across the underlay; each opens its node's namespace.
         // The first node leads, as the node that ran `docker swarm init` does: it registers
@@ -214,17 +214,17 @@ impl NodeBackend for Netns {
         for (i, h) in hostnames.iter().enumerate() {
             supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
             if i == 0 {
-                super::wait_until(
+                crate::wait_until(
                     &format!("{h} to register"),
                     READY_TIMEOUT,
                     &paths.run_dir(),
-                    || super::hostname_ready(&client, h),
+                    || crate::hostname_ready(&client, h),
                 )
                 .await?;
             }
         }
         let want = opts.nodes;
-        super::wait_until(
+        crate::wait_until(
             "every node to be ready",
             READY_TIMEOUT,
             &paths.run_dir(),
@@ -232,7 +232,7 @@ impl NodeBackend for Netns {
                 client
                     .get::<Vec<bollard::models::Node>>("/nodes")
                     .await
-                    .map(|ns| ns.iter().filter(|n| super::node_ready(n)).count() == want)
+                    .map(|ns| ns.iter().filter(|n| crate::node_ready(n)).count() == want)
                     .unwrap_or(false)
             },
         )
@@ -300,7 +300,7 @@ impl NodeBackend for Netns {
                 // The link first: nothing the node still sends escapes after the "crash".
                 set_port(paths, i, false).await?;
                 std::fs::write(supervise::killed_marker(paths, node), b"")
-                    .map_err(super::io("marking the node killed"))?;
+                    .map_err(crate::io("marking the node killed"))?;
                 let spec = agent_spec(i, node, info.lb, paths);
                 if let Some(pid) = supervise::running(paths, &spec)
                     && !procs::kill_tree(pid)
@@ -322,7 +322,7 @@ impl NodeBackend for Netns {
                 // Once unmarked, the supervisor may start the agent first; either way once.
                 let _ = std::fs::remove_file(supervise::killed_marker(paths, node));
                 supervise::ensure(paths, &spec)?;
-                super::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
+                crate::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
             }
             Fault::Isolate => set_port(paths, i, false).await,
             Fault::Heal => set_port(paths, i, true).await,

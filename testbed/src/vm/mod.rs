@@ -1,5 +1,5 @@
 //! The machinery of whole-machine nodes (QEMU guests booted from a cached image, hosts from an
-//! inventory), driven over SSH. Used by the qemu and ssh backends in crate::testbed; nothing
+//! inventory), driven over SSH. Used by the qemu and ssh backends in crate::backend; nothing
 //! here knows about the cluster's lifecycle.
 
 pub mod cpio;

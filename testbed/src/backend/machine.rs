@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use super::{Inside, Result, TestbedError};
-use crate::client::ManagerClient;
-use crate::paths::ClusterPaths;
 use crate::ssh::shell_quote;
-use crate::testbed::supervise::{self, Spec};
+use crate::supervise::{self, Spec};
 use crate::vm::progress::{AGENT_READY, NodeProgress, SSH_UP};
 use crate::vm::qemu::{self, VmNode, load_node};
+use crate::{Inside, Result, TestbedError};
+use cluster::client::ManagerClient;
+use cluster::paths::ClusterPaths;
 
 const SSH_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -31,7 +31,7 @@ pub(crate) async fn start_agents(
     progress: &NodeProgress,
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
-    super::wait_manager(paths).await?;
+    crate::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     let see = format!(
         "{} and, inside the node, /run/swarmkit/{}/agent.log",
@@ -44,11 +44,11 @@ pub(crate) async fn start_agents(
         async move {
             qemu::wait_ssh(paths, n, SSH_TIMEOUT).await?;
             progress.step(&n.name, SSH_UP, "ssh up");
-            super::wait_until(
+            crate::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
                 &see,
-                || super::hostname_ready(&client, &n.name),
+                || crate::hostname_ready(&client, &n.name),
             )
             .await?;
             progress.step(&n.name, AGENT_READY, "agent ready");
@@ -62,7 +62,7 @@ pub(crate) async fn start_agents(
 /// Waits until a booted machine's SSH server answers (without starting an agent).
 pub(crate) async fn wait_sshd(paths: &ClusterPaths, n: &VmNode) -> Result<()> {
     qemu::wait_console(paths, n, SSH_TIMEOUT).await?;
-    super::wait_until(
+    crate::wait_until(
         &format!("ssh on {}", n.name),
         SSH_TIMEOUT,
         &qemu::vm_dir(paths),
@@ -106,7 +106,7 @@ pub(crate) async fn exec(
             let listing = s
                 .exec(&format!("ls {}", netcore::netns::NETNS_RUN_DIR))
                 .await?;
-            let have = super::sandbox_names(
+            let have = crate::sandbox_names(
                 &paths.node_sandbox_ns(node, ""),
                 String::from_utf8_lossy(&listing.stdout).lines(),
             );

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cpio::CpioWriter;
 use super::image::{Image, Machine};
-use crate::paths::{ClusterPaths, OWNER_ENV};
 use crate::ssh;
+use cluster::paths::{ClusterPaths, OWNER_ENV};
 
 /// Guest memory: 128 MiB boots; the agent and its tasks want headroom.
 const GUEST_MEM: &str = "384M";
@@ -225,7 +225,7 @@ pub fn detect_accel(paths: &ClusterPaths, image: &Image) -> Result<String> {
     {
         return Ok(a);
     }
-    let host_cache = PathBuf::from(crate::paths::RUN_ROOT).join(".accel");
+    let host_cache = PathBuf::from(cluster::paths::RUN_ROOT).join(".accel");
     let cluster_cache = paths.run_dir().join("accel");
     for f in [&cluster_cache, &host_cache] {
         if let Ok(a) = std::fs::read_to_string(f) {
@@ -597,7 +597,7 @@ impl MachineArgs {
 
 /// The host's TSC rate in kHz, measured once per host boot (kept in /run).
 fn host_tsc_khz() -> Result<u64> {
-    let cache = PathBuf::from(crate::paths::RUN_ROOT).join(".tsc_khz");
+    let cache = PathBuf::from(cluster::paths::RUN_ROOT).join(".tsc_khz");
     if let Some(khz) = std::fs::read_to_string(&cache)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -611,7 +611,7 @@ fn host_tsc_khz() -> Result<u64> {
             source: std::io::Error::other("the qemu backend needs an x86_64 host"),
         });
     }
-    let _ = std::fs::create_dir_all(crate::paths::RUN_ROOT);
+    let _ = std::fs::create_dir_all(cluster::paths::RUN_ROOT);
     let _ = std::fs::write(&cache, khz.to_string());
     Ok(khz)
 }

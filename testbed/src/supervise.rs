@@ -13,9 +13,9 @@ use netcore::netns::{NetNs, enter_raw};
 use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
-use super::{Result, io};
-use crate::paths::{ClusterPaths, OWNER_ENV};
 use crate::procs;
+use crate::{Result, io};
+use cluster::paths::{ClusterPaths, OWNER_ENV};
 
 /// How to start one daemon of a cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,10 +111,10 @@ pub fn ensure(paths: &ClusterPaths, spec: &Spec) -> Result<(u32, bool)> {
     }
     let pid = spawn(paths, spec)?;
     // The pid first: whoever reads the spec must find the process it describes.
-    crate::paths::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
+    cluster::paths::write_atomically(&pid_file(paths, &spec.name), pid.to_string().as_bytes())
         .map_err(io("writing a pid file"))?;
     let bytes = serde_json::to_vec_pretty(spec).expect("a spec serializes");
-    crate::paths::write_atomically(&spec_file(paths, &spec.name), &bytes)
+    cluster::paths::write_atomically(&spec_file(paths, &spec.name), &bytes)
         .map_err(io("writing a daemon spec"))?;
     Ok((pid, true))
 }
@@ -127,7 +127,7 @@ fn spawn(paths: &ClusterPaths, spec: &Spec) -> Result<u32> {
         .open(&log)
         .map_err(io(log.display().to_string()))?;
     let err = out.try_clone().map_err(io(log.display().to_string()))?;
-    let mut cmd = std::process::Command::new(crate::paths::OWN_BINARY);
+    let mut cmd = std::process::Command::new(cluster::paths::OWN_BINARY);
     cmd.arg0("swarmkit")
         .arg("--cluster")
         .arg(&paths.name)

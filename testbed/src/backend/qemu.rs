@@ -12,13 +12,13 @@ use netcore::link::Links;
 use netcore::netns::NetNs;
 
 use super::machine::{self, remote};
-use super::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
-use crate::paths::ClusterPaths;
 use crate::procs;
 use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
 use crate::vm::qemu::{self as vm, VmNode, load_node, save_node};
+use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
+use cluster::paths::ClusterPaths;
 
 pub struct Qemu;
 
@@ -94,7 +94,7 @@ impl NodeBackend for Qemu {
         let start = Instant::now();
         let underlay = NetNs::create(&paths.underlay_ns())?;
         netcore::underlay::create_switch(&underlay, super::netns::UNDERLAY_BRIDGE).await?;
-        super::start_manager(opts, paths, &[])?;
+        crate::start_manager(opts, paths, &[])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;
@@ -162,7 +162,7 @@ impl NodeBackend for Qemu {
         })?;
         let Some(launch) = node.launch.clone() else {
             return Err(TestbedError::Unsupported {
-                backend: super::Backend::Qemu,
+                backend: crate::Backend::Qemu,
                 what: format!("{fault} {name}"),
                 why: "the node was booted by an older swarmkit that did not record how",
             });
@@ -188,8 +188,8 @@ impl NodeBackend for Qemu {
                     .spawn(paths, name, &underlay, super::netns::UNDERLAY_BRIDGE)
                     .await?;
                 node.pid = Some(pid);
-                save_node(paths, &node).map_err(super::io("saving the node's record"))?;
-                super::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))
+                save_node(paths, &node).map_err(crate::io("saving the node's record"))?;
+                crate::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))
                     .await
             }
             Fault::Isolate => {

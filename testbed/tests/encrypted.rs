@@ -163,7 +163,7 @@ impl Cluster {
     fn spis(&self, node: &str) -> Vec<String> {
         let out = self.exec_ok(
             node,
-            &format!("{} xfrm state", cluster::vm::image::IPROUTE2_IP),
+            &format!("{} xfrm state", testbed::vm::image::IPROUTE2_IP),
         );
         out.lines()
             .filter(|l| l.starts_with("src "))
@@ -178,7 +178,7 @@ impl Cluster {
     }
 
     fn node_addr(&self, node: &str) -> String {
-        cluster::vm::qemu::load_node(&self.paths, node)
+        testbed::vm::qemu::load_node(&self.paths, node)
             .expect("node record")
             .addr
             .addr()

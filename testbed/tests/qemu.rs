@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
-use cluster::ssh::{self, SshError, Target};
+use testbed::ssh::{self, SshError, Target};
 use testkit::eventually;
 
 fn skip_reason() -> Option<String> {
@@ -27,7 +27,7 @@ fn ok(args: &[&str]) -> String {
 
 /// What still runs for the cluster, by name, for the failure message.
 fn owned_live_processes(cluster: &str) -> Vec<String> {
-    cluster::procs::owned(cluster)
+    testbed::procs::owned(cluster)
         .into_iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
         .collect()
@@ -95,7 +95,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
 
     // A changed host key is refused.
     let paths = ClusterPaths::new(&name);
-    let node = cluster::vm::qemu::load_node(&paths, "node1").unwrap();
+    let node = testbed::vm::qemu::load_node(&paths, "node1").unwrap();
     let key = Arc::new(ssh::ensure_client_key(&node.key_file).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let wrong = Target {
@@ -202,7 +202,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     }
     let conns = exec("node1", &["ipvsadm", "-Lnc"]);
     eprintln!("node1 ipvsadm -Lnc:\n{conns}");
-    let node2_addr = cluster::vm::qemu::load_node(&paths, "node2")
+    let node2_addr = testbed::vm::qemu::load_node(&paths, "node2")
         .unwrap()
         .addr
         .addr()
@@ -294,7 +294,7 @@ fn changed_host_key_is_refused() {
     let _guard = Kill(server, dir.clone());
     let addr = format!("127.0.0.1:{port}");
     eventually("dropbear to listen", Duration::from_secs(10), || {
-        cluster::vm::qemu::banner(&addr).then_some(())
+        testbed::vm::qemu::banner(&addr).then_some(())
     });
     let client = Arc::new(ssh::ensure_client_key(&dir.join("id_ed25519")).unwrap());
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -356,7 +356,7 @@ fn ssh_backend_on_bare_guests() {
             "--nodes",
             "2",
         ])
-        .env(cluster::testbed::qemu::ENV_BARE, "1")
+        .env(testbed::backend::qemu::ENV_BARE, "1")
         .output()
         .unwrap();
     assert!(
@@ -367,7 +367,7 @@ fn ssh_backend_on_bare_guests() {
 
     let mpaths = ClusterPaths::new(&machines);
     let mut inv = String::new();
-    for n in cluster::vm::qemu::load_nodes(&mpaths) {
+    for n in testbed::vm::qemu::load_nodes(&mpaths) {
         inv.push_str(&format!(
             "[[host]]\nname = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nhost_key = \"{}\"\nnode_addr = \"{}\"\n\n",
             n.name,
@@ -402,7 +402,7 @@ fn ssh_backend_on_bare_guests() {
          mode transport aead 'rfc4106(gcm(aes))' 0x{key} 64 && \
          {ip} xfrm policy add src 10.99.0.1/32 dst 10.99.0.2/32 dir out mark 0x77 \
          tmpl src 10.99.0.1 dst 10.99.0.2 proto esp reqid 7 mode transport",
-        ip = cluster::vm::image::IPROUTE2_IP,
+        ip = testbed::vm::image::IPROUTE2_IP,
         key = "ab".repeat(20),
     ));
     let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
@@ -516,7 +516,7 @@ fn ssh_backend_on_bare_guests() {
         ]);
     }
     let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&name));
-    let xfrm = |what: &str| on_host(&format!("{} xfrm {what}", cluster::vm::image::IPROUTE2_IP));
+    let xfrm = |what: &str| on_host(&format!("{} xfrm {what}", testbed::vm::image::IPROUTE2_IP));
     let with_reqid = |listing: &str| listing.matches(&reqid).count();
     // Inbound and outbound SAs towards node2, and the outbound policy.
     eventually(
@@ -708,12 +708,12 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     assert!(ping("node1", "192.168.0.12"));
 
     let paths = ClusterPaths::new(&name);
-    let guest = cluster::vm::qemu::load_node(&paths, "node2")
+    let guest = testbed::vm::qemu::load_node(&paths, "node2")
         .unwrap()
         .pid
         .unwrap();
     c(&["node", "kill", "node2"]);
-    assert!(cluster::procs::dead(guest as i32), "the guest survived");
+    assert!(testbed::procs::dead(guest as i32), "the guest survived");
     assert!(!ping("node1", "192.168.0.12"));
     c(&["node", "start", "node2"]);
     assert!(ping("node1", "192.168.0.12"));

@@ -1,32 +1,44 @@
-//! The testbed: what a node is made of. Each backend (netns, qemu, ssh) lives in a file of its
-//! own and implements [`NodeBackend`]: bring a cluster's nodes up, take what it made down, run
-//! a command on a node or in a task, inject faults. The rest of the crate names a backend only
-//! through [`Backend`], the typed value kept in the cluster's record ([`record`]), and reaches
-//! its code through the one match in [`with_backend!`]; `crate::lifecycle` talks to nothing
-//! else. Imports run one way: lifecycle -> testbed -> vm (the QEMU and SSH machinery).
+//! testbed: the machines a cluster runs on, and a cluster's life on them (`cluster up`,
+//! `down`, `ls`, `node exec`, faults). It is a product of its own beside the control plane:
+//! `cluster` (manager, agent) knows nothing of it, and it knows the control plane only as a
+//! client does (the manager's socket, the environment the daemons read, a node's readiness
+//! label).
+//!
+//! Where things live, and which way the imports run (`lifecycle -> backend -> vm, ssh`):
+//! - this file: [`Backend`] (the typed value kept in a cluster's [`record`]), the
+//!   [`NodeBackend`] trait every backend implements, [`Fault`], and the one [`with_backend!`]
+//!   match from a backend's name to its code;
+//! - [`backend`]: one file per backend (netns, qemu, ssh), plus [`backend::machine`], what
+//!   the backends whose nodes are whole machines reached over SSH share;
+//! - [`lifecycle`]: up, resume, down, list, exec, prune, on any backend, through
+//!   [`with_backend!`] only;
+//! - [`supervise`]: the per-cluster supervisor that restarts the daemons;
+//! - [`vm`]: guest images (kernel, initramfs), QEMU launch, inventories; [`ssh`]: the SSH
+//!   client (pinned host keys); [`procs`]: finding a cluster's processes through /proc.
 //!
 //! Adding a fourth backend (say, containers):
-//! 1. a new file `testbed/containers.rs` with a unit struct implementing [`NodeBackend`]
+//! 1. a new file `backend/containers.rs` with a unit struct implementing [`NodeBackend`]
 //!    (what it cannot do returns [`TestbedError::Unsupported`]); whole machines reached over
-//!    SSH can reuse [`machine`];
+//!    SSH can reuse [`backend::machine`];
 //! 2. a variant in [`Backend`] (its name in `as_str` and `ALL`, from which `--backend` takes
-//!    its choices), and its line in [`with_backend!`]. The compiler finds every other place:
-//!    there is none.
+//!    its choices), and its line in [`with_backend!`], whose match the compiler checks for
+//!    exhaustiveness.
 
-pub mod machine;
-pub mod netns;
-pub mod qemu;
+pub mod backend;
+pub mod lifecycle;
+pub mod procs;
 pub mod record;
 pub mod ssh;
 pub mod supervise;
+pub mod vm;
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::ManagerClient;
-use crate::paths::ClusterPaths;
+use cluster::client::ManagerClient;
+use cluster::paths::ClusterPaths;
 pub use record::{ClusterInfo, UpOptions};
 
 /// How a cluster's nodes are built.
@@ -86,16 +98,16 @@ impl FromStr for Backend {
 macro_rules! with_backend {
     ($kind:expr, $b:ident => $body:expr) => {
         match $kind {
-            $crate::testbed::Backend::Netns => {
-                let $b = $crate::testbed::netns::Netns;
+            $crate::Backend::Netns => {
+                let $b = $crate::backend::netns::Netns;
                 $body
             }
-            $crate::testbed::Backend::Qemu => {
-                let $b = $crate::testbed::qemu::Qemu;
+            $crate::Backend::Qemu => {
+                let $b = $crate::backend::qemu::Qemu;
                 $body
             }
-            $crate::testbed::Backend::Ssh => {
-                let $b = $crate::testbed::ssh::Ssh;
+            $crate::Backend::Ssh => {
+                let $b = $crate::backend::ssh::Ssh;
                 $body
             }
         }
@@ -305,7 +317,7 @@ pub async fn inject(cluster: &str, node: &str, fault: Fault) -> Result<()> {
 
 /// The one definition of a ready node, on every backend: registered and Ready in the manager,
 /// and its dataplane (ingress sandbox, routing mesh) applied, which the agent reports through
-/// [`crate::manager::DATAPLANE_LABEL`].
+/// [`cluster::manager::DATAPLANE_LABEL`].
 pub fn node_ready(n: &bollard::models::Node) -> bool {
     let ready = n.status.as_ref().and_then(|s| s.state) == Some(bollard::models::NodeState::READY);
     let applied = n
@@ -313,7 +325,7 @@ pub fn node_ready(n: &bollard::models::Node) -> bool {
         .as_ref()
         .and_then(|d| d.engine.as_ref())
         .and_then(|e| e.labels.as_ref())
-        .and_then(|l| l.get(crate::manager::DATAPLANE_LABEL))
+        .and_then(|l| l.get(cluster::manager::DATAPLANE_LABEL))
         .is_some_and(|v| v == "ready");
     ready && applied
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::qemu::{VmNode, load_nodes};
-use crate::paths::ClusterPaths;
 use crate::ssh::{self, Session, Target, shell_quote};
+use cluster::paths::ClusterPaths;
 
 /// Port the agent dials inside a node; SSH forwards it to the manager.
 pub const MANAGER_PORT: u32 = 2377;
@@ -87,25 +87,25 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     let mut env = vec![
         // A node without a launch is a host (the ssh backend): its namespace is shared.
         (
-            crate::agent::ENV_NODE_NS,
+            cluster::agent::ENV_NODE_NS,
             match node.launch {
-                Some(_) => crate::agent::NODE_NS_GUEST,
-                None => crate::agent::NODE_NS_HOST,
+                Some(_) => cluster::agent::NODE_NS_GUEST,
+                None => cluster::agent::NODE_NS_HOST,
             }
             .to_string(),
         ),
         (
-            crate::client::ENV_MANAGER_TCP,
+            cluster::client::ENV_MANAGER_TCP,
             format!("127.0.0.1:{MANAGER_PORT}"),
         ),
-        (crate::agent::ENV_NODE_ADDR, node.addr.addr().to_string()),
-        (crate::paths::OWNER_ENV, cluster.to_string()),
+        (cluster::agent::ENV_NODE_ADDR, node.addr.addr().to_string()),
+        (cluster::paths::OWNER_ENV, cluster.to_string()),
     ];
     if let Some(lb) = &node.lb {
-        env.push((crate::agent::ENV_LB, lb.clone()));
+        env.push((cluster::agent::ENV_LB, lb.clone()));
     }
     if let Some(mesh) = node.mesh {
-        env.push((crate::agent::ENV_MESH, mesh.to_string()));
+        env.push((cluster::agent::ENV_MESH, mesh.to_string()));
     }
     // Agents log at the level the cluster was brought up with, as they do on netns nodes.
     if let Ok(filter) = std::env::var("RUST_LOG") {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::paths::OWNER_ENV;
+use cluster::paths::OWNER_ENV;
 
 /// Whether `pid` is gone or a zombie (already dead: its parent has to reap it).
 pub fn dead(pid: i32) -> bool {
