@@ -12,6 +12,7 @@ pub mod manager;
 pub mod model;
 pub mod orchestrator;
 pub mod paths;
+pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod protocol;
