@@ -60,7 +60,7 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
         anyhow::bail!("stripping {} gave an empty binary", node.name);
     }
     // Only a binary whose bytes arrived whole takes the name the presence check looks for.
-    let sha = super::image::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let out = s
         .exec_with_stdin(
             &format!(

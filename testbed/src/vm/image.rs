@@ -384,7 +384,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
         h.update(f);
     }
     fp.save();
-    let hash = hex(&h.finalize())[..16].to_string();
+    let hash = hex::encode(h.finalize())[..16].to_string();
 
     let dir = cache.join("images").join(&hash);
     let meta = dir.join("image.json");
@@ -464,10 +464,6 @@ fn prune(images: &Path, keep: usize) {
     for (_, old) in all.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(old);
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes initramfs.img: an uncompressed newc archive.
