@@ -191,7 +191,7 @@ pub enum TestbedError {
     ImageDir {
         var: &'static str,
         #[source]
-        source: crate::vm::image::ImageError,
+        source: crate::vm::image::GuestImageError,
     },
     #[error("give a command to run after --")]
     NoCommand,
@@ -207,7 +207,7 @@ pub enum TestbedError {
         have: Vec<String>,
     },
     #[error(transparent)]
-    Image(#[from] crate::vm::image::ImageError),
+    GuestImage(#[from] crate::vm::image::GuestImageError),
     #[error(transparent)]
     Inventory(#[from] crate::vm::inventory::InventoryError),
     #[error(transparent)]

@@ -110,8 +110,10 @@ const TOOLS: &[(&[&str], &str)] = &[
 pub const IPROUTE2_IP: &str = "/usr/lib/iproute2/ip";
 const BUSYBOX: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
 
+/// Why a guest image (kernel, initramfs, volume for the qemu backend) could not be built or
+/// read; not to be confused with `cluster::images`, the built-in app images tasks run.
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub enum GuestImageError {
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -144,11 +146,11 @@ pub enum ImageError {
     },
 }
 
-type Result<T, E = ImageError> = std::result::Result<T, E>;
+type Result<T, E = GuestImageError> = std::result::Result<T, E>;
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestImageError {
     let what = what.into();
-    move |source| ImageError::Io { what, source }
+    move |source| GuestImageError::Io { what, source }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -210,7 +212,7 @@ pub fn from_dir(dir: &Path) -> Result<Image> {
         if p.exists() {
             Ok(p)
         } else {
-            Err(ImageError::Io {
+            Err(GuestImageError::Io {
                 what: p.display().to_string(),
                 source: std::io::ErrorKind::NotFound.into(),
             })
@@ -237,12 +239,12 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     let out = cmd
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| ImageError::Command {
+        .map_err(|e| GuestImageError::Command {
             cmd: shown.clone(),
             message: e.to_string(),
         })?;
     if !out.status.success() {
-        return Err(ImageError::Command {
+        return Err(GuestImageError::Command {
             cmd: shown,
             message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
@@ -294,7 +296,7 @@ pub const VOLUME_MOUNT: &str = "/sk";
 /// initramfs, 6 s with a 50 MB one), while a volume is paged in only where it is read.
 fn host_files(swarmkit: &Path) -> Result<Vec<Packed>> {
     let busybox =
-        first_existing(BUSYBOX).ok_or_else(|| ImageError::MissingTool("busybox".into()))?;
+        first_existing(BUSYBOX).ok_or_else(|| GuestImageError::MissingTool("busybox".into()))?;
     let mut files = vec![Packed {
         guest: "/bin/busybox".into(),
         host: busybox,
@@ -304,7 +306,7 @@ fn host_files(swarmkit: &Path) -> Result<Vec<Packed>> {
         vec![("/usr/bin/swarmkit".into(), swarmkit.into(), true)];
     for (candidates, guest) in TOOLS {
         let host = first_existing(candidates)
-            .ok_or_else(|| ImageError::MissingTool(candidates[0].to_string()))?;
+            .ok_or_else(|| GuestImageError::MissingTool(candidates[0].to_string()))?;
         bins.push((guest.to_string(), host, *guest != "/usr/sbin/dropbear"));
     }
     // Boot-time binaries first, so that a library they share with the rest stays in the
@@ -341,7 +343,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
     let src = match (&opts.kernel, &opts.modules) {
         (None, None) => debian_kernel(&cache, opts.refresh_kernel)?,
         (Some(k), Some(m)) => custom_kernel(k, m)?,
-        _ => return Err(ImageError::HalfCustom),
+        _ => return Err(GuestImageError::HalfCustom),
     };
     let swarmkit = match &opts.swarmkit {
         Some(p) => p.clone(),
@@ -389,10 +391,11 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
     let dir = cache.join("images").join(&hash);
     let meta = dir.join("image.json");
     let image = if let Ok(bytes) = std::fs::read(&meta) {
-        let mut img: Image = serde_json::from_slice(&bytes).map_err(|source| ImageError::Meta {
-            path: meta.clone(),
-            source,
-        })?;
+        let mut img: Image =
+            serde_json::from_slice(&bytes).map_err(|source| GuestImageError::Meta {
+                path: meta.clone(),
+                source,
+            })?;
         img.cached = true;
         img
     } else {
@@ -414,7 +417,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
             cached: false,
             append: String::new(),
         };
-        let json = serde_json::to_vec_pretty(&img).map_err(|source| ImageError::Meta {
+        let json = serde_json::to_vec_pretty(&img).map_err(|source| GuestImageError::Meta {
             path: meta.clone(),
             source,
         })?;
@@ -508,7 +511,7 @@ fn pack(src: &KernelSource, files: &[Packed], dir: &Path) -> Result<()> {
         .iter()
         .find(|p| p.guest == "/bin/busybox")
         .map(|p| p.host.clone())
-        .ok_or_else(|| ImageError::MissingTool("busybox".into()))?;
+        .ok_or_else(|| GuestImageError::MissingTool("busybox".into()))?;
     let list = run(Command::new(&busybox).arg("--list-full"))?;
     let applets: Vec<String> = String::from_utf8_lossy(&list)
         .lines()
@@ -615,8 +618,8 @@ fn pack_volume(files: &[Packed], dir: &Path) -> Result<()> {
         .args(["-noI", "-noD", "-noF", "-noX"])
         .stdout(Stdio::null());
     match run(&mut cmd) {
-        Err(ImageError::Command { message, .. }) if message.contains("No such file") => {
-            return Err(ImageError::MissingTool("mksquashfs".into()));
+        Err(GuestImageError::Command { message, .. }) if message.contains("No such file") => {
+            return Err(GuestImageError::MissingTool("mksquashfs".into()));
         }
         r => r?,
     };
