@@ -31,6 +31,7 @@ pub mod record;
 pub mod ssh;
 pub mod supervise;
 pub mod vm;
+pub mod wait;
 
 use std::fmt;
 use std::str::FromStr;
@@ -159,12 +160,8 @@ pub enum TestbedError {
         after: std::time::Duration,
         log: std::path::PathBuf,
     },
-    #[error("timed out after {after:?} waiting for {what}; see {see}")]
-    Timeout {
-        what: String,
-        after: std::time::Duration,
-        see: String,
-    },
+    #[error(transparent)]
+    Timeout(#[from] crate::wait::Timeout),
     #[error("invalid --nodes {given} for the {backend} backend: give 1 to {max}")]
     InvalidNodes {
         backend: Backend,
@@ -365,7 +362,7 @@ pub(crate) async fn wait_restarted(
     log: std::path::PathBuf,
 ) -> Result<()> {
     let client = ManagerClient::new(&paths.manager_socket());
-    wait_until(&format!("{node} to be ready"), deadline, &log, || {
+    wait::wait_until(&format!("{node} to be ready"), deadline, &log, || {
         hostname_ready_since(&client, node, Some(since))
     })
     .await
@@ -374,34 +371,6 @@ pub(crate) async fn wait_restarted(
         after: deadline,
         log,
     })
-}
-
-/// Polls `check` with a short back-off until it holds or `deadline` has passed; the error
-/// names what was awaited and `see`, where to look for why.
-pub async fn wait_until<F, Fut>(
-    what: &str,
-    deadline: std::time::Duration,
-    see: &std::path::Path,
-    mut check: F,
-) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(2);
-    while !check().await {
-        if start.elapsed() > deadline {
-            return Err(TestbedError::Timeout {
-                what: what.to_string(),
-                after: deadline,
-                see: see.display().to_string(),
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Starts a new cluster's manager (with `extra` in its environment) and the supervisor that
@@ -426,13 +395,14 @@ const MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
     let client = ManagerClient::new(&paths.manager_socket());
-    wait_until(
+    wait::wait_until(
         "the manager to answer",
         MANAGER_TIMEOUT,
         &paths.log_file("manager"),
         || async { client.get::<serde_json::Value>("/swarm").await.is_ok() },
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Sandbox short names among namespace names: those under a node's `prefix`, sorted.

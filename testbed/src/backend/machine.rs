@@ -44,7 +44,7 @@ pub(crate) async fn start_agents(
         async move {
             qemu::wait_ssh(paths, n, SSH_TIMEOUT).await?;
             progress.step(&n.name, SSH_UP, "ssh up");
-            crate::wait_until(
+            crate::wait::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
                 &see,
@@ -62,7 +62,7 @@ pub(crate) async fn start_agents(
 /// Waits until a booted machine's SSH server answers (without starting an agent).
 pub(crate) async fn wait_sshd(paths: &ClusterPaths, n: &VmNode) -> Result<()> {
     qemu::wait_console(paths, n, SSH_TIMEOUT).await?;
-    crate::wait_until(
+    crate::wait::wait_until(
         &format!("ssh on {}", n.name),
         SSH_TIMEOUT,
         &qemu::vm_dir(paths),
@@ -73,7 +73,8 @@ pub(crate) async fn wait_sshd(paths: &ClusterPaths, n: &VmNode) -> Result<()> {
                 .unwrap_or(false)
         },
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// `node exec` and `exec TASK` on a machine: the command runs through SSH with its output

@@ -214,7 +214,7 @@ impl NodeBackend for Netns {
         for (i, h) in hostnames.iter().enumerate() {
             supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
             if i == 0 {
-                crate::wait_until(
+                crate::wait::wait_until(
                     &format!("{h} to register"),
                     READY_TIMEOUT,
                     &paths.run_dir(),
@@ -224,7 +224,7 @@ impl NodeBackend for Netns {
             }
         }
         let want = opts.nodes;
-        crate::wait_until(
+        crate::wait::wait_until(
             "every node to be ready",
             READY_TIMEOUT,
             &paths.run_dir(),

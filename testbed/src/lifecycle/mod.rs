@@ -10,8 +10,9 @@ use netcore::netns::NetNs;
 
 use crate::record::{backend_of, note_backend, record_up};
 use crate::supervise::{self, Spec};
+use crate::wait::wait_until;
 use crate::with_backend;
-use crate::{Inside, NodeBackend, TestbedError, wait_until};
+use crate::{Inside, NodeBackend, TestbedError};
 use cluster::client::ManagerClient;
 use cluster::paths::{ClusterPaths, validate_cluster_name};
 
@@ -178,7 +179,8 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
             &paths.run_dir(),
             || crate::hostname_ready(&client, node),
         )
-        .await?;
+        .await
+        .map_err(TestbedError::from)?;
     }
     Ok(ClusterInfo {
         running: true,
