@@ -217,6 +217,8 @@ pub enum TestbedError {
     Link(#[from] netcore::link::LinkError),
     #[error(transparent)]
     Qemu(#[from] crate::vm::qemu::QemuError),
+    #[error(transparent)]
+    Reach(#[from] crate::vm::reach::ReachError),
     #[error("{what}: {source}")]
     Io {
         what: String,

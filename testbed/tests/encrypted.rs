@@ -178,7 +178,7 @@ impl Cluster {
     }
 
     fn node_addr(&self, node: &str) -> String {
-        testbed::vm::qemu::load_node(&self.paths, node)
+        testbed::vm::node::load_node(&self.paths, node)
             .expect("node record")
             .addr
             .addr()

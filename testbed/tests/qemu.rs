@@ -95,7 +95,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
 
     // A changed host key is refused.
     let paths = ClusterPaths::new(&name);
-    let node = testbed::vm::qemu::load_node(&paths, "node1").unwrap();
+    let node = testbed::vm::node::load_node(&paths, "node1").unwrap();
     let key = Arc::new(ssh::ensure_client_key(&node.key_file).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let wrong = Target {
@@ -202,7 +202,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     }
     let conns = exec("node1", &["ipvsadm", "-Lnc"]);
     eprintln!("node1 ipvsadm -Lnc:\n{conns}");
-    let node2_addr = testbed::vm::qemu::load_node(&paths, "node2")
+    let node2_addr = testbed::vm::node::load_node(&paths, "node2")
         .unwrap()
         .addr
         .addr()
@@ -294,7 +294,7 @@ fn changed_host_key_is_refused() {
     let _guard = Kill(server, dir.clone());
     let addr = format!("127.0.0.1:{port}");
     eventually("dropbear to listen", Duration::from_secs(10), || {
-        testbed::vm::qemu::banner(&addr).then_some(())
+        testbed::vm::reach::banner(&addr).then_some(())
     });
     let client = Arc::new(ssh::ensure_client_key(&dir.join("id_ed25519")).unwrap());
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -367,7 +367,7 @@ fn ssh_backend_on_bare_guests() {
 
     let mpaths = ClusterPaths::new(&machines);
     let mut inv = String::new();
-    for n in testbed::vm::qemu::load_nodes(&mpaths) {
+    for n in testbed::vm::node::load_nodes(&mpaths) {
         inv.push_str(&format!(
             "[[host]]\nname = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nhost_key = \"{}\"\nnode_addr = \"{}\"\n\n",
             n.name,
@@ -708,7 +708,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     assert!(ping("node1", "192.168.0.12"));
 
     let paths = ClusterPaths::new(&name);
-    let guest = testbed::vm::qemu::load_node(&paths, "node2")
+    let guest = testbed::vm::node::load_node(&paths, "node2")
         .unwrap()
         .pid
         .unwrap();

@@ -15,8 +15,9 @@ use super::machine::{self, remote};
 use crate::procs;
 use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
+use crate::vm::node::{VmNode, clear_session_state, client_key_file, load_node, save_node};
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
-use crate::vm::qemu::{self as vm, VmNode, load_node, save_node};
+use crate::vm::qemu as vm;
 use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
 use cluster::paths::ClusterPaths;
 
@@ -103,7 +104,7 @@ impl NodeBackend for Qemu {
             img.hash,
             if img.cached { " (cached)" } else { "" }
         ));
-        let key = crate::ssh::ensure_client_key(&vm::client_key_file(paths))?;
+        let key = crate::ssh::ensure_client_key(&client_key_file(paths))?;
         let authorized = format!("{}\n", crate::ssh::public_openssh(key.public_key()));
         let accel = {
             let (p, i) = (paths.clone(), img.clone());
@@ -180,13 +181,16 @@ impl NodeBackend for Qemu {
                 }
                 let underlay = NetNs::open(&paths.underlay_ns())?;
                 // The session marker belongs to the dead guest; the daemon writes it anew.
-                let _ = std::fs::remove_file(
-                    crate::vm::qemu::vm_dir(paths).join(format!("{name}.session")),
-                );
+                clear_session_state(paths, name);
                 let since = chrono::Utc::now();
-                let pid = launch
-                    .spawn(paths, name, &underlay, super::netns::UNDERLAY_BRIDGE)
-                    .await?;
+                let pid = vm::spawn(
+                    &launch,
+                    paths,
+                    name,
+                    &underlay,
+                    super::netns::UNDERLAY_BRIDGE,
+                )
+                .await?;
                 node.pid = Some(pid);
                 save_node(paths, &node).map_err(crate::io("saving the node's record"))?;
                 crate::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))

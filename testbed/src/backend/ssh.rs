@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::machine::{self, remote};
 use crate::ssh::shell_quote;
+use crate::vm::node::{load_nodes, save_node};
 use crate::vm::progress::NodeProgress;
-use crate::vm::qemu::{load_nodes, save_node};
 use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
 use cluster::paths::ClusterPaths;
 

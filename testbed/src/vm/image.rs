@@ -285,6 +285,9 @@ struct Packed {
     on_volume: bool,
 }
 
+/// Where the agent binary lives inside a node built from our image.
+pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
+
 /// Where the guest mounts the image's read-only volume; its files are linked into place
 /// from the initramfs.
 pub const VOLUME_MOUNT: &str = "/sk";
@@ -302,8 +305,7 @@ fn host_files(swarmkit: &Path) -> Result<Vec<Packed>> {
         host: busybox,
         on_volume: false,
     }];
-    let mut bins: Vec<(String, PathBuf, bool)> =
-        vec![("/usr/bin/swarmkit".into(), swarmkit.into(), true)];
+    let mut bins: Vec<(String, PathBuf, bool)> = vec![(GUEST_BINARY.into(), swarmkit.into(), true)];
     for (candidates, guest) in TOOLS {
         let host = first_existing(candidates)
             .ok_or_else(|| GuestImageError::MissingTool(candidates[0].to_string()))?;
@@ -378,7 +380,7 @@ pub fn build(opts: &BuildOptions) -> Result<Image> {
     let mut swarmkit_sha256 = String::new();
     for p in &files {
         let f = fp.get(&p.host).map_err(io(p.host.display().to_string()))?;
-        if p.guest == "/usr/bin/swarmkit" {
+        if p.guest == GUEST_BINARY {
             swarmkit_sha256 = f.clone();
         }
         h.update(&p.guest);
@@ -594,7 +596,7 @@ fn pack_volume(files: &[Packed], dir: &Path) -> Result<()> {
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent.display().to_string()))?;
         }
-        let data = if p.guest == "/usr/bin/swarmkit" {
+        let data = if p.guest == GUEST_BINARY {
             stripped(&p.host)
         } else {
             std::fs::read(&p.host)

@@ -1,6 +1,11 @@
 //! The machinery of whole-machine nodes (QEMU guests booted from a cached image, hosts from an
 //! inventory), driven over SSH. Used by the qemu and ssh backends in crate::backend; nothing
 //! here knows about the cluster's lifecycle.
+//!
+//! Which way the imports run: [`host`] (the `__vmhost` daemon) -> [`reach`] (waiting for a
+//! node) and [`qemu`] (booting guests) and [`inventory`] (hosts) -> [`node`] (a node's record);
+//! [`qemu`] and [`host`] -> [`image`] (the guest image) -> [`cpio`], [`fingerprint`].
+//! [`progress`] stands alone.
 
 pub mod cpio;
 pub mod fingerprint;
@@ -8,17 +13,7 @@ pub mod host;
 pub mod image;
 pub mod inventory;
 pub mod kernel;
+pub mod node;
 pub mod progress;
 pub mod qemu;
-
-/// Orders "node2" before "node10".
-pub fn natural(s: &str) -> (String, u64) {
-    let digits: String = s.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
-    let n = digits
-        .chars()
-        .rev()
-        .collect::<String>()
-        .parse()
-        .unwrap_or(0);
-    (s[..s.len() - digits.len()].to_string(), n)
-}
+pub mod reach;
