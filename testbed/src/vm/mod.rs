@@ -12,7 +12,6 @@ pub mod fingerprint;
 pub mod host;
 pub mod image;
 pub mod inventory;
-pub mod kernel;
 pub mod node;
 pub mod progress;
 pub mod qemu;

@@ -6,14 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::image::{GuestImageError, run};
-
-type Result<T, E = GuestImageError> = std::result::Result<T, E>;
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestImageError {
-    let what = what.into();
-    move |source| GuestImageError::Io { what, source }
-}
+use super::{GuestImageError, Result, io, run};
 
 /// Where the kernel and its module tree come from.
 pub struct KernelSource {
