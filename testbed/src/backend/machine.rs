@@ -32,7 +32,7 @@ pub(crate) async fn start_agents(
     progress: &NodeProgress,
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
-    crate::wait_manager(paths).await?;
+    crate::supervise::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     let see = format!(
         "{} and, inside the node, /run/swarmkit/{}/agent.log",

@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 use netcore::link::Links;
 use netcore::netns::NetNs;
 
+use super::NodeBackend;
 use super::machine::{self, remote};
 use crate::procs;
+use crate::record::{ClusterInfo, UpOptions};
 use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
 use crate::vm::node::{VmNode, clear_session_state, client_key_file, load_node, save_node};
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
 use crate::vm::qemu as vm;
-use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
+use crate::{Backend, Fault, Inside, Result, TestbedError};
 use cluster::paths::ClusterPaths;
 
 pub struct Qemu;
@@ -95,7 +97,7 @@ impl NodeBackend for Qemu {
         let start = Instant::now();
         let underlay = NetNs::create(&paths.underlay_ns())?;
         netcore::underlay::create_switch(&underlay, super::netns::UNDERLAY_BRIDGE).await?;
-        crate::start_manager(opts, paths, &[])?;
+        crate::supervise::start_manager(opts, paths, &[])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;
