@@ -2,10 +2,13 @@
 //! inventory), driven over SSH. Used by the qemu and ssh backends in crate::backend; nothing
 //! here knows about the cluster's lifecycle.
 //!
-//! Which way the imports run: [`host`] (the `__vmhost` daemon) -> [`reach`] (waiting for a
-//! node) and [`qemu`] (booting guests) and [`inventory`] (hosts) -> [`node`] (a node's record);
-//! [`qemu`] and [`host`] -> [`image`] (the guest image) -> [`cpio`], [`fingerprint`].
-//! [`progress`] stands alone.
+//! What lives where, from the top down (a module imports only those below it):
+//! - [`host`]: the `__vmhost` daemon, one SSH session per node, starting its agent;
+//! - [`qemu`]: booting guests (command line, accelerator, launch, bare-boot bench);
+//!   [`inventory`]: the ssh backend's hosts; [`reach`]: waiting until a node answers;
+//! - [`node`]: a node's record in the run directory; [`image`]: the guest image (kernel,
+//!   initramfs, volume), built from [`cpio`] archives and hashed through [`fingerprint`];
+//! - [`progress`]: the per-node progress bars of `cluster up`, on its own.
 
 pub mod cpio;
 pub mod fingerprint;
