@@ -4,25 +4,32 @@
 //! client does (the manager's socket, the environment the daemons read, a node's readiness
 //! label).
 //!
-//! Where things live, and which way the imports run (`lifecycle -> backend -> vm, ssh`):
-//! - this file: [`Backend`] (the typed value kept in a cluster's [`record`]), the
-//!   [`NodeBackend`] trait every backend implements, [`Fault`], and the one [`with_backend!`]
-//!   match from a backend's name to its code;
-//! - [`backend`]: one file per backend (netns, qemu, ssh), plus [`backend::machine`], what
-//!   the backends whose nodes are whole machines reached over SSH share;
-//! - [`lifecycle`]: up, resume, down, list, exec, prune, on any backend, through
-//!   [`with_backend!`] only;
-//! - [`supervise`]: the per-cluster supervisor that restarts the daemons;
-//! - [`vm`]: guest images (kernel, initramfs), QEMU launch, inventories; [`ssh`]: the SSH
-//!   client (pinned host keys); [`procs`]: finding a cluster's processes through /proc.
+//! Where things live, from the top down; a module imports only modules below it (no circles,
+//! checked with a script that lists every module's `crate::` imports):
+//! - [`lifecycle`]: up, resume, down, list, exec, prune and fault injection ([`inject`]), on
+//!   any backend, through the one [`with_backend!`] match from a backend's name to its code;
+//! - [`backend`]: the [`NodeBackend`](backend::NodeBackend) trait every backend implements,
+//!   one file per backend (netns, qemu, ssh), plus [`backend::machine`], what the backends
+//!   whose nodes are whole machines reached over SSH share;
+//! - [`supervise`]: the cluster's daemons (the manager among them) and the per-cluster
+//!   supervisor that restarts them;
+//! - [`record`]: a cluster's record (`cluster.json`) and what `cluster up` was asked for;
+//! - this file: the vocabulary every layer above shares: [`Backend`] (the typed value kept
+//!   in a cluster's record), [`Fault`], [`Inside`], [`TestbedError`], and what a ready node
+//!   is ([`node_ready`]); `inject`, `ClusterInfo` and `UpOptions` are re-exported here;
+//! - [`vm`]: whole-machine nodes: guest images, QEMU launch, a node's record, waiting until
+//!   it answers, inventories, the `__vmhost` SSH daemon; [`ssh`]: the SSH client (pinned host
+//!   keys); [`procs`]: finding a cluster's processes through /proc; [`wait`]: the one wait
+//!   loop ([`wait::wait_until`]).
 //!
 //! Adding a fourth backend (say, containers):
-//! 1. a new file `backend/containers.rs` with a unit struct implementing [`NodeBackend`]
-//!    (what it cannot do returns [`TestbedError::Unsupported`]); whole machines reached over
-//!    SSH can reuse [`backend::machine`];
+//! 1. a new file `backend/containers.rs` with a unit struct implementing
+//!    [`NodeBackend`](backend::NodeBackend) (what it cannot do returns
+//!    [`TestbedError::Unsupported`]); whole machines reached over SSH can reuse
+//!    [`backend::machine`];
 //! 2. a variant in [`Backend`] (its name in `as_str` and `ALL`, from which `--backend` takes
-//!    its choices), and its line in [`with_backend!`], whose match the compiler checks for
-//!    exhaustiveness.
+//!    its choices), and its line in [`with_backend!`] (in `lifecycle`), whose match the
+//!    compiler checks for exhaustiveness.
 
 pub mod backend;
 pub mod lifecycle;
@@ -31,6 +38,7 @@ pub mod record;
 pub mod ssh;
 pub mod supervise;
 pub mod vm;
+pub mod wait;
 
 use std::fmt;
 use std::str::FromStr;
@@ -39,6 +47,8 @@ use serde::{Deserialize, Serialize};
 
 use cluster::client::ManagerClient;
 use cluster::paths::ClusterPaths;
+// Re-exported: the CLI names them from the top.
+pub use lifecycle::inject;
 pub use record::{ClusterInfo, UpOptions};
 
 /// How a cluster's nodes are built.
@@ -92,28 +102,6 @@ impl FromStr for Backend {
     }
 }
 
-/// Runs `$body` with `$b` bound to the implementation of `$kind`: the one place that maps a
-/// backend's name to its code.
-#[macro_export]
-macro_rules! with_backend {
-    ($kind:expr, $b:ident => $body:expr) => {
-        match $kind {
-            $crate::Backend::Netns => {
-                let $b = $crate::backend::netns::Netns;
-                $body
-            }
-            $crate::Backend::Qemu => {
-                let $b = $crate::backend::qemu::Qemu;
-                $body
-            }
-            $crate::Backend::Ssh => {
-                let $b = $crate::backend::ssh::Ssh;
-                $body
-            }
-        }
-    };
-}
-
 /// A fault the testbed can inject into one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -159,12 +147,8 @@ pub enum TestbedError {
         after: std::time::Duration,
         log: std::path::PathBuf,
     },
-    #[error("timed out after {after:?} waiting for {what}; see {see}")]
-    Timeout {
-        what: String,
-        after: std::time::Duration,
-        see: String,
-    },
+    #[error(transparent)]
+    Timeout(#[from] crate::wait::Timeout),
     #[error("invalid --nodes {given} for the {backend} backend: give 1 to {max}")]
     InvalidNodes {
         backend: Backend,
@@ -191,7 +175,7 @@ pub enum TestbedError {
     ImageDir {
         var: &'static str,
         #[source]
-        source: crate::vm::image::ImageError,
+        source: crate::vm::image::GuestImageError,
     },
     #[error("give a command to run after --")]
     NoCommand,
@@ -207,7 +191,7 @@ pub enum TestbedError {
         have: Vec<String>,
     },
     #[error(transparent)]
-    Image(#[from] crate::vm::image::ImageError),
+    GuestImage(#[from] crate::vm::image::GuestImageError),
     #[error(transparent)]
     Inventory(#[from] crate::vm::inventory::InventoryError),
     #[error(transparent)]
@@ -220,6 +204,8 @@ pub enum TestbedError {
     Link(#[from] netcore::link::LinkError),
     #[error(transparent)]
     Qemu(#[from] crate::vm::qemu::QemuError),
+    #[error(transparent)]
+    Reach(#[from] crate::vm::reach::ReachError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -254,65 +240,6 @@ pub enum Inside<'a> {
     Sandbox(&'a str),
     /// A task's namespaces (net, uts, mnt), by the task's pid as the node sees it.
     Task(u64),
-}
-
-/// What every backend does for the lifecycle and the fault verbs. Methods take the cluster's
-/// paths (and its record where it exists); a backend that cannot do something says so with
-/// [`TestbedError::Unsupported`].
-pub trait NodeBackend {
-    /// Refuses, before anything is created, what this backend cannot build: a node count
-    /// out of its range, a load balancer its nodes' kernel lacks, a missing inventory.
-    fn check(&self, opts: &UpOptions) -> Result<()>;
-
-    /// Builds the nodes of a new cluster whose run and state directories exist, starts the
-    /// manager, the supervisor and one agent per node, and returns the nodes' names once
-    /// every one is ready ([`node_ready`]). On error the lifecycle tears down what was made.
-    fn up(
-        &self,
-        opts: &UpOptions,
-        paths: &ClusterPaths,
-    ) -> impl std::future::Future<Output = Result<Vec<String>>>;
-
-    /// Removes what this backend made beyond this host's processes, namespaces and
-    /// directories named after the cluster (the lifecycle removes those after this).
-    /// Problems are returned, not fatal: the rest of the teardown goes on. By default there
-    /// is nothing beyond them.
-    fn down(&self, _paths: &ClusterPaths) -> impl std::future::Future<Output = Vec<String>> {
-        async { Vec::new() }
-    }
-
-    /// Runs `argv` on `node`, `inside` its own namespaces, a sandbox or a task; its output
-    /// goes to ours. Returns its exit code.
-    fn exec(
-        &self,
-        paths: &ClusterPaths,
-        node: &str,
-        inside: Inside<'_>,
-        argv: &[String],
-    ) -> impl std::future::Future<Output = Result<i32>>;
-
-    /// Injects `fault` into `node` (one of `info.nodes`).
-    fn fault(
-        &self,
-        paths: &ClusterPaths,
-        info: &ClusterInfo,
-        node: &str,
-        fault: Fault,
-    ) -> impl std::future::Future<Output = Result<()>>;
-}
-
-/// `swarmkit node kill|start|isolate|heal NODE`.
-pub async fn inject(cluster: &str, node: &str, fault: Fault) -> Result<()> {
-    let paths = ClusterPaths::new(cluster);
-    let info =
-        record::read_info(&paths).ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
-    if !info.nodes.iter().any(|n| n == node) {
-        return Err(TestbedError::NoNode {
-            cluster: cluster.to_string(),
-            node: node.to_string(),
-        });
-    }
-    with_backend!(info.backend, b => b.fault(&paths, &info, node, fault).await)
 }
 
 /// The one definition of a ready node, on every backend: registered and Ready in the manager,
@@ -365,7 +292,7 @@ pub(crate) async fn wait_restarted(
     log: std::path::PathBuf,
 ) -> Result<()> {
     let client = ManagerClient::new(&paths.manager_socket());
-    wait_until(&format!("{node} to be ready"), deadline, &log, || {
+    wait::wait_until(&format!("{node} to be ready"), deadline, &log, || {
         hostname_ready_since(&client, node, Some(since))
     })
     .await
@@ -374,65 +301,6 @@ pub(crate) async fn wait_restarted(
         after: deadline,
         log,
     })
-}
-
-/// Polls `check` with a short back-off until it holds or `deadline` has passed; the error
-/// names what was awaited and `see`, where to look for why.
-pub async fn wait_until<F, Fut>(
-    what: &str,
-    deadline: std::time::Duration,
-    see: &std::path::Path,
-    mut check: F,
-) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(2);
-    while !check().await {
-        if start.elapsed() > deadline {
-            return Err(TestbedError::Timeout {
-                what: what.to_string(),
-                after: deadline,
-                see: see.display().to_string(),
-            });
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// Starts a new cluster's manager (with `extra` in its environment) and the supervisor that
-/// keeps it running; [`wait_manager`] waits until it answers.
-pub(crate) fn start_manager(
-    opts: &UpOptions,
-    paths: &ClusterPaths,
-    extra: &[(&'static str, String)],
-) -> Result<()> {
-    let mut env = opts.manager_env();
-    env.extend_from_slice(extra);
-    supervise::ensure(
-        paths,
-        &supervise::Spec::host("manager", &["__manager"], &env),
-    )?;
-    supervise::ensure_supervisor(paths)?;
-    Ok(())
-}
-
-/// The manager's own start-up, on any backend.
-const MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
-    let client = ManagerClient::new(&paths.manager_socket());
-    wait_until(
-        "the manager to answer",
-        MANAGER_TIMEOUT,
-        &paths.log_file("manager"),
-        || async { client.get::<serde_json::Value>("/swarm").await.is_ok() },
-    )
-    .await
 }
 
 /// Sandbox short names among namespace names: those under a node's `prefix`, sorted.

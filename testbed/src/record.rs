@@ -2,7 +2,7 @@
 //! for and what it built. Its backend is the one source of truth for which [`NodeBackend`]
 //! drives the cluster afterwards; nothing re-derives it from other files.
 //!
-//! [`NodeBackend`]: crate::NodeBackend
+//! [`NodeBackend`]: crate::backend::NodeBackend
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! supervisor that keeps them running. Every daemon is started from a [`Spec`] kept in the run
 //! directory next to its pid file, so the supervisor (`swarmkit __supervise`), `node start`
 //! and `cluster up` on a stopped cluster all restart it the same way. A daemon marked killed
-//! (`node kill`) stays down until `node start` removes the mark.
+//! (`node kill`) stays down until `node start` removes the mark. The manager is started here
+//! too (`start_manager`) and awaited (`wait_manager`), the same way on every backend.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -14,7 +15,9 @@ use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
 
 use crate::procs;
+use crate::record::UpOptions;
 use crate::{Result, io};
+use cluster::client::ManagerClient;
 use cluster::paths::{ClusterPaths, OWNER_ENV};
 
 /// How to start one daemon of a cluster.
@@ -204,5 +207,34 @@ pub fn run(cluster: &str) -> Result<()> {
         }
         std::thread::sleep(POLL);
     }
+    Ok(())
+}
+
+/// Starts a new cluster's manager (with `extra` in its environment) and the supervisor that
+/// keeps it running; [`wait_manager`] waits until it answers.
+pub(crate) fn start_manager(
+    opts: &UpOptions,
+    paths: &ClusterPaths,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut env = opts.manager_env();
+    env.extend_from_slice(extra);
+    ensure(paths, &Spec::host("manager", &["__manager"], &env))?;
+    ensure_supervisor(paths)?;
+    Ok(())
+}
+
+/// The manager's own start-up, on any backend.
+const MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
+    let client = ManagerClient::new(&paths.manager_socket());
+    crate::wait::wait_until(
+        "the manager to answer",
+        MANAGER_TIMEOUT,
+        &paths.log_file("manager"),
+        || async { client.get::<serde_json::Value>("/swarm").await.is_ok() },
+    )
+    .await?;
     Ok(())
 }

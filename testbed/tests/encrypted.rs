@@ -18,39 +18,30 @@
 //! Needs root, qemu-system-x86_64, the Debian kernel package (or a cached one), tcpdump,
 //! python3 and a built `swarmkit` binary next to the test binary; each missing piece skips.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
-use testkit::eventually;
+use testkit::{Cluster, Run, RunningTask, eventually};
 
 const DATA_PORT: &str = "7789";
 
 /// The tests here each boot guests; two at once would only starve each other on small hosts.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn skip_reason() -> Option<String> {
-    if let Some(why) = testkit::needs_qemu() {
-        return Some(why);
-    }
-    for (tool, pkg) in [
-        ("/usr/bin/tcpdump", "tcpdump"),
-        ("/usr/bin/python3", "python3"),
-    ] {
-        if !Path::new(tool).exists() {
-            return Some(format!("{tool} is missing (apt-get install {pkg})"));
-        }
-    }
-    None
+/// What the QEMU suites need, and the capture and the crafted frames on top.
+fn needs() -> Option<String> {
+    testkit::needs_qemu().or_else(|| {
+        testkit::needs_tools(&[
+            (&["/usr/bin/tcpdump"], "tcpdump"),
+            (&["/usr/bin/python3"], "python3"),
+        ])
+    })
 }
 
-fn sk(args: &[&str]) -> Output {
-    testkit::command(args).output().expect("running swarmkit")
-}
-
+/// A command's stdout then stderr.
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -59,135 +50,58 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn ok(args: &[&str]) -> String {
-    testkit::swarmkit(args).ok().stdout
+/// `swarmkit --cluster C ARGS`, which must succeed: its stdout.
+fn sk(c: &Cluster, args: &[&str]) -> String {
+    c.sk(args).ok().stdout
 }
 
-/// A running task of the service: where it runs and its address per network name.
-#[derive(Clone, Debug)]
-struct TaskInfo {
-    id: String,
-    node: String,
-    addrs: BTreeMap<String, String>,
+/// A shell command on a node, which must succeed: its stdout.
+fn on_node(c: &Cluster, node: &str, cmd: &str) -> String {
+    let out = c.node(node, cmd);
+    assert!(out.success(), "{node}: {cmd}:\n{}", out.text());
+    out.stdout
 }
 
-struct Cluster {
-    name: String,
-    paths: ClusterPaths,
+/// `cmd` inside a task's network namespace on its guest (with the guest's tools).
+fn in_task(c: &Cluster, t: &RunningTask, cmd: &str) -> Run {
+    let ns = format!("/run/netns/{}", ClusterPaths::new(&c.name).task_ns(&t.id));
+    c.node(&t.node, &format!("nsenter --net={ns} sh -c '{cmd}'"))
 }
 
-impl Cluster {
-    fn sk(&self, args: &[&str]) -> String {
-        let mut a = vec!["--cluster", &self.name];
-        a.extend_from_slice(args);
-        ok(&a)
-    }
+/// The SPIs of our ESP states on `node`, as iproute2 lists them, by direction.
+fn spis(c: &Cluster, node: &str) -> Vec<String> {
+    let out = on_node(
+        c,
+        node,
+        &format!("{} xfrm state", testbed::vm::image::IPROUTE2_IP),
+    );
+    out.lines()
+        .filter(|l| l.starts_with("src "))
+        .map(|l| l.to_string())
+        .zip(
+            out.lines()
+                .filter(|l| l.trim_start().starts_with("proto esp spi"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_string()),
+        )
+        .map(|(addrs, spi)| format!("{addrs} {spi}"))
+        .collect()
+}
 
-    fn exec(&self, node: &str, cmd: &str) -> Output {
-        sk(&[
-            "--cluster",
-            &self.name,
-            "node",
-            "exec",
-            node,
-            "--",
-            "sh",
-            "-c",
-            cmd,
-        ])
-    }
+/// A node's underlay address (its VTEP).
+fn node_addr(c: &Cluster, node: &str) -> String {
+    testbed::vm::node::load_node(&ClusterPaths::new(&c.name), node)
+        .expect("node record")
+        .addr
+        .addr()
+        .to_string()
+}
 
-    fn exec_ok(&self, node: &str, cmd: &str) -> String {
-        let out = self.exec(node, cmd);
-        assert!(out.status.success(), "{node}: {cmd}:\n{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `cmd` inside a task's network namespace on its guest.
-    fn in_task(&self, t: &TaskInfo, cmd: &str) -> Output {
-        let ns = format!("/run/netns/{}", self.paths.task_ns(&t.id));
-        self.exec(&t.node, &format!("nsenter --net={ns} sh -c '{cmd}'"))
-    }
-
-    fn tasks(&self, service: &str) -> Vec<TaskInfo> {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let client = cluster::client::ManagerClient::new(&self.paths.manager_socket());
-        let (tasks, nodes, services): (
-            Vec<serde_json::Value>,
-            Vec<serde_json::Value>,
-            Vec<serde_json::Value>,
-        ) = rt.block_on(async {
-            (
-                client.get("/tasks").await.expect("tasks"),
-                client.get("/nodes").await.expect("nodes"),
-                client.get("/services").await.expect("services"),
-            )
-        });
-        let sid = services
-            .iter()
-            .find(|s| s["Spec"]["Name"] == service)
-            .and_then(|s| s["ID"].as_str())
-            .expect("service exists")
-            .to_string();
-        tasks
-            .iter()
-            .filter(|t| t["ServiceID"] == sid.as_str() && t["Status"]["State"] == "running")
-            .map(|t| TaskInfo {
-                id: t["ID"].as_str().unwrap_or_default().into(),
-                node: nodes
-                    .iter()
-                    .find(|n| n["ID"] == t["NodeID"])
-                    .and_then(|n| n["Description"]["Hostname"].as_str())
-                    .unwrap_or_default()
-                    .into(),
-                addrs: t["NetworksAttachments"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| {
-                        let addr = a["Addresses"][0].as_str().unwrap_or_default();
-                        (
-                            a["Network"]["Spec"]["Name"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_string(),
-                            addr.split('/').next().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
-    /// The SPIs of our ESP states on `node`, as iproute2 lists them, by direction.
-    fn spis(&self, node: &str) -> Vec<String> {
-        let out = self.exec_ok(
-            node,
-            &format!("{} xfrm state", testbed::vm::image::IPROUTE2_IP),
-        );
-        out.lines()
-            .filter(|l| l.starts_with("src "))
-            .map(|l| l.to_string())
-            .zip(
-                out.lines()
-                    .filter(|l| l.trim_start().starts_with("proto esp spi"))
-                    .map(|l| l.split_whitespace().nth(3).unwrap_or_default().to_string()),
-            )
-            .map(|(addrs, spi)| format!("{addrs} {spi}"))
-            .collect()
-    }
-
-    fn node_addr(&self, node: &str) -> String {
-        testbed::vm::qemu::load_node(&self.paths, node)
-            .expect("node record")
-            .addr
-            .addr()
-            .to_string()
-    }
-
-    fn underlay(&self) -> String {
-        format!("--net=/run/netns/{}", self.paths.underlay_ns())
-    }
+/// nsenter's argument into the cluster's underlay namespace on the host.
+fn underlay(c: &Cluster) -> String {
+    format!(
+        "--net=/run/netns/{}",
+        ClusterPaths::new(&c.name).underlay_ns()
+    )
 }
 
 /// tcpdump on the underlay bridge, into a file, until stopped.
@@ -202,7 +116,7 @@ impl Capture {
     fn start(c: &Cluster, file: PathBuf) -> Capture {
         let mut child = Command::new("nsenter")
             .args([
-                &c.underlay(),
+                &underlay(c),
                 "timeout",
                 "120",
                 "tcpdump",
@@ -295,7 +209,7 @@ for _ in range(3):
     // The attacker's address on the underlay bridge (the nodes use .10 and up).
     let addr = Command::new("nsenter")
         .args([
-            &c.underlay(),
+            &underlay(c),
             "ip",
             "addr",
             "replace",
@@ -307,14 +221,14 @@ for _ in range(3):
         .expect("ip");
     assert!(addr.status.success(), "{}", text(&addr));
     let out = Command::new("nsenter")
-        .args([&c.underlay(), "python3", "-c", &script])
+        .args([&underlay(c), "python3", "-c", &script])
         .output()
         .expect("python3");
     assert!(out.status.success(), "injecting: {}", text(&out));
 }
 
 fn vni_of(c: &Cluster, network: &str) -> u32 {
-    let inspect = c.sk(&["network", "inspect", network]);
+    let inspect = sk(c, &["network", "inspect", network]);
     let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect JSON");
     v[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
         .as_str()
@@ -322,41 +236,43 @@ fn vni_of(c: &Cluster, network: &str) -> u32 {
         .expect("a VNI")
 }
 
+/// The service's two first tasks, on two guests, and the VNIs of its two networks.
+struct Setup {
+    sec_vni: u32,
+    plain_vni: u32,
+    a: RunningTask,
+    b: RunningTask,
+}
+
 #[test]
 fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::skip_unless!(needs());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("qe{}", std::process::id());
-    let _down = testkit::Cluster::guard(&name);
-    let c = Cluster {
-        name: name.clone(),
-        paths: ClusterPaths::new(&name),
-    };
-    ok(&["vm", "build"]);
+    testkit::swarmkit(&["vm", "build"]).ok();
     let t = Instant::now();
-    ok(&[
-        "cluster",
-        "up",
-        "--name",
-        &name,
-        "--backend",
-        "qemu",
-        "--nodes",
-        "3",
-        "--data-path-port",
-        DATA_PORT,
-    ]);
+    let c = Cluster::up_with(
+        "qe",
+        3,
+        &["--backend", "qemu", "--data-path-port", DATA_PORT],
+    );
     eprintln!("3 qemu guests ready: {:.2}s", t.elapsed().as_secs_f64());
+    let s = create(&c);
+    capture(&c, &s);
+    injection(&c, &s);
+    rotation_under_load(&c, &s);
+    membership(&c, &s);
+    node_loss(&c);
+}
 
-    // -- create: encrypted and plain side by side; docker's shape in inspect.
+/// Encrypted and plain side by side, docker's shape in inspect, a service on both with its
+/// two replicas on two guests, and each task's MTUs.
+fn create(c: &Cluster) -> Setup {
     // The stock docker CLI where there is one: it sends docker's own request shape.
+    let docker_host = ClusterPaths::new(&c.name).docker_host();
     let docker = |args: &[&str]| -> Option<String> {
         let out = Command::new("docker")
             .args(args)
-            .env("DOCKER_HOST", c.paths.docker_host())
+            .env("DOCKER_HOST", &docker_host)
             .output()
             .ok()?;
         assert!(out.status.success(), "docker {args:?}: {}", text(&out));
@@ -372,28 +288,31 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         "sec",
     ];
     if docker(&create).is_none() {
-        c.sk(&create);
+        sk(c, &create);
     }
-    c.sk(&["network", "create", "--driver", "overlay", "plain"]);
+    sk(c, &["network", "create", "--driver", "overlay", "plain"]);
     let inspect = docker(&["network", "inspect", "sec"])
-        .unwrap_or_else(|| c.sk(&["network", "inspect", "sec"]));
+        .unwrap_or_else(|| sk(c, &["network", "inspect", "sec"]));
     assert!(inspect.contains("\"encrypted\": \"\""), "{inspect}");
-    let (sec_vni, plain_vni) = (vni_of(&c, "sec"), vni_of(&c, "plain"));
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "app",
-        "--network",
-        "sec",
-        "--network",
-        "plain",
-        "--replicas",
-        "2",
-        "whoami",
-    ]);
+    let (sec_vni, plain_vni) = (vni_of(c, "sec"), vni_of(c, "plain"));
+    sk(
+        c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--network",
+            "sec",
+            "--network",
+            "plain",
+            "--replicas",
+            "2",
+            "whoami",
+        ],
+    );
     let tasks = eventually("two running tasks", Duration::from_secs(120), || {
-        let t = c.tasks("app");
+        let t = c.running_tasks("app");
         (t.len() == 2).then_some(t)
     });
     let (a, b) = (tasks[0].clone(), tasks[1].clone());
@@ -401,29 +320,38 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         a.node, b.node,
         "the replicas spread over two nodes: {tasks:?}"
     );
-    let (b_sec, b_plain) = (b.addrs["sec"].clone(), b.addrs["plain"].clone());
     // Through netlink: /sys shows the namespace that mounted it, not the task's.
-    let mtu = c.in_task(&a, "ip -o link show eth0; ip -o link show eth1");
-    let out = text(&mtu);
+    let mtu = in_task(c, &a, "ip -o link show eth0; ip -o link show eth1");
+    let out = mtu.text();
     let words: Vec<&str> = out.split_whitespace().collect();
     let mtus: Vec<&str> = words
         .windows(2)
         .filter(|w| w[0] == "mtu")
         .map(|w| w[1])
         .collect();
-    assert_eq!(mtus, ["1424", "1450"], "{}", text(&mtu));
+    assert_eq!(mtus, ["1424", "1450"], "{}", mtu.text());
+    Setup {
+        sec_vni,
+        plain_vni,
+        a,
+        b,
+    }
+}
 
-    // -- capture: ESP only for `sec`, VXLAN for `plain`, nothing on 4789.
-    let pcap = std::env::temp_dir().join(format!("{name}-capture.pcap"));
-    let capture = Capture::start(&c, pcap);
+/// ESP only for `sec`, VXLAN for `plain`, nothing on 4789.
+fn capture(c: &Cluster, s: &Setup) {
+    let (a, b) = (&s.a, &s.b);
+    let (b_sec, b_plain) = (&b.addrs["sec"], &b.addrs["plain"]);
+    let pcap = std::env::temp_dir().join(format!("{}-capture.pcap", c.name));
+    let capture = Capture::start(c, pcap);
     let ping = |to: &str| {
-        let out = c.in_task(&a, &format!("ping -c 5 -i 0.2 -W 2 {to}"));
-        assert!(text(&out).contains(" 0% packet loss"), "{}", text(&out));
+        let out = in_task(c, a, &format!("ping -c 5 -i 0.2 -W 2 {to}"));
+        assert!(out.text().contains(" 0% packet loss"), "{}", out.text());
     };
-    ping(&b_sec);
-    let http = c.in_task(&a, &format!("curl -s -m 10 http://{b_sec}/"));
-    assert!(text(&http).contains("Hostname:"), "{}", text(&http));
-    ping(&b_plain);
+    ping(b_sec);
+    let http = in_task(c, a, &format!("curl -s -m 10 http://{b_sec}/"));
+    assert!(http.text().contains("Hostname:"), "{}", http.text());
+    ping(b_plain);
     let vni_filter = |vni: u32| {
         format!(
             "udp dst port {DATA_PORT} and (udp[12:4] & 0xffffff00) = {:#x}",
@@ -432,8 +360,8 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     };
     let counts = capture.stop_and_count(&[
         "esp",
-        &vni_filter(sec_vni),
-        &vni_filter(plain_vni),
+        &vni_filter(s.sec_vni),
+        &vni_filter(s.plain_vni),
         "udp port 4789",
     ]);
     eprintln!(
@@ -456,11 +384,14 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         counts[3], 0,
         "VXLAN moved to the data path port: {counts:?}"
     );
+}
 
-    // -- injection: the cleartext frame for sec is dropped by nft; for plain it arrives.
-    let b_vtep = c.node_addr(&b.node);
+/// The cleartext frame for `sec` is dropped by nft; for `plain` it arrives.
+fn injection(c: &Cluster, s: &Setup) {
+    let (b, sec_vni) = (&s.b, s.sec_vni);
+    let b_vtep = node_addr(c, &b.node);
     let counter = |node: &str| -> u64 {
-        let t = c.exec_ok(node, "nft list table ip swarmkit_ipsec");
+        let t = on_node(c, node, "nft list table ip swarmkit_ipsec");
         t.lines()
             .find(|l| l.contains(&format!("cleartext vni {sec_vni}")))
             .and_then(|l| {
@@ -474,7 +405,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     // The frames go to a UDP port nobody listens on in the task: each one that arrives
     // counts in the task namespace's Udp NoPorts (and draws an ICMP error).
     let noports = || -> u64 {
-        let out = text(&c.in_task(&b, "cat /proc/net/snmp"));
+        let out = in_task(c, b, "cat /proc/net/snmp").text();
         let udp: Vec<&str> = out.lines().filter(|l| l.starts_with("Udp:")).collect();
         let col = udp[0].split_whitespace().position(|w| w == "NoPorts");
         col.and_then(|i| udp[1].split_whitespace().nth(i)?.parse().ok())
@@ -482,12 +413,12 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     };
     let dropped_before = counter(&b.node);
     let arrived_before = noports();
-    inject(&c, &b_vtep, sec_vni, &b.addrs["sec"], 9901, "INJECTED-SEC");
+    inject(c, &b_vtep, sec_vni, &b.addrs["sec"], 9901, "INJECTED-SEC");
     // Control: the same frame for the plain VNI is delivered, so the frame itself is right.
     inject(
-        &c,
+        c,
         &b_vtep,
-        plain_vni,
+        s.plain_vni,
         &b.addrs["plain"],
         9902,
         "INJECTED-PLAIN",
@@ -511,16 +442,19 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
          counter), none reached the task; the 3 plain control frames did",
         b.node
     );
+}
 
-    // -- rotation under load: nothing lost, new SPIs out.
-    let before = c.spis(&a.node);
+/// `network rotate-key` under pings and HTTP requests loses nothing, and new SPIs go out.
+fn rotation_under_load(c: &Cluster, s: &Setup) {
+    let (a, b_sec) = (&s.a, &s.b.addrs["sec"]);
+    let before = spis(c, &a.node);
     let load = {
-        let ns = format!("/run/netns/{}", c.paths.task_ns(&a.id));
+        let ns = format!("/run/netns/{}", ClusterPaths::new(&c.name).task_ns(&a.id));
         let bin = testkit::bin().expect("checked");
         Command::new("timeout")
             .args(["-k", "5", "120"])
             .arg(bin)
-            .args(["--cluster", &name, "node", "exec", &a.node, "--", "sh", "-c"])
+            .args(["--cluster", &c.name, "node", "exec", &a.node, "--", "sh", "-c"])
             .arg(format!(
                 "nsenter --net={ns} sh -c 'ping -c 150 -i 0.1 -W 2 {b_sec} > /tmp/ping.out & \
                  f=0; for i in $(seq 150); do curl -s -m 5 -o /dev/null http://{b_sec}/ || f=$((f+1)); done; \
@@ -533,7 +467,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
     };
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    let rotated = c.sk(&["network", "rotate-key", "sec"]);
+    let rotated = sk(c, &["network", "rotate-key", "sec"]);
     eprintln!(
         "rotate-key: {} in {:.2}s",
         rotated.trim(),
@@ -547,8 +481,8 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         "{report}"
     );
     assert!(report.contains("TCP-ERRORS 0"), "{report}");
-    let after = c.spis(&a.node);
-    let a_vtep = c.node_addr(&a.node);
+    let after = spis(c, &a.node);
+    let a_vtep = node_addr(c, &a.node);
     let out_of = |spis: &[String]| -> Vec<String> {
         spis.iter()
             .filter(|l| l.starts_with(&format!("src {a_vtep} ")))
@@ -562,11 +496,14 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         3,
         "in with both keys, out with the new: {after:?}"
     );
+}
 
-    // -- membership: a third node joins the network's peers everywhere, then leaves them.
-    c.sk(&["service", "scale", "app=3"]);
+/// A third node joins the network's peers everywhere, then leaves them.
+fn membership(c: &Cluster, s: &Setup) {
+    let (a, b) = (&s.a, &s.b);
+    sk(c, &["service", "scale", "app=3"]);
     let third = eventually("three running tasks", Duration::from_secs(120), || {
-        let t = c.tasks("app");
+        let t = c.running_tasks("app");
         (t.len() == 3).then_some(t)
     });
     let newcomer = third
@@ -575,24 +512,24 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         .expect("a task on the third node")
         .node
         .clone();
-    let n_vtep = c.node_addr(&newcomer);
-    for t in [&a, &b] {
+    let n_vtep = node_addr(c, &newcomer);
+    for t in [a, b] {
         let spis = eventually("SAs with the newcomer", Duration::from_secs(60), || {
-            let s = c.spis(&t.node);
+            let s = spis(c, &t.node);
             (s.iter().filter(|l| l.contains(&n_vtep)).count() >= 2).then_some(s)
         });
         eprintln!("{} after scale-up: {spis:?}", t.node);
     }
-    let mine = c.spis(&newcomer);
+    let mine = spis(c, &newcomer);
     assert!(!mine.is_empty(), "the newcomer has SAs: {mine:?}");
-    c.sk(&["service", "scale", "app=1"]);
+    sk(c, &["service", "scale", "app=1"]);
     let left = eventually("one running task", Duration::from_secs(120), || {
-        let t = c.tasks("app");
+        let t = c.running_tasks("app");
         (t.len() == 1).then_some(t)
     });
     for node in ["node1", "node2", "node3"] {
         let spis = eventually("no stale SAs", Duration::from_secs(60), || {
-            let s = c.spis(node);
+            let s = spis(c, node);
             s.is_empty().then_some(s)
         });
         assert!(
@@ -602,28 +539,31 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         );
     }
     eprintln!("membership: SAs followed the scale to 3 and back to 1");
+}
 
-    // -- node loss: a guest dies; its SAs leave every peer, its task comes back elsewhere.
-    c.sk(&["service", "scale", "app=3"]);
+/// A guest dies; its SAs leave every peer, its task comes back elsewhere, and once the guest
+/// is started again no slot runs twice.
+fn node_loss(c: &Cluster) {
+    sk(c, &["service", "scale", "app=3"]);
     let three = eventually("three running tasks", Duration::from_secs(120), || {
-        let t = c.tasks("app");
+        let t = c.running_tasks("app");
         (t.len() == 3).then_some(t)
     });
-    // The scale-down above may have removed `a`: the client is one of the three running now.
+    // The scale-down before may have removed `a`: the client is one of the three running now.
     let keeper = three[0].clone();
     let victim = three
         .iter()
         .map(|t| t.node.clone())
         .find(|n| *n != keeper.node)
         .expect("a task on another node");
-    let v_vtep = c.node_addr(&victim);
+    let v_vtep = node_addr(c, &victim);
     let node_down = |node: &str| {
-        c.sk(&["node", "ls"])
+        sk(c, &["node", "ls"])
             .lines()
             .any(|l| l.contains(node) && l.contains("Down"))
     };
     let t = Instant::now();
-    c.sk(&["node", "kill", &victim]);
+    sk(c, &["node", "kill", &victim]);
     eventually(
         "the killed guest marked down",
         Duration::from_secs(30),
@@ -634,7 +574,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         "three running tasks, none on the dead guest",
         Duration::from_secs(120),
         || {
-            let t = c.tasks("app");
+            let t = c.running_tasks("app");
             (t.len() == 3 && t.iter().all(|t| t.node != victim)).then_some(t)
         },
     );
@@ -645,7 +585,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         .collect();
     for node in &survivors {
         eventually("no SA with the dead guest", Duration::from_secs(30), || {
-            let s = c.spis(node);
+            let s = spis(c, node);
             (!s.iter().any(|l| l.contains(&v_vtep))).then_some(())
         });
     }
@@ -663,13 +603,15 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
             "the replacement {moved:?} does not answer {}: {last}",
             keeper.node
         );
-        last = text(&c.in_task(
+        last = in_task(
+            c,
             &keeper,
             &format!(
                 "curl -s -m 5 -o /dev/null -w %{{http_code}} http://{}/",
                 moved.addrs["sec"]
             ),
-        ));
+        )
+        .text();
     }
     let answers_after = t.elapsed();
     eprintln!(
@@ -680,14 +622,14 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
         sas_gone_after.as_secs_f64(),
         answers_after.as_secs_f64()
     );
-    c.sk(&["node", "start", &victim]);
+    sk(c, &["node", "start", &victim]);
     eventually("the guest ready again", Duration::from_secs(180), || {
-        c.sk(&["node", "ls"])
+        sk(c, &["node", "ls"])
             .lines()
             .any(|l| l.contains(&victim) && l.contains("Ready"))
             .then_some(())
     });
-    let after = c.tasks("app");
+    let after = c.running_tasks("app");
     assert_eq!(
         after.len(),
         3,
@@ -699,10 +641,7 @@ fn encrypted_overlay_on_the_wire_rotation_injection_and_membership() {
 /// postgres then talk through ESP between the guests, and every step still reads the same.
 #[test]
 fn routing_walkthrough_with_mydrupal_encrypted() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    testkit::skip_unless!(needs());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::temp_dir().join(format!("sk-encrypted-routing-{}", std::process::id()));
@@ -726,8 +665,8 @@ fn routing_walkthrough_with_mydrupal_encrypted() {
         );
         std::fs::write(&to, text.replace(plain, encrypted)).expect("copy");
     }
-    ok(&["vm", "build"]);
-    let out = sk(&[
+    testkit::swarmkit(&["vm", "build"]).ok();
+    let out = testkit::command(&[
         "walkthrough",
         "routing",
         "--backend",
@@ -736,7 +675,9 @@ fn routing_walkthrough_with_mydrupal_encrypted() {
         plans.to_str().expect("utf-8"),
         "--snapshots",
         snaps.to_str().expect("utf-8"),
-    ]);
+    ])
+    .output()
+    .expect("running swarmkit");
     let _ = std::fs::remove_dir_all(&dir);
     let report = text(&out);
     eprintln!("{}", report.lines().last().unwrap_or_default());

@@ -3,18 +3,14 @@
 //! Needs root, qemu-system-x86_64, the Debian kernel package (or a cached one) and a built
 //! `swarmkit` binary next to the test binary; each missing piece skips with a printed reason.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::paths::ClusterPaths;
 use testbed::ssh::{self, SshError, Target};
-use testkit::eventually;
-
-fn skip_reason() -> Option<String> {
-    testkit::needs_qemu()
-}
+use testkit::{Cluster, eventually};
 
 /// Every command is bounded, so a hang fails the test instead of stalling CI.
 fn sk(args: &[&str]) -> Output {
@@ -23,6 +19,11 @@ fn sk(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     testkit::swarmkit(args).ok().stdout
+}
+
+/// `swarmkit --cluster C ARGS`, which must succeed: its stdout.
+fn on(c: &Cluster, args: &[&str]) -> String {
+    c.sk(args).ok().stdout
 }
 
 /// What still runs for the cluster, by name, for the failure message.
@@ -35,13 +36,34 @@ fn owned_live_processes(cluster: &str) -> Vec<String> {
 
 #[test]
 fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let name = format!("qt{}", std::process::id());
-    let _down = testkit::Cluster::guard(&name);
+    testkit::skip_unless!(testkit::needs_qemu());
+    a_cached_image_build_is_instant();
+    let t = Instant::now();
+    let c = Cluster::up_with("qt", 3, &["--backend", "qemu"]);
+    eprintln!("3 qemu guests ready: {:.2}s", t.elapsed().as_secs_f64());
+    let nodes = on(&c, &["node", "ls"]);
+    assert_eq!(nodes.matches("Ready").count(), 3, "{nodes}");
+    exec_reaches_the_guest_with_a_pinned_key(&c);
+    ipvs_carries_the_mesh(&c);
+    let missing = c.sk(&[
+        "node",
+        "exec",
+        "--netns",
+        "no_such_sbox",
+        "node1",
+        "--",
+        "true",
+    ]);
+    let err = &missing.stderr;
+    assert_ne!(missing.code, 0, "{err}");
+    assert!(
+        err.contains("no sandbox \"no_such_sbox\"; it has:") && err.contains("ingress_sbox"),
+        "{err}"
+    );
+    down_leaves_nothing(&c);
+}
 
+fn a_cached_image_build_is_instant() {
     let t = Instant::now();
     ok(&["vm", "build"]);
     eprintln!("vm build: {:.2}s", t.elapsed().as_secs_f64());
@@ -53,49 +75,18 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         rebuild < Duration::from_secs(1),
         "a cached image build must be instant"
     );
+}
 
-    let t = Instant::now();
-    ok(&[
-        "cluster",
-        "up",
-        "--name",
-        &name,
-        "--backend",
-        "qemu",
-        "--nodes",
-        "3",
-    ]);
-    eprintln!("3 qemu guests ready: {:.2}s", t.elapsed().as_secs_f64());
-    let nodes = ok(&["--cluster", &name, "node", "ls"]);
-    assert_eq!(nodes.matches("Ready").count(), 3, "{nodes}");
-
-    // node exec goes over SSH, into the guest's own kernel with IPVS loaded.
-    let uname = ok(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "node2",
-        "--",
-        "hostname",
-    ]);
+/// node exec goes over SSH, into the guest's own kernel, and brings back exit codes; a
+/// changed host key is refused.
+fn exec_reaches_the_guest_with_a_pinned_key(c: &Cluster) {
+    let uname = on(c, &["node", "exec", "node2", "--", "hostname"]);
     assert_eq!(uname.trim(), "node2");
-    let out = sk(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "node1",
-        "--",
-        "sh",
-        "-c",
-        "exit 7",
-    ]);
-    assert_eq!(out.status.code(), Some(7), "remote exit codes come back");
+    let out = c.sk(&["node", "exec", "node1", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.code, 7, "remote exit codes come back");
 
-    // A changed host key is refused.
-    let paths = ClusterPaths::new(&name);
-    let node = testbed::vm::qemu::load_node(&paths, "node1").unwrap();
+    let paths = ClusterPaths::new(&c.name);
+    let node = testbed::vm::node::load_node(&paths, "node1").unwrap();
     let key = Arc::new(ssh::ensure_client_key(&node.key_file).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let wrong = Target {
@@ -113,59 +104,54 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
         .err()
         .expect("a changed host key must be refused");
     assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+}
 
-    // IPVS: a published port becomes an IPVS virtual service with one backend per task.
-    ok(&[
-        "--cluster",
-        &name,
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "--publish",
-        "8080:80",
-        "traefik/whoami",
-    ]);
+/// A published port becomes an IPVS virtual service with one backend per task, in the
+/// node's own IPVS, serving a neighbour and the node's own localhost.
+fn ipvs_carries_the_mesh(c: &Cluster) {
+    on(
+        c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--publish",
+            "8080:80",
+            "traefik/whoami",
+        ],
+    );
     // On a guest the mesh balances in the node's own IPVS, so plain `ipvsadm -Ln` shows it.
     let exec = |node: &str, cmd: &[&str]| {
-        let mut args = vec!["--cluster", &name, "node", "exec", node, "--"];
+        let mut args = vec!["node", "exec", node, "--"];
         args.extend_from_slice(cmd);
-        ok(&args)
+        on(c, &args)
     };
     let ipvs = eventually(
         "three IPVS backends on node1",
         Duration::from_secs(60),
         || {
-            let out = sk(&[
-                "--cluster",
-                &name,
-                "node",
-                "exec",
-                "node1",
-                "--",
-                "ipvsadm",
-                "-Ln",
-            ]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            (text.matches("Masq").count() == 3).then_some(text)
+            let out = c.sk(&["node", "exec", "node1", "--", "ipvsadm", "-Ln"]);
+            (out.stdout.matches("Masq").count() == 3).then_some(out.stdout)
         },
     );
     eprintln!("node1 ipvsadm -Ln:\n{ipvs}");
     assert!(ipvs.contains("FWM"), "{ipvs}");
-    let sandbox_ipvs = ok(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "--netns",
-        "ingress_sbox",
-        "node1",
-        "--",
-        "ipvsadm",
-        "-Ln",
-    ]);
+    let sandbox_ipvs = on(
+        c,
+        &[
+            "node",
+            "exec",
+            "--netns",
+            "ingress_sbox",
+            "node1",
+            "--",
+            "ipvsadm",
+            "-Ln",
+        ],
+    );
     assert!(
         !sandbox_ipvs.contains("FWM"),
         "the sandbox only routes in this layout:\n{sandbox_ipvs}"
@@ -174,7 +160,15 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     // That table serves both paths into the mesh, round-robin over the three tasks: a
     // neighbour calling node1's address, and node1's own localhost (hairpinned through the
     // sandbox).
-    let node1_addr = node.addr.addr().to_string();
+    let paths = ClusterPaths::new(&c.name);
+    let addr_of = |node: &str| {
+        testbed::vm::node::load_node(&paths, node)
+            .unwrap()
+            .addr
+            .addr()
+            .to_string()
+    };
+    let node1_addr = addr_of("node1");
     let hostnames = |out: String| -> Vec<String> {
         out.lines()
             .filter_map(|l| l.strip_prefix("Hostname: "))
@@ -202,11 +196,7 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     }
     let conns = exec("node1", &["ipvsadm", "-Lnc"]);
     eprintln!("node1 ipvsadm -Lnc:\n{conns}");
-    let node2_addr = testbed::vm::qemu::load_node(&paths, "node2")
-        .unwrap()
-        .addr
-        .addr()
-        .to_string();
+    let node2_addr = addr_of("node2");
     for from in [format!("{node2_addr}:"), "172.18.255.254:".to_string()] {
         assert_eq!(
             conns.matches(&from).count(),
@@ -214,30 +204,18 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
             "three connections from {from} in node1's IPVS:\n{conns}"
         );
     }
-    let missing = sk(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "--netns",
-        "no_such_sbox",
-        "node1",
-        "--",
-        "true",
-    ]);
-    let err = String::from_utf8_lossy(&missing.stderr);
-    assert_ne!(missing.status.code(), Some(0), "{err}");
-    assert!(
-        err.contains("no sandbox \"no_such_sbox\"; it has:") && err.contains("ingress_sbox"),
-        "{err}"
-    );
+}
+
+/// `cluster down` leaves no process, namespace, tap or run directory of the cluster.
+fn down_leaves_nothing(c: &Cluster) {
+    let paths = ClusterPaths::new(&c.name);
     let t = Instant::now();
-    ok(&["cluster", "down", &name]);
+    ok(&["cluster", "down", &c.name]);
     eprintln!("cluster down: {:.2}s", t.elapsed().as_secs_f64());
     assert!(
-        owned_live_processes(&name).is_empty(),
+        owned_live_processes(&c.name).is_empty(),
         "{:?}",
-        owned_live_processes(&name)
+        owned_live_processes(&c.name)
     );
     let prefix = paths.ns_prefix();
     let left: Vec<String> = std::fs::read_dir("/run/netns")
@@ -253,18 +231,16 @@ fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     assert!(!paths.run_dir().exists());
 }
 
+/// Where dropbear may be installed.
+const DROPBEAR: &[&str] = &["/usr/sbin/dropbear", "/usr/bin/dropbear"];
+
 /// Pinning without a guest: a dropbear on loopback with a key made the way guests get
 /// theirs. The right pin gets past the host-key check (and is then refused login, since our
 /// key is not authorized on this host); a wrong pin is refused before authentication.
 #[test]
 fn changed_host_key_is_refused() {
-    let dropbear = ["/usr/sbin/dropbear", "/usr/bin/dropbear"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(dropbear) = dropbear else {
-        eprintln!("skipped: dropbear is not installed (apt-get install dropbear-bin)");
-        return;
-    };
+    testkit::skip_unless!(testkit::needs_tools(&[(DROPBEAR, "dropbear-bin")]));
+    let dropbear = testkit::find_tool(DROPBEAR).expect("checked");
     let dir = std::env::temp_dir().join(format!("sktest-ssh-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let hk = ssh::generate_host_key();
@@ -294,7 +270,7 @@ fn changed_host_key_is_refused() {
     let _guard = Kill(server, dir.clone());
     let addr = format!("127.0.0.1:{port}");
     eventually("dropbear to listen", Duration::from_secs(10), || {
-        testbed::vm::qemu::banner(&addr).then_some(())
+        testbed::vm::reach::banner(&addr).then_some(())
     });
     let client = Arc::new(ssh::ensure_client_key(&dir.join("id_ed25519")).unwrap());
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -336,83 +312,25 @@ fn changed_host_key_is_refused() {
 /// back as they were.
 #[test]
 fn ssh_backend_on_bare_guests() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let machines = format!("qm{}", std::process::id());
-    let name = format!("qs{}", std::process::id());
-    let _down_machines = testkit::Cluster::guard(&machines);
-    let _down = testkit::Cluster::guard(&name);
-    let bin = testkit::bin().unwrap();
-    let out = Command::new(&bin)
-        .args([
-            "cluster",
-            "up",
-            "--name",
-            &machines,
-            "--backend",
-            "qemu",
-            "--nodes",
-            "2",
-        ])
-        .env(testbed::backend::qemu::ENV_BARE, "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    testkit::skip_unless!(testkit::needs_qemu());
+    let machines = Cluster::up_with_env(
+        "qm",
+        2,
+        &["--backend", "qemu"],
+        &[(testbed::backend::qemu::ENV_BARE, "1")],
     );
-
-    let mpaths = ClusterPaths::new(&machines);
-    let mut inv = String::new();
-    for n in testbed::vm::qemu::load_nodes(&mpaths) {
-        inv.push_str(&format!(
-            "[[host]]\nname = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nhost_key = \"{}\"\nnode_addr = \"{}\"\n\n",
-            n.name,
-            n.ssh,
-            n.key_file.display(),
-            n.host_key,
-            n.addr
-        ));
-    }
-    // The host's own settings before the cluster: both off, so that turning them on shows.
-    let on_host = |cmd: &str| {
-        ok(&[
-            "--cluster",
-            &machines,
-            "node",
-            "exec",
-            "node1",
-            "--",
-            "sh",
-            "-c",
-            cmd,
-        ])
-    };
-    let sysctls = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/all/route_localnet";
-    on_host(&format!(
-        "echo 0 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet; {sysctls}"
-    ));
-    // The host's own IPsec, which the cluster must leave alone: an SA and a policy of an
-    // address nothing sends to, the policy also only for marked packets.
-    on_host(&format!(
-        "{ip} xfrm state add src 10.99.0.1 dst 10.99.0.2 proto esp spi 0x5c5c reqid 7 \
-         mode transport aead 'rfc4106(gcm(aes))' 0x{key} 64 && \
-         {ip} xfrm policy add src 10.99.0.1/32 dst 10.99.0.2/32 dir out mark 0x77 \
-         tmpl src 10.99.0.1 dst 10.99.0.2 proto esp reqid 7 mode transport",
-        ip = testbed::vm::image::IPROUTE2_IP,
-        key = "ab".repeat(20),
-    ));
-    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{name}.toml"));
-    std::fs::write(&inv_path, &inv).unwrap();
+    // Dropped before the machines, whose hosts its `cluster down` cleans.
+    let c = Cluster::guard(&testkit::unique_name("qs"));
+    let host = Host(&machines);
+    host.set_aside_its_own_state();
+    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{}.toml", c.name));
+    std::fs::write(&inv_path, inventory(&machines)).unwrap();
     let t = Instant::now();
     let out = sk(&[
         "cluster",
         "up",
         "--name",
-        &name,
+        &c.name,
         "--backend",
         "ssh",
         "--inventory",
@@ -428,50 +346,114 @@ fn ssh_backend_on_bare_guests() {
         "ssh backend, 2 hosts (with upload): {:.2}s",
         t.elapsed().as_secs_f64()
     );
-    let nodes = ok(&["--cluster", &name, "node", "ls"]);
+    let nodes = on(&c, &["node", "ls"]);
     assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
-    let host = ok(&[
-        "--cluster",
-        &name,
-        "node",
-        "exec",
-        "node1",
-        "--",
-        "hostname",
-    ]);
-    assert_eq!(host.trim(), "node1");
+    let hostname = on(&c, &["node", "exec", "node1", "--", "hostname"]);
+    assert_eq!(hostname.trim(), "node1");
+    the_agent_changes_the_host(&c, &host);
+    ok(&["cluster", "down", &c.name]);
+    down_restores_the_host(&c, &host);
+    // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
+    let left = host.sh(&format!(
+        "ls /run/netns | grep -c '^sk-{}\\.' ; ps | grep -c '[_]_agent'; true",
+        c.name
+    ));
+    assert_eq!(
+        left.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{left}"
+    );
+}
 
-    // A routing-mesh port and a host-mode port on node1: the agent makes its tables in the
-    // host's own namespace, named after the cluster, and turns the sysctls on.
-    ok(&[
-        "--cluster",
-        &name,
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--constraint",
-        "node.hostname==node1",
-        "--publish",
-        "8080:80",
-        "--publish",
-        "published=8081,target=80,mode=host",
-        "whoami",
-    ]);
-    let ours = |tables: &str| {
-        let mut t: Vec<String> = tables
+/// The inventory of the bare guests of `machines`, as the ssh backend reads it.
+fn inventory(machines: &Cluster) -> String {
+    let mut inv = String::new();
+    for n in testbed::vm::node::load_nodes(&ClusterPaths::new(&machines.name)) {
+        inv.push_str(&format!(
+            "[[host]]\nname = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nhost_key = \"{}\"\nnode_addr = \"{}\"\n\n",
+            n.name,
+            n.ssh,
+            n.key_file.display(),
+            n.host_key,
+            n.addr
+        ));
+    }
+    inv
+}
+
+/// The first bare guest, as the host the ssh backend's node1 runs on.
+struct Host<'a>(&'a Cluster);
+
+const SYSCTLS: &str =
+    "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/all/route_localnet";
+
+impl Host<'_> {
+    /// A shell command on the host, which must succeed: its stdout.
+    fn sh(&self, cmd: &str) -> String {
+        on(self.0, &["node", "exec", "node1", "--", "sh", "-c", cmd])
+    }
+
+    fn xfrm(&self, what: &str) -> String {
+        self.sh(&format!("{} xfrm {what}", testbed::vm::image::IPROUTE2_IP))
+    }
+
+    /// The cluster's nft tables on the host, sorted.
+    fn tables_of(&self, cluster: &str) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .sh("nft list tables")
             .lines()
-            .filter(|l| l.contains(&format!("swarmkit_{name}_")))
+            .filter(|l| l.contains(&format!("swarmkit_{cluster}_")))
             .map(|l| l.trim().to_string())
             .collect();
         t.sort();
         t
-    };
+    }
+
+    /// The host's own settings before the cluster: both sysctls off, so that turning them
+    /// on shows; and its own IPsec, which the cluster must leave alone: an SA and a policy
+    /// of an address nothing sends to, the policy also only for marked packets.
+    fn set_aside_its_own_state(&self) {
+        self.sh(&format!(
+            "echo 0 > /proc/sys/net/ipv4/ip_forward; echo 0 > /proc/sys/net/ipv4/conf/all/route_localnet; {SYSCTLS}"
+        ));
+        self.sh(&format!(
+            "{ip} xfrm state add src 10.99.0.1 dst 10.99.0.2 proto esp spi 0x5c5c reqid 7 \
+             mode transport aead 'rfc4106(gcm(aes))' 0x{key} 64 && \
+             {ip} xfrm policy add src 10.99.0.1/32 dst 10.99.0.2/32 dir out mark 0x77 \
+             tmpl src 10.99.0.1 dst 10.99.0.2 proto esp reqid 7 mode transport",
+            ip = testbed::vm::image::IPROUTE2_IP,
+            key = "ab".repeat(20),
+        ));
+    }
+}
+
+/// A routing-mesh port and a host-mode port on node1: the agent makes its tables in the
+/// host's own namespace, named after the cluster, and turns the sysctls on. An encrypted
+/// network with a task on each host: the cluster's SAs and policies in the host's namespace
+/// carry its reqid, the marking table its name.
+fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
+    let name = &c.name;
+    on(
+        c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--constraint",
+            "node.hostname==node1",
+            "--publish",
+            "8080:80",
+            "--publish",
+            "published=8081,target=80,mode=host",
+            "whoami",
+        ],
+    );
     let made = eventually(
         "the cluster's tables on the host",
         Duration::from_secs(60),
         || {
-            let t = ours(&on_host("nft list tables"));
+            let t = host.tables_of(name);
             (t.len() == 2).then_some(t)
         },
     );
@@ -483,57 +465,63 @@ fn ssh_backend_on_bare_guests() {
         ]
     );
     assert_eq!(
-        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        host.sh(SYSCTLS).split_whitespace().collect::<Vec<_>>(),
         ["1", "1"]
     );
 
-    // An encrypted network with a task on each host: the cluster's SAs and policies in the
-    // host's namespace carry its reqid, the marking table its name.
-    ok(&[
-        "--cluster",
-        &name,
-        "network",
-        "create",
-        "--driver",
-        "overlay",
-        "--opt",
-        "encrypted",
-        "sec",
-    ]);
-    for node in ["node1", "node2"] {
-        ok(&[
-            "--cluster",
-            &name,
-            "service",
+    on(
+        c,
+        &[
+            "network",
             "create",
-            "--name",
-            &format!("sec-{node}"),
-            "--network",
+            "--driver",
+            "overlay",
+            "--opt",
+            "encrypted",
             "sec",
-            "--constraint",
-            &format!("node.hostname=={node}"),
-            "whoami",
-        ]);
+        ],
+    );
+    for node in ["node1", "node2"] {
+        on(
+            c,
+            &[
+                "service",
+                "create",
+                "--name",
+                &format!("sec-{node}"),
+                "--network",
+                "sec",
+                "--constraint",
+                &format!("node.hostname=={node}"),
+                "whoami",
+            ],
+        );
     }
-    let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&name));
-    let xfrm = |what: &str| on_host(&format!("{} xfrm {what}", testbed::vm::image::IPROUTE2_IP));
+    let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(name));
     let with_reqid = |listing: &str| listing.matches(&reqid).count();
     // Inbound and outbound SAs towards node2, and the outbound policy.
     eventually(
         "the cluster's SAs and policy on the host",
         Duration::from_secs(120),
-        || (with_reqid(&xfrm("state")) >= 2 && with_reqid(&xfrm("policy")) >= 1).then_some(()),
+        || {
+            (with_reqid(&host.xfrm("state")) >= 2 && with_reqid(&host.xfrm("policy")) >= 1)
+                .then_some(())
+        },
     );
-    let tables = ours(&on_host("nft list tables"));
+    let tables = host.tables_of(name);
     assert!(
         tables.contains(&format!("table ip swarmkit_{name}_ipsec")),
         "{tables:?}"
     );
+}
 
-    ok(&["cluster", "down", &name]);
-    // Everything the agent changed in the host's namespace is undone.
-    assert_eq!(ours(&on_host("nft list tables")), Vec::<String>::new());
-    let (states, policies) = (xfrm("state"), xfrm("policy"));
+/// Everything the agent changed in the host's namespace is undone, and the host's own state
+/// is left as it was.
+fn down_restores_the_host(c: &Cluster, host: &Host) {
+    assert_eq!(host.tables_of(&c.name), Vec::<String>::new());
+    let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&c.name));
+    let with_reqid = |listing: &str| listing.matches(&reqid).count();
+    let (states, policies) = (host.xfrm("state"), host.xfrm("policy"));
     assert_eq!(
         with_reqid(&states),
         0,
@@ -553,26 +541,9 @@ fn ssh_backend_on_bare_guests() {
         "the host's own policy went with the cluster's:\n{policies}"
     );
     assert_eq!(
-        on_host(sysctls).split_whitespace().collect::<Vec<_>>(),
+        host.sh(SYSCTLS).split_whitespace().collect::<Vec<_>>(),
         ["0", "0"],
         "the sysctls the agent set were not restored"
-    );
-    // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
-    let left = ok(&[
-        "--cluster",
-        &machines,
-        "node",
-        "exec",
-        "node1",
-        "--",
-        "sh",
-        "-c",
-        &format!("ls /run/netns | grep -c '^sk-{name}\\.' ; ps | grep -c '[_]_agent'; true"),
-    ]);
-    assert_eq!(
-        left.split_whitespace().collect::<Vec<_>>(),
-        ["0", "0"],
-        "{left}"
     );
 }
 
@@ -580,27 +551,21 @@ fn ssh_backend_on_bare_guests() {
 /// directory without a kernel is refused by name, and nothing of the cluster is left.
 #[test]
 fn a_prebuilt_image_directory_is_checked() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
-    let name = format!("qimg{}", std::process::id() % 100000);
-    let out = Command::new("timeout")
-        .args(["-k", "5", "120"])
-        .arg(testkit::bin().expect("checked by skip_reason"))
-        .args([
-            "cluster",
-            "up",
-            "--name",
-            &name,
-            "--backend",
-            "qemu",
-            "--nodes",
-            "1",
-        ])
-        .env("SWARMKIT_VM_IMAGE", "/nonexistent-sk-image")
-        .output()
-        .expect("running swarmkit");
+    testkit::skip_unless!(testkit::needs_qemu());
+    let name = testkit::unique_name("qimg");
+    let out = testkit::command(&[
+        "cluster",
+        "up",
+        "--name",
+        &name,
+        "--backend",
+        "qemu",
+        "--nodes",
+        "1",
+    ])
+    .env(testbed::vm::image::ENV_IMAGE_DIR, "/nonexistent-sk-image")
+    .output()
+    .expect("running swarmkit");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "came up without an image");
     assert!(
@@ -616,29 +581,9 @@ fn a_prebuilt_image_directory_is_checked() {
 /// a guest.
 #[test]
 fn guests_take_ipvs_exec_tasks_and_take_faults() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
-        return;
-    }
-    let name = format!("qf{}", std::process::id() % 100000);
-    let _down = testkit::Cluster::guard(&name);
-    ok(&[
-        "cluster",
-        "up",
-        "--name",
-        &name,
-        "--backend",
-        "qemu",
-        "--nodes",
-        "2",
-        "--lb",
-        "ipvs",
-    ]);
-    let c = |args: &[&str]| {
-        let mut all = vec!["--cluster", name.as_str()];
-        all.extend_from_slice(args);
-        ok(&all)
-    };
+    testkit::skip_unless!(testkit::needs_qemu());
+    let cl = Cluster::up_with("qf", 2, &["--backend", "qemu", "--lb", "ipvs"]);
+    let c = |args: &[&str]| on(&cl, args);
     let inspect = c(&["node", "inspect", "node1"]);
     assert!(
         inspect.contains("\"swarmkit.lb-driver\": \"ipvs\""),
@@ -649,10 +594,8 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
     ]);
     let hostname = eventually("the task to run", Duration::from_secs(60), || {
-        let out = sk(&["--cluster", &name, "exec", "sleeper.1", "--", "hostname"]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let out = cl.sk(&["exec", "sleeper.1", "--", "hostname"]);
+        out.success().then(|| out.stdout.trim().to_string())
     });
     assert!(
         !hostname.is_empty() && !hostname.starts_with("node"),
@@ -660,25 +603,11 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     );
 
     let ping = |from: &str, to: &str| {
-        sk(&[
-            "--cluster",
-            &name,
-            "node",
-            "exec",
-            from,
-            "--",
-            "ping",
-            "-c1",
-            "-W1",
-            to,
-        ])
-        .status
-        .success()
+        cl.sk(&["node", "exec", from, "--", "ping", "-c1", "-W1", to])
+            .success()
     };
     let manager = |from: &str| {
-        sk(&[
-            "--cluster",
-            &name,
+        cl.sk(&[
             "node",
             "exec",
             from,
@@ -691,7 +620,6 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
             "2",
             "http://127.0.0.1:2377/_ping",
         ])
-        .status
         .success()
     };
     assert!(ping("node1", "192.168.0.12"));
@@ -707,8 +635,8 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     );
     assert!(ping("node1", "192.168.0.12"));
 
-    let paths = ClusterPaths::new(&name);
-    let guest = testbed::vm::qemu::load_node(&paths, "node2")
+    let paths = ClusterPaths::new(&cl.name);
+    let guest = testbed::vm::node::load_node(&paths, "node2")
         .unwrap()
         .pid
         .unwrap();

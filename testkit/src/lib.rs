@@ -3,6 +3,7 @@
 //! `swarmkit cluster down` when dropped (on panic too), polling with a deadline instead of
 //! sleeping, the swarmkit binary run under a timeout, and process probes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -75,6 +76,22 @@ pub fn needs_qemu() -> Option<String> {
     None
 }
 
+/// The first of `candidates` (the paths one tool may have) that exists.
+pub fn find_tool(candidates: &[&str]) -> Option<PathBuf> {
+    candidates.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// Why a test that calls these tools cannot run here, if it cannot: each tool is given by
+/// the paths it may have and the Debian package that has it.
+pub fn needs_tools(tools: &[(&[&str], &str)]) -> Option<String> {
+    tools.iter().find_map(|(candidates, package)| {
+        find_tool(candidates).is_none().then(|| {
+            let tool = candidates.first().copied().unwrap_or(package);
+            format!("{tool} is missing (apt-get install {package})")
+        })
+    })
+}
+
 /// A cluster name unique to this test process: `t<pid>-<tag>` (cluster names are at most 24
 /// characters, so keep tags short).
 pub fn unique_name(tag: &str) -> String {
@@ -110,6 +127,20 @@ impl Run {
     pub fn success(&self) -> bool {
         self.code == 0
     }
+
+    /// stdout then stderr, for a test that looks for a line in either.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A running task of a service as the manager lists it: its ID, its node's hostname, and its
+/// address (without the prefix) on each network, by network name.
+#[derive(Clone, Debug)]
+pub struct RunningTask {
+    pub id: String,
+    pub node: String,
+    pub addrs: BTreeMap<String, String>,
 }
 
 /// How long one swarmkit command may take before it is killed (a hang fails the test instead
@@ -257,6 +288,40 @@ impl Cluster {
             "/tasks?filters={{%22service%22:[%22{service}%22]}}"
         ));
         serde_json::from_value(tasks).expect("tasks JSON")
+    }
+
+    /// The running tasks of `service` (observed state `running`), from the manager's API.
+    pub fn running_tasks(&self, service: &str) -> Vec<RunningTask> {
+        let nodes = self.api("/nodes");
+        let hostname = |id: &serde_json::Value| {
+            nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["ID"] == *id)
+                .and_then(|n| n["Description"]["Hostname"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        self.api_tasks(service)
+            .iter()
+            .filter(|t| t["Status"]["State"] == "running")
+            .map(|t| RunningTask {
+                id: t["ID"].as_str().unwrap_or_default().into(),
+                node: hostname(&t["NodeID"]),
+                addrs: t["NetworksAttachments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        let addr = a["Addresses"][0].as_str().unwrap_or_default();
+                        let network = a["Network"]["Spec"]["Name"].as_str().unwrap_or_default();
+                        let ip = addr.split('/').next().unwrap_or_default();
+                        (network.to_string(), ip.to_string())
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// `GET path` from the manager's API (Docker's paths, and `/swarmkit/v1/...`).

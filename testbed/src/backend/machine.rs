@@ -1,13 +1,14 @@
 //! What the two whole-machine backends (qemu guests, ssh hosts) share: nodes reached over SSH
-//! through their records in the run directory (`vm/<node>.json`, see crate::vm::qemu::VmNode),
+//! through their records in the run directory (`vm/<node>.json`, see crate::vm::node::VmNode),
 //! agents started by the `__vmhost` daemon, commands run through a session.
 
 use std::time::Duration;
 
 use crate::ssh::shell_quote;
 use crate::supervise::{self, Spec};
+use crate::vm::node::{VmNode, load_node};
 use crate::vm::progress::{AGENT_READY, NodeProgress, SSH_UP};
-use crate::vm::qemu::{self, VmNode, load_node};
+use crate::vm::reach;
 use crate::{Inside, Result, TestbedError};
 use cluster::client::ManagerClient;
 use cluster::paths::ClusterPaths;
@@ -31,7 +32,7 @@ pub(crate) async fn start_agents(
     progress: &NodeProgress,
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
-    crate::wait_manager(paths).await?;
+    crate::supervise::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     let see = format!(
         "{} and, inside the node, /run/swarmkit/{}/agent.log",
@@ -42,9 +43,9 @@ pub(crate) async fn start_agents(
         let client = client.clone();
         let see = std::path::PathBuf::from(&see);
         async move {
-            qemu::wait_ssh(paths, n, SSH_TIMEOUT).await?;
+            reach::wait_ssh(paths, n, SSH_TIMEOUT).await?;
             progress.step(&n.name, SSH_UP, "ssh up");
-            crate::wait_until(
+            crate::wait::wait_until(
                 &format!("the agent on {} to be ready", n.name),
                 READY_TIMEOUT,
                 &see,
@@ -61,19 +62,7 @@ pub(crate) async fn start_agents(
 
 /// Waits until a booted machine's SSH server answers (without starting an agent).
 pub(crate) async fn wait_sshd(paths: &ClusterPaths, n: &VmNode) -> Result<()> {
-    qemu::wait_console(paths, n, SSH_TIMEOUT).await?;
-    crate::wait_until(
-        &format!("ssh on {}", n.name),
-        SSH_TIMEOUT,
-        &qemu::vm_dir(paths),
-        || async {
-            let a = n.ssh.clone();
-            tokio::task::spawn_blocking(move || qemu::banner(&a))
-                .await
-                .unwrap_or(false)
-        },
-    )
-    .await
+    Ok(reach::wait_sshd(paths, n, SSH_TIMEOUT).await?)
 }
 
 /// `node exec` and `exec TASK` on a machine: the command runs through SSH with its output

@@ -14,11 +14,11 @@ use netcore::link::Links;
 use netcore::netns::{NetNs, enter_raw};
 use nix::sched::CloneFlags;
 
+use super::NodeBackend;
 use crate::procs;
+use crate::record::{ClusterInfo, UpOptions};
 use crate::supervise::{self, Spec};
-use crate::{
-    Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions, io,
-};
+use crate::{Backend, Fault, Inside, Result, TestbedError, io};
 use cluster::client::ManagerClient;
 use cluster::paths::ClusterPaths;
 
@@ -185,7 +185,7 @@ impl NodeBackend for Netns {
         }
         create_switch(&underlay).await?;
         // The manager starts while the nodes are plugged.
-        crate::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
+        crate::supervise::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let plugs = hostnames.iter().enumerate().map(|(i, h)| {
             let underlay = underlay.clone();
@@ -205,7 +205,7 @@ impl NodeBackend for Netns {
             }
         });
         futures::future::try_join_all(plugs).await?;
-        crate::wait_manager(paths).await?;
+        crate::supervise::wait_manager(paths).await?;
 
         // The agents dial the manager across the underlay; each opens its node's namespace.
         // The first node leads, as the node that ran `docker swarm init` does: it registers
@@ -214,7 +214,7 @@ impl NodeBackend for Netns {
         for (i, h) in hostnames.iter().enumerate() {
             supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
             if i == 0 {
-                crate::wait_until(
+                crate::wait::wait_until(
                     &format!("{h} to register"),
                     READY_TIMEOUT,
                     &paths.run_dir(),
@@ -224,7 +224,7 @@ impl NodeBackend for Netns {
             }
         }
         let want = opts.nodes;
-        crate::wait_until(
+        crate::wait::wait_until(
             "every node to be ready",
             READY_TIMEOUT,
             &paths.run_dir(),

@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 use netcore::link::Links;
 use netcore::netns::NetNs;
 
+use super::NodeBackend;
 use super::machine::{self, remote};
 use crate::procs;
+use crate::record::{ClusterInfo, UpOptions};
 use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
+use crate::vm::node::{VmNode, clear_session_state, client_key_file, load_node, save_node};
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
-use crate::vm::qemu::{self as vm, VmNode, load_node, save_node};
-use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
+use crate::vm::qemu as vm;
+use crate::{Backend, Fault, Inside, Result, TestbedError};
 use cluster::paths::ClusterPaths;
 
 pub struct Qemu;
@@ -94,7 +97,7 @@ impl NodeBackend for Qemu {
         let start = Instant::now();
         let underlay = NetNs::create(&paths.underlay_ns())?;
         netcore::underlay::create_switch(&underlay, super::netns::UNDERLAY_BRIDGE).await?;
-        crate::start_manager(opts, paths, &[])?;
+        crate::supervise::start_manager(opts, paths, &[])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;
@@ -103,7 +106,7 @@ impl NodeBackend for Qemu {
             img.hash,
             if img.cached { " (cached)" } else { "" }
         ));
-        let key = crate::ssh::ensure_client_key(&vm::client_key_file(paths))?;
+        let key = crate::ssh::ensure_client_key(&client_key_file(paths))?;
         let authorized = format!("{}\n", crate::ssh::public_openssh(key.public_key()));
         let accel = {
             let (p, i) = (paths.clone(), img.clone());
@@ -180,13 +183,16 @@ impl NodeBackend for Qemu {
                 }
                 let underlay = NetNs::open(&paths.underlay_ns())?;
                 // The session marker belongs to the dead guest; the daemon writes it anew.
-                let _ = std::fs::remove_file(
-                    crate::vm::qemu::vm_dir(paths).join(format!("{name}.session")),
-                );
+                clear_session_state(paths, name);
                 let since = chrono::Utc::now();
-                let pid = launch
-                    .spawn(paths, name, &underlay, super::netns::UNDERLAY_BRIDGE)
-                    .await?;
+                let pid = vm::spawn(
+                    &launch,
+                    paths,
+                    name,
+                    &underlay,
+                    super::netns::UNDERLAY_BRIDGE,
+                )
+                .await?;
                 node.pid = Some(pid);
                 save_node(paths, &node).map_err(crate::io("saving the node's record"))?;
                 crate::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))

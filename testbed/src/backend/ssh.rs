@@ -5,11 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use super::NodeBackend;
 use super::machine::{self, remote};
+use crate::record::{ClusterInfo, UpOptions};
 use crate::ssh::shell_quote;
+use crate::vm::node::{load_nodes, save_node};
 use crate::vm::progress::NodeProgress;
-use crate::vm::qemu::{load_nodes, save_node};
-use crate::{Backend, ClusterInfo, Fault, Inside, NodeBackend, Result, TestbedError, UpOptions};
+use crate::{Backend, Fault, Inside, Result, TestbedError};
 use cluster::paths::ClusterPaths;
 
 pub struct Ssh;
@@ -41,7 +43,7 @@ impl NodeBackend for Ssh {
             crate::ssh::ensure_client_key(&n.key_file)?;
             save_node(paths, n).map_err(crate::io("saving the node's record"))?;
         }
-        crate::start_manager(opts, paths, &[])?;
+        crate::supervise::start_manager(opts, paths, &[])?;
         let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let progress = NodeProgress::new(&names, start);
         machine::start_agents(paths, &nodes, &progress).await

@@ -1,6 +1,7 @@
 //! A cluster's life on any backend: `cluster up` (new, or resuming one that stopped), `cluster
 //! down`, `cluster ls`, and running commands on nodes and in tasks. What differs by backend is
-//! behind [`NodeBackend`]; this module reaches it only through the kind in the cluster's record.
+//! behind [`NodeBackend`]; this module reaches it only through the kind in the cluster's record,
+//! by [`with_backend!`](crate::with_backend), and injects faults ([`inject`]) the same way.
 
 pub mod prune;
 
@@ -8,10 +9,11 @@ use std::time::Duration;
 
 use netcore::netns::NetNs;
 
+use crate::backend::NodeBackend;
 use crate::record::{backend_of, note_backend, record_up};
 use crate::supervise::{self, Spec};
-use crate::with_backend;
-use crate::{Inside, NodeBackend, TestbedError, wait_until};
+use crate::wait::wait_until;
+use crate::{Fault, Inside, TestbedError};
 use cluster::client::ManagerClient;
 use cluster::paths::{ClusterPaths, validate_cluster_name};
 
@@ -75,6 +77,41 @@ pub enum LifecycleError {
 }
 
 pub type Result<T, E = LifecycleError> = std::result::Result<T, E>;
+
+/// Runs `$body` with `$b` bound to the implementation of `$kind`: the one place that maps a
+/// backend's name to its code.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, $b:ident => $body:expr) => {
+        match $kind {
+            $crate::Backend::Netns => {
+                let $b = $crate::backend::netns::Netns;
+                $body
+            }
+            $crate::Backend::Qemu => {
+                let $b = $crate::backend::qemu::Qemu;
+                $body
+            }
+            $crate::Backend::Ssh => {
+                let $b = $crate::backend::ssh::Ssh;
+                $body
+            }
+        }
+    };
+}
+
+/// `swarmkit node kill|start|isolate|heal NODE`.
+pub async fn inject(cluster: &str, node: &str, fault: Fault) -> Result<(), TestbedError> {
+    let paths = ClusterPaths::new(cluster);
+    let info = read_info(&paths).ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
+    if !info.nodes.iter().any(|n| n == node) {
+        return Err(TestbedError::NoNode {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+        });
+    }
+    with_backend!(info.backend, b => b.fault(&paths, &info, node, fault).await)
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LifecycleError {
     let what = what.into();
@@ -166,7 +203,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
         supervise::ensure(paths, spec)?;
     }
     supervise::ensure_supervisor(paths)?;
-    crate::wait_manager(paths).await?;
+    supervise::wait_manager(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     for node in &info.nodes {
         if supervise::killed_marker(paths, node).exists() {
@@ -178,7 +215,8 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
             &paths.run_dir(),
             || crate::hostname_ready(&client, node),
         )
-        .await?;
+        .await
+        .map_err(TestbedError::from)?;
     }
     Ok(ClusterInfo {
         running: true,

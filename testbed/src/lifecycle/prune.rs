@@ -54,7 +54,7 @@ pub fn candidates() -> Vec<String> {
 /// bring the manager back).
 pub fn alive(paths: &ClusterPaths) -> bool {
     std::os::unix::net::UnixStream::connect(paths.manager_socket()).is_ok()
-        || super::supervise::supervisor(paths).is_some()
+        || crate::supervise::supervisor(paths).is_some()
 }
 
 /// Removes every dead cluster whose name starts with `prefix`.

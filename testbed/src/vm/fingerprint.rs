@@ -54,7 +54,7 @@ impl Fingerprints {
             }
             h.update(&buf[..n]);
         }
-        let hex = super::image::hex(&h.finalize());
+        let hex = hex::encode(h.finalize());
         // Forget older identities of the same path so the file does not grow forever.
         let prefix = format!("{}|", path.display());
         self.known.retain(|k, _| !k.starts_with(&prefix));

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::qemu::{VmNode, load_nodes};
+use super::node::{VmNode, load_node, load_nodes, set_session_state};
+use super::reach::{self, ReachError};
 use crate::ssh::{self, Session, Target, shell_quote};
 use cluster::paths::ClusterPaths;
 
@@ -16,9 +17,7 @@ use cluster::paths::ClusterPaths;
 pub const MANAGER_PORT: u32 = 2377;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A guest under TCG on a loaded host reaches its SSH server in well under this.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Where the agent binary lives inside a node built from our image.
-pub const GUEST_BINARY: &str = "/usr/bin/swarmkit";
+const SSHD_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn target(node: &VmNode) -> Result<Target, ssh::SshError> {
     Ok(Target {
@@ -60,7 +59,7 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
         anyhow::bail!("stripping {} gave an empty binary", node.name);
     }
     // Only a binary whose bytes arrived whole takes the name the presence check looks for.
-    let sha = super::image::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let out = s
         .exec_with_stdin(
             &format!(
@@ -129,21 +128,9 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
 }
 
 async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
-    // The console says when init is done; from then on a refused connection comes back at
-    // once, and the banner poll finds the moment the server really answers.
-    super::qemu::wait_console(paths, node, CONSOLE_TIMEOUT).await?;
-    loop {
-        let addr = node.ssh.clone();
-        if tokio::task::spawn_blocking(move || super::qemu::banner(&addr))
-            .await
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reach::wait_sshd(paths, node, SSHD_TIMEOUT).await?;
     let s = connect(paths, node, true).await?;
-    super::qemu::set_session_state(paths, &node.name, "ssh");
+    set_session_state(paths, &node.name, "ssh");
     s.remote_forward("127.0.0.1", MANAGER_PORT)
         .await
         .context("asking the node to forward the manager port")?;
@@ -173,13 +160,20 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut pause = Duration::from_millis(200);
             loop {
+                // `node start` boots a killed guest again under a new pid.
+                let node = load_node(&paths, &node.name).unwrap_or_else(|_| node.clone());
                 match serve_node(&paths, &node).await {
                     Ok(s) => {
                         tracing::info!(node = node.name, "session up, agent started");
-                        super::qemu::set_session_state(&paths, &node.name, "agent");
+                        set_session_state(&paths, &node.name, "agent");
                         pause = Duration::from_millis(200);
                         s.closed().await;
                         tracing::warn!(node = node.name, "session lost; reconnecting");
+                    }
+                    // A killed guest (`node kill`) is waited for quietly and often, as it may
+                    // be started again at any time.
+                    Err(e) if matches!(e.downcast_ref(), Some(ReachError::Died { .. })) => {
+                        pause = Duration::from_millis(200);
                     }
                     Err(e) => tracing::warn!(node = node.name, "{e:#}"),
                 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::qemu::VmNode;
+use super::node::VmNode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {

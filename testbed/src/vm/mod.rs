@@ -1,24 +1,21 @@
 //! The machinery of whole-machine nodes (QEMU guests booted from a cached image, hosts from an
 //! inventory), driven over SSH. Used by the qemu and ssh backends in crate::backend; nothing
 //! here knows about the cluster's lifecycle.
+//!
+//! What lives where, from the top down (a module imports only those below it):
+//! - [`host`]: the `__vmhost` daemon, one SSH session per node, starting its agent;
+//! - [`qemu`]: booting guests (command line, accelerator, launch, bare-boot bench);
+//!   [`inventory`]: the ssh backend's hosts; [`reach`]: waiting until a node answers;
+//! - [`node`]: a node's record in the run directory; [`image`]: the guest image (kernel,
+//!   initramfs, volume), built from [`cpio`] archives and hashed through [`fingerprint`];
+//! - [`progress`]: the per-node progress bars of `cluster up`, on its own.
 
 pub mod cpio;
 pub mod fingerprint;
 pub mod host;
 pub mod image;
 pub mod inventory;
-pub mod kernel;
+pub mod node;
 pub mod progress;
 pub mod qemu;
-
-/// Orders "node2" before "node10".
-pub fn natural(s: &str) -> (String, u64) {
-    let digits: String = s.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
-    let n = digits
-        .chars()
-        .rev()
-        .collect::<String>()
-        .parse()
-        .unwrap_or(0);
-    (s[..s.len() - digits.len()].to_string(), n)
-}
+pub mod reach;

@@ -6,14 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::image::{ImageError, run};
-
-type Result<T, E = ImageError> = std::result::Result<T, E>;
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
-    let what = what.into();
-    move |source| ImageError::Io { what, source }
-}
+use super::{GuestImageError, Result, io, run};
 
 /// Where the kernel and its module tree come from.
 pub struct KernelSource {
@@ -33,7 +26,7 @@ pub fn debian_kernel(cache: &Path, refresh: bool) -> Result<KernelSource> {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string))
         .filter(|p| p.starts_with("linux-image-"))
-        .ok_or_else(|| ImageError::Command {
+        .ok_or_else(|| GuestImageError::Command {
             cmd: "apt-cache depends linux-image-amd64".into(),
             message: "no linux-image-* dependency (run apt-get update?)".into(),
         })?;
@@ -58,7 +51,7 @@ pub fn debian_kernel(cache: &Path, refresh: bool) -> Result<KernelSource> {
                 run(Command::new("apt-get")
                     .args(["download", &pkg])
                     .current_dir(&debs))?;
-                find_deb().ok_or_else(|| ImageError::Command {
+                find_deb().ok_or_else(|| GuestImageError::Command {
                     cmd: format!("apt-get download {pkg}"),
                     message: "no .deb appeared".into(),
                 })?
@@ -116,25 +109,25 @@ pub fn custom_kernel(kernel: &Path, modules: &Path) -> Result<KernelSource> {
         versions.sort();
         match versions.as_slice() {
             [v] => (modules.to_path_buf(), v.clone()),
-            _ => return Err(ImageError::ModulesLayout(modules.into())),
+            _ => return Err(GuestImageError::ModulesLayout(modules.into())),
         }
     } else if modules.join("kernel").is_dir() || modules.join("modules.dep").is_file() {
         // DIR is lib/modules/VERSION: its root is three levels up.
         let version = modules
             .file_name()
             .map(|v| v.to_string_lossy().into_owned())
-            .ok_or_else(|| ImageError::ModulesLayout(modules.into()))?;
+            .ok_or_else(|| GuestImageError::ModulesLayout(modules.into()))?;
         let root = modules
             .ancestors()
             .nth(3)
-            .ok_or_else(|| ImageError::ModulesLayout(modules.into()))?;
+            .ok_or_else(|| GuestImageError::ModulesLayout(modules.into()))?;
         (root.to_path_buf(), version)
     } else {
-        return Err(ImageError::ModulesLayout(modules.into()));
+        return Err(GuestImageError::ModulesLayout(modules.into()));
     };
     let dep = root.join("lib/modules").join(&version).join("modules.dep");
     if !dep.is_file() {
-        return Err(ImageError::NoDepmod(dep));
+        return Err(GuestImageError::NoDepmod(dep));
     }
     Ok(KernelSource {
         vmlinuz: kernel.to_path_buf(),
@@ -154,7 +147,7 @@ pub fn extract_vmlinux(vmlinuz: &Path, dest: &Path) -> Result<()> {
     let at = bytes
         .windows(magic.len())
         .position(|w| w == magic)
-        .ok_or_else(|| ImageError::NoKernel(vmlinuz.into()))?;
+        .ok_or_else(|| GuestImageError::NoKernel(vmlinuz.into()))?;
     let out = std::fs::File::create(dest).map_err(io(dest.display().to_string()))?;
     let mut child = Command::new("xz")
         .args(["-dc", "--single-stream"])
@@ -162,17 +155,17 @@ pub fn extract_vmlinux(vmlinuz: &Path, dest: &Path) -> Result<()> {
         .stdout(out)
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|_| ImageError::MissingTool("xz".into()))?;
+        .map_err(|_| GuestImageError::MissingTool("xz".into()))?;
     let mut stdin = child
         .stdin
         .take()
-        .ok_or_else(|| ImageError::MissingTool("xz".into()))?;
+        .ok_or_else(|| GuestImageError::MissingTool("xz".into()))?;
     let tail = bytes[at..].to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&tail));
     let out = child.wait_with_output().map_err(io("xz"))?;
     let _ = writer.join();
     if !out.status.success() {
-        return Err(ImageError::Command {
+        return Err(GuestImageError::Command {
             cmd: "xz -dc".into(),
             message: String::from_utf8_lossy(&out.stderr).trim().into(),
         });
