@@ -5,9 +5,11 @@
 pub mod dns;
 pub mod hostport;
 pub mod ingress;
+pub mod journal;
 pub mod lb;
 pub mod link;
 pub mod netns;
+pub mod nft;
 pub mod overlay;
 pub mod underlay;
 pub mod undo;

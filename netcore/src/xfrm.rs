@@ -31,9 +31,9 @@ use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
 
-use crate::lb::LbError;
+use crate::journal::{Journal, JournalError};
 use crate::netns::{NetNs, NetNsError};
-use crate::undo::{Journal, UndoError};
+use crate::nft::NftError;
 
 /// The MTU of an encrypted overlay: 1450 less ESP's overhead (26), rounded down to a
 /// multiple of 4, as Swarm sets it.
@@ -67,9 +67,9 @@ pub enum XfrmError {
         source: io::Error,
     },
     #[error("nftables for encrypted overlays: {0}")]
-    Nft(#[from] LbError),
+    Nft(#[from] NftError),
     #[error(transparent)]
-    Undo(Box<UndoError>),
+    Journal(Box<JournalError>),
     #[error(
         "this kernel cannot encrypt overlay networks: it lacks {}. Encrypted networks need \
          IPsec ESP with AES-GCM; use a cluster whose nodes boot such a kernel \
@@ -79,9 +79,9 @@ pub enum XfrmError {
     Unsupported { missing: Vec<String> },
 }
 
-impl From<UndoError> for XfrmError {
-    fn from(e: UndoError) -> Self {
-        XfrmError::Undo(Box::new(e))
+impl From<JournalError> for XfrmError {
+    fn from(e: JournalError) -> Self {
+        XfrmError::Journal(Box::new(e))
     }
 }
 
@@ -453,7 +453,7 @@ impl Ipsec {
         if self.table.as_ref() == Some(&(port, vnis.clone())) {
             return Ok(());
         }
-        crate::lb::nftbatch::apply_nft(&self.ns, &table_text(&self.owner.table, port, &vnis))?;
+        crate::nft::apply_nft(&self.ns, &table_text(&self.owner.table, port, &vnis))?;
         self.table = Some((port, vnis));
         Ok(())
     }

@@ -486,7 +486,7 @@ fn a_departed_backend_does_not_keep_a_client_port() {
     sandbox_lb.apply(&[published(&[0])]).unwrap();
     // b0 stops answering, as the task of a node that crashed does.
     let b0 = mesh._servers[0].ns.clone();
-    lb::nftbatch::run_nft(
+    netcore::nft::run_nft(
         &b0,
         &["-f", "-"],
         Some(
@@ -610,7 +610,7 @@ fn ipvs_marking_rules_load() {
     ];
     let plan = lb::ipvs::IpvsLb::new(ns.clone()).plan(&services).unwrap();
     plan.nft.run(&ns).unwrap();
-    let listed = lb::nftbatch::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
+    let listed = netcore::nft::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
     for want in [
         "10.99.1.100 : 0x00000100",
         "udp . 53 : 0x0000012c",
@@ -634,9 +634,9 @@ fn recovers_from_external_table_removal() {
     let ns = nss.create("lb");
     let mut lb = lb::new(Driver::Nftables, ns.clone());
     lb.apply(&[vip_service(&[0])]).unwrap();
-    lb::nftbatch::run_nft(&ns, &["delete", "table", "ip", "swarmkit"], None).unwrap();
+    netcore::nft::run_nft(&ns, &["delete", "table", "ip", "swarmkit"], None).unwrap();
     assert!(lb.apply(&[vip_service(&[0, 1])]).is_err());
     lb.apply(&[vip_service(&[0, 1])]).unwrap();
-    let listed = lb::nftbatch::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
+    let listed = netcore::nft::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
     assert!(listed.contains("10.99.0.11"), "{listed}");
 }

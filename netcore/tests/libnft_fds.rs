@@ -4,8 +4,8 @@
 
 use std::os::fd::AsRawFd;
 
-use netcore::lb::libnft::{self, Context, reserve_low_descriptors};
 use netcore::netns::NetNs;
+use netcore::nft::libnft::{self, Context, reserve_low_descriptors};
 
 #[test]
 fn a_context_opens_below_fd_setsize_however_many_descriptors_are_open() {
@@ -27,8 +27,8 @@ fn a_context_opens_below_fd_setsize_however_many_descriptors_are_open() {
             ctx.run(&format!("add table ip t{round}"))
                 .map_err(|e| format!("round {round}: {e}"))?;
         }
-        let listed = netcore::lb::nftbatch::run_nft(&ns, &["list", "tables"], None)
-            .map_err(|e| e.to_string())?;
+        let listed =
+            netcore::nft::run_nft(&ns, &["list", "tables"], None).map_err(|e| e.to_string())?;
         Ok::<_, String>(listed)
     })();
     NetNs::delete(&name).unwrap();

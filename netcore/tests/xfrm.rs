@@ -80,14 +80,11 @@ async fn probe_names_what_is_missing_or_sas_reconcile() {
             // The nftables half needs no ESP: the kernel takes the table as written, twice.
             let table = xfrm::table_text(xfrm::NFT_TABLE, 7789, &[4097, 4098].into());
             for _ in 0..2 {
-                netcore::lb::nftbatch::apply_nft(&ns, &table).expect("the table applies");
+                netcore::nft::apply_nft(&ns, &table).expect("the table applies");
             }
-            let listed = netcore::lb::nftbatch::run_nft(
-                &ns,
-                &["list", "table", "ip", xfrm::NFT_TABLE],
-                None,
-            )
-            .expect("nft list");
+            let listed =
+                netcore::nft::run_nft(&ns, &["list", "table", "ip", xfrm::NFT_TABLE], None)
+                    .expect("nft list");
             assert!(listed.contains("meta mark set 0x5c001001"), "{listed}");
             assert!(listed.contains("missing counter packets 0"), "{listed}");
         }

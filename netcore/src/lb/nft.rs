@@ -41,14 +41,16 @@ use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
 use nftables::types::{NfHook, RejectCode};
 
-use super::nftbatch::{
-    self, NftBatch, concat, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
-};
-use super::{
+use super::api::{
     Driver, Frontend, LbError, LoadBalancer, Protocol, ServiceMap, VirtualService, by_mark,
-    hairpin, has_port_frontend, validate,
+    has_port_frontend, validate,
 };
+use super::hairpin;
 use crate::netns::NetNs;
+use crate::nft::NftBatch;
+use crate::nft::expr::{
+    self, concat, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
+};
 
 pub const TABLE: &str = "swarmkit";
 const VIPS: &str = "vips";
@@ -136,7 +138,7 @@ impl NftLb {
                 // Each batch is atomic; but a failing delta usually means the table was
                 // altered behind our back, so the next apply rebuilds it whole.
                 self.applied = None;
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.last_commands = make.len() + retire.len();
@@ -272,7 +274,7 @@ fn create_skeleton(b: &mut NftBatch) {
     b.add_rule(
         "prerouting",
         vec![Statement::VerdictMap(VerdictMap {
-            key: nftbatch::pkt_proto_port(),
+            key: expr::pkt_proto_port(),
             data: set_ref(PORTS),
         })],
     );
@@ -281,7 +283,7 @@ fn create_skeleton(b: &mut NftBatch) {
         b.add_rule(
             "postrouting",
             vec![
-                nftbatch::matches(
+                expr::matches(
                     Expression::Named(NamedExpression::CT(ct("status", None))),
                     nftables::stmt::Operator::IN,
                     s("dnat"),
@@ -365,7 +367,7 @@ fn diff(
 fn dispatch_element(svc: &VirtualService) -> (&'static str, Expression<'static>) {
     match svc.frontend {
         Frontend::Vip(vip) => (VIPS, ip(vip)),
-        Frontend::Port { proto, port, .. } => (PORTS, proto_port(proto, port)),
+        Frontend::Port { proto, port, .. } => (PORTS, proto_port(proto.as_str(), port)),
     }
 }
 
