@@ -595,11 +595,9 @@ fn as_mac(bytes: &[u8]) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
+/// `02:42:0a:00:00:02`, as `ip` prints a MAC.
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.map(|b| hex::encode([b])).join(":")
 }
 
 pub async fn link_stats(ns: &NetNs, ifname: &str) -> Result<LinkStats> {
@@ -628,4 +626,17 @@ pub async fn probe_vxlan(ns: &NetNs) -> Result<bool> {
 
 pub async fn loopback_up(ns: &NetNs) -> Result<()> {
     Links::new(ns)?.set_up_by_name("lo").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_print_as_ip_prints_them() {
+        assert_eq!(
+            fmt_mac(&[0x02, 0x42, 0x0a, 0, 0, 0xff]),
+            "02:42:0a:00:00:ff"
+        );
+    }
 }

@@ -114,19 +114,20 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(v: &[u8; super::KEY_LEN], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        s.serialize_str(&hex::encode(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; super::KEY_LEN], D::Error> {
         let s = String::deserialize(d)?;
         let mut out = [0u8; super::KEY_LEN];
-        if s.len() != 2 * out.len() {
-            return Err(D::Error::custom("key material has the wrong length"));
-        }
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-                .map_err(|_| D::Error::custom("key material is not hex"))?;
-        }
+        hex::decode_to_slice(&s, &mut out).map_err(|e| match e {
+            hex::FromHexError::OddLength | hex::FromHexError::InvalidStringLength => {
+                D::Error::custom("key material has the wrong length")
+            }
+            hex::FromHexError::InvalidHexCharacter { .. } => {
+                D::Error::custom("key material is not hex")
+            }
+        })?;
         Ok(out)
     }
 }
@@ -782,6 +783,21 @@ mod tests {
         let json = serde_json::to_string(&k).unwrap();
         let back: Key = serde_json::from_str(&json).unwrap();
         assert_eq!(back, k);
+    }
+
+    #[test]
+    fn key_material_is_stored_as_hex_and_anything_else_is_refused() {
+        let json = serde_json::to_string(&key(0xab)).unwrap();
+        assert_eq!(
+            json,
+            format!(r#"{{"tag":171,"material":"{}"}}"#, "ab".repeat(KEY_LEN))
+        );
+        let bad = |material: &str| {
+            let json = format!(r#"{{"tag":1,"material":"{material}"}}"#);
+            serde_json::from_str::<Key>(&json).unwrap_err().to_string()
+        };
+        assert!(bad("abcd").contains("wrong length"));
+        assert!(bad(&"zz".repeat(KEY_LEN)).contains("not hex"));
     }
 
     #[test]
