@@ -261,18 +261,13 @@ pub fn enter_raw(fd: RawFd, nstype: CloneFlags) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
+    use testkit::netns::Namespaces;
 
     #[test]
     fn create_run_delete() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let name = format!("sktest-netns-{}", std::process::id());
+        testkit::require_root!();
+        let nss = Namespaces::new("netns");
+        let name = nss.name("a");
         let ns = NetNs::create(&name).expect("create");
         assert!(NetNs::create(&name).is_ok(), "create is idempotent");
         let inside = ns
@@ -288,11 +283,11 @@ mod tests {
 
     #[test]
     fn links_made_in_a_new_namespace_have_no_ipv6_but_loopback_keeps_it() {
-        if !is_root() || !Path::new("/proc/sys/net/ipv6").exists() {
-            eprintln!("skipped: needs root and IPv6");
-            return;
-        }
-        let name = format!("sktest-netns6-{}", std::process::id());
+        testkit::skip_unless!(testkit::needs_root().or_else(|| {
+            (!Path::new("/proc/sys/net/ipv6").exists()).then(|| "no IPv6 here".to_string())
+        }));
+        let nss = Namespaces::new("netns6");
+        let name = nss.name("a");
         let ns = NetNs::create(&name).expect("create");
         let made = std::process::Command::new("ip")
             .args([
@@ -308,7 +303,6 @@ mod tests {
             .map(|v| v.trim().to_string())
         };
         let (d0, lo) = (read("d0"), read("lo"));
-        NetNs::delete(&name).unwrap();
         assert!(made.success());
         assert_eq!(d0.unwrap(), "1", "a new link has no IPv6");
         assert_eq!(lo.unwrap(), "0", "loopback keeps ::1");

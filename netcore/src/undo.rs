@@ -75,25 +75,23 @@ pub async fn undo(path: &Path, ns: &NetNs) -> Result<(), UndoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::netns::Namespaces;
 
-    fn scratch(tag: &str) -> Option<(String, NetNs, PathBuf)> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create a network namespace");
-            return None;
-        }
-        let name = format!("sktest-undo-{tag}-{}", std::process::id());
+    /// A namespace of the test's own (deleted with the guard) and a journal path for it.
+    fn scratch(tag: &str) -> (Namespaces, NetNs, PathBuf) {
+        let nss = Namespaces::new(&format!("undo-{tag}"));
+        let name = nss.name("ns");
         let ns = NetNs::create(&name).unwrap();
         let path = std::env::temp_dir().join(format!("{name}.json"));
-        Some((name, ns, path))
+        (nss, ns, path)
     }
 
     /// In a namespace of its own: a journaled table and sysctl are undone, and the journal
     /// goes with them.
     #[tokio::test]
     async fn undo_removes_the_tables_and_restores_the_sysctls() {
-        let Some((name, ns, path)) = scratch("ok") else {
-            return;
-        };
+        testkit::require_root!();
+        let (_nss, ns, path) = scratch("ok");
         let key = "net/ipv4/conf/all/route_localnet";
         let before = ns.sysctl(key).unwrap();
         let flipped = if before == "0" { "1" } else { "0" };
@@ -108,7 +106,6 @@ mod tests {
         let tables = crate::nft::run_nft(&ns, &["list", "tables"], None).unwrap();
         let after = ns.sysctl(key).unwrap();
         let again = undo(&path, &ns).await;
-        NetNs::delete(&name).unwrap();
         undone.unwrap();
         assert!(!tables.contains("sktest_a_ingress"), "{tables}");
         assert_eq!(after, before);
@@ -120,9 +117,8 @@ mod tests {
     /// while the other steps are still done; once the cause is gone, the retry finishes.
     #[tokio::test]
     async fn a_failed_step_keeps_the_journal_for_a_retry() {
-        let Some((name, ns, path)) = scratch("fail") else {
-            return;
-        };
+        testkit::require_root!();
+        let (_nss, ns, path) = scratch("fail");
         let j = Journal::new(&path);
         j.table("sktest_b_ingress").unwrap();
         apply_nft(&ns, "table ip sktest_b_ingress {}\n").unwrap();
@@ -140,7 +136,6 @@ mod tests {
         })
         .unwrap();
         let retry = undo(&path, &ns).await;
-        NetNs::delete(&name).unwrap();
         match first {
             Err(UndoError::Incomplete { failed, .. }) => {
                 assert_eq!(failed.len(), 1, "{failed:?}");

@@ -1,6 +1,6 @@
 //! Real-kernel tests of the underlay and overlay plumbing. They need root and build their own
-//! namespaces (`sktest-ov-<pid>-<test>-*`), all removed by a Drop guard. Underlay addresses
-//! (192.168.77.0/24) and overlay subnets exist only inside those namespaces.
+//! namespaces (`sktest-<unique>-ov-<test>-*`), all removed by testkit's guard. Underlay
+//! addresses (192.168.77.0/24) and overlay subnets exist only inside those namespaces.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -11,32 +11,9 @@ use netcore::link::{self, Links};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
 use netcore::underlay;
+use testkit::netns::Namespaces;
 
 const PORT: u16 = 7777;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Deletes every namespace of one test, however the test ends.
-struct Cleanup(String);
-
-impl Cleanup {
-    fn new(test: &str) -> Cleanup {
-        Cleanup(format!("sktest-ov-{}-{test}-", std::process::id()))
-    }
-    fn name(&self, what: &str) -> String {
-        format!("{}{what}", self.0)
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in NetNs::list_with_prefix(&self.0) {
-            let _ = NetNs::delete(&name);
-        }
-    }
-}
 
 struct Node {
     ns: NetNs,
@@ -44,7 +21,7 @@ struct Node {
 }
 
 /// An underlay switch with `n` nodes plugged in at 192.168.77.(10+i).
-async fn nodes(c: &Cleanup, n: u8) -> Vec<Node> {
+async fn nodes(c: &Namespaces, n: u8) -> Vec<Node> {
     let under = NetNs::create(&c.name("underlay")).unwrap();
     underlay::create_switch(&under, "sw0").await.unwrap();
     let mut out = Vec::new();
@@ -97,7 +74,7 @@ fn endpoint(net: u8, i: usize) -> Endpoint {
 
 /// Overlay `net` on every node with one task per node; returns (sandboxes, tasks).
 async fn overlay_with_tasks(
-    c: &Cleanup,
+    c: &Namespaces,
     nodes: &[Node],
     id: &str,
     vni: u32,
@@ -186,11 +163,8 @@ async fn snapshot(sandbox: &NetNs, s: &OverlaySpec) -> String {
 
 #[tokio::test]
 async fn overlay_crosses_nodes_and_reconciles_peers() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("cross");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-cross");
     let nodes = nodes(&c, 2).await;
     assert!(link::probe_vxlan(&nodes[0].ns).await.unwrap());
     let (sandboxes, tasks) = overlay_with_tasks(&c, &nodes, "netaaaa", 4097, 0).await;
@@ -327,11 +301,8 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
 
 #[tokio::test]
 async fn overlays_are_isolated() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("iso");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-iso");
     let nodes = nodes(&c, 2).await;
     let (sb_a, tasks_a) = overlay_with_tasks(&c, &nodes, "neta", 4100, 1).await;
     let (_sb_b, tasks_b) = overlay_with_tasks(&c, &nodes, "netb", 4101, 2).await;
@@ -377,11 +348,8 @@ async fn overlays_are_isolated() {
 
 #[tokio::test]
 async fn link_pair_and_plug_are_idempotent() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("pair");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-pair");
     let a = NetNs::create(&c.name("a")).unwrap();
     let b = NetNs::create(&c.name("b")).unwrap();
     let a_addr: Ipv4Net = "192.168.78.1/30".parse().unwrap();
@@ -408,11 +376,8 @@ async fn link_pair_and_plug_are_idempotent() {
 
 #[tokio::test]
 async fn three_node_setup_time() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("time");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-time");
     let t0 = Instant::now();
     let nodes = nodes(&c, 3).await;
     let t_underlay = t0.elapsed();

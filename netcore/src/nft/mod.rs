@@ -130,39 +130,30 @@ impl NftBatch {
 mod tests {
     use super::*;
     use libnft::Context;
+    use testkit::netns::Namespaces;
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
+    /// libnftables' context does its work in the namespace it was opened in, from any thread.
     #[test]
     fn runs_json_and_text_in_the_namespace_and_reports_errors() {
-        if !is_root() || !libnft::available() {
-            eprintln!("skipped: needs root and libnftables");
-            return;
-        }
-        let name = format!("sk-libnft-{}", std::process::id());
-        let ns = NetNs::create(&name).unwrap();
-        // Nothing may fail before the namespace is deleted: it would outlive the test.
-        let outcome = Context::open_in(&ns).ok_or("no context").map(|mut ctx| {
-            let made = ctx
-                .run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
-                .and_then(|()| ctx.run("add chain ip t c"));
-            let err = ctx.run("add chain ip no_such_table c");
-            (made, err)
-        });
-        let listed = run_nft(&ns, &["list", "table", "ip", "t"], None);
+        testkit::skip_unless!(testkit::needs_root().or_else(|| {
+            (!libnft::available()).then(|| "libnftables is not installed".to_string())
+        }));
+        let nss = Namespaces::new("libnft");
+        let ns = NetNs::create(&nss.name("ns")).unwrap();
+        let mut ctx = Context::open_in(&ns).expect("a context");
+        ctx.run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
+            .unwrap();
+        ctx.run("add chain ip t c").unwrap();
+        let err = ctx.run("add chain ip no_such_table c").unwrap_err();
+        let listed = run_nft(&ns, &["list", "table", "ip", "t"], None).unwrap();
         let host = run_nft(
             &NetNs::of_pid(std::process::id()).unwrap(),
             &["list", "tables"],
             None,
-        );
-        NetNs::delete(&name).unwrap();
-        let (made, err) = outcome.unwrap();
-        made.unwrap();
-        let err = err.unwrap_err();
-        assert!(listed.unwrap().contains("chain c"));
-        assert!(!host.unwrap().contains("table ip t\n"), "nothing in ours");
+        )
+        .unwrap();
+        assert!(listed.contains("chain c"));
+        assert!(!host.contains("table ip t\n"), "nothing in ours");
         assert!(err.contains("No such file or directory"), "{err}");
     }
 }
