@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netcore::link::{self, Links};
+use netcore::link::{self, LinkStats, Links};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
 use netcore::underlay;
@@ -161,6 +161,49 @@ async fn snapshot(sandbox: &NetNs, s: &OverlaySpec) -> String {
     format!("{names:?}\n{neigh:?}\n{fdb:?}")
 }
 
+/// A device's counters went up both ways between two readings.
+fn assert_both_ways(before: LinkStats, after: LinkStats) {
+    assert!(
+        after.tx_packets > before.tx_packets,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.rx_packets > before.rx_packets,
+        "{before:?} -> {after:?}"
+    );
+}
+
+/// The kernel holds node 0's sandbox of `netaaaa` as made (observed with iproute2, never
+/// configured by it): the peer's ARP and FDB entries, the vxlan device as Swarm makes it, and
+/// its UDP socket still in the node namespace.
+fn assert_iproute2_agrees(sandbox: &NetNs, node: &NetNs, vx: &str) {
+    let sb0 = sandbox.name();
+    let shown = observe("ip", &["-n", sb0, "neigh", "show", "dev", vx]);
+    assert!(
+        shown.contains("10.0.0.3 lladdr 02:42:0a:00:00:03 PERMANENT"),
+        "{shown}"
+    );
+    let shown = observe("bridge", &["-n", sb0, "fdb", "show", "dev", vx]);
+    let entry = shown
+        .lines()
+        .find(|l| l.starts_with("02:42:0a:00:00:03 dst 192.168.77.11"))
+        .unwrap_or_else(|| panic!("no FDB entry to the peer VTEP in {shown}"));
+    assert!(entry.trim_end().ends_with("self permanent"), "{entry}");
+    let shown = observe("ip", &["-d", "-n", sb0, "link", "show", vx]);
+    for want in [
+        "mtu 1450",
+        "master ov-001001-netaa",
+        "id 4097 local 192.168.77.10",
+        "dstport 4789",
+        "nolearning",
+        "proxy l2miss l3miss",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing in {shown}");
+    }
+    let udp = observe("ss", &["-N", node.name(), "-uln"]);
+    assert!(udp.contains(":4789"), "{udp}");
+}
+
 #[tokio::test]
 async fn overlay_crosses_nodes_and_reconciles_peers() {
     testkit::require_root!();
@@ -176,22 +219,8 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP across nodes over VXLAN");
     let after0 = link::link_stats(&sandboxes[0], &vx).await.unwrap();
     let after1 = link::link_stats(&sandboxes[1], &vx).await.unwrap();
-    assert!(
-        after0.tx_packets > before0.tx_packets,
-        "{before0:?} -> {after0:?}"
-    );
-    assert!(
-        after0.rx_packets > before0.rx_packets,
-        "{before0:?} -> {after0:?}"
-    );
-    assert!(
-        after1.tx_packets > before1.tx_packets,
-        "{before1:?} -> {after1:?}"
-    );
-    assert!(
-        after1.rx_packets > before1.rx_packets,
-        "{before1:?} -> {after1:?}"
-    );
+    assert_both_ways(before0, after0);
+    assert_both_ways(before1, after1);
 
     // Re-applying changes nothing.
     let s0 = spec("netaaaa", 4097, 0, &nodes, 0);
@@ -204,33 +233,7 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
         .unwrap();
     assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
 
-    // The kernel agrees (observed with iproute2, never configured by it).
-    let sb0 = sandboxes[0].name();
-    let shown = observe("ip", &["-n", sb0, "neigh", "show", "dev", &vx]);
-    assert!(
-        shown.contains("10.0.0.3 lladdr 02:42:0a:00:00:03 PERMANENT"),
-        "{shown}"
-    );
-    let shown = observe("bridge", &["-n", sb0, "fdb", "show", "dev", &vx]);
-    let entry = shown
-        .lines()
-        .find(|l| l.starts_with("02:42:0a:00:00:03 dst 192.168.77.11"))
-        .unwrap_or_else(|| panic!("no FDB entry to the peer VTEP in {shown}"));
-    assert!(entry.trim_end().ends_with("self permanent"), "{entry}");
-    let shown = observe("ip", &["-d", "-n", sb0, "link", "show", &vx]);
-    for want in [
-        "mtu 1450",
-        "master ov-001001-netaa",
-        "id 4097 local 192.168.77.10",
-        "dstport 4789",
-        "nolearning",
-        "proxy l2miss l3miss",
-    ] {
-        assert!(shown.contains(want), "{want:?} missing in {shown}");
-    }
-    // The UDP socket stayed in the node namespace.
-    let udp = observe("ss", &["-N", nodes[0].ns.name(), "-uln"]);
-    assert!(udp.contains(":4789"), "{udp}");
+    assert_iproute2_agrees(&sandboxes[0], &nodes[0].ns, &vx);
 
     // Dropping the peer removes its ARP and FDB entries, and traffic stops.
     let mut lonely = s0.clone();
