@@ -1,6 +1,5 @@
 //! The neighbour (ARP) and bridge FDB messages the overlays program, and what a dump of them
-//! says: built and read here, sent by `Links`, which does nothing else with
-//! them.
+//! says: built and read here, sent by `Links`, which does nothing else with them.
 
 use std::net::Ipv4Addr;
 
