@@ -53,8 +53,11 @@ struct Attached(Mutex<HashMap<TypeId, Box<dyn Any + Send>>>);
 
 impl std::fmt::Debug for Attached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held = self.0.lock().map(|m| m.len()).unwrap_or(0);
-        write!(f, "{held} attached")
+        // Never waits: a handle may be printed while its own state is in use.
+        match self.0.try_lock() {
+            Ok(held) => write!(f, "{} attached", held.len()),
+            Err(_) => f.write_str("attached, in use"),
+        }
     }
 }
 

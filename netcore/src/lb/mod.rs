@@ -89,10 +89,11 @@ mod tests {
     #[test]
     fn probe_falls_back_to_nftables_without_ipvs() {
         // The development host's kernel is built without CONFIG_IP_VS (platform.md).
-        if std::path::Path::new("/proc/net/ip_vs").exists() {
-            eprintln!("skipped: this kernel has IPVS");
-            return;
-        }
+        testkit::skip_unless!(
+            std::path::Path::new("/proc/net/ip_vs")
+                .exists()
+                .then(|| "this kernel has IPVS".to_string())
+        );
         assert_eq!(probe(), Driver::Nftables);
     }
 }
