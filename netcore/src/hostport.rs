@@ -8,10 +8,10 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::lb::nftbatch::apply_nft;
+use crate::journal::Journal;
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
-use crate::undo::Journal;
+use crate::nft::apply_nft;
 
 const ROUTE_LOCALNET: &str = "net/ipv4/conf/all/route_localnet";
 
@@ -78,10 +78,8 @@ impl HostPorts {
         }
         match &self.journal {
             Some(j) => {
-                let undo = |e| LbError::Undo(Box::new(e));
-                j.table(&self.table).map_err(undo)?;
-                j.set_sysctl(&self.node, ROUTE_LOCALNET, "1")
-                    .map_err(undo)?;
+                j.table(&self.table)?;
+                j.set_sysctl(&self.node, ROUTE_LOCALNET, "1")?;
             }
             None => self.node.set_sysctl(ROUTE_LOCALNET, "1")?,
         }

@@ -39,13 +39,13 @@ use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::Statement;
 use nftables::types::NfHook;
 
-use crate::lb::nftbatch::{
-    NftBatch, dnat_to, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port, proto_port, s,
-    set_ref, snat_to,
-};
+use crate::journal::Journal;
 use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
-use crate::undo::{Journal, UndoError};
+use crate::nft::NftBatch;
+use crate::nft::expr::{
+    dnat_to, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port, proto_port, s, set_ref, snat_to,
+};
 
 const PUBLISHED: &str = "published";
 
@@ -81,10 +81,6 @@ impl std::str::FromStr for MeshLayout {
             )),
         }
     }
-}
-
-fn undo_failed(e: UndoError) -> LbError {
-    LbError::Undo(Box::new(e))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,10 +136,10 @@ impl PublishedTable {
             }
         };
         for p in have.difference(&want) {
-            b.delete_element(PUBLISHED, proto_port(p.proto, p.port));
+            b.delete_element(PUBLISHED, proto_port(p.proto.as_str(), p.port));
         }
         for p in want.difference(have) {
-            b.add_element(PUBLISHED, proto_port(p.proto, p.port));
+            b.add_element(PUBLISHED, proto_port(p.proto.as_str(), p.port));
         }
         b
     }
@@ -152,9 +148,9 @@ impl PublishedTable {
         if self.applied.is_none() {
             match &self.journal {
                 Some(j) => {
-                    j.table(&self.name).map_err(undo_failed)?;
+                    j.table(&self.name)?;
                     for (key, value) in &self.sysctls {
-                        j.set_sysctl(&self.ns, key, value).map_err(undo_failed)?;
+                        j.set_sysctl(&self.ns, key, value)?;
                     }
                 }
                 None => {
@@ -167,7 +163,7 @@ impl PublishedTable {
         if let Err(e) = batch.run(&self.ns) {
             // Rebuild the whole (atomic) table next time rather than retry a stale delta.
             self.applied = None;
-            return Err(e);
+            return Err(e.into());
         }
         self.last_commands = batch.len();
         self.applied = Some(ports.iter().copied().collect());

@@ -4,10 +4,12 @@
 //! `setns` only moves the calling thread, and tokio tasks hop between worker threads, so every
 //! operation that must run inside a namespace runs on a short-lived dedicated OS thread.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -37,8 +39,26 @@ type Result<T> = std::result::Result<T, NetNsError>;
 pub struct NetNs {
     name: String,
     file: Arc<File>,
-    /// This namespace's libnftables context, opened on first use and shared by every clone.
-    nft: Arc<std::sync::Mutex<crate::lb::libnft::Slot>>,
+    /// What the layers above keep per namespace (the nft runner's libnftables context), made
+    /// on first use and shared by every clone.
+    attached: Arc<Attached>,
+}
+
+/// State of the layers above kept per namespace, one value per type, living as long as the
+/// namespace's handles: the nft runner's libnftables context holds a socket in it, and
+/// must not outlive it. Held by type so that this module, the bottom layer, names nothing
+/// above it.
+#[derive(Default)]
+struct Attached(Mutex<HashMap<TypeId, Box<dyn Any + Send>>>);
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never waits: a handle may be printed while its own state is in use.
+        match self.0.try_lock() {
+            Ok(held) => write!(f, "{} attached", held.len()),
+            Err(_) => f.write_str("attached, in use"),
+        }
+    }
 }
 
 fn sys<'a>(name: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> NetNsError + 'a {
@@ -116,7 +136,7 @@ impl NetNs {
         Ok(NetNs {
             name: name.to_string(),
             file: Arc::new(file),
-            nft: Arc::default(),
+            attached: Arc::default(),
         })
     }
 
@@ -127,7 +147,7 @@ impl NetNs {
         Ok(NetNs {
             name: label,
             file: Arc::new(file),
-            nft: Arc::default(),
+            attached: Arc::default(),
         })
     }
 
@@ -164,8 +184,18 @@ impl NetNs {
         &self.name
     }
 
-    pub(crate) fn nft_slot(&self) -> &std::sync::Mutex<crate::lb::libnft::Slot> {
-        &self.nft
+    /// Runs `f` on this namespace's `T` (made with `Default` on first use), shared by every
+    /// clone of the handle. Calls on one namespace are serialised.
+    pub(crate) fn attached<T: Any + Send + Default, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut held = self.attached.0.lock().unwrap_or_else(|e| e.into_inner());
+        let value = held
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()));
+        match value.downcast_mut::<T>() {
+            Some(t) => f(t),
+            // Unreachable: the map is keyed by the value's type.
+            None => f(&mut T::default()),
+        }
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -234,18 +264,13 @@ pub fn enter_raw(fd: RawFd, nstype: CloneFlags) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
+    use testkit::netns::Namespaces;
 
     #[test]
     fn create_run_delete() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let name = format!("sktest-netns-{}", std::process::id());
+        testkit::require_root!();
+        let nss = Namespaces::new("netns");
+        let name = nss.name("a");
         let ns = NetNs::create(&name).expect("create");
         assert!(NetNs::create(&name).is_ok(), "create is idempotent");
         let inside = ns
@@ -261,11 +286,11 @@ mod tests {
 
     #[test]
     fn links_made_in_a_new_namespace_have_no_ipv6_but_loopback_keeps_it() {
-        if !is_root() || !Path::new("/proc/sys/net/ipv6").exists() {
-            eprintln!("skipped: needs root and IPv6");
-            return;
-        }
-        let name = format!("sktest-netns6-{}", std::process::id());
+        testkit::skip_unless!(testkit::needs_root().or_else(|| {
+            (!Path::new("/proc/sys/net/ipv6").exists()).then(|| "no IPv6 here".to_string())
+        }));
+        let nss = Namespaces::new("netns6");
+        let name = nss.name("a");
         let ns = NetNs::create(&name).expect("create");
         let made = std::process::Command::new("ip")
             .args([
@@ -281,7 +306,6 @@ mod tests {
             .map(|v| v.trim().to_string())
         };
         let (d0, lo) = (read("d0"), read("lo"));
-        NetNs::delete(&name).unwrap();
         assert!(made.success());
         assert_eq!(d0.unwrap(), "1", "a new link has no IPv6");
         assert_eq!(lo.unwrap(), "0", "loopback keeps ::1");

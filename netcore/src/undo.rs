@@ -1,38 +1,23 @@
-//! What the dataplane changed in a namespace it does not own (an ssh node's namespace is its
-//! owner's host): the nft tables it created, each sysctl's value before its first change, and
-//! the reqid that marks its xfrm SAs and policies (see `xfrm::Owner::shared`).
-//! The journal is a file, written before each change, so that teardown (another process,
-//! later, after the agent is gone) removes exactly those tables and puts those values back.
+//! Teardown of what the dataplane changed in a namespace it does not own, by a process that
+//! did not make the changes: it reads the namespace's journal (`journal`) and removes the xfrm
+//! state and nft tables listed there and puts the sysctls back. The top of the crate: it
+//! undoes what `xfrm` and the nft runner made.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-
-use crate::lb::LbError;
-use crate::lb::nftbatch::apply_nft;
+use crate::journal::{self, JournalError};
 use crate::netns::NetNs;
+use crate::nft::apply_nft;
 use crate::xfrm::{Ipsec, Owner};
+
+/// Where the journal lived before it had a module of its own; kept for callers that still
+/// name it here (`undo::Journal::new`).
+pub use crate::journal::Journal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UndoError {
-    #[error("undo journal {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("undo journal {path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error(transparent)]
-    NetNs(#[from] crate::netns::NetNsError),
-    #[error(transparent)]
-    Nft(#[from] LbError),
+    Journal(#[from] JournalError),
     #[error(
         "could not undo {}; the journal {path} is kept, so the same teardown run again \
          retries what is left",
@@ -42,108 +27,13 @@ pub enum UndoError {
     Incomplete { path: PathBuf, failed: Vec<String> },
 }
 
-type Result<T> = std::result::Result<T, UndoError>;
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Record {
-    /// `ip` tables by name.
-    tables: BTreeSet<String>,
-    /// Sysctl key -> its value before the first change.
-    sysctls: BTreeMap<String, String>,
-    /// Reqids whose xfrm SAs and policies are ours (journals from before had none).
-    #[serde(default)]
-    xfrm_reqids: BTreeSet<u32>,
-}
-
-/// The journal of one namespace's changes, shared by everything that changes it.
-#[derive(Debug)]
-pub struct Journal {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-fn load(path: &Path) -> Result<Record> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| UndoError::Corrupt {
-            path: path.into(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
-        Err(source) => Err(UndoError::Io {
-            path: path.into(),
-            source,
-        }),
-    }
-}
-
-fn save(path: &Path, r: &Record) -> Result<()> {
-    let io = |source| UndoError::Io {
-        path: path.into(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec_pretty(r).expect("the record serializes");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
-impl Journal {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Journal {
-            path: path.into(),
-            lock: Mutex::new(()),
-        }
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Record) -> bool) -> Result<()> {
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut r = load(&self.path)?;
-        if f(&mut r) {
-            save(&self.path, &r)?;
-        }
-        Ok(())
-    }
-
-    /// Notes that the `ip` table `name` is (about to be) created.
-    pub fn table(&self, name: &str) -> Result<()> {
-        self.update(|r| r.tables.insert(name.to_string()))
-    }
-
-    /// Notes that xfrm SAs and policies with `reqid` are (about to be) created.
-    pub fn xfrm_reqid(&self, reqid: u32) -> Result<()> {
-        self.update(|r| r.xfrm_reqids.insert(reqid))
-    }
-
-    /// Sets a sysctl in `ns`, noting its value first unless an earlier change noted it.
-    pub fn set_sysctl(&self, ns: &NetNs, key: &str, value: &str) -> Result<()> {
-        let old = ns.sysctl(key)?;
-        self.update(|r| r.note_sysctl(key, old))?;
-        ns.set_sysctl(key, value)?;
-        Ok(())
-    }
-}
-
-impl Record {
-    /// Keeps the value from before the first change: later ones saw our own writes.
-    fn note_sysctl(&mut self, key: &str, old: String) -> bool {
-        if self.sysctls.contains_key(key) {
-            return false;
-        }
-        self.sysctls.insert(key.to_string(), old);
-        true
-    }
-}
-
 /// Undoes what the journal at `path` lists, in `ns`, then removes the journal: xfrm state with
 /// a journaled reqid and tables are deleted (missing ones are fine), sysctls get their old
 /// values back. Every step is tried; if any failed the journal stays (`Incomplete`), so the
 /// undo can be repeated.
-pub async fn undo(path: &Path, ns: &NetNs) -> Result<()> {
+pub async fn undo(path: &Path, ns: &NetNs) -> Result<(), UndoError> {
     let r = match std::fs::metadata(path) {
-        Ok(_) => load(path)?,
+        Ok(_) => journal::load(path)?,
         Err(_) => return Ok(()),
     };
     let mut failed = Vec::new();
@@ -174,42 +64,34 @@ pub async fn undo(path: &Path, ns: &NetNs) -> Result<()> {
             failed,
         });
     }
-    std::fs::remove_file(path).map_err(|source| UndoError::Io {
-        path: path.into(),
-        source,
+    std::fs::remove_file(path).map_err(|source| {
+        UndoError::from(JournalError::Io {
+            path: path.into(),
+            source,
+        })
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::netns::Namespaces;
 
-    #[test]
-    fn the_value_before_the_first_change_is_kept() {
-        let mut r = Record::default();
-        assert!(r.note_sysctl("net/ipv4/ip_forward", "0".into()));
-        assert!(!r.note_sysctl("net/ipv4/ip_forward", "1".into()));
-        assert_eq!(r.sysctls["net/ipv4/ip_forward"], "0");
-    }
-
-    fn scratch(tag: &str) -> Option<(String, NetNs, PathBuf)> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create a network namespace");
-            return None;
-        }
-        let name = format!("sktest-undo-{tag}-{}", std::process::id());
+    /// A namespace of the test's own (deleted with the guard) and a journal path for it.
+    fn scratch(tag: &str) -> (Namespaces, NetNs, PathBuf) {
+        let nss = Namespaces::new(&format!("undo-{tag}"));
+        let name = nss.name("ns");
         let ns = NetNs::create(&name).unwrap();
         let path = std::env::temp_dir().join(format!("{name}.json"));
-        Some((name, ns, path))
+        (nss, ns, path)
     }
 
     /// In a namespace of its own: a journaled table and sysctl are undone, and the journal
     /// goes with them.
     #[tokio::test]
     async fn undo_removes_the_tables_and_restores_the_sysctls() {
-        let Some((name, ns, path)) = scratch("ok") else {
-            return;
-        };
+        testkit::require_root!();
+        let (_nss, ns, path) = scratch("ok");
         let key = "net/ipv4/conf/all/route_localnet";
         let before = ns.sysctl(key).unwrap();
         let flipped = if before == "0" { "1" } else { "0" };
@@ -221,10 +103,9 @@ mod tests {
         assert_eq!(ns.sysctl(key).unwrap(), flipped);
 
         let undone = undo(&path, &ns).await;
-        let tables = crate::lb::nftbatch::run_nft(&ns, &["list", "tables"], None).unwrap();
+        let tables = crate::nft::run_nft(&ns, &["list", "tables"], None).unwrap();
         let after = ns.sysctl(key).unwrap();
         let again = undo(&path, &ns).await;
-        NetNs::delete(&name).unwrap();
         undone.unwrap();
         assert!(!tables.contains("sktest_a_ingress"), "{tables}");
         assert_eq!(after, before);
@@ -236,9 +117,8 @@ mod tests {
     /// while the other steps are still done; once the cause is gone, the retry finishes.
     #[tokio::test]
     async fn a_failed_step_keeps_the_journal_for_a_retry() {
-        let Some((name, ns, path)) = scratch("fail") else {
-            return;
-        };
+        testkit::require_root!();
+        let (_nss, ns, path) = scratch("fail");
         let j = Journal::new(&path);
         j.table("sktest_b_ingress").unwrap();
         apply_nft(&ns, "table ip sktest_b_ingress {}\n").unwrap();
@@ -247,7 +127,7 @@ mod tests {
             .unwrap();
 
         let first = undo(&path, &ns).await;
-        let tables = crate::lb::nftbatch::run_nft(&ns, &["list", "tables"], None).unwrap();
+        let tables = crate::nft::run_nft(&ns, &["list", "tables"], None).unwrap();
         let kept = path.exists();
         j.update(|r| {
             r.sysctls
@@ -256,7 +136,6 @@ mod tests {
         })
         .unwrap();
         let retry = undo(&path, &ns).await;
-        NetNs::delete(&name).unwrap();
         match first {
             Err(UndoError::Incomplete { failed, .. }) => {
                 assert_eq!(failed.len(), 1, "{failed:?}");

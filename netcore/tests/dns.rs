@@ -4,29 +4,30 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 
 use netcore::dns::{Answer, Resolver, View};
 use netcore::netns::NetNs;
+use testkit::netns::Namespaces;
 
 /// A namespace with lo up and an /etc/netns/NAME/resolv.conf pointing at 127.0.0.11, both
-/// removed on drop.
+/// removed on drop (the namespace by testkit's guard).
 struct TestNs {
     ns: NetNs,
     etc: PathBuf,
+    _guard: Namespaces,
 }
 
 impl TestNs {
     fn new(tag: &str) -> TestNs {
-        let name = format!("sktest-dns-{}-{tag}", std::process::id());
+        let names = Namespaces::new(&format!("dns-{tag}"));
+        let name = names.create("ns");
         let etc = PathBuf::from("/etc/netns").join(&name);
-        let ns = NetNs::create(&name).expect("create namespace");
-        let guard = TestNs { ns, etc };
-        let up = Command::new("ip")
-            .args(["-n", &name, "link", "set", "lo", "up"])
-            .status()
-            .expect("run ip");
-        assert!(up.success(), "bring lo up in {name}");
+        let ns = NetNs::open(&name).expect("open namespace");
+        let guard = TestNs {
+            ns,
+            etc,
+            _guard: names,
+        };
         std::fs::create_dir_all(&guard.etc).expect("create /etc/netns dir");
         std::fs::write(
             guard.etc.join("resolv.conf"),
@@ -61,7 +62,6 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.etc);
-        let _ = NetNs::delete(self.ns.name());
     }
 }
 
@@ -85,16 +85,9 @@ fn view(vip: Ipv4Addr, tasks: &[Ipv4Addr]) -> View {
     View { names }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_resolve_per_scope() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root!();
     let a = TestNs::new("a");
     let b = TestNs::new("b");
     let resolver = Resolver::new();

@@ -1,5 +1,6 @@
 //! Load balancing and the routing mesh against the real kernel, in namespaces these tests
-//! create (named `sktest-lb-<pid>-...`) and remove on drop. Needs root; skipped otherwise.
+//! create (named `sktest-<unique>-lb-...`) and testkit's guard removes. Needs root; skipped
+//! otherwise.
 //!
 //! Topology (test-only, built with `ip`):
 //!
@@ -20,43 +21,18 @@ use std::time::{Duration, Instant};
 use netcore::ingress::{MeshLayout, NodeIngress, PublishedPort};
 use netcore::lb::{self, Driver, Frontend, Protocol, VirtualService};
 use netcore::netns::NetNs;
+use testkit::netns::Namespaces;
 
 const TARGET: u16 = 8080;
 const PUBLISHED: u16 = 8000;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 100);
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Deletes every namespace it created, even when the test panics.
-struct Namespaces {
-    prefix: String,
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn new(tag: &str) -> Self {
-        Namespaces {
-            prefix: format!("sktest-lb-{}-{tag}-", std::process::id()),
-            names: Vec::new(),
-        }
-    }
-    fn create(&mut self, short: &str) -> NetNs {
-        let name = format!("{}{short}", self.prefix);
-        let ns = NetNs::create(&name).expect("create namespace");
-        self.names.push(name);
-        ip(&["-n", ns.name(), "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = NetNs::delete(n);
-        }
-    }
+/// Namespace `short` under the test's guard, made by netcore as the agent makes a sandbox
+/// (no IPv6 on its links), with its loopback up.
+fn create(nss: &Namespaces, short: &str) -> NetNs {
+    let ns = NetNs::create(&nss.name(short)).expect("create namespace");
+    ip(&["-n", ns.name(), "link", "set", "lo", "up"]);
+    ns
 }
 
 fn ip(args: &[&str]) {
@@ -177,8 +153,8 @@ struct Mesh {
 }
 
 fn build_mesh(tag: &str) -> Mesh {
-    let mut nss = Namespaces::new(tag);
-    let net = nss.create("net");
+    let nss = Namespaces::new(&format!("lb-{tag}"));
+    let net = create(&nss, "net");
     ip(&["-n", net.name(), "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", net.name(), "link", "set", "br0", "up"]);
     let attach = |ns: &NetNs, port: &str, addr: &str| {
@@ -187,11 +163,11 @@ fn build_mesh(tag: &str) -> Mesh {
     };
     let mut servers = Vec::new();
     for i in 0..3u8 {
-        let b = nss.create(&format!("b{i}"));
+        let b = create(&nss, &format!("b{i}"));
         attach(&b, &format!("pb{i}"), &format!("{}/24", backend(i)));
         servers.push(Server::start(&b, &format!("b{i}")));
     }
-    let vc = nss.create("vc");
+    let vc = create(&nss, "vc");
     attach(&vc, "pvc", "10.99.0.2/24");
     // Any route covering the VIP: the connect must get as far as the OUTPUT hook.
     ip(&[
@@ -204,9 +180,9 @@ fn build_mesh(tag: &str) -> Mesh {
         "eth0",
     ]);
 
-    let sb = nss.create("sb");
+    let sb = create(&nss, "sb");
     attach(&sb, "psb", "10.99.0.3/24");
-    let node = nss.create("node");
+    let node = create(&nss, "node");
     veth(&node, "gw0", "172.31.1.1/24", &sb, "gw0", "172.31.1.2/24");
     ip(&[
         "-n",
@@ -217,7 +193,7 @@ fn build_mesh(tag: &str) -> Mesh {
         "via",
         "172.31.1.1",
     ]);
-    let nb = nss.create("nb");
+    let nb = create(&nss, "nb");
     veth(&node, "nb0", "172.31.2.1/24", &nb, "eth0", "172.31.2.2/24");
     ip(&[
         "-n",
@@ -267,10 +243,7 @@ fn names(ids: &[u8], rounds: usize) -> Vec<String> {
 
 #[test]
 fn vip_round_robin_scaling_and_idempotence() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root!();
     let mesh = build_mesh("vip");
     assert_eq!(lb::probe(), Driver::Nftables, "this host has no IPVS");
     let mut lb = lb::new(Driver::Nftables, mesh.vc.clone());
@@ -308,10 +281,7 @@ fn vip_round_robin_scaling_and_idempotence() {
 
 #[test]
 fn routing_mesh_from_localhost_and_neighbour() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root!();
     let mesh = build_mesh("mesh");
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
     let published = published(&[0, 1, 2]);
@@ -386,10 +356,7 @@ fn hammer(
 /// then missed both and was refused by the namespace itself (see the nft module's doc).
 #[test]
 fn changing_backends_under_load_refuses_nothing() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root!();
     let mesh = build_mesh("flip");
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
     let mut client_lb = lb::new(Driver::Nftables, mesh.vc.clone());
@@ -476,17 +443,14 @@ fn dial_from(
 /// 120 s: a client opening thousands of connections a second is back on its ports that soon.
 #[test]
 fn a_departed_backend_does_not_keep_a_client_port() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root!();
     let mesh = build_mesh("port");
     lb::forget_unanswered_quickly(&mesh.sb).unwrap();
     let mut sandbox_lb = lb::new(Driver::Nftables, mesh.sb.clone());
     sandbox_lb.apply(&[published(&[0])]).unwrap();
     // b0 stops answering, as the task of a node that crashed does.
     let b0 = mesh._servers[0].ns.clone();
-    lb::nftbatch::run_nft(
+    netcore::nft::run_nft(
         &b0,
         &["-f", "-"],
         Some(
@@ -542,12 +506,9 @@ fn a_departed_backend_does_not_keep_a_client_port() {
 /// printed for the curious.
 #[test]
 fn apply_cost_scales_with_changes() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut nss = Namespaces::new("bench");
-    let ns = nss.create("lb");
+    testkit::require_root!();
+    let nss = Namespaces::new("lb-bench");
+    let ns = create(&nss, "lb");
     let svc = |i: u32| VirtualService {
         fwmark: 256 + i,
         frontend: Frontend::Vip(Ipv4Addr::from(0x0a64_0000 + i)),
@@ -590,12 +551,9 @@ fn apply_cost_scales_with_changes() {
 /// nftables: check the kernel accepts them and they read back as intended.
 #[test]
 fn ipvs_marking_rules_load() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut nss = Namespaces::new("ipvsnft");
-    let ns = nss.create("lb");
+    testkit::require_root!();
+    let nss = Namespaces::new("lb-ipvsnft");
+    let ns = create(&nss, "lb");
     let services = [
         vip_service(&[0, 1]),
         VirtualService {
@@ -610,7 +568,7 @@ fn ipvs_marking_rules_load() {
     ];
     let plan = lb::ipvs::IpvsLb::new(ns.clone()).plan(&services).unwrap();
     plan.nft.run(&ns).unwrap();
-    let listed = lb::nftbatch::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
+    let listed = netcore::nft::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
     for want in [
         "10.99.1.100 : 0x00000100",
         "udp . 53 : 0x0000012c",
@@ -626,17 +584,14 @@ fn ipvs_marking_rules_load() {
 /// rebuilds everything.
 #[test]
 fn recovers_from_external_table_removal() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut nss = Namespaces::new("recover");
-    let ns = nss.create("lb");
+    testkit::require_root!();
+    let nss = Namespaces::new("lb-recover");
+    let ns = create(&nss, "lb");
     let mut lb = lb::new(Driver::Nftables, ns.clone());
     lb.apply(&[vip_service(&[0])]).unwrap();
-    lb::nftbatch::run_nft(&ns, &["delete", "table", "ip", "swarmkit"], None).unwrap();
+    netcore::nft::run_nft(&ns, &["delete", "table", "ip", "swarmkit"], None).unwrap();
     assert!(lb.apply(&[vip_service(&[0, 1])]).is_err());
     lb.apply(&[vip_service(&[0, 1])]).unwrap();
-    let listed = lb::nftbatch::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
+    let listed = netcore::nft::run_nft(&ns, &["list", "table", "ip", "swarmkit"], None).unwrap();
     assert!(listed.contains("10.99.0.11"), "{listed}");
 }

@@ -4,36 +4,29 @@
 
 use std::os::fd::AsRawFd;
 
-use netcore::lb::libnft::{self, Context, reserve_low_descriptors};
 use netcore::netns::NetNs;
+use netcore::nft::libnft::{self, Context, reserve_low_descriptors};
+use testkit::netns::Namespaces;
 
 #[test]
 fn a_context_opens_below_fd_setsize_however_many_descriptors_are_open() {
-    if !nix::unistd::geteuid().is_root() || !libnft::available() {
-        eprintln!("skipped: needs root and libnftables");
-        return;
-    }
+    testkit::skip_unless!(testkit::needs_root().or_else(|| {
+        (!libnft::available()).then(|| "libnftables is not installed".to_string())
+    }));
     reserve_low_descriptors(2);
     let crowd: Vec<std::fs::File> = (0..1500)
         .map(|_| std::fs::File::open("/dev/null").unwrap())
         .collect();
     assert!(crowd.last().unwrap().as_raw_fd() > 1024);
-    let name = format!("sk-libnftfds-{}", std::process::id());
-    let ns = NetNs::create(&name).unwrap();
-    let outcome = (|| {
-        // Three in a row: each freed context's descriptor is set aside again for the next.
-        for round in 0..3 {
-            let mut ctx = Context::open_in(&ns).ok_or(format!("round {round}: no context"))?;
-            ctx.run(&format!("add table ip t{round}"))
-                .map_err(|e| format!("round {round}: {e}"))?;
-        }
-        let listed = netcore::lb::nftbatch::run_nft(&ns, &["list", "tables"], None)
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(listed)
-    })();
-    NetNs::delete(&name).unwrap();
-    drop(crowd);
-    let listed = outcome.unwrap();
+    let nss = Namespaces::new("libnftfds");
+    let ns = NetNs::open(&nss.create("ns")).unwrap();
+    // Three in a row: each freed context's descriptor is set aside again for the next.
+    for round in 0..3 {
+        let mut ctx = Context::open_in(&ns).unwrap_or_else(|| panic!("round {round}: no context"));
+        ctx.run(&format!("add table ip t{round}"))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    let listed = netcore::nft::run_nft(&ns, &["list", "tables"], None).unwrap();
     for t in ["t0", "t1", "t2"] {
         assert!(listed.contains(&format!("table ip {t}")), "{listed}");
     }

@@ -1,42 +1,19 @@
 //! Real-kernel tests of the underlay and overlay plumbing. They need root and build their own
-//! namespaces (`sktest-ov-<pid>-<test>-*`), all removed by a Drop guard. Underlay addresses
-//! (192.168.77.0/24) and overlay subnets exist only inside those namespaces.
+//! namespaces (`sktest-<unique>-ov-<test>-*`), all removed by testkit's guard. Underlay
+//! addresses (192.168.77.0/24) and overlay subnets exist only inside those namespaces.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use netcore::link::{self, Links};
+use netcore::link::{self, LinkStats, Links};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
 use netcore::underlay;
+use testkit::netns::Namespaces;
 
 const PORT: u16 = 7777;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Deletes every namespace of one test, however the test ends.
-struct Cleanup(String);
-
-impl Cleanup {
-    fn new(test: &str) -> Cleanup {
-        Cleanup(format!("sktest-ov-{}-{test}-", std::process::id()))
-    }
-    fn name(&self, what: &str) -> String {
-        format!("{}{what}", self.0)
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in NetNs::list_with_prefix(&self.0) {
-            let _ = NetNs::delete(&name);
-        }
-    }
-}
 
 struct Node {
     ns: NetNs,
@@ -44,7 +21,7 @@ struct Node {
 }
 
 /// An underlay switch with `n` nodes plugged in at 192.168.77.(10+i).
-async fn nodes(c: &Cleanup, n: u8) -> Vec<Node> {
+async fn nodes(c: &Namespaces, n: u8) -> Vec<Node> {
     let under = NetNs::create(&c.name("underlay")).unwrap();
     underlay::create_switch(&under, "sw0").await.unwrap();
     let mut out = Vec::new();
@@ -97,7 +74,7 @@ fn endpoint(net: u8, i: usize) -> Endpoint {
 
 /// Overlay `net` on every node with one task per node; returns (sandboxes, tasks).
 async fn overlay_with_tasks(
-    c: &Cleanup,
+    c: &Namespaces,
     nodes: &[Node],
     id: &str,
     vni: u32,
@@ -184,13 +161,53 @@ async fn snapshot(sandbox: &NetNs, s: &OverlaySpec) -> String {
     format!("{names:?}\n{neigh:?}\n{fdb:?}")
 }
 
+/// A device's counters went up both ways between two readings.
+fn assert_both_ways(before: LinkStats, after: LinkStats) {
+    assert!(
+        after.tx_packets > before.tx_packets,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.rx_packets > before.rx_packets,
+        "{before:?} -> {after:?}"
+    );
+}
+
+/// The kernel holds node 0's sandbox of `netaaaa` as made (observed with iproute2, never
+/// configured by it): the peer's ARP and FDB entries, the vxlan device as Swarm makes it, and
+/// its UDP socket still in the node namespace.
+fn assert_iproute2_agrees(sandbox: &NetNs, node: &NetNs, vx: &str) {
+    let sb0 = sandbox.name();
+    let shown = observe("ip", &["-n", sb0, "neigh", "show", "dev", vx]);
+    assert!(
+        shown.contains("10.0.0.3 lladdr 02:42:0a:00:00:03 PERMANENT"),
+        "{shown}"
+    );
+    let shown = observe("bridge", &["-n", sb0, "fdb", "show", "dev", vx]);
+    let entry = shown
+        .lines()
+        .find(|l| l.starts_with("02:42:0a:00:00:03 dst 192.168.77.11"))
+        .unwrap_or_else(|| panic!("no FDB entry to the peer VTEP in {shown}"));
+    assert!(entry.trim_end().ends_with("self permanent"), "{entry}");
+    let shown = observe("ip", &["-d", "-n", sb0, "link", "show", vx]);
+    for want in [
+        "mtu 1450",
+        "master ov-001001-netaa",
+        "id 4097 local 192.168.77.10",
+        "dstport 4789",
+        "nolearning",
+        "proxy l2miss l3miss",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing in {shown}");
+    }
+    let udp = observe("ss", &["-N", node.name(), "-uln"]);
+    assert!(udp.contains(":4789"), "{udp}");
+}
+
 #[tokio::test]
 async fn overlay_crosses_nodes_and_reconciles_peers() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("cross");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-cross");
     let nodes = nodes(&c, 2).await;
     assert!(link::probe_vxlan(&nodes[0].ns).await.unwrap());
     let (sandboxes, tasks) = overlay_with_tasks(&c, &nodes, "netaaaa", 4097, 0).await;
@@ -202,22 +219,8 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP across nodes over VXLAN");
     let after0 = link::link_stats(&sandboxes[0], &vx).await.unwrap();
     let after1 = link::link_stats(&sandboxes[1], &vx).await.unwrap();
-    assert!(
-        after0.tx_packets > before0.tx_packets,
-        "{before0:?} -> {after0:?}"
-    );
-    assert!(
-        after0.rx_packets > before0.rx_packets,
-        "{before0:?} -> {after0:?}"
-    );
-    assert!(
-        after1.tx_packets > before1.tx_packets,
-        "{before1:?} -> {after1:?}"
-    );
-    assert!(
-        after1.rx_packets > before1.rx_packets,
-        "{before1:?} -> {after1:?}"
-    );
+    assert_both_ways(before0, after0);
+    assert_both_ways(before1, after1);
 
     // Re-applying changes nothing.
     let s0 = spec("netaaaa", 4097, 0, &nodes, 0);
@@ -230,33 +233,7 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
         .unwrap();
     assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
 
-    // The kernel agrees (observed with iproute2, never configured by it).
-    let sb0 = sandboxes[0].name();
-    let shown = observe("ip", &["-n", sb0, "neigh", "show", "dev", &vx]);
-    assert!(
-        shown.contains("10.0.0.3 lladdr 02:42:0a:00:00:03 PERMANENT"),
-        "{shown}"
-    );
-    let shown = observe("bridge", &["-n", sb0, "fdb", "show", "dev", &vx]);
-    let entry = shown
-        .lines()
-        .find(|l| l.starts_with("02:42:0a:00:00:03 dst 192.168.77.11"))
-        .unwrap_or_else(|| panic!("no FDB entry to the peer VTEP in {shown}"));
-    assert!(entry.trim_end().ends_with("self permanent"), "{entry}");
-    let shown = observe("ip", &["-d", "-n", sb0, "link", "show", &vx]);
-    for want in [
-        "mtu 1450",
-        "master ov-001001-netaa",
-        "id 4097 local 192.168.77.10",
-        "dstport 4789",
-        "nolearning",
-        "proxy l2miss l3miss",
-    ] {
-        assert!(shown.contains(want), "{want:?} missing in {shown}");
-    }
-    // The UDP socket stayed in the node namespace.
-    let udp = observe("ss", &["-N", nodes[0].ns.name(), "-uln"]);
-    assert!(udp.contains(":4789"), "{udp}");
+    assert_iproute2_agrees(&sandboxes[0], &nodes[0].ns, &vx);
 
     // Dropping the peer removes its ARP and FDB entries, and traffic stops.
     let mut lonely = s0.clone();
@@ -327,11 +304,8 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
 
 #[tokio::test]
 async fn overlays_are_isolated() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("iso");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-iso");
     let nodes = nodes(&c, 2).await;
     let (sb_a, tasks_a) = overlay_with_tasks(&c, &nodes, "neta", 4100, 1).await;
     let (_sb_b, tasks_b) = overlay_with_tasks(&c, &nodes, "netb", 4101, 2).await;
@@ -377,11 +351,8 @@ async fn overlays_are_isolated() {
 
 #[tokio::test]
 async fn link_pair_and_plug_are_idempotent() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("pair");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-pair");
     let a = NetNs::create(&c.name("a")).unwrap();
     let b = NetNs::create(&c.name("b")).unwrap();
     let a_addr: Ipv4Net = "192.168.78.1/30".parse().unwrap();
@@ -408,11 +379,8 @@ async fn link_pair_and_plug_are_idempotent() {
 
 #[tokio::test]
 async fn three_node_setup_time() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let c = Cleanup::new("time");
+    testkit::require_root!();
+    let c = Namespaces::new("ov-time");
     let t0 = Instant::now();
     let nodes = nodes(&c, 3).await;
     let t_underlay = t0.elapsed();

@@ -1,5 +1,5 @@
 //! Real-kernel tests of the IPsec layer. They need root and work in their own namespace
-//! (`sktest-xfrm-<pid>-*`), removed by a Drop guard. On a kernel without ESP or GCM (the
+//! (`sktest-<unique>-xfrm-*`), removed by testkit's guard. On a kernel without ESP or GCM (the
 //! project's host kernel) they prove the refusal names what is missing; where the kernel has
 //! both they reconcile SAs and policies and read them back. Traffic through ESP is proven on
 //! QEMU guests (testbed/tests/encrypted.rs).
@@ -9,20 +9,7 @@ use std::net::Ipv4Addr;
 
 use netcore::netns::NetNs;
 use netcore::xfrm::{self, Ipsec, IpsecSpec, Key, NetworkIpsec, XfrmError};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in NetNs::list_with_prefix(&self.0) {
-            let _ = NetNs::delete(&name);
-        }
-    }
-}
+use testkit::netns::Namespaces;
 
 fn key(tag: u32) -> Key {
     Key {
@@ -47,12 +34,9 @@ fn spec(keys: Vec<Key>, primary: u32, peers: &[Ipv4Addr]) -> IpsecSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_names_what_is_missing_or_sas_reconcile() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let guard = Cleanup(format!("sktest-xfrm-{}-", std::process::id()));
-    let ns = NetNs::create(&format!("{}probe", guard.0)).expect("namespace");
+    testkit::require_root!();
+    let nss = Namespaces::new("xfrm");
+    let ns = NetNs::open(&nss.create("probe")).expect("namespace");
 
     match xfrm::probe(&ns).await {
         Err(XfrmError::Unsupported { missing }) => {
@@ -80,14 +64,11 @@ async fn probe_names_what_is_missing_or_sas_reconcile() {
             // The nftables half needs no ESP: the kernel takes the table as written, twice.
             let table = xfrm::table_text(xfrm::NFT_TABLE, 7789, &[4097, 4098].into());
             for _ in 0..2 {
-                netcore::lb::nftbatch::apply_nft(&ns, &table).expect("the table applies");
+                netcore::nft::apply_nft(&ns, &table).expect("the table applies");
             }
-            let listed = netcore::lb::nftbatch::run_nft(
-                &ns,
-                &["list", "table", "ip", xfrm::NFT_TABLE],
-                None,
-            )
-            .expect("nft list");
+            let listed =
+                netcore::nft::run_nft(&ns, &["list", "table", "ip", xfrm::NFT_TABLE], None)
+                    .expect("nft list");
             assert!(listed.contains("meta mark set 0x5c001001"), "{listed}");
             assert!(listed.contains("missing counter packets 0"), "{listed}");
         }

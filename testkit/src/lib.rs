@@ -3,6 +3,8 @@
 //! `swarmkit cluster down` when dropped (on panic too), polling with a deadline instead of
 //! sleeping, the swarmkit binary run under a timeout, and process probes.
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -12,7 +12,7 @@ use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
-use super::LbError;
+use super::api::LbError;
 use super::ipvs_msg::serialize;
 use crate::netns::NetNs;
 

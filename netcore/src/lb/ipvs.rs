@@ -26,17 +26,18 @@ use nftables::schema::{SetType, SetTypeValue};
 use nftables::stmt::{Mangle, Statement};
 use nftables::types::{NfChainType, NfHook};
 
-use super::genl::GenlSocket;
-use super::ipvs_msg::{Dest, IPVS_GENL_NAME, IpvsRequest};
-use super::nftbatch::{
-    NftBatch, PRIO_MANGLE, eq, fib_daddr_type, ip, mapping, meta, num, payload, pkt_proto_port,
-    proto_port, s, set_ref,
-};
-use super::{
-    Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark, hairpin,
+use super::api::{
+    Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
     has_port_frontend, validate,
 };
+use super::genl::GenlSocket;
+use super::hairpin;
+use super::ipvs_msg::{Dest, IPVS_GENL_NAME, IpvsRequest};
 use crate::netns::NetNs;
+use crate::nft::expr::{
+    eq, fib_daddr_type, ip, mapping, meta, num, payload, pkt_proto_port, proto_port, s, set_ref,
+};
+use crate::nft::{NftBatch, PRIO_MANGLE};
 
 pub const TABLE: &str = "swarmkit";
 const VIP_MARKS: &str = "vip_marks";
@@ -253,7 +254,10 @@ fn add_marks(b: &mut NftBatch, svc: &VirtualService) {
     match svc.frontend {
         Frontend::Vip(vip) => b.add_element(VIP_MARKS, mapping(ip(vip), mark)),
         Frontend::Port { proto, port, .. } => {
-            b.add_element(PORT_MARKS, mapping(proto_port(proto, port), mark.clone()));
+            b.add_element(
+                PORT_MARKS,
+                mapping(proto_port(proto.as_str(), port), mark.clone()),
+            );
             b.add_element(MASQ_MARKS, mark);
         }
     }
@@ -263,7 +267,7 @@ fn remove_marks(b: &mut NftBatch, svc: &VirtualService) {
     match svc.frontend {
         Frontend::Vip(vip) => b.delete_element(VIP_MARKS, ip(vip)),
         Frontend::Port { proto, port, .. } => {
-            b.delete_element(PORT_MARKS, proto_port(proto, port));
+            b.delete_element(PORT_MARKS, proto_port(proto.as_str(), port));
             b.delete_element(MASQ_MARKS, num(svc.fwmark));
         }
     }
@@ -289,7 +293,7 @@ impl LoadBalancer for IpvsLb {
         }
         if let Err(e) = plan.nft.run(&self.ns) {
             self.applied = None;
-            return Err(e);
+            return Err(e.into());
         }
         self.last_commands = plan.ipvs.len() + plan.nft.len();
         self.applied = Some(by_mark(desired));

@@ -1,7 +1,8 @@
 //! A small typed layer over rtnetlink: one method per kernel operation, every reply checked in
 //! one place (`Links::call`). Creation methods are exclusive (the caller decides what an
 //! existing object means); everything else is idempotent: adding what exists or deleting what
-//! is gone is not an error, so reconcilers can simply re-apply.
+//! is gone is not an error, so reconcilers can simply re-apply. The neighbour and FDB
+//! messages (`neigh`) are built and read apart from sending them.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -16,9 +17,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::NeighbourMessage;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
@@ -27,6 +26,10 @@ use rtnetlink::{
 };
 
 use crate::netns::{NetNs, NetNsError};
+
+mod neigh;
+
+pub use neigh::{FdbEntry, Neighbour, fmt_mac};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -68,21 +71,6 @@ pub struct LinkStats {
     pub tx_packets: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
-}
-
-/// A permanent IPv4 neighbour (ARP) entry as listed by `Links::neighbours`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Neighbour {
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-}
-
-/// A bridge FDB entry of a device itself (NTF_SELF), as on a vxlan device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdbEntry {
-    pub mac: [u8; 6],
-    /// The remote VTEP, for vxlan entries that have one.
-    pub dst: Option<Ipv4Addr>,
 }
 
 /// A netlink route socket bound to one namespace.
@@ -425,12 +413,7 @@ impl Links {
 
     /// Permanent ARP entry `ip -> mac` on a device; replaces whatever was there.
     pub async fn add_neigh_permanent(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        let mut msg = neigh_msg(AddressFamily::Inet, index);
-        msg.header.state = NeighbourState::Permanent;
-        msg.attributes = vec![
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)),
-            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
-        ];
+        let msg = neigh::permanent_neighbour(index, ip, mac);
         let subject = format!("{ip} on link #{index}");
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         let msg = RouteNetlinkMessage::NewNeighbour(msg);
@@ -439,8 +422,7 @@ impl Links {
     }
 
     pub async fn del_neigh(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
-        let mut msg = neigh_msg(AddressFamily::Inet, index);
-        msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))];
+        let msg = neigh::neighbour(index, ip);
         let subject = format!("{ip} on link #{index}");
         let msg = RouteNetlinkMessage::DelNeighbour(msg);
         self.change("delete neighbour", &subject, msg, 0, &[libc::ENOENT])
@@ -449,13 +431,7 @@ impl Links {
 
     /// `bridge fdb replace MAC dev <index> dst DST self permanent`.
     pub async fn add_fdb_self(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
-        let mut msg = neigh_msg(AddressFamily::Bridge, index);
-        msg.header.state = NeighbourState::Permanent;
-        msg.header.flags = NeighbourFlags::Own;
-        msg.attributes = vec![
-            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)),
-        ];
+        let msg = neigh::permanent_fdb_self(index, mac, dst);
         let subject = format!("{} dst {dst} on link #{index}", fmt_mac(&mac));
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         let msg = RouteNetlinkMessage::NewNeighbour(msg);
@@ -464,9 +440,7 @@ impl Links {
 
     /// Removes a device's own FDB entry for `mac` (all its destinations).
     pub async fn del_fdb(&self, index: u32, mac: [u8; 6]) -> Result<()> {
-        let mut msg = neigh_msg(AddressFamily::Bridge, index);
-        msg.header.flags = NeighbourFlags::Own;
-        msg.attributes = vec![NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+        let msg = neigh::fdb_self(index, mac);
         let subject = format!("{} on link #{index}", fmt_mac(&mac));
         let msg = RouteNetlinkMessage::DelNeighbour(msg);
         self.change("delete fdb", &subject, msg, 0, &[libc::ENOENT])
@@ -474,7 +448,7 @@ impl Links {
     }
 
     async fn dump_neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-        let msg = neigh_msg(family, 0);
+        let msg = neigh::dump(family);
         let op = "list neighbours";
         let replies = self
             .call(op, "", RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)
@@ -491,51 +465,13 @@ impl Links {
     /// Permanent IPv4 neighbour entries of one device.
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Neighbour>> {
         let all = self.dump_neighbours(AddressFamily::Inet).await?;
-        Ok(all
-            .iter()
-            .filter(|n| n.header.ifindex == index && n.header.state == NeighbourState::Permanent)
-            .filter_map(|n| {
-                let mut ip = None;
-                let mut mac = None;
-                for a in &n.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = as_mac(l),
-                        _ => {}
-                    }
-                }
-                Some(Neighbour { ip: ip?, mac: mac? })
-            })
-            .collect())
+        Ok(neigh::permanent_neighbours(&all, index))
     }
 
     /// The device's own FDB entries (NTF_SELF), e.g. a vxlan device's MAC -> VTEP table.
     pub async fn fdb(&self, index: u32) -> Result<Vec<FdbEntry>> {
         let all = self.dump_neighbours(AddressFamily::Bridge).await?;
-        Ok(all
-            .iter()
-            .filter(|n| n.header.ifindex == index && n.header.flags.contains(NeighbourFlags::Own))
-            .filter_map(|n| {
-                let mut mac = None;
-                let mut dst = None;
-                for a in &n.attributes {
-                    match a {
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = as_mac(l),
-                        // AF_BRIDGE messages carry the VTEP as raw bytes.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b))
-                            if b.len() == 4 =>
-                        {
-                            dst = Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
-                            dst = Some(*v)
-                        }
-                        _ => {}
-                    }
-                }
-                Some(FdbEntry { mac: mac?, dst })
-            })
-            .collect())
+        Ok(neigh::fdb_self_entries(&all, index))
     }
 
     /// The local (source) address of a vxlan device, if it is one and has it set.
@@ -582,24 +518,6 @@ impl Links {
         });
         Ok(stats.unwrap_or_default())
     }
-}
-
-fn neigh_msg(family: AddressFamily, index: u32) -> NeighbourMessage {
-    let mut msg = NeighbourMessage::default();
-    msg.header.family = family;
-    msg.header.ifindex = index;
-    msg
-}
-
-fn as_mac(bytes: &[u8]) -> Option<[u8; 6]> {
-    bytes.try_into().ok()
-}
-
-pub fn fmt_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 pub async fn link_stats(ns: &NetNs, ifname: &str) -> Result<LinkStats> {

@@ -1,29 +1,6 @@
-//! The nftables driver: table `ip swarmkit` inside the namespace (so it dies with it).
-//!
-//! ```text
-//! map vips  { ipv4_addr : verdict }                    VIP        -> goto svc-<fwmark>
-//! map ports { inet_proto . inet_service : verdict }    tcp . 80   -> goto svc-<fwmark>
-//! set masq_tcp, masq_udp { inet_service }              published ports to masquerade
-//! set hairpin { ipv4_addr . ipv4_addr }                VIP backends as b . b
-//! chain output      nat/output      meta l4proto {tcp,udp} ip daddr vmap @vips
-//! chain prerouting  nat/prerouting  meta l4proto {tcp,udp} ip daddr vmap @vips
-//!                                   meta l4proto . th dport vmap @ports
-//! chain postrouting nat/postrouting ct status dnat, l4proto P, ct original proto-dst @masq_P: masquerade
-//!                                   ip saddr . ip daddr @hairpin masquerade
-//! map backends      { ipv4_addr . mark : ipv4_addr }                  VIP . i      -> i-th backend
-//! map port_backends { inet_proto . inet_service . mark : ipv4_addr }  tcp . 80 . i -> i-th backend
-//! chain svc-<fwmark>  VIP:  ct mark set numgen inc mod N offset O dnat to ip daddr . ct mark map @backends
-//!                     port: meta l4proto P ct mark set numgen inc mod N offset O
-//!                           dnat to meta l4proto . th dport . ct mark map @port_backends : target
-//!                     (no backends: reject with tcp reset / icmp port-unreachable)
-//! ```
-//!
-//! A service is one chain plus one dispatch element (and its backends' elements), so any
-//! change touches O(1) objects. Backends live in named maps rather than in an anonymous map
-//! per rule: libnftables lists every set before each batch, and a thousand anonymous maps made
-//! every change cost milliseconds more per thousand services. The round-robin index passes
-//! through the connection's ct mark (the packet's own mark could follow it into the VXLAN
-//! encapsulation, where IPsec policies match on marks).
+//! The nftables driver: [`NftLb`] keeps what the namespace's table holds and brings it to a
+//! desired set of services in batches planned without the kernel (`rules` writes the table
+//! itself and says why it looks as it does).
 //!
 //! A backend change is made before it breaks, in two transactions. The first writes the new
 //! rotation beside the old one (its indexes start at the other offset, 0 or `ROTATION_SPAN`)
@@ -34,41 +11,18 @@
 //! namespace itself answers with a reset. Under ~2000 new connections a second that refused
 //! about one connection in 5000 flips; written as here, none in 120 000 connections.
 
-use std::net::Ipv4Addr;
-
-use nftables::expr::{Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
-use nftables::schema::{SetType, SetTypeValue};
-use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
-use nftables::types::{NfHook, RejectCode};
-
-use super::nftbatch::{
-    self, NftBatch, concat, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
+use super::api::{
+    Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
+    has_port_frontend, validate,
 };
-use super::{
-    Driver, Frontend, LbError, LoadBalancer, Protocol, ServiceMap, VirtualService, by_mark,
-    hairpin, has_port_frontend, validate,
-};
+use super::hairpin;
 use crate::netns::NetNs;
+use crate::nft::NftBatch;
 
-pub const TABLE: &str = "swarmkit";
-const VIPS: &str = "vips";
-const BACKENDS: &str = "backends";
-const PORT_BACKENDS: &str = "port_backends";
-/// Where the second of a service's two rotations starts (see the module's doc); no service
-/// has this many backends.
-const ROTATION_SPAN: u32 = 1 << 16;
-const PORTS: &str = "ports";
+mod rules;
 
-fn masq_set(proto: Protocol) -> &'static str {
-    match proto {
-        Protocol::Tcp => "masq_tcp",
-        Protocol::Udp => "masq_udp",
-    }
-}
-
-pub fn service_chain(fwmark: u32) -> String {
-    format!("svc-{fwmark}")
-}
+use rules::{Offsets, create_skeleton, diff};
+pub use rules::{TABLE, service_chain};
 
 pub struct NftLb {
     ns: NetNs,
@@ -136,7 +90,7 @@ impl NftLb {
                 // Each batch is atomic; but a failing delta usually means the table was
                 // altered behind our back, so the next apply rebuilds it whole.
                 self.applied = None;
-                return Err(e);
+                return Err(e.into());
             }
         }
         self.last_commands = make.len() + retire.len();
@@ -210,8 +164,6 @@ pub struct ChangePlan {
     refs: hairpin::RefChanges,
 }
 
-type Offsets = std::collections::BTreeMap<u32, u32>;
-
 /// One apply: `make` adds and switches, then `retire` deletes what nothing uses any more (see
 /// the module's doc for why they are two transactions).
 pub struct Plan {
@@ -226,259 +178,6 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.make.is_empty() && self.retire.is_empty()
     }
-}
-
-fn create_skeleton(b: &mut NftBatch) {
-    b.recreate_table();
-    b.add_verdict_map(VIPS, SetTypeValue::Single(SetType::Ipv4Addr));
-    b.add_map(
-        BACKENDS,
-        SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::Mark].into()),
-        SetType::Ipv4Addr,
-    );
-    b.add_map(
-        PORT_BACKENDS,
-        SetTypeValue::Concatenated(
-            vec![SetType::InetProto, SetType::InetService, SetType::Mark].into(),
-        ),
-        SetType::Ipv4Addr,
-    );
-    b.add_verdict_map(
-        PORTS,
-        SetTypeValue::Concatenated(vec![SetType::InetProto, SetType::InetService].into()),
-    );
-    for proto in [Protocol::Tcp, Protocol::Udp] {
-        b.add_set(masq_set(proto), SetTypeValue::Single(SetType::InetService));
-    }
-    let to_vip = || {
-        vec![
-            eq(
-                meta(MetaKey::L4proto),
-                Expression::Named(NamedExpression::Set(vec![
-                    SetItem::Element(s("tcp")),
-                    SetItem::Element(s("udp")),
-                ])),
-            ),
-            Statement::VerdictMap(VerdictMap {
-                key: payload("ip", "daddr"),
-                data: set_ref(VIPS),
-            }),
-        ]
-    };
-    b.add_nat_chain("output", NfHook::Output);
-    b.add_rule("output", to_vip());
-    b.add_nat_chain("prerouting", NfHook::Prerouting);
-    b.add_rule("prerouting", to_vip());
-    b.add_rule(
-        "prerouting",
-        vec![Statement::VerdictMap(VerdictMap {
-            key: nftbatch::pkt_proto_port(),
-            data: set_ref(PORTS),
-        })],
-    );
-    b.add_nat_chain("postrouting", NfHook::Postrouting);
-    for proto in [Protocol::Tcp, Protocol::Udp] {
-        b.add_rule(
-            "postrouting",
-            vec![
-                nftbatch::matches(
-                    Expression::Named(NamedExpression::CT(ct("status", None))),
-                    nftables::stmt::Operator::IN,
-                    s("dnat"),
-                ),
-                eq(meta(MetaKey::L4proto), s(proto.as_str())),
-                eq(
-                    Expression::Named(NamedExpression::CT(ct(
-                        "proto-dst",
-                        Some(nftables::expr::CTDir::Original),
-                    ))),
-                    set_ref(masq_set(proto)),
-                ),
-                Statement::Masquerade(None),
-            ],
-        );
-    }
-    hairpin::skeleton(b);
-}
-
-fn ct(key: &'static str, dir: Option<nftables::expr::CTDir>) -> nftables::expr::CT<'static> {
-    nftables::expr::CT {
-        key: key.into(),
-        family: None,
-        dir,
-    }
-}
-
-/// Fills `make` and `retire` (see [`Plan`]) and returns where each service's rotation starts
-/// afterwards. A service that leaves goes in `make` whole: dispatch element first, then its
-/// chain and backends, so no element ever points at a missing chain inside the transaction and
-/// a frontend that moves between services never collides with itself.
-fn diff(
-    make: &mut NftBatch,
-    retire: &mut NftBatch,
-    old: &ServiceMap,
-    new: &ServiceMap,
-    old_offsets: &Offsets,
-) -> Offsets {
-    let offset_of = |mark: &u32| old_offsets.get(mark).copied().unwrap_or(0);
-    for (mark, o) in old {
-        match new.get(mark) {
-            None => remove_dispatch(make, o),
-            Some(n) if n.frontend != o.frontend => remove_dispatch(make, o),
-            Some(_) => {}
-        }
-    }
-    for (mark, o) in old.iter().filter(|(m, _)| !new.contains_key(m)) {
-        make.delete_chain(&service_chain(*mark));
-        remove_backends(make, o, offset_of(mark));
-    }
-    let mut offsets = Offsets::new();
-    for (mark, n) in new {
-        let chain = service_chain(*mark);
-        let offset = match old.get(mark) {
-            None => {
-                make.add_chain(&chain);
-                fill_chain(make, n, 0);
-                add_dispatch(make, n);
-                0
-            }
-            Some(o) if o == n => offset_of(mark),
-            Some(o) => {
-                let was = offset_of(mark);
-                let now = if was == 0 { ROTATION_SPAN } else { 0 };
-                make.flush_chain(&chain);
-                fill_chain(make, n, now);
-                remove_backends(retire, o, was);
-                if o.frontend != n.frontend {
-                    add_dispatch(make, n);
-                }
-                now
-            }
-        };
-        if offset != 0 {
-            offsets.insert(*mark, offset);
-        }
-    }
-    offsets
-}
-
-fn dispatch_element(svc: &VirtualService) -> (&'static str, Expression<'static>) {
-    match svc.frontend {
-        Frontend::Vip(vip) => (VIPS, ip(vip)),
-        Frontend::Port { proto, port, .. } => (PORTS, proto_port(proto, port)),
-    }
-}
-
-fn add_dispatch(b: &mut NftBatch, svc: &VirtualService) {
-    let (map, key) = dispatch_element(svc);
-    b.add_element(map, mapping(key, goto(&service_chain(svc.fwmark))));
-    if let Frontend::Port { proto, port, .. } = svc.frontend {
-        b.add_element(masq_set(proto), num(port.into()));
-    }
-}
-
-fn remove_dispatch(b: &mut NftBatch, svc: &VirtualService) {
-    let (map, key) = dispatch_element(svc);
-    b.delete_element(map, key);
-    if let Frontend::Port { proto, port, .. } = svc.frontend {
-        b.delete_element(masq_set(proto), num(port.into()));
-    }
-}
-
-/// The service's backend elements: its map, and each backend keyed by the frontend and its
-/// place in the rotation (which starts at `offset`).
-fn backend_keys(
-    svc: &VirtualService,
-    offset: u32,
-) -> (&'static str, Vec<(Expression<'static>, Ipv4Addr)>) {
-    let (map, frontend): (_, Vec<Expression<'static>>) = match svc.frontend {
-        Frontend::Vip(vip) => (BACKENDS, vec![ip(vip)]),
-        Frontend::Port { proto, port, .. } => {
-            (PORT_BACKENDS, vec![s(proto.as_str()), num(port.into())])
-        }
-    };
-    let keys = svc
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            let mut key = frontend.clone();
-            key.push(num(offset + i as u32));
-            (concat(key), *addr)
-        })
-        .collect();
-    (map, keys)
-}
-
-fn remove_backends(b: &mut NftBatch, svc: &VirtualService, offset: u32) {
-    let (map, keys) = backend_keys(svc, offset);
-    for (key, _) in keys {
-        b.delete_element(map, key);
-    }
-}
-
-/// The service's rules: round-robin DNAT over the backends, or an explicit reject so clients
-/// fail fast instead of waiting on a blackhole.
-fn fill_chain(b: &mut NftBatch, svc: &VirtualService, offset: u32) {
-    let chain = service_chain(svc.fwmark);
-    if svc.backends.is_empty() {
-        b.add_rule(
-            &chain,
-            vec![
-                eq(meta(MetaKey::L4proto), s("tcp")),
-                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
-            ],
-        );
-        b.add_rule(
-            &chain,
-            vec![Statement::Reject(Some(Reject::new(
-                Some(RejectType::ICMP),
-                Some(RejectCode::PortUnreach),
-            )))],
-        );
-        return;
-    }
-    let (map, keys) = backend_keys(svc, offset);
-    for (key, addr) in keys {
-        b.add_element(map, mapping(key, ip(addr)));
-    }
-    let ct_mark = || Expression::Named(NamedExpression::CT(ct("mark", None)));
-    let mut rule = Vec::new();
-    let (key, port) = match svc.frontend {
-        Frontend::Vip(_) => (concat(vec![payload("ip", "daddr"), ct_mark()]), None),
-        Frontend::Port { proto, target, .. } => {
-            // nft only accepts a port in DNAT after the transport protocol is pinned down.
-            rule.push(eq(meta(MetaKey::L4proto), s(proto.as_str())));
-            (
-                concat(vec![
-                    meta(MetaKey::L4proto),
-                    payload("th", "dport"),
-                    ct_mark(),
-                ]),
-                Some(num(target.into())),
-            )
-        }
-    };
-    rule.push(Statement::Mangle(nftables::stmt::Mangle {
-        key: ct_mark(),
-        value: Expression::Named(NamedExpression::Numgen(Numgen {
-            mode: NgMode::Inc,
-            ng_mod: svc.backends.len() as u32,
-            offset: (offset != 0).then_some(offset),
-        })),
-    }));
-    rule.push(Statement::DNAT(Some(NAT {
-        addr: Some(Expression::Named(NamedExpression::Map(Box::new(
-            nftables::expr::Map {
-                key,
-                data: set_ref(map),
-            },
-        )))),
-        family: None,
-        port,
-        flags: None,
-    })));
-    b.add_rule(&chain, rule);
 }
 
 impl LoadBalancer for NftLb {
@@ -541,6 +240,8 @@ impl LoadBalancer for NftLb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::api::Protocol;
+    use rules::ROTATION_SPAN;
     use std::net::Ipv4Addr;
 
     fn dummy_ns() -> NetNs {

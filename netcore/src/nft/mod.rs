@@ -1,0 +1,159 @@
+//! The nft runner: one nftables transaction applied inside a namespace, in-process through
+//! libnftables where it is installed ([`libnft`]), else by spawning the `nft` binary there.
+//! Below everything that writes nftables (the load balancers, the routing mesh, host ports,
+//! the IPsec marks, teardown); above `netns` only.
+//!
+//! - [`batch`]: [`NftBatch`], typed schema objects collected in order, sent as one transaction;
+//! - [`expr`]: expression and statement shorthands for the rules those batches carry;
+//! - [`libnft`]: libnftables opened with dlopen, one context per namespace.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::sched::CloneFlags;
+
+use crate::netns::{NetNs, enter_raw};
+
+pub mod batch;
+pub mod expr;
+pub mod libnft;
+
+pub use batch::{NftBatch, PRIO_DSTNAT, PRIO_MANGLE, PRIO_SRCNAT};
+use libnft::Slot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("running nft in namespace {ns}: {source}")]
+    Spawn {
+        ns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft rejected the batch in namespace {ns}: {stderr}")]
+    Failed { ns: String, stderr: String },
+    #[error("encoding nft JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// As [`apply_nft`], for a namespace that is written once: no context is kept for it (one
+/// per task would cost a descriptor and a ruleset cache each).
+pub fn apply_nft_once(ns: &NetNs, commands: &str) -> Result<(), NftError> {
+    match libnft::Context::open_in(ns) {
+        Some(mut ctx) => run_in_context(&mut ctx, ns, commands),
+        None => spawn_nft(ns, commands),
+    }
+}
+
+/// Applies `commands` (a JSON batch, or nft syntax as `nft -f` reads it) in `ns` as one
+/// transaction: in-process through libnftables when it is installed, else with the binary.
+pub fn apply_nft(ns: &NetNs, commands: &str) -> Result<(), NftError> {
+    // The slot is held only while the context runs: spawning nft needs no lock.
+    let ran = ns.attached(|slot: &mut Slot| {
+        slot.get_or_open(ns)
+            .map(|ctx| run_in_context(ctx, ns, commands))
+    });
+    match ran {
+        Some(result) => result,
+        None => spawn_nft(ns, commands),
+    }
+}
+
+fn run_in_context(ctx: &mut libnft::Context, ns: &NetNs, commands: &str) -> Result<(), NftError> {
+    ctx.run(commands).map_err(|stderr| NftError::Failed {
+        ns: ns.name().to_string(),
+        stderr,
+    })
+}
+
+fn spawn_nft(ns: &NetNs, commands: &str) -> Result<(), NftError> {
+    let args: &[&str] = if commands.starts_with('{') {
+        &["-j", "-f", "-"]
+    } else {
+        &["-f", "-"]
+    };
+    run_nft(ns, args, Some(commands.as_bytes())).map(|_| ())
+}
+
+/// Runs `nft ARGS` inside `ns` and returns its stdout. The child enters the namespace between
+/// fork and exec, so no thread of ours ever changes namespace for it.
+pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&[u8]>) -> Result<String, NftError> {
+    let spawn_err = |source| NftError::Spawn {
+        ns: ns.name().to_string(),
+        source,
+    };
+    let fd = ns.raw_fd();
+    let mut cmd = Command::new("nft");
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: enter_raw only calls setns(2), which is async-signal-safe; `ns` keeps the fd open
+    // until the child has exec'd because we wait for it below.
+    unsafe {
+        cmd.pre_exec(move || enter_raw(fd, CloneFlags::CLONE_NEWNET));
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(NftError::Failed {
+            ns: ns.name().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sending, here rather than in [`batch`], which only builds: the batch module names nothing
+/// above it.
+impl NftBatch {
+    /// Sends the batch as one transaction in `ns`. An empty batch sends nothing.
+    pub fn run(&self, ns: &NetNs) -> Result<(), NftError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        apply_nft(ns, &self.to_json()?)?;
+        tracing::debug!(ns = ns.name(), table = %self.table(), commands = self.len(), took = ?started.elapsed(), "nft batch");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libnft::Context;
+    use testkit::netns::Namespaces;
+
+    /// libnftables' context does its work in the namespace it was opened in, from any thread.
+    #[test]
+    fn runs_json_and_text_in_the_namespace_and_reports_errors() {
+        testkit::skip_unless!(testkit::needs_root().or_else(|| {
+            (!libnft::available()).then(|| "libnftables is not installed".to_string())
+        }));
+        let nss = Namespaces::new("libnft");
+        let ns = NetNs::create(&nss.name("ns")).unwrap();
+        let mut ctx = Context::open_in(&ns).expect("a context");
+        ctx.run(r#"{"nftables":[{"add":{"table":{"family":"ip","name":"t"}}}]}"#)
+            .unwrap();
+        ctx.run("add chain ip t c").unwrap();
+        let err = ctx.run("add chain ip no_such_table c").unwrap_err();
+        let listed = run_nft(&ns, &["list", "table", "ip", "t"], None).unwrap();
+        let host = run_nft(
+            &NetNs::of_pid(std::process::id()).unwrap(),
+            &["list", "tables"],
+            None,
+        )
+        .unwrap();
+        assert!(listed.contains("chain c"));
+        assert!(!host.contains("table ip t\n"), "nothing in ours");
+        assert!(err.contains("No such file or directory"), "{err}");
+    }
+}
