@@ -1,7 +1,6 @@
 //! The agents' side of the manager: registration, plan long-polls (which are also the
 //! heartbeats), observed-state reports, and what happens to a node that stops polling.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -12,10 +11,9 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::{ApiError, ApiResult, Shared};
-use crate::model::{Node, NodeState, TaskState, TaskStatus};
+use crate::model::{Node, NodeState, TaskState};
 use crate::orchestrator;
 use crate::protocol::{PlanResponse, RegisterRequest, RegisterResponse, Report};
-use crate::store::State as StoreState;
 
 /// Heartbeat defaults: a dead node is noticed within 1.5 s (3 missed 0.5 s periods), so its
 /// backends leave every load balancer well inside 3 s, and an idle node costs two small
@@ -287,7 +285,7 @@ pub async fn watch_liveness(m: Shared) {
                         continue;
                     }
                     tracing::warn!(node = id, "missed {} heartbeats: node down", hb.misses);
-                    node_down(s, id);
+                    orchestrator::node_down(s, id);
                 }
                 Ok(())
             });
@@ -297,51 +295,5 @@ pub async fn watch_liveness(m: Shared) {
             continue;
         }
         tokio::time::sleep_until(next.into()).await;
-    }
-}
-
-/// A node is down: its tasks end (Orphaned, as Swarm shows tasks of a lost node), which
-/// takes their backends and overlay entries off every other node at once, and their
-/// services get replacements on live nodes.
-pub fn node_down(s: &mut StoreState, id: &str) {
-    let Some(mut node) = s.nodes.get(id).cloned() else {
-        return;
-    };
-    if node.state == NodeState::Down {
-        return;
-    }
-    let now = Utc::now();
-    node.state = NodeState::Down;
-    node.updated = now;
-    let hostname = node.hostname.clone();
-    s.put_node(node);
-    let lost: Vec<_> = s
-        .tasks
-        .values()
-        .filter(|t| t.node_id == id && !t.status.state.is_terminal())
-        .cloned()
-        .collect();
-    let mut services = BTreeSet::new();
-    for mut t in lost {
-        if t.desired == TaskState::Running {
-            services.insert(t.service_id.clone());
-        }
-        t.desired = TaskState::Shutdown;
-        t.status = TaskStatus {
-            state: TaskState::Orphaned,
-            timestamp: now,
-            message: "node is down".into(),
-            err: Some(format!("node {hostname} is down")),
-            pid: t.status.pid,
-            exit_code: None,
-        };
-        t.updated = now;
-        s.put_task(t);
-    }
-    for svc in services {
-        // No live node left to place on is no reason to keep the dead node Ready.
-        if let Err(e) = orchestrator::reconcile(s, &svc) {
-            tracing::warn!("replacing the tasks of service {svc} lost with node {hostname}: {e}");
-        }
     }
 }

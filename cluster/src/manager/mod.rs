@@ -24,7 +24,7 @@ use axum::extract::Request;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
-pub use agents::{ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, Heartbeat, node_down};
+pub use agents::{ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, Heartbeat};
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 pub use rotation::KeyStatus;
