@@ -159,11 +159,7 @@ mod tests {
     #[test]
     fn a_keyring_never_shows_its_keys_in_debug_output() {
         let ring = Keyring::new(chrono::Utc::now()).unwrap();
-        let hex: String = ring.keys[0]
-            .material
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(ring.keys[0].material);
         let shown = format!("{ring:?}");
         assert!(!shown.contains(&hex), "{shown}");
     }

@@ -166,7 +166,7 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
         return Err(ApiError::NotFound(crate::images::unknown_image_error(name)));
     };
     let digest = sha2::Sha256::digest(format!("swarmkit-builtin:{}", builtin.name()));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest);
     Ok(Json(DistributionInspect {
         descriptor: OciDescriptor {
             media_type: Some("application/vnd.oci.image.index.v1+json".into()),
