@@ -10,6 +10,7 @@ pub mod ipam;
 pub mod keys;
 pub mod manager;
 pub mod model;
+pub mod names;
 pub mod orchestrator;
 pub mod paths;
 pub mod plan;

@@ -19,6 +19,7 @@ use super::extract::{self, Query};
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::{ApiError, ApiResult, Shared};
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
+use crate::names::{self, Named};
 use crate::orchestrator;
 use crate::store::State as StoreState;
 
@@ -32,25 +33,6 @@ struct Checked {
     networks: Vec<String>,
 }
 
-fn validate_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "invalid service name {name:?}: use up to 63 letters, digits, '-' or '_', starting with a letter or digit"
-        )))
-    }
-}
-
 fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<Checked> {
     let name = spec.name.clone().unwrap_or_default();
     if name.is_empty() {
@@ -58,7 +40,7 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             "a service needs a name: give --name NAME".into(),
         ));
     }
-    validate_name(&name)?;
+    names::validate(Named::Service, &name).map_err(ApiError::BadRequest)?;
     if let Some(other) = s
         .services
         .values()
