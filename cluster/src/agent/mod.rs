@@ -27,19 +27,8 @@ use crate::protocol::{
     PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport,
 };
 
+pub use config::{ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, NodeNs};
 pub use process::write_files;
-
-/// Environment the lifecycle passes to an agent it starts.
-pub const ENV_NODE_ADDR: &str = "SWARMKIT_NODE_ADDR";
-pub const ENV_LB: &str = "SWARMKIT_LB";
-/// `self` when the node is the machine itself (a VM guest), `host` when it is someone's host
-/// (the ssh backend), rather than a named namespace on the host.
-pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
-pub const NODE_NS_GUEST: &str = "self";
-pub const NODE_NS_HOST: &str = "host";
-/// Where the routing mesh balances: "node" where the node's namespace is the project's alone
-/// (QEMU guests), else "sandbox" (the default).
-pub const ENV_MESH: &str = "SWARMKIT_MESH";
 
 /// How long a task may take to start listening before the agent says so in its log; it keeps
 /// checking after that, since a loaded machine can be that slow.
@@ -149,33 +138,39 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     // one for a task's, in flight. Past them, nft is spawned, a fork of the whole agent.
     lb::libnft::reserve_low_descriptors(64);
     let paths = ClusterPaths::new(cluster);
+    let config::Config {
+        vtep,
+        driver,
+        mesh,
+        node_ns,
+        manager_tcp,
+    } = config::Config::from_env()?;
     // A namespace of the node's own is the cluster's and goes with it; on a whole machine (a
     // guest or a host) what the agent changes there is journaled, for `cluster down` to undo.
-    let node_ns = std::env::var(ENV_NODE_NS);
-    let (node, journal) = match node_ns.as_deref() {
-        Ok(NODE_NS_GUEST | NODE_NS_HOST) => (
+    let (node, journal) = if node_ns.is_machine() {
+        (
             NetNs::of_pid(std::process::id())?,
             Some(std::sync::Arc::new(netcore::undo::Journal::new(
                 paths.host_journal(),
             ))),
-        ),
-        _ => (NetNs::open(&paths.node_ns(hostname))?, None),
+        )
+    } else {
+        (NetNs::open(&paths.node_ns(hostname))?, None)
     };
     // Only a host's namespace holds other clusters' and its owner's IPsec next to ours.
-    let ipsec_owner = match (node_ns.as_deref(), &journal) {
-        (Ok(NODE_NS_HOST), Some(j)) => {
+    let ipsec_owner = match (node_ns, &journal) {
+        (config::NodeNs::Host, Some(j)) => {
             netcore::xfrm::Owner::shared(cluster, &paths.nft_table("ipsec"), Some(j.clone()))
         }
         _ => netcore::xfrm::Owner::namespace(),
     };
-    let config::Config { vtep, driver, mesh } = config::Config::from_env()?;
     // Refused at start, not at the first network: its sandbox could not balance VIPs.
     if node.sysctl("net/bridge/bridge-nf-call-iptables").is_err() {
         return Err(config::AgentError::NoBridgeNetfilter.into());
     }
-    let client = match std::env::var(crate::client::ENV_MANAGER_TCP) {
-        Ok(addr) => ManagerClient::tcp(&addr),
-        Err(_) => ManagerClient::new(&paths.manager_socket()),
+    let client = match &manager_tcp {
+        Some(addr) => ManagerClient::tcp(addr),
+        None => ManagerClient::new(&paths.manager_socket()),
     };
     let req = RegisterRequest {
         hostname: hostname.to_string(),
