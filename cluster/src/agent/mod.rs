@@ -5,6 +5,7 @@
 mod adopt;
 mod config;
 mod dataplane;
+mod derive;
 mod logs;
 mod process;
 
@@ -612,8 +613,8 @@ impl Agent {
                 );
             }
         }
-        let changed = prev.map(|p| dataplane::changed_services(p, plan));
-        let touched = changed.as_deref().map(dataplane::networks_of);
+        let changed = prev.map(|p| derive::changed_services(p, plan));
+        let touched = changed.as_deref().map(derive::networks_of);
         self.dataplane.apply_vips(plan, changed.as_deref()).await?;
         let prev_tasks: HashSet<&str> = prev
             .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
@@ -632,7 +633,7 @@ impl Agent {
             {
                 continue;
             }
-            let key = dataplane::task_networks(plan, &t.plan)
+            let key = derive::task_networks(plan, &t.plan)
                 .into_iter()
                 .map(String::from)
                 .collect();
@@ -643,11 +644,11 @@ impl Agent {
             // The names the change touched, when the view shared so far is the one for `prev`;
             // the whole view otherwise.
             let updated = changed.as_deref().is_some_and(|c| {
-                let changes = dataplane::view_changes(plan, &tasks[0].plan, c);
+                let changes = derive::view_changes(plan, &tasks[0].plan, c);
                 self.resolver.update_shared_view(&ids, changes)
             });
             if !updated {
-                let view = dataplane::task_view(plan, &tasks[0].plan);
+                let view = derive::task_view(plan, &tasks[0].plan);
                 self.resolver.set_shared_view(&ids, view);
             }
         }
