@@ -18,3 +18,4 @@ pub mod policy;
 pub mod protocol;
 pub mod store;
 pub mod tasklog;
+pub mod wait;

@@ -27,6 +27,7 @@ use crate::plan::{NodePlan, PlanState, TaskPlan};
 use crate::protocol::{
     PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report, TaskReport,
 };
+use crate::wait::{self, Check, Pace, Waited};
 
 pub use config::{ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, NodeNs};
 pub use process::write_files;
@@ -80,19 +81,22 @@ pub struct Agent {
 async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
     // Several request timeouts long: a stalled connection (see ManagerClient::call) costs
     // one attempt, not the agent.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        match client
-            .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
-            .await
-        {
-            Ok(r) => return Ok(r.node_id),
-            Err(e) if tokio::time::Instant::now() > deadline => {
-                return Err(e).context("registering with the manager");
+    wait::until(
+        Some(Duration::from_secs(120)),
+        Pace::every(Duration::from_millis(20)),
+        || async {
+            match client
+                .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
+                .await
+            {
+                Ok(r) => Check::Ready(r.node_id),
+                Err(e) => Check::NotYet(e),
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+        },
+    )
+    .await
+    .map_err(Waited::into_reason)
+    .context("registering with the manager")
 }
 
 /// Set by a QEMU guest's init once its ESP and crypto modules are loaded (see vm/guest/rc.node).
@@ -105,15 +109,16 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
     // A guest loads its ESP modules off the path to a ready node; probing before they are in
     // would report them missing.
     if std::path::Path::new(DATAPLANE_MODULES_DONE).exists() {
-        let start = std::time::Instant::now();
-        while !std::path::Path::new(ESP_MODULES_DONE).exists() {
-            if start.elapsed() > ESP_MODULES_WAIT {
-                tracing::warn!(
-                    "{ESP_MODULES_DONE} did not appear within {ESP_MODULES_WAIT:?}; probing anyway"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let loaded = wait::until(
+            Some(ESP_MODULES_WAIT),
+            Pace::every(Duration::from_millis(20)),
+            || async { std::path::Path::new(ESP_MODULES_DONE).exists().into() },
+        )
+        .await;
+        if loaded.is_err() {
+            tracing::warn!(
+                "{ESP_MODULES_DONE} did not appear within {ESP_MODULES_WAIT:?}; probing anyway"
+            );
         }
     }
     match netcore::xfrm::probe(node).await {
@@ -841,12 +846,11 @@ async fn wait_listening(ns: NetNs, pid: Option<u32>, port: Option<u16>) -> Resul
         return Ok(());
     };
     let started = tokio::time::Instant::now();
-    let mut warned = false;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let ns2 = ns.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            ns2.run(|| {
+    let warned = std::sync::atomic::AtomicBool::new(false);
+    let answers = || {
+        let ns = ns.clone();
+        tokio::task::spawn_blocking(move || {
+            ns.run(|| {
                 std::net::TcpStream::connect_timeout(
                     &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
                     Duration::from_millis(200),
@@ -855,24 +859,36 @@ async fn wait_listening(ns: NetNs, pid: Option<u32>, port: Option<u16>) -> Resul
             })
             .unwrap_or(false)
         })
-        .await
-        .unwrap_or(false);
-        if ok {
-            return Ok(());
-        }
-        if !warned && started.elapsed() > READY_WARN_AFTER {
-            warned = true;
-            tracing::warn!(
-                "nothing listens on port {port} after {READY_WARN_AFTER:?}; still waiting"
-            );
-        }
-        let alive = pid.is_some_and(|p| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
-        });
-        if !alive {
-            return Err(format!("the task stopped before port {port} answered"));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
+    };
+    wait::until(
+        None,
+        Pace::doubling(Duration::from_millis(2), Duration::from_millis(100)),
+        || {
+            let answered = answers();
+            let warned = &warned;
+            async move {
+                if answered.await.unwrap_or(false) {
+                    return Check::Ready(());
+                }
+                if started.elapsed() > READY_WARN_AFTER
+                    && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "nothing listens on port {port} after {READY_WARN_AFTER:?}; still waiting"
+                    );
+                }
+                let alive = pid.is_some_and(|p| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
+                });
+                if alive {
+                    Check::NotYet(String::new())
+                } else {
+                    Check::Failed(format!("the task stopped before port {port} answered"))
+                }
+            }
+        },
+    )
+    .await
+    // No deadline: only a failure ends it without an answer.
+    .map_err(Waited::into_reason)
 }
