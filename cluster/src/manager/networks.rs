@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{Ipam, IpamConfig, Network as ApiNetwork, NetworkCreateRequest};
 
+use super::error::{ApiError, ApiResult};
 use super::extract::{self, Query};
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiError, ApiResult, Shared};
+use super::shared::Shared;
 use crate::ipam;
 use crate::keys::Keyring;
 use crate::model::{ENCRYPTED_OPTION, Network};

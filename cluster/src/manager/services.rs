@@ -15,9 +15,10 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::{self, Query};
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiError, ApiResult, Shared};
+use super::shared::Shared;
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
 use crate::names::{self, Named};
 use crate::orchestrator;
@@ -351,9 +352,7 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
         let tasks = s.tasks.values().filter(|t| t.service_id == svc.id);
         let (mut running, mut completed) = (0u64, 0u64);
         for t in tasks {
-            if t.desired == TaskState::Running
-                && super::tasks::visible_state(t, min_ack) == TaskState::Running
-            {
+            if t.desired == TaskState::Running && t.visible_state(min_ack) == TaskState::Running {
                 running += 1;
             }
             if t.status.state == TaskState::Complete {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::orchestrator;
 
 /// How often acks are looked at while a service is in transition. Each step of an update waits
