@@ -35,6 +35,23 @@ struct Checked {
 }
 
 fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<Checked> {
+    check_task(s, spec, self_id)?;
+    let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
+    let endpoint_mode = match endpoint.mode {
+        Some(EndpointSpecModeEnum::DNSRR) => EndpointMode::Dnsrr,
+        _ => EndpointMode::Vip,
+    };
+    let ports = check_ports(s, &endpoint, endpoint_mode, self_id)?;
+    let networks = check_networks(s, spec, &ports)?;
+    Ok(Checked {
+        endpoint_mode,
+        ports,
+        networks,
+    })
+}
+
+/// The service's name, mode, image and the policies of its tasks.
+fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<()> {
     let name = spec.name.clone().unwrap_or_default();
     if name.is_empty() {
         return Err(ApiError::BadRequest(
@@ -86,12 +103,16 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
 
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
+    Ok(())
+}
 
-    let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
-    let endpoint_mode = match endpoint.mode {
-        Some(EndpointSpecModeEnum::DNSRR) => EndpointMode::Dnsrr,
-        _ => EndpointMode::Vip,
-    };
+/// The published ports, each valid, published once and by no other service (0: to allocate).
+fn check_ports(
+    s: &StoreState,
+    endpoint: &EndpointSpec,
+    endpoint_mode: EndpointMode,
+    self_id: Option<&str>,
+) -> ApiResult<Vec<Port>> {
     let mut ports = Vec::new();
     for p in endpoint.ports.clone().unwrap_or_default() {
         let target = p.target_port.unwrap_or(0);
@@ -154,7 +175,12 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             )));
         }
     }
+    Ok(ports)
+}
 
+/// The networks the service's tasks join, by ID: the ingress first when a port is published
+/// through it, then those the spec names.
+fn check_networks(s: &StoreState, spec: &ServiceSpec, ports: &[Port]) -> ApiResult<Vec<String>> {
     let mut networks = Vec::new();
     if ports.iter().any(|p| p.mode == PublishMode::Ingress)
         && let Some(ing) = s.networks.values().find(|n| n.ingress)
@@ -179,11 +205,7 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             networks.push(n.id.clone());
         }
     }
-    Ok(Checked {
-        endpoint_mode,
-        ports,
-        networks,
-    })
+    Ok(networks)
 }
 
 fn allocate_port(s: &StoreState, proto: Protocol, taken_here: &BTreeSet<u16>) -> ApiResult<u16> {
