@@ -96,6 +96,15 @@ where
     }
 }
 
+/// Sleeps until `at`, or for ever without one: the timer arm of a loop that wakes for events
+/// and, only sometimes, at a time.
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,7 +124,7 @@ async fn serve(
                 reconcile = true;
             }
             Some(ev) = events_rx.recv() => node.tasks.on_event(ev),
-            _ = sleep_until(wake_at) => reconcile = true,
+            _ = wait::sleep_until(wake_at) => reconcile = true,
         }
         while let Ok(ev) = events_rx.try_recv() {
             node.tasks.on_event(ev);
@@ -252,13 +252,6 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
 
 /// How soon a failed apply or report is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Long-polls the node's plan changes and hands on the accumulated plan. It runs apart from
 /// applying, so the polls (the node's heartbeats) keep coming however long an apply takes.
