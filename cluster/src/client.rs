@@ -70,10 +70,6 @@ impl Clone for ManagerClient {
 /// Longer than the manager's plan long-poll (5 s) with room for a loaded machine.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Environment variable that points an agent at a TCP endpoint (`host:port`) instead of the
-/// cluster's unix socket.
-pub const ENV_MANAGER_TCP: &str = "SWARMKIT_MANAGER_TCP";
-
 impl ManagerClient {
     pub fn new(socket: &Path) -> Self {
         ManagerClient {

@@ -17,9 +17,7 @@ pub fn new_id() -> String {
 
 /// 64 hex characters, the shape of a local (non-swarm) network ID.
 pub fn new_hex_id() -> String {
-    let a: u128 = rand::rng().random();
-    let b: u128 = rand::rng().random();
-    format!("{a:032x}{b:032x}")
+    hex::encode(rand::rng().random::<[u8; 32]>())
 }
 
 #[cfg(test)]

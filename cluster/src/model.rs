@@ -226,6 +226,18 @@ pub struct Task {
     pub restarts: u64,
 }
 
+impl Task {
+    /// What clients see: a task the agent runs counts as running only once every node has
+    /// applied the plan that routes traffic to it (`min_ack`), so "converged" means reachable
+    /// through the LB.
+    pub fn visible_state(&self, min_ack: u64) -> TaskState {
+        match (self.status.state, self.running_version) {
+            (TaskState::Running, Some(v)) if v > min_ack => TaskState::Starting,
+            (state, _) => state,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {

@@ -7,24 +7,9 @@ use std::path::PathBuf;
 pub const RUN_ROOT: &str = "/run/swarmkit";
 pub const STATE_ROOT: &str = "/var/lib/swarmkit";
 
-/// Cluster names become parts of namespace and file names; keep them short and plain.
+/// Cluster names become parts of namespace and file names; see `names` for the rules.
 pub fn validate_cluster_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 24
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid cluster name {name:?}: use 1-24 characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
-        ))
-    }
+    crate::names::validate(crate::names::Named::Cluster, name)
 }
 
 #[derive(Clone, Debug)]

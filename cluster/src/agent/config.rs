@@ -1,12 +1,71 @@
 //! What the agent is told by the environment its backend starts it with, read and checked once
-//! before anything is changed on the node.
+//! before anything is changed on the node. Every variable the agent reads is named here; the
+//! backends write them with these names (and `NodeNs::as_env`).
 
 use std::net::Ipv4Addr;
 
 use netcore::ingress::MeshLayout;
 use netcore::lb::Driver;
 
-use super::{ENV_LB, ENV_MESH, ENV_NODE_ADDR};
+/// The node's underlay address (its VXLAN tunnel endpoint).
+pub const ENV_NODE_ADDR: &str = "SWARMKIT_NODE_ADDR";
+/// The load-balancer driver (`ipvs` or `nftables`); unset, the kernel is asked.
+pub const ENV_LB: &str = "SWARMKIT_LB";
+/// Where the node's network namespace is: see [`NodeNs`].
+pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
+/// Where the routing mesh balances: "node" where the node's namespace is the project's alone
+/// (QEMU guests), else "sandbox" (the default).
+pub const ENV_MESH: &str = "SWARMKIT_MESH";
+/// A TCP endpoint (`host:port`) to reach the manager at, instead of the cluster's unix socket.
+pub const ENV_MANAGER_TCP: &str = "SWARMKIT_MANAGER_TCP";
+
+/// What the node is, as far as its network namespace goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NodeNs {
+    /// A namespace of the cluster's own, named after the node (the netns backend): it goes
+    /// with the cluster. The default.
+    #[default]
+    Named,
+    /// The machine itself, a VM guest the project made.
+    Guest,
+    /// Someone's host (the ssh backend): its namespace also holds its owner's state and other
+    /// clusters'.
+    Host,
+}
+
+impl NodeNs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeNs::Named => "netns",
+            NodeNs::Guest => "self",
+            NodeNs::Host => "host",
+        }
+    }
+
+    /// The variable and value that tell an agent this.
+    pub fn as_env(self) -> (&'static str, String) {
+        (ENV_NODE_NS, self.as_str().to_string())
+    }
+
+    /// Whether the node's namespace is a whole machine's, which outlives the cluster: what the
+    /// agent changes there is journaled, for `cluster down` to undo.
+    pub fn is_machine(self) -> bool {
+        self != NodeNs::Named
+    }
+}
+
+impl std::str::FromStr for NodeNs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NodeNs, String> {
+        [NodeNs::Named, NodeNs::Guest, NodeNs::Host]
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| {
+                "expected netns (a namespace named after the node), self (a guest) or host (an ssh host)"
+                    .to_string()
+            })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -26,12 +85,15 @@ pub enum AgentError {
     NoBridgeNetfilter,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// The node's underlay address: its VXLAN tunnel endpoint.
     pub vtep: Ipv4Addr,
     pub driver: Driver,
     pub mesh: MeshLayout,
+    pub node_ns: NodeNs,
+    /// Where to reach the manager over TCP (None: the cluster's unix socket).
+    pub manager_tcp: Option<String>,
 }
 
 impl Config {
@@ -71,7 +133,19 @@ fn parse(
     } else {
         MeshLayout::Sandbox
     };
-    Ok(Config { vtep, driver, mesh })
+    let node_ns = match get(ENV_NODE_NS) {
+        Some(n) => n
+            .parse()
+            .map_err(|e: String| bad(ENV_NODE_NS, n.clone(), e))?,
+        None => NodeNs::Named,
+    };
+    Ok(Config {
+        vtep,
+        driver,
+        mesh,
+        node_ns,
+        manager_tcp: get(ENV_MANAGER_TCP),
+    })
 }
 
 #[cfg(test)]
@@ -108,6 +182,25 @@ mod tests {
             from(&[(ENV_NODE_ADDR, "192.168.0.11"), (ENV_MESH, "host")]),
             Err(AgentError::BadEnv { var: ENV_MESH, .. })
         ));
+        assert!(matches!(
+            from(&[(ENV_NODE_ADDR, "192.168.0.11"), (ENV_NODE_NS, "guest")]),
+            Err(AgentError::BadEnv {
+                var: ENV_NODE_NS,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_node_namespace_reads_back_what_a_backend_writes() {
+        let addr = (ENV_NODE_ADDR, "192.168.0.11");
+        assert_eq!(from(&[addr]).unwrap().node_ns, NodeNs::Named);
+        for ns in [NodeNs::Named, NodeNs::Guest, NodeNs::Host] {
+            let (var, value) = ns.as_env();
+            assert_eq!(from(&[addr, (var, &value)]).unwrap().node_ns, ns);
+        }
+        assert!(!NodeNs::Named.is_machine());
+        assert!(NodeNs::Guest.is_machine() && NodeNs::Host.is_machine());
     }
 
     #[test]

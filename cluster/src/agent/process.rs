@@ -12,6 +12,7 @@ use netcore::netns::{NETNS_RUN_DIR, NetNs, enter_raw};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
+use crate::images;
 use crate::paths::OWNER_ENV;
 use crate::plan::TaskPlan;
 
@@ -139,10 +140,10 @@ pub fn spawn(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("HOSTNAME", &task.hostname)
-        .env("SWARMKIT_TASK_ID", &task.id)
-        .env("SWARMKIT_TASK_NAME", &task.name)
+        .env(images::ENV_TASK_ID, &task.id)
+        .env(images::ENV_TASK_NAME, &task.name)
         .env(
-            "SWARMKIT_TASK_ADDRS",
+            images::ENV_TASK_ADDRS,
             task.attachments
                 .iter()
                 .map(|a| a.addr.to_string())

@@ -291,7 +291,7 @@ fn incremental_plans_equal_full_recomputation() {
             s.put_task(t);
         }),
         // node3 goes down: its tasks end.
-        Box::new(|s| crate::manager::node_down(s, "node3id")),
+        Box::new(|s| crate::orchestrator::node_down(s, "node3id")),
         // A service's image changes; lonely is removed with its task.
         Box::new(|s| {
             let mut web = s.services.get("web").unwrap().clone();

@@ -1,8 +1,7 @@
 //! The agents' side of the manager: registration, plan long-polls (which are also the
 //! heartbeats), observed-state reports, and what happens to a node that stops polling.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,68 +10,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 
-use super::{ApiError, ApiResult, Shared};
-use crate::model::{Node, NodeState, TaskState, TaskStatus};
+use super::error::{ApiError, ApiResult};
+use super::shared::Shared;
+use crate::model::{Node, NodeState, TaskState};
 use crate::orchestrator;
 use crate::protocol::{PlanResponse, RegisterRequest, RegisterResponse, Report};
-use crate::store::State as StoreState;
-
-/// Heartbeat defaults: a dead node is noticed within 1.5 s (3 missed 0.5 s periods), so its
-/// backends leave every load balancer well inside 3 s, and an idle node costs two small
-/// requests a second.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
-pub const DEFAULT_MISSES: u32 = 3;
-/// After a manager restart, how long agents have to reconnect before their nodes count as
-/// down (they retry every 200 ms).
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
-pub const ENV_HEARTBEAT_MS: &str = "SWARMKIT_HEARTBEAT_MS";
-pub const ENV_HEARTBEAT_MISSES: &str = "SWARMKIT_HEARTBEAT_MISSES";
-pub const ENV_GRACE_MS: &str = "SWARMKIT_RECONNECT_GRACE_MS";
-
-#[derive(Clone, Copy, Debug)]
-pub struct Heartbeat {
-    pub period: Duration,
-    pub misses: u32,
-    pub grace: Duration,
-}
-
-impl Heartbeat {
-    /// From the manager's environment, else what the cluster was created with (its Meta), else
-    /// the defaults. The environment is how `cluster up` hands its flags to a new manager,
-    /// which records them; a restarted manager finds them in the store.
-    pub fn of(meta: &crate::model::Meta) -> anyhow::Result<Heartbeat> {
-        let recorded = |v: u64, default: u64| if v == 0 { default } else { v };
-        let var = |name: &str, default: u64, min: u64| -> anyhow::Result<u64> {
-            match std::env::var(name) {
-                Err(_) => Ok(default),
-                Ok(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n >= min => Ok(n),
-                    _ => anyhow::bail!(
-                        "{name}={v:?} is not a whole number >= {min}: unset it for the default {default}"
-                    ),
-                },
-            }
-        };
-        Ok(Heartbeat {
-            period: Duration::from_millis(var(
-                ENV_HEARTBEAT_MS,
-                recorded(meta.heartbeat_ms, DEFAULT_HEARTBEAT.as_millis() as u64),
-                50,
-            )?),
-            misses: var(
-                ENV_HEARTBEAT_MISSES,
-                recorded(meta.heartbeat_misses, u64::from(DEFAULT_MISSES)),
-                1,
-            )? as u32,
-            grace: Duration::from_millis(var(ENV_GRACE_MS, DEFAULT_GRACE.as_millis() as u64, 0)?),
-        })
-    }
-
-    /// Silence after which a node is down.
-    pub fn timeout(&self) -> Duration {
-        self.period * self.misses
-    }
-}
 
 pub async fn register(
     State(m): State<Shared>,
@@ -287,7 +229,7 @@ pub async fn watch_liveness(m: Shared) {
                         continue;
                     }
                     tracing::warn!(node = id, "missed {} heartbeats: node down", hb.misses);
-                    node_down(s, id);
+                    orchestrator::node_down(s, id);
                 }
                 Ok(())
             });
@@ -297,51 +239,5 @@ pub async fn watch_liveness(m: Shared) {
             continue;
         }
         tokio::time::sleep_until(next.into()).await;
-    }
-}
-
-/// A node is down: its tasks end (Orphaned, as Swarm shows tasks of a lost node), which
-/// takes their backends and overlay entries off every other node at once, and their
-/// services get replacements on live nodes.
-pub fn node_down(s: &mut StoreState, id: &str) {
-    let Some(mut node) = s.nodes.get(id).cloned() else {
-        return;
-    };
-    if node.state == NodeState::Down {
-        return;
-    }
-    let now = Utc::now();
-    node.state = NodeState::Down;
-    node.updated = now;
-    let hostname = node.hostname.clone();
-    s.put_node(node);
-    let lost: Vec<_> = s
-        .tasks
-        .values()
-        .filter(|t| t.node_id == id && !t.status.state.is_terminal())
-        .cloned()
-        .collect();
-    let mut services = BTreeSet::new();
-    for mut t in lost {
-        if t.desired == TaskState::Running {
-            services.insert(t.service_id.clone());
-        }
-        t.desired = TaskState::Shutdown;
-        t.status = TaskStatus {
-            state: TaskState::Orphaned,
-            timestamp: now,
-            message: "node is down".into(),
-            err: Some(format!("node {hostname} is down")),
-            pid: t.status.pid,
-            exit_code: None,
-        };
-        t.updated = now;
-        s.put_task(t);
-    }
-    for svc in services {
-        // No live node left to place on is no reason to keep the dead node Ready.
-        if let Err(e) = orchestrator::reconcile(s, &svc) {
-            tracing::warn!("replacing the tasks of service {svc} lost with node {hostname}: {e}");
-        }
     }
 }

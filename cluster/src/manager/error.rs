@@ -48,29 +48,9 @@ impl ApiError {
     }
 }
 
-impl ApiError {
-    /// What an error answered by something other than a handler (an unknown path, a method
-    /// the path does not have, a body over the limit) means in the Engine API's terms.
-    /// dockerd answers a method it does not route as it answers an unknown path.
-    fn from_plain(status: StatusCode, text: &str) -> Option<ApiError> {
-        match status {
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                Some(ApiError::NotFound("page not found".into()))
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => Some(super::extract::too_large()),
-            s if s.is_client_error() => Some(ApiError::BadRequest(if text.is_empty() {
-                s.canonical_reason().unwrap_or("bad request").to_string()
-            } else {
-                text.to_string()
-            })),
-            _ => None,
-        }
-    }
-}
-
 /// Docker's error body: `{"message": "..."}`, which its CLI prints after `Error response from
 /// daemon: `.
-fn body(status: StatusCode, message: &str) -> Response {
+pub fn body(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "message": message }))).into_response()
 }
 
@@ -81,29 +61,6 @@ impl IntoResponse for ApiError {
             tracing::error!("{self}");
         }
         body(status, &self.to_string())
-    }
-}
-
-/// Every error leaves the manager in docker's shape, including the ones no handler wrote
-/// (axum's rejections and fallbacks, which are plain text or empty).
-pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    // Rejection texts are a line or two; anything longer is cut, not buffered whole.
-    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
-        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
-        Err(_) => String::new(),
-    };
-    match ApiError::from_plain(status, &text) {
-        Some(e) => e.into_response(),
-        None => body(status, &text),
     }
 }
 

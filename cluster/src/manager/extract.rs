@@ -1,14 +1,16 @@
 //! Request extractors that answer like dockerd when a request is malformed: a 400 with JSON
 //! `{"message": ...}` naming the problem, instead of axum's plain-text rejections (415 for a
-//! content type, 422 for a body of the wrong shape).
+//! content type, 422 for a body of the wrong shape); and the middleware that puts what no
+//! handler answered (unknown paths, methods, bodies over the limit) in the same shape.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::error::{self, ApiError};
 
 /// The largest request body the manager reads; a service spec is a few KiB.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -80,4 +82,45 @@ fn query_rejection(r: &QueryRejection) -> ApiError {
         r.body_text()
             .trim_start_matches("Failed to deserialize query string: ")
     ))
+}
+
+/// What an error answered by something other than a handler (an unknown path, a method
+/// the path does not have, a body over the limit) means in the Engine API's terms.
+/// dockerd answers a method it does not route as it answers an unknown path.
+fn from_plain(status: StatusCode, text: &str) -> Option<ApiError> {
+    match status {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+            Some(ApiError::NotFound("page not found".into()))
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => Some(too_large()),
+        s if s.is_client_error() => Some(ApiError::BadRequest(if text.is_empty() {
+            s.canonical_reason().unwrap_or("bad request").to_string()
+        } else {
+            text.to_string()
+        })),
+        _ => None,
+    }
+}
+
+/// Every error leaves the manager in docker's shape, including the ones no handler wrote
+/// (axum's rejections and fallbacks, which are plain text or empty).
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    // Rejection texts are a line or two; anything longer is cut, not buffered whole.
+    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    match from_plain(status, &text) {
+        Some(e) => e.into_response(),
+        None => error::body(status, &text),
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use imbl::OrdMap;
 
-use super::ApiError;
+use super::error::ApiError;
 
 pub fn find<'a, T>(
     map: &'a OrdMap<String, T>,

@@ -1,190 +1,45 @@
 //! The manager: owns the store, serves the Docker Engine API subset to clients and the plan
 //! channel to agents, over HTTP on a unix socket (mode 0600).
+//!
+//! This file only routes and serves. `shared` holds the state every handler shares (the
+//! store, the dispatcher, acks, `logstore`) and `config` what the environment sets; the
+//! handlers, one file per resource (`networks`, `services`, `tasks`, `nodes`, `system`,
+//! `logs`, `rotation`, and `agents` for the agents' channel and liveness), and the background
+//! loops (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`,
+//! `extract` and `lookup` for answering like dockerd. Handlers import `shared` and those
+//! helpers, never this file; one handler file uses another's only for a shape or a constant
+//! (`tasks` -> `services` for ports, `nodes` -> `system` for the engine version).
 
 mod agents;
+mod config;
 mod error;
 mod extract;
 mod logs;
+mod logstore;
 mod lookup;
 mod networks;
 mod nodes;
 mod rotation;
 mod services;
+mod shared;
 mod system;
 mod tasks;
 mod updater;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::{get, post};
-use tokio::sync::watch;
 
-pub use agents::{ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, Heartbeat, node_down};
+pub use config::{
+    ENV_DATA_PATH_PORT, ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, ENV_KEY_ROTATION_SECS, Heartbeat,
+};
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 pub use rotation::KeyStatus;
-
-use crate::dispatch::Dispatcher;
-use crate::model::{Meta, Network};
-use crate::store::{State, Store};
-
-/// Docker API version we speak (the 28.x CLI's).
-pub const API_VERSION: &str = "1.50";
-pub const MIN_API_VERSION: &str = "1.24";
-pub const ENGINE_VERSION: &str = concat!("swarmkit-", env!("CARGO_PKG_VERSION"));
-
-pub struct Manager {
-    pub store: Store,
-    /// Every node's plan, kept up to date from the store's commits, and the agents' acks.
-    dispatch: Mutex<Dispatcher>,
-    /// What tasks printed, as their agents pushed it.
-    logs: logs::Logs,
-    /// Bumped on every commit and whenever the lowest ack moves (for the updater).
-    epoch: watch::Sender<u64>,
-    /// When each node's agent last talked to us.
-    last_seen: Mutex<HashMap<String, Instant>>,
-    pub heartbeat: agents::Heartbeat,
-    started: Instant,
-}
-
-pub type Shared = Arc<Manager>;
-
-impl Manager {
-    pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
-        let store = Store::open(path)?;
-        let heartbeat = agents::Heartbeat::of(&store.snapshot().meta)?;
-        let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
-        let m = Arc::new(Manager {
-            store,
-            dispatch,
-            logs: Default::default(),
-            epoch: watch::channel(0).0,
-            last_seen: Mutex::new(HashMap::new()),
-            heartbeat,
-            started: Instant::now(),
-        });
-        m.initialise(cluster)?;
-        m.dispatch().assume_applied_before_restart();
-        Ok(m)
-    }
-
-    fn initialise(&self, cluster: &str) -> Result<(), ApiError> {
-        // Nodes keep their state across a manager restart: their agents get a grace period
-        // to reconnect (see agents::watch_liveness) before anything is rescheduled.
-        self.store.update(|s: &mut State| {
-            if s.meta.cluster_id.is_empty() {
-                let mut local = std::collections::BTreeMap::new();
-                for name in ["bridge", "docker_gwbridge", "host", "none"] {
-                    local.insert(name.to_string(), crate::ids::new_hex_id());
-                }
-                s.put_meta(Meta {
-                    cluster_id: crate::ids::new_id(),
-                    cluster_name: cluster.to_string(),
-                    created: Some(chrono::Utc::now()),
-                    local_networks: local,
-                    next_fwmark: 256,
-                    ..settings_from_env()
-                });
-            }
-            if !s.networks.values().any(|n| n.ingress) {
-                let subnet = crate::ipam::INGRESS_SUBNET.parse().expect("constant");
-                s.put_network(Network {
-                    id: crate::ids::new_id(),
-                    name: "ingress".into(),
-                    created: chrono::Utc::now(),
-                    version: 0,
-                    subnet,
-                    gateway: "10.255.0.1".parse().expect("constant"),
-                    vni: crate::ipam::INGRESS_VNI,
-                    attachable: false,
-                    ingress: true,
-                    labels: Default::default(),
-                    options: Default::default(),
-                    keyring: None,
-                });
-            }
-            Ok::<_, ApiError>(())
-        })?;
-        drop(self.dispatch());
-        Ok(())
-    }
-
-    /// The dispatcher, brought up to the store's latest commit.
-    fn dispatch(&self) -> MutexGuard<'_, Dispatcher> {
-        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        d.advance(self.store.snapshot());
-        d
-    }
-
-    /// The plan version a node last reported applied (0: none yet).
-    pub fn ack_of(&self, node_id: &str) -> u64 {
-        self.dispatch().ack_of(node_id)
-    }
-
-    /// The lowest store version every ready node's dataplane reflects.
-    pub fn min_ack(&self, _state: &State) -> u64 {
-        self.dispatch().min_ack()
-    }
-
-    pub fn set_ack(&self, node_id: &str, version: u64, digest: Option<u64>) {
-        let mut d = self.dispatch();
-        let before = d.min_ack();
-        d.ack(node_id, version, digest);
-        if d.min_ack() != before {
-            self.epoch.send_modify(|e| *e += 1);
-        }
-    }
-
-    pub fn touch(&self, node_id: &str) {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string(), Instant::now());
-    }
-
-    pub fn last_seen(&self, node_id: &str) -> Option<Instant> {
-        self.last_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .copied()
-    }
-
-    /// Commits through the store and hands the change to the dispatcher, which wakes the
-    /// agents whose plans it changed.
-    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
-        let out = tokio::task::block_in_place(|| {
-            let out = self.store.update(f)?;
-            drop(self.dispatch());
-            Ok::<_, ApiError>(out)
-        })?;
-        self.epoch.send_modify(|e| *e += 1);
-        Ok(out)
-    }
-}
-
-/// Environment `cluster up` passes to a new cluster's manager: its data-path settings,
-/// recorded in the store's Meta when the cluster is created.
-pub const ENV_DATA_PATH_PORT: &str = "SWARMKIT_DATA_PATH_PORT";
-pub const ENV_KEY_ROTATION_SECS: &str = "SWARMKIT_KEY_ROTATION_SECS";
-
-fn settings_from_env() -> Meta {
-    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
-    Meta {
-        data_path_port: num(ENV_DATA_PATH_PORT)
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0),
-        key_rotation_secs: num(ENV_KEY_ROTATION_SECS).unwrap_or(0),
-        heartbeat_ms: num(agents::ENV_HEARTBEAT_MS).unwrap_or(0),
-        heartbeat_misses: num(agents::ENV_HEARTBEAT_MISSES).unwrap_or(0),
-        ..Default::default()
-    }
-}
+pub use shared::{Manager, Shared};
+pub use system::{API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
 
 /// Docker clients prefix paths with `/v1.NN`; route on the rest.
 async fn strip_version(mut req: Request) -> Request {
@@ -251,7 +106,7 @@ pub fn router(m: Shared) -> Router {
         )
         .fallback(system::page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
-        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn(extract::json_errors))
         .with_state(m)
 }
 

@@ -8,12 +8,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bollard::models::{Ipam, IpamConfig, Network as ApiNetwork, NetworkCreateRequest};
 
+use super::error::{ApiError, ApiResult};
 use super::extract::{self, Query};
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiError, ApiResult, Shared};
+use super::shared::Shared;
 use crate::ipam;
 use crate::keys::Keyring;
 use crate::model::{ENCRYPTED_OPTION, Network};
+use crate::names::{self, Named};
 use crate::store::State as StoreState;
 
 const LOCAL: [(&str, &str); 4] = [
@@ -131,25 +133,6 @@ pub async fn inspect(
     )?)))
 }
 
-fn validate_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "invalid network name {name:?}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )))
-    }
-}
-
 /// Refuses an encrypted network unless every node's kernel proved (by its agent's probe) that
 /// it can carry ESP with AES-GCM, so nothing is created that could never encrypt.
 fn check_ipsec(s: &StoreState) -> ApiResult<()> {
@@ -185,7 +168,7 @@ pub async fn create(
     State(m): State<Shared>,
     extract::Json(req): extract::Json<NetworkCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    validate_name(&req.name)?;
+    names::validate(Named::Network, &req.name).map_err(ApiError::BadRequest)?;
     let driver = req.driver.clone().unwrap_or_else(|| "overlay".into());
     if driver != "overlay" {
         return Err(ApiError::BadRequest(format!(

@@ -12,9 +12,11 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiError, ApiResult, ENGINE_VERSION, Shared};
+use super::shared::Shared;
+use super::system::ENGINE_VERSION;
 use crate::model::{Availability, Node, NodeState};
 use crate::orchestrator;
 

@@ -8,8 +8,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
+use super::error::{ApiError, ApiResult};
 use super::lookup::find;
-use super::{ApiError, ApiResult, Shared};
+use super::shared::Shared;
 use crate::model::Time;
 use crate::store::State as StoreState;
 

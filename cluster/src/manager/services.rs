@@ -15,10 +15,12 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::{self, Query};
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiError, ApiResult, Shared};
+use super::shared::Shared;
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
+use crate::names::{self, Named};
 use crate::orchestrator;
 use crate::store::State as StoreState;
 
@@ -32,33 +34,31 @@ struct Checked {
     networks: Vec<String>,
 }
 
-fn validate_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "invalid service name {name:?}: use up to 63 letters, digits, '-' or '_', starting with a letter or digit"
-        )))
-    }
+fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<Checked> {
+    check_task(s, spec, self_id)?;
+    let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
+    let endpoint_mode = match endpoint.mode {
+        Some(EndpointSpecModeEnum::DNSRR) => EndpointMode::Dnsrr,
+        _ => EndpointMode::Vip,
+    };
+    let ports = check_ports(s, &endpoint, endpoint_mode, self_id)?;
+    let networks = check_networks(s, spec, &ports)?;
+    Ok(Checked {
+        endpoint_mode,
+        ports,
+        networks,
+    })
 }
 
-fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<Checked> {
+/// The service's name, mode, image and the policies of its tasks.
+fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiResult<()> {
     let name = spec.name.clone().unwrap_or_default();
     if name.is_empty() {
         return Err(ApiError::BadRequest(
             "a service needs a name: give --name NAME".into(),
         ));
     }
-    validate_name(&name)?;
+    names::validate(Named::Service, &name).map_err(ApiError::BadRequest)?;
     if let Some(other) = s
         .services
         .values()
@@ -103,12 +103,16 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
 
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
+    Ok(())
+}
 
-    let endpoint = spec.endpoint_spec.clone().unwrap_or_default();
-    let endpoint_mode = match endpoint.mode {
-        Some(EndpointSpecModeEnum::DNSRR) => EndpointMode::Dnsrr,
-        _ => EndpointMode::Vip,
-    };
+/// The published ports, each valid, published once and by no other service (0: to allocate).
+fn check_ports(
+    s: &StoreState,
+    endpoint: &EndpointSpec,
+    endpoint_mode: EndpointMode,
+    self_id: Option<&str>,
+) -> ApiResult<Vec<Port>> {
     let mut ports = Vec::new();
     for p in endpoint.ports.clone().unwrap_or_default() {
         let target = p.target_port.unwrap_or(0);
@@ -171,7 +175,12 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             )));
         }
     }
+    Ok(ports)
+}
 
+/// The networks the service's tasks join, by ID: the ingress first when a port is published
+/// through it, then those the spec names.
+fn check_networks(s: &StoreState, spec: &ServiceSpec, ports: &[Port]) -> ApiResult<Vec<String>> {
     let mut networks = Vec::new();
     if ports.iter().any(|p| p.mode == PublishMode::Ingress)
         && let Some(ing) = s.networks.values().find(|n| n.ingress)
@@ -196,11 +205,7 @@ fn check_spec(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             networks.push(n.id.clone());
         }
     }
-    Ok(Checked {
-        endpoint_mode,
-        ports,
-        networks,
-    })
+    Ok(networks)
 }
 
 fn allocate_port(s: &StoreState, proto: Protocol, taken_here: &BTreeSet<u16>) -> ApiResult<u16> {
@@ -369,9 +374,7 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
         let tasks = s.tasks.values().filter(|t| t.service_id == svc.id);
         let (mut running, mut completed) = (0u64, 0u64);
         for t in tasks {
-            if t.desired == TaskState::Running
-                && super::tasks::visible_state(t, min_ack) == TaskState::Running
-            {
+            if t.desired == TaskState::Running && t.visible_state(min_ack) == TaskState::Running {
                 running += 1;
             }
             if t.status.state == TaskState::Complete {

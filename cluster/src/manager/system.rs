@@ -11,10 +11,16 @@ use bollard::models::{
 };
 use sha2::Digest;
 
+use super::error::{ApiError, ApiResult};
 use super::extract::Query;
 use super::lookup::{Filters, ListQuery};
-use super::{API_VERSION, ApiError, ApiResult, ENGINE_VERSION, MIN_API_VERSION, Shared};
+use super::shared::Shared;
 use crate::model::NodeState;
+
+/// Docker API version we speak (the 28.x CLI's).
+pub const API_VERSION: &str = "1.50";
+pub const MIN_API_VERSION: &str = "1.24";
+pub const ENGINE_VERSION: &str = concat!("swarmkit-", env!("CARGO_PKG_VERSION"));
 
 pub async fn ping() -> impl IntoResponse {
     let mut h = HeaderMap::new();
@@ -166,7 +172,7 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
         return Err(ApiError::NotFound(crate::images::unknown_image_error(name)));
     };
     let digest = sha2::Sha256::digest(format!("swarmkit-builtin:{}", builtin.name()));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest);
     Ok(Json(DistributionInspect {
         descriptor: OciDescriptor {
             media_type: Some("application/vnd.oci.image.index.v1+json".into()),

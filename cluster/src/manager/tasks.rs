@@ -8,20 +8,12 @@ use bollard::models::{
     ContainerStatus, ObjectVersion, Task as ApiTask, TaskSpec, TaskState as ApiState, TaskStatus,
 };
 
+use super::error::ApiResult;
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
-use super::{ApiResult, Shared};
+use super::shared::Shared;
 use crate::model::{Task, TaskState};
 use crate::store::State as StoreState;
-
-/// What clients see: a task the agent runs counts as running only once every node has applied
-/// the plan that routes traffic to it, so "converged" means reachable through the LB.
-pub fn visible_state(t: &Task, min_ack: u64) -> TaskState {
-    match (t.status.state, t.running_version) {
-        (TaskState::Running, Some(v)) if v > min_ack => TaskState::Starting,
-        (state, _) => state,
-    }
-}
 
 fn api_state(s: TaskState) -> ApiState {
     match s {
@@ -52,7 +44,7 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
             svc.spec.task_template.clone()
         }
     });
-    let state = visible_state(t, min_ack);
+    let state = t.visible_state(min_ack);
     let task = ApiTask {
         id: Some(t.id.clone()),
         version: Some(ObjectVersion {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::orchestrator;
+use crate::wait;
 
 /// How often acks are looked at while a service is in transition. Each step of an update waits
 /// for one, so this bounds what the updater adds to a step; an idle cluster never polls.
@@ -26,15 +27,8 @@ pub async fn run(m: Shared) {
                     return;
                 }
             }
-            _ = sleep(until_wake) => {}
+            _ = wait::sleep_until(until_wake.map(|d| tokio::time::Instant::now() + d)) => {}
         }
-    }
-}
-
-async fn sleep(d: Option<std::time::Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -79,13 +79,15 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
 /// How the `i`th node's agent is started: inside its namespace, dialling the manager across
 /// the underlay.
 pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
+    let (ns_var, ns) = cluster::agent::NodeNs::Named.as_env();
     let mut env = vec![
+        (ns_var.to_string(), ns),
         (
             cluster::agent::ENV_NODE_ADDR.to_string(),
             node_addr(i).addr().to_string(),
         ),
         (
-            cluster::client::ENV_MANAGER_TCP.to_string(),
+            cluster::agent::ENV_MANAGER_TCP.to_string(),
             format!("{MANAGER_ADDR}:{MANAGER_PORT}"),
         ),
     ];

@@ -85,16 +85,13 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     let run = format!("/run/swarmkit/{cluster}");
     let mut env = vec![
         // A node without a launch is a host (the ssh backend): its namespace is shared.
+        match node.launch {
+            Some(_) => cluster::agent::NodeNs::Guest,
+            None => cluster::agent::NodeNs::Host,
+        }
+        .as_env(),
         (
-            cluster::agent::ENV_NODE_NS,
-            match node.launch {
-                Some(_) => cluster::agent::NODE_NS_GUEST,
-                None => cluster::agent::NODE_NS_HOST,
-            }
-            .to_string(),
-        ),
-        (
-            cluster::client::ENV_MANAGER_TCP,
+            cluster::agent::ENV_MANAGER_TCP,
             format!("127.0.0.1:{MANAGER_PORT}"),
         ),
         (cluster::agent::ENV_NODE_ADDR, node.addr.addr().to_string()),

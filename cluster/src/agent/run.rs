@@ -1,0 +1,304 @@
+//! The agent's life: its start-up (its environment, its node's namespace, the kernel checks,
+//! registration) and the loop that hands each new plan to the node, feeds it its tasks' events
+//! and reports back. Plans arrive from a long poll that runs apart from applying them, so the
+//! polls (the node's heartbeats) keep coming however long an apply takes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use netcore::lb;
+use netcore::netns::NetNs;
+use netcore::undo::Journal;
+use netcore::xfrm::Owner;
+use tokio::sync::{mpsc, watch};
+
+use super::config::{AgentError, Config, NodeNs};
+use super::dataplane::Dataplane;
+use super::logs::LogSink;
+use super::node::Node;
+use super::tasks::{Event, Tasks};
+use crate::client::{ClientError, ManagerClient};
+use crate::paths::ClusterPaths;
+use crate::plan::{NodePlan, PlanState};
+use crate::protocol::{PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report};
+use crate::wait::{self, Check, Pace, Waited};
+
+/// A plan and its digest, as the poll hands them on.
+type Latest = Option<(Arc<NodePlan>, u64)>;
+
+pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
+    // Before tasks fill the descriptor table: one for each namespace whose nftables this
+    // agent keeps programming (a sandbox per network, the ingress sandbox, the node), and
+    // one for a task's, in flight. Past them, nft is spawned, a fork of the whole agent.
+    lb::libnft::reserve_low_descriptors(64);
+    let paths = ClusterPaths::new(cluster);
+    let config = Config::from_env()?;
+    let (node_ns, journal) = open_node(&paths, hostname, config.node_ns)?;
+    // Only a host's namespace holds other clusters' and its owner's IPsec next to ours.
+    let ipsec_owner = match (config.node_ns, &journal) {
+        (NodeNs::Host, Some(j)) => {
+            Owner::shared(cluster, &paths.nft_table("ipsec"), Some(j.clone()))
+        }
+        _ => Owner::namespace(),
+    };
+    // Refused at start, not at the first network: its sandbox could not balance VIPs.
+    if node_ns
+        .sysctl("net/bridge/bridge-nf-call-iptables")
+        .is_err()
+    {
+        return Err(AgentError::NoBridgeNetfilter.into());
+    }
+    let client = match &config.manager_tcp {
+        Some(addr) => ManagerClient::tcp(addr),
+        None => ManagerClient::new(&paths.manager_socket()),
+    };
+    let Config {
+        vtep, driver, mesh, ..
+    } = config;
+    let req = RegisterRequest {
+        hostname: hostname.to_string(),
+        addr: vtep,
+        lb_driver: driver,
+        mesh,
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ipsec_missing: Some(probe_ipsec(&node_ns).await),
+    };
+    let node_id = register(&client, &req).await?;
+    tracing::info!(node_id, hostname, %driver, %mesh, "registered");
+
+    let (plan_tx, plan_rx) = watch::channel::<Latest>(None);
+    tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let logs = LogSink::start(client.clone(), node_id.clone());
+    let dataplane = Dataplane::new(paths.clone(), hostname, node_ns.clone(), vtep, driver, mesh)
+        .with_journal(journal.clone())
+        .with_ipsec_owner(ipsec_owner);
+    let host_ports =
+        netcore::hostport::HostPorts::new(node_ns.clone(), &paths.nft_table("hostports"), journal);
+    let tasks = Tasks::new(paths, hostname, node_ns, events_tx, logs);
+    let node = Node::new(dataplane, host_ports, tasks);
+    serve(node, &client, plan_rx, events_rx).await
+}
+
+/// The node's network namespace, and the journal of what the agent changes in it when it is a
+/// whole machine's. A namespace of the node's own is the cluster's and goes with it; on a
+/// machine (a guest or a host) what the agent changes is journaled, for `cluster down` to undo.
+fn open_node(
+    paths: &ClusterPaths,
+    hostname: &str,
+    node_ns: NodeNs,
+) -> anyhow::Result<(NetNs, Option<Arc<Journal>>)> {
+    Ok(if node_ns.is_machine() {
+        (
+            NetNs::of_pid(std::process::id())?,
+            Some(Arc::new(Journal::new(paths.host_journal()))),
+        )
+    } else {
+        (NetNs::open(&paths.node_ns(hostname))?, None)
+    })
+}
+
+/// Applies each new plan and reports, until the plan channel closes. Nothing ticks: the loop
+/// wakes for a new plan, a task event, or a timer set for a restart back-off ending or for
+/// retrying what failed.
+async fn serve(
+    mut node: Node,
+    client: &ManagerClient,
+    mut plan_rx: watch::Receiver<Latest>,
+    mut events_rx: mpsc::UnboundedReceiver<Event>,
+) -> anyhow::Result<()> {
+    let mut plan: Latest = None;
+    let mut last_acked = None;
+    let mut wake_at: Option<tokio::time::Instant> = None;
+    loop {
+        let mut reconcile = false;
+        tokio::select! {
+            changed = plan_rx.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("plan channel closed");
+                }
+                plan = plan_rx.borrow_and_update().clone();
+                reconcile = true;
+            }
+            Some(ev) = events_rx.recv() => node.tasks.on_event(ev),
+            _ = wait::sleep_until(wake_at) => reconcile = true,
+        }
+        while let Ok(ev) = events_rx.try_recv() {
+            node.tasks.on_event(ev);
+        }
+        let Some((plan, digest)) = &plan else {
+            continue;
+        };
+        wake_at = None;
+        // The version and digest of the plan last applied: the manager can send a second
+        // delta under one version (a draining task settling), so both are reported.
+        let mut applied = last_acked;
+        if reconcile {
+            let started = std::time::Instant::now();
+            match node.reconcile(plan).await {
+                Ok(()) => {
+                    tracing::debug!(version = plan.version, took = ?started.elapsed(), "plan applied");
+                    applied = Some((plan.version, *digest));
+                }
+                Err(e) => {
+                    tracing::warn!("applying plan {}: {e:#}", plan.version);
+                    wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+        if node.tasks.has_reports() || applied != last_acked {
+            if send_report(client, &mut node.tasks, &plan.node_id, applied).await {
+                last_acked = applied;
+            } else {
+                wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+            }
+        }
+        if let Some(at) = node.tasks.next_start(plan) {
+            wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+        }
+    }
+}
+
+/// Whether the manager took the report of what was applied and what the tasks did since the
+/// last one.
+async fn send_report(
+    client: &ManagerClient,
+    tasks: &mut Tasks,
+    node_id: &str,
+    applied: Option<(u64, u64)>,
+) -> bool {
+    let report = Report {
+        applied_version: applied.map(|(v, _)| v),
+        plan_digest: applied.map(|(_, d)| d),
+        tasks: tasks.reports(),
+    };
+    match client
+        .post::<_, serde_json::Value>(&format!("{PREFIX}/{node_id}/report"), &report)
+        .await
+    {
+        Ok(_) => {
+            tasks.clear_reports();
+            true
+        }
+        Err(e) => {
+            tracing::warn!("report: {e}");
+            false
+        }
+    }
+}
+
+async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
+    // Several request timeouts long: a stalled connection (see ManagerClient::call) costs
+    // one attempt, not the agent.
+    wait::until(
+        Some(Duration::from_secs(120)),
+        Pace::every(Duration::from_millis(20)),
+        || async {
+            match client
+                .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
+                .await
+            {
+                Ok(r) => Check::Ready(r.node_id),
+                Err(e) => Check::NotYet(e),
+            }
+        },
+    )
+    .await
+    .map_err(Waited::into_reason)
+    .context("registering with the manager")
+}
+
+/// Set by a QEMU guest's init once its ESP and crypto modules are loaded (see vm/guest/rc.node).
+const ESP_MODULES_DONE: &str = "/run/swarmkit-modules-esp.done";
+const DATAPLANE_MODULES_DONE: &str = "/run/swarmkit-modules.done";
+const ESP_MODULES_WAIT: Duration = Duration::from_secs(60);
+
+/// What this kernel lacks for encrypted overlays (empty: nothing), by really trying.
+async fn probe_ipsec(node: &NetNs) -> Vec<String> {
+    // A guest loads its ESP modules off the path to a ready node; probing before they are in
+    // would report them missing.
+    if std::path::Path::new(DATAPLANE_MODULES_DONE).exists() {
+        let loaded = wait::until(
+            Some(ESP_MODULES_WAIT),
+            Pace::every(Duration::from_millis(20)),
+            || async { std::path::Path::new(ESP_MODULES_DONE).exists().into() },
+        )
+        .await;
+        if loaded.is_err() {
+            tracing::warn!(
+                "{ESP_MODULES_DONE} did not appear within {ESP_MODULES_WAIT:?}; probing anyway"
+            );
+        }
+    }
+    match netcore::xfrm::probe(node).await {
+        Ok(()) => Vec::new(),
+        Err(netcore::xfrm::XfrmError::Unsupported { missing }) => {
+            tracing::info!(
+                "encrypted overlays unavailable here: missing {}",
+                missing.join(", ")
+            );
+            missing
+        }
+        // The node still serves plain overlays; encrypted ones are refused with the reason.
+        Err(e) => {
+            tracing::warn!("probing the kernel for IPsec ESP: {e}");
+            vec![format!("a working IPsec probe ({e})")]
+        }
+    }
+}
+
+/// How soon a failed apply or report is tried again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Long-polls the node's plan changes and hands on the accumulated plan. It runs apart from
+/// applying, so the polls (the node's heartbeats) keep coming however long an apply takes.
+async fn poll_plans(
+    client: ManagerClient,
+    mut node_id: String,
+    req: RegisterRequest,
+    tx: watch::Sender<Option<(Arc<NodePlan>, u64)>>,
+) {
+    let mut since: Option<u64> = None;
+    let mut plan = PlanState::default();
+    let mut digest = 0;
+    loop {
+        let uri = match since {
+            Some(v) => format!("{PREFIX}/{node_id}/plan?since={v}"),
+            None => format!("{PREFIX}/{node_id}/plan"),
+        };
+        match client.get::<PlanResponse>(&uri).await {
+            Ok(r) => {
+                since = Some(r.version);
+                if let Some(delta) = &r.delta {
+                    tracing::debug!(
+                        version = r.version,
+                        full = delta.full,
+                        objects = delta.len(),
+                        "plan delta"
+                    );
+                    digest = plan.apply(delta, digest);
+                    tx.send_replace(Some((Arc::new(plan.to_plan(r.version)), digest)));
+                }
+            }
+            Err(ClientError::Status { status, .. }) if status == 404 => {
+                if let Ok(id) = register(&client, &req).await {
+                    node_id = id;
+                }
+                since = None;
+            }
+            Err(e @ ClientError::Timeout { .. }) => {
+                // A request nobody answered (not a manager that is away) is worth seeing.
+                tracing::warn!("plan poll: {e}; polling again");
+            }
+            Err(e) => {
+                // The dataplane keeps serving while the manager is away; the manager sends
+                // the full plan if it cannot tell what we have.
+                tracing::debug!("plan poll: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The node's tasks: starting each in namespaces of its own (attached to its networks, with
+//! its DNS server and, for host-mode ports, a link to the node), watching it become ready and
+//! exit, stopping it, adopting what an earlier agent left running, and what to report of them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use netcore::dns::{Resolver, ServeHandle};
+use netcore::hostport::HostPort;
+use netcore::lb;
+use netcore::netns::NetNs;
+use tokio::sync::mpsc;
+
+use super::adopt;
+use super::dataplane::Dataplane;
+use super::logs::{self, LogSink};
+use super::process::{self, MountTemplate};
+use crate::model::TaskState;
+use crate::paths::ClusterPaths;
+use crate::plan::{NodePlan, TaskPlan};
+use crate::protocol::TaskReport;
+use crate::wait::{self, Check, Pace, Waited};
+
+/// How long a task may take to start listening before the agent says so in its log; it keeps
+/// checking after that, since a loaded machine can be that slow.
+const READY_WARN_AFTER: Duration = Duration::from_secs(10);
+
+/// What a task's watchers tell the agent's loop.
+pub enum Event {
+    Exited { id: String, code: Option<i32> },
+    Ready { id: String },
+    NotReady { id: String, err: String },
+}
+
+struct RunningTask {
+    plan: TaskPlan,
+    /// Index of the task's /30 on its host-port link to the node, if it publishes in host mode.
+    host_link: Option<u32>,
+    ns: NetNs,
+    pid: Option<u32>,
+    dns: Option<ServeHandle>,
+    state: TaskState,
+    stopping: bool,
+    /// Started by an earlier agent: not our child, so its exit status is unknown.
+    adopted: bool,
+}
+
+pub struct Tasks {
+    paths: ClusterPaths,
+    hostname: String,
+    node: NetNs,
+    resolver: Arc<Resolver>,
+    running: HashMap<String, RunningTask>,
+    reports: BTreeMap<String, TaskReport>,
+    /// Tasks that ran here and ended. A task ID never runs twice: replacements are new tasks
+    /// the manager creates, so the history in `service ps` tells the truth.
+    finished: HashSet<String>,
+    events: mpsc::UnboundedSender<Event>,
+    logs: LogSink,
+    /// None where it could not be made: tasks then copy the agent's own mount table.
+    mounts: Option<MountTemplate>,
+}
+
+impl Tasks {
+    pub fn new(
+        paths: ClusterPaths,
+        hostname: &str,
+        node: NetNs,
+        events: mpsc::UnboundedSender<Event>,
+        logs: LogSink,
+    ) -> Tasks {
+        Tasks {
+            paths,
+            hostname: hostname.to_string(),
+            node,
+            resolver: Resolver::new(),
+            running: HashMap::new(),
+            reports: BTreeMap::new(),
+            finished: HashSet::new(),
+            events,
+            logs,
+            mounts: MountTemplate::new()
+                .inspect_err(|e| {
+                    tracing::warn!("tasks will copy the node's whole mount table: {e}")
+                })
+                .ok(),
+        }
+    }
+
+    /// The resolver every task's DNS server answers from.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The plans of the tasks that run here and are not being stopped.
+    pub fn live(&self) -> impl Iterator<Item = &TaskPlan> {
+        self.running
+            .values()
+            .filter(|t| !t.stopping)
+            .map(|t| &t.plan)
+    }
+
+    /// When the earliest task waiting out a restart back-off may start.
+    pub fn next_start(&self, plan: &NodePlan) -> Option<tokio::time::Instant> {
+        let now = chrono::Utc::now();
+        plan.tasks
+            .iter()
+            .filter(|t| !self.running.contains_key(&t.id) && !self.finished.contains(&t.id))
+            .filter_map(|t| t.start_after)
+            .filter(|at| *at > now)
+            .min()
+            .map(|at| {
+                let wait = (at - now).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + wait + Duration::from_millis(1)
+            })
+    }
+
+    fn report(&mut self, id: &str, state: TaskState, message: &str, err: Option<String>) {
+        let pid = self.running.get(id).and_then(|t| t.pid);
+        self.reports.insert(
+            id.to_string(),
+            TaskReport {
+                id: id.to_string(),
+                state,
+                message: message.to_string(),
+                err,
+                pid,
+                exit_code: None,
+            },
+        );
+    }
+
+    /// What the tasks did since the manager last took a report.
+    pub fn reports(&self) -> Vec<TaskReport> {
+        self.reports.values().cloned().collect()
+    }
+
+    pub fn has_reports(&self) -> bool {
+        !self.reports.is_empty()
+    }
+
+    pub fn clear_reports(&mut self) {
+        self.reports.clear();
+    }
+
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready { id } => {
+                if let Some(t) = self.running.get_mut(&id)
+                    && t.state == TaskState::Starting
+                    && !t.stopping
+                {
+                    t.state = TaskState::Running;
+                    self.report(&id, TaskState::Running, "started", None);
+                }
+            }
+            Event::NotReady { id, err } => {
+                tracing::warn!(task = id, "not ready: {err}");
+            }
+            Event::Exited { id, code } => {
+                let Some(t) = self.running.remove(&id) else {
+                    return;
+                };
+                let (state, message, err) = if t.stopping {
+                    (TaskState::Shutdown, "shutdown".to_string(), None)
+                } else if t.adopted {
+                    let why = "task: exited (status unknown: it outlived an agent restart)";
+                    (TaskState::Failed, why.to_string(), Some(why.to_string()))
+                } else if code == Some(0) {
+                    (TaskState::Complete, "finished".to_string(), None)
+                } else {
+                    let why = match code {
+                        Some(c) => format!("task: non-zero exit ({c})"),
+                        None => "task: killed by a signal".to_string(),
+                    };
+                    (TaskState::Failed, why.clone(), Some(why))
+                };
+                let pid = t.pid;
+                self.finished.insert(id.clone());
+                self.cleanup(t);
+                self.reports.insert(
+                    id.clone(),
+                    TaskReport {
+                        id,
+                        state,
+                        message,
+                        err,
+                        pid,
+                        exit_code: code.map(i64::from),
+                    },
+                );
+            }
+        }
+    }
+
+    fn cleanup(&mut self, t: RunningTask) {
+        self.resolver.remove(&t.plan.id);
+        adopt::forget(&self.paths.task_dir(&t.plan.id));
+        let RunningTask { ns, dns, .. } = t;
+        // Sockets and handles keep a namespace alive: release them before its name.
+        drop(dns);
+        let name = ns.name().to_string();
+        drop(ns);
+        if let Err(e) = NetNs::delete(&name) {
+            tracing::warn!("removing {name}: {e}");
+        }
+    }
+
+    /// Stops the tasks the plan no longer has and starts (or adopts) the ones it has that do
+    /// not run here yet; a task that cannot start is reported rejected.
+    pub async fn converge(&mut self, plan: &NodePlan, dataplane: &Dataplane) {
+        let wanted: HashMap<&str, &TaskPlan> =
+            plan.tasks.iter().map(|t| (t.id.as_str(), &**t)).collect();
+        let stale: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in stale {
+            self.stop(&id);
+        }
+        self.finished.retain(|id| wanted.contains_key(id.as_str()));
+        let now = chrono::Utc::now();
+        for t in &plan.tasks {
+            if self.running.contains_key(&t.id)
+                || self.finished.contains(&t.id)
+                || t.start_after.is_some_and(|at| at > now)
+            {
+                continue;
+            }
+            match self.adopt(t) {
+                Adoption::Adopted => continue,
+                Adoption::Ended => {
+                    self.finished.insert(t.id.clone());
+                    let why = "task: exited while its agent was down";
+                    self.report(&t.id, TaskState::Failed, why, Some(why.to_string()));
+                    continue;
+                }
+                Adoption::Nothing => {}
+            }
+            let task_started = std::time::Instant::now();
+            let result = self.start(t, dataplane).await;
+            tracing::debug!(task = t.name, took = ?task_started.elapsed(), "task started");
+            if let Err(e) = result {
+                tracing::warn!("starting {}: {e:#}", t.name);
+                self.finished.insert(t.id.clone());
+                self.report(
+                    &t.id,
+                    TaskState::Rejected,
+                    "failed to start",
+                    Some(format!("{e:#}")),
+                );
+            }
+        }
+    }
+
+    /// Takes over a task an earlier agent started, if its process still runs.
+    fn adopt(&mut self, t: &TaskPlan) -> Adoption {
+        let dir = self.paths.task_dir(&t.id);
+        let Some(rec) = adopt::load(&dir).filter(|r| r.node == self.hostname) else {
+            return Adoption::Nothing;
+        };
+        if !adopt::alive(&rec) {
+            adopt::forget(&dir);
+            return Adoption::Ended;
+        }
+        let adopted = NetNs::open(&self.paths.task_ns(&t.id))
+            .map_err(anyhow::Error::from)
+            .and_then(|ns| Ok((self.resolver.serve_in(&t.id, &ns)?, ns)));
+        let (dns, ns) = match adopted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("adopting {}: {e:#}; it is stopped", t.name);
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+                adopt::forget(&dir);
+                return Adoption::Ended;
+            }
+        };
+        tracing::info!(task = t.name, pid = rec.pid, "adopted");
+        if let Err(e) = self.logs.follow(&t.id, &dir) {
+            tracing::warn!("{}: its output is not read: {e}", t.name);
+        }
+        let id = t.id.clone();
+        let events = self.events.clone();
+        let pid = rec.pid;
+        tokio::spawn(async move {
+            if let Err(e) = adopt::exited(pid).await {
+                tracing::warn!("watching adopted task {id}: {e}");
+                return;
+            }
+            let _ = events.send(Event::Exited { id, code: None });
+        });
+        let port = crate::images::resolve(&t.image)
+            .filter(|_| t.args.is_empty())
+            .map(|b| b.port());
+        // Starting until it answers again; not reported, since the manager knows it running
+        // and a report would take it out of the load balancers for nothing.
+        self.running.insert(
+            t.id.clone(),
+            RunningTask {
+                plan: t.clone(),
+                host_link: rec.host_link,
+                ns: ns.clone(),
+                pid: Some(rec.pid),
+                dns: Some(dns),
+                state: TaskState::Starting,
+                stopping: false,
+                adopted: true,
+            },
+        );
+        let events = self.events.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let ev = match wait_listening(ns, Some(pid), port).await {
+                Ok(()) => Event::Ready { id },
+                Err(err) => Event::NotReady { id, err },
+            };
+            let _ = events.send(ev);
+        });
+        Adoption::Adopted
+    }
+
+    /// Stops what an earlier agent left running that the plan no longer wants (its node was
+    /// down meanwhile and the tasks were replaced elsewhere), so nothing runs twice.
+    pub fn sweep(&mut self, plan: &NodePlan) {
+        let wanted: HashSet<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+        let tasks_dir = self.paths.run_dir().join("tasks");
+        for (id, dir, rec) in adopt::records(&tasks_dir, &self.hostname) {
+            if wanted.contains(id.as_str()) || self.running.contains_key(&id) {
+                continue;
+            }
+            if adopt::alive(&rec) {
+                tracing::info!(
+                    task = id,
+                    pid = rec.pid,
+                    "stopping a task the plan no longer has"
+                );
+                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+            }
+            if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
+                tracing::debug!("removing the namespace of {id}: {e}");
+            }
+            adopt::forget(&dir);
+        }
+    }
+
+    async fn start(&mut self, t: &TaskPlan, dataplane: &Dataplane) -> anyhow::Result<()> {
+        let ns = NetNs::create(&self.paths.task_ns(&t.id))?;
+        netcore::link::loopback_up(&ns).await?;
+        for a in &t.attachments {
+            dataplane.attach(&a.network_id, &ns, a).await?;
+        }
+        let host_link = if t.host_ports.is_empty() {
+            None
+        } else {
+            let used: HashSet<u32> = self.running.values().filter_map(|r| r.host_link).collect();
+            let i = (0..16000u32)
+                .find(|i| !used.contains(i))
+                .context("no free host-port link left on this node")?;
+            let (node_side, task_side) = host_link_addrs(i);
+            netcore::underlay::link_pair(
+                &self.node,
+                &format!("hp{}", &t.id[..8.min(t.id.len())]),
+                node_side,
+                &ns,
+                "gw0",
+                task_side,
+            )
+            .await?;
+            // Replies to outside clients go back through the node, source addresses intact.
+            netcore::link::Links::new(&ns)?
+                .add_default_route(node_side.addr())
+                .await?;
+            Some(i)
+        };
+        let dns = self.resolver.serve_in(&t.id, &ns)?;
+        tokio::task::block_in_place(|| lb::track_connections(&ns))
+            .context("connection tracking in the task's namespace")?;
+        let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
+            (Some(b), true) => vec![
+                crate::paths::OWN_BINARY.to_string(),
+                "__image".to_string(),
+                b.name().to_string(),
+            ],
+            _ => t.args.clone(),
+        };
+        let dir = self.paths.task_dir(&t.id);
+        let outputs = logs::outputs(&dir).context("the task's output FIFOs")?;
+        self.logs
+            .follow(&t.id, &dir)
+            .context("reading the task's output")?;
+        let child = process::spawn(
+            t,
+            &ns,
+            self.mounts.as_ref(),
+            &dir,
+            &self.paths.name,
+            &argv,
+            outputs,
+        )?;
+        let pid = child.id();
+        if let Some(p) = pid {
+            let rec = adopt::Record {
+                node: self.hostname.clone(),
+                pid: p,
+                start_time: adopt::start_time(p).unwrap_or_default(),
+                host_link,
+                stop_grace_ms: t.stop_grace_ms,
+            };
+            if let Err(e) = adopt::save(&dir, &rec) {
+                tracing::warn!("recording {} for a restarted agent: {e}", t.name);
+            }
+        }
+        let id = t.id.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = events.send(Event::Exited { id, code });
+        });
+        let port = crate::images::resolve(&t.image)
+            .filter(|_| t.args.is_empty())
+            .map(|b| b.port());
+        self.running.insert(
+            t.id.clone(),
+            RunningTask {
+                plan: t.clone(),
+                host_link,
+                ns: ns.clone(),
+                pid,
+                dns: Some(dns),
+                state: TaskState::Starting,
+                stopping: false,
+                adopted: false,
+            },
+        );
+        self.report(&t.id, TaskState::Starting, "starting", None);
+        let events = self.events.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let ev = match wait_listening(ns, pid, port).await {
+                Ok(()) => Event::Ready { id },
+                Err(err) => Event::NotReady { id, err },
+            };
+            let _ = events.send(ev);
+        });
+        Ok(())
+    }
+
+    fn stop(&mut self, id: &str) {
+        let Some(t) = self.running.get_mut(id) else {
+            return;
+        };
+        if t.stopping {
+            return;
+        }
+        t.stopping = true;
+        let grace = Duration::from_millis(t.plan.stop_grace_ms);
+        match t.pid {
+            Some(pid) => kill_group(pid, grace),
+            None => {
+                let _ = self.events.send(Event::Exited {
+                    id: id.to_string(),
+                    code: None,
+                });
+            }
+        }
+    }
+
+    /// The host-mode ports the running tasks publish, each towards its task's host-port link.
+    pub fn host_ports(&self) -> Vec<HostPort> {
+        self.running
+            .values()
+            .filter(|t| !t.stopping)
+            .filter_map(|t| t.host_link.map(|i| (t, i)))
+            .flat_map(|(t, i)| {
+                t.plan.host_ports.iter().map(move |p| HostPort {
+                    proto: match p.protocol {
+                        crate::model::Protocol::Tcp => lb::Protocol::Tcp,
+                        crate::model::Protocol::Udp => lb::Protocol::Udp,
+                    },
+                    port: p.published,
+                    addr: host_link_addrs(i).1.addr(),
+                    target: p.target,
+                })
+            })
+            .collect()
+    }
+}
+
+enum Adoption {
+    Adopted,
+    /// Its process ended while no agent watched it.
+    Ended,
+    /// No earlier agent started it.
+    Nothing,
+}
+
+/// SIGTERM to a task's process group, SIGKILL after its stop grace period.
+fn kill_group(pid: u32, grace: Duration) {
+    let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    });
+}
+
+/// The /30 linking a host-mode task to its node, carved from 172.19.0.0/16: (node, task).
+fn host_link_addrs(i: u32) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
+    let base = u32::from(Ipv4Addr::new(172, 19, 0, 0)) + i * 4;
+    (
+        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 1), 30).expect("/30"),
+        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 2), 30).expect("/30"),
+    )
+}
+
+/// Ready means the task accepts connections on its image's port (from inside its namespace),
+/// not merely that its process exists. It checks until the port answers; a task that exits
+/// first is reported by its exit, and the check's late answer is ignored.
+async fn wait_listening(ns: NetNs, pid: Option<u32>, port: Option<u16>) -> Result<(), String> {
+    let Some(port) = port else {
+        return Ok(());
+    };
+    let started = tokio::time::Instant::now();
+    let warned = std::sync::atomic::AtomicBool::new(false);
+    let answers = || {
+        let ns = ns.clone();
+        tokio::task::spawn_blocking(move || {
+            ns.run(|| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+            .unwrap_or(false)
+        })
+    };
+    wait::until(
+        None,
+        Pace::doubling(Duration::from_millis(2), Duration::from_millis(100)),
+        || {
+            let answered = answers();
+            let warned = &warned;
+            async move {
+                if answered.await.unwrap_or(false) {
+                    return Check::Ready(());
+                }
+                if started.elapsed() > READY_WARN_AFTER
+                    && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "nothing listens on port {port} after {READY_WARN_AFTER:?}; still waiting"
+                    );
+                }
+                let alive = pid.is_some_and(|p| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
+                });
+                if alive {
+                    Check::NotYet(String::new())
+                } else {
+                    Check::Failed(format!("the task stopped before port {port} answered"))
+                }
+            }
+        },
+    )
+    .await
+    // No deadline: only a failure ends it without an answer.
+    .map_err(Waited::into_reason)
+}

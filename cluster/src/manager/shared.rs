@@ -1,0 +1,147 @@
+//! The manager's state that every handler shares: the store, the dispatcher that keeps every
+//! node's plan, the agents' acks and last words, the tasks' output. Every write goes through
+//! `Manager::update`, which commits and wakes whoever the commit concerns.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::config::{Heartbeat, settings_from_env};
+use super::error::{ApiError, ApiResult};
+use super::logstore::Logs;
+use crate::dispatch::Dispatcher;
+use crate::model::{Meta, Network};
+use crate::store::{State, Store};
+
+pub struct Manager {
+    pub store: Store,
+    /// Every node's plan, kept up to date from the store's commits, and the agents' acks.
+    dispatch: Mutex<Dispatcher>,
+    /// What tasks printed, as their agents pushed it.
+    pub(super) logs: Logs,
+    /// Bumped on every commit and whenever the lowest ack moves (for the updater).
+    pub(super) epoch: watch::Sender<u64>,
+    /// When each node's agent last talked to us.
+    last_seen: Mutex<HashMap<String, Instant>>,
+    pub heartbeat: Heartbeat,
+    pub(super) started: Instant,
+}
+
+pub type Shared = Arc<Manager>;
+
+impl Manager {
+    pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
+        let store = Store::open(path)?;
+        let heartbeat = Heartbeat::of(&store.snapshot().meta)?;
+        let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
+        let m = Arc::new(Manager {
+            store,
+            dispatch,
+            logs: Default::default(),
+            epoch: watch::channel(0).0,
+            last_seen: Mutex::new(HashMap::new()),
+            heartbeat,
+            started: Instant::now(),
+        });
+        m.initialise(cluster)?;
+        m.dispatch().assume_applied_before_restart();
+        Ok(m)
+    }
+
+    fn initialise(&self, cluster: &str) -> Result<(), ApiError> {
+        // Nodes keep their state across a manager restart: their agents get a grace period
+        // to reconnect (see agents::watch_liveness) before anything is rescheduled.
+        self.store.update(|s: &mut State| {
+            if s.meta.cluster_id.is_empty() {
+                let mut local = std::collections::BTreeMap::new();
+                for name in ["bridge", "docker_gwbridge", "host", "none"] {
+                    local.insert(name.to_string(), crate::ids::new_hex_id());
+                }
+                s.put_meta(Meta {
+                    cluster_id: crate::ids::new_id(),
+                    cluster_name: cluster.to_string(),
+                    created: Some(chrono::Utc::now()),
+                    local_networks: local,
+                    next_fwmark: 256,
+                    ..settings_from_env()
+                });
+            }
+            if !s.networks.values().any(|n| n.ingress) {
+                let subnet = crate::ipam::INGRESS_SUBNET.parse().expect("constant");
+                s.put_network(Network {
+                    id: crate::ids::new_id(),
+                    name: "ingress".into(),
+                    created: chrono::Utc::now(),
+                    version: 0,
+                    subnet,
+                    gateway: "10.255.0.1".parse().expect("constant"),
+                    vni: crate::ipam::INGRESS_VNI,
+                    attachable: false,
+                    ingress: true,
+                    labels: Default::default(),
+                    options: Default::default(),
+                    keyring: None,
+                });
+            }
+            Ok::<_, ApiError>(())
+        })?;
+        drop(self.dispatch());
+        Ok(())
+    }
+
+    /// The dispatcher, brought up to the store's latest commit.
+    pub(super) fn dispatch(&self) -> MutexGuard<'_, Dispatcher> {
+        let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        d.advance(self.store.snapshot());
+        d
+    }
+
+    /// The plan version a node last reported applied (0: none yet).
+    pub fn ack_of(&self, node_id: &str) -> u64 {
+        self.dispatch().ack_of(node_id)
+    }
+
+    /// The lowest store version every ready node's dataplane reflects.
+    pub fn min_ack(&self, _state: &State) -> u64 {
+        self.dispatch().min_ack()
+    }
+
+    pub fn set_ack(&self, node_id: &str, version: u64, digest: Option<u64>) {
+        let mut d = self.dispatch();
+        let before = d.min_ack();
+        d.ack(node_id, version, digest);
+        if d.min_ack() != before {
+            self.epoch.send_modify(|e| *e += 1);
+        }
+    }
+
+    pub fn touch(&self, node_id: &str) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), Instant::now());
+    }
+
+    pub fn last_seen(&self, node_id: &str) -> Option<Instant> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .copied()
+    }
+
+    /// Commits through the store and hands the change to the dispatcher, which wakes the
+    /// agents whose plans it changed.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let out = tokio::task::block_in_place(|| {
+            let out = self.store.update(f)?;
+            drop(self.dispatch());
+            Ok::<_, ApiError>(out)
+        })?;
+        self.epoch.send_modify(|e| *e += 1);
+        Ok(out)
+    }
+}

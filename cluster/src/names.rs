@@ -1,0 +1,121 @@
+//! The names users give clusters, services and networks, checked by one validator. The rules
+//! differ only where they must: a cluster's name becomes part of namespace, nft table and file
+//! names (see `paths`), so it is short, lower-case and without the '.' that ends a cluster's
+//! prefix; services and networks follow docker's rules for them.
+
+/// What a name is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Named {
+    Cluster,
+    Service,
+    Network,
+}
+
+/// A name is 1..=`max_len` ASCII letters, digits and `punct`, starting with a letter or digit.
+struct Rules {
+    max_len: usize,
+    upper_case: bool,
+    punct: &'static str,
+    /// The rules as the refusal states them.
+    hint: &'static str,
+}
+
+impl Named {
+    fn noun(self) -> &'static str {
+        match self {
+            Named::Cluster => "cluster",
+            Named::Service => "service",
+            Named::Network => "network",
+        }
+    }
+
+    fn rules(self) -> Rules {
+        match self {
+            Named::Cluster => Rules {
+                max_len: 24,
+                upper_case: false,
+                punct: "-_",
+                hint: "use 1-24 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            },
+            Named::Service => Rules {
+                max_len: 63,
+                upper_case: true,
+                punct: "-_",
+                hint: "use up to 63 letters, digits, '-' or '_', starting with a letter or digit",
+            },
+            Named::Network => Rules {
+                max_len: 64,
+                upper_case: true,
+                punct: "_.-",
+                hint: "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            },
+        }
+    }
+}
+
+/// Whether `name` may name a `what`; the refusal names the rules.
+pub fn validate(what: Named, name: &str) -> Result<(), String> {
+    let r = what.rules();
+    let allowed = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || (r.upper_case && c.is_ascii_uppercase())
+            || r.punct.contains(c)
+    };
+    let ok = !name.is_empty()
+        && name.len() <= r.max_len
+        && name.chars().all(allowed)
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid {} name {name:?}: {}", what.noun(), r.hint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_keeps_its_own_rules() {
+        for (what, name, ok) in [
+            (Named::Cluster, "demo-1_a", true),
+            (Named::Cluster, "Demo", false),
+            (Named::Cluster, "a.b", false),
+            (Named::Cluster, "-a", false),
+            (Named::Cluster, &"a".repeat(25), false),
+            (Named::Service, "Web_1-a", true),
+            (Named::Service, "web.1", false),
+            (Named::Service, "_web", false),
+            (Named::Service, &"a".repeat(63), true),
+            (Named::Service, &"a".repeat(64), false),
+            (Named::Network, "Back.end_1-a", true),
+            (Named::Network, ".net", false),
+            (Named::Network, &"a".repeat(64), true),
+            (Named::Network, &"a".repeat(65), false),
+            (Named::Network, "", false),
+        ] {
+            assert_eq!(validate(what, name).is_ok(), ok, "{what:?} {name:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_what_and_the_rules() {
+        assert_eq!(
+            validate(Named::Service, "web.1").unwrap_err(),
+            "invalid service name \"web.1\": use up to 63 letters, digits, '-' or '_', starting with a letter or digit"
+        );
+        assert_eq!(
+            validate(Named::Cluster, "A").unwrap_err(),
+            "invalid cluster name \"A\": use 1-24 characters of a-z, 0-9, '-' or '_', starting with a letter or digit"
+        );
+        assert_eq!(
+            validate(Named::Network, "-n").unwrap_err(),
+            "invalid network name \"-n\": use letters, digits, '_', '.' or '-', starting with a letter or digit"
+        );
+    }
+}

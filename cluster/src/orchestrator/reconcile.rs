@@ -1,0 +1,389 @@
+//! Making a service's tasks match its spec, and carrying its rolling update (or rollback)
+//! forward. Everything here runs inside a store transaction, so a service and its tasks
+//! always change together.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::Utc;
+
+use super::restart::refill;
+use super::schedule::{ScheduleError, is_active};
+use super::tasks::{new_task, shut_down};
+use crate::model::{
+    Availability, NodeState, Service, Task, TaskState, Time, UpdateState, UpdateStatus,
+};
+use crate::policy::{self, Order, UpdatePolicy};
+use crate::store::State;
+
+/// Tasks kept per slot, current one included (Swarm's task history retention limit).
+pub const HISTORY_PER_SLOT: usize = 5;
+
+/// Starts the rolling update (or rollback) of a service whose tasks must be replaced.
+pub fn begin_update(service: &mut Service, rollback: bool) {
+    let (state, message) = if rollback {
+        (UpdateState::RollbackStarted, "manually requested rollback")
+    } else {
+        (UpdateState::Updating, "update in progress")
+    };
+    service.update_status = Some(UpdateStatus {
+        state,
+        started: Utc::now(),
+        completed: None,
+        message: message.to_string(),
+        last_slot_done: None,
+        slots: BTreeSet::new(),
+    });
+}
+
+fn updating(service: &Service) -> bool {
+    service.update_status.as_ref().is_some_and(|u| {
+        matches!(
+            u.state,
+            UpdateState::Updating | UpdateState::RollbackStarted
+        )
+    })
+}
+
+/// Makes the service's tasks match its spec, with what the API knows: no task counts as
+/// routed everywhere yet, so replacements that wait for one are left to `reconcile_at`.
+pub fn reconcile(state: &mut State, service_id: &str) -> Result<(), ScheduleError> {
+    reconcile_at(state, service_id, 0, Utc::now()).map(|_| ())
+}
+
+/// Like `reconcile`, but a failure to place a task leaves the state as it was (the caller's
+/// other changes stand).
+pub fn reconcile_or_keep(
+    state: &mut State,
+    service_id: &str,
+    min_ack: u64,
+    now: Time,
+) -> Option<Time> {
+    let before = state.clone();
+    match reconcile_at(state, service_id, min_ack, now) {
+        Ok(wake) => wake,
+        Err(e) => {
+            tracing::warn!("reconciling service {service_id}: {e}");
+            *state = before;
+            None
+        }
+    }
+}
+
+/// Whether a task is reachable through every node's load balancers: running, and every ready
+/// node has applied the version that added it.
+fn routed(t: &Task, min_ack: u64) -> bool {
+    t.status.state == TaskState::Running && t.running_version.is_some_and(|v| v <= min_ack)
+}
+
+/// Makes the service's tasks match its spec: one running task per slot 1..=replicas, extra
+/// slots shut down, exited tasks replaced under the restart policy, tasks of an older spec
+/// replaced under the update policy, tasks on draining nodes moved. A task that serves is
+/// replaced start-first (its successor routed everywhere before it leaves) unless the update
+/// order is stop-first. `min_ack` is the plan version every ready node has applied. Returns
+/// when it must run again on its own (an update delay ending), if ever. Idempotent: a second
+/// run with nothing changed writes nothing.
+pub fn reconcile_at(
+    state: &mut State,
+    service_id: &str,
+    min_ack: u64,
+    now: Time,
+) -> Result<Option<Time>, ScheduleError> {
+    let Some(mut service) = state.services.get(service_id).cloned() else {
+        return Ok(None);
+    };
+    let replicas = service.replicas();
+    let rollback = service
+        .update_status
+        .as_ref()
+        .is_some_and(|u| u.state == UpdateState::RollbackStarted);
+    let pass = Pass {
+        service: &service,
+        update: policy::update_policy(&service.spec, rollback),
+        min_ack,
+        now,
+    };
+    let mut status = service.update_status.clone();
+    let mut by_slot: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| t.service_id == service_id) {
+        by_slot.entry(t.slot).or_default().push(t.clone());
+    }
+
+    for t in by_slot.range(replicas + 1..).flat_map(|(_, ts)| ts) {
+        shut_down(state, t.clone());
+    }
+    let mut left = Left::default();
+    for slot in 1..=replicas {
+        let tasks = by_slot.remove(&slot).unwrap_or_default();
+        pass.slot(state, slot, tasks, &mut status, &mut left)?;
+    }
+
+    let wake = match status.as_mut().filter(|_| updating(&service)) {
+        Some(u) => pass.advance_update(state, u, left, replicas)?,
+        None => {
+            // Not updating (say, the update finished and a stale task was left on a node that
+            // came back): replace them all at once.
+            for (slot, _) in left.waiting {
+                let t = new_task(state, &service, slot, 0, None)?;
+                state.put_task(t);
+            }
+            None
+        }
+    };
+    if status != service.update_status {
+        service.update_status = status;
+        state.put_service(service);
+    }
+    prune_history(state, service_id);
+    Ok(wake)
+}
+
+/// What one `reconcile_at` works from.
+struct Pass<'a> {
+    service: &'a Service,
+    update: UpdatePolicy,
+    min_ack: u64,
+    now: Time,
+}
+
+/// What the slots leave to the rolling update.
+#[derive(Default)]
+struct Left {
+    /// Slots whose tasks are all stale and that wait for their turn, with those tasks.
+    waiting: Vec<(u64, Vec<Task>)>,
+    /// Whether a slot still runs a task of an older spec.
+    stale: bool,
+}
+
+impl Pass<'_> {
+    /// Brings one slot to one current task: keeps it, or replaces what is stale or gone. A
+    /// slot whose every task is of an older spec waits in `left` for the rolling update.
+    fn slot(
+        &self,
+        state: &mut State,
+        slot: u64,
+        mut tasks: Vec<Task>,
+        status: &mut Option<UpdateStatus>,
+        left: &mut Left,
+    ) -> Result<(), ScheduleError> {
+        let service = self.service;
+        tasks.sort_by_key(|t| t.created);
+        let active: Vec<&Task> = tasks.iter().filter(|t| is_active(t)).collect();
+        let keep = active
+            .iter()
+            .rev()
+            .find(|t| {
+                t.spec_generation == service.spec_generation && !on_draining_node(state, &t.node_id)
+            })
+            .copied();
+        let stale: Vec<&Task> = active
+            .iter()
+            .filter(|t| Some(t.id.as_str()) != keep.map(|k| k.id.as_str()))
+            .copied()
+            .collect();
+        let outdated = stale
+            .iter()
+            .any(|t| t.spec_generation != service.spec_generation);
+        left.stale |= outdated;
+        match (keep, stale.is_empty()) {
+            (Some(k), true) => {
+                if routed(k, self.min_ack)
+                    && let Some(u) = status.as_mut()
+                    && u.slots.remove(&slot)
+                {
+                    u.last_slot_done = Some(self.now);
+                }
+            }
+            (Some(k), false) => {
+                // Start-first: the old task leaves once its successor is routed everywhere
+                // (or at once, if it serves nobody anyway).
+                let old_serves = stale.iter().any(|t| t.status.state == TaskState::Running);
+                if routed(k, self.min_ack) || !old_serves {
+                    for t in stale {
+                        shut_down(state, t.clone());
+                    }
+                }
+            }
+            (None, false) if outdated => left
+                .waiting
+                .push((slot, stale.into_iter().cloned().collect::<Vec<Task>>())),
+            (None, false) => {
+                // Only its node is draining: a successor elsewhere first, whatever the order.
+                let t = new_task(state, service, slot, 0, None)?;
+                state.put_task(t);
+            }
+            (None, true) => {
+                if self.held(state, slot, &tasks, status.as_ref()) {
+                    // Stop-first: the successor starts once its predecessor has stopped.
+                    return Ok(());
+                }
+                if let Some((restarts, at)) = refill(state, service, slot, self.now) {
+                    let t = new_task(state, service, slot, restarts, at)?;
+                    state.put_task(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a stop-first update holds an empty slot of its own until the task it replaces
+    /// (of an older spec, started, on a ready node) has stopped.
+    fn held(
+        &self,
+        state: &State,
+        slot: u64,
+        tasks: &[Task],
+        status: Option<&UpdateStatus>,
+    ) -> bool {
+        self.update.order == Order::StopFirst
+            && status.is_some_and(|u| u.slots.contains(&slot))
+            && tasks.iter().any(|t| {
+                t.spec_generation != self.service.spec_generation
+                    && !t.status.state.is_terminal()
+                    && t.status.state >= TaskState::Starting
+                    && state
+                        .nodes
+                        .get(&t.node_id)
+                        .is_some_and(|n| n.state == NodeState::Ready)
+            })
+    }
+
+    /// Moves the rolling update on: starts waiting slots as its parallelism and delay allow,
+    /// and completes it once no slot is stale or in flight. Returns when the delay ends, if
+    /// slots wait for it.
+    fn advance_update(
+        &self,
+        state: &mut State,
+        u: &mut UpdateStatus,
+        left: Left,
+        replicas: u64,
+    ) -> Result<Option<Time>, ScheduleError> {
+        u.slots.retain(|s| *s <= replicas);
+        let room = match self.update.parallelism {
+            0 => usize::MAX,
+            p => (p as usize).saturating_sub(u.slots.len()),
+        };
+        let due = u.last_slot_done.map(|t| {
+            t + chrono::Duration::from_std(self.update.delay).unwrap_or(chrono::Duration::MAX)
+        });
+        let mut wake = None;
+        if due.is_some_and(|d| d > self.now) {
+            wake = due.filter(|_| !left.waiting.is_empty());
+        } else {
+            self.start_slots(state, u, room, left.waiting)?;
+        }
+        if !left.stale && u.slots.is_empty() {
+            let rolled_back = u.state == UpdateState::RollbackStarted;
+            u.state = if rolled_back {
+                UpdateState::RollbackCompleted
+            } else {
+                UpdateState::Completed
+            };
+            u.completed = Some(self.now);
+            u.message = if rolled_back {
+                "rollback completed"
+            } else {
+                "update completed"
+            }
+            .to_string();
+        }
+        Ok(wake)
+    }
+
+    /// Replaces the waiting slots that fit in `room` (and again those already in flight whose
+    /// successor exited), in the update's order.
+    fn start_slots(
+        &self,
+        state: &mut State,
+        u: &mut UpdateStatus,
+        mut room: usize,
+        waiting: Vec<(u64, Vec<Task>)>,
+    ) -> Result<(), ScheduleError> {
+        for (slot, stale) in waiting {
+            // A slot already in flight whose successor exited goes again, under the
+            // restart policy; a new slot needs room.
+            let again = u.slots.contains(&slot);
+            if !again && room == 0 {
+                continue;
+            }
+            if !again {
+                room -= 1;
+                u.slots.insert(slot);
+            }
+            match self.update.order {
+                Order::StartFirst => {
+                    let (restarts, at) = if again {
+                        match refill(state, self.service, slot, self.now) {
+                            Some(r) => r,
+                            None => continue,
+                        }
+                    } else {
+                        (0, None)
+                    };
+                    let t = new_task(state, self.service, slot, restarts, at)?;
+                    state.put_task(t);
+                }
+                Order::StopFirst => {
+                    for t in stale {
+                        shut_down(state, t);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the node is draining: its tasks move elsewhere.
+fn on_draining_node(state: &State, node: &str) -> bool {
+    state
+        .nodes
+        .get(node)
+        .is_some_and(|n| n.availability == Availability::Drain)
+}
+
+/// Services whose tasks are being replaced or moved, which `reconcile_at` must see again as
+/// tasks become routed and acks move: one pass over the tasks.
+pub fn in_transition(state: &State) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = state
+        .services
+        .values()
+        .filter(|s| updating(s))
+        .map(|s| s.id.clone())
+        .collect();
+    let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
+    for t in state.tasks.values().filter(|t| is_active(t)) {
+        let n = seen.entry((t.service_id.as_str(), t.slot)).or_default();
+        *n += 1;
+        let drained = state
+            .nodes
+            .get(&t.node_id)
+            .is_some_and(|n| n.availability == Availability::Drain);
+        if *n > 1 || drained {
+            out.insert(t.service_id.clone());
+        }
+    }
+    out
+}
+
+/// Deletes the oldest finished tasks beyond the per-slot history limit.
+pub fn prune_history(state: &mut State, service_id: &str) {
+    let mut by_slot: HashMap<u64, Vec<(chrono::DateTime<Utc>, String, bool)>> = HashMap::new();
+    for t in state.tasks.values().filter(|t| t.service_id == service_id) {
+        let finished = t.desired != TaskState::Running && t.status.state.is_terminal();
+        by_slot
+            .entry(t.slot)
+            .or_default()
+            .push((t.created, t.id.clone(), finished));
+    }
+    for (_, mut tasks) in by_slot {
+        if tasks.len() <= HISTORY_PER_SLOT {
+            continue;
+        }
+        tasks.sort();
+        let excess = tasks.len() - HISTORY_PER_SLOT;
+        for (_, id, finished) in tasks.into_iter().filter(|t| t.2).take(excess) {
+            debug_assert!(finished);
+            state.remove_task(&id);
+        }
+    }
+}

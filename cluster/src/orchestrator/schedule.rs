@@ -1,0 +1,158 @@
+//! Where a new task goes: Swarm's spread over the ready, active nodes that satisfy the
+//! service's placement constraints, one replica per node for host-mode ports.
+
+use std::collections::HashMap;
+
+use crate::ipam::IpamError;
+use crate::model::{Availability, Node, NodeState, PublishMode, Task, TaskState};
+use crate::store::State;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "no node is ready and active to run tasks: is the cluster up, and is a node's availability active? (swarmkit node ls)"
+    )]
+    NoNodes,
+    #[error(
+        "no ready node satisfies the placement constraints {0}: check them against swarmkit node ls"
+    )]
+    Unsatisfiable(String),
+    #[error(
+        "a port published with mode=host allows one replica per node, and every eligible node runs one: add nodes or lower --replicas"
+    )]
+    HostPortsFull,
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+}
+
+/// Whether a task counts against its node's load (and its slot): it is meant to run.
+pub fn is_active(t: &Task) -> bool {
+    t.desired == TaskState::Running
+}
+
+/// A placement constraint as docker writes it: `node.hostname==node1`, `node.id!=...`,
+/// `node.role==manager`, `node.labels.zone==east`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constraint {
+    field: String,
+    equal: bool,
+    value: String,
+}
+
+impl std::str::FromStr for Constraint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (field, equal, value) = if let Some((f, v)) = s.split_once("!=") {
+            (f, false, v)
+        } else if let Some((f, v)) = s.split_once("==") {
+            (f, true, v)
+        } else {
+            return Err(format!(
+                "invalid constraint {s:?}: write FIELD==VALUE or FIELD!=VALUE, e.g. node.hostname!=node3"
+            ));
+        };
+        let field = field.trim();
+        let label = field.strip_prefix("node.labels.");
+        if label == Some("") {
+            return Err(format!(
+                "invalid constraint {s:?}: name the label, e.g. node.labels.zone==east"
+            ));
+        }
+        if label.is_none() && !matches!(field, "node.hostname" | "node.id" | "node.role") {
+            return Err(format!(
+                "unsupported constraint field {field:?} in {s:?}: use node.hostname, node.id, node.role or node.labels.NAME"
+            ));
+        }
+        Ok(Constraint {
+            field: field.to_string(),
+            equal,
+            value: value.trim().to_string(),
+        })
+    }
+}
+
+impl Constraint {
+    fn admits(&self, n: &Node) -> bool {
+        let actual = match self.field.as_str() {
+            "node.hostname" => Some(n.hostname.clone()),
+            "node.id" => Some(n.id.clone()),
+            "node.role" => Some(if n.leader { "manager" } else { "worker" }.to_string()),
+            // A node without the label fails `==` and passes `!=`, as in Swarm.
+            f => f
+                .strip_prefix("node.labels.")
+                .and_then(|k| n.labels.get(k).cloned()),
+        };
+        (actual.as_deref() == Some(self.value.as_str())) == self.equal
+    }
+}
+
+pub fn constraints_of(spec: &bollard::models::ServiceSpec) -> Result<Vec<Constraint>, String> {
+    spec.task_template
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .and_then(|p| p.constraints.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.parse())
+        .collect()
+}
+
+/// Spread like Swarm: the node with the fewest tasks of this service, then the fewest tasks
+/// overall, then by hostname so placement is reproducible. Only ready, active nodes take
+/// new tasks.
+pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleError> {
+    let constraints = state
+        .services
+        .get(service_id)
+        .map(|s| constraints_of(&s.spec).unwrap_or_default())
+        .unwrap_or_default();
+    let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
+    for t in state.tasks.values().filter(|t| is_active(t)) {
+        let e = load.entry(t.node_id.as_str()).or_default();
+        e.1 += 1;
+        if t.service_id == service_id {
+            e.0 += 1;
+        }
+    }
+    let ready: Vec<_> = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready && n.availability == Availability::Active)
+        .collect();
+    // A host-mode port exists once per node: at most one replica of such a service per node.
+    let host_mode = state
+        .services
+        .get(service_id)
+        .is_some_and(|s| s.ports.iter().any(|p| p.mode == PublishMode::Host));
+    let busy = |node: &str| host_mode && load.get(node).is_some_and(|(mine, _)| *mine > 0);
+    if ready.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
+    ready
+        .into_iter()
+        .filter(|n| constraints.iter().all(|c| c.admits(n)) && !busy(&n.id))
+        .min_by_key(|n| {
+            let (mine, all) = load.get(n.id.as_str()).copied().unwrap_or_default();
+            (mine, all, n.hostname.clone())
+        })
+        .map(|n| n.id.clone())
+        .ok_or_else(|| {
+            if host_mode {
+                return ScheduleError::HostPortsFull;
+            }
+            ScheduleError::Unsatisfiable(
+                constraints
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}{}{}",
+                            c.field,
+                            if c.equal { "==" } else { "!=" },
+                            c.value
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
+}

@@ -1,0 +1,76 @@
+//! Task records as the orchestrator makes and ends them: a new task placed and given its
+//! addresses, a status, and a task taken out of service without breaking a connection.
+
+use chrono::Utc;
+
+use super::schedule::{ScheduleError, pick_node};
+use crate::ids::new_id;
+use crate::ipam;
+use crate::model::{Attachment, Service, Task, TaskState, TaskStatus, Time};
+use crate::store::State;
+
+/// A new task for `slot`, placed on a node and given an address on each of its networks.
+pub fn new_task(
+    state: &mut State,
+    service: &Service,
+    slot: u64,
+    restarts: u64,
+    start_after: Option<Time>,
+) -> Result<Task, ScheduleError> {
+    let node_id = pick_node(state, &service.id)?;
+    let mut attachments = Vec::new();
+    // One attachment per network, so allocations within a task never collide; earlier tasks
+    // of this transaction are already in `state`.
+    for net in service.network_ids() {
+        let addr = ipam::allocate_address(state, &net)?;
+        attachments.push(Attachment {
+            network_id: net,
+            addr,
+        });
+    }
+    let now = Utc::now();
+    Ok(Task {
+        id: new_id(),
+        service_id: service.id.clone(),
+        slot,
+        node_id,
+        created: now,
+        updated: now,
+        version: 0,
+        desired: TaskState::Running,
+        status: status(TaskState::Assigned, "scheduler assigned task to node"),
+        attachments,
+        spec_generation: service.spec_generation,
+        start_after,
+        drain_version: None,
+        running_version: None,
+        restarts,
+    })
+}
+
+pub fn status(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        state,
+        timestamp: Utc::now(),
+        message: message.to_string(),
+        err: None,
+        pid: None,
+        exit_code: None,
+    }
+}
+
+/// Takes a task out of service: out of every load balancer now, stopped once every node has
+/// applied that (see `Task::drain_version`).
+pub fn shut_down(state: &mut State, mut task: Task) {
+    if task.desired != TaskState::Running {
+        return;
+    }
+    task.desired = TaskState::Shutdown;
+    task.drain_version = Some(state.version);
+    task.updated = Utc::now();
+    if !task.status.state.is_terminal() && task.status.state < TaskState::Starting {
+        // Never started: nothing to drain.
+        task.status = status(TaskState::Shutdown, "shutdown before start");
+    }
+    state.put_task(task);
+}
