@@ -10,10 +10,6 @@ use crate::netns::NetNs;
 use crate::nft::apply_nft;
 use crate::xfrm::{Ipsec, Owner};
 
-/// Where the journal lived before it had a module of its own; kept for callers that still
-/// name it here (`undo::Journal::new`).
-pub use crate::journal::Journal;
-
 #[derive(Debug, thiserror::Error)]
 pub enum UndoError {
     #[error(transparent)]
@@ -75,6 +71,7 @@ pub async fn undo(path: &Path, ns: &NetNs) -> Result<(), UndoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Journal;
     use testkit::netns::Namespaces;
 
     /// A namespace of the test's own (deleted with the guard) and a journal path for it.

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use ipnet::Ipv4Net;
 use netcore::ingress::{MeshLayout, NodeIngress, RouterAddrs, SandboxRouter};
+use netcore::journal::Journal;
 use netcore::lb::{self, Driver, LoadBalancer};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec};
-use netcore::undo::Journal;
 use netcore::xfrm::{Ipsec, Owner};
 
 use super::derive::{

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use netcore::lb;
+use netcore::journal::Journal;
 use netcore::netns::NetNs;
-use netcore::undo::Journal;
 use netcore::xfrm::Owner;
 use tokio::sync::{mpsc, watch};
 
@@ -31,7 +30,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     // Before tasks fill the descriptor table: one for each namespace whose nftables this
     // agent keeps programming (a sandbox per network, the ingress sandbox, the node), and
     // one for a task's, in flight. Past them, nft is spawned, a fork of the whole agent.
-    lb::libnft::reserve_low_descriptors(64);
+    netcore::nft::libnft::reserve_low_descriptors(64);
     let paths = ClusterPaths::new(cluster);
     let config = Config::from_env()?;
     let (node_ns, journal) = open_node(&paths, hostname, config.node_ns)?;

@@ -25,9 +25,6 @@ pub mod ipvs;
 pub mod ipvs_msg;
 pub mod nft;
 
-/// Where the nft runner's libnftables lived before it moved below this module; kept for
-/// callers that still name it here (`lb::libnft::reserve_low_descriptors`).
-pub use crate::nft::libnft;
 pub use api::{Driver, Frontend, LbError, LoadBalancer, MIN_FWMARK, Protocol, VirtualService};
 
 /// Turns on connection tracking in a task's namespace, which the kernel only does for a
