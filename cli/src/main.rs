@@ -3,6 +3,7 @@
 //! The binary is a client of a cluster's manager (the Docker Engine API on a unix socket),
 //! plus the hidden entry points of the daemons `cluster up` starts.
 
+mod api;
 mod commands;
 mod graph;
 mod progress;
@@ -13,6 +14,7 @@ mod trace;
 mod ui;
 mod walkthrough;
 
+use api::print_error;
 use clap::{Parser, Subcommand};
 
 use commands::{cluster::ClusterCmd, network::NetworkCmd, node::NodeCmd, service::ServiceCmd};
@@ -111,18 +113,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
-    }
-}
-
-/// Daemon errors print exactly like docker's; anything else prints its whole cause chain.
-pub fn print_error(err: &anyhow::Error) {
-    if let Some(e @ commands::ClientError::Daemon(_)) = err.downcast_ref() {
-        eprintln!("{e}");
-        return;
-    }
-    eprintln!("Error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use clap::{Args, Subcommand};
 
-use super::{Api, ApiResult};
+use crate::api::{Api, ApiError, ApiResult};
 use crate::render::{self, Format};
 use crate::template::Printer;
 
@@ -203,7 +203,7 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
             for name in &networks {
                 match api.docker.inspect_network(name, None).await.api(&api) {
                     Ok(n) => found.push(n),
-                    Err(e @ super::ClientError::Daemon(_)) => errors.push(e),
+                    Err(e @ ApiError::Daemon(_)) => errors.push(e),
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -6,7 +6,7 @@ use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeO
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
-use super::{Api, ApiResult};
+use crate::api::{Api, ApiError, ApiResult, hostname, print_error};
 use crate::render::{self, Format};
 use crate::template::Printer;
 
@@ -142,13 +142,6 @@ async fn fault(cluster: &str, node: &str, fault: Fault) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn hostname(n: &Node) -> String {
-    n.description
-        .as_ref()
-        .and_then(|d| d.hostname.clone())
-        .unwrap_or_default()
-}
-
 /// The manager answers for its own node, and that node is the leader; docker marks the
 /// node it talks to with `*`.
 fn is_self(n: &Node) -> bool {
@@ -279,7 +272,7 @@ async fn inspect(
     for name in names {
         match api.docker.inspect_node(name).await.api(&api) {
             Ok(n) => found.push(n),
-            Err(e @ super::ClientError::Daemon(_)) => errors.push(e),
+            Err(e @ ApiError::Daemon(_)) => errors.push(e),
             Err(e) => return Err(e.into()),
         }
     }
@@ -290,9 +283,7 @@ async fn inspect(
         print!("{}", pretty_node(n));
     }
     let code = if errors.is_empty() { 0 } else { 1 };
-    errors
-        .into_iter()
-        .for_each(|e| crate::print_error(&e.into()));
+    errors.into_iter().for_each(|e| print_error(&e.into()));
     Ok(code)
 }
 

@@ -9,7 +9,7 @@ use bollard::models::{
 use bollard::query_parameters::ListServicesOptions;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{Api, ApiResult, ClientError};
+use crate::api::{Api, ApiError, ApiResult, print_error};
 use crate::progress;
 use crate::publish::PublishSpec;
 use crate::render::{self, Format};
@@ -194,7 +194,7 @@ pub async fn run(cluster: &str, cmd: ServiceCmd) -> anyhow::Result<i32> {
 
 /// docker resolves network names to IDs before creating the service, so the spec (and
 /// `service inspect`) always carries IDs.
-pub(super) async fn network_id(api: &Api, name: &str) -> Result<String, ClientError> {
+pub(super) async fn network_id(api: &Api, name: &str) -> Result<String, ApiError> {
     let net = api.docker.inspect_network(name, None).await.api(api)?;
     Ok(net.id.unwrap_or_else(|| name.to_string()))
 }
@@ -423,7 +423,7 @@ async fn ls(
 
 /// Per service: (tasks running, tasks meant to run). docker computes REPLICAS this way
 /// when the manager does not fill in ServiceStatus.
-async fn count_tasks(api: &Api) -> Result<HashMap<String, (u64, u64)>, ClientError> {
+async fn count_tasks(api: &Api) -> Result<HashMap<String, (u64, u64)>, ApiError> {
     use bollard::models::TaskState;
     let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
     for t in api.docker.list_tasks(None).await.api(api)? {
@@ -452,7 +452,7 @@ async fn inspect(
     for name in names {
         match api.docker.inspect_service(name, None).await.api(api) {
             Ok(s) => found.push(s),
-            Err(e @ ClientError::Daemon(_)) => errors.push(e),
+            Err(e @ ApiError::Daemon(_)) => errors.push(e),
             Err(e) => return Err(e.into()),
         }
     }
@@ -463,9 +463,7 @@ async fn inspect(
         print!("{}", super::service_ps::pretty_service(s));
     }
     let code = if errors.is_empty() { 0 } else { 1 };
-    errors
-        .into_iter()
-        .for_each(|e| crate::print_error(&e.into()));
+    errors.into_iter().for_each(|e| print_error(&e.into()));
     Ok(code)
 }
 

@@ -7,7 +7,7 @@ use bollard::query_parameters::ListTasksOptions;
 use clap::Args;
 
 use super::service::service_name;
-use super::{Api, ApiResult};
+use crate::api::{self, Api, ApiResult};
 use crate::render::{self, Format, Table};
 use crate::template::Printer;
 
@@ -69,7 +69,7 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
                 .as_ref()
                 .and_then(|s| s.name.clone())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| super::node::hostname(&n));
+                .unwrap_or_else(|| api::hostname(&n));
             (n.id.unwrap_or_default(), name)
         })
         .collect();

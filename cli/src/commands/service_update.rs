@@ -8,7 +8,7 @@ use bollard::query_parameters::UpdateServiceOptions;
 use clap::Args;
 
 use super::service::{env_entry, network_id, parse_replicas, ports_of, warn};
-use super::{Api, ApiResult};
+use crate::api::{Api, ApiResult, print_error};
 use crate::progress;
 use crate::publish::PublishSpec;
 
@@ -129,7 +129,7 @@ pub(super) async fn scale(
                 scaled.push(id);
             }
             Err(err) => {
-                crate::print_error(&err);
+                print_error(&err);
                 code = 1;
             }
         }
