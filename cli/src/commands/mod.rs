@@ -39,10 +39,10 @@ where
 pub fn print_inspect<T: serde::Serialize>(
     found: &[T],
     errors: Vec<ApiError>,
-    format: &crate::render::Format,
+    format: &crate::template::Format,
 ) -> anyhow::Result<i32> {
     match format {
-        crate::render::Format::Template { text, .. } => {
+        crate::template::Format::Template { text, .. } => {
             for item in found {
                 let line = crate::template::render(text, &serde_json::to_value(item)?)?;
                 println!("{line}");

@@ -6,8 +6,8 @@ use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use clap::{Args, Subcommand};
 
 use crate::api::{Api, ApiError, ApiResult};
-use crate::render::{self, Format};
-use crate::template::Printer;
+use crate::render;
+use crate::template::{Format, Printer};
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
@@ -35,7 +35,7 @@ pub enum NetworkCmd {
         networks: Vec<String>,
         /// Format the output using the given Go template
         #[arg(short, long, value_parser = crate::template::parse)]
-        format: Option<crate::render::Format>,
+        format: Option<Format>,
     },
     /// Remove one or more networks
     #[command(visible_alias = "remove")]

@@ -7,8 +7,8 @@ use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::api::{Api, ApiError, ApiResult, hostname, print_error};
-use crate::render::{self, Format};
-use crate::template::Printer;
+use crate::render;
+use crate::template::{Format, Printer};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
@@ -32,7 +32,7 @@ pub enum NodeCmd {
         nodes: Vec<String>,
         /// Format the output using the given Go template
         #[arg(short, long, value_parser = crate::template::parse, conflicts_with = "pretty")]
-        format: Option<crate::render::Format>,
+        format: Option<Format>,
         /// Print the information in a human friendly format
         #[arg(long)]
         pretty: bool,

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::api::{Api, ApiError, ApiResult, print_error};
 use crate::progress;
 use crate::publish::PublishSpec;
-use crate::render::{self, Format};
-use crate::template::Printer;
+use crate::render;
+use crate::template::{Format, Printer};
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCmd {
@@ -42,7 +42,7 @@ pub enum ServiceCmd {
         services: Vec<String>,
         /// Format the output using the given Go template
         #[arg(short, long, value_parser = crate::template::parse, conflicts_with = "pretty")]
-        format: Option<crate::render::Format>,
+        format: Option<Format>,
         /// Print the information in a human friendly format
         #[arg(long)]
         pretty: bool,

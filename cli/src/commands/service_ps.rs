@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::service::service_name;
 use crate::api::{self, Api, ApiResult};
-use crate::render::{self, Format, Table};
-use crate::template::Printer;
+use crate::render::{self, Table};
+use crate::template::{Format, Printer};
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
