@@ -37,7 +37,7 @@ pub enum ClusterCmd {
         key_rotation: Option<std::time::Duration>,
         /// How often agents report to the manager, as docker swarm init's --dispatcher-heartbeat
         /// (e.g. 500ms, 2s; default 500ms)
-        #[arg(long, value_parser = super::service_policy::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = super::service::policy::parse_duration, value_name = "DURATION")]
         heartbeat_period: Option<std::time::Duration>,
         /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
         #[arg(long, value_name = "N")]

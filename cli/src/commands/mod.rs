@@ -6,10 +6,6 @@ pub mod exec;
 pub mod network;
 pub mod node;
 pub mod service;
-mod service_logs;
-mod service_policy;
-mod service_ps;
-mod service_update;
 pub mod vm;
 
 use crate::api::ApiError;

@@ -12,7 +12,7 @@ use clap::Args;
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 
-use super::service::service_name;
+use super::spec::service_name;
 use crate::api::{self, Api, ApiError, ApiResult};
 
 #[derive(Args, Debug)]
