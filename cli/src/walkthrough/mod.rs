@@ -10,13 +10,14 @@ mod normalize;
 mod plan;
 mod session;
 mod snapshot;
+mod words;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-pub use exec::Client;
+pub use plan::Client;
 
 use display::Display;
 use exec::Runner;

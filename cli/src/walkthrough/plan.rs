@@ -22,6 +22,15 @@ pub enum PlanError {
     Empty { file: String },
 }
 
+/// Which CLI answers `docker ...` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// swarmkit's own CLI: `docker service ls` runs as `swarmkit --cluster C service ls`.
+    Swarmkit,
+    /// The real docker CLI, pointed at the cluster's manager socket with DOCKER_HOST.
+    Docker,
+}
+
 /// Where a block's non-docker commands run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -90,7 +99,7 @@ pub struct Plan {
     pub nodes: usize,
     /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
     /// `--client` says.
-    pub client: Option<super::Client>,
+    pub client: Option<Client>,
     pub blocks: Vec<Block>,
 }
 
@@ -147,7 +156,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                         err(lineno, format!("bad node count {n:?}"))
                                     })?
                             }
-                            Some(("client", "docker")) => client = Some(super::Client::Docker),
+                            Some(("client", "docker")) => client = Some(Client::Docker),
                             _ => return Err(err(lineno, format!("unknown setting {word:?}"))),
                         }
                     }

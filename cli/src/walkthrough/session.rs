@@ -229,7 +229,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::walkthrough::exec::Client;
+    use crate::walkthrough::plan::Client;
     use crate::walkthrough::{plan, snapshot};
 
     /// A stand-in for the swarmkit binary: `node exec N -- CMD...` runs CMD here, and
