@@ -5,6 +5,7 @@
 
 mod api;
 mod commands;
+mod flags;
 mod graph;
 mod progress;
 mod publish;

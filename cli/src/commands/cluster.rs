@@ -7,6 +7,7 @@ use ::testbed::Backend;
 use ::testbed::lifecycle::{self, UpOptions};
 use clap::Subcommand;
 
+use crate::flags::{self, LbDriver};
 use crate::render::{self, Table};
 
 #[derive(Subcommand, Debug)]
@@ -20,11 +21,11 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = backend_parser())]
+        #[arg(long, default_value = "netns", value_parser = flags::backend_parser(flags::all_backends()))]
         backend: Backend,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
-        #[arg(long, value_parser = ["ipvs", "nftables"])]
-        lb: Option<String>,
+        #[arg(long, value_enum)]
+        lb: Option<LbDriver>,
         /// Hosts for --backend ssh: a TOML file of [[host]] address, user, key, host_key
         #[arg(long)]
         inventory: Option<std::path::PathBuf>,
@@ -65,13 +66,6 @@ pub enum ClusterCmd {
     },
 }
 
-/// `--backend`: one of the backends the testbed has, listed in help and errors.
-fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str))
-        .map(|s| s.parse::<Backend>().expect("a listed backend parses"))
-}
-
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -103,12 +97,11 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             heartbeat_misses,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
-            // clap already limited --lb to the drivers' names.
             let opts = UpOptions {
                 name,
                 nodes,
                 backend,
-                lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
+                lb: lb.map(Into::into),
                 inventory,
                 data_path_port,
                 key_rotation,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use testbed::Backend;
 
 pub use plan::Client;
 
@@ -26,21 +27,23 @@ use session::Session;
 /// How long bringing a cluster up or down may take before the walkthrough gives up.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// Nodes are network namespaces on this host.
-    Netns,
-    /// Nodes are QEMU guests (for IPVS and IPsec, which the host kernel may lack).
-    Qemu,
+/// What a walkthrough's cluster may be built of, with what that means for it; None for a
+/// backend walkthroughs do not run on (ssh needs an inventory they have no flag for).
+fn backend_help(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Netns => Some("Nodes are network namespaces on this host"),
+        Backend::Qemu => {
+            Some("Nodes are QEMU guests (for IPVS and IPsec, which the host kernel may lack)")
+        }
+        Backend::Ssh => None,
+    }
 }
 
-impl Backend {
-    fn as_str(self) -> &'static str {
-        match self {
-            Backend::Netns => "netns",
-            Backend::Qemu => "qemu",
-        }
-    }
+/// `--backend`'s values: the backends [`backend_help`] describes.
+fn backends() -> impl Iterator<Item = clap::builder::PossibleValue> {
+    Backend::ALL.into_iter().filter_map(|b| {
+        backend_help(b).map(|help| clap::builder::PossibleValue::new(b.as_str()).help(help))
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -49,7 +52,7 @@ pub struct WalkthroughArgs {
     /// lists the normalisation patterns.
     pub name: String,
     /// What the cluster's nodes are.
-    #[arg(long, value_enum, default_value_t = Backend::Netns)]
+    #[arg(long, default_value = "netns", value_parser = crate::flags::backend_parser(backends()))]
     pub backend: Backend,
     /// Leave the cluster running afterwards, to look around.
     #[arg(long)]
@@ -170,7 +173,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
                 runner: &runner,
                 display: &display,
                 snapshot: accepted.as_deref(),
-                backend: args.backend.as_str(),
+                backend: args.backend,
             };
             // Interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), it still tears down.
             let mut term =
@@ -219,16 +222,11 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
         // A transcript with skipped blocks would drop their accepted entries.
-        let backend = args.backend.as_str();
-        if let Some(b) = plan
-            .blocks
-            .iter()
-            .find(|b| !b.backends.is_empty() && !b.backends.iter().any(|x| x == backend))
-        {
+        if let Some(b) = plan.blocks.iter().find(|b| !b.runs_on(args.backend)) {
             println!(
                 "snapshot not updated: block {} runs on the {} backend only; update there",
                 b.number,
-                b.backends.join(", ")
+                b.backend_names()
             );
             return Ok(1);
         }

@@ -3,6 +3,8 @@
 //! `console task=web.1`); GitHub renders them like any console block and ignores the rest of
 //! the info string. Settings and assertions live in HTML comments, which do not render.
 
+use testbed::Backend;
+
 use super::assert::Assertion;
 
 /// Nodes a plan's cluster gets when the plan does not say.
@@ -87,9 +89,22 @@ pub struct Block {
     pub timeout_secs: u64,
     /// `backend=netns`: the block shows what only these backends have (say, the sandbox
     /// layout of the routing mesh); on any other it is skipped, its snapshot entries kept.
-    pub backends: Vec<String>,
+    pub backends: Vec<Backend>,
     pub commands: Vec<Command>,
     pub assertions: Vec<Assertion>,
+}
+
+impl Block {
+    /// Whether the block runs on a cluster of `backend` (a block that names none runs on all).
+    pub fn runs_on(&self, backend: Backend) -> bool {
+        self.backends.is_empty() || self.backends.contains(&backend)
+    }
+
+    /// The backends the block is limited to, for messages: `netns, qemu`.
+    pub fn backend_names(&self) -> String {
+        let names: Vec<&str> = self.backends.iter().map(|b| b.as_str()).collect();
+        names.join(", ")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -239,7 +254,12 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
             Some(("normalize", p)) => block.patterns = split_list(p),
             Some(("retry", v)) => block.retry_secs = Some(secs(v)?),
             Some(("timeout", v)) => block.timeout_secs = secs(v)?,
-            Some(("backend", b)) => block.backends = split_list(b),
+            Some(("backend", b)) => {
+                block.backends = split_list(b)
+                    .iter()
+                    .map(|n| n.parse().map_err(|_| format!("unknown backend {n:?}")))
+                    .collect::<Result<_, _>>()?
+            }
             None if word == "nocheck" => block.nocheck = true,
             None if word == "underlay" => target = Some(Target::Underlay),
             _ => return Err(format!("unknown block attribute {word:?}")),
