@@ -5,6 +5,7 @@
 
 mod api;
 mod commands;
+mod duration;
 mod flags;
 mod graph;
 mod progress;

@@ -7,6 +7,7 @@ use ::testbed::Backend;
 use ::testbed::lifecycle::{self, UpOptions};
 use clap::Subcommand;
 
+use crate::duration;
 use crate::flags::{self, LbDriver};
 use crate::render::{self, Table};
 
@@ -34,11 +35,11 @@ pub enum ClusterCmd {
         #[arg(long)]
         data_path_port: Option<u16>,
         /// How often encrypted networks get a new key: seconds, or with s/m/h (default 12h)
-        #[arg(long, value_parser = parse_interval)]
+        #[arg(long, value_parser = duration::interval)]
         key_rotation: Option<std::time::Duration>,
         /// How often agents report to the manager, as docker swarm init's --dispatcher-heartbeat
         /// (e.g. 500ms, 2s; default 500ms)
-        #[arg(long, value_parser = super::service::policy::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = duration::go, value_name = "DURATION")]
         heartbeat_period: Option<std::time::Duration>,
         /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
         #[arg(long, value_name = "N")]
@@ -64,23 +65,6 @@ pub enum ClusterCmd {
         /// Cluster name (defaults to the global --cluster)
         name: Option<String>,
     },
-}
-
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use e.g. 90s, 30m or 12h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?} has an unknown unit: use s, m or h")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
 }
 
 pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {

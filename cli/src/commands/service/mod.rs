@@ -7,7 +7,7 @@ mod create;
 mod inspect;
 mod logs;
 mod ls;
-pub mod policy;
+mod policy;
 mod ps;
 mod spec;
 mod update;
