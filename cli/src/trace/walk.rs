@@ -167,7 +167,7 @@ impl Walk<'_> {
                 )
             }
             (Some((task, network)), _) => {
-                return self.to_task(at, record, here, task, &network).await;
+                return self.step_to_task(at, record, here, task, &network).await;
             }
             (None, Some(network)) => {
                 let short = &network.id[..10.min(network.id.len())];
@@ -237,7 +237,7 @@ impl Walk<'_> {
     /// IPVS balances (mesh `node`), the chosen ingress task is reached through the node's
     /// ingress sandbox, whose own entry shows its masquerade; otherwise the overlay hop to the
     /// task's node follows.
-    async fn to_task(
+    async fn step_to_task(
         &mut self,
         at: At,
         record: Record,
