@@ -2,8 +2,26 @@
 //!
 //! The binary is a client of a cluster's manager (the Docker Engine API on a unix socket),
 //! plus the hidden entry points of the daemons `cluster up` starts.
+//!
+//! What lives where, bottom up (imports only run upward in this list; checked with
+//! `python3 tools/modcycles.py cli/src`):
+//! - `duration`, `flags`, `publish`: parsing docker's flag values (durations, the
+//!   `--backend`/`--lb` choices, `-p` port specs), no I/O.
+//! - `api`: the manager's API client (bollard over the unix socket) and `ApiError`, printed
+//!   the way docker prints a daemon's answer.
+//! - `render` (tables and sizes) and `template` (docker's `--format` Go templates, on `render`);
+//!   `progress`: docker's converge bars for service create and update.
+//! - `commands`: one module per docker verb group (`cluster`, `network`, `node`, `service/`
+//!   with one file per subcommand, `exec`, `vm`); the lifecycle ones call `testbed`.
+//! - `graph` (the cluster as a model, drawn as text or SVG), `trace` (a connection followed
+//!   through the kernels' tables, drawn on the graph), `ui` (the live page serving both).
+//! - `walkthrough`: documented walkthroughs replayed against a cluster (plan, exec, session,
+//!   snapshot), on `testbed` for bringing the cluster up.
 
+mod api;
 mod commands;
+mod duration;
+mod flags;
 mod graph;
 mod progress;
 mod publish;
@@ -13,6 +31,7 @@ mod trace;
 mod ui;
 mod walkthrough;
 
+use api::print_error;
 use clap::{Parser, Subcommand};
 
 use commands::{cluster::ClusterCmd, network::NetworkCmd, node::NodeCmd, service::ServiceCmd};
@@ -111,18 +130,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
-    }
-}
-
-/// Daemon errors print exactly like docker's; anything else prints its whole cause chain.
-pub fn print_error(err: &anyhow::Error) {
-    if let Some(e @ commands::ClientError::Daemon(_)) = err.downcast_ref() {
-        eprintln!("{e}");
-        return;
-    }
-    eprintln!("Error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
     }
 }
 

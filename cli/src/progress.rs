@@ -16,7 +16,7 @@ use std::time::Duration;
 use bollard::models::{Service, Task, TaskState};
 use bollard::query_parameters::ListTasksOptions;
 
-use crate::commands::{Api, ApiResult};
+use crate::api::{Api, ApiResult};
 use crate::render;
 
 const POLL: Duration = Duration::from_millis(50);

@@ -53,8 +53,6 @@ pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {
     serde_json::to_string(&map).unwrap_or_default()
 }
 
-pub use crate::template::Format;
-
 /// Pretty JSON with 4-space indentation, the way `docker inspect` prints: fields in the
 /// order of the API types, and string-keyed maps (labels, options) sorted by key.
 pub fn inspect_json<T: Serialize>(items: &[T]) -> anyhow::Result<String> {

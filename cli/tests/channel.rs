@@ -79,9 +79,7 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
         .ok();
     c.sk(&["network", "create", "--driver", "overlay", "b"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "on1",
         "--network",
@@ -95,9 +93,7 @@ fn a_commit_unrelated_to_a_node_sends_it_nothing() {
         c.all_in_sync()
     });
     let before = channel(&c);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "on2",
         "--network",
@@ -130,9 +126,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     let c = Cluster::up_with("chan-restart", 3, &["--heartbeat-misses", "20"]);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--network",
@@ -149,9 +143,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     });
     // A task on node2 that writes all along: its output must neither kill it (a write with
     // no reader) nor be lost or repeated across the restart.
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "ticker",
         "--constraint",
@@ -180,9 +172,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
     // Changes reach the manager while node2's agent hangs, then it dies mid-stream; the
     // supervisor starts a new one.
     signal(agent, "STOP");
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--detach",
         "--name",
         "api",
@@ -259,9 +249,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
 fn a_silent_node_is_down_and_its_tasks_are_replaced() {
     require_root!();
     let c = Cluster::up("chan-down", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--replicas",

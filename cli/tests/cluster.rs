@@ -52,9 +52,7 @@ fn up_then_down_leaves_nothing_behind() {
     assert_eq!(mode, 0o600, "the manager's socket is open to others");
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--network",
@@ -98,9 +96,7 @@ fn tasks_on_different_nodes_talk_over_vxlan() {
     let c = Cluster::up("vxlan", 2);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--network",
@@ -144,26 +140,10 @@ fn overlays_are_isolated() {
         .ok();
     c.sk(&["network", "create", "--driver", "overlay", "blue"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "r",
-        "--network",
-        "red",
-        "whoami",
-    ])
-    .ok();
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "b",
-        "--network",
-        "blue",
-        "whoami",
-    ])
-    .ok();
+    c.service_create(&["--name", "r", "--network", "red", "whoami"])
+        .ok();
+    c.service_create(&["--name", "b", "--network", "blue", "whoami"])
+        .ok();
     let blue_ip = task_ip(&c, "b.1");
     let red_ip = task_ip(&c, "r.1");
     assert!(
@@ -187,16 +167,8 @@ fn overlays_are_isolated() {
 fn replicas_spread_and_failed_tasks_are_replaced() {
     require_root!();
     let c = Cluster::up("restart", 3);
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "s",
-        "--replicas",
-        "3",
-        "whoami",
-    ])
-    .ok();
+    c.service_create(&["--name", "s", "--replicas", "3", "whoami"])
+        .ok();
     let mut nodes: Vec<String> = c
         .tasks("s")
         .iter()
@@ -287,9 +259,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         "app",
     ])
     .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--network",
@@ -438,10 +408,8 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
 fn other_images_run_their_command_from_the_node_filesystem() {
     require_root!();
     let c = Cluster::up("command", 1);
-    c.sk(&[
-        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
-    ])
-    .ok();
+    c.service_create(&["--name", "sleeper", "busybox", "sleep", "300"])
+        .ok();
     let ps = c.sk(&["service", "ps", "sleeper"]).ok().stdout;
     assert!(ps.contains(" Running "), "{ps}");
     let pid = c.task_pid("sleeper", 1);
@@ -493,9 +461,7 @@ fn a_task_has_its_own_files_and_none_of_the_hosts_namespace_mounts() {
     let c = Cluster::up("taskmounts", 1);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "box",
         "--network",

@@ -190,17 +190,8 @@ fn docker_cli_commands_work_against_a_swarmkit_cluster() {
 fn concurrent_updates_from_many_clients_all_land() {
     require_root!();
     let c = Cluster::up("concurrent", 1);
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "0",
-        "-d",
-        "whoami",
-    ])
-    .ok();
+    c.service_create(&["--name", "web", "--replicas", "0", "-d", "whoami"])
+        .ok();
     let name = c.name.clone();
     let clients: Vec<_> = (0..8)
         .map(|i| {

@@ -17,9 +17,7 @@ use load::{Load, Report};
 const PORT: u16 = 8080;
 
 fn web(c: &Cluster) {
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--replicas",

@@ -62,9 +62,7 @@ fn running(c: &Cluster, service: &str) -> Vec<(String, i32)> {
 fn kill_crashes_a_node_and_start_brings_it_back() {
     require_root!();
     let c = Cluster::up("kill", 2);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "sleeper",
         "--replicas",

@@ -156,9 +156,7 @@ fn traced_replica(trace: &str) -> String {
 fn search_and_client(c: &Cluster, replicas: u64) {
     c.sk(&["network", "create", "--driver", "overlay", "esnet"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--quiet",
         "--name",
         "search",
@@ -171,9 +169,7 @@ fn search_and_client(c: &Cluster, replicas: u64) {
         "elasticsearch:2",
     ])
     .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--quiet",
         "--name",
         "client",

@@ -46,9 +46,7 @@ fn routing_mesh_answers_round_robin_on_every_node() {
     require_root!();
     let c = Cluster::up("mesh", 3);
     // Three replicas on two nodes, so node3 runs none and still answers.
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "search",
         "--replicas",
@@ -125,9 +123,7 @@ fn vip_round_robin_and_dns_from_a_task() {
         .ok();
     c.sk(&["network", "create", "--driver", "overlay", "other"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "search",
         "--network",
@@ -137,9 +133,7 @@ fn vip_round_robin_and_dns_from_a_task() {
         "elasticsearch:2",
     ])
     .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "rr",
         "--network",
@@ -151,26 +145,10 @@ fn vip_round_robin_and_dns_from_a_task() {
         "whoami",
     ])
     .ok();
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "client",
-        "--network",
-        "app",
-        "whoami",
-    ])
-    .ok();
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "stranger",
-        "--network",
-        "other",
-        "whoami",
-    ])
-    .ok();
+    c.service_create(&["--name", "client", "--network", "app", "whoami"])
+        .ok();
+    c.service_create(&["--name", "stranger", "--network", "other", "whoami"])
+        .ok();
 
     let out = c
         .task(
@@ -245,9 +223,7 @@ fn vip_round_robin_and_dns_from_a_task() {
 fn scaling_changes_the_answering_set_to_exactly_the_live_replicas() {
     require_root!();
     let c = Cluster::up("scale", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "search",
         "--replicas",
@@ -284,7 +260,7 @@ fn scaling_changes_the_answering_set_to_exactly_the_live_replicas() {
 fn ports_without_a_number_come_from_the_dynamic_range() {
     require_root!();
     let c = Cluster::up("dynport", 2);
-    c.sk(&["service", "create", "--name", "web", "-p", "80", "drupal"])
+    c.service_create(&["--name", "web", "-p", "80", "drupal"])
         .ok();
     let inspect: serde_json::Value =
         serde_json::from_str(&c.sk(&["service", "inspect", "web"]).ok().stdout).unwrap();
@@ -322,9 +298,7 @@ fn node_inspect_names_the_load_balancer_driver() {
 fn host_mode_publishes_on_the_tasks_node_only_and_keeps_the_client_address() {
     require_root!();
     let c = Cluster::up("hostmode", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--replicas",
@@ -366,9 +340,7 @@ fn host_mode_publishes_on_the_tasks_node_only_and_keeps_the_client_address() {
 fn scaling_down_drains_backends_before_tasks_stop() {
     require_root!();
     let c = Cluster::up("drain", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "search",
         "--replicas",
@@ -412,9 +384,7 @@ fn scaling_down_drains_backends_before_tasks_stop() {
 fn service_update_replaces_tasks_and_reprograms_backends() {
     require_root!();
     let c = Cluster::up("update", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "search",
         "--replicas",
@@ -458,9 +428,7 @@ fn vips_are_balanced_in_the_network_sandbox_keeping_the_client_address() {
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     for (name, replicas) in [("web", "2"), ("client", "1")] {
-        c.sk(&[
-            "service",
-            "create",
+        c.service_create(&[
             "--name",
             name,
             "--network",
@@ -566,9 +534,7 @@ fn a_vip_without_tasks_refuses_and_answers_once_a_task_serves() {
     let c = Cluster::up("vipempty", 2);
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "web",
         "--network",
@@ -578,9 +544,7 @@ fn a_vip_without_tasks_refuses_and_answers_once_a_task_serves() {
         "whoami",
     ])
     .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "client",
         "--network",

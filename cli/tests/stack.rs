@@ -381,9 +381,7 @@ fn docker_service_logs_follows_output_live() {
 fn service_logs_follow_takes_in_tasks_started_later() {
     require_root!();
     let c = Cluster::up("logscale", 2);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "ticker",
         "alpine",
@@ -469,10 +467,8 @@ fn a_task_inherits_only_its_standard_streams() {
     require_root!();
     let c = Cluster::up("fds", 1);
     // A busy agent first: a second task's namespace has its own load balancer context.
-    c.sk(&["service", "create", "--name", "web", "whoami"]).ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&["--name", "web", "whoami"]).ok();
+    c.service_create(&[
         "--detach",
         "--name",
         "fds",

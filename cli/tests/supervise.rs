@@ -21,9 +21,7 @@ fn a_dead_manager_is_restarted_and_keeps_its_state() {
     let c = Cluster::up("supmgr", 2);
     c.sk(&["network", "create", "--driver", "overlay", "backnet"])
         .ok();
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "sleeper",
         "--network",
@@ -102,10 +100,8 @@ fn prune_removes_a_crashed_cluster_completely_and_leaves_running_ones() {
     require_root!();
     let live = Cluster::up("prunelive", 1);
     let dead = Cluster::up("prunedead", 2);
-    dead.sk(&[
-        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
-    ])
-    .ok();
+    dead.service_create(&["--name", "sleeper", "busybox", "sleep", "300"])
+        .ok();
     // A crash of everything: supervisor, manager, agents and tasks at once.
     let procs = common::owned_processes(&dead.name);
     assert!(procs.len() >= 4, "{procs:?}");
@@ -187,7 +183,7 @@ fn daemons_and_tasks_still_start_after_their_binary_is_replaced() {
             },
         );
     }
-    c.sk(&["service", "create", "--name", "web", "whoami"]).ok();
+    c.service_create(&["--name", "web", "whoami"]).ok();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(c.api_tasks("web")[0]["Status"]["State"], "running");
 }

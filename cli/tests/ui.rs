@@ -72,9 +72,7 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
         panic!("chromium is not installed: run scripts/setup");
     }
     let c = Cluster::up("ui", 3);
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--quiet",
         "--name",
         "search",

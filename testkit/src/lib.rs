@@ -219,6 +219,14 @@ impl Cluster {
         swarmkit(&all)
     }
 
+    /// `swarmkit service create ARGS…` on this cluster: the one spelling every suite uses to
+    /// start a service, so a change to how services are created is made here once.
+    pub fn service_create(&self, args: &[&str]) -> Run {
+        let mut all = vec!["service", "create"];
+        all.extend_from_slice(args);
+        self.sk(&all)
+    }
+
     /// A shell command on a node.
     pub fn node(&self, node: &str, cmd: &str) -> Run {
         self.sk(&["node", "exec", node, "--", "sh", "-c", cmd])

@@ -7,6 +7,8 @@ use ::testbed::Backend;
 use ::testbed::lifecycle::{self, UpOptions};
 use clap::Subcommand;
 
+use crate::duration;
+use crate::flags::{self, LbDriver};
 use crate::render::{self, Table};
 
 #[derive(Subcommand, Debug)]
@@ -20,11 +22,11 @@ pub enum ClusterCmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// How nodes are built
-        #[arg(long, default_value = "netns", value_parser = backend_parser())]
+        #[arg(long, default_value = "netns", value_parser = flags::backend_parser(flags::all_backends()))]
         backend: Backend,
         /// Service load balancer (default: ipvs when the kernel has it, else nftables)
-        #[arg(long, value_parser = ["ipvs", "nftables"])]
-        lb: Option<String>,
+        #[arg(long, value_enum)]
+        lb: Option<LbDriver>,
         /// Hosts for --backend ssh: a TOML file of [[host]] address, user, key, host_key
         #[arg(long)]
         inventory: Option<std::path::PathBuf>,
@@ -33,11 +35,11 @@ pub enum ClusterCmd {
         #[arg(long)]
         data_path_port: Option<u16>,
         /// How often encrypted networks get a new key: seconds, or with s/m/h (default 12h)
-        #[arg(long, value_parser = parse_interval)]
+        #[arg(long, value_parser = duration::interval)]
         key_rotation: Option<std::time::Duration>,
         /// How often agents report to the manager, as docker swarm init's --dispatcher-heartbeat
         /// (e.g. 500ms, 2s; default 500ms)
-        #[arg(long, value_parser = super::service_policy::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = duration::go, value_name = "DURATION")]
         heartbeat_period: Option<std::time::Duration>,
         /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
         #[arg(long, value_name = "N")]
@@ -65,30 +67,6 @@ pub enum ClusterCmd {
     },
 }
 
-/// `--backend`: one of the backends the testbed has, listed in help and errors.
-fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str))
-        .map(|s| s.parse::<Backend>().expect("a listed backend parses"))
-}
-
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use e.g. 90s, 30m or 12h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?} has an unknown unit: use s, m or h")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
-}
-
 pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
     match cmd {
         ClusterCmd::Up {
@@ -103,12 +81,11 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             heartbeat_misses,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
-            // clap already limited --lb to the drivers' names.
             let opts = UpOptions {
                 name,
                 nodes,
                 backend,
-                lb: lb.map(|l| l.parse::<netcore::lb::Driver>()).transpose()?,
+                lb: lb.map(Into::into),
                 inventory,
                 data_path_port,
                 key_rotation,

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use clap::{Args, Subcommand};
 
-use super::{Api, ApiResult};
-use crate::render::{self, Format};
-use crate::template::Printer;
+use crate::api::{Api, ApiError, ApiResult};
+use crate::render;
+use crate::template::{Format, Printer};
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCmd {
@@ -35,7 +35,7 @@ pub enum NetworkCmd {
         networks: Vec<String>,
         /// Format the output using the given Go template
         #[arg(short, long, value_parser = crate::template::parse)]
-        format: Option<crate::render::Format>,
+        format: Option<Format>,
     },
     /// Remove one or more networks
     #[command(visible_alias = "remove")]
@@ -203,7 +203,7 @@ pub async fn run(cluster: &str, cmd: NetworkCmd) -> anyhow::Result<i32> {
             for name in &networks {
                 match api.docker.inspect_network(name, None).await.api(&api) {
                     Ok(n) => found.push(n),
-                    Err(e @ super::ClientError::Daemon(_)) => errors.push(e),
+                    Err(e @ ApiError::Daemon(_)) => errors.push(e),
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -6,9 +6,9 @@ use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeO
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
-use super::{Api, ApiResult};
-use crate::render::{self, Format};
-use crate::template::Printer;
+use crate::api::{Api, ApiError, ApiResult, hostname, print_error};
+use crate::render;
+use crate::template::{Format, Printer};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
@@ -32,7 +32,7 @@ pub enum NodeCmd {
         nodes: Vec<String>,
         /// Format the output using the given Go template
         #[arg(short, long, value_parser = crate::template::parse, conflicts_with = "pretty")]
-        format: Option<crate::render::Format>,
+        format: Option<Format>,
         /// Print the information in a human friendly format
         #[arg(long)]
         pretty: bool,
@@ -140,13 +140,6 @@ async fn fault(cluster: &str, node: &str, fault: Fault) -> anyhow::Result<i32> {
     };
     println!("{node} {done}");
     Ok(0)
-}
-
-pub fn hostname(n: &Node) -> String {
-    n.description
-        .as_ref()
-        .and_then(|d| d.hostname.clone())
-        .unwrap_or_default()
 }
 
 /// The manager answers for its own node, and that node is the leader; docker marks the
@@ -279,7 +272,7 @@ async fn inspect(
     for name in names {
         match api.docker.inspect_node(name).await.api(&api) {
             Ok(n) => found.push(n),
-            Err(e @ super::ClientError::Daemon(_)) => errors.push(e),
+            Err(e @ ApiError::Daemon(_)) => errors.push(e),
             Err(e) => return Err(e.into()),
         }
     }
@@ -290,9 +283,7 @@ async fn inspect(
         print!("{}", pretty_node(n));
     }
     let code = if errors.is_empty() { 0 } else { 1 };
-    errors
-        .into_iter()
-        .for_each(|e| crate::print_error(&e.into()));
+    errors.into_iter().for_each(|e| print_error(&e.into()));
     Ok(code)
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bollard::models::{Network, Node, Service};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{Api, ApiResult};
+use crate::api::{self, Api, ApiResult};
 use crate::render;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -267,7 +267,7 @@ fn node(n: &Node) -> GNode {
     let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
     GNode {
         id: n.id.clone().unwrap_or_default(),
-        hostname: crate::commands::node::hostname(n),
+        hostname: api::hostname(n),
         addr: n
             .status
             .as_ref()

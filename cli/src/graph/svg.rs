@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::model::{GTask, Topology};
+use super::model::{GNetwork, GNode, GTask, Topology};
 
 const MARGIN: f64 = 20.0;
 const COL_W: f64 = 210.0;
@@ -206,6 +206,9 @@ pub struct Overlay {
     pub hops: Vec<(Vec<Anchor>, String)>,
 }
 
+/// The picture: the frame and heading, then each node's column (published ports above it,
+/// its tasks inside), the overlays under the columns, the service legend, and the trace
+/// drawn over all of it with its hops listed below.
 pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
     let l = layout(t);
     let chars = ((l.width - 2.0 * MARGIN) / 7.0) as usize;
@@ -221,19 +224,48 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
         .unwrap_or(0.0);
     let height = l.height + extra;
     let mut o = String::new();
+    draw_frame(&mut o, t, l.width, height);
+    let port_lines = port_lines(t);
+    for n in &t.nodes {
+        let (Some(r), Some(pr)) = (l.nodes.get(&n.hostname), l.ports.get(&n.hostname)) else {
+            continue;
+        };
+        if !port_lines.is_empty() {
+            draw_ports(&mut o, r, pr, &port_lines);
+        }
+        draw_node(&mut o, n, r);
+        for task in &n.tasks {
+            if let Some(tr) = l.tasks.get(&task.name) {
+                draw_task(&mut o, t, task, tr);
+            }
+        }
+    }
+    for net in &t.networks {
+        draw_network(&mut o, t, &l, net);
+    }
+    draw_services(&mut o, t, &l);
+    if let Some(ov) = overlay {
+        draw_overlay(&mut o, &l, ov, chars);
+    }
+    o += "</svg>\n";
+    o
+}
+
+/// The SVG element, its title and arrow markers, the white background and the heading.
+fn draw_frame(o: &mut String, t: &Topology, width: f64, height: f64) {
     let _ = writeln!(
         o,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">"#,
-        w = l.width,
+        w = width,
         h = height
     );
     let _ = writeln!(o, "<title>swarmkit cluster {}</title>", esc(&t.cluster));
-    o += r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker><marker id="trace-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#e4002b"/></marker></defs>"##;
-    o += "\n";
+    *o += r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker><marker id="trace-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#e4002b"/></marker></defs>"##;
+    *o += "\n";
     let _ = writeln!(
         o,
         r##"<rect x="0" y="0" width="{}" height="{}" fill="#ffffff"/>"##,
-        l.width, height
+        width, height
     );
     let _ = writeln!(
         o,
@@ -244,171 +276,176 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
         t.services.len(),
         t.tasks().count()
     );
+}
 
-    let port_lines = port_lines(t);
-    for n in &t.nodes {
-        let (Some(r), Some(pr)) = (l.nodes.get(&n.hostname), l.ports.get(&n.hostname)) else {
-            continue;
-        };
-        if !port_lines.is_empty() {
-            let _ = write!(
-                o,
-                r##"<g class="ports"><line x1="{x}" y1="{y1}" x2="{x}" y2="{y2}" stroke="#555" stroke-width="2" marker-end="url(#arrow)"/>"##,
-                x = pr.x + 30.0,
-                y1 = pr.y,
-                y2 = r.y - 2.0,
-            );
-            for (i, line) in port_lines.iter().enumerate() {
-                let _ = write!(
-                    o,
-                    r##"<text x="{}" y="{}" font-size="12" fill="#333" xml:space="preserve">{}</text>"##,
-                    pr.x + 40.0,
-                    pr.y + 16.0 + 16.0 * i as f64,
-                    esc(line)
-                );
-            }
-            o += "</g>\n";
-        }
-        let down = n.state != "ready";
-        let _ = writeln!(
-            o,
-            r##"<g class="node" data-node="{name}"><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="{fill}" stroke="#444" stroke-width="1.5"{dash}/><text x="{tx}" y="{t1}" font-size="16" font-weight="bold" fill="#111">{name}</text><text x="{tx}" y="{t2}" font-size="12" fill="#333">{addr}{state}</text><text x="{tx}" y="{t3}" font-size="11" fill="#555">lb {lb} · mesh {mesh}</text></g>"##,
-            name = esc(&n.hostname),
-            x = r.x,
-            y = r.y,
-            w = r.w,
-            h = r.h,
-            fill = if down { "#f3e5e5" } else { "#f4f6f8" },
-            dash = if down {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            },
-            tx = r.x + 10.0,
-            t1 = r.y + 20.0,
-            t2 = r.y + 36.0,
-            t3 = r.y + 50.0,
-            addr = esc(&n.addr),
-            state = if down {
-                format!(" — {}", esc(&n.state))
-            } else {
-                String::new()
-            },
-            lb = esc(if n.lb_driver.is_empty() {
-                "-"
-            } else {
-                &n.lb_driver
-            }),
-            mesh = esc(if n.mesh.is_empty() { "-" } else { &n.mesh }),
-        );
-        for task in &n.tasks {
-            let Some(tr) = l.tasks.get(&task.name) else {
-                continue;
-            };
-            let c = service_colour(t, &task.service);
-            let _ = write!(
-                o,
-                r##"<g class="task" data-task="{name}"><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="5" fill="{c}" fill-opacity="0.12" stroke="{c}" stroke-width="1.5"/><text x="{tx}" y="{t1}" font-size="12" font-weight="bold" fill="{c}">{name}</text>"##,
-                name = esc(&task.name),
-                x = tr.x,
-                y = tr.y,
-                w = tr.w,
-                h = tr.h,
-                tx = tr.x + 8.0,
-                t1 = tr.y + 15.0,
-            );
-            if task.state != "running" {
-                let _ = write!(
-                    o,
-                    r##"<text x="{}" y="{}" font-size="10" text-anchor="end" fill="#a00">{}</text>"##,
-                    tr.x + tr.w - 6.0,
-                    tr.y + 15.0,
-                    esc(&task.state)
-                );
-            }
-            for (i, a) in task.addresses.iter().enumerate() {
-                let _ = write!(
-                    o,
-                    r##"<text x="{}" y="{}" font-size="11" fill="{}">{} {}</text>"##,
-                    tr.x + 8.0,
-                    tr.y + 15.0 + LINE_H * (i as f64 + 1.0),
-                    net_colour(t, &a.network),
-                    esc(&a.addr),
-                    esc(&a.network)
-                );
-            }
-            o += "</g>\n";
-        }
-    }
-
-    for net in &t.networks {
-        let points: Vec<(f64, f64)> = net
-            .nodes
-            .iter()
-            .filter_map(|h| l.vteps.get(&(net.name.clone(), h.clone())).copied())
-            .collect();
-        let Some(&(_, y)) = points.first() else {
-            continue;
-        };
-        let x0 = t
-            .nodes
-            .iter()
-            .find(|n| net.nodes.first() == Some(&n.hostname))
-            .and_then(|n| l.nodes.get(&n.hostname))
-            .map(|r| r.x)
-            .unwrap_or(MARGIN);
-        let x1 = net
-            .nodes
-            .last()
-            .and_then(|h| l.nodes.get(h))
-            .map(|r| r.x + r.w)
-            .unwrap_or(x0 + COL_W);
-        let c = net_colour(t, &net.name);
+/// The published ports written above a node's column `r` (in `pr`), with an arrow into it.
+fn draw_ports(o: &mut String, r: &Rect, pr: &Rect, port_lines: &[String]) {
+    let _ = write!(
+        o,
+        r##"<g class="ports"><line x1="{x}" y1="{y1}" x2="{x}" y2="{y2}" stroke="#555" stroke-width="2" marker-end="url(#arrow)"/>"##,
+        x = pr.x + 30.0,
+        y1 = pr.y,
+        y2 = r.y - 2.0,
+    );
+    for (i, line) in port_lines.iter().enumerate() {
         let _ = write!(
             o,
-            r##"<g class="network" data-network="{name}"><rect x="{x0}" y="{y}" width="{w}" height="{NET_H}" rx="12" fill="{c}" fill-opacity="0.15" stroke="{c}" stroke-width="2"{dash}/>"##,
-            name = esc(&net.name),
-            w = x1 - x0,
-            dash = if net.encrypted {
-                r#" stroke-dasharray="8 4""#
-            } else {
-                ""
-            },
-        );
-        for (i, host) in net.nodes.iter().enumerate() {
-            let (vx, vy) = points[i];
-            let bottom = l.nodes.get(host).map(|r| r.y + r.h).unwrap_or(vy);
-            let _ = write!(
-                o,
-                r##"<line x1="{vx}" y1="{bottom}" x2="{vx}" y2="{vy}" stroke="{c}" stroke-width="2"/><circle cx="{vx}" cy="{cy}" r="5" fill="{c}"/>"##,
-                cy = vy + NET_H / 2.0
-            );
-        }
-        let label = format!(
-            "{}  ·  VNI {}  ·  {}{}{}",
-            net.name,
-            net.vni,
-            net.subnet,
-            if net.ingress {
-                "  ·  routing mesh"
-            } else {
-                ""
-            },
-            if net.encrypted {
-                "  ·  encrypted (ESP)"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(
-            o,
-            r##"<text x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}" stroke="#ffffff" stroke-width="4" paint-order="stroke">{}</text></g>"##,
-            x0 + 14.0,
-            y + 16.5,
-            esc(&label)
+            r##"<text x="{}" y="{}" font-size="12" fill="#333" xml:space="preserve">{}</text>"##,
+            pr.x + 40.0,
+            pr.y + 16.0 + 16.0 * i as f64,
+            esc(line)
         );
     }
+    *o += "</g>\n";
+}
 
+/// A node's column: its name, underlay address (and state when not ready, dashed), its
+/// load-balancer driver and where its routing mesh balances.
+fn draw_node(o: &mut String, n: &GNode, r: &Rect) {
+    let down = n.state != "ready";
+    let _ = writeln!(
+        o,
+        r##"<g class="node" data-node="{name}"><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="{fill}" stroke="#444" stroke-width="1.5"{dash}/><text x="{tx}" y="{t1}" font-size="16" font-weight="bold" fill="#111">{name}</text><text x="{tx}" y="{t2}" font-size="12" fill="#333">{addr}{state}</text><text x="{tx}" y="{t3}" font-size="11" fill="#555">lb {lb} · mesh {mesh}</text></g>"##,
+        name = esc(&n.hostname),
+        x = r.x,
+        y = r.y,
+        w = r.w,
+        h = r.h,
+        fill = if down { "#f3e5e5" } else { "#f4f6f8" },
+        dash = if down {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        },
+        tx = r.x + 10.0,
+        t1 = r.y + 20.0,
+        t2 = r.y + 36.0,
+        t3 = r.y + 50.0,
+        addr = esc(&n.addr),
+        state = if down {
+            format!(" — {}", esc(&n.state))
+        } else {
+            String::new()
+        },
+        lb = esc(if n.lb_driver.is_empty() {
+            "-"
+        } else {
+            &n.lb_driver
+        }),
+        mesh = esc(if n.mesh.is_empty() { "-" } else { &n.mesh }),
+    );
+}
+
+/// A task in its service's colour, its state when not running, and its addresses in their
+/// networks' colours.
+fn draw_task(o: &mut String, t: &Topology, task: &GTask, tr: &Rect) {
+    let c = service_colour(t, &task.service);
+    let _ = write!(
+        o,
+        r##"<g class="task" data-task="{name}"><rect x="{x}" y="{y}" width="{w}" height="{h}" rx="5" fill="{c}" fill-opacity="0.12" stroke="{c}" stroke-width="1.5"/><text x="{tx}" y="{t1}" font-size="12" font-weight="bold" fill="{c}">{name}</text>"##,
+        name = esc(&task.name),
+        x = tr.x,
+        y = tr.y,
+        w = tr.w,
+        h = tr.h,
+        tx = tr.x + 8.0,
+        t1 = tr.y + 15.0,
+    );
+    if task.state != "running" {
+        let _ = write!(
+            o,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="end" fill="#a00">{}</text>"##,
+            tr.x + tr.w - 6.0,
+            tr.y + 15.0,
+            esc(&task.state)
+        );
+    }
+    for (i, a) in task.addresses.iter().enumerate() {
+        let _ = write!(
+            o,
+            r##"<text x="{}" y="{}" font-size="11" fill="{}">{} {}</text>"##,
+            tr.x + 8.0,
+            tr.y + 15.0 + LINE_H * (i as f64 + 1.0),
+            net_colour(t, &a.network),
+            esc(&a.addr),
+            esc(&a.network)
+        );
+    }
+    *o += "</g>\n";
+}
+
+/// An overlay: a bar under the columns it spans (dashed when encrypted), a line up to each
+/// node's VTEP, and its name, VNI and subnet.
+fn draw_network(o: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
+    // A node the layout has no column for has no VTEP on the bar.
+    let vteps: Vec<(&String, (f64, f64))> = net
+        .nodes
+        .iter()
+        .filter_map(|h| Some((h, *l.vteps.get(&(net.name.clone(), h.clone()))?)))
+        .collect();
+    let Some(&(_, (_, y))) = vteps.first() else {
+        return;
+    };
+    let x0 = t
+        .nodes
+        .iter()
+        .find(|n| net.nodes.first() == Some(&n.hostname))
+        .and_then(|n| l.nodes.get(&n.hostname))
+        .map(|r| r.x)
+        .unwrap_or(MARGIN);
+    let x1 = net
+        .nodes
+        .last()
+        .and_then(|h| l.nodes.get(h))
+        .map(|r| r.x + r.w)
+        .unwrap_or(x0 + COL_W);
+    let c = net_colour(t, &net.name);
+    let _ = write!(
+        o,
+        r##"<g class="network" data-network="{name}"><rect x="{x0}" y="{y}" width="{w}" height="{NET_H}" rx="12" fill="{c}" fill-opacity="0.15" stroke="{c}" stroke-width="2"{dash}/>"##,
+        name = esc(&net.name),
+        w = x1 - x0,
+        dash = if net.encrypted {
+            r#" stroke-dasharray="8 4""#
+        } else {
+            ""
+        },
+    );
+    for (host, (vx, vy)) in vteps {
+        let bottom = l.nodes.get(host).map(|r| r.y + r.h).unwrap_or(vy);
+        let _ = write!(
+            o,
+            r##"<line x1="{vx}" y1="{bottom}" x2="{vx}" y2="{vy}" stroke="{c}" stroke-width="2"/><circle cx="{vx}" cy="{cy}" r="5" fill="{c}"/>"##,
+            cy = vy + NET_H / 2.0
+        );
+    }
+    let label = format!(
+        "{}  ·  VNI {}  ·  {}{}{}",
+        net.name,
+        net.vni,
+        net.subnet,
+        if net.ingress {
+            "  ·  routing mesh"
+        } else {
+            ""
+        },
+        if net.encrypted {
+            "  ·  encrypted (ESP)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        r##"<text x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}" stroke="#ffffff" stroke-width="4" paint-order="stroke">{}</text></g>"##,
+        x0 + 14.0,
+        y + 16.5,
+        esc(&label)
+    );
+}
+
+/// The service legend: each service in its colour with its mode, replicas, VIPs and ports.
+fn draw_services(o: &mut String, t: &Topology, l: &Layout) {
     if let Some(first) = l.services.values().map(|r| r.y).reduce(f64::min) {
         let _ = writeln!(
             o,
@@ -454,12 +491,6 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
             ports = esc(&ports),
         );
     }
-
-    if let Some(ov) = overlay {
-        draw_overlay(&mut o, &l, ov, chars);
-    }
-    o += "</svg>\n";
-    o
 }
 
 /// Splits `s` at spaces into lines of at most `max` characters (a longer word stays whole).

@@ -173,3 +173,14 @@ fn the_encrypted_option_comes_from_the_network() {
     assert_eq!(t.networks[0].vni, "4097");
     assert_eq!(t.networks[0].subnet, "10.0.0.0/24");
 }
+
+/// A network that names a node the picture has no column for (the manager's view changed
+/// between two reads) is drawn over the nodes it does have, rather than failing.
+#[test]
+fn svg_draws_a_network_naming_an_unknown_node() {
+    let mut t = big();
+    t.nodes.truncate(2);
+    let svg = render(&t, GraphFormat::Svg);
+    assert!(roxmltree::Document::parse(&svg).is_ok());
+    assert_eq!(svg.matches(r#"<circle"#).count(), 2 * t.networks.len());
+}

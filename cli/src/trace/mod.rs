@@ -4,6 +4,7 @@
 //! previous hop's reply tuple, and a hop the kernel has no record of ends the trace.
 
 pub mod kernel;
+mod walk;
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use clap::{Args, ValueEnum};
 
 use crate::graph::model::{GTask, Topology};
 use crate::graph::svg::{Anchor, Overlay};
-use kernel::{CtEntry, Place, Tuple};
+use kernel::{Place, Tuple};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TraceFormat {
@@ -243,7 +244,7 @@ async fn from_node(
         dport: port,
         ..Tuple::default()
     };
-    let replica = follow(cluster, topo, place, &n.hostname, want, &mut hops).await?;
+    let replica = walk::follow(cluster, topo, place, &n.hostname, want, &mut hops).await?;
     Ok(Trace {
         title: format!("trace: {node} -> {host}:{port} (tcp, source port {sport})"),
         hops,
@@ -311,7 +312,7 @@ async fn from_task(
         dport: port,
         ..Tuple::default()
     };
-    let replica = follow(cluster, topo, place, &t.node, want, &mut hops).await?;
+    let replica = walk::follow(cluster, topo, place, &t.node, want, &mut hops).await?;
     Ok(Trace {
         title: format!(
             "trace: task {} -> {host}:{port} (tcp, source port {sport})",
@@ -320,314 +321,4 @@ async fn from_task(
         hops,
         replica,
     })
-}
-
-fn task_by_addr<'a>(topo: &'a Topology, addr: &str) -> Option<(&'a GTask, String)> {
-    topo.tasks().find_map(|t| {
-        t.addresses
-            .iter()
-            .find(|a| a.addr == addr)
-            .map(|a| (t, a.network.clone()))
-    })
-}
-
-fn place_label(topo: &Topology, place: &Place) -> String {
-    match place {
-        Place::Task(id) => topo
-            .tasks()
-            .find(|t| &t.id == id)
-            .map(|t| format!("{} ({})", t.name, t.node))
-            .unwrap_or_else(|| id.clone()),
-        other => other.to_string(),
-    }
-}
-
-/// Walks from `place`, where a conntrack entry with original tuple `want` must exist, to the
-/// task that accepted the connection. Returns that task.
-async fn follow(
-    cluster: &str,
-    topo: &Topology,
-    mut place: Place,
-    start_node: &str,
-    mut want: Tuple,
-    hops: &mut Vec<Hop>,
-) -> anyhow::Result<Option<GTask>> {
-    let mut node = start_node.to_string();
-    // A connection crosses at most node -> sandbox -> node -> sandbox -> task (the mesh
-    // balanced by the node's own IPVS), node -> sandbox -> task (in the sandbox), or task ->
-    // network sandbox -> task (VIP).
-    for _ in 0..6 {
-        let here = place_label(topo, &place);
-        let entries = match kernel::conntrack(cluster, &place, "tcp", &want).await {
-            Ok(entries) => entries,
-            Err(err) => {
-                hops.push(Hop {
-                    place: here,
-                    what: format!("cannot read the conntrack table: {err:#}"),
-                    evidence: "conntrack -L".into(),
-                    anchors: Vec::new(),
-                });
-                return Ok(None);
-            }
-        };
-        let Some(e) = pick(&entries) else {
-            hops.push(Hop {
-                place: here,
-                what: format!("no conntrack entry for {}", describe(&want)),
-                evidence: "conntrack -L".into(),
-                anchors: Vec::new(),
-            });
-            return Ok(None);
-        };
-        let mut next = (e.reply.src.clone(), e.reply.sport);
-        let mut evidence = format!("conntrack {}", or_new(&e.state));
-        let mut onward = e.onward();
-        let ipvs = topo.node(&node).is_some_and(|n| n.lb_driver == "ipvs");
-        // IPVS may balance without conntrack recording the rewrite.
-        let balanced = if ipvs && !e.dnat() {
-            kernel::ipvs_conns(cluster, &place, e.orig.sport).await
-        } else {
-            Vec::new()
-        };
-        if let Some(c) = balanced.first()
-            && let Some((a, p)) = c.destination.rsplit_once(':')
-        {
-            next = (a.to_string(), p.parse().unwrap_or(0));
-            evidence = format!("ipvsadm -Lnc {}", c.state);
-            onward = Tuple {
-                src: String::new(),
-                sport: 0,
-                dst: next.0.clone(),
-                dport: next.1,
-            };
-        }
-        let current_task = match &place {
-            Place::Task(id) => topo.tasks().find(|t| &t.id == id).cloned(),
-            _ => None,
-        };
-        match task_by_addr(topo, &next.0) {
-            Some((task, _)) if current_task.as_ref().map(|c| &c.id) == Some(&task.id) => {
-                let redirect = if e.reply.sport != e.orig.dport {
-                    format!(", redirected to target port {}", e.reply.sport)
-                } else {
-                    String::new()
-                };
-                hops.push(Hop {
-                    place: here,
-                    what: format!("accepted {}{redirect}", e.orig),
-                    evidence,
-                    anchors: vec![Anchor::Task(task.name.clone())],
-                });
-                return Ok(Some(task.clone()));
-            }
-            Some((task, network)) => {
-                let balanced = e.dnat() || evidence.starts_with("ipvsadm");
-                let masquerade = !balanced && e.reply.dst != e.orig.src;
-                let what = if masquerade {
-                    format!(
-                        "masquerades {} as {} on to {} on {}: {}",
-                        e.orig.src, e.reply.dst, task.name, task.node, e.orig
-                    )
-                } else {
-                    let how = if balanced {
-                        "load balancer chose"
-                    } else {
-                        "goes straight to"
-                    };
-                    format!(
-                        "{how} {} on {}: {} => {}:{}",
-                        task.name, task.node, e.orig, next.0, next.1
-                    )
-                };
-                hops.push(Hop {
-                    place: here,
-                    what,
-                    evidence,
-                    anchors: lb_anchor(topo, &place, &node),
-                });
-                // Where the node's own IPVS balances (mesh `node`), the chosen ingress task is
-                // reached through the node's ingress sandbox, whose own entry shows its
-                // masquerade.
-                let ingress = topo.networks.iter().any(|n| n.name == network && n.ingress);
-                if balanced && ingress && matches!(place, Place::Node(_)) {
-                    place = Place::Sandbox(node.clone(), "ingress_sbox".into());
-                    want = onward;
-                    continue;
-                }
-                hops.push(overlay_hop(cluster, topo, &node, task, &network).await?);
-                place = Place::Task(task.id.clone());
-                node = task.node.clone();
-                want = onward;
-            }
-            // A task's VIP is answered by its network's sandbox on the same node, whose
-            // load balancer picks the backend.
-            None if matches!(place, Place::Task(_)) && vip_network(topo, &next.0).is_some() => {
-                let network = vip_network(topo, &next.0).expect("matched");
-                hops.push(Hop {
-                    place: here,
-                    what: format!(
-                        "to VIP {}:{}, answered by the {} network's sandbox on {node}",
-                        next.0, next.1, network.name
-                    ),
-                    evidence,
-                    anchors: lb_anchor(topo, &place, &node),
-                });
-                let short = &network.id[..10.min(network.id.len())];
-                place = Place::Sandbox(node.clone(), format!("1-{short}"));
-                want = onward;
-            }
-            None if e.dnat() && matches!(place, Place::Node(_)) => {
-                hops.push(Hop {
-                    place: here,
-                    what: format!(
-                        "DNAT {} => {}:{} (the node's ingress sandbox)",
-                        e.orig, next.0, next.1
-                    ),
-                    evidence,
-                    anchors: vec![Anchor::Node(node.clone())],
-                });
-                place = Place::Sandbox(node.clone(), "ingress_sbox".into());
-                want = onward;
-            }
-            // Where the node's own IPVS balances (mesh `node`, QEMU guests), the sandbox sends
-            // a connection from the node's localhost back to the node, since IPVS will not
-            // balance a loopback source.
-            None if e.dnat() && matches!(place, Place::Sandbox(..)) => {
-                hops.push(Hop {
-                    place: here,
-                    what: format!(
-                        "hairpin {} => back to the node as {}:{} -> {}:{}",
-                        e.orig, onward.src, onward.sport, onward.dst, onward.dport
-                    ),
-                    evidence,
-                    anchors: vec![Anchor::Sandbox(node.clone())],
-                });
-                place = Place::Node(node.clone());
-                want = onward;
-            }
-            None => {
-                hops.push(Hop {
-                    place: here,
-                    what: format!(
-                        "{} leaves for {}:{}, which no task owns",
-                        e.orig, next.0, next.1
-                    ),
-                    evidence,
-                    anchors: Vec::new(),
-                });
-                return Ok(None);
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The network on which `addr` is a service's VIP.
-fn vip_network<'a>(topo: &'a Topology, addr: &str) -> Option<&'a crate::graph::model::GNetwork> {
-    let on = topo
-        .services
-        .iter()
-        .flat_map(|s| &s.vips)
-        .find(|v| v.addr == addr)?;
-    topo.networks.iter().find(|n| n.name == on.network)
-}
-
-fn lb_anchor(topo: &Topology, place: &Place, node: &str) -> Vec<Anchor> {
-    match place {
-        Place::Task(id) => topo
-            .tasks()
-            .find(|t| &t.id == id)
-            .map(|t| vec![Anchor::Task(t.name.clone())])
-            .unwrap_or_default(),
-        Place::Sandbox(..) => vec![Anchor::Sandbox(node.to_string())],
-        Place::Node(_) => vec![Anchor::Node(node.to_string())],
-    }
-}
-
-/// The hop from `node` to `task` over `network`, from the network sandbox's neighbour and
-/// FDB entries on `node`.
-async fn overlay_hop(
-    cluster: &str,
-    topo: &Topology,
-    node: &str,
-    task: &GTask,
-    network: &str,
-) -> anyhow::Result<Hop> {
-    let addr = task
-        .addresses
-        .iter()
-        .find(|a| a.network == network)
-        .map(|a| a.addr.clone())
-        .unwrap_or_default();
-    let net = topo
-        .networks
-        .iter()
-        .find(|n| n.name == network)
-        .with_context(|| format!("network {network} is not in the cluster's list"))?;
-    let short: String = net.id.chars().take(10).collect();
-    let sandbox = Place::Sandbox(node.to_string(), format!("1-{short}"));
-    let hop = kernel::vxlan_hop(cluster, &sandbox, &addr).await?;
-    let vtep_node = |vtep: &str| {
-        topo.nodes
-            .iter()
-            .find(|n| n.addr == vtep)
-            .map(|n| n.hostname.clone())
-            .unwrap_or_else(|| "no node of this cluster".into())
-    };
-    let what = match &hop.remote_vtep {
-        None if hop.fdb_unreadable => format!(
-            "{addr} is {} on {} (no `bridge` tool here to read the FDB's remote VTEP)",
-            hop.mac,
-            if hop.device.is_empty() {
-                "?"
-            } else {
-                &hop.device
-            }
-        ),
-        Some(vtep) => format!(
-            "VXLAN {} VNI {}: {addr} is {} at remote VTEP {vtep} ({}){}",
-            hop.device,
-            hop.vni.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
-            hop.mac,
-            vtep_node(vtep),
-            hop.tx_packets
-                .map(|p| format!(", {p} packets sent"))
-                .unwrap_or_default()
-        ),
-        None if hop.device.is_empty() => {
-            format!("no neighbour or FDB entry for {addr} on {network}")
-        }
-        None => format!(
-            "{addr} is {} on local bridge port {} ({network} stays on {node})",
-            hop.mac, hop.device
-        ),
-    };
-    Ok(Hop {
-        place: sandbox.to_string(),
-        what,
-        evidence: "ip neigh, bridge fdb, ip -s link".into(),
-        anchors: vec![
-            Anchor::Vtep(network.to_string(), node.to_string()),
-            Anchor::Vtep(network.to_string(), task.node.clone()),
-        ],
-    })
-}
-
-/// Of several entries for one tuple (a source port reused within TIME_WAIT), prefer the one
-/// still open.
-fn pick(entries: &[CtEntry]) -> Option<&CtEntry> {
-    entries
-        .iter()
-        .find(|e| e.state == "ESTABLISHED")
-        .or_else(|| entries.first())
-}
-
-fn or_new(s: &str) -> &str {
-    if s.is_empty() { "entry" } else { s }
-}
-
-fn describe(t: &Tuple) -> String {
-    let src = if t.src.is_empty() { "*" } else { &t.src };
-    let dst = if t.dst.is_empty() { "*" } else { &t.dst };
-    format!("{src}:{} -> {dst}:{}", t.sport, t.dport)
 }

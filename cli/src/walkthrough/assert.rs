@@ -4,7 +4,7 @@
 
 use regex::Regex;
 
-use super::exec::split_words;
+use super::words::split_words;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Assertion {

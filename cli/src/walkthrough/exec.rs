@@ -12,7 +12,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::plan::Target;
+use super::plan::{Client, Target};
+use super::words::split_words;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -30,15 +31,6 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Which CLI answers `docker ...` lines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Client {
-    /// swarmkit's own CLI: `docker service ls` runs as `swarmkit --cluster C service ls`.
-    Swarmkit,
-    /// The real docker CLI, pointed at the cluster's manager socket with DOCKER_HOST.
-    Docker,
 }
 
 /// A fully resolved process to start.
@@ -139,66 +131,6 @@ impl Runner {
             },
         }
     }
-}
-
-/// Splits a line into words as `sh` would for a simple command: quotes, backslashes and a
-/// trailing `# comment`. None when the line uses any other shell syntax (pipes, redirections,
-/// expansions, globs), which only a real shell may interpret.
-pub fn split_words(line: &str) -> Option<Vec<String>> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '#' if !in_word => break,
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => word.push(c),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '$' | '`' => return None,
-                        '\\' => match chars.next()? {
-                            c @ ('"' | '\\') => word.push(c),
-                            c => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                        },
-                        c => word.push(c),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                word.push(chars.next()?);
-            }
-            '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' => return None,
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Some(words)
 }
 
 #[derive(Debug)]
@@ -329,40 +261,6 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
-    }
-
-    #[test]
-    fn split_words_like_sh() {
-        assert_eq!(
-            split_words(
-                r#"docker service create --name psql -e POSTGRES_PASSWORD=mypass postgres"#
-            ),
-            Some(s(&[
-                "docker",
-                "service",
-                "create",
-                "--name",
-                "psql",
-                "-e",
-                "POSTGRES_PASSWORD=mypass",
-                "postgres"
-            ]))
-        );
-        assert_eq!(
-            split_words(r#"docker x --format '{{.Name}} a' "b \"c\"" d\ e # comment"#),
-            Some(s(&[
-                "docker",
-                "x",
-                "--format",
-                "{{.Name}} a",
-                "b \"c\"",
-                "d e"
-            ]))
-        );
-        assert_eq!(split_words("a'b'c"), Some(s(&["abc"])));
-        assert_eq!(split_words("docker service ls | wc -l"), None);
-        assert_eq!(split_words("echo $HOME"), None);
-        assert_eq!(split_words("echo 'unterminated"), None);
     }
 
     #[test]

@@ -10,36 +10,41 @@ mod normalize;
 mod plan;
 mod session;
 mod snapshot;
+mod words;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use testbed::Backend;
 
-pub use exec::Client;
+pub use plan::Client;
 
 use display::Display;
 use exec::Runner;
-use session::Session;
+use plan::Plan;
+use session::{Report, Session};
 
 /// How long bringing a cluster up or down may take before the walkthrough gives up.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// Nodes are network namespaces on this host.
-    Netns,
-    /// Nodes are QEMU guests (for IPVS and IPsec, which the host kernel may lack).
-    Qemu,
+/// What a walkthrough's cluster may be built of, with what that means for it; None for a
+/// backend walkthroughs do not run on (ssh needs an inventory they have no flag for).
+fn backend_help(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Netns => Some("Nodes are network namespaces on this host"),
+        Backend::Qemu => {
+            Some("Nodes are QEMU guests (for IPVS and IPsec, which the host kernel may lack)")
+        }
+        Backend::Ssh => None,
+    }
 }
 
-impl Backend {
-    fn as_str(self) -> &'static str {
-        match self {
-            Backend::Netns => "netns",
-            Backend::Qemu => "qemu",
-        }
-    }
+/// `--backend`'s values: the backends [`backend_help`] describes.
+fn backends() -> impl Iterator<Item = clap::builder::PossibleValue> {
+    Backend::ALL.into_iter().filter_map(|b| {
+        backend_help(b).map(|help| clap::builder::PossibleValue::new(b.as_str()).help(help))
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,7 +53,7 @@ pub struct WalkthroughArgs {
     /// lists the normalisation patterns.
     pub name: String,
     /// What the cluster's nodes are.
-    #[arg(long, value_enum, default_value_t = Backend::Netns)]
+    #[arg(long, default_value = "netns", value_parser = crate::flags::backend_parser(backends()))]
     pub backend: Backend,
     /// Leave the cluster running afterwards, to look around.
     #[arg(long)]
@@ -112,14 +117,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         "patterns" => return Ok(list_patterns()),
         _ => {}
     }
-    let text = plan_text(&plans, &args.name)?;
-    let plan = plan::parse(&args.name, &text)?;
-    for block in &plan.blocks {
-        normalize::check_names(&block.patterns)?;
-        for c in &block.commands {
-            normalize::check_names(&c.patterns)?;
-        }
-    }
+    let plan = load_plan(&plans, &args.name)?;
     let snapshots = Source::choose(args.snapshots.as_deref(), "snapshots")?;
     if args.update && matches!(snapshots, Source::Embedded) {
         return Err(WalkthroughError::NowhereToUpdate.into());
@@ -148,40 +146,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
             Client::Docker => "docker",
         }
     ));
-    let nodes = plan.nodes.to_string();
-    let up = cluster_command(
-        &runner,
-        &display,
-        &[
-            "cluster",
-            "up",
-            "--nodes",
-            &nodes,
-            "--backend",
-            args.backend.as_str(),
-        ],
-    )
-    .await;
-    let outcome = match up {
-        Ok(()) => {
-            let session = Session {
-                plan: &plan,
-                runner: &runner,
-                display: &display,
-                snapshot: accepted.as_deref(),
-                backend: args.backend.as_str(),
-            };
-            // Interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), it still tears down.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                r = session.run() => r.map(Some),
-                _ = tokio::signal::ctrl_c() => Ok(None),
-                _ = term.recv() => Ok(None),
-            }
-        }
-        Err(e) => Err(e),
-    };
+    let outcome = replay(&runner, &display, &plan, accepted.as_deref(), args.backend).await;
     // A failed run shows what the cluster's daemons logged before teardown removes them.
     let failed = !matches!(&outcome, Ok(Some(r)) if r.mismatches == 0);
     if failed {
@@ -211,31 +176,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         let Source::Dir(dir) = &snapshots else {
             return Err(WalkthroughError::NowhereToUpdate.into());
         };
-        // Snapshot differences are what --update accepts; the walkthrough's own checks
-        // (its expected output, assertions, timeouts) must still pass.
-        if report.mismatches > report.snapshot_mismatches {
-            println!("snapshot not updated: fix the failures the walkthrough itself reports first");
-            return Ok(1);
-        }
-        // A transcript with skipped blocks would drop their accepted entries.
-        let backend = args.backend.as_str();
-        if let Some(b) = plan
-            .blocks
-            .iter()
-            .find(|b| !b.backends.is_empty() && !b.backends.iter().any(|x| x == backend))
-        {
-            println!(
-                "snapshot not updated: block {} runs on the {} backend only; update there",
-                b.number,
-                b.backends.join(", ")
-            );
-            return Ok(1);
-        }
-        let path = dir.join(format!("{}.snap", plan.name));
-        std::fs::write(&path, snapshot::render(&plan.name, &report.entries))
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("snapshot written: {}", path.display());
-        return Ok(0);
+        return update_snapshot(dir, &plan, &report, args.backend);
     }
     if accepted.is_none() {
         println!(
@@ -245,6 +186,84 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         return Ok(1);
     }
     Ok(if report.mismatches == 0 { 0 } else { 1 })
+}
+
+/// The plan named `name`, parsed, with every normalisation pattern it names known.
+fn load_plan(plans: &Source, name: &str) -> anyhow::Result<Plan> {
+    let text = plan_text(plans, name)?;
+    let plan = plan::parse(name, &text)?;
+    for block in &plan.blocks {
+        normalize::check_names(&block.patterns)?;
+        for c in &block.commands {
+            normalize::check_names(&c.patterns)?;
+        }
+    }
+    Ok(plan)
+}
+
+/// Brings the runner's cluster up on `backend` and replays the plan on it; None when
+/// interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), which the caller's teardown then
+/// still follows.
+async fn replay(
+    runner: &Runner,
+    display: &Display,
+    plan: &Plan,
+    snapshot: Option<&[snapshot::Entry]>,
+    backend: Backend,
+) -> anyhow::Result<Option<Report>> {
+    let nodes = plan.nodes.to_string();
+    let up = [
+        "cluster",
+        "up",
+        "--nodes",
+        &nodes,
+        "--backend",
+        backend.as_str(),
+    ];
+    cluster_command(runner, display, &up).await?;
+    let session = Session {
+        plan,
+        runner,
+        display,
+        snapshot,
+        backend,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = session.run() => r.map(Some),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+        _ = term.recv() => Ok(None),
+    }
+}
+
+/// `--update`: writes this run's transcript as the plan's snapshot in `dir`, unless the
+/// walkthrough's own checks failed or a block was skipped on this backend.
+fn update_snapshot(
+    dir: &Path,
+    plan: &Plan,
+    report: &Report,
+    backend: Backend,
+) -> anyhow::Result<i32> {
+    // Snapshot differences are what --update accepts; the walkthrough's own checks
+    // (its expected output, assertions, timeouts) must still pass.
+    if report.mismatches > report.snapshot_mismatches {
+        println!("snapshot not updated: fix the failures the walkthrough itself reports first");
+        return Ok(1);
+    }
+    // A transcript with skipped blocks would drop their accepted entries.
+    if let Some(b) = plan.blocks.iter().find(|b| !b.runs_on(backend)) {
+        println!(
+            "snapshot not updated: block {} runs on the {} backend only; update there",
+            b.number,
+            b.backend_names()
+        );
+        return Ok(1);
+    }
+    let path = dir.join(format!("{}.snap", plan.name));
+    std::fs::write(&path, snapshot::render(&plan.name, &report.entries))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("snapshot written: {}", path.display());
+    Ok(0)
 }
 
 fn list(plans: &Source) -> anyhow::Result<i32> {

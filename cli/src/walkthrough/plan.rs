@@ -3,6 +3,8 @@
 //! `console task=web.1`); GitHub renders them like any console block and ignores the rest of
 //! the info string. Settings and assertions live in HTML comments, which do not render.
 
+use testbed::Backend;
+
 use super::assert::Assertion;
 
 /// Nodes a plan's cluster gets when the plan does not say.
@@ -20,6 +22,15 @@ pub enum PlanError {
     },
     #[error("{file}: no runnable block (a fenced block with info string `console node=NAME`)")]
     Empty { file: String },
+}
+
+/// Which CLI answers `docker ...` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// swarmkit's own CLI: `docker service ls` runs as `swarmkit --cluster C service ls`.
+    Swarmkit,
+    /// The real docker CLI, pointed at the cluster's manager socket with DOCKER_HOST.
+    Docker,
 }
 
 /// Where a block's non-docker commands run.
@@ -78,9 +89,22 @@ pub struct Block {
     pub timeout_secs: u64,
     /// `backend=netns`: the block shows what only these backends have (say, the sandbox
     /// layout of the routing mesh); on any other it is skipped, its snapshot entries kept.
-    pub backends: Vec<String>,
+    pub backends: Vec<Backend>,
     pub commands: Vec<Command>,
     pub assertions: Vec<Assertion>,
+}
+
+impl Block {
+    /// Whether the block runs on a cluster of `backend` (a block that names none runs on all).
+    pub fn runs_on(&self, backend: Backend) -> bool {
+        self.backends.is_empty() || self.backends.contains(&backend)
+    }
+
+    /// The backends the block is limited to, for messages: `netns, qemu`.
+    pub fn backend_names(&self) -> String {
+        let names: Vec<&str> = self.backends.iter().map(|b| b.as_str()).collect();
+        names.join(", ")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +114,7 @@ pub struct Plan {
     pub nodes: usize,
     /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
     /// `--client` says.
-    pub client: Option<super::Client>,
+    pub client: Option<Client>,
     pub blocks: Vec<Block>,
 }
 
@@ -147,7 +171,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                         err(lineno, format!("bad node count {n:?}"))
                                     })?
                             }
-                            Some(("client", "docker")) => client = Some(super::Client::Docker),
+                            Some(("client", "docker")) => client = Some(Client::Docker),
                             _ => return Err(err(lineno, format!("unknown setting {word:?}"))),
                         }
                     }
@@ -230,7 +254,12 @@ fn block_header(info: &str) -> Result<Option<Block>, String> {
             Some(("normalize", p)) => block.patterns = split_list(p),
             Some(("retry", v)) => block.retry_secs = Some(secs(v)?),
             Some(("timeout", v)) => block.timeout_secs = secs(v)?,
-            Some(("backend", b)) => block.backends = split_list(b),
+            Some(("backend", b)) => {
+                block.backends = split_list(b)
+                    .iter()
+                    .map(|n| n.parse().map_err(|_| format!("unknown backend {n:?}")))
+                    .collect::<Result<_, _>>()?
+            }
             None if word == "nocheck" => block.nocheck = true,
             None if word == "underlay" => target = Some(Target::Underlay),
             _ => return Err(format!("unknown block attribute {word:?}")),

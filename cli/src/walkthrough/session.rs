@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use testbed::Backend;
+
 use super::display::Display;
 use super::exec::{self, Runner};
 use super::normalize::{compare_keys, matches_expected, normalize};
@@ -29,7 +31,7 @@ pub struct Session<'a> {
     /// The accepted snapshot, when there is one.
     pub snapshot: Option<&'a [Entry]>,
     /// The cluster's backend, for blocks that run only on some (`backend=`).
-    pub backend: &'a str,
+    pub backend: Backend,
 }
 
 struct Ran {
@@ -52,12 +54,12 @@ impl Session<'_> {
         // Position in the snapshot: it also counts the commands of skipped blocks.
         let mut index = 0;
         for block in &self.plan.blocks {
-            if !block.backends.is_empty() && !block.backends.iter().any(|b| b == self.backend) {
+            if !block.runs_on(self.backend) {
                 index += block.commands.len();
                 self.display.line(&format!(
                     "  skipped: block {} runs on the {} backend only",
                     block.number,
-                    block.backends.join(", ")
+                    block.backend_names()
                 ));
                 continue;
             }
@@ -229,7 +231,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
-    use crate::walkthrough::exec::Client;
+    use crate::walkthrough::plan::Client;
     use crate::walkthrough::{plan, snapshot};
 
     /// A stand-in for the swarmkit binary: `node exec N -- CMD...` runs CMD here, and
@@ -261,7 +263,7 @@ mod tests {
             runner: &runner,
             display: &display,
             snapshot: snap,
-            backend: "netns",
+            backend: Backend::Netns,
         };
         let report = session.run().await;
         let _ = std::fs::remove_dir_all(&dir);

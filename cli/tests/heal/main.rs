@@ -97,16 +97,8 @@ fn a_killed_task_leaves_the_mesh_and_is_replaced_under_its_restart_policy() {
     require_root!();
     let c = Cluster::up("restart", 3);
     web(&c, &["--restart-delay", "1s"]);
-    c.sk(&[
-        "service",
-        "create",
-        "--name",
-        "once",
-        "--restart-condition",
-        "none",
-        "whoami",
-    ])
-    .ok();
+    c.service_create(&["--name", "once", "--restart-condition", "none", "whoami"])
+        .ok();
 
     let l = load(&c);
     let old = c.api_tasks("web");
@@ -234,9 +226,7 @@ fn draining_a_node_moves_its_tasks_without_a_failed_request() {
         .ok();
     let labels = inspect(&c, "node", "node2")["Spec"]["Labels"].clone();
     assert_eq!(labels, serde_json::json!({"zone": "east"}));
-    c.sk(&[
-        "service",
-        "create",
+    c.service_create(&[
         "--name",
         "east",
         "--replicas",

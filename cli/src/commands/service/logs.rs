@@ -12,8 +12,8 @@ use clap::Args;
 use futures::StreamExt;
 use futures::stream::{BoxStream, SelectAll};
 
-use super::service::service_name;
-use super::{Api, ApiResult, ClientError};
+use super::spec::service_name;
+use crate::api::{self, Api, ApiError, ApiResult};
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
@@ -113,7 +113,7 @@ pub async fn logs(api: &Api, args: LogsArgs) -> anyhow::Result<i32> {
                         }
                     }
                     // The service is gone: what is followed ends as its tasks go.
-                    Err(ClientError::Daemon(_)) => following = None,
+                    Err(ApiError::Daemon(_)) => following = None,
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -138,10 +138,7 @@ fn task_lines(api: &Api, s: &Source, args: &LogsArgs, width: usize, opts: LogsOp
 
 /// The tasks to read: the service's (history included, as docker shows them), or the task
 /// named; and the service when it was named.
-async fn sources(
-    api: &Api,
-    args: &LogsArgs,
-) -> Result<(Option<Service>, Vec<Source>), ClientError> {
+async fn sources(api: &Api, args: &LogsArgs) -> Result<(Option<Service>, Vec<Source>), ApiError> {
     match api.docker.inspect_service(&args.target, None).await {
         Ok(s) => {
             let sources = service_tasks(api, &s, args).await?;
@@ -167,7 +164,7 @@ async fn service_tasks(
     api: &Api,
     service: &Service,
     args: &LogsArgs,
-) -> Result<Vec<Source>, ClientError> {
+) -> Result<Vec<Source>, ApiError> {
     let id = service.id.clone().unwrap_or_default();
     api.docker.inspect_service(&id, None).await.api(api)?;
     let opts = ListTasksOptions {
@@ -183,7 +180,7 @@ async fn named(
     service: &Service,
     mut tasks: Vec<Task>,
     args: &LogsArgs,
-) -> Result<Vec<Source>, ClientError> {
+) -> Result<Vec<Source>, ApiError> {
     let nodes: HashMap<String, String> = api
         .docker
         .list_nodes(None)
@@ -191,7 +188,7 @@ async fn named(
         .api(api)?
         .into_iter()
         .map(|n| {
-            let name = super::node::hostname(&n);
+            let name = api::hostname(&n);
             (n.id.unwrap_or_default(), name)
         })
         .collect();

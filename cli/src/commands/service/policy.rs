@@ -10,6 +10,8 @@ use bollard::models::{
 };
 use clap::{Args, ValueEnum};
 
+use crate::duration;
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RestartCondition {
     None,
@@ -29,19 +31,19 @@ pub struct PolicyArgs {
     #[arg(long, value_enum)]
     restart_condition: Option<RestartCondition>,
     /// Delay between restart attempts (ns|us|ms|s|m|h) (default 5s)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration::go, value_name = "DURATION")]
     restart_delay: Option<Duration>,
     /// Maximum number of restarts before giving up
     #[arg(long, value_name = "N")]
     restart_max_attempts: Option<u64>,
     /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration::go, value_name = "DURATION")]
     restart_window: Option<Duration>,
     /// Maximum number of tasks updated simultaneously (0 to update all at once) (default 1)
     #[arg(long, value_name = "N")]
     update_parallelism: Option<u64>,
     /// Delay between updates (ns|us|ms|s|m|h) (default 0s)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration::go, value_name = "DURATION")]
     update_delay: Option<Duration>,
     /// Update order (default stop-first)
     #[arg(long, value_enum)]
@@ -50,13 +52,13 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "N")]
     rollback_parallelism: Option<u64>,
     /// Delay between task rollbacks (ns|us|ms|s|m|h) (default 0s)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration::go, value_name = "DURATION")]
     rollback_delay: Option<Duration>,
     /// Rollback order (default stop-first)
     #[arg(long, value_enum)]
     rollback_order: Option<Order>,
     /// Time to wait before force killing a task (ns|us|ms|s|m|h) (default 10s)
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration::go, value_name = "DURATION")]
     stop_grace_period: Option<Duration>,
 }
 
@@ -145,66 +147,9 @@ impl PolicyArgs {
     }
 }
 
-/// Go's time.ParseDuration, which docker's duration flags use: `1h30m`, `1.5s`, `300ms`, `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {s:?}: use a number with a unit (ns, us, ms, s, m, h), e.g. 5s or 1m30s"
-        )
-    };
-    let t = s.trim();
-    if t.starts_with('-') {
-        return Err(format!("invalid duration {s:?}: it cannot be negative"));
-    }
-    let t = t.strip_prefix('+').unwrap_or(t);
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0f64;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| bad())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_as_go_does() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("5").unwrap_err().contains("e.g. 5s"));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
-    }
 
     #[test]
     fn only_flags_given_reach_the_spec() {

@@ -1,15 +1,16 @@
-//! `swarmkit service ps` and `service inspect --pretty`.
+//! `swarmkit service ps`: the tasks of services, history indented under each slot, as
+//! docker prints them.
 
 use std::collections::HashMap;
 
-use bollard::models::{Service, Task};
+use bollard::models::Task;
 use bollard::query_parameters::ListTasksOptions;
 use clap::Args;
 
-use super::service::service_name;
-use super::{Api, ApiResult};
-use crate::render::{self, Format, Table};
-use crate::template::Printer;
+use super::spec::service_name;
+use crate::api::{self, Api, ApiResult};
+use crate::render::{self, Table};
+use crate::template::{Format, Printer};
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -22,7 +23,7 @@ pub struct PsArgs {
     #[arg(long)]
     no_trunc: bool,
     /// Filter output based on conditions provided (KEY=VALUE), e.g. label=com.docker.stack.namespace=demo
-    #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::parse_filter)]
+    #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = crate::commands::parse_filter)]
     filter: Vec<(String, String)>,
     /// Output format
     #[arg(long, default_value = "table", value_parser = crate::template::parse)]
@@ -50,7 +51,7 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
     let mut tasks = Vec::new();
     for s in &services {
         let id = s.id.clone().unwrap_or_default();
-        let mut filters = super::filters(&args.filter).unwrap_or_default();
+        let mut filters = crate::commands::filters(&args.filter).unwrap_or_default();
         filters.insert("service".to_string(), vec![id]);
         let opts = ListTasksOptions {
             filters: Some(filters),
@@ -69,7 +70,7 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
                 .as_ref()
                 .and_then(|s| s.name.clone())
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| super::node::hostname(&n));
+                .unwrap_or_else(|| api::hostname(&n));
             (n.id.unwrap_or_default(), name)
         })
         .collect();
@@ -239,72 +240,6 @@ pub fn task_rows(
         });
     }
     rows
-}
-
-/// A subset of docker's `service inspect --pretty` template, same labels and layout.
-pub fn pretty_service(s: &Service) -> String {
-    let spec = s.spec.clone().unwrap_or_default();
-    let mut out = format!("\nID:\t\t{}\n", s.id.clone().unwrap_or_default());
-    out += &format!("Name:\t\t{}\n", spec.name.clone().unwrap_or_default());
-    if let Some(labels) = spec.labels.as_ref().filter(|l| !l.is_empty()) {
-        out += "Labels:\n";
-        let mut pairs: Vec<_> = labels.iter().collect();
-        pairs.sort();
-        for (k, v) in pairs {
-            out += &format!(" {k}={v}\n");
-        }
-    }
-    let mode = spec.mode.clone().unwrap_or_default();
-    if mode.global.is_some() {
-        out += "Service Mode:\tGlobal\n";
-    } else if let Some(r) = mode.replicated {
-        out += "Service Mode:\tReplicated\n";
-        if let Some(n) = r.replicas {
-            out += &format!(" Replicas:\t{n}\n");
-        }
-    }
-    out += "Placement:\n";
-    let task = spec.task_template.clone().unwrap_or_default();
-    let container = task.container_spec.clone().unwrap_or_default();
-    out += "ContainerSpec:\n";
-    out += &format!(" Image:\t\t{}\n", container.image.unwrap_or_default());
-    if let Some(args) = container.args.filter(|a| !a.is_empty()) {
-        out += &format!(" Args:\t\t{} \n", args.join(" "));
-    }
-    if let Some(env) = container.env.filter(|e| !e.is_empty()) {
-        out += " Env:\t\t";
-        out += &env.join(" ");
-        out += "\n";
-    }
-    if let Some(nets) = task.networks.filter(|n| !n.is_empty()) {
-        out += "Networks:";
-        for n in nets {
-            out += &format!(" {} ", n.target.unwrap_or_default());
-        }
-        out += "\n";
-    }
-    let endpoint = spec.endpoint_spec.unwrap_or_default();
-    let mode = endpoint.mode.map(|m| m.to_string()).unwrap_or_default();
-    out += &format!(
-        "Endpoint Mode:\t{}\n",
-        if mode.is_empty() { "vip".into() } else { mode }
-    );
-    if let Some(ports) = endpoint.ports.filter(|p| !p.is_empty()) {
-        out += "Ports:\n";
-        for p in ports {
-            out += &format!(" PublishedPort = {}\n", p.published_port.unwrap_or(0));
-            out += &format!(
-                "  Protocol = {}\n",
-                p.protocol.map(|x| x.to_string()).unwrap_or_default()
-            );
-            out += &format!("  TargetPort = {}\n", p.target_port.unwrap_or(0));
-            out += &format!(
-                "  PublishMode = {}\n",
-                p.publish_mode.map(|x| x.to_string()).unwrap_or_default()
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]

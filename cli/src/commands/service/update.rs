@@ -7,8 +7,9 @@ use bollard::models::{
 use bollard::query_parameters::UpdateServiceOptions;
 use clap::Args;
 
-use super::service::{env_entry, network_id, parse_replicas, ports_of, warn};
-use super::{Api, ApiResult};
+use super::policy::PolicyArgs;
+use super::spec::{env_entry, network_id, parse_replicas, ports_of, warn};
+use crate::api::{Api, ApiResult, print_error};
 use crate::progress;
 use crate::publish::PublishSpec;
 
@@ -51,7 +52,7 @@ pub struct UpdateArgs {
     #[arg(long, value_name = "EXPR")]
     constraint_rm: Vec<String>,
     #[command(flatten)]
-    policy: super::service_policy::PolicyArgs,
+    policy: PolicyArgs,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
@@ -115,11 +116,7 @@ fn set_replicas(spec: &mut ServiceSpec, name: &str, replicas: u64) -> anyhow::Re
     Ok(())
 }
 
-pub(super) async fn scale(
-    api: &Api,
-    targets: Vec<(String, u64)>,
-    detach: bool,
-) -> anyhow::Result<i32> {
+pub async fn scale(api: &Api, targets: Vec<(String, u64)>, detach: bool) -> anyhow::Result<i32> {
     let mut code = 0;
     let mut scaled = Vec::new();
     for (name, replicas) in targets {
@@ -129,7 +126,7 @@ pub(super) async fn scale(
                 scaled.push(id);
             }
             Err(err) => {
-                crate::print_error(&err);
+                print_error(&err);
                 code = 1;
             }
         }
@@ -142,7 +139,7 @@ pub(super) async fn scale(
     Ok(code)
 }
 
-pub(super) async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
+pub async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
     let mut add_networks = Vec::new();
     for net in &args.network_add {
         add_networks.push(network_id(api, net).await?);
@@ -213,12 +210,7 @@ pub(super) async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub(super) async fn rollback(
-    api: &Api,
-    name: &str,
-    detach: bool,
-    quiet: bool,
-) -> anyhow::Result<i32> {
+pub async fn rollback(api: &Api, name: &str, detach: bool, quiet: bool) -> anyhow::Result<i32> {
     let id = modify_or_rollback(api, name, true, |_| Ok(())).await?;
     println!("{name}");
     if !detach {
@@ -261,6 +253,16 @@ fn update_ports(endpoint: &mut EndpointSpec, add: Vec<EndpointPortConfig>, rm: &
     }
 }
 
+/// `service scale`'s `SERVICE=REPLICAS`.
+pub fn parse_scale(s: &str) -> Result<(String, u64), String> {
+    let Some((name, replicas)) = s.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+        return Err("use SERVICE=REPLICAS, e.g. web=3".into());
+    };
+    let replicas =
+        parse_replicas(replicas).map_err(|e| format!("invalid replicas for {name}: {e}"))?;
+    Ok((name.to_string(), replicas))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +289,20 @@ mod tests {
         assert_eq!(e.ports.as_ref().map(Vec::len), Some(2));
         update_ports(&mut e, vec![], &["9200".into()]);
         assert_eq!(e.ports, Some(spec("80:8080")));
+    }
+
+    #[test]
+    fn replicas_and_scale_parsing() {
+        assert_eq!(parse_replicas("3"), Ok(3));
+        assert!(parse_replicas("-1").unwrap_err().contains("negative"));
+        assert!(
+            parse_replicas("three")
+                .unwrap_err()
+                .contains("--replicas 3")
+        );
+        assert_eq!(parse_scale("web=5"), Ok(("web".into(), 5)));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("=3").is_err());
+        assert!(parse_scale("web=x").unwrap_err().contains("web"));
     }
 }

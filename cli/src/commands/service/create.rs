@@ -1,0 +1,182 @@
+//! `swarmkit service create`: the spec docker's CLI would send for the same flags, the
+//! image pinned to its digest, then the wait for convergence.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
+};
+use clap::{Args, ValueEnum};
+
+use super::policy::PolicyArgs;
+use super::spec::{env_entry, network_id, parse_replicas, ports_of, warn};
+use crate::api::{Api, ApiResult};
+use crate::progress;
+use crate::publish::PublishSpec;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    Replicated,
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EndpointMode {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    name: Option<String>,
+    /// Network attachments
+    #[arg(long = "network", value_name = "NETWORK")]
+    networks: Vec<String>,
+    /// Number of tasks
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+    replicas: Option<u64>,
+    /// Set environment variables
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Publish a port as a node port: [PUBLISHED:]TARGET[/PROTO] or published=P,target=T
+    #[arg(short, long = "publish", value_name = "SPEC")]
+    publish: Vec<PublishSpec>,
+    /// Placement constraint, e.g. node.hostname!=node3
+    #[arg(long = "constraint", value_name = "EXPR")]
+    constraints: Vec<String>,
+    /// Endpoint mode
+    #[arg(long, value_enum)]
+    endpoint_mode: Option<EndpointMode>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Service mode
+    #[arg(long, value_enum, default_value = "replicated")]
+    mode: Mode,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
+    image: String,
+    /// Command and arguments passed to the image
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
+    let mut networks = Vec::new();
+    for net in &args.networks {
+        networks.push(NetworkAttachmentConfig {
+            target: Some(network_id(api, net).await?),
+            ..Default::default()
+        });
+    }
+    let mode = match args.mode {
+        Mode::Replicated => ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: args.replicas.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+            }),
+            ..Default::default()
+        },
+        Mode::Global => ServiceSpecMode {
+            global: Some(HashMap::new()),
+            ..Default::default()
+        },
+    };
+    let ports = ports_of(args.publish);
+    let endpoint_spec = Some(EndpointSpec {
+        mode: Some(match args.endpoint_mode {
+            Some(EndpointMode::Dnsrr) => EndpointSpecModeEnum::DNSRR,
+            _ => EndpointSpecModeEnum::VIP,
+        }),
+        ports: (!ports.is_empty()).then_some(ports),
+    });
+    let (image, platforms) = pin_image(api, &args.image).await;
+    // The same spec docker's CLI sends, so `service inspect` reads the same whichever client
+    // created the service.
+    let mut spec = ServiceSpec {
+        name: args.name,
+        labels: Some(HashMap::new()),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(image),
+                // Like docker, words after the image are the image's arguments, not an
+                // entrypoint override.
+                args: (!args.args.is_empty()).then_some(args.args),
+                env: (!args.env.is_empty())
+                    .then(|| args.env.iter().map(|e| env_entry(e)).collect()),
+                init: Some(false),
+                dns_config: Some(Default::default()),
+                ..Default::default()
+            }),
+            resources: Some(bollard::models::TaskSpecResources {
+                limits: Some(Default::default()),
+                reservations: Some(Default::default()),
+                ..Default::default()
+            }),
+            placement: (platforms.is_some() || !args.constraints.is_empty()).then(|| {
+                bollard::models::TaskSpecPlacement {
+                    constraints: (!args.constraints.is_empty()).then_some(args.constraints),
+                    platforms,
+                    ..Default::default()
+                }
+            }),
+            networks: (!networks.is_empty()).then_some(networks),
+            force_update: Some(0),
+            ..Default::default()
+        }),
+        mode: Some(mode),
+        endpoint_spec,
+        ..Default::default()
+    };
+    args.policy.apply(&mut spec);
+    let created = api.docker.create_service(spec, None).await.api(api)?;
+    warn(created.warnings);
+    let id = created.id.unwrap_or_default();
+    println!("{id}");
+    if !args.detach {
+        progress::converge(api, &id, args.quiet).await?;
+    }
+    Ok(0)
+}
+
+/// Pins the image to the digest the manager's distribution endpoint reports, as docker does;
+/// an image it cannot resolve runs unpinned, with docker's warning.
+async fn pin_image(api: &Api, image: &str) -> (String, Option<Vec<bollard::models::Platform>>) {
+    let familiar = familiar_reference(image);
+    match api.docker.inspect_registry_image(&familiar, None).await {
+        Ok(d) if !image.contains('@') => {
+            let digest = d.descriptor.digest.unwrap_or_default();
+            let platforms = d
+                .platforms
+                .into_iter()
+                .map(|p| bollard::models::Platform {
+                    architecture: p.architecture,
+                    os: p.os,
+                })
+                .collect();
+            (format!("{familiar}@{digest}"), Some(platforms))
+        }
+        Ok(_) => (image.to_string(), None),
+        Err(_) => {
+            eprintln!(
+                "image {image} could not be accessed on a registry to record\nits digest. Each node will access {image} independently,\npossibly leading to different nodes running different\nversions of the image.\n"
+            );
+            (image.to_string(), None)
+        }
+    }
+}
+
+/// `postgres` -> `postgres:latest`: docker's familiar form with an explicit tag.
+fn familiar_reference(image: &str) -> String {
+    let name_part = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || name_part.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
