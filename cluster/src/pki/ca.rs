@@ -12,7 +12,7 @@ use rcgen::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{PkiError, Role};
+use super::{MANAGER_NAME, PkiError, Role};
 
 /// How long a root lives (docker: 20 years).
 const ROOT_LIFETIME: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
@@ -24,9 +24,6 @@ pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
 /// Certificates are valid from a little before they are issued: clocks of guests booted a
 /// moment ago may lag the manager's.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
-/// The name every manager certificate carries and every agent asks for, whatever address
-/// it dialled (a forwarded port, a unix socket, the underlay).
-pub const MANAGER_NAME: &str = "swarm-manager";
 
 /// A root CA: its certificate, and its key (PKCS#8 PEM), which never leaves the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

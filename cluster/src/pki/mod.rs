@@ -11,6 +11,10 @@
 //! - [`tls`]: the server and client configurations, and the verifier a joining node uses to
 //!   pin the CA from its token before it trusts anything.
 
+/// The name every manager certificate carries and every agent asks for, whatever address
+/// it dialled (a forwarded port, a unix socket, the underlay).
+pub const MANAGER_NAME: &str = "swarm-manager";
+
 pub mod ca;
 pub mod identity;
 pub mod tls;

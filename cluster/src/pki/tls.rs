@@ -2,7 +2,7 @@
 //! that ends in the current root, so that a joining node can pin it from its token; during a
 //! CA rotation the chain carries the new root cross-signed by the old one, so that peers still
 //! trusting only the old root follow it. Clients (agents, `cluster env --tls`) name
-//! [`super::ca::MANAGER_NAME`] whatever address they dialled.
+//! [`super::MANAGER_NAME`] whatever address they dialled.
 
 use std::sync::Arc;
 
@@ -106,7 +106,7 @@ pub fn joining_config(token: &JoinToken) -> Result<ClientConfig, PkiError> {
 
 /// The server name every client asks for.
 pub fn manager_name() -> ServerName<'static> {
-    ServerName::try_from(super::ca::MANAGER_NAME).expect("a valid DNS name")
+    ServerName::try_from(super::MANAGER_NAME).expect("a valid DNS name")
 }
 
 #[derive(Debug)]
