@@ -327,6 +327,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
         networks,
         vips: Vec::new(),
         update_status: None,
+        filling: false,
     };
     // A service has at most one VIP per network, so its own allocations never collide.
     let (ports, vips) = allocate(s, checked, None)?;
