@@ -243,6 +243,24 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             r#"{"Name":"w","Mode":{"Replicated":{"Replicas":-1}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
         ),
         json(
+            case(
+                "replicas past the cap",
+                "POST",
+                "/v1.50/services/create",
+                400,
+            ),
+            r#"{"Name":"w","Mode":{"Replicated":{"Replicas":10001}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
+            case(
+                "scale past the cap",
+                "POST",
+                &update(&format!("?version={version}")),
+                400,
+            ),
+            r#"{"Name":"web","Mode":{"Replicated":{"Replicas":10001}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
             case("no image", "POST", "/v1.50/services/create", 400),
             r#"{"Name":"w"}"#,
         ),
