@@ -92,6 +92,10 @@ pub struct Service {
     /// Progress of the rolling update (or rollback) to the current spec, as docker shows it.
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
+    /// The last reconcile stopped at its bound of new tasks: slots still wait for theirs,
+    /// and the updater passes again (see `orchestrator::TASKS_PER_PASS`).
+    #[serde(default)]
+    pub filling: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -31,6 +31,10 @@ impl ClusterPaths {
     pub fn state_dir(&self) -> PathBuf {
         PathBuf::from(STATE_ROOT).join(&self.name)
     }
+    /// Makes the state directory, owner-only: the store in it holds network keys.
+    pub fn create_state_dir(&self) -> std::io::Result<()> {
+        create_private_dir(&self.state_dir())
+    }
     pub fn manager_socket(&self) -> PathBuf {
         self.run_dir().join("manager.sock")
     }
@@ -95,12 +99,44 @@ impl ClusterPaths {
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never a
-/// mix: written beside it, synced, then renamed over it.
+/// mix: written beside it, synced, then renamed over it. The file is owner-only, from its
+/// first byte: the temporary file is made 0600 before anything is written to it.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    // A leftover keeps its mode when opened: it goes, so the file is made anew with ours.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     std::fs::rename(tmp, path)
+}
+
+/// Makes `dir` (and what it lacks above it) owner-only, tightening it if it exists.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// The cluster state directory a store at `store` lies in, if it lies in one: a directory
+/// right under `root` (STATE_ROOT outside tests).
+pub fn cluster_state_dir<'a>(
+    store: &'a std::path::Path,
+    root: &std::path::Path,
+) -> Option<&'a std::path::Path> {
+    store.parent().filter(|d| d.parent() == Some(root))
 }
 
 /// Environment variable carried by every process a cluster starts, so teardown can find
@@ -115,6 +151,50 @@ pub const OWN_BINARY: &str = "/proc/self/exe";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn private_files_and_dirs_are_owner_only_whatever_was_there() {
+        let root = std::env::temp_dir().join(format!("swarmkit-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("state");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // One made before, by a plain create_dir_all.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+
+        let file = dir.join("cluster.json");
+        let tmp = file.with_extension("tmp");
+        // A leftover of a crash, readable by all.
+        std::fs::write(&tmp, b"old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&file, b"{}").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(std::fs::read(&file).unwrap(), b"{}");
+        assert!(!tmp.exists());
+        write_atomically(&file, b"{\"a\":1}").unwrap();
+        assert_eq!(mode(&file), 0o600);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_store_lies_in_a_cluster_state_dir_only_right_under_the_root() {
+        let root = std::path::Path::new(STATE_ROOT);
+        let store = ClusterPaths::new("c1").store();
+        assert_eq!(
+            cluster_state_dir(&store, root),
+            Some(ClusterPaths::new("c1").state_dir().as_path())
+        );
+        let tmp = std::env::temp_dir().join("x.redb");
+        assert_eq!(cluster_state_dir(&tmp, root), None);
+        assert_eq!(cluster_state_dir(&root.join("x.redb"), root), None);
+    }
 
     #[test]
     fn nft_tables_carry_the_cluster_name_and_stay_apart() {

@@ -147,7 +147,13 @@ impl Store {
             path: path.display().to_string(),
             message,
         };
-        // The store holds encrypted networks' keys: owner-only from its first byte on.
+        // The store holds encrypted networks' keys: owner-only from its first byte on, and so
+        // is a cluster's state directory around it, whoever made that.
+        if let Some(dir) =
+            crate::paths::cluster_state_dir(path, Path::new(crate::paths::STATE_ROOT))
+        {
+            crate::paths::create_private_dir(dir).map_err(|e| err(e.to_string()))?;
+        }
         {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             std::fs::OpenOptions::new()
@@ -280,6 +286,40 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         let _ = std::fs::remove_file(&path);
         assert_eq!(mode & 0o777, 0o600, "the store keeps keys: {mode:o}");
+    }
+
+    /// A private directory made as `ClusterPaths::create_state_dir` makes one, and a store
+    /// in it written to: both stay owner-only.
+    #[test]
+    fn a_written_store_and_its_dir_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = std::env::temp_dir().join(format!("swarmkit-store-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::paths::create_private_dir(&dir).unwrap();
+        let path = dir.join("state.redb");
+        let store = Store::open(&path).unwrap();
+        store
+            .update(|s| {
+                s.put_meta(Meta {
+                    cluster_name: "c1".into(),
+                    ..Default::default()
+                });
+                Ok::<_, Refused>(())
+            })
+            .unwrap();
+        drop(store);
+        let (dir_mode, file_mode) = (mode(&dir), mode(&path));
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| (e.file_name(), mode(&e.path())))
+            .filter(|(_, m)| m & 0o077 != 0)
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(dir_mode, 0o700);
+        assert_eq!(file_mode, 0o600);
+        assert!(leftovers.is_empty(), "readable by others: {leftovers:?}");
     }
 
     #[test]

@@ -176,6 +176,15 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
     );
     let web = created["ID"].as_str().expect("an ID").to_string();
     let version = srv.manager.store.snapshot().services[&web].version;
+    let web_task = srv
+        .manager
+        .store
+        .snapshot()
+        .tasks
+        .values()
+        .find(|t| t.service_id == web)
+        .map(|t| t.id.clone())
+        .expect("a task of web");
     let update = |q: &str| format!("/v1.50/services/{web}/update{q}");
     let big = format!(
         r#"{{"Name":"big","Labels":{{"x":"{}"}}}}"#,
@@ -241,6 +250,24 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         json(
             case("negative replicas", "POST", "/v1.50/services/create", 400),
             r#"{"Name":"w","Mode":{"Replicated":{"Replicas":-1}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
+            case(
+                "replicas past the cap",
+                "POST",
+                "/v1.50/services/create",
+                400,
+            ),
+            r#"{"Name":"w","Mode":{"Replicated":{"Replicas":10001}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+        ),
+        json(
+            case(
+                "scale past the cap",
+                "POST",
+                &update(&format!("?version={version}")),
+                400,
+            ),
+            r#"{"Name":"web","Mode":{"Replicated":{"Replicas":10001}},"TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
         ),
         json(
             case("no image", "POST", "/v1.50/services/create", 400),
@@ -360,6 +387,18 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             "logs without a stream",
             "GET",
             &format!("/v1.50/services/{web}/logs"),
+            400,
+        ),
+        case(
+            "service logs since non-ASCII",
+            "GET",
+            &format!("/v1.50/services/{web}/logs?stdout=1&since=1.12345678%C3%A9"),
+            400,
+        ),
+        case(
+            "task logs since full-width digits",
+            "GET",
+            &format!("/v1.50/tasks/{web_task}/logs?stdout=1&since=%EF%BC%91%EF%BC%92%EF%BC%93"),
             400,
         ),
         // Unknown IDs.

@@ -81,6 +81,7 @@ fn cluster(spec: ServiceSpec) -> State {
         networks: vec![],
         vips: vec![],
         update_status: None,
+        filling: false,
     });
     step(&mut s);
     settle(&mut s);

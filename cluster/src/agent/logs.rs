@@ -19,14 +19,14 @@ use tokio::sync::mpsc;
 
 use crate::client::ManagerClient;
 use crate::protocol::PREFIX;
-use crate::tasklog::{LogPush, LogRecord, PUSH_PATH, STDERR, STDOUT};
+use crate::tasklog::{
+    LogPush, LogRecord, PUSH_BATCH_MAX, PUSH_ENVELOPE, PUSH_PATH, STDERR, STDOUT, encoded_len,
+};
 
 /// docker's json-file driver splits lines at 16 KiB too.
 const MAX_LINE: usize = 16 * 1024;
 /// What the agent holds for the manager at most; older lines are dropped past it.
 const PENDING_MAX: usize = 4 * 1024 * 1024;
-/// At most this much goes in one push.
-const BATCH_MAX: usize = 256 * 1024;
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
@@ -130,53 +130,83 @@ async fn read(
     }
 }
 
+/// Lines waiting for the manager, oldest first, each with its weight in a push.
+#[derive(Default)]
+struct Pending {
+    records: VecDeque<(LogRecord, usize)>,
+    /// What the lines hold (not their encoding): what PENDING_MAX bounds.
+    bytes: usize,
+    dropped: u64,
+}
+
+impl Pending {
+    fn add(&mut self, r: LogRecord) {
+        self.bytes += r.line.len();
+        let weight = encoded_len(&r);
+        self.records.push_back((r, weight));
+        while self.bytes > PENDING_MAX
+            && let Some((old, _)) = self.records.pop_front()
+        {
+            self.bytes -= old.line.len();
+            self.dropped += 1;
+        }
+    }
+
+    /// The oldest lines that fit in one push by their encoded weight (at least one: no line
+    /// outweighs a push, see `MAX_LINE`).
+    fn batch(&self) -> LogPush {
+        // Every record but the first follows a comma: one byte each, less one.
+        let mut size = PUSH_ENVELOPE - 1;
+        let count = self
+            .records
+            .iter()
+            .take_while(|(_, weight)| {
+                size += weight + 1;
+                size <= PUSH_BATCH_MAX
+            })
+            .count()
+            .max(1);
+        LogPush {
+            records: self
+                .records
+                .iter()
+                .take(count)
+                .map(|(r, _)| r.clone())
+                .collect(),
+        }
+    }
+
+    /// The manager took the oldest `count`.
+    fn sent(&mut self, count: usize) {
+        for (r, _) in self.records.drain(..count.min(self.records.len())) {
+            self.bytes -= r.line.len();
+        }
+    }
+}
+
 async fn push(client: ManagerClient, node_id: String, mut rx: mpsc::Receiver<LogRecord>) {
     let uri = format!("{PREFIX}/{node_id}/{PUSH_PATH}");
-    let mut pending: VecDeque<LogRecord> = VecDeque::new();
-    let mut bytes = 0usize;
-    let mut dropped = 0u64;
+    let mut pending = Pending::default();
     loop {
-        if pending.is_empty() {
+        if pending.records.is_empty() {
             match rx.recv().await {
-                Some(r) => {
-                    bytes += r.line.len();
-                    pending.push_back(r);
-                }
+                Some(r) => pending.add(r),
                 None => return,
             }
         }
         while let Ok(r) = rx.try_recv() {
-            bytes += r.line.len();
-            pending.push_back(r);
+            pending.add(r);
         }
-        while bytes > PENDING_MAX
-            && let Some(old) = pending.pop_front()
-        {
-            bytes -= old.line.len();
-            dropped += 1;
+        if pending.dropped > 0 {
+            tracing::warn!(
+                "the manager is not taking task output: dropped {} old lines",
+                pending.dropped
+            );
+            pending.dropped = 0;
         }
-        if dropped > 0 {
-            tracing::warn!("the manager is not taking task output: dropped {dropped} old lines");
-            dropped = 0;
-        }
-        let mut size = 0;
-        let count = pending
-            .iter()
-            .take_while(|r| {
-                size += r.line.len();
-                size <= BATCH_MAX
-            })
-            .count()
-            .max(1);
-        let batch = LogPush {
-            records: pending.iter().take(count).cloned().collect(),
-        };
+        let batch = pending.batch();
         match client.post::<_, serde_json::Value>(&uri, &batch).await {
-            Ok(_) => {
-                for r in pending.drain(..count) {
-                    bytes -= r.line.len();
-                }
-            }
+            Ok(_) => pending.sent(batch.records.len()),
             Err(e) => {
                 tracing::debug!("pushing task output: {e}");
                 tokio::time::sleep(RETRY_AFTER).await;
@@ -240,5 +270,51 @@ mod tests {
         assert_eq!(lines[2].len(), MAX_LINE);
         assert_eq!(lines[3], "y".repeat(10));
         assert_eq!(lines[4], "last");
+    }
+
+    /// Output that JSON escapes (NULs, control characters, quotes) weighs up to six times its
+    /// length in a push: every push still fits, and every line arrives, once and in order.
+    #[tokio::test]
+    async fn escaped_output_is_pushed_in_batches_that_fit() {
+        let mut input = Vec::new();
+        for i in 0..400u32 {
+            input.extend(std::iter::repeat_n(0u8, 2000 + (i as usize % 7) * 300));
+            input.extend((1u8..0x20).filter(|b| *b != b'\n'));
+            input.extend(b"\"\\");
+            input.push(b'\n');
+        }
+        // One line of NULs longer than MAX_LINE, cut into pieces.
+        input.extend(std::iter::repeat_n(0u8, 3 * MAX_LINE + 5));
+        input.push(b'\n');
+        let (tx, mut rx) = mpsc::channel(input.len());
+        read(input.as_slice(), "t".into(), STDOUT, tx).await;
+        let mut printed = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            printed.push(r);
+        }
+        let raw: usize = printed.iter().map(|r| r.line.len()).sum();
+        assert!(raw < PENDING_MAX, "nothing here may be dropped: {raw}");
+
+        let mut pending = Pending::default();
+        for r in printed.iter().cloned() {
+            pending.add(r);
+        }
+        let mut arrived = Vec::new();
+        let mut pushes = 0;
+        while !pending.records.is_empty() {
+            let batch = pending.batch();
+            let body = serde_json::to_vec(&batch).unwrap();
+            assert!(
+                body.len() <= PUSH_BATCH_MAX,
+                "push {pushes} weighs {} encoded",
+                body.len()
+            );
+            pending.sent(batch.records.len());
+            arrived.extend(batch.records);
+            pushes += 1;
+        }
+        assert_eq!(pending.dropped, 0);
+        assert_eq!(arrived, printed);
+        assert!(pushes > 1);
     }
 }

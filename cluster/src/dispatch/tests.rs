@@ -116,6 +116,7 @@ fn service(id: &str, networks: &[&str], published: Option<u16>, vip_base: u8) ->
         networks: nets,
         vips,
         update_status: None,
+        filling: false,
     }
 }
 

@@ -204,6 +204,9 @@ pub async fn status(State(m): State<Shared>) -> Json<Vec<crate::dispatch::FeedSt
 /// node could be overdue, so an idle cluster costs one wake-up per heartbeat period.
 pub async fn watch_liveness(m: Shared) {
     let hb = m.heartbeat;
+    // Writes the store refused in a row: each is retried after a longer pause, not at once
+    // in a loop that would spin on a full disk and write a warning per turn.
+    let mut failures = 0u32;
     loop {
         let now = Instant::now();
         let s = m.store.snapshot();
@@ -233,11 +236,50 @@ pub async fn watch_liveness(m: Shared) {
                 }
                 Ok(())
             });
-            if let Err(e) = r {
-                tracing::warn!("marking nodes down: {e}");
+            match r {
+                Ok(()) if failures > 0 => {
+                    tracing::info!("marking nodes down: the store takes writes again");
+                    failures = 0;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let pause = store_retry(failures, hb.timeout());
+                    tracing::warn!(
+                        "marking nodes down failed {failures} times in a row: {e}; again in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
             }
             continue;
         }
         tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// The pause before the liveness loop writes again after `failures` refused writes: 100 ms,
+/// doubling, at most `cap` (the heartbeat timeout, past which a retry is overdue anyway).
+fn store_retry(failures: u32, cap: std::time::Duration) -> std::time::Duration {
+    let first = std::time::Duration::from_millis(100);
+    let doublings = failures.saturating_sub(1).min(16);
+    (first * 2u32.pow(doublings)).min(cap)
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use std::time::Duration;
+
+    use super::store_retry;
+
+    #[test]
+    fn store_retries_back_off_to_the_cap() {
+        let cap = Duration::from_secs(3);
+        let ms = |n| store_retry(n, cap).as_millis();
+        assert_eq!(
+            (1..=7).map(ms).collect::<Vec<_>>(),
+            [100, 200, 400, 800, 1600, 3000, 3000]
+        );
+        assert_eq!(ms(u32::MAX), 3000);
+        assert_eq!(store_retry(1, Duration::from_millis(50)).as_millis(), 50);
     }
 }

@@ -124,3 +124,14 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
         None => error::body(status, &text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent's log push the manager refused for its size would be retried for ever.
+    #[test]
+    fn a_full_log_push_fits_in_a_body() {
+        const { assert!(crate::tasklog::PUSH_BATCH_MAX < BODY_LIMIT) }
+    }
+}

@@ -91,8 +91,16 @@ fn parse_since(s: &str) -> ApiResult<DateTime<Utc>> {
             "invalid since {s:?}: give Unix seconds, optionally with .nanoseconds"
         ))
     };
+    let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
     let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
+    let unsigned = secs.strip_prefix('-').unwrap_or(secs);
+    // ASCII digits only, checked before anything is cut at a byte index: `str::parse` would
+    // take a sign, and a multi-byte character cannot be cut.
+    if !digits(unsigned) || !digits(nanos) {
+        return Err(bad());
+    }
     let secs: i64 = secs.parse().map_err(|_| bad())?;
+    // Docker's client sends nanoseconds; fewer digits are a fraction, more are cut.
     let nanos: u32 = format!("{nanos:0<9}")[..9].parse().map_err(|_| bad())?;
     DateTime::from_timestamp(secs, nanos).ok_or_else(bad)
 }
@@ -280,9 +288,45 @@ mod tests {
             DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap()
         );
         assert!(parse_since("soon").is_err());
+        assert_eq!(
+            parse_since("12.1234567891").unwrap(),
+            DateTime::from_timestamp(12, 123_456_789).unwrap()
+        );
         assert!(flag("follow", &Some("1".into())).unwrap());
         assert!(!flag("follow", &Some("false".into())).unwrap());
         assert!(flag("follow", &Some("maybe".into())).is_err());
         assert_eq!(escape("a=b,c d"), "a%3Db%2Cc+d");
+    }
+
+    #[test]
+    fn malformed_since_is_refused_not_a_panic() {
+        for s in [
+            "1é",
+            "é",
+            "１２３",
+            "1.é",
+            "1.１２３",
+            "1.12345678é",
+            "12345678.1234567é",
+            "+1",
+            "1.+5",
+            "1.-5",
+            "-",
+            ".",
+            "1.",
+            ".5",
+            "1.2.3",
+            " 1",
+            "99999999999999999999",
+        ] {
+            let r = std::panic::catch_unwind(|| parse_since(s));
+            match r {
+                Ok(Err(ApiError::BadRequest(m))) => {
+                    assert!(m.contains("invalid since"), "{s:?}: {m}")
+                }
+                Ok(other) => panic!("{s:?} was taken: {:?}", other.ok()),
+                Err(_) => panic!("{s:?} panicked"),
+            }
+        }
     }
 }

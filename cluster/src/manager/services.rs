@@ -75,12 +75,19 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             "only --mode replicated is supported by swarmkit for now".into(),
         ));
     }
-    if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas)
-        && r < 0
-    {
-        return Err(ApiError::BadRequest(format!(
-            "invalid replicas {r}: the number of replicas must be 0 or more"
-        )));
+    if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
+        if r < 0 {
+            return Err(ApiError::BadRequest(format!(
+                "invalid replicas {r}: the number of replicas must be 0 or more"
+            )));
+        }
+        if r as u64 > orchestrator::MAX_REPLICAS {
+            return Err(ApiError::BadRequest(format!(
+                "invalid replicas {r}: swarmkit runs at most {} replicas of a service; give --replicas {} or fewer, or split the work over several services",
+                orchestrator::MAX_REPLICAS,
+                orchestrator::MAX_REPLICAS
+            )));
+        }
     }
     let container = spec
         .task_template
@@ -327,6 +334,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
         networks,
         vips: Vec::new(),
         update_status: None,
+        filling: false,
     };
     // A service has at most one VIP per network, so its own allocations never collide.
     let (ports, vips) = allocate(s, checked, None)?;
@@ -560,4 +568,45 @@ pub async fn remove(State(m): State<Shared>, Path(id): Path<String>) -> ApiResul
         Ok(())
     })?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(replicas: i64) -> ServiceSpec {
+        ServiceSpec {
+            name: Some("web".into()),
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated {
+                    replicas: Some(replicas),
+                }),
+                ..Default::default()
+            }),
+            task_template: Some(bollard::models::TaskSpec {
+                container_spec: Some(bollard::models::TaskSpecContainerSpec {
+                    image: Some("whoami".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_past_the_cap_are_refused_naming_it() {
+        let s = StoreState::default();
+        let cap = orchestrator::MAX_REPLICAS as i64;
+        assert!(check_task(&s, &spec(cap), None).is_ok());
+        for r in [cap + 1, i64::MAX] {
+            match check_task(&s, &spec(r), None) {
+                Err(ApiError::BadRequest(m)) => {
+                    assert!(m.contains(&cap.to_string()), "{m}");
+                    assert!(m.contains("--replicas"), "{m}");
+                }
+                other => panic!("replicas {r}: {other:?}"),
+            }
+        }
+    }
 }

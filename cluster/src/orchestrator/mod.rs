@@ -16,8 +16,11 @@ mod tasks;
 
 pub use node_loss::node_down;
 pub use reconcile::{
-    HISTORY_PER_SLOT, begin_update, in_transition, prune_history, reconcile, reconcile_at,
-    reconcile_or_keep,
+    HISTORY_PER_SLOT, MAX_REPLICAS, TASKS_PER_PASS, begin_update, in_transition, prune_history,
+    reconcile, reconcile_at, reconcile_or_keep,
 };
 pub use schedule::{Constraint, ScheduleError, constraints_of, pick_node};
 pub use tasks::{shut_down, status};
+
+#[cfg(test)]
+mod tests;

@@ -2,6 +2,7 @@
 //! forward. Everything here runs inside a store transaction, so a service and its tasks
 //! always change together.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Utc;
@@ -17,6 +18,17 @@ use crate::store::State;
 
 /// Tasks kept per slot, current one included (Swarm's task history retention limit).
 pub const HISTORY_PER_SLOT: usize = 5;
+
+/// The most replicas a service may ask for. Each task is a process, a namespace and an
+/// address on every network of the service on some node, and the store and every plan carry
+/// it: past this a typo (`--replicas 1000000`) would take the cluster down rather than run.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+/// The most tasks one reconcile pass creates. Placing a task reads every task (spread, IPAM),
+/// and a pass runs inside a store transaction that heartbeats and reports wait for, so a big
+/// service is filled over several passes: the rest wait in `Service::filling`, which keeps
+/// the service in `in_transition` and so in the updater's hands, one commit after another.
+pub const TASKS_PER_PASS: usize = 100;
 
 /// Starts the rolling update (or rollback) of a service whose tasks must be replaced.
 pub fn begin_update(service: &mut Service, rollback: bool) {
@@ -79,9 +91,10 @@ fn routed(t: &Task, min_ack: u64) -> bool {
 /// slots shut down, exited tasks replaced under the restart policy, tasks of an older spec
 /// replaced under the update policy, tasks on draining nodes moved. A task that serves is
 /// replaced start-first (its successor routed everywhere before it leaves) unless the update
-/// order is stop-first. `min_ack` is the plan version every ready node has applied. Returns
-/// when it must run again on its own (an update delay ending), if ever. Idempotent: a second
-/// run with nothing changed writes nothing.
+/// order is stop-first. At most `TASKS_PER_PASS` tasks are created; the service is left
+/// `filling` if slots wait for more. `min_ack` is the plan version every ready node has
+/// applied. Returns when it must run again on its own (an update delay ending), if ever.
+/// Idempotent: a second run with nothing changed writes nothing.
 pub fn reconcile_at(
     state: &mut State,
     service_id: &str,
@@ -101,6 +114,8 @@ pub fn reconcile_at(
         update: policy::update_policy(&service.spec, rollback),
         min_ack,
         now,
+        budget: Cell::new(TASKS_PER_PASS),
+        cut_short: Cell::new(false),
     };
     let mut status = service.update_status.clone();
     let mut by_slot: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
@@ -121,16 +136,20 @@ pub fn reconcile_at(
         Some(u) => pass.advance_update(state, u, left, replicas)?,
         None => {
             // Not updating (say, the update finished and a stale task was left on a node that
-            // came back): replace them all at once.
+            // came back): replace them all at once, as far as this pass goes.
             for (slot, _) in left.waiting {
-                let t = new_task(state, &service, slot, 0, None)?;
-                state.put_task(t);
+                if pass.spent() {
+                    break;
+                }
+                pass.place(state, slot, 0, None)?;
             }
             None
         }
     };
-    if status != service.update_status {
+    let filling = pass.cut_short.get();
+    if status != service.update_status || filling != service.filling {
         service.update_status = status;
+        service.filling = filling;
         state.put_service(service);
     }
     prune_history(state, service_id);
@@ -143,6 +162,10 @@ struct Pass<'a> {
     update: UpdatePolicy,
     min_ack: u64,
     now: Time,
+    /// New tasks this pass may still create (see `TASKS_PER_PASS`).
+    budget: Cell<usize>,
+    /// Whether a slot was left empty because the budget ran out.
+    cut_short: Cell<bool>,
 }
 
 /// What the slots leave to the rolling update.
@@ -155,6 +178,29 @@ struct Left {
 }
 
 impl Pass<'_> {
+    /// Whether this pass has created all the tasks it may; asking notes that a slot waits.
+    fn spent(&self) -> bool {
+        let spent = self.budget.get() == 0;
+        if spent {
+            self.cut_short.set(true);
+        }
+        spent
+    }
+
+    /// Creates a task for `slot` out of this pass's budget.
+    fn place(
+        &self,
+        state: &mut State,
+        slot: u64,
+        restarts: u64,
+        start_after: Option<Time>,
+    ) -> Result<(), ScheduleError> {
+        let t = new_task(state, self.service, slot, restarts, start_after)?;
+        state.put_task(t);
+        self.budget.set(self.budget.get().saturating_sub(1));
+        Ok(())
+    }
+
     /// Brings one slot to one current task: keeps it, or replaces what is stale or gone. A
     /// slot whose every task is of an older spec waits in `left` for the rolling update.
     fn slot(
@@ -208,17 +254,22 @@ impl Pass<'_> {
                 .push((slot, stale.into_iter().cloned().collect::<Vec<Task>>())),
             (None, false) => {
                 // Only its node is draining: a successor elsewhere first, whatever the order.
-                let t = new_task(state, service, slot, 0, None)?;
-                state.put_task(t);
+                if !self.spent() {
+                    self.place(state, slot, 0, None)?;
+                }
             }
             (None, true) => {
                 if self.held(state, slot, &tasks, status.as_ref()) {
                     // Stop-first: the successor starts once its predecessor has stopped.
                     return Ok(());
                 }
+                // Asked before `refill`, which reads every task: an empty slot past the budget
+                // costs this pass nothing.
+                if self.spent() {
+                    return Ok(());
+                }
                 if let Some((restarts, at)) = refill(state, service, slot, self.now) {
-                    let t = new_task(state, service, slot, restarts, at)?;
-                    state.put_task(t);
+                    self.place(state, slot, restarts, at)?;
                 }
             }
         }
@@ -305,6 +356,9 @@ impl Pass<'_> {
             if !again && room == 0 {
                 continue;
             }
+            if self.update.order == Order::StartFirst && self.spent() {
+                break;
+            }
             if !again {
                 room -= 1;
                 u.slots.insert(slot);
@@ -319,8 +373,7 @@ impl Pass<'_> {
                     } else {
                         (0, None)
                     };
-                    let t = new_task(state, self.service, slot, restarts, at)?;
-                    state.put_task(t);
+                    self.place(state, slot, restarts, at)?;
                 }
                 Order::StopFirst => {
                     for t in stale {
@@ -341,13 +394,13 @@ fn on_draining_node(state: &State, node: &str) -> bool {
         .is_some_and(|n| n.availability == Availability::Drain)
 }
 
-/// Services whose tasks are being replaced or moved, which `reconcile_at` must see again as
-/// tasks become routed and acks move: one pass over the tasks.
+/// Services whose tasks are being replaced, moved or created over several passes, which
+/// `reconcile_at` must see again as tasks become routed and acks move: one pass over the tasks.
 pub fn in_transition(state: &State) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = state
         .services
         .values()
-        .filter(|s| updating(s))
+        .filter(|s| updating(s) || s.filling)
         .map(|s| s.id.clone())
         .collect();
     let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
