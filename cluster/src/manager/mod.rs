@@ -14,6 +14,7 @@ mod agents;
 mod config;
 mod error;
 mod extract;
+pub mod listen;
 mod logs;
 mod logstore;
 mod lookup;
@@ -120,6 +121,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     use tower::Layer;
+    listen::raise_open_files();
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
@@ -127,19 +129,14 @@ pub async fn serve(
     tokio::spawn(agents::watch_liveness(m.clone()));
     tokio::spawn(rotation::run(m.clone()));
     tokio::spawn(updater::run(m));
-    let unix = axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(app.clone()),
-    );
+    let limits = listen::Limits::default();
+    let unix = listen::serve(listener, app.clone(), None, limits);
     match underlay {
-        None => unix.await?,
+        None => unix.await,
         Some(tcp) => {
             tcp.set_nonblocking(true)?;
-            let tcp = axum::serve(
-                tokio::net::TcpListener::from_std(tcp)?,
-                axum::ServiceExt::<Request>::into_make_service(app),
-            );
-            tokio::try_join!(unix.into_future(), tcp.into_future())?;
+            let tcp = listen::serve(tokio::net::TcpListener::from_std(tcp)?, app, None, limits);
+            tokio::join!(unix, tcp);
         }
     }
     Ok(())
