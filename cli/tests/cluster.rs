@@ -50,6 +50,13 @@ fn up_then_down_leaves_nothing_behind() {
     let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the manager's socket is open to others");
+    for dir in [
+        format!("/run/swarmkit/{}", c.name),
+        format!("/var/lib/swarmkit/{}", c.name),
+    ] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{dir} is open to others");
+    }
     c.sk(&["network", "create", "--driver", "overlay", "app"])
         .ok();
     c.service_create(&[

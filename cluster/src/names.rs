@@ -9,6 +9,8 @@ pub enum Named {
     Cluster,
     Service,
     Network,
+    /// A node's hostname, as its agent registers it.
+    Node,
 }
 
 /// A name is 1..=`max_len` ASCII letters, digits and `punct`, starting with a letter or digit.
@@ -26,6 +28,7 @@ impl Named {
             Named::Cluster => "cluster",
             Named::Service => "service",
             Named::Network => "network",
+            Named::Node => "node",
         }
     }
 
@@ -48,6 +51,14 @@ impl Named {
                 upper_case: true,
                 punct: "_.-",
                 hint: "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            },
+            // A hostname (RFC 1123, dotted names allowed): it is shown in tables, named in
+            // files and logs, and matched to find a node that registers again.
+            Named::Node => Rules {
+                max_len: 253,
+                upper_case: true,
+                punct: "-.",
+                hint: "a hostname is up to 253 letters, digits, '-' or '.', starting with a letter or digit; set the node's hostname to one",
             },
         }
     }
@@ -98,6 +109,15 @@ mod tests {
             (Named::Network, &"a".repeat(64), true),
             (Named::Network, &"a".repeat(65), false),
             (Named::Network, "", false),
+            (Named::Node, "node1", true),
+            (Named::Node, "host-2.lab.example", true),
+            (Named::Node, "a/b", false),
+            (Named::Node, "../x", false),
+            (Named::Node, "node 1", false),
+            (Named::Node, "nodé", false),
+            (Named::Node, "n\n", false),
+            (Named::Node, "", false),
+            (Named::Node, &"a".repeat(254), false),
         ] {
             assert_eq!(validate(what, name).is_ok(), ok, "{what:?} {name:?}");
         }

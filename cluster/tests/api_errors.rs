@@ -235,6 +235,25 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             case("number for a name", "POST", "/v1.50/networks/create", 400),
             r#"{"Name":5}"#,
         ),
+        // A node's hostname names it in tables, files and logs: only a hostname registers.
+        json(
+            case(
+                "a path for a hostname",
+                "POST",
+                "/swarmkit/v1/agents/register",
+                400,
+            ),
+            r#"{"hostname":"../node1","addr":"192.168.0.9","lb_driver":"nftables","kernel":"test"}"#,
+        ),
+        json(
+            case(
+                "control characters in a hostname",
+                "POST",
+                "/swarmkit/v1/agents/register",
+                400,
+            ),
+            r#"{"hostname":"n\u001b[2Jx","addr":"192.168.0.9","lb_driver":"nftables","kernel":"test"}"#,
+        ),
         json(
             case("string for labels", "POST", "/v1.50/networks/create", 400),
             r#"{"Name":"n","Labels":"x"}"#,

@@ -20,6 +20,8 @@ pub async fn register(
     State(m): State<Shared>,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
+    crate::names::validate(crate::names::Named::Node, &req.hostname)
+        .map_err(ApiError::BadRequest)?;
     let node_id = m.update(|s| {
         let existing = s
             .nodes

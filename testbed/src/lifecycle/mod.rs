@@ -164,8 +164,11 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo> {
         // Leftovers of a `cluster up` that never finished: nothing was ever recorded as up.
         down(&opts.name).await?;
     }
+    // Owner-only from the start: the state directory holds the store (network keys among
+    // it), the run directory the manager's socket, logs and pid files.
     for dir in [paths.run_dir(), paths.state_dir()] {
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        cluster::paths::create_private_dir(&dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
     }
     note_backend(&paths, opts.backend)?;
     let result = match with_backend!(opts.backend, b => b.up(opts, &paths).await) {
