@@ -13,8 +13,6 @@ use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
 use crate::nft::apply_nft;
 
-const ROUTE_LOCALNET: &str = "net/ipv4/conf/all/route_localnet";
-
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostPort {
     pub proto: Protocol,
@@ -27,14 +25,16 @@ pub struct HostPort {
 pub struct HostPorts {
     node: NetNs,
     table: String,
-    /// Where the table and route_localnet's old value are noted, in a namespace not ours.
+    /// Where the table is noted, in a namespace not ours.
     journal: Option<Arc<Journal>>,
     applied: Option<Vec<HostPort>>,
 }
 
 /// The whole table for `ports`: DNAT for traffic arriving at or generated on the node for one
 /// of its own addresses (127.0.0.1 included), and masquerade only for loopback sources, which
-/// cannot leave the node; everything else keeps its source address.
+/// cannot leave the node; everything else keeps its source address. The loopback traffic
+/// needs route_localnet on the task's link (the agent sets it there, never on `all`), and
+/// the table drops packets for 127.0.0.0/8 arriving from anywhere but `lo`.
 pub fn ruleset(table: &str, ports: &[HostPort]) -> String {
     let mut rules = String::new();
     for p in ports {
@@ -52,7 +52,8 @@ pub fn ruleset(table: &str, ports: &[HostPort]) -> String {
          chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  \
          chain output {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  \
          chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         ip saddr 127.0.0.0/8 ct status dnat masquerade\n  }}\n}}\n"
+         ip saddr 127.0.0.0/8 ct status dnat masquerade\n  }}\n  {guard}\n}}\n",
+        guard = crate::ingress::LOOPBACK_GUARD,
     )
 }
 
@@ -76,12 +77,8 @@ impl HostPorts {
             self.applied = Some(ports);
             return Ok(());
         }
-        match &self.journal {
-            Some(j) => {
-                j.table(&self.table)?;
-                j.set_sysctl(&self.node, ROUTE_LOCALNET, "1")?;
-            }
-            None => self.node.set_sysctl(ROUTE_LOCALNET, "1")?,
+        if let Some(j) = &self.journal {
+            j.table(&self.table)?;
         }
         apply_nft(&self.node, &ruleset(&self.table, &ports))?;
         self.applied = Some(ports);
@@ -106,5 +103,9 @@ mod tests {
         );
         assert_eq!(r.matches("tcp dport 8080 dnat to 172.19.0.2:80").count(), 2);
         assert!(r.contains("delete table ip swarmkit_c_hostports"));
+        assert!(
+            r.contains("iifname != \"lo\" ip daddr 127.0.0.0/8 drop"),
+            "{r}"
+        );
     }
 }

@@ -44,10 +44,46 @@ use crate::lb::{LbError, Protocol};
 use crate::netns::NetNs;
 use crate::nft::NftBatch;
 use crate::nft::expr::{
-    dnat_to, eq, fib_daddr_type, ip, meta, payload, pkt_proto_port, proto_port, s, set_ref, snat_to,
+    dnat_to, eq, fib_daddr_type, ip, matches, meta, payload, pkt_proto_port, proto_port, s,
+    set_ref, snat_to,
 };
 
 const PUBLISHED: &str = "published";
+
+/// The rule route_localnet needs beside it, as text for tables written whole
+/// (`hostport`): a packet for 127.0.0.0/8 that did not come from this host's own `lo` is
+/// dropped before conntrack sees it (the replies of masqueraded loopback connections still
+/// carry the masquerading address there, so they pass).
+pub const LOOPBACK_GUARD: &str = "chain loopback_guard {\n    type filter hook prerouting priority raw; policy accept;\n    iifname != \"lo\" ip daddr 127.0.0.0/8 drop\n  }";
+
+/// [`LOOPBACK_GUARD`] in a batch.
+fn add_loopback_guard(b: &mut NftBatch) {
+    b.add_base_chain(
+        "loopback_guard",
+        nftables::types::NfChainType::Filter,
+        NfHook::Prerouting,
+        PRIO_RAW,
+    );
+    let loopback = Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(ip(Ipv4Addr::new(127, 0, 0, 0))),
+        len: 8,
+    }));
+    b.add_rule(
+        "loopback_guard",
+        vec![
+            matches(
+                meta(MetaKey::Iifname),
+                nftables::stmt::Operator::NEQ,
+                s("lo"),
+            ),
+            eq(payload("ip", "daddr"), loopback),
+            Statement::Drop(None),
+        ],
+    );
+}
+
+/// nftables' `raw` priority: before conntrack (-200) and NAT.
+const PRIO_RAW: i32 = -300;
 
 /// Where the routing mesh balances a node's published ports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -97,6 +133,9 @@ struct PublishedTable {
     name: String,
     /// Set before the table is first built (and again after a failed apply).
     sysctls: Vec<(String, &'static str)>,
+    /// Sysctls of links the caller created: set like `sysctls` but never journaled, since
+    /// they go with their link.
+    link_sysctls: Vec<(String, &'static str)>,
     /// Where the table and the sysctls' old values are noted, in a namespace not ours.
     journal: Option<Arc<Journal>>,
     applied: Option<BTreeSet<PublishedPort>>,
@@ -104,11 +143,17 @@ struct PublishedTable {
 }
 
 impl PublishedTable {
-    fn new(ns: NetNs, name: &str, sysctls: Vec<(String, &'static str)>) -> Self {
+    fn new(
+        ns: NetNs,
+        name: &str,
+        sysctls: Vec<(String, &'static str)>,
+        link_sysctls: Vec<(String, &'static str)>,
+    ) -> Self {
         PublishedTable {
             ns,
             name: name.to_string(),
             sysctls,
+            link_sysctls,
             journal: None,
             applied: None,
             last_commands: 0,
@@ -159,6 +204,9 @@ impl PublishedTable {
                     }
                 }
             }
+            for (key, value) in &self.link_sysctls {
+                self.ns.set_sysctl(key, value)?;
+            }
         }
         if let Err(e) = batch.run(&self.ns) {
             // Rebuild the whole (atomic) table next time rather than retry a stale delta.
@@ -183,8 +231,11 @@ impl PublishedTable {
 /// Every published port answers on the node's own addresses and on localhost: OUTPUT
 /// (locally generated, including to 127.0.0.1) and, in the sandbox layout, PREROUTING
 /// `fib daddr type local` DNAT proto/port -> sandbox_addr:port; POSTROUTING masquerade when
-/// the source is 127.0.0.0/8 and the packet leaves via gw_ifname. Sets route_localnet=1 and
-/// ip_forward=1 in the node namespace. Delta-applied like the load balancer.
+/// the source is 127.0.0.0/8 and the packet leaves via gw_ifname. Sets ip_forward=1 in the
+/// node namespace and route_localnet=1 on gw_ifname only, never on `all`: with it on every
+/// interface, a neighbour could reach the node's loopback services by sending to 127.0.0.1
+/// (kube-proxy's CVE-2020-8558); a raw-priority rule also drops any packet for 127.0.0.0/8
+/// that arrives on an interface other than `lo`. Delta-applied like the load balancer.
 pub struct NodeIngress {
     table: PublishedTable,
     sandbox_addr: Ipv4Addr,
@@ -206,10 +257,8 @@ impl NodeIngress {
             table: PublishedTable::new(
                 node,
                 table,
-                vec![
-                    ("net/ipv4/conf/all/route_localnet".into(), "1"),
-                    ("net/ipv4/ip_forward".into(), "1"),
-                ],
+                vec![("net/ipv4/ip_forward".into(), "1")],
+                vec![(format!("net/ipv4/conf/{gw_ifname}/route_localnet"), "1")],
             ),
             sandbox_addr,
             gw_ifname: gw_ifname.to_string(),
@@ -244,6 +293,7 @@ impl NodeIngress {
         }
         b.add_nat_chain("output", NfHook::Output);
         b.add_rule("output", to_sandbox());
+        add_loopback_guard(b);
         b.add_nat_chain("postrouting", NfHook::Postrouting);
         let loopback = Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(ip(Ipv4Addr::new(127, 0, 0, 0))),
@@ -314,6 +364,7 @@ impl SandboxRouter {
                         "0",
                     ),
                 ],
+                Vec::new(),
             ),
             addrs,
         }
@@ -422,7 +473,10 @@ mod tests {
             MeshLayout::Node,
         );
         let json = ing.plan(&[tcp(80)]).to_json().unwrap();
-        assert!(!json.contains(r#""hook":"prerouting""#), "{json}");
+        // No NAT chain on prerouting; only the loopback guard hooks there.
+        assert!(!json.contains(r#""name":"prerouting""#), "{json}");
+        assert_eq!(json.matches(r#""hook":"prerouting""#).count(), 1, "{json}");
+        assert!(json.contains(r#""name":"loopback_guard""#), "{json}");
         assert!(json.contains(r#""hook":"output""#), "{json}");
         assert!(json.contains(r#""dnat":{"addr":"172.18.0.2"}"#), "{json}");
     }

@@ -464,10 +464,24 @@ fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
             format!("table ip swarmkit_{name}_ingress"),
         ]
     );
+    // route_localnet goes on the mesh's own links, never on all of the host's interfaces
+    // (CVE-2020-8558), and both tables drop 127.0.0.0/8 arriving from anywhere but lo.
     assert_eq!(
         host.sh(SYSCTLS).split_whitespace().collect::<Vec<_>>(),
-        ["1", "1"]
+        ["1", "0"]
     );
+    assert_eq!(
+        host.sh("cat /proc/sys/net/ipv4/conf/docker_gwbridge/route_localnet")
+            .trim(),
+        "1"
+    );
+    for table in ["hostports", "ingress"] {
+        let rules = host.sh(&format!("nft list table ip swarmkit_{name}_{table}"));
+        assert!(
+            rules.contains("iifname != \"lo\" ip daddr 127.0.0.0/8 drop"),
+            "{table}: {rules}"
+        );
+    }
 
     on(
         c,

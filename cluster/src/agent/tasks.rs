@@ -362,15 +362,13 @@ impl Tasks {
                 .find(|i| !used.contains(i))
                 .context("no free host-port link left on this node")?;
             let (node_side, task_side) = host_link_addrs(i);
-            netcore::underlay::link_pair(
-                &self.node,
-                &format!("hp{}", &t.id[..8.min(t.id.len())]),
-                node_side,
-                &ns,
-                "gw0",
-                task_side,
-            )
-            .await?;
+            let link = format!("hp{}", &t.id[..8.min(t.id.len())]);
+            netcore::underlay::link_pair(&self.node, &link, node_side, &ns, "gw0", task_side)
+                .await?;
+            // The node's localhost reaches the port through this link alone: loopback
+            // sources may leave by it, by no other (see netcore::hostport).
+            self.node
+                .set_sysctl(&format!("net/ipv4/conf/{link}/route_localnet"), "1")?;
             // Replies to outside clients go back through the node, source addresses intact.
             netcore::link::Links::new(&ns)?
                 .add_default_route(node_side.addr())
