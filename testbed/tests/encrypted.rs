@@ -295,22 +295,18 @@ fn create(c: &Cluster) -> Setup {
         .unwrap_or_else(|| sk(c, &["network", "inspect", "sec"]));
     assert!(inspect.contains("\"encrypted\": \"\""), "{inspect}");
     let (sec_vni, plain_vni) = (vni_of(c, "sec"), vni_of(c, "plain"));
-    sk(
-        c,
-        &[
-            "service",
-            "create",
-            "--name",
-            "app",
-            "--network",
-            "sec",
-            "--network",
-            "plain",
-            "--replicas",
-            "2",
-            "whoami",
-        ],
-    );
+    c.service_create(&[
+        "--name",
+        "app",
+        "--network",
+        "sec",
+        "--network",
+        "plain",
+        "--replicas",
+        "2",
+        "whoami",
+    ])
+    .ok();
     let tasks = eventually("two running tasks", Duration::from_secs(120), || {
         let t = c.running_tasks("app");
         (t.len() == 2).then_some(t)

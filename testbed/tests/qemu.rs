@@ -109,20 +109,16 @@ fn exec_reaches_the_guest_with_a_pinned_key(c: &Cluster) {
 /// A published port becomes an IPVS virtual service with one backend per task, in the
 /// node's own IPVS, serving a neighbour and the node's own localhost.
 fn ipvs_carries_the_mesh(c: &Cluster) {
-    on(
-        c,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--publish",
-            "8080:80",
-            "traefik/whoami",
-        ],
-    );
+    c.service_create(&[
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--publish",
+        "8080:80",
+        "traefik/whoami",
+    ])
+    .ok();
     // On a guest the mesh balances in the node's own IPVS, so plain `ipvsadm -Ln` shows it.
     let exec = |node: &str, cmd: &[&str]| {
         let mut args = vec!["node", "exec", node, "--"];
@@ -433,22 +429,18 @@ impl Host<'_> {
 /// carry its reqid, the marking table its name.
 fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
     let name = &c.name;
-    on(
-        c,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--constraint",
-            "node.hostname==node1",
-            "--publish",
-            "8080:80",
-            "--publish",
-            "published=8081,target=80,mode=host",
-            "whoami",
-        ],
-    );
+    c.service_create(&[
+        "--name",
+        "web",
+        "--constraint",
+        "node.hostname==node1",
+        "--publish",
+        "8080:80",
+        "--publish",
+        "published=8081,target=80,mode=host",
+        "whoami",
+    ])
+    .ok();
     let made = eventually(
         "the cluster's tables on the host",
         Duration::from_secs(60),
@@ -496,20 +488,16 @@ fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
         ],
     );
     for node in ["node1", "node2"] {
-        on(
-            c,
-            &[
-                "service",
-                "create",
-                "--name",
-                &format!("sec-{node}"),
-                "--network",
-                "sec",
-                "--constraint",
-                &format!("node.hostname=={node}"),
-                "whoami",
-            ],
-        );
+        c.service_create(&[
+            "--name",
+            &format!("sec-{node}"),
+            "--network",
+            "sec",
+            "--constraint",
+            &format!("node.hostname=={node}"),
+            "whoami",
+        ])
+        .ok();
     }
     let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(name));
     let with_reqid = |listing: &str| listing.matches(&reqid).count();
