@@ -178,12 +178,14 @@ pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {
 async fn connect(cluster: &str, place: &Place, host: &str, port: u16) -> anyhow::Result<u16> {
     let url = format!("http://{host}:{port}/");
     // curl fails on a server that does not speak HTTP, but it has connected by then, which
-    // is all a trace needs; the local port tells which connection it was.
+    // is all a trace needs; the local port tells which connection it was. The host is the
+    // user's: --globoff keeps curl from expanding brackets or braces in it into many URLs.
     let out = kernel::run_status(
         cluster,
         place,
         &[
             "curl",
+            "--globoff",
             "-s",
             "-o",
             "/dev/null",
