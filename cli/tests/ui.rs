@@ -81,6 +81,17 @@ fn trace_args(url: &str, token: Option<&str>, from: &str, target: &str) -> Vec<S
     args
 }
 
+/// A trace from node1 asked for in the background, for a test that holds its connection;
+/// [`answer`] reads what came back.
+fn spawn_trace(url: &str, token: &str, target: &str) -> Child {
+    Command::new("curl")
+        .args(["-s", "--max-time", "90", "-w", "\n%{http_code}"])
+        .args(trace_args(url, Some(token), "node:node1", target))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl runs")
+}
+
 fn post_trace(url: &str, token: Option<&str>, from: &str, target: &str) -> (u16, String) {
     let args = trace_args(url, token, from, target);
     curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -280,6 +291,20 @@ fn ui_shows_every_node_and_task_and_follows_a_scale_and_a_failure() {
     let _ = std::fs::remove_dir_all(&profile);
 }
 
+/// A listener on 127.0.0.1 inside node1's namespace, where a trace from node1 connects, and
+/// its port. Nonblocking, so a test can poll it under a deadline and see that nothing came.
+fn listen_in_node1(c: &Cluster) -> (TcpListener, u16) {
+    let node =
+        netcore::netns::NetNs::open(&format!("{}node1", c.ns_prefix())).expect("node1's namespace");
+    let listener = node
+        .run(|| TcpListener::bind("127.0.0.1:0"))
+        .expect("enter node1")
+        .expect("listen in node1");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
 #[test]
 fn ui_answers_only_its_own_host_and_origin_and_traces_only_on_a_post_with_the_page_token() {
     require_root!();
@@ -388,24 +413,12 @@ fn ui_runs_one_trace_at_a_time_and_refuses_a_second_meanwhile() {
     let (_ui, url) = start_ui(&c);
     let token = page_token(&url);
 
-    let node =
-        netcore::netns::NetNs::open(&format!("{}node1", c.ns_prefix())).expect("node1's namespace");
-    let listener = node
-        .run(|| TcpListener::bind("127.0.0.1:0"))
-        .expect("enter node1")
-        .expect("listen in node1");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let target = format!("127.0.0.1:{}", listener.local_addr().expect("addr").port());
+    let (listener, port) = listen_in_node1(&c);
+    let target = format!("127.0.0.1:{port}");
 
     // A trace whose connection the test holds open, so it runs until the test lets go.
     let held_trace = || {
-        let args = trace_args(&url, Some(&token), "node:node1", &target);
-        let child = Command::new("curl")
-            .args(["-s", "--max-time", "90", "-w", "\n%{http_code}"])
-            .args(&args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("curl runs");
+        let child = spawn_trace(&url, &token, &target);
         let held = common::eventually(
             "the trace's connection in node1",
             Duration::from_secs(30),
@@ -433,4 +446,38 @@ fn ui_runs_one_trace_at_a_time_and_refuses_a_second_meanwhile() {
     drop(held);
     let (code, body) = answer(next.wait_with_output().expect("the next trace's curl"));
     assert_eq!(code, 200, "the trace after the first: {body}");
+}
+
+/// The target is the user's text, handed to curl in a trace: curl must take it as one URL.
+/// Read as a glob, `{127.0.0.1,127.0.0.1}` would be two connections to the listener; taken
+/// literally it is a host name that does not resolve, so the trace connects nowhere.
+#[test]
+fn ui_trace_takes_the_target_literally_not_as_a_curl_glob() {
+    require_root!();
+    let c = Cluster::up("ui-glob", 1);
+    let (_ui, url) = start_ui(&c);
+    let token = page_token(&url);
+    let (listener, port) = listen_in_node1(&c);
+
+    let target = format!("{{127.0.0.1,127.0.0.1}}:{port}");
+    let (code, body) = post_trace(&url, Some(&token), "node:node1", &target);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("did not connect"), "{body}");
+    // The trace's curl has exited by the time the answer came, so any connection it made
+    // is already waiting to be accepted.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the glob reached the listener: {other:?}"),
+    }
+
+    // The same listener, named plainly, is reached: the refusal above was the glob's.
+    let target = format!("127.0.0.1:{port}");
+    let child = spawn_trace(&url, &token, &target);
+    drop(common::eventually(
+        "the plain target's connection in node1",
+        Duration::from_secs(30),
+        || listener.accept().ok().map(|(conn, _)| conn),
+    ));
+    let (code, body) = answer(child.wait_with_output().expect("the trace's curl"));
+    assert_eq!(code, 200, "{body}");
 }
