@@ -1,7 +1,9 @@
-//! A minimal HTTP/1 client over the manager's unix socket, for agents and for the lifecycle
-//! commands (the CLI's resource commands use bollard instead).
+//! A minimal HTTP/1 client of the manager, for agents (mutual TLS, over TCP or a forwarded
+//! unix socket) and for the lifecycle commands (plain, over the manager's 0600 unix socket;
+//! the CLI's resource commands use bollard instead).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -48,9 +50,17 @@ enum Endpoint {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+type Io = Box<dyn Stream>;
+
+/// The TLS configuration every clone of a client dials with; a renewal replaces it for all.
+type SharedTls = Arc<RwLock<Arc<rustls::ClientConfig>>>;
+
 #[derive(Debug)]
 pub struct ManagerClient {
     endpoint: Endpoint,
+    tls: Option<SharedTls>,
     /// The connection the last request used, kept for the next: an agent long-polls its
     /// plan every heartbeat, and a connection per poll (a TCP handshake and teardown across
     /// the underlay each time) was most of an idle cluster's CPU.
@@ -62,6 +72,7 @@ impl Clone for ManagerClient {
     fn clone(&self) -> Self {
         ManagerClient {
             endpoint: self.endpoint.clone(),
+            tls: self.tls.clone(),
             idle: std::sync::Mutex::new(None),
         }
     }
@@ -74,6 +85,7 @@ impl ManagerClient {
     pub fn new(socket: &Path) -> Self {
         ManagerClient {
             endpoint: Endpoint::Unix(socket.to_path_buf()),
+            tls: None,
             idle: std::sync::Mutex::new(None),
         }
     }
@@ -81,8 +93,26 @@ impl ManagerClient {
     pub fn tcp(addr: &str) -> Self {
         ManagerClient {
             endpoint: Endpoint::Tcp(addr.to_string()),
+            tls: None,
             idle: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same endpoint in TLS under `config` (the manager is checked against its roots and
+    /// asked for as `pki::MANAGER_NAME`).
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(Arc::new(RwLock::new(Arc::new(config))));
+        self.idle = std::sync::Mutex::new(None);
+        self
+    }
+
+    /// Dials with `config` from now on, in this client and every clone of it (a renewed
+    /// certificate); connections already open keep theirs until the manager refuses them.
+    pub fn set_tls(&self, config: rustls::ClientConfig) {
+        if let Some(tls) = &self.tls {
+            *tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        }
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     async fn handshake(&self) -> Result<Sender, ClientError> {
@@ -107,14 +137,34 @@ impl ManagerClient {
             tokio::spawn(conn);
             Ok(sender)
         }
-        match &self.endpoint {
-            Endpoint::Unix(p) => over(tokio::net::UnixStream::connect(p).await.map_err(connect)?)
-                .await
-                .map_err(hs),
-            Endpoint::Tcp(a) => over(tokio::net::TcpStream::connect(a).await.map_err(connect)?)
-                .await
-                .map_err(hs),
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).clone());
+        async fn secured<S>(io: S, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::Result<Io>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            Ok(match tls {
+                None => Box::new(io),
+                Some(config) => Box::new(
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(crate::pki::tls::manager_name(), io)
+                        .await?,
+                ),
+            })
         }
+        let io = match &self.endpoint {
+            Endpoint::Unix(p) => {
+                let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                secured(stream, tls).await.map_err(connect)?
+            }
+            Endpoint::Tcp(a) => {
+                let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
+                secured(stream, tls).await.map_err(connect)?
+            }
+        };
+        over(io).await.map_err(hs)
     }
 
     /// One request, given up after [`REQUEST_TIMEOUT`]: a connection that stalls (seen once
@@ -175,6 +225,14 @@ impl ManagerClient {
                 .ok()
                 .map(|resp| (sender, resp)),
             None => None,
+        };
+        let answered = match answered {
+            // A kept connection speaks with the certificate it was opened with, which a
+            // renewal since may have retired: once more on a new one, with the current one.
+            Some((_, resp)) if resp.status() == StatusCode::UNAUTHORIZED && self.tls.is_some() => {
+                None
+            }
+            answered => answered,
         };
         let (mut sender, resp) = match answered {
             Some(answered) => answered,

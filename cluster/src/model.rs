@@ -288,6 +288,21 @@ pub struct Node {
     /// can encrypt; None: not probed).
     #[serde(default)]
     pub ipsec_missing: Option<Vec<String>>,
+    /// The serial of the one certificate this node may connect with (lowercase hex): a
+    /// renewal replaces it, `node rm` takes it with the node, so an older one is refused.
+    #[serde(default)]
+    pub cert_serial: String,
+    /// What the node joined as (docker's node role).
+    #[serde(default = "worker")]
+    pub role: crate::pki::Role,
+    /// Which root issued its certificate (`Trust::root_id`): a CA rotation is done when every
+    /// node's is the new root's.
+    #[serde(default)]
+    pub cert_root: String,
+}
+
+fn worker() -> crate::pki::Role {
+    crate::pki::Role::Worker
 }
 
 /// Cluster-wide facts fixed at creation.
@@ -311,6 +326,23 @@ pub struct Meta {
     /// Heartbeats missed before a node is down (`cluster up --heartbeat-misses`); 0: default.
     #[serde(default)]
     pub heartbeat_misses: u64,
+    /// The root CA and join tokens, made when the manager first starts.
+    #[serde(default)]
+    pub trust: Option<crate::pki::trust::Trust>,
+    /// Node certificates' lifetime in seconds (`cluster up --cert-expiry`); 0: 90 days.
+    #[serde(default)]
+    pub cert_expiry_secs: u64,
+    /// The loopback port of the manager's TLS listener for remote clients (`cluster env
+    /// --tls`), chosen when it first starts and kept so that printed settings stay right.
+    #[serde(default)]
+    pub client_port: u16,
+    /// docker's `Spec.CAConfig.ForceRotate`: a larger value in `swarm update` rotates the root.
+    #[serde(default)]
+    pub ca_force_rotate: u64,
+    /// The swarm object's own version (docker's `Version.Index` of `GET /swarm`), bumped by
+    /// each `swarm update`: not the store's, which every task report moves.
+    #[serde(default)]
+    pub swarm_version: u64,
 }
 
 impl Meta {
@@ -319,6 +351,14 @@ impl Meta {
             netcore::overlay::VXLAN_PORT
         } else {
             self.data_path_port
+        }
+    }
+
+    pub fn cert_expiry(&self) -> std::time::Duration {
+        if self.cert_expiry_secs == 0 {
+            crate::pki::ca::DEFAULT_CERT_EXPIRY
+        } else {
+            std::time::Duration::from_secs(self.cert_expiry_secs)
         }
     }
 

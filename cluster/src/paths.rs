@@ -38,6 +38,25 @@ impl ClusterPaths {
     pub fn manager_socket(&self) -> PathBuf {
         self.run_dir().join("manager.sock")
     }
+    /// The manager's listener for agents on this machine (mutual TLS, agent routes only):
+    /// where SSH forwards from remote nodes end, and where a remote node's agent finds its
+    /// end of the forward (the same path on its machine).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir().join("agents.sock")
+    }
+    /// The join token a node's agent joins with when it has no certificate yet (0600, put
+    /// there by the backend that starts the agent).
+    pub fn join_token_file(&self) -> PathBuf {
+        self.run_dir().join("join-token")
+    }
+    /// A node's key, its certificate and the cluster's root, kept across agent restarts.
+    pub fn node_credentials(&self, hostname: &str) -> PathBuf {
+        self.state_dir().join("nodes").join(hostname)
+    }
+    /// The client certificate `cluster env --tls` hands the docker CLI (docker's file names).
+    pub fn client_credentials(&self) -> PathBuf {
+        self.state_dir().join("client")
+    }
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.manager_socket().display())
     }

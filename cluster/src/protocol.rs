@@ -1,8 +1,10 @@
-//! The manager <-> agent channel: JSON over HTTP on the manager's socket (forwarded over SSH
-//! for remote nodes). Agents register, long-poll what changed in their node's plan since the
-//! version they have, and report what they observed. The poll is also the heartbeat: the
-//! manager holds it at most one heartbeat period, and a node that has not polled for
-//! `misses` periods is down.
+//! The manager <-> agent channel: JSON over HTTP in mutual TLS, on the manager's agent
+//! listeners (the underlay's TCP port, `agents.sock` where SSH forwards end). A node joins
+//! once with a token and a signing request and gets its certificate; from then on it is who
+//! its certificate says: it registers, long-polls what changed in its plan since the version
+//! it has, reports what it observed and renews its certificate, never naming itself in a
+//! URL. The poll is also the heartbeat: the manager holds it at most one heartbeat period,
+//! and a node that has not polled for `misses` periods is down.
 
 use std::net::Ipv4Addr;
 
@@ -11,7 +13,39 @@ use serde::{Deserialize, Serialize};
 use crate::model::TaskState;
 use crate::plan::PlanDelta;
 
-pub const PREFIX: &str = "/swarmkit/v1/agents";
+pub const PREFIX: &str = "/swarmkit/v1/agent";
+pub const JOIN: &str = "/swarmkit/v1/agent/join";
+pub const REGISTER: &str = "/swarmkit/v1/agent/register";
+pub const RENEW: &str = "/swarmkit/v1/agent/renew";
+pub const PLAN: &str = "/swarmkit/v1/agent/plan";
+pub const REPORT: &str = "/swarmkit/v1/agent/report";
+pub const LOGS: &str = "/swarmkit/v1/agent/logs";
+
+/// A node's first words: the token that lets it join, a signing request for the key it made
+/// (which never leaves it), and what it registers as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub csr_pem: String,
+    pub node: RegisterRequest,
+}
+
+/// A certificate the manager issued to a node (on joining or renewing), and the root it
+/// chains to, which the node trusts from then on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Issued {
+    pub node_id: String,
+    pub cert_pem: String,
+    pub root_pem: String,
+    /// `Trust::root_id` of that root: a plan answer naming another one means the CA was
+    /// rotated and the node should renew.
+    pub root_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegisterRequest {
@@ -41,6 +75,9 @@ pub struct PlanResponse {
     pub delta: Option<PlanDelta>,
     /// How often the manager expects a poll, in milliseconds.
     pub heartbeat_ms: u64,
+    /// The cluster's current root (`Trust::root_id`).
+    #[serde(default)]
+    pub root_id: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -4,9 +4,6 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Agents POST a LogPush here (after the agents' PREFIX and their node ID).
-pub const PUSH_PATH: &str = "logs";
-
 /// The most one push weighs encoded, as the manager reads it: well under its body limit,
 /// which a push over it would hit and be refused at again and again.
 pub const PUSH_BATCH_MAX: usize = 256 * 1024;

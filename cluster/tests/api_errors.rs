@@ -16,6 +16,8 @@ struct Case {
     content_type: Option<&'static str>,
     body: Option<String>,
     status: u16,
+    /// Sent to the agents' listener (mutual TLS), not the manager's socket.
+    agent: bool,
 }
 
 fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Case {
@@ -26,7 +28,18 @@ fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Ca
         content_type: None,
         body: None,
         status,
+        agent: false,
     }
+}
+
+/// A join to the agents' listener with this cluster's worker token, for `hostname`.
+fn join(what: &'static str, srv: &Server, hostname: &str, status: u16) -> Case {
+    let mut c = json(
+        case(what, "POST", "/swarmkit/v1/agent/join", status),
+        &srv.join_body(hostname),
+    );
+    c.agent = true;
+    c
 }
 
 fn json(mut c: Case, body: &str) -> Case {
@@ -49,6 +62,7 @@ struct Answer {
 
 fn curl(
     socket: &Path,
+    tls_root: Option<&Path>,
     dir: &Path,
     method: &str,
     path: &str,
@@ -73,7 +87,14 @@ fn curl(
         cmd.arg("--data-binary")
             .arg(format!("@{}", body_file.display()));
     }
-    cmd.arg(format!("http://localhost{path}"));
+    match tls_root {
+        // The manager's certificate names it swarm-manager, whatever socket it is reached by.
+        Some(root) => cmd
+            .arg("--cacert")
+            .arg(root)
+            .arg(format!("https://swarm-manager{path}")),
+        None => cmd.arg(format!("http://localhost{path}")),
+    };
     let out = cmd.output().expect("curl is installed (scripts/setup)");
     assert!(
         out.status.success(),
@@ -111,7 +132,9 @@ impl Server {
         let (m, s) = (manager.clone(), socket.clone());
         rt.spawn(async move { cluster::manager::serve(m, &s, None).await });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(socket.exists() && curl(&socket, &dir, "GET", "/_ping", None, None).status == 200) {
+        while !(socket.exists()
+            && curl(&socket, None, &dir, "GET", "/_ping", None, None).status == 200)
+        {
             assert!(
                 Instant::now() < deadline,
                 "the manager did not answer /_ping within 20 s"
@@ -127,7 +150,44 @@ impl Server {
     }
 
     fn call(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&str>) -> Answer {
-        curl(&self.socket, &self.dir, method, path, ct, body)
+        curl(&self.socket, None, &self.dir, method, path, ct, body)
+    }
+
+    /// A request to the agents' listener beside the manager's socket, in TLS checked
+    /// against the cluster's root (no client certificate: a node joining has none yet).
+    fn call_agent(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&str>) -> Answer {
+        let root = self.dir.join("root.pem");
+        let trust = self
+            .manager
+            .store
+            .snapshot()
+            .meta
+            .trust
+            .clone()
+            .expect("a CA");
+        std::fs::write(&root, &trust.root.cert_pem).expect("write the root");
+        let socket = self.socket.with_file_name("agents.sock");
+        curl(&socket, Some(&root), &self.dir, method, path, ct, body)
+    }
+
+    /// What a node joining as `hostname` with the worker token sends.
+    fn join_body(&self, hostname: &str) -> String {
+        let trust = self
+            .manager
+            .store
+            .snapshot()
+            .meta
+            .trust
+            .clone()
+            .expect("a CA");
+        let (_key, csr) = cluster::pki::ca::new_key_and_request().expect("a CSR");
+        serde_json::json!({
+            "token": trust.worker_token,
+            "csr_pem": csr,
+            "node": {"hostname": hostname, "addr": "192.168.0.2", "lb_driver": "nftables",
+                     "kernel": "test"},
+        })
+        .to_string()
     }
 
     fn ok(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
@@ -159,11 +219,14 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
     let srv = Server::start();
     // A node to schedule on (its agent never comes, which no case here needs), a network and
     // a service for the cases that name existing objects.
-    let node = srv.ok(
+    let joined = srv.call_agent(
         "POST",
-        "/swarmkit/v1/agents/register",
-        r#"{"hostname":"node1","addr":"192.168.0.2","lb_driver":"nftables","kernel":"test"}"#,
+        "/swarmkit/v1/agent/join",
+        Some("application/json"),
+        Some(&srv.join_body("node1")),
     );
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let node: serde_json::Value = serde_json::from_str(&joined.body).expect("JSON");
     srv.ok(
         "POST",
         "/v1.50/networks/create",
@@ -235,25 +298,11 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             case("number for a name", "POST", "/v1.50/networks/create", 400),
             r#"{"Name":5}"#,
         ),
-        // A node's hostname names it in tables, files and logs: only a hostname registers.
-        json(
-            case(
-                "a path for a hostname",
-                "POST",
-                "/swarmkit/v1/agents/register",
-                400,
-            ),
-            r#"{"hostname":"../node1","addr":"192.168.0.9","lb_driver":"nftables","kernel":"test"}"#,
-        ),
-        json(
-            case(
-                "control characters in a hostname",
-                "POST",
-                "/swarmkit/v1/agents/register",
-                400,
-            ),
-            r#"{"hostname":"n\u001b[2Jx","addr":"192.168.0.9","lb_driver":"nftables","kernel":"test"}"#,
-        ),
+        // A node's hostname names it in tables, files and logs: only a hostname joins.
+        join("a path for a hostname", &srv, "../node1", 400),
+        join("control characters in a hostname", &srv, "n\u{1b}[2Jx", 400),
+        // Its name is taken by an up node.
+        join("the name of an up node", &srv, "node1", 409),
         json(
             case("string for labels", "POST", "/v1.50/networks/create", 400),
             r#"{"Name":"n","Labels":"x"}"#,
@@ -511,7 +560,11 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
     for c in &cases {
         // The node's agent is this test: it stays live, so no case sees it marked down.
         srv.manager.touch(&node_id);
-        let a = srv.call(c.method, &c.path, c.content_type, c.body.as_deref());
+        let a = if c.agent {
+            srv.call_agent(c.method, &c.path, c.content_type, c.body.as_deref())
+        } else {
+            srv.call(c.method, &c.path, c.content_type, c.body.as_deref())
+        };
         let message = serde_json::from_str::<serde_json::Value>(&a.body)
             .ok()
             .and_then(|v| v["message"].as_str().map(String::from));

@@ -36,6 +36,9 @@ fn node(state: &mut State, name: &str, i: u8) -> String {
         availability: Availability::Active,
         labels: BTreeMap::new(),
         ipsec_missing: Some(Vec::new()),
+        cert_serial: String::new(),
+        role: cluster::pki::Role::Worker,
+        cert_root: String::new(),
     });
     id
 }

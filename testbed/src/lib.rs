@@ -214,6 +214,10 @@ pub enum TestbedError {
     },
     #[error("node {node}: {message}")]
     Remote { node: String, message: String },
+    #[error("asking the manager: {0}")]
+    Manager(#[from] cluster::client::ClientError),
+    #[error("the manager's /swarm carries no worker join token; see its log")]
+    NoJoinToken,
 }
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;

@@ -227,6 +227,27 @@ pub(crate) fn start_manager(
 /// The manager's own start-up, on any backend.
 const MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The cluster's current worker join token, as `docker swarm join-token -q worker` prints it.
+pub(crate) async fn worker_token(paths: &ClusterPaths) -> Result<String> {
+    let swarm: serde_json::Value = ManagerClient::new(&paths.manager_socket())
+        .get("/swarm")
+        .await?;
+    swarm["JoinTokens"]["Worker"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or(crate::TestbedError::NoJoinToken)
+}
+
+/// Leaves the worker token where this machine's agents look for it (owner-only), so that a
+/// node without credentials joins as a worker; agents with credentials never read it.
+pub(crate) async fn write_join_token(paths: &ClusterPaths) -> Result<()> {
+    let token = worker_token(paths).await?;
+    let file = paths.join_token_file();
+    cluster::paths::write_atomically(&file, token.as_bytes())
+        .map_err(io(format!("writing {}", file.display())))?;
+    Ok(())
+}
+
 pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
     let client = ManagerClient::new(&paths.manager_socket());
     crate::wait::wait_until(

@@ -620,7 +620,9 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
             "/dev/null",
             "--max-time",
             "2",
-            "http://127.0.0.1:2377/_ping",
+            // The agents' listener speaks TLS; any answer (a 404 here) means it was reached.
+            "-k",
+            "https://127.0.0.1:2377/_ping",
         ])
         .success()
     };
@@ -636,6 +638,54 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         || manager("node2").then_some(()),
     );
     assert!(ping("node1", "192.168.0.12"));
+
+    // The guest's forward ends at the agents' listener: plain HTTP gets no answer, TLS
+    // without the node's certificate none of the Engine API, a made-up token no join.
+    let http = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "node",
+            "exec",
+            "node2",
+            "--",
+            "curl",
+            "-s",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let r = cl.sk(&args);
+        (r.code, r.stdout.trim().to_string())
+    };
+    let (code, _) = http("http://127.0.0.1:2377/services", &[]);
+    assert_ne!(code, 0, "plain HTTP answered on the agents' forward");
+    assert_eq!(http("https://127.0.0.1:2377/services", &[]).1, "404");
+    assert_eq!(http("https://127.0.0.1:2377/swarm", &[]).1, "404");
+    assert_eq!(
+        http("https://127.0.0.1:2377/swarmkit/v1/agent/plan", &[]).1,
+        "401"
+    );
+    let join = r#"{"token":"SWMTKN-1-abc-def","csr_pem":"x","node":{"hostname":"evil","addr":"192.168.0.66","lb_driver":"nftables","kernel":"x"}}"#;
+    assert_eq!(
+        http(
+            "https://127.0.0.1:2377/swarmkit/v1/agent/join",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                join
+            ]
+        )
+        .1,
+        "401"
+    );
 
     let paths = ClusterPaths::new(&cl.name);
     let guest = testbed::vm::node::load_node(&paths, "node2")

@@ -18,9 +18,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::client::ManagerClient;
-use crate::protocol::PREFIX;
 use crate::tasklog::{
-    LogPush, LogRecord, PUSH_BATCH_MAX, PUSH_ENVELOPE, PUSH_PATH, STDERR, STDOUT, encoded_len,
+    LogPush, LogRecord, PUSH_BATCH_MAX, PUSH_ENVELOPE, STDERR, STDOUT, encoded_len,
 };
 
 /// docker's json-file driver splits lines at 16 KiB too.
@@ -36,9 +35,9 @@ pub struct LogSink {
 
 impl LogSink {
     /// Starts the pusher; it ends when every sink and reader is gone.
-    pub fn start(client: ManagerClient, node_id: String) -> LogSink {
+    pub fn start(client: ManagerClient) -> LogSink {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(push(client, node_id, rx));
+        tokio::spawn(push(client, rx));
         LogSink { tx }
     }
 
@@ -184,8 +183,8 @@ impl Pending {
     }
 }
 
-async fn push(client: ManagerClient, node_id: String, mut rx: mpsc::Receiver<LogRecord>) {
-    let uri = format!("{PREFIX}/{node_id}/{PUSH_PATH}");
+async fn push(client: ManagerClient, mut rx: mpsc::Receiver<LogRecord>) {
+    let uri = crate::protocol::LOGS;
     let mut pending = Pending::default();
     loop {
         if pending.records.is_empty() {
@@ -205,7 +204,7 @@ async fn push(client: ManagerClient, node_id: String, mut rx: mpsc::Receiver<Log
             pending.dropped = 0;
         }
         let batch = pending.batch();
-        match client.post::<_, serde_json::Value>(&uri, &batch).await {
+        match client.post::<_, serde_json::Value>(uri, &batch).await {
             Ok(_) => pending.sent(batch.records.len()),
             Err(e) => {
                 tracing::debug!("pushing task output: {e}");

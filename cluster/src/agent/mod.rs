@@ -9,6 +9,7 @@
 
 mod adopt;
 mod config;
+mod credentials;
 mod dataplane;
 mod derive;
 mod logs;
@@ -19,4 +20,4 @@ mod tasks;
 
 pub use config::{ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, NodeNs};
 pub use process::write_files;
-pub use run::run;
+pub use run::{ENV_JOIN_TOKEN, run};

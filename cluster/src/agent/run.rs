@@ -13,15 +13,22 @@ use netcore::xfrm::Owner;
 use tokio::sync::{mpsc, watch};
 
 use super::config::{AgentError, Config, NodeNs};
+use super::credentials::{self, Credentials};
 use super::dataplane::Dataplane;
 use super::logs::LogSink;
 use super::node::Node;
 use super::tasks::{Event, Tasks};
 use crate::client::{ClientError, ManagerClient};
 use crate::paths::ClusterPaths;
+use crate::pki::ca::new_key_and_request;
+use crate::pki::tls::joining_config;
+use crate::pki::token::JoinToken;
 use crate::plan::{NodePlan, PlanState};
-use crate::protocol::{PREFIX, PlanResponse, RegisterRequest, RegisterResponse, Report};
-use crate::wait::{self, Check, Pace, Waited};
+use crate::protocol::{
+    Issued, JOIN, JoinRequest, PLAN, PlanResponse, REGISTER, RENEW, REPORT, RegisterRequest,
+    RegisterResponse, RenewRequest, Report,
+};
+use crate::wait::{self, Check, Pace};
 
 /// A plan and its digest, as the poll hands them on.
 type Latest = Option<(Arc<NodePlan>, u64)>;
@@ -48,9 +55,9 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     {
         return Err(AgentError::NoBridgeNetfilter.into());
     }
-    let client = match &config.manager_tcp {
+    let endpoint = match &config.manager_tcp {
         Some(addr) => ManagerClient::tcp(addr),
-        None => ManagerClient::new(&paths.manager_socket()),
+        None => ManagerClient::new(&paths.agent_socket()),
     };
     let Config {
         vtep, driver, mesh, ..
@@ -65,13 +72,18 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             .unwrap_or_default(),
         ipsec_missing: Some(probe_ipsec(&node_ns).await),
     };
-    let node_id = register(&client, &req).await?;
+    let (client, credentials, node_id) = enroll(endpoint, &paths, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
     let (plan_tx, plan_rx) = watch::channel::<Latest>(None);
-    tokio::spawn(poll_plans(client.clone(), node_id.clone(), req, plan_tx));
+    let renewal = Renewal {
+        client: client.clone(),
+        dir: credentials::dir(&paths, hostname),
+        credentials,
+    };
+    tokio::spawn(poll_plans(client.clone(), renewal, plan_tx));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let logs = LogSink::start(client.clone(), node_id.clone());
+    let logs = LogSink::start(client.clone());
     let dataplane = Dataplane::new(paths.clone(), hostname, node_ns.clone(), vtep, driver, mesh)
         .with_journal(journal.clone())
         .with_ipsec_owner(ipsec_owner);
@@ -149,7 +161,7 @@ async fn serve(
             }
         }
         if node.tasks.has_reports() || applied != last_acked {
-            if send_report(client, &mut node.tasks, &plan.node_id, applied).await {
+            if send_report(client, &mut node.tasks, applied).await {
                 last_acked = applied;
             } else {
                 wake_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
@@ -166,7 +178,6 @@ async fn serve(
 async fn send_report(
     client: &ManagerClient,
     tasks: &mut Tasks,
-    node_id: &str,
     applied: Option<(u64, u64)>,
 ) -> bool {
     let report = Report {
@@ -174,10 +185,7 @@ async fn send_report(
         plan_digest: applied.map(|(_, d)| d),
         tasks: tasks.reports(),
     };
-    match client
-        .post::<_, serde_json::Value>(&format!("{PREFIX}/{node_id}/report"), &report)
-        .await
-    {
+    match client.post::<_, serde_json::Value>(REPORT, &report).await {
         Ok(_) => {
             tasks.clear_reports();
             true
@@ -189,25 +197,156 @@ async fn send_report(
     }
 }
 
-async fn register(client: &ManagerClient, req: &RegisterRequest) -> anyhow::Result<String> {
-    // Several request timeouts long: a stalled connection (see ManagerClient::call) costs
-    // one attempt, not the agent.
+/// The node's standing with the manager: with the credentials it kept, it registers as the
+/// node they name; without (or with expired ones) it joins with its token and keeps what it
+/// is issued. Returns the client that speaks mutual TLS as that node.
+async fn enroll(
+    endpoint: ManagerClient,
+    paths: &ClusterPaths,
+    req: &RegisterRequest,
+) -> anyhow::Result<(ManagerClient, Credentials, String)> {
+    let dir = credentials::dir(paths, &req.hostname);
+    if let Some(kept) = Credentials::load(&dir).filter(|c| !c.expired()) {
+        let client = endpoint.with_tls(kept.tls()?);
+        let node_id = ask_until_answered("registering with the manager", || {
+            client.post::<_, RegisterResponse>(REGISTER, req)
+        })
+        .await
+        .map_err(|e| refused_certificate(e, &dir))?
+        .node_id;
+        return Ok((client, kept, node_id));
+    }
+    let token_text = join_token(paths).await?;
+    let token: JoinToken = token_text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the join token does not parse: {e}"))?;
+    let joining = endpoint.clone().with_tls(joining_config(&token)?);
+    let (key_pem, csr_pem) = new_key_and_request()?;
+    let join = JoinRequest {
+        token: token_text,
+        csr_pem,
+        node: req.clone(),
+    };
+    let issued: Issued = ask_until_answered("joining the cluster", || {
+        joining.post::<_, Issued>(JOIN, &join)
+    })
+    .await?;
+    let creds = Credentials::from_issued(key_pem, &issued);
+    creds
+        .save(&dir)
+        .with_context(|| format!("keeping the node's credentials in {}", dir.display()))?;
+    Ok((endpoint.with_tls(creds.tls()?), creds, issued.node_id))
+}
+
+/// Asks until the manager answers: a manager away, or a name still held by the node's
+/// earlier self until it is marked down (409), is waited out; a refusal (400, 401, 403) is
+/// final. Several request timeouts long: a stalled connection (see ManagerClient::call)
+/// costs one attempt, not the agent.
+async fn ask_until_answered<T, F, Fut>(what: &str, ask: F) -> Result<T, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
     wait::until(
         Some(Duration::from_secs(120)),
         Pace::every(Duration::from_millis(20)),
         || async {
-            match client
-                .post::<_, RegisterResponse>(&format!("{PREFIX}/register"), req)
-                .await
-            {
-                Ok(r) => Check::Ready(r.node_id),
+            match ask().await {
+                Ok(r) => Check::Ready(r),
+                Err(e @ ClientError::Status { status, .. })
+                    if status.is_client_error() && status != 409 && status != 404 =>
+                {
+                    Check::Failed(e)
+                }
                 Err(e) => Check::NotYet(e),
             }
         },
     )
     .await
-    .map_err(Waited::into_reason)
-    .context("registering with the manager")
+    .map_err(|w| {
+        let e = w.into_reason();
+        tracing::warn!("{what}: {e}");
+        e
+    })
+}
+
+/// What to tell whoever reads the agent's log when the manager refuses its certificate.
+fn refused_certificate(e: ClientError, dir: &std::path::Path) -> anyhow::Error {
+    match &e {
+        ClientError::Status { status, .. } if *status == 401 || *status == 403 => {
+            anyhow::anyhow!(
+                "{e}\nThe manager no longer accepts this node's certificate. To join the node \
+                 again (as docker swarm join would), delete {} and restart the agent with a \
+                 join token.",
+                dir.display()
+            )
+        }
+        _ => anyhow::Error::new(e).context("registering with the manager"),
+    }
+}
+
+/// The token to join with: SWARMKIT_JOIN_TOKEN, or the file the backend put on the machine.
+/// The backend may still be writing it when the agent starts: it is waited for a while.
+async fn join_token(paths: &ClusterPaths) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var(ENV_JOIN_TOKEN) {
+        return Ok(t.trim().to_string());
+    }
+    let file = paths.join_token_file();
+    wait::until(
+        Some(Duration::from_secs(30)),
+        Pace::every(Duration::from_millis(50)),
+        || async {
+            match std::fs::read_to_string(&file) {
+                Ok(t) if !t.trim().is_empty() => Check::Ready(t.trim().to_string()),
+                Ok(_) => Check::NotYet(std::io::Error::other("the file is empty")),
+                Err(e) => Check::NotYet(e),
+            }
+        },
+    )
+    .await
+    .map_err(|w| w.into_reason())
+    .with_context(|| {
+            format!(
+                "the node has no credentials yet and no join token to get them: put the output \
+                 of `swarmkit cluster join-token worker -q` in {} (mode 0600) or in {ENV_JOIN_TOKEN}",
+                file.display()
+            )
+        })
+}
+
+/// The environment variable an agent may take its join token from (else the token file).
+pub const ENV_JOIN_TOKEN: &str = "SWARMKIT_JOIN_TOKEN";
+
+/// The node's certificate and when it is replaced: before it expires (docker's window), and
+/// as soon as the manager's plans name a root other than the one the node trusts (a CA
+/// rotation).
+struct Renewal {
+    client: ManagerClient,
+    dir: std::path::PathBuf,
+    credentials: Credentials,
+}
+
+impl Renewal {
+    fn due(&self, root_id: &str) -> bool {
+        (!root_id.is_empty() && root_id != self.credentials.root_id())
+            || chrono::Utc::now() >= self.renew_at()
+    }
+
+    fn renew_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.credentials.renew_at()
+    }
+
+    /// A new key, a certificate for it, kept and dialled with from now on.
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let (key_pem, csr_pem) = new_key_and_request()?;
+        let issued: Issued = self.client.post(RENEW, &RenewRequest { csr_pem }).await?;
+        let creds = Credentials::from_issued(key_pem, &issued);
+        creds.save(&self.dir)?;
+        self.client.set_tls(creds.tls()?);
+        self.credentials = creds;
+        tracing::info!("renewed the node's certificate");
+        Ok(())
+    }
 }
 
 /// Set by a QEMU guest's init once its ESP and crypto modules are loaded (see vm/guest/rc.node).
@@ -256,8 +395,7 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// applying, so the polls (the node's heartbeats) keep coming however long an apply takes.
 async fn poll_plans(
     client: ManagerClient,
-    mut node_id: String,
-    req: RegisterRequest,
+    mut renewal: Renewal,
     tx: watch::Sender<Option<(Arc<NodePlan>, u64)>>,
 ) {
     let mut since: Option<u64> = None;
@@ -265,12 +403,19 @@ async fn poll_plans(
     let mut digest = 0;
     loop {
         let uri = match since {
-            Some(v) => format!("{PREFIX}/{node_id}/plan?since={v}"),
-            None => format!("{PREFIX}/{node_id}/plan"),
+            Some(v) => format!("{PLAN}?since={v}"),
+            None => PLAN.to_string(),
         };
         match client.get::<PlanResponse>(&uri).await {
             Ok(r) => {
                 since = Some(r.version);
+                if renewal.due(&r.root_id)
+                    && let Err(e) = renewal.renew().await
+                {
+                    tracing::warn!(
+                        "renewing the node's certificate: {e:#}; again at the next poll"
+                    );
+                }
                 if let Some(delta) = &r.delta {
                     tracing::debug!(
                         version = r.version,
@@ -282,11 +427,11 @@ async fn poll_plans(
                     tx.send_replace(Some((Arc::new(plan.to_plan(r.version)), digest)));
                 }
             }
-            Err(ClientError::Status { status, .. }) if status == 404 => {
-                if let Ok(id) = register(&client, &req).await {
-                    node_id = id;
-                }
-                since = None;
+            Err(e @ ClientError::Status { status, .. }) if status == 401 || status == 403 => {
+                // Removed from the cluster, or a certificate past its life: the node is
+                // no longer one, and says so until it is restarted to join again.
+                tracing::error!("{}", refused_certificate(e, &renewal.dir));
+                tokio::time::sleep(Duration::from_secs(5)).await;
             }
             Err(e @ ClientError::Timeout { .. }) => {
                 // A request nobody answered (not a manager that is away) is worth seeing.

@@ -34,6 +34,9 @@ fn node(n: u8) -> Node {
         availability: Default::default(),
         labels: Default::default(),
         ipsec_missing: Default::default(),
+        cert_serial: String::new(),
+        role: crate::pki::Role::Worker,
+        cert_root: String::new(),
     }
 }
 

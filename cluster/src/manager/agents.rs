@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -12,68 +12,51 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::shared::Shared;
+use super::trust::Caller;
 use crate::model::{Node, NodeState, TaskState};
 use crate::orchestrator;
 use crate::protocol::{PlanResponse, RegisterRequest, RegisterResponse, Report};
 
+/// `POST /swarmkit/v1/agent/register`: an agent (re)starting with its certificate says what
+/// its node is now (its VTEP, drivers, kernel). It may speak only for the node its certificate
+/// names, under that node's name.
 pub async fn register(
     State(m): State<Shared>,
+    Caller(node): Caller,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    crate::names::validate(crate::names::Named::Node, &req.hostname)
-        .map_err(ApiError::BadRequest)?;
-    let node_id = m.update(|s| {
-        let existing = s
-            .nodes
-            .values()
-            .find(|n| n.hostname == req.hostname)
-            .cloned();
-        let now = Utc::now();
-        let node = match existing {
-            Some(mut n) => {
-                n.addr = req.addr;
-                n.state = NodeState::Ready;
-                n.lb_driver = req.lb_driver.to_string();
-                n.mesh = req.mesh.to_string();
-                n.kernel = req.kernel.clone();
-                n.ipsec_missing = req.ipsec_missing.clone();
-                n.updated = now;
-                n
-            }
-            None => {
-                let ingress = s
-                    .networks
-                    .values()
-                    .find(|n| n.ingress)
-                    .map(|n| n.id.clone())
-                    .ok_or_else(|| ApiError::Conflict("no ingress network".into()))?;
-                Node {
-                    id: crate::ids::new_id(),
-                    hostname: req.hostname.clone(),
-                    addr: req.addr,
-                    created: now,
-                    updated: now,
-                    version: 0,
-                    state: NodeState::Ready,
-                    leader: !s.nodes.values().any(|n| n.leader),
-                    lb_driver: req.lb_driver.to_string(),
-                    mesh: req.mesh.to_string(),
-                    kernel: req.kernel.clone(),
-                    ipsec_missing: req.ipsec_missing.clone(),
-                    ingress_addr: crate::ipam::allocate_address(s, &ingress)?,
-                    availability: Default::default(),
-                    labels: Default::default(),
-                }
-            }
+    if req.hostname != node.hostname {
+        return Err(ApiError::Forbidden(format!(
+            "the certificate is node {}'s ({}), which cannot register as {:?}",
+            node.hostname, node.id, req.hostname
+        )));
+    }
+    let node_id = node.id.clone();
+    m.update(|s| {
+        let Some(mut n) = s.nodes.get(&node_id).cloned() else {
+            return Err(ApiError::Unauthorized(format!(
+                "node {node_id} was removed meanwhile: join again with a token"
+            )));
         };
-        let id = node.id.clone();
-        s.put_node(node);
-        Ok(id)
+        apply_registration(&mut n, &req);
+        s.put_node(n);
+        Ok(())
     })?;
     // A (re)started agent has applied nothing yet.
     m.set_ack(&node_id, 0, None);
     m.touch(&node_id);
     Ok(Json(RegisterResponse { node_id }))
+}
+
+/// What a registration (or a join) says of the node now.
+pub(super) fn apply_registration(n: &mut Node, req: &RegisterRequest) {
+    n.addr = req.addr;
+    n.state = NodeState::Ready;
+    n.lb_driver = req.lb_driver.to_string();
+    n.mesh = req.mesh.to_string();
+    n.kernel = req.kernel.clone();
+    n.ipsec_missing = req.ipsec_missing.clone();
+    n.updated = Utc::now();
 }
 
 #[derive(Deserialize)]
@@ -86,13 +69,11 @@ pub struct PlanQuery {
 /// with nothing after one heartbeat period.
 pub async fn plan(
     State(m): State<Shared>,
-    Path(id): Path<String>,
+    Caller(node): Caller,
     Query(q): Query<PlanQuery>,
 ) -> ApiResult<Response> {
+    let id = node.id.clone();
     let not_found = || ApiError::NotFound(format!("node {id} is not registered: register first"));
-    let Some(node) = m.store.snapshot().nodes.get(&id).cloned() else {
-        return Err(not_found());
-    };
     m.touch(&id);
     if node.state == NodeState::Down {
         // It was only slow or cut off: it is back.
@@ -106,6 +87,9 @@ pub async fn plan(
         })?;
     }
     let deadline = tokio::time::Instant::now() + m.heartbeat.period;
+    let root_id = (m.store.snapshot().meta.trust.as_ref())
+        .map(|t| t.root_id())
+        .unwrap_or_default();
     loop {
         let (delivery, mut woken) = {
             let mut d = m.dispatch();
@@ -120,6 +104,7 @@ pub async fn plan(
                 version: delivery.version,
                 delta: delivery.delta,
                 heartbeat_ms: m.heartbeat.period.as_millis() as u64,
+                root_id: root_id.clone(),
             })
             // Plain structs and string-keyed maps: encoding cannot fail.
             .expect("plan responses encode");
@@ -132,11 +117,14 @@ pub async fn plan(
     }
 }
 
+/// `POST /swarmkit/v1/agent/report`: what the node's tasks did; a node reports only tasks
+/// placed on it.
 pub async fn report(
     State(m): State<Shared>,
-    Path(id): Path<String>,
+    Caller(node): Caller,
     Json(report): Json<Report>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let id = node.id;
     m.touch(&id);
     if !report.tasks.is_empty() {
         m.update(|s| {

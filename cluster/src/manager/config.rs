@@ -67,6 +67,8 @@ impl Heartbeat {
 /// recorded in the store's Meta when the cluster is created (see `settings_from_env`).
 pub const ENV_DATA_PATH_PORT: &str = "SWARMKIT_DATA_PATH_PORT";
 pub const ENV_KEY_ROTATION_SECS: &str = "SWARMKIT_KEY_ROTATION_SECS";
+/// Node certificates' lifetime in seconds (`cluster up --cert-expiry`; at least 10).
+pub const ENV_CERT_EXPIRY_SECS: &str = "SWARMKIT_CERT_EXPIRY_SECS";
 
 /// The settings a new cluster is created with (0: the default).
 pub fn settings_from_env() -> Meta {
@@ -78,6 +80,9 @@ pub fn settings_from_env() -> Meta {
         key_rotation_secs: num(ENV_KEY_ROTATION_SECS).unwrap_or(0),
         heartbeat_ms: num(ENV_HEARTBEAT_MS).unwrap_or(0),
         heartbeat_misses: num(ENV_HEARTBEAT_MISSES).unwrap_or(0),
+        cert_expiry_secs: num(ENV_CERT_EXPIRY_SECS)
+            .map(|s| s.max(crate::pki::ca::MIN_CERT_EXPIRY.as_secs()))
+            .unwrap_or(0),
         ..Default::default()
     }
 }

@@ -16,6 +16,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The peer did not prove who it is, or what it proved is no longer accepted.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Something of the manager's own failed (not the request's doing).
+    #[error("{0}")]
+    Internal(String),
     /// An operation the API refuses outright, e.g. on docker's pre-defined networks.
     #[error("{0}")]
     Forbidden(String),
@@ -36,6 +42,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::Ipam(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Schedule(ScheduleError::Unsatisfiable(_) | ScheduleError::HostPortsFull) => {

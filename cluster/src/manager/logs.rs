@@ -261,12 +261,20 @@ pub async fn task_logs(
 }
 
 /// Agents push their tasks' output here.
+/// `POST /swarmkit/v1/agent/logs`: what the node's tasks printed; records of tasks placed
+/// elsewhere are dropped, so a node cannot write into another's logs.
 pub async fn push(
     State(m): State<Shared>,
-    Path(_node): Path<String>,
-    extract::Json(p): extract::Json<LogPush>,
+    super::trust::Caller(node): super::trust::Caller,
+    extract::Json(mut p): extract::Json<LogPush>,
 ) -> axum::Json<serde_json::Value> {
-    m.logs.push(&m.store.snapshot(), p.records);
+    let s = m.store.snapshot();
+    p.records.retain(|r| {
+        s.tasks
+            .get(&r.task_id)
+            .is_some_and(|t| t.node_id == node.id)
+    });
+    m.logs.push(&s, p.records);
     axum::Json(serde_json::json!({}))
 }
 

@@ -25,6 +25,7 @@ mod services;
 mod shared;
 mod system;
 mod tasks;
+mod trust;
 mod updater;
 
 use std::path::Path;
@@ -69,6 +70,8 @@ pub fn router(m: Shared) -> Router {
         .route("/version", get(system::version))
         .route("/info", get(system::info))
         .route("/swarm", get(system::swarm))
+        .route("/swarm/update", post(trust::swarm_update))
+        .route("/swarmkit/v1/client-cert", post(trust::client_cert))
         .route("/distribution/{*name}", get(system::distribution))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
@@ -98,46 +101,112 @@ pub fn router(m: Shared) -> Router {
             post(rotation::rotate),
         )
         .route("/swarmkit/v1/networks/{id}/keys", get(rotation::keys))
-        .route("/swarmkit/v1/agents/register", post(agents::register))
-        .route("/swarmkit/v1/agents/{id}/plan", get(agents::plan))
-        .route("/swarmkit/v1/agents/{id}/report", post(agents::report))
-        .route(
-            &format!("/swarmkit/v1/agents/{{id}}/{}", crate::tasklog::PUSH_PATH),
-            post(logs::push),
-        )
         .fallback(system::page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(axum::middleware::from_fn(extract::json_errors))
         .with_state(m)
 }
 
-/// Serves the API on `socket` until the process is stopped, and on `underlay` too when given:
-/// agents whose control channel must cross the cluster's underlay (so that cutting a node's
-/// link really cuts it off) dial that TCP listener; clients keep the unix socket.
+/// The agent channel, and nothing else: what the agents' listeners serve (mutual TLS, the
+/// node known by its certificate). The Engine API and the admin routes are not here at all.
+pub fn agent_router(m: Shared) -> Router {
+    use crate::protocol::{JOIN, LOGS, PLAN, REGISTER, RENEW, REPORT};
+    Router::new()
+        .route(JOIN, post(trust::join))
+        .route(REGISTER, post(agents::register))
+        .route(RENEW, post(trust::renew))
+        .route(PLAN, get(agents::plan))
+        .route(REPORT, post(agents::report))
+        .route(LOGS, post(logs::push))
+        .fallback(agent_listener_only)
+        .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(axum::middleware::from_fn(extract::json_errors))
+        .with_state(m)
+}
+
+async fn agent_listener_only() -> ApiError {
+    ApiError::NotFound(
+        "page not found: this listener serves only the agents' channel; the Engine API is on \
+         the manager's unix socket, or over TLS with swarmkit cluster env --tls"
+            .into(),
+    )
+}
+
+/// Serves the Engine API to local root on `socket` (0600) and to remote clients with a
+/// client certificate on the loopback TLS port the store records (`cluster env --tls`), and
+/// the agent channel in mutual TLS on `agents.sock` beside `socket` (where SSH forwards end)
+/// and on `underlay` when given: agents whose control channel must cross the cluster's
+/// underlay (so that cutting a node's link really cuts it off) dial that TCP listener.
 pub async fn serve(
     m: Shared,
     socket: &Path,
     underlay: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     use tower::Layer;
     listen::raise_open_files();
-    let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let app = axum::middleware::map_request(strip_version).layer(router(m.clone()));
+    let local = bind_private(socket)?;
+    let agents_sock = bind_private(&socket.with_file_name(AGENT_SOCKET))?;
+    let clients = bind_clients(&m).await?;
+    let api = axum::middleware::map_request(strip_version).layer(router(m.clone()));
+    let remote_api = axum::middleware::map_request(strip_version).layer(router(m.clone()).layer(
+        axum::middleware::from_fn_with_state(m.clone(), trust::api_caller),
+    ));
+    let agent_app = agent_router(m.clone());
     tokio::spawn(agents::watch_liveness(m.clone()));
     tokio::spawn(rotation::run(m.clone()));
-    tokio::spawn(updater::run(m));
+    tokio::spawn(updater::run(m.clone()));
+    tokio::spawn(trust::renew_own(m.clone()));
     let limits = listen::Limits::default();
-    let unix = listen::serve(listener, app.clone(), None, limits);
-    match underlay {
-        None => unix.await,
-        Some(tcp) => {
-            tcp.set_nonblocking(true)?;
-            let tcp = listen::serve(tokio::net::TcpListener::from_std(tcp)?, app, None, limits);
-            tokio::join!(unix, tcp);
-        }
+    let mut served = tokio::task::JoinSet::new();
+    served.spawn(listen::serve(local, api, None, limits));
+    served.spawn(listen::serve(
+        clients,
+        remote_api,
+        Some(m.tls.clients()),
+        limits,
+    ));
+    served.spawn(listen::serve(
+        agents_sock,
+        agent_app.clone(),
+        Some(m.tls.agents()),
+        limits,
+    ));
+    if let Some(tcp) = underlay {
+        tcp.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        served.spawn(listen::serve(tcp, agent_app, Some(m.tls.agents()), limits));
     }
+    served.join_next().await;
     Ok(())
+}
+
+/// The agents' unix socket's name, beside the manager's (see `ClusterPaths::agent_socket`).
+const AGENT_SOCKET: &str = "agents.sock";
+
+fn bind_private(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// The clients' TLS listener on the loopback port the store records; if something else took
+/// that port while the manager was down, another one, recorded (`cluster env --tls` prints
+/// it again).
+async fn bind_clients(m: &Shared) -> anyhow::Result<tokio::net::TcpListener> {
+    let port = m.store.snapshot().meta.client_port;
+    if let Ok(l) = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await {
+        return Ok(l);
+    }
+    let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let port = l.local_addr()?.port();
+    tracing::warn!("the clients' port was taken; listening on 127.0.0.1:{port} instead");
+    m.update(|s| {
+        let mut meta = s.meta.clone();
+        meta.client_port = port;
+        s.put_meta(meta);
+        Ok(())
+    })?;
+    Ok(l)
 }

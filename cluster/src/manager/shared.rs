@@ -28,6 +28,8 @@ pub struct Manager {
     last_seen: Mutex<HashMap<String, Instant>>,
     pub heartbeat: Heartbeat,
     pub(super) started: Instant,
+    /// What the TLS listeners present (the manager's certificate under the current roots).
+    pub(super) tls: super::trust::Listeners,
 }
 
 pub type Shared = Arc<Manager>;
@@ -35,7 +37,14 @@ pub type Shared = Arc<Manager>;
 impl Manager {
     pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
         let store = Store::open(path)?;
-        let heartbeat = Heartbeat::of(&store.snapshot().meta)?;
+        initialise(&store, cluster)?;
+        let meta = store.snapshot().meta.clone();
+        let heartbeat = Heartbeat::of(&meta)?;
+        let trust = meta
+            .trust
+            .as_ref()
+            .expect("initialise makes the cluster's trust");
+        let tls = super::trust::Listeners::new(trust, &meta.cluster_id)?;
         let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,
@@ -45,16 +54,20 @@ impl Manager {
             last_seen: Mutex::new(HashMap::new()),
             heartbeat,
             started: Instant::now(),
+            tls,
         });
-        m.initialise(cluster)?;
         m.dispatch().assume_applied_before_restart();
         Ok(m)
     }
+}
 
-    fn initialise(&self, cluster: &str) -> Result<(), ApiError> {
+/// Makes what a cluster's first start needs (its identity, the ingress network, its CA and
+/// tokens, the clients' port); a restart finds it all there and changes nothing.
+fn initialise(store: &Store, cluster: &str) -> Result<(), ApiError> {
+    {
         // Nodes keep their state across a manager restart: their agents get a grace period
         // to reconnect (see agents::watch_liveness) before anything is rescheduled.
-        self.store.update(|s: &mut State| {
+        store.update(|s: &mut State| {
             if s.meta.cluster_id.is_empty() {
                 let mut local = std::collections::BTreeMap::new();
                 for name in ["bridge", "docker_gwbridge", "host", "none"] {
@@ -86,12 +99,19 @@ impl Manager {
                     keyring: None,
                 });
             }
+            super::trust::ensure_trust(s)?;
+            if s.meta.client_port == 0 {
+                let mut meta = s.meta.clone();
+                meta.client_port = super::trust::free_loopback_port()?;
+                s.put_meta(meta);
+            }
             Ok::<_, ApiError>(())
         })?;
-        drop(self.dispatch());
         Ok(())
     }
+}
 
+impl Manager {
     /// The dispatcher, brought up to the store's latest commit.
     pub(super) fn dispatch(&self) -> MutexGuard<'_, Dispatcher> {
         let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());

@@ -61,9 +61,9 @@ pub async fn version() -> Json<SystemVersion> {
 /// The cluster's settings as docker reports them. swarmkit has one manager and no raft;
 /// the figures are the ones it actually uses (task history per slot, the agents' liveness
 /// timeout) or Swarm's defaults where it has no equivalent.
-fn swarm_spec(name: &str, heartbeat: std::time::Duration) -> SwarmSpec {
+fn swarm_spec(meta: &crate::model::Meta, heartbeat: std::time::Duration) -> SwarmSpec {
     SwarmSpec {
-        name: Some(name.to_string()),
+        name: Some(meta.cluster_name.clone()),
         labels: Some(Default::default()),
         orchestration: Some(SwarmSpecOrchestration {
             task_history_retention_limit: Some(crate::orchestrator::HISTORY_PER_SLOT as i64),
@@ -79,8 +79,8 @@ fn swarm_spec(name: &str, heartbeat: std::time::Duration) -> SwarmSpec {
             heartbeat_period: Some(heartbeat.as_nanos() as i64),
         }),
         ca_config: Some(SwarmSpecCaConfig {
-            node_cert_expiry: Some(90 * 24 * 3600 * 1_000_000_000),
-            force_rotate: Some(0),
+            node_cert_expiry: Some(meta.cert_expiry().as_nanos() as i64),
+            force_rotate: Some(meta.ca_force_rotate),
             ..Default::default()
         }),
         ..Default::default()
@@ -129,11 +129,11 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
             cluster: Some(ClusterInfo {
                 id: Some(s.meta.cluster_id.clone()),
                 version: Some(ObjectVersion {
-                    index: Some(s.version),
+                    index: Some(s.meta.swarm_version + 1),
                 }),
                 created_at: s.meta.created,
                 updated_at: s.meta.created,
-                spec: Some(swarm_spec(&s.meta.cluster_name, m.heartbeat.period)),
+                spec: Some(swarm_spec(&s.meta, m.heartbeat.period)),
                 data_path_port: Some(u32::from(s.meta.data_port())),
                 default_addr_pool: Some(vec![crate::ipam::DEFAULT_POOL.into()]),
                 subnet_size: Some(24),
@@ -151,17 +151,23 @@ pub async fn swarm(State(m): State<Shared>) -> Json<serde_json::Value> {
         .values()
         .filter(|n| n.state == NodeState::Ready)
         .count();
-    Json(serde_json::json!({
+    let mut swarm = serde_json::json!({
         "ID": s.meta.cluster_id,
-        "Version": { "Index": s.version },
+        "Version": { "Index": s.meta.swarm_version + 1 },
         "CreatedAt": s.meta.created,
         "UpdatedAt": s.meta.created,
-        "Spec": swarm_spec(&s.meta.cluster_name, m.heartbeat.period),
+        "Spec": swarm_spec(&s.meta, m.heartbeat.period),
         "DataPathPort": s.meta.data_port(),
         "DefaultAddrPool": [crate::ipam::DEFAULT_POOL],
         "SubnetSize": 24,
         "ReadyNodes": ready,
-    }))
+    });
+    if let (Some(swarm), serde_json::Value::Object(trust)) =
+        (swarm.as_object_mut(), super::trust::swarm_fields(&s.meta))
+    {
+        swarm.extend(trust);
+    }
+    Json(swarm)
 }
 
 /// Built-in images resolve to a digest of their own name, so docker's CLI can pin them as it

@@ -34,6 +34,9 @@ fn node(state: &mut State, i: u8) -> String {
         availability: Availability::Active,
         labels: BTreeMap::new(),
         ipsec_missing: Some(Vec::new()),
+        cert_serial: String::new(),
+        role: crate::pki::Role::Worker,
+        cert_root: String::new(),
     });
     id
 }

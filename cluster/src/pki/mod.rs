@@ -19,6 +19,7 @@ pub mod ca;
 pub mod identity;
 pub mod tls;
 pub mod token;
+pub mod trust;
 
 use std::fmt;
 

@@ -208,6 +208,7 @@ impl NodeBackend for Netns {
         });
         futures::future::try_join_all(plugs).await?;
         crate::supervise::wait_manager(paths).await?;
+        crate::supervise::write_join_token(paths).await?;
 
         // The agents dial the manager across the underlay; each opens its node's namespace.
         // The first node leads, as the node that ran `docker swarm init` does: it registers

@@ -207,6 +207,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
     }
     supervise::ensure_supervisor(paths)?;
     supervise::wait_manager(paths).await?;
+    supervise::write_join_token(paths).await?;
     let client = ManagerClient::new(&paths.manager_socket());
     for node in &info.nodes {
         if supervise::killed_marker(paths, node).exists() {

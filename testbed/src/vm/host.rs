@@ -1,6 +1,8 @@
 //! The host side of whole-machine nodes: `swarmkit __vmhost` keeps one SSH session per node
 //! open for the life of the cluster. Each session carries a remote forward (the node's
-//! 127.0.0.1:2377 back to the manager's unix socket) and starts the agent once. The agent runs
+//! 127.0.0.1:2377 back to the manager's agent socket, where the agent and the manager prove
+//! who they are in mutual TLS) and starts the agent once, with the worker join token in a
+//! root-only file (never on a command line). The agent runs
 //! detached in the node, so a lost session only pauses its manager channel until we reconnect.
 
 use std::sync::Arc;
@@ -33,7 +35,7 @@ pub async fn connect(
     forward: bool,
 ) -> Result<Session, ssh::SshError> {
     let key = Arc::new(ssh::ensure_client_key(&node.key_file)?);
-    let fwd = forward.then(|| paths.manager_socket());
+    let fwd = forward.then(|| paths.agent_socket());
     ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await
 }
 
@@ -78,6 +80,32 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
         );
     }
     Ok(path)
+}
+
+/// Leaves the worker join token where the node's agent looks for it, owner-only, sent on
+/// the session's stdin; an agent that has its credentials never reads it.
+async fn put_join_token(s: &Session, paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<()> {
+    let token = crate::supervise::worker_token(paths).await?;
+    let file = paths.join_token_file();
+    let dir = file.parent().context("the token file has a directory")?;
+    let out = s
+        .exec_with_stdin(
+            &format!(
+                "umask 077 && mkdir -p {d} && cat > {f}.tmp && mv {f}.tmp {f}",
+                d = shell_quote(&dir.display().to_string()),
+                f = shell_quote(&file.display().to_string()),
+            ),
+            token.as_bytes(),
+        )
+        .await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "leaving the join token on {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Shell command that starts the agent unless it already runs.
@@ -132,6 +160,7 @@ async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Sessi
         .await
         .context("asking the node to forward the manager port")?;
     let bin = ensure_binary(&s, node).await?;
+    put_join_token(&s, paths, node).await?;
     let out = s.exec(&agent_command(&paths.name, node, &bin)).await?;
     if out.code != 0 {
         anyhow::bail!(
