@@ -91,6 +91,8 @@ pub async fn join_token(
     let api = Api::connect(cluster)?;
     if rotate {
         let swarm = api.docker.inspect_swarm().await.api(&api)?;
+        // A manager without tokens has no rotation either: say that, not its 404.
+        token_of(cluster, &swarm, role)?;
         let (version, spec) = versioned_spec(cluster, swarm)?;
         let options = UpdateSwarmOptionsBuilder::new()
             .version(version)
