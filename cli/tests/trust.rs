@@ -202,18 +202,19 @@ fn ca_rotation_returns_a_new_root_that_every_agent_follows() {
     let unix = exports(&c.sk(&["cluster", "env"]).ok().stdout);
     let nodes = docker(&unix, &["node", "ls"]).ok().stdout;
     assert_eq!(ready_nodes(&nodes), 3, "{nodes}");
-    // Ready could be an old heartbeat's word; a service converging on every node needs the
-    // agents to take orders under the new root.
-    c.service_create(&[
-        "--name",
-        "after",
-        "--replicas",
-        "3",
-        "--replicas-max-per-node",
-        "1",
-        "whoami",
-    ])
-    .ok();
+    // Ready could be an old heartbeat's word; a task started on each node (create waits for
+    // it to run) needs every agent to take orders under the new root.
+    for node in ["node1", "node2", "node3"] {
+        let constraint = format!("node.hostname=={node}");
+        c.service_create(&[
+            "--name",
+            &format!("on-{node}"),
+            "--constraint",
+            &constraint,
+            "whoami",
+        ])
+        .ok();
+    }
 }
 
 #[test]
