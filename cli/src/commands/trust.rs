@@ -175,15 +175,12 @@ pub async fn ca(cluster: &str, rotate: bool, quiet: bool, detach: bool) -> anyho
     let (version, mut spec) = versioned_spec(cluster, swarm)?;
     let ca = spec.ca_config.get_or_insert_default();
     let times = ca.force_rotate.unwrap_or(0);
-    ca.force_rotate =
-        Some(
-            times
-                .checked_add(1)
-                .ok_or_else(|| TrustError::ForceRotateExhausted {
-                    cluster: cluster.to_string(),
-                    times,
-                })?,
-        );
+    let exhausted = || TrustError::ForceRotateExhausted {
+        cluster: cluster.to_string(),
+        times,
+    };
+    // A larger ForceRotate than the manager holds is what asks it for a new root.
+    ca.force_rotate = Some(times.checked_add(1).ok_or_else(exhausted)?);
     let options = UpdateSwarmOptionsBuilder::new().version(version).build();
     api.docker.update_swarm(spec, options).await.api(&api)?;
     if detach {
@@ -240,33 +237,33 @@ async fn wait_for_new_root(api: &Api, cluster: &str, before: &str) -> anyhow::Re
         Ok(root) => return Ok(root),
         Err(waited) => waited.into_reason()?,
     };
-    let pending = match last {
-        Seen::NotStarted => {
-            "the manager accepted the update but still serves the old root and reports no \
-             rotation in progress"
-                .to_string()
-        }
-        Seen::Renewing => {
-            let mut why =
-                "the manager still reports RootRotationInProgress: not every node has renewed \
-                 its certificate onto the new root"
-                    .to_string();
-            let down = nodes_not_ready(api).await;
-            if !down.is_empty() {
-                why.push_str(&format!(
-                    " (not ready, so they cannot renew until they are back: {})",
-                    down.join(", ")
-                ));
-            }
-            why
-        }
+    let down = match last {
+        Seen::Renewing => nodes_not_ready(api).await,
+        Seen::NotStarted => Vec::new(),
     };
     Err(TrustError::RotationPending {
         cluster: cluster.to_string(),
         after: ROTATION_DEADLINE,
-        pending,
+        pending: pending(&last, &down),
     }
     .into())
+}
+
+/// What a rotation that ran out of time still waits for, by what the last look saw and which
+/// nodes are not ready.
+fn pending(last: &Seen, down: &[String]) -> String {
+    const NOT_STARTED: &str = "the manager accepted the update but still serves the old root \
+                               and reports no rotation in progress";
+    const RENEWING: &str = "the manager still reports RootRotationInProgress: not every node \
+                            has renewed its certificate onto the new root";
+    match last {
+        Seen::NotStarted => NOT_STARTED.to_string(),
+        Seen::Renewing if down.is_empty() => RENEWING.to_string(),
+        Seen::Renewing => format!(
+            "{RENEWING} (not ready, so they cannot renew until they are back: {})",
+            down.join(", ")
+        ),
+    }
 }
 
 /// Hostnames of the nodes that are not ready: the likely holdouts of a rotation, since a node
@@ -514,6 +511,29 @@ mod tests {
         let ca = spec.ca_config.unwrap();
         assert_eq!(ca.force_rotate, Some(3));
         assert_eq!(ca.node_cert_expiry, Some(7_776_000_000_000_000));
+    }
+
+    #[test]
+    fn a_rotation_out_of_time_says_what_it_waits_for_and_where_to_look() {
+        let err = |last, down: &[&str]| {
+            let down: Vec<String> = down.iter().map(|s| s.to_string()).collect();
+            TrustError::RotationPending {
+                cluster: "lab".into(),
+                after: ROTATION_DEADLINE,
+                pending: pending(&last, &down),
+            }
+            .to_string()
+        };
+        let renewing = err(Seen::Renewing, &["node2", "node3"]);
+        assert!(
+            renewing.contains("after 120s")
+                && renewing.contains("RootRotationInProgress")
+                && renewing.contains("cannot renew until they are back: node2, node3")
+                && renewing.contains("`swarmkit cluster ca` prints the root in use"),
+            "{renewing}"
+        );
+        assert!(!err(Seen::Renewing, &[]).contains("not ready"));
+        assert!(err(Seen::NotStarted, &[]).contains("still serves the old root"));
     }
 
     #[test]
