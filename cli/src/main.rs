@@ -12,7 +12,8 @@
 //! - `render` (tables and sizes) and `template` (docker's `--format` Go templates, on `render`);
 //!   `progress`: docker's converge bars for service create and update.
 //! - `commands`: one module per docker verb group (`cluster`, `network`, `node`, `service/`
-//!   with one file per subcommand, `exec`, `vm`); the lifecycle ones call `testbed`.
+//!   with one file per subcommand, `exec`, `vm`), plus `trust` (join tokens, the root CA and
+//!   client certificates behind `cluster`); the lifecycle ones call `testbed`.
 //! - `graph` (the cluster as a model, drawn as text or SVG), `trace` (a connection followed
 //!   through the kernels' tables, drawn on the graph), `ui` (the live page serving both).
 //! - `walkthrough`: documented walkthroughs replayed against a cluster (plan, exec, session,

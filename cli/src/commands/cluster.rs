@@ -1,4 +1,5 @@
-//! `swarmkit cluster ...`: bring local clusters up and down.
+//! `swarmkit cluster ...`: bring local clusters up and down, and hand out their trust (join
+//! tokens, the root CA, client certificates; see `trust`).
 
 use std::time::Instant;
 
@@ -10,6 +11,8 @@ use clap::Subcommand;
 use crate::duration;
 use crate::flags::{self, LbDriver};
 use crate::render::{self, Table};
+
+use super::trust::{self, Role};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -64,6 +67,38 @@ pub enum ClusterCmd {
     Env {
         /// Cluster name (defaults to the global --cluster)
         name: Option<String>,
+        /// Point them at the manager's mutual-TLS listener instead of its unix socket, with a
+        /// new client certificate (run it again after `cluster ca --rotate`)
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Print a join token, or replace it, as docker swarm join-token does
+    JoinToken {
+        /// Whose token: the one that admits workers or the one that admits managers
+        #[arg(value_enum)]
+        role: Role,
+        /// Cluster name (defaults to the global --cluster)
+        name: Option<String>,
+        /// Replace the token; the old one no longer admits anyone
+        #[arg(long)]
+        rotate: bool,
+        /// Only print the token
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print the cluster's root CA certificate, or replace the root, as docker swarm ca does
+    Ca {
+        /// Cluster name (defaults to the global --cluster)
+        name: Option<String>,
+        /// Replace the root CA, then wait until every node has renewed onto it
+        #[arg(long)]
+        rotate: bool,
+        /// Do not draw the wait's progress
+        #[arg(short, long)]
+        quiet: bool,
+        /// Start the rotation and return without waiting for it
+        #[arg(short, long, requires = "rotate")]
+        detach: bool,
     },
 }
 
@@ -140,15 +175,36 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             }
             Ok(if pruned.failed.is_empty() { 0 } else { 1 })
         }
-        ClusterCmd::Env { name } => {
+        ClusterCmd::Env { name, tls } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             // The line is meant for `eval`; a validated name cannot smuggle shell syntax.
             ::cluster::paths::validate_cluster_name(&name).map_err(anyhow::Error::msg)?;
+            if tls {
+                return trust::env_tls(&name).await;
+            }
             println!(
                 "export DOCKER_HOST={}",
                 ClusterPaths::new(&name).docker_host()
             );
             Ok(0)
+        }
+        ClusterCmd::JoinToken {
+            role,
+            name,
+            rotate,
+            quiet,
+        } => {
+            let name = name.unwrap_or_else(|| cluster.to_string());
+            trust::join_token(&name, role, rotate, quiet).await
+        }
+        ClusterCmd::Ca {
+            name,
+            rotate,
+            quiet,
+            detach,
+        } => {
+            let name = name.unwrap_or_else(|| cluster.to_string());
+            trust::ca(&name, rotate, quiet, detach).await
         }
     }
 }
