@@ -43,6 +43,8 @@ pub struct UpOptions {
     pub heartbeat: Option<Duration>,
     /// Heartbeats a node may miss before it is down; None: 3.
     pub heartbeat_misses: Option<u32>,
+    /// Node certificates' lifetime (docker's `--cert-expiry`); None: 90 days.
+    pub cert_expiry: Option<Duration>,
 }
 
 impl UpOptions {
@@ -55,6 +57,12 @@ impl UpOptions {
         if let Some(d) = self.key_rotation {
             env.push((
                 cluster::manager::ENV_KEY_ROTATION_SECS,
+                d.as_secs().to_string(),
+            ));
+        }
+        if let Some(d) = self.cert_expiry {
+            env.push((
+                cluster::manager::ENV_CERT_EXPIRY_SECS,
                 d.as_secs().to_string(),
             ));
         }

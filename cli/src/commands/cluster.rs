@@ -47,6 +47,10 @@ pub enum ClusterCmd {
         /// Heartbeats a node may miss before it is marked down and its tasks move (default 3)
         #[arg(long, value_name = "N")]
         heartbeat_misses: Option<u32>,
+        /// How long node certificates live, as docker swarm init's (e.g. 2160h, 30m; at least
+        /// 10s); agents renew them between half and four fifths of that
+        #[arg(long, value_parser = duration::go, value_name = "DURATION")]
+        cert_expiry: Option<std::time::Duration>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -114,6 +118,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             key_rotation,
             heartbeat_period,
             heartbeat_misses,
+            cert_expiry,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             let opts = UpOptions {
@@ -126,6 +131,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 key_rotation,
                 heartbeat: heartbeat_period,
                 heartbeat_misses,
+                cert_expiry,
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;

@@ -319,12 +319,6 @@ impl Spinner {
     }
 }
 
-/// Where `cluster env --tls` keeps the client's key and certificates: beside the cluster's
-/// other state, so `cluster down` removes them with it.
-fn client_credentials(paths: &ClusterPaths) -> PathBuf {
-    paths.state_dir().join("client")
-}
-
 #[derive(serde::Serialize)]
 struct ClientCertRequest<'a> {
     name: &'a str,
@@ -359,7 +353,7 @@ pub async fn env_tls(cluster: &str) -> anyhow::Result<i32> {
         .await
         .map_err(|e| client_cert_error(cluster, &paths, e))?;
     let host = checked_docker_host(cluster, &issued.docker_host)?;
-    let dir = client_credentials(&paths);
+    let dir = paths.client_credentials();
     write_credentials(&dir, &key_pem, &issued.cert_pem, &issued.root_pem).map_err(|source| {
         TrustError::Credentials {
             dir: dir.clone(),

@@ -35,7 +35,8 @@ use axum::extract::Request;
 use axum::routing::{get, post};
 
 pub use config::{
-    ENV_DATA_PATH_PORT, ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS, ENV_KEY_ROTATION_SECS, Heartbeat,
+    ENV_CERT_EXPIRY_SECS, ENV_DATA_PATH_PORT, ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS,
+    ENV_KEY_ROTATION_SECS, Heartbeat,
 };
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};

@@ -32,6 +32,8 @@ pub enum LifecycleError {
     InvalidDataPathPort(u16),
     #[error("invalid --key-rotation {}s: give at least 10s (the default is 12h)", .0.as_secs())]
     InvalidKeyRotation(Duration),
+    #[error("invalid --cert-expiry {}s: give at least 10s (the default is 2160h, 90 days)", .0.as_secs())]
+    InvalidCertExpiry(Duration),
     #[error("invalid --heartbeat-period {}ms: give 50ms to 60s (the default is 500ms)", .0.as_millis())]
     InvalidHeartbeat(Duration),
     #[error("invalid --heartbeat-misses 0: give at least 1 (the default is 3)")]
@@ -128,6 +130,11 @@ fn validate_data_path(opts: &UpOptions) -> Result<()> {
         && d < Duration::from_secs(10)
     {
         return Err(LifecycleError::InvalidKeyRotation(d));
+    }
+    if let Some(d) = opts.cert_expiry
+        && d < cluster::pki::ca::MIN_CERT_EXPIRY
+    {
+        return Err(LifecycleError::InvalidCertExpiry(d));
     }
     if let Some(d) = opts.heartbeat
         && !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&d)
@@ -439,6 +446,7 @@ mod tests {
             key_rotation: None,
             heartbeat: None,
             heartbeat_misses: None,
+            cert_expiry: None,
         }
     }
 
@@ -456,6 +464,13 @@ mod tests {
             validate_data_path(&o),
             Err(LifecycleError::InvalidKeyRotation(_))
         ));
+        o.key_rotation = None;
+        o.cert_expiry = Some(Duration::from_secs(9));
+        assert!(matches!(
+            validate_data_path(&o),
+            Err(LifecycleError::InvalidCertExpiry(_))
+        ));
+        o.cert_expiry = None;
         // Each backend judges what it can build, before anything exists.
         let refused = |o: &UpOptions| with_backend!(o.backend, b => b.check(o));
         assert!(matches!(
