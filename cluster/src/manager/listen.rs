@@ -3,10 +3,10 @@
 //! carries is tagged with the [`Peer`] the handshake proved: routes decide from that, never
 //! from what the request says about itself.
 //!
-//! Today the manager listens on `manager.sock` (0600, local root) and, on netns clusters, on
-//! the underlay's TCP port for agents, both plain HTTP serving the whole router. TLS here is
-//! the seam for issue 22's mutual-TLS agent and client listeners (`pki::tls` builds their
-//! configurations); until they land, no listener passes one.
+//! The manager listens on `manager.sock` (plain, 0600: local root, the whole API), on
+//! `agents.sock` and, on netns clusters, the underlay's TCP port (mutual TLS, the agent
+//! channel only), and on a loopback port for remote clients (mutual TLS, the Engine API to a
+//! client or manager certificate); `manager::trust` builds their TLS configurations.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,10 +1,12 @@
-//! The manager: owns the store, serves the Docker Engine API subset to clients and the plan
-//! channel to agents, over HTTP on a unix socket (mode 0600).
+//! The manager: owns the store, serves the Docker Engine API subset to clients (local root on
+//! a 0600 unix socket, remote clients in mutual TLS) and the agent channel to agents (mutual
+//! TLS only, on listeners that serve nothing else).
 //!
 //! This file only routes and serves. `shared` holds the state every handler shares (the
 //! store, the dispatcher, acks, `logstore`) and `config` what the environment sets; the
 //! handlers, one file per resource (`networks`, `services`, `tasks`, `nodes`, `system`,
-//! `logs`, `rotation`, and `agents` for the agents' channel and liveness), and the background
+//! `logs`, `rotation`, `agents` for the agents' channel and liveness, and `trust` for the
+//! CA, certificates, tokens and who a request's certificate proves), and the background
 //! loops (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`,
 //! `extract` and `lookup` for answering like dockerd. Handlers import `shared` and those
 //! helpers, never this file; one handler file uses another's only for a shape or a constant
@@ -25,6 +27,7 @@ mod services;
 mod shared;
 mod system;
 mod tasks;
+mod tls;
 mod trust;
 mod updater;
 

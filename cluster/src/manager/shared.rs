@@ -29,7 +29,7 @@ pub struct Manager {
     pub heartbeat: Heartbeat,
     pub(super) started: Instant,
     /// What the TLS listeners present (the manager's certificate under the current roots).
-    pub(super) tls: super::trust::Listeners,
+    pub(super) tls: super::tls::Listeners,
 }
 
 pub type Shared = Arc<Manager>;
@@ -44,7 +44,7 @@ impl Manager {
             .trust
             .as_ref()
             .expect("initialise makes the cluster's trust");
-        let tls = super::trust::Listeners::new(trust, &meta.cluster_id)?;
+        let tls = super::tls::Listeners::new(trust, &meta.cluster_id)?;
         let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,
@@ -99,10 +99,10 @@ fn initialise(store: &Store, cluster: &str) -> Result<(), ApiError> {
                     keyring: None,
                 });
             }
-            super::trust::ensure_trust(s)?;
+            super::tls::ensure_trust(s)?;
             if s.meta.client_port == 0 {
                 let mut meta = s.meta.clone();
-                meta.client_port = super::trust::free_loopback_port()?;
+                meta.client_port = super::tls::free_loopback_port()?;
                 s.put_meta(meta);
             }
             Ok::<_, ApiError>(())

@@ -1,14 +1,12 @@
-//! The manager's side of the cluster's trust: the root CA and join tokens it makes on first
-//! start, the TLS configurations its listeners present, who a request's certificate proves
-//! its sender is, and the routes that issue certificates (a node joining with a token or
-//! renewing with its certificate, a remote client) and rotate tokens and the root.
+//! The manager's side of the cluster's trust: who a request's certificate proves its sender
+//! is, and the routes that issue certificates (a node joining with a token or renewing with
+//! its certificate, a remote client) and rotate tokens and the root (`tls` holds what the
+//! listeners present).
 //!
 //! A node is its certificate: [`Caller`] takes the node from the certificate the TLS
 //! handshake proved, and accepts it only while the store still names that certificate's
 //! serial for the node, so `node rm` and a renewal retire a certificate at once.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -16,110 +14,21 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use rustls::ServerConfig;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{self, Query};
-use super::listen::{Peer, TlsConfig};
+use super::listen::Peer;
 use super::shared::Shared;
+use super::tls::{no_trust, pki_error};
 use crate::model::{Node, NodeState};
 use crate::pki::ca::Subject;
-use crate::pki::identity::{Identity, renew_at, validity_of};
-use crate::pki::tls::{ClientAuth, server_config};
+use crate::pki::identity::Identity;
 use crate::pki::token::JoinToken;
 use crate::pki::trust::Trust;
-use crate::pki::{PkiError, Role};
+use crate::pki::Role;
 use crate::protocol::{Issued, JoinRequest, RegisterRequest, RenewRequest};
 use crate::store::State as StoreState;
-
-/// The configurations the manager's TLS listeners present, replaced when its certificate is
-/// renewed or the root rotates.
-pub struct Listeners {
-    /// The agents' listeners: a certificate is optional (a node joining has none yet).
-    agents: watch::Sender<Arc<ServerConfig>>,
-    /// The remote clients' listener: no certificate, no connection.
-    clients: watch::Sender<Arc<ServerConfig>>,
-    /// When the manager's own certificate should be renewed.
-    renew_at: std::sync::Mutex<chrono::DateTime<Utc>>,
-}
-
-impl Listeners {
-    pub fn new(trust: &Trust, cluster_id: &str) -> Result<Listeners, PkiError> {
-        let (agents, clients, at) = configs(trust, cluster_id)?;
-        Ok(Listeners {
-            agents: watch::channel(Arc::new(agents)).0,
-            clients: watch::channel(Arc::new(clients)).0,
-            renew_at: std::sync::Mutex::new(at),
-        })
-    }
-
-    pub fn agents(&self) -> TlsConfig {
-        self.agents.subscribe()
-    }
-
-    pub fn clients(&self) -> TlsConfig {
-        self.clients.subscribe()
-    }
-
-    /// New configurations from `trust` (a rotated root, or the manager's certificate due).
-    fn refresh(&self, trust: &Trust, cluster_id: &str) -> Result<(), PkiError> {
-        let (agents, clients, at) = configs(trust, cluster_id)?;
-        self.agents.send_replace(Arc::new(agents));
-        self.clients.send_replace(Arc::new(clients));
-        *self.renew_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
-        Ok(())
-    }
-}
-
-/// The manager's certificate, issued anew at each start and renewal under the current root,
-/// and the two server configurations that present it.
-fn configs(
-    trust: &Trust,
-    cluster_id: &str,
-) -> Result<(ServerConfig, ServerConfig, chrono::DateTime<Utc>), PkiError> {
-    // Remote clients dial loopback; agents ask for pki::MANAGER_NAME whatever they dial.
-    let addrs = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    let (issued, key) = trust
-        .root
-        .issue_manager(cluster_id, &addrs, MANAGER_CERT_LIFE)?;
-    // A node pins the root from its token, so the chain carries the root; during a rotation,
-    // the new root signed by the old lets nodes that still trust only the old one follow.
-    let mut chain = issued.cert_pem.clone();
-    if let Some(p) = &trust.previous {
-        chain.push_str(&p.cross_signed_pem);
-    }
-    chain.push_str(&trust.root.cert_pem);
-    let trusted = trust.trusted();
-    let agents = server_config(&trusted, &chain, &key, ClientAuth::Optional)?;
-    let clients = server_config(&trusted, &chain, &key, ClientAuth::Required)?;
-    let (from, until) = validity_of(&issued.cert_pem)?;
-    Ok((agents, clients, renew_at(from, until)))
-}
-
-/// The manager's own certificate lives a week and is renewed well before, whatever the
-/// nodes' lifetime is set to.
-const MANAGER_CERT_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Makes the root CA and join tokens on a cluster's first start.
-pub fn ensure_trust(s: &mut StoreState) -> ApiResult<()> {
-    if s.meta.trust.is_none() {
-        let mut meta = s.meta.clone();
-        meta.trust = Some(Trust::generate(&meta.cluster_id).map_err(pki_error)?);
-        s.put_meta(meta);
-    }
-    Ok(())
-}
-
-fn pki_error(e: PkiError) -> ApiError {
-    match e {
-        PkiError::BadRequest(_) | PkiError::BadCertificate(_) | PkiError::BadKey(_) => {
-            ApiError::BadRequest(e.to_string())
-        }
-        e => ApiError::Internal(e.to_string()),
-    }
-}
 
 /// Renews the manager's certificate when it is due; runs for the manager's life.
 pub async fn renew_own(m: Shared) {
@@ -285,10 +194,6 @@ pub async fn join(
         "joined"
     );
     Ok(Json(issued))
-}
-
-fn no_trust() -> ApiError {
-    ApiError::Internal("the cluster has no CA yet: restart the manager".into())
 }
 
 fn new_node(s: &StoreState, req: &RegisterRequest) -> ApiResult<Node> {
@@ -528,12 +433,4 @@ pub fn swarm_fields(meta: &crate::model::Meta) -> serde_json::Value {
         "TLSInfo": { "TrustRoot": trust.root.cert_pem },
         "RootRotationInProgress": trust.previous.is_some(),
     })
-}
-
-/// A loopback port free now, for the clients' TLS listener (kept in the store from then on).
-pub fn free_loopback_port() -> ApiResult<u16> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ApiError::Internal(format!("finding a free loopback port: {e}")))
 }
