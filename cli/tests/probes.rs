@@ -340,6 +340,43 @@ fn every_probe_of_the_control_plane_from_a_worker_or_a_task_is_refused() {
         "a worker's report moved node1's task"
     );
 
+    // The clients' TLS listener (loopback, on the manager's machine) serves the Engine API,
+    // but a worker's certificate gets docker's answer, and no certificate no connection.
+    let env = c.sk(&["cluster", "env", "--tls"]).ok().stdout;
+    let host = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export DOCKER_HOST=tcp://"))
+        .expect("env --tls prints DOCKER_HOST")
+        .trim()
+        .to_string();
+    let client = |cert: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--max-time", "10", "--cacert"])
+            .arg(&root)
+            .args(cert)
+            .arg(format!("https://{host}/services"))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let cert = worker.join("cert.pem");
+    let key = worker.join("key.pem");
+    let (code, out) = client(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        code == 0 && out.ends_with("403") && out.contains("not a swarm manager"),
+        "a worker's certificate on the clients' listener: {code} {out}"
+    );
+    let (code, out) = client(&[]);
+    assert_ne!(code, 0, "no certificate on the clients' listener: {out}");
+
     // A removed node's certificate is refused at once.
     let node3 = keep_creds(&c, "node3", "removed");
     c.sk(&["node", "kill", "node3"]).ok();

@@ -22,11 +22,11 @@ use super::listen::Peer;
 use super::shared::Shared;
 use super::tls::{no_trust, pki_error};
 use crate::model::{Node, NodeState};
+use crate::pki::Role;
 use crate::pki::ca::Subject;
 use crate::pki::identity::Identity;
 use crate::pki::token::JoinToken;
 use crate::pki::trust::Trust;
-use crate::pki::Role;
 use crate::protocol::{Issued, JoinRequest, RegisterRequest, RenewRequest};
 use crate::store::State as StoreState;
 
