@@ -29,7 +29,7 @@ pub const MESH_LABEL: &str = "swarmkit.mesh";
 /// (`ready`) or not yet (`pending`): `cluster up` returns once every node's is ready.
 pub const DATAPLANE_LABEL: &str = "swarmkit.dataplane";
 
-pub fn to_api(n: &Node, applied: u64) -> ApiNode {
+pub fn to_api(n: &Node, applied: u64, trust: Option<&crate::pki::trust::Trust>) -> ApiNode {
     ApiNode {
         id: Some(n.id.clone()),
         version: Some(ObjectVersion {
@@ -74,6 +74,7 @@ pub fn to_api(n: &Node, applied: u64) -> ApiNode {
                 ])),
                 plugins: None,
             }),
+            tls_info: super::trust::node_tls_info(trust, &n.cert_root),
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -145,7 +146,7 @@ pub async fn list(
     Ok(Json(
         s.nodes
             .values()
-            .map(|n| to_api(n, m.ack_of(&n.id)))
+            .map(|n| to_api(n, m.ack_of(&n.id), s.meta.trust.as_ref()))
             .filter(|n| matches(n, &filters))
             .collect(),
     ))
@@ -154,7 +155,7 @@ pub async fn list(
 pub async fn inspect(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<ApiNode>> {
     let s = m.store.snapshot();
     let n = find(&s.nodes, &id, |n| &n.hostname, "node")?;
-    Ok(Json(to_api(n, m.ack_of(&n.id))))
+    Ok(Json(to_api(n, m.ack_of(&n.id), s.meta.trust.as_ref())))
 }
 
 #[derive(Deserialize)]

@@ -134,6 +134,12 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
                 created_at: s.meta.created,
                 updated_at: s.meta.created,
                 spec: Some(swarm_spec(&s.meta, m.heartbeat.period)),
+                tls_info: s
+                    .meta
+                    .trust
+                    .as_ref()
+                    .map(|t| super::trust::cluster_tls_info(&t.root.cert_pem)),
+                root_rotation_in_progress: s.meta.trust.as_ref().map(|t| t.previous.is_some()),
                 data_path_port: Some(u32::from(s.meta.data_port())),
                 default_addr_pool: Some(vec![crate::ipam::DEFAULT_POOL.into()]),
                 subnet_size: Some(24),

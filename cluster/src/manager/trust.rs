@@ -423,6 +423,27 @@ pub async fn swarm_update(
     Ok(())
 }
 
+/// The root a node's certificate chains to, as docker's node inspect shows it (`docker swarm
+/// ca --rotate` counts the nodes whose root is the cluster's).
+pub fn node_tls_info(trust: Option<&Trust>, cert_root: &str) -> Option<bollard::models::TlsInfo> {
+    let trust = trust?;
+    let root = if cert_root == trust.root_id() {
+        &trust.root
+    } else {
+        &trust.previous.as_ref()?.root
+    };
+    Some(cluster_tls_info(&root.cert_pem))
+}
+
+/// docker's TLSInfo of a root: its PEM (issuer subject and key are left out: they are the
+/// root's own and docker compares them only with each other).
+pub fn cluster_tls_info(root_pem: &str) -> bollard::models::TlsInfo {
+    bollard::models::TlsInfo {
+        trust_root: Some(root_pem.to_string()),
+        ..Default::default()
+    }
+}
+
 /// What `GET /swarm` says of the cluster's trust, in docker's fields.
 pub fn swarm_fields(meta: &crate::model::Meta) -> serde_json::Value {
     let Some(trust) = &meta.trust else {
