@@ -83,6 +83,15 @@ pub struct TaskPlan {
     /// Between SIGTERM and SIGKILL when the task stops (`--stop-grace-period`).
     #[serde(default)]
     pub stop_grace_ms: u64,
+    /// `--user`: `user[:group]`, names resolved on the node; empty: root.
+    #[serde(default)]
+    pub user: String,
+    /// `--workdir`; empty: `/`.
+    #[serde(default)]
+    pub dir: String,
+    /// `--sysctl`: network sysctls set in the task's namespace before it starts.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

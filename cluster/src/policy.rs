@@ -132,6 +132,21 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// A task's hostname from `--hostname`, with docker's templates for the task at hand
+/// (`{{.Service.Name}}`, `{{.Task.Slot}}`, `{{.Task.Name}}`, `{{.Task.ID}}`,
+/// `{{.Node.Hostname}}`, `{{.Node.ID}}`); None: the task's own ID, as docker does.
+pub fn hostname(template: &str, fields: &[(&str, &str)]) -> Option<String> {
+    if template.is_empty() {
+        return None;
+    }
+    let mut out = template.to_string();
+    for (name, value) in fields {
+        out = out.replace(&format!("{{{{{name}}}}}"), value);
+        out = out.replace(&format!("{{{{ {name} }}}}"), value);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

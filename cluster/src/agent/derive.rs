@@ -366,6 +366,9 @@ mod tests {
             start_after: None,
             host_ports: vec![],
             stop_grace_ms: 0,
+            user: String::new(),
+            dir: String::new(),
+            sysctls: Default::default(),
         }
     }
 

@@ -52,6 +52,50 @@ pub fn write_files(dir: &Path, task: &TaskPlan) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Who a task runs as (`--user user[:group]`), resolved on the node before the fork: names
+/// through the node's passwd and group databases, numbers as they are.
+struct RunAs {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    home: String,
+}
+
+fn resolve_user(spec: &str) -> std::io::Result<Option<RunAs>> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if spec.is_empty() {
+        return Ok(None);
+    }
+    let unknown = |what: &str, name: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no {what} {name:?} on this node: give one its /etc/{what_file} has, or a number",
+                what_file = if what == "user" { "passwd" } else { "group" }
+            ),
+        )
+    };
+    let (user, group) = spec.split_once(':').unwrap_or((spec, ""));
+    let entry = match user.parse::<u32>() {
+        Ok(n) => User::from_uid(Uid::from_raw(n))?,
+        Err(_) => Some(User::from_name(user)?.ok_or_else(|| unknown("user", user))?),
+    };
+    let uid = entry
+        .as_ref()
+        .map_or_else(|| Uid::from_raw(user.parse().unwrap_or(0)), |e| e.uid);
+    let gid = match group {
+        "" => entry.as_ref().map_or(Gid::from_raw(0), |e| e.gid),
+        g => match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => Group::from_name(g)?.ok_or_else(|| unknown("group", g))?.gid,
+        },
+    };
+    Ok(Some(RunAs {
+        uid,
+        gid,
+        home: entry.map_or_else(|| "/".to_string(), |e| e.dir.to_string_lossy().into_owned()),
+    }))
+}
+
 fn cstr(task: &str, what: &'static str, s: &str) -> Result<CString, ProcessError> {
     CString::new(s).map_err(|e| ProcessError::Prepare {
         task: task.to_string(),
@@ -129,6 +173,16 @@ pub fn spawn(
         })
         .collect::<Result<_, ProcessError>>()?;
     let hostname = task.hostname.clone();
+    let user = resolve_user(&task.user).map_err(|e| ProcessError::Prepare {
+        task: task.name.clone(),
+        what: "its --user",
+        source: e,
+    })?;
+    let workdir = cstr(
+        &task.name,
+        "working directory",
+        if task.dir.is_empty() { "/" } else { &task.dir },
+    )?;
     let net_fd = ns.raw_fd();
     let mounts_fd = mounts.map(|m| m.0.as_raw_fd());
 
@@ -140,6 +194,7 @@ pub fn spawn(
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("HOSTNAME", &task.hostname)
+        .env("HOME", user.as_ref().map_or("/root", |u| u.home.as_str()))
         .env(images::ENV_TASK_ID, &task.id)
         .env(images::ENV_TASK_NAME, &task.name)
         .env(
@@ -154,8 +209,7 @@ pub fn spawn(
         .stdin(Stdio::null())
         // FIFOs the agent reads (see logs.rs), which keeps the streams apart for `service logs`.
         .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .current_dir("/");
+        .stderr(Stdio::from(stderr));
     for kv in &task.env {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
@@ -192,6 +246,13 @@ pub fn spawn(
             }
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
+            // Last: everything above needs root.
+            if let Some(u) = &user {
+                nix::unistd::setgroups(&[u.gid]).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
+                nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
+            }
             // The task gets stdin, stdout and stderr only. Rust opens its descriptors
             // close-on-exec, but libnftables' netlink sockets (one per namespace the agent
             // programs) are not, and would leak into every task. Best effort: a kernel before

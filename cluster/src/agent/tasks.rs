@@ -350,6 +350,12 @@ impl Tasks {
 
     async fn start(&mut self, t: &TaskPlan, dataplane: &Dataplane) -> anyhow::Result<()> {
         let ns = NetNs::create(&self.paths.task_ns(&t.id))?;
+        // As docker's containers: a task that is not root may still serve on port 80.
+        ns.set_sysctl("net/ipv4/ip_unprivileged_port_start", "0")?;
+        for (key, value) in &t.sysctls {
+            ns.set_sysctl(&key.replace('.', "/"), value)
+                .with_context(|| format!("--sysctl {key}={value}"))?;
+        }
         netcore::link::loopback_up(&ns).await?;
         for a in &t.attachments {
             dataplane.attach(&a.network_id, &ns, a).await?;

@@ -289,6 +289,14 @@ pub fn peer_keys_of_net(state: &State, idx: &Index, net: &str) -> Vec<PeerKey> {
     keys
 }
 
+fn node_hostname(state: &State, id: &str) -> String {
+    state
+        .nodes
+        .get(id)
+        .map(|n| n.hostname.clone())
+        .unwrap_or_default()
+}
+
 pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan> {
     if idx.live.get(id).is_none_or(|l| l.node != node) {
         return None;
@@ -312,7 +320,27 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         image: service.image(),
         args,
         env: container.env.clone().unwrap_or_default(),
-        hostname: t.id[..12.min(t.id.len())].to_string(),
+        hostname: crate::policy::hostname(
+            container.hostname.as_deref().unwrap_or_default(),
+            &[
+                (".Service.Name", &service.name),
+                (".Service.ID", &service.id),
+                (".Task.Slot", &t.slot.to_string()),
+                (".Task.ID", &t.id),
+                (".Task.Name", &task_name(&service.name, t)),
+                (".Node.ID", &t.node_id),
+                (".Node.Hostname", &node_hostname(state, &t.node_id)),
+            ],
+        )
+        .unwrap_or_else(|| t.id[..12.min(t.id.len())].to_string()),
+        user: container.user.clone().unwrap_or_default(),
+        dir: container.dir.clone().unwrap_or_default(),
+        sysctls: container
+            .sysctls
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         attachments: t
             .attachments
             .iter()

@@ -22,6 +22,7 @@ mod logstore;
 mod lookup;
 mod networks;
 mod nodes;
+mod options;
 mod rotation;
 mod services;
 mod shared;

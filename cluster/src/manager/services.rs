@@ -16,7 +16,7 @@ use bollard::models::{
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{self, Query};
+use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::shared::Shared;
 use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
@@ -110,6 +110,7 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
 
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
+    super::options::check(spec)?;
     Ok(())
 }
 
@@ -348,7 +349,7 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
 
 pub async fn create(
     State(m): State<Shared>,
-    extract::Json(spec): extract::Json<ServiceSpec>,
+    super::options::Spec(spec): super::options::Spec,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let id = m.update(|s| create_in(s, spec))?;
     Ok((
@@ -487,7 +488,7 @@ pub async fn update(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<UpdateQuery>,
-    extract::Json(spec): extract::Json<ServiceSpec>,
+    super::options::Spec(spec): super::options::Spec,
 ) -> ApiResult<Json<serde_json::Value>> {
     m.update(|s| {
         let old = find(&s.services, &id, |x| &x.name, "service")?.clone();

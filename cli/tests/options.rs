@@ -1,0 +1,134 @@
+//! A task's options, given with the stock docker CLI: each one swarmkit honours is seen from
+//! inside the running task, and each one it does not is refused by name with nothing created
+//! (docker Swarm would accept and ignore them).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+
+fn docker(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("timeout")
+        .args(["--kill-after=5", "120", "docker"])
+        .args(args)
+        .env(
+            "DOCKER_HOST",
+            format!("unix:///run/swarmkit/{}/manager.sock", c.name),
+        )
+        .output()
+        .expect("the docker CLI is installed (scripts/setup)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A field of /proc/PID/status, e.g. "Uid".
+fn status_field(pid: i32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn hostname_user_workdir_and_sysctls_reach_the_task() {
+    require_root!();
+    let c = Cluster::up("opts", 2);
+    let (code, _, err) = docker(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--replicas",
+            "2",
+            "--hostname",
+            "{{.Service.Name}}-{{.Task.Slot}}",
+            "--user",
+            "nobody",
+            "--workdir",
+            "/tmp",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            "-p",
+            "8080:80",
+            "whoami",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for slot in [1u64, 2] {
+        let pid = c.task_pid("app", slot);
+        // The task's own process: its uid and gid, its working directory.
+        assert_eq!(
+            status_field(pid, "Uid"),
+            "65534",
+            "slot {slot} runs as nobody"
+        );
+        assert_eq!(status_field(pid, "Gid"), "65534");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+            std::path::Path::new("/tmp")
+        );
+        // Its UTS and network namespaces, as a shell in them sees them.
+        let task = format!("app.{slot}");
+        let r = c.task(&task, "hostname; cat /proc/sys/net/ipv4/ip_forward");
+        assert_eq!(r.stdout, format!("app-{slot}\n1\n"), "{}", r.stderr);
+    }
+    // A task that is not root still serves on port 80 (docker's unprivileged port start),
+    // and answers through the mesh with its templated hostname.
+    let body = common::eventually("the mesh to answer", Duration::from_secs(20), || {
+        c.curl("node1", "http://localhost:8080")
+    });
+    assert!(body.contains("Hostname: app-"), "{body}");
+}
+
+#[test]
+fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
+    require_root!();
+    let c = Cluster::up("optsno", 1);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--mount", "type=volume,source=v,target=/data"], "--mount"),
+        (&["--health-cmd", "false"], "--health-cmd"),
+        (&["--limit-memory", "64m"], "--limit-memory"),
+        (&["--reserve-cpu", "1"], "--reserve-cpu"),
+        (&["--init"], "--init"),
+        (&["--read-only"], "--read-only"),
+        (&["--cap-add", "NET_ADMIN"], "--cap-add"),
+        (&["--stop-signal", "SIGINT"], "--stop-signal"),
+        (&["--dns", "9.9.9.9"], "--dns"),
+        (&["--host", "db:10.0.0.9"], "--host"),
+        (&["--sysctl", "kernel.shmmax=1"], "only network sysctls"),
+        (&["--user", "a b"], "invalid --user"),
+        (&["--hostname", "not a host"], "invalid --hostname"),
+    ];
+    for (options, named) in cases {
+        let mut args = vec!["service", "create", "--detach", "--name", "x"];
+        args.extend_from_slice(options);
+        args.push("whoami");
+        let (code, _, err) = docker(&c, &args);
+        assert_ne!(code, 0, "{options:?} was accepted");
+        assert!(err.contains(named), "{options:?}: {err}");
+    }
+    let (_, out, _) = docker(&c, &["service", "ls", "-q"]);
+    assert_eq!(out.trim(), "", "a refused service was created");
+    // The same through an update: refused, the service as it was.
+    let (code, _, err) = docker(
+        &c,
+        &["service", "create", "--detach", "--name", "y", "whoami"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let before = c.api("/services/y")["Version"]["Index"].clone();
+    let (code, _, err) = docker(&c, &["service", "update", "--limit-memory", "64m", "y"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--limit-memory"), "{err}");
+    assert_eq!(c.api("/services/y")["Version"]["Index"], before);
+}

@@ -1,0 +1,388 @@
+//! Which of a task's options swarmkit honours, and the refusal of every other one by name.
+//! Docker Swarm accepts options it then ignores (its users' most common complaint); here an
+//! option is either done (`hostname`, `user`, `workdir`, network `sysctls`, ...) or refused
+//! with a 400 that names the flag, so a spec never means more than what runs.
+
+use axum::extract::{FromRequest, Request};
+use bollard::models::{ServiceSpec, TaskSpecContainerSpec};
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+
+/// A service spec from a request body, refused when it carries a field the API's type does not
+/// know: such a field would otherwise be dropped without a word (docker's CLI sends
+/// `--health-cmd` as `ContainerSpec.Healthcheck`, which the swagger spells `HealthCheck`).
+pub struct Spec(pub ServiceSpec);
+
+impl<S: Send + Sync> FromRequest<S> for Spec {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let super::extract::Json(raw) =
+            super::extract::Json::<Value>::from_request(req, state).await?;
+        let spec: ServiceSpec = serde_json::from_value(raw.clone()).map_err(|e| {
+            ApiError::BadRequest(format!("the request body does not fit the API's type: {e}"))
+        })?;
+        let kept = serde_json::to_value(&spec).unwrap_or(Value::Null);
+        let mut dropped = Vec::new();
+        dropped_fields(&raw, &kept, "", &mut dropped);
+        if dropped.is_empty() {
+            return Ok(Spec(spec));
+        }
+        let named: Vec<String> = dropped
+            .iter()
+            .map(|path| match flag_of(path) {
+                Some(flag) => format!("{flag} ({path})"),
+                None => path.clone(),
+            })
+            .collect();
+        Err(ApiError::BadRequest(format!(
+            "swarmkit does not do {} yet: remove {}. It refuses what it would otherwise \
+             ignore; the options it honours are listed in its README (Options)",
+            named.join(", "),
+            if named.len() == 1 { "it" } else { "them" }
+        )))
+    }
+}
+
+/// docker's flag for a field its CLI sends under a name the API's type lacks.
+fn flag_of(path: &str) -> Option<&'static str> {
+    match path {
+        "TaskTemplate.ContainerSpec.Healthcheck" => Some("--health-cmd"),
+        _ => None,
+    }
+}
+
+/// Paths of the fields set in `raw` (not null, not empty) that parsing dropped from `kept`.
+fn dropped_fields(raw: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    match (raw, kept) {
+        (Value::Object(r), Value::Object(k)) => {
+            for (key, value) in r {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => dropped_fields(value, kv, &path, out),
+                    None if !empty(value) => out.push(path),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(r), Value::Array(k)) => {
+            for (i, (rv, kv)) in r.iter().zip(k).enumerate() {
+                dropped_fields(rv, kv, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Refuses a spec that sets an option swarmkit does not do; checks the form of the ones it
+/// does (`user`, `sysctls`).
+pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
+    let Some(task) = &spec.task_template else {
+        return Ok(());
+    };
+    let mut refused: Vec<&str> = Vec::new();
+    if let Some(c) = &task.container_spec {
+        refused.extend(unsupported_container(c));
+        check_user(c.user.as_deref().unwrap_or_default())?;
+        check_hostname(c.hostname.as_deref().unwrap_or_default())?;
+        for (key, value) in c.sysctls.iter().flatten() {
+            check_sysctl(key, value)?;
+        }
+    }
+    if let Some(r) = &task.resources {
+        let limits = r.limits.clone().unwrap_or_default();
+        let reserve = r.reservations.clone().unwrap_or_default();
+        let set = |v: Option<i64>| v.is_some_and(|v| v != 0);
+        if set(limits.nano_cpus) {
+            refused.push("--limit-cpu");
+        }
+        if set(limits.memory_bytes) {
+            refused.push("--limit-memory");
+        }
+        if set(limits.pids) {
+            refused.push("--limit-pids");
+        }
+        if set(reserve.nano_cpus) {
+            refused.push("--reserve-cpu");
+        }
+        if set(reserve.memory_bytes) {
+            refused.push("--reserve-memory");
+        }
+        if reserve
+            .generic_resources
+            .as_ref()
+            .is_some_and(|g| !g.is_empty())
+        {
+            refused.push("--generic-resource");
+        }
+    }
+    if task
+        .log_driver
+        .as_ref()
+        .and_then(|l| l.name.as_deref())
+        .is_some_and(|n| !n.is_empty())
+    {
+        refused.push("--log-driver");
+    }
+    match refused.first() {
+        None => Ok(()),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "swarmkit does not do {} yet: remove {}. It refuses what it would otherwise \
+             ignore; the options it honours are listed in its README (Options)",
+            refused.join(", "),
+            if refused.len() == 1 { "it" } else { "them" }
+        ))),
+    }
+}
+
+/// The container options set in `c` that no part of swarmkit carries out, by docker's flag.
+fn some<T>(v: &Option<Vec<T>>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_empty())
+}
+
+fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
+    let yes = |v: Option<bool>| v == Some(true);
+    let mut refused = Vec::new();
+    if some(&c.mounts) {
+        refused.push("--mount");
+    }
+    // docker's NONE is "no healthcheck", which is what runs.
+    if let Some(h) = &c.health_check
+        && h.test
+            .as_ref()
+            .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
+    {
+        refused.push("--health-cmd");
+    }
+    if yes(c.init) {
+        refused.push("--init");
+    }
+    if yes(c.read_only) {
+        refused.push("--read-only");
+    }
+    if yes(c.tty) {
+        refused.push("--tty");
+    }
+    if some(&c.capability_add) {
+        refused.push("--cap-add");
+    }
+    if some(&c.capability_drop) {
+        refused.push("--cap-drop");
+    }
+    if c.stop_signal.as_deref().is_some_and(|s| !s.is_empty()) {
+        refused.push("--stop-signal");
+    }
+    if some(&c.groups) {
+        refused.push("--group");
+    }
+    if some(&c.secrets) {
+        refused.push("--secret");
+    }
+    if some(&c.configs) {
+        refused.push("--config");
+    }
+    if some(&c.hosts) {
+        refused.push("--host");
+    }
+    if some(&c.ulimits) {
+        refused.push("--ulimit");
+    }
+    if c.oom_score_adj.is_some_and(|v| v != 0) {
+        refused.push("--oom-score-adj");
+    }
+    if let Some(d) = &c.dns_config {
+        if some(&d.nameservers) {
+            refused.push("--dns");
+        }
+        if some(&d.search) {
+            refused.push("--dns-search");
+        }
+        if some(&d.options) {
+            refused.push("--dns-option");
+        }
+    }
+    if c.privileges.as_ref().is_some_and(|p| {
+        p.credential_spec.is_some()
+            || p.se_linux_context.is_some()
+            || p.seccomp.is_some()
+            || p.app_armor.is_some()
+            || p.no_new_privileges == Some(true)
+    }) {
+        refused.push("--credential-spec/--security-opt");
+    }
+    refused
+}
+
+/// `user[:group]`, each a name or a number, as `docker service create --user` takes it; the
+/// node resolves names when it starts the task.
+fn check_user(user: &str) -> ApiResult<()> {
+    if user.is_empty() {
+        return Ok(());
+    }
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !valid(u) || (user.contains(':') && !valid(g)) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --user {user:?}: give a user name or uid, optionally :group or :gid \
+             (e.g. nobody, 1000:1000)"
+        )));
+    }
+    Ok(())
+}
+
+/// A hostname, or one of docker's templates for it (letters, digits, '-', '.', and `{{ }}`
+/// around a field).
+fn check_hostname(h: &str) -> ApiResult<()> {
+    let plain = h.replace(['{', '}', ' '], "");
+    if h.len() > 63
+        || !plain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        || (h.contains(' ') && !h.contains("{{"))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --hostname {h:?}: give a hostname (letters, digits, '-', '.'; at most 63), \
+             or a template such as {{{{.Service.Name}}}}-{{{{.Task.Slot}}}}"
+        )));
+    }
+    Ok(())
+}
+
+/// Only what lives in the task's own network namespace can be set for it: the rest of the
+/// kernel is the node's.
+fn check_sysctl(key: &str, value: &str) -> ApiResult<()> {
+    let well_formed = key.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    });
+    if !key.starts_with("net.") || !well_formed {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --sysctl {key}: only network sysctls (net.*) can be set for a task, in its \
+             own network namespace; the rest of the kernel is the node's"
+        )));
+    }
+    if value.is_empty() || value.contains(['\n', '/']) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --sysctl {key}={value:?}: give a value, e.g. {key}=1"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{HealthConfig, Limit, TaskSpec, TaskSpecResources};
+
+    fn spec(c: TaskSpecContainerSpec, r: Option<TaskSpecResources>) -> ServiceSpec {
+        ServiceSpec {
+            task_template: Some(TaskSpec {
+                container_spec: Some(c),
+                resources: r,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_the_docker_cli_sends_by_default_passes() {
+        let c = TaskSpecContainerSpec {
+            image: Some("whoami".into()),
+            init: Some(false),
+            dns_config: Some(Default::default()),
+            ..Default::default()
+        };
+        let r = TaskSpecResources {
+            limits: Some(Default::default()),
+            reservations: Some(Default::default()),
+            ..Default::default()
+        };
+        check(&spec(c, Some(r))).unwrap();
+    }
+
+    #[test]
+    fn an_option_not_done_is_refused_by_its_flag() {
+        let c = TaskSpecContainerSpec {
+            health_check: Some(HealthConfig {
+                test: Some(vec!["CMD".into(), "false".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = TaskSpecResources {
+            limits: Some(Limit {
+                memory_bytes: Some(64 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = check(&spec(c, Some(r))).unwrap_err().to_string();
+        assert!(e.contains("--health-cmd, --limit-memory"), "{e}");
+        let none = TaskSpecContainerSpec {
+            health_check: Some(HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        check(&spec(none, None)).unwrap();
+    }
+
+    #[test]
+    fn users_and_sysctls_are_checked_for_form() {
+        for ok in ["nobody", "1000", "1000:1000", "www-data:www-data"] {
+            check_user(ok).unwrap();
+        }
+        for bad in ["a b", "x:", ":x", "../x", "a\n"] {
+            assert!(check_user(bad).is_err(), "{bad}");
+        }
+        check_sysctl("net.ipv4.ip_forward", "1").unwrap();
+        assert!(check_sysctl("kernel.shmmax", "1").is_err());
+        assert!(check_sysctl("net..x", "1").is_err());
+        assert!(check_sysctl("net.ipv4.ip_forward", "").is_err());
+        assert!(check_sysctl("net.ipv4/../x", "1").is_err());
+    }
+
+    #[test]
+    fn fields_the_type_does_not_know_are_named() {
+        let raw = serde_json::json!({
+            "Name": "w",
+            "Labels": {"any": "thing"},
+            "TaskTemplate": {"ContainerSpec": {"Image": "whoami", "Healthcheck": {"Test": ["CMD", "false"]},
+                             "Nonsense": null}},
+            "Bogus": [1],
+        });
+        let spec: ServiceSpec = serde_json::from_value(raw.clone()).unwrap();
+        let mut out = Vec::new();
+        dropped_fields(&raw, &serde_json::to_value(&spec).unwrap(), "", &mut out);
+        out.sort();
+        assert_eq!(out, ["Bogus", "TaskTemplate.ContainerSpec.Healthcheck"]);
+    }
+
+    #[test]
+    fn hostnames_are_checked_for_form() {
+        check_hostname("{{.Service.Name}}-{{.Task.Slot}}").unwrap();
+        check_hostname("db.internal").unwrap();
+        assert!(check_hostname("a b").is_err());
+        assert!(check_hostname(&"x".repeat(64)).is_err());
+    }
+}
