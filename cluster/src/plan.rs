@@ -83,14 +83,15 @@ pub struct TaskPlan {
     /// Between SIGTERM and SIGKILL when the task stops (`--stop-grace-period`).
     #[serde(default)]
     pub stop_grace_ms: u64,
-    /// `--user`: `user[:group]`, names resolved on the node; empty: root.
-    #[serde(default)]
+    /// `--user`: `user[:group]`, names resolved on the node; empty: root. (Empty options are
+    /// left out of the plan's bytes, which every node receives for every task.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
     /// `--workdir`; empty: `/`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dir: String,
     /// `--sysctl`: network sysctls set in the task's namespace before it starts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
 }
 
