@@ -143,7 +143,6 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
                 data_path_port: Some(u32::from(s.meta.data_port())),
                 default_addr_pool: Some(vec![crate::ipam::DEFAULT_POOL.into()]),
                 subnet_size: Some(24),
-                ..Default::default()
             }),
         }),
         ..Default::default()
