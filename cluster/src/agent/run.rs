@@ -76,11 +76,11 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
 
     let (plan_tx, plan_rx) = watch::channel::<Latest>(None);
-    let renewal = Renewal {
-        client: client.clone(),
-        dir: credentials::dir(&paths, hostname),
-        credentials,
-    };
+    let renewal = Renewal::new(
+        client.clone(),
+        credentials::dir(&paths, hostname),
+        &credentials,
+    );
     tokio::spawn(poll_plans(client.clone(), renewal, plan_tx));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let logs = LogSink::start(client.clone());
@@ -323,17 +323,25 @@ pub const ENV_JOIN_TOKEN: &str = "SWARMKIT_JOIN_TOKEN";
 struct Renewal {
     client: ManagerClient,
     dir: std::path::PathBuf,
-    credentials: Credentials,
+    /// Drawn once per certificate: drawn at every poll, the earliest point of the window
+    /// would win almost at once.
+    renew_at: chrono::DateTime<chrono::Utc>,
+    /// The root the credentials trust, read once.
+    root_id: String,
 }
 
 impl Renewal {
-    fn due(&self, root_id: &str) -> bool {
-        (!root_id.is_empty() && root_id != self.credentials.root_id())
-            || chrono::Utc::now() >= self.renew_at()
+    fn new(client: ManagerClient, dir: std::path::PathBuf, credentials: &Credentials) -> Renewal {
+        Renewal {
+            client,
+            dir,
+            renew_at: credentials.renew_at(),
+            root_id: credentials.root_id(),
+        }
     }
 
-    fn renew_at(&self) -> chrono::DateTime<chrono::Utc> {
-        self.credentials.renew_at()
+    fn due(&self, root_id: &str) -> bool {
+        (!root_id.is_empty() && root_id != self.root_id) || chrono::Utc::now() >= self.renew_at
     }
 
     /// A new key, a certificate for it, kept and dialled with from now on.
@@ -343,7 +351,8 @@ impl Renewal {
         let creds = Credentials::from_issued(key_pem, &issued);
         creds.save(&self.dir)?;
         self.client.set_tls(creds.tls()?);
-        self.credentials = creds;
+        self.renew_at = creds.renew_at();
+        self.root_id = creds.root_id();
         tracing::info!("renewed the node's certificate");
         Ok(())
     }
