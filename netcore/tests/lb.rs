@@ -528,8 +528,9 @@ fn a_client_reusing_its_port_right_after_its_backend_left_is_served() {
 }
 
 /// A TCP connection a backend accepted outlives the backend's leaving: the task drains what
-/// is under way during its grace period, so the driver keeps the entries of connections that
-/// are open when it forgets the departed backend's others.
+/// is under way during its grace period, so the driver forgets only the entries the departed
+/// backend never answered. Deleting this one would send the connection's next packet to b1,
+/// which resets it.
 #[test]
 fn a_departed_backend_drains_the_connections_it_accepted() {
     use std::io::Write;
