@@ -110,8 +110,9 @@ fn stale(entries: Vec<Entry>, departed: &[Departure]) -> Vec<Vec<ConntrackAttrib
 /// What a dump asks the kernel to leave out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Filter {
-    /// Entries that saw a reply.
+    /// Leaves out the entries that saw a reply: all but the unanswered.
     Unanswered,
+    /// Leaves out nothing.
     None,
 }
 
