@@ -138,6 +138,12 @@ pub enum LbError {
         #[source]
         source: std::io::Error,
     },
+    #[error("ctnetlink {op}: {source}")]
+    Conntrack {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("generic netlink family {0:?} is not available in this kernel")]
     FamilyMissing(&'static str),
     #[error("malformed generic netlink reply: {0}")]

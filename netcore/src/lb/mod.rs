@@ -10,15 +10,20 @@
 //! - [`api`]: virtual services, the [`LoadBalancer`] trait, [`LbError`] (re-exported here);
 //! - [`ipvs`] (with [`ipvs_msg`] and `genl`, its generic netlink messages and socket) and
 //!   [`nft`]: the two drivers;
-//! - `hairpin`: the set of VIP backends both drivers masquerade back to themselves.
+//! - `hairpin`: the set of VIP backends both drivers masquerade back to themselves;
+//! - `conntrack`: forgetting the conntrack entries that would keep a client on a backend
+//!   that left (the nftables driver's; IPVS keeps its own connection table, and Swarm's
+//!   `expire_nodest_conn` already expires a removed destination's connections there).
 //!
 //! This module is the factory ([`new`], [`probe`]) and what a namespace that balances needs
-//! beside a driver (conntrack settings). The drivers name `api` and `hairpin`, never this
-//! module, and send their nftables batches through the runner below (`crate::nft`).
+//! beside a driver (conntrack settings). The drivers name `api`, `hairpin` and `conntrack`,
+//! never this module, and send their nftables batches through the runner below
+//! (`crate::nft`).
 
 use crate::netns::{NetNs, NetNsError};
 
 pub mod api;
+mod conntrack;
 mod genl;
 mod hairpin;
 pub mod ipvs;
@@ -65,7 +70,9 @@ pub fn new(driver: Driver, ns: NetNs) -> Box<dyn LoadBalancer> {
 /// decided once per entry. The kernel keeps such entries 120 s (SYN_SENT) and 10 s (CLOSE),
 /// and a client opening thousands of connections a second is back on a port within seconds.
 /// A client still retransmitting to a dead backend gets a fresh entry, and so a live
-/// backend, once its retransmissions are further apart than this.
+/// backend, once its retransmissions are further apart than this. The nftables driver also
+/// deletes such entries when a backend leaves (`conntrack`); these timeouts bound what a
+/// failed delete, or an entry of a backend that stopped answering without leaving, costs.
 pub const CONNTRACK_TIMEOUTS: [(&str, &str); 2] = [
     ("net/netfilter/nf_conntrack_tcp_timeout_syn_sent", "3"),
     ("net/netfilter/nf_conntrack_tcp_timeout_close", "1"),

@@ -15,6 +15,7 @@ use super::api::{
     Driver, Frontend, LbError, LoadBalancer, ServiceMap, VirtualService, by_mark,
     has_port_frontend, validate,
 };
+use super::conntrack::{self, Departure};
 use super::hairpin;
 use crate::netns::NetNs;
 use crate::nft::NftBatch;
@@ -71,6 +72,7 @@ impl NftLb {
             make,
             retire,
             offsets,
+            departed: conntrack::departures(old, &new),
             services: new,
         })
     }
@@ -144,6 +146,7 @@ impl NftLb {
             make,
             retire,
             offsets,
+            departed: conntrack::departures(&old, &new),
             services: new,
             gone,
             refs,
@@ -162,6 +165,9 @@ pub struct ChangePlan {
     /// Marks that leave.
     gone: Vec<u32>,
     refs: hairpin::RefChanges,
+    /// Backends the changed services lose, whose conntrack entries are forgotten once the
+    /// batches ran.
+    departed: Vec<Departure>,
 }
 
 /// One apply: `make` adds and switches, then `retire` deletes what nothing uses any more (see
@@ -172,6 +178,8 @@ pub struct Plan {
     offsets: Offsets,
     /// What the kernel holds once both batches ran.
     services: ServiceMap,
+    /// As in [`ChangePlan`].
+    departed: Vec<Departure>,
 }
 
 impl Plan {
@@ -188,6 +196,9 @@ impl LoadBalancer for NftLb {
     fn apply(&mut self, desired: &[VirtualService]) -> Result<(), LbError> {
         let plan = self.plan(desired)?;
         self.run(&plan.make, &plan.retire, has_port_frontend(desired))?;
+        // Only now, with the departed backends out of every rotation, does a forgotten
+        // entry's next packet get a live backend.
+        conntrack::forget(&self.ns, &plan.departed);
         self.hairpin = hairpin::refs(&plan.services);
         self.applied = Some(plan.services);
         self.offsets = plan.offsets;
@@ -207,6 +218,7 @@ impl LoadBalancer for NftLb {
             .values()
             .any(|s| matches!(s.frontend, Frontend::Port { .. }));
         self.run(&plan.make, &plan.retire, ports)?;
+        conntrack::forget(&self.ns, &plan.departed);
         hairpin::settle(&mut self.hairpin, &plan.refs);
         let applied = self.applied.get_or_insert_with(ServiceMap::new);
         for mark in plan.gone {
@@ -420,6 +432,7 @@ mod tests {
                 (part.make.to_json().unwrap(), part.retire.to_json().unwrap()),
                 "{changes:?}"
             );
+            assert_eq!(full.departed, part.departed, "{changes:?}");
         }
     }
 
