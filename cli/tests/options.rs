@@ -59,6 +59,8 @@ fn hostname_user_workdir_and_sysctls_reach_the_task() {
             "/tmp",
             "--sysctl",
             "net.ipv4.ip_forward=1",
+            "--host",
+            "db:10.0.9.20",
             "-p",
             "8080:80",
             "whoami",
@@ -80,8 +82,16 @@ fn hostname_user_workdir_and_sysctls_reach_the_task() {
         );
         // Its UTS and network namespaces, as a shell in them sees them.
         let task = format!("app.{slot}");
-        let r = c.task(&task, "hostname; cat /proc/sys/net/ipv4/ip_forward");
-        assert_eq!(r.stdout, format!("app-{slot}\n1\n"), "{}", r.stderr);
+        let r = c.task(
+            &task,
+            "hostname; cat /proc/sys/net/ipv4/ip_forward; grep -w db /etc/hosts",
+        );
+        assert_eq!(
+            r.stdout,
+            format!("app-{slot}\n1\n10.0.9.20\tdb\n"),
+            "{}",
+            r.stderr
+        );
     }
     // A task that is not root still serves on port 80 (docker's unprivileged port start),
     // and answers through the mesh with its templated hostname.
@@ -89,6 +99,45 @@ fn hostname_user_workdir_and_sysctls_reach_the_task() {
         c.curl("node1", "http://localhost:8080")
     });
     assert!(body.contains("Hostname: app-"), "{body}");
+}
+
+/// `--stop-signal`: the task is asked to stop with that signal, not SIGTERM.
+#[test]
+fn a_task_is_stopped_with_its_stop_signal() {
+    require_root!();
+    let c = Cluster::up("optsig", 1);
+    let marker = std::env::temp_dir().join(format!("{}-stopped", c.name));
+    let _ = std::fs::remove_file(&marker);
+    let script = format!(
+        "trap 'echo USR1 > {m}; exit 0' USR1; trap 'echo TERM > {m}; exit 0' TERM; \
+         while true; do sleep 0.1; done",
+        m = marker.display()
+    );
+    let (code, _, err) = docker(
+        &c,
+        &[
+            "service",
+            "create",
+            "--name",
+            "sig",
+            "--stop-signal",
+            "SIGUSR1",
+            "busybox",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = docker(&c, &["service", "scale", "sig=0"]);
+    assert_eq!(code, 0, "{err}");
+    let got = common::eventually(
+        "the task to record its stop signal",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&marker).ok(),
+    );
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(got.trim(), "USR1");
 }
 
 #[test]
@@ -103,9 +152,8 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
         (&["--init"], "--init"),
         (&["--read-only"], "--read-only"),
         (&["--cap-add", "NET_ADMIN"], "--cap-add"),
-        (&["--stop-signal", "SIGINT"], "--stop-signal"),
+        (&["--stop-signal", "SIGNOPE"], "invalid --stop-signal"),
         (&["--dns", "9.9.9.9"], "--dns"),
-        (&["--host", "db:10.0.0.9"], "--host"),
         (&["--sysctl", "kernel.shmmax=1"], "only network sysctls"),
         (&["--user", "a b"], "invalid --user"),
         (&["--hostname", "not a host"], "invalid --hostname"),

@@ -93,6 +93,12 @@ pub struct TaskPlan {
     /// `--sysctl`: network sysctls set in the task's namespace before it starts.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// `--stop-signal`; empty: SIGTERM.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
+    /// `--host`: extra `/etc/hosts` lines, `IP name [alias...]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

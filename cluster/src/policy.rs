@@ -132,6 +132,29 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The signal `--stop-signal` names (`SIGINT`, `INT` or a number); empty: SIGTERM.
+pub fn stop_signal(name: &str) -> Result<nix::sys::signal::Signal, String> {
+    use nix::sys::signal::Signal;
+    if name.is_empty() {
+        return Ok(Signal::SIGTERM);
+    }
+    let upper = name.to_ascii_uppercase();
+    let parsed = match upper.parse::<i32>() {
+        Ok(n) => Signal::try_from(n).ok(),
+        Err(_) => {
+            let full = if upper.starts_with("SIG") {
+                upper
+            } else {
+                format!("SIG{upper}")
+            };
+            full.parse::<Signal>().ok()
+        }
+    };
+    parsed.ok_or_else(|| {
+        format!("invalid --stop-signal {name:?}: give a signal name or number, e.g. SIGINT or 2")
+    })
+}
+
 /// A task's hostname from `--hostname`, with docker's templates for the task at hand
 /// (`{{.Service.Name}}`, `{{.Task.Slot}}`, `{{.Task.Name}}`, `{{.Task.ID}}`,
 /// `{{.Node.Hostname}}`, `{{.Node.ID}}`); None: the task's own ID, as docker does.

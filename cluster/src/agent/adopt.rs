@@ -19,6 +19,9 @@ pub struct Record {
     /// Between SIGTERM and SIGKILL when it is stopped.
     #[serde(default)]
     pub stop_grace_ms: u64,
+    /// What it is asked to stop with (`--stop-signal`; empty: SIGTERM).
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 const FILE: &str = "task.json";

@@ -369,6 +369,8 @@ mod tests {
             user: String::new(),
             dir: String::new(),
             sysctls: Default::default(),
+            stop_signal: String::new(),
+            hosts: vec![],
         }
     }
 

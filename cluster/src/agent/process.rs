@@ -43,6 +43,10 @@ pub fn write_files(dir: &Path, task: &TaskPlan) -> std::io::Result<()> {
     if let Some(a) = task.attachments.last() {
         hosts.push_str(&format!("{}\t{}\n", a.addr.addr(), task.hostname));
     }
+    for line in &task.hosts {
+        hosts.push_str(&line.split_whitespace().collect::<Vec<_>>().join("\t"));
+        hosts.push('\n');
+    }
     std::fs::write(dir.join("hosts"), hosts)?;
     std::fs::write(
         dir.join("resolv.conf"),

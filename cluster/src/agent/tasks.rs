@@ -275,7 +275,11 @@ impl Tasks {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("adopting {}: {e:#}; it is stopped", t.name);
-                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+                kill_group(
+                    rec.pid,
+                    Duration::from_millis(rec.stop_grace_ms),
+                    &rec.stop_signal,
+                );
                 adopt::forget(&dir);
                 return Adoption::Ended;
             }
@@ -339,7 +343,11 @@ impl Tasks {
                     pid = rec.pid,
                     "stopping a task the plan no longer has"
                 );
-                kill_group(rec.pid, Duration::from_millis(rec.stop_grace_ms));
+                kill_group(
+                    rec.pid,
+                    Duration::from_millis(rec.stop_grace_ms),
+                    &rec.stop_signal,
+                );
             }
             if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
                 tracing::debug!("removing the namespace of {id}: {e}");
@@ -414,6 +422,7 @@ impl Tasks {
                 start_time: adopt::start_time(p).unwrap_or_default(),
                 host_link,
                 stop_grace_ms: t.stop_grace_ms,
+                stop_signal: t.stop_signal.clone(),
             };
             if let Err(e) = adopt::save(&dir, &rec) {
                 tracing::warn!("recording {} for a restarted agent: {e}", t.name);
@@ -465,7 +474,7 @@ impl Tasks {
         t.stopping = true;
         let grace = Duration::from_millis(t.plan.stop_grace_ms);
         match t.pid {
-            Some(pid) => kill_group(pid, grace),
+            Some(pid) => kill_group(pid, grace, &t.plan.stop_signal),
             None => {
                 let _ = self.events.send(Event::Exited {
                     id: id.to_string(),
@@ -504,10 +513,14 @@ enum Adoption {
     Nothing,
 }
 
-/// SIGTERM to a task's process group, SIGKILL after its stop grace period.
-fn kill_group(pid: u32, grace: Duration) {
+/// The task's stop signal (SIGTERM unless `--stop-signal` named another) to its process
+/// group, SIGKILL after its stop grace period.
+fn kill_group(pid: u32, grace: Duration, stop_signal: &str) {
     let pgid = nix::unistd::Pid::from_raw(-(pid as i32));
-    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM);
+    // The manager refused a name that does not parse; an older record has none.
+    let signal =
+        crate::policy::stop_signal(stop_signal).unwrap_or(nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(pgid, signal);
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);

@@ -335,6 +335,8 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         .unwrap_or_else(|| t.id[..12.min(t.id.len())].to_string()),
         user: container.user.clone().unwrap_or_default(),
         dir: container.dir.clone().unwrap_or_default(),
+        stop_signal: container.stop_signal.clone().unwrap_or_default(),
+        hosts: container.hosts.clone().unwrap_or_default(),
         sysctls: container
             .sysctls
             .clone()

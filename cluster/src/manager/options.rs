@@ -96,6 +96,11 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
         refused.extend(unsupported_container(c));
         check_user(c.user.as_deref().unwrap_or_default())?;
         check_hostname(c.hostname.as_deref().unwrap_or_default())?;
+        crate::policy::stop_signal(c.stop_signal.as_deref().unwrap_or_default())
+            .map_err(ApiError::BadRequest)?;
+        for line in c.hosts.iter().flatten() {
+            check_host_line(line)?;
+        }
         for (key, value) in c.sysctls.iter().flatten() {
             check_sysctl(key, value)?;
         }
@@ -180,9 +185,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if some(&c.capability_drop) {
         refused.push("--cap-drop");
     }
-    if c.stop_signal.as_deref().is_some_and(|s| !s.is_empty()) {
-        refused.push("--stop-signal");
-    }
     if some(&c.groups) {
         refused.push("--group");
     }
@@ -191,9 +193,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     }
     if some(&c.configs) {
         refused.push("--config");
-    }
-    if some(&c.hosts) {
-        refused.push("--host");
     }
     if some(&c.ulimits) {
         refused.push("--ulimit");
@@ -259,6 +258,27 @@ fn check_hostname(h: &str) -> ApiResult<()> {
         return Err(ApiError::BadRequest(format!(
             "invalid --hostname {h:?}: give a hostname (letters, digits, '-', '.'; at most 63), \
              or a template such as {{{{.Service.Name}}}}-{{{{.Task.Slot}}}}"
+        )));
+    }
+    Ok(())
+}
+
+/// An extra hosts line as docker's CLI sends `--host name:ip`: `IP name [alias...]`.
+fn check_host_line(line: &str) -> ApiResult<()> {
+    let mut words = line.split_whitespace();
+    let ip_ok = words
+        .next()
+        .is_some_and(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    let names: Vec<&str> = words.collect();
+    let names_ok = !names.is_empty()
+        && names.iter().all(|n| {
+            n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        });
+    if !ip_ok || !names_ok {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --host {line:?}: give NAME:IP, e.g. --host db:10.0.9.20"
         )));
     }
     Ok(())
@@ -376,6 +396,19 @@ mod tests {
         dropped_fields(&raw, &serde_json::to_value(&spec).unwrap(), "", &mut out);
         out.sort();
         assert_eq!(out, ["Bogus", "TaskTemplate.ContainerSpec.Healthcheck"]);
+    }
+
+    #[test]
+    fn host_lines_and_stop_signals_are_checked_for_form() {
+        check_host_line("10.0.9.20 db").unwrap();
+        check_host_line("10.0.9.20 db db.local").unwrap();
+        assert!(check_host_line("db 10.0.9.20").is_err());
+        assert!(check_host_line("10.0.9.20").is_err());
+        for ok in ["SIGINT", "INT", "sigusr1", "2", ""] {
+            crate::policy::stop_signal(ok).unwrap();
+        }
+        assert!(crate::policy::stop_signal("SIGNOPE").is_err());
+        assert!(crate::policy::stop_signal("99").is_err());
     }
 
     #[test]
