@@ -61,6 +61,11 @@ fn hostname_user_workdir_and_sysctls_reach_the_task() {
             "net.ipv4.ip_forward=1",
             "--host",
             "db:10.0.9.20",
+            "--dns-search",
+            "example.internal",
+            "--dns-option",
+            "timeout:2",
+            "--read-only",
             "-p",
             "8080:80",
             "whoami",
@@ -92,6 +97,17 @@ fn hostname_user_workdir_and_sysctls_reach_the_task() {
             "{}",
             r.stderr
         );
+        let r = c.task(&task, "grep -E '^(search|options)' /etc/resolv.conf");
+        assert_eq!(
+            r.stdout, "search example.internal\noptions ndots:0 timeout:2\n",
+            "{}",
+            r.stderr
+        );
+        // Its root is read-only in its own mount namespace, the node's stays writable.
+        let probe = format!("/sk-ro-{}-{slot}", c.name);
+        let r = c.task(&task, &format!("touch {probe} 2>&1; echo rc=$?"));
+        assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
+        assert!(!std::path::Path::new(&probe).exists());
     }
     // A task that is not root still serves on port 80 (docker's unprivileged port start),
     // and answers through the mesh with its templated hostname.
@@ -150,10 +166,13 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
         (&["--limit-memory", "64m"], "--limit-memory"),
         (&["--reserve-cpu", "1"], "--reserve-cpu"),
         (&["--init"], "--init"),
-        (&["--read-only"], "--read-only"),
         (&["--cap-add", "NET_ADMIN"], "--cap-add"),
         (&["--stop-signal", "SIGNOPE"], "invalid --stop-signal"),
         (&["--dns", "9.9.9.9"], "--dns"),
+        (
+            &["--dns-option", "a b"],
+            "invalid --dns-search or --dns-option",
+        ),
         (&["--sysctl", "kernel.shmmax=1"], "only network sysctls"),
         (&["--user", "a b"], "invalid --user"),
         (&["--hostname", "not a host"], "invalid --hostname"),

@@ -99,6 +99,14 @@ pub struct TaskPlan {
     /// `--host`: extra `/etc/hosts` lines, `IP name [alias...]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// `--read-only`: the task's root is mounted read-only (in its own mount namespace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `--dns-search` and `--dns-option`: written into its resolv.conf, as docker does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -371,6 +371,9 @@ mod tests {
             sysctls: Default::default(),
             stop_signal: String::new(),
             hosts: vec![],
+            read_only: false,
+            dns_search: vec![],
+            dns_options: vec![],
         }
     }
 

@@ -48,10 +48,18 @@ pub fn write_files(dir: &Path, task: &TaskPlan) -> std::io::Result<()> {
         hosts.push('\n');
     }
     std::fs::write(dir.join("hosts"), hosts)?;
-    std::fs::write(
-        dir.join("resolv.conf"),
-        "nameserver 127.0.0.11\noptions ndots:0\n",
-    )?;
+    let mut resolv = String::from("nameserver 127.0.0.11\n");
+    if !task.dns_search.is_empty() {
+        resolv.push_str(&format!("search {}\n", task.dns_search.join(" ")));
+    }
+    // ndots:0 unless the task asks otherwise: the embedded server answers bare service names.
+    let mut options = vec!["ndots:0".to_string()];
+    if task.dns_options.iter().any(|o| o.starts_with("ndots:")) {
+        options.clear();
+    }
+    options.extend(task.dns_options.iter().cloned());
+    resolv.push_str(&format!("options {}\n", options.join(" ")));
+    std::fs::write(dir.join("resolv.conf"), resolv)?;
     std::fs::write(dir.join("hostname"), format!("{}\n", task.hostname))?;
     Ok(())
 }
@@ -177,6 +185,7 @@ pub fn spawn(
         })
         .collect::<Result<_, ProcessError>>()?;
     let hostname = task.hostname.clone();
+    let read_only = task.read_only;
     let user = resolve_user(&task.user).map_err(|e| ProcessError::Prepare {
         task: task.name.clone(),
         what: "its --user",
@@ -247,6 +256,17 @@ pub fn spawn(
                     MsFlags::MS_BIND,
                     None::<&str>,
                 );
+            }
+            if read_only {
+                // Per mount, in the task's own namespace: the node's root stays writable.
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from)?;
             }
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;

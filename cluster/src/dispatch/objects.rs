@@ -337,6 +337,13 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         dir: container.dir.clone().unwrap_or_default(),
         stop_signal: container.stop_signal.clone().unwrap_or_default(),
         hosts: container.hosts.clone().unwrap_or_default(),
+        read_only: container.read_only.unwrap_or(false),
+        dns_search: (container.dns_config.as_ref())
+            .and_then(|d| d.search.clone())
+            .unwrap_or_default(),
+        dns_options: (container.dns_config.as_ref())
+            .and_then(|d| d.options.clone())
+            .unwrap_or_default(),
         sysctls: container
             .sysctls
             .clone()

@@ -101,6 +101,11 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
         for line in c.hosts.iter().flatten() {
             check_host_line(line)?;
         }
+        if let Some(d) = &c.dns_config {
+            for word in d.search.iter().flatten().chain(d.options.iter().flatten()) {
+                check_resolv_word(word)?;
+            }
+        }
         for (key, value) in c.sysctls.iter().flatten() {
             check_sysctl(key, value)?;
         }
@@ -173,9 +178,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if yes(c.init) {
         refused.push("--init");
     }
-    if yes(c.read_only) {
-        refused.push("--read-only");
-    }
     if yes(c.tty) {
         refused.push("--tty");
     }
@@ -203,12 +205,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if let Some(d) = &c.dns_config {
         if some(&d.nameservers) {
             refused.push("--dns");
-        }
-        if some(&d.search) {
-            refused.push("--dns-search");
-        }
-        if some(&d.options) {
-            refused.push("--dns-option");
         }
     }
     if c.privileges.as_ref().is_some_and(|p| {
@@ -279,6 +275,22 @@ fn check_host_line(line: &str) -> ApiResult<()> {
     if !ip_ok || !names_ok {
         return Err(ApiError::BadRequest(format!(
             "invalid --host {line:?}: give NAME:IP, e.g. --host db:10.0.9.20"
+        )));
+    }
+    Ok(())
+}
+
+/// A `--dns-search` domain or `--dns-option`: one word of resolv.conf.
+fn check_resolv_word(word: &str) -> ApiResult<()> {
+    if word.is_empty()
+        || word.len() > 253
+        || !word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --dns-search or --dns-option {word:?}: give a domain (example.com) or an \
+             option (ndots:2)"
         )));
     }
     Ok(())
