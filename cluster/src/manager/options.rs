@@ -202,10 +202,8 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if c.oom_score_adj.is_some_and(|v| v != 0) {
         refused.push("--oom-score-adj");
     }
-    if let Some(d) = &c.dns_config {
-        if some(&d.nameservers) {
-            refused.push("--dns");
-        }
+    if c.dns_config.as_ref().is_some_and(|d| some(&d.nameservers)) {
+        refused.push("--dns");
     }
     if c.privileges.as_ref().is_some_and(|p| {
         p.credential_spec.is_some()
