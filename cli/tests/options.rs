@@ -9,20 +9,8 @@ use std::time::Duration;
 use common::Cluster;
 
 fn docker(c: &Cluster, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new("timeout")
-        .args(["--kill-after=5", "120", "docker"])
-        .args(args)
-        .env(
-            "DOCKER_HOST",
-            format!("unix:///run/swarmkit/{}/manager.sock", c.name),
-        )
-        .output()
-        .expect("the docker CLI is installed (scripts/setup)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = c.docker(args);
+    (r.code, r.stdout, r.stderr)
 }
 
 /// A field of /proc/PID/status, e.g. "Uid".

@@ -10,24 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Run};
-
-fn docker(c: &Cluster, args: &[&str]) -> Run {
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "120", "docker"])
-        .args(args)
-        .env(
-            "DOCKER_HOST",
-            format!("unix:///run/swarmkit/{}/manager.sock", c.name),
-        )
-        .output()
-        .expect("the docker CLI is installed (scripts/setup)");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::Cluster;
 
 fn lines(s: &str) -> BTreeSet<String> {
     s.lines().map(str::to_string).collect()
@@ -66,9 +49,9 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
     let compose = dir.join("compose.yml");
     let compose_path = compose.to_string_lossy().into_owned();
 
-    let services_before = docker(&c, &["service", "ls", "-q"]).ok().stdout;
+    let services_before = c.docker(&["service", "ls", "-q"]).ok().stdout;
     let networks_before = lines(
-        &docker(&c, &["network", "ls", "--format", "{{.ID}} {{.Name}}"])
+        &c.docker(&["network", "ls", "--format", "{{.ID}} {{.Name}}"])
             .ok()
             .stdout,
     );
@@ -88,7 +71,9 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
         common::namespaces(&c.ns_prefix()).into_iter().collect();
 
     std::fs::write(&compose, COMPOSE.replace("REPLICAS", "1")).unwrap();
-    let deploy = docker(&c, &["stack", "deploy", "-c", &compose_path, "demo"]).ok();
+    let deploy = c
+        .docker(&["stack", "deploy", "-c", &compose_path, "demo"])
+        .ok();
     for made in [
         "Creating network demo_front",
         "Creating network demo_back",
@@ -98,44 +83,41 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
     ] {
         assert!(deploy.stdout.contains(made), "{}", deploy.stdout);
     }
-    let ls = docker(&c, &["stack", "ls"]).ok().stdout;
+    let ls = c.docker(&["stack", "ls"]).ok().stdout;
     assert!(
         ls.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["demo", "3"]),
         "{ls}"
     );
-    let services = docker(&c, &["stack", "services", "demo", "--format", "{{.Name}}"])
+    let services = c
+        .docker(&["stack", "services", "demo", "--format", "{{.Name}}"])
         .ok()
         .stdout;
     assert_eq!(lines(&services), lines("demo_app\ndemo_db\ndemo_web\n"));
     // How the CLI finds a stack's parts: label filters on services and networks.
     let label = "label=com.docker.stack.namespace=demo";
-    let by_label = docker(&c, &["service", "ls", "--filter", label, "-q"])
+    let by_label = c
+        .docker(&["service", "ls", "--filter", label, "-q"])
         .ok()
         .stdout;
     assert_eq!(by_label.lines().count(), 3, "{by_label}");
-    let nets = docker(
-        &c,
-        &["network", "ls", "--filter", label, "--format", "{{.Name}}"],
-    )
-    .ok()
-    .stdout;
+    let nets = c
+        .docker(&["network", "ls", "--filter", label, "--format", "{{.Name}}"])
+        .ok()
+        .stdout;
     assert_eq!(lines(&nets), lines("demo_back\ndemo_front\n"));
 
     c.eventually(
         "every task of the stack running",
         Duration::from_secs(60),
         || {
-            let ps = docker(
-                &c,
-                &[
-                    "stack",
-                    "ps",
-                    "demo",
-                    "--format",
-                    "{{.Name}} {{.CurrentState}}",
-                ],
-            );
+            let ps = c.docker(&[
+                "stack",
+                "ps",
+                "demo",
+                "--format",
+                "{{.Name}} {{.CurrentState}}",
+            ]);
             ps.code == 0
                 && ps
                     .stdout
@@ -148,23 +130,18 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
 
     // Inside the app: `db` (the compose alias on demo_back) is demo_db's VIP on that network,
     // and a real TCP exchange with postgres by that name works.
-    let back_id = docker(
-        &c,
-        &["network", "inspect", "demo_back", "--format", "{{.Id}}"],
-    )
-    .ok()
-    .stdout;
+    let back_id = c
+        .docker(&["network", "inspect", "demo_back", "--format", "{{.Id}}"])
+        .ok()
+        .stdout;
     let vips: Vec<serde_json::Value> = serde_json::from_str(
-        &docker(
-            &c,
-            &[
-                "service",
-                "inspect",
-                "demo_db",
-                "--format",
-                "{{json .Endpoint.VirtualIPs}}",
-            ],
-        )
+        &c.docker(&[
+            "service",
+            "inspect",
+            "demo_db",
+            "--format",
+            "{{json .Endpoint.VirtualIPs}}",
+        ])
         .ok()
         .stdout,
     )
@@ -207,7 +184,9 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
 
     // A second deploy updates what changed.
     std::fs::write(&compose, COMPOSE.replace("REPLICAS", "2")).unwrap();
-    let again = docker(&c, &["stack", "deploy", "-c", &compose_path, "demo"]).ok();
+    let again = c
+        .docker(&["stack", "deploy", "-c", &compose_path, "demo"])
+        .ok();
     assert!(
         again.stdout.contains("Updating service demo_web"),
         "{}",
@@ -215,17 +194,14 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
     );
     assert!(!again.stdout.contains("Creating"), "{}", again.stdout);
     c.eventually("demo_web at 2 replicas", Duration::from_secs(60), || {
-        let ls = docker(
-            &c,
-            &[
-                "service",
-                "ls",
-                "--filter",
-                "name=demo_web",
-                "--format",
-                "{{.Replicas}}",
-            ],
-        );
+        let ls = c.docker(&[
+            "service",
+            "ls",
+            "--filter",
+            "name=demo_web",
+            "--format",
+            "{{.Replicas}}",
+        ]);
         ls.stdout.trim() == "2/2"
     });
     let answers: BTreeSet<String> = (0..6)
@@ -247,19 +223,19 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
     );
 
     // stack rm leaves exactly what was there before: services, networks and every namespace.
-    let rm = docker(&c, &["stack", "rm", "demo"]).ok();
+    let rm = c.docker(&["stack", "rm", "demo"]).ok();
     assert!(
         rm.stdout.contains("Removing network demo_back"),
         "{}",
         rm.stdout
     );
     assert_eq!(
-        docker(&c, &["service", "ls", "-q"]).ok().stdout,
+        c.docker(&["service", "ls", "-q"]).ok().stdout,
         services_before
     );
     assert_eq!(
         lines(
-            &docker(&c, &["network", "ls", "--format", "{{.ID}} {{.Name}}"])
+            &c.docker(&["network", "ls", "--format", "{{.ID}} {{.Name}}"])
                 .ok()
                 .stdout
         ),
@@ -275,7 +251,7 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
                 == namespaces_before
         },
     );
-    let nothing = docker(&c, &["stack", "rm", "demo"]);
+    let nothing = c.docker(&["stack", "rm", "demo"]);
     assert!(
         format!("{}{}", nothing.stdout, nothing.stderr).contains("Nothing found in stack: demo"),
         "{}{}",
@@ -289,16 +265,20 @@ fn compose_stack_deploys_resolves_aliases_updates_and_is_removed_cleanly() {
 fn docker_service_logs_follows_output_live() {
     require_root!();
     let c = Cluster::up("logs", 2);
-    docker(
-        &c,
-        &[
-            "service", "create", "-d", "--name", "ticker", "alpine", "sh", "-c",
-            "i=0; while true; do i=$((i+1)); echo \"tick $i\"; echo \"oops $i\" >&2; sleep 0.2; done",
-        ],
-    )
+    c.docker(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "ticker",
+        "alpine",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; echo \"oops $i\" >&2; sleep 0.2; done",
+    ])
     .ok();
     c.eventually("the first lines", Duration::from_secs(60), || {
-        docker(&c, &["service", "logs", "ticker"])
+        c.docker(&["service", "logs", "ticker"])
             .stdout
             .contains("tick 3")
     });
@@ -306,7 +286,8 @@ fn docker_service_logs_follows_output_live() {
         line.rsplit_once("| tick ")
             .and_then(|(_, n)| n.trim().parse().ok())
     };
-    let before: Vec<u64> = docker(&c, &["service", "logs", "ticker"])
+    let before: Vec<u64> = c
+        .docker(&["service", "logs", "ticker"])
         .ok()
         .stdout
         .lines()
@@ -315,7 +296,7 @@ fn docker_service_logs_follows_output_live() {
     let newest_before = *before.iter().max().expect("some ticks");
     // Each line names its task as docker does, and stderr stays stderr.
     // --tail counts the task's lines of both streams, as docker's log files do.
-    let once = docker(&c, &["service", "logs", "--tail", "4", "ticker"]).ok();
+    let once = c.docker(&["service", "logs", "--tail", "4", "ticker"]).ok();
     let (out, err) = (once.stdout.lines().count(), once.stderr.lines().count());
     assert!(
         out > 0 && err > 0 && out + err == 4,

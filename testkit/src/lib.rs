@@ -227,6 +227,20 @@ impl Cluster {
         self.sk(&all)
     }
 
+    /// The stock docker CLI against this cluster's manager socket, bounded like every command.
+    pub fn docker(&self, args: &[&str]) -> Run {
+        let out = Command::new("timeout")
+            .args(["--kill-after=5", "120", "docker"])
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!("unix:///run/swarmkit/{}/manager.sock", self.name),
+            )
+            .output()
+            .expect("the docker CLI is installed (scripts/setup)");
+        Run::from(out)
+    }
+
     /// A shell command on a node.
     pub fn node(&self, node: &str, cmd: &str) -> Run {
         self.sk(&["node", "exec", node, "--", "sh", "-c", cmd])
