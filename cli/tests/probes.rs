@@ -275,27 +275,9 @@ fn every_probe_of_the_control_plane_from_a_worker_or_a_task_is_refused() {
             &join("SWMTKN-1-abc-def", "evil"),
         ),
     );
-    // Rotated through the Engine API, as `docker swarm join-token --rotate worker` does.
-    let version = c.api("/swarm")["Version"]["Index"].as_u64().unwrap();
-    let socket = format!("/run/swarmkit/{}/manager.sock", c.name);
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-        ])
-        .args(["--unix-socket", &socket, "-X", "POST"])
-        .args(["-H", "Content-Type: application/json", "-d", "{}"])
-        .arg(format!(
-            "http://swarmkit/swarm/update?version={version}&rotateWorkerToken=true"
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // Rotated as a user would (POST /swarm/update with rotateWorkerToken, as docker's does).
+    c.sk(&["cluster", "join-token", "worker", "--rotate", "-q"])
+        .ok();
     assert_ne!(
         c.api("/swarm")["JoinTokens"]["Worker"].as_str().unwrap(),
         old_token

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::model::TaskState;
 use crate::plan::PlanDelta;
 
-pub const PREFIX: &str = "/swarmkit/v1/agent";
 pub const JOIN: &str = "/swarmkit/v1/agent/join";
 pub const REGISTER: &str = "/swarmkit/v1/agent/register";
 pub const RENEW: &str = "/swarmkit/v1/agent/renew";

@@ -153,33 +153,23 @@ impl Server {
         curl(&self.socket, None, &self.dir, method, path, ct, body)
     }
 
+    /// The cluster's CA and tokens, which the manager made on its first start.
+    fn trust(&self) -> cluster::pki::trust::Trust {
+        (self.manager.store.snapshot().meta.trust.clone()).expect("a CA")
+    }
+
     /// A request to the agents' listener beside the manager's socket, in TLS checked
     /// against the cluster's root (no client certificate: a node joining has none yet).
     fn call_agent(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&str>) -> Answer {
         let root = self.dir.join("root.pem");
-        let trust = self
-            .manager
-            .store
-            .snapshot()
-            .meta
-            .trust
-            .clone()
-            .expect("a CA");
-        std::fs::write(&root, &trust.root.cert_pem).expect("write the root");
+        std::fs::write(&root, &self.trust().root.cert_pem).expect("write the root");
         let socket = self.socket.with_file_name("agents.sock");
         curl(&socket, Some(&root), &self.dir, method, path, ct, body)
     }
 
     /// What a node joining as `hostname` with the worker token sends.
     fn join_body(&self, hostname: &str) -> String {
-        let trust = self
-            .manager
-            .store
-            .snapshot()
-            .meta
-            .trust
-            .clone()
-            .expect("a CA");
+        let trust = self.trust();
         let (_key, csr) = cluster::pki::ca::new_key_and_request().expect("a CSR");
         serde_json::json!({
             "token": trust.worker_token,

@@ -87,9 +87,7 @@ pub async fn plan(
         })?;
     }
     let deadline = tokio::time::Instant::now() + m.heartbeat.period;
-    let root_id = (m.store.snapshot().meta.trust.as_ref())
-        .map(|t| t.root_id())
-        .unwrap_or_default();
+    let root_id = m.tls.root_id();
     loop {
         let (delivery, mut woken) = {
             let mut d = m.dispatch();
@@ -104,7 +102,7 @@ pub async fn plan(
                 version: delivery.version,
                 delta: delivery.delta,
                 heartbeat_ms: m.heartbeat.period.as_millis() as u64,
-                root_id: root_id.clone(),
+                root_id: root_id.to_string(),
             })
             // Plain structs and string-keyed maps: encoding cannot fail.
             .expect("plan responses encode");

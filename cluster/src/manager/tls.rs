@@ -28,6 +28,9 @@ pub struct Listeners {
     clients: watch::Sender<Arc<ServerConfig>>,
     /// When the manager's own certificate should be renewed.
     pub(super) renew_at: std::sync::Mutex<chrono::DateTime<Utc>>,
+    /// `Trust::root_id` of the root these present, which every plan answer names: read
+    /// here, not hashed again at every poll.
+    root_id: std::sync::RwLock<Arc<str>>,
 }
 
 impl Listeners {
@@ -37,6 +40,7 @@ impl Listeners {
             agents: watch::channel(Arc::new(agents)).0,
             clients: watch::channel(Arc::new(clients)).0,
             renew_at: std::sync::Mutex::new(at),
+            root_id: std::sync::RwLock::new(trust.root_id().into()),
         })
     }
 
@@ -54,7 +58,15 @@ impl Listeners {
         self.agents.send_replace(Arc::new(agents));
         self.clients.send_replace(Arc::new(clients));
         *self.renew_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        *self.root_id.write().unwrap_or_else(|e| e.into_inner()) = trust.root_id().into();
         Ok(())
+    }
+
+    pub(super) fn root_id(&self) -> Arc<str> {
+        self.root_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -121,9 +121,9 @@ pub async fn api_caller(
             }
         }
         Some(Peer::Tls(Some(id))) => {
-            node_of(&m.store.snapshot(), id).and_then(|node| match node.role {
-                Role::Manager => Ok(()),
-                _ => Err(ApiError::Forbidden(
+            node_of(&m.store.snapshot(), id).and_then(|node| match node.role.may_use_api() {
+                true => Ok(()),
+                false => Err(ApiError::Forbidden(
                     "This node is not a swarm manager. Worker nodes can't be used to view or \
                      modify cluster state. Please run this command on a manager node or promote \
                      the current node to a manager."

@@ -24,8 +24,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Status, Tuple,
@@ -283,23 +282,6 @@ fn dump_request(seq: u32, filter: Filter) -> Vec<u8> {
     )
 }
 
-/// The messages of one read.
-fn messages(buf: &[u8]) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, LbError> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let len = NetlinkBuffer::new_checked(&buf[at..])
-            .map_err(|_| LbError::BadReply("message length out of bounds"))?
-            .length() as usize;
-        out.push(
-            NetlinkMessage::deserialize(&buf[at..at + len])
-                .map_err(|_| LbError::BadReply("undecodable ctnetlink message"))?,
-        );
-        at += (len + 3) & !3;
-    }
-    Ok(out)
-}
-
 impl CtSocket {
     /// A socket in the calling thread's namespace.
     fn open() -> Result<Self, LbError> {
@@ -312,7 +294,7 @@ impl CtSocket {
 
     fn recv(&self) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, LbError> {
         let (buf, _) = self.sock.recv_from_full().map_err(ct_err("recv"))?;
-        messages(&buf)
+        super::genl::messages::<NetfilterMessage>(&buf)
     }
 
     /// The IPv4 entries, less what `filter` lets the kernel leave out (the caller still

@@ -25,8 +25,9 @@ pub struct GenlSocket {
     seq: u32,
 }
 
-/// The messages of one read, parsed as replies to requests of payload `F`.
-fn messages<F>(buf: &[u8]) -> Result<Vec<NetlinkMessage<F>>, LbError>
+/// The messages of one read, parsed as replies to requests of payload `F` (generic netlink
+/// here, ctnetlink in `conntrack`).
+pub(super) fn messages<F>(buf: &[u8]) -> Result<Vec<NetlinkMessage<F>>, LbError>
 where
     F: NetlinkDeserializable,
 {
