@@ -95,6 +95,8 @@ enum Command {
     },
     #[command(name = "__vmhost", hide = true)]
     VmHost,
+    #[command(name = "__relay", hide = true)]
+    Relay,
     #[command(name = "__supervise", hide = true)]
     Supervise,
     #[command(name = "__image", hide = true)]
@@ -127,6 +129,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Manager => testbed::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
+        Command::Relay => {
+            testbed::vm::relay::node_side(&cluster::paths::ClusterPaths::new(cluster))
+                .await
+                .map(|()| 0)
+        }
         Command::Supervise => testbed::lifecycle::run_supervisor(cluster)
             .await
             .map(|()| 0),

@@ -1,17 +1,17 @@
 //! SSH to whole-machine nodes (QEMU guests, remote hosts) with russh: per-cluster client keys,
 //! pinned host keys (an unknown or changed key is refused, never learned), remote commands,
-//! and the remote forward that carries an agent's manager connection back to the host.
+//! and long-running commands that speak a protocol over their stdin and stdout.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelStream};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +135,6 @@ pub fn parse_public(line: &str) -> Result<PublicKey> {
 struct Client {
     pinned: PublicKey,
     mismatch: Arc<std::sync::atomic::AtomicBool>,
-    /// Where connections the server forwards to us go (the manager's unix socket).
-    forward_to: Option<PathBuf>,
 }
 
 impl client::Handler for Client {
@@ -158,32 +156,6 @@ impl client::Handler for Client {
         }
         Ok(ok)
     }
-
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        channel: russh::Channel<client::Msg>,
-        _connected_address: &str,
-        _connected_port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: client::ChannelOpenHandle,
-        _session: &mut client::Session,
-    ) -> Result<(), Self::Error> {
-        let Some(target) = self.forward_to.clone() else {
-            return Ok(()); // dropping `reply` rejects the channel
-        };
-        reply.accept().await;
-        tokio::spawn(async move {
-            match tokio::net::UnixStream::connect(&target).await {
-                Ok(mut local) => {
-                    let mut remote = channel.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut remote, &mut local).await;
-                }
-                Err(e) => tracing::warn!("forwarded connection to {}: {e}", target.display()),
-            }
-        });
-        Ok(())
-    }
 }
 
 /// Where and as whom to connect, and which host key to expect.
@@ -199,14 +171,8 @@ pub struct Session {
     addr: String,
 }
 
-/// Connects and authenticates. `forward_to` receives the connections of remote forwards
-/// requested later with [`Session::remote_forward`].
-pub async fn connect(
-    target: &Target,
-    key: Arc<PrivateKey>,
-    forward_to: Option<PathBuf>,
-    timeout: Duration,
-) -> Result<Session> {
+/// Connects and authenticates.
+pub async fn connect(target: &Target, key: Arc<PrivateKey>, timeout: Duration) -> Result<Session> {
     let addr = target.addr.clone();
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -219,7 +185,6 @@ pub async fn connect(
     let handler = Client {
         pinned: target.host_key.clone(),
         mismatch: mismatch.clone(),
-        forward_to,
     };
     let fut = async {
         let mut handle = client::connect(config, addr.as_str(), handler)
@@ -386,12 +351,16 @@ impl Session {
         Ok(code.unwrap_or(255))
     }
 
-    /// Asks the server to listen on `addr:port` and send each connection back to us.
-    pub async fn remote_forward(&self, addr: &str, port: u32) -> Result<u32> {
-        self.handle
-            .tcpip_forward(addr, port)
+    /// Starts `command` and gives its stdin and stdout as one byte stream (its stderr is
+    /// dropped): for a process that speaks a protocol with us for as long as it runs.
+    pub async fn exec_stream(&self, command: &str) -> Result<ChannelStream<client::Msg>> {
+        let ch = self
+            .handle
+            .channel_open_session()
             .await
-            .map_err(self.proto())
+            .map_err(self.proto())?;
+        ch.exec(true, command).await.map_err(self.proto())?;
+        Ok(ch.into_stream())
     }
 
     pub fn is_closed(&self) -> bool {

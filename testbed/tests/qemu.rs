@@ -95,12 +95,7 @@ fn exec_reaches_the_guest_with_a_pinned_key(c: &Cluster) {
         host_key: ssh::generate_host_key().public,
     };
     let err = rt
-        .block_on(ssh::connect(
-            &wrong,
-            key.clone(),
-            None,
-            Duration::from_secs(30),
-        ))
+        .block_on(ssh::connect(&wrong, key.clone(), Duration::from_secs(30)))
         .err()
         .expect("a changed host key must be refused");
     assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
@@ -285,7 +280,6 @@ fn changed_host_key_is_refused() {
         rt.block_on(ssh::connect(
             &target,
             client.clone(),
-            None,
             Duration::from_secs(20),
         ))
     };
@@ -351,7 +345,7 @@ fn ssh_backend_on_bare_guests() {
     down_restores_the_host(&c, &host);
     // The hosts were cleaned over SSH: no agent, no namespaces of that cluster.
     let left = host.sh(&format!(
-        "ls /run/netns | grep -c '^sk-{}\\.' ; ps | grep -c '[_]_agent'; true",
+        "ls /run/netns | grep -c '^sk-{}\\.' ; ps | grep -c -e '[_]_agent' -e '[_]_relay'; true",
         c.name
     ));
     assert_eq!(
@@ -455,6 +449,15 @@ fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
             format!("table ip swarmkit_{name}_hostports"),
             format!("table ip swarmkit_{name}_ingress"),
         ]
+    );
+    // The control path ends in a root-only socket of this cluster's, not a loopback port.
+    assert_eq!(
+        host.sh(&format!(
+            "stat -c %a /run/swarmkit/{name}/agents.sock /run/swarmkit/{name}"
+        ))
+        .split_whitespace()
+        .collect::<Vec<_>>(),
+        ["600", "700"]
     );
     // route_localnet goes on the mesh's own links, never on all of the host's interfaces
     // (CVE-2020-8558), and both tables drop 127.0.0.0/8 arriving from anywhere but lo.
@@ -608,6 +611,9 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
         cl.sk(&["node", "exec", from, "--", "ping", "-c1", "-W1", to])
             .success()
     };
+    // The control path ends in the cluster's agent socket on the node (the relay's), in a
+    // root-only directory; nothing listens on a TCP port for it.
+    let agents = format!("/run/swarmkit/{}/agents.sock", cl.name);
     let manager = |from: &str| {
         cl.sk(&[
             "node",
@@ -622,7 +628,9 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
             "2",
             // The agents' listener speaks TLS; any answer (a 404 here) means it was reached.
             "-k",
-            "https://127.0.0.1:2377/_ping",
+            "--unix-socket",
+            &agents,
+            "https://swarm-manager/_ping",
         ])
         .success()
     };
@@ -657,23 +665,50 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
             "--max-time",
             "5",
         ];
+        args.extend_from_slice(&["--unix-socket", &agents]);
         args.extend_from_slice(extra);
         args.push(url);
         let r = cl.sk(&args);
         (r.code, r.stdout.trim().to_string())
     };
-    let (code, _) = http("http://127.0.0.1:2377/services", &[]);
-    assert_ne!(code, 0, "plain HTTP answered on the agents' forward");
-    assert_eq!(http("https://127.0.0.1:2377/services", &[]).1, "404");
-    assert_eq!(http("https://127.0.0.1:2377/swarm", &[]).1, "404");
+    let modes = cl.sk(&[
+        "node",
+        "exec",
+        "node2",
+        "--",
+        "stat",
+        "-c",
+        "%a",
+        &agents,
+        agents.trim_end_matches("/agents.sock"),
+    ]);
     assert_eq!(
-        http("https://127.0.0.1:2377/swarmkit/v1/agent/plan", &[]).1,
+        modes.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["600", "700"],
+        "{modes:?}"
+    );
+    let tcp = cl.sk(&["node", "exec", "node2", "--", "cat", "/proc/net/tcp"]);
+    assert!(tcp.success());
+    // 2377 is 0949 in /proc/net/tcp's hex; 0A is LISTEN.
+    assert!(
+        !tcp.stdout
+            .lines()
+            .any(|l| l.contains(":0949 ") && l.split_whitespace().nth(3) == Some("0A")),
+        "something listens on 2377 in the guest: {}",
+        tcp.stdout
+    );
+    let (code, _) = http("http://swarm-manager/services", &[]);
+    assert_ne!(code, 0, "plain HTTP answered on the agents' socket");
+    assert_eq!(http("https://swarm-manager/services", &[]).1, "404");
+    assert_eq!(http("https://swarm-manager/swarm", &[]).1, "404");
+    assert_eq!(
+        http("https://swarm-manager/swarmkit/v1/agent/plan", &[]).1,
         "401"
     );
     let join = r#"{"token":"SWMTKN-1-abc-def","csr_pem":"x","node":{"hostname":"evil","addr":"192.168.0.66","lb_driver":"nftables","kernel":"x"}}"#;
     assert_eq!(
         http(
-            "https://127.0.0.1:2377/swarmkit/v1/agent/join",
+            "https://swarm-manager/swarmkit/v1/agent/join",
             &[
                 "-X",
                 "POST",

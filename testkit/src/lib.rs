@@ -101,6 +101,7 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// What a finished command said.
+#[derive(Debug)]
 pub struct Run {
     pub code: i32,
     pub stdout: String,

@@ -81,7 +81,7 @@ pub(crate) async fn exec(
     if argv.is_empty() {
         return Err(TestbedError::NoCommand);
     }
-    let s = crate::vm::host::connect(paths, &n, false).await?;
+    let s = crate::vm::host::connect(&n).await?;
     let command = argv
         .iter()
         .map(|a| shell_quote(a))

@@ -15,7 +15,6 @@ use super::NodeBackend;
 use super::machine::{self, remote};
 use crate::procs;
 use crate::record::{ClusterInfo, UpOptions};
-use crate::vm::host::MANAGER_PORT;
 use crate::vm::image;
 use crate::vm::node::{VmNode, clear_session_state, client_key_file, load_node, save_node};
 use crate::vm::progress::{AGENT_READY, BOOTING, NodeProgress};
@@ -33,16 +32,14 @@ pub const ENV_BARE: &str = "SWARMKIT_QEMU_BARE";
 
 /// A rebooted guest is booted, logged into and given its agent by the `__vmhost` daemon.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// The guest-side table that cuts the agent's control channel while the node is isolated.
-const ISOLATE_TABLE: &str = "swarmkit-isolate";
 
 fn qemu_pid(paths: &ClusterPaths, node: &VmNode) -> Option<i32> {
     let name = format!("sk-{}-{}", paths.name, node.name);
     procs::verified(node.pid? as i32, &paths.name, &["-name", &name])
 }
 
-async fn guest(paths: &ClusterPaths, node: &VmNode, cmd: &str, stdin: &str) -> anyhow::Result<()> {
-    let s = crate::vm::host::connect(paths, node, false).await?;
+async fn guest(node: &VmNode, cmd: &str, stdin: &str) -> anyhow::Result<()> {
+    let s = crate::vm::host::connect(node).await?;
     let out = s.exec_with_stdin(cmd, stdin.as_bytes()).await?;
     if out.code != 0 {
         anyhow::bail!(
@@ -52,6 +49,14 @@ async fn guest(paths: &ClusterPaths, node: &VmNode, cmd: &str, stdin: &str) -> a
         );
     }
     Ok(())
+}
+
+fn signal_relay(paths: &ClusterPaths, signal: &str) -> String {
+    let pid = crate::vm::relay::pid_file(paths);
+    format!(
+        "kill -{signal} \"$(cat {})\"",
+        crate::ssh::shell_quote(&pid.display().to_string())
+    )
 }
 
 async fn set_tap(paths: &ClusterPaths, tap: &str, up: bool) -> Result<()> {
@@ -198,30 +203,19 @@ impl NodeBackend for Qemu {
                 crate::wait_restarted(paths, name, since, START_TIMEOUT, paths.log_file("vmhost"))
                     .await
             }
+            // The control path is a unix socket the node's relay serves (see vm::relay):
+            // a stopped relay blackholes it as a partition would, connections and all, and
+            // carries on where it stopped when continued.
             Fault::Isolate => {
                 set_tap(paths, &launch.tap, false).await?;
-                let rules = format!(
-                    "table inet {ISOLATE_TABLE} {{\n chain out {{\n  type filter hook output priority raw;\n  \
-                     oif lo tcp dport {MANAGER_PORT} drop\n  oif lo tcp sport {MANAGER_PORT} drop\n }}\n}}\n"
-                );
-                guest(
-                    paths,
-                    &node,
-                    &format!("nft delete table inet {ISOLATE_TABLE} 2>/dev/null; nft -f -"),
-                    &rules,
-                )
-                .await
-                .map_err(remote(name))
+                guest(&node, &signal_relay(paths, "STOP"), "")
+                    .await
+                    .map_err(remote(name))
             }
             Fault::Heal => {
-                guest(
-                    paths,
-                    &node,
-                    &format!("nft delete table inet {ISOLATE_TABLE} 2>/dev/null; true"),
-                    "",
-                )
-                .await
-                .map_err(remote(name))?;
+                guest(&node, &signal_relay(paths, "CONT"), "")
+                    .await
+                    .map_err(remote(name))?;
                 set_tap(paths, &launch.tap, true).await
             }
         }

@@ -56,7 +56,7 @@ impl NodeBackend for Ssh {
         let mut errors = Vec::new();
         for node in load_nodes(paths) {
             let r = async {
-                let s = crate::vm::host::connect(paths, &node, false).await?;
+                let s = crate::vm::host::connect(&node).await?;
                 let bin = crate::vm::host::ensure_binary(&s, &node).await?;
                 let out = s
                     .exec(&format!(

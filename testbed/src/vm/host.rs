@@ -1,9 +1,10 @@
 //! The host side of whole-machine nodes: `swarmkit __vmhost` keeps one SSH session per node
-//! open for the life of the cluster. Each session carries a remote forward (the node's
-//! 127.0.0.1:2377 back to the manager's agent socket, where the agent and the manager prove
-//! who they are in mutual TLS) and starts the agent once, with the worker join token in a
-//! root-only file (never on a command line). The agent runs
-//! detached in the node, so a lost session only pauses its manager channel until we reconnect.
+//! open for the life of the cluster. Each session runs the node's end of the control path
+//! (see [`super::relay`]: the cluster's agent socket on the node, carried back to the
+//! manager's, where the agent and the manager prove who they are in mutual TLS) and starts
+//! the agent once, with the worker join token in a root-only file (never on a command line).
+//! The agent runs detached in the node, so a lost session only pauses its manager channel
+//! until we reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,11 @@ use anyhow::Context;
 
 use super::node::{VmNode, load_node, load_nodes, set_session_state};
 use super::reach::{self, ReachError};
+use super::relay;
 use crate::ssh::{self, Session, Target, shell_quote};
 use cluster::paths::ClusterPaths;
+use russh::ChannelStream;
 
-/// Port the agent dials inside a node; SSH forwards it to the manager.
-pub const MANAGER_PORT: u32 = 2377;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A guest under TCG on a loaded host reaches its SSH server in well under this.
 const SSHD_TIMEOUT: Duration = Duration::from_secs(90);
@@ -29,14 +30,9 @@ pub fn target(node: &VmNode) -> Result<Target, ssh::SshError> {
     })
 }
 
-pub async fn connect(
-    paths: &ClusterPaths,
-    node: &VmNode,
-    forward: bool,
-) -> Result<Session, ssh::SshError> {
+pub async fn connect(node: &VmNode) -> Result<Session, ssh::SshError> {
     let key = Arc::new(ssh::ensure_client_key(&node.key_file)?);
-    let fwd = forward.then(|| paths.agent_socket());
-    ssh::connect(&target(node)?, key, fwd, CONNECT_TIMEOUT).await
+    ssh::connect(&target(node)?, key, CONNECT_TIMEOUT).await
 }
 
 /// Makes sure the node has this build of swarmkit; returns its path there. Uploads go to a
@@ -118,10 +114,6 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
             None => cluster::agent::NodeNs::Host,
         }
         .as_env(),
-        (
-            cluster::agent::ENV_MANAGER_TCP,
-            format!("127.0.0.1:{MANAGER_PORT}"),
-        ),
         (cluster::agent::ENV_NODE_ADDR, node.addr.addr().to_string()),
         (cluster::paths::OWNER_ENV, cluster.to_string()),
     ];
@@ -152,15 +144,22 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     )
 }
 
-async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Session> {
+/// Logs in, makes sure the node has our binary, its join token and its end of the control
+/// path, and starts its agent; returns the session and the relay's channel.
+async fn serve_node(
+    paths: &ClusterPaths,
+    node: &VmNode,
+) -> anyhow::Result<(Session, ChannelStream<russh::client::Msg>)> {
     reach::wait_sshd(paths, node, SSHD_TIMEOUT).await?;
-    let s = connect(paths, node, true).await?;
+    let s = connect(node).await?;
     set_session_state(paths, &node.name, "ssh");
-    s.remote_forward("127.0.0.1", MANAGER_PORT)
-        .await
-        .context("asking the node to forward the manager port")?;
     let bin = ensure_binary(&s, node).await?;
     put_join_token(&s, paths, node).await?;
+    // Before the agent, whose first connection would otherwise wait out a retry.
+    let relay = s
+        .exec_stream(&relay::command(&bin, &paths.name))
+        .await
+        .context("starting the node's end of the control path")?;
     let out = s.exec(&agent_command(&paths.name, node, &bin)).await?;
     if out.code != 0 {
         anyhow::bail!(
@@ -170,7 +169,7 @@ async fn serve_node(paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<Sessi
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(s)
+    Ok((s, relay))
 }
 
 /// Entry point of `swarmkit __vmhost --cluster C`.
@@ -189,12 +188,18 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
                 // `node start` boots a killed guest again under a new pid.
                 let node = load_node(&paths, &node.name).unwrap_or_else(|_| node.clone());
                 match serve_node(&paths, &node).await {
-                    Ok(s) => {
+                    Ok((s, channel)) => {
                         tracing::info!(node = node.name, "session up, agent started");
                         set_session_state(&paths, &node.name, "agent");
                         pause = Duration::from_millis(200);
-                        s.closed().await;
-                        tracing::warn!(node = node.name, "session lost; reconnecting");
+                        tokio::select! {
+                            () = s.closed() => {
+                                tracing::warn!(node = node.name, "session lost; reconnecting");
+                            }
+                            ended = relay::serve_host_end(channel, paths.agent_socket()) => {
+                                tracing::warn!(node = node.name, "the relay ended ({ended:?}); reconnecting");
+                            }
+                        }
                     }
                     // A killed guest (`node kill`) is waited for quietly and often, as it may
                     // be started again at any time.

@@ -19,3 +19,4 @@ pub mod node;
 pub mod progress;
 pub mod qemu;
 pub mod reach;
+pub mod relay;
