@@ -150,13 +150,16 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
     let c = Cluster::up("optsno", 1);
     let cases: &[(&[&str], &str)] = &[
         (&["--mount", "type=volume,source=v,target=/data"], "--mount"),
-        (&["--health-cmd", "false"], "--health-cmd"),
+        (
+            &["--health-cmd", "true", "--health-interval", "1us"],
+            "invalid healthcheck",
+        ),
         (&["--limit-memory", "64m"], "--limit-memory"),
         (&["--reserve-cpu", "1"], "--reserve-cpu"),
         (&["--init"], "--init"),
         (&["--cap-add", "NET_ADMIN"], "--cap-add"),
         (&["--stop-signal", "SIGNOPE"], "invalid --stop-signal"),
-        (&["--dns", "9.9.9.9"], "--dns"),
+        (&["--dns", "fe80::1"], "invalid --dns"),
         (
             &["--dns-option", "a b"],
             "invalid --dns-search or --dns-option",

@@ -156,6 +156,7 @@ mod tests {
             gateway: subnet.hosts().next().unwrap(),
             vni,
             attachable: false,
+            internal: false,
             ingress: false,
             labels: Default::default(),
             options: Default::default(),

@@ -22,6 +22,10 @@ pub struct Network {
     pub vni: u32,
     pub attachable: bool,
     pub ingress: bool,
+    /// `--internal`: its tasks get no leg on the node's gateway bridge, so nothing outside
+    /// the cluster's overlays (unless another of their networks is not internal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     pub labels: BTreeMap<String, String>,
     pub options: BTreeMap<String, String>,
     /// Data-path keys of an encrypted network (`--opt encrypted`); stays in the store.

@@ -107,6 +107,62 @@ pub struct TaskPlan {
     pub dns_search: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_options: Vec<String>,
+    /// `--dns`: where its embedded DNS forwards names it does not own; empty: the node's
+    /// resolvers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
+    /// Every network it is on is `--internal`: no leg on the node's gateway bridge, no way
+    /// out of its overlays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// `--health-cmd` and its timings: the task serves only once healthy and is failed when
+    /// unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthPlan>,
+}
+
+/// A healthcheck with docker's defaults filled in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthPlan {
+    /// The command, run in the task's namespaces as its user (`CMD-SHELL` through `/bin/sh -c`).
+    pub argv: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the task unhealthy.
+    pub retries: u32,
+    /// Failures in this window after the start do not count, until the first success.
+    pub start_period_ms: u64,
+    /// Between checks during the start period.
+    pub start_interval_ms: u64,
+}
+
+impl HealthPlan {
+    /// From the spec's healthcheck; None for none (absent, empty or `NONE`).
+    pub fn from_spec(h: &bollard::models::HealthConfig) -> Option<HealthPlan> {
+        let argv = match h.test.as_deref().unwrap_or_default() {
+            [kind, rest @ ..] if kind == "CMD" => rest.to_vec(),
+            [kind, cmd] if kind == "CMD-SHELL" => {
+                vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
+            }
+            _ => return None,
+        };
+        // docker's defaults: 30 s, 30 s, 3, 0, 5 s.
+        let ms = |ns: Option<i64>, default_ms: u64| match ns {
+            Some(ns) if ns > 0 => (ns as u64 / 1_000_000).max(1),
+            _ => default_ms,
+        };
+        Some(HealthPlan {
+            argv,
+            interval_ms: ms(h.interval, 30_000),
+            timeout_ms: ms(h.timeout, 30_000),
+            retries: match h.retries {
+                Some(r) if r > 0 => r as u32,
+                _ => 3,
+            },
+            start_period_ms: ms(h.start_period, 0),
+            start_interval_ms: ms(h.start_interval, 5_000),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

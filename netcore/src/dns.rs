@@ -5,7 +5,9 @@
 //!
 //! The listening sockets are created inside each task's network namespace on a thread that has
 //! entered it, then handed to the agent's tokio runtime: a socket keeps the namespace it was
-//! created in, so one process can serve many namespaces.
+//! created in, so one process can serve many namespaces. Names a task's view does not hold
+//! are forwarded, as dockerd forwards them, from a socket made in the task's namespace to the
+//! node's resolvers (or the task's `--dns`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,6 +22,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::netns::{NetNs, NetNsError};
+
+/// Where a machine lists its resolvers.
+pub const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Where systemd-resolved lists the resolvers behind its loopback stub, as dockerd looks.
+const RESOLVED_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The IPv4 nameservers of a resolv.conf text, in order.
+pub fn nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The resolvers a task's embedded DNS forwards to on a node whose resolvers `path` lists.
+/// Loopback ones are the node's own and unreachable from a task's namespace; where those are
+/// all there is (systemd-resolved's stub), the ones behind the stub are used, as dockerd does.
+pub fn node_upstreams(path: &std::path::Path) -> Vec<SocketAddr> {
+    let reachable = |p: &std::path::Path| -> Vec<SocketAddr> {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        nameservers(&text)
+            .into_iter()
+            .filter(|a| !a.is_loopback())
+            .map(|a| SocketAddr::from((a, 53)))
+            .collect()
+    };
+    let found = reachable(path);
+    if found.is_empty() && path == std::path::Path::new(HOST_RESOLV_CONF) {
+        return reachable(std::path::Path::new(RESOLVED_RESOLV_CONF));
+    }
+    found
+}
 
 /// Where the resolver listens inside every task namespace, as in Docker.
 pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
@@ -199,8 +238,15 @@ impl Resolver {
     }
 
     /// Bind 127.0.0.11:53 (UDP and TCP) inside `ns` and answer queries there from `scope`'s
-    /// view. The namespace needs `lo` up. Dropping/aborting the returned handle stops serving.
-    pub fn serve_in(self: &Arc<Self>, scope: &str, ns: &NetNs) -> Result<ServeHandle, DnsError> {
+    /// view; names the view does not hold are forwarded to `upstreams` in order (none: they
+    /// are NXDOMAIN). The namespace needs `lo` up. Dropping/aborting the returned handle stops
+    /// serving.
+    pub fn serve_in(
+        self: &Arc<Self>,
+        scope: &str,
+        ns: &NetNs,
+        upstreams: Vec<SocketAddr>,
+    ) -> Result<ServeHandle, DnsError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| DnsError::NoRuntime)?;
         let addr = SocketAddr::from((RESOLVER_ADDR, 53));
         let bind_err = |proto| {
@@ -228,15 +274,21 @@ impl Resolver {
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(reg_err("tcp"))?;
         let (r1, r2) = (Arc::clone(self), Arc::clone(self));
         let (s1, s2) = (scope.to_string(), scope.to_string());
+        let forwarder = Forwarder {
+            ns: ns.clone(),
+            upstreams: upstreams.into(),
+            inflight: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
+        };
+        let f2 = forwarder.clone();
         Ok(ServeHandle {
             tasks: vec![
-                rt.spawn(async move { r1.serve_udp(&s1, udp).await }),
-                rt.spawn(async move { r2.serve_tcp(s2, tcp).await }),
+                rt.spawn(async move { r1.serve_udp(&s1, Arc::new(udp), forwarder).await }),
+                rt.spawn(async move { r2.serve_tcp(s2, tcp, f2).await }),
             ],
         })
     }
 
-    async fn serve_udp(&self, scope: &str, sock: tokio::net::UdpSocket) {
+    async fn serve_udp(&self, scope: &str, sock: Arc<tokio::net::UdpSocket>, forwarder: Forwarder) {
         let mut buf = vec![0u8; 4096];
         loop {
             let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -247,8 +299,28 @@ impl Resolver {
                     continue;
                 }
             };
-            let Some(reply) = self.answer(scope, &buf[..n], Transport::Udp) else {
-                continue;
+            let reply = match self.handle(scope, &buf[..n], Transport::Udp, &forwarder) {
+                Some(Handled::Reply(reply)) => reply,
+                Some(Handled::Forward { unanswered }) => {
+                    // Answered on its own task: a slow upstream must not hold up the names we own.
+                    match forwarder.inflight.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let (query, sock, fwd) =
+                                (buf[..n].to_vec(), Arc::clone(&sock), forwarder.clone());
+                            tokio::spawn(async move {
+                                let reply = fwd
+                                    .forward(&query, Transport::Udp)
+                                    .await
+                                    .unwrap_or(unanswered);
+                                let _ = sock.send_to(&reply, peer).await;
+                                drop(permit);
+                            });
+                            continue;
+                        }
+                        Err(_) => unanswered,
+                    }
+                }
+                None => continue,
             };
             if let Err(e) = sock.send_to(&reply, peer).await {
                 tracing::debug!(scope, %peer, error = %e, "dns udp send");
@@ -256,7 +328,12 @@ impl Resolver {
         }
     }
 
-    async fn serve_tcp(self: Arc<Self>, scope: String, listener: tokio::net::TcpListener) {
+    async fn serve_tcp(
+        self: Arc<Self>,
+        scope: String,
+        listener: tokio::net::TcpListener,
+        forwarder: Forwarder,
+    ) {
         // Owned here so that aborting the accept loop also ends its open connections.
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -269,9 +346,9 @@ impl Resolver {
                 }
             };
             while conns.try_join_next().is_some() {}
-            let (me, scope) = (Arc::clone(&self), scope.clone());
+            let (me, scope, fwd) = (Arc::clone(&self), scope.clone(), forwarder.clone());
             conns.spawn(async move {
-                let _ = tokio::time::timeout(TCP_IDLE * 6, me.serve_conn(&scope, conn)).await;
+                let _ = tokio::time::timeout(TCP_IDLE * 6, me.serve_conn(&scope, conn, &fwd)).await;
             });
         }
     }
@@ -281,6 +358,7 @@ impl Resolver {
         &self,
         scope: &str,
         mut conn: tokio::net::TcpStream,
+        forwarder: &Forwarder,
     ) -> std::io::Result<()> {
         loop {
             let mut len = [0u8; 2];
@@ -292,8 +370,13 @@ impl Resolver {
             tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut msg))
                 .await
                 .map_err(|_| std::io::ErrorKind::TimedOut)??;
-            let Some(reply) = self.answer(scope, &msg, Transport::Tcp) else {
-                return Ok(());
+            let reply = match self.handle(scope, &msg, Transport::Tcp, forwarder) {
+                Some(Handled::Reply(reply)) => reply,
+                Some(Handled::Forward { unanswered }) => forwarder
+                    .forward(&msg, Transport::Tcp)
+                    .await
+                    .unwrap_or(unanswered),
+                None => return Ok(()),
             };
             let Ok(n) = u16::try_from(reply.len()) else {
                 return Ok(());
@@ -305,12 +388,13 @@ impl Resolver {
         }
     }
 
-    /// The wire reply to one wire query, or None when the packet is too short to even carry an
-    /// id (nothing sensible can be sent back).
+    /// The wire reply to one wire query from the view alone (a name it does not hold is
+    /// NXDOMAIN), or None when the packet is too short to even carry an id (nothing sensible
+    /// can be sent back).
     pub fn answer(&self, scope: &str, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
         let reply = match Message::from_vec(query) {
             Ok(req) if req.metadata.message_type == MessageType::Query => {
-                self.respond(scope, &req, transport)
+                self.respond(scope, &req, transport).0
             }
             Ok(_) => return None,
             Err(_) => formerr(query)?,
@@ -318,7 +402,36 @@ impl Resolver {
         reply.to_vec().ok()
     }
 
-    fn respond(&self, scope: &str, req: &Message, transport: Transport) -> Message {
+    /// What to do with one wire query: answer it from the view, or forward it when the view
+    /// does not hold the name and there is somewhere to forward to.
+    fn handle(
+        &self,
+        scope: &str,
+        query: &[u8],
+        transport: Transport,
+        forwarder: &Forwarder,
+    ) -> Option<Handled> {
+        let (mut reply, owned) = match Message::from_vec(query) {
+            Ok(req) if req.metadata.message_type == MessageType::Query => {
+                self.respond(scope, &req, transport)
+            }
+            Ok(_) => return None,
+            Err(_) => (formerr(query)?, true),
+        };
+        if owned || forwarder.upstreams.is_empty() {
+            return reply.to_vec().ok().map(Handled::Reply);
+        }
+        // What the client gets if no upstream answers: a failure, not a claim the name is not.
+        reply.metadata.response_code = ResponseCode::ServFail;
+        reply.metadata.authoritative = false;
+        Some(Handled::Forward {
+            unanswered: reply.to_vec().ok()?,
+        })
+    }
+
+    /// The reply from the view, and whether the view holds the name (or the query is one the
+    /// view answers whatever the name: malformed or not a plain query).
+    fn respond(&self, scope: &str, req: &Message, transport: Transport) -> (Message, bool) {
         let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
         resp.metadata.recursion_desired = req.metadata.recursion_desired;
         // glibc ignores answers without RA from a server it treats as recursive.
@@ -332,11 +445,11 @@ impl Resolver {
         }
         if req.metadata.op_code != OpCode::Query {
             resp.metadata.response_code = ResponseCode::NotImp;
-            return resp;
+            return (resp, true);
         }
         let [q] = req.queries.as_slice() else {
             resp.metadata.response_code = ResponseCode::FormErr;
-            return resp;
+            return (resp, true);
         };
         let name = normalize(&q.name().to_ascii());
         let entry_scope = self.scope(scope);
@@ -345,11 +458,11 @@ impl Resolver {
             .map(|s| s.read().unwrap_or_else(|e| e.into_inner()));
         let Some(entry) = names.as_ref().and_then(|n| n.get(&name)) else {
             resp.metadata.response_code = ResponseCode::NXDomain;
-            return resp;
+            return (resp, false);
         };
         let wants_a = matches!(q.query_type(), RecordType::A | RecordType::ANY);
         if !wants_a || q.query_class() != DNSClass::IN {
-            return resp;
+            return (resp, true);
         }
         let ips = &entry.answer.ips;
         let (ttl, start) = if entry.answer.rotate && !ips.is_empty() {
@@ -370,7 +483,114 @@ impl Resolver {
                 resp = resp.truncate();
             }
         }
-        resp
+        (resp, true)
+    }
+}
+
+enum Handled {
+    Reply(Vec<u8>),
+    /// Not a name of the view: ask upstream; `unanswered` is the reply if none answers.
+    Forward {
+        unanswered: Vec<u8>,
+    },
+}
+
+/// How long one upstream has to answer before the next is asked; a client (glibc: 5 s)
+/// gives up on us after about two of these.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forwarded queries a task may have open at once; past that they fail at once, so a task
+/// flooding names cannot grow the agent's memory.
+const MAX_FORWARDS_IN_FLIGHT: usize = 64;
+
+/// Where a scope's queries for names it does not own go, as dockerd's embedded DNS sends
+/// them: from inside the task's namespace, so through the task's own routes (its gateway
+/// leg; a task on internal networks only has none), to the node's resolvers or its `--dns`.
+#[derive(Clone)]
+struct Forwarder {
+    ns: NetNs,
+    upstreams: Arc<[SocketAddr]>,
+    inflight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Forwarder {
+    /// The first upstream's reply, in order; None if none answered.
+    async fn forward(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        for &upstream in self.upstreams.iter() {
+            let asked = match transport {
+                Transport::Udp => self.over_udp(upstream, query).await,
+                Transport::Tcp => self.over_tcp(upstream, query).await,
+            };
+            match asked {
+                Ok(reply) => return Some(reply),
+                Err(e) => {
+                    tracing::debug!(ns = self.ns.name(), %upstream, error = %e, "dns forward")
+                }
+            }
+        }
+        None
+    }
+
+    /// A socket made inside the task's namespace (a blocking thread enters it).
+    async fn socket<T: Send + 'static>(
+        &self,
+        make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
+        let ns = self.ns.clone();
+        tokio::task::spawn_blocking(move || ns.run(make))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn over_udp(&self, upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+        let sock = self
+            .socket(move || {
+                let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.connect(upstream)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .await?;
+        let sock = tokio::net::UdpSocket::from_std(sock)?;
+        sock.send(query).await?;
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??;
+            // A connected socket hears only the upstream; a reply to another id is stale.
+            if n >= 2 && buf[..2] == query[..2] {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+    }
+
+    async fn over_tcp(&self, upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+        let conn = self
+            .socket(move || {
+                let s = std::net::TcpStream::connect_timeout(&upstream, FORWARD_TIMEOUT)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            })
+            .await?;
+        let mut conn = tokio::net::TcpStream::from_std(conn)?;
+        let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
+        let exchange = async {
+            let mut out = Vec::with_capacity(query.len() + 2);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(query);
+            conn.write_all(&out).await?;
+            let mut len = [0u8; 2];
+            conn.read_exact(&mut len).await?;
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            conn.read_exact(&mut reply).await?;
+            Ok::<_, std::io::Error>(reply)
+        };
+        tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+            .await
+            .map_err(|_| std::io::ErrorKind::TimedOut)?
     }
 }
 
@@ -405,6 +625,20 @@ mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
+
+    #[test]
+    fn nameservers_are_read_in_order_ipv4_only() {
+        let text = "# comment\nsearch example.com\nnameserver 10.0.0.2\nnameserver fe80::1\n\
+                    nameserver 127.0.0.53\nnameserver  192.168.0.1 # trailing\n";
+        assert_eq!(
+            nameservers(text),
+            [
+                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(127, 0, 0, 53),
+                Ipv4Addr::new(192, 168, 0, 1)
+            ]
+        );
+    }
 
     fn resolver() -> Arc<Resolver> {
         let r = Resolver::new();

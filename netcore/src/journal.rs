@@ -1,6 +1,6 @@
 //! What the dataplane changed in a namespace it does not own (an ssh node's namespace is its
-//! owner's host): the nft tables it created, each sysctl's value before its first change, and
-//! the reqid that marks its xfrm SAs and policies (see `xfrm::Owner::shared`).
+//! owner's host): the nft tables and links it created, each sysctl's value before its first
+//! change, and the reqid that marks its xfrm SAs and policies (see `xfrm::Owner::shared`).
 //! The journal is a file, written before each change, so that teardown (another process,
 //! later, after the agent is gone; see `undo`) removes exactly those tables and puts those
 //! values back. Writing it needs nothing but the namespace, so every layer that changes a
@@ -43,6 +43,9 @@ pub(crate) struct Record {
     /// Reqids whose xfrm SAs and policies are ours (journals from before had none).
     #[serde(default)]
     pub(crate) xfrm_reqids: BTreeSet<u32>,
+    /// Links created in the namespace itself (the gateway bridge), by name.
+    #[serde(default)]
+    pub(crate) links: BTreeSet<String>,
 }
 
 /// The journal of one namespace's changes, shared by everything that changes it.
@@ -106,6 +109,18 @@ impl Journal {
     /// Notes that xfrm SAs and policies with `reqid` are (about to be) created.
     pub fn xfrm_reqid(&self, reqid: u32) -> Result<()> {
         self.update(|r| r.xfrm_reqids.insert(reqid))
+    }
+
+    /// Notes that the link `name` is (about to be) created.
+    pub fn link(&self, name: &str) -> Result<()> {
+        self.update(|r| r.links.insert(name.to_string()))
+    }
+
+    /// Whether the link `name` is one we created (a link of that name that is not was there
+    /// before us, and is not ours to use or remove).
+    pub fn has_link(&self, name: &str) -> bool {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        load(&self.path).is_ok_and(|r| r.links.contains(name))
     }
 
     /// Sets a sysctl in `ns`, noting its value first unless an earlier change noted it.

@@ -42,6 +42,7 @@
 //! it (the runner's libnftables context) by type, so `netns` names none of them.
 
 pub mod dns;
+pub mod gateway;
 pub mod hostport;
 pub mod ingress;
 pub mod journal;

@@ -1,6 +1,6 @@
 //! Teardown of what the dataplane changed in a namespace it does not own, by a process that
 //! did not make the changes: it reads the namespace's journal (`journal`) and removes the xfrm
-//! state and nft tables listed there and puts the sysctls back. The top of the crate: it
+//! state, nft tables and links listed there and puts the sysctls back. The top of the crate: it
 //! undoes what `xfrm` and the nft runner made.
 
 use std::path::{Path, PathBuf};
@@ -48,6 +48,21 @@ pub async fn undo(path: &Path, ns: &NetNs) -> Result<(), UndoError> {
         if let Err(e) = apply_nft(ns, &format!("table ip {t} {{}}\ndelete table ip {t}\n")) {
             failed.push(format!("table ip {t}: {e}"));
         }
+    }
+    match crate::link::Links::new(ns) {
+        Ok(links) => {
+            for name in &r.links {
+                let gone = match links.index_of(name).await {
+                    Ok(Some(index)) => links.delete_link(index).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = gone {
+                    failed.push(format!("link {name}: {e}"));
+                }
+            }
+        }
+        Err(e) => failed.push(format!("links: {e}")),
     }
     for (key, value) in &r.sysctls {
         if let Err(e) = ns.set_sysctl(key, value) {
@@ -97,13 +112,18 @@ mod tests {
         j.set_sysctl(&ns, key, flipped).unwrap();
         j.table("sktest_a_ingress").unwrap();
         apply_nft(&ns, "table ip sktest_a_ingress {}\n").unwrap();
+        j.link("sktestbr0").unwrap();
+        let links = crate::link::Links::new(&ns).unwrap();
+        links.create_bridge("sktestbr0", 1500).await.unwrap();
         assert_eq!(ns.sysctl(key).unwrap(), flipped);
 
         let undone = undo(&path, &ns).await;
         let tables = crate::nft::run_nft(&ns, &["list", "tables"], None).unwrap();
         let after = ns.sysctl(key).unwrap();
+        let bridge = links.index_of("sktestbr0").await.unwrap();
         let again = undo(&path, &ns).await;
         undone.unwrap();
+        assert_eq!(bridge, None, "the journaled bridge outlived the undo");
         assert!(!tables.contains("sktest_a_ingress"), "{tables}");
         assert_eq!(after, before);
         assert!(!path.exists(), "the journal outlived the undo");

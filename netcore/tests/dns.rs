@@ -94,8 +94,12 @@ async fn real_clients_resolve_per_scope() {
     let tasks: Vec<Ipv4Addr> = (6..9).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
     resolver.set_view("task-a", view(Ipv4Addr::new(10, 0, 0, 5), &tasks));
     resolver.set_view("task-b", view(Ipv4Addr::new(10, 0, 1, 5), &[]));
-    let _serve_a = resolver.serve_in("task-a", &a.ns).expect("serve in a");
-    let serve_b = resolver.serve_in("task-b", &b.ns).expect("serve in b");
+    let _serve_a = resolver
+        .serve_in("task-a", &a.ns, vec![])
+        .expect("serve in a");
+    let serve_b = resolver
+        .serve_in("task-b", &b.ns, vec![])
+        .expect("serve in b");
 
     assert_eq!(a.dig("search").await, vec!["10.0.0.5"]);
     assert_eq!(a.dig("SEARCH.").await, vec!["10.0.0.5"]);
@@ -140,4 +144,95 @@ async fn real_clients_resolve_per_scope() {
             "still served: {out:?}"
         );
     }
+}
+
+/// A real DNS server (dnsmasq) in a namespace of its own, reached from the task's namespace
+/// over a veth: names the view does not hold are forwarded there over UDP and TCP, names it
+/// holds are still answered here, and a dead upstream is SERVFAIL (not NXDOMAIN) in bounded
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_not_owned_are_forwarded_from_the_task_namespace() {
+    testkit::require_root!();
+    let task = TestNs::new("fwd");
+    let up_names = Namespaces::new("dns-up");
+    let upstream = NetNs::open(&up_names.create("up")).unwrap();
+    netcore::underlay::link_pair(
+        &upstream,
+        "up0",
+        "10.99.0.1/24".parse().unwrap(),
+        &task.ns,
+        "eth9",
+        "10.99.0.2/24".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut dnsmasq = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            upstream.name(),
+            "dnsmasq",
+            "--keep-in-foreground",
+        ])
+        .args([
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .args([
+            "--listen-address=10.99.0.1",
+            "--address=/db.outside.test/10.99.0.7",
+        ])
+        .args(["--pid-file="])
+        .spawn()
+        .expect("dnsmasq (apt-get install dnsmasq-base; scripts/setup installs it)");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dnsmasq = Kill(&mut dnsmasq);
+    let resolver = Resolver::new();
+    resolver.set_view("t", view(Ipv4Addr::new(10, 0, 0, 5), &[]));
+    let _serve = resolver
+        .serve_in("t", &task.ns, vec!["10.99.0.1:53".parse().unwrap()])
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while task.dig("db.outside.test").await != ["10.99.0.7"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dnsmasq never answered through the forwarder"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let tcp = task
+        .exec(&[
+            "dig",
+            "@127.0.0.11",
+            "+tcp",
+            "+short",
+            "+tries=1",
+            "db.outside.test",
+        ])
+        .await;
+    assert_eq!(tcp.trim(), "10.99.0.7");
+    assert_eq!(task.dig("search").await, ["10.0.0.5"], "an owned name");
+    let hosts = task.exec(&["getent", "hosts", "db.outside.test"]).await;
+    assert!(hosts.starts_with("10.99.0.7"), "{hosts:?}");
+
+    // dig waits 4 s: the forwarder gives up on a dead upstream sooner, and says so.
+    drop(dnsmasq);
+    let out = task
+        .exec(&[
+            "dig",
+            "@127.0.0.11",
+            "+tries=1",
+            "+time=4",
+            "db.outside.test",
+        ])
+        .await;
+    assert!(out.contains("status: SERVFAIL"), "{out}");
 }

@@ -1,6 +1,6 @@
 //! What a restarted agent needs to adopt the tasks its predecessor started: a record in each
 //! task's run directory (its process, identified beyond the pid by its start time, and its
-//! host-port link), and a way to learn when a process that is not our child exits.
+//! leg on the gateway bridge), and a way to learn when a process that is not our child exits.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ pub struct Record {
     /// The process's start time (clock ticks after boot, /proc/PID/stat field 22), so a
     /// reused pid is never mistaken for the task.
     pub start_time: u64,
-    pub host_link: Option<u32>,
+    /// Its leg on the node's gateway bridge.
+    #[serde(default)]
+    pub leg: Option<u32>,
     /// Between SIGTERM and SIGKILL when it is stopped.
     #[serde(default)]
     pub stop_grace_ms: u64,

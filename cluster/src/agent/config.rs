@@ -18,6 +18,10 @@ pub const ENV_NODE_NS: &str = "SWARMKIT_NODE_NS";
 pub const ENV_MESH: &str = "SWARMKIT_MESH";
 /// A TCP endpoint (`host:port`) to reach the manager at, instead of the cluster's unix socket.
 pub const ENV_MANAGER_TCP: &str = "SWARMKIT_MANAGER_TCP";
+/// The resolv.conf whose nameservers are the node's resolvers, where the tasks' embedded DNS
+/// forwards names it does not own; unset, `/etc/resolv.conf`. The netns backend points it at
+/// the cluster's underlay, never at the host's own resolvers.
+pub const ENV_RESOLV_CONF: &str = "SWARMKIT_RESOLV_CONF";
 
 /// What the node is, as far as its network namespace goes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,6 +98,8 @@ pub struct Config {
     pub node_ns: NodeNs,
     /// Where to reach the manager over TCP (None: the cluster's unix socket).
     pub manager_tcp: Option<String>,
+    /// Where the node's resolvers are listed.
+    pub resolv_conf: std::path::PathBuf,
 }
 
 impl Config {
@@ -145,6 +151,9 @@ fn parse(
         mesh,
         node_ns,
         manager_tcp: get(ENV_MANAGER_TCP),
+        resolv_conf: get(ENV_RESOLV_CONF)
+            .unwrap_or_else(|| netcore::dns::HOST_RESOLV_CONF.to_string())
+            .into(),
     })
 }
 

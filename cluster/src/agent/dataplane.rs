@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
+use netcore::gateway::{self, Gateway};
 use netcore::ingress::{MeshLayout, NodeIngress, RouterAddrs, SandboxRouter};
 use netcore::journal::Journal;
 use netcore::lb::{self, Driver, LoadBalancer};
@@ -22,10 +23,10 @@ use super::derive::{
 use crate::paths::ClusterPaths;
 use crate::plan::{AttachmentPlan, NodePlan};
 
-/// The docker_gwbridge stand-in between a node and its ingress sandbox.
-const GW_IFNAME: &str = "docker_gwbridge";
-const GW_NODE: &str = "172.18.0.1/16";
-const GW_SANDBOX: &str = "172.18.0.2/16";
+/// The ingress sandbox's leg on the node's docker_gwbridge, the first after the gateway's.
+const GW_SANDBOX: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+/// Its bridge port in the node.
+const GW_SANDBOX_PORT: &str = "gwingress";
 /// The ingress sandbox's interfaces, named as in Docker's ingress_sbox.
 const SBOX_GW_IFNAME: &str = "eth1";
 const SBOX_INGRESS_IFNAME: &str = "eth0";
@@ -61,6 +62,8 @@ pub struct Dataplane {
     journal: Option<Arc<Journal>>,
     sandboxes: HashMap<String, Sandbox>,
     ingress: Option<Ingress>,
+    /// The node's docker_gwbridge: egress for tasks, the way into the ingress sandbox.
+    gateway: Gateway,
     /// Opened with the first encrypted network, kept after (the kernel state is what matters).
     ipsec: Option<Ipsec>,
     ipsec_owner: Owner,
@@ -76,6 +79,8 @@ impl Dataplane {
         mesh: MeshLayout,
     ) -> Self {
         Dataplane {
+            gateway: Gateway::new(node.clone(), &paths.nft_table("gateway"), None)
+                .without_bridge_netfilter(mesh == MeshLayout::Node),
             paths,
             hostname: hostname.to_string(),
             node,
@@ -92,8 +97,19 @@ impl Dataplane {
 
     /// Journals what is changed in the node's own namespace, for `cluster down` to undo.
     pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.gateway = Gateway::new(
+            self.node.clone(),
+            &self.paths.nft_table("gateway"),
+            journal.clone(),
+        )
+        .without_bridge_netfilter(self.mesh == MeshLayout::Node);
         self.journal = journal;
         self
+    }
+
+    /// The node's docker_gwbridge, where tasks get their leg.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
     }
 
     /// Whose IPsec state this node's namespace holds (see `xfrm::Owner`).
@@ -285,21 +301,10 @@ impl Dataplane {
         };
         if self.ingress.is_none() {
             let sbox = NetNs::create(&self.paths.ingress_sbox_ns(&self.hostname))?;
-            let gw_node: Ipv4Net = GW_NODE.parse()?;
-            let gw_sbox: Ipv4Net = GW_SANDBOX.parse()?;
-            netcore::underlay::link_pair(
-                &self.node,
-                GW_IFNAME,
-                gw_node,
-                &sbox,
-                SBOX_GW_IFNAME,
-                gw_sbox,
-            )
-            .await?;
             // Replies to clients on the underlay (or to the node's own address) leave the
             // way docker's ingress-sbox sends them: back through the gateway bridge.
-            netcore::link::Links::new(&sbox)?
-                .add_default_route(gw_node.addr())
+            self.gateway
+                .plug(&sbox, GW_SANDBOX_PORT, SBOX_GW_IFNAME, GW_SANDBOX, true)
                 .await?;
             self.attach(
                 &ing.network_id,
@@ -319,17 +324,17 @@ impl Dataplane {
                 MeshLayout::Node => {
                     let links = netcore::link::Links::new(&self.node)?;
                     links
-                        .add_route_via(ing.sandbox_addr.trunc(), gw_sbox.addr())
+                        .add_route_via(ing.sandbox_addr.trunc(), GW_SANDBOX)
                         .await?;
                     links
-                        .add_route_via(Ipv4Net::from(GW_HAIRPIN), gw_sbox.addr())
+                        .add_route_via(Ipv4Net::from(GW_HAIRPIN), GW_SANDBOX)
                         .await?;
                     let router = SandboxRouter::new(
                         sbox,
                         &self.paths.nft_table("mesh"),
                         RouterAddrs {
-                            node: gw_node.addr(),
-                            sandbox: gw_sbox.addr(),
+                            node: gateway::GATEWAY,
+                            sandbox: GW_SANDBOX,
                             hairpin: GW_HAIRPIN,
                             gw_ifname: SBOX_GW_IFNAME.into(),
                             ingress_ifname: SBOX_INGRESS_IFNAME.into(),
@@ -343,8 +348,8 @@ impl Dataplane {
                 node_rules: NodeIngress::new(
                     self.node.clone(),
                     &self.paths.nft_table("ingress"),
-                    gw_sbox.addr(),
-                    GW_IFNAME,
+                    GW_SANDBOX,
+                    gateway::BRIDGE,
                     self.mesh,
                 )
                 .with_journal(self.journal.clone()),

@@ -374,6 +374,9 @@ mod tests {
             read_only: false,
             dns_search: vec![],
             dns_options: vec![],
+            dns_servers: vec![],
+            internal: false,
+            health: None,
         }
     }
 

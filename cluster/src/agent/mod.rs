@@ -4,20 +4,23 @@
 //!
 //! `run` (its life: start-up, the plan poll, the loop) drives `node` (applying a plan in
 //! order), which drives `dataplane` (kernel state of networks and the mesh, from what `derive`
-//! computes from the plan) and `tasks` (task processes, through `process`, `adopt` and
-//! `logs`). `config` reads the environment. Imports run down that list, never back.
+//! computes from the plan) and `tasks` (task processes, through `process`, `adopt`, `health`
+//! and `logs`). `config` reads the environment. Imports run down that list, never back.
 
 mod adopt;
 mod config;
 mod credentials;
 mod dataplane;
 mod derive;
+mod health;
 mod logs;
 mod node;
 mod process;
 mod run;
 mod tasks;
 
-pub use config::{ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, NodeNs};
+pub use config::{
+    ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, ENV_RESOLV_CONF, NodeNs,
+};
 pub use process::write_files;
 pub use run::{ENV_JOIN_TOKEN, run};

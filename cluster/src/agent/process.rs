@@ -299,3 +299,70 @@ pub fn spawn(
         source,
     })
 }
+
+/// A healthcheck's command for the task whose process is `pid`: run in its network, mount and
+/// UTS namespaces, from its working directory, as its user, with the task's environment, as
+/// dockerd runs one with `exec`. Killed when dropped (its timeout).
+pub fn probe(
+    task: &TaskPlan,
+    pid: u32,
+    argv: &[String],
+) -> std::io::Result<tokio::process::Command> {
+    use std::os::fd::OwnedFd;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("the healthcheck has no command"))?;
+    let open = |ns: &str| -> std::io::Result<OwnedFd> {
+        Ok(std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))?.into())
+    };
+    let namespaces = [
+        (open("net")?, CloneFlags::CLONE_NEWNET),
+        (open("mnt")?, CloneFlags::CLONE_NEWNS),
+        (open("uts")?, CloneFlags::CLONE_NEWUTS),
+    ];
+    let user = resolve_user(&task.user)?;
+    let workdir = CString::new(if task.dir.is_empty() { "/" } else { &task.dir })
+        .map_err(std::io::Error::other)?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOSTNAME", &task.hostname)
+        .env("HOME", user.as_ref().map_or("/root", |u| u.home.as_str()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for kv in &task.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    // SAFETY: only async-signal-safe syscalls run between fork and exec; the descriptors and
+    // buffers they use were made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, kind) in &namespaces {
+                enter_raw(fd.as_raw_fd(), *kind)?;
+            }
+            nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
+            if let Some(u) = &user {
+                nix::unistd::setgroups(&[u.gid]).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
+                nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
+            }
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    Ok(cmd)
+}

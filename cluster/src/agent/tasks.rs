@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::adopt;
 use super::dataplane::Dataplane;
+use super::health;
 use super::logs::{self, LogSink};
 use super::process::{self, MountTemplate};
 use crate::model::TaskState;
@@ -30,15 +32,28 @@ const READY_WARN_AFTER: Duration = Duration::from_secs(10);
 
 /// What a task's watchers tell the agent's loop.
 pub enum Event {
-    Exited { id: String, code: Option<i32> },
-    Ready { id: String },
-    NotReady { id: String, err: String },
+    Exited {
+        id: String,
+        code: Option<i32>,
+    },
+    Ready {
+        id: String,
+    },
+    NotReady {
+        id: String,
+        err: String,
+    },
+    /// Its healthcheck failed `retries` times in a row.
+    Unhealthy {
+        id: String,
+        why: String,
+    },
 }
 
 struct RunningTask {
     plan: TaskPlan,
-    /// Index of the task's /30 on its host-port link to the node, if it publishes in host mode.
-    host_link: Option<u32>,
+    /// Its leg on the node's gateway bridge (see [`leg_addr`]); none on internal networks.
+    leg: Option<u32>,
     ns: NetNs,
     pid: Option<u32>,
     dns: Option<ServeHandle>,
@@ -46,6 +61,8 @@ struct RunningTask {
     stopping: bool,
     /// Started by an earlier agent: not our child, so its exit status is unknown.
     adopted: bool,
+    /// Why its healthcheck failed it: it is stopped, and reported failed, not shut down.
+    unhealthy: Option<String>,
 }
 
 pub struct Tasks {
@@ -62,6 +79,8 @@ pub struct Tasks {
     logs: LogSink,
     /// None where it could not be made: tasks then copy the agent's own mount table.
     mounts: Option<MountTemplate>,
+    /// Lists the node's resolvers, read at each task's start as dockerd reads them.
+    resolv_conf: PathBuf,
 }
 
 impl Tasks {
@@ -71,6 +90,7 @@ impl Tasks {
         node: NetNs,
         events: mpsc::UnboundedSender<Event>,
         logs: LogSink,
+        resolv_conf: PathBuf,
     ) -> Tasks {
         Tasks {
             paths,
@@ -87,6 +107,19 @@ impl Tasks {
                     tracing::warn!("tasks will copy the node's whole mount table: {e}")
                 })
                 .ok(),
+            resolv_conf,
+        }
+    }
+
+    /// Where a task's embedded DNS forwards the names it does not own: its `--dns`, else the
+    /// node's resolvers; nowhere for a task on internal networks only, which has no way out.
+    fn upstreams(&self, t: &TaskPlan) -> Vec<std::net::SocketAddr> {
+        if t.internal {
+            Vec::new()
+        } else if t.dns_servers.is_empty() {
+            netcore::dns::node_upstreams(&self.resolv_conf)
+        } else {
+            t.dns_servers.iter().map(|a| (*a, 53).into()).collect()
         }
     }
 
@@ -160,11 +193,27 @@ impl Tasks {
             Event::NotReady { id, err } => {
                 tracing::warn!(task = id, "not ready: {err}");
             }
+            Event::Unhealthy { id, why } => {
+                let Some(t) = self.running.get_mut(&id) else {
+                    return;
+                };
+                if t.stopping {
+                    return;
+                }
+                // Failed now, before it is stopped: it leaves the load balancers at once.
+                let message = format!("task: unhealthy container: {why}");
+                t.state = TaskState::Failed;
+                t.unhealthy = Some(message.clone());
+                self.report(&id, TaskState::Failed, &message, Some(message.clone()));
+                self.stop(&id);
+            }
             Event::Exited { id, code } => {
                 let Some(t) = self.running.remove(&id) else {
                     return;
                 };
-                let (state, message, err) = if t.stopping {
+                let (state, message, err) = if let Some(why) = &t.unhealthy {
+                    (TaskState::Failed, why.clone(), Some(why.clone()))
+                } else if t.stopping {
                     (TaskState::Shutdown, "shutdown".to_string(), None)
                 } else if t.adopted {
                     let why = "task: exited (status unknown: it outlived an agent restart)";
@@ -270,7 +319,10 @@ impl Tasks {
         }
         let adopted = NetNs::open(&self.paths.task_ns(&t.id))
             .map_err(anyhow::Error::from)
-            .and_then(|ns| Ok((self.resolver.serve_in(&t.id, &ns)?, ns)));
+            .and_then(|ns| {
+                let upstreams = self.upstreams(t);
+                Ok((self.resolver.serve_in(&t.id, &ns, upstreams)?, ns))
+            });
         let (dns, ns) = match adopted {
             Ok(x) => x,
             Err(e) => {
@@ -307,24 +359,17 @@ impl Tasks {
             t.id.clone(),
             RunningTask {
                 plan: t.clone(),
-                host_link: rec.host_link,
+                leg: rec.leg,
                 ns: ns.clone(),
                 pid: Some(rec.pid),
                 dns: Some(dns),
                 state: TaskState::Starting,
                 stopping: false,
                 adopted: true,
+                unhealthy: None,
             },
         );
-        let events = self.events.clone();
-        let id = t.id.clone();
-        tokio::spawn(async move {
-            let ev = match wait_listening(ns, Some(pid), port).await {
-                Ok(()) => Event::Ready { id },
-                Err(err) => Event::NotReady { id, err },
-            };
-            let _ = events.send(ev);
-        });
+        self.watch_readiness(t, ns, Some(pid), port);
         Adoption::Adopted
     }
 
@@ -368,28 +413,39 @@ impl Tasks {
         for a in &t.attachments {
             dataplane.attach(&a.network_id, &ns, a).await?;
         }
-        let host_link = if t.host_ports.is_empty() {
+        // As docker's containers: a leg on docker_gwbridge, the default route out of the
+        // node through it, and the address host-mode published ports go to.
+        let leg = if t.internal {
             None
         } else {
-            let used: HashSet<u32> = self.running.values().filter_map(|r| r.host_link).collect();
-            let i = (0..16000u32)
+            let used: HashSet<u32> = self.running.values().filter_map(|r| r.leg).collect();
+            let i = (0..LEGS)
                 .find(|i| !used.contains(i))
-                .context("no free host-port link left on this node")?;
-            let (node_side, task_side) = host_link_addrs(i);
-            let link = format!("hp{}", &t.id[..8.min(t.id.len())]);
-            netcore::underlay::link_pair(&self.node, &link, node_side, &ns, "gw0", task_side)
-                .await?;
-            // The node's localhost reaches the port through this link alone: loopback
-            // sources may leave by it, by no other (see netcore::hostport).
-            self.node
-                .set_sysctl(&format!("net/ipv4/conf/{link}/route_localnet"), "1")?;
-            // Replies to outside clients go back through the node, source addresses intact.
-            netcore::link::Links::new(&ns)?
-                .add_default_route(node_side.addr())
-                .await?;
+                .context("no free address left on the node's gateway bridge")?;
+            let port = format!("gw{}", &t.id[..8.min(t.id.len())]);
+            let ifname = format!("eth{}", t.attachments.len());
+            dataplane
+                .gateway()
+                .plug(&ns, &port, &ifname, leg_addr(i), true)
+                .await
+                .context("the task's leg on the gateway bridge")?;
             Some(i)
         };
-        let dns = self.resolver.serve_in(&t.id, &ns)?;
+        if !t.host_ports.is_empty() {
+            if leg.is_none() {
+                anyhow::bail!(
+                    "host-mode published ports need a way into the task, and every network \
+                     it is on is --internal"
+                );
+            }
+            // The node's localhost reaches the ports through the bridge alone: loopback
+            // sources may leave by it, by no other (see netcore::hostport).
+            self.node.set_sysctl(
+                &format!("net/ipv4/conf/{}/route_localnet", netcore::gateway::BRIDGE),
+                "1",
+            )?;
+        }
+        let dns = self.resolver.serve_in(&t.id, &ns, self.upstreams(t))?;
         tokio::task::block_in_place(|| lb::track_connections(&ns))
             .context("connection tracking in the task's namespace")?;
         let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
@@ -420,7 +476,7 @@ impl Tasks {
                 node: self.hostname.clone(),
                 pid: p,
                 start_time: adopt::start_time(p).unwrap_or_default(),
-                host_link,
+                leg,
                 stop_grace_ms: t.stop_grace_ms,
                 stop_signal: t.stop_signal.clone(),
             };
@@ -442,17 +498,29 @@ impl Tasks {
             t.id.clone(),
             RunningTask {
                 plan: t.clone(),
-                host_link,
+                leg,
                 ns: ns.clone(),
                 pid,
                 dns: Some(dns),
                 state: TaskState::Starting,
                 stopping: false,
                 adopted: false,
+                unhealthy: None,
             },
         );
         self.report(&t.id, TaskState::Starting, "starting", None);
+        self.watch_readiness(t, ns, pid, port);
+        Ok(())
+    }
+
+    /// What makes a starting task running: its healthcheck's first success where it has one
+    /// (which then goes on checking), else its image's port answering.
+    fn watch_readiness(&self, t: &TaskPlan, ns: NetNs, pid: Option<u32>, port: Option<u16>) {
         let events = self.events.clone();
+        if let (Some(h), Some(pid)) = (&t.health, pid) {
+            tokio::spawn(health::monitor(t.clone(), pid, h.clone(), events));
+            return;
+        }
         let id = t.id.clone();
         tokio::spawn(async move {
             let ev = match wait_listening(ns, pid, port).await {
@@ -461,7 +529,6 @@ impl Tasks {
             };
             let _ = events.send(ev);
         });
-        Ok(())
     }
 
     fn stop(&mut self, id: &str) {
@@ -484,12 +551,12 @@ impl Tasks {
         }
     }
 
-    /// The host-mode ports the running tasks publish, each towards its task's host-port link.
+    /// The host-mode ports the running tasks publish, each towards its task's leg.
     pub fn host_ports(&self) -> Vec<HostPort> {
         self.running
             .values()
             .filter(|t| !t.stopping)
-            .filter_map(|t| t.host_link.map(|i| (t, i)))
+            .filter_map(|t| t.leg.map(|i| (t, i)))
             .flat_map(|(t, i)| {
                 t.plan.host_ports.iter().map(move |p| HostPort {
                     proto: match p.protocol {
@@ -497,7 +564,7 @@ impl Tasks {
                         crate::model::Protocol::Udp => lb::Protocol::Udp,
                     },
                     port: p.published,
-                    addr: host_link_addrs(i).1.addr(),
+                    addr: leg_addr(i),
                     target: p.target,
                 })
             })
@@ -527,13 +594,14 @@ fn kill_group(pid: u32, grace: Duration, stop_signal: &str) {
     });
 }
 
-/// The /30 linking a host-mode task to its node, carved from 172.19.0.0/16: (node, task).
-fn host_link_addrs(i: u32) -> (ipnet::Ipv4Net, ipnet::Ipv4Net) {
-    let base = u32::from(Ipv4Addr::new(172, 19, 0, 0)) + i * 4;
-    (
-        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 1), 30).expect("/30"),
-        ipnet::Ipv4Net::new(Ipv4Addr::from(base + 2), 30).expect("/30"),
-    )
+/// How many task legs the gateway subnet holds: all of 172.18.0.0/16 after the gateway
+/// (.0.1) and the ingress sandbox (.0.2), short of the hairpin address (.255.254) and the
+/// broadcast address.
+const LEGS: u32 = 65536 - 5;
+
+/// The address of leg `i` on the gateway bridge.
+fn leg_addr(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(netcore::gateway::GATEWAY) + 2 + i)
 }
 
 /// Ready means the task accepts connections on its image's port (from inside its namespace),

@@ -344,6 +344,13 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         dns_options: (container.dns_config.as_ref())
             .and_then(|d| d.options.clone())
             .unwrap_or_default(),
+        // Checked when the spec was taken; an address that does not parse was refused then.
+        dns_servers: (container.dns_config.as_ref())
+            .and_then(|d| d.nameservers.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
         sysctls: container
             .sysctls
             .clone()
@@ -360,6 +367,17 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
                 addr: a.addr,
             })
             .collect(),
+        health: container
+            .health_check
+            .as_ref()
+            .and_then(crate::plan::HealthPlan::from_spec),
+        internal: !t.attachments.is_empty()
+            && t.attachments.iter().all(|a| {
+                state
+                    .networks
+                    .get(&a.network_id)
+                    .is_some_and(|n| n.internal)
+            }),
         start_after: t.start_after,
         stop_grace_ms: crate::policy::stop_grace(&service.spec).as_millis() as u64,
         host_ports: service

@@ -52,6 +52,7 @@ fn network(id: &str, subnet: &str, vni: u32, ingress: bool) -> Network {
         vni,
         attachable: false,
         ingress,
+        internal: false,
         labels: Default::default(),
         options: Default::default(),
         keyring: None,

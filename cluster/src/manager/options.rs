@@ -10,16 +10,16 @@ use serde_json::Value;
 use super::error::{ApiError, ApiResult};
 
 /// A service spec from a request body, refused when it carries a field the API's type does not
-/// know: such a field would otherwise be dropped without a word (docker's CLI sends
-/// `--health-cmd` as `ContainerSpec.Healthcheck`, which the swagger spells `HealthCheck`).
+/// know: such a field would otherwise be dropped without a word.
 pub struct Spec(pub ServiceSpec);
 
 impl<S: Send + Sync> FromRequest<S> for Spec {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let super::extract::Json(raw) =
+        let super::extract::Json(mut raw) =
             super::extract::Json::<Value>::from_request(req, state).await?;
+        docker_spellings(&mut raw);
         let spec: ServiceSpec = serde_json::from_value(raw.clone()).map_err(|e| {
             ApiError::BadRequest(format!("the request body does not fit the API's type: {e}"))
         })?;
@@ -29,13 +29,7 @@ impl<S: Send + Sync> FromRequest<S> for Spec {
         if dropped.is_empty() {
             return Ok(Spec(spec));
         }
-        let named: Vec<String> = dropped
-            .iter()
-            .map(|path| match flag_of(path) {
-                Some(flag) => format!("{flag} ({path})"),
-                None => path.clone(),
-            })
-            .collect();
+        let named = dropped;
         Err(ApiError::BadRequest(format!(
             "swarmkit does not do {} yet: remove {}. It refuses what it would otherwise \
              ignore; the options it honours are listed in its README (Options)",
@@ -45,11 +39,16 @@ impl<S: Send + Sync> FromRequest<S> for Spec {
     }
 }
 
-/// docker's flag for a field its CLI sends under a name the API's type lacks.
-fn flag_of(path: &str) -> Option<&'static str> {
-    match path {
-        "TaskTemplate.ContainerSpec.Healthcheck" => Some("--health-cmd"),
-        _ => None,
+/// docker's CLI sends `--health-cmd` as `Healthcheck`, which the swagger (and so the API's
+/// type) spells `HealthCheck`; dockerd's decoder ignores the case.
+fn docker_spellings(raw: &mut Value) {
+    if let Some(c) = raw
+        .pointer_mut("/TaskTemplate/ContainerSpec")
+        .and_then(Value::as_object_mut)
+        && !c.contains_key("HealthCheck")
+        && let Some(h) = c.remove("Healthcheck")
+    {
+        c.insert("HealthCheck".into(), h);
     }
 }
 
@@ -105,9 +104,15 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
             for word in d.search.iter().flatten().chain(d.options.iter().flatten()) {
                 check_resolv_word(word)?;
             }
+            for server in d.nameservers.iter().flatten() {
+                nameserver(server)?;
+            }
         }
         for (key, value) in c.sysctls.iter().flatten() {
             check_sysctl(key, value)?;
+        }
+        if let Some(h) = &c.health_check {
+            check_health(h)?;
         }
     }
     if let Some(r) = &task.resources {
@@ -167,14 +172,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if some(&c.mounts) {
         refused.push("--mount");
     }
-    // docker's NONE is "no healthcheck", which is what runs.
-    if let Some(h) = &c.health_check
-        && h.test
-            .as_ref()
-            .is_some_and(|t| !t.is_empty() && t[0] != "NONE")
-    {
-        refused.push("--health-cmd");
-    }
     if yes(c.init) {
         refused.push("--init");
     }
@@ -201,9 +198,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     }
     if c.oom_score_adj.is_some_and(|v| v != 0) {
         refused.push("--oom-score-adj");
-    }
-    if c.dns_config.as_ref().is_some_and(|d| some(&d.nameservers)) {
-        refused.push("--dns");
     }
     if c.privileges.as_ref().is_some_and(|p| {
         p.credential_spec.is_some()
@@ -276,6 +270,59 @@ fn check_host_line(line: &str) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// A healthcheck as docker takes it: a test of `NONE`, `CMD arg...` or `CMD-SHELL command`
+/// (or empty: none), durations of at least a millisecond where given, retries not negative.
+fn check_health(h: &bollard::models::HealthConfig) -> ApiResult<()> {
+    let bad = |why: String| Err(ApiError::BadRequest(format!("invalid healthcheck: {why}")));
+    match h.test.as_deref().unwrap_or_default() {
+        [] => {}
+        [none] if none == "NONE" => {}
+        [kind, rest @ ..] if kind == "CMD" || kind == "CMD-SHELL" => {
+            if rest.is_empty() || rest.iter().all(|a| a.trim().is_empty()) {
+                return bad(format!("{kind} needs a command: give --health-cmd CMD"));
+            }
+            if kind == "CMD-SHELL" && rest.len() != 1 {
+                return bad("CMD-SHELL takes exactly one command string".into());
+            }
+        }
+        [kind, ..] => {
+            return bad(format!(
+                "the test must start with NONE, CMD or CMD-SHELL, not {kind:?}"
+            ));
+        }
+    }
+    let durations = [
+        ("--health-interval", h.interval),
+        ("--health-timeout", h.timeout),
+        ("--health-start-period", h.start_period),
+        ("--health-start-interval", h.start_interval),
+    ];
+    for (flag, ns) in durations {
+        if let Some(ns) = ns
+            && ns != 0
+            && !(1_000_000..=86_400_000_000_000).contains(&ns)
+        {
+            return bad(format!(
+                "{flag} must be between 1ms and 24h (or 0 for the default)"
+            ));
+        }
+    }
+    if h.retries.is_some_and(|r| r < 0) {
+        return bad("--health-retries must be 0 or more".into());
+    }
+    Ok(())
+}
+
+/// A `--dns` server: where the task's embedded DNS forwards the names it does not own, as
+/// dockerd's does. IPv4, as the overlays are.
+pub fn nameserver(server: &str) -> ApiResult<std::net::Ipv4Addr> {
+    server.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid --dns {server:?}: give a DNS server's IPv4 address, e.g. --dns 192.168.0.1"
+        ))
+    })
 }
 
 /// A `--dns-search` domain or `--dns-option`: one word of resolv.conf.
@@ -352,10 +399,7 @@ mod tests {
     #[test]
     fn an_option_not_done_is_refused_by_its_flag() {
         let c = TaskSpecContainerSpec {
-            health_check: Some(HealthConfig {
-                test: Some(vec!["CMD".into(), "false".into()]),
-                ..Default::default()
-            }),
+            init: Some(true),
             ..Default::default()
         };
         let r = TaskSpecResources {
@@ -366,15 +410,35 @@ mod tests {
             ..Default::default()
         };
         let e = check(&spec(c, Some(r))).unwrap_err().to_string();
-        assert!(e.contains("--health-cmd, --limit-memory"), "{e}");
-        let none = TaskSpecContainerSpec {
-            health_check: Some(HealthConfig {
-                test: Some(vec!["NONE".into()]),
+        assert!(e.contains("--init, --limit-memory"), "{e}");
+    }
+
+    #[test]
+    fn healthchecks_are_checked_for_form() {
+        let health = |test: &[&str], interval: Option<i64>| {
+            let c = TaskSpecContainerSpec {
+                health_check: Some(HealthConfig {
+                    test: Some(test.iter().map(|s| s.to_string()).collect()),
+                    interval,
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            };
+            check(&spec(c, None))
         };
-        check(&spec(none, None)).unwrap();
+        health(&["NONE"], None).unwrap();
+        health(&["CMD", "true"], None).unwrap();
+        health(&["CMD-SHELL", "test -e /x"], Some(200_000_000)).unwrap();
+        health(&[], None).unwrap();
+        for (test, interval) in [
+            (&["CMD"][..], None),
+            (&["SHELL", "x"], None),
+            (&["CMD-SHELL", "a", "b"], None),
+            (&["CMD", "true"], Some(5)),
+        ] {
+            let e = health(test, interval).unwrap_err().to_string();
+            assert!(e.contains("invalid healthcheck"), "{test:?}: {e}");
+        }
     }
 
     #[test]
@@ -406,6 +470,17 @@ mod tests {
         dropped_fields(&raw, &serde_json::to_value(&spec).unwrap(), "", &mut out);
         out.sort();
         assert_eq!(out, ["Bogus", "TaskTemplate.ContainerSpec.Healthcheck"]);
+        // What the extractor does first, so docker's spelling is kept.
+        let mut raw = raw;
+        docker_spellings(&mut raw);
+        let spec: ServiceSpec = serde_json::from_value(raw).unwrap();
+        let test = spec
+            .task_template
+            .unwrap()
+            .container_spec
+            .unwrap()
+            .health_check;
+        assert_eq!(test.unwrap().test.unwrap(), ["CMD", "false"]);
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn initialise(store: &Store, cluster: &str) -> Result<(), ApiError> {
                     gateway: "10.255.0.1".parse().expect("constant"),
                     vni: crate::ipam::INGRESS_VNI,
                     attachable: false,
+                    internal: false,
                     ingress: true,
                     labels: Default::default(),
                     options: Default::default(),

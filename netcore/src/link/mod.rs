@@ -381,6 +381,15 @@ impl Links {
             .await
     }
 
+    /// Keeps a bridge port from talking to the bridge's other isolated ports (the bridge
+    /// itself and routed traffic are unaffected): docker's `enable_icc=false`, in the kernel.
+    pub async fn set_isolated(&self, port: u32) -> Result<()> {
+        let msg = LinkBridgePort::new(port).isolated(true).build();
+        let msg = RouteNetlinkMessage::NewLink(msg);
+        self.change("set isolated", &format!("bridge port #{port}"), msg, 0, &[])
+            .await
+    }
+
     /// Adds (or replaces) a link-scope route `dst dev <index>`.
     pub async fn add_route_dev(&self, dst: Ipv4Net, index: u32) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -76,6 +76,24 @@ pub fn underlay_listener(paths: &ClusterPaths) -> Result<std::net::TcpListener> 
         )))
 }
 
+/// The resolvers of the cluster's nodes: the underlay's own address, where a DNS server of
+/// the user's (or a test's) may listen in the underlay namespace. The host's resolvers are
+/// never the nodes': the underlay is the cluster's whole outside world.
+fn underlay_resolv_conf(paths: &ClusterPaths) -> std::path::PathBuf {
+    paths.run_dir().join("underlay-resolv.conf")
+}
+
+fn write_underlay_resolv_conf(paths: &ClusterPaths) -> Result<()> {
+    let text = format!(
+        "# The nodes of cluster {c} resolve through its underlay: serve DNS on {MANAGER_ADDR}:53 \
+         in namespace {ns}.\nnameserver {MANAGER_ADDR}\n",
+        c = paths.name,
+        ns = paths.underlay_ns(),
+    );
+    cluster::paths::write_atomically(&underlay_resolv_conf(paths), text.as_bytes())
+        .map_err(crate::io("writing the nodes' resolv.conf"))
+}
+
 /// How the `i`th node's agent is started: inside its namespace, dialling the manager across
 /// the underlay.
 pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
@@ -89,6 +107,10 @@ pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterP
         (
             cluster::agent::ENV_MANAGER_TCP.to_string(),
             format!("{MANAGER_ADDR}:{MANAGER_PORT}"),
+        ),
+        (
+            cluster::agent::ENV_RESOLV_CONF.to_string(),
+            underlay_resolv_conf(paths).display().to_string(),
         ),
     ];
     if let Some(lb) = lb {
@@ -186,6 +208,7 @@ impl NodeBackend for Netns {
             });
         }
         create_switch(&underlay).await?;
+        write_underlay_resolv_conf(paths)?;
         // The manager starts while the nodes are plugged.
         crate::supervise::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
