@@ -44,7 +44,13 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
             svc.spec.task_template.clone()
         }
     });
+    let mode = s.services.get(&t.service_id).map(|svc| svc.mode());
     let state = t.visible_state(min_ack);
+    // A job's task is meant to complete, and Swarm says so in its desired state.
+    let desired = match t.desired {
+        TaskState::Running if mode.is_some_and(|m| m.is_job()) => TaskState::Complete,
+        d => d,
+    };
     let task = ApiTask {
         id: Some(t.id.clone()),
         version: Some(ObjectVersion {
@@ -55,7 +61,7 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         labels: Some(HashMap::new()),
         spec,
         service_id: Some(t.service_id.clone()),
-        slot: Some(t.slot as i64),
+        slot: Some(api_slot(s, t) as i64),
         node_id: Some(t.node_id.clone()),
         status: Some(TaskStatus {
             timestamp: Some(t.status.timestamp),
@@ -75,7 +81,10 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
             }),
             port_status: host_ports(s, t, state),
         }),
-        desired_state: Some(api_state(t.desired)),
+        desired_state: Some(api_state(desired)),
+        job_iteration: mode.filter(|m| m.is_job()).map(|_| ObjectVersion {
+            index: Some(t.spec_generation),
+        }),
         ..Default::default()
     };
     let mut v = serde_json::to_value(task).unwrap_or_default();
@@ -95,6 +104,23 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         })
         .collect();
     v
+}
+
+/// The slot docker shows: a replica's number, or 0 in a global mode, whose tasks docker
+/// names by node (the store's slot there stands for the node, see `orchestrator::homes`).
+fn api_slot(s: &StoreState, t: &Task) -> u64 {
+    match s.services.get(&t.service_id) {
+        Some(svc) if svc.mode().is_global() => 0,
+        _ => t.slot,
+    }
+}
+
+/// docker's name for a task: `service.slot`, or `service.node-id` in a global mode.
+fn task_name(service: &str, s: &StoreState, t: &Task) -> String {
+    match api_slot(s, t) {
+        0 => format!("{service}.{}", t.node_id),
+        slot => format!("{service}.{slot}"),
+    }
 }
 
 /// Ports a running task publishes in host mode, as docker reports them in `service ps`.
@@ -130,7 +156,7 @@ fn matches(s: &StoreState, t: &Task, filters: &Filters) -> bool {
             Field::Test(Box::new(move |v| (v == "true" || v == "1") == current))
         }
         "name" => Field::Prefix(
-            svc.map(|svc| format!("{}.{}", svc.name, t.slot))
+            svc.map(|svc| task_name(&svc.name, s, t))
                 .unwrap_or_default()
                 .into(),
         ),
