@@ -127,6 +127,13 @@ impl Tracker {
         let spec = service.spec.as_ref();
         let name = spec.and_then(|s| s.name.clone()).unwrap_or_default();
         let mode = spec.and_then(|s| s.mode.as_ref());
+        if let Some(iteration) = service
+            .job_status
+            .as_ref()
+            .and_then(|j| j.job_iteration.as_ref())
+        {
+            return job_progress(&name, mode, iteration.index, tasks);
+        }
         let global = mode.is_some_and(|m| m.global.is_some());
         let key = |t: &Task| -> String {
             if global {
@@ -217,6 +224,57 @@ impl Tracker {
             converged: running == total,
         })
     }
+}
+
+/// A job converges once it completed: a replicated job's total completions, or a task on
+/// every node a global job runs on. Only tasks of the job's current iteration count (an
+/// update runs it again).
+fn job_progress(
+    name: &str,
+    mode: Option<&bollard::models::ServiceSpecMode>,
+    iteration: Option<u64>,
+    tasks: &[Task],
+) -> Result<Snapshot, ProgressError> {
+    let replicated = mode.and_then(|m| m.replicated_job.as_ref());
+    let global = replicated.is_none();
+    let key = |t: &Task| -> String {
+        if global {
+            render::truncate_id(t.node_id.as_deref().unwrap_or(""))
+        } else {
+            format!("{:010}", t.slot.unwrap_or(0))
+        }
+    };
+    let current: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.job_iteration.as_ref().and_then(|v| v.index) == iteration)
+        .collect();
+    check_failures(name, global, &current, &key)?;
+    let completed: std::collections::BTreeSet<String> = current
+        .iter()
+        .filter(|t| state(t) == Some(TaskState::COMPLETE))
+        .map(|t| key(t))
+        .collect();
+    let running = current
+        .iter()
+        .filter(|t| state(t) == Some(TaskState::RUNNING))
+        .count();
+    let total = match replicated {
+        Some(job) => usize::try_from(job.total_completions.unwrap_or(0)).unwrap_or(usize::MAX),
+        None => current
+            .iter()
+            .filter(|t| t.desired_state == Some(TaskState::COMPLETE))
+            .map(|t| key(t))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+    };
+    let done = completed.len().min(total);
+    Ok(Snapshot {
+        lines: vec![
+            format!("job progress: {done} out of {total} complete"),
+            format!("active tasks: {running} running"),
+        ],
+        converged: done == total && (total > 0 || replicated.is_some()),
+    })
 }
 
 fn check_failures(

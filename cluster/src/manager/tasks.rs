@@ -12,7 +12,7 @@ use super::error::ApiResult;
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::shared::Shared;
-use crate::model::{Task, TaskState};
+use crate::model::{ServiceMode, Task, TaskState};
 use crate::store::State as StoreState;
 
 fn api_state(s: TaskState) -> ApiState {
@@ -46,9 +46,12 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
     });
     let mode = s.services.get(&t.service_id).map(|svc| svc.mode());
     let state = t.visible_state(min_ack);
-    // A job's task is meant to complete, and Swarm says so in its desired state.
+    // A job's task is meant to complete, and Swarm says so in its desired state, also once
+    // it did (the store marks every exited task's desired state Shutdown).
+    let job = mode.is_some_and(|m| m.is_job());
     let desired = match t.desired {
-        TaskState::Running if mode.is_some_and(|m| m.is_job()) => TaskState::Complete,
+        TaskState::Running if job => TaskState::Complete,
+        _ if job && t.status.state == TaskState::Complete => TaskState::Complete,
         d => d,
     };
     let task = ApiTask {
@@ -106,11 +109,13 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
     v
 }
 
-/// The slot docker shows: a replica's number, or 0 in a global mode, whose tasks docker
-/// names by node (the store's slot there stands for the node, see `orchestrator::homes`).
+/// The slot Swarm shows: a replica's number; 0 in a global mode, whose tasks docker names by
+/// node (the store's slot there stands for the node, see `orchestrator::homes`); and a
+/// replicated job's counted from 0, as Swarm's are and docker's job progress reads them.
 fn api_slot(s: &StoreState, t: &Task) -> u64 {
-    match s.services.get(&t.service_id) {
-        Some(svc) if svc.mode().is_global() => 0,
+    match s.services.get(&t.service_id).map(|svc| svc.mode()) {
+        Some(mode) if mode.is_global() => 0,
+        Some(ServiceMode::ReplicatedJob { .. }) => t.slot.saturating_sub(1),
         _ => t.slot,
     }
 }
