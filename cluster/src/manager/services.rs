@@ -430,7 +430,7 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
     let status = with_status.then(|| service_status(s, svc, min_ack));
     // A job's iteration is its spec generation, bumped by every update (see `update`),
     // which also sets `updated`: when this iteration started.
-    let job_status = mode.is_job().then(|| ServiceJobStatus {
+    let job_status = mode.is_job().then_some(ServiceJobStatus {
         job_iteration: Some(ObjectVersion {
             index: Some(svc.spec_generation),
         }),
@@ -463,7 +463,6 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
         service_status: status,
         job_status,
         update_status: svc.update_status.as_ref().map(update_status_to_api),
-        ..Default::default()
     }
 }
 
