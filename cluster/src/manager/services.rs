@@ -681,6 +681,55 @@ mod tests {
         }
     }
 
+    fn with_mode(mode: ServiceSpecMode) -> ServiceSpec {
+        ServiceSpec {
+            mode: Some(mode),
+            ..spec(1)
+        }
+    }
+
+    fn refusal(spec: &ServiceSpec) -> String {
+        match check_task(&StoreState::default(), spec, None) {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("{:?}: {other:?}", spec.mode),
+        }
+    }
+
+    #[test]
+    fn a_mode_is_one_of_four_with_counts_in_range() {
+        let both = with_mode(ServiceSpecMode {
+            global: Some(Default::default()),
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(2) }),
+            ..Default::default()
+        });
+        assert!(refusal(&both).contains("Replicated and Global"));
+        let job = |max_concurrent, total_completions| {
+            with_mode(ServiceSpecMode {
+                replicated_job: Some(ServiceSpecModeReplicatedJob {
+                    max_concurrent,
+                    total_completions,
+                }),
+                ..Default::default()
+            })
+        };
+        assert!(refusal(&job(Some(0), None)).contains("--max-concurrent 1 or more"));
+        assert!(refusal(&job(None, Some(-1))).contains("--replicas 0 or more"));
+        let cap = orchestrator::MAX_REPLICAS as i64 + 1;
+        assert!(refusal(&job(Some(1), Some(cap))).contains("--replicas"));
+        let s = StoreState::default();
+        assert!(check_task(&s, &job(None, None), None).is_ok());
+
+        // The daemon's defaults, written into the spec docker's CLI reads back.
+        let filled = normalise_spec(&s, job(None, None)).mode.unwrap();
+        let filled = filled.replicated_job.unwrap();
+        assert_eq!(
+            (filled.max_concurrent, filled.total_completions),
+            (Some(1), Some(1))
+        );
+        let filled = normalise_spec(&s, job(Some(4), None)).mode.unwrap();
+        assert_eq!(filled.replicated_job.unwrap().total_completions, Some(4));
+    }
+
     #[test]
     fn replicas_past_the_cap_are_refused_naming_it() {
         let s = StoreState::default();

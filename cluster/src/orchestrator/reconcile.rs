@@ -526,25 +526,25 @@ pub fn in_transition(state: &State) -> BTreeSet<String> {
 fn awaits_node(state: &State, service: &Service) -> bool {
     let constraints = constraints_of(&service.spec).unwrap_or_default();
     let job = service.mode().is_job();
-    homes(state, service).into_iter().any(|(slot, node)| {
-        if !state
-            .nodes
-            .get(&node)
-            .is_some_and(|n| placeable(n, &constraints))
-        {
-            return false;
-        }
-        let mut tasks = state
-            .tasks
-            .values()
-            .filter(|t| t.service_id == service.id && t.slot == slot);
-        let filled = tasks.any(|t| {
+    let filled: BTreeSet<u64> = state
+        .tasks
+        .values()
+        .filter(|t| t.service_id == service.id)
+        .filter(|t| {
             is_active(t)
                 || (job
                     && t.spec_generation == service.spec_generation
                     && t.status.state == TaskState::Complete)
-        });
-        !filled && refill(state, service, slot, Utc::now()).is_some()
+        })
+        .map(|t| t.slot)
+        .collect();
+    homes(state, service).into_iter().any(|(slot, node)| {
+        !filled.contains(&slot)
+            && state
+                .nodes
+                .get(&node)
+                .is_some_and(|n| placeable(n, &constraints))
+            && refill(state, service, slot, Utc::now()).is_some()
     })
 }
 
