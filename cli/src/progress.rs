@@ -387,7 +387,13 @@ pub async fn converge(api: &Api, service_id: &str, quiet: bool) -> anyhow::Resul
             Ok(snapshot) => {
                 screen.show(&snapshot.lines)?;
                 if snapshot.converged {
-                    screen.finish(Some("verify: Service converged"))?;
+                    // docker's last line: a job ends, a service settles.
+                    let last = if service.job_status.is_some() {
+                        "job complete"
+                    } else {
+                        "verify: Service converged"
+                    };
+                    screen.finish(Some(last))?;
                     return Ok(());
                 }
             }
@@ -454,6 +460,55 @@ mod tests {
     }
 
     const FULL: &str = "[==================================================>]";
+
+    fn job(max_concurrent: i64, total: i64, iteration: u64) -> Service {
+        let mut s = service(1, "busybox");
+        let spec = s.spec.as_mut().unwrap();
+        spec.mode = Some(ServiceSpecMode {
+            replicated_job: Some(bollard::models::ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(max_concurrent),
+                total_completions: Some(total),
+            }),
+            ..Default::default()
+        });
+        s.job_status = Some(bollard::models::ServiceJobStatus {
+            job_iteration: Some(bollard::models::ObjectVersion {
+                index: Some(iteration),
+            }),
+            last_execution: None,
+        });
+        s
+    }
+
+    fn job_task(slot: i64, st: TaskState, iteration: u64) -> Task {
+        Task {
+            job_iteration: Some(bollard::models::ObjectVersion {
+                index: Some(iteration),
+            }),
+            ..task(slot, TaskState::COMPLETE, st, "busybox", "")
+        }
+    }
+
+    #[test]
+    fn a_job_converges_once_its_current_iteration_completed() {
+        use TaskState::{COMPLETE, RUNNING};
+        let svc = job(1, 2, 2);
+        let mut tracker = Tracker::default();
+        // The first run's completions do not count for the second.
+        let tasks = [
+            job_task(0, COMPLETE, 1),
+            job_task(1, COMPLETE, 1),
+            job_task(0, COMPLETE, 2),
+            job_task(1, RUNNING, 2),
+        ];
+        let snap = tracker.evaluate(&svc, &tasks).unwrap();
+        assert!(!snap.converged);
+        assert_eq!(snap.lines[0], "job progress: 1 out of 2 complete");
+        let tasks = [job_task(0, COMPLETE, 2), job_task(1, COMPLETE, 2)];
+        let snap = tracker.evaluate(&svc, &tasks).unwrap();
+        assert!(snap.converged);
+        assert_eq!(snap.lines[0], "job progress: 2 out of 2 complete");
+    }
 
     #[test]
     fn converged_output_matches_docker() {
