@@ -521,8 +521,9 @@ pub fn in_transition(state: &State) -> BTreeSet<String> {
 
 /// Whether a global service has a node that takes new tasks and would get one: no task of
 /// the service is meant to run there, a job has not completed there, and the restart policy
-/// does not leave the slot empty. (Asking only that would have the updater poll forever
-/// for a slot it leaves empty.)
+/// does not leave the slot empty. Without that last question a slot the policy leaves
+/// empty (`--restart-condition none` after an exit) would keep the service in transition,
+/// and the updater polling, for good.
 fn awaits_node(state: &State, service: &Service) -> bool {
     let constraints = constraints_of(&service.spec).unwrap_or_default();
     let job = service.mode().is_job();
