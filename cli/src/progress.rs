@@ -127,6 +127,13 @@ impl Tracker {
         let spec = service.spec.as_ref();
         let name = spec.and_then(|s| s.name.clone()).unwrap_or_default();
         let mode = spec.and_then(|s| s.mode.as_ref());
+        if let Some(iteration) = service
+            .job_status
+            .as_ref()
+            .and_then(|j| j.job_iteration.as_ref())
+        {
+            return job_progress(&name, mode, iteration.index, tasks);
+        }
         let global = mode.is_some_and(|m| m.global.is_some());
         let key = |t: &Task| -> String {
             if global {
@@ -217,6 +224,57 @@ impl Tracker {
             converged: running == total,
         })
     }
+}
+
+/// A job converges once it completed: a replicated job's total completions, or a task on
+/// every node a global job runs on. Only tasks of the job's current iteration count (an
+/// update runs it again).
+fn job_progress(
+    name: &str,
+    mode: Option<&bollard::models::ServiceSpecMode>,
+    iteration: Option<u64>,
+    tasks: &[Task],
+) -> Result<Snapshot, ProgressError> {
+    let replicated = mode.and_then(|m| m.replicated_job.as_ref());
+    let global = replicated.is_none();
+    let key = |t: &Task| -> String {
+        if global {
+            render::truncate_id(t.node_id.as_deref().unwrap_or(""))
+        } else {
+            format!("{:010}", t.slot.unwrap_or(0))
+        }
+    };
+    let current: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.job_iteration.as_ref().and_then(|v| v.index) == iteration)
+        .collect();
+    check_failures(name, global, &current, &key)?;
+    let completed: std::collections::BTreeSet<String> = current
+        .iter()
+        .filter(|t| state(t) == Some(TaskState::COMPLETE))
+        .map(|t| key(t))
+        .collect();
+    let running = current
+        .iter()
+        .filter(|t| state(t) == Some(TaskState::RUNNING))
+        .count();
+    let total = match replicated {
+        Some(job) => usize::try_from(job.total_completions.unwrap_or(0)).unwrap_or(usize::MAX),
+        None => current
+            .iter()
+            .filter(|t| t.desired_state == Some(TaskState::COMPLETE))
+            .map(|t| key(t))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+    };
+    let done = completed.len().min(total);
+    Ok(Snapshot {
+        lines: vec![
+            format!("job progress: {done} out of {total} complete"),
+            format!("active tasks: {running} running"),
+        ],
+        converged: done == total && (total > 0 || replicated.is_some()),
+    })
 }
 
 fn check_failures(
@@ -329,7 +387,13 @@ pub async fn converge(api: &Api, service_id: &str, quiet: bool) -> anyhow::Resul
             Ok(snapshot) => {
                 screen.show(&snapshot.lines)?;
                 if snapshot.converged {
-                    screen.finish(Some("verify: Service converged"))?;
+                    // docker's last line: a job ends, a service settles.
+                    let last = if service.job_status.is_some() {
+                        "job complete"
+                    } else {
+                        "verify: Service converged"
+                    };
+                    screen.finish(Some(last))?;
                     return Ok(());
                 }
             }
@@ -396,6 +460,55 @@ mod tests {
     }
 
     const FULL: &str = "[==================================================>]";
+
+    fn job(max_concurrent: i64, total: i64, iteration: u64) -> Service {
+        let mut s = service(1, "busybox");
+        let spec = s.spec.as_mut().unwrap();
+        spec.mode = Some(ServiceSpecMode {
+            replicated_job: Some(bollard::models::ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(max_concurrent),
+                total_completions: Some(total),
+            }),
+            ..Default::default()
+        });
+        s.job_status = Some(bollard::models::ServiceJobStatus {
+            job_iteration: Some(bollard::models::ObjectVersion {
+                index: Some(iteration),
+            }),
+            last_execution: None,
+        });
+        s
+    }
+
+    fn job_task(slot: i64, st: TaskState, iteration: u64) -> Task {
+        Task {
+            job_iteration: Some(bollard::models::ObjectVersion {
+                index: Some(iteration),
+            }),
+            ..task(slot, TaskState::COMPLETE, st, "busybox", "")
+        }
+    }
+
+    #[test]
+    fn a_job_converges_once_its_current_iteration_completed() {
+        use TaskState::{COMPLETE, RUNNING};
+        let svc = job(1, 2, 2);
+        let mut tracker = Tracker::default();
+        // The first run's completions do not count for the second.
+        let tasks = [
+            job_task(0, COMPLETE, 1),
+            job_task(1, COMPLETE, 1),
+            job_task(0, COMPLETE, 2),
+            job_task(1, RUNNING, 2),
+        ];
+        let snap = tracker.evaluate(&svc, &tasks).unwrap();
+        assert!(!snap.converged);
+        assert_eq!(snap.lines[0], "job progress: 1 out of 2 complete");
+        let tasks = [job_task(0, COMPLETE, 2), job_task(1, COMPLETE, 2)];
+        let snap = tracker.evaluate(&svc, &tasks).unwrap();
+        assert!(snap.converged);
+        assert_eq!(snap.lines[0], "job progress: 2 out of 2 complete");
+    }
 
     #[test]
     fn converged_output_matches_docker() {

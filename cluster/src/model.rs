@@ -85,7 +85,9 @@ pub struct Service {
     /// Exactly what the client sent (docker reads it back on update).
     pub spec: ServiceSpec,
     pub previous_spec: Option<ServiceSpec>,
-    /// Bumped when a change to the spec requires replacing tasks.
+    /// Bumped when a change to the spec requires replacing tasks. A job's tasks run again
+    /// after every update, so for a job this is bumped by each one: its iteration (Swarm's
+    /// `JobStatus.JobIteration`).
     pub spec_generation: u64,
     pub endpoint_mode: EndpointMode,
     pub ports: Vec<Port>,
@@ -124,15 +126,70 @@ pub struct UpdateStatus {
     pub slots: std::collections::BTreeSet<u64>,
 }
 
+/// How a service turns into tasks (docker's `--mode`), with the API's defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceMode {
+    /// `replicas` tasks kept running, spread over the eligible nodes.
+    Replicated { replicas: u64 },
+    /// One task kept running on every eligible node.
+    Global,
+    /// `total` tasks run to completion, at most `max_concurrent` at a time.
+    ReplicatedJob { max_concurrent: u64, total: u64 },
+    /// One task run to completion on every eligible node.
+    GlobalJob,
+}
+
+impl ServiceMode {
+    /// One task per eligible node rather than numbered replicas.
+    pub fn is_global(self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
+    }
+
+    /// Tasks run to completion and a completed one is not replaced.
+    pub fn is_job(self) -> bool {
+        matches!(
+            self,
+            ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+        )
+    }
+
+    /// The mode as `docker service ls` names it (and its `mode` filter matches).
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceMode::Replicated { .. } => "replicated",
+            ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
+        }
+    }
+
+    /// Reads a spec's mode as the daemon does: no mode is one replica; a replicated job
+    /// without `MaxConcurrent` runs one at a time, and without `TotalCompletions` runs
+    /// `MaxConcurrent` tasks in all.
+    pub fn of(spec: &ServiceSpec) -> ServiceMode {
+        let mode = spec.mode.clone().unwrap_or_default();
+        let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+        if mode.global.is_some() {
+            ServiceMode::Global
+        } else if mode.global_job.is_some() {
+            ServiceMode::GlobalJob
+        } else if let Some(job) = mode.replicated_job {
+            let max_concurrent = count(job.max_concurrent).unwrap_or(1);
+            ServiceMode::ReplicatedJob {
+                max_concurrent,
+                total: count(job.total_completions).unwrap_or(max_concurrent),
+            }
+        } else {
+            ServiceMode::Replicated {
+                replicas: count(mode.replicated.and_then(|r| r.replicas)).unwrap_or(1),
+            }
+        }
+    }
+}
+
 impl Service {
-    pub fn replicas(&self) -> u64 {
-        self.spec
-            .mode
-            .as_ref()
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas)
-            .unwrap_or(1)
-            .max(0) as u64
+    pub fn mode(&self) -> ServiceMode {
+        ServiceMode::of(&self.spec)
     }
 
     pub fn image(&self) -> String {
@@ -209,6 +266,8 @@ pub struct Attachment {
 pub struct Task {
     pub id: String,
     pub service_id: String,
+    /// Which of the service's places the task fills: a replica's number, or in a global mode
+    /// a number standing for one node (`orchestrator::homes`); the API shows docker's 0 there.
     pub slot: u64,
     pub node_id: String,
     pub created: Time,

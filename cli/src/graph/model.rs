@@ -35,7 +35,7 @@ pub struct GNode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct GTask {
     pub id: String,
-    /// `service.slot`, as `service ps` names it.
+    /// `service.slot` (or `service.node-id` in a global mode), as `service ps` names it.
     pub name: String,
     pub service: String,
     pub node: String,
@@ -185,11 +185,20 @@ impl Topology {
             .collect();
 
         let mut running: BTreeMap<String, usize> = BTreeMap::new();
-        for t in raw.tasks.iter().filter(|t| t.desired_state == "running") {
+        // A job's task is desired "complete" while it runs (as Swarm shows it).
+        let meant_to_run = |t: &&ApiTask| {
+            t.desired_state == "running"
+                || (t.desired_state == "complete" && t.status.state != "complete")
+        };
+        for t in raw.tasks.iter().filter(meant_to_run) {
             let service = svc_names.get(&t.service_id).cloned().unwrap_or_default();
             let task = GTask {
                 id: t.id.clone(),
-                name: format!("{service}.{}", t.slot),
+                // docker's names: by slot, or by node for a global service's (slot 0).
+                name: match t.slot {
+                    0 => format!("{service}.{}", t.node_id),
+                    slot => format!("{service}.{slot}"),
+                },
                 service,
                 node: hostname_of.get(&t.node_id).cloned().unwrap_or_default(),
                 state: t.status.state.clone(),
@@ -350,11 +359,14 @@ fn service(
         name: spec.name.clone().unwrap_or_default(),
         mode,
         running: running.get(&id).copied().unwrap_or(0),
-        desired: spec
-            .mode
-            .as_ref()
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas),
+        // What a service asks to run at once where its spec says (a global service's
+        // depends on its nodes, and is left out).
+        desired: spec.mode.as_ref().and_then(|m| {
+            m.replicated
+                .as_ref()
+                .and_then(|r| r.replicas)
+                .or_else(|| m.replicated_job.as_ref().and_then(|j| j.max_concurrent))
+        }),
         vips: endpoint
             .virtual_ips
             .unwrap_or_default()

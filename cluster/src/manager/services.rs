@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ObjectVersion,
-    Service as ApiService, ServiceEndpoint, ServiceEndpointVirtualIps, ServiceServiceStatus,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceUpdateStatus,
-    ServiceUpdateStatusStateEnum,
+    Service as ApiService, ServiceEndpoint, ServiceEndpointVirtualIps, ServiceJobStatus,
+    ServiceServiceStatus, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecModeReplicatedJob, ServiceUpdateStatus, ServiceUpdateStatusStateEnum,
 };
 use serde::Deserialize;
 
@@ -19,7 +19,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::shared::Shared;
-use crate::model::{EndpointMode, Port, Protocol, PublishMode, Service, TaskState, Vip};
+use crate::model::{
+    EndpointMode, Port, Protocol, PublishMode, Service, ServiceMode, TaskState, Vip,
+};
 use crate::names::{self, Named};
 use crate::orchestrator;
 use crate::store::State as StoreState;
@@ -69,26 +71,7 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             &other.id[..12]
         )));
     }
-    let mode = spec.mode.clone().unwrap_or_default();
-    if mode.global.is_some() || mode.replicated_job.is_some() || mode.global_job.is_some() {
-        return Err(ApiError::BadRequest(
-            "only --mode replicated is supported by swarmkit for now".into(),
-        ));
-    }
-    if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
-        if r < 0 {
-            return Err(ApiError::BadRequest(format!(
-                "invalid replicas {r}: the number of replicas must be 0 or more"
-            )));
-        }
-        if r as u64 > orchestrator::MAX_REPLICAS {
-            return Err(ApiError::BadRequest(format!(
-                "invalid replicas {r}: swarmkit runs at most {} replicas of a service; give --replicas {} or fewer, or split the work over several services",
-                orchestrator::MAX_REPLICAS,
-                orchestrator::MAX_REPLICAS
-            )));
-        }
-    }
+    check_mode(spec)?;
     let container = spec
         .task_template
         .as_ref()
@@ -111,6 +94,56 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
     super::options::check(spec)?;
+    Ok(())
+}
+
+/// The service's mode: one of docker's four, with counts in range.
+fn check_mode(spec: &ServiceSpec) -> ApiResult<()> {
+    let mode = spec.mode.clone().unwrap_or_default();
+    let given: Vec<&str> = [
+        (mode.replicated.is_some(), "Replicated"),
+        (mode.global.is_some(), "Global"),
+        (mode.replicated_job.is_some(), "ReplicatedJob"),
+        (mode.global_job.is_some(), "GlobalJob"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    if given.len() > 1 {
+        return Err(ApiError::BadRequest(format!(
+            "a service has one mode, and this spec sets {}: give one --mode (replicated, global, replicated-job or global-job)",
+            given.join(" and ")
+        )));
+    }
+    let count = |value: Option<i64>, what: &str, flag: &str| -> ApiResult<()> {
+        let Some(n) = value else {
+            return Ok(());
+        };
+        if n < 0 {
+            return Err(ApiError::BadRequest(format!(
+                "invalid {what} {n}: give {flag} 0 or more"
+            )));
+        }
+        if n as u64 > orchestrator::MAX_REPLICAS {
+            return Err(ApiError::BadRequest(format!(
+                "invalid {what} {n}: swarmkit runs at most {cap} tasks of a service; give {flag} {cap} or fewer, or split the work over several services",
+                cap = orchestrator::MAX_REPLICAS,
+            )));
+        }
+        Ok(())
+    };
+    if let Some(r) = &mode.replicated {
+        count(r.replicas, "replicas", "--replicas")?;
+    }
+    if let Some(job) = &mode.replicated_job {
+        count(job.total_completions, "total completions", "--replicas")?;
+        count(job.max_concurrent, "max concurrent", "--max-concurrent")?;
+        if job.max_concurrent == Some(0) {
+            return Err(ApiError::BadRequest(
+                "invalid max concurrent 0: a job with no task at a time never runs; give --max-concurrent 1 or more".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -277,7 +310,7 @@ fn allocate(
     Ok((ports, vips))
 }
 
-/// Swarm stores network targets as IDs and fills in the replicated mode; image references are
+/// Swarm stores network targets as IDs and fills in the mode's defaults; image references are
 /// kept in docker's familiar form with a tag (`postgres` -> `postgres:latest`), as docker's
 /// CLI sends them.
 fn normalise_spec(s: &StoreState, mut spec: ServiceSpec) -> ServiceSpec {
@@ -290,12 +323,26 @@ fn normalise_spec(s: &StoreState, mut spec: ServiceSpec) -> ServiceSpec {
     {
         *image = crate::images::canonical(image);
     }
+    // Filled in as ServiceMode::of reads them, which docker's CLI relies on: it prints a
+    // replicated job's TotalCompletions and would fail on a spec without one.
+    let defaults = ServiceMode::of(&spec);
     let mode = spec.mode.get_or_insert_with(ServiceSpecMode::default);
-    if mode.global.is_none() && mode.replicated_job.is_none() && mode.global_job.is_none() {
-        let replicated = mode
-            .replicated
-            .get_or_insert(ServiceSpecModeReplicated { replicas: None });
-        replicated.replicas.get_or_insert(1);
+    match defaults {
+        ServiceMode::Replicated { replicas } => {
+            mode.replicated = Some(ServiceSpecModeReplicated {
+                replicas: Some(replicas as i64),
+            });
+        }
+        ServiceMode::ReplicatedJob {
+            max_concurrent,
+            total,
+        } => {
+            mode.replicated_job = Some(ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(max_concurrent as i64),
+                total_completions: Some(total as i64),
+            });
+        }
+        ServiceMode::Global | ServiceMode::GlobalJob => {}
     }
     if let Some(tt) = spec.task_template.as_mut()
         && let Some(nets) = tt.networks.as_mut()
@@ -379,22 +426,15 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
     if endpoint_spec.mode.is_none() {
         endpoint_spec.mode = Some(EndpointSpecModeEnum::VIP);
     }
-    let status = with_status.then(|| {
-        let tasks = s.tasks.values().filter(|t| t.service_id == svc.id);
-        let (mut running, mut completed) = (0u64, 0u64);
-        for t in tasks {
-            if t.desired == TaskState::Running && t.visible_state(min_ack) == TaskState::Running {
-                running += 1;
-            }
-            if t.status.state == TaskState::Complete {
-                completed += 1;
-            }
-        }
-        ServiceServiceStatus {
-            running_tasks: Some(running),
-            desired_tasks: Some(svc.replicas()),
-            completed_tasks: Some(completed),
-        }
+    let mode = svc.mode();
+    let status = with_status.then(|| service_status(s, svc, min_ack));
+    // A job's iteration is its spec generation, bumped by every update (see `update`),
+    // which also sets `updated`: when this iteration started.
+    let job_status = mode.is_job().then_some(ServiceJobStatus {
+        job_iteration: Some(ObjectVersion {
+            index: Some(svc.spec_generation),
+        }),
+        last_execution: Some(svc.updated),
     });
     ApiService {
         id: Some(svc.id.clone()),
@@ -421,8 +461,42 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
             }),
         }),
         service_status: status,
+        job_status,
         update_status: svc.update_status.as_ref().map(update_status_to_api),
-        ..Default::default()
+    }
+}
+
+/// Counts as Swarm's ListServiceStatuses makes them, which docker's CLI prints: running
+/// tasks; desired, the replicas (a replicated job's MaxConcurrent, or in a global mode the
+/// tasks meant to run and not completed); and a job's completed tasks, of its current
+/// iteration only.
+fn service_status(s: &StoreState, svc: &Service, min_ack: u64) -> ServiceServiceStatus {
+    let mode = svc.mode();
+    let (mut running, mut desired, mut completed) = (0u64, 0u64, 0u64);
+    for t in s.tasks.values().filter(|t| t.service_id == svc.id) {
+        if mode.is_job() && t.spec_generation != svc.spec_generation {
+            continue;
+        }
+        let state = t.visible_state(min_ack);
+        if t.desired == TaskState::Running && state == TaskState::Running {
+            running += 1;
+        }
+        if mode.is_job() && state == TaskState::Complete {
+            completed += 1;
+        }
+        if mode.is_global() && t.desired == TaskState::Running && state != TaskState::Complete {
+            desired += 1;
+        }
+    }
+    desired = match mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::ReplicatedJob { max_concurrent, .. } => max_concurrent,
+        ServiceMode::Global | ServiceMode::GlobalJob => desired,
+    };
+    ServiceServiceStatus {
+        running_tasks: Some(running),
+        desired_tasks: Some(desired),
+        completed_tasks: Some(completed),
     }
 }
 
@@ -445,7 +519,7 @@ fn matches(svc: &Service, filters: &Filters) -> bool {
     filters.matches(|k| match k {
         "id" => Field::Prefix(svc.id.as_str().into()),
         "name" => Field::Prefix(svc.name.as_str().into()),
-        "mode" => Field::Exact("replicated".into()),
+        "mode" => Field::Exact(svc.mode().name().into()),
         "label" => Field::Labels(svc.spec.labels.as_ref()),
         _ => Field::Any,
     })
@@ -532,12 +606,24 @@ pub async fn update(
         }
         let checked = check_spec(s, &spec, Some(&old.id))?;
         let spec = normalise_spec(s, spec);
+        let (was, asked) = (old.mode(), ServiceMode::of(&spec));
+        if was.name() != asked.name() {
+            return Err(ApiError::BadRequest(format!(
+                "service {} is {} and its mode cannot change (docker refuses it too): remove it and create it again with --mode {}",
+                old.name,
+                was.name(),
+                asked.name()
+            )));
+        }
         let mut svc = old.clone();
         svc.networks = checked.networks.clone();
         svc.endpoint_mode = checked.endpoint_mode;
         let (ports, vips) = allocate(s, checked, Some(&old))?;
         svc.ports = ports;
-        if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
+        if was.is_job() {
+            // Every update runs a job again, from its first task, as Swarm's does.
+            svc.spec_generation += 1;
+        } else if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
             svc.spec_generation += 1;
             orchestrator::begin_update(&mut svc, rollback);
         }
@@ -593,6 +679,55 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn with_mode(mode: ServiceSpecMode) -> ServiceSpec {
+        ServiceSpec {
+            mode: Some(mode),
+            ..spec(1)
+        }
+    }
+
+    fn refusal(spec: &ServiceSpec) -> String {
+        match check_task(&StoreState::default(), spec, None) {
+            Err(ApiError::BadRequest(m)) => m,
+            other => panic!("{:?}: {other:?}", spec.mode),
+        }
+    }
+
+    #[test]
+    fn a_mode_is_one_of_four_with_counts_in_range() {
+        let both = with_mode(ServiceSpecMode {
+            global: Some(Default::default()),
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(2) }),
+            ..Default::default()
+        });
+        assert!(refusal(&both).contains("Replicated and Global"));
+        let job = |max_concurrent, total_completions| {
+            with_mode(ServiceSpecMode {
+                replicated_job: Some(ServiceSpecModeReplicatedJob {
+                    max_concurrent,
+                    total_completions,
+                }),
+                ..Default::default()
+            })
+        };
+        assert!(refusal(&job(Some(0), None)).contains("--max-concurrent 1 or more"));
+        assert!(refusal(&job(None, Some(-1))).contains("--replicas 0 or more"));
+        let cap = orchestrator::MAX_REPLICAS as i64 + 1;
+        assert!(refusal(&job(Some(1), Some(cap))).contains("--replicas"));
+        let s = StoreState::default();
+        assert!(check_task(&s, &job(None, None), None).is_ok());
+
+        // The daemon's defaults, written into the spec docker's CLI reads back.
+        let filled = normalise_spec(&s, job(None, None)).mode.unwrap();
+        let filled = filled.replicated_job.unwrap();
+        assert_eq!(
+            (filled.max_concurrent, filled.total_completions),
+            (Some(1), Some(1))
+        );
+        let filled = normalise_spec(&s, job(Some(4), None)).mode.unwrap();
+        assert_eq!(filled.replicated_job.unwrap().total_completions, Some(4));
     }
 
     #[test]

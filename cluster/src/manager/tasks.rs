@@ -12,7 +12,7 @@ use super::error::ApiResult;
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::shared::Shared;
-use crate::model::{Task, TaskState};
+use crate::model::{ServiceMode, Task, TaskState};
 use crate::store::State as StoreState;
 
 fn api_state(s: TaskState) -> ApiState {
@@ -44,7 +44,16 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
             svc.spec.task_template.clone()
         }
     });
+    let mode = s.services.get(&t.service_id).map(|svc| svc.mode());
     let state = t.visible_state(min_ack);
+    // A job's task is meant to complete, and Swarm says so in its desired state, also once
+    // it did (the store marks every exited task's desired state Shutdown).
+    let job = mode.is_some_and(|m| m.is_job());
+    let desired = match t.desired {
+        TaskState::Running if job => TaskState::Complete,
+        _ if job && t.status.state == TaskState::Complete => TaskState::Complete,
+        d => d,
+    };
     let task = ApiTask {
         id: Some(t.id.clone()),
         version: Some(ObjectVersion {
@@ -55,7 +64,7 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         labels: Some(HashMap::new()),
         spec,
         service_id: Some(t.service_id.clone()),
-        slot: Some(t.slot as i64),
+        slot: Some(api_slot(s, t) as i64),
         node_id: Some(t.node_id.clone()),
         status: Some(TaskStatus {
             timestamp: Some(t.status.timestamp),
@@ -75,7 +84,10 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
             }),
             port_status: host_ports(s, t, state),
         }),
-        desired_state: Some(api_state(t.desired)),
+        desired_state: Some(api_state(desired)),
+        job_iteration: mode.filter(|m| m.is_job()).map(|_| ObjectVersion {
+            index: Some(t.spec_generation),
+        }),
         ..Default::default()
     };
     let mut v = serde_json::to_value(task).unwrap_or_default();
@@ -95,6 +107,25 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
         })
         .collect();
     v
+}
+
+/// The slot Swarm shows: a replica's number; 0 in a global mode, whose tasks docker names by
+/// node (the store's slot there stands for the node, see `orchestrator::homes`); and a
+/// replicated job's counted from 0, as Swarm's are and docker's job progress reads them.
+fn api_slot(s: &StoreState, t: &Task) -> u64 {
+    match s.services.get(&t.service_id).map(|svc| svc.mode()) {
+        Some(mode) if mode.is_global() => 0,
+        Some(ServiceMode::ReplicatedJob { .. }) => t.slot.saturating_sub(1),
+        _ => t.slot,
+    }
+}
+
+/// docker's name for a task: `service.slot`, or `service.node-id` in a global mode.
+fn task_name(service: &str, s: &StoreState, t: &Task) -> String {
+    match api_slot(s, t) {
+        0 => format!("{service}.{}", t.node_id),
+        slot => format!("{service}.{slot}"),
+    }
 }
 
 /// Ports a running task publishes in host mode, as docker reports them in `service ps`.
@@ -130,7 +161,7 @@ fn matches(s: &StoreState, t: &Task, filters: &Filters) -> bool {
             Field::Test(Box::new(move |v| (v == "true" || v == "1") == current))
         }
         "name" => Field::Prefix(
-            svc.map(|svc| format!("{}.{}", svc.name, t.slot))
+            svc.map(|svc| task_name(&svc.name, s, t))
                 .unwrap_or_default()
                 .into(),
         ),

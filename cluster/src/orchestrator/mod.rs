@@ -1,5 +1,5 @@
-//! Turning services into tasks: the replicated orchestrator, the spread scheduler, the
-//! restart policy and rolling updates. These run inside store transactions, so a service and
+//! Turning services into tasks: the replicated, global and job orchestrators, the spread
+//! scheduler, the restart policy and rolling updates. These run inside store transactions, so a service and
 //! its tasks always change together.
 //!
 //! `reconcile` makes a service's tasks match its spec, slot by slot, and carries its rolling
@@ -19,7 +19,7 @@ pub use reconcile::{
     HISTORY_PER_SLOT, MAX_REPLICAS, TASKS_PER_PASS, begin_update, in_transition, prune_history,
     reconcile, reconcile_at, reconcile_or_keep,
 };
-pub use schedule::{Constraint, ScheduleError, constraints_of, pick_node};
+pub use schedule::{Constraint, ScheduleError, constraints_of, homes, pick_node};
 pub use tasks::{shut_down, status};
 
 #[cfg(test)]

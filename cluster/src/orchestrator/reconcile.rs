@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::Utc;
 
 use super::restart::refill;
-use super::schedule::{ScheduleError, is_active};
+use super::schedule::{ScheduleError, constraints_of, homes, is_active, placeable};
 use super::tasks::{new_task, shut_down};
 use crate::model::{
-    Availability, NodeState, Service, Task, TaskState, Time, UpdateState, UpdateStatus,
+    Availability, NodeState, Service, ServiceMode, Task, TaskState, Time, UpdateState, UpdateStatus,
 };
 use crate::policy::{self, Order, UpdatePolicy};
 use crate::store::State;
@@ -87,14 +87,16 @@ fn routed(t: &Task, min_ack: u64) -> bool {
     t.status.state == TaskState::Running && t.running_version.is_some_and(|v| v <= min_ack)
 }
 
-/// Makes the service's tasks match its spec: one running task per slot 1..=replicas, extra
-/// slots shut down, exited tasks replaced under the restart policy, tasks of an older spec
-/// replaced under the update policy, tasks on draining nodes moved. A task that serves is
-/// replaced start-first (its successor routed everywhere before it leaves) unless the update
-/// order is stop-first. At most `TASKS_PER_PASS` tasks are created; the service is left
-/// `filling` if slots wait for more. `min_ack` is the plan version every ready node has
-/// applied. Returns when it must run again on its own (an update delay ending), if ever.
-/// Idempotent: a second run with nothing changed writes nothing.
+/// Makes the service's tasks match its spec: one running task per slot (1..=replicas, or one
+/// per eligible node in a global mode), tasks of other slots shut down, exited tasks replaced
+/// under the restart policy, tasks of an older spec replaced under the update policy, tasks
+/// on draining nodes moved. A job's slots instead run to completion, at most
+/// `MaxConcurrent` at once (see `Pass::jobs`). A task that serves is replaced start-first
+/// (its successor routed everywhere before it leaves) unless the update order is stop-first.
+/// At most `TASKS_PER_PASS` tasks are created; the service is left `filling` if slots wait
+/// for more. `min_ack` is the plan version every ready node has applied. Returns when it
+/// must run again on its own (an update delay ending), if ever. Idempotent: a second run
+/// with nothing changed writes nothing.
 pub fn reconcile_at(
     state: &mut State,
     service_id: &str,
@@ -104,7 +106,17 @@ pub fn reconcile_at(
     let Some(mut service) = state.services.get(service_id).cloned() else {
         return Ok(None);
     };
-    let replicas = service.replicas();
+    let mode = service.mode();
+    let homes = if mode.is_global() {
+        homes(state, &service)
+    } else {
+        BTreeMap::new()
+    };
+    let wanted: BTreeSet<u64> = match mode {
+        ServiceMode::Replicated { replicas } => (1..=replicas).collect(),
+        ServiceMode::ReplicatedJob { total, .. } => (1..=total).collect(),
+        ServiceMode::Global | ServiceMode::GlobalJob => homes.keys().copied().collect(),
+    };
     let rollback = service
         .update_status
         .as_ref()
@@ -112,6 +124,7 @@ pub fn reconcile_at(
     let pass = Pass {
         service: &service,
         update: policy::update_policy(&service.spec, rollback),
+        homes,
         min_ack,
         now,
         budget: Cell::new(TASKS_PER_PASS),
@@ -123,27 +136,32 @@ pub fn reconcile_at(
         by_slot.entry(t.slot).or_default().push(t.clone());
     }
 
-    for t in by_slot.range(replicas + 1..).flat_map(|(_, ts)| ts) {
-        shut_down(state, t.clone());
+    let unwanted: Vec<Task> = by_slot
+        .iter()
+        .filter(|(slot, _)| !wanted.contains(slot))
+        .flat_map(|(_, ts)| ts.iter().cloned())
+        .collect();
+    for t in unwanted {
+        shut_down(state, t);
     }
-    let mut left = Left::default();
-    for slot in 1..=replicas {
-        let tasks = by_slot.remove(&slot).unwrap_or_default();
-        pass.slot(state, slot, tasks, &mut status, &mut left)?;
-    }
-
-    let wake = match status.as_mut().filter(|_| updating(&service)) {
-        Some(u) => pass.advance_update(state, u, left, replicas)?,
-        None => {
-            // Not updating (say, the update finished and a stale task was left on a node that
-            // came back): replace them all at once, as far as this pass goes.
-            for (slot, _) in left.waiting {
-                if pass.spent() {
-                    break;
-                }
-                pass.place(state, slot, 0, None)?;
-            }
+    let slots = wanted
+        .iter()
+        .map(|slot| (*slot, by_slot.remove(slot).unwrap_or_default()));
+    let wake = match mode {
+        ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+            pass.jobs(state, slots, max_concurrent)?;
             None
+        }
+        ServiceMode::GlobalJob => {
+            pass.jobs(state, slots, u64::MAX)?;
+            None
+        }
+        ServiceMode::Replicated { .. } | ServiceMode::Global => {
+            let mut left = Left::default();
+            for (slot, tasks) in slots {
+                pass.slot(state, slot, tasks, &mut status, &mut left)?;
+            }
+            pass.carry_update(state, &service, &mut status, left, &wanted)?
         }
     };
     let filling = pass.cut_short.get();
@@ -160,6 +178,8 @@ pub fn reconcile_at(
 struct Pass<'a> {
     service: &'a Service,
     update: UpdatePolicy,
+    /// A global service's slots and the node each stands for (see `homes`); empty otherwise.
+    homes: BTreeMap<u64, String>,
     min_ack: u64,
     now: Time,
     /// New tasks this pass may still create (see `TASKS_PER_PASS`).
@@ -187,18 +207,97 @@ impl Pass<'_> {
         spent
     }
 
-    /// Creates a task for `slot` out of this pass's budget.
+    /// Moves the rolling update on, or, with none under way, replaces at once (as far as
+    /// this pass goes) what the slots left stale: say, a task left on a node that came back
+    /// after its update finished.
+    fn carry_update(
+        &self,
+        state: &mut State,
+        service: &Service,
+        status: &mut Option<UpdateStatus>,
+        left: Left,
+        wanted: &BTreeSet<u64>,
+    ) -> Result<Option<Time>, ScheduleError> {
+        if let Some(u) = status.as_mut().filter(|_| updating(service)) {
+            return self.advance_update(state, u, left, wanted);
+        }
+        for (slot, _) in left.waiting {
+            if self.spent() {
+                break;
+            }
+            self.place(state, slot, 0, None)?;
+        }
+        Ok(None)
+    }
+
+    /// Runs a job's slots to completion: a slot is done once a task of this iteration
+    /// completed there, and the rest start (or restart, under the restart policy, after a
+    /// failure) while fewer than `max_concurrent` run. A task of an earlier iteration
+    /// stops: an update runs the job again from the start, as Swarm's JobIteration does.
+    fn jobs(
+        &self,
+        state: &mut State,
+        slots: impl Iterator<Item = (u64, Vec<Task>)>,
+        max_concurrent: u64,
+    ) -> Result<(), ScheduleError> {
+        let generation = self.service.spec_generation;
+        let mut running = 0u64;
+        let mut idle = Vec::new();
+        for (slot, tasks) in slots {
+            let mut runs = false;
+            for t in tasks.iter().filter(|t| is_active(t)) {
+                if t.spec_generation == generation && !on_draining_node(state, &t.node_id) {
+                    runs = true;
+                } else {
+                    shut_down(state, t.clone());
+                }
+            }
+            let done = tasks
+                .iter()
+                .any(|t| t.spec_generation == generation && t.status.state == TaskState::Complete);
+            if runs {
+                running += 1;
+            } else if !done {
+                idle.push(slot);
+            }
+        }
+        for slot in idle {
+            if running >= max_concurrent || self.spent() {
+                break;
+            }
+            if let Some((restarts, at)) = refill(state, self.service, slot, self.now)
+                && self.place(state, slot, restarts, at)?
+            {
+                running += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a task for `slot` out of this pass's budget: on the slot's node for a global
+    /// service, which a paused node refuses (false), else where the spread puts it.
     fn place(
         &self,
         state: &mut State,
         slot: u64,
         restarts: u64,
         start_after: Option<Time>,
-    ) -> Result<(), ScheduleError> {
-        let t = new_task(state, self.service, slot, restarts, start_after)?;
+    ) -> Result<bool, ScheduleError> {
+        let home = self.homes.get(&slot).map(String::as_str);
+        if let Some(node) = home {
+            let constraints = constraints_of(&self.service.spec).unwrap_or_default();
+            if !state
+                .nodes
+                .get(node)
+                .is_some_and(|n| placeable(n, &constraints))
+            {
+                return Ok(false);
+            }
+        }
+        let t = new_task(state, self.service, slot, home, restarts, start_after)?;
         state.put_task(t);
         self.budget.set(self.budget.get().saturating_sub(1));
-        Ok(())
+        Ok(true)
     }
 
     /// Brings one slot to one current task: keeps it, or replaces what is stale or gone. A
@@ -306,9 +405,9 @@ impl Pass<'_> {
         state: &mut State,
         u: &mut UpdateStatus,
         left: Left,
-        replicas: u64,
+        wanted: &BTreeSet<u64>,
     ) -> Result<Option<Time>, ScheduleError> {
-        u.slots.retain(|s| *s <= replicas);
+        u.slots.retain(|s| wanted.contains(s));
         let room = match self.update.parallelism {
             0 => usize::MAX,
             p => (p as usize).saturating_sub(u.slots.len()),
@@ -395,12 +494,14 @@ fn on_draining_node(state: &State, node: &str) -> bool {
 }
 
 /// Services whose tasks are being replaced, moved or created over several passes, which
-/// `reconcile_at` must see again as tasks become routed and acks move: one pass over the tasks.
+/// `reconcile_at` must see again as tasks become routed and acks move, and global services
+/// a node is ready for (it joined, came back, or was made active): one pass over the tasks,
+/// and one over a global service's tasks per global service.
 pub fn in_transition(state: &State) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = state
         .services
         .values()
-        .filter(|s| updating(s) || s.filling)
+        .filter(|s| updating(s) || s.filling || (s.mode().is_global() && awaits_node(state, s)))
         .map(|s| s.id.clone())
         .collect();
     let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
@@ -416,6 +517,36 @@ pub fn in_transition(state: &State) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// Whether a global service has a node that takes new tasks and would get one: no task of
+/// the service is meant to run there, a job has not completed there, and the restart policy
+/// does not leave the slot empty. Without that last question a slot the policy leaves
+/// empty (`--restart-condition none` after an exit) would keep the service in transition,
+/// and the updater polling, for good.
+fn awaits_node(state: &State, service: &Service) -> bool {
+    let constraints = constraints_of(&service.spec).unwrap_or_default();
+    let job = service.mode().is_job();
+    let filled: BTreeSet<u64> = state
+        .tasks
+        .values()
+        .filter(|t| t.service_id == service.id)
+        .filter(|t| {
+            is_active(t)
+                || (job
+                    && t.spec_generation == service.spec_generation
+                    && t.status.state == TaskState::Complete)
+        })
+        .map(|t| t.slot)
+        .collect();
+    homes(state, service).into_iter().any(|(slot, node)| {
+        !filled.contains(&slot)
+            && state
+                .nodes
+                .get(&node)
+                .is_some_and(|n| placeable(n, &constraints))
+            && refill(state, service, slot, Utc::now()).is_some()
+    })
 }
 
 /// Deletes the oldest finished tasks beyond the per-slot history limit.

@@ -1,10 +1,11 @@
 //! Where a new task goes: Swarm's spread over the ready, active nodes that satisfy the
-//! service's placement constraints, one replica per node for host-mode ports.
+//! service's placement constraints, one replica per node for host-mode ports; and for a
+//! global service, which nodes hold one of its tasks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ipam::IpamError;
-use crate::model::{Availability, Node, NodeState, PublishMode, Task, TaskState};
+use crate::model::{Availability, Node, NodeState, PublishMode, Service, Task, TaskState};
 use crate::store::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,49 @@ impl Constraint {
         };
         (actual.as_deref() == Some(self.value.as_str())) == self.equal
     }
+}
+
+/// Whether a node takes new tasks of a service with these constraints.
+pub fn placeable(n: &Node, constraints: &[Constraint]) -> bool {
+    n.availability == Availability::Active && may_keep(n, constraints)
+}
+
+/// Whether a node keeps the task a global service runs there: it is ready, not draining (a
+/// paused node keeps its tasks and takes no new ones) and still satisfies the constraints.
+fn may_keep(n: &Node, constraints: &[Constraint]) -> bool {
+    n.state == NodeState::Ready
+        && n.availability != Availability::Drain
+        && constraints.iter().all(|c| c.admits(n))
+}
+
+/// The slots of a global service, each standing for a node that may run one of its tasks:
+/// the number its tasks there already have, or the lowest free one for a node new to it.
+/// Keying a node by a slot lets restarts, history and rolling updates treat a global
+/// service's nodes as they treat replicas; the API shows these tasks with docker's slot 0.
+pub fn homes(state: &State, service: &Service) -> BTreeMap<u64, String> {
+    let constraints = constraints_of(&service.spec).unwrap_or_default();
+    let mut slot_of: HashMap<&str, u64> = HashMap::new();
+    for t in state.tasks.values().filter(|t| t.service_id == service.id) {
+        slot_of.insert(t.node_id.as_str(), t.slot);
+    }
+    let taken: BTreeSet<u64> = slot_of.values().copied().collect();
+    let mut free = (1..).filter(|n| !taken.contains(n));
+    let mut nodes: Vec<&Node> = state
+        .nodes
+        .values()
+        .filter(|n| may_keep(n, &constraints))
+        .collect();
+    nodes.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+    nodes
+        .into_iter()
+        .map(|n| {
+            let slot = match slot_of.get(n.id.as_str()) {
+                Some(s) => *s,
+                None => free.next().unwrap_or(u64::MAX),
+            };
+            (slot, n.id.clone())
+        })
+        .collect()
 }
 
 pub fn constraints_of(spec: &bollard::models::ServiceSpec) -> Result<Vec<Constraint>, String> {

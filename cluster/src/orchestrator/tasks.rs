@@ -9,15 +9,20 @@ use crate::ipam;
 use crate::model::{Attachment, Service, Task, TaskState, TaskStatus, Time};
 use crate::store::State;
 
-/// A new task for `slot`, placed on a node and given an address on each of its networks.
+/// A new task for `slot`, placed on `home` (a global service's node) or spread, and given
+/// an address on each of its networks.
 pub fn new_task(
     state: &mut State,
     service: &Service,
     slot: u64,
+    home: Option<&str>,
     restarts: u64,
     start_after: Option<Time>,
 ) -> Result<Task, ScheduleError> {
-    let node_id = pick_node(state, &service.id)?;
+    let node_id = match home {
+        Some(node) => node.to_string(),
+        None => pick_node(state, &service.id)?,
+    };
     let mut attachments = Vec::new();
     // One attachment per network, so allocations within a task never collide; earlier tasks
     // of this transaction are already in `state`.

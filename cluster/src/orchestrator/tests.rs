@@ -1,11 +1,12 @@
 //! The per-pass bound on new tasks: a big service, or a big loss, is made good over several
 //! passes, each within `TASKS_PER_PASS`, with nothing but the orchestrator's own commits to
-//! drive them.
+//! drive them. Global services following their nodes, and jobs running to completion.
 
 use std::collections::BTreeMap;
 
 use bollard::models::{
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecModeReplicatedJob,
+    TaskSpec, TaskSpecContainerSpec,
 };
 use chrono::Utc;
 
@@ -43,18 +44,23 @@ fn node(state: &mut State, i: u8) -> String {
 
 /// Two ready nodes and a service `svc` of `replicas` with no task yet.
 fn cluster(replicas: u64) -> State {
+    cluster_of(ServiceSpecMode {
+        replicated: Some(ServiceSpecModeReplicated {
+            replicas: Some(replicas as i64),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Two ready nodes and a service `svc` in `mode` with no task yet.
+fn cluster_of(mode: ServiceSpecMode) -> State {
     let mut s = State::default();
     node(&mut s, 1);
     node(&mut s, 2);
     let now = Utc::now();
     let spec = ServiceSpec {
         name: Some("web".into()),
-        mode: Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated {
-                replicas: Some(replicas as i64),
-            }),
-            ..Default::default()
-        }),
+        mode: Some(mode),
         task_template: Some(TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some("whoami:latest".into()),
@@ -172,4 +178,325 @@ fn a_service_within_one_pass_is_never_filling() {
     one_per_slot(&s, TASKS_PER_PASS as u64);
     assert!(!s.services["svc"].filling);
     assert!(in_transition(&s).is_empty());
+}
+
+fn global(job: bool) -> ServiceSpecMode {
+    let empty = Some(std::collections::HashMap::new());
+    if job {
+        ServiceSpecMode {
+            global_job: empty,
+            ..Default::default()
+        }
+    } else {
+        ServiceSpecMode {
+            global: empty,
+            ..Default::default()
+        }
+    }
+}
+
+fn replicated_job(max_concurrent: i64, total: i64) -> ServiceSpecMode {
+    ServiceSpecMode {
+        replicated_job: Some(ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(max_concurrent),
+            total_completions: Some(total),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The nodes running a task of `svc` (meant to run), one entry per task.
+fn nodes_running(s: &State) -> Vec<String> {
+    let mut nodes: Vec<String> = s
+        .tasks
+        .values()
+        .filter(|t| t.desired == TaskState::Running)
+        .map(|t| t.node_id.clone())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+fn set_node(s: &mut State, id: &str, change: impl FnOnce(&mut Node)) {
+    let mut n = s.nodes[id].clone();
+    change(&mut n);
+    s.put_node(n);
+}
+
+/// What `node update` does after changing a node: every service reconciled.
+fn node_updated(s: &mut State, id: &str, change: impl FnOnce(&mut Node)) {
+    set_node(s, id, change);
+    reconcile(s, "svc").expect("placeable");
+}
+
+/// What an agent's report of an exit does: the task ends there, and its service is
+/// reconciled.
+fn exited(s: &mut State, id: &str, state: TaskState) {
+    let mut t = s.tasks[id].clone();
+    t.status.state = state;
+    t.desired = TaskState::Shutdown;
+    s.put_task(t);
+    reconcile(s, "svc").expect("placeable");
+}
+
+fn running_ids(s: &State) -> Vec<String> {
+    s.tasks
+        .values()
+        .filter(|t| t.desired == TaskState::Running)
+        .map(|t| t.id.clone())
+        .collect()
+}
+
+fn with_constraint(s: &mut State, constraint: &str) {
+    let mut svc = s.services["svc"].clone();
+    svc.spec
+        .task_template
+        .get_or_insert_with(Default::default)
+        .placement
+        .get_or_insert_with(Default::default)
+        .constraints = Some(vec![constraint.to_string()]);
+    s.put_service(svc);
+}
+
+#[test]
+fn a_global_service_runs_one_task_per_node_and_follows_nodes_that_join_leave_and_return() {
+    let mut s = cluster_of(global(false));
+    reconcile(&mut s, "svc").expect("placeable");
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+    assert!(in_transition(&s).is_empty(), "nothing left to do");
+
+    node(&mut s, 3);
+    assert!(
+        in_transition(&s).contains("svc"),
+        "a node that joins is the updater's to fill"
+    );
+    updater(&mut s);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2", "node-3"]);
+    let slot_on_2 = s
+        .tasks
+        .values()
+        .find(|t| t.node_id == "node-2")
+        .unwrap()
+        .slot;
+
+    node_down(&mut s, "node-2");
+    assert_eq!(nodes_running(&s), ["node-1", "node-3"]);
+    assert!(
+        in_transition(&s).is_empty(),
+        "a down node is waited for, not polled"
+    );
+
+    set_node(&mut s, "node-2", |n| n.state = NodeState::Ready);
+    assert!(in_transition(&s).contains("svc"));
+    updater(&mut s);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2", "node-3"]);
+    let back = s
+        .tasks
+        .values()
+        .find(|t| t.node_id == "node-2" && t.desired == TaskState::Running)
+        .unwrap();
+    assert_eq!(
+        back.slot, slot_on_2,
+        "a node keeps its slot, and its history"
+    );
+}
+
+#[test]
+fn a_global_service_leaves_a_drained_node_keeps_a_paused_one_and_returns_when_active() {
+    let mut s = cluster_of(global(false));
+    reconcile(&mut s, "svc").expect("placeable");
+    node_updated(&mut s, "node-1", |n| n.availability = Availability::Drain);
+    assert_eq!(nodes_running(&s), ["node-2"]);
+    assert!(in_transition(&s).is_empty());
+
+    node_updated(&mut s, "node-1", |n| n.availability = Availability::Active);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+
+    // Paused: the task there stays; once it exits, no new one comes until it is active.
+    node_updated(&mut s, "node-2", |n| n.availability = Availability::Pause);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+    let on_2 = s
+        .tasks
+        .values()
+        .find(|t| t.node_id == "node-2" && t.desired == TaskState::Running)
+        .unwrap()
+        .id
+        .clone();
+    exited(&mut s, &on_2, TaskState::Failed);
+    assert_eq!(nodes_running(&s), ["node-1"]);
+    assert!(in_transition(&s).is_empty(), "a paused node is not polled");
+    node_updated(&mut s, "node-2", |n| n.availability = Availability::Active);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+}
+
+#[test]
+fn a_global_service_follows_the_labels_its_constraint_matches() {
+    let mut s = cluster_of(global(false));
+    with_constraint(&mut s, "node.labels.zone==east");
+    set_node(&mut s, "node-1", |n| {
+        n.labels.insert("zone".into(), "east".into());
+    });
+    reconcile(&mut s, "svc").expect("placeable");
+    assert_eq!(nodes_running(&s), ["node-1"]);
+
+    node_updated(&mut s, "node-2", |n| {
+        n.labels.insert("zone".into(), "east".into());
+    });
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+
+    node_updated(&mut s, "node-1", |n| {
+        n.labels.clear();
+    });
+    assert_eq!(nodes_running(&s), ["node-2"]);
+    assert!(in_transition(&s).is_empty());
+}
+
+#[test]
+fn a_global_service_rolls_an_update_over_its_nodes() {
+    let mut s = cluster_of(global(false));
+    node(&mut s, 3);
+    reconcile(&mut s, "svc").expect("placeable");
+    let mut svc = s.services["svc"].clone();
+    svc.spec_generation += 1;
+    super::begin_update(&mut svc, false);
+    s.put_service(svc);
+    reconcile(&mut s, "svc").expect("placeable");
+    // Parallelism 1, stop-first (docker's defaults): one node at a time stops its task.
+    assert_eq!(nodes_running(&s).len(), 2);
+    updater_with_acks(&mut s);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2", "node-3"]);
+    assert!(
+        s.tasks
+            .values()
+            .filter(|t| t.desired == TaskState::Running)
+            .all(|t| t.spec_generation == 2)
+    );
+}
+
+/// The updater, with every new task reported running and every task shut down reported
+/// stopped at once (what agents do), and every node acking at once.
+fn updater_with_acks(s: &mut State) {
+    let mut passes = 0;
+    while in_transition(s).contains("svc") {
+        passes += 1;
+        assert!(passes < 100, "no convergence");
+        let tasks: Vec<_> = s.tasks.values().cloned().collect();
+        for mut t in tasks {
+            let observed = match t.desired {
+                TaskState::Running => TaskState::Running,
+                _ => TaskState::Shutdown,
+            };
+            if t.status.state != observed && !t.status.state.is_terminal() {
+                t.status.state = observed;
+                t.running_version = Some(s.version);
+                s.put_task(t);
+            }
+        }
+        s.version += 1;
+        let min_ack = s.version;
+        reconcile_at(s, "svc", min_ack, Utc::now()).expect("placeable");
+    }
+}
+
+#[test]
+fn a_replicated_job_runs_its_completions_at_most_max_concurrent_at_once() {
+    let mut s = cluster_of(replicated_job(2, 5));
+    reconcile(&mut s, "svc").expect("placeable");
+    let mut completed = 0;
+    while completed < 5 {
+        let running = running_ids(&s);
+        assert!(!running.is_empty() && running.len() <= 2, "{running:?}");
+        assert_eq!(running.len(), 2.min(5 - completed));
+        exited(&mut s, &running[0], TaskState::Complete);
+        completed += 1;
+    }
+    assert!(running_ids(&s).is_empty());
+    reconcile(&mut s, "svc").expect("placeable");
+    assert!(
+        running_ids(&s).is_empty(),
+        "a completed job is never restarted"
+    );
+    assert!(in_transition(&s).is_empty());
+    let mut slots: Vec<u64> = s
+        .tasks
+        .values()
+        .filter(|t| t.status.state == TaskState::Complete)
+        .map(|t| t.slot)
+        .collect();
+    slots.sort();
+    assert_eq!(slots, [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn a_failed_job_task_is_retried_under_its_restart_policy() {
+    let mut s = cluster_of(replicated_job(1, 1));
+    reconcile(&mut s, "svc").expect("placeable");
+    let first = running_ids(&s).remove(0);
+    exited(&mut s, &first, TaskState::Failed);
+    let retry = running_ids(&s);
+    assert_eq!(retry.len(), 1, "retried");
+    let retry = &s.tasks[&retry[0]];
+    assert_eq!((retry.slot, retry.restarts), (1, 1));
+    assert!(retry.start_after.is_some(), "after the policy's delay");
+
+    // With --restart-condition none, a failure is final.
+    let mut svc = s.services["svc"].clone();
+    svc.spec
+        .task_template
+        .get_or_insert_with(Default::default)
+        .restart_policy = Some(bollard::models::TaskSpecRestartPolicy {
+        condition: Some(bollard::models::TaskSpecRestartPolicyConditionEnum::NONE),
+        ..Default::default()
+    });
+    s.put_service(svc);
+    let id = running_ids(&s).remove(0);
+    exited(&mut s, &id, TaskState::Failed);
+    assert!(running_ids(&s).is_empty());
+    assert!(in_transition(&s).is_empty());
+}
+
+#[test]
+fn a_global_job_runs_once_per_node_including_one_that_joins_later() {
+    let mut s = cluster_of(global(true));
+    reconcile(&mut s, "svc").expect("placeable");
+    assert_eq!(nodes_running(&s), ["node-1", "node-2"]);
+    for id in running_ids(&s) {
+        exited(&mut s, &id, TaskState::Complete);
+    }
+    assert!(running_ids(&s).is_empty());
+    assert!(in_transition(&s).is_empty(), "done is done");
+
+    node(&mut s, 3);
+    assert!(in_transition(&s).contains("svc"));
+    updater(&mut s);
+    assert_eq!(nodes_running(&s), ["node-3"]);
+    let id = running_ids(&s).remove(0);
+    exited(&mut s, &id, TaskState::Complete);
+    assert!(in_transition(&s).is_empty());
+    assert_eq!(
+        s.tasks
+            .values()
+            .filter(|t| t.status.state == TaskState::Complete)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn an_update_runs_a_job_again_and_stops_the_old_iteration() {
+    let mut s = cluster_of(replicated_job(1, 2));
+    reconcile(&mut s, "svc").expect("placeable");
+    let first = running_ids(&s).remove(0);
+    exited(&mut s, &first, TaskState::Complete);
+    let second = running_ids(&s).remove(0);
+    // What `service update` does to a job: a new iteration.
+    let mut svc = s.services["svc"].clone();
+    svc.spec_generation += 1;
+    s.put_service(svc);
+    reconcile(&mut s, "svc").expect("placeable");
+    assert_eq!(s.tasks[&second].desired, TaskState::Shutdown);
+    let now = running_ids(&s);
+    assert_eq!(now.len(), 1);
+    let t = &s.tasks[&now[0]];
+    assert_eq!((t.slot, t.spec_generation), (1, 2), "from its first task");
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode,
-    ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
+    ServiceSpecModeReplicated, ServiceSpecModeReplicatedJob, TaskSpec, TaskSpecContainerSpec,
 };
 use clap::{Args, ValueEnum};
 
@@ -15,10 +15,12 @@ use crate::api::{Api, ApiResult};
 use crate::progress;
 use crate::publish::PublishSpec;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 pub enum Mode {
     Replicated,
     Global,
+    ReplicatedJob,
+    GlobalJob,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -52,9 +54,12 @@ pub struct CreateArgs {
     endpoint_mode: Option<EndpointMode>,
     #[command(flatten)]
     policy: PolicyArgs,
-    /// Service mode
+    /// Service mode ("replicated", "global", "replicated-job" or "global-job")
     #[arg(long, value_enum, default_value = "replicated")]
     mode: Mode,
+    /// Number of job tasks to run concurrently (default equal to --replicas)
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+    max_concurrent: Option<u64>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     detach: bool,
@@ -67,6 +72,50 @@ pub struct CreateArgs {
     args: Vec<String>,
 }
 
+/// The mode as docker's CLI sends it, refusing the counts a mode has no use for with
+/// docker's words: a replicated job runs `--replicas` tasks in all, `--max-concurrent` (by
+/// default all of them) at a time.
+fn mode_spec(
+    mode: Mode,
+    replicas: Option<u64>,
+    max_concurrent: Option<u64>,
+) -> anyhow::Result<ServiceSpecMode> {
+    if replicas.is_some() && matches!(mode, Mode::Global | Mode::GlobalJob) {
+        anyhow::bail!(
+            "replicas can only be used with replicated or replicated-job mode: drop --replicas, a global service runs one task per eligible node"
+        );
+    }
+    if max_concurrent.is_some() && mode != Mode::ReplicatedJob {
+        anyhow::bail!(
+            "max-concurrent can only be used with replicated-job mode: add --mode replicated-job, or drop --max-concurrent"
+        );
+    }
+    let count = |n: Option<u64>| n.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    Ok(match mode {
+        Mode::Replicated => ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: count(replicas),
+            }),
+            ..Default::default()
+        },
+        Mode::Global => ServiceSpecMode {
+            global: Some(HashMap::new()),
+            ..Default::default()
+        },
+        Mode::ReplicatedJob => ServiceSpecMode {
+            replicated_job: Some(ServiceSpecModeReplicatedJob {
+                max_concurrent: count(max_concurrent.or(replicas)),
+                total_completions: count(replicas),
+            }),
+            ..Default::default()
+        },
+        Mode::GlobalJob => ServiceSpecMode {
+            global_job: Some(HashMap::new()),
+            ..Default::default()
+        },
+    })
+}
+
 pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
     let mut networks = Vec::new();
     for net in &args.networks {
@@ -75,18 +124,7 @@ pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
             ..Default::default()
         });
     }
-    let mode = match args.mode {
-        Mode::Replicated => ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated {
-                replicas: args.replicas.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
-            }),
-            ..Default::default()
-        },
-        Mode::Global => ServiceSpecMode {
-            global: Some(HashMap::new()),
-            ..Default::default()
-        },
-    };
+    let mode = mode_spec(args.mode, args.replicas, args.max_concurrent)?;
     let ports = ports_of(args.publish);
     let endpoint_spec = Some(EndpointSpec {
         mode: Some(match args.endpoint_mode {
@@ -178,5 +216,54 @@ fn familiar_reference(image: &str) -> String {
         image.to_string()
     } else {
         format!("{image}:latest")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_take_the_counts_docker_gives_them_and_refuse_the_others() {
+        let job = mode_spec(Mode::ReplicatedJob, Some(3), None).unwrap();
+        let job = job.replicated_job.unwrap();
+        // As docker's CLI sends it: all at once unless --max-concurrent says otherwise.
+        assert_eq!(
+            (job.max_concurrent, job.total_completions),
+            (Some(3), Some(3))
+        );
+        let job = mode_spec(Mode::ReplicatedJob, Some(3), Some(1)).unwrap();
+        let job = job.replicated_job.unwrap();
+        assert_eq!(
+            (job.max_concurrent, job.total_completions),
+            (Some(1), Some(3))
+        );
+        assert!(
+            mode_spec(Mode::Global, None, None)
+                .unwrap()
+                .global
+                .is_some()
+        );
+        assert!(
+            mode_spec(Mode::GlobalJob, None, None)
+                .unwrap()
+                .global_job
+                .is_some()
+        );
+
+        for mode in [Mode::Global, Mode::GlobalJob] {
+            let e = mode_spec(mode, Some(2), None).unwrap_err().to_string();
+            assert!(
+                e.contains("replicas can only be used with replicated"),
+                "{e}"
+            );
+        }
+        for mode in [Mode::Replicated, Mode::Global, Mode::GlobalJob] {
+            let e = mode_spec(mode, None, Some(2)).unwrap_err().to_string();
+            assert!(
+                e.contains("max-concurrent can only be used with replicated-job"),
+                "{e}"
+            );
+        }
     }
 }

@@ -53,6 +53,16 @@ fn pretty_service(s: &Service) -> String {
         if let Some(n) = r.replicas {
             out += &format!(" Replicas:\t{n}\n");
         }
+    } else if let Some(job) = mode.replicated_job {
+        out += "Service Mode:\tReplicated Job\n";
+        if let Some(n) = job.max_concurrent {
+            out += &format!(" Max Concurrent:\t{n}\n");
+        }
+        if let Some(n) = job.total_completions {
+            out += &format!(" Total Completions:\t{n}\n");
+        }
+    } else if mode.global_job.is_some() {
+        out += "Service Mode:\tGlobal Job\n";
     }
     out += "Placement:\n";
     let task = spec.task_template.clone().unwrap_or_default();

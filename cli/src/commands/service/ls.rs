@@ -76,7 +76,12 @@ pub async fn ls(
                 (running, replicas.unwrap_or(active))
             }
         };
-        let replicas = format!("{running}/{desired}");
+        let completed = s
+            .service_status
+            .as_ref()
+            .and_then(|st| st.completed_tasks)
+            .unwrap_or(0);
+        let replicas = replicas_column(s, running, desired, completed);
         let ports = s
             .endpoint
             .as_ref()
@@ -99,6 +104,21 @@ pub async fn ls(
     }
     out.finish()?;
     Ok(0)
+}
+
+/// REPLICAS as docker prints it: running/desired, and for a job how far it got (a global
+/// job's desired tasks are those still to complete, so its total adds the completed ones).
+fn replicas_column(s: &Service, running: u64, desired: u64, completed: u64) -> String {
+    let mode = s.spec.as_ref().and_then(|sp| sp.mode.as_ref());
+    if let Some(job) = mode.and_then(|m| m.replicated_job.as_ref()) {
+        let total = job.total_completions.unwrap_or(0);
+        format!("{running}/{desired} ({completed}/{total} completed)")
+    } else if mode.is_some_and(|m| m.global_job.is_some()) {
+        let total = desired + completed;
+        format!("{running}/{desired} ({completed}/{total} completed)")
+    } else {
+        format!("{running}/{desired}")
+    }
 }
 
 /// Per service: (tasks running, tasks meant to run). docker computes REPLICAS this way

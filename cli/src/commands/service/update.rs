@@ -18,6 +18,9 @@ pub struct UpdateArgs {
     /// Number of tasks
     #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
     replicas: Option<u64>,
+    /// Number of job tasks to run concurrently
+    #[arg(long, value_parser = parse_replicas, allow_hyphen_values = true)]
+    max_concurrent: Option<u64>,
     /// Service image tag
     #[arg(long)]
     image: Option<String>,
@@ -108,11 +111,29 @@ async fn modify_or_rollback(
     unreachable!("the last attempt returns")
 }
 
+/// The replicas of a replicated service, or a replicated job's total completions, as
+/// docker's `scale` and `update --replicas` set them; a global service has none.
 fn set_replicas(spec: &mut ServiceSpec, name: &str, replicas: u64) -> anyhow::Result<()> {
-    let Some(replicated) = spec.mode.as_mut().and_then(|m| m.replicated.as_mut()) else {
-        anyhow::bail!("{name}: scale can only be used with replicated mode");
+    let replicas = Some(i64::try_from(replicas).unwrap_or(i64::MAX));
+    let mode = spec.mode.get_or_insert_with(Default::default);
+    if let Some(replicated) = mode.replicated.as_mut() {
+        replicated.replicas = replicas;
+    } else if let Some(job) = mode.replicated_job.as_mut() {
+        job.total_completions = replicas;
+    } else {
+        anyhow::bail!(
+            "{name}: scale can only be used with replicated or replicated-job mode (a global service runs one task per eligible node)"
+        );
+    }
+    Ok(())
+}
+
+/// A replicated job's `--max-concurrent`, as docker's `update` sets it.
+fn set_max_concurrent(spec: &mut ServiceSpec, name: &str, n: u64) -> anyhow::Result<()> {
+    let Some(job) = spec.mode.as_mut().and_then(|m| m.replicated_job.as_mut()) else {
+        anyhow::bail!("{name}: max-concurrent can only be used with replicated-job mode");
     };
-    replicated.replicas = Some(i64::try_from(replicas).unwrap_or(i64::MAX));
+    job.max_concurrent = Some(i64::try_from(n).unwrap_or(i64::MAX));
     Ok(())
 }
 
@@ -167,6 +188,9 @@ pub async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
         }
         if let Some(r) = args.replicas {
             set_replicas(spec, &name, r)?;
+        }
+        if let Some(n) = args.max_concurrent {
+            set_max_concurrent(spec, &name, n)?;
         }
         let task = spec.task_template.get_or_insert_with(Default::default);
         if args.force {
