@@ -9,7 +9,7 @@
 //! - Foundations: `ids` (object IDs), `names` (the one validator of cluster, service and
 //!   network names), `paths` (a cluster's files and kernel object names), `wait` (the one
 //!   poll-until-deadline), `tasklog` (task output on the wire), `keys` (keyrings of encrypted
-//!   networks).
+//!   networks), `sealed` (payloads encrypted at rest).
 //! - Records: `model` (what the store keeps), `store` (the durable, transactional store).
 //! - Deciding: `ipam` (subnets, VNIs, addresses), `policy` (restart and update policies read
 //!   from a spec), `orchestrator` (services into tasks: scheduling, restarts, rolling
@@ -42,6 +42,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod protocol;
+pub mod sealed;
 pub mod store;
 pub mod tasklog;
 pub mod wait;

@@ -39,6 +39,22 @@ impl Network {
     }
 }
 
+/// A secret or a config: a named payload, immutable but for its labels. The store keeps its
+/// data sealed (see `sealed`); in memory and on the wire to the nodes that need it, it is
+/// plain.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Payload {
+    pub id: String,
+    pub name: String,
+    pub created: Time,
+    pub updated: Time,
+    pub version: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Never written as is: the store writes it sealed, beside these fields.
+    #[serde(skip)]
+    pub data: std::sync::Arc<Vec<u8>>,
+}
+
 /// docker's network option asking for IPsec on the data path.
 pub const ENCRYPTED_OPTION: &str = "encrypted";
 

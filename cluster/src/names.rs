@@ -11,6 +11,8 @@ pub enum Named {
     Network,
     /// A node's hostname, as its agent registers it.
     Node,
+    /// A secret's or a config's name (docker's rule: it may be a file name, stack-prefixed).
+    Payload,
 }
 
 /// A name is 1..=`max_len` ASCII letters, digits and `punct`, starting with a letter or digit.
@@ -29,6 +31,7 @@ impl Named {
             Named::Service => "service",
             Named::Network => "network",
             Named::Node => "node",
+            Named::Payload => "secret or config",
         }
     }
 
@@ -59,6 +62,12 @@ impl Named {
                 upper_case: true,
                 punct: "-.",
                 hint: "a hostname is up to 253 letters, digits, '-' or '.', starting with a letter or digit; set the node's hostname to one",
+            },
+            Named::Payload => Rules {
+                max_len: 64,
+                upper_case: true,
+                punct: "_.-",
+                hint: "use up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
             },
         }
     }

@@ -119,6 +119,164 @@ pub struct TaskPlan {
     /// unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthPlan>,
+    /// `--secret` and `--config`: files put on a tmpfs in the task, from memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<TaskFile>,
+}
+
+/// A secret or config file in a task: under `/run/secrets` (a read-only tmpfs) for a secret,
+/// under `/run` (a tmpfs, the file itself read-only) for a config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskFile {
+    /// Absolute, inside the task.
+    pub path: String,
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub secret: bool,
+}
+
+/// Where a task's `--secret`s go unless their target is absolute (docker's place).
+pub const SECRETS_DIR: &str = "/run/secrets";
+/// The tmpfs a task's configs (and the secrets' directory) live on.
+pub const FILES_ROOT: &str = "/run";
+
+/// The files a container spec's `--secret`s and `--config`s put in its tasks, from the
+/// payloads in `state`; an error names the reference that cannot be honoured and the fix.
+/// The API refuses such a spec with it; the dispatcher then never meets one.
+pub fn task_files(
+    state: &crate::store::State,
+    c: &bollard::models::TaskSpecContainerSpec,
+) -> Result<Vec<TaskFile>, String> {
+    let mut files = Vec::new();
+    for r in c.secrets.iter().flatten() {
+        let p = payload(
+            &state.secrets,
+            "secret",
+            r.secret_id.as_deref(),
+            r.secret_name.as_deref(),
+        )?;
+        let f = r.file.clone().unwrap_or_default();
+        let target = f
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| p.name.clone());
+        let path = if target.starts_with('/') {
+            target.clone()
+        } else {
+            format!("{SECRETS_DIR}/{target}")
+        };
+        if !path.starts_with(&format!("{SECRETS_DIR}/")) || !clean(&path) {
+            return Err(format!(
+                "secret {} cannot go to {target:?}: a secret's target is a file name (or a path                  under {SECRETS_DIR}), e.g. --secret source={},target=db_password",
+                p.name, p.name
+            ));
+        }
+        files.push(TaskFile {
+            path,
+            data: p.data.to_vec(),
+            uid: id_of(f.uid.as_deref(), "uid")?,
+            gid: id_of(f.gid.as_deref(), "gid")?,
+            mode: f.mode.unwrap_or(0o444) & 0o777,
+            secret: true,
+        });
+    }
+    for r in c.configs.iter().flatten() {
+        let p = payload(
+            &state.configs,
+            "config",
+            r.config_id.as_deref(),
+            r.config_name.as_deref(),
+        )?;
+        if r.runtime.is_some() {
+            return Err(format!(
+                "config {} is asked for as a runtime (credential spec) config, which swarmkit                  does not do: give it a file target",
+                p.name
+            ));
+        }
+        let f = r.file.clone().unwrap_or_default();
+        let target = f
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| p.name.clone());
+        if !target.starts_with(&format!("{FILES_ROOT}/"))
+            || target.starts_with(&format!("{SECRETS_DIR}/"))
+            || !clean(&target)
+        {
+            return Err(format!(
+                "config {} cannot go to {target:?}: a swarmkit task shares its node's root                  filesystem (until tasks run images, issue 23), so configs go on a tmpfs at                  {FILES_ROOT} in the task: give an absolute target under {FILES_ROOT}, e.g.                  --config source={},target={FILES_ROOT}/{}",
+                p.name, p.name, p.name
+            ));
+        }
+        files.push(TaskFile {
+            path: target,
+            data: p.data.to_vec(),
+            uid: id_of(f.uid.as_deref(), "uid")?,
+            gid: id_of(f.gid.as_deref(), "gid")?,
+            mode: f.mode.unwrap_or(0o444) & 0o777,
+            secret: false,
+        });
+    }
+    let mut paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    paths.sort();
+    if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "two secrets or configs go to {}: give each its own target",
+            w[0]
+        ));
+    }
+    Ok(files)
+}
+
+fn payload<'a>(
+    all: &'a imbl::OrdMap<String, crate::model::Payload>,
+    noun: &str,
+    id: Option<&str>,
+    name: Option<&str>,
+) -> Result<&'a crate::model::Payload, String> {
+    let found = match id.filter(|i| !i.is_empty()) {
+        Some(id) => all.get(id),
+        None => name.and_then(|n| all.values().find(|p| p.name == n)),
+    };
+    found.ok_or_else(|| {
+        let what = id.or(name).unwrap_or_default();
+        format!("{noun} not found: {what}: create it first (docker {noun} create {what} FILE)")
+    })
+}
+
+/// A path with no empty, `.` or `..` components.
+fn clean(path: &str) -> bool {
+    path.split('/')
+        .skip(1)
+        .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+fn id_of(v: Option<&str>, what: &str) -> Result<u32, String> {
+    match v.filter(|v| !v.is_empty()) {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("invalid {what} {v:?}: give a number")),
+    }
+}
+
+/// Bytes as base64 in JSON, as the Engine API carries them (an array of numbers is 4x larger).
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A healthcheck with docker's defaults filled in.

@@ -15,7 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::model::{Meta, Network, Node, Service, Task};
+use crate::model::{Meta, Network, Node, Payload, Service, Task};
+use crate::sealed::Sealer;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 
@@ -31,6 +32,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Sealed(#[from] crate::sealed::SealError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +42,8 @@ enum Kind {
     Service,
     Task,
     Node,
+    Secret,
+    Config,
     Meta,
 }
 
@@ -49,6 +54,8 @@ impl Kind {
             Kind::Service => "service/",
             Kind::Task => "task/",
             Kind::Node => "node/",
+            Kind::Secret => "secret/",
+            Kind::Config => "config/",
             Kind::Meta => "meta",
         }
     }
@@ -63,6 +70,8 @@ pub struct State {
     pub services: OrdMap<String, Service>,
     pub tasks: OrdMap<String, Task>,
     pub nodes: OrdMap<String, Node>,
+    pub secrets: OrdMap<String, Payload>,
+    pub configs: OrdMap<String, Payload>,
     dirty: Vec<(Kind, String)>,
 }
 
@@ -112,23 +121,76 @@ impl State {
         self.meta = meta;
     }
 
-    fn encoded(&self, kind: Kind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn put_secret(&mut self, mut p: Payload) {
+        p.version = self.version;
+        self.dirty.push((Kind::Secret, p.id.clone()));
+        self.secrets.insert(p.id.clone(), p);
+    }
+    pub fn remove_secret(&mut self, id: &str) {
+        self.dirty.push((Kind::Secret, id.to_string()));
+        self.secrets.remove(id);
+    }
+    pub fn put_config(&mut self, mut p: Payload) {
+        p.version = self.version;
+        self.dirty.push((Kind::Config, p.id.clone()));
+        self.configs.insert(p.id.clone(), p);
+    }
+    pub fn remove_config(&mut self, id: &str) {
+        self.dirty.push((Kind::Config, id.to_string()));
+        self.configs.remove(id);
+    }
+
+    fn encoded(
+        &self,
+        kind: Kind,
+        id: &str,
+        sealer: &Sealer,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         fn enc<T: Serialize>(v: Option<&T>) -> Result<Option<Vec<u8>>, StoreError> {
             v.map(|v| serde_json::to_vec(v).map_err(|e| StoreError::Write(e.to_string())))
                 .transpose()
         }
+        let sealed = |p: Option<&Payload>| -> Result<Option<Vec<u8>>, StoreError> {
+            let Some(p) = p else { return Ok(None) };
+            let at_rest = AtRest {
+                sealed: sealer.seal(&p.id, &p.data)?,
+                payload: p.clone(),
+            };
+            enc(Some(&at_rest))
+        };
         match kind {
             Kind::Network => enc(self.networks.get(id)),
             Kind::Service => enc(self.services.get(id)),
             Kind::Task => enc(self.tasks.get(id)),
             Kind::Node => enc(self.nodes.get(id)),
+            Kind::Secret => sealed(self.secrets.get(id)),
+            Kind::Config => sealed(self.configs.get(id)),
             Kind::Meta => enc(Some(&(self.version, &self.meta))),
         }
     }
 }
 
+/// A payload as the store writes it: its fields, and its data sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AtRest {
+    #[serde(flatten)]
+    payload: Payload,
+    sealed: String,
+}
+
+fn unseal(key: &str, bytes: &[u8], sealer: &Sealer) -> Result<Payload, StoreError> {
+    let AtRest {
+        mut payload,
+        sealed,
+    } = decode(key, bytes)?;
+    payload.data = std::sync::Arc::new(sealer.open(&payload.id, &sealed)?);
+    Ok(payload)
+}
+
 pub struct Store {
     db: Database,
+    /// Seals secrets and configs on their way to disk (the key beside the store file).
+    sealer: Sealer,
     current: RwLock<Arc<State>>,
     write_lock: Mutex<()>,
     changed: watch::Sender<u64>,
@@ -165,6 +227,7 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| err(e.to_string()))?;
         }
+        let sealer = Sealer::load_or_create(&path.with_extension("key"))?;
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
         let mut state = State::default();
         {
@@ -189,11 +252,20 @@ impl Store {
                 state.tasks.insert(id.to_string(), decode(key, bytes)?);
             } else if let Some(id) = key.strip_prefix(Kind::Node.prefix()) {
                 state.nodes.insert(id.to_string(), decode(key, bytes)?);
+            } else if let Some(id) = key.strip_prefix(Kind::Secret.prefix()) {
+                state
+                    .secrets
+                    .insert(id.to_string(), unseal(key, bytes, &sealer)?);
+            } else if let Some(id) = key.strip_prefix(Kind::Config.prefix()) {
+                state
+                    .configs
+                    .insert(id.to_string(), unseal(key, bytes, &sealer)?);
             }
         }
         let version = state.version;
         Ok(Store {
             db,
+            sealer,
             current: RwLock::new(Arc::new(state)),
             write_lock: Mutex::new(()),
             changed: watch::channel(version).0,
@@ -244,7 +316,7 @@ impl Store {
             let mut table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
             for (kind, id) in &draft.dirty {
                 let key = format!("{}{}", kind.prefix(), id);
-                match draft.encoded(*kind, id)? {
+                match draft.encoded(*kind, id, &self.sealer)? {
                     Some(bytes) => {
                         table
                             .insert(key.as_str(), bytes.as_slice())
@@ -320,6 +392,47 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
         assert_eq!(file_mode, 0o600);
         assert!(leftovers.is_empty(), "readable by others: {leftovers:?}");
+    }
+
+    /// A secret's data is in the file only sealed, and comes back whole when the store is
+    /// opened again; its key file is owner-only.
+    #[test]
+    fn secrets_are_sealed_on_disk_and_open_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_path("sealed");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("key"));
+        let store = Store::open(&path).unwrap();
+        let now = chrono::Utc::now();
+        store
+            .update(|s| {
+                s.put_secret(Payload {
+                    id: "s1".into(),
+                    name: "db_pass".into(),
+                    created: now,
+                    updated: now,
+                    version: 0,
+                    labels: Default::default(),
+                    data: Arc::new(b"correct horse battery staple".to_vec()),
+                });
+                Ok::<_, Refused>(())
+            })
+            .unwrap();
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        let plain = b"correct horse battery staple";
+        let leaked = bytes.windows(plain.len()).any(|w| w == plain);
+        let reopened = Store::open(&path).unwrap().snapshot();
+        let key_mode = std::fs::metadata(path.with_extension("key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("key"));
+        assert!(!leaked, "the secret is in the store file in the clear");
+        assert_eq!(*reopened.secrets["s1"].data, plain);
+        assert_eq!(reopened.secrets["s1"].name, "db_pass");
+        assert_eq!(key_mode & 0o777, 0o600);
     }
 
     #[test]

@@ -440,12 +440,13 @@ fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
         Duration::from_secs(60),
         || {
             let t = host.tables_of(name);
-            (t.len() == 2).then_some(t)
+            (t.len() == 3).then_some(t)
         },
     );
     assert_eq!(
         made,
         [
+            format!("table ip swarmkit_{name}_gateway"),
             format!("table ip swarmkit_{name}_hostports"),
             format!("table ip swarmkit_{name}_ingress"),
         ]
@@ -524,6 +525,12 @@ fn the_agent_changes_the_host(c: &Cluster, host: &Host) {
 /// is left as it was.
 fn down_restores_the_host(c: &Cluster, host: &Host) {
     assert_eq!(host.tables_of(&c.name), Vec::<String>::new());
+    // The gateway bridge the cluster made on the host went with it.
+    assert_eq!(
+        host.sh("ls /sys/class/net | grep -c '^docker_gwbridge$'; true")
+            .trim(),
+        "0"
+    );
     let reqid = format!("reqid {} ", netcore::xfrm::shared_reqid(&c.name));
     let with_reqid = |listing: &str| listing.matches(&reqid).count();
     let (states, policies) = (host.xfrm("state"), host.xfrm("policy"));

@@ -377,6 +377,7 @@ mod tests {
             dns_servers: vec![],
             internal: false,
             health: None,
+            files: vec![],
         }
     }
 

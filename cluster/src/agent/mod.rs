@@ -4,14 +4,15 @@
 //!
 //! `run` (its life: start-up, the plan poll, the loop) drives `node` (applying a plan in
 //! order), which drives `dataplane` (kernel state of networks and the mesh, from what `derive`
-//! computes from the plan) and `tasks` (task processes, through `process`, `adopt`, `health`
-//! and `logs`). `config` reads the environment. Imports run down that list, never back.
+//! computes from the plan) and `tasks` (task processes, through `process` with `files`, `adopt`,
+//! `health` and `logs`). `config` reads the environment. Imports run down that list, never back.
 
 mod adopt;
 mod config;
 mod credentials;
 mod dataplane;
 mod derive;
+mod files;
 mod health;
 mod logs;
 mod node;

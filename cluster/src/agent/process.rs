@@ -184,6 +184,8 @@ pub fn spawn(
             ))
         })
         .collect::<Result<_, ProcessError>>()?;
+    let files = super::files::TaskFiles::prepare(&task.files)
+        .map_err(|e| prepare("its secrets and configs", e))?;
     let hostname = task.hostname.clone();
     let read_only = task.read_only;
     let user = resolve_user(&task.user).map_err(|e| ProcessError::Prepare {
@@ -257,6 +259,7 @@ pub fn spawn(
                     None::<&str>,
                 );
             }
+            files.install()?;
             if read_only {
                 // Per mount, in the task's own namespace: the node's root stays writable.
                 mount(

@@ -367,6 +367,9 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
                 addr: a.addr,
             })
             .collect(),
+        // The API refused references it could not resolve; one whose payload went since
+        // (it cannot while in use) leaves the task without it rather than stalling the plan.
+        files: crate::plan::task_files(state, &container).unwrap_or_default(),
         health: container
             .health_check
             .as_ref()

@@ -23,6 +23,7 @@ mod lookup;
 mod networks;
 mod nodes;
 mod options;
+mod payloads;
 mod rotation;
 mod services;
 mod shared;
@@ -92,8 +93,20 @@ pub fn router(m: Shared) -> Router {
         )
         .route("/services/{id}/update", post(services::update))
         .route("/services/{id}/logs", get(logs::service_logs))
-        .route("/secrets", get(system::no_secrets))
-        .route("/configs", get(system::no_secrets))
+        .route("/secrets", get(payloads::secrets))
+        .route("/secrets/create", post(payloads::secret_create))
+        .route(
+            "/secrets/{id}",
+            get(payloads::secret_inspect).delete(payloads::secret_remove),
+        )
+        .route("/secrets/{id}/update", post(payloads::secret_update))
+        .route("/configs", get(payloads::configs))
+        .route("/configs/create", post(payloads::config_create))
+        .route(
+            "/configs/{id}",
+            get(payloads::config_inspect).delete(payloads::config_remove),
+        )
+        .route("/configs/{id}/update", post(payloads::config_update))
         .route("/tasks", get(tasks::list))
         .route("/tasks/{id}", get(tasks::inspect))
         .route("/tasks/{id}/logs", get(logs::task_logs))

@@ -187,12 +187,6 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if some(&c.groups) {
         refused.push("--group");
     }
-    if some(&c.secrets) {
-        refused.push("--secret");
-    }
-    if some(&c.configs) {
-        refused.push("--config");
-    }
     if some(&c.ulimits) {
         refused.push("--ulimit");
     }

@@ -94,6 +94,7 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
     super::options::check(spec)?;
+    crate::plan::task_files(s, &container).map_err(ApiError::BadRequest)?;
     Ok(())
 }
 

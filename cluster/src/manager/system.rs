@@ -12,8 +12,7 @@ use bollard::models::{
 use sha2::Digest;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::Query;
-use super::lookup::{Filters, ListQuery};
+
 use super::shared::Shared;
 use crate::model::NodeState;
 
@@ -197,13 +196,6 @@ pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<Distributi
             ..Default::default()
         }],
     }))
-}
-
-/// swarmkit keeps no secrets or configs; docker's `stack deploy` and `stack rm` list them to
-/// find a stack's parts, so the lists exist and are empty.
-pub async fn no_secrets(Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<serde_json::Value>>> {
-    Filters::parse(q.filters.as_deref(), &["id", "name", "label", "names"])?;
-    Ok(Json(Vec::new()))
 }
 
 pub async fn page_not_found() -> ApiError {

@@ -249,21 +249,22 @@ pub async fn down(name: &str) -> Result<()> {
     if !known && namespaces.is_empty() && procs.is_empty() {
         return Err(LifecycleError::NoCluster(name.to_string()));
     }
-    // What the backend made beyond this host's cluster-named objects goes first, while the
-    // records that lead to it still exist.
-    let remote_errors = match backend_of(&paths) {
-        Some(kind) => with_backend!(kind, b => b.down(&paths).await),
-        None => Vec::new(),
-    };
-    // The supervisor first, or it would restart what is being stopped.
+    // The supervisor first, or it would restart what is being stopped; then the cluster's
+    // processes here, before the remote side: a live `__vmhost` would see its nodes' relays
+    // end and start their agents again while they are being cleaned.
     if let Some(pid) = supervise::supervisor(&paths) {
         crate::procs::kill_all(&[pid]);
     }
-    let mut errors = remote_errors;
+    let mut errors = Vec::new();
     if !crate::procs::kill_all(&procs) {
         errors.push(format!(
             "processes {procs:?} did not die within 5s of SIGKILL"
         ));
+    }
+    // What the backend made beyond this host's cluster-named objects, while the records
+    // that lead to it still exist.
+    if let Some(kind) = backend_of(&paths) {
+        errors.extend(with_backend!(kind, b => b.down(&paths).await));
     }
     // On a host whose own namespace an agent used (an ssh node), its tables and sysctls; the
     // journal is only ever written there, never for namespaces the cluster made.
