@@ -6,8 +6,11 @@
 # manager again: over mutual TLS, a fresh handshake and its certificate checked. With
 # BASELINE=path/to/other/swarmkit, the same with that build, interleaved round by round.
 #
-# Usage: bench/reconnect.sh   Env: ROUNDS=5, SERVICES=20, SWARMKIT, BASELINE. Needs root and
-# the release build.
+# BACKEND=qemu runs the nodes as QEMU guests, whose agents reach the manager through the relay
+# over SSH (see testbed/src/vm/relay.rs) rather than the underlay.
+#
+# Usage: bench/reconnect.sh   Env: ROUNDS=5, SERVICES=20, SWARMKIT, BASELINE, BACKEND=netns.
+# Needs root and the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SK=${SWARMKIT:-target/release/swarmkit}
@@ -29,7 +32,7 @@ for i in "${!builds[@]}"; do
   c="bench-reconnect-$i"
   clusters+=("$c")
   "${builds[$i]}" cluster down "$c" >/dev/null 2>&1 || true
-  "${builds[$i]}" cluster up --name "$c" --nodes 3 >/dev/null
+  "${builds[$i]}" cluster up --name "$c" --nodes 3 --backend "${BACKEND:-netns}" >/dev/null
   for s in $(seq "$SERVICES"); do
     "${builds[$i]}" --cluster "$c" service create --detach --name "s$s" whoami >/dev/null
   done

@@ -38,6 +38,12 @@ impl ClusterPaths {
     pub fn manager_socket(&self) -> PathBuf {
         self.run_dir().join("manager.sock")
     }
+    /// A node's own Docker API (`docker ps` for the tasks on it), served by the manager.
+    pub fn node_docker_socket(&self, hostname: &str) -> PathBuf {
+        self.run_dir()
+            .join("nodes")
+            .join(format!("{hostname}.sock"))
+    }
     /// The manager's listener for agents on this machine (mutual TLS, agent routes only):
     /// where SSH forwards from remote nodes end, and where a remote node's agent finds its
     /// end of the forward (the same path on its machine).

@@ -75,6 +75,10 @@ pub enum ClusterCmd {
         /// new client certificate (run it again after `cluster ca --rotate`)
         #[arg(long)]
         tls: bool,
+        /// Point them at one node's own socket instead: `docker ps`, `inspect`, `logs` and
+        /// `system df` for the tasks on that node, as on a Swarm node
+        #[arg(long, conflicts_with = "tls")]
+        node: Option<String>,
     },
     /// Print a join token, or replace it, as docker swarm join-token does
     JoinToken {
@@ -181,12 +185,25 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             }
             Ok(if pruned.failed.is_empty() { 0 } else { 1 })
         }
-        ClusterCmd::Env { name, tls } => {
+        ClusterCmd::Env { name, tls, node } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             // The line is meant for `eval`; a validated name cannot smuggle shell syntax.
             ::cluster::paths::validate_cluster_name(&name).map_err(anyhow::Error::msg)?;
             if tls {
                 return trust::env_tls(&name).await;
+            }
+            if let Some(node) = node {
+                ::cluster::names::validate(::cluster::names::Named::Node, &node)
+                    .map_err(anyhow::Error::msg)?;
+                let socket = ClusterPaths::new(&name).node_docker_socket(&node);
+                if !socket.exists() {
+                    anyhow::bail!(
+                        "cluster {name} has no node {node} (no {}): see swarmkit node ls",
+                        socket.display()
+                    );
+                }
+                println!("export DOCKER_HOST=unix://{}", socket.display());
+                return Ok(0);
             }
             println!(
                 "export DOCKER_HOST={}",

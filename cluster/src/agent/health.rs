@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::event::Event;
 use super::process;
-use super::tasks::Event;
 use crate::plan::{HealthPlan, TaskPlan};
 
 /// How much of a failed check's output the task's error keeps, as docker keeps the end of it.

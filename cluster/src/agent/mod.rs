@@ -12,6 +12,7 @@ mod config;
 mod credentials;
 mod dataplane;
 mod derive;
+mod event;
 mod files;
 mod health;
 mod logs;

@@ -30,25 +30,7 @@ use crate::wait::{self, Check, Pace, Waited};
 /// checking after that, since a loaded machine can be that slow.
 const READY_WARN_AFTER: Duration = Duration::from_secs(10);
 
-/// What a task's watchers tell the agent's loop.
-pub enum Event {
-    Exited {
-        id: String,
-        code: Option<i32>,
-    },
-    Ready {
-        id: String,
-    },
-    NotReady {
-        id: String,
-        err: String,
-    },
-    /// Its healthcheck failed `retries` times in a row.
-    Unhealthy {
-        id: String,
-        why: String,
-    },
-}
+pub use super::event::Event;
 
 struct RunningTask {
     plan: TaskPlan,

@@ -6,6 +6,7 @@
 //! node none of whose objects changed is not woken.
 
 mod objects;
+pub use objects::hostname_of;
 #[cfg(test)]
 mod tests;
 

@@ -297,6 +297,29 @@ fn node_hostname(state: &State, id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A task's hostname: its `--hostname` with docker's templates filled in, else the start of
+/// its ID (as docker's containers get theirs).
+pub fn hostname_of(
+    state: &State,
+    service: &crate::model::Service,
+    container: &bollard::models::TaskSpecContainerSpec,
+    t: &Task,
+) -> String {
+    crate::policy::hostname(
+        container.hostname.as_deref().unwrap_or_default(),
+        &[
+            (".Service.Name", &service.name),
+            (".Service.ID", &service.id),
+            (".Task.Slot", &t.slot.to_string()),
+            (".Task.ID", &t.id),
+            (".Task.Name", &task_name(&service.name, t)),
+            (".Node.ID", &t.node_id),
+            (".Node.Hostname", &node_hostname(state, &t.node_id)),
+        ],
+    )
+    .unwrap_or_else(|| t.id[..12.min(t.id.len())].to_string())
+}
+
 pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan> {
     if idx.live.get(id).is_none_or(|l| l.node != node) {
         return None;
@@ -320,19 +343,7 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         image: service.image(),
         args,
         env: container.env.clone().unwrap_or_default(),
-        hostname: crate::policy::hostname(
-            container.hostname.as_deref().unwrap_or_default(),
-            &[
-                (".Service.Name", &service.name),
-                (".Service.ID", &service.id),
-                (".Task.Slot", &t.slot.to_string()),
-                (".Task.ID", &t.id),
-                (".Task.Name", &task_name(&service.name, t)),
-                (".Node.ID", &t.node_id),
-                (".Node.Hostname", &node_hostname(state, &t.node_id)),
-            ],
-        )
-        .unwrap_or_else(|| t.id[..12.min(t.id.len())].to_string()),
+        hostname: hostname_of(state, service, &container, t),
         user: container.user.clone().unwrap_or_default(),
         dir: container.dir.clone().unwrap_or_default(),
         stop_signal: container.stop_signal.clone().unwrap_or_default(),

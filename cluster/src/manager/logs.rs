@@ -252,12 +252,17 @@ pub async fn task_logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    let o = options(&q)?;
     let id = {
         let s = m.store.snapshot();
         find(&s.tasks, &id, |_| "", "task")?.id.clone()
     };
-    stream(m, Target::Task(id), o).await
+    logs_of_task(m, id, &q).await
+}
+
+/// One task's output (a node's `docker logs CONTAINER`, too), as docker streams it.
+pub async fn logs_of_task(m: Shared, task_id: String, q: &LogsQuery) -> ApiResult<Response> {
+    let o = options(q)?;
+    stream(m, Target::Task(task_id), o).await
 }
 
 /// Agents push their tasks' output here.

@@ -14,6 +14,7 @@
 
 mod agents;
 mod config;
+mod containers;
 mod error;
 mod extract;
 pub mod listen;
@@ -174,6 +175,10 @@ pub async fn serve(
     tokio::spawn(rotation::run(m.clone()));
     tokio::spawn(updater::run(m.clone()));
     tokio::spawn(trust::renew_own(m.clone()));
+    tokio::spawn(containers::serve_nodes(
+        m.clone(),
+        containers::sockets_dir(socket),
+    ));
     let limits = listen::Limits::default();
     let mut served = tokio::task::JoinSet::new();
     served.spawn(listen::serve(local, api, None, limits));

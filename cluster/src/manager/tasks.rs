@@ -121,7 +121,7 @@ fn api_slot(s: &StoreState, t: &Task) -> u64 {
 }
 
 /// docker's name for a task: `service.slot`, or `service.node-id` in a global mode.
-fn task_name(service: &str, s: &StoreState, t: &Task) -> String {
+pub(super) fn task_name(service: &str, s: &StoreState, t: &Task) -> String {
     match api_slot(s, t) {
         0 => format!("{service}.{}", t.node_id),
         slot => format!("{service}.{slot}"),
