@@ -119,6 +119,51 @@ pub struct TaskPlan {
     /// unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthPlan>,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids` and `--reserve-memory`: what the task's
+    /// own cgroup holds it to.
+    #[serde(default, skip_serializing_if = "TaskLimits::is_none")]
+    pub limits: TaskLimits,
+    /// `--init`: its process runs under a minimal init that reaps and forwards signals.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// `--cap-add` and `--cap-drop`, as given: the node computes the set from docker's default
+    /// (see `crate::capabilities`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `--group`: supplementary groups, names resolved on the node, after `--user`'s group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// A task's resource limits in docker's units; 0: none.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskLimits {
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// `--reserve-memory`: the cgroup's soft limit, as docker sets it.
+    pub memory_reservation: u64,
+}
+
+impl TaskLimits {
+    pub fn is_none(&self) -> bool {
+        *self == TaskLimits::default()
+    }
+
+    /// From a spec's `Resources`; what is unset, zero or negative is no limit.
+    pub fn from_spec(r: Option<&bollard::models::TaskSpecResources>) -> TaskLimits {
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).unwrap_or(0) as u64;
+        let limits = r.and_then(|r| r.limits.as_ref());
+        let reserve = r.and_then(|r| r.reservations.as_ref());
+        TaskLimits {
+            nano_cpus: positive(limits.and_then(|l| l.nano_cpus)),
+            memory_bytes: positive(limits.and_then(|l| l.memory_bytes)),
+            pids: positive(limits.and_then(|l| l.pids)),
+            memory_reservation: positive(reserve.and_then(|r| r.memory_bytes)),
+        }
+    }
 }
 
 /// A healthcheck with docker's defaults filled in.

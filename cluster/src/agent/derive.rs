@@ -377,6 +377,11 @@ mod tests {
             dns_servers: vec![],
             internal: false,
             health: None,
+            limits: Default::default(),
+            init: false,
+            cap_add: vec![],
+            cap_drop: vec![],
+            groups: vec![],
         }
     }
 
