@@ -251,7 +251,7 @@ fn a_reservation_no_node_has_leaves_its_task_pending_and_one_that_fits_is_placed
                     && l.ends_with("|no suitable node (insufficient resources on 2 nodes)")
             })
         });
-        // Not for a moment: it stays so while other services come and go.
+        // A reservation that fits is placed; the big one still waits.
         docker_ok(
             c,
             &[

@@ -110,7 +110,9 @@ impl TaskCgroup {
         let dirs = dirs(layout, cluster, task);
         for (controller, flag) in needed(limits) {
             let present = match layout {
-                Layout::V1 => dirs.iter().any(|d| in_controller(d, controller)),
+                Layout::V1 => dirs
+                    .iter()
+                    .any(|d| in_controller(Path::new(ROOT), d, controller)),
                 Layout::V2 => v2_controllers().contains(&controller.to_string()),
             };
             if !present {
@@ -132,7 +134,7 @@ impl TaskCgroup {
                 })
                 .collect(),
         };
-        if let Err(e) = set_limits(layout, &dirs, limits) {
+        if let Err(e) = set_limits(Path::new(ROOT), layout, &dirs, limits) {
             remove_dirs(&dirs, Duration::ZERO);
             return Err(e);
         }
@@ -180,8 +182,9 @@ fn needed(limits: &TaskLimits) -> Vec<(&'static str, &'static str)> {
     out
 }
 
-fn in_controller(dir: &Path, controller: &str) -> bool {
-    dir.starts_with(Path::new(ROOT).join(controller))
+/// Whether `dir` lies in `controller`'s v1 hierarchy under `root`.
+fn in_controller(root: &Path, dir: &Path, controller: &str) -> bool {
+    dir.starts_with(root.join(controller))
 }
 
 fn v2_controllers() -> Vec<String> {
@@ -208,7 +211,12 @@ fn enable_v2_controllers(cluster: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
-fn set_limits(layout: Layout, dirs: &[PathBuf], l: &TaskLimits) -> Result<(), CgroupError> {
+fn set_limits(
+    root: &Path,
+    layout: Layout,
+    dirs: &[PathBuf],
+    l: &TaskLimits,
+) -> Result<(), CgroupError> {
     let quota_us = l.nano_cpus * CFS_PERIOD_US / 1_000_000_000;
     match layout {
         Layout::V2 => {
@@ -232,7 +240,7 @@ fn set_limits(layout: Layout, dirs: &[PathBuf], l: &TaskLimits) -> Result<(), Cg
         }
         Layout::V1 => {
             for d in dirs {
-                if in_controller(d, "memory") {
+                if in_controller(root, d, "memory") {
                     if l.memory_bytes > 0 {
                         write(d, "memory.limit_in_bytes", &l.memory_bytes.to_string())?;
                         // No swap beyond the limit either, where the kernel accounts it.
@@ -248,10 +256,10 @@ fn set_limits(layout: Layout, dirs: &[PathBuf], l: &TaskLimits) -> Result<(), Cg
                         let soft = l.memory_reservation.to_string();
                         write(d, "memory.soft_limit_in_bytes", &soft)?;
                     }
-                } else if in_controller(d, "cpu") && l.nano_cpus > 0 {
+                } else if in_controller(root, d, "cpu") && l.nano_cpus > 0 {
                     write(d, "cpu.cfs_period_us", &CFS_PERIOD_US.to_string())?;
                     write(d, "cpu.cfs_quota_us", &quota_us.to_string())?;
-                } else if in_controller(d, "pids") && l.pids > 0 {
+                } else if in_controller(root, d, "pids") && l.pids > 0 {
                     write(d, "pids.max", &l.pids.to_string())?;
                 }
             }
@@ -261,12 +269,12 @@ fn set_limits(layout: Layout, dirs: &[PathBuf], l: &TaskLimits) -> Result<(), Cg
 }
 
 /// How many times the kernel's OOM killer killed inside the task's memory cgroup.
-fn oom_kills(layout: Layout, dirs: &[PathBuf]) -> u64 {
+fn oom_kills(root: &Path, layout: Layout, dirs: &[PathBuf]) -> u64 {
     let (file, dir) = match layout {
         Layout::V2 => ("memory.events", dirs.first()),
         Layout::V1 => (
             "memory.oom_control",
-            dirs.iter().find(|d| in_controller(d, "memory")),
+            dirs.iter().find(|d| in_controller(root, d, "memory")),
         ),
     };
     dir.and_then(|d| std::fs::read_to_string(d.join(file)).ok())
@@ -300,12 +308,13 @@ pub fn release(cluster: &str, task: &str, limits: &TaskLimits) -> Option<String>
     if !dirs.iter().any(|d| d.is_dir()) {
         return None;
     }
-    let verdict = (limits.memory_bytes > 0 && oom_kills(layout, &dirs) > 0).then(|| {
-        format!(
-            "task: killed: out of memory at its --limit-memory {}",
-            bytes_in_units(limits.memory_bytes)
-        )
-    });
+    let verdict =
+        (limits.memory_bytes > 0 && oom_kills(Path::new(ROOT), layout, &dirs) > 0).then(|| {
+            format!(
+                "task: killed: out of memory at its --limit-memory {}",
+                bytes_in_units(limits.memory_bytes)
+            )
+        });
     std::thread::spawn(move || remove_dirs(&dirs, Duration::ZERO));
     verdict
 }
@@ -378,6 +387,75 @@ fn remove_dirs(dirs: &[PathBuf], grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits() -> TaskLimits {
+        TaskLimits {
+            nano_cpus: 1_500_000_000,
+            memory_bytes: 64 << 20,
+            pids: 100,
+            memory_reservation: 16 << 20,
+        }
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        std::fs::read_to_string(dir.join(file)).unwrap()
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sk-cgroup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn v1_limits_go_to_each_controllers_files() {
+        let root = scratch("v1");
+        let dirs: Vec<PathBuf> = V1_CONTROLLERS
+            .iter()
+            .map(|c| root.join(c).join("swarmkit/c/t"))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(dirs[0].join("memory.memsw.limit_in_bytes"), "").unwrap();
+        set_limits(&root, Layout::V1, &dirs, &limits()).unwrap();
+        assert_eq!(read(&dirs[0], "memory.limit_in_bytes"), "67108864");
+        assert_eq!(read(&dirs[0], "memory.memsw.limit_in_bytes"), "67108864");
+        assert_eq!(read(&dirs[0], "memory.soft_limit_in_bytes"), "16777216");
+        assert_eq!(read(&dirs[1], "cpu.cfs_period_us"), "100000");
+        assert_eq!(read(&dirs[1], "cpu.cfs_quota_us"), "150000");
+        assert_eq!(read(&dirs[2], "pids.max"), "100");
+        assert_eq!(oom_kills(&root, Layout::V1, &dirs), 0);
+        std::fs::write(
+            dirs[0].join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&root, Layout::V1, &dirs), 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn v2_limits_go_to_the_unified_files() {
+        let root = scratch("v2");
+        let dir = root.join("swarmkit/c/t");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.swap.max"), "max").unwrap();
+        let dirs = [dir.clone()];
+        set_limits(&root, Layout::V2, &dirs, &limits()).unwrap();
+        assert_eq!(read(&dir, "memory.max"), "67108864");
+        assert_eq!(read(&dir, "memory.swap.max"), "0");
+        assert_eq!(read(&dir, "memory.low"), "16777216");
+        assert_eq!(read(&dir, "cpu.max"), "150000 100000");
+        assert_eq!(read(&dir, "pids.max"), "100");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&root, Layout::V2, &dirs), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn sizes_read_as_docker_writes_them() {

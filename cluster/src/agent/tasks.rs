@@ -289,8 +289,9 @@ impl Tasks {
                 Adoption::Adopted => continue,
                 Adoption::Ended => {
                     self.finished.insert(t.id.clone());
-                    let why = "task: exited while its agent was down";
-                    self.report(&t.id, TaskState::Failed, why, Some(why.to_string()));
+                    let why = cgroup::release(&self.paths.name, &t.id, &t.limits)
+                        .unwrap_or_else(|| "task: exited while its agent was down".to_string());
+                    self.report(&t.id, TaskState::Failed, &why, Some(why.clone()));
                     continue;
                 }
                 Adoption::Nothing => {}
