@@ -16,8 +16,8 @@ use crate::plan::TaskLimits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// v1 controllers a task joins: the ones its limits need.
-const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+/// The controllers a task's limits need: the v1 hierarchies it joins, the ones v2 enables.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
 /// The CFS period docker uses: 100 ms.
 const CFS_PERIOD_US: u64 = 100_000;
@@ -67,7 +67,7 @@ fn dirs(layout: Layout, cluster: &str, task: &str) -> Vec<PathBuf> {
     let rel = relative(cluster, task);
     match layout {
         Layout::V2 => vec![Path::new(ROOT).join(rel)],
-        Layout::V1 => V1_CONTROLLERS
+        Layout::V1 => CONTROLLERS
             .iter()
             .map(|c| Path::new(ROOT).join(c))
             .filter(|c| c.is_dir())
@@ -94,9 +94,25 @@ pub struct TaskCgroup {
 }
 
 impl TaskCgroup {
-    /// Makes the task's cgroup and sets its limits. None where the node has no cgroups and
-    /// the task asks for no limit; a limit the node cannot enforce is an error, never dropped.
+    /// Makes the task's cgroup and sets its limits. A limit the node cannot enforce is an
+    /// error, never dropped; a task with no limit runs without a cgroup of its own where the
+    /// node has none or will not make one (said in the agent's log).
     pub fn create(
+        cluster: &str,
+        task: &str,
+        limits: &TaskLimits,
+    ) -> Result<Option<TaskCgroup>, CgroupError> {
+        match (Self::make(cluster, task, limits), needed(limits).is_empty()) {
+            (Ok(made), _) => Ok(made),
+            (Err(e), true) => {
+                tracing::warn!("task {task} runs in the agent's cgroup: {e}");
+                Ok(None)
+            }
+            (Err(e), false) => Err(e),
+        }
+    }
+
+    fn make(
         cluster: &str,
         task: &str,
         limits: &TaskLimits,
@@ -108,19 +124,20 @@ impl TaskCgroup {
             };
         };
         let dirs = dirs(layout, cluster, task);
+        let enabled = match layout {
+            Layout::V2 => enable_v2_controllers(cluster)?,
+            Layout::V1 => Vec::new(),
+        };
         for (controller, flag) in needed(limits) {
             let present = match layout {
                 Layout::V1 => dirs
                     .iter()
                     .any(|d| in_controller(Path::new(ROOT), d, controller)),
-                Layout::V2 => v2_controllers().contains(&controller.to_string()),
+                Layout::V2 => enabled.iter().any(|c| c == controller),
             };
             if !present {
                 return Err(CgroupError::Missing { controller, flag });
             }
-        }
-        if layout == Layout::V2 {
-            enable_v2_controllers(cluster)?;
         }
         for d in &dirs {
             std::fs::create_dir_all(d).map_err(io(d))?;
@@ -187,28 +204,34 @@ fn in_controller(root: &Path, dir: &Path, controller: &str) -> bool {
     dir.starts_with(root.join(controller))
 }
 
-fn v2_controllers() -> Vec<String> {
-    std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
 /// v2 hands a controller to a child only when every ancestor enables it for its subtree.
-fn enable_v2_controllers(cluster: &str) -> Result<(), CgroupError> {
+/// Each is asked for alone (the kernel refuses one, e.g. cpu while realtime threads sit
+/// elsewhere, without the others); returns the ones the cluster's tasks get.
+fn enable_v2_controllers(cluster: &str) -> Result<Vec<String>, CgroupError> {
     let root = Path::new(ROOT);
     let cluster_dir = root.join("swarmkit").join(cluster);
     std::fs::create_dir_all(&cluster_dir).map_err(io(&cluster_dir))?;
-    let available = v2_controllers();
-    for dir in [root.to_path_buf(), root.join("swarmkit"), cluster_dir] {
-        for c in ["memory", "cpu", "pids"] {
-            if available.iter().any(|a| a == c) {
-                write(&dir, "cgroup.subtree_control", &format!("+{c}"))?;
-            }
+    let subtree = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let enabled = subtree(&cluster_dir);
+    if CONTROLLERS.iter().all(|c| enabled.iter().any(|e| e == c)) {
+        return Ok(enabled);
+    }
+    for dir in [
+        root.to_path_buf(),
+        root.join("swarmkit"),
+        cluster_dir.clone(),
+    ] {
+        for c in CONTROLLERS {
+            let _ = write(&dir, "cgroup.subtree_control", &format!("+{c}"));
         }
     }
-    Ok(())
+    Ok(subtree(&cluster_dir))
 }
 
 fn set_limits(
@@ -336,7 +359,7 @@ pub fn remove_cluster(cluster: &str) {
     };
     let bases: Vec<PathBuf> = match layout {
         Layout::V2 => vec![PathBuf::from(ROOT)],
-        Layout::V1 => V1_CONTROLLERS
+        Layout::V1 => CONTROLLERS
             .iter()
             .map(|c| Path::new(ROOT).join(c))
             .collect(),
@@ -410,7 +433,7 @@ mod tests {
     #[test]
     fn v1_limits_go_to_each_controllers_files() {
         let root = scratch("v1");
-        let dirs: Vec<PathBuf> = V1_CONTROLLERS
+        let dirs: Vec<PathBuf> = CONTROLLERS
             .iter()
             .map(|c| root.join(c).join("swarmkit/c/t"))
             .collect();
