@@ -12,7 +12,11 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
 use crate::plan::TaskLimits;
+use crate::wait::{self, Check, Pace};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -152,7 +156,7 @@ impl TaskCgroup {
                 .collect(),
         };
         if let Err(e) = set_limits(Path::new(ROOT), layout, &dirs, limits) {
-            remove_dirs(&dirs, Duration::ZERO);
+            remove_empty(&dirs);
             return Err(e);
         }
         Ok(Some(made))
@@ -338,7 +342,7 @@ pub fn release(cluster: &str, task: &str, limits: &TaskLimits) -> Option<String>
                 bytes_in_units(limits.memory_bytes)
             )
         });
-    std::thread::spawn(move || remove_dirs(&dirs, Duration::ZERO));
+    tokio::spawn(retire(dirs, Duration::ZERO));
     verdict
 }
 
@@ -347,12 +351,12 @@ pub fn release(cluster: &str, task: &str, limits: &TaskLimits) -> Option<String>
 pub fn remove(cluster: &str, task: &str, grace: Duration) {
     if let Some(layout) = layout() {
         let dirs = dirs(layout, cluster, task);
-        std::thread::spawn(move || remove_dirs(&dirs, grace));
+        tokio::spawn(retire(dirs, grace));
     }
 }
 
-/// Removes every cgroup of a cluster (after its agents and tasks are gone). Not run from an
-/// agent: another node's tasks share the directory.
+/// Removes every cgroup of a cluster once its agents and tasks are gone (what still holds a
+/// process stays). Not run from an agent: another node's tasks share the directory.
 pub fn remove_cluster(cluster: &str) {
     let Some(layout) = layout() else {
         return;
@@ -373,37 +377,47 @@ pub fn remove_cluster(cluster: &str) {
             .map(|e| e.path())
             .filter(|p| p.is_dir())
             .collect();
-        remove_dirs(&tasks, Duration::ZERO);
+        remove_empty(&tasks);
         let _ = std::fs::remove_dir(&dir);
     }
 }
 
-/// Removes each directory once it is empty: what is left in it after `grace` is killed, and
-/// the kernel is given a bounded time to let go of the killed processes.
-fn remove_dirs(dirs: &[PathBuf], grace: Duration) {
-    let start = std::time::Instant::now();
-    let deadline = start + grace + Duration::from_secs(5);
-    for d in dirs.iter().filter(|d| d.is_dir()) {
-        loop {
-            if start.elapsed() >= grace {
-                let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            match std::fs::remove_dir(d) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    tracing::warn!("removing the cgroup {}: {e}", d.display());
-                    break;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+fn procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Removes the directories that hold no process; the kernel refuses the others.
+fn remove_empty(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter(|d| match std::fs::remove_dir(d) {
+            Ok(()) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        })
+        .cloned()
+        .collect()
+}
+
+/// Removes a task's directories: what runs in them has `grace` to end (a stop under way),
+/// then is killed, and the kernel has a bounded time to let go of it.
+async fn retire(dirs: Vec<PathBuf>, grace: Duration) {
+    let pace = Pace::doubling(Duration::from_millis(5), Duration::from_millis(200));
+    let emptied = |dirs: &[PathBuf]| Check::from(dirs.iter().all(|d| procs(d).is_empty()));
+    let _ = wait::until(Some(grace), pace, || std::future::ready(emptied(&dirs))).await;
+    for pid in dirs.iter().flat_map(|d| procs(d)) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let mut left = dirs;
+    let removed = wait::until(Some(Duration::from_secs(5)), pace, || {
+        left = remove_empty(&left);
+        std::future::ready(Check::from(left.is_empty()))
+    })
+    .await;
+    if removed.is_err() {
+        tracing::warn!("cgroups {left:?} still hold processes 5s after SIGKILL; left in place");
     }
 }
 
