@@ -2,7 +2,7 @@
 //! forward. Everything here runs inside a store transaction, so a service and its tasks
 //! always change together.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Utc;
@@ -11,7 +11,7 @@ use super::restart::refill;
 use super::schedule::{
     ScheduleError, constraints_of, has_room, homes, is_active, pick_node, placeable,
 };
-use super::tasks::{new_task, place_pending, shut_down, unplaced};
+use super::tasks::{new_task, place_pending, shut_down, still_pending, unplaced};
 use crate::model::{
     Availability, NodeState, Service, ServiceMode, Task, TaskState, Time, UpdateState, UpdateStatus,
 };
@@ -131,6 +131,7 @@ pub fn reconcile_at(
         now,
         budget: Cell::new(TASKS_PER_PASS),
         cut_short: Cell::new(false),
+        no_room: OnceCell::new(),
     };
     let mut status = service.update_status.clone();
     let mut by_slot: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
@@ -188,6 +189,9 @@ struct Pass<'a> {
     budget: Cell<usize>,
     /// Whether a slot was left empty because the budget ran out.
     cut_short: Cell<bool>,
+    /// Why a pending task of this service found no node this pass: its others reserve the
+    /// same, so they take the explanation without a search of their own.
+    no_room: OnceCell<String>,
 }
 
 /// What the slots leave to the rolling update.
@@ -207,6 +211,23 @@ impl Pass<'_> {
             self.cut_short.set(true);
         }
         spent
+    }
+
+    /// Places a pending task where a node now has room, out of this pass's budget.
+    fn retry_pending(&self, state: &mut State, t: &Task) {
+        if let Some(why) = self.no_room.get() {
+            still_pending(state, t, why);
+            return;
+        }
+        if self.spent() {
+            return;
+        }
+        match place_pending(state, t) {
+            Ok(()) => self.budget.set(self.budget.get().saturating_sub(1)),
+            Err(e) => {
+                let _ = self.no_room.set(e.to_string());
+            }
+        }
     }
 
     /// Moves the rolling update on, or, with none under way, replaces at once (as far as
@@ -250,7 +271,7 @@ impl Pass<'_> {
             for t in tasks.iter().filter(|t| is_active(t)) {
                 if t.spec_generation == generation && !on_draining_node(state, &t.node_id) {
                     if unplaced(t) {
-                        place_pending(state, t);
+                        self.retry_pending(state, t);
                     }
                     runs = true;
                 } else {
@@ -335,7 +356,7 @@ impl Pass<'_> {
         if let Some(k) = keep
             && unplaced(k)
         {
-            place_pending(state, k);
+            self.retry_pending(state, k);
         }
         let outdated = stale
             .iter()

@@ -29,7 +29,9 @@ pub fn new_task(
             node,
             status(TaskState::Assigned, "scheduler assigned task to node"),
         ),
-        Err(e @ ScheduleError::InsufficientResources { .. }) => (String::new(), pending(&e)),
+        Err(e @ ScheduleError::InsufficientResources { .. }) => {
+            (String::new(), pending(&e.to_string()))
+        }
         Err(e) => return Err(e),
     };
     let mut attachments = Vec::new();
@@ -63,7 +65,7 @@ pub fn new_task(
 }
 
 /// A task waiting for a node with room, as docker shows one.
-fn pending(why: &ScheduleError) -> TaskStatus {
+fn pending(why: &str) -> TaskStatus {
     TaskStatus {
         err: Some(why.to_string()),
         ..status(TaskState::Pending, "pending task scheduling")
@@ -75,22 +77,33 @@ pub fn unplaced(t: &Task) -> bool {
     t.node_id.is_empty() && t.status.state == TaskState::Pending
 }
 
-/// Places a pending task on a node that now has room, or brings its explanation up to date.
-/// Another error (the nodes are gone, or their constraints changed) leaves it pending too.
-pub fn place_pending(state: &mut State, task: &Task) {
-    let mut t = task.clone();
-    match pick_node(state, &t.service_id) {
+/// Places a pending task on a node that now has room; else it stays pending, explained by
+/// the error (which a failure to place for another reason, the nodes gone or the constraints
+/// changed, is too).
+pub fn place_pending(state: &mut State, task: &Task) -> Result<(), ScheduleError> {
+    match pick_node(state, &task.service_id) {
         Ok(node) => {
+            let mut t = task.clone();
             t.node_id = node;
             t.status = status(TaskState::Assigned, "scheduler assigned task to node");
+            t.updated = Utc::now();
+            state.put_task(t);
+            Ok(())
         }
         Err(e) => {
-            if t.status.err.as_deref() == Some(e.to_string().as_str()) {
-                return;
-            }
-            t.status = pending(&e);
+            still_pending(state, task, &e.to_string());
+            Err(e)
         }
     }
+}
+
+/// Keeps a task pending, explained by `why` (written only when that changed).
+pub fn still_pending(state: &mut State, task: &Task, why: &str) {
+    if task.status.err.as_deref() == Some(why) {
+        return;
+    }
+    let mut t = task.clone();
+    t.status = pending(why);
     t.updated = Utc::now();
     state.put_task(t);
 }

@@ -613,3 +613,34 @@ fn a_global_service_skips_a_node_without_room() {
         "a node without room is not awaited"
     );
 }
+
+#[test]
+fn pending_tasks_are_placed_over_bounded_passes_and_a_full_cluster_costs_one_search() {
+    // 1 GiB each: four fit on each 4 GiB node.
+    let replicas = 2 * TASKS_PER_PASS as u64 + 50;
+    let mut s = cluster(replicas);
+    reserve(&mut s, 0, 1 << 30);
+    reconcile(&mut s, "svc").expect("a pending task is no error");
+    updater(&mut s);
+    assert_eq!(pending(&s).len(), replicas as usize - 8);
+    // With no room anywhere a pass changes nothing: it is not even in transition.
+    let before = s.tasks.clone();
+    let acked = s.version;
+    reconcile_at(&mut s, "svc", acked, Utc::now()).unwrap();
+    assert!(s.tasks == before, "nothing to write while no node has room");
+    assert!(in_transition(&s).is_empty());
+    node(&mut s, 3);
+    set_node(&mut s, "node-3", |n| n.resources.memory_bytes = 1 << 40);
+    let mut passes = Vec::new();
+    while in_transition(&s).contains("svc") {
+        assert!(passes.len() < 100, "no convergence: {passes:?}");
+        let waiting = pending(&s).len();
+        s.version += 1;
+        let min_ack = s.version - 1;
+        reconcile_at(&mut s, "svc", min_ack, Utc::now()).unwrap();
+        passes.push(waiting - pending(&s).len());
+    }
+    assert_eq!(passes, [TASKS_PER_PASS, TASKS_PER_PASS, 42]);
+    assert!(pending(&s).is_empty());
+    one_per_slot(&s, replicas);
+}
