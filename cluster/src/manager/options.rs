@@ -85,7 +85,7 @@ fn dropped_fields(raw: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
 }
 
 /// Refuses a spec that sets an option swarmkit does not do; checks the form of the ones it
-/// does (`user`, `sysctls`).
+/// does (`user`, `sysctls`, limits, capabilities, groups, ...).
 pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
     let Some(task) = &spec.task_template else {
         return Ok(());
