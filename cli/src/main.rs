@@ -101,6 +101,12 @@ enum Command {
     Supervise,
     #[command(name = "__image", hide = true)]
     Image { image: String },
+    /// What a task with `--init` runs under: `__init -- COMMAND...`.
+    #[command(name = "__init", hide = true)]
+    Init {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
 }
 
 fn init_tracing(debug: bool) {
@@ -138,11 +144,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
+        Command::Init { argv } => Ok(cluster::agent::run_init(&argv)),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
+    // The init forks: it must run before the runtime starts its threads.
+    if let Command::Init { argv } = &cli.command {
+        std::process::exit(cluster::agent::run_init(argv));
+    }
     init_tracing(cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -154,10 +154,14 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
             &["--health-cmd", "true", "--health-interval", "1us"],
             "invalid healthcheck",
         ),
-        (&["--limit-memory", "64m"], "--limit-memory"),
-        (&["--reserve-cpu", "1"], "--reserve-cpu"),
-        (&["--init"], "--init"),
-        (&["--cap-add", "NET_ADMIN"], "--cap-add"),
+        (&["--ulimit", "nofile=10:10"], "--ulimit"),
+        (&["--tty"], "--tty"),
+        (&["--limit-memory", "1m"], "invalid --limit-memory"),
+        (
+            &["--cap-add", "NET_FLY"],
+            "invalid --cap-add \"CAP_NET_FLY\"",
+        ),
+        (&["--group", "a b"], "invalid --group"),
         (&["--stop-signal", "SIGNOPE"], "invalid --stop-signal"),
         (&["--dns", "fe80::1"], "invalid --dns"),
         (
@@ -185,8 +189,11 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
     );
     assert_eq!(code, 0, "{err}");
     let before = c.api("/services/y")["Version"]["Index"].clone();
-    let (code, _, err) = docker(&c, &["service", "update", "--limit-memory", "64m", "y"]);
+    let (code, _, err) = docker(
+        &c,
+        &["service", "update", "--ulimit-add", "nofile=10:10", "y"],
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("--limit-memory"), "{err}");
+    assert!(err.contains("--ulimit"), "{err}");
     assert_eq!(c.api("/services/y")["Version"]["Index"], before);
 }

@@ -12,9 +12,10 @@
 //!   networks), `sealed` (payloads encrypted at rest).
 //! - Records: `model` (what the store keeps), `store` (the durable, transactional store).
 //! - Deciding: `ipam` (subnets, VNIs, addresses), `policy` (restart and update policies read
-//!   from a spec), `orchestrator` (services into tasks: scheduling, restarts, rolling
-//!   updates, node loss), `plan` (what one node must make true), `dispatch` (every node's
-//!   plan kept current from each commit, and what each agent has not received).
+//!   from a spec), `capabilities` (a task's capability set from its spec), `orchestrator`
+//!   (services into tasks: scheduling, restarts, rolling updates, node loss), `plan` (what
+//!   one node must make true), `dispatch` (every node's plan kept current from each commit,
+//!   and what each agent has not received).
 //! - The channel: `protocol` (what manager and agents say to each other), `client` (the HTTP
 //!   client agents and the lifecycle use), `images` (the built-in images tasks run).
 //! - The two processes: `manager` (API, store, dispatcher, background loops) and `agent`
@@ -27,6 +28,7 @@
 //! serves, and `dispatch`'s is the dispatcher.
 
 pub mod agent;
+pub mod capabilities;
 pub mod client;
 pub mod dispatch;
 pub mod ids;

@@ -378,6 +378,37 @@ pub struct Node {
     /// node's is the new root's.
     #[serde(default)]
     pub cert_root: String,
+    /// What the node has to run tasks on, as its agent reported it when it registered; what
+    /// `--reserve-cpu` and `--reserve-memory` are placed against.
+    #[serde(default)]
+    pub resources: NodeResources,
+}
+
+/// A node's capacity, in docker's units (`Description.Resources`). Zero: not reported, so
+/// nothing can be reserved there.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeResources {
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+}
+
+impl NodeResources {
+    /// This machine's: the CPUs this process may run on and the memory the kernel manages.
+    pub fn of_this_machine() -> NodeResources {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        NodeResources {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes: memory_kib * 1024,
+        }
+    }
 }
 
 fn worker() -> crate::pki::Role {

@@ -122,6 +122,22 @@ pub struct TaskPlan {
     /// `--secret` and `--config`: files put on a tmpfs in the task, from memory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<TaskFile>,
+    /// `--limit-cpu`, `--limit-memory`, `--limit-pids` and `--reserve-memory`: what the task's
+    /// own cgroup holds it to.
+    #[serde(default, skip_serializing_if = "TaskLimits::is_none")]
+    pub limits: TaskLimits,
+    /// `--init`: its process runs under a minimal init that reaps and forwards signals.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// `--cap-add` and `--cap-drop`, as given: the node computes the set from docker's default
+    /// (see `crate::capabilities`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `--group`: supplementary groups, names resolved on the node, after `--user`'s group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A secret or config file in a task: under `/run/secrets` (a read-only tmpfs) for a secret,
@@ -170,7 +186,8 @@ pub fn task_files(
         };
         if !path.starts_with(&format!("{SECRETS_DIR}/")) || !clean(&path) {
             return Err(format!(
-                "secret {} cannot go to {target:?}: a secret's target is a file name (or a path                  under {SECRETS_DIR}), e.g. --secret source={},target=db_password",
+                "secret {} cannot go to {target:?}: a secret's target is a file name (or a path \
+                 under {SECRETS_DIR}), e.g. --secret source={},target=db_password",
                 p.name, p.name
             ));
         }
@@ -192,7 +209,8 @@ pub fn task_files(
         )?;
         if r.runtime.is_some() {
             return Err(format!(
-                "config {} is asked for as a runtime (credential spec) config, which swarmkit                  does not do: give it a file target",
+                "config {} is asked for as a runtime (credential spec) config, which swarmkit \
+                 does not do: give it a file target",
                 p.name
             ));
         }
@@ -206,7 +224,10 @@ pub fn task_files(
             || !clean(&target)
         {
             return Err(format!(
-                "config {} cannot go to {target:?}: a swarmkit task shares its node's root                  filesystem (until tasks run images, issue 23), so configs go on a tmpfs at                  {FILES_ROOT} in the task: give an absolute target under {FILES_ROOT}, e.g.                  --config source={},target={FILES_ROOT}/{}",
+                "config {} cannot go to {target:?}: a swarmkit task shares its node's root \
+                 filesystem (until tasks run images, issue 23), so configs go on a tmpfs at \
+                 {FILES_ROOT} in the task: give an absolute target under {FILES_ROOT}, e.g. \
+                 --config source={},target={FILES_ROOT}/{}",
                 p.name, p.name, p.name
             ));
         }
@@ -276,6 +297,35 @@ mod base64_bytes {
         base64::engine::general_purpose::STANDARD
             .decode(text)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A task's resource limits in docker's units; 0: none.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskLimits {
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// `--reserve-memory`: the cgroup's soft limit, as docker sets it.
+    pub memory_reservation: u64,
+}
+
+impl TaskLimits {
+    pub fn is_none(&self) -> bool {
+        *self == TaskLimits::default()
+    }
+
+    /// From a spec's `Resources`; what is unset, zero or negative is no limit.
+    pub fn from_spec(r: Option<&bollard::models::TaskSpecResources>) -> TaskLimits {
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).unwrap_or(0) as u64;
+        let limits = r.and_then(|r| r.limits.as_ref());
+        let reserve = r.and_then(|r| r.reservations.as_ref());
+        TaskLimits {
+            nano_cpus: positive(limits.and_then(|l| l.nano_cpus)),
+            memory_bytes: positive(limits.and_then(|l| l.memory_bytes)),
+            pids: positive(limits.and_then(|l| l.pids)),
+            memory_reservation: positive(reserve.and_then(|r| r.memory_bytes)),
+        }
     }
 }
 

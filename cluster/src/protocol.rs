@@ -59,6 +59,10 @@ pub struct RegisterRequest {
     /// attempt (netcore::xfrm::probe).
     #[serde(default)]
     pub ipsec_missing: Option<Vec<String>>,
+    /// Its CPUs and memory, which reservations are placed against (absent from older agents:
+    /// nothing can be reserved on the node).
+    #[serde(default)]
+    pub resources: crate::model::NodeResources,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -39,6 +39,7 @@ fn node(state: &mut State, name: &str, i: u8) -> String {
         cert_serial: String::new(),
         role: cluster::pki::Role::Worker,
         cert_root: String::new(),
+        resources: Default::default(),
     });
     id
 }

@@ -378,6 +378,11 @@ mod tests {
             internal: false,
             health: None,
             files: vec![],
+            limits: Default::default(),
+            init: false,
+            cap_add: vec![],
+            cap_drop: vec![],
+            groups: vec![],
         }
     }
 

@@ -4,10 +4,13 @@
 //!
 //! `run` (its life: start-up, the plan poll, the loop) drives `node` (applying a plan in
 //! order), which drives `dataplane` (kernel state of networks and the mesh, from what `derive`
-//! computes from the plan) and `tasks` (task processes, through `process` with `files`, `adopt`,
-//! `health` and `logs`). `config` reads the environment. Imports run down that list, never back.
+//! computes from the plan) and `tasks` (task processes, through `process` with `files`,
+//! `adopt`, `health` and `logs`; `process` puts each in its own `cgroup`). `config` reads the
+//! environment. Imports run down that list, never back. `init` is not the agent's: it is what
+//! a task with `--init` runs under (`swarmkit __init`).
 
 mod adopt;
+mod cgroup;
 mod config;
 mod credentials;
 mod dataplane;
@@ -15,14 +18,17 @@ mod derive;
 mod event;
 mod files;
 mod health;
+mod init;
 mod logs;
 mod node;
 mod process;
 mod run;
 mod tasks;
 
+pub use cgroup::remove_cluster as remove_cluster_cgroups;
 pub use config::{
     ENV_LB, ENV_MANAGER_TCP, ENV_MESH, ENV_NODE_ADDR, ENV_NODE_NS, ENV_RESOLV_CONF, NodeNs,
 };
+pub use init::run as run_init;
 pub use process::write_files;
 pub use run::{ENV_JOIN_TOKEN, run};

@@ -12,6 +12,7 @@ use netcore::netns::{NETNS_RUN_DIR, NetNs, enter_raw};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
+use super::cgroup::{self, CgroupError, TaskCgroup};
 use crate::images;
 use crate::paths::OWNER_ENV;
 use crate::plan::TaskPlan;
@@ -24,6 +25,12 @@ pub enum ProcessError {
         what: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("task {task}: {source}")]
+    Limits {
+        task: String,
+        #[source]
+        source: CgroupError,
     },
     #[error("task {task}: starting {program}: {source}")]
     Spawn {
@@ -159,6 +166,84 @@ impl MountTemplate {
     }
 }
 
+/// `--group`: the supplementary groups, resolved on the node (names through its group
+/// database, numbers as they are).
+fn resolve_groups(groups: &[String]) -> std::io::Result<Vec<nix::unistd::Gid>> {
+    use nix::unistd::{Gid, Group};
+    groups
+        .iter()
+        .map(|g| match g.parse::<u32>() {
+            Ok(n) => Ok(Gid::from_raw(n)),
+            Err(_) => Group::from_name(g)?.map(|e| e.gid).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "no group {g:?} on this node: give one its /etc/group has, or a number"
+                    ),
+                )
+            }),
+        })
+        .collect()
+}
+
+/// What the task's process does with its capabilities before exec: the bounding set drops
+/// every capability outside the task's set (so its exec as root gains only those), and a
+/// process still root then narrows its own sets to them.
+struct CapabilityPlan {
+    drop_bounding: Vec<caps::Capability>,
+    keep: caps::CapsHashSet,
+}
+
+impl CapabilityPlan {
+    fn of(task: &TaskPlan) -> std::io::Result<CapabilityPlan> {
+        let keep: caps::CapsHashSet = crate::capabilities::of_task(&task.cap_add, &task.cap_drop)
+            .map_err(std::io::Error::other)?
+            .into_iter()
+            .collect();
+        // Only what this kernel knows: dropping or setting another is EINVAL.
+        let known = caps::runtime::thread_all_supported();
+        Ok(CapabilityPlan {
+            drop_bounding: known
+                .iter()
+                .filter(|c| !keep.contains(c))
+                .copied()
+                .collect(),
+            keep: keep.intersection(&known).copied().collect(),
+        })
+    }
+
+    /// Async-signal-safe: prctl and capset on what was computed before the fork.
+    fn bound(&self) -> std::io::Result<()> {
+        for c in &self.drop_bounding {
+            caps::drop(None, caps::CapSet::Bounding, *c).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn narrow_if_root(&self) -> std::io::Result<()> {
+        caps::clear(None, caps::CapSet::Ambient).map_err(std::io::Error::other)?;
+        if !nix::unistd::geteuid().is_root() {
+            // Leaving root cleared its permitted and effective sets already.
+            return Ok(());
+        }
+        caps::clear(None, caps::CapSet::Inheritable).map_err(std::io::Error::other)?;
+        caps::set(None, caps::CapSet::Effective, &self.keep).map_err(std::io::Error::other)?;
+        caps::set(None, caps::CapSet::Permitted, &self.keep).map_err(std::io::Error::other)
+    }
+}
+
+/// `--init`: the task's command runs under swarmkit's own init.
+fn under_init(task: &TaskPlan, argv: &[String]) -> Vec<String> {
+    if !task.init {
+        return argv.to_vec();
+    }
+    [crate::paths::OWN_BINARY, "__init", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(argv.iter().cloned())
+        .collect()
+}
+
 pub fn spawn(
     task: &TaskPlan,
     ns: &NetNs,
@@ -200,6 +285,28 @@ pub fn spawn(
     )?;
     let net_fd = ns.raw_fd();
     let mounts_fd = mounts.map(|m| m.0.as_raw_fd());
+    let extra_groups = resolve_groups(&task.groups).map_err(|e| prepare("its --group", e))?;
+    // Primary first, as `id` shows it; a task with no --user keeps its groups unless given some.
+    let groups: Option<Vec<nix::unistd::Gid>> =
+        match (user.as_ref().map(|u| u.gid), extra_groups.is_empty()) {
+            (Some(gid), _) => Some(std::iter::once(gid).chain(extra_groups).collect()),
+            (None, false) => Some(
+                std::iter::once(nix::unistd::Gid::from_raw(0))
+                    .chain(extra_groups)
+                    .collect(),
+            ),
+            (None, true) => None,
+        };
+    let capabilities =
+        CapabilityPlan::of(task).map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
+    let argv = &under_init(task, argv);
+    // Made and limited before the process exists; the process joins it before it execs.
+    let cgroup = TaskCgroup::create(cluster, &task.id, &task.limits).map_err(|source| {
+        ProcessError::Limits {
+            task: task.name.clone(),
+            source,
+        }
+    })?;
 
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -234,6 +341,9 @@ pub fn spawn(
     // use was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(c) = &cgroup {
+                c.join_self()?;
+            }
             enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
             if let Some(fd) = mounts_fd {
                 enter_raw(fd, CloneFlags::CLONE_NEWNS)?;
@@ -274,12 +384,16 @@ pub fn spawn(
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
+            capabilities.bound()?;
             // Last: everything above needs root.
+            if let Some(g) = &groups {
+                nix::unistd::setgroups(g).map_err(std::io::Error::from)?;
+            }
             if let Some(u) = &user {
-                nix::unistd::setgroups(&[u.gid]).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
             }
+            capabilities.narrow_if_root()?;
             // The task gets stdin, stdout and stderr only. Rust opens its descriptors
             // close-on-exec, but libnftables' netlink sockets (one per namespace the agent
             // programs) are not, and would leak into every task. Best effort: a kernel before
@@ -296,10 +410,13 @@ pub fn spawn(
     let cmd = tokio::process::Command::from(cmd);
     let mut cmd = cmd;
     cmd.kill_on_drop(false);
-    cmd.spawn().map_err(|source| ProcessError::Spawn {
-        task: task.name.clone(),
-        program: argv[0].clone(),
-        source,
+    cmd.spawn().map_err(|source| {
+        cgroup::remove(cluster, &task.id, std::time::Duration::ZERO);
+        ProcessError::Spawn {
+            task: task.name.clone(),
+            program: argv[0].clone(),
+            source,
+        }
     })
 }
 

@@ -75,6 +75,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         ipsec_missing: Some(probe_ipsec(&node_ns).await),
+        resources: crate::model::NodeResources::of_this_machine(),
     };
     let (client, credentials, node_id) = enroll(endpoint, &paths, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");

@@ -16,6 +16,7 @@ use netcore::netns::NetNs;
 use tokio::sync::mpsc;
 
 use super::adopt;
+use super::cgroup;
 use super::dataplane::Dataplane;
 use super::health;
 use super::logs::{self, LogSink};
@@ -193,10 +194,13 @@ impl Tasks {
                 let Some(t) = self.running.remove(&id) else {
                     return;
                 };
+                let oom = cgroup::release(&self.paths.name, &id, &t.plan.limits);
                 let (state, message, err) = if let Some(why) = &t.unhealthy {
                     (TaskState::Failed, why.clone(), Some(why.clone()))
                 } else if t.stopping {
                     (TaskState::Shutdown, "shutdown".to_string(), None)
+                } else if let Some(why) = oom.filter(|_| code != Some(0)) {
+                    (TaskState::Failed, why.clone(), Some(why))
                 } else if t.adopted {
                     let why = "task: exited (status unknown: it outlived an agent restart)";
                     (TaskState::Failed, why.to_string(), Some(why.to_string()))
@@ -267,8 +271,9 @@ impl Tasks {
                 Adoption::Adopted => continue,
                 Adoption::Ended => {
                     self.finished.insert(t.id.clone());
-                    let why = "task: exited while its agent was down";
-                    self.report(&t.id, TaskState::Failed, why, Some(why.to_string()));
+                    let why = cgroup::release(&self.paths.name, &t.id, &t.limits)
+                        .unwrap_or_else(|| "task: exited while its agent was down".to_string());
+                    self.report(&t.id, TaskState::Failed, &why, Some(why.clone()));
                     continue;
                 }
                 Adoption::Nothing => {}
@@ -379,6 +384,11 @@ impl Tasks {
             if let Err(e) = NetNs::delete(&self.paths.task_ns(&id)) {
                 tracing::debug!("removing the namespace of {id}: {e}");
             }
+            cgroup::remove(
+                &self.paths.name,
+                &id,
+                Duration::from_millis(rec.stop_grace_ms),
+            );
             adopt::forget(&dir);
         }
     }

@@ -404,6 +404,17 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
                 target: p.target,
             })
             .collect(),
+        limits: crate::plan::TaskLimits::from_spec(
+            service
+                .spec
+                .task_template
+                .as_ref()
+                .and_then(|tt| tt.resources.as_ref()),
+        ),
+        init: container.init.unwrap_or(false),
+        cap_add: container.capability_add.clone().unwrap_or_default(),
+        cap_drop: container.capability_drop.clone().unwrap_or_default(),
+        groups: container.groups.clone().unwrap_or_default(),
     })
 }
 

@@ -37,6 +37,7 @@ fn node(n: u8) -> Node {
         cert_serial: String::new(),
         role: crate::pki::Role::Worker,
         cert_root: String::new(),
+        resources: Default::default(),
     }
 }
 

@@ -56,6 +56,7 @@ pub(super) fn apply_registration(n: &mut Node, req: &RegisterRequest) {
     n.mesh = req.mesh.to_string();
     n.kernel = req.kernel.clone();
     n.ipsec_missing = req.ipsec_missing.clone();
+    n.resources = req.resources;
     n.updated = Utc::now();
 }
 

@@ -46,9 +46,11 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Schedule(ScheduleError::Unsatisfiable(_) | ScheduleError::HostPortsFull) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Schedule(
+                ScheduleError::Unsatisfiable(_)
+                | ScheduleError::HostPortsFull
+                | ScheduleError::InsufficientResources { .. },
+            ) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::Ipam(_)) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::NoNodes) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,

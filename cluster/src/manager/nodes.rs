@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use bollard::models::{
     EngineDescription, ManagerStatus, Node as ApiNode, NodeDescription, NodeSpec,
     NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState as ApiNodeState, NodeStatus,
-    ObjectVersion, Platform, Reachability,
+    ObjectVersion, Platform, Reachability, ResourceObject,
 };
 use serde::Deserialize;
 
@@ -75,7 +75,11 @@ pub fn to_api(n: &Node, applied: u64, trust: Option<&crate::pki::trust::Trust>) 
                 plugins: None,
             }),
             tls_info: super::trust::node_tls_info(trust, &n.cert_root),
-            ..Default::default()
+            resources: Some(ResourceObject {
+                nano_cpus: Some(n.resources.nano_cpus as i64),
+                memory_bytes: Some(n.resources.memory_bytes as i64),
+                generic_resources: None,
+            }),
         }),
         status: Some(NodeStatus {
             state: Some(match n.state {

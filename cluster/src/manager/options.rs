@@ -85,7 +85,7 @@ fn dropped_fields(raw: &Value, kept: &Value, at: &str, out: &mut Vec<String>) {
 }
 
 /// Refuses a spec that sets an option swarmkit does not do; checks the form of the ones it
-/// does (`user`, `sysctls`).
+/// does (`user`, `sysctls`, limits, capabilities, groups, ...).
 pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
     let Some(task) = &spec.task_template else {
         return Ok(());
@@ -114,32 +114,30 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
         if let Some(h) = &c.health_check {
             check_health(h)?;
         }
+        crate::capabilities::of_task(
+            c.capability_add.as_deref().unwrap_or_default(),
+            c.capability_drop.as_deref().unwrap_or_default(),
+        )
+        .map_err(ApiError::BadRequest)?;
+        for group in c.groups.iter().flatten() {
+            check_group(group)?;
+        }
     }
     if let Some(r) = &task.resources {
-        let limits = r.limits.clone().unwrap_or_default();
-        let reserve = r.reservations.clone().unwrap_or_default();
-        let set = |v: Option<i64>| v.is_some_and(|v| v != 0);
-        if set(limits.nano_cpus) {
-            refused.push("--limit-cpu");
-        }
-        if set(limits.memory_bytes) {
-            refused.push("--limit-memory");
-        }
-        if set(limits.pids) {
-            refused.push("--limit-pids");
-        }
-        if set(reserve.nano_cpus) {
-            refused.push("--reserve-cpu");
-        }
-        if set(reserve.memory_bytes) {
-            refused.push("--reserve-memory");
-        }
-        if reserve
-            .generic_resources
+        check_resources(r)?;
+        if r.reservations
             .as_ref()
+            .and_then(|g| g.generic_resources.as_ref())
             .is_some_and(|g| !g.is_empty())
         {
             refused.push("--generic-resource");
+        }
+        if r.swap_bytes.is_some_and(|v| v != 0) {
+            refused.push("--memory-swap");
+        }
+        // -1 is docker's "as the node has it".
+        if r.memory_swappiness.is_some_and(|v| v >= 0) {
+            refused.push("--memory-swappiness");
         }
     }
     if task
@@ -172,20 +170,8 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     if some(&c.mounts) {
         refused.push("--mount");
     }
-    if yes(c.init) {
-        refused.push("--init");
-    }
     if yes(c.tty) {
         refused.push("--tty");
-    }
-    if some(&c.capability_add) {
-        refused.push("--cap-add");
-    }
-    if some(&c.capability_drop) {
-        refused.push("--cap-drop");
-    }
-    if some(&c.groups) {
-        refused.push("--group");
     }
     if some(&c.ulimits) {
         refused.push("--ulimit");
@@ -203,6 +189,62 @@ fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
         refused.push("--credential-spec/--security-opt");
     }
     refused
+}
+
+/// docker's floor for `--limit-memory` (dockerd's `linuxMinMemory`): below it a task cannot
+/// even start.
+const MIN_MEMORY_LIMIT: i64 = 6 << 20;
+
+/// The CFS quota's floor is 1 ms of every 100 ms period: 0.01 CPU.
+const MIN_NANO_CPUS: i64 = 10_000_000;
+
+/// Limits and reservations as the node's cgroup and the scheduler can honour them.
+fn check_resources(r: &bollard::models::TaskSpecResources) -> ApiResult<()> {
+    let bad = |why: String| Err(ApiError::BadRequest(why));
+    let limits = r.limits.clone().unwrap_or_default();
+    let reserve = r.reservations.clone().unwrap_or_default();
+    let values = [
+        ("--limit-cpu", limits.nano_cpus),
+        ("--limit-memory", limits.memory_bytes),
+        ("--limit-pids", limits.pids),
+        ("--reserve-cpu", reserve.nano_cpus),
+        ("--reserve-memory", reserve.memory_bytes),
+    ];
+    for (flag, value) in values {
+        if value.is_some_and(|v| v < 0) {
+            return bad(format!("invalid {flag}: it cannot be negative (0: none)"));
+        }
+    }
+    if let Some(m) = limits
+        .memory_bytes
+        .filter(|m| (1..MIN_MEMORY_LIMIT).contains(m))
+    {
+        return bad(format!(
+            "invalid --limit-memory {m} bytes: the minimum is 6MiB (give e.g. --limit-memory 64m)"
+        ));
+    }
+    if let Some(n) = limits.nano_cpus.filter(|n| (1..MIN_NANO_CPUS).contains(n)) {
+        return bad(format!(
+            "invalid --limit-cpu {}: the minimum is 0.01 (a CPU's 1 ms in every 100 ms)",
+            n as f64 / 1e9
+        ));
+    }
+    Ok(())
+}
+
+/// A `--group`: a group name the node resolves, or a gid.
+fn check_group(group: &str) -> ApiResult<()> {
+    let valid = !group.is_empty()
+        && group.len() <= 32
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        return Err(ApiError::BadRequest(format!(
+            "invalid --group {group:?}: give a group name or gid (e.g. audio, 1000)"
+        )));
+    }
+    Ok(())
 }
 
 /// `user[:group]`, each a name or a number, as `docker service create --user` takes it; the
@@ -361,7 +403,7 @@ fn check_sysctl(key: &str, value: &str) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::{HealthConfig, Limit, TaskSpec, TaskSpecResources};
+    use bollard::models::{HealthConfig, Limit, ResourceObject, TaskSpec, TaskSpecResources};
 
     fn spec(c: TaskSpecContainerSpec, r: Option<TaskSpecResources>) -> ServiceSpec {
         ServiceSpec {
@@ -393,18 +435,97 @@ mod tests {
     #[test]
     fn an_option_not_done_is_refused_by_its_flag() {
         let c = TaskSpecContainerSpec {
+            tty: Some(true),
+            ulimits: Some(vec![Default::default()]),
+            ..Default::default()
+        };
+        let e = check(&spec(c, None)).unwrap_err().to_string();
+        assert!(e.contains("--tty, --ulimit"), "{e}");
+    }
+
+    #[test]
+    fn limits_reservations_init_capabilities_and_groups_pass() {
+        let c = TaskSpecContainerSpec {
             init: Some(true),
+            capability_add: Some(vec!["NET_ADMIN".into(), "CAP_SYS_TIME".into()]),
+            capability_drop: Some(vec!["net_raw".into(), "ALL".into()]),
+            groups: Some(vec!["audio".into(), "1000".into()]),
             ..Default::default()
         };
         let r = TaskSpecResources {
             limits: Some(Limit {
+                nano_cpus: Some(500_000_000),
                 memory_bytes: Some(64 << 20),
+                pids: Some(100),
+            }),
+            reservations: Some(ResourceObject {
+                nano_cpus: Some(250_000_000),
+                memory_bytes: Some(32 << 20),
+                generic_resources: None,
+            }),
+            ..Default::default()
+        };
+        check(&spec(c, Some(r))).unwrap();
+        let swap = TaskSpecResources {
+            swap_bytes: Some(1 << 30),
+            memory_swappiness: Some(0),
+            ..Default::default()
+        };
+        let e = check(&spec(Default::default(), Some(swap)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--memory-swap, --memory-swappiness"), "{e}");
+    }
+
+    #[test]
+    fn limits_capabilities_and_groups_are_checked_for_form() {
+        let limits = |l: Limit| {
+            let r = TaskSpecResources {
+                limits: Some(l),
+                ..Default::default()
+            };
+            check(&spec(Default::default(), Some(r)))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = limits(Limit {
+            memory_bytes: Some(1 << 20),
+            ..Default::default()
+        });
+        assert!(e.contains("--limit-memory") && e.contains("6MiB"), "{e}");
+        let e = limits(Limit {
+            nano_cpus: Some(1_000_000),
+            ..Default::default()
+        });
+        assert!(e.contains("--limit-cpu 0.001"), "{e}");
+        let e = limits(Limit {
+            pids: Some(-1),
+            ..Default::default()
+        });
+        assert!(e.contains("--limit-pids"), "{e}");
+        let reserve = TaskSpecResources {
+            reservations: Some(ResourceObject {
+                memory_bytes: Some(-5),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let e = check(&spec(c, Some(r))).unwrap_err().to_string();
-        assert!(e.contains("--init, --limit-memory"), "{e}");
+        let e = check(&spec(Default::default(), Some(reserve)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--reserve-memory"), "{e}");
+        let caps = TaskSpecContainerSpec {
+            capability_add: Some(vec!["NET_ADMIN".into(), "FLY".into()]),
+            ..Default::default()
+        };
+        let e = check(&spec(caps, None)).unwrap_err().to_string();
+        assert!(e.contains("--cap-add \"FLY\""), "{e}");
+        let group = TaskSpecContainerSpec {
+            groups: Some(vec!["a b".into()]),
+            ..Default::default()
+        };
+        let e = check(&spec(group, None)).unwrap_err().to_string();
+        assert!(e.contains("--group \"a b\""), "{e}");
     }
 
     #[test]

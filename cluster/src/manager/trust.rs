@@ -223,6 +223,7 @@ fn new_node(s: &StoreState, req: &RegisterRequest) -> ApiResult<Node> {
         cert_serial: String::new(),
         role: Role::Worker,
         cert_root: String::new(),
+        resources: req.resources,
     })
 }
 

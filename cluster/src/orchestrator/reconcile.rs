@@ -2,14 +2,16 @@
 //! forward. Everything here runs inside a store transaction, so a service and its tasks
 //! always change together.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Utc;
 
 use super::restart::refill;
-use super::schedule::{ScheduleError, constraints_of, homes, is_active, placeable};
-use super::tasks::{new_task, shut_down};
+use super::schedule::{
+    ScheduleError, constraints_of, has_room, homes, is_active, pick_node, placeable,
+};
+use super::tasks::{new_task, place_pending, shut_down, still_pending, unplaced};
 use crate::model::{
     Availability, NodeState, Service, ServiceMode, Task, TaskState, Time, UpdateState, UpdateStatus,
 };
@@ -129,6 +131,7 @@ pub fn reconcile_at(
         now,
         budget: Cell::new(TASKS_PER_PASS),
         cut_short: Cell::new(false),
+        no_room: OnceCell::new(),
     };
     let mut status = service.update_status.clone();
     let mut by_slot: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
@@ -186,6 +189,9 @@ struct Pass<'a> {
     budget: Cell<usize>,
     /// Whether a slot was left empty because the budget ran out.
     cut_short: Cell<bool>,
+    /// Why a pending task of this service found no node this pass: its others reserve the
+    /// same, so they take the explanation without a search of their own.
+    no_room: OnceCell<String>,
 }
 
 /// What the slots leave to the rolling update.
@@ -205,6 +211,23 @@ impl Pass<'_> {
             self.cut_short.set(true);
         }
         spent
+    }
+
+    /// Places a pending task where a node now has room, out of this pass's budget.
+    fn retry_pending(&self, state: &mut State, t: &Task) {
+        if let Some(why) = self.no_room.get() {
+            still_pending(state, t, why);
+            return;
+        }
+        if self.spent() {
+            return;
+        }
+        match place_pending(state, t) {
+            Ok(()) => self.budget.set(self.budget.get().saturating_sub(1)),
+            Err(e) => {
+                let _ = self.no_room.set(e.to_string());
+            }
+        }
     }
 
     /// Moves the rolling update on, or, with none under way, replaces at once (as far as
@@ -247,6 +270,9 @@ impl Pass<'_> {
             let mut runs = false;
             for t in tasks.iter().filter(|t| is_active(t)) {
                 if t.spec_generation == generation && !on_draining_node(state, &t.node_id) {
+                    if unplaced(t) {
+                        self.retry_pending(state, t);
+                    }
                     runs = true;
                 } else {
                     shut_down(state, t.clone());
@@ -286,10 +312,12 @@ impl Pass<'_> {
         let home = self.homes.get(&slot).map(String::as_str);
         if let Some(node) = home {
             let constraints = constraints_of(&self.service.spec).unwrap_or_default();
+            // A node without room for its reservations gets no task (docker shows a pending
+            // one there); the service is looked at again when that changes.
             if !state
                 .nodes
                 .get(node)
-                .is_some_and(|n| placeable(n, &constraints))
+                .is_some_and(|n| placeable(n, &constraints) && has_room(state, n, self.service))
             {
                 return Ok(false);
             }
@@ -325,6 +353,11 @@ impl Pass<'_> {
             .filter(|t| Some(t.id.as_str()) != keep.map(|k| k.id.as_str()))
             .copied()
             .collect();
+        if let Some(k) = keep
+            && unplaced(k)
+        {
+            self.retry_pending(state, k);
+        }
         let outdated = stale
             .iter()
             .any(|t| t.spec_generation != service.spec_generation);
@@ -494,9 +527,10 @@ fn on_draining_node(state: &State, node: &str) -> bool {
 }
 
 /// Services whose tasks are being replaced, moved or created over several passes, which
-/// `reconcile_at` must see again as tasks become routed and acks move, and global services
-/// a node is ready for (it joined, came back, or was made active): one pass over the tasks,
-/// and one over a global service's tasks per global service.
+/// `reconcile_at` must see again as tasks become routed and acks move, global services a
+/// node is ready for (it joined, came back, or was made active), and services with a pending
+/// task that a node now has room for: one pass over the tasks, one over a global service's
+/// tasks per global service, and one per service with a pending task.
 pub fn in_transition(state: &State) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = state
         .services
@@ -504,6 +538,17 @@ pub fn in_transition(state: &State) -> BTreeSet<String> {
         .filter(|s| updating(s) || s.filling || (s.mode().is_global() && awaits_node(state, s)))
         .map(|s| s.id.clone())
         .collect();
+    let waiting: BTreeSet<&str> = state
+        .tasks
+        .values()
+        .filter(|t| is_active(t) && unplaced(t))
+        .map(|t| t.service_id.as_str())
+        .collect();
+    for service in waiting {
+        if pick_node(state, service).is_ok() {
+            out.insert(service.to_string());
+        }
+    }
     let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
     for t in state.tasks.values().filter(|t| is_active(t)) {
         let n = seen.entry((t.service_id.as_str(), t.slot)).or_default();
@@ -544,7 +589,7 @@ fn awaits_node(state: &State, service: &Service) -> bool {
             && state
                 .nodes
                 .get(&node)
-                .is_some_and(|n| placeable(n, &constraints))
+                .is_some_and(|n| placeable(n, &constraints) && has_room(state, n, service))
             && refill(state, service, slot, Utc::now()).is_some()
     })
 }

@@ -1,11 +1,13 @@
 //! Where a new task goes: Swarm's spread over the ready, active nodes that satisfy the
-//! service's placement constraints, one replica per node for host-mode ports; and for a
-//! global service, which nodes hold one of its tasks.
+//! service's placement constraints and have its reservations unreserved, one replica per node
+//! for host-mode ports; and for a global service, which nodes hold one of its tasks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ipam::IpamError;
-use crate::model::{Availability, Node, NodeState, PublishMode, Service, Task, TaskState};
+use crate::model::{
+    Availability, Node, NodeResources, NodeState, PublishMode, Service, Task, TaskState,
+};
 use crate::store::State;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +24,94 @@ pub enum ScheduleError {
         "a port published with mode=host allows one replica per node, and every eligible node runs one: add nodes or lower --replicas"
     )]
     HostPortsFull,
+    /// Nodes admit the task but none has its reservations free: it waits, pending, as in
+    /// docker (`service ps` shows this as its error).
+    #[error("no suitable node ({})", explain(*.unsatisfied, *.short))]
+    InsufficientResources {
+        /// Nodes whose constraints refuse it.
+        unsatisfied: usize,
+        /// Nodes that admit it without room for its reservations.
+        short: usize,
+    },
     #[error(transparent)]
     Ipam(#[from] IpamError),
+}
+
+/// docker's wording of why no node takes a task, filter by filter.
+fn explain(unsatisfied: usize, short: usize) -> String {
+    let nodes = |n: usize| format!("{n} node{}", if n == 1 { "" } else { "s" });
+    let mut why = Vec::new();
+    if unsatisfied > 0 {
+        why.push(format!(
+            "scheduling constraints not satisfied on {}",
+            nodes(unsatisfied)
+        ));
+    }
+    if short > 0 {
+        why.push(format!("insufficient resources on {}", nodes(short)));
+    }
+    why.join("; ")
+}
+
+/// What each task of a service reserves on its node (`--reserve-cpu`, `--reserve-memory`).
+pub fn reservation(spec: &bollard::models::ServiceSpec) -> NodeResources {
+    let r = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref());
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0).unwrap_or(0) as u64;
+    NodeResources {
+        nano_cpus: positive(r.and_then(|r| r.nano_cpus)),
+        memory_bytes: positive(r.and_then(|r| r.memory_bytes)),
+    }
+}
+
+/// What the active tasks on each node reserve. A task counts with its service's current
+/// spec: during an update that raises a reservation its predecessors count at the new one.
+fn reserved(state: &State) -> HashMap<&str, NodeResources> {
+    let mut per_service: HashMap<&str, NodeResources> = HashMap::new();
+    let mut out: HashMap<&str, NodeResources> = HashMap::new();
+    for t in state.tasks.values().filter(|t| is_active(t)) {
+        let r = *per_service.entry(t.service_id.as_str()).or_insert_with(|| {
+            state
+                .services
+                .get(&t.service_id)
+                .map(|s| reservation(&s.spec))
+                .unwrap_or_default()
+        });
+        let e = out.entry(t.node_id.as_str()).or_default();
+        e.nano_cpus += r.nano_cpus;
+        e.memory_bytes += r.memory_bytes;
+    }
+    out
+}
+
+/// Whether `wanted` fits in what `n` has left once `taken` is reserved. A task reserving
+/// nothing fits anywhere.
+fn fits(n: &Node, taken: NodeResources, wanted: NodeResources) -> bool {
+    let room = |capacity: u64, taken: u64, wanted: u64| {
+        wanted == 0 || capacity.saturating_sub(taken) >= wanted
+    };
+    room(n.resources.nano_cpus, taken.nano_cpus, wanted.nano_cpus)
+        && room(
+            n.resources.memory_bytes,
+            taken.memory_bytes,
+            wanted.memory_bytes,
+        )
+}
+
+/// Whether node `n` has room for one more task of `service` (a global service's node).
+pub fn has_room(state: &State, n: &Node, service: &Service) -> bool {
+    let wanted = reservation(&service.spec);
+    if wanted == NodeResources::default() {
+        return true;
+    }
+    let taken = reserved(state)
+        .get(n.id.as_str())
+        .copied()
+        .unwrap_or_default();
+    fits(n, taken, wanted)
 }
 
 /// Whether a task counts against its node's load (and its slot): it is meant to run.
@@ -142,14 +230,14 @@ pub fn constraints_of(spec: &bollard::models::ServiceSpec) -> Result<Vec<Constra
 }
 
 /// Spread like Swarm: the node with the fewest tasks of this service, then the fewest tasks
-/// overall, then by hostname so placement is reproducible. Only ready, active nodes take
-/// new tasks.
+/// overall, then by hostname so placement is reproducible. Only ready, active nodes with the
+/// service's reservations unreserved take new tasks.
 pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleError> {
-    let constraints = state
-        .services
-        .get(service_id)
+    let service = state.services.get(service_id);
+    let constraints = service
         .map(|s| constraints_of(&s.spec).unwrap_or_default())
         .unwrap_or_default();
+    let wanted = service.map(|s| reservation(&s.spec)).unwrap_or_default();
     let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
     for t in state.tasks.values().filter(|t| is_active(t)) {
         let e = load.entry(t.node_id.as_str()).or_default();
@@ -164,24 +252,48 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .filter(|n| n.state == NodeState::Ready && n.availability == Availability::Active)
         .collect();
     // A host-mode port exists once per node: at most one replica of such a service per node.
-    let host_mode = state
-        .services
-        .get(service_id)
-        .is_some_and(|s| s.ports.iter().any(|p| p.mode == PublishMode::Host));
+    let host_mode = service.is_some_and(|s| s.ports.iter().any(|p| p.mode == PublishMode::Host));
     let busy = |node: &str| host_mode && load.get(node).is_some_and(|(mine, _)| *mine > 0);
     if ready.is_empty() {
         return Err(ScheduleError::NoNodes);
     }
-    ready
+    let admitted: Vec<&Node> = ready
+        .iter()
+        .copied()
+        .filter(|n| constraints.iter().all(|c| c.admits(n)))
+        .collect();
+    let taken = if wanted == NodeResources::default() {
+        HashMap::new()
+    } else {
+        reserved(state)
+    };
+    let with_room: Vec<&Node> = admitted
+        .iter()
+        .copied()
+        .filter(|n| {
+            fits(
+                n,
+                taken.get(n.id.as_str()).copied().unwrap_or_default(),
+                wanted,
+            )
+        })
+        .collect();
+    if !admitted.is_empty() && with_room.is_empty() {
+        return Err(ScheduleError::InsufficientResources {
+            unsatisfied: ready.len() - admitted.len(),
+            short: admitted.len(),
+        });
+    }
+    with_room
         .into_iter()
-        .filter(|n| constraints.iter().all(|c| c.admits(n)) && !busy(&n.id))
+        .filter(|n| !busy(&n.id))
         .min_by_key(|n| {
             let (mine, all) = load.get(n.id.as_str()).copied().unwrap_or_default();
             (mine, all, n.hostname.clone())
         })
         .map(|n| n.id.clone())
         .ok_or_else(|| {
-            if host_mode {
+            if host_mode && !admitted.is_empty() {
                 return ScheduleError::HostPortsFull;
             }
             ScheduleError::Unsatisfiable(

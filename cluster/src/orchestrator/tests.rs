@@ -11,7 +11,9 @@ use bollard::models::{
 use chrono::Utc;
 
 use super::{TASKS_PER_PASS, in_transition, node_down, reconcile, reconcile_at};
-use crate::model::{Availability, EndpointMode, Node, NodeState, Service, TaskState};
+use crate::model::{
+    Availability, EndpointMode, Node, NodeResources, NodeState, Service, TaskState,
+};
 use crate::store::State;
 
 fn node(state: &mut State, i: u8) -> String {
@@ -38,6 +40,10 @@ fn node(state: &mut State, i: u8) -> String {
         cert_serial: String::new(),
         role: crate::pki::Role::Worker,
         cert_root: String::new(),
+        resources: NodeResources {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 4 << 30,
+        },
     });
     id
 }
@@ -499,4 +505,142 @@ fn an_update_runs_a_job_again_and_stops_the_old_iteration() {
     assert_eq!(now.len(), 1);
     let t = &s.tasks[&now[0]];
     assert_eq!((t.slot, t.spec_generation), (1, 2), "from its first task");
+}
+
+fn reserve(s: &mut State, nano_cpus: i64, memory_bytes: i64) {
+    let mut svc = s.services["svc"].clone();
+    svc.spec
+        .task_template
+        .get_or_insert_with(Default::default)
+        .resources = Some(bollard::models::TaskSpecResources {
+        reservations: Some(bollard::models::ResourceObject {
+            nano_cpus: Some(nano_cpus),
+            memory_bytes: Some(memory_bytes),
+            generic_resources: None,
+        }),
+        ..Default::default()
+    });
+    s.put_service(svc);
+}
+
+/// The tasks meant to run that wait for a node, with their explanation.
+fn pending(s: &State) -> Vec<String> {
+    s.tasks
+        .values()
+        .filter(|t| t.desired == TaskState::Running && t.node_id.is_empty())
+        .inspect(|t| assert_eq!(t.status.state, TaskState::Pending))
+        .map(|t| t.status.err.clone().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_task_no_node_has_room_for_waits_pending_and_is_placed_when_a_node_joins() {
+    // Each node has 4 GiB: one 3 GiB reservation fits on each.
+    let mut s = cluster(3);
+    reserve(&mut s, 0, 3 << 30);
+    reconcile(&mut s, "svc").expect("a pending task is no error");
+    assert_eq!(nodes_running(&s), ["", "node-1", "node-2"]);
+    assert_eq!(
+        pending(&s),
+        ["no suitable node (insufficient resources on 2 nodes)"]
+    );
+    assert!(
+        in_transition(&s).is_empty(),
+        "nothing to do until a node has room: the updater must not poll"
+    );
+    node(&mut s, 3);
+    assert!(in_transition(&s).contains("svc"));
+    updater(&mut s);
+    assert_eq!(nodes_running(&s), ["node-1", "node-2", "node-3"]);
+    assert!(pending(&s).is_empty());
+    let placed = s.tasks.values().find(|t| t.node_id == "node-3").unwrap();
+    assert_eq!(placed.status.state, TaskState::Assigned);
+    assert_eq!(placed.status.err, None);
+}
+
+#[test]
+fn reservations_add_up_per_node_and_a_returning_node_takes_what_fits() {
+    // 2 CPUs per node: one 1.5 CPU reservation each.
+    let mut s = cluster(3);
+    reserve(&mut s, 1_500_000_000, 0);
+    reconcile(&mut s, "svc").expect("a pending task is no error");
+    assert_eq!(pending(&s).len(), 1);
+    node_down(&mut s, "node-1");
+    assert_eq!(nodes_running(&s), ["", "", "node-2"]);
+    assert_eq!(
+        pending(&s),
+        [
+            "no suitable node (insufficient resources on 1 node)",
+            "no suitable node (insufficient resources on 1 node)"
+        ],
+        "the explanation follows the nodes there are"
+    );
+    set_node(&mut s, "node-1", |n| n.state = NodeState::Ready);
+    updater(&mut s);
+    assert_eq!(nodes_running(&s), ["", "node-1", "node-2"]);
+}
+
+#[test]
+fn constraints_and_reservations_are_explained_together_and_constraints_alone_refuse() {
+    let mut s = cluster(2);
+    with_constraint(&mut s, "node.hostname==node1");
+    reserve(&mut s, 0, 3 << 30);
+    reconcile(&mut s, "svc").expect("a pending task is no error");
+    assert_eq!(nodes_running(&s), ["", "node-1"]);
+    assert_eq!(
+        pending(&s),
+        [
+            "no suitable node (scheduling constraints not satisfied on 1 node; insufficient \
+             resources on 1 node)"
+        ]
+    );
+    let mut s = cluster(1);
+    with_constraint(&mut s, "node.hostname==node9");
+    reserve(&mut s, 0, 1 << 30);
+    let e = reconcile(&mut s, "svc").unwrap_err().to_string();
+    assert!(e.contains("placement constraints"), "{e}");
+}
+
+#[test]
+fn a_global_service_skips_a_node_without_room() {
+    let mut s = cluster_of(global(false));
+    reserve(&mut s, 0, 3 << 30);
+    set_node(&mut s, "node-2", |n| n.resources.memory_bytes = 2 << 30);
+    reconcile(&mut s, "svc").expect("placeable");
+    assert_eq!(nodes_running(&s), ["node-1"]);
+    assert!(
+        in_transition(&s).is_empty(),
+        "a node without room is not awaited"
+    );
+}
+
+#[test]
+fn pending_tasks_are_placed_over_bounded_passes_and_a_full_cluster_costs_one_search() {
+    // 1 GiB each: four fit on each 4 GiB node.
+    let replicas = 2 * TASKS_PER_PASS as u64 + 50;
+    let mut s = cluster(replicas);
+    reserve(&mut s, 0, 1 << 30);
+    reconcile(&mut s, "svc").expect("a pending task is no error");
+    updater(&mut s);
+    assert_eq!(pending(&s).len(), replicas as usize - 8);
+    // With no room anywhere a pass changes nothing: it is not even in transition.
+    let before = s.tasks.clone();
+    let acked = s.version;
+    reconcile_at(&mut s, "svc", acked, Utc::now()).unwrap();
+    assert!(s.tasks == before, "nothing to write while no node has room");
+    assert!(in_transition(&s).is_empty());
+    node(&mut s, 3);
+    set_node(&mut s, "node-3", |n| n.resources.memory_bytes = 1 << 40);
+    let mut passes = Vec::new();
+    while in_transition(&s).contains("svc") {
+        assert!(passes.len() < 100, "no convergence: {passes:?}");
+        let waiting = pending(&s).len();
+        s.version += 1;
+        let min_ack = s.version - 1;
+        reconcile_at(&mut s, "svc", min_ack, Utc::now()).unwrap();
+        passes.push(waiting - pending(&s).len());
+    }
+    assert_eq!(passes, [TASKS_PER_PASS, TASKS_PER_PASS, 42]);
+    assert!(pending(&s).is_empty());
+    one_per_slot(&s, replicas);
 }

@@ -261,6 +261,8 @@ pub async fn down(name: &str) -> Result<()> {
             "processes {procs:?} did not die within 5s of SIGKILL"
         ));
     }
+    // Its tasks' cgroups on this machine (an ssh host's own `cluster down` does its own).
+    cluster::agent::remove_cluster_cgroups(name);
     // What the backend made beyond this host's cluster-named objects, while the records
     // that lead to it still exist.
     if let Some(kind) = backend_of(&paths) {
