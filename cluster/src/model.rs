@@ -221,6 +221,32 @@ impl Service {
     pub fn network_ids(&self) -> Vec<String> {
         self.networks.clone()
     }
+
+    /// The slot Swarm shows for one of its tasks: a replica's number; 0 in a global mode,
+    /// whose tasks docker names by node (the store's slot there stands for the node, see
+    /// `orchestrator::homes`); and a replicated job's counted from 0, as Swarm's are and
+    /// docker's job progress reads them.
+    pub fn docker_slot(&self, t: &Task) -> u64 {
+        match self.mode() {
+            mode if mode.is_global() => 0,
+            ServiceMode::ReplicatedJob { .. } => t.slot.saturating_sub(1),
+            _ => t.slot,
+        }
+    }
+
+    /// docker's name for one of its tasks: `service.slot`, or `service.node-id` for slot 0
+    /// (a global mode's, and a replicated job's first, as docker names them).
+    pub fn docker_task_name(&self, t: &Task) -> String {
+        match self.docker_slot(t) {
+            0 => format!("{}.{}", self.name, t.node_id),
+            slot => format!("{}.{slot}", self.name),
+        }
+    }
+
+    /// docker's name for the container of one of its tasks: `service.slot.task-id`.
+    pub fn container_name(&self, t: &Task) -> String {
+        format!("{}.{}", self.docker_task_name(t), t.id)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

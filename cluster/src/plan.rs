@@ -437,10 +437,6 @@ pub fn serves_traffic(t: &Task) -> bool {
     t.desired == TaskState::Running && t.status.state == TaskState::Running
 }
 
-pub fn task_name(service_name: &str, t: &Task) -> String {
-    format!("{service_name}.{}.{}", t.slot, t.id)
-}
-
 /// The spec's network aliases by network ID, from both places a spec may list networks
 /// (TaskTemplate.Networks and the deprecated top-level Networks), targets by ID or name.
 pub fn aliases_of(

@@ -308,16 +308,8 @@ pub fn spawn(
         }
     })?;
 
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOSTNAME", &task.hostname)
-        .env("HOME", user.as_ref().map_or("/root", |u| u.home.as_str()))
-        .env(images::ENV_TASK_ID, &task.id)
+    let mut cmd = command_as_task(task, user.as_ref(), &argv[0], &argv[1..]);
+    cmd.env(images::ENV_TASK_ID, &task.id)
         .env(images::ENV_TASK_NAME, &task.name)
         .env(
             images::ENV_TASK_ADDRS,
@@ -332,11 +324,6 @@ pub fn spawn(
         // FIFOs the agent reads (see logs.rs), which keeps the streams apart for `service logs`.
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
-    for kv in &task.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
     // SAFETY: only async-signal-safe syscalls run between fork and exec; every buffer they
     // use was allocated before the fork.
     unsafe {
@@ -420,6 +407,31 @@ pub fn spawn(
     })
 }
 
+/// `program` with the environment a task's processes get: a clean one with docker's PATH,
+/// its hostname and home, then its `--env`.
+fn command_as_task(
+    task: &TaskPlan,
+    user: Option<&RunAs>,
+    program: &str,
+    args: &[String],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOSTNAME", &task.hostname)
+        .env("HOME", user.map_or("/root", |u| u.home.as_str()));
+    for kv in &task.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd
+}
+
 /// A healthcheck's command for the task whose process is `pid`: run in its network, mount and
 /// UTS namespaces, from its working directory, as its user, with the task's environment, as
 /// dockerd runs one with `exec`. Killed when dropped (its timeout).
@@ -443,23 +455,10 @@ pub fn probe(
     let user = resolve_user(&task.user)?;
     let workdir = CString::new(if task.dir.is_empty() { "/" } else { &task.dir })
         .map_err(std::io::Error::other)?;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOSTNAME", &task.hostname)
-        .env("HOME", user.as_ref().map_or("/root", |u| u.home.as_str()))
-        .stdin(Stdio::null())
+    let mut cmd = command_as_task(task, user.as_ref(), program, args);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for kv in &task.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
-        }
-    }
     // SAFETY: only async-signal-safe syscalls run between fork and exec; the descriptors and
     // buffers they use were made before the fork.
     unsafe {

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use crate::model::{EndpointMode, PublishMode, Task};
 use crate::plan::{
     AttachmentPlan, HostPortPlan, IngressPort, KeyringPlan, NetworkPeer, NetworkPlan, NodeHeader,
-    PeerKey, PortKey, ServicePlan, TaskPlan, keeps_running, serves_traffic, task_name,
+    PeerKey, PortKey, ServicePlan, TaskPlan, keeps_running, serves_traffic,
 };
 use crate::store::State;
 
@@ -310,9 +310,9 @@ pub fn hostname_of(
         &[
             (".Service.Name", &service.name),
             (".Service.ID", &service.id),
-            (".Task.Slot", &t.slot.to_string()),
+            (".Task.Slot", &service.docker_slot(t).to_string()),
             (".Task.ID", &t.id),
-            (".Task.Name", &task_name(&service.name, t)),
+            (".Task.Name", &service.container_name(t)),
             (".Node.ID", &t.node_id),
             (".Node.Hostname", &node_hostname(state, &t.node_id)),
         ],
@@ -336,7 +336,7 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
     args.extend(container.args.clone().unwrap_or_default());
     Some(TaskPlan {
         id: t.id.clone(),
-        name: task_name(&service.name, t),
+        name: service.container_name(t),
         service_id: service.id.clone(),
         service_name: service.name.clone(),
         slot: t.slot,

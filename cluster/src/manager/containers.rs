@@ -36,12 +36,10 @@ struct NodeView {
 
 /// The container docker would show for a task: its name, state and labels.
 fn container_name(s: &StoreState, t: &Task) -> String {
-    let service = s
-        .services
-        .get(&t.service_id)
-        .map(|svc| svc.name.as_str())
-        .unwrap_or("gone");
-    format!("{}.{}", super::tasks::task_name(service, s, t), t.id)
+    s.services.get(&t.service_id).map_or_else(
+        || format!("gone.{}.{}", t.slot, t.id),
+        |svc| svc.container_name(t),
+    )
 }
 
 fn state_of(t: &Task) -> ContainerSummaryStateEnum {

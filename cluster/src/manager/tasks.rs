@@ -12,7 +12,7 @@ use super::error::ApiResult;
 use super::extract::Query;
 use super::lookup::{Field, Filters, ListQuery, find};
 use super::shared::Shared;
-use crate::model::{ServiceMode, Task, TaskState};
+use crate::model::{Task, TaskState};
 use crate::store::State as StoreState;
 
 fn api_state(s: TaskState) -> ApiState {
@@ -109,23 +109,10 @@ pub fn to_api(s: &StoreState, t: &Task, min_ack: u64) -> serde_json::Value {
     v
 }
 
-/// The slot Swarm shows: a replica's number; 0 in a global mode, whose tasks docker names by
-/// node (the store's slot there stands for the node, see `orchestrator::homes`); and a
-/// replicated job's counted from 0, as Swarm's are and docker's job progress reads them.
 fn api_slot(s: &StoreState, t: &Task) -> u64 {
-    match s.services.get(&t.service_id).map(|svc| svc.mode()) {
-        Some(mode) if mode.is_global() => 0,
-        Some(ServiceMode::ReplicatedJob { .. }) => t.slot.saturating_sub(1),
-        _ => t.slot,
-    }
-}
-
-/// docker's name for a task: `service.slot`, or `service.node-id` in a global mode.
-pub(super) fn task_name(service: &str, s: &StoreState, t: &Task) -> String {
-    match api_slot(s, t) {
-        0 => format!("{service}.{}", t.node_id),
-        slot => format!("{service}.{slot}"),
-    }
+    s.services
+        .get(&t.service_id)
+        .map_or(t.slot, |svc| svc.docker_slot(t))
 }
 
 /// Ports a running task publishes in host mode, as docker reports them in `service ps`.
@@ -161,7 +148,7 @@ fn matches(s: &StoreState, t: &Task, filters: &Filters) -> bool {
             Field::Test(Box::new(move |v| (v == "true" || v == "1") == current))
         }
         "name" => Field::Prefix(
-            svc.map(|svc| task_name(&svc.name, s, t))
+            svc.map(|svc| svc.docker_task_name(t))
                 .unwrap_or_default()
                 .into(),
         ),

@@ -101,7 +101,9 @@ impl NodeBackend for Qemu {
     async fn up(&self, opts: &UpOptions, paths: &ClusterPaths) -> Result<Vec<String>> {
         let start = Instant::now();
         let underlay = NetNs::create(&paths.underlay_ns())?;
-        netcore::underlay::create_switch(&underlay, super::netns::UNDERLAY_BRIDGE).await?;
+        // With the underlay's own address, as on netns clusters: where the guests' tasks find
+        // the cluster's outside world (its resolver among it).
+        super::netns::create_switch(&underlay).await?;
         crate::supervise::start_manager(opts, paths, &[])?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);

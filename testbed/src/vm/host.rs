@@ -123,6 +123,17 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     if let Some(mesh) = node.mesh {
         env.push((cluster::agent::ENV_MESH, mesh.to_string()));
     }
+    // A guest's outside world is the cluster's underlay, as a netns node's is (see the netns
+    // backend): its tasks resolve through the underlay's address. A host keeps its own.
+    let mut resolvers = String::new();
+    if node.launch.is_some() {
+        let file = format!("{run}/underlay-resolv.conf");
+        resolvers = format!(
+            "printf 'nameserver {}\\n' > {file} && ",
+            crate::backend::netns::MANAGER_ADDR
+        );
+        env.push((cluster::agent::ENV_RESOLV_CONF, file));
+    }
     // Agents log at the level the cluster was brought up with, as they do on netns nodes.
     if let Ok(filter) = std::env::var("RUST_LOG") {
         env.push(("RUST_LOG", filter));
@@ -133,7 +144,7 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
         .collect();
     format!(
         "i=0; while [ ! -e /run/swarmkit-modules.done ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; \
-         mkdir -p {run} /run/netns && \
+         mkdir -p {run} /run/netns && {resolvers}\
          if [ -f {run}/agent.pid ] && kill -0 \"$(cat {run}/agent.pid)\" 2>/dev/null; then exit 0; fi; \
          cd / && {env} setsid {bin} --cluster {c} __agent --node {n} </dev/null >>{run}/agent.log 2>&1 & \
          echo $! > {run}/agent.pid",
