@@ -47,7 +47,7 @@ for r in $(seq "$ROUNDS"); do
     kill -9 "$pid"
     # Bounded: 60 s of tries at most.
     deadline=$(( $(date +%s) + 60 ))
-    until "$b" --cluster "$c" service create --name "r$r" --replicas 3 whoami >/dev/null 2>&1; do
+    until timeout 60 "$b" --cluster "$c" service create --name "r$r" --replicas 3 whoami >/dev/null 2>&1; do
       [ "$(date +%s)" -lt "$deadline" ] || { echo "round $r, $b: no convergence within 60 s" >&2; exit 1; }
       "$b" --cluster "$c" service rm "r$r" >/dev/null 2>&1 || true
       sleep 0.05
