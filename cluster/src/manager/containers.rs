@@ -368,8 +368,9 @@ pub fn sockets_dir(manager_socket: &FsPath) -> PathBuf {
     manager_socket.with_file_name("nodes")
 }
 
-/// Keeps one socket per node in `dir`, following the store: a node that registers gets
-/// one, a removed node's goes.
+/// Keeps one socket per node hostname in `dir`, following the store: a node that registers
+/// gets one (a hostname registered again by a new node is handed to the newest), a removed
+/// node's goes.
 pub async fn serve_nodes(m: Shared, dir: PathBuf) {
     use tower::Layer;
     if let Err(e) = crate::paths::create_private_dir(&dir) {
@@ -377,22 +378,32 @@ pub async fn serve_nodes(m: Shared, dir: PathBuf) {
         return;
     }
     let mut changed = m.store.subscribe();
-    let mut served: HashMap<String, (PathBuf, tokio::task::JoinHandle<()>)> = HashMap::new();
+    // Hostname -> the node served there, and its server.
+    let mut served: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
         let s = m.store.snapshot();
-        served.retain(|id, (path, task)| {
-            let keep = s.nodes.contains_key(id);
+        let mut newest: HashMap<&str, &crate::model::Node> = HashMap::new();
+        for n in s.nodes.values() {
+            let e = newest.entry(n.hostname.as_str()).or_insert(n);
+            if n.created > e.created {
+                *e = n;
+            }
+        }
+        served.retain(|hostname, (id, task)| {
+            let keep = newest.get(hostname.as_str()).is_some_and(|n| &n.id == id);
             if !keep {
                 task.abort();
-                let _ = std::fs::remove_file(&*path);
+                if !newest.contains_key(hostname.as_str()) {
+                    let _ = std::fs::remove_file(dir.join(format!("{hostname}.sock")));
+                }
             }
             keep
         });
-        for n in s.nodes.values() {
-            if served.contains_key(&n.id) {
+        for (hostname, n) in newest {
+            if served.contains_key(hostname) {
                 continue;
             }
-            let path = dir.join(format!("{}.sock", n.hostname));
+            let path = dir.join(format!("{hostname}.sock"));
             match super::bind_private(&path) {
                 Ok(listener) => {
                     let app = axum::middleware::map_request(super::strip_version)
@@ -403,7 +414,7 @@ pub async fn serve_nodes(m: Shared, dir: PathBuf) {
                         None,
                         super::listen::Limits::default(),
                     ));
-                    served.insert(n.id.clone(), (path, task));
+                    served.insert(hostname.to_string(), (n.id.clone(), task));
                 }
                 Err(e) => tracing::warn!("{}: {e}", path.display()),
             }
