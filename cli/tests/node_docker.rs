@@ -48,6 +48,8 @@ fn a_nodes_socket_shows_its_tasks_as_containers() {
         "talk-{{.Task.Slot}}",
         "--container-label",
         "team=net",
+        "--publish",
+        "published=8181,target=80,mode=host",
         "shell",
         "sh",
         "-c",
@@ -65,7 +67,7 @@ fn a_nodes_socket_shows_its_tasks_as_containers() {
             &[
                 "ps",
                 "--format",
-                "{{.Names}}|{{.Label \"com.docker.swarm.service.name\"}}|{{.Label \"team\"}}|{{.Status}}",
+                "{{.Names}}|{{.Label \"com.docker.swarm.service.name\"}}|{{.Label \"team\"}}|{{.Status}}|{{.Ports}}",
             ],
         );
         assert_eq!(code, 0, "{err}");
@@ -75,6 +77,7 @@ fn a_nodes_socket_shows_its_tasks_as_containers() {
         assert!(fields[0].starts_with("talk."), "{fields:?}");
         assert_eq!(fields[1..3], ["talk", "net"], "{fields:?}");
         assert!(fields[3].starts_with("Up "), "{fields:?}");
+        assert_eq!(fields[4], "0.0.0.0:8181->80/tcp", "{fields:?}");
         let name = fields[0].to_string();
 
         let (code, out, err) = docker_on(

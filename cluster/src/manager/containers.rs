@@ -16,6 +16,7 @@ use axum::response::Response;
 use axum::routing::get;
 use bollard::models::{
     ContainerSummary, ContainerSummaryNetworkSettings, ContainerSummaryStateEnum, EndpointSettings,
+    PortSummary, PortSummaryTypeEnum,
 };
 use chrono::Utc;
 use serde::Deserialize;
@@ -135,6 +136,29 @@ fn networks(s: &StoreState, t: &Task) -> HashMap<String, EndpointSettings> {
         .collect()
 }
 
+/// Host-mode published ports of a running task: what `docker ps` on the node shows (the
+/// routing mesh's ports belong to no one container, as in docker).
+fn ports(s: &StoreState, t: &Task) -> Vec<PortSummary> {
+    if t.status.state != TaskState::Running {
+        return Vec::new();
+    }
+    s.services
+        .get(&t.service_id)
+        .into_iter()
+        .flat_map(|svc| svc.ports.iter())
+        .filter(|p| p.mode == crate::model::PublishMode::Host)
+        .map(|p| PortSummary {
+            ip: Some("0.0.0.0".into()),
+            private_port: p.target,
+            public_port: Some(p.published),
+            typ: Some(match p.protocol {
+                crate::model::Protocol::Tcp => PortSummaryTypeEnum::TCP,
+                crate::model::Protocol::Udp => PortSummaryTypeEnum::UDP,
+            }),
+        })
+        .collect()
+}
+
 fn command(s: &StoreState, t: &Task) -> String {
     let c = s
         .services
@@ -164,7 +188,7 @@ fn summary(s: &StoreState, t: &Task, now: Time) -> ContainerSummary {
         network_settings: Some(ContainerSummaryNetworkSettings {
             networks: Some(networks(s, t)),
         }),
-        ports: Some(Vec::new()),
+        ports: Some(ports(s, t)),
         mounts: Some(Vec::new()),
         ..Default::default()
     }
