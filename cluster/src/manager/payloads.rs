@@ -60,8 +60,9 @@ impl Kind {
         }
     }
 
-    /// The services whose tasks use payload `id`.
-    fn users(self, s: &StoreState, id: &str) -> Vec<String> {
+    /// The services whose tasks use payload `p` (referred to by ID, or by name alone).
+    fn users(self, s: &StoreState, p: &Payload) -> Vec<String> {
+        let (id, name) = (Some(p.id.as_str()), Some(p.name.as_str()));
         s.services
             .values()
             .filter(|svc| {
@@ -71,12 +72,18 @@ impl Kind {
                     .as_ref()
                     .and_then(|t| t.container_spec.as_ref());
                 match self {
-                    Kind::Secret => c
-                        .and_then(|c| c.secrets.as_ref())
-                        .is_some_and(|r| r.iter().any(|r| r.secret_id.as_deref() == Some(id))),
-                    Kind::Config => c
-                        .and_then(|c| c.configs.as_ref())
-                        .is_some_and(|r| r.iter().any(|r| r.config_id.as_deref() == Some(id))),
+                    Kind::Secret => c.and_then(|c| c.secrets.as_ref()).is_some_and(|r| {
+                        r.iter().any(|r| {
+                            r.secret_id.as_deref() == id
+                                || (r.secret_id.is_none() && r.secret_name.as_deref() == name)
+                        })
+                    }),
+                    Kind::Config => c.and_then(|c| c.configs.as_ref()).is_some_and(|r| {
+                        r.iter().any(|r| {
+                            r.config_id.as_deref() == id
+                                || (r.config_id.is_none() && r.config_name.as_deref() == name)
+                        })
+                    }),
                 }
             })
             .map(|svc| svc.name.clone())
@@ -199,7 +206,7 @@ fn remove(m: &Shared, kind: Kind, id: &str) -> ApiResult<StatusCode> {
     let noun = kind.noun();
     m.update(|s| {
         let p = find(kind.of(s), id, |p| &p.name, noun)?.clone();
-        let users = kind.users(s, &p.id);
+        let users = kind.users(s, &p);
         if !users.is_empty() {
             return Err(ApiError::BadRequest(format!(
                 "{noun} {} is in use by the following service(s): {}. Remove it from them first \
