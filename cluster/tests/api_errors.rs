@@ -192,7 +192,12 @@ impl Server {
         let services: Vec<_> = s.services.values().map(|x| (&x.id, x.version)).collect();
         let networks: Vec<_> = s.networks.values().map(|x| (&x.id, x.version)).collect();
         let tasks: Vec<_> = s.tasks.values().map(|x| (&x.id, x.version)).collect();
-        (s.version, format!("{services:?} {networks:?} {tasks:?}"))
+        let secrets: Vec<_> = s.secrets.values().map(|x| (&x.id, x.version)).collect();
+        let configs: Vec<_> = s.configs.values().map(|x| (&x.id, x.version)).collect();
+        (
+            s.version,
+            format!("{services:?} {networks:?} {tasks:?} {secrets:?} {configs:?}"),
+        )
     }
 }
 
@@ -239,6 +244,28 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         .map(|t| t.id.clone())
         .expect("a task of web");
     let update = |q: &str| format!("/v1.50/services/{web}/update{q}");
+    // A secret (base64 of "s3cret"), a config, and a service that uses the secret.
+    let pw = srv.ok(
+        "POST",
+        "/v1.50/secrets/create",
+        r#"{"Name":"pw","Data":"czNjcmV0"}"#,
+    )["ID"]
+        .as_str()
+        .expect("an ID")
+        .to_string();
+    let pw_version = srv.manager.store.snapshot().secrets[&pw].version;
+    srv.ok(
+        "POST",
+        "/v1.50/configs/create",
+        r#"{"Name":"conf","Data":"czNjcmV0"}"#,
+    );
+    srv.ok(
+        "POST",
+        "/v1.50/services/create",
+        &format!(
+            r#"{{"Name":"usespw","TaskTemplate":{{"ContainerSpec":{{"Image":"whoami","Secrets":[{{"SecretID":"{pw}","SecretName":"pw","File":{{"Name":"pw"}}}}]}}}}}}"#
+        ),
+    );
     let big = format!(
         r#"{{"Name":"big","Labels":{{"x":"{}"}}}}"#,
         "a".repeat(2 * 1024 * 1024)
@@ -540,6 +567,87 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         json(
             case("2 MiB network", "POST", "/v1.50/networks/create", 400),
             &big,
+        ),
+        // Secrets and configs.
+        json(
+            case("truncated secret", "POST", "/v1.50/secrets/create", 400),
+            r#"{"Name":"x""#,
+        ),
+        json(
+            case(
+                "secret data not base64",
+                "POST",
+                "/v1.50/secrets/create",
+                400,
+            ),
+            r#"{"Name":"x","Data":"%%%"}"#,
+        ),
+        json(
+            case("secret without data", "POST", "/v1.50/secrets/create", 400),
+            r#"{"Name":"x"}"#,
+        ),
+        json(
+            case("secret named badly", "POST", "/v1.50/secrets/create", 400),
+            r#"{"Name":"a b","Data":"eA=="}"#,
+        ),
+        json(
+            case("secret name taken", "POST", "/v1.50/secrets/create", 409),
+            r#"{"Name":"pw","Data":"eA=="}"#,
+        ),
+        json(
+            case("secret driver", "POST", "/v1.50/secrets/create", 400),
+            r#"{"Name":"x","Data":"eA==","Driver":{"Name":"vault"}}"#,
+        ),
+        case("no such secret", "GET", "/v1.50/secrets/nosuch", 404),
+        case("secret in use", "DELETE", "/v1.50/secrets/pw", 400),
+        json(
+            case(
+                "secret update, no version",
+                "POST",
+                "/v1.50/secrets/pw/update",
+                400,
+            ),
+            r#"{"Name":"pw","Labels":{"a":"b"}}"#,
+        ),
+        json(
+            case(
+                "secret update, stale version",
+                "POST",
+                "/v1.50/secrets/pw/update?version=999999",
+                409,
+            ),
+            r#"{"Name":"pw","Labels":{"a":"b"}}"#,
+        ),
+        json(
+            case(
+                "secret update, new data",
+                "POST",
+                &format!("/v1.50/secrets/pw/update?version={pw_version}"),
+                400,
+            ),
+            r#"{"Name":"pw","Data":"eA=="}"#,
+        ),
+        json(
+            case(
+                "service with a missing secret",
+                "POST",
+                "/v1.50/services/create",
+                400,
+            ),
+            r#"{"Name":"s9","TaskTemplate":{"ContainerSpec":{"Image":"whoami","Secrets":[{"SecretName":"nosuch"}]}}}"#,
+        ),
+        json(
+            case("config outside /run", "POST", "/v1.50/services/create", 400),
+            r#"{"Name":"s9","TaskTemplate":{"ContainerSpec":{"Image":"whoami","Configs":[{"ConfigName":"conf","File":{"Name":"/etc/conf"}}]}}}"#,
+        ),
+        json(
+            case(
+                "secret target escaping",
+                "POST",
+                "/v1.50/services/create",
+                400,
+            ),
+            r#"{"Name":"s9","TaskTemplate":{"ContainerSpec":{"Image":"whoami","Secrets":[{"SecretName":"pw","File":{"Name":"../../etc/x"}}]}}}"#,
         ),
     ];
     assert!(cases.len() >= 30);
