@@ -132,3 +132,35 @@ fn a_task_serves_once_healthy_and_is_replaced_when_unhealthy() {
         served(&c) == set(&["web-1", "web-2"])
     });
 }
+
+/// A healthcheck runs inside the task as dockerd's exec does: in its cgroup, with its
+/// capabilities. The check passes only there, so the task serves only if it does.
+#[test]
+fn a_healthcheck_runs_in_the_tasks_cgroup_with_its_capabilities() {
+    require_root!();
+    let c = Cluster::up("healthcg", 1);
+    let r = c.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--limit-memory",
+        "64m",
+        "--cap-drop",
+        "NET_RAW",
+        "--health-cmd",
+        // In the task's cgroup, and without NET_RAW (bit 13 of CapEff).
+        "grep -q \"swarmkit/$SK_CLUSTER/\" /proc/self/cgroup && \
+         [ $(( 0x$(awk '/^CapEff/ {print $2}' /proc/self/status) & 0x2000 )) -eq 0 ]",
+        "--health-interval",
+        "200ms",
+        "--env",
+        &format!("SK_CLUSTER={}", c.name),
+        "whoami",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    c.eventually("web healthy and running", Duration::from_secs(30), || {
+        c.running_tasks("web").len() == 1
+    });
+}

@@ -162,6 +162,24 @@ impl TaskCgroup {
         Ok(Some(made))
     }
 
+    /// The cgroup a running task was given, if it has one: for what joins the task later
+    /// (its healthchecks).
+    pub fn existing(cluster: &str, task: &str) -> Option<TaskCgroup> {
+        let dirs: Vec<PathBuf> = dirs(layout()?, cluster, task)
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect();
+        (!dirs.is_empty()).then(|| TaskCgroup {
+            procs: dirs
+                .iter()
+                .map(|d| {
+                    CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                        .expect("cgroup paths hold no NUL")
+                })
+                .collect(),
+        })
+    }
+
     /// Moves the calling process into the cgroup. Only open, write and close: safe between
     /// fork and exec.
     pub fn join_self(&self) -> std::io::Result<()> {

@@ -16,6 +16,7 @@ const OUTPUT_KEPT: usize = 200;
 
 /// Checks `task` (whose process is `pid`) until it is unhealthy or its process is gone.
 pub async fn monitor(
+    cluster: String,
     task: TaskPlan,
     pid: u32,
     h: HealthPlan,
@@ -37,7 +38,7 @@ pub async fn monitor(
         if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
             return; // its exit is reported by whoever watches its process
         }
-        match check_once(&task, pid, &h).await {
+        match check_once(&cluster, &task, pid, &h).await {
             Ok(()) => {
                 failures = 0;
                 if !healthy {
@@ -65,8 +66,13 @@ pub async fn monitor(
     }
 }
 
-async fn check_once(task: &TaskPlan, pid: u32, h: &HealthPlan) -> Result<(), String> {
-    let child = process::probe(task, pid, &h.argv)
+async fn check_once(
+    cluster: &str,
+    task: &TaskPlan,
+    pid: u32,
+    h: &HealthPlan,
+) -> Result<(), String> {
+    let child = process::probe(cluster, task, pid, &h.argv)
         .and_then(|mut cmd| cmd.spawn())
         .map_err(|e| format!("the healthcheck could not start: {e}"))?;
     let timeout = Duration::from_millis(h.timeout_ms);

@@ -285,18 +285,7 @@ pub fn spawn(
     )?;
     let net_fd = ns.raw_fd();
     let mounts_fd = mounts.map(|m| m.0.as_raw_fd());
-    let extra_groups = resolve_groups(&task.groups).map_err(|e| prepare("its --group", e))?;
-    // Primary first, as `id` shows it; a task with no --user keeps its groups unless given some.
-    let groups: Option<Vec<nix::unistd::Gid>> =
-        match (user.as_ref().map(|u| u.gid), extra_groups.is_empty()) {
-            (Some(gid), _) => Some(std::iter::once(gid).chain(extra_groups).collect()),
-            (None, false) => Some(
-                std::iter::once(nix::unistd::Gid::from_raw(0))
-                    .chain(extra_groups)
-                    .collect(),
-            ),
-            (None, true) => None,
-        };
+    let groups = task_groups(task, user.as_ref()).map_err(|e| prepare("its --group", e))?;
     let capabilities =
         CapabilityPlan::of(task).map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
     let argv = &under_init(task, argv);
@@ -407,6 +396,24 @@ pub fn spawn(
     })
 }
 
+/// The groups a task's processes take: primary first, as `id` shows it, then `--group`'s;
+/// None (keep the agent's) for a task with neither `--user` nor `--group`.
+fn task_groups(
+    task: &TaskPlan,
+    user: Option<&RunAs>,
+) -> std::io::Result<Option<Vec<nix::unistd::Gid>>> {
+    let extra = resolve_groups(&task.groups)?;
+    Ok(match (user.map(|u| u.gid), extra.is_empty()) {
+        (Some(gid), _) => Some(std::iter::once(gid).chain(extra).collect()),
+        (None, false) => Some(
+            std::iter::once(nix::unistd::Gid::from_raw(0))
+                .chain(extra)
+                .collect(),
+        ),
+        (None, true) => None,
+    })
+}
+
 /// `program` with the environment a task's processes get: a clean one with docker's PATH,
 /// its hostname and home, then its `--env`.
 fn command_as_task(
@@ -433,9 +440,11 @@ fn command_as_task(
 }
 
 /// A healthcheck's command for the task whose process is `pid`: run in its network, mount and
-/// UTS namespaces, from its working directory, as its user, with the task's environment, as
-/// dockerd runs one with `exec`. Killed when dropped (its timeout).
+/// UTS namespaces and its cgroup, from its working directory, as its user and groups with its
+/// capabilities, with the task's environment, as dockerd runs one with `exec`. Killed when
+/// dropped (its timeout).
 pub fn probe(
+    cluster: &str,
     task: &TaskPlan,
     pid: u32,
     argv: &[String],
@@ -453,6 +462,9 @@ pub fn probe(
         (open("uts")?, CloneFlags::CLONE_NEWUTS),
     ];
     let user = resolve_user(&task.user)?;
+    let groups = task_groups(task, user.as_ref())?;
+    let capabilities = CapabilityPlan::of(task)?;
+    let cgroup = TaskCgroup::existing(cluster, &task.id);
     let workdir = CString::new(if task.dir.is_empty() { "/" } else { &task.dir })
         .map_err(std::io::Error::other)?;
     let mut cmd = command_as_task(task, user.as_ref(), program, args);
@@ -466,12 +478,19 @@ pub fn probe(
             for (fd, kind) in &namespaces {
                 enter_raw(fd.as_raw_fd(), *kind)?;
             }
+            if let Some(c) = &cgroup {
+                c.join_self()?;
+            }
             nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
+            capabilities.bound()?;
+            if let Some(g) = &groups {
+                nix::unistd::setgroups(g).map_err(std::io::Error::from)?;
+            }
             if let Some(u) = &user {
-                nix::unistd::setgroups(&[u.gid]).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
             }
+            capabilities.narrow_if_root()?;
             libc::syscall(
                 libc::SYS_close_range,
                 3u32,

@@ -510,7 +510,13 @@ impl Tasks {
     fn watch_readiness(&self, t: &TaskPlan, ns: NetNs, pid: Option<u32>, port: Option<u16>) {
         let events = self.events.clone();
         if let (Some(h), Some(pid)) = (&t.health, pid) {
-            tokio::spawn(health::monitor(t.clone(), pid, h.clone(), events));
+            tokio::spawn(health::monitor(
+                self.paths.name.clone(),
+                t.clone(),
+                pid,
+                h.clone(),
+                events,
+            ));
             return;
         }
         let id = t.id.clone();
