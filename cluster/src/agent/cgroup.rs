@@ -146,15 +146,7 @@ impl TaskCgroup {
         for d in &dirs {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let made = TaskCgroup {
-            procs: dirs
-                .iter()
-                .map(|d| {
-                    CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes())
-                        .expect("cgroup paths hold no NUL")
-                })
-                .collect(),
-        };
+        let made = TaskCgroup::of_dirs(&dirs);
         if let Err(e) = set_limits(Path::new(ROOT), layout, &dirs, limits) {
             remove_empty(&dirs);
             return Err(e);
@@ -169,7 +161,11 @@ impl TaskCgroup {
             .into_iter()
             .filter(|d| d.is_dir())
             .collect();
-        (!dirs.is_empty()).then(|| TaskCgroup {
+        (!dirs.is_empty()).then(|| TaskCgroup::of_dirs(&dirs))
+    }
+
+    fn of_dirs(dirs: &[PathBuf]) -> TaskCgroup {
+        TaskCgroup {
             procs: dirs
                 .iter()
                 .map(|d| {
@@ -177,7 +173,7 @@ impl TaskCgroup {
                         .expect("cgroup paths hold no NUL")
                 })
                 .collect(),
-        })
+        }
     }
 
     /// Moves the calling process into the cgroup. Only open, write and close: safe between

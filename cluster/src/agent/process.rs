@@ -360,27 +360,8 @@ pub fn spawn(
             nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
-            capabilities.bound()?;
             // Last: everything above needs root.
-            if let Some(g) = &groups {
-                nix::unistd::setgroups(g).map_err(std::io::Error::from)?;
-            }
-            if let Some(u) = &user {
-                nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
-            }
-            capabilities.narrow_if_root()?;
-            // The task gets stdin, stdout and stderr only. Rust opens its descriptors
-            // close-on-exec, but libnftables' netlink sockets (one per namespace the agent
-            // programs) are not, and would leak into every task. Best effort: a kernel before
-            // 5.11 lacks close_range, and the task still starts.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
+            become_task(&capabilities, groups.as_deref(), user.as_ref())
         });
     }
     let cmd = tokio::process::Command::from(cmd);
@@ -394,6 +375,37 @@ pub fn spawn(
             source,
         }
     })
+}
+
+/// Between fork and exec, last: the task's capabilities, groups and user, and no descriptor
+/// but stdin, stdout and stderr. Rust opens its descriptors close-on-exec, but libnftables'
+/// netlink sockets (one per namespace the agent programs) are not, and would leak into every
+/// task; best effort, as a kernel before 5.11 lacks close_range and the process still runs.
+/// Only async-signal-safe syscalls.
+fn become_task(
+    capabilities: &CapabilityPlan,
+    groups: Option<&[nix::unistd::Gid]>,
+    user: Option<&RunAs>,
+) -> std::io::Result<()> {
+    capabilities.bound()?;
+    if let Some(g) = groups {
+        nix::unistd::setgroups(g).map_err(std::io::Error::from)?;
+    }
+    if let Some(u) = user {
+        nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
+        nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
+    }
+    capabilities.narrow_if_root()?;
+    // SAFETY: close_range only marks descriptors close-on-exec.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+    Ok(())
 }
 
 /// The groups a task's processes take: primary first, as `id` shows it, then `--group`'s;
@@ -482,22 +494,7 @@ pub fn probe(
                 c.join_self()?;
             }
             nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)?;
-            capabilities.bound()?;
-            if let Some(g) = &groups {
-                nix::unistd::setgroups(g).map_err(std::io::Error::from)?;
-            }
-            if let Some(u) = &user {
-                nix::unistd::setgid(u.gid).map_err(std::io::Error::from)?;
-                nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
-            }
-            capabilities.narrow_if_root()?;
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
+            become_task(&capabilities, groups.as_deref(), user.as_ref())
         });
     }
     let mut cmd = tokio::process::Command::from(cmd);
