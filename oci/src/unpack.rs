@@ -1,0 +1,1 @@
+//! Whiteouts and layer tarballs. (Skeleton: the oci helper fills this in.)
