@@ -148,7 +148,7 @@ fn a_restarted_agent_adopts_its_tasks_and_resyncs_to_exactly_the_managers_state(
         "ticker",
         "--constraint",
         "node.hostname==node2",
-        "alpine",
+        "whoami",
         "sh",
         "-c",
         "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done",

@@ -412,10 +412,10 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
 }
 
 #[test]
-fn other_images_run_their_command_from_the_node_filesystem() {
+fn built_in_images_given_a_command_run_it_from_the_node_filesystem() {
     require_root!();
     let c = Cluster::up("command", 1);
-    c.service_create(&["--name", "sleeper", "busybox", "sleep", "300"])
+    c.service_create(&["--name", "sleeper", "whoami", "sleep", "300"])
         .ok();
     let ps = c.sk(&["service", "ps", "sleeper"]).ok().stdout;
     assert!(ps.contains(" Running "), "{ps}");
@@ -473,7 +473,7 @@ fn a_task_has_its_own_files_and_none_of_the_hosts_namespace_mounts() {
         "box",
         "--network",
         "app",
-        "alpine",
+        "whoami",
         "sleep",
         "600",
     ])

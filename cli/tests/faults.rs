@@ -68,7 +68,7 @@ fn kill_crashes_a_node_and_start_brings_it_back() {
         "sleeper",
         "--replicas",
         "2",
-        "busybox",
+        "whoami",
         "sleep",
         "300",
     ])

@@ -179,7 +179,7 @@ fn a_memory_hog_is_killed_at_its_limit_and_restarted() {
                 "32m",
                 "--restart-delay",
                 "100ms",
-                "busybox",
+                "whoami",
                 "tail",
                 "/dev/zero",
             ],
@@ -307,7 +307,7 @@ fn init_reaps_orphans_and_forwards_sigterm() {
                 "--init",
                 "--restart-condition",
                 "none",
-                "busybox",
+                "whoami",
                 "sh",
                 "-c",
                 "(sleep 3 &); exec sleep 1000",
@@ -392,7 +392,7 @@ fn capabilities_are_dockers_default_with_adds_and_drops_and_groups_are_added() {
                 "daemon",
                 "--group",
                 "4242",
-                "busybox",
+                "whoami",
                 "sleep",
                 "1000",
             ],
@@ -421,7 +421,7 @@ fn capabilities_are_dockers_default_with_adds_and_drops_and_groups_are_added() {
             c,
             &[
                 "service", "create", "--name", "nobody", "--user", "nobody", "--group", "4242",
-                "busybox", "sleep", "1000",
+                "whoami", "sleep", "1000",
             ],
         );
         let pid = c.task_pid("nobody", 1);

@@ -209,7 +209,7 @@ fn a_replicated_job_runs_its_completions_one_at_a_time_and_is_not_restarted() {
             "3",
             "--max-concurrent",
             "1",
-            "busybox",
+            "whoami",
             "sh",
             "-c",
             &script,
@@ -274,7 +274,7 @@ fn a_global_job_runs_once_per_node_and_stacks_deploy_every_mode() {
             "gj",
             "--mode",
             "global-job",
-            "busybox",
+            "whoami",
             "true",
         ])
         .ok();
@@ -296,7 +296,7 @@ fn a_global_job_runs_once_per_node_and_stacks_deploy_every_mode() {
     let compose = dir.join("compose.yml");
     std::fs::write(
         &compose,
-        "services:\n  agent:\n    image: whoami\n    deploy:\n      mode: global\n  migrate:\n    image: busybox\n    command: [\"true\"]\n    deploy:\n      mode: replicated-job\n      replicas: 2\n",
+        "services:\n  agent:\n    image: whoami\n    deploy:\n      mode: global\n  migrate:\n    image: whoami\n    command: [\"true\"]\n    deploy:\n      mode: replicated-job\n      replicas: 2\n",
     )
     .unwrap();
     c.docker(&[

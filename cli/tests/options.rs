@@ -126,7 +126,7 @@ fn a_task_is_stopped_with_its_stop_signal() {
             "sig",
             "--stop-signal",
             "SIGUSR1",
-            "busybox",
+            "whoami",
             "sh",
             "-c",
             &script,

@@ -549,7 +549,7 @@ fn a_vip_without_tasks_refuses_and_answers_once_a_task_serves() {
         "client",
         "--network",
         "app",
-        "alpine",
+        "whoami",
         "sleep",
         "600",
     ])

@@ -26,7 +26,7 @@ fn a_dead_manager_is_restarted_and_keeps_its_state() {
         "sleeper",
         "--network",
         "backnet",
-        "busybox",
+        "whoami",
         "sleep",
         "300",
     ])
@@ -100,7 +100,7 @@ fn prune_removes_a_crashed_cluster_completely_and_leaves_running_ones() {
     require_root!();
     let live = Cluster::up("prunelive", 1);
     let dead = Cluster::up("prunedead", 2);
-    dead.service_create(&["--name", "sleeper", "busybox", "sleep", "300"])
+    dead.service_create(&["--name", "sleeper", "whoami", "sleep", "300"])
         .ok();
     // A crash of everything: supervisor, manager, agents and tasks at once.
     let procs = common::owned_processes(&dead.name);

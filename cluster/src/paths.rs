@@ -105,6 +105,20 @@ impl ClusterPaths {
             &task_id[..12.min(task_id.len())]
         )
     }
+    /// A node's image store (its pulled layers), on disk.
+    pub fn node_images(&self, hostname: &str) -> PathBuf {
+        self.state_dir().join("nodes").join(hostname).join("images")
+    }
+
+    /// A node's containers' writable layers, beside its images (overlayfs wants them on one
+    /// filesystem with room).
+    pub fn node_containers(&self, hostname: &str) -> PathBuf {
+        self.state_dir()
+            .join("nodes")
+            .join(hostname)
+            .join("containers")
+    }
+
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.run_dir().join("tasks").join(task_id)
     }

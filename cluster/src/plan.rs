@@ -73,7 +73,16 @@ pub struct TaskPlan {
     pub service_name: String,
     pub slot: u64,
     pub image: String,
+    /// The service's command followed by its args: what a built-in image's task runs instead
+    /// of its server, from the node's filesystem.
     pub args: Vec<String>,
+    /// How many of `args` are the service's command (docker's `Command`, which replaces a
+    /// registry image's ENTRYPOINT; the rest replace its CMD).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub command_len: usize,
+    /// `--with-registry-auth`: the service's `X-Registry-Auth`, for the node's pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
     pub env: Vec<String>,
     pub hostname: String,
     pub attachments: Vec<AttachmentPlan>,
@@ -119,6 +128,9 @@ pub struct TaskPlan {
     /// unhealthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthPlan>,
+    /// `--no-healthcheck`: not even the image's HEALTHCHECK runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health_disabled: bool,
     /// `--secret` and `--config`: files put on a tmpfs in the task, from memory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<TaskFile>,
@@ -138,6 +150,10 @@ pub struct TaskPlan {
     /// `--group`: supplementary groups, names resolved on the node, after `--user`'s group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A secret or config file in a task: under `/run/secrets` (a read-only tmpfs) for a secret,

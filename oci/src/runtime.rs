@@ -68,6 +68,18 @@ impl Runtime {
         cmd
     }
 
+    /// `argv` run in the running container `id` as its own process runs (its namespaces,
+    /// user, capabilities, environment and working directory): docker's exec, which
+    /// healthchecks use.
+    pub fn exec(&self, id: &str, argv: &[String]) -> Command {
+        let mut cmd = self.base();
+        cmd.arg("--cgroup-manager=disabled")
+            .arg("exec")
+            .arg(id)
+            .args(argv);
+        cmd
+    }
+
     /// The container's init process as the node sees it, while it runs.
     pub fn pid(&self, id: &str) -> Result<u32, RuntimeError> {
         let out = self.output(self.base().args(["state", id]), "state")?;

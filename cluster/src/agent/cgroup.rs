@@ -369,8 +369,9 @@ pub fn remove(cluster: &str, task: &str, grace: Duration) {
     }
 }
 
-/// Removes every cgroup of a cluster once its agents and tasks are gone (what still holds a
-/// process stays). Not run from an agent: another node's tasks share the directory.
+/// Removes every cgroup of a cluster once its agents are gone, killing what is left in them
+/// first: a container's processes, which its runtime's death does not take with it. Not run
+/// from an agent: another node's tasks share the directory.
 pub fn remove_cluster(cluster: &str) {
     let Some(layout) = layout() else {
         return;
@@ -391,7 +392,19 @@ pub fn remove_cluster(cluster: &str) {
             .map(|e| e.path())
             .filter(|p| p.is_dir())
             .collect();
-        remove_empty(&tasks);
+        for pid in tasks.iter().flat_map(|d| procs(d)) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let mut left = tasks;
+        // The kernel lets go of killed processes' cgroups shortly; bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            left = remove_empty(&left);
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir(&dir);
     }
 }

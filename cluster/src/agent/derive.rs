@@ -352,6 +352,8 @@ mod tests {
             slot: 1,
             image: "whoami".into(),
             args: vec![],
+            command_len: 0,
+            registry_auth: None,
             env: vec![],
             hostname: "t1".into(),
             attachments: nets
@@ -377,6 +379,7 @@ mod tests {
             dns_servers: vec![],
             internal: false,
             health: None,
+            health_disabled: false,
             files: vec![],
             limits: Default::default(),
             init: false,

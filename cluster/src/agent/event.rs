@@ -13,6 +13,11 @@ pub enum Event {
         id: String,
         err: String,
     },
+    /// The node's pull of `image` ended.
+    Pulled {
+        image: String,
+        result: Result<std::sync::Arc<oci::Image>, String>,
+    },
     /// Its healthcheck failed `retries` times in a row.
     Unhealthy {
         id: String,

@@ -33,6 +33,18 @@ fn cstring(s: &str) -> std::io::Result<CString> {
 
 impl TaskFiles {
     pub fn prepare(files: &[TaskFile]) -> std::io::Result<TaskFiles> {
+        Self::prepare_at(files, std::path::Path::new("/"))
+    }
+
+    /// As [`prepare`](Self::prepare), with every path under `prefix` (made here, before the
+    /// fork): a container's, whose runtime binds `<prefix>/run` into it.
+    pub fn prepare_at(files: &[TaskFile], prefix: &std::path::Path) -> std::io::Result<TaskFiles> {
+        let at = |p: &str| -> std::io::Result<CString> {
+            cstring(&prefix.join(p.trim_start_matches('/')).to_string_lossy())
+        };
+        if !files.is_empty() && prefix != std::path::Path::new("/") {
+            std::fs::create_dir_all(prefix.join(FILES_ROOT.trim_start_matches('/')))?;
+        }
         let mut dirs: Vec<String> = Vec::new();
         for f in files {
             let mut at = String::new();
@@ -50,7 +62,7 @@ impl TaskFiles {
                 .iter()
                 .map(|f| {
                     Ok(Prepared {
-                        path: cstring(&f.path)?,
+                        path: at(&f.path)?,
                         data: f.data.clone(),
                         uid: f.uid,
                         gid: f.gid,
@@ -59,12 +71,9 @@ impl TaskFiles {
                     })
                 })
                 .collect::<std::io::Result<_>>()?,
-            dirs: dirs
-                .iter()
-                .map(|d| cstring(d))
-                .collect::<std::io::Result<_>>()?,
-            root: cstring(FILES_ROOT)?,
-            secrets_dir: cstring(SECRETS_DIR)?,
+            dirs: dirs.iter().map(|d| at(d)).collect::<std::io::Result<_>>()?,
+            root: at(FILES_ROOT)?,
+            secrets_dir: at(SECRETS_DIR)?,
         })
     }
 

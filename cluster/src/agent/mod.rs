@@ -18,6 +18,7 @@ mod derive;
 mod event;
 mod files;
 mod health;
+mod images;
 mod init;
 mod logs;
 mod node;

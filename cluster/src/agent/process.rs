@@ -377,6 +377,214 @@ pub fn spawn(
     })
 }
 
+/// What a task of a registry image runs in: the node's runtime, the image's layers, and the
+/// directory of the container's own writable layer (made here, removed when it ends).
+pub struct Container<'a> {
+    pub runtime: &'a oci::runtime::Runtime,
+    pub image: &'a oci::Image,
+    pub layer: &'a Path,
+}
+
+/// The container's plan from the task's: its command and args, env, user and the rest, and
+/// its hosts, resolv.conf and hostname (and `/run`, when it has secrets or configs) bound in.
+fn container_plan(
+    task: &TaskPlan,
+    dir: &Path,
+    files_root: Option<&Path>,
+) -> std::io::Result<oci::bundle::ContainerPlan> {
+    let split = task.command_len.min(task.args.len());
+    let mut binds: Vec<(std::path::PathBuf, String, bool)> = ["hosts", "resolv.conf", "hostname"]
+        .iter()
+        .map(|f| (dir.join(f), format!("/etc/{f}"), false))
+        .collect();
+    if let Some(root) = files_root {
+        binds.push((
+            root.join(crate::plan::FILES_ROOT.trim_start_matches('/')),
+            crate::plan::FILES_ROOT.to_string(),
+            false,
+        ));
+    }
+    Ok(oci::bundle::ContainerPlan {
+        command: task.args[..split].to_vec(),
+        args: task.args[split..].to_vec(),
+        env: task.env.clone(),
+        hostname: task.hostname.clone(),
+        user: task.user.clone(),
+        groups: task.groups.clone(),
+        workdir: task.dir.clone(),
+        read_only: task.read_only,
+        capabilities: crate::capabilities::of_task(&task.cap_add, &task.cap_drop)
+            .map_err(std::io::Error::other)?
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        binds,
+    })
+}
+
+/// overlayfs's options for the container's root: the image's layers (topmost first) under
+/// its own writable layer.
+fn overlay_options(image: &oci::Image, layer: &Path) -> String {
+    let lower: Vec<String> = image
+        .layers
+        .iter()
+        .rev()
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        layer.join("upper").display(),
+        layer.join("work").display()
+    )
+}
+
+/// Starts a task of a registry image: `crun run` of a bundle in its directory, itself started
+/// in the task's network namespace and cgroup and in a mount namespace of its own where the
+/// container's root is mounted (overlayfs over the image's layers), so the mount goes when
+/// the container does, whatever becomes of the agent.
+pub fn spawn_container(
+    task: &TaskPlan,
+    ns: &NetNs,
+    mounts: Option<&MountTemplate>,
+    dir: &Path,
+    cluster: &str,
+    container: &Container<'_>,
+    [stdout, stderr]: [std::os::fd::OwnedFd; 2],
+) -> Result<tokio::process::Child, ProcessError> {
+    let prepare = |what, source| ProcessError::Prepare {
+        task: task.name.clone(),
+        what,
+        source,
+    };
+    if task.init {
+        return Err(prepare(
+            "--init",
+            std::io::Error::other(
+                "--init is not available for registry images yet: build the image with an \
+                 init (tini, dumb-init) as its entrypoint, or leave --init out",
+            ),
+        ));
+    }
+    write_files(dir, task).map_err(|e| prepare("hosts and resolv.conf", e))?;
+    let files_root = dir.join("files");
+    let files = super::files::TaskFiles::prepare_at(&task.files, &files_root)
+        .map_err(|e| prepare("its secrets and configs", e))?;
+    let plan = container_plan(task, dir, (!task.files.is_empty()).then_some(&*files_root))
+        .map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in [
+        &rootfs,
+        &container.layer.join("upper"),
+        &container.layer.join("work"),
+    ] {
+        std::fs::create_dir_all(d).map_err(|e| prepare("the container's directories", e))?;
+    }
+    let spec = oci::bundle::spec(
+        &rootfs,
+        &container.image.layers,
+        &container.image.config,
+        &plan,
+    )
+    .map_err(|e| prepare("the container's config.json", std::io::Error::other(e)))?;
+    oci::bundle::write(&bundle, &spec)
+        .map_err(|e| prepare("the container's config.json", std::io::Error::other(e)))?;
+    let overlay = cstr(
+        &task.name,
+        "overlay options",
+        &overlay_options(container.image, container.layer),
+    )?;
+    let target = cstr(&task.name, "container root", &rootfs.to_string_lossy())?;
+    let unified = cstr(&task.name, "cgroup path", "/sys/fs/cgroup/unified")?;
+    let net_fd = ns.raw_fd();
+    let mounts_fd = mounts.map(|m| m.0.as_raw_fd());
+    let cgroup = TaskCgroup::create(cluster, &task.id, &task.limits).map_err(|source| {
+        ProcessError::Limits {
+            task: task.name.clone(),
+            source,
+        }
+    })?;
+    let mut cmd = container.runtime.run(&bundle, &task.id);
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env(OWNER_ENV, cluster)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    // SAFETY: only async-signal-safe syscalls run between fork and exec; every buffer they
+    // use was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(c) = &cgroup {
+                c.join_self()?;
+            }
+            enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
+            if let Some(fd) = mounts_fd {
+                enter_raw(fd, CloneFlags::CLONE_NEWNS)?;
+            }
+            unshare(CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            mount(
+                Some("overlay"),
+                target.as_c_str(),
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(overlay.as_c_str()),
+            )
+            .map_err(std::io::Error::from)?;
+            files.install()?;
+            // crun refuses a hybrid host's controller-less v2 mount beside v1's hierarchies;
+            // it leaves cgroups alone here anyway (the task's own already holds it).
+            let _ = umount2(unified.as_c_str(), MntFlags::MNT_DETACH);
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // close_range only marks descriptors close-on-exec (see become_task).
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    cmd.spawn().map_err(|source| {
+        cgroup::remove(cluster, &task.id, std::time::Duration::ZERO);
+        ProcessError::Spawn {
+            task: task.name.clone(),
+            program: "crun".to_string(),
+            source,
+        }
+    })
+}
+
+/// Whether a task runs a registry image (under the node's runtime) rather than a built-in
+/// one or a command from the node's filesystem.
+pub fn runs_image(task: &TaskPlan) -> bool {
+    images::resolve(&task.image).is_none()
+}
+
+/// The node's runtime, with the cluster's container state.
+pub fn runtime(cluster: &str) -> Result<oci::runtime::Runtime, oci::runtime::RuntimeError> {
+    oci::runtime::Runtime::find(
+        &crate::paths::ClusterPaths::new(cluster)
+            .run_dir()
+            .join("crun"),
+    )
+}
+
 /// Between fork and exec, last: the task's capabilities, groups and user, and no descriptor
 /// but stdin, stdout and stderr. Rust opens its descriptors close-on-exec, but libnftables'
 /// netlink sockets (one per namespace the agent programs) are not, and would leak into every
@@ -465,6 +673,25 @@ pub fn probe(
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::other("the healthcheck has no command"))?;
+    if runs_image(task) {
+        let mut cmd = runtime(cluster)
+            .map_err(std::io::Error::other)?
+            .exec(&task.id, argv);
+        let cgroup = TaskCgroup::existing(cluster, &task.id);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: only the cgroup's open and write run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || match &cgroup {
+                Some(c) => c.join_self(),
+                None => Ok(()),
+            });
+        }
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        return Ok(cmd);
+    }
     let open = |ns: &str| -> std::io::Result<OwnedFd> {
         Ok(std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))?.into())
     };

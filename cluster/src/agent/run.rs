@@ -130,7 +130,7 @@ async fn serve(
     let mut last_acked = None;
     let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        let mut reconcile = false;
+        let mut reconcile;
         tokio::select! {
             changed = plan_rx.changed() => {
                 if changed.is_err() {
@@ -139,11 +139,11 @@ async fn serve(
                 plan = plan_rx.borrow_and_update().clone();
                 reconcile = true;
             }
-            Some(ev) = events_rx.recv() => node.tasks.on_event(ev),
+            Some(ev) = events_rx.recv() => reconcile = node.tasks.on_event(ev),
             _ = wait::sleep_until(wake_at) => reconcile = true,
         }
         while let Ok(ev) = events_rx.try_recv() {
-            node.tasks.on_event(ev);
+            reconcile |= node.tasks.on_event(ev);
         }
         let Some((plan, digest)) = &plan else {
             continue;

@@ -19,6 +19,7 @@ use super::adopt;
 use super::cgroup;
 use super::dataplane::Dataplane;
 use super::health;
+use super::images::{Images, Prepared};
 use super::logs::{self, LogSink};
 use super::process::{self, MountTemplate};
 use crate::model::TaskState;
@@ -46,6 +47,8 @@ struct RunningTask {
     adopted: bool,
     /// Why its healthcheck failed it: it is stopped, and reported failed, not shut down.
     unhealthy: Option<String>,
+    /// A registry image's task: its container's writable layer, removed when it ends.
+    layer: Option<PathBuf>,
 }
 
 pub struct Tasks {
@@ -64,6 +67,10 @@ pub struct Tasks {
     mounts: Option<MountTemplate>,
     /// Lists the node's resolvers, read at each task's start as dockerd reads them.
     resolv_conf: PathBuf,
+    /// None where the node's image store could not be opened (said in the agent's log).
+    images: Option<Images>,
+    /// Tasks reported preparing (waiting for their image).
+    preparing: HashSet<String>,
 }
 
 impl Tasks {
@@ -75,7 +82,14 @@ impl Tasks {
         logs: LogSink,
         resolv_conf: PathBuf,
     ) -> Tasks {
+        let images = Images::open(paths.node_images(hostname), events.clone())
+            .inspect_err(|e| {
+                tracing::warn!("the node's image store: {e}; registry images cannot run here")
+            })
+            .ok();
         Tasks {
+            images,
+            preparing: HashSet::new(),
             paths,
             hostname: hostname.to_string(),
             node,
@@ -162,8 +176,16 @@ impl Tasks {
         self.reports.clear();
     }
 
-    pub fn on_event(&mut self, ev: Event) {
+    /// Takes what a watcher saw; true when the plan should be applied again (an image the
+    /// node was pulling arrived, or failed).
+    pub fn on_event(&mut self, ev: Event) -> bool {
         match ev {
+            Event::Pulled { image, result } => {
+                if let Some(images) = &mut self.images {
+                    images.on_pulled(image, result);
+                }
+                return true;
+            }
             Event::Ready { id } => {
                 if let Some(t) = self.running.get_mut(&id)
                     && t.state == TaskState::Starting
@@ -178,10 +200,10 @@ impl Tasks {
             }
             Event::Unhealthy { id, why } => {
                 let Some(t) = self.running.get_mut(&id) else {
-                    return;
+                    return false;
                 };
                 if t.stopping {
-                    return;
+                    return false;
                 }
                 // Failed now, before it is stopped: it leaves the load balancers at once.
                 let message = format!("task: unhealthy container: {why}");
@@ -192,7 +214,7 @@ impl Tasks {
             }
             Event::Exited { id, code } => {
                 let Some(t) = self.running.remove(&id) else {
-                    return;
+                    return false;
                 };
                 let oom = cgroup::release(&self.paths.name, &id, &t.plan.limits);
                 let (state, message, err) = if let Some(why) = &t.unhealthy {
@@ -229,9 +251,22 @@ impl Tasks {
                 );
             }
         }
+        false
     }
 
     fn cleanup(&mut self, t: RunningTask) {
+        if let Some(layer) = &t.layer {
+            let (cluster, id, layer) = (self.paths.name.clone(), t.plan.id.clone(), layer.clone());
+            // `crun run` forgets its container as it exits, unless it was killed first.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = process::runtime(&cluster).and_then(|r| r.delete(&id)) {
+                    tracing::warn!(task = id, "forgetting its container: {e}");
+                }
+                if let Err(e) = std::fs::remove_dir_all(&layer) {
+                    tracing::warn!(task = id, "removing its container's layer: {e}");
+                }
+            });
+        }
         self.resolver.remove(&t.plan.id);
         adopt::forget(&self.paths.task_dir(&t.plan.id));
         let RunningTask { ns, dns, .. } = t;
@@ -259,6 +294,10 @@ impl Tasks {
             self.stop(&id);
         }
         self.finished.retain(|id| wanted.contains_key(id.as_str()));
+        self.preparing.retain(|id| wanted.contains_key(id.as_str()));
+        if let Some(images) = &mut self.images {
+            images.retain(&wanted.keys().copied().collect());
+        }
         let now = chrono::Utc::now();
         for t in &plan.tasks {
             if self.running.contains_key(&t.id)
@@ -278,8 +317,32 @@ impl Tasks {
                 }
                 Adoption::Nothing => {}
             }
+            let image = if process::runs_image(t) {
+                match self.images.as_mut().map(|i| i.prepare(t)) {
+                    Some(Prepared::Ready(image)) => Some(image),
+                    Some(Prepared::Pulling) => {
+                        if self.preparing.insert(t.id.clone()) {
+                            self.report(&t.id, TaskState::Preparing, "preparing", None);
+                        }
+                        continue;
+                    }
+                    Some(Prepared::Failed(why)) => {
+                        self.finished.insert(t.id.clone());
+                        self.report(&t.id, TaskState::Rejected, "preparing", Some(why));
+                        continue;
+                    }
+                    None => {
+                        self.finished.insert(t.id.clone());
+                        let why = "this node has no image store: see its agent's log";
+                        self.report(&t.id, TaskState::Rejected, "preparing", Some(why.into()));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let task_started = std::time::Instant::now();
-            let result = self.start(t, dataplane).await;
+            let result = self.start(t, dataplane, image).await;
             tracing::debug!(task = t.name, took = ?task_started.elapsed(), "task started");
             if let Err(e) = result {
                 tracing::warn!("starting {}: {e:#}", t.name);
@@ -354,9 +417,11 @@ impl Tasks {
                 stopping: false,
                 adopted: true,
                 unhealthy: None,
+                layer: process::runs_image(t)
+                    .then(|| self.paths.node_containers(&self.hostname).join(&t.id)),
             },
         );
-        self.watch_readiness(t, ns, Some(pid), port);
+        self.watch_readiness(t, t.health.clone(), ns, Some(pid), port);
         Adoption::Adopted
     }
 
@@ -393,7 +458,16 @@ impl Tasks {
         }
     }
 
-    async fn start(&mut self, t: &TaskPlan, dataplane: &Dataplane) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        t: &TaskPlan,
+        dataplane: &Dataplane,
+        image: Option<Arc<oci::Image>>,
+    ) -> anyhow::Result<()> {
+        let runtime = match image {
+            Some(_) => Some(process::runtime(&self.paths.name)?),
+            None => None,
+        };
         let ns = NetNs::create(&self.paths.task_ns(&t.id))?;
         // As docker's containers: a task that is not root may still serve on port 80.
         ns.set_sysctl("net/ipv4/ip_unprivileged_port_start", "0")?;
@@ -453,15 +527,33 @@ impl Tasks {
         self.logs
             .follow(&t.id, &dir)
             .context("reading the task's output")?;
-        let child = process::spawn(
-            t,
-            &ns,
-            self.mounts.as_ref(),
-            &dir,
-            &self.paths.name,
-            &argv,
-            outputs,
-        )?;
+        let layer = image
+            .as_ref()
+            .map(|_| self.paths.node_containers(&self.hostname).join(&t.id));
+        let child = match (&image, &runtime, &layer) {
+            (Some(image), Some(runtime), Some(layer)) => process::spawn_container(
+                t,
+                &ns,
+                self.mounts.as_ref(),
+                &dir,
+                &self.paths.name,
+                &process::Container {
+                    runtime,
+                    image,
+                    layer,
+                },
+                outputs,
+            )?,
+            _ => process::spawn(
+                t,
+                &ns,
+                self.mounts.as_ref(),
+                &dir,
+                &self.paths.name,
+                &argv,
+                outputs,
+            )?,
+        };
         let pid = child.id();
         if let Some(p) = pid {
             let rec = adopt::Record {
@@ -498,18 +590,41 @@ impl Tasks {
                 stopping: false,
                 adopted: false,
                 unhealthy: None,
+                layer,
             },
         );
+        self.preparing.remove(&t.id);
         self.report(&t.id, TaskState::Starting, "starting", None);
-        self.watch_readiness(t, ns, pid, port);
+        let health = match (&t.health, &image) {
+            (Some(h), _) => Some(h.clone()),
+            (None, Some(i)) if !t.health_disabled => i.config.healthcheck.as_ref().and_then(|h| {
+                crate::plan::HealthPlan::from_spec(&bollard::models::HealthConfig {
+                    test: Some(h.test.clone()),
+                    interval: Some(h.interval_ns),
+                    timeout: Some(h.timeout_ns),
+                    retries: Some(h.retries),
+                    start_period: Some(h.start_period_ns),
+                    ..Default::default()
+                })
+            }),
+            _ => None,
+        };
+        self.watch_readiness(t, health, ns, pid, port);
         Ok(())
     }
 
     /// What makes a starting task running: its healthcheck's first success where it has one
     /// (which then goes on checking), else its image's port answering.
-    fn watch_readiness(&self, t: &TaskPlan, ns: NetNs, pid: Option<u32>, port: Option<u16>) {
+    fn watch_readiness(
+        &self,
+        t: &TaskPlan,
+        health: Option<crate::plan::HealthPlan>,
+        ns: NetNs,
+        pid: Option<u32>,
+        port: Option<u16>,
+    ) {
         let events = self.events.clone();
-        if let (Some(h), Some(pid)) = (&t.health, pid) {
+        if let (Some(h), Some(pid)) = (&health, pid) {
             tokio::spawn(health::monitor(
                 self.paths.name.clone(),
                 t.clone(),

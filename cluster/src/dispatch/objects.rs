@@ -333,6 +333,7 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         .and_then(|tt| tt.container_spec.clone())
         .unwrap_or_default();
     let mut args = container.command.clone().unwrap_or_default();
+    let command_len = args.len();
     args.extend(container.args.clone().unwrap_or_default());
     Some(TaskPlan {
         id: t.id.clone(),
@@ -342,6 +343,8 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         slot: t.slot,
         image: service.image(),
         args,
+        command_len,
+        registry_auth: None,
         env: container.env.clone().unwrap_or_default(),
         hostname: hostname_of(state, service, &container, t),
         user: container.user.clone().unwrap_or_default(),
@@ -385,6 +388,12 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
             .health_check
             .as_ref()
             .and_then(crate::plan::HealthPlan::from_spec),
+        health_disabled: container.health_check.as_ref().is_some_and(|h| {
+            h.test
+                .as_deref()
+                .and_then(|t| t.first())
+                .is_some_and(|k| k == "NONE")
+        }),
         internal: !t.attachments.is_empty()
             && t.attachments.iter().all(|a| {
                 state
