@@ -16,6 +16,8 @@ pub(super) const MODULES: &[&str] = &[
     // restores the VIP as their source (netcore::overlay).
     "br_netfilter",
     "vxlan",
+    // Registry images' tasks: the container's root is overlayfs over the image's layers.
+    "overlay",
     "nf_conntrack",
     "nf_nat",
     "nf_tables",
@@ -77,6 +79,8 @@ const TOOLS: &[(&[&str], &str)] = &[
     (&["/usr/sbin/ipvsadm", "/sbin/ipvsadm"], "/usr/sbin/ipvsadm"),
     (&["/usr/bin/curl"], "/usr/bin/curl"),
     (&["/usr/bin/iperf3"], "/usr/bin/iperf3"),
+    // The OCI runtime registry images' tasks run under (the agent finds it on PATH).
+    (&["/usr/bin/crun"], "/usr/bin/crun"),
     // `swarmkit trace` reads conntrack entries and the VXLAN FDB with the usual tools, on
     // guests as on namespace nodes.
     (
