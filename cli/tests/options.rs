@@ -149,7 +149,18 @@ fn options_swarmkit_does_not_do_are_refused_by_name_and_create_nothing() {
     require_root!();
     let c = Cluster::up("optsno", 1);
     let cases: &[(&[&str], &str)] = &[
-        (&["--mount", "type=volume,source=v,target=/data"], "--mount"),
+        (
+            &["--mount", "type=volume,source=v,target=/data"],
+            "--mount needs an image from a registry",
+        ),
+        (
+            &["--mount", "type=bind,source=rel/path,target=/data"],
+            "needs an absolute node path",
+        ),
+        (
+            &["--mount", "type=volume,source=v,target=data"],
+            "give an absolute path inside the container",
+        ),
         (
             &["--health-cmd", "true", "--health-interval", "1us"],
             "invalid healthcheck",

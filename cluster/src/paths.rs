@@ -119,6 +119,14 @@ impl ClusterPaths {
             .join("containers")
     }
 
+    /// A node's volumes (docker's local driver): `<dir>/<name>/_data`.
+    pub fn node_volumes(&self, hostname: &str) -> PathBuf {
+        self.state_dir()
+            .join("nodes")
+            .join(hostname)
+            .join("volumes")
+    }
+
     pub fn task_dir(&self, task_id: &str) -> PathBuf {
         self.run_dir().join("tasks").join(task_id)
     }

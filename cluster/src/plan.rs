@@ -80,6 +80,9 @@ pub struct TaskPlan {
     /// registry image's ENTRYPOINT; the rest replace its CMD).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub command_len: usize,
+    /// `--mount`: volumes, binds and tmpfs in a registry image's container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountPlan>,
     /// `--with-registry-auth`: the service's `X-Registry-Auth`, for the node's pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<String>,
@@ -150,6 +153,116 @@ pub struct TaskPlan {
     /// `--group`: supplementary groups, names resolved on the node, after `--user`'s group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+}
+
+/// One `--mount`, checked: what the node makes of it (see [`mounts_of`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MountPlan {
+    pub kind: MountKind,
+    /// A volume's name (empty: an anonymous volume of the task's own), a bind's node path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// tmpfs: its size in bytes (0: the kernel's default, half the memory) and mode.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub tmpfs_size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mode: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Volume,
+    Bind,
+    Tmpfs,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A volume name as docker's local driver takes them.
+fn volume_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The service's `--mount`s as its tasks get them, or what is wrong with one and how to fix
+/// it (the API's 400). Checked once, when the spec is taken.
+pub fn mounts_of(c: &bollard::models::TaskSpecContainerSpec) -> Result<Vec<MountPlan>, String> {
+    use bollard::models::MountType;
+    let mut out: Vec<MountPlan> = Vec::new();
+    for m in c.mounts.iter().flatten() {
+        let target = m.target.clone().unwrap_or_default();
+        if !target.starts_with('/') || !clean(&target) {
+            return Err(format!(
+                "--mount target {target:?}: give an absolute path inside the container (dst=/data)"
+            ));
+        }
+        if out.iter().any(|o| o.target == target) {
+            return Err(format!(
+                "--mount target {target} is given twice: each mount needs a target of its own"
+            ));
+        }
+        let source = m.source.clone().unwrap_or_default();
+        let kind = match m.typ {
+            Some(MountType::VOLUME) | None => {
+                if !source.is_empty() && !volume_name_ok(&source) {
+                    return Err(format!(
+                        "--mount source {source:?}: not a volume name (letters, digits, _ . -,                          starting with a letter or digit); for a node path use type=bind"
+                    ));
+                }
+                if let Some(driver) = m
+                    .volume_options
+                    .as_ref()
+                    .and_then(|v| v.driver_config.as_ref())
+                    .and_then(|d| d.name.as_deref())
+                    .filter(|d| !d.is_empty() && *d != "local")
+                {
+                    return Err(format!(
+                        "--mount volume-driver={driver}: swarmkit's nodes have the local driver                          only; leave volume-driver out"
+                    ));
+                }
+                MountKind::Volume
+            }
+            Some(MountType::BIND) => {
+                if !source.starts_with('/') || !clean(&source) {
+                    return Err(format!(
+                        "--mount type=bind needs an absolute node path as source, not {source:?}"
+                    ));
+                }
+                MountKind::Bind
+            }
+            Some(MountType::TMPFS) => {
+                if !source.is_empty() {
+                    return Err("--mount type=tmpfs takes no source: leave src out".into());
+                }
+                MountKind::Tmpfs
+            }
+            Some(other) => {
+                return Err(format!(
+                    "--mount type={other}: swarmkit mounts volume, bind and tmpfs; use one of                      those"
+                ));
+            }
+        };
+        let tmpfs = m.tmpfs_options.as_ref();
+        out.push(MountPlan {
+            kind,
+            source,
+            target,
+            read_only: m.read_only.unwrap_or(false),
+            tmpfs_size: tmpfs
+                .and_then(|t| t.size_bytes)
+                .filter(|s| *s > 0)
+                .map_or(0, |s| s as u64),
+            tmpfs_mode: tmpfs.and_then(|t| t.mode).map(|m| m as u32),
+        });
+    }
+    Ok(out)
 }
 
 fn is_zero(n: &usize) -> bool {

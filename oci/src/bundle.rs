@@ -37,6 +37,8 @@ pub struct ContainerPlan {
     pub capabilities: Vec<String>,
     /// Host paths bound into the container: (host, container, read-only).
     pub binds: Vec<(PathBuf, String, bool)>,
+    /// tmpfs mounts: (container path, mount options such as `size=64m`, `mode=1777`, `ro`).
+    pub tmpfs: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +269,18 @@ pub fn spec(
     mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
     for (host, container, ro) in &plan.binds {
         mounts.push(bind(host, container, *ro)?);
+    }
+    for (container, options) in &plan.tmpfs {
+        let mut o = vec!["nosuid".to_string(), "nodev".to_string()];
+        o.extend(options.iter().cloned());
+        mounts.push(
+            MountBuilder::default()
+                .destination(container)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(o)
+                .build()?,
+        );
     }
     let namespaces: Vec<LinuxNamespace> = oci_spec::runtime::get_default_namespaces()
         .into_iter()

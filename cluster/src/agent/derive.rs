@@ -353,6 +353,7 @@ mod tests {
             image: "whoami".into(),
             args: vec![],
             command_len: 0,
+            mounts: vec![],
             registry_auth: None,
             env: vec![],
             hostname: "t1".into(),

@@ -383,6 +383,63 @@ pub struct Container<'a> {
     pub runtime: &'a oci::runtime::Runtime,
     pub image: &'a oci::Image,
     pub layer: &'a Path,
+    /// The node's volumes (docker's local driver: `<dir>/<name>/_data`).
+    pub volumes: &'a Path,
+}
+
+/// Where each `--mount` comes from on the node: a volume's directory (made on first use, as
+/// docker's local driver does; a task's anonymous volume is named after the task and target),
+/// a bind's node path (which must exist, as docker requires), or a tmpfs.
+fn mounts_of(
+    task: &TaskPlan,
+    volumes: &Path,
+) -> std::io::Result<(
+    Vec<(std::path::PathBuf, String, bool)>,
+    Vec<(String, Vec<String>)>,
+)> {
+    use crate::plan::MountKind;
+    let (mut binds, mut tmpfs) = (Vec::new(), Vec::new());
+    for m in &task.mounts {
+        match m.kind {
+            MountKind::Volume => {
+                let name = if m.source.is_empty() {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(format!("{}\0{}", task.id, m.target)))
+                } else {
+                    m.source.clone()
+                };
+                let data = volumes.join(name).join("_data");
+                std::fs::create_dir_all(&data)?;
+                binds.push((data, m.target.clone(), m.read_only));
+            }
+            MountKind::Bind => {
+                if !Path::new(&m.source).exists() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "invalid mount config for type \"bind\": bind source path does not \
+                             exist on this node: {} (make it, or constrain the service to nodes \
+                             that have it)",
+                            m.source
+                        ),
+                    ));
+                }
+                binds.push((m.source.clone().into(), m.target.clone(), m.read_only));
+            }
+            MountKind::Tmpfs => {
+                let mut options = Vec::new();
+                if m.tmpfs_size > 0 {
+                    options.push(format!("size={}", m.tmpfs_size));
+                }
+                options.push(format!("mode={:o}", m.tmpfs_mode.unwrap_or(0o1777)));
+                if m.read_only {
+                    options.push("ro".to_string());
+                }
+                tmpfs.push((m.target.clone(), options));
+            }
+        }
+    }
+    Ok((binds, tmpfs))
 }
 
 /// The container's plan from the task's: its command and args, env, user and the rest, and
@@ -391,7 +448,12 @@ fn container_plan(
     task: &TaskPlan,
     dir: &Path,
     files_root: Option<&Path>,
+    mounts: (
+        Vec<(std::path::PathBuf, String, bool)>,
+        Vec<(String, Vec<String>)>,
+    ),
 ) -> std::io::Result<oci::bundle::ContainerPlan> {
+    let (volumes, tmpfs) = mounts;
     let split = task.command_len.min(task.args.len());
     let mut binds: Vec<(std::path::PathBuf, String, bool)> = ["hosts", "resolv.conf", "hostname"]
         .iter()
@@ -404,6 +466,7 @@ fn container_plan(
             false,
         ));
     }
+    binds.extend(volumes);
     Ok(oci::bundle::ContainerPlan {
         command: task.args[..split].to_vec(),
         args: task.args[split..].to_vec(),
@@ -419,6 +482,7 @@ fn container_plan(
             .map(|c| c.to_string())
             .collect(),
         binds,
+        tmpfs,
     })
 }
 
@@ -470,8 +534,14 @@ pub fn spawn_container(
     let files_root = dir.join("files");
     let files = super::files::TaskFiles::prepare_at(&task.files, &files_root)
         .map_err(|e| prepare("its secrets and configs", e))?;
-    let plan = container_plan(task, dir, (!task.files.is_empty()).then_some(&*files_root))
-        .map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
+    let task_mounts = mounts_of(task, container.volumes).map_err(|e| prepare("its --mount", e))?;
+    let plan = container_plan(
+        task,
+        dir,
+        (!task.files.is_empty()).then_some(&*files_root),
+        task_mounts,
+    )
+    .map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
     let bundle = dir.join("bundle");
     let rootfs = bundle.join("rootfs");
     for d in [

@@ -530,6 +530,7 @@ impl Tasks {
         let layer = image
             .as_ref()
             .map(|_| self.paths.node_containers(&self.hostname).join(&t.id));
+        let volumes = self.paths.node_volumes(&self.hostname);
         let child = match (&image, &runtime, &layer) {
             (Some(image), Some(runtime), Some(layer)) => process::spawn_container(
                 t,
@@ -541,6 +542,7 @@ impl Tasks {
                     runtime,
                     image,
                     layer,
+                    volumes: &volumes,
                 },
                 outputs,
             )?,

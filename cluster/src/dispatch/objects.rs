@@ -344,6 +344,8 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         image: service.image(),
         args,
         command_len,
+        // Checked when the spec was taken.
+        mounts: crate::plan::mounts_of(&container).unwrap_or_default(),
         registry_auth: None,
         env: container.env.clone().unwrap_or_default(),
         hostname: hostname_of(state, service, &container, t),

@@ -95,6 +95,7 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
         refused.extend(unsupported_container(c));
         check_user(c.user.as_deref().unwrap_or_default())?;
         check_hostname(c.hostname.as_deref().unwrap_or_default())?;
+        check_mounts(c)?;
         crate::policy::stop_signal(c.stop_signal.as_deref().unwrap_or_default())
             .map_err(ApiError::BadRequest)?;
         for line in c.hosts.iter().flatten() {
@@ -159,6 +160,22 @@ pub fn check(spec: &ServiceSpec) -> ApiResult<()> {
     }
 }
 
+/// `--mount`s: well formed, and on an image they can go into. A built-in image runs from the
+/// node's own filesystem, where a volume would land on the node's paths.
+fn check_mounts(c: &TaskSpecContainerSpec) -> ApiResult<()> {
+    let mounts = crate::plan::mounts_of(c).map_err(ApiError::BadRequest)?;
+    let image = c.image.as_deref().unwrap_or_default();
+    if !mounts.is_empty()
+        && let Some(b) = crate::images::resolve(image)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "--mount needs an image from a registry: the built-in {} runs from the node's own              filesystem; use a registry image, or leave --mount out",
+            b.name()
+        )));
+    }
+    Ok(())
+}
+
 /// The container options set in `c` that no part of swarmkit carries out, by docker's flag.
 fn some<T>(v: &Option<Vec<T>>) -> bool {
     v.as_ref().is_some_and(|v| !v.is_empty())
@@ -167,9 +184,6 @@ fn some<T>(v: &Option<Vec<T>>) -> bool {
 fn unsupported_container(c: &TaskSpecContainerSpec) -> Vec<&'static str> {
     let yes = |v: Option<bool>| v == Some(true);
     let mut refused = Vec::new();
-    if some(&c.mounts) {
-        refused.push("--mount");
-    }
     if yes(c.tty) {
         refused.push("--tty");
     }
