@@ -366,9 +366,85 @@ async fn disk_usage(State(v): State<NodeView>) -> ApiResult<Json<serde_json::Val
     })))
 }
 
+/// The volumes the node's containers mount, as its local driver keeps them (made on a
+/// task's first start there, kept after it).
+fn volumes(s: &StoreState, node_id: &str) -> Vec<bollard::models::Volume> {
+    use crate::plan::MountKind;
+    use sha2::Digest;
+    let hostname = s.nodes.get(node_id).map_or("", |n| n.hostname.as_str());
+    let dir = crate::paths::ClusterPaths::new(&s.meta.cluster_name).node_volumes(hostname);
+    let mut out: std::collections::BTreeMap<String, bollard::models::Volume> = Default::default();
+    for t in containers(s, node_id) {
+        let Some(container) = s
+            .services
+            .get(&t.service_id)
+            .and_then(|svc| svc.spec.task_template.as_ref())
+            .and_then(|tt| tt.container_spec.as_ref())
+        else {
+            continue;
+        };
+        let given: HashMap<&str, HashMap<String, String>> = container
+            .mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                let labels = m.volume_options.as_ref().and_then(|v| v.labels.clone());
+                Some((m.target.as_deref()?, labels.unwrap_or_default()))
+            })
+            .collect();
+        let mounts = crate::plan::mounts_of(container).unwrap_or_default();
+        for m in mounts.iter().filter(|m| m.kind == MountKind::Volume) {
+            let name = if m.source.is_empty() {
+                hex::encode(sha2::Sha256::digest(format!("{}\0{}", t.id, m.target)))
+            } else {
+                m.source.clone()
+            };
+            let created = t.created;
+            let entry = out
+                .entry(name.clone())
+                .or_insert_with(|| bollard::models::Volume {
+                    name: name.clone(),
+                    driver: "local".into(),
+                    mountpoint: dir.join(&name).join("_data").display().to_string(),
+                    created_at: Some(created),
+                    labels: given.get(m.target.as_str()).cloned().unwrap_or_default(),
+                    scope: Some(bollard::models::VolumeScopeEnum::LOCAL),
+                    options: HashMap::new(),
+                    ..Default::default()
+                });
+            if entry.created_at.as_ref().is_some_and(|c| *c > created) {
+                entry.created_at = Some(created);
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+async fn volume_list(
+    State(v): State<NodeView>,
+) -> ApiResult<Json<bollard::models::VolumeListResponse>> {
+    let s = v.m.store.snapshot();
+    Ok(Json(bollard::models::VolumeListResponse {
+        volumes: Some(volumes(&s, &v.node_id)),
+        warnings: Some(vec![]),
+    }))
+}
+
+async fn volume_inspect(
+    State(v): State<NodeView>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<bollard::models::Volume>> {
+    let s = v.m.store.snapshot();
+    volumes(&s, &v.node_id)
+        .into_iter()
+        .find(|vol| vol.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("get {name}: no such volume")))
+}
+
 async fn refused() -> ApiError {
     ApiError::NotFound(
-        "a node's socket answers docker ps, inspect, logs and system df for the tasks on that \
+        "a node's socket answers docker ps, inspect, logs, system df and volume ls for the tasks on that \
          node; drive the cluster through the manager (DOCKER_HOST=unix:///run/swarmkit/<cluster>/manager.sock)"
             .into(),
     )
@@ -382,6 +458,8 @@ fn router(m: Shared, node_id: String) -> Router {
         .route("/containers/{id}/json", get(inspect))
         .route("/containers/{id}/logs", get(logs))
         .route("/system/df", get(disk_usage))
+        .route("/volumes", get(volume_list))
+        .route("/volumes/{name}", get(volume_inspect))
         .fallback(refused)
         .with_state(NodeView { m, node_id })
 }
