@@ -1,0 +1,243 @@
+//! Real images from a real registry: Debian's docker-registry in the cluster's underlay (where
+//! the nodes reach it, as they would a registry on their network), images built offline from
+//! busybox-static and pushed with skopeo, deployed with the stock docker CLI and run under crun.
+//! A stack in the voting app's shape (a web front on `frontend` with a published port, a store
+//! on `backend` with a named volume, a worker on both) answers through the routing mesh; its
+//! tasks run the digest pinned at deploy; a task killed inside its container is restarted; an
+//! image no registry has fails its tasks with the pull's error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use testkit::image::{Healthcheck, Layer, OciLayout};
+use testkit::registry::Registry;
+
+const REGISTRY: &str = "192.168.0.1:5000";
+
+/// One image for the three services: busybox's httpd with a CGI per role. Each hop calls the
+/// next by its service name, so a vote crosses both overlays and lands in the store's volume.
+fn votekit() -> OciLayout {
+    let cgi = |body: &str| format!("#!/bin/sh\necho 'Content-Type: text/plain'\necho\n{body}\n");
+    OciLayout::new()
+        .layer(Layer::busybox(&[
+            "sh", "httpd", "wget", "cat", "echo", "sleep", "kill", "hostname", "id", "ls", "grep",
+        ]))
+        .layer(
+            Layer::new()
+                .dir("/srv", 0o755)
+                .file("/srv/web/index.html", "vote here\n", 0o644)
+                .file(
+                    "/srv/web/cgi-bin/vote",
+                    cgi("wget -qO- \"http://worker/cgi-bin/relay?$QUERY_STRING\""),
+                    0o755,
+                )
+                .file(
+                    "/srv/worker/cgi-bin/relay",
+                    cgi("wget -qO- \"http://store/cgi-bin/add?$QUERY_STRING\""),
+                    0o755,
+                )
+                .file(
+                    "/srv/store/cgi-bin/add",
+                    cgi("echo \"$QUERY_STRING\" >> /data/votes; echo \"stored $QUERY_STRING on $(hostname)\""),
+                    0o755,
+                )
+                .file("/srv/store/index.html", "store\n", 0o644)
+                .file("/srv/worker/index.html", "worker\n", 0o644)
+                .dir("/data", 0o755),
+        )
+        .entrypoint(&["httpd", "-f", "-p", "80"])
+        .cmd(&["-h", "/srv/web"])
+        .expose("80/tcp")
+        .healthcheck(Healthcheck {
+            test: vec!["CMD".into(), "wget".into(), "-qO-".into(), "http://127.0.0.1/".into()],
+            interval: 500_000_000,
+            timeout: 2_000_000_000,
+            retries: 3,
+            start_period: 0,
+        })
+}
+
+const STACK: &str = "\
+services:
+  web:
+    image: REGISTRY/votekit:1
+    ports:
+      - \"8080:80\"
+    networks: [frontend]
+    deploy:
+      replicas: 2
+  worker:
+    image: REGISTRY/votekit:1
+    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/srv/worker\"]
+    networks: [frontend, backend]
+  store:
+    image: REGISTRY/votekit:1
+    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/srv/store\"]
+    networks: [backend]
+    volumes:
+      - votes:/data
+networks:
+  frontend:
+  backend:
+volumes:
+  votes:
+";
+
+fn registry_in_underlay(c: &Cluster) -> Registry {
+    Registry::builder()
+        .netns(&format!("{}underlay", c.ns_prefix()))
+        .addr(REGISTRY.parse().unwrap())
+        .start()
+}
+
+fn running(c: &Cluster, service: &str, n: usize) -> bool {
+    c.tasks(service)
+        .iter()
+        .filter(|t| {
+            t["CurrentState"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Running")
+        })
+        .count()
+        == n
+}
+
+#[test]
+fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_killed_tasks() {
+    require_root!();
+    if let Some(why) = testkit::registry::needs_registry() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let c = Cluster::up_with("images", 3, &["--insecure-registry", REGISTRY]);
+    let registry = registry_in_underlay(&c);
+    let built = votekit().write(
+        &std::env::temp_dir().join(format!("{}-votekit", c.name)),
+        "1",
+    );
+    registry.push(&built, "votekit:1");
+    let pushed = testkit::image::inspect(&registry.image("votekit:1"), false, None);
+    let digest = pushed["Digest"].as_str().unwrap().to_string();
+
+    let compose = std::env::temp_dir().join(format!("{}-stack.yml", c.name));
+    std::fs::write(&compose, STACK.replace("REGISTRY", REGISTRY)).unwrap();
+    let deploy = c.docker(&["stack", "deploy", "-c", compose.to_str().unwrap(), "vote"]);
+    assert!(deploy.success(), "{}", deploy.text());
+    c.eventually(
+        "every task of the stack running",
+        Duration::from_secs(90),
+        || {
+            running(&c, "vote_web", 2)
+                && running(&c, "vote_worker", 1)
+                && running(&c, "vote_store", 1)
+        },
+    );
+
+    // Every node runs the digest pinned at deploy.
+    let ps = c
+        .docker(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.Image}}",
+            "vote_web",
+        ])
+        .ok()
+        .stdout;
+    assert!(ps.lines().all(|l| l.ends_with(&digest)), "{ps} vs {digest}");
+    let inspect = c.api("/services/vote_web");
+    let image = inspect["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(image, format!("{REGISTRY}/votekit:1@{digest}"));
+
+    // A vote from every node, through the mesh, the web front, the worker and the store.
+    for (i, node) in ["node1", "node2", "node3"].iter().enumerate() {
+        let got = c
+            .curl(node, &format!("http://localhost:8080/cgi-bin/vote?cast{i}"))
+            .unwrap_or_else(|| panic!("no answer from the mesh on {node}"));
+        assert!(got.starts_with(&format!("stored cast{i} on ")), "{got}");
+    }
+    // The votes are in the store's named volume, on its node.
+    let store = &c.tasks("vote_store")[0];
+    let node = store["Node"].as_str().unwrap().to_string();
+    let host = format!("unix:///run/swarmkit/{}/nodes/{node}.sock", c.name);
+    let ls = std::process::Command::new("docker")
+        .args(["volume", "ls", "--format", "{{.Name}} {{.Mountpoint}}"])
+        .env("DOCKER_HOST", &host)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    let mountpoint = ls
+        .lines()
+        .find_map(|l| l.strip_prefix("vote_votes "))
+        .unwrap_or_else(|| panic!("no vote_votes volume on {node}: {ls}"));
+    let votes = std::fs::read_to_string(format!("{mountpoint}/votes")).unwrap();
+    assert_eq!(votes, "cast0\ncast1\ncast2\n");
+
+    // Killed inside its container (its init, from the node), the store is restarted by its
+    // policy, on the same volume.
+    let old = store["ID"].as_str().unwrap().to_string();
+    let pid = c.task_pid("vote_store", 1);
+    let container_init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .expect("crun's container process");
+    testkit::sigkill(container_init.parse().unwrap());
+    c.eventually(
+        "the store replaced and running",
+        Duration::from_secs(60),
+        || {
+            let ts = c.tasks("vote_store");
+            ts.iter().any(|t| {
+                t["ID"] != old.as_str()
+                    && t["CurrentState"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Running")
+            })
+        },
+    );
+    let history = c
+        .docker(&["service", "ps", "--no-trunc", "vote_store"])
+        .ok()
+        .stdout;
+    assert!(history.contains("non-zero exit (137)"), "{history}");
+    let got = c.curl("node1", "http://localhost:8080/cgi-bin/vote?again");
+    assert!(got.is_some_and(|g| g.starts_with("stored again")));
+    c.eventually(
+        "the vote after the restart in the volume",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("{mountpoint}/votes"))
+                .is_ok_and(|v| v.ends_with("again\n"))
+        },
+    );
+
+    // An image no registry has: its tasks fail with the pull's error, nothing else changes.
+    let ghost = c.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "ghost",
+        &format!("{REGISTRY}/nope:1"),
+    ]);
+    assert!(ghost.success(), "{}", ghost.text());
+    c.eventually(
+        "the ghost's pull error in service ps",
+        Duration::from_secs(30),
+        || {
+            let ps = c.docker(&["service", "ps", "--no-trunc", "ghost"]).stdout;
+            ps.contains("No such image") || ps.contains("not found")
+        },
+    );
+    assert!(running(&c, "vote_web", 2));
+}
