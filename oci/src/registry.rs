@@ -446,6 +446,9 @@ fn unreachable_hint(registry: &str, cause: &str, insecure: bool, certs_dir: &Pat
             "the registry seems to speak plain HTTP: add {registry} to the insecure registries (SWARMKIT_INSECURE_REGISTRIES, or \"insecure-registries\" in {DAEMON_JSON}) as with dockerd's --insecure-registry"
         );
     }
+    if insecure {
+        return format!("is the registry running at {registry}?");
+    }
     format!(
         "is the registry running? for plain HTTP add {registry} to the insecure registries (SWARMKIT_INSECURE_REGISTRIES, or \"insecure-registries\" in {DAEMON_JSON}) as with dockerd's --insecure-registry"
     )

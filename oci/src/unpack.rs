@@ -326,10 +326,9 @@ fn apply_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> io::Resu
         let ext = ext?;
         if let Ok(key) = ext.key()
             && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+            && let Err(e) = set_xattr(path, name, ext.value_bytes())
         {
-            if let Err(e) = set_xattr(path, name, ext.value_bytes()) {
-                tracing::debug!("{}: xattr {name}: {e}", path.display());
-            }
+            tracing::debug!("{}: xattr {name}: {e}", path.display());
         }
     }
     Ok(())
