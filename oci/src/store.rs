@@ -153,6 +153,19 @@ impl Store {
         for d in ["blobs/sha256", "layers", "images", "refs", "tmp"] {
             std::fs::create_dir_all(root.join(d))?;
         }
+        // What a crash left half-written. Only old entries: another process may be pulling
+        // into this store now.
+        let stale = std::time::Duration::from_secs(3600);
+        for e in std::fs::read_dir(root.join("tmp"))?.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > stale));
+            if old {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
         Ok(Store {
             root: root.to_path_buf(),
         })
@@ -455,6 +468,12 @@ impl Store {
                     return Err(err(format!(
                         "its content has digest {actual}, not its diff_id"
                     )));
+                }
+                // The files reach the disk before the rename makes the layer visible.
+                let d = std::fs::File::open(&tmp).map_err(|e| err(e.to_string()))?;
+                // SAFETY: a valid open file descriptor.
+                if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+                    return Err(err(format!("syncfs: {}", std::io::Error::last_os_error())));
                 }
                 match std::fs::rename(&tmp, &dir) {
                     Ok(()) => Ok(()),

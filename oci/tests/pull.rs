@@ -309,6 +309,39 @@ async fn a_registry_with_auth_wants_credentials() {
     assert_eq!(img.digest, digest);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_platform_image_is_pinned_by_its_index_and_pulled_for_amd64() {
+    testkit::skip_unless!(needs_registry());
+    let tmp = TempDir::new("index");
+    let image_for = |arch: &str| {
+        OciLayout::new()
+            .arch(arch)
+            .layer(Layer::busybox(&["sh"]).file("arch", arch, 0o644))
+            .cmd(&["cat", "/arch"])
+    };
+    let built = testkit::image::write_index(
+        &tmp.0.join("layout"),
+        "multi",
+        &[image_for("arm64"), image_for("amd64")],
+    );
+    let reg = Registry::start_local();
+    reg.push(&built, "multi/app:1");
+    let image = reg.image("multi/app:1");
+    let o = opts(&tmp.0.join("no-certs"));
+
+    let digest = resolve_digest(&image, None, &o).await.unwrap();
+    assert_eq!(
+        digest, built.manifest_digest,
+        "the index's digest, as docker pins it"
+    );
+    let store = Store::open(&tmp.0.join("store")).unwrap();
+    let img = store.pull(&image, None, &o, &|_| {}).await.unwrap();
+    assert_eq!(img.digest, digest);
+    assert_eq!(std::fs::read(img.layers[0].join("arch")).unwrap(), b"amd64");
+    let pinned = format!("{image}@{digest}");
+    assert_eq!(store.get(&pinned).unwrap().layers, img.layers);
+}
+
 /// A namespace reached from the host over a veth pair, so registries in it are not on the
 /// loopback (which dockerd, and so oci, always allow plain HTTP to).
 fn remote_namespace(ns: &testkit::netns::Namespaces) -> (String, std::net::IpAddr) {

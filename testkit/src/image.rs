@@ -222,6 +222,8 @@ pub struct OciLayout {
     stop_signal: Option<String>,
     exposed_ports: Vec<String>,
     healthcheck: Option<Healthcheck>,
+    /// GOARCH of the config (`amd64` unless told).
+    arch: Option<String>,
 }
 
 /// A layout written: where, and the digests a registry will serve it under.
@@ -289,6 +291,11 @@ impl OciLayout {
         self.healthcheck = Some(h);
         self
     }
+    /// The config's architecture (`amd64`, `arm64`, …).
+    pub fn arch(mut self, arch: &str) -> OciLayout {
+        self.arch = Some(arch.into());
+        self
+    }
 
     /// The config blob: OCI's fields, docker's `Healthcheck` besides.
     fn config_json(&self, diff_ids: &[String]) -> Vec<u8> {
@@ -310,7 +317,7 @@ impl OciLayout {
             });
         }
         serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64",
+            "architecture": self.arch.as_deref().unwrap_or("amd64"),
             "os": "linux",
             "created": "2024-01-01T00:00:00Z",
             "config": config,
@@ -383,6 +390,62 @@ impl OciLayout {
     }
 }
 
+/// A multi-platform image: one OCI layout in `dir` whose tag names an image index of
+/// `images`, each listed for `linux/<its arch>`. The result's `manifest_digest` is the
+/// index's (what docker pins), `layers` and `config_digest` those of the first image.
+pub fn write_index(dir: &Path, tag: &str, images: &[OciLayout]) -> Built {
+    let built: Vec<(Built, &OciLayout)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.write(dir, &format!("{tag}-{i}")), l))
+        .collect();
+    let manifests: Vec<serde_json::Value> = built
+        .iter()
+        .map(|(b, l)| {
+            let size = std::fs::metadata(
+                dir.join("blobs/sha256")
+                    .join(&b.manifest_digest["sha256:".len()..]),
+            )
+            .expect("manifest blob")
+            .len();
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": b.manifest_digest, "size": size,
+                "platform": {"architecture": l.arch.as_deref().unwrap_or("amd64"), "os": "linux"},
+            })
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .expect("index JSON");
+    let digest = sha256(&index);
+    std::fs::write(
+        dir.join("blobs/sha256").join(&digest["sha256:".len()..]),
+        &index,
+    )
+    .expect("index blob");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), top.to_string()).expect("index.json");
+    let first = &built.first().expect("at least one image").0;
+    Built {
+        dir: dir.to_path_buf(),
+        tag: tag.into(),
+        manifest_digest: digest,
+        ..first.clone()
+    }
+}
+
 /// How [`push_with`] reaches the registry.
 #[derive(Clone, Debug, Default)]
 pub struct PushOptions {
@@ -408,7 +471,8 @@ pub fn push(layout: &Built, dest: &str, tls_verify: bool) {
 
 pub fn push_with(layout: &Built, dest: &str, opts: &PushOptions) {
     let mut cmd = Command::new("timeout");
-    cmd.args(["120", "skopeo", "copy", "--quiet"])
+    // Every platform of an index, as they are in the layout.
+    cmd.args(["120", "skopeo", "copy", "--quiet", "--multi-arch=all"])
         .arg(format!("--dest-tls-verify={}", opts.tls_verify));
     if let Some(c) = &opts.creds {
         cmd.arg("--dest-creds").arg(c);
