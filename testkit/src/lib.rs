@@ -3,7 +3,9 @@
 //! `swarmkit cluster down` when dropped (on panic too), polling with a deadline instead of
 //! sleeping, the swarmkit binary run under a timeout, and process probes.
 
+pub mod image;
 pub mod netns;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
