@@ -119,7 +119,7 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
         "1",
     );
     registry.push(&built, "votekit:1");
-    let pushed = testkit::image::inspect(&registry.image("votekit:1"), false, None);
+    let pushed = registry.inspect("votekit:1");
     let digest = pushed["Digest"].as_str().unwrap().to_string();
 
     let compose = std::env::temp_dir().join(format!("{}-stack.yml", c.name));

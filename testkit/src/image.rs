@@ -41,6 +41,11 @@ pub struct Layer {
     entries: Vec<Entry>,
 }
 
+/// Archives hold relative paths; a layer's builder takes them as the container sees them too.
+fn in_archive(path: &str) -> String {
+    path.trim_start_matches('/').to_string()
+}
+
 impl Layer {
     pub fn new() -> Layer {
         Layer::default()
@@ -48,7 +53,7 @@ impl Layer {
 
     pub fn dir(mut self, path: &str, mode: u32) -> Layer {
         self.entries.push(Entry::Dir {
-            path: path.into(),
+            path: in_archive(path),
             mode,
         });
         self
@@ -68,7 +73,7 @@ impl Layer {
         gid: u64,
     ) -> Layer {
         self.entries.push(Entry::File {
-            path: path.into(),
+            path: in_archive(path),
             data: data.into(),
             mode,
             uid,
@@ -92,7 +97,7 @@ impl Layer {
 
     pub fn symlink(mut self, path: &str, target: &str) -> Layer {
         self.entries.push(Entry::Symlink {
-            path: path.into(),
+            path: in_archive(path),
             target: target.into(),
         });
         self
@@ -100,8 +105,8 @@ impl Layer {
 
     pub fn hardlink(mut self, path: &str, target: &str) -> Layer {
         self.entries.push(Entry::Hardlink {
-            path: path.into(),
-            target: target.into(),
+            path: in_archive(path),
+            target: in_archive(target),
         });
         self
     }
@@ -455,6 +460,24 @@ pub struct PushOptions {
     pub creds: Option<String>,
     /// A directory with the registry's `ca.crt` (skopeo's `--dest-cert-dir`).
     pub cert_dir: Option<PathBuf>,
+    /// The network namespace the registry is reached from (`ip netns exec`).
+    pub netns: Option<String>,
+}
+
+/// `timeout SECS` ahead of a tool, inside `netns` when given.
+fn bounded(secs: &str, netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "timeout", secs]);
+            c
+        }
+        None => {
+            let mut c = Command::new("timeout");
+            c.arg(secs);
+            c
+        }
+    }
 }
 
 /// `skopeo copy oci:DIR:TAG docker://DEST` (DEST is `HOST:PORT/repo:tag`).
@@ -470,9 +493,9 @@ pub fn push(layout: &Built, dest: &str, tls_verify: bool) {
 }
 
 pub fn push_with(layout: &Built, dest: &str, opts: &PushOptions) {
-    let mut cmd = Command::new("timeout");
+    let mut cmd = bounded("120", opts.netns.as_deref());
     // Every platform of an index, as they are in the layout.
-    cmd.args(["120", "skopeo", "copy", "--quiet", "--multi-arch=all"])
+    cmd.args(["skopeo", "copy", "--quiet", "--multi-arch=all"])
         .arg(format!("--dest-tls-verify={}", opts.tls_verify));
     if let Some(c) = &opts.creds {
         cmd.arg("--dest-creds").arg(c);
@@ -487,8 +510,18 @@ pub fn push_with(layout: &Built, dest: &str, opts: &PushOptions) {
 
 /// `skopeo inspect` of an image in a registry: its JSON (`Digest`, `Layers`, …).
 pub fn inspect(image: &str, tls_verify: bool, creds: Option<&str>) -> serde_json::Value {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["60", "skopeo", "inspect"])
+    inspect_from(None, image, tls_verify, creds)
+}
+
+/// [`inspect`] from inside network namespace `netns`.
+pub fn inspect_from(
+    netns: Option<&str>,
+    image: &str,
+    tls_verify: bool,
+    creds: Option<&str>,
+) -> serde_json::Value {
+    let mut cmd = bounded("60", netns);
+    cmd.args(["skopeo", "inspect"])
         .arg(format!("--tls-verify={tls_verify}"));
     if let Some(c) = creds {
         cmd.arg("--creds").arg(c);

@@ -297,7 +297,18 @@ impl Registry {
                 tls_verify: self.tls,
                 creds: self.creds.clone(),
                 cert_dir: self.tls.then(|| self.ca_dir()),
+                netns: self.netns.clone(),
             },
+        )
+    }
+
+    /// `skopeo inspect` of `repo_tag` in this registry, from where the registry is reached.
+    pub fn inspect(&self, repo_tag: &str) -> serde_json::Value {
+        crate::image::inspect_from(
+            self.netns.as_deref(),
+            &self.image(repo_tag),
+            self.tls,
+            self.creds.as_deref(),
         )
     }
 }
