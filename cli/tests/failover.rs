@@ -16,7 +16,50 @@ use load::{Load, Report};
 
 const PORT: u16 = 8080;
 
-fn web(c: &Cluster) {
+/// The cluster, and what the web service runs: the built-in whoami, or with
+/// `SWARMKIT_TEST_IMAGES=registry` a registry image (busybox's httpd, pushed to a registry in
+/// the cluster's underlay and run under crun). The registry goes before the cluster.
+struct Lab {
+    _registry: Option<testkit::registry::Registry>,
+    image: String,
+    c: Cluster,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.c
+    }
+}
+
+fn up(tag: &str, nodes: usize) -> Lab {
+    const REGISTRY: &str = "192.168.0.1:5000";
+    if std::env::var("SWARMKIT_TEST_IMAGES").as_deref() != Ok("registry") {
+        return Lab {
+            _registry: None,
+            image: "whoami".into(),
+            c: Cluster::up(tag, nodes),
+        };
+    }
+    let c = Cluster::up_with(tag, nodes, &["--insecure-registry", REGISTRY]);
+    let registry = testkit::registry::Registry::builder()
+        .netns(&format!("{}underlay", c.ns_prefix()))
+        .addr(REGISTRY.parse().unwrap())
+        .start();
+    let built = testkit::image::OciLayout::new()
+        .layer(testkit::image::Layer::busybox(&["sh", "httpd"]))
+        .layer(testkit::image::Layer::new().file("/srv/index.html", "web\n", 0o644))
+        .entrypoint(&["httpd", "-f", "-p", "80", "-h", "/srv"])
+        .write(&std::env::temp_dir().join(format!("{}-web", c.name)), "1");
+    registry.push(&built, "web:1");
+    Lab {
+        image: registry.image("web:1"),
+        _registry: Some(registry),
+        c,
+    }
+}
+
+fn web(c: &Lab) {
     c.service_create(&[
         "--name",
         "web",
@@ -26,7 +69,7 @@ fn web(c: &Cluster) {
         "8080:80",
         "--stop-grace-period",
         "2s",
-        "whoami",
+        &c.image,
     ])
     .ok();
 }
@@ -98,7 +141,7 @@ fn alive(pid: i64) -> bool {
 
 /// Kills (or isolates) node3 under load and brings it back; returns nothing, prints figures.
 fn lose_node3(test: &str, cut: &str, restore: &str) {
-    let c = Cluster::up(test, 3);
+    let c = up(test, 3);
     web(&c);
     let node3 = node_id(&c, "node3");
     let before: Vec<_> = running(&c);
@@ -268,7 +311,7 @@ fn kill9(pid: i32) {
 #[test]
 fn manager_killed_under_load() {
     require_root!();
-    let c = Cluster::up("fmgr", 3);
+    let c = up("fmgr", 3);
     web(&c);
     let before = listings(&c);
     let old = pid_of(&c, "manager");
@@ -301,7 +344,7 @@ fn manager_killed_under_load() {
 #[test]
 fn agent_restarted_under_load() {
     require_root!();
-    let c = Cluster::up("fagent", 3);
+    let c = up("fagent", 3);
     web(&c);
     let before = running(&c);
     let old = pid_of(&c, "node2");

@@ -52,10 +52,10 @@ fn votekit() -> OciLayout {
         .expose("80/tcp")
         .healthcheck(Healthcheck {
             test: vec!["CMD".into(), "wget".into(), "-qO-".into(), "http://127.0.0.1/".into()],
-            interval: 500_000_000,
-            timeout: 2_000_000_000,
+            interval_ns: 500_000_000,
+            timeout_ns: 2_000_000_000,
             retries: 3,
-            start_period: 0,
+            start_period_ns: 0,
         })
 }
 
