@@ -43,6 +43,21 @@ fn environ_has(pid: i32, kv: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// The container a task's process runs, when that process is its runtime's (a registry
+/// image's task): crun's child, the container's init.
+pub fn container_of(pid: i32) -> Option<i32> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() != "crun" {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Live processes (this one aside) carrying this cluster's owner mark.
 pub fn owned(cluster: &str) -> Vec<i32> {
     let me = std::process::id() as i32;

@@ -89,7 +89,10 @@ pub(crate) async fn exec(
         .join(" ");
     let enter = match inside {
         Inside::Node => "exec".to_string(),
-        Inside::Task(pid) => format!("exec nsenter -t {pid} -n -u -m --"),
+        // A registry image's task is its runtime's process: the container is its child.
+        Inside::Task(pid) => format!(
+            "p={pid}; [ \"$(cat /proc/$p/comm)\" = crun ] && p=$(cut -d' ' -f1 /proc/$p/task/$p/children); exec nsenter -t $p -n -u -m -p --"
+        ),
         Inside::Sandbox(name) => {
             // The node's own listing, so a miss names the sandboxes it does have.
             let listing = s

@@ -274,6 +274,7 @@ impl NodeBackend for Netns {
         argv: &[String],
     ) -> Result<i32> {
         if let Inside::Task(pid) = inside {
+            let pid = crate::procs::container_of(pid as i32).map_or(pid, |p| p as _);
             let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
             return run_in(
                 vec![
