@@ -356,12 +356,20 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// Image as `service ls`/`service ps` show it: any `@digest` dropped.
+/// Image as `service ls`/`service ps` show it: a pinned `@digest` dropped when a tag says
+/// which image it is; a reference by digest alone keeps it (docker/cli's serviceContext.Image).
 pub fn display_image(image: &str) -> String {
-    image
-        .split_once('@')
-        .map_or(image, |(name, _)| name)
-        .to_string()
+    match image.split_once('@') {
+        Some((name, _))
+            if name
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':')) =>
+        {
+            name.to_string()
+        }
+        _ => image.to_string(),
+    }
 }
 
 /// The PORTS column of `service ls`: ingress ports only, consecutive ports folded into
@@ -555,6 +563,15 @@ mod tests {
         assert_eq!(pretty("READY"), "Ready");
         assert_eq!(ellipsis("abcdef", 4), "abc…");
         assert_eq!(display_image("img:1@sha256:abc"), "img:1");
+        assert_eq!(
+            display_image("192.168.0.1:5000/app:v2@sha256:abc"),
+            "192.168.0.1:5000/app:v2"
+        );
+        assert_eq!(display_image("img@sha256:abc"), "img@sha256:abc");
+        assert_eq!(
+            display_image("192.168.0.1:5000/app@sha256:abc"),
+            "192.168.0.1:5000/app@sha256:abc"
+        );
         let mut names = vec!["web.10", "web.2", "api.1", "web.1"];
         names.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(names, ["api.1", "web.1", "web.2", "web.10"]);

@@ -354,7 +354,12 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
         ],
         "network nope not found",
     );
-    expect_refused(&c, &["service", "create", "--name", "x", "nginx"], "drupal");
+    // Any image a registry could serve is taken; a reference that cannot be one is not.
+    expect_refused(
+        &c,
+        &["service", "create", "--name", "x", "Not/A Reference"],
+        "invalid reference format",
+    );
     expect_refused(
         &c,
         &[

@@ -17,7 +17,9 @@
 //!   one node must make true), `dispatch` (every node's plan kept current from each commit,
 //!   and what each agent has not received).
 //! - The channel: `protocol` (what manager and agents say to each other), `client` (the HTTP
-//!   client agents and the lifecycle use), `images` (the built-in images tasks run).
+//!   client agents and the lifecycle use), `images` (the built-in images tasks run),
+//!   `registry` (how this cluster reaches image registries: their settings' environment, and
+//!   digest resolution from the namespace registries are reachable in).
 //! - The two processes: `manager` (API, store, dispatcher, background loops) and `agent`
 //!   (registration, plan poll, dataplane and tasks on its node). Neither imports the other:
 //!   what passes between them is `protocol`'s and `plan`'s.
@@ -44,6 +46,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod protocol;
+pub mod registry;
 pub mod sealed;
 pub mod store;
 pub mod tasklog;

@@ -118,6 +118,32 @@ pub struct Service {
     /// and the updater passes again (see `orchestrator::TASKS_PER_PASS`).
     #[serde(default)]
     pub filling: bool,
+    /// Never written as is: the store writes it sealed, beside these fields.
+    #[serde(skip)]
+    pub registry_auth: RegistryAuth,
+}
+
+/// The registry credentials sent with a service (docker's `--with-registry-auth`), as the
+/// client sent them (`X-Registry-Auth`): for the nodes that pull its image, in the plans of
+/// its tasks only. Never in the API's answers, as docker strips them too.
+#[derive(Clone, Default, PartialEq)]
+pub struct RegistryAuth {
+    /// What its current spec is pulled with.
+    pub current: Option<String>,
+    /// What its previous spec was, which a rollback takes back.
+    pub previous: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |a: &Option<String>| if a.is_some() { "Some(..)" } else { "None" };
+        write!(
+            f,
+            "RegistryAuth {{ current: {}, previous: {} }}",
+            shown(&self.current),
+            shown(&self.previous)
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

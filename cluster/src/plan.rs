@@ -153,6 +153,10 @@ pub struct TaskPlan {
     /// `--group`: supplementary groups, names resolved on the node, after `--user`'s group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// `--with-registry-auth`: the service's `X-Registry-Auth` (base64url JSON), what the node
+    /// pulls the image with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<String>,
 }
 
 /// One `--mount`, checked: what the node makes of it (see [`mounts_of`]).

@@ -160,7 +160,21 @@ impl State {
         };
         match kind {
             Kind::Network => enc(self.networks.get(id)),
-            Kind::Service => enc(self.services.get(id)),
+            Kind::Service => {
+                let Some(svc) = self.services.get(id) else {
+                    return Ok(None);
+                };
+                let seal = |which: &str, auth: &Option<String>| {
+                    auth.as_ref()
+                        .map(|a| sealer.seal(&auth_binding(id, which), a.as_bytes()))
+                        .transpose()
+                };
+                enc(Some(&ServiceAtRest {
+                    sealed_auth: seal(CURRENT_AUTH, &svc.registry_auth.current)?,
+                    sealed_previous_auth: seal(PREVIOUS_AUTH, &svc.registry_auth.previous)?,
+                    service: svc.clone(),
+                }))
+            }
             Kind::Task => enc(self.tasks.get(id)),
             Kind::Node => enc(self.nodes.get(id)),
             Kind::Secret => sealed(self.secrets.get(id)),
@@ -176,6 +190,43 @@ struct AtRest {
     #[serde(flatten)]
     payload: Payload,
     sealed: String,
+}
+
+/// A service as the store writes it: its fields, and the registry credentials sent with it
+/// sealed (each bound to the service and to which of its specs it is for).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ServiceAtRest {
+    #[serde(flatten)]
+    service: Service,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_previous_auth: Option<String>,
+}
+
+const CURRENT_AUTH: &str = "registry-auth";
+const PREVIOUS_AUTH: &str = "previous-registry-auth";
+
+fn auth_binding(id: &str, which: &str) -> String {
+    format!("service/{id}/{which}")
+}
+
+fn unseal_service(key: &str, bytes: &[u8], sealer: &Sealer) -> Result<Service, StoreError> {
+    let ServiceAtRest {
+        mut service,
+        sealed_auth,
+        sealed_previous_auth,
+    } = decode(key, bytes)?;
+    let open = |which: &str, sealed: Option<String>| -> Result<Option<String>, StoreError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = sealer.open(&auth_binding(&service.id, which), &sealed)?;
+        Ok(Some(String::from_utf8_lossy(&plain).into_owned()))
+    };
+    service.registry_auth.current = open(CURRENT_AUTH, sealed_auth)?;
+    service.registry_auth.previous = open(PREVIOUS_AUTH, sealed_previous_auth)?;
+    Ok(service)
 }
 
 fn unseal(key: &str, bytes: &[u8], sealer: &Sealer) -> Result<Payload, StoreError> {
@@ -247,7 +298,9 @@ impl Store {
             } else if let Some(id) = key.strip_prefix(Kind::Network.prefix()) {
                 state.networks.insert(id.to_string(), decode(key, bytes)?);
             } else if let Some(id) = key.strip_prefix(Kind::Service.prefix()) {
-                state.services.insert(id.to_string(), decode(key, bytes)?);
+                state
+                    .services
+                    .insert(id.to_string(), unseal_service(key, bytes, &sealer)?);
             } else if let Some(id) = key.strip_prefix(Kind::Task.prefix()) {
                 state.tasks.insert(id.to_string(), decode(key, bytes)?);
             } else if let Some(id) = key.strip_prefix(Kind::Node.prefix()) {
@@ -433,6 +486,59 @@ mod tests {
         assert_eq!(*reopened.secrets["s1"].data, plain);
         assert_eq!(reopened.secrets["s1"].name, "db_pass");
         assert_eq!(key_mode & 0o777, 0o600);
+    }
+
+    /// The registry credentials sent with a service are in the file only sealed, and come
+    /// back with it when the store is opened again.
+    #[test]
+    fn service_registry_auth_is_sealed_on_disk_and_opens_again() {
+        let path = temp_path("auth");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("key"));
+        let now = chrono::Utc::now();
+        let (auth, previous) = ("eyJwYXNzd29yZCI6Imh1bnRlcjIifQ==", "b2xkLWNyZWRlbnRpYWxz");
+        let store = Store::open(&path).unwrap();
+        store
+            .update(|s| {
+                s.put_service(Service {
+                    id: "svc1".into(),
+                    name: "web".into(),
+                    created: now,
+                    updated: now,
+                    version: 0,
+                    spec: Default::default(),
+                    previous_spec: None,
+                    spec_generation: 1,
+                    endpoint_mode: crate::model::EndpointMode::Vip,
+                    ports: vec![],
+                    networks: vec![],
+                    vips: vec![],
+                    update_status: None,
+                    filling: false,
+                    registry_auth: crate::model::RegistryAuth {
+                        current: Some(auth.into()),
+                        previous: Some(previous.into()),
+                    },
+                });
+                Ok::<_, Refused>(())
+            })
+            .unwrap();
+        drop(store);
+        let bytes = std::fs::read(&path).unwrap();
+        let leaked = [auth, previous]
+            .iter()
+            .any(|a| bytes.windows(a.len()).any(|w| w == a.as_bytes()));
+        let reopened = Store::open(&path).unwrap().snapshot();
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("key"));
+        assert!(
+            !leaked,
+            "the credentials are in the store file in the clear"
+        );
+        let svc = &reopened.services["svc1"];
+        assert_eq!(svc.registry_auth.current.as_deref(), Some(auth));
+        assert_eq!(svc.registry_auth.previous.as_deref(), Some(previous));
+        assert_eq!(svc.name, "web");
     }
 
     #[test]

@@ -18,6 +18,10 @@ struct Case {
     status: u16,
     /// Sent to the agents' listener (mutual TLS), not the manager's socket.
     agent: bool,
+    /// Extra request headers, `Name: value`.
+    headers: Vec<String>,
+    /// What the error's message must say, beyond having one.
+    says: Option<&'static str>,
 }
 
 fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Case {
@@ -29,7 +33,16 @@ fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Ca
         body: None,
         status,
         agent: false,
+        headers: Vec::new(),
+        says: None,
     }
+}
+
+/// `c` with a request header, its message naming `says`.
+fn with_header(mut c: Case, header: &str, says: &'static str) -> Case {
+    c.headers.push(header.to_string());
+    c.says = Some(says);
+    c
 }
 
 /// A join to the agents' listener with this cluster's worker token, for `hostname`.
@@ -60,6 +73,7 @@ struct Answer {
     body: String,
 }
 
+#[allow(clippy::too_many_arguments)] // curl's own options, one each
 fn curl(
     socket: &Path,
     tls_root: Option<&Path>,
@@ -68,6 +82,7 @@ fn curl(
     path: &str,
     ct: Option<&str>,
     body: Option<&str>,
+    headers: &[String],
 ) -> Answer {
     let out_file = dir.join("answer");
     let mut cmd = Command::new("curl");
@@ -81,6 +96,9 @@ fn curl(
         Some(ct) => format!("Content-Type: {ct}"),
         None => "Content-Type:".to_string(),
     });
+    for h in headers {
+        cmd.arg("-H").arg(h);
+    }
     if let Some(b) = body {
         let body_file = dir.join("body");
         std::fs::write(&body_file, b).expect("write the request body");
@@ -118,8 +136,9 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Server {
-        let dir = std::env::temp_dir().join(format!("sk-api-errors-{}", std::process::id()));
+    /// A manager of its own for each test (`tag` names its directory).
+    fn start(tag: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("sk-api-errors-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let socket = dir.join("manager.sock");
@@ -133,7 +152,7 @@ impl Server {
         rt.spawn(async move { cluster::manager::serve(m, &s, None).await });
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(socket.exists()
-            && curl(&socket, None, &dir, "GET", "/_ping", None, None).status == 200)
+            && curl(&socket, None, &dir, "GET", "/_ping", None, None, &[]).status == 200)
         {
             assert!(
                 Instant::now() < deadline,
@@ -150,7 +169,27 @@ impl Server {
     }
 
     fn call(&self, method: &str, path: &str, ct: Option<&str>, body: Option<&str>) -> Answer {
-        curl(&self.socket, None, &self.dir, method, path, ct, body)
+        self.call_with(method, path, ct, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        ct: Option<&str>,
+        body: Option<&str>,
+        headers: &[String],
+    ) -> Answer {
+        curl(
+            &self.socket,
+            None,
+            &self.dir,
+            method,
+            path,
+            ct,
+            body,
+            headers,
+        )
     }
 
     /// The cluster's CA and tokens, which the manager made on its first start.
@@ -164,7 +203,7 @@ impl Server {
         let root = self.dir.join("root.pem");
         std::fs::write(&root, &self.trust().root.cert_pem).expect("write the root");
         let socket = self.socket.with_file_name("agents.sock");
-        curl(&socket, Some(&root), &self.dir, method, path, ct, body)
+        curl(&socket, Some(&root), &self.dir, method, path, ct, body, &[])
     }
 
     /// What a node joining as `hostname` with the worker token sends.
@@ -211,7 +250,7 @@ const SPEC: &str = r#"{"Name":"api2","TaskTemplate":{"ContainerSpec":{"Image":"w
 
 #[test]
 fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothing() {
-    let srv = Server::start();
+    let srv = Server::start("malformed");
     // A node to schedule on (its agent never comes, which no case here needs), a network and
     // a service for the cases that name existing objects.
     let joined = srv.call_agent(
@@ -649,6 +688,65 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             ),
             r#"{"Name":"s9","TaskTemplate":{"ContainerSpec":{"Image":"whoami","Secrets":[{"SecretName":"pw","File":{"Name":"../../etc/x"}}]}}}"#,
         ),
+        // Images and registry credentials.
+        with_header(
+            json(
+                case(
+                    "malformed image reference",
+                    "POST",
+                    "/v1.50/services/create",
+                    400,
+                ),
+                r#"{"Name":"s9","TaskTemplate":{"ContainerSpec":{"Image":"Not A/Reference!!"}}}"#,
+            ),
+            "X-Test: none",
+            "Not A/Reference!!",
+        ),
+        with_header(
+            json(
+                case(
+                    "registry auth that does not decode",
+                    "POST",
+                    "/v1.50/services/create",
+                    400,
+                ),
+                SPEC,
+            ),
+            "X-Registry-Auth: %%%not-base64",
+            "X-Registry-Auth",
+        ),
+        with_header(
+            json(
+                case(
+                    "registry auth on update that does not decode",
+                    "POST",
+                    &update(&format!("?version={version}")),
+                    400,
+                ),
+                r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+            ),
+            "X-Registry-Auth: bm90IGpzb24",
+            "X-Registry-Auth",
+        ),
+        with_header(
+            json(
+                case(
+                    "registryAuthFrom unknown",
+                    "POST",
+                    &update(&format!("?version={version}&registryAuthFrom=elsewhere")),
+                    400,
+                ),
+                r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#,
+            ),
+            "X-Test: none",
+            "registryAuthFrom",
+        ),
+        case(
+            "distribution of a malformed reference",
+            "GET",
+            "/v1.50/distribution/Not%20A%20Reference/json",
+            400,
+        ),
     ];
     assert!(cases.len() >= 30);
 
@@ -661,7 +759,13 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         let a = if c.agent {
             srv.call_agent(c.method, &c.path, c.content_type, c.body.as_deref())
         } else {
-            srv.call(c.method, &c.path, c.content_type, c.body.as_deref())
+            srv.call_with(
+                c.method,
+                &c.path,
+                c.content_type,
+                c.body.as_deref(),
+                &c.headers,
+            )
         };
         let message = serde_json::from_str::<serde_json::Value>(&a.body)
             .ok()
@@ -672,6 +776,10 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             Some(format!("content type {:?}", a.content_type))
         } else if message.as_deref().is_none_or(str::is_empty) {
             Some("no message".to_string())
+        } else if let Some(says) = c.says
+            && !message.as_deref().unwrap_or_default().contains(says)
+        {
+            Some(format!("the message does not say {says:?}"))
         } else if srv.state() != before {
             Some("the state changed".to_string())
         } else {
@@ -700,4 +808,78 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// `--with-registry-auth`: the credentials sent with a service stay with it (through an
+/// update that sends none, replaced by one that sends new ones, back with a rollback) and
+/// never come back out of the API, as dockerd strips them.
+#[test]
+fn registry_auth_is_kept_with_the_service_and_never_shown() {
+    let creds = |password: &str| oci::Credentials {
+        username: "deploy".into(),
+        password: password.into(),
+        server: "192.168.0.1:5000".into(),
+    };
+    let (first, second) = (
+        oci::encode_registry_auth(&creds("first-hunter2")),
+        oci::encode_registry_auth(&creds("second-hunter2")),
+    );
+    if oci::decode_registry_auth(&first).is_err() {
+        eprintln!("skipped: oci's X-Registry-Auth codec is not implemented in this tree");
+        return;
+    }
+    let srv = Server::start("auth");
+    let header = |h: &str| vec![format!("X-Registry-Auth: {h}")];
+    let spec = r#"{"Name":"private","TaskTemplate":{"ContainerSpec":{"Image":"whoami"}}}"#;
+    let created = srv.call_with(
+        "POST",
+        "/v1.50/services/create",
+        Some("application/json"),
+        Some(spec),
+        &header(&first),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = serde_json::from_str::<serde_json::Value>(&created.body).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = || {
+        let s = srv.manager.store.snapshot();
+        s.services[&id].registry_auth.clone()
+    };
+    assert_eq!(auth().current.as_deref(), Some(first.as_str()));
+    let shown = || {
+        [
+            "/v1.50/services",
+            &format!("/v1.50/services/{id}"),
+            "/v1.50/tasks",
+        ]
+        .iter()
+        .map(|p| srv.call("GET", p, None, None).body)
+        .collect::<String>()
+    };
+    let update = |headers: &[String], query: &str| {
+        let version = srv.manager.store.snapshot().services[&id].version;
+        let a = srv.call_with(
+            "POST",
+            &format!("/v1.50/services/{id}/update?version={version}{query}"),
+            Some("application/json"),
+            Some(&spec.replace("whoami", "whoami:v2")),
+            headers,
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+    };
+    // An update without credentials keeps them; one with new ones replaces them.
+    update(&[], "");
+    assert_eq!(auth().current.as_deref(), Some(first.as_str()));
+    update(&header(&second), "");
+    assert_eq!(auth().current.as_deref(), Some(second.as_str()));
+    assert_eq!(auth().previous.as_deref(), Some(first.as_str()));
+    // A rollback takes back the previous spec's.
+    update(&[], "&rollback=previous");
+    assert_eq!(auth().current.as_deref(), Some(first.as_str()));
+    let all = shown();
+    for leak in [first.as_str(), second.as_str(), "hunter2", "RegistryAuth"] {
+        assert!(!all.contains(leak), "the API shows {leak}: {all}");
+    }
 }

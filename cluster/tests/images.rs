@@ -179,6 +179,8 @@ fn canonical_forms() {
 fn unknown_image_names_the_builtins() {
     let msg = unknown_image_error("nginx");
     assert!(msg.contains("nginx:latest"), "{msg}");
+    // Other images come from registries now.
+    assert!(!msg.contains("no registry"), "{msg}");
     for b in BUILTIN {
         assert!(msg.contains(b), "{msg}");
     }

@@ -86,6 +86,7 @@ fn cluster(spec: ServiceSpec) -> State {
         vips: vec![],
         update_status: None,
         filling: false,
+        registry_auth: Default::default(),
     });
     step(&mut s);
     settle(&mut s);

@@ -24,6 +24,49 @@ pub struct ClusterInfo {
     /// Whether the manager answers right now.
     #[serde(default)]
     pub running: bool,
+    /// How its manager and agents trust registries (`--insecure-registry`, `--registry-certs`).
+    #[serde(default, skip_serializing_if = "RegistrySettings::is_empty")]
+    pub registry: RegistrySettings,
+}
+
+/// How a cluster's manager and agents trust image registries, as dockerd's
+/// `--insecure-registry` and `/etc/docker/certs.d` say it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistrySettings {
+    /// Registries (`HOST:PORT`) reached over plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<String>,
+    /// A `certs.d`-shaped directory on this host: `HOST:PORT/ca.crt` for each registry whose
+    /// certificate a CA of the user's signed. Nodes on other machines get a copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs: Option<std::path::PathBuf>,
+}
+
+impl RegistrySettings {
+    pub fn is_empty(&self) -> bool {
+        self.insecure.is_empty() && self.certs.is_none()
+    }
+
+    /// The environment that hands them to a manager or an agent, whose certificates
+    /// directory is `certs` (this host's, or the copy on the agent's machine).
+    pub fn env(&self, certs: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if !self.insecure.is_empty() {
+            env.push((
+                cluster::registry::ENV_INSECURE_REGISTRIES,
+                self.insecure.join(","),
+            ));
+        }
+        if let Some(dir) = certs {
+            env.push((cluster::registry::ENV_REGISTRY_CERTS, dir.to_string()));
+        }
+        env
+    }
+
+    /// This host's certificates directory, as the environment carries it.
+    pub fn local_certs(&self) -> Option<String> {
+        self.certs.as_ref().map(|d| d.display().to_string())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +88,8 @@ pub struct UpOptions {
     pub heartbeat_misses: Option<u32>,
     /// Node certificates' lifetime (docker's `--cert-expiry`); None: 90 days.
     pub cert_expiry: Option<Duration>,
+    /// How the manager and agents trust registries.
+    pub registry: RegistrySettings,
 }
 
 impl UpOptions {
@@ -78,6 +123,7 @@ impl UpOptions {
         {
             env.push((cluster::manager::ENV_HEARTBEAT_MISSES, n.to_string()));
         }
+        env.extend(self.registry.env(self.registry.local_certs().as_deref()));
         env
     }
 }
@@ -100,11 +146,32 @@ pub(crate) fn record_up(
         lb: opts.lb,
         created: chrono::Utc::now(),
         running: true,
+        registry: opts.registry.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&info).expect("the record serializes");
     write_atomically(&paths.info_file(), &bytes)
         .map_err(io(format!("writing {}", paths.info_file().display())))?;
     Ok(info)
+}
+
+/// Where a cluster's registry settings are kept from the start of its `cluster up` (before
+/// the record, which is written once every node is up), for every agent started then or later.
+fn registry_file(paths: &ClusterPaths) -> std::path::PathBuf {
+    paths.state_dir().join("registry.json")
+}
+
+pub(crate) fn note_registry(paths: &ClusterPaths, settings: &RegistrySettings) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(settings).expect("the settings serialize");
+    write_atomically(&registry_file(paths), &bytes)
+        .map_err(io("noting the cluster's registry settings"))
+}
+
+/// The registry settings of a cluster (none noted: none given).
+pub fn registry_of(paths: &ClusterPaths) -> RegistrySettings {
+    std::fs::read(registry_file(paths))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Where the backend of a cluster whose `cluster up` has begun is noted before anything of it
@@ -129,4 +196,43 @@ pub fn backend_of(paths: &ClusterPaths) -> Option<Backend> {
             .parse()
             .ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_settings_travel_in_the_environment_and_the_record() {
+        let none = RegistrySettings::default();
+        assert!(none.env(none.local_certs().as_deref()).is_empty());
+        let given = RegistrySettings {
+            insecure: vec!["192.168.0.1:5000".into(), "reg.test:443".into()],
+            certs: Some("/etc/sk-certs".into()),
+        };
+        assert_eq!(
+            given.env(Some("/run/swarmkit/c/registry-certs")),
+            vec![
+                (
+                    cluster::registry::ENV_INSECURE_REGISTRIES,
+                    "192.168.0.1:5000,reg.test:443".to_string()
+                ),
+                (
+                    cluster::registry::ENV_REGISTRY_CERTS,
+                    "/run/swarmkit/c/registry-certs".to_string()
+                ),
+            ]
+        );
+        // A record from before the settings reads as none; one with them keeps them.
+        let old = r#"{"name":"c","backend":"netns","nodes":[],"created":"2026-01-01T00:00:00Z"}"#;
+        let info: ClusterInfo = serde_json::from_str(old).unwrap();
+        assert!(info.registry.is_empty());
+        let info = ClusterInfo {
+            registry: given.clone(),
+            ..info
+        };
+        let back: ClusterInfo =
+            serde_json::from_str(&serde_json::to_string(&info).unwrap()).unwrap();
+        assert_eq!(back.registry, given);
+    }
 }

@@ -217,6 +217,7 @@ pub(crate) fn start_manager(
     paths: &ClusterPaths,
     extra: &[(&'static str, String)],
 ) -> Result<()> {
+    crate::record::note_registry(paths, &opts.registry)?;
     let mut env = opts.manager_env();
     env.extend_from_slice(extra);
     ensure(paths, &Spec::host("manager", &["__manager"], &env))?;

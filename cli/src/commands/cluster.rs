@@ -51,6 +51,13 @@ pub enum ClusterCmd {
         /// 10s); agents renew them between half and four fifths of that
         #[arg(long, value_parser = duration::go, value_name = "DURATION")]
         cert_expiry: Option<std::time::Duration>,
+        /// A registry reached over plain HTTP, as dockerd's --insecure-registry (repeatable)
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = insecure_registry)]
+        insecure_registries: Vec<String>,
+        /// A certs.d-shaped directory (HOST:PORT/ca.crt) of the CAs registries are trusted
+        /// under, as dockerd's /etc/docker/certs.d; copied to nodes on other machines
+        #[arg(long, value_name = "DIR", value_parser = certs_dir)]
+        registry_certs: Option<std::path::PathBuf>,
     },
     /// List clusters
     #[command(visible_alias = "list")]
@@ -123,6 +130,8 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             heartbeat_period,
             heartbeat_misses,
             cert_expiry,
+            insecure_registries,
+            registry_certs,
         } => {
             let name = name.unwrap_or_else(|| cluster.to_string());
             let opts = UpOptions {
@@ -136,6 +145,10 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 heartbeat: heartbeat_period,
                 heartbeat_misses,
                 cert_expiry,
+                registry: lifecycle::RegistrySettings {
+                    insecure: insecure_registries,
+                    certs: registry_certs,
+                },
             };
             let started = Instant::now();
             let info = lifecycle::up(&opts).await?;
@@ -230,4 +243,28 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             trust::ca(&name, rotate, quiet, detach).await
         }
     }
+}
+
+/// `--insecure-registry`: one registry, as the comma-separated list in the agents'
+/// environment carries it.
+fn insecure_registry(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.contains(',') || s.contains(char::is_whitespace) || s.contains('/') {
+        return Err(format!(
+            "{s:?} is not a registry: give one HOST:PORT (e.g. 192.168.0.1:5000) per --insecure-registry"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `--registry-certs`: an existing directory, made absolute (the manager and agents start
+/// elsewhere).
+fn certs_dir(s: &str) -> Result<std::path::PathBuf, String> {
+    let dir = std::fs::canonicalize(s).map_err(|e| format!("{s}: {e}"))?;
+    if !dir.is_dir() {
+        return Err(format!(
+            "{s} is not a directory: give one holding HOST:PORT/ca.crt for each registry"
+        ));
+    }
+    Ok(dir)
 }

@@ -387,6 +387,7 @@ mod tests {
             cap_add: vec![],
             cap_drop: vec![],
             groups: vec![],
+            registry_auth: None,
         }
     }
 

@@ -426,6 +426,7 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         cap_add: container.capability_add.clone().unwrap_or_default(),
         cap_drop: container.capability_drop.clone().unwrap_or_default(),
         groups: container.groups.clone().unwrap_or_default(),
+        registry_auth: service.registry_auth.current.clone(),
     })
 }
 

@@ -122,6 +122,7 @@ fn service(id: &str, networks: &[&str], published: Option<u16>, vip_base: u8) ->
         vips,
         update_status: None,
         filling: false,
+        registry_auth: Default::default(),
     }
 }
 
@@ -500,4 +501,48 @@ fn a_key_rotation_resends_the_network_not_its_peers() {
         let ring = delta.networks.put[0].keyring.as_ref().unwrap();
         assert_eq!(ring.keys.len(), 2, "{n} receives with the new key");
     }
+}
+
+/// `--with-registry-auth`: a service's credentials travel in its tasks' plans, to the nodes
+/// running them and no other; new credentials reach those nodes as a change of the tasks.
+#[test]
+fn registry_auth_travels_in_the_plans_of_the_services_tasks() {
+    let auth = "eyJ1c2VybmFtZSI6InUiLCJwYXNzd29yZCI6InAifQ==";
+    let mut s = cluster();
+    let mut web = s.services["web"].clone();
+    web.registry_auth.current = Some(auth.into());
+    s.put_service(web);
+    let s0 = Arc::new(s);
+    for n in ["node1id", "node2id"] {
+        let plan = compute(&s0, n, 0);
+        let web = plan.tasks.iter().find(|t| t.service_id == "web").unwrap();
+        assert_eq!(web.registry_auth.as_deref(), Some(auth), "{n}");
+        assert!(
+            plan.tasks
+                .iter()
+                .filter(|t| t.service_id != "web")
+                .all(|t| t.registry_auth.is_none())
+        );
+    }
+    // node3 runs no task of web: its plan does not hold the credentials.
+    assert!(!json(&compute(&s0, "node3id", 0)).contains(auth));
+    // A service without credentials leaves the field out of the plan's bytes.
+    assert!(!json(&compute(&cluster(), "node1id", 0)).contains("registry_auth"));
+
+    let mut d = Dispatcher::new(s0.clone(), 0);
+    d.take("node2id", None).unwrap();
+    let s1 = commit(&s0, |s| {
+        let mut web = s.services["web"].clone();
+        web.registry_auth.current = Some("bmV3".into());
+        s.put_service(web);
+    });
+    d.advance(s1);
+    let delta = d.take("node2id", Some(1)).unwrap().delta.unwrap();
+    let put = delta
+        .tasks
+        .put
+        .iter()
+        .find(|t| t.service_id == "web")
+        .unwrap();
+    assert_eq!(put.registry_auth.as_deref(), Some("bmV3"));
 }

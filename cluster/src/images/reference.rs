@@ -105,10 +105,11 @@ pub fn canonical(image: &str) -> String {
     }
 }
 
+/// What `swarmkit __image` says of an image it has no server for: the agent runs only
+/// built-in images that way; every other image is pulled from its registry and run as itself.
 pub fn unknown_image_error(image: &str) -> String {
     format!(
-        "image {} is not built in and no command was given (no registry is used); \
-         built-in images: {}",
+        "image {} is not built in (built-in images: {}): other images run from their registry",
         canonical(image),
         BUILTIN.join(", ")
     )

@@ -5,6 +5,7 @@
 //! This file only routes and serves. `shared` holds the state every handler shares (the
 //! store, the dispatcher, acks, `logstore`) and `config` what the environment sets; the
 //! handlers, one file per resource (`networks`, `services`, `tasks`, `nodes`, `system`,
+//! `images` for image references, their digests and registry credentials,
 //! `logs`, `rotation`, `agents` for the agents' channel and liveness, and `trust` for the
 //! CA, certificates, tokens and who a request's certificate proves), and the background
 //! loops (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`,
@@ -17,6 +18,7 @@ mod config;
 mod containers;
 mod error;
 mod extract;
+mod images;
 pub mod listen;
 mod logs;
 mod logstore;
@@ -79,7 +81,7 @@ pub fn router(m: Shared) -> Router {
         .route("/swarm", get(system::swarm))
         .route("/swarm/update", post(trust::swarm_update))
         .route("/swarmkit/v1/client-cert", post(trust::client_cert))
-        .route("/distribution/{*name}", get(system::distribution))
+        .route("/distribution/{*name}", get(images::distribution))
         .route("/networks", get(networks::list))
         .route("/networks/create", post(networks::create))
         .route(

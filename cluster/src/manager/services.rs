@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
     EndpointSpec, EndpointSpecModeEnum, NetworkAttachmentConfig, ObjectVersion,
@@ -83,13 +83,7 @@ fn check_task(s: &StoreState, spec: &ServiceSpec, self_id: Option<&str>) -> ApiR
             "a service needs an image: give IMAGE after the options".into(),
         ));
     }
-    let has_command = container.command.as_ref().is_some_and(|c| !c.is_empty())
-        || container.args.as_ref().is_some_and(|c| !c.is_empty());
-    if crate::images::resolve(&image).is_none() && !has_command {
-        return Err(ApiError::BadRequest(crate::images::unknown_image_error(
-            &image,
-        )));
-    }
+    super::images::check_reference(&image)?;
 
     orchestrator::constraints_of(spec).map_err(ApiError::BadRequest)?;
     crate::policy::validate(spec).map_err(ApiError::BadRequest)?;
@@ -363,7 +357,11 @@ fn task_template_changed(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     a.task_template != b.task_template
 }
 
-fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
+fn create_in(
+    s: &mut StoreState,
+    spec: ServiceSpec,
+    registry_auth: Option<String>,
+) -> ApiResult<String> {
     let checked = check_spec(s, &spec, None)?;
     let spec = normalise_spec(s, spec);
     let endpoint_mode = checked.endpoint_mode;
@@ -384,6 +382,10 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
         vips: Vec::new(),
         update_status: None,
         filling: false,
+        registry_auth: crate::model::RegistryAuth {
+            current: registry_auth,
+            previous: None,
+        },
     };
     // A service has at most one VIP per network, so its own allocations never collide.
     let (ports, vips) = allocate(s, checked, None)?;
@@ -397,9 +399,11 @@ fn create_in(s: &mut StoreState, spec: ServiceSpec) -> ApiResult<String> {
 
 pub async fn create(
     State(m): State<Shared>,
+    headers: HeaderMap,
     super::options::Spec(spec): super::options::Spec,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let id = m.update(|s| create_in(s, spec))?;
+    let auth = super::images::service_auth(&headers)?;
+    let id = m.update(|s| create_in(s, spec, auth))?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "ID": id, "Warnings": null })),
@@ -557,14 +561,31 @@ pub struct UpdateQuery {
     /// `previous`: roll back to the spec before the last update (what `docker service
     /// rollback` and `service update --rollback` send).
     rollback: Option<String>,
+    /// Which registry credentials the service keeps when none are sent: its current spec's
+    /// (`spec`, the default) or its previous spec's (`previous-spec`, what docker's CLI
+    /// sends with a rollback).
+    #[serde(rename = "registryAuthFrom")]
+    registry_auth_from: Option<String>,
 }
 
 pub async fn update(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<UpdateQuery>,
+    headers: HeaderMap,
     super::options::Spec(spec): super::options::Spec,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let sent_auth = super::images::service_auth(&headers)?;
+    let auth_from_previous = match q.registry_auth_from.as_deref() {
+        None | Some("") => q.rollback.as_deref() == Some("previous"),
+        Some("spec") => false,
+        Some("previous-spec") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid registryAuthFrom {other:?}: give spec or previous-spec"
+            )));
+        }
+    };
     m.update(|s| {
         let old = find(&s.services, &id, |x| &x.name, "service")?.clone();
         let Some(version) = q.version else {
@@ -629,6 +650,17 @@ pub async fn update(
             orchestrator::begin_update(&mut svc, rollback);
         }
         svc.vips = vips;
+        // Credentials not sent again stay, as with dockerd: an update without
+        // --with-registry-auth keeps pulling with what the service had.
+        let kept = if auth_from_previous {
+            old.registry_auth.previous.clone()
+        } else {
+            old.registry_auth.current.clone()
+        };
+        svc.registry_auth = crate::model::RegistryAuth {
+            current: sent_auth.clone().or(kept),
+            previous: old.registry_auth.current.clone(),
+        };
         svc.previous_spec = Some(old.spec.clone());
         svc.spec = spec;
         svc.updated = chrono::Utc::now();

@@ -1,17 +1,15 @@
-//! /_ping, /version, /info, /swarm and /distribution: what clients ask before anything else.
+//! /_ping, /version, /info and /swarm: what clients ask before anything else.
 
+use super::error::ApiError;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use bollard::models::{
-    ClusterInfo, DistributionInspect, LocalNodeState, ObjectVersion, OciDescriptor, OciPlatform,
-    PeerNode, SwarmInfo, SwarmSpec, SwarmSpecCaConfig, SwarmSpecDispatcher, SwarmSpecOrchestration,
-    SwarmSpecRaft, SystemInfo, SystemVersion, SystemVersionPlatform,
+    ClusterInfo, LocalNodeState, ObjectVersion, PeerNode, SwarmInfo, SwarmSpec, SwarmSpecCaConfig,
+    SwarmSpecDispatcher, SwarmSpecOrchestration, SwarmSpecRaft, SystemInfo, SystemVersion,
+    SystemVersionPlatform,
 };
-use sha2::Digest;
-
-use super::error::{ApiError, ApiResult};
 
 use super::shared::Shared;
 use crate::model::NodeState;
@@ -172,30 +170,6 @@ pub async fn swarm(State(m): State<Shared>) -> Json<serde_json::Value> {
         swarm.extend(trust);
     }
     Json(swarm)
-}
-
-/// Built-in images resolve to a digest of their own name, so docker's CLI can pin them as it
-/// pins registry images.
-pub async fn distribution(Path(name): Path<String>) -> ApiResult<Json<DistributionInspect>> {
-    let name = name.strip_suffix("/json").unwrap_or(&name);
-    let Some(builtin) = crate::images::resolve(name) else {
-        return Err(ApiError::NotFound(crate::images::unknown_image_error(name)));
-    };
-    let digest = sha2::Sha256::digest(format!("swarmkit-builtin:{}", builtin.name()));
-    let hex = hex::encode(digest);
-    Ok(Json(DistributionInspect {
-        descriptor: OciDescriptor {
-            media_type: Some("application/vnd.oci.image.index.v1+json".into()),
-            digest: Some(format!("sha256:{hex}")),
-            size: Some(1024),
-            ..Default::default()
-        },
-        platforms: vec![OciPlatform {
-            architecture: Some("amd64".into()),
-            os: Some("linux".into()),
-            ..Default::default()
-        }],
-    }))
 }
 
 pub async fn page_not_found() -> ApiError {

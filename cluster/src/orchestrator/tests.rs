@@ -91,6 +91,7 @@ fn cluster_of(mode: ServiceSpecMode) -> State {
         vips: vec![],
         update_status: None,
         filling: false,
+        registry_auth: Default::default(),
     });
     s
 }

@@ -116,6 +116,14 @@ pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterP
     if let Some(lb) = lb {
         env.push((cluster::agent::ENV_LB.to_string(), lb.to_string()));
     }
+    // Netns nodes share this host's files: the certificates directory is the one given.
+    let registry = crate::record::registry_of(paths);
+    env.extend(
+        registry
+            .env(registry.local_certs().as_deref())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
     Spec {
         name: hostname.to_string(),
         args: vec!["__agent".into(), "--node".into(), hostname.to_string()],
@@ -210,7 +218,16 @@ impl NodeBackend for Netns {
         create_switch(&underlay).await?;
         write_underlay_resolv_conf(paths)?;
         // The manager starts while the nodes are plugged.
-        crate::supervise::start_manager(opts, paths, &[(ENV_UNDERLAY_LISTEN, "1".to_string())])?;
+        // The registries the nodes pull from may be on the underlay: the manager resolves
+        // digests from there too.
+        crate::supervise::start_manager(
+            opts,
+            paths,
+            &[
+                (ENV_UNDERLAY_LISTEN, "1".to_string()),
+                (cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()),
+            ],
+        )?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let plugs = hostnames.iter().enumerate().map(|(i, h)| {
             let underlay = underlay.clone();

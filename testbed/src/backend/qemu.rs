@@ -104,7 +104,13 @@ impl NodeBackend for Qemu {
         // With the underlay's own address, as on netns clusters: where the guests' tasks find
         // the cluster's outside world (its resolver among it).
         super::netns::create_switch(&underlay).await?;
-        crate::supervise::start_manager(opts, paths, &[])?;
+        // The registries the guests pull from may be on the underlay: the manager resolves
+        // digests from there too.
+        crate::supervise::start_manager(
+            opts,
+            paths,
+            &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
+        )?;
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;

@@ -17,7 +17,7 @@ use crate::{Fault, Inside, TestbedError};
 use cluster::client::ManagerClient;
 use cluster::paths::{ClusterPaths, validate_cluster_name};
 
-pub use crate::record::{ClusterInfo, UpOptions, read_info};
+pub use crate::record::{ClusterInfo, RegistrySettings, UpOptions, read_info, registry_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -450,6 +450,7 @@ mod tests {
             heartbeat: None,
             heartbeat_misses: None,
             cert_expiry: None,
+            registry: Default::default(),
         }
     }
 

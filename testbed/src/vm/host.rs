@@ -104,8 +104,77 @@ async fn put_join_token(s: &Session, paths: &ClusterPaths, node: &VmNode) -> any
     Ok(())
 }
 
-/// Shell command that starts the agent unless it already runs.
-fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
+/// A copy of the cluster's registry certificates directory on the node (`HOST:PORT/*` files,
+/// a few KiB), where its agent reads them: this host's path means nothing there. Returns
+/// the copy's path; None when the cluster has none.
+async fn put_registry_certs(
+    s: &Session,
+    node: &VmNode,
+    settings: &crate::record::RegistrySettings,
+    cluster: &str,
+) -> anyhow::Result<Option<String>> {
+    let Some(dir) = &settings.certs else {
+        return Ok(None);
+    };
+    let remote = format!("/run/swarmkit/{cluster}/registry-certs");
+    let mut files = Vec::new();
+    for host in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let host = host?;
+        if !host.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(host.path())? {
+            let f = f?;
+            if f.file_type()?.is_file() {
+                files.push((host.file_name(), f.file_name(), std::fs::read(f.path())?));
+            }
+        }
+    }
+    let out = s
+        .exec(&format!(
+            "rm -rf {r} && mkdir -p {r}",
+            r = shell_quote(&remote)
+        ))
+        .await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "making {remote} on {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    for (host, file, bytes) in files {
+        let d = format!("{remote}/{}", host.to_string_lossy());
+        let f = format!("{d}/{}", file.to_string_lossy());
+        let out = s
+            .exec_with_stdin(
+                &format!(
+                    "mkdir -p {d} && cat > {f}",
+                    d = shell_quote(&d),
+                    f = shell_quote(&f)
+                ),
+                &bytes,
+            )
+            .await?;
+        if out.code != 0 {
+            anyhow::bail!(
+                "copying {f} to {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(Some(remote))
+}
+
+/// Shell command that starts the agent unless it already runs, with `extra` in its
+/// environment.
+fn agent_command(
+    cluster: &str,
+    node: &VmNode,
+    bin: &str,
+    extra: &[(&'static str, String)],
+) -> String {
     let run = format!("/run/swarmkit/{cluster}");
     let mut env = vec![
         // A node without a launch is a host (the ssh backend): its namespace is shared.
@@ -123,6 +192,7 @@ fn agent_command(cluster: &str, node: &VmNode, bin: &str) -> String {
     if let Some(mesh) = node.mesh {
         env.push((cluster::agent::ENV_MESH, mesh.to_string()));
     }
+    env.extend_from_slice(extra);
     // A guest's outside world is the cluster's underlay, as a netns node's is (see the netns
     // backend): its tasks resolve through the underlay's address. A host keeps its own.
     let mut resolvers = String::new();
@@ -171,7 +241,16 @@ async fn serve_node(
         .exec_stream(&relay::command(&bin, &paths.name))
         .await
         .context("starting the node's end of the control path")?;
-    let out = s.exec(&agent_command(&paths.name, node, &bin)).await?;
+    let registry = crate::record::registry_of(paths);
+    let certs = put_registry_certs(&s, node, &registry, &paths.name).await?;
+    let out = s
+        .exec(&agent_command(
+            &paths.name,
+            node,
+            &bin,
+            &registry.env(certs.as_deref()),
+        ))
+        .await?;
     if out.code != 0 {
         anyhow::bail!(
             "starting the agent on {} failed ({}): {}",

@@ -66,6 +66,12 @@ pub struct CreateArgs {
     /// Suppress progress output
     #[arg(short, long)]
     quiet: bool,
+    /// Do not query the registry to resolve image digest and supported platforms
+    #[arg(long)]
+    no_resolve_image: bool,
+    /// Send registry authentication details to swarm agents
+    #[arg(long)]
+    with_registry_auth: bool,
     image: String,
     /// Command and arguments passed to the image
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -133,7 +139,17 @@ pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
         }),
         ports: (!ports.is_empty()).then_some(ports),
     });
-    let (image, platforms) = pin_image(api, &args.image).await;
+    // Only with --with-registry-auth, as docker: the credentials then go with the service to
+    // every node that pulls its image.
+    let credentials = args
+        .with_registry_auth
+        .then(|| registry_credentials(&args.image))
+        .flatten();
+    let (image, platforms) = if args.no_resolve_image {
+        (args.image.clone(), None)
+    } else {
+        pin_image(api, &args.image, credentials.clone()).await
+    };
     // The same spec docker's CLI sends, so `service inspect` reads the same whichever client
     // created the service.
     let mut spec = ServiceSpec {
@@ -172,7 +188,11 @@ pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     args.policy.apply(&mut spec);
-    let created = api.docker.create_service(spec, None).await.api(api)?;
+    let created = api
+        .docker
+        .create_service(spec, credentials)
+        .await
+        .api(api)?;
     warn(created.warnings);
     let id = created.id.unwrap_or_default();
     println!("{id}");
@@ -182,11 +202,31 @@ pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The credentials `docker login` left for the registry of `image`, as `X-Registry-Auth`
+/// carries them.
+pub fn registry_credentials(image: &str) -> Option<bollard::auth::DockerCredentials> {
+    let c = oci::docker_config_credentials(image)?;
+    Some(bollard::auth::DockerCredentials {
+        username: Some(c.username),
+        password: Some(c.password),
+        serveraddress: Some(c.server),
+        ..Default::default()
+    })
+}
+
 /// Pins the image to the digest the manager's distribution endpoint reports, as docker does;
 /// an image it cannot resolve runs unpinned, with docker's warning.
-async fn pin_image(api: &Api, image: &str) -> (String, Option<Vec<bollard::models::Platform>>) {
+pub async fn pin_image(
+    api: &Api,
+    image: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+) -> (String, Option<Vec<bollard::models::Platform>>) {
     let familiar = familiar_reference(image);
-    match api.docker.inspect_registry_image(&familiar, None).await {
+    match api
+        .docker
+        .inspect_registry_image(&familiar, credentials)
+        .await
+    {
         Ok(d) if !image.contains('@') => {
             let digest = d.descriptor.digest.unwrap_or_default();
             let platforms = d
@@ -196,17 +236,25 @@ async fn pin_image(api: &Api, image: &str) -> (String, Option<Vec<bollard::model
                     architecture: p.architecture,
                     os: p.os,
                 })
-                .collect();
-            (format!("{familiar}@{digest}"), Some(platforms))
+                .collect::<Vec<_>>();
+            // A registry's answer names no platforms; docker's CLI then leaves the placement
+            // alone.
+            let platforms = (!platforms.is_empty()).then_some(platforms);
+            (format!("{familiar}@{digest}"), platforms)
         }
         Ok(_) => (image.to_string(), None),
         Err(_) => {
-            eprintln!(
-                "image {image} could not be accessed on a registry to record\nits digest. Each node will access {image} independently,\npossibly leading to different nodes running different\nversions of the image.\n"
-            );
+            eprintln!("{}", digest_warning(image));
             (image.to_string(), None)
         }
     }
+}
+
+/// dockerd's words (`digestWarning`) for an image that runs unpinned.
+pub fn digest_warning(image: &str) -> String {
+    format!(
+        "image {image} could not be accessed on a registry to record\nits digest. Each node will access {image} independently,\npossibly leading to different nodes running different\nversions of the image.\n"
+    )
 }
 
 /// `postgres` -> `postgres:latest`: docker's familiar form with an explicit tag.

@@ -62,6 +62,12 @@ pub struct UpdateArgs {
     /// Suppress progress output
     #[arg(short, long)]
     quiet: bool,
+    /// Do not query the registry to resolve image digest and supported platforms
+    #[arg(long)]
+    no_resolve_image: bool,
+    /// Send registry authentication details to swarm agents
+    #[arg(long)]
+    with_registry_auth: bool,
     service: String,
 }
 
@@ -74,15 +80,17 @@ async fn modify(
     name: &str,
     edit: impl Fn(&mut ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<String> {
-    modify_or_rollback(api, name, false, edit).await
+    modify_or_rollback(api, name, false, None, edit).await
 }
 
 /// `modify`, or with `rollback` the manager's own rollback to the previous spec (the spec
-/// sent is then ignored, as dockerd does).
+/// sent is then ignored, as dockerd does); with `credentials` (`--with-registry-auth`) the
+/// service's registry credentials are replaced, else it keeps those it has.
 async fn modify_or_rollback(
     api: &Api,
     name: &str,
     rollback: bool,
+    credentials: Option<bollard::auth::DockerCredentials>,
     edit: impl Fn(&mut ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<String> {
     const ATTEMPTS: usize = 20;
@@ -97,7 +105,11 @@ async fn modify_or_rollback(
             rollback: rollback.then(|| "previous".to_string()),
             ..Default::default()
         };
-        match api.docker.update_service(&id, spec, opts, None).await {
+        match api
+            .docker
+            .update_service(&id, spec, opts, credentials.clone())
+            .await
+        {
             Ok(resp) => {
                 warn(resp.warnings);
                 return Ok(id);
@@ -170,7 +182,26 @@ pub async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
         rm_networks.push(network_id(api, net).await?);
     }
     let name = args.service.clone();
-    let id = modify_or_rollback(api, &name, args.rollback, |spec| {
+    // As docker: the credentials are for the image the update leaves (the new one, else the
+    // service's own), and a new image is pinned to its digest unless told not to.
+    let credentials = if args.with_registry_auth {
+        let image = match &args.image {
+            Some(i) => i.clone(),
+            None => current_image(api, &name).await?,
+        };
+        super::create::registry_credentials(&image)
+    } else {
+        None
+    };
+    let image = match &args.image {
+        Some(i) if !args.no_resolve_image => Some(
+            super::create::pin_image(api, i, credentials.clone())
+                .await
+                .0,
+        ),
+        other => other.clone(),
+    };
+    let id = modify_or_rollback(api, &name, args.rollback, credentials, |spec| {
         args.policy.apply(spec);
         if !args.constraint_add.is_empty() || !args.constraint_rm.is_empty() {
             let placement = spec
@@ -197,7 +228,7 @@ pub async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
             task.force_update = Some(task.force_update.unwrap_or(0) + 1);
         }
         let container = task.container_spec.get_or_insert_with(Default::default);
-        if let Some(image) = &args.image {
+        if let Some(image) = &image {
             container.image = Some(image.clone());
         }
         // Only touch what the flags name, so an untouched field keeps its exact value.
@@ -235,12 +266,22 @@ pub async fn update(api: &Api, args: UpdateArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn rollback(api: &Api, name: &str, detach: bool, quiet: bool) -> anyhow::Result<i32> {
-    let id = modify_or_rollback(api, name, true, |_| Ok(())).await?;
+    let id = modify_or_rollback(api, name, true, None, |_| Ok(())).await?;
     println!("{name}");
     if !detach {
         progress::converge(api, &id, quiet).await?;
     }
     Ok(0)
+}
+
+async fn current_image(api: &Api, name: &str) -> anyhow::Result<String> {
+    let service = api.docker.inspect_service(name, None).await.api(api)?;
+    Ok(service
+        .spec
+        .and_then(|s| s.task_template)
+        .and_then(|t| t.container_spec)
+        .and_then(|c| c.image)
+        .unwrap_or_default())
 }
 
 fn update_env(container: &mut TaskSpecContainerSpec, add: &[String], rm: &[String]) {
