@@ -83,9 +83,6 @@ pub struct TaskPlan {
     /// `--mount`: volumes, binds and tmpfs in a registry image's container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountPlan>,
-    /// `--with-registry-auth`: the service's `X-Registry-Auth`, for the node's pull.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry_auth: Option<String>,
     pub env: Vec<String>,
     pub hostname: String,
     pub attachments: Vec<AttachmentPlan>,

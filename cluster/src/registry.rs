@@ -9,10 +9,7 @@
 
 use std::future::Future;
 
-/// Registries reached over plain HTTP (dockerd's `insecure-registries`), comma-separated.
-pub const ENV_INSECURE_REGISTRIES: &str = "SWARMKIT_INSECURE_REGISTRIES";
-/// A `certs.d`-shaped directory (`HOST:PORT/ca.crt`) of the CAs registries are trusted under.
-pub const ENV_REGISTRY_CERTS: &str = "SWARMKIT_REGISTRY_CERTS";
+pub use oci::{ENV_INSECURE_REGISTRIES, ENV_REGISTRY_CERTS};
 /// The network namespace (by name, under /run/netns) the manager reaches registries from.
 pub const ENV_REGISTRY_NETNS: &str = "SWARMKIT_REGISTRY_NETNS";
 

@@ -24,5 +24,7 @@ pub use auth::{
     Credentials, decode_registry_auth, docker_config_credentials, encode_registry_auth,
 };
 pub use reference::ImageRef;
-pub use registry::{PullError, RegistryOptions, resolve_digest};
+pub use registry::{
+    ENV_INSECURE_REGISTRIES, ENV_REGISTRY_CERTS, PullError, RegistryOptions, resolve_digest,
+};
 pub use store::{Healthcheck, Image, ImageConfig, Progress, Store};

@@ -29,6 +29,11 @@ pub struct RegistryOptions {
     pub certs_dir: std::path::PathBuf,
 }
 
+/// Registries reached over plain HTTP (dockerd's `insecure-registries`), comma-separated.
+pub const ENV_INSECURE_REGISTRIES: &str = "SWARMKIT_INSECURE_REGISTRIES";
+/// A `certs.d`-shaped directory (`HOST:PORT/ca.crt`) of the CAs registries are trusted under.
+pub const ENV_REGISTRY_CERTS: &str = "SWARMKIT_REGISTRY_CERTS";
+
 impl RegistryOptions {
     /// From `SWARMKIT_INSECURE_REGISTRIES` (comma-separated) and `SWARMKIT_REGISTRY_CERTS`,
     /// defaulting to `/etc/docker/certs.d`, plus `/etc/docker/daemon.json`'s list.
@@ -38,7 +43,7 @@ impl RegistryOptions {
 
     /// As [`RegistryOptions::from_env`], with dockerd's configuration read from `daemon_json`.
     pub fn from_env_and(daemon_json: &Path) -> RegistryOptions {
-        let mut insecure: Vec<String> = std::env::var("SWARMKIT_INSECURE_REGISTRIES")
+        let mut insecure: Vec<String> = std::env::var(ENV_INSECURE_REGISTRIES)
             .unwrap_or_default()
             .split(',')
             .map(|s| s.trim().to_string())
@@ -50,7 +55,7 @@ impl RegistryOptions {
                 Err(e) => tracing::warn!("{}: {e}", daemon_json.display()),
             }
         }
-        let certs_dir = std::env::var_os("SWARMKIT_REGISTRY_CERTS")
+        let certs_dir = std::env::var_os(ENV_REGISTRY_CERTS)
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CERTS_DIR));

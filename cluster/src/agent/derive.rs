@@ -354,7 +354,6 @@ mod tests {
             args: vec![],
             command_len: 0,
             mounts: vec![],
-            registry_auth: None,
             env: vec![],
             hostname: "t1".into(),
             attachments: nets

@@ -346,7 +346,6 @@ pub fn task(state: &State, idx: &Index, node: &str, id: &str) -> Option<TaskPlan
         command_len,
         // Checked when the spec was taken.
         mounts: crate::plan::mounts_of(&container).unwrap_or_default(),
-        registry_auth: None,
         env: container.env.clone().unwrap_or_default(),
         hostname: hostname_of(state, service, &container, t),
         user: container.user.clone().unwrap_or_default(),

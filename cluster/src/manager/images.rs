@@ -132,32 +132,19 @@ pub async fn distribution(
 /// (404), credentials missing or wrong (401) or without access (403); anything else is the
 /// registry out of reach (502), with what to check.
 fn pull_error(image: &str, registry: &str, e: &oci::PullError) -> ApiError {
-    // oci reports registry failures as text; these are the registries' own words (the
-    // distribution spec's error codes and the HTTP reasons).
-    let text = e.to_string();
-    let low = text.to_lowercase();
-    let has = |words: &[&str]| words.iter().any(|w| low.contains(w));
-    if has(&["manifest unknown", "name unknown", "not found", "no such"]) {
-        ApiError::NotFound(format!(
-            "No such image: {image}: registry {registry} has no manifest for it ({text})"
-        ))
-    } else if has(&["unauthorized", "authentication required"]) {
-        ApiError::Unauthorized(format!(
-            "unauthorized: registry {registry} refused {image} without valid credentials \
-             ({text}): log in (docker login {registry}) and pass --with-registry-auth"
-        ))
-    } else if has(&["denied", "forbidden"]) {
-        ApiError::Forbidden(format!(
-            "denied: registry {registry} denied access to {image} ({text}): use credentials \
-             that may pull it (docker login {registry}, then --with-registry-auth)"
-        ))
-    } else {
-        ApiError::BadGateway(format!(
-            "registry {registry} could not be reached to resolve {image}: {text}. If it \
-             serves plain HTTP, name it at cluster up (--insecure-registry {registry}); if \
-             its certificate is signed by a CA of your own, give --registry-certs DIR with \
-             {registry}/ca.crt in it"
-        ))
+    use oci::PullError as P;
+    match e {
+        P::BadReference(_) => ApiError::BadRequest(e.to_string()),
+        P::NotFound { .. } => ApiError::NotFound(format!(
+            "{e}: registry {registry} has no manifest for {image}"
+        )),
+        P::Unauthorized { .. } => ApiError::Unauthorized(e.to_string()),
+        P::Unreachable { .. } => ApiError::BadGateway(e.to_string()),
+        _ => ApiError::BadGateway(format!(
+            "registry {registry} could not resolve {image}: {e}. If it serves plain HTTP, name \
+             it at cluster up (--insecure-registry {registry}); if its certificate is signed by \
+             a CA of your own, give --registry-certs DIR with {registry}/ca.crt in it"
+        )),
     }
 }
 
@@ -187,25 +174,26 @@ mod tests {
     #[test]
     fn registry_failures_map_to_docker_statuses() {
         use axum::http::StatusCode;
-        let status = |text: &str| {
-            pull_error("r:5000/a:1", "r:5000", &oci::PullError::Other(text.into())).status()
-        };
+        use oci::PullError as P;
+        let status = |e: P| pull_error("r:5000/a:1", "r:5000", &e).status();
+        let reference = "r:5000/a:1".to_string();
         assert_eq!(
-            status("MANIFEST_UNKNOWN: manifest unknown"),
+            status(P::NotFound {
+                reference: reference.clone()
+            }),
             StatusCode::NOT_FOUND
         );
-        assert_eq!(status("401 Unauthorized"), StatusCode::UNAUTHORIZED);
         assert_eq!(
-            status("DENIED: requested access to the resource is denied"),
-            StatusCode::FORBIDDEN
+            status(P::Unauthorized {
+                reference,
+                registry: "r:5000".into(),
+                detail: "401".into(),
+                hint: "log in".into()
+            }),
+            StatusCode::UNAUTHORIZED
         );
-        assert_eq!(status("connection refused"), StatusCode::BAD_GATEWAY);
-        let m = pull_error(
-            "r:5000/a:1",
-            "r:5000",
-            &oci::PullError::Other("timed out".into()),
-        )
-        .to_string();
+        assert_eq!(status(P::BadReference("x".into())), StatusCode::BAD_REQUEST);
+        let m = pull_error("r:5000/a:1", "r:5000", &P::Other("timed out".into())).to_string();
         assert!(
             m.contains("r:5000") && m.contains("--insecure-registry"),
             "{m}"
