@@ -241,3 +241,55 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
     );
     assert!(running(&c, "vote_web", 2));
 }
+
+/// The same on QEMU guests, whose image carries crun: a registry image's service answers
+/// through the mesh from each guest, its tasks under crun inside the guest, the pinned digest
+/// pulled by each guest from the registry on the cluster's underlay.
+#[test]
+fn registry_images_run_on_qemu_guests() {
+    testkit::skip_unless!(testkit::needs_qemu());
+    if let Some(why) = testkit::registry::needs_registry() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let c = Cluster::up_with(
+        "qimages",
+        2,
+        &["--backend", "qemu", "--insecure-registry", REGISTRY],
+    );
+    let registry = registry_in_underlay(&c);
+    let built = votekit().write(&std::env::temp_dir().join(format!("{}-votekit", c.name)), "1");
+    registry.push(&built, "votekit:1");
+    let digest = registry.inspect("votekit:1")["Digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.service_create(&[
+        "--name",
+        "web",
+        "--mode",
+        "global",
+        "-p",
+        "8080:80",
+        &registry.image("votekit:1"),
+    ])
+    .ok();
+    let inspect = c.api("/services/web");
+    assert!(
+        inspect["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+            .as_str()
+            .unwrap()
+            .ends_with(&digest),
+        "{inspect}"
+    );
+    for node in ["node1", "node2"] {
+        let got = c.curl(node, "http://localhost:8080/");
+        assert_eq!(got.as_deref(), Some("vote here\n"), "from {node}");
+    }
+    // Inside the container: its own root and PID namespace, the task's hostname.
+    let task = c.tasks("web")[0]["ID"].as_str().unwrap().to_string();
+    let inside = c.task(&task, "ls /srv; cat /proc/1/cmdline | tr '\\0' ' '");
+    assert!(inside.success(), "{}", inside.text());
+    assert!(inside.stdout.contains("store"), "{}", inside.stdout);
+    assert!(inside.stdout.contains("httpd -f -p 80"), "{}", inside.stdout);
+}

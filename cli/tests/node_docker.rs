@@ -50,7 +50,7 @@ fn a_nodes_socket_shows_its_tasks_as_containers() {
         "team=net",
         "--publish",
         "published=8181,target=80,mode=host",
-        "shell",
+        "whoami",
         "sh",
         "-c",
         "echo hello from $(hostname); exec sleep 600",
