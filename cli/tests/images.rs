@@ -258,7 +258,10 @@ fn registry_images_run_on_qemu_guests() {
         &["--backend", "qemu", "--insecure-registry", REGISTRY],
     );
     let registry = registry_in_underlay(&c);
-    let built = votekit().write(&std::env::temp_dir().join(format!("{}-votekit", c.name)), "1");
+    let built = votekit().write(
+        &std::env::temp_dir().join(format!("{}-votekit", c.name)),
+        "1",
+    );
     registry.push(&built, "votekit:1");
     let digest = registry.inspect("votekit:1")["Digest"]
         .as_str()
@@ -291,5 +294,9 @@ fn registry_images_run_on_qemu_guests() {
     let inside = c.task(&task, "ls /srv; cat /proc/1/cmdline | tr '\\0' ' '");
     assert!(inside.success(), "{}", inside.text());
     assert!(inside.stdout.contains("store"), "{}", inside.stdout);
-    assert!(inside.stdout.contains("httpd -f -p 80"), "{}", inside.stdout);
+    assert!(
+        inside.stdout.contains("httpd -f -p 80"),
+        "{}",
+        inside.stdout
+    );
 }

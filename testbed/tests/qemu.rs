@@ -603,7 +603,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
     );
 
     c(&[
-        "service", "create", "--name", "sleeper", "busybox", "sleep", "300",
+        "service", "create", "--name", "sleeper", "whoami", "sleep", "300",
     ]);
     let hostname = eventually("the task to run", Duration::from_secs(60), || {
         let out = cl.sk(&["exec", "sleeper.1", "--", "hostname"]);

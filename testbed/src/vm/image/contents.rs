@@ -142,8 +142,19 @@ pub(super) fn host_files(swarmkit: &Path) -> Result<Vec<Packed>> {
             on_volume,
         });
     }
+    // The CAs a node's distribution trusts (Debian's ca-certificates): registry clients
+    // cannot be built without a root store, even for a registry reached over plain HTTP.
+    if let Some(ca) = first_existing(&[CA_BUNDLE]) {
+        files.push(Packed {
+            guest: CA_BUNDLE.into(),
+            host: ca,
+            on_volume: true,
+        });
+    }
     Ok(files)
 }
+
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Shared libraries of a dynamically linked binary, as ldd resolves them on this host.
 fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
