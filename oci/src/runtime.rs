@@ -41,6 +41,19 @@ fn on_path(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// Whether this machine's `/` is the kernel's initial ramfs (`rootfs` in the mount table).
+fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|table| {
+        table.lines().any(|l| {
+            let mut halves = l.split(" - ");
+            let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+                return false;
+            };
+            left.split(' ').nth(4) == Some("/") && right.split(' ').next() == Some("rootfs")
+        })
+    })
+}
+
 impl Runtime {
     /// crun, keeping state under `root`.
     pub fn find(root: &Path) -> Result<Runtime, RuntimeError> {
@@ -60,11 +73,14 @@ impl Runtime {
     /// it in the task's namespaces and cgroup, with the container's root mounted.
     pub fn run(&self, bundle: &Path, id: &str) -> Command {
         let mut cmd = self.base();
-        cmd.arg("--cgroup-manager=disabled")
-            .arg("run")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg(id);
+        cmd.arg("--cgroup-manager=disabled").arg("run");
+        if root_is_initramfs() {
+            // pivot_root cannot leave the initial ramfs (a VM guest booted from its
+            // initramfs): the container's root is moved instead, as dockerd does with
+            // DOCKER_RAMDISK.
+            cmd.arg("--no-pivot");
+        }
+        cmd.arg("--bundle").arg(bundle).arg(id);
         cmd
     }
 
