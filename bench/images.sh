@@ -107,7 +107,7 @@ echo "ratio image/stand-in: $(echo "scale=2; $mi / $ms" | bc)"
 # RSS: every process in each task's memory cgroup, summed, per task.
 rss_per_task() {
   local service=$1 total=0 n=0
-  for id in $("$SK" --cluster "$C" service ps -q "$service"); do
+  for id in $("$SK" --cluster "$C" service ps -q --no-trunc "$service"); do
     local procs=/sys/fs/cgroup/memory/swarmkit/$C/$id/cgroup.procs
     [ -r "$procs" ] || procs=/sys/fs/cgroup/swarmkit/$C/$id/cgroup.procs
     for p in $(cat "$procs"); do
