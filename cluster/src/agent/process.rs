@@ -387,16 +387,15 @@ pub struct Container<'a> {
     pub volumes: &'a Path,
 }
 
+/// Node paths bound into a container: (node path, container path, read-only).
+type Binds = Vec<(std::path::PathBuf, String, bool)>;
+/// tmpfs mounts in a container: (container path, mount options).
+type Tmpfs = Vec<(String, Vec<String>)>;
+
 /// Where each `--mount` comes from on the node: a volume's directory (made on first use, as
 /// docker's local driver does; a task's anonymous volume is named after the task and target),
 /// a bind's node path (which must exist, as docker requires), or a tmpfs.
-fn mounts_of(
-    task: &TaskPlan,
-    volumes: &Path,
-) -> std::io::Result<(
-    Vec<(std::path::PathBuf, String, bool)>,
-    Vec<(String, Vec<String>)>,
-)> {
+fn mounts_of(task: &TaskPlan, volumes: &Path) -> std::io::Result<(Binds, Tmpfs)> {
     use crate::plan::MountKind;
     let (mut binds, mut tmpfs) = (Vec::new(), Vec::new());
     for m in &task.mounts {
@@ -448,10 +447,7 @@ fn container_plan(
     task: &TaskPlan,
     dir: &Path,
     files_root: Option<&Path>,
-    mounts: (
-        Vec<(std::path::PathBuf, String, bool)>,
-        Vec<(String, Vec<String>)>,
-    ),
+    mounts: (Binds, Tmpfs),
 ) -> std::io::Result<oci::bundle::ContainerPlan> {
     let (volumes, tmpfs) = mounts;
     let split = task.command_len.min(task.args.len());
