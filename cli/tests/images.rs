@@ -78,6 +78,9 @@ services:
     networks: [backend]
     volumes:
       - votes:/data
+    deploy:
+      placement:
+        constraints: [node.hostname == node2]
 networks:
   frontend:
   backend:
@@ -181,7 +184,7 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
     assert_eq!(votes, "cast0\ncast1\ncast2\n");
 
     // Killed inside its container (its init, from the node), the store is restarted by its
-    // policy, on the same volume.
+    // policy, on the same node (its constraint) and so the same volume.
     let old = store["ID"].as_str().unwrap().to_string();
     let pid = c.task_pid("vote_store", 1);
     let container_init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
