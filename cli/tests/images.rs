@@ -182,6 +182,35 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
         .unwrap_or_else(|| panic!("no vote_votes volume on {node}: {ls}"));
     let votes = std::fs::read_to_string(format!("{mountpoint}/votes")).unwrap();
     assert_eq!(votes, "cast0\ncast1\ncast2\n");
+    // docker exec on the node runs in the container: its root, its volume.
+    let on_node = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (_, names) = on_node(&["ps", "--format", "{{.Names}}"]);
+    let store_container = names
+        .lines()
+        .find(|n| n.starts_with("vote_store."))
+        .unwrap_or_else(|| panic!("no store container on {node}: {names}"));
+    let (code, out) = on_node(&[
+        "exec",
+        store_container,
+        "sh",
+        "-c",
+        "cat /data/votes; ls /srv",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out,
+        "cast0\ncast1\ncast2\nstore\nweb\nworker\n"
+    );
 
     // Killed inside its container (its init, from the node), the store is restarted by its
     // policy, on the same node (its constraint) and so the same volume.

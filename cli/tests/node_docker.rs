@@ -1,5 +1,5 @@
 //! A node's own Docker socket, as on a Swarm node: the stock docker CLI's `ps`, `inspect`,
-//! `logs` and `system df` show the tasks placed on that node as containers, with the
+//! `logs`, `exec` and `system df` show the tasks placed on that node as containers, with the
 //! `com.docker.swarm.*` labels docker sets, and nothing of the other nodes.
 
 mod common;
@@ -11,6 +11,16 @@ use common::Cluster;
 
 /// `docker ARGS` against `node`'s socket, as `swarmkit cluster env --node` points it.
 fn docker_on(c: &Cluster, node: &str, args: &[&str]) -> (i32, String, String) {
+    docker_on_with(c, node, args, None)
+}
+
+/// As [`docker_on`], with `stdin` fed to the CLI.
+fn docker_on_with(
+    c: &Cluster,
+    node: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
     let env = c.sk(&["cluster", "env", "--node", node]);
     assert!(env.success(), "{}", env.stderr);
     let host = env
@@ -19,12 +29,23 @@ fn docker_on(c: &Cluster, node: &str, args: &[&str]) -> (i32, String, String) {
         .strip_prefix("export DOCKER_HOST=")
         .expect("an export line")
         .to_string();
-    let out = Command::new("timeout")
+    let mut child = Command::new("timeout")
         .args(["--kill-after=5", "60", "docker"])
         .args(args)
         .env("DOCKER_HOST", host)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -103,6 +124,46 @@ fn a_nodes_socket_shows_its_tasks_as_containers() {
         seen.push(name);
     }
     assert_ne!(seen[0], seen[1]);
+
+    // docker exec runs in the task, on its node: its hostname, stdout and stderr apart, its
+    // exit status, stdin with -i, -e; another node's container is not this node's.
+    let (code, out, err) = docker_on(
+        &c,
+        "node1",
+        &[
+            "exec",
+            &seen[0],
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; exit 3",
+        ],
+    );
+    assert_eq!(code, 3, "{out} {err}");
+    assert!(out.starts_with("out\ntalk-"), "{out}");
+    assert_eq!(err.trim(), "err");
+    let (code, out, err) = docker_on_with(
+        &c,
+        "node1",
+        &[
+            "exec",
+            "-i",
+            "-e",
+            "GREETING=hi",
+            &seen[0],
+            "sh",
+            "-c",
+            "echo $GREETING; cat",
+        ],
+        Some("piped through\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "hi\npiped through\n");
+    let (code, _, err) = docker_on(&c, "node1", &["exec", &seen[1], "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("No such container"), "{err}");
+    let (code, _, err) = docker_on(&c, "node1", &["exec", "-u", "nobody", &seen[0], "id"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("does not do -u yet"), "{err}");
 
     let (code, out, err) = docker_on(
         &c,

@@ -115,28 +115,18 @@ impl ManagerClient {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    async fn handshake(&self) -> Result<Sender, ClientError> {
-        let connect = |source| ClientError::Connect {
+    fn connect_error(&self, source: std::io::Error) -> ClientError {
+        ClientError::Connect {
             path: match &self.endpoint {
                 Endpoint::Unix(p) => p.clone(),
                 Endpoint::Tcp(a) => PathBuf::from(format!("tcp:{a}")),
             },
             source,
-        };
-        let hs = |e: hyper::Error| ClientError::Http {
-            method: Method::GET,
-            uri: String::new(),
-            message: e.to_string(),
-        };
-        async fn over<S>(io: S) -> Result<Sender, hyper::Error>
-        where
-            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        {
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-            tokio::spawn(conn);
-            Ok(sender)
         }
+    }
+
+    /// A new connection to the manager, in TLS where the client has it.
+    async fn dial(&self) -> Result<Io, ClientError> {
         let tls = self
             .tls
             .as_ref()
@@ -154,7 +144,8 @@ impl ManagerClient {
                 ),
             })
         }
-        let io = match &self.endpoint {
+        let connect = |e| self.connect_error(e);
+        Ok(match &self.endpoint {
             Endpoint::Unix(p) => {
                 let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
                 secured(stream, tls).await.map_err(connect)?
@@ -163,8 +154,75 @@ impl ManagerClient {
                 let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
                 secured(stream, tls).await.map_err(connect)?
             }
+        })
+    }
+
+    async fn handshake(&self) -> Result<Sender, ClientError> {
+        let io = self.dial().await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| ClientError::Http {
+                    method: Method::GET,
+                    uri: String::new(),
+                    message: e.to_string(),
+                })?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// `POST uri` upgraded to a raw stream (an exec session's agent end), on a connection of
+    /// its own.
+    pub async fn upgrade(
+        &self,
+        uri: &str,
+    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let http = |message: String| ClientError::Http {
+            method: Method::POST,
+            uri: uri.to_string(),
+            message,
         };
-        over(io).await.map_err(hs)
+        let io = self.dial().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| http(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("Host", "swarmkit")
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "tcp")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| http(e.to_string()))?;
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, send(&mut sender, req))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                method: Method::POST,
+                uri: uri.to_string(),
+                after: REQUEST_TIMEOUT,
+            })?
+            .map_err(http)?;
+        let status = resp.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(ClientError::Status {
+                status,
+                method: Method::POST,
+                uri: uri.to_string(),
+                message: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        Ok(hyper_util::rt::TokioIo::new(upgraded))
     }
 
     /// One request, given up after [`REQUEST_TIMEOUT`]: a connection that stalls (seen once

@@ -19,6 +19,38 @@ pub const RENEW: &str = "/swarmkit/v1/agent/renew";
 pub const PLAN: &str = "/swarmkit/v1/agent/plan";
 pub const REPORT: &str = "/swarmkit/v1/agent/report";
 pub const LOGS: &str = "/swarmkit/v1/agent/logs";
+/// Long-polled by each agent: the `docker exec` sessions started on its node's socket.
+pub const EXECS: &str = "/swarmkit/v1/agent/execs";
+
+/// An exec session for the agent: the task to run `argv` in, and whether the client sends
+/// stdin. The agent attaches to `EXECS/{session}` (an HTTP upgrade to a raw stream) and
+/// runs it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub session: String,
+    pub task_id: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// On an exec session's agent end, after the upgrade: the client's stdin raw towards the
+/// agent; towards the manager, docker's multiplexed frames (stream type, three zero bytes,
+/// length as u32 big-endian, then the bytes) for stdout (1) and stderr (2), and last a frame
+/// of this type carrying the process's exit status (i32 big-endian).
+pub const EXEC_EXIT_FRAME: u8 = 0xFF;
+
+/// A frame of the exec stream's format.
+pub fn exec_frame(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + data.len());
+    out.push(kind);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
 
 /// A node's first words: the token that lets it join, a signing request for the key it made
 /// (which never leaves it), and what it registers as.

@@ -87,12 +87,14 @@ impl Runtime {
     /// `argv` run in the running container `id` as its own process runs (its namespaces,
     /// user, capabilities, environment and working directory): docker's exec, which
     /// healthchecks use.
-    pub fn exec(&self, id: &str, argv: &[String]) -> Command {
+    /// `env` (`KEY=value`) is added to the container's own.
+    pub fn exec(&self, id: &str, env: &[String], argv: &[String]) -> Command {
         let mut cmd = self.base();
-        cmd.arg("--cgroup-manager=disabled")
-            .arg("exec")
-            .arg(id)
-            .args(argv);
+        cmd.arg("--cgroup-manager=disabled").arg("exec");
+        for kv in env {
+            cmd.arg("--env").arg(kv);
+        }
+        cmd.arg(id).args(argv);
         cmd
     }
 

@@ -18,6 +18,14 @@ pub enum Event {
         image: String,
         result: Result<std::sync::Arc<oci::Image>, String>,
     },
+    /// A `docker exec` session wants its command: made in the task by the loop that owns the
+    /// tasks, or why not.
+    Exec {
+        task_id: String,
+        argv: Vec<String>,
+        env: Vec<String>,
+        reply: tokio::sync::oneshot::Sender<Result<tokio::process::Command, String>>,
+    },
     /// Its healthcheck failed `retries` times in a row.
     Unhealthy {
         id: String,

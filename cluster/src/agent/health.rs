@@ -72,7 +72,7 @@ async fn check_once(
     pid: u32,
     h: &HealthPlan,
 ) -> Result<(), String> {
-    let child = process::probe(cluster, task, pid, &h.argv)
+    let child = process::probe(cluster, task, pid, &h.argv, &[])
         .and_then(|mut cmd| cmd.spawn())
         .map_err(|e| format!("the healthcheck could not start: {e}"))?;
     let timeout = Duration::from_millis(h.timeout_ms);

@@ -16,6 +16,7 @@ mod credentials;
 mod dataplane;
 mod derive;
 mod event;
+mod exec;
 mod files;
 mod health;
 mod images;

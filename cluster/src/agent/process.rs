@@ -725,24 +725,26 @@ fn command_as_task(
     cmd
 }
 
-/// A healthcheck's command for the task whose process is `pid`: run in its network, mount and
-/// UTS namespaces and its cgroup, from its working directory, as its user and groups with its
-/// capabilities, with the task's environment, as dockerd runs one with `exec`. Killed when
-/// dropped (its timeout).
+/// A command in the task whose process is `pid` (a healthcheck's, or `docker exec`'s, with
+/// `env` added): in a registry image's container through its runtime; otherwise in the
+/// task's network, mount and UTS namespaces and its cgroup, from its working directory, as
+/// its user and groups with its capabilities and the task's environment, as dockerd runs one
+/// with `exec`. Killed when dropped (a check's timeout, a client gone).
 pub fn probe(
     cluster: &str,
     task: &TaskPlan,
     pid: u32,
     argv: &[String],
+    env: &[String],
 ) -> std::io::Result<tokio::process::Command> {
     use std::os::fd::OwnedFd;
     let (program, args) = argv
         .split_first()
-        .ok_or_else(|| std::io::Error::other("the healthcheck has no command"))?;
+        .ok_or_else(|| std::io::Error::other("no command to run in the task"))?;
     if runs_image(task) {
         let mut cmd = runtime(cluster)
             .map_err(std::io::Error::other)?
-            .exec(&task.id, argv);
+            .exec(&task.id, env, argv);
         let cgroup = TaskCgroup::existing(cluster, &task.id);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -773,6 +775,11 @@ pub fn probe(
     let workdir = CString::new(if task.dir.is_empty() { "/" } else { &task.dir })
         .map_err(std::io::Error::other)?;
     let mut cmd = command_as_task(task, user.as_ref(), program, args);
+    for kv in env {
+        if let Some((k, v)) = kv.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -88,6 +88,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     );
     tokio::spawn(poll_plans(client.clone(), renewal, plan_tx));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(super::exec::serve(client.clone(), events_tx.clone()));
     let logs = LogSink::start(client.clone());
     let dataplane = Dataplane::new(paths.clone(), hostname, node_ns.clone(), vtep, driver, mesh)
         .with_journal(journal.clone())

@@ -180,6 +180,23 @@ impl Tasks {
     /// node was pulling arrived, or failed).
     pub fn on_event(&mut self, ev: Event) -> bool {
         match ev {
+            Event::Exec {
+                task_id,
+                argv,
+                env,
+                reply,
+            } => {
+                let made = match self.running.get(&task_id) {
+                    Some(t) if !t.stopping => match t.pid {
+                        Some(pid) => process::probe(&self.paths.name, &t.plan, pid, &argv, &env)
+                            .map_err(|e| format!("exec in {}: {e}", t.plan.name)),
+                        None => Err(format!("{} has no process", t.plan.name)),
+                    },
+                    _ => Err(format!("task {task_id} is not running on this node")),
+                };
+                let _ = reply.send(made);
+                return false;
+            }
             Event::Pulled { image, result } => {
                 if let Some(images) = &mut self.images {
                     images.on_pulled(image, result);

@@ -442,9 +442,97 @@ async fn volume_inspect(
         .ok_or_else(|| ApiError::NotFound(format!("get {name}: no such volume")))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ExecConfig {
+    #[serde(default)]
+    attach_stdin: bool,
+    #[serde(default)]
+    tty: bool,
+    #[serde(default)]
+    env: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    privileged: bool,
+}
+
+/// `POST /containers/{id}/exec`: an exec instance for a running task on this node.
+async fn exec_create(
+    State(v): State<NodeView>,
+    Path(key): Path<String>,
+    super::extract::Json(c): super::extract::Json<ExecConfig>,
+) -> ApiResult<(axum::http::StatusCode, Json<serde_json::Value>)> {
+    let argv = c.cmd.unwrap_or_default();
+    if argv.is_empty() {
+        return Err(ApiError::BadRequest(
+            "no command given: docker exec CONTAINER COMMAND [ARG...]".into(),
+        ));
+    }
+    let refused: Vec<&str> = [
+        (c.tty, "-t"),
+        (c.user.as_deref().is_some_and(|u| !u.is_empty()), "-u"),
+        (
+            c.working_dir.as_deref().is_some_and(|w| !w.is_empty()),
+            "-w",
+        ),
+        (c.privileged, "--privileged"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect();
+    if !refused.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "swarmkit's docker exec does not do {} yet: leave {} out (the command runs as the \
+             task's user, in its working directory)",
+            refused.join(", "),
+            if refused.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    let s = v.m.store.snapshot();
+    let t = find(&s, &v.node_id, &key)?;
+    if t.status.state != TaskState::Running {
+        return Err(ApiError::Conflict(format!(
+            "container {} is not running ({})",
+            container_name(&s, t),
+            t.status.state.as_str()
+        )));
+    }
+    let id = v.m.execs.create(
+        &v.node_id,
+        &t.id,
+        argv,
+        c.env.unwrap_or_default(),
+        c.attach_stdin,
+    );
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({ "Id": id })),
+    ))
+}
+
+async fn exec_start(
+    State(v): State<NodeView>,
+    Path(id): Path<String>,
+    req: axum::extract::Request,
+) -> ApiResult<Response> {
+    super::exec::start(v.m.clone(), &v.node_id, id, req).await
+}
+
+async fn exec_inspect(
+    State(v): State<NodeView>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    super::exec::inspect(&v.m, &v.node_id, &id).map(Json)
+}
+
 async fn refused() -> ApiError {
     ApiError::NotFound(
-        "a node's socket answers docker ps, inspect, logs, system df and volume ls for the tasks on that \
+        "a node's socket answers docker ps, inspect, logs, exec, system df and volume ls for the tasks on that \
          node; drive the cluster through the manager (DOCKER_HOST=unix:///run/swarmkit/<cluster>/manager.sock)"
             .into(),
     )
@@ -458,6 +546,9 @@ fn router(m: Shared, node_id: String) -> Router {
         .route("/containers/{id}/json", get(inspect))
         .route("/containers/{id}/logs", get(logs))
         .route("/system/df", get(disk_usage))
+        .route("/containers/{id}/exec", axum::routing::post(exec_create))
+        .route("/exec/{id}/start", axum::routing::post(exec_start))
+        .route("/exec/{id}/json", get(exec_inspect))
         .route("/volumes", get(volume_list))
         .route("/volumes/{name}", get(volume_inspect))
         .fallback(refused)

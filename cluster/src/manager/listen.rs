@@ -118,7 +118,12 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    // Upgrades: `docker exec`'s stream on the nodes' sockets and the agents' end of it.
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await
+    {
         tracing::debug!("connection ended: {e}");
     }
 }

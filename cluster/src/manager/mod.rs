@@ -17,6 +17,7 @@ mod agents;
 mod config;
 mod containers;
 mod error;
+mod exec;
 mod extract;
 mod images;
 pub mod listen;
@@ -131,7 +132,7 @@ pub fn router(m: Shared) -> Router {
 /// The agent channel, and nothing else: what the agents' listeners serve (mutual TLS, the
 /// node known by its certificate). The Engine API and the admin routes are not here at all.
 pub fn agent_router(m: Shared) -> Router {
-    use crate::protocol::{JOIN, LOGS, PLAN, REGISTER, RENEW, REPORT};
+    use crate::protocol::{EXECS, JOIN, LOGS, PLAN, REGISTER, RENEW, REPORT};
     Router::new()
         .route(JOIN, post(trust::join))
         .route(REGISTER, post(agents::register))
@@ -139,6 +140,8 @@ pub fn agent_router(m: Shared) -> Router {
         .route(PLAN, get(agents::plan))
         .route(REPORT, post(agents::report))
         .route(LOGS, post(logs::push))
+        .route(EXECS, get(exec::poll))
+        .route(&format!("{EXECS}/{{session}}"), post(exec::attach))
         .fallback(agent_listener_only)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(axum::middleware::from_fn(extract::json_errors))

@@ -30,6 +30,8 @@ pub struct Manager {
     pub(super) started: Instant,
     /// What the TLS listeners present (the manager's certificate under the current roots).
     pub(super) tls: super::tls::Listeners,
+    /// `docker exec` sessions on the nodes' sockets.
+    pub(super) execs: super::exec::Execs,
 }
 
 pub type Shared = Arc<Manager>;
@@ -55,6 +57,7 @@ impl Manager {
             heartbeat,
             started: Instant::now(),
             tls,
+            execs: Default::default(),
         });
         m.dispatch().assume_applied_before_restart();
         Ok(m)
