@@ -207,10 +207,7 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
         "cat /data/votes; ls /srv",
     ]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(
-        out,
-        "cast0\ncast1\ncast2\nstore\nweb\nworker\n"
-    );
+    assert_eq!(out, "cast0\ncast1\ncast2\nstore\nweb\nworker\n");
 
     // Killed inside its container (its init, from the node), the store is restarted by its
     // policy, on the same node (its constraint) and so the same volume.

@@ -214,7 +214,7 @@ pub fn mounts_of(c: &bollard::models::TaskSpecContainerSpec) -> Result<Vec<Mount
             Some(MountType::VOLUME) | None => {
                 if !source.is_empty() && !volume_name_ok(&source) {
                     return Err(format!(
-                        "--mount source {source:?}: not a volume name (letters, digits, _ . -,                          starting with a letter or digit); for a node path use type=bind"
+                        "--mount source {source:?}: not a volume name (letters, digits, _ . -, starting with a letter or digit); for a node path use type=bind"
                     ));
                 }
                 if let Some(driver) = m
@@ -225,7 +225,7 @@ pub fn mounts_of(c: &bollard::models::TaskSpecContainerSpec) -> Result<Vec<Mount
                     .filter(|d| !d.is_empty() && *d != "local")
                 {
                     return Err(format!(
-                        "--mount volume-driver={driver}: swarmkit's nodes have the local driver                          only; leave volume-driver out"
+                        "--mount volume-driver={driver}: swarmkit's nodes have the local driver only; leave volume-driver out"
                     ));
                 }
                 MountKind::Volume
@@ -246,7 +246,7 @@ pub fn mounts_of(c: &bollard::models::TaskSpecContainerSpec) -> Result<Vec<Mount
             }
             Some(other) => {
                 return Err(format!(
-                    "--mount type={other}: swarmkit mounts volume, bind and tmpfs; use one of                      those"
+                    "--mount type={other}: swarmkit mounts volume, bind and tmpfs; use one of those"
                 ));
             }
         };

@@ -22,6 +22,8 @@ struct Case {
     headers: Vec<String>,
     /// What the error's message must say, beyond having one.
     says: Option<&'static str>,
+    /// Sent to this node's own Docker socket, not the manager's.
+    node: Option<&'static str>,
 }
 
 fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Case {
@@ -35,7 +37,15 @@ fn case(what: &'static str, method: &'static str, path: &str, status: u16) -> Ca
         agent: false,
         headers: Vec::new(),
         says: None,
+        node: None,
     }
+}
+
+/// `c` sent to `node`'s own socket (`nodes/<node>.sock`), its message naming `says`.
+fn on_node(mut c: Case, node: &'static str, says: &'static str) -> Case {
+    c.node = Some(node);
+    c.says = Some(says);
+    c
 }
 
 /// `c` with a request header, its message naming `says`.
@@ -747,6 +757,85 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
             "/v1.50/distribution/Not%20A%20Reference/json",
             400,
         ),
+        // A node's own socket: docker exec and volumes on the tasks placed there.
+        on_node(
+            json(
+                case(
+                    "exec in no container",
+                    "POST",
+                    "/v1.50/containers/nosuch/exec",
+                    404,
+                ),
+                r#"{"Cmd":["true"]}"#,
+            ),
+            "node1",
+            "No such container",
+        ),
+        on_node(
+            json(
+                case(
+                    "exec without a command",
+                    "POST",
+                    "/v1.50/containers/x/exec",
+                    400,
+                ),
+                r#"{"Cmd":[]}"#,
+            ),
+            "node1",
+            "no command given",
+        ),
+        on_node(
+            json(
+                case("exec with a tty", "POST", "/v1.50/containers/x/exec", 400),
+                r#"{"Cmd":["sh"],"Tty":true}"#,
+            ),
+            "node1",
+            "-t",
+        ),
+        on_node(
+            json(
+                case(
+                    "exec body that is not JSON",
+                    "POST",
+                    "/v1.50/containers/x/exec",
+                    400,
+                ),
+                "{nope",
+            ),
+            "node1",
+            "",
+        ),
+        on_node(
+            json(
+                case("start no exec", "POST", "/v1.50/exec/nosuch/start", 404),
+                r#"{"Detach":false,"Tty":false}"#,
+            ),
+            "node1",
+            "No such exec instance",
+        ),
+        on_node(
+            json(
+                case("start detached", "POST", "/v1.50/exec/nosuch/start", 400),
+                r#"{"Detach":true}"#,
+            ),
+            "node1",
+            "-d",
+        ),
+        on_node(
+            case("inspect no exec", "GET", "/v1.50/exec/nosuch/json", 404),
+            "node1",
+            "No such exec instance",
+        ),
+        on_node(
+            case("inspect no volume", "GET", "/v1.50/volumes/nosuch", 404),
+            "node1",
+            "no such volume",
+        ),
+        on_node(
+            case("a manager route on a node", "GET", "/v1.50/services", 404),
+            "node1",
+            "drive the cluster through the manager",
+        ),
     ];
     assert!(cases.len() >= 30);
 
@@ -758,6 +847,23 @@ fn malformed_requests_get_json_errors_with_documented_statuses_and_change_nothin
         srv.manager.touch(&node_id);
         let a = if c.agent {
             srv.call_agent(c.method, &c.path, c.content_type, c.body.as_deref())
+        } else if let Some(node) = c.node {
+            let socket = srv.dir.join("nodes").join(format!("{node}.sock"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // Made by the manager once the node has joined.
+            while !socket.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            curl(
+                &socket,
+                None,
+                &srv.dir,
+                c.method,
+                &c.path,
+                c.content_type,
+                c.body.as_deref(),
+                &c.headers,
+            )
         } else {
             srv.call_with(
                 c.method,

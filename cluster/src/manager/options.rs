@@ -169,7 +169,7 @@ fn check_mounts(c: &TaskSpecContainerSpec) -> ApiResult<()> {
         && let Some(b) = crate::images::resolve(image)
     {
         return Err(ApiError::BadRequest(format!(
-            "--mount needs an image from a registry: the built-in {} runs from the node's own              filesystem; use a registry image, or leave --mount out",
+            "--mount needs an image from a registry: the built-in {} runs from the node's own filesystem; use a registry image, or leave --mount out",
             b.name()
         )));
     }
