@@ -58,6 +58,32 @@ pub struct Plan {
     pub services: Vec<(String, ServiceSpec)>,
 }
 
+/// docker's rule for a stack's name, which prefixes every object's: a valid name start, and no
+/// characters the objects' names cannot carry.
+pub fn check_namespace(name: &str) -> anyhow::Result<()> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        anyhow::bail!(
+            "invalid stack name {name:?}: use letters, digits, '_', '-' and '.', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+pub fn label_filter(stack: &str) -> (String, String) {
+    ("label".into(), format!("{NAMESPACE_LABEL}={stack}"))
+}
+
+pub fn filters(stack: &str) -> Option<HashMap<String, Vec<String>>> {
+    crate::commands::filters(&[label_filter(stack)])
+}
+
 fn scope(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}")
 }
@@ -80,7 +106,7 @@ fn nanos(d: Duration) -> i64 {
 }
 
 pub fn convert(namespace: &str, loaded: Loaded) -> anyhow::Result<Plan> {
-    crate::commands::stack::check_namespace(namespace)?;
+    check_namespace(namespace)?;
     let Loaded {
         compose, dir, raw, ..
     } = loaded;

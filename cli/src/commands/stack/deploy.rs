@@ -133,7 +133,7 @@ pub async fn deploy(cluster: &str, api: &Api, args: DeployArgs) -> anyhow::Resul
 
 async fn existing_services(api: &Api, stack: &str) -> anyhow::Result<HashMap<String, Existing>> {
     let opts = bollard::query_parameters::ListServicesOptions {
-        filters: super::filters(stack),
+        filters: super::convert::filters(stack),
         ..Default::default()
     };
     let mut out = HashMap::new();

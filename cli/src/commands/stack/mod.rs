@@ -1,9 +1,10 @@
 //! `swarmkit stack ...`: docker's stack verbs. A stack is what carries the label
 //! `com.docker.stack.namespace=NAME` (services, networks, secrets, configs), exactly as docker's
 //! CLI makes and finds them, so either CLI works on the other's stacks. `compose` reads the
-//! files, `convert` turns them into the objects, `deploy` checks everything with the manager
-//! before it creates anything; `ls`, `services`, `ps` and `rm` live here and reuse `service`'s
-//! tables.
+//! files, `convert` turns them into the objects (and holds the stack's naming and label
+//! rules), `deploy` checks everything with the manager before it creates anything; `ls`,
+//! `services`, `ps` and `rm` live here and reuse `service`'s tables. Imports run one way:
+//! this file -> `deploy` -> `convert` -> `compose`.
 
 mod compose;
 mod convert;
@@ -19,7 +20,7 @@ use clap::Subcommand;
 
 use crate::api::{Api, ApiResult};
 use crate::template::{Format, Printer};
-use convert::NAMESPACE_LABEL;
+use convert::{NAMESPACE_LABEL, filters, label_filter};
 
 #[derive(Subcommand, Debug)]
 pub enum StackCmd {
@@ -89,32 +90,6 @@ pub async fn run(cluster: &str, cmd: StackCmd) -> anyhow::Result<i32> {
             Ok(code)
         }
     }
-}
-
-/// docker's rule for a stack's name, which prefixes every object's: a valid name start, and no
-/// characters the objects' names cannot carry.
-pub fn check_namespace(name: &str) -> anyhow::Result<()> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !valid {
-        anyhow::bail!(
-            "invalid stack name {name:?}: use letters, digits, '_', '-' and '.', starting with a letter or digit"
-        );
-    }
-    Ok(())
-}
-
-fn label_filter(stack: &str) -> (String, String) {
-    ("label".into(), format!("{NAMESPACE_LABEL}={stack}"))
-}
-
-fn filters(stack: &str) -> Option<HashMap<String, Vec<String>>> {
-    crate::commands::filters(&[label_filter(stack)])
 }
 
 fn nothing_found(stack: &str) -> anyhow::Result<i32> {
