@@ -12,7 +12,7 @@
 //! - `render` (tables and sizes) and `template` (docker's `--format` Go templates, on `render`);
 //!   `progress`: docker's converge bars for service create and update.
 //! - `commands`: one module per docker verb group (`cluster`, `network`, `node`, `service/`
-//!   with one file per subcommand, `exec`, `vm`), plus `trust` (join tokens, the root CA and
+//!   with one file per subcommand, `stack/` (compose files read, converted, checked, deployed), `exec`, `vm`), plus `trust` (join tokens, the root CA and
 //!   client certificates behind `cluster`); the lifecycle ones call `testbed`.
 //! - `graph` (the cluster as a model, drawn as text or SVG), `trace` (a connection followed
 //!   through the kernels' tables, drawn on the graph), `ui` (the live page serving both).
@@ -35,7 +35,9 @@ mod walkthrough;
 use api::print_error;
 use clap::{Parser, Subcommand};
 
-use commands::{cluster::ClusterCmd, network::NetworkCmd, node::NodeCmd, service::ServiceCmd};
+use commands::{
+    cluster::ClusterCmd, network::NetworkCmd, node::NodeCmd, service::ServiceCmd, stack::StackCmd,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,6 +75,9 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage stacks (compose files deployed as services)
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Run a command inside a task's namespaces
     Exec(commands::exec::ExecArgs),
     /// Walk through Docker's swarm networking tutorial on a live cluster
@@ -126,6 +131,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Node(cmd) => commands::node::run(cluster, cmd).await,
         Command::Network(cmd) => commands::network::run(cluster, cmd).await,
         Command::Service(cmd) => commands::service::run(cluster, cmd).await,
+        Command::Stack(cmd) => commands::stack::run(cluster, cmd).await,
         Command::Exec(args) => commands::exec::run(cluster, args).await,
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
         Command::Graph(args) => graph::run(cluster, args).await,

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod stack;
 pub mod trust;
 pub mod vm;
 

@@ -5,13 +5,15 @@
 //! This file only routes and serves. `shared` holds the state every handler shares (the
 //! store, the dispatcher, acks, `logstore`) and `config` what the environment sets; the
 //! handlers, one file per resource (`networks`, `services`, `tasks`, `nodes`, `system`,
-//! `images` for image references, their digests and registry credentials,
-//! `logs`, `rotation`, `agents` for the agents' channel and liveness, and `trust` for the
-//! CA, certificates, tokens and who a request's certificate proves), and the background
-//! loops (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`,
-//! `extract` and `lookup` for answering like dockerd. Handlers import `shared` and those
-//! helpers, never this file; one handler file uses another's only for a shape or a constant
-//! (`tasks` -> `services` for ports, `nodes` -> `system` for the engine version).
+//! `images` for image references, their digests and registry credentials, `logs`,
+//! `rotation`, `agents` for the agents' channel and liveness, and `trust` for the CA,
+//! certificates, tokens and who a request's certificate proves), and the background loops
+//! (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`, `extract`
+//! and `lookup` for answering like dockerd. Handlers import `shared` and those helpers, never
+//! this file; one handler file uses another's only for a shape or a constant (`tasks` ->
+//! `services` for ports, `nodes` -> `system` for the engine version), except `stacks`, whose
+//! dry run of a stack deploy calls the create and update functions of `networks`,
+//! `payloads` and `services` so that their validation lives in one place.
 
 mod agents;
 mod config;
@@ -31,6 +33,7 @@ mod payloads;
 mod rotation;
 mod services;
 mod shared;
+mod stacks;
 mod system;
 mod tasks;
 mod tls;
@@ -123,6 +126,7 @@ pub fn router(m: Shared) -> Router {
             post(rotation::rotate),
         )
         .route("/swarmkit/v1/networks/{id}/keys", get(rotation::keys))
+        .route("/swarmkit/v1/stacks/check", post(stacks::check))
         .fallback(system::page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(axum::middleware::from_fn(extract::json_errors))

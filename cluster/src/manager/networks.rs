@@ -168,6 +168,16 @@ pub async fn create(
     State(m): State<Shared>,
     extract::Json(req): extract::Json<NetworkCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let id = m.update(|s| create_in(s, &req))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "Id": id, "Warning": "" })),
+    ))
+}
+
+/// The network `req` asks for, checked and written into the draft `s` (also what a stack's
+/// check runs on a draft it then drops).
+pub fn create_in(s: &mut StoreState, req: &NetworkCreateRequest) -> ApiResult<String> {
     names::validate(Named::Network, &req.name).map_err(ApiError::BadRequest)?;
     let driver = req.driver.clone().unwrap_or_else(|| "overlay".into());
     if driver != "overlay" {
@@ -183,7 +193,7 @@ pub async fn create(
         .collect();
     let encrypted = options.contains_key(ENCRYPTED_OPTION);
     if encrypted {
-        check_ipsec(&m.store.snapshot())?;
+        check_ipsec(s)?;
     }
     if req.enable_ipv6 == Some(true) {
         return Err(ApiError::BadRequest(
@@ -226,49 +236,43 @@ pub async fn create(
             req.name
         )));
     }
-    let id = m.update(|s| {
-        let taken = s.networks.values().any(|n| n.name == req.name);
-        if taken {
-            return Err(ApiError::Conflict(format!(
-                "network with name {} already exists: choose another name or remove it first",
-                req.name
-            )));
+    let taken = s.networks.values().any(|n| n.name == req.name);
+    if taken {
+        return Err(ApiError::Conflict(format!(
+            "network with name {} already exists: choose another name or remove it first",
+            req.name
+        )));
+    }
+    let subnet = match subnet {
+        Some(sub) => {
+            ipam::check_overlap(s, sub)?;
+            sub
         }
-        let subnet = match subnet {
-            Some(sub) => {
-                ipam::check_overlap(s, sub)?;
-                sub
-            }
-            None => ipam::allocate_subnet(s)?,
-        };
-        let gateway = gateway.unwrap_or_else(|| subnet.hosts().next().expect("prefix <= /29"));
-        let n = Network {
-            id: crate::ids::new_id(),
-            name: req.name.clone(),
-            created: chrono::Utc::now(),
-            version: 0,
-            subnet,
-            gateway,
-            vni: ipam::allocate_vni(s)?,
-            attachable: req.attachable.unwrap_or(false),
-            internal: req.internal.unwrap_or(false),
-            ingress: false,
-            labels: req.labels.clone().unwrap_or_default().into_iter().collect(),
-            options: options.clone(),
-            keyring: if encrypted {
-                Some(Keyring::new(chrono::Utc::now())?)
-            } else {
-                None
-            },
-        };
-        let id = n.id.clone();
-        s.put_network(n);
-        Ok(id)
-    })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "Id": id, "Warning": "" })),
-    ))
+        None => ipam::allocate_subnet(s)?,
+    };
+    let gateway = gateway.unwrap_or_else(|| subnet.hosts().next().expect("prefix <= /29"));
+    let n = Network {
+        id: crate::ids::new_id(),
+        name: req.name.clone(),
+        created: chrono::Utc::now(),
+        version: 0,
+        subnet,
+        gateway,
+        vni: ipam::allocate_vni(s)?,
+        attachable: req.attachable.unwrap_or(false),
+        internal: req.internal.unwrap_or(false),
+        ingress: false,
+        labels: req.labels.clone().unwrap_or_default().into_iter().collect(),
+        options: options.clone(),
+        keyring: if encrypted {
+            Some(Keyring::new(chrono::Utc::now())?)
+        } else {
+            None
+        },
+    };
+    let id = n.id.clone();
+    s.put_network(n);
+    Ok(id)
 }
 
 pub async fn remove(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {

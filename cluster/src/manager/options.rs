@@ -17,26 +17,32 @@ impl<S: Send + Sync> FromRequest<S> for Spec {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let super::extract::Json(mut raw) =
+        let super::extract::Json(raw) =
             super::extract::Json::<Value>::from_request(req, state).await?;
-        docker_spellings(&mut raw);
-        let spec: ServiceSpec = serde_json::from_value(raw.clone()).map_err(|e| {
-            ApiError::BadRequest(format!("the request body does not fit the API's type: {e}"))
-        })?;
-        let kept = serde_json::to_value(&spec).unwrap_or(Value::Null);
-        let mut dropped = Vec::new();
-        dropped_fields(&raw, &kept, "", &mut dropped);
-        if dropped.is_empty() {
-            return Ok(Spec(spec));
-        }
-        let named = dropped;
-        Err(ApiError::BadRequest(format!(
-            "swarmkit does not do {} yet: remove {}. It refuses what it would otherwise \
-             ignore; the options it honours are listed in its README (Options)",
-            named.join(", "),
-            if named.len() == 1 { "it" } else { "them" }
-        )))
+        spec_of(raw).map(Spec)
     }
+}
+
+/// A service spec from JSON, refused when it carries a field the API's type does not know
+/// (what `POST /services/create` reads, and each service of a stack's check).
+pub fn spec_of(mut raw: Value) -> ApiResult<ServiceSpec> {
+    docker_spellings(&mut raw);
+    let spec: ServiceSpec = serde_json::from_value(raw.clone()).map_err(|e| {
+        ApiError::BadRequest(format!("the request body does not fit the API's type: {e}"))
+    })?;
+    let kept = serde_json::to_value(&spec).unwrap_or(Value::Null);
+    let mut dropped = Vec::new();
+    dropped_fields(&raw, &kept, "", &mut dropped);
+    if dropped.is_empty() {
+        return Ok(spec);
+    }
+    let named = dropped;
+    Err(ApiError::BadRequest(format!(
+        "swarmkit does not do {} yet: remove {}. It refuses what it would otherwise \
+         ignore; the options it honours are listed in its README (Options)",
+        named.join(", "),
+        if named.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// docker's CLI sends `--health-cmd` as `Healthcheck`, which the swagger (and so the API's

@@ -32,7 +32,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn noun(self) -> &'static str {
+    pub fn noun(self) -> &'static str {
         match self {
             Kind::Secret => "secret",
             Kind::Config => "config",
@@ -102,6 +102,12 @@ pub struct Spec {
     templating: Option<serde_json::Value>,
 }
 
+impl Spec {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+}
+
 fn version(p: &Payload) -> Option<ObjectVersion> {
     Some(ObjectVersion {
         index: Some(p.version),
@@ -160,8 +166,13 @@ fn matching<'a>(kind: Kind, s: &'a StoreState, q: &ListQuery) -> ApiResult<Vec<&
 }
 
 fn create(m: &Shared, kind: Kind, spec: Spec) -> ApiResult<String> {
+    m.update(|s| create_in(s, kind, &spec))
+}
+
+/// The payload `spec` asks for, checked and written into the draft `s`.
+fn create_in(s: &mut StoreState, kind: Kind, spec: &Spec) -> ApiResult<String> {
     let noun = kind.noun();
-    let name = spec.name.unwrap_or_default();
+    let name = spec.name.clone().unwrap_or_default();
     names::validate(Named::Payload, &name).map_err(ApiError::BadRequest)?;
     if spec.driver.as_ref().is_some_and(|d| !d.is_null())
         || spec.templating.as_ref().is_some_and(|t| !t.is_null())
@@ -171,7 +182,7 @@ fn create(m: &Shared, kind: Kind, spec: Spec) -> ApiResult<String> {
         )));
     }
     let data = base64::engine::general_purpose::STANDARD
-        .decode(spec.data.unwrap_or_default())
+        .decode(spec.data.clone().unwrap_or_default())
         .map_err(|_| ApiError::BadRequest(format!("the {noun}'s Data is not base64")))?;
     if data.is_empty() || data.len() > MAX_DATA {
         return Err(ApiError::BadRequest(format!(
@@ -181,25 +192,41 @@ fn create(m: &Shared, kind: Kind, spec: Spec) -> ApiResult<String> {
         )));
     }
     let now = chrono::Utc::now();
-    m.update(|s| {
-        if kind.of(s).values().any(|p| p.name == name) {
-            return Err(ApiError::Conflict(format!(
-                "{noun} {name} already exists: choose another name, or remove it first (docker {noun} rm {name})"
-            )));
+    if kind.of(s).values().any(|p| p.name == name) {
+        return Err(ApiError::Conflict(format!(
+            "{noun} {name} already exists: choose another name, or remove it first (docker {noun} rm {name})"
+        )));
+    }
+    let p = Payload {
+        id: crate::ids::new_id(),
+        name: name.clone(),
+        created: now,
+        updated: now,
+        version: 0,
+        labels: spec
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        data: std::sync::Arc::new(data),
+    };
+    let id = p.id.clone();
+    kind.put(s, p);
+    Ok(id)
+}
+
+/// What a stack deploy does with one of its payloads, on the draft `s`: create it, or, when
+/// one of that name exists, update it as docker's CLI does (only its labels may change).
+pub fn put_in(s: &mut StoreState, kind: Kind, spec: &Spec) -> ApiResult<()> {
+    let name = spec.name.clone().unwrap_or_default();
+    match kind.of(s).values().find(|p| p.name == name) {
+        Some(p) => {
+            let (id, version) = (p.id.clone(), p.version);
+            update_in(s, kind, &id, Some(version), spec)
         }
-        let p = Payload {
-            id: crate::ids::new_id(),
-            name: name.clone(),
-            created: now,
-            updated: now,
-            version: 0,
-            labels: spec.labels.clone().unwrap_or_default().into_iter().collect(),
-            data: std::sync::Arc::new(data),
-        };
-        let id = p.id.clone();
-        kind.put(s, p);
-        Ok(id)
-    })
+        None => create_in(s, kind, spec).map(drop),
+    }
 }
 
 fn remove(m: &Shared, kind: Kind, id: &str) -> ApiResult<StatusCode> {
@@ -229,41 +256,54 @@ pub struct UpdateQuery {
 
 /// Only the labels change, as in docker; the data and name are the payload's for good.
 fn update(m: &Shared, kind: Kind, id: &str, q: UpdateQuery, spec: Spec) -> ApiResult<()> {
+    m.update(|s| update_in(s, kind, id, q.version, &spec))
+}
+
+fn update_in(
+    s: &mut StoreState,
+    kind: Kind,
+    id: &str,
+    version: Option<u64>,
+    spec: &Spec,
+) -> ApiResult<()> {
     let noun = kind.noun();
-    m.update(|s| {
-        let mut p = find(kind.of(s), id, |p| &p.name, noun)?.clone();
-        let Some(version) = q.version else {
-            return Err(ApiError::BadRequest(format!(
-                "{noun} update needs ?version=N (the {noun}'s Version.Index)"
-            )));
-        };
-        if version != p.version {
-            return Err(ApiError::Conflict(format!(
-                "update out of sequence: {noun} {} changed since version {version} (now {}); inspect it again and retry",
-                p.name, p.version
-            )));
-        }
-        if spec.name.as_deref().is_some_and(|n| n != p.name) {
-            return Err(ApiError::BadRequest(format!(
-                "a {noun}'s name cannot change: create another {noun}"
-            )));
-        }
-        let same_data = spec.data.as_deref().is_none_or(|d| {
-            base64::engine::general_purpose::STANDARD
-                .decode(d)
-                .is_ok_and(|d| d == *p.data)
-        });
-        if !same_data {
-            return Err(ApiError::BadRequest(format!(
-                "only updates to Labels are allowed: a {noun}'s data cannot change; create a new \
-                 {noun} and roll the services onto it (docker service update --{noun}-rm OLD --{noun}-add NEW)"
-            )));
-        }
-        p.labels = spec.labels.clone().unwrap_or_default().into_iter().collect();
-        p.updated = chrono::Utc::now();
-        kind.put(s, p);
-        Ok(())
-    })
+    let mut p = find(kind.of(s), id, |p| &p.name, noun)?.clone();
+    let Some(version) = version else {
+        return Err(ApiError::BadRequest(format!(
+            "{noun} update needs ?version=N (the {noun}'s Version.Index)"
+        )));
+    };
+    if version != p.version {
+        return Err(ApiError::Conflict(format!(
+            "update out of sequence: {noun} {} changed since version {version} (now {}); inspect it again and retry",
+            p.name, p.version
+        )));
+    }
+    if spec.name.as_deref().is_some_and(|n| n != p.name) {
+        return Err(ApiError::BadRequest(format!(
+            "a {noun}'s name cannot change: create another {noun}"
+        )));
+    }
+    let same_data = spec.data.as_deref().is_none_or(|d| {
+        base64::engine::general_purpose::STANDARD
+            .decode(d)
+            .is_ok_and(|d| d == *p.data)
+    });
+    if !same_data {
+        return Err(ApiError::BadRequest(format!(
+            "only updates to Labels are allowed: a {noun}'s data cannot change; create a new \
+             {noun} and roll the services onto it (docker service update --{noun}-rm OLD --{noun}-add NEW)"
+        )));
+    }
+    p.labels = spec
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    p.updated = chrono::Utc::now();
+    kind.put(s, p);
+    Ok(())
 }
 
 pub async fn secrets(

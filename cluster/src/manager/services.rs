@@ -357,7 +357,7 @@ fn task_template_changed(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     a.task_template != b.task_template
 }
 
-fn create_in(
+pub fn create_in(
     s: &mut StoreState,
     spec: ServiceSpec,
     registry_auth: Option<String>,
@@ -587,89 +587,111 @@ pub async fn update(
         }
     };
     m.update(|s| {
-        let old = find(&s.services, &id, |x| &x.name, "service")?.clone();
-        let Some(version) = q.version else {
-            return Err(ApiError::BadRequest(
-                "service update needs ?version=N (the service's Version.Index)".into(),
-            ));
-        };
-        if version != old.version {
-            return Err(ApiError::Conflict(format!(
-                "update out of sequence: service {} changed since version {version} (now {}); inspect it again and retry",
-                old.name, old.version
-            )));
-        }
-        let rollback = match q.rollback.as_deref() {
-            None | Some("") => false,
-            Some("previous") => true,
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "invalid rollback {other:?}: the only value is \"previous\""
-                )));
-            }
-        };
-        // A rollback swaps in the previous spec, and the spec it replaces becomes the one a
-        // second rollback returns to, as in Swarm.
-        let spec = if rollback {
-            old.previous_spec.clone().ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "service {} does not have a previous spec to roll back to: it was never updated",
-                    old.name
-                ))
-            })?
-        } else {
-            spec
-        };
-        if spec.name.as_deref().is_some_and(|n| n != old.name) {
-            return Err(ApiError::BadRequest(format!(
-                "service {} cannot be renamed: create a new service instead",
-                old.name
-            )));
-        }
-        let checked = check_spec(s, &spec, Some(&old.id))?;
-        let spec = normalise_spec(s, spec);
-        let (was, asked) = (old.mode(), ServiceMode::of(&spec));
-        if was.name() != asked.name() {
-            return Err(ApiError::BadRequest(format!(
-                "service {} is {} and its mode cannot change (docker refuses it too): remove it and create it again with --mode {}",
-                old.name,
-                was.name(),
-                asked.name()
-            )));
-        }
-        let mut svc = old.clone();
-        svc.networks = checked.networks.clone();
-        svc.endpoint_mode = checked.endpoint_mode;
-        let (ports, vips) = allocate(s, checked, Some(&old))?;
-        svc.ports = ports;
-        if was.is_job() {
-            // Every update runs a job again, from its first task, as Swarm's does.
-            svc.spec_generation += 1;
-        } else if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
-            svc.spec_generation += 1;
-            orchestrator::begin_update(&mut svc, rollback);
-        }
-        svc.vips = vips;
-        // Credentials not sent again stay, as with dockerd: an update without
-        // --with-registry-auth keeps pulling with what the service had.
-        let kept = if auth_from_previous {
-            old.registry_auth.previous.clone()
-        } else {
-            old.registry_auth.current.clone()
-        };
-        svc.registry_auth = crate::model::RegistryAuth {
-            current: sent_auth.clone().or(kept),
-            previous: old.registry_auth.current.clone(),
-        };
-        svc.previous_spec = Some(old.spec.clone());
-        svc.spec = spec;
-        svc.updated = chrono::Utc::now();
-        let id = svc.id.clone();
-        s.put_service(svc);
-        orchestrator::reconcile(s, &id)?;
-        Ok(())
+        update_in(
+            s,
+            &id,
+            q.version,
+            q.rollback.as_deref(),
+            spec,
+            sent_auth,
+            auth_from_previous,
+        )
     })?;
     Ok(Json(serde_json::json!({ "Warnings": null })))
+}
+
+/// An update of service `id` to `spec`, checked and written into the draft `s` (also what a
+/// stack's check runs for the stack's services that exist).
+pub fn update_in(
+    s: &mut StoreState,
+    id: &str,
+    version: Option<u64>,
+    rollback: Option<&str>,
+    spec: ServiceSpec,
+    sent_auth: Option<String>,
+    auth_from_previous: bool,
+) -> ApiResult<()> {
+    let old = find(&s.services, id, |x| &x.name, "service")?.clone();
+    let Some(version) = version else {
+        return Err(ApiError::BadRequest(
+            "service update needs ?version=N (the service's Version.Index)".into(),
+        ));
+    };
+    if version != old.version {
+        return Err(ApiError::Conflict(format!(
+            "update out of sequence: service {} changed since version {version} (now {}); inspect it again and retry",
+            old.name, old.version
+        )));
+    }
+    let rollback = match rollback {
+        None | Some("") => false,
+        Some("previous") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid rollback {other:?}: the only value is \"previous\""
+            )));
+        }
+    };
+    // A rollback swaps in the previous spec, and the spec it replaces becomes the one a
+    // second rollback returns to, as in Swarm.
+    let spec = if rollback {
+        old.previous_spec.clone().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "service {} does not have a previous spec to roll back to: it was never updated",
+                old.name
+            ))
+        })?
+    } else {
+        spec
+    };
+    if spec.name.as_deref().is_some_and(|n| n != old.name) {
+        return Err(ApiError::BadRequest(format!(
+            "service {} cannot be renamed: create a new service instead",
+            old.name
+        )));
+    }
+    let checked = check_spec(s, &spec, Some(&old.id))?;
+    let spec = normalise_spec(s, spec);
+    let (was, asked) = (old.mode(), ServiceMode::of(&spec));
+    if was.name() != asked.name() {
+        return Err(ApiError::BadRequest(format!(
+            "service {} is {} and its mode cannot change (docker refuses it too): remove it and create it again with --mode {}",
+            old.name,
+            was.name(),
+            asked.name()
+        )));
+    }
+    let mut svc = old.clone();
+    svc.networks = checked.networks.clone();
+    svc.endpoint_mode = checked.endpoint_mode;
+    let (ports, vips) = allocate(s, checked, Some(&old))?;
+    svc.ports = ports;
+    if was.is_job() {
+        // Every update runs a job again, from its first task, as Swarm's does.
+        svc.spec_generation += 1;
+    } else if svc.networks != old.networks || task_template_changed(&old.spec, &spec) {
+        svc.spec_generation += 1;
+        orchestrator::begin_update(&mut svc, rollback);
+    }
+    svc.vips = vips;
+    // Credentials not sent again stay, as with dockerd: an update without
+    // --with-registry-auth keeps pulling with what the service had.
+    let kept = if auth_from_previous {
+        old.registry_auth.previous.clone()
+    } else {
+        old.registry_auth.current.clone()
+    };
+    svc.registry_auth = crate::model::RegistryAuth {
+        current: sent_auth.clone().or(kept),
+        previous: old.registry_auth.current.clone(),
+    };
+    svc.previous_spec = Some(old.spec.clone());
+    svc.spec = spec;
+    svc.updated = chrono::Utc::now();
+    let id = svc.id.clone();
+    s.put_service(svc);
+    orchestrator::reconcile(s, &id)?;
+    Ok(())
 }
 
 pub async fn remove(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -12,6 +12,13 @@ mod ps;
 mod spec;
 mod update;
 
+// What `stack` shares with `service`: the image pinning, the environment's and tasks'
+// readers and the tables.
+pub use create::{pin_image, registry_credentials};
+pub use ls::ls;
+pub use ps::{print_table as print_tasks, task_rows};
+pub use spec::{env_entry, warn};
+
 use clap::Subcommand;
 
 use crate::api::{Api, ApiResult};
