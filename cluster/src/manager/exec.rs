@@ -5,8 +5,6 @@
 //! attaches with an upgrade of its own; the manager splices the two streams, passing docker's
 //! stdout/stderr frames through and keeping the exit status the agent sends last.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Json;
@@ -17,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::error::{ApiError, ApiResult};
+use super::execstore::Phase;
 use super::shared::Shared;
 use super::trust::Caller;
 use crate::protocol::{EXEC_EXIT_FRAME, ExecRequest, exec_frame};
@@ -28,108 +26,6 @@ use crate::protocol::{EXEC_EXIT_FRAME, ExecRequest, exec_frame};
 const TAKE_DEADLINE: Duration = Duration::from_secs(20);
 /// How long an agent's poll for sessions is held when there are none.
 const POLL_HOLD: Duration = Duration::from_secs(10);
-/// Ended sessions kept for their exit code, at most.
-const KEPT: usize = 256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Created,
-    /// Started by the client, waiting for the agent.
-    Queued,
-    Running,
-    Ended,
-}
-
-struct Session {
-    node_id: String,
-    task_id: String,
-    argv: Vec<String>,
-    env: Vec<String>,
-    stdin: bool,
-    phase: Phase,
-    exit_code: Option<i64>,
-    client: Option<hyper::upgrade::Upgraded>,
-    seq: u64,
-}
-
-#[derive(Default)]
-pub struct Execs {
-    sessions: Mutex<HashMap<String, Session>>,
-    /// Bumped whenever a session is queued, to wake the agents' polls.
-    queued: Mutex<Option<watch::Sender<u64>>>,
-    seq: std::sync::atomic::AtomicU64,
-}
-
-impl Execs {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(&self) -> watch::Receiver<u64> {
-        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
-        q.get_or_insert_with(|| watch::channel(0).0).subscribe()
-    }
-
-    fn bump(&self) {
-        if let Some(tx) = self
-            .queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            tx.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// A new session for task `task_id` on node `node_id`; the oldest ended ones go past
-    /// [`KEPT`].
-    pub fn create(
-        &self,
-        node_id: &str,
-        task_id: &str,
-        argv: Vec<String>,
-        env: Vec<String>,
-        stdin: bool,
-    ) -> String {
-        let id = crate::ids::new_hex_id();
-        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut s = self.sessions();
-        if s.len() >= KEPT {
-            let mut ended: Vec<(u64, String)> = s
-                .iter()
-                .filter(|(_, v)| v.phase == Phase::Ended)
-                .map(|(k, v)| (v.seq, k.clone()))
-                .collect();
-            ended.sort();
-            for (_, k) in ended.iter().take(s.len() + 1 - KEPT) {
-                s.remove(k);
-            }
-        }
-        s.insert(
-            id.clone(),
-            Session {
-                node_id: node_id.to_string(),
-                task_id: task_id.to_string(),
-                argv,
-                env,
-                stdin,
-                phase: Phase::Created,
-                exit_code: None,
-                client: None,
-                seq,
-            },
-        );
-        id
-    }
-
-    fn end(&self, id: &str, code: Option<i64>) {
-        if let Some(s) = self.sessions().get_mut(id) {
-            s.phase = Phase::Ended;
-            s.exit_code = code.or(s.exit_code);
-            s.client = None;
-        }
-    }
-}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]

@@ -20,6 +20,7 @@ mod config;
 mod containers;
 mod error;
 mod exec;
+mod execstore;
 mod extract;
 mod images;
 pub mod listen;

@@ -31,7 +31,7 @@ pub struct Manager {
     /// What the TLS listeners present (the manager's certificate under the current roots).
     pub(super) tls: super::tls::Listeners,
     /// `docker exec` sessions on the nodes' sockets.
-    pub(super) execs: super::exec::Execs,
+    pub(super) execs: super::execstore::Execs,
 }
 
 pub type Shared = Arc<Manager>;
