@@ -250,6 +250,44 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
         },
     );
 
+    // A config anywhere in a registry image's container (here over the image's own page), a
+    // secret at /run/secrets; both from the task's tmpfs.
+    let created = std::process::Command::new("sh")
+        .args(["-c", "printf 'configured page\\n' | docker config create page - && printf s3cret | docker secret create pw -"])
+        .env("DOCKER_HOST", format!("unix:///run/swarmkit/{}/manager.sock", c.name))
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    c.docker(&[
+        "service",
+        "create",
+        "--quiet",
+        "--name",
+        "configured",
+        "--config",
+        "source=page,target=/srv/web/index.html",
+        "--secret",
+        "pw",
+        "-p",
+        "8090:80",
+        &format!("{REGISTRY}/votekit:1"),
+    ])
+    .ok();
+    let task = c.tasks("configured")[0]["ID"].as_str().unwrap().to_string();
+    assert_eq!(
+        c.curl("node3", "http://localhost:8090/").as_deref(),
+        Some("configured page\n")
+    );
+    let inside = c.task(
+        &task,
+        "cat /run/secrets/pw; grep -c ' /srv/web/index.html ' /proc/self/mountinfo",
+    );
+    assert_eq!(inside.stdout, "s3cret1\n", "{}", inside.text());
+
     // An image no registry has: its tasks fail with the pull's error, nothing else changes.
     let ghost = c.docker(&[
         "service",

@@ -296,6 +296,7 @@ pub fn task_files(
     state: &crate::store::State,
     c: &bollard::models::TaskSpecContainerSpec,
 ) -> Result<Vec<TaskFile>, String> {
+    let registry_image = crate::images::resolve(c.image.as_deref().unwrap_or_default()).is_none();
     let mut files = Vec::new();
     for r in c.secrets.iter().flatten() {
         let p = payload(
@@ -349,17 +350,35 @@ pub fn task_files(
             .name
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| p.name.clone());
-        if !target.starts_with(&format!("{FILES_ROOT}/"))
-            || target.starts_with(&format!("{SECRETS_DIR}/"))
-            || !clean(&target)
-        {
-            return Err(format!(
-                "config {} cannot go to {target:?}: a swarmkit task shares its node's root \
-                 filesystem (until tasks run images, issue 23), so configs go on a tmpfs at \
-                 {FILES_ROOT} in the task: give an absolute target under {FILES_ROOT}, e.g. \
-                 --config source={},target={FILES_ROOT}/{}",
-                p.name, p.name, p.name
-            ));
+        // A registry image's container takes a config anywhere, `/NAME` by default as in
+        // docker; a built-in image's task shares its node's root, so its configs stay on the
+        // task's own tmpfs at /run.
+        let target = if registry_image && !target.starts_with('/') {
+            format!("/{target}")
+        } else {
+            target
+        };
+        let allowed = if registry_image {
+            target.len() > 1
+        } else {
+            target.starts_with(&format!("{FILES_ROOT}/"))
+        };
+        if !allowed || target.starts_with(&format!("{SECRETS_DIR}/")) || !clean(&target) {
+            return Err(if registry_image {
+                format!(
+                    "config {} cannot go to {target:?}: give an absolute file path outside \
+                     {SECRETS_DIR}, e.g. --config source={},target=/etc/{}",
+                    p.name, p.name, p.name
+                )
+            } else {
+                format!(
+                    "config {} cannot go to {target:?}: a built-in image's task shares its \
+                     node's root filesystem, so its configs go on a tmpfs at {FILES_ROOT}: give \
+                     an absolute target under {FILES_ROOT}, e.g. --config \
+                     source={},target={FILES_ROOT}/{} (a registry image takes any target)",
+                    p.name, p.name, p.name
+                )
+            });
         }
         files.push(TaskFile {
             path: target,

@@ -528,9 +528,24 @@ pub fn spawn_container(
     }
     write_files(dir, task).map_err(|e| prepare("hosts and resolv.conf", e))?;
     let files_root = dir.join("files");
-    let files = super::files::TaskFiles::prepare_at(&task.files, &files_root)
+    // Configs outside /run are written on the task's tmpfs too, and bound to their targets.
+    let mut files = task.files.clone();
+    let mut config_binds: Binds = Vec::new();
+    for (i, f) in files.iter_mut().enumerate() {
+        if !f.path.starts_with(&format!("{}/", crate::plan::FILES_ROOT)) {
+            let staged = format!("{}/.configs/{i}", crate::plan::FILES_ROOT);
+            config_binds.push((
+                files_root.join(staged.trim_start_matches('/')),
+                std::mem::replace(&mut f.path, staged),
+                true,
+            ));
+        }
+    }
+    let files = super::files::TaskFiles::prepare_at(&files, &files_root)
         .map_err(|e| prepare("its secrets and configs", e))?;
-    let task_mounts = mounts_of(task, container.volumes).map_err(|e| prepare("its --mount", e))?;
+    let mut task_mounts =
+        mounts_of(task, container.volumes).map_err(|e| prepare("its --mount", e))?;
+    task_mounts.0.extend(config_binds);
     let plan = container_plan(
         task,
         dir,

@@ -291,7 +291,18 @@ impl NodeBackend for Netns {
         argv: &[String],
     ) -> Result<i32> {
         if let Inside::Task(pid) = inside {
-            let pid = crate::procs::container_of(pid as i32).map_or(pid, |p| p as _);
+            if let Some(container) = crate::procs::container_of(pid as i32) {
+                // A container has a PID namespace of its own, which only a child made after
+                // entering it is in (its /proc/self, its ps): nsenter forks that child.
+                let target = container.to_string();
+                let mut with: Vec<String> =
+                    ["nsenter", "-t", &target, "-n", "-u", "-m", "-p", "--"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                with.extend(argv.iter().cloned());
+                return run_in(Vec::new(), &with);
+            }
             let ns = |kind: &str, flag| open_ns(&format!("/proc/{pid}/ns/{kind}"), flag);
             return run_in(
                 vec![
