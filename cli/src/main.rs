@@ -24,6 +24,7 @@ mod commands;
 mod duration;
 mod flags;
 mod graph;
+mod mount;
 mod progress;
 mod publish;
 mod render;

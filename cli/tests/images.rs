@@ -288,6 +288,38 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
     );
     assert_eq!(inside.stdout, "s3cret1\n", "{}", inside.text());
 
+    // --mount from swarmkit's own CLI: a node path bound read-only, a tmpfs of a given size.
+    let shared = std::env::temp_dir().join(format!("{}-shared", c.name));
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the node\n").unwrap();
+    c.service_create(&[
+        "--name",
+        "mounted",
+        "--mount",
+        &format!(
+            "type=bind,source={},target=/host,readonly",
+            shared.display()
+        ),
+        "--mount",
+        "type=tmpfs,target=/cache,tmpfs-size=1m",
+        &format!("{REGISTRY}/votekit:1"),
+    ])
+    .ok();
+    let task = c.tasks("mounted")[0]["ID"].as_str().unwrap().to_string();
+    let inside = c.task(
+        &task,
+        "cat /host/hello; touch /host/x 2>/dev/null || echo read-only; grep ' /cache ' /proc/mounts",
+    );
+    assert!(
+        inside
+            .stdout
+            .starts_with("from the node\nread-only\ntmpfs /cache tmpfs rw,nosuid,nodev")
+            && inside.stdout.contains("size=1024k"),
+        "{}",
+        inside.text()
+    );
+    let _ = std::fs::remove_dir_all(&shared);
+
     // An image no registry has: its tasks fail with the pull's error, nothing else changes.
     let ghost = c.docker(&[
         "service",

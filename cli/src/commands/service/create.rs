@@ -49,6 +49,9 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.hostname!=node3
     #[arg(long = "constraint", value_name = "EXPR")]
     constraints: Vec<String>,
+    /// Attach a filesystem mount, e.g. type=volume,source=data,target=/data (registry images)
+    #[arg(long = "mount", value_name = "SPEC")]
+    mounts: Vec<crate::mount::MountSpec>,
     /// Endpoint mode
     #[arg(long, value_enum)]
     endpoint_mode: Option<EndpointMode>,
@@ -165,6 +168,8 @@ pub async fn create(api: &Api, args: CreateArgs) -> anyhow::Result<i32> {
                     .then(|| args.env.iter().map(|e| env_entry(e)).collect()),
                 init: Some(false),
                 dns_config: Some(Default::default()),
+                mounts: (!args.mounts.is_empty())
+                    .then(|| args.mounts.into_iter().map(|m| m.0).collect()),
                 ..Default::default()
             }),
             resources: Some(bollard::models::TaskSpecResources {
