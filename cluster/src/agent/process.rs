@@ -317,24 +317,7 @@ pub fn spawn(
     // use was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(c) = &cgroup {
-                c.join_self()?;
-            }
-            enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
-            if let Some(fd) = mounts_fd {
-                enter_raw(fd, CloneFlags::CLONE_NEWNS)?;
-            }
-            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
-                .map_err(std::io::Error::from)?;
-            // Private propagation first, or the binds below would leak into the host.
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(std::io::Error::from)?;
+            enter_task(cgroup.as_ref(), net_fd, mounts_fd, CloneFlags::CLONE_NEWUTS)?;
             for (src, dst) in &binds {
                 // /etc/hostname may be absent on minimal hosts; the UTS name still applies.
                 let _ = mount(
@@ -600,22 +583,7 @@ pub fn spawn_container(
     // use was allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(c) = &cgroup {
-                c.join_self()?;
-            }
-            enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
-            if let Some(fd) = mounts_fd {
-                enter_raw(fd, CloneFlags::CLONE_NEWNS)?;
-            }
-            unshare(CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(std::io::Error::from)?;
+            enter_task(cgroup.as_ref(), net_fd, mounts_fd, CloneFlags::empty())?;
             mount(
                 Some("overlay"),
                 target.as_c_str(),
@@ -629,13 +597,7 @@ pub fn spawn_container(
             // it leaves cgroups alone here anyway (the task's own already holds it).
             let _ = umount2(unified.as_c_str(), MntFlags::MNT_DETACH);
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            // close_range only marks descriptors close-on-exec (see become_task).
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
+            close_inherited();
             Ok(())
         });
     }
@@ -685,6 +647,13 @@ fn become_task(
         nix::unistd::setuid(u.uid).map_err(std::io::Error::from)?;
     }
     capabilities.narrow_if_root()?;
+    close_inherited();
+    Ok(())
+}
+
+/// Marks every descriptor past stdin, stdout and stderr close-on-exec (see [`become_task`]).
+/// Async-signal-safe.
+fn close_inherited() {
     // SAFETY: close_range only marks descriptors close-on-exec.
     unsafe {
         libc::syscall(
@@ -694,7 +663,33 @@ fn become_task(
             libc::CLOSE_RANGE_CLOEXEC,
         );
     }
-    Ok(())
+}
+
+/// Between fork and exec, first: into the task's cgroup and network namespace, and a mount
+/// namespace of its own copied from `mounts` (the agent's own where None), made private so
+/// nothing mounted after reaches the node; `also` unshares more (UTS). Async-signal-safe.
+fn enter_task(
+    cgroup: Option<&TaskCgroup>,
+    net_fd: std::os::fd::RawFd,
+    mounts_fd: Option<std::os::fd::RawFd>,
+    also: CloneFlags,
+) -> std::io::Result<()> {
+    if let Some(c) = cgroup {
+        c.join_self()?;
+    }
+    enter_raw(net_fd, CloneFlags::CLONE_NEWNET)?;
+    if let Some(fd) = mounts_fd {
+        enter_raw(fd, CloneFlags::CLONE_NEWNS)?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS | also).map_err(std::io::Error::from)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// The groups a task's processes take: primary first, as `id` shows it, then `--group`'s;
