@@ -59,18 +59,18 @@ impl Images {
             self.ready.insert(t.image.clone(), Arc::clone(&image));
             return Prepared::Ready(image);
         }
+        // The manager refused credentials that do not decode; a plan from before that check
+        // fails its task alone, never leaving a pull marked under way that nobody runs.
+        let credentials = match t.registry_auth.as_deref().map(oci::decode_registry_auth) {
+            Some(Err(e)) => return Prepared::Failed(format!("the service's registry auth: {e}")),
+            Some(Ok(c)) => Some(c),
+            None => oci::docker_config_credentials(&t.image),
+        };
         let waiting = self.waiting.entry(t.image.clone()).or_default();
         if !waiting.contains(&t.id) {
             waiting.push(t.id.clone());
         }
         if self.pulling.insert(t.image.clone()) {
-            let credentials = match t.registry_auth.as_deref().map(oci::decode_registry_auth) {
-                Some(Err(e)) => {
-                    return Prepared::Failed(format!("the service's registry auth: {e}"));
-                }
-                Some(Ok(c)) => Some(c),
-                None => oci::docker_config_credentials(&t.image),
-            };
             let (store, registries, events) = (
                 Arc::clone(&self.store),
                 Arc::clone(&self.registries),
