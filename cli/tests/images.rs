@@ -398,4 +398,25 @@ fn registry_images_run_on_qemu_guests() {
         "{}",
         inside.stdout
     );
+    // docker exec on a guest's socket: the session crosses the guest's relay both ways.
+    let on_node1 = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!("unix:///run/swarmkit/{}/nodes/node1.sock", c.name),
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = on_node1(&["ps", "--format", "{{.Names}}"]);
+    let name = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let out = on_node1(&["exec", "-i", &name, "sh", "-c", "cat; ls /srv; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "store\nweb\nworker\n");
 }
