@@ -42,7 +42,13 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether this machine's `/` is the kernel's initial ramfs (`rootfs` in the mount table).
+/// Read once: a netns host's table holds a mount per namespace, thousands of lines.
 fn root_is_initramfs() -> bool {
+    static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONCE.get_or_init(read_root_is_initramfs)
+}
+
+fn read_root_is_initramfs() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|table| {
         table.lines().any(|l| {
             let mut halves = l.split(" - ");
