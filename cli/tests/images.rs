@@ -320,6 +320,26 @@ fn a_stack_of_registry_images_deploys_answers_through_the_mesh_and_restarts_kill
     );
     let _ = std::fs::remove_dir_all(&shared);
 
+    // --init: the node's tini bound in as docker's docker-init, the container's PID 1.
+    c.docker(&[
+        "service",
+        "create",
+        "--quiet",
+        "--init",
+        "--name",
+        "initd",
+        &format!("{REGISTRY}/votekit:1"),
+    ])
+    .ok();
+    let task = c.tasks("initd")[0]["ID"].as_str().unwrap().to_string();
+    let inside = c.task(&task, "tr '\\0' ' ' < /proc/1/cmdline");
+    assert_eq!(
+        inside.stdout,
+        "/sbin/docker-init -- httpd -f -p 80 -h /srv/web ",
+        "{}",
+        inside.text()
+    );
+
     // An image no registry has: its tasks fail with the pull's error, nothing else changes.
     let ghost = c.docker(&[
         "service",

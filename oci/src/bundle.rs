@@ -39,7 +39,12 @@ pub struct ContainerPlan {
     pub binds: Vec<(PathBuf, String, bool)>,
     /// tmpfs mounts: (container path, mount options such as `size=64m`, `mode=1777`, `ro`).
     pub tmpfs: Vec<(String, Vec<String>)>,
+    /// `--init`: the node's static init (tini), bound in as docker binds it and run first.
+    pub init: Option<PathBuf>,
 }
+
+/// Where docker puts its init in a container, and what the process then starts with.
+pub const INIT_PATH: &str = "/sbin/docker-init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -86,7 +91,14 @@ pub fn argv(image: &ImageConfig, plan: &ContainerPlan) -> Result<Vec<String>, Bu
     if argv.is_empty() {
         return Err(BundleError::NoCommand);
     }
-    Ok(argv)
+    Ok(match plan.init {
+        Some(_) => [INIT_PATH, "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(argv)
+            .collect(),
+        None => argv,
+    })
 }
 
 /// The environment: the image's, then the task's over it (by key), with docker's PATH where
@@ -270,6 +282,9 @@ pub fn spec(
     for (host, container, ro) in &plan.binds {
         mounts.push(bind(host, container, *ro)?);
     }
+    if let Some(init) = &plan.init {
+        mounts.push(bind(init, INIT_PATH, true)?);
+    }
     for (container, options) in &plan.tmpfs {
         let mut o = vec!["nosuid".to_string(), "nodev".to_string()];
         o.extend(options.iter().cloned());
@@ -358,6 +373,12 @@ mod tests {
         assert_eq!(argv(&img, &p).unwrap(), s(&["/bin/sh", "-c", "echo hi"]));
         p.args.clear();
         assert_eq!(argv(&img, &p).unwrap(), s(&["/bin/sh", "-c"]));
+        p.init = Some("/usr/bin/tini-static".into());
+        assert_eq!(
+            argv(&img, &p).unwrap(),
+            s(&[INIT_PATH, "--", "/bin/sh", "-c"])
+        );
+        p.init = None;
         let empty = ImageConfig::default();
         assert!(matches!(
             argv(&empty, &ContainerPlan::default()),

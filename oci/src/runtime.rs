@@ -17,6 +17,11 @@ pub enum RuntimeError {
          apt-get install crun) to run images from a registry here"
     )]
     Missing,
+    #[error(
+        "--init needs a static init on this node (docker-init, or tini-static: apt-get install \
+         tini), bound into the container as docker binds its own"
+    )]
+    NoInit,
     #[error("crun {what}: {detail}")]
     Failed { what: String, detail: String },
 }
@@ -58,6 +63,14 @@ fn read_root_is_initramfs() -> bool {
             left.split(' ').nth(4) == Some("/") && right.split(' ').next() == Some("rootfs")
         })
     })
+}
+
+/// The static init `--init` runs a container under, as docker's `docker-init` is tini: the
+/// node's `docker-init` or Debian's `tini-static`, found on PATH.
+pub fn find_init() -> Result<PathBuf, RuntimeError> {
+    on_path("docker-init")
+        .or_else(|| on_path("tini-static"))
+        .ok_or(RuntimeError::NoInit)
 }
 
 impl Runtime {

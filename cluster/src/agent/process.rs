@@ -462,6 +462,7 @@ fn container_plan(
             .collect(),
         binds,
         tmpfs,
+        init: None,
     })
 }
 
@@ -500,15 +501,12 @@ pub fn spawn_container(
         what,
         source,
     };
-    if task.init {
-        return Err(prepare(
-            "--init",
-            std::io::Error::other(
-                "--init is not available for registry images yet: build the image with an \
-                 init (tini, dumb-init) as its entrypoint, or leave --init out",
-            ),
-        ));
-    }
+    let init = match task.init {
+        true => Some(
+            oci::runtime::find_init().map_err(|e| prepare("--init", std::io::Error::other(e)))?,
+        ),
+        false => None,
+    };
     write_files(dir, task).map_err(|e| prepare("hosts and resolv.conf", e))?;
     let files_root = dir.join("files");
     // Configs outside /run are written on the task's tmpfs too, and bound to their targets.
@@ -529,13 +527,16 @@ pub fn spawn_container(
     let mut task_mounts =
         mounts_of(task, container.volumes).map_err(|e| prepare("its --mount", e))?;
     task_mounts.0.extend(config_binds);
-    let plan = container_plan(
-        task,
-        dir,
-        (!task.files.is_empty()).then_some(&*files_root),
-        task_mounts,
-    )
-    .map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
+    let plan = oci::bundle::ContainerPlan {
+        init,
+        ..container_plan(
+            task,
+            dir,
+            (!task.files.is_empty()).then_some(&*files_root),
+            task_mounts,
+        )
+        .map_err(|e| prepare("its --cap-add/--cap-drop", e))?
+    };
     let bundle = dir.join("bundle");
     let rootfs = bundle.join("rootfs");
     for d in [

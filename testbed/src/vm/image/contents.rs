@@ -81,6 +81,8 @@ const TOOLS: &[(&[&str], &str)] = &[
     (&["/usr/bin/iperf3"], "/usr/bin/iperf3"),
     // The OCI runtime registry images' tasks run under (the agent finds it on PATH).
     (&["/usr/bin/crun"], "/usr/bin/crun"),
+    // `--init` in a container: docker's docker-init is tini, static.
+    (&["/usr/bin/tini-static"], "/usr/bin/tini-static"),
     // `swarmkit trace` reads conntrack entries and the VXLAN FDB with the usual tools, on
     // guests as on namespace nodes.
     (

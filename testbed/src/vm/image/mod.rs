@@ -45,7 +45,7 @@ pub enum GuestImageError {
     #[error("`{cmd}` failed: {message}")]
     Command { cmd: String, message: String },
     #[error(
-        "{0} is not installed; install it (Debian: apt-get install busybox-static dropbear-bin nftables ipvsadm conntrack iproute2 curl kmod squashfs-tools crun)"
+        "{0} is not installed; install it (Debian: apt-get install busybox-static dropbear-bin nftables ipvsadm conntrack iproute2 curl kmod squashfs-tools crun tini)"
     )]
     MissingTool(String),
     #[error("{0} holds no xz-compressed kernel and is not an ELF vmlinux")]
