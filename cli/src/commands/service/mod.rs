@@ -16,7 +16,7 @@ mod update;
 // readers and the tables.
 pub use create::{pin_image, registry_credentials};
 pub use ls::ls;
-pub use ps::{print_table as print_tasks, task_rows};
+pub use ps::{node_names, print_table as print_tasks, task_rows};
 pub use spec::{env_entry, warn};
 
 use clap::Subcommand;

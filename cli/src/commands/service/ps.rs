@@ -43,6 +43,27 @@ pub struct TaskRow {
     pub ports: String,
 }
 
+/// The NODE column's name for each node ID: its spec name where it has one, else its
+/// hostname, as docker's `service ps` and `stack ps` show it.
+pub async fn node_names(api: &Api) -> anyhow::Result<HashMap<String, String>> {
+    Ok(api
+        .docker
+        .list_nodes(None)
+        .await
+        .api(api)?
+        .into_iter()
+        .map(|n| {
+            let name = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| api::hostname(&n));
+            (n.id.unwrap_or_default(), name)
+        })
+        .collect())
+}
+
 pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
     let mut services = Vec::new();
     for name in &args.services {
@@ -58,22 +79,7 @@ pub async fn ps(api: &Api, args: PsArgs) -> anyhow::Result<i32> {
         };
         tasks.extend(api.docker.list_tasks(Some(opts)).await.api(api)?);
     }
-    let nodes: HashMap<String, String> = api
-        .docker
-        .list_nodes(None)
-        .await
-        .api(api)?
-        .into_iter()
-        .map(|n| {
-            let name = n
-                .spec
-                .as_ref()
-                .and_then(|s| s.name.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| api::hostname(&n));
-            (n.id.unwrap_or_default(), name)
-        })
-        .collect();
+    let nodes = node_names(api).await?;
     let names: HashMap<String, String> = services
         .iter()
         .map(|s| (s.id.clone().unwrap_or_default(), service_name(s)))

@@ -150,17 +150,7 @@ async fn ps(api: &Api, stack: &str, no_trunc: bool, quiet: bool) -> anyhow::Resu
             (s.id.clone().unwrap_or_default(), name.unwrap_or_default())
         })
         .collect();
-    let nodes: HashMap<String, String> = api
-        .docker
-        .list_nodes(None)
-        .await
-        .api(api)?
-        .into_iter()
-        .map(|n| {
-            let name = crate::api::hostname(&n);
-            (n.id.unwrap_or_default(), name)
-        })
-        .collect();
+    let nodes = crate::commands::service::node_names(api).await?;
     let rows = crate::commands::service::task_rows(
         tasks,
         &names,
