@@ -408,7 +408,7 @@ pub async fn attach(
     let index = inside.require(&ep.ifname).await?;
     inside.set_mtu(index, spec.mtu).await?;
     inside.add_addr(index, ep.addr).await?;
-    inside.set_up(index).await?;
+    inside.set_up_without_ipv6(index).await?;
     Ok(())
 }
 

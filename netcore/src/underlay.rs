@@ -75,5 +75,5 @@ async fn configure_end(links: &Links, ifname: &str, addr: Ipv4Net) -> Result<(),
     links.set_up_by_name("lo").await?;
     let index = links.require(ifname).await?;
     links.add_addr(index, addr).await?;
-    links.set_up(index).await
+    links.set_up_without_ipv6(index).await
 }

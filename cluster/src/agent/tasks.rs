@@ -485,9 +485,14 @@ impl Tasks {
             Some(_) => Some(process::runtime(&self.paths.name)?),
             None => None,
         };
-        let ns = NetNs::create(&self.paths.task_ns(&t.id))?;
-        // As docker's containers: a task that is not root may still serve on port 80.
-        ns.set_sysctl("net/ipv4/ip_unprivileged_port_start", "0")?;
+        let ns = NetNs::create_untouched(&self.paths.task_ns(&t.id))?;
+        // As docker's containers: a task that is not root may still serve on port 80. Written
+        // only where it changes something: any sysctl a task writes costs more the more
+        // namespaces the host has (see NetNs::create_untouched).
+        let image_user = image.as_deref().map(|i| i.config.user.as_str());
+        if !binds_low_ports_anyway(&t.user, image_user, &t.cap_drop) {
+            ns.set_sysctl("net/ipv4/ip_unprivileged_port_start", "0")?;
+        }
         for (key, value) in &t.sysctls {
             ns.set_sysctl(&key.replace('.', "/"), value)
                 .with_context(|| format!("--sysctl {key}={value}"))?;
@@ -726,6 +731,22 @@ fn kill_group(pid: u32, grace: Duration, stop_signal: &str) {
     });
 }
 
+/// Whether the task's process may bind a port under 1024 without lowering
+/// `ip_unprivileged_port_start`: it runs as root (by `--user`, else its image's user) and
+/// keeps CAP_NET_BIND_SERVICE.
+fn binds_low_ports_anyway(user: &str, image_user: Option<&str>, cap_drop: &[String]) -> bool {
+    let user = match (user, image_user) {
+        ("", Some(image_user)) => image_user,
+        (user, _) => user,
+    };
+    let root = matches!(user.split(':').next(), Some("" | "root" | "0"));
+    let dropped = cap_drop.iter().any(|c| {
+        let c = c.to_ascii_uppercase();
+        c == "ALL" || c.trim_start_matches("CAP_") == "NET_BIND_SERVICE"
+    });
+    root && !dropped
+}
+
 /// How many task legs the gateway subnet holds: all of 172.18.0.0/16 after the gateway
 /// (.0.1) and the ingress sandbox (.0.2), short of the hairpin address (.255.254) and the
 /// broadcast address.
@@ -789,4 +810,33 @@ async fn wait_listening(ns: NetNs, pid: Option<u32>, port: Option<u16>) -> Resul
     .await
     // No deadline: only a failure ends it without an answer.
     .map_err(Waited::into_reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_task_that_cannot_bind_low_ports_lowers_the_limit() {
+        let none: &[String] = &[];
+        assert!(binds_low_ports_anyway("", None, none));
+        assert!(binds_low_ports_anyway("root:wheel", None, none));
+        assert!(binds_low_ports_anyway("", Some("0"), none));
+        assert!(
+            !binds_low_ports_anyway("", Some("nginx"), none),
+            "the image's user"
+        );
+        assert!(!binds_low_ports_anyway("1000", Some(""), none));
+        assert!(
+            binds_low_ports_anyway("0", Some("nginx"), none),
+            "--user wins"
+        );
+        assert!(!binds_low_ports_anyway("", None, &["ALL".into()]));
+        assert!(!binds_low_ports_anyway(
+            "",
+            None,
+            &["cap_net_bind_service".into()]
+        ));
+        assert!(binds_low_ports_anyway("", None, &["NET_RAW".into()]));
+    }
 }

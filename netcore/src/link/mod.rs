@@ -15,7 +15,8 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, InfoVxlan, LinkAttribute,
+    LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::NeighbourMessage;
 use rtnetlink::packet_route::route::RouteScope;
@@ -208,6 +209,28 @@ impl Links {
     pub async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.set("set up", &format!("link #{index}"), msg).await
+    }
+
+    /// Brings a link up with no IPv6 address of its own (address generation off, set while it
+    /// is still down), where its namespace's `disable_ipv6` default was never written: a task
+    /// namespace touches no sysctl, because the kernel's lookup of `/proc/sys/net` from a
+    /// namespace grows with every namespace that has looked it up before (see
+    /// `NetNs::create_untouched`).
+    pub async fn set_up_without_ipv6(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
+            .build();
+        match self
+            .set("turn off IPv6 addresses", &format!("link #{index}"), msg)
+            .await
+        {
+            // A kernel without IPv6 has none to turn off.
+            Err(e) if e.errno() == Some(libc::EAFNOSUPPORT) => {}
+            other => other?,
+        }
+        self.set_up(index).await
     }
 
     /// Brings a link up by name, without an index lookup (the kernel resolves IFLA_IFNAME).
