@@ -23,6 +23,12 @@ use crate::netns::{NetNs, NetNsError};
 use crate::nft::{NftError, apply_nft};
 
 pub const BRIDGE: &str = "docker_gwbridge";
+/// Legs per bridge: a Linux bridge takes at most 1024 ports (BR_MAX_PORTS), which would cap
+/// a node at about a thousand tasks, as it does Docker's. The legs' addresses are split into
+/// blocks of this size (a /23); the first block's legs hang off [`BRIDGE`], block k's off
+/// `docker_gwb<k>`, made when its first leg comes (see [`bridge_of`]).
+const BLOCK: u32 = 512;
+const BLOCK_PREFIX_LEN: u8 = 23;
 /// The bridge's own address: every leg's default gateway.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 pub const PREFIX_LEN: u8 = 16;
@@ -51,6 +57,18 @@ pub fn subnet() -> Ipv4Net {
     Ipv4Net::new(GATEWAY, PREFIX_LEN).expect("a /16").trunc()
 }
 
+/// The bridge the leg with address `host` hangs off.
+pub fn bridge_of(host: Ipv4Addr) -> String {
+    match block_of(host) {
+        0 => BRIDGE.to_string(),
+        k => format!("docker_gwb{k}"),
+    }
+}
+
+fn block_of(host: Ipv4Addr) -> u32 {
+    (u32::from(host) - u32::from(subnet().network())) / BLOCK
+}
+
 /// The address `host` of the gateway subnet with its prefix, for a leg.
 pub fn leg_addr(host: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(host, PREFIX_LEN).expect("a /16")
@@ -65,6 +83,8 @@ pub struct Gateway {
     /// [`Gateway::without_bridge_netfilter`]).
     no_bridge_netfilter: bool,
     ready: AtomicBool,
+    /// The blocks past the first whose bridge is made (see [`BLOCK`]).
+    blocks: tokio::sync::Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// The table: masquerade for the subnet's traffic that leaves by any other interface.
@@ -73,7 +93,7 @@ pub fn ruleset(table: &str) -> String {
     format!(
         "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  \
          chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         ip saddr {subnet} oifname != \"{BRIDGE}\" masquerade\n  }}\n}}\n"
+         ip saddr {subnet} oifname != \"docker_gwb*\" masquerade\n  }}\n}}\n"
     )
 }
 
@@ -85,6 +105,7 @@ impl Gateway {
             journal,
             no_bridge_netfilter: false,
             ready: AtomicBool::new(false),
+            blocks: Default::default(),
         }
     }
 
@@ -141,6 +162,37 @@ impl Gateway {
         Ok(())
     }
 
+    /// Makes the bridge of `host`'s block past the first: the gateway's address as a /32 (it
+    /// answers its legs' ARP for their default gateway) and the block's route, more specific
+    /// than the subnet's on [`BRIDGE`]. Legs on different bridges are as apart as isolated
+    /// ports on one.
+    async fn ensure_block(&self, host: Ipv4Addr) -> Result<(), GatewayError> {
+        let block = block_of(host);
+        let mut made = self.blocks.lock().await;
+        if made.contains(&block) {
+            return Ok(());
+        }
+        let name = bridge_of(host);
+        let links = Links::new(&self.node)?;
+        let index = match links.index_of(&name).await? {
+            Some(index) => index,
+            None => {
+                if let Some(j) = &self.journal {
+                    j.link(&name)?;
+                }
+                links.create_bridge(&name, MTU).await?;
+                links.require(&name).await?
+            }
+        };
+        links.add_addr(index, Ipv4Net::from(GATEWAY)).await?;
+        links.set_up(index).await?;
+        let first = u32::from(subnet().network()) + block * BLOCK;
+        let range = Ipv4Net::new(Ipv4Addr::from(first), BLOCK_PREFIX_LEN).expect("a /23");
+        links.add_route_dev(range, index).await?;
+        made.insert(block);
+        Ok(())
+    }
+
     /// Gives `ns` a leg named `ifname` with `addr` (of the gateway subnet), its bridge port
     /// named `port` in the node; with `default_route`, the namespace's default route goes
     /// through the gateway. Present already is fine.
@@ -153,7 +205,11 @@ impl Gateway {
         default_route: bool,
     ) -> Result<(), GatewayError> {
         self.ensure().await?;
-        crate::underlay::plug(&self.node, BRIDGE, port, ns, ifname, leg_addr(addr)).await?;
+        let bridge = bridge_of(addr);
+        if block_of(addr) > 0 {
+            self.ensure_block(addr).await?;
+        }
+        crate::underlay::plug(&self.node, &bridge, port, ns, ifname, leg_addr(addr)).await?;
         let links = Links::new(&self.node)?;
         links.set_isolated(links.require(port).await?).await?;
         if default_route {
@@ -172,7 +228,7 @@ mod tests {
         let r = ruleset("swarmkit_c_gateway");
         assert!(r.contains("delete table ip swarmkit_c_gateway"), "{r}");
         assert!(
-            r.contains("ip saddr 172.18.0.0/16 oifname != \"docker_gwbridge\" masquerade"),
+            r.contains("ip saddr 172.18.0.0/16 oifname != \"docker_gwb*\" masquerade"),
             "{r}"
         );
     }
@@ -252,5 +308,56 @@ mod tests {
             !reaches("172.18.0.3:7000"),
             "another leg, across the bridge"
         );
+    }
+
+    /// A leg past the first block hangs off a bridge of its own (one bridge cannot take more
+    /// than 1024 ports) and still reaches the gateway and the node reaches it back; a leg
+    /// on the first bridge does not reach it.
+    #[tokio::test]
+    async fn legs_past_the_first_block_get_a_bridge_of_their_own() {
+        testkit::require_root!();
+        let nss = testkit::netns::Namespaces::new("gwblock");
+        let node = NetNs::create(&nss.name("node")).unwrap();
+        let first = NetNs::create(&nss.name("first")).unwrap();
+        let far = NetNs::create(&nss.name("far")).unwrap();
+        let gw = Gateway::new(node.clone(), "sktest_gwb", None);
+        let far_addr = Ipv4Addr::new(172, 18, 2, 9);
+        assert_eq!(bridge_of(Ipv4Addr::new(172, 18, 1, 255)), BRIDGE);
+        assert_eq!(bridge_of(far_addr), "docker_gwb1");
+        assert_eq!(bridge_of(Ipv4Addr::new(172, 18, 255, 253)), "docker_gwb127");
+        gw.plug(&first, "gwb0", "eth1", Ipv4Addr::new(172, 18, 0, 3), true)
+            .await
+            .unwrap();
+        gw.plug(&far, "gwb1", "eth1", far_addr, true).await.unwrap();
+        // Made once: a second leg in the block finds it.
+        let again = NetNs::create(&nss.name("again")).unwrap();
+        gw.plug(&again, "gwb2", "eth1", Ipv4Addr::new(172, 18, 3, 1), true)
+            .await
+            .unwrap();
+        let links = Links::new(&node).unwrap();
+        let bridge = links.require("docker_gwb1").await.unwrap();
+        assert_eq!(
+            links.addresses(bridge).await.unwrap(),
+            [Ipv4Net::from(GATEWAY)]
+        );
+        let listen = |ns: &NetNs, addr: std::net::SocketAddr| {
+            ns.run(move || std::net::TcpListener::bind(addr).unwrap())
+                .unwrap()
+        };
+        let connects = |from: &NetNs, to: std::net::SocketAddr| {
+            from.run(move || {
+                std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(1)).is_ok()
+            })
+            .unwrap()
+        };
+        let _gateway = listen(&node, "172.18.0.1:7000".parse().unwrap());
+        let far_port = std::net::SocketAddr::from((far_addr, 7000));
+        let _far = listen(&far, far_port);
+        assert!(
+            connects(&far, "172.18.0.1:7000".parse().unwrap()),
+            "the gateway"
+        );
+        assert!(connects(&node, far_port), "the node reaches the leg");
+        assert!(!connects(&first, far_port), "a leg on another bridge");
     }
 }

@@ -520,18 +520,17 @@ impl Tasks {
             Some(i)
         };
         if !t.host_ports.is_empty() {
-            if leg.is_none() {
+            let Some(i) = leg else {
                 anyhow::bail!(
                     "host-mode published ports need a way into the task, and every network \
                      it is on is --internal"
                 );
-            }
+            };
             // The node's localhost reaches the ports through the bridge alone: loopback
             // sources may leave by it, by no other (see netcore::hostport).
-            self.node.set_sysctl(
-                &format!("net/ipv4/conf/{}/route_localnet", netcore::gateway::BRIDGE),
-                "1",
-            )?;
+            let bridge = netcore::gateway::bridge_of(leg_addr(i));
+            self.node
+                .set_sysctl(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
         }
         let dns = self.resolver.serve_in(&t.id, &ns, self.upstreams(t))?;
         tokio::task::block_in_place(|| lb::track_connections(&ns))
