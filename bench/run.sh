@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # swarmkit's benchmarks. Every figure is a ratio against a baseline measured in the same run,
 # interleaved, because these machines are noisy. Needs root and ./scripts/setup.
-# Usage: bench/run.sh [up|conn|scale|walkthrough|qemu|encrypted|all]   (default: all)
+# Usage: bench/run.sh [up|conn|overlay|scale|walkthrough|qemu|encrypted|all]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SK=${SWARMKIT:-target/release/swarmkit}
@@ -10,7 +10,7 @@ C=bench$$
 N=${N:-2000}          # connections per ab run
 ROUNDS=${ROUNDS:-3}   # interleaved rounds; the median is reported
 
-cleanup() { "$SK" cluster down "$C" >/dev/null 2>&1 || true; bench/handbuilt-mesh.sh down; }
+cleanup() { "$SK" cluster down "$C" >/dev/null 2>&1 || true; bench/handbuilt-mesh.sh down; bench/bare-vxlan.sh down; }
 trap cleanup EXIT
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -58,6 +58,39 @@ bench_conn() {
   echo "through the VIP:                 $v conn/s (runs: ${viar[*]})  ratio $(ratio "$v" "$d")  (target >= 0.95)"
   echo "through the ingress mesh:        $m conn/s (runs: ${mesh[*]})  ratio $(ratio "$m" "$d")  (target >= 0.85)"
   "$SK" cluster down "$C" >/dev/null
+}
+
+bench_overlay() {
+  echo "== TCP throughput task to task across nodes (iperf3 -t 5), interleaved, $ROUNDS rounds:"
+  echo "   the underlay alone (veth + bridge), a bare VXLAN pair, swarmkit's overlay"
+  bench/bare-vxlan.sh down
+  bench/bare-vxlan.sh up
+  "$SK" cluster up --name "$C" --nodes 2 >/dev/null
+  "$SK" --cluster "$C" network create --driver overlay app >/dev/null
+  "$SK" --cluster "$C" service create --name srv --network app \
+    --constraint node.hostname==node2 whoami >/dev/null
+  "$SK" --cluster "$C" service create --name client --network app \
+    --constraint node.hostname==node1 whoami >/dev/null
+  local task
+  task=$("$SK" --cluster "$C" exec client.1 -- dig +short tasks.srv)
+  "$SK" --cluster "$C" exec srv.1 -- iperf3 -s -D >/dev/null
+  ip netns exec skbv.node2 iperf3 -s -D >/dev/null
+  gbps() { "$@" -t 5 -O 1 -f m | awk '/receiver/ {printf "%.2f", $7 / 1000}'; }
+  local under=() bare=() sk=()
+  for _ in $(seq "$ROUNDS"); do
+    under+=("$(gbps ip netns exec skbv.node1 iperf3 -c 192.168.0.12)")
+    bare+=("$(gbps ip netns exec skbv.node1 iperf3 -c "$(bench/bare-vxlan.sh addr 2)")")
+    sk+=("$(gbps "$SK" --cluster "$C" exec client.1 -- iperf3 -c "$task")")
+  done
+  local u b s
+  u=$(printf '%s\n' "${under[@]}" | median)
+  b=$(printf '%s\n' "${bare[@]}" | median)
+  s=$(printf '%s\n' "${sk[@]}" | median)
+  echo "underlay (veth + bridge): $u Gbit/s (runs: ${under[*]})"
+  echo "bare VXLAN pair:          $b Gbit/s (runs: ${bare[*]})  ratio to underlay $(ratio "$b" "$u")"
+  echo "swarmkit overlay:         $s Gbit/s (runs: ${sk[*]})  ratio to bare VXLAN $(ratio "$s" "$b")  (target >= 0.9)"
+  "$SK" cluster down "$C" >/dev/null
+  bench/bare-vxlan.sh down
 }
 
 # One-replica services with real tasks, grown to 5000 on one cluster, and 50 nodes: see
@@ -145,10 +178,11 @@ bench_encrypted() {
 case "${1:-all}" in
 up) bench_up ;;
 conn) bench_conn ;;
+overlay) bench_overlay ;;
 scale) bench_scale ;;
 walkthrough) bench_walkthrough ;;
 qemu) bench_qemu ;;
 encrypted) bench_encrypted ;;
-all) bench_up; bench_conn; bench_scale; bench_walkthrough; bench_qemu; bench_encrypted ;;
-*) echo "usage: $0 [up|conn|scale|walkthrough|qemu|encrypted|all]" >&2; exit 2 ;;
+all) bench_up; bench_conn; bench_overlay; bench_scale; bench_walkthrough; bench_qemu; bench_encrypted ;;
+*) echo "usage: $0 [up|conn|overlay|scale|walkthrough|qemu|encrypted|all]" >&2; exit 2 ;;
 esac
