@@ -273,8 +273,8 @@ async fn create(
             .map_err(|e| made.fail(stack, e))?;
         made.0.push(format!("network {name}"));
     }
-    let secret_ids = put_secrets(api, stack, plan.secrets, &mut made).await?;
-    let config_ids = put_configs(api, stack, plan.configs, &mut made).await?;
+    let secret_ids = put_all(api, stack, Stored::Secret, plan.secrets, &mut made).await?;
+    let config_ids = put_all(api, stack, Stored::Config, plan.configs, &mut made).await?;
 
     let wanted: Vec<String> = plan
         .services
@@ -369,129 +369,137 @@ fn fill_ids(
     }
 }
 
-/// Creates the stack's secrets, or updates those that exist (docker's way); then every
-/// secret's ID by name, external ones included.
-async fn put_secrets(
-    api: &Api,
-    stack: &str,
-    secrets: Vec<Payload>,
-    made: &mut Made,
-) -> anyhow::Result<HashMap<String, String>> {
-    let before = secret_index(api).await?;
-    for p in secrets {
-        let spec = SecretSpec {
-            name: Some(p.name.clone()),
-            labels: Some(p.labels.clone()),
-            data: Some(b64(&p.data)),
-            ..Default::default()
+/// What a stack stores by name before its services refer to it.
+#[derive(Clone, Copy)]
+enum Stored {
+    Secret,
+    Config,
+}
+
+impl Stored {
+    fn noun(self) -> &'static str {
+        match self {
+            Stored::Secret => "secret",
+            Stored::Config => "config",
+        }
+    }
+
+    /// Every one by name: (ID, version).
+    async fn index(self, api: &Api) -> anyhow::Result<HashMap<String, (String, u64)>> {
+        let entries: Vec<(Option<String>, Option<String>, Option<u64>)> = match self {
+            Stored::Secret => api
+                .docker
+                .list_secrets(None::<ListSecretsOptions>)
+                .await
+                .api(api)?
+                .into_iter()
+                .map(|s| {
+                    let name = s.spec.and_then(|s| s.name);
+                    (name, s.id, s.version.and_then(|v| v.index))
+                })
+                .collect(),
+            Stored::Config => api
+                .docker
+                .list_configs(None::<ListConfigsOptions>)
+                .await
+                .api(api)?
+                .into_iter()
+                .map(|c| {
+                    let name = c.spec.and_then(|s| s.name);
+                    (name, c.id, c.version.and_then(|v| v.index))
+                })
+                .collect(),
         };
-        match before.get(&p.name) {
-            Some((id, version)) => {
-                let opts = UpdateSecretOptions {
-                    version: i64::try_from(*version).unwrap_or(i64::MAX),
+        Ok(entries
+            .into_iter()
+            .map(|(name, id, version)| {
+                (
+                    name.unwrap_or_default(),
+                    (id.unwrap_or_default(), version.unwrap_or_default()),
+                )
+            })
+            .collect())
+    }
+
+    /// Creates `p`, or updates the one with `existing` (ID, version) in place.
+    async fn put(
+        self,
+        api: &Api,
+        p: &Payload,
+        existing: Option<&(String, u64)>,
+    ) -> Result<(), bollard::errors::Error> {
+        let (name, labels, data) = (
+            Some(p.name.clone()),
+            Some(p.labels.clone()),
+            Some(b64(&p.data)),
+        );
+        let version = |v: &u64| i64::try_from(*v).unwrap_or(i64::MAX);
+        match self {
+            Stored::Secret => {
+                let spec = SecretSpec {
+                    name,
+                    labels,
+                    data,
+                    ..Default::default()
                 };
-                api.docker
-                    .update_secret(id, spec, opts)
-                    .await
-                    .api(api)
-                    .map_err(|e| made.fail(stack, e))?;
+                match existing {
+                    Some((id, v)) => {
+                        let opts = UpdateSecretOptions {
+                            version: version(v),
+                        };
+                        api.docker.update_secret(id, spec, opts).await
+                    }
+                    None => api.docker.create_secret(spec).await.map(drop),
+                }
             }
-            None => {
-                println!("Creating secret {}", p.name);
-                api.docker
-                    .create_secret(spec)
-                    .await
-                    .api(api)
-                    .map_err(|e| made.fail(stack, e))?;
-                made.0.push(format!("secret {}", p.name));
+            Stored::Config => {
+                let spec = ConfigSpec {
+                    name,
+                    labels,
+                    data,
+                    ..Default::default()
+                };
+                match existing {
+                    Some((id, v)) => {
+                        let opts = UpdateConfigOptions {
+                            version: version(v),
+                        };
+                        api.docker.update_config(id, spec, opts).await
+                    }
+                    None => api.docker.create_config(spec).await.map(drop),
+                }
             }
         }
     }
-    Ok(secret_index(api)
-        .await?
-        .into_iter()
-        .map(|(name, (id, _))| (name, id))
-        .collect())
 }
 
-async fn put_configs(
+/// Creates the stack's secrets or configs, or updates those that exist (docker's way); then
+/// the ID of every one by name, external ones included.
+async fn put_all(
     api: &Api,
     stack: &str,
-    configs: Vec<Payload>,
+    kind: Stored,
+    payloads: Vec<Payload>,
     made: &mut Made,
 ) -> anyhow::Result<HashMap<String, String>> {
-    let before = config_index(api).await?;
-    for p in configs {
-        let spec = ConfigSpec {
-            name: Some(p.name.clone()),
-            labels: Some(p.labels.clone()),
-            data: Some(b64(&p.data)),
-            ..Default::default()
-        };
-        match before.get(&p.name) {
-            Some((id, version)) => {
-                let opts = UpdateConfigOptions {
-                    version: i64::try_from(*version).unwrap_or(i64::MAX),
-                };
-                api.docker
-                    .update_config(id, spec, opts)
-                    .await
-                    .api(api)
-                    .map_err(|e| made.fail(stack, e))?;
-            }
-            None => {
-                println!("Creating config {}", p.name);
-                api.docker
-                    .create_config(spec)
-                    .await
-                    .api(api)
-                    .map_err(|e| made.fail(stack, e))?;
-                made.0.push(format!("config {}", p.name));
-            }
+    let before = kind.index(api).await?;
+    for p in payloads {
+        let existing = before.get(&p.name);
+        if existing.is_none() {
+            println!("Creating {} {}", kind.noun(), p.name);
+        }
+        kind.put(api, &p, existing)
+            .await
+            .api(api)
+            .map_err(|e| made.fail(stack, e))?;
+        if existing.is_none() {
+            made.0.push(format!("{} {}", kind.noun(), p.name));
         }
     }
-    Ok(config_index(api)
+    Ok(kind
+        .index(api)
         .await?
         .into_iter()
         .map(|(name, (id, _))| (name, id))
-        .collect())
-}
-
-/// Secrets and configs by name: (ID, version).
-async fn secret_index(api: &Api) -> anyhow::Result<HashMap<String, (String, u64)>> {
-    let all = api
-        .docker
-        .list_secrets(None::<ListSecretsOptions>)
-        .await
-        .api(api)?;
-    Ok(all
-        .into_iter()
-        .map(|s| {
-            let name = s.spec.as_ref().and_then(|s| s.name.clone());
-            let version = s.version.and_then(|v| v.index).unwrap_or_default();
-            (
-                name.unwrap_or_default(),
-                (s.id.unwrap_or_default(), version),
-            )
-        })
-        .collect())
-}
-
-async fn config_index(api: &Api) -> anyhow::Result<HashMap<String, (String, u64)>> {
-    let all = api
-        .docker
-        .list_configs(None::<ListConfigsOptions>)
-        .await
-        .api(api)?;
-    Ok(all
-        .into_iter()
-        .map(|s| {
-            let name = s.spec.as_ref().and_then(|s| s.name.clone());
-            let version = s.version.and_then(|v| v.index).unwrap_or_default();
-            (
-                name.unwrap_or_default(),
-                (s.id.unwrap_or_default(), version),
-            )
-        })
         .collect())
 }
