@@ -94,45 +94,25 @@ pub fn allocate_vni(state: &State) -> Result<u32, IpamError> {
         .ok_or(IpamError::VniExhausted)
 }
 
-/// Every address currently held in `network_id`: gateway, VIPs, task endpoints, and (on
-/// ingress) the nodes' ingress sandboxes.
-pub fn used_addresses(state: &State, network_id: &str) -> BTreeSet<Ipv4Addr> {
-    let mut used = BTreeSet::new();
-    if let Some(n) = state.networks.get(network_id) {
-        used.insert(n.gateway);
-        if n.ingress {
-            used.extend(state.nodes.values().map(|node| node.ingress_addr.addr()));
-        }
-    }
-    for s in state.services.values() {
-        used.extend(
-            s.vips
-                .iter()
-                .filter(|v| v.network_id == network_id)
-                .map(|v| v.addr.addr()),
-        );
-    }
-    for t in state.tasks.values() {
-        used.extend(
-            t.attachments
-                .iter()
-                .filter(|a| a.network_id == network_id)
-                .map(|a| a.addr.addr()),
-        );
-    }
-    used
-}
-
 /// The lowest free host address in the network, with the network's prefix length.
 pub fn allocate_address(state: &State, network_id: &str) -> Result<Ipv4Net, IpamError> {
     let net = state
         .networks
         .get(network_id)
         .expect("caller checked the network exists");
-    let used = used_addresses(state, network_id);
+    // Nodes' ingress addresses are few; the services' and tasks' are indexed.
+    let nodes: BTreeSet<Ipv4Addr> = if net.ingress {
+        state
+            .nodes
+            .values()
+            .map(|n| n.ingress_addr.addr())
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
     net.subnet
         .hosts()
-        .find(|a| !used.contains(a))
+        .find(|a| *a != net.gateway && !nodes.contains(a) && !state.holds(network_id, *a))
         .map(|a| Ipv4Net::new(a, net.subnet.prefix_len()).expect("prefix from a valid net"))
         .ok_or(IpamError::SubnetFull {
             network: net.name.clone(),

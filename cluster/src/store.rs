@@ -6,6 +6,7 @@
 //! published. A failed closure changes nothing, and concurrent writers are serialised, so no
 //! update is ever lost or half-applied.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -73,6 +74,43 @@ pub struct State {
     pub secrets: OrdMap<String, Payload>,
     pub configs: OrdMap<String, Payload>,
     dirty: Vec<(Kind, String)>,
+    /// The addresses services' VIPs and tasks' attachments hold on each network, with how
+    /// many hold each; kept by every put and remove of a service or task, so IPAM finds a free
+    /// address without reading every service and task (at 5000 services that read was
+    /// ~7 ms of each service created).
+    held: OrdMap<String, OrdMap<Ipv4Addr, u32>>,
+}
+
+fn service_holds(s: &Service) -> impl Iterator<Item = (&str, Ipv4Addr)> {
+    s.vips
+        .iter()
+        .map(|v| (v.network_id.as_str(), v.addr.addr()))
+}
+
+fn task_holds(t: &Task) -> impl Iterator<Item = (&str, Ipv4Addr)> {
+    t.attachments
+        .iter()
+        .map(|a| (a.network_id.as_str(), a.addr.addr()))
+}
+
+/// Counts `holds` in or out of `held`; an address nothing holds any more leaves it.
+fn hold<'a>(
+    held: &mut OrdMap<String, OrdMap<Ipv4Addr, u32>>,
+    holds: impl Iterator<Item = (&'a str, Ipv4Addr)>,
+    delta: i32,
+) {
+    for (network, addr) in holds {
+        let on = held.entry(network.to_string()).or_default();
+        let count = on.get(&addr).copied().unwrap_or(0);
+        match count.saturating_add_signed(delta) {
+            0 => {
+                on.remove(&addr);
+            }
+            n => {
+                on.insert(addr, n);
+            }
+        }
+    }
 }
 
 impl State {
@@ -92,20 +130,57 @@ impl State {
     pub fn put_service(&mut self, mut s: Service) {
         s.version = self.version;
         self.dirty.push((Kind::Service, s.id.clone()));
-        self.services.insert(s.id.clone(), s);
+        hold(&mut self.held, service_holds(&s), 1);
+        if let Some(old) = self.services.insert(s.id.clone(), s) {
+            hold(&mut self.held, service_holds(&old), -1);
+        }
     }
     pub fn remove_service(&mut self, id: &str) {
         self.dirty.push((Kind::Service, id.to_string()));
-        self.services.remove(id);
+        if let Some(old) = self.services.remove(id) {
+            hold(&mut self.held, service_holds(&old), -1);
+        }
     }
     pub fn put_task(&mut self, mut t: Task) {
         t.version = self.version;
         self.dirty.push((Kind::Task, t.id.clone()));
-        self.tasks.insert(t.id.clone(), t);
+        hold(&mut self.held, task_holds(&t), 1);
+        if let Some(old) = self.tasks.insert(t.id.clone(), t) {
+            hold(&mut self.held, task_holds(&old), -1);
+        }
     }
     pub fn remove_task(&mut self, id: &str) {
         self.dirty.push((Kind::Task, id.to_string()));
-        self.tasks.remove(id);
+        if let Some(old) = self.tasks.remove(id) {
+            hold(&mut self.held, task_holds(&old), -1);
+        }
+    }
+
+    /// Whether a service's VIP or a task's attachment holds `addr` on `network_id`.
+    pub fn holds(&self, network_id: &str, addr: Ipv4Addr) -> bool {
+        self.held
+            .get(network_id)
+            .is_some_and(|on| on.contains_key(&addr))
+    }
+
+    /// Every address services and tasks hold on `network_id`.
+    pub fn held_on(&self, network_id: &str) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.held
+            .get(network_id)
+            .into_iter()
+            .flat_map(|on| on.keys().copied())
+    }
+
+    /// Rebuilds what [`State::holds`] reads from the services and tasks themselves.
+    fn index_holds(&mut self) {
+        let mut held = OrdMap::new();
+        for s in self.services.values() {
+            hold(&mut held, service_holds(s), 1);
+        }
+        for t in self.tasks.values() {
+            hold(&mut held, task_holds(t), 1);
+        }
+        self.held = held;
     }
     pub fn put_node(&mut self, mut n: Node) {
         n.version = self.version;
@@ -315,6 +390,7 @@ impl Store {
                     .insert(id.to_string(), unseal(key, bytes, &sealer)?);
             }
         }
+        state.index_holds();
         let version = state.version;
         Ok(Store {
             db,

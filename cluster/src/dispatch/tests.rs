@@ -202,6 +202,50 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap()
 }
 
+/// What `State::held_on` indexes, read from every service and task.
+fn scanned(s: &State, network: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut all: Vec<_> = s
+        .services
+        .values()
+        .flat_map(|svc| svc.vips.iter().map(|v| (&v.network_id, v.addr.addr())))
+        .chain(
+            s.tasks
+                .values()
+                .flat_map(|t| t.attachments.iter().map(|a| (&a.network_id, a.addr.addr()))),
+        )
+        .filter(|(n, _)| n.as_str() == network)
+        .map(|(_, a)| a)
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+#[test]
+fn held_addresses_follow_every_put_and_remove() {
+    let mut s = cluster();
+    let check = |s: &State| {
+        for net in ["ingress", "app", "other"] {
+            assert_eq!(s.held_on(net).collect::<Vec<_>>(), scanned(s, net), "{net}");
+        }
+    };
+    check(&s);
+    let web = s.services.get("web").unwrap().clone();
+    // A task replaced by one with other addresses frees its old ones.
+    s.put_task(task(&web, 1, 1, 99));
+    assert!(!s.holds("app", "10.0.1.11".parse().unwrap()));
+    assert!(s.holds("app", "10.0.1.99".parse().unwrap()));
+    check(&s);
+    s.remove_task("db1");
+    s.remove_service("lonely");
+    s.remove_task("missing");
+    check(&s);
+    // A service re-put with the same VIPs still holds them once.
+    s.put_service(web);
+    check(&s);
+    assert!(s.holds("app", "10.0.1.10".parse().unwrap()));
+}
+
 #[test]
 fn golden_plan_of_a_node() {
     let plan = compute(&cluster(), "node2id", 0);
