@@ -10,7 +10,11 @@ p=skbv
 MTU=${MTU:-1450}
 case "${1:-}" in
 down)
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$p\." || true); do ip netns del "$ns"; done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$p\." || true); do
+    # A daemon started in the namespace (iperf3 -s -D) would outlive it.
+    ip netns pids "$ns" | xargs -r kill
+    ip netns del "$ns"
+  done
   exit 0 ;;
 addr) echo "10.254.0.1$2"; exit 0 ;;
 up) ;;
