@@ -21,6 +21,7 @@
 
 mod api;
 mod commands;
+mod doctor;
 mod duration;
 mod flags;
 mod graph;
@@ -87,6 +88,8 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Follow one real connection hop by hop, from the kernels' records
     Trace(trace::TraceArgs),
+    /// Find what breaks a swarm's networking (swarmkit's own or a real Docker Swarm), read-only
+    Doctor(doctor::DoctorArgs),
     /// Serve a live picture of the cluster on 127.0.0.1, with traces on request
     Ui(ui::UiArgs),
     /// Build guest images for the qemu backend
@@ -137,6 +140,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Walkthrough(args) => walkthrough::run(cluster, args).await,
         Command::Graph(args) => graph::run(cluster, args).await,
         Command::Trace(args) => trace::run(cluster, args).await,
+        Command::Doctor(args) => doctor::run(cluster, args).await,
         Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Manager => testbed::lifecycle::run_manager(cluster).await.map(|()| 0),

@@ -61,6 +61,8 @@ type SharedTls = Arc<RwLock<Arc<rustls::ClientConfig>>>;
 pub struct ManagerClient {
     endpoint: Endpoint,
     tls: Option<SharedTls>,
+    /// Who the TLS peer must prove to be; the manager unless told otherwise.
+    server_name: rustls::pki_types::ServerName<'static>,
     /// The connection the last request used, kept for the next: an agent long-polls its
     /// plan every heartbeat, and a connection per poll (a TCP handshake and teardown across
     /// the underlay each time) was most of an idle cluster's CPU.
@@ -73,6 +75,7 @@ impl Clone for ManagerClient {
         ManagerClient {
             endpoint: self.endpoint.clone(),
             tls: self.tls.clone(),
+            server_name: self.server_name.clone(),
             idle: std::sync::Mutex::new(None),
         }
     }
@@ -86,6 +89,7 @@ impl ManagerClient {
         ManagerClient {
             endpoint: Endpoint::Unix(socket.to_path_buf()),
             tls: None,
+            server_name: crate::pki::tls::manager_name(),
             idle: std::sync::Mutex::new(None),
         }
     }
@@ -94,6 +98,7 @@ impl ManagerClient {
         ManagerClient {
             endpoint: Endpoint::Tcp(addr.to_string()),
             tls: None,
+            server_name: crate::pki::tls::manager_name(),
             idle: std::sync::Mutex::new(None),
         }
     }
@@ -104,6 +109,16 @@ impl ManagerClient {
         self.tls = Some(Arc::new(RwLock::new(Arc::new(config))));
         self.idle = std::sync::Mutex::new(None);
         self
+    }
+
+    /// TLS to a server other than a swarmkit manager (a Docker engine), checked as `name`.
+    pub fn with_tls_to(
+        mut self,
+        config: rustls::ClientConfig,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.server_name = name;
+        self.with_tls(config)
     }
 
     /// Dials with `config` from now on, in this client and every clone of it (a renewed
@@ -131,7 +146,11 @@ impl ManagerClient {
             .tls
             .as_ref()
             .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).clone());
-        async fn secured<S>(io: S, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::Result<Io>
+        async fn secured<S>(
+            io: S,
+            tls: Option<Arc<rustls::ClientConfig>>,
+            name: rustls::pki_types::ServerName<'static>,
+        ) -> std::io::Result<Io>
         where
             S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         {
@@ -139,7 +158,7 @@ impl ManagerClient {
                 None => Box::new(io),
                 Some(config) => Box::new(
                     tokio_rustls::TlsConnector::from(config)
-                        .connect(crate::pki::tls::manager_name(), io)
+                        .connect(name, io)
                         .await?,
                 ),
             })
@@ -148,11 +167,15 @@ impl ManagerClient {
         Ok(match &self.endpoint {
             Endpoint::Unix(p) => {
                 let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
-                secured(stream, tls).await.map_err(connect)?
+                secured(stream, tls, self.server_name.clone())
+                    .await
+                    .map_err(connect)?
             }
             Endpoint::Tcp(a) => {
                 let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
-                secured(stream, tls).await.map_err(connect)?
+                secured(stream, tls, self.server_name.clone())
+                    .await
+                    .map_err(connect)?
             }
         })
     }

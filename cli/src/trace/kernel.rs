@@ -47,7 +47,8 @@ pub async fn run_status(cluster: &str, place: &Place, argv: &[&str]) -> anyhow::
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn output(
+/// Runs `argv` at `place` and returns how it ended, whatever that was.
+pub async fn output(
     cluster: &str,
     place: &Place,
     argv: &[&str],

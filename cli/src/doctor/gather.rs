@@ -1,0 +1,501 @@
+//! Reading a swarm into [`Facts`]: the manager's answers through the Engine API (Docker's
+//! or swarmkit's, which serve the same shapes), then every reachable node's kernel, nodes in
+//! parallel. Only reads: `ip`, `bridge`, `nft list`, `/proc`, pings and TCP connects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bollard::models::{Network, Node, Service};
+use cluster::client::ManagerClient;
+use serde_json::Value;
+
+use super::facts::*;
+use super::reach::{At, Reach};
+
+/// Where the Engine API answers.
+pub enum Engine {
+    Cluster(String),
+    Docker(String),
+}
+
+pub fn client(engine: &Engine) -> anyhow::Result<ManagerClient> {
+    let host = match engine {
+        Engine::Cluster(name) => {
+            let socket = cluster::paths::ClusterPaths::new(name).manager_socket();
+            if !socket.exists() {
+                bail!(
+                    "cluster {name:?} is not up (no manager socket at {}): start it with `swarmkit cluster up --name {name}`, or point doctor at a Docker engine with --docker-host",
+                    socket.display()
+                );
+            }
+            return Ok(ManagerClient::new(&socket));
+        }
+        Engine::Docker(host) => host,
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Ok(ManagerClient::new(std::path::Path::new(path)));
+    }
+    let Some(addr) = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("https://"))
+    else {
+        bail!(
+            "--docker-host {host:?}: give unix:///path/to/docker.sock or tcp://HOST:PORT (ssh:// is not supported: use --inventory to read nodes over SSH)"
+        );
+    };
+    let client = ManagerClient::tcp(addr);
+    let verify = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
+    if !verify {
+        return Ok(client);
+    }
+    let dir = std::env::var_os("DOCKER_CERT_PATH")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")))
+        .context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).with_context(|| {
+            format!(
+                "reading {} (DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem)",
+                dir.join(f).display()
+            )
+        })
+    };
+    let (ca, cert, key) = (read("ca.pem")?, read("cert.pem")?, read("key.pem")?);
+    let config = cluster::pki::tls::client_config(&[&ca], Some((&cert, &key)))
+        .context("DOCKER_CERT_PATH's certificates")?;
+    let host_only = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    let name =
+        rustls::pki_types::ServerName::try_from(host_only.trim_matches(['[', ']']).to_string())
+            .with_context(|| format!("{host_only:?} is not a host name TLS can check"))?;
+    Ok(client.with_tls_to(config, name))
+}
+
+/// The manager's view, and which node answered (the one doctor may read as "local").
+pub struct ApiView {
+    pub facts: Facts,
+    pub flavor: Flavor,
+    pub answering_node: Option<String>,
+}
+
+pub async fn api_view(client: &ManagerClient) -> anyhow::Result<ApiView> {
+    let info: Value = client.get("/info").await.context("GET /info")?;
+    let state = info["Swarm"]["LocalNodeState"].as_str().unwrap_or_default();
+    if !info["Swarm"]["ControlAvailable"].as_bool().unwrap_or(false) {
+        bail!(
+            "this engine is not a swarm manager (swarm state {state:?}): point --docker-host at a manager node's engine"
+        );
+    }
+    let nodes: Vec<Node> = client.get("/nodes").await.context("GET /nodes")?;
+    let networks: Vec<Network> = client.get("/networks").await.context("GET /networks")?;
+    let services: Vec<Service> = client.get("/services").await.context("GET /services")?;
+    let tasks: Vec<Value> = client.get("/tasks").await.context("GET /tasks")?;
+    let label = |n: &Node, k: &str| {
+        n.description
+            .as_ref()
+            .and_then(|d| d.engine.as_ref())
+            .and_then(|e| e.labels.as_ref())
+            .and_then(|l| l.get(k).cloned())
+    };
+    let flavor = if nodes
+        .iter()
+        .any(|n| label(n, "swarmkit.lb-driver").is_some())
+    {
+        Flavor::Swarmkit
+    } else {
+        Flavor::Docker
+    };
+    let facts = Facts {
+        nodes: nodes
+            .iter()
+            .map(|n| NodeFacts {
+                id: n.id.clone().unwrap_or_default(),
+                hostname: crate::api::hostname(n),
+                addr: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addr.clone())
+                    .unwrap_or_default(),
+                ready: n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.state)
+                    .is_some_and(|s| s.to_string() == "ready"),
+                needs_ipvs: match flavor {
+                    Flavor::Docker => true,
+                    Flavor::Swarmkit => label(n, "swarmkit.lb-driver").as_deref() == Some("ipvs"),
+                },
+                kernel: Err("not read".into()),
+            })
+            .collect(),
+        networks: networks
+            .iter()
+            .filter(|n| n.scope.as_deref() == Some("swarm"))
+            .map(|n| NetFacts {
+                id: n.id.clone().unwrap_or_default(),
+                name: n.name.clone().unwrap_or_default(),
+                driver: n.driver.clone().unwrap_or_default(),
+                subnets: n
+                    .ipam
+                    .as_ref()
+                    .and_then(|i| i.config.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.subnet.as_deref()?.parse().ok())
+                    .collect(),
+                encrypted: n
+                    .options
+                    .as_ref()
+                    .is_some_and(|o| o.contains_key("encrypted")),
+                ingress: n.ingress.unwrap_or(false),
+            })
+            .collect(),
+        services: services.iter().map(service).collect(),
+        tasks: Vec::new(),
+    };
+    let mut facts = facts;
+    facts.tasks = tasks.iter().map(|t| task(t, &facts)).collect();
+    Ok(ApiView {
+        facts,
+        flavor,
+        answering_node: info["Swarm"]["NodeID"].as_str().map(str::to_string),
+    })
+}
+
+fn service(s: &Service) -> SvcFacts {
+    let endpoint = s.endpoint.as_ref();
+    let dnsrr = s
+        .spec
+        .as_ref()
+        .and_then(|sp| sp.endpoint_spec.as_ref())
+        .and_then(|e| e.mode)
+        .is_some_and(|m| m.to_string() == "dnsrr");
+    SvcFacts {
+        id: s.id.clone().unwrap_or_default(),
+        name: s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.name.clone())
+            .unwrap_or_default(),
+        vip: !dnsrr
+            && endpoint
+                .and_then(|e| e.virtual_ips.as_ref())
+                .is_some_and(|v| !v.is_empty()),
+        ports: endpoint
+            .and_then(|e| e.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.published_port.unwrap_or_default() as u16,
+                    p.target_port.unwrap_or_default() as u16,
+                    p.protocol
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "tcp".into()),
+                    p.publish_mode.map(|m| m.to_string()).as_deref() != Some("host"),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn task(t: &Value, facts: &Facts) -> TaskFacts {
+    let service_id = t["ServiceID"].as_str().unwrap_or_default().to_string();
+    let node_id = t["NodeID"].as_str().unwrap_or_default().to_string();
+    let svc = facts
+        .service(&service_id)
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let name = match t["Slot"].as_u64() {
+        Some(slot) if slot > 0 => format!("{svc}.{slot}"),
+        _ => format!("{svc}.{node_id}"),
+    };
+    TaskFacts {
+        id: t["ID"].as_str().unwrap_or_default().to_string(),
+        name,
+        service_id,
+        node_id,
+        running: t["Status"]["State"] == "running" && t["DesiredState"] == "running",
+        container_id: t["Status"]["ContainerStatus"]["ContainerID"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        addrs: t["NetworksAttachments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| {
+                let id = a["Network"]["ID"].as_str().unwrap_or_default().to_string();
+                a["Addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str())
+                    .map(move |x| (id.clone(), x.split('/').next().unwrap_or(x).to_string()))
+            })
+            .collect(),
+    }
+}
+
+/// Reads every node that has a way in, in parallel.
+pub async fn read_kernels(
+    flavor: Flavor,
+    facts: &mut Facts,
+    reaches: BTreeMap<String, Arc<Reach>>,
+) {
+    let shared = Arc::new(facts.clone());
+    let mut jobs = tokio::task::JoinSet::new();
+    for n in facts.nodes.iter().filter(|n| n.ready) {
+        let Some(reach) = reaches.get(&n.id).cloned() else {
+            continue;
+        };
+        let (facts, id) = (shared.clone(), n.id.clone());
+        jobs.spawn(async move {
+            let k = read_node(flavor, &facts, &id, &reach).await;
+            (id, k)
+        });
+    }
+    while let Some(Ok((id, k))) = jobs.join_next().await {
+        if let Some(n) = facts.nodes.iter_mut().find(|n| n.id == id) {
+            n.kernel = k;
+        }
+    }
+}
+
+const IPVS_PROBE: &str = r#"m=$0
+if [ -e /proc/net/ip_vs ] && [ "$m" = ip_vs ]; then echo "present: /proc/net/ip_vs exists"
+elif [ -d /sys/module/$m ]; then echo "present: /sys/module/$m exists"
+elif grep -qs "/$m.ko" /lib/modules/$(uname -r)/modules.builtin; then echo "present: built into $(uname -r)"
+elif modprobe -n $m 2>/dev/null; then echo "present: not loaded, but modprobe -n $m finds it for $(uname -r)"
+else echo "absent: no /sys/module/$m, not in /lib/modules/$(uname -r)/modules.builtin, and modprobe -n $m finds no module for kernel $(uname -r)"
+fi"#;
+
+async fn module(reach: &Reach, name: &str) -> Module {
+    match reach.run(At::Node, &["sh", "-c", IPVS_PROBE, name]).await {
+        Ok(out) => Module {
+            present: out.starts_with("present"),
+            evidence: out.trim().to_string(),
+        },
+        // Unknown is not a finding: say so and let the rest speak.
+        Err(e) => Module {
+            present: true,
+            evidence: format!("could not tell: {e}"),
+        },
+    }
+}
+
+async fn read_node(
+    flavor: Flavor,
+    f: &Facts,
+    id: &str,
+    reach: &Reach,
+) -> Result<KernelFacts, String> {
+    let me = f.node(id).ok_or("not in the manager's list")?;
+    let links = reach
+        .run(At::Node, &["ip", "-j", "addr", "show"])
+        .await
+        .map_err(|e| format!("reading its links through {}: {e}", reach.describe()))?;
+    let mut k = KernelFacts {
+        links: parse_links(&links),
+        ipvs: if me.needs_ipvs {
+            module(reach, "ip_vs").await
+        } else {
+            Module::present("not needed")
+        },
+        esp: if f.networks.iter().any(|n| n.encrypted) {
+            module(reach, "esp4").await
+        } else {
+            Module::present("not needed")
+        },
+        ..KernelFacts::default()
+    };
+    let peers: Vec<&NodeFacts> = f
+        .nodes
+        .iter()
+        .filter(|p| p.id != id && p.ready && !p.addr.is_empty())
+        .collect();
+    for p in &peers {
+        let src = reach
+            .run(At::Node, &["ip", "-j", "route", "get", &p.addr])
+            .await
+            .and_then(|o| parse_route_source(&o).ok_or_else(|| format!("no source in {o}")));
+        k.routes_to_peers.push((p.addr.clone(), src));
+        if flavor == Flavor::Docker {
+            let probe = format!("exec 3<>/dev/tcp/{}/7946", p.addr);
+            let outcome = reach
+                .run(At::Node, &["timeout", "3", "bash", "-c", &probe])
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    if e == "exit status 124" {
+                        "no answer within 3 s".to_string()
+                    } else {
+                        e
+                    }
+                });
+            k.gossip.push((p.addr.clone(), outcome));
+        }
+    }
+    if let Ok(rules) = reach.run(At::Node, &["nft", "-j", "list", "ruleset"]).await {
+        k.drops = parse_nft_drops(&rules);
+    }
+    if f.networks.iter().any(|n| n.encrypted)
+        && let Ok(out) = reach.run(At::Node, &["ip", "xfrm", "state"]).await
+    {
+        k.sas = parse_xfrm_states(&out);
+    }
+    k.overlays = overlays(flavor, f, id, reach).await;
+    let mine: Vec<&TaskFacts> = f.running().filter(|t| t.node_id == id).collect();
+    for t in &mine {
+        let Some(svc) = f.service(&t.service_id) else {
+            continue;
+        };
+        if !svc.ports.iter().any(|p| p.2 == "tcp") {
+            continue;
+        }
+        k.listeners
+            .push((t.id.clone(), listeners(flavor, reach, t).await));
+    }
+    k.probes = probes(f, id, reach, &mine).await;
+    Ok(k)
+}
+
+async fn listeners(flavor: Flavor, reach: &Reach, t: &TaskFacts) -> Result<Vec<Listener>, String> {
+    let mut all = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let out = match flavor {
+            Flavor::Docker => {
+                let pid = reach.container_pid(&t.container_id).await?;
+                reach
+                    .run(At::Node, &["cat", &format!("/proc/{pid}/net/{file}")])
+                    .await
+            }
+            Flavor::Swarmkit => {
+                reach
+                    .run(
+                        At::Task {
+                            task: &t.id,
+                            container: &t.container_id,
+                        },
+                        &["cat", &format!("/proc/net/{file}")],
+                    )
+                    .await
+            }
+        };
+        match out {
+            Ok(text) => all.extend(parse_proc_net_tcp(&text)),
+            Err(e) if file == "tcp" => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(all)
+}
+
+/// Every overlay sandbox on the node (`1-<first ten characters of the network's ID>`, as
+/// Docker names them and swarmkit does too): its FDB, neighbours and MTU.
+async fn overlays(flavor: Flavor, f: &Facts, id: &str, reach: &Reach) -> Vec<OverlayFacts> {
+    let names: Vec<(String, String)> = match flavor {
+        Flavor::Docker => reach
+            .sandboxes()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| {
+                let prefix = s.strip_prefix("1-")?;
+                let net = f.networks.iter().find(|n| n.id.starts_with(prefix))?;
+                Some((s.clone(), net.id.clone()))
+            })
+            .collect(),
+        Flavor::Swarmkit => f
+            .networks
+            .iter()
+            .filter(|n| {
+                n.ingress
+                    || f.running()
+                        .any(|t| t.node_id == id && t.addrs.iter().any(|(nid, _)| nid == &n.id))
+            })
+            .map(|n| (format!("1-{}", &n.id[..n.id.len().min(10)]), n.id.clone()))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (sandbox, network_id) in names {
+        let Ok(fdb) = reach
+            .run(At::Sandbox(&sandbox), &["bridge", "-j", "fdb", "show"])
+            .await
+        else {
+            continue;
+        };
+        let neigh = reach
+            .run(At::Sandbox(&sandbox), &["ip", "-j", "neigh", "show"])
+            .await
+            .unwrap_or_default();
+        let links = reach
+            .run(At::Sandbox(&sandbox), &["ip", "-j", "-d", "link", "show"])
+            .await
+            .unwrap_or_default();
+        let mtu = serde_json::from_str::<Value>(&links)
+            .ok()
+            .and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .filter(|l| l["linkinfo"]["info_kind"] == "vxlan")
+                    .filter_map(|l| l["mtu"].as_u64())
+                    .max()
+            })
+            .map(|m| m as u32);
+        out.push(OverlayFacts {
+            network_id,
+            sandbox,
+            fdb: parse_fdb(&fdb),
+            neighbours: parse_neighbours(&neigh),
+            mtu,
+        });
+    }
+    out
+}
+
+const PING: &str = r#"if command -v ping >/dev/null 2>&1; then exec ping -c1 -W2 "$0"; else exec busybox ping -c1 -W2 "$0"; fi"#;
+
+/// From one task of each overlay on this node, a ping to every task of that overlay on the
+/// other nodes.
+async fn probes(f: &Facts, id: &str, reach: &Reach, mine: &[&TaskFacts]) -> Vec<Probe> {
+    let mut out = Vec::new();
+    for net in f.networks.iter().filter(|n| !n.ingress) {
+        let Some(from) = mine
+            .iter()
+            .find(|t| t.addrs.iter().any(|(nid, _)| nid == &net.id))
+        else {
+            continue;
+        };
+        for to in f.running().filter(|t| t.node_id != id) {
+            let Some((_, addr)) = to.addrs.iter().find(|(nid, _)| nid == &net.id) else {
+                continue;
+            };
+            let outcome = reach
+                .run(
+                    At::Task {
+                        task: &from.id,
+                        container: &from.container_id,
+                    },
+                    &["sh", "-c", PING, addr],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    if e == "exit status 1" {
+                        "no reply within 2 s".to_string()
+                    } else {
+                        e
+                    }
+                });
+            out.push(Probe {
+                network: net.id.clone(),
+                from_task: from.id.clone(),
+                to_task: to.id.clone(),
+                to_addr: addr.clone(),
+                outcome,
+            });
+        }
+    }
+    out
+}
