@@ -3,6 +3,7 @@
 //! `swarmkit cluster down` when dropped (on panic too), polling with a deadline instead of
 //! sleeping, the swarmkit binary run under a timeout, and process probes.
 
+pub mod docker_swarm;
 pub mod image;
 pub mod netns;
 pub mod registry;
