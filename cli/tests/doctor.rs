@@ -248,3 +248,49 @@ fn doctor_explains_a_cluster_that_is_not_up() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("unix://"), "{}", r.stderr);
 }
+
+/// The same checks inside QEMU guests (their own kernels, IPVS and busybox tools beside
+/// iproute2's): healthy, then a guest's firewall dropping VXLAN is named.
+#[test]
+fn doctor_reads_qemu_guests() {
+    testkit::skip_unless!(testkit::needs_qemu());
+    let c = Cluster::up_with("qdoctor", 2, &["--backend", "qemu"]);
+    c.sk(&["network", "create", "-d", "overlay", "net1"]).ok();
+    c.service_create(&[
+        "--name",
+        "web",
+        "--network",
+        "net1",
+        "--replicas",
+        "2",
+        "-p",
+        "8080:80",
+        "whoami",
+    ])
+    .ok();
+    let (v, code) = doctor(&c);
+    assert_eq!(code, 0, "{v:#}");
+    let passed: Vec<&str> = v["passed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["check"].as_str())
+        .collect();
+    for check in ["overlay-reach", "kernel-ipvs", "stale-fdb", "underlay-mtu"] {
+        assert!(
+            passed.contains(&check),
+            "{check} looked at something: {v:#}"
+        );
+    }
+    c.node(
+        "node2",
+        "nft add table inet fault && nft add chain inet fault in '{ type filter hook input priority 0; }' && nft add rule inet fault in udp dport 4789 drop",
+    )
+    .ok();
+    let (v, code) = doctor(&c);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        findings(&v).contains(&("firewall-vxlan".into(), "node2".into())),
+        "{v:#}"
+    );
+}

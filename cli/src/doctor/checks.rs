@@ -65,10 +65,9 @@ pub fn run(flavor: Flavor, f: &Facts) -> Verdict {
     v.check("node-unread", String::new(), unread(flavor, f));
     v.check(
         "kernel-ipvs",
-        if read.iter().any(|(n, _)| n.needs_ipvs) {
-            count("IPVS present")
-        } else {
-            String::new()
+        match uses_ipvs(f) {
+            Some(_) if read.iter().any(|(n, _)| n.needs_ipvs) => count("IPVS present"),
+            _ => String::new(),
         },
         ipvs(f, &read),
     );
@@ -557,10 +556,9 @@ fn encryption_sas(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding
 }
 
 /// Findings that explain an unreachable task on their node; the probe's finding points at
-/// them instead of guessing.
+/// them instead of guessing. A low MTU is not one: the probes are small pings.
 const OVERLAY_CAUSES: &[&str] = &[
     "firewall-vxlan",
-    "underlay-mtu",
     "node-address",
     "stale-fdb",
     "kernel-esp",

@@ -78,9 +78,20 @@ impl Reach {
                     At::Sandbox(s) => Place::Sandbox(node.clone(), s.to_string()),
                     At::Task { task, .. } => Place::Task(task.to_string()),
                 };
-                let out = kernel::output(cluster, &place, argv)
+                let mut out = kernel::output(cluster, &place, argv)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
+                // QEMU guests' `ip` on PATH is busybox's, without JSON; iproute2's own is
+                // packed beside it.
+                if !out.status.success() && argv.first() == Some(&"ip") {
+                    let mut full = vec![testbed::vm::image::IPROUTE2_IP];
+                    full.extend_from_slice(&argv[1..]);
+                    if let Ok(o) = kernel::output(cluster, &place, &full).await
+                        && (o.status.success() || !o.stderr.is_empty())
+                    {
+                        out = o;
+                    }
+                }
                 if out.status.success() {
                     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
                 } else {

@@ -1,0 +1,356 @@
+//! `swarmkit doctor` on a real Docker Swarm (Debian's docker.io, three dockerds in network
+//! namespaces; skipped with the reason where dockerd is not installed): its healthy overlay
+//! checks pass; every fault injected for real is named with evidence and a fix; this host's
+//! missing IPVS is named where a VIP needs it; and nothing on the swarm changes while
+//! doctor reads it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::docker_swarm::{DockerSwarm, unavailable};
+
+const STALE_VTEP: &str = "10.231.7.99";
+const STALE_MAC: &str = "02:42:0a:00:00:63";
+
+fn doctor(swarm: &DockerSwarm) -> (Value, i32, String) {
+    let mut args: Vec<String> = vec!["doctor".into(), "--docker-host".into(), swarm.host()];
+    for n in swarm.nodes() {
+        args.push("--node".into());
+        args.push(format!("{}=netns:{}", n.hostname, n.netns));
+    }
+    let text = testkit::swarmkit(&args.iter().map(String::as_str).collect::<Vec<_>>()).stdout;
+    args.extend(["--format".into(), "json".into()]);
+    let r = testkit::swarmkit(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let v: Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("doctor --format json: {e}\n{}\n{}", r.stdout, r.stderr));
+    (v, r.code, text)
+}
+
+fn findings(v: &Value) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_string(),
+                f["node"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
+fn service(swarm: &DockerSwarm, args: &[&str], cmd: &str) {
+    let mut all = vec!["service", "create", "--detach", "--no-resolve-image"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[swarm.image(), "sh", "-c", cmd]);
+    swarm.docker(0, &all).ok();
+}
+
+fn wait_running(swarm: &DockerSwarm, name: &str, replicas: usize) {
+    testkit::eventually_true(
+        &format!("{replicas} task(s) of {name} running"),
+        Duration::from_secs(90),
+        || {
+            let r = swarm.docker(
+                0,
+                &[
+                    "service",
+                    "ps",
+                    name,
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.CurrentState}}",
+                ],
+            );
+            let states: Vec<&str> = r.stdout.lines().collect();
+            states.len() == replicas && states.iter().all(|s| s.starts_with("Running"))
+        },
+    );
+}
+
+/// The overlay sandbox of node `i` (`1-<network id prefix>`), as a path the host can enter.
+fn overlay_sandbox(swarm: &DockerSwarm, i: usize) -> PathBuf {
+    swarm
+        .sandboxes(i)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("1-"))
+        })
+        .unwrap_or_else(|| panic!("node {i} has an overlay sandbox"))
+}
+
+fn in_sandbox(path: &PathBuf, cmd: &str) -> testkit::Run {
+    testkit::Run::from(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", path.display()))
+            .args(["sh", "-c", cmd])
+            .output()
+            .unwrap(),
+    )
+}
+
+/// What doctor must not change: each node's firewall (nft without counters, which probes
+/// move, and iptables-save without its timestamp), links, IPVS listing and the FDB entries
+/// dockerd programmed in each overlay.
+fn swarm_state(swarm: &DockerSwarm) -> Vec<String> {
+    (0..swarm.nodes().len())
+        .map(|i| {
+            let nft = swarm.in_node(i, &["nft", "-s", "list", "ruleset"]).stdout;
+            let ipt = swarm
+                .in_node(i, &["sh", "-c", "iptables-save | grep -v '^#'"])
+                .stdout;
+            let links = swarm
+                .in_node(i, &["sh", "-c", "ip -o link show | sed 's/ state .*//'"])
+                .stdout;
+            let ipvs = swarm.in_node(i, &["sh", "-c", "ipvsadm -Ln 2>&1"]).stdout;
+            let fdb: Vec<String> = swarm
+                .sandboxes(i)
+                .iter()
+                .filter(|p| p.to_string_lossy().contains("/1-"))
+                .map(|p| in_sandbox(p, "bridge fdb show | grep permanent").stdout)
+                .collect();
+            format!("{nft}\n{ipt}\n{links}\n{ipvs}\n{}", fdb.join("\n"))
+        })
+        .collect()
+}
+
+/// Whether this machine's kernel can balance with IPVS (these machines cannot).
+fn host_has_ipvs() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists()
+        || std::path::Path::new("/sys/module/ip_vs").exists()
+        || std::process::Command::new("modprobe")
+            .args(["-n", "ip_vs"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing() {
+    testkit::skip_unless!(unavailable());
+    let swarm = DockerSwarm::up("ddoc", 3);
+    let host = |i: usize| swarm.nodes()[i].hostname.clone();
+    swarm
+        .docker(
+            0,
+            &["network", "create", "-d", "overlay", "--attachable", "ov"],
+        )
+        .ok();
+    // dnsrr and host-mode ports: what works on a kernel without IPVS.
+    service(
+        &swarm,
+        &[
+            "--name",
+            "web",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "--publish",
+            "mode=host,target=80,published=8080",
+        ],
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
+    );
+    wait_running(&swarm, "web", 3);
+
+    let (v, code, text) = doctor(&swarm);
+    eprintln!("{text}");
+    assert_eq!(code, 0, "a healthy swarm:\n{text}");
+    assert_eq!(v["flavor"], "docker");
+    assert!(text.contains("healthy: no problem found"), "{text}");
+    let passed: Vec<&str> = v["passed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["check"].as_str())
+        .collect();
+    for check in [
+        "overlay-reach",
+        "gossip-reach",
+        "stale-fdb",
+        "task-listens",
+        "underlay-mtu",
+        "firewall-vxlan",
+    ] {
+        assert!(
+            passed.contains(&check),
+            "{check} looked at something:\n{text}"
+        );
+    }
+
+    // Faults, for real: VXLAN dropped on node 2, gossip on node 3, node 1's underlay MTU
+    // lowered and a stale FDB entry in its overlay, a service bound to loopback on node 1,
+    // and a VIP service, which this kernel cannot balance.
+    swarm
+        .in_node(
+            1,
+            &["sh", "-c", "nft add table inet fault && nft add chain inet fault in '{ type filter hook input priority 0; }' && nft add rule inet fault in udp dport 4789 drop"],
+        )
+        .ok();
+    swarm
+        .in_node(
+            2,
+            &["sh", "-c", "nft add table inet fault && nft add chain inet fault in '{ type filter hook input priority 0; }' && nft add rule inet fault in tcp dport 7946 drop"],
+        )
+        .ok();
+    let addr = &swarm.nodes()[0].addr;
+    let underlay = swarm
+        .in_node(
+            0,
+            &[
+                "sh",
+                "-c",
+                &format!("ip -o addr show to {addr} | awk '{{print $2}}'"),
+            ],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    swarm
+        .in_node(0, &["ip", "link", "set", &underlay, "mtu", "1400"])
+        .ok();
+    let sandbox = overlay_sandbox(&swarm, 0);
+    in_sandbox(
+        &sandbox,
+        &format!("bridge fdb add {STALE_MAC} dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst {STALE_VTEP} self permanent"),
+    )
+    .ok();
+    service(
+        &swarm,
+        &[
+            "--name",
+            "lo",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+            "--constraint",
+            &format!("node.hostname=={}", host(0)),
+            "--publish",
+            "mode=host,target=80,published=8081",
+        ],
+        "mkdir -p /www && echo lo > /www/index.html && exec httpd -f -p 127.0.0.1:80 -h /www",
+    );
+    service(
+        &swarm,
+        &["--name", "vip", "--network", "ov"],
+        "exec sleep 100000",
+    );
+    wait_running(&swarm, "lo", 1);
+    wait_running(&swarm, "vip", 1);
+
+    let before = swarm_state(&swarm);
+    let (v, code, text) = doctor(&swarm);
+    eprintln!("{text}");
+    assert_eq!(before, swarm_state(&swarm), "doctor changed the swarm");
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(v["healthy"], false);
+    let found = findings(&v);
+    let mut want = vec![
+        ("firewall-vxlan", host(1)),
+        ("firewall-gossip", host(2)),
+        ("gossip-reach", host(0)),
+        ("gossip-reach", host(1)),
+        ("underlay-mtu", host(0)),
+        ("stale-fdb", host(0)),
+        ("task-listens", host(0)),
+    ];
+    if !host_has_ipvs() {
+        want.extend((0..3).map(|i| ("kernel-ipvs", host(i))));
+    }
+    for (check, node) in &want {
+        assert!(
+            found.contains(&(check.to_string(), node.clone())),
+            "{check} on {node} not named:\n{text}"
+        );
+    }
+    for f in v["findings"].as_array().unwrap() {
+        assert!(!f["evidence"].as_str().unwrap().is_empty(), "{f:#}");
+        assert!(!f["fix"].as_str().unwrap().is_empty(), "{f:#}");
+    }
+    let by = |check: &str| -> Vec<&Value> {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == check)
+            .collect()
+    };
+    assert!(
+        by("stale-fdb")[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains(STALE_VTEP)
+    );
+    assert!(
+        by("underlay-mtu")[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("mtu 1400")
+    );
+    assert!(
+        by("task-listens")[0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:80")
+    );
+    if !host_has_ipvs() {
+        assert!(
+            by("kernel-ipvs")[0]["problem"]
+                .as_str()
+                .unwrap()
+                .contains("vip"),
+            "names the service that needs it:\n{text}"
+        );
+    }
+    let unreachable = by("overlay-reach");
+    assert!(
+        !unreachable.is_empty(),
+        "node 2's tasks are cut off:\n{text}"
+    );
+    for f in unreachable {
+        assert!(
+            f["fix"].as_str().unwrap().contains("firewall-vxlan"),
+            "{f:#}"
+        );
+    }
+
+    // Faults removed: the swarm recovers, and only what is the application's (loopback) and
+    // the kernel's (IPVS) is left.
+    swarm
+        .in_node(1, &["nft", "delete", "table", "inet", "fault"])
+        .ok();
+    swarm
+        .in_node(2, &["nft", "delete", "table", "inet", "fault"])
+        .ok();
+    swarm
+        .in_node(0, &["ip", "link", "set", &underlay, "mtu", "1500"])
+        .ok();
+    in_sandbox(
+        &sandbox,
+        &format!("bridge fdb del {STALE_MAC} dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst {STALE_VTEP} self"),
+    )
+    .ok();
+    let mut left: Vec<(String, String)> = vec![("task-listens".into(), host(0))];
+    if !host_has_ipvs() {
+        left.extend((0..3).map(|i| ("kernel-ipvs".to_string(), host(i))));
+    }
+    left.sort();
+    testkit::eventually_true(
+        "only the loopback and IPVS findings left",
+        Duration::from_secs(60),
+        || findings(&doctor(&swarm).0) == left,
+    );
+}
