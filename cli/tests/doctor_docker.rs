@@ -327,6 +327,36 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         );
     }
 
+    // Run on a node, doctor reads that node from its own namespaces, and says which nodes it
+    // could not read and how to reach them.
+    let n1 = &swarm.nodes()[0];
+    let r = testkit::Run::from(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &n1.netns])
+            .arg(testkit::bin().unwrap())
+            .args(["doctor", "--docker-host", &swarm.host(), "--format", "json"])
+            .output()
+            .unwrap(),
+    );
+    let local: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    let lf = findings(&local);
+    assert!(lf.contains(&("underlay-mtu".into(), host(0))), "{local:#}");
+    assert!(lf.contains(&("node-unread".into(), host(1))), "{local:#}");
+    assert!(
+        !lf.iter().any(|f| f.0 == "firewall-vxlan"),
+        "node 2 was not read: {local:#}"
+    );
+    let unread = local["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "node-unread")
+        .unwrap();
+    assert!(
+        unread["fix"].as_str().unwrap().contains("--node"),
+        "{unread:#}"
+    );
+
     // Faults removed: the swarm recovers, and only what is the application's (loopback) and
     // the kernel's (IPVS) is left.
     swarm
