@@ -14,8 +14,11 @@
 //! - `commands`: one module per docker verb group (`cluster`, `network`, `node`, `service/`
 //!   with one file per subcommand, `stack/` (compose files read, converted, checked, deployed), `exec`, `vm`), plus `trust` (join tokens, the root CA and
 //!   client certificates behind `cluster`); the lifecycle ones call `testbed`.
+//! - `reach`: which swarm to look at (a swarmkit cluster, or a Docker engine's swarm) and
+//!   running read-only tools on its nodes, in their sandboxes and in tasks.
 //! - `graph` (the cluster as a model, drawn as text or SVG), `trace` (a connection followed
-//!   through the kernels' tables, drawn on the graph), `ui` (the live page serving both).
+//!   through the kernels' tables, drawn on the graph), `ui` (the live page serving both),
+//!   `doctor` (what breaks a swarm's networking, each with evidence and fix).
 //! - `walkthrough`: documented walkthroughs replayed against a cluster (plan, exec, session,
 //!   snapshot), on `testbed` for bringing the cluster up.
 
@@ -28,6 +31,7 @@ mod graph;
 mod mount;
 mod progress;
 mod publish;
+mod reach;
 mod render;
 mod template;
 mod trace;

@@ -4,7 +4,7 @@
 //! missing IPVS is named where a VIP needs it; and nothing on the swarm changes while
 //! doctor reads it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,7 +16,7 @@ const STALE_MAC: &str = "02:42:0a:00:00:63";
 fn doctor(swarm: &DockerSwarm) -> (Value, i32, String) {
     let mut args: Vec<String> = vec!["doctor".into(), "--docker-host".into(), swarm.host()];
     for n in swarm.nodes() {
-        args.push("--node".into());
+        args.push("--reach".into());
         args.push(format!("{}=netns:{}", n.hostname, n.netns));
     }
     let text = testkit::swarmkit(&args.iter().map(String::as_str).collect::<Vec<_>>()).stdout;
@@ -87,7 +87,7 @@ fn overlay_sandbox(swarm: &DockerSwarm, i: usize) -> PathBuf {
         .unwrap_or_else(|| panic!("node {i} has an overlay sandbox"))
 }
 
-fn in_sandbox(path: &PathBuf, cmd: &str) -> testkit::Run {
+fn in_sandbox(path: &Path, cmd: &str) -> testkit::Run {
     testkit::Run::from(
         std::process::Command::new("nsenter")
             .arg(format!("--net={}", path.display()))
@@ -353,7 +353,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         .find(|f| f["check"] == "node-unread")
         .unwrap();
     assert!(
-        unread["fix"].as_str().unwrap().contains("--node"),
+        unread["fix"].as_str().unwrap().contains("--reach"),
         "{unread:#}"
     );
 
@@ -383,4 +383,130 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         Duration::from_secs(60),
         || findings(&doctor(&swarm).0) == left,
     );
+}
+
+/// `graph` and `trace` on the same kind of real swarm: the picture names its nodes,
+/// networks and services; a task-to-task connection across the overlay is followed hop by
+/// hop to the task that accepted it; and the routing mesh, which this kernel cannot
+/// balance, is followed as far as the kernels' records go, and the trace says why it ends.
+#[test]
+fn graph_and_trace_read_a_real_docker_swarm() {
+    testkit::skip_unless!(unavailable());
+    let swarm = DockerSwarm::up("dgraph", 3);
+    let mut reach: Vec<String> = vec!["--docker-host".into(), swarm.host()];
+    for n in swarm.nodes() {
+        reach.push("--reach".into());
+        reach.push(format!("{}=netns:{}", n.hostname, n.netns));
+    }
+    let sk = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(reach.iter().map(String::as_str));
+        testkit::swarmkit(&all)
+    };
+    swarm
+        .docker(
+            0,
+            &["network", "create", "-d", "overlay", "--attachable", "ov"],
+        )
+        .ok();
+    service(
+        &swarm,
+        &[
+            "--name",
+            "web",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+        ],
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
+    );
+    service(
+        &swarm,
+        &["--name", "mesh", "--network", "ov", "--publish", "8082:80"],
+        "exec httpd -f -p 80",
+    );
+    wait_running(&swarm, "web", 2);
+    wait_running(&swarm, "mesh", 1);
+
+    let text = sk(&["graph"]).ok().stdout;
+    for n in swarm.nodes() {
+        assert!(text.contains(&n.hostname), "{text}");
+    }
+    for name in ["web", "mesh", "ov", "ingress"] {
+        assert!(text.contains(name), "{name} in the picture:\n{text}");
+    }
+    let svg = sk(&["graph", "--format", "svg"]).ok().stdout;
+    roxmltree::Document::parse(&svg).expect("the SVG parses");
+
+    // web.1 to web.2's overlay address: across nodes, to the task that accepted it.
+    let addrs: Vec<String> = api_task_addrs(&swarm, "web");
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    let r = sk(&["trace", "--task", "web.1", &format!("{}:80", addrs[1])]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("accepted"), "{}", r.stdout);
+    assert!(r.stdout.contains("VXLAN"), "the overlay hop: {}", r.stdout);
+
+    // The routing mesh from node 1: DNAT into the ingress sandbox, where no IPVS balances.
+    let r = sk(&[
+        "trace",
+        "--node",
+        &swarm.nodes()[0].hostname,
+        "localhost:8082",
+    ]);
+    eprintln!("{}", r.stdout);
+    if !host_has_ipvs() {
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        // dockerd gives up on the mesh without IPVS (no DNAT at all), or programs it and
+        // the ingress sandbox has nothing to balance with: either way the trace says IPVS.
+        assert!(r.stdout.contains("IPVS"), "{}", r.stdout);
+    }
+}
+
+/// The overlay addresses of a service's tasks, web.1's first, from the manager's API.
+fn api_task_addrs(swarm: &DockerSwarm, service: &str) -> Vec<String> {
+    let ids = swarm
+        .docker(
+            0,
+            &[
+                "service",
+                "ps",
+                service,
+                "-q",
+                "--filter",
+                "desired-state=running",
+            ],
+        )
+        .ok()
+        .stdout;
+    let mut found: Vec<(i64, String)> = ids
+        .lines()
+        .filter_map(|id| {
+            let t: Value = serde_json::from_str(
+                &swarm
+                    .docker(
+                        0,
+                        &["inspect", "--type", "task", id, "--format", "{{json .}}"],
+                    )
+                    .ok()
+                    .stdout,
+            )
+            .ok()?;
+            let addr = t["NetworksAttachments"]
+                .as_array()?
+                .iter()
+                .find(|a| a["Network"]["Spec"]["Name"] == "ov")?["Addresses"][0]
+                .as_str()?
+                .split('/')
+                .next()?
+                .to_string();
+            Some((t["Slot"].as_i64()?, addr))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, a)| a).collect()
 }

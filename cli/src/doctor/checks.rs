@@ -193,7 +193,7 @@ fn unread(flavor: Flavor, f: &Facts) -> Vec<Finding> {
             evidence: why.clone(),
             fix: match flavor {
                 Flavor::Docker => format!(
-                    "tell doctor how to reach it: --node {}=ssh://USER@HOST (with --inventory for pinned host keys) or --node {}=netns:NAME, or run doctor on that node",
+                    "tell doctor how to reach it: --reach {}=netns:NAME (a namespace here) or --reach {}=local, or an --inventory of SSH hosts with pinned keys; or run doctor on that node",
                     n.hostname, n.hostname
                 ),
                 Flavor::Swarmkit => "check that its agent runs (swarmkit node ls)".into(),

@@ -2,74 +2,13 @@
 //! or swarmkit's, which serve the same shapes), then every reachable node's kernel, nodes in
 //! parallel. Only reads: `ip`, `bridge`, `nft list`, `/proc`, pings and TCP connects.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use anyhow::{Context, bail};
 use bollard::models::{Network, Node, Service};
 use cluster::client::ManagerClient;
 use serde_json::Value;
 
 use super::facts::*;
-use super::reach::{At, Reach};
-
-/// Where the Engine API answers.
-pub enum Engine {
-    Cluster(String),
-    Docker(String),
-}
-
-pub fn client(engine: &Engine) -> anyhow::Result<ManagerClient> {
-    let host = match engine {
-        Engine::Cluster(name) => {
-            let socket = cluster::paths::ClusterPaths::new(name).manager_socket();
-            if !socket.exists() {
-                bail!(
-                    "cluster {name:?} is not up (no manager socket at {}): start it with `swarmkit cluster up --name {name}`, or point doctor at a Docker engine with --docker-host",
-                    socket.display()
-                );
-            }
-            return Ok(ManagerClient::new(&socket));
-        }
-        Engine::Docker(host) => host,
-    };
-    if let Some(path) = host.strip_prefix("unix://") {
-        return Ok(ManagerClient::new(std::path::Path::new(path)));
-    }
-    let Some(addr) = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("https://"))
-    else {
-        bail!(
-            "--docker-host {host:?}: give unix:///path/to/docker.sock or tcp://HOST:PORT (ssh:// is not supported: use --inventory to read nodes over SSH)"
-        );
-    };
-    let client = ManagerClient::tcp(addr);
-    let verify = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty());
-    if !verify {
-        return Ok(client);
-    }
-    let dir = std::env::var_os("DOCKER_CERT_PATH")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")))
-        .context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f)).with_context(|| {
-            format!(
-                "reading {} (DOCKER_CERT_PATH holds ca.pem, cert.pem and key.pem)",
-                dir.join(f).display()
-            )
-        })
-    };
-    let (ca, cert, key) = (read("ca.pem")?, read("cert.pem")?, read("key.pem")?);
-    let config = cluster::pki::tls::client_config(&[&ca], Some((&cert, &key)))
-        .context("DOCKER_CERT_PATH's certificates")?;
-    let host_only = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    let name =
-        rustls::pki_types::ServerName::try_from(host_only.trim_matches(['[', ']']).to_string())
-            .with_context(|| format!("{host_only:?} is not a host name TLS can check"))?;
-    Ok(client.with_tls_to(config, name))
-}
+use crate::reach::{Place, Swarm};
 
 /// The manager's view, and which node answered (the one doctor may read as "local").
 pub struct ApiView {
@@ -238,28 +177,27 @@ fn task(t: &Value, facts: &Facts) -> TaskFacts {
 }
 
 /// Reads every node that has a way in, in parallel.
-pub async fn read_kernels(
-    flavor: Flavor,
-    facts: &mut Facts,
-    reaches: BTreeMap<String, Arc<Reach>>,
-) {
-    let shared = Arc::new(facts.clone());
-    let mut jobs = tokio::task::JoinSet::new();
-    for n in facts.nodes.iter().filter(|n| n.ready) {
-        let Some(reach) = reaches.get(&n.id).cloned() else {
-            continue;
-        };
-        let (facts, id) = (shared.clone(), n.id.clone());
-        jobs.spawn(async move {
-            let k = read_node(flavor, &facts, &id, &reach).await;
-            (id, k)
-        });
-    }
-    while let Some(Ok((id, k))) = jobs.join_next().await {
+pub async fn read_kernels(flavor: Flavor, facts: &mut Facts, swarm: &Swarm) {
+    let snapshot = facts.clone();
+    let reads = snapshot
+        .nodes
+        .iter()
+        .filter(|n| n.ready && swarm.reaches(&n.hostname))
+        .map(|n| async { (n.id.clone(), read_node(flavor, &snapshot, n, swarm).await) });
+    for (id, k) in futures::future::join_all(reads).await {
         if let Some(n) = facts.nodes.iter_mut().find(|n| n.id == id) {
             n.kernel = k;
         }
     }
+}
+
+/// Runs argv at `place`: its stdout, or why it failed.
+async fn run(swarm: &Swarm, place: &Place, argv: &[&str]) -> Result<String, String> {
+    swarm
+        .output(place, argv)
+        .await
+        .map_err(|e| format!("{e:#}"))?
+        .result()
 }
 
 const IPVS_PROBE: &str = r#"m=$0
@@ -270,8 +208,8 @@ elif modprobe -n $m 2>/dev/null; then echo "present: not loaded, but modprobe -n
 else echo "absent: no /sys/module/$m, not in /lib/modules/$(uname -r)/modules.builtin, and modprobe -n $m finds no module for kernel $(uname -r)"
 fi"#;
 
-async fn module(reach: &Reach, name: &str) -> Module {
-    match reach.run(At::Node, &["sh", "-c", IPVS_PROBE, name]).await {
+async fn module(swarm: &Swarm, node: &Place, name: &str) -> Module {
+    match run(swarm, node, &["sh", "-c", IPVS_PROBE, name]).await {
         Ok(out) => Module {
             present: out.starts_with("present"),
             evidence: out.trim().to_string(),
@@ -287,23 +225,23 @@ async fn module(reach: &Reach, name: &str) -> Module {
 async fn read_node(
     flavor: Flavor,
     f: &Facts,
-    id: &str,
-    reach: &Reach,
+    me: &NodeFacts,
+    swarm: &Swarm,
 ) -> Result<KernelFacts, String> {
-    let me = f.node(id).ok_or("not in the manager's list")?;
-    let links = reach
-        .run(At::Node, &["ip", "-j", "addr", "show"])
+    let id = me.id.as_str();
+    let node = Place::Node(me.hostname.clone());
+    let links = run(swarm, &node, &["ip", "-j", "addr", "show"])
         .await
-        .map_err(|e| format!("reading its links through {}: {e}", reach.describe()))?;
+        .map_err(|e| format!("reading its links: {e}"))?;
     let mut k = KernelFacts {
         links: parse_links(&links),
         ipvs: if me.needs_ipvs {
-            module(reach, "ip_vs").await
+            module(swarm, &node, "ip_vs").await
         } else {
             Module::present("not needed")
         },
         esp: if f.networks.iter().any(|n| n.encrypted) {
-            module(reach, "esp4").await
+            module(swarm, &node, "esp4").await
         } else {
             Module::present("not needed")
         },
@@ -315,15 +253,13 @@ async fn read_node(
         .filter(|p| p.id != id && p.ready && !p.addr.is_empty())
         .collect();
     for p in &peers {
-        let src = reach
-            .run(At::Node, &["ip", "-j", "route", "get", &p.addr])
+        let src = run(swarm, &node, &["ip", "-j", "route", "get", &p.addr])
             .await
             .and_then(|o| parse_route_source(&o).ok_or_else(|| format!("no source in {o}")));
         k.routes_to_peers.push((p.addr.clone(), src));
         if flavor == Flavor::Docker {
             let probe = format!("exec 3<>/dev/tcp/{}/7946", p.addr);
-            let outcome = reach
-                .run(At::Node, &["timeout", "3", "bash", "-c", &probe])
+            let outcome = run(swarm, &node, &["timeout", "3", "bash", "-c", &probe])
                 .await
                 .map(|_| ())
                 .map_err(|e| {
@@ -336,15 +272,15 @@ async fn read_node(
             k.gossip.push((p.addr.clone(), outcome));
         }
     }
-    if let Ok(rules) = reach.run(At::Node, &["nft", "-j", "list", "ruleset"]).await {
+    if let Ok(rules) = run(swarm, &node, &["nft", "-j", "list", "ruleset"]).await {
         k.drops = parse_nft_drops(&rules);
     }
     if f.networks.iter().any(|n| n.encrypted)
-        && let Ok(out) = reach.run(At::Node, &["ip", "xfrm", "state"]).await
+        && let Ok(out) = run(swarm, &node, &["ip", "xfrm", "state"]).await
     {
         k.sas = parse_xfrm_states(&out);
     }
-    k.overlays = overlays(flavor, f, id, reach).await;
+    k.overlays = overlays(flavor, f, me, swarm).await;
     let mine: Vec<&TaskFacts> = f.running().filter(|t| t.node_id == id).collect();
     for t in &mine {
         let Some(svc) = f.service(&t.service_id) else {
@@ -353,36 +289,17 @@ async fn read_node(
         if !svc.ports.iter().any(|p| p.2 == "tcp") {
             continue;
         }
-        k.listeners
-            .push((t.id.clone(), listeners(flavor, reach, t).await));
+        k.listeners.push((t.id.clone(), listeners(swarm, t).await));
     }
-    k.probes = probes(f, id, reach, &mine).await;
+    k.probes = probes(f, id, swarm, &mine).await;
     Ok(k)
 }
 
-async fn listeners(flavor: Flavor, reach: &Reach, t: &TaskFacts) -> Result<Vec<Listener>, String> {
+async fn listeners(swarm: &Swarm, t: &TaskFacts) -> Result<Vec<Listener>, String> {
     let mut all = Vec::new();
     for file in ["tcp", "tcp6"] {
-        let out = match flavor {
-            Flavor::Docker => {
-                let pid = reach.container_pid(&t.container_id).await?;
-                reach
-                    .run(At::Node, &["cat", &format!("/proc/{pid}/net/{file}")])
-                    .await
-            }
-            Flavor::Swarmkit => {
-                reach
-                    .run(
-                        At::Task {
-                            task: &t.id,
-                            container: &t.container_id,
-                        },
-                        &["cat", &format!("/proc/net/{file}")],
-                    )
-                    .await
-            }
-        };
-        match out {
+        let place = Place::Task(t.id.clone());
+        match run(swarm, &place, &["cat", &format!("/proc/net/{file}")]).await {
             Ok(text) => all.extend(parse_proc_net_tcp(&text)),
             Err(e) if file == "tcp" => return Err(e),
             Err(_) => {}
@@ -393,10 +310,11 @@ async fn listeners(flavor: Flavor, reach: &Reach, t: &TaskFacts) -> Result<Vec<L
 
 /// Every overlay sandbox on the node (`1-<first ten characters of the network's ID>`, as
 /// Docker names them and swarmkit does too): its FDB, neighbours and MTU.
-async fn overlays(flavor: Flavor, f: &Facts, id: &str, reach: &Reach) -> Vec<OverlayFacts> {
+async fn overlays(flavor: Flavor, f: &Facts, me: &NodeFacts, swarm: &Swarm) -> Vec<OverlayFacts> {
+    let id = me.id.as_str();
     let names: Vec<(String, String)> = match flavor {
-        Flavor::Docker => reach
-            .sandboxes()
+        Flavor::Docker => swarm
+            .docker_sandboxes(&me.hostname)
             .await
             .unwrap_or_default()
             .into_iter()
@@ -419,18 +337,14 @@ async fn overlays(flavor: Flavor, f: &Facts, id: &str, reach: &Reach) -> Vec<Ove
     };
     let mut out = Vec::new();
     for (sandbox, network_id) in names {
-        let Ok(fdb) = reach
-            .run(At::Sandbox(&sandbox), &["bridge", "-j", "fdb", "show"])
-            .await
-        else {
+        let place = Place::Sandbox(me.hostname.clone(), sandbox.clone());
+        let Ok(fdb) = run(swarm, &place, &["bridge", "-j", "fdb", "show"]).await else {
             continue;
         };
-        let neigh = reach
-            .run(At::Sandbox(&sandbox), &["ip", "-j", "neigh", "show"])
+        let neigh = run(swarm, &place, &["ip", "-j", "neigh", "show"])
             .await
             .unwrap_or_default();
-        let links = reach
-            .run(At::Sandbox(&sandbox), &["ip", "-j", "-d", "link", "show"])
+        let links = run(swarm, &place, &["ip", "-j", "-d", "link", "show"])
             .await
             .unwrap_or_default();
         let mtu = serde_json::from_str::<Value>(&links)
@@ -458,7 +372,7 @@ const PING: &str = r#"if command -v ping >/dev/null 2>&1; then exec ping -c1 -W2
 
 /// From one task of each overlay on this node, a ping to every task of that overlay on the
 /// other nodes.
-async fn probes(f: &Facts, id: &str, reach: &Reach, mine: &[&TaskFacts]) -> Vec<Probe> {
+async fn probes(f: &Facts, id: &str, swarm: &Swarm, mine: &[&TaskFacts]) -> Vec<Probe> {
     let mut out = Vec::new();
     for net in f.networks.iter().filter(|n| !n.ingress) {
         let Some(from) = mine
@@ -471,23 +385,20 @@ async fn probes(f: &Facts, id: &str, reach: &Reach, mine: &[&TaskFacts]) -> Vec<
             let Some((_, addr)) = to.addrs.iter().find(|(nid, _)| nid == &net.id) else {
                 continue;
             };
-            let outcome = reach
-                .run(
-                    At::Task {
-                        task: &from.id,
-                        container: &from.container_id,
-                    },
-                    &["sh", "-c", PING, addr],
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    if e == "exit status 1" {
-                        "no reply within 2 s".to_string()
-                    } else {
-                        e
-                    }
-                });
+            let outcome = run(
+                swarm,
+                &Place::Task(from.id.clone()),
+                &["sh", "-c", PING, addr],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if e == "exit status 1" {
+                    "no reply within 2 s".to_string()
+                } else {
+                    e
+                }
+            });
             out.push(Probe {
                 network: net.id.clone(),
                 from_task: from.id.clone(),

@@ -26,6 +26,8 @@ pub struct GraphArgs {
     /// Write to FILE instead of stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub swarm: crate::reach::SwarmArgs,
 }
 
 pub fn render(t: &model::Topology, format: GraphFormat) -> String {
@@ -68,7 +70,7 @@ pub fn emit(body: &str, path: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 pub async fn run(cluster: &str, args: GraphArgs) -> anyhow::Result<i32> {
-    let t = model::fetch(cluster).await?;
+    let t = model::topology(cluster, &args.swarm).await?;
     emit(&render(&t, args.format), args.output.as_deref())?;
     Ok(0)
 }

@@ -7,7 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use bollard::models::{Network, Node, Service};
 use serde::{Deserialize, Serialize};
 
+use anyhow::{Context, bail};
+use cluster::client::ManagerClient;
+
 use crate::api::{self, Api, ApiResult};
+use crate::reach::{self, Engine, NodeKey, Swarm, SwarmArgs};
 use crate::render;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -27,6 +31,8 @@ pub struct GNode {
     pub state: String,
     pub availability: String,
     pub lb_driver: String,
+    /// Whose engine runs the node: `swarmkit` or `docker`.
+    pub engine: String,
     /// Where the routing mesh balances on this node: `sandbox` or `node`.
     pub mesh: String,
     pub tasks: Vec<GTask>,
@@ -41,6 +47,9 @@ pub struct GTask {
     pub node: String,
     pub state: String,
     pub addresses: Vec<Attachment>,
+    /// Its container, where the engine reports one (Docker's; swarmkit's tasks have none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -113,6 +122,15 @@ pub struct ApiTask {
 pub struct ApiTaskStatus {
     #[serde(default)]
     pub state: String,
+    #[serde(default)]
+    pub container_status: Option<ApiContainerStatus>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiContainerStatus {
+    #[serde(rename = "ContainerID", default)]
+    pub container_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +157,24 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// From any Engine API (a Docker manager's): the lists, and which node answered.
+    pub async fn fetch_from(client: &ManagerClient) -> anyhow::Result<(Raw, Option<String>)> {
+        let info: serde_json::Value = client.get("/info").await?;
+        if !info["Swarm"]["ControlAvailable"].as_bool().unwrap_or(false) {
+            bail!(
+                "this engine is not a swarm manager (swarm state {}): point --docker-host at a manager node's engine",
+                info["Swarm"]["LocalNodeState"]
+            );
+        }
+        let raw = Raw {
+            nodes: client.get("/nodes").await?,
+            networks: client.get("/networks").await?,
+            services: client.get("/services").await?,
+            tasks: client.get("/tasks").await?,
+        };
+        Ok((raw, info["Swarm"]["NodeID"].as_str().map(str::to_string)))
+    }
+
     pub async fn fetch(cluster: &str) -> anyhow::Result<Raw> {
         let api = Api::connect(cluster)?;
         let nodes = api.docker.list_nodes(None).await.api(&api)?;
@@ -159,6 +195,53 @@ impl Raw {
 
 pub async fn fetch(cluster: &str) -> anyhow::Result<Topology> {
     Ok(Topology::from_raw(cluster, Raw::fetch(cluster).await?))
+}
+
+/// The swarm `args` name, as a topology, read again (a live picture's refresh).
+pub async fn topology(cluster: &str, args: &SwarmArgs) -> anyhow::Result<Topology> {
+    match args.engine(cluster) {
+        Engine::Cluster(_) => fetch(cluster).await,
+        engine @ Engine::Docker(_) => {
+            let Engine::Docker(host) = &engine else {
+                unreachable!()
+            };
+            let (raw, _) = Raw::fetch_from(&reach::client(&engine)?)
+                .await
+                .with_context(|| format!("asking the Docker engine at {host}"))?;
+            Ok(Topology::from_raw(host, raw))
+        }
+    }
+}
+
+/// The swarm `args` name (a swarmkit cluster, or the one a Docker engine manages), as a
+/// topology, and a way into its nodes' kernels.
+pub async fn open(cluster: &str, args: &SwarmArgs) -> anyhow::Result<(Topology, Swarm)> {
+    let engine = args.engine(cluster);
+    let Engine::Docker(host) = &engine else {
+        return Ok((fetch(cluster).await?, Swarm::swarmkit(cluster)));
+    };
+    let client = reach::client(&engine)?;
+    let (raw, answering) = Raw::fetch_from(&client)
+        .await
+        .with_context(|| format!("asking the Docker engine at {host}"))?;
+    let topo = Topology::from_raw(host, raw);
+    if topo.nodes.iter().any(|n| n.engine != "docker") {
+        bail!(
+            "{host} is a swarmkit manager: use --cluster NAME instead of --docker-host, so its nodes can be reached"
+        );
+    }
+    let keys: Vec<NodeKey> = topo
+        .nodes
+        .iter()
+        .map(|n| NodeKey {
+            id: &n.id,
+            hostname: &n.hostname,
+            addr: &n.addr,
+        })
+        .collect();
+    let (reaches, _) = reach::docker_reaches(&engine, &keys, answering.as_deref(), args).await?;
+    let swarm = Swarm::docker(host, reaches, topo.containers());
+    Ok((topo, swarm))
 }
 
 fn strip_len(addr: &str) -> String {
@@ -202,6 +285,12 @@ impl Topology {
                 service,
                 node: hostname_of.get(&t.node_id).cloned().unwrap_or_default(),
                 state: t.status.state.clone(),
+                container: t
+                    .status
+                    .container_status
+                    .as_ref()
+                    .map(|c| c.container_id.clone())
+                    .unwrap_or_default(),
                 addresses: t
                     .networks_attachments
                     .iter()
@@ -249,6 +338,14 @@ impl Topology {
         }
     }
 
+    /// Each task with a container: its node's hostname and the container's ID.
+    pub fn containers(&self) -> BTreeMap<String, (String, String)> {
+        self.tasks()
+            .filter(|t| !t.container.is_empty())
+            .map(|t| (t.id.clone(), (t.node.clone(), t.container.clone())))
+            .collect()
+    }
+
     pub fn tasks(&self) -> impl Iterator<Item = &GTask> {
         self.nodes.iter().flat_map(|n| n.tasks.iter())
     }
@@ -273,7 +370,6 @@ fn node(n: &Node) -> GNode {
         .and_then(|d| d.engine.as_ref())
         .and_then(|e| e.labels.clone())
         .unwrap_or_default();
-    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
     GNode {
         id: n.id.clone().unwrap_or_default(),
         hostname: api::hostname(n),
@@ -294,8 +390,21 @@ fn node(n: &Node) -> GNode {
             .and_then(|s| s.availability)
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        lb_driver: label("swarmkit.lb-driver"),
-        mesh: label("swarmkit.mesh"),
+        // A node without swarmkit's labels is a Docker engine's, which balances with IPVS in
+        // sandboxes.
+        engine: if labels.contains_key("swarmkit.lb-driver") {
+            "swarmkit".into()
+        } else {
+            "docker".into()
+        },
+        lb_driver: labels
+            .get("swarmkit.lb-driver")
+            .cloned()
+            .unwrap_or_else(|| "ipvs".into()),
+        mesh: labels
+            .get("swarmkit.mesh")
+            .cloned()
+            .unwrap_or_else(|| "sandbox".into()),
         tasks: Vec::new(),
     }
 }

@@ -259,7 +259,12 @@ fn draw_frame(o: &mut String, t: &Topology, width: f64, height: f64) {
         w = width,
         h = height
     );
-    let _ = writeln!(o, "<title>swarmkit cluster {}</title>", esc(&t.cluster));
+    let whose = if t.nodes.iter().any(|n| n.engine == "docker") {
+        "Docker Swarm at"
+    } else {
+        "swarmkit cluster"
+    };
+    let _ = writeln!(o, "<title>{whose} {}</title>", esc(&t.cluster));
     *o += r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker><marker id="trace-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#e4002b"/></marker></defs>"##;
     *o += "\n";
     let _ = writeln!(

@@ -25,6 +25,7 @@ fn big() -> Topology {
             },
             availability: "active".into(),
             lb_driver: "nftables".into(),
+            engine: "swarmkit".into(),
             mesh: "sandbox".into(),
             tasks: Vec::new(),
         });
@@ -65,6 +66,7 @@ fn big() -> Topology {
                     network: "secret".into(),
                     addr: format!("10.0.0.{}", 100 + k),
                 }],
+                container: String::new(),
             });
         }
         t.services.push(GService {

@@ -3,74 +3,27 @@
 //! usual tool through `swarmkit node exec` / `swarmkit exec`, the same machinery a person
 //! would use, so it works on every backend and shows nothing the kernel did not say.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Where a command runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Place {
-    Node(String),
-    Sandbox(String, String),
-    Task(String),
-}
-
-impl std::fmt::Display for Place {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Place::Node(n) => write!(f, "{n}"),
-            Place::Sandbox(n, s) => write!(f, "{n}/{s}"),
-            Place::Task(t) => write!(f, "task {t}"),
-        }
-    }
-}
-
-const EXEC_DEADLINE: Duration = Duration::from_secs(30);
+pub use crate::reach::{Place, Swarm};
 
 /// Runs `argv` at `place` and returns its stdout; a non-zero exit is an error carrying stderr.
-pub async fn run(cluster: &str, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
-    let out = output(cluster, place, argv).await?;
-    if !out.status.success() {
+pub async fn run(swarm: &Swarm, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
+    let out = swarm.output(place, argv).await?;
+    if !out.ok {
         bail!(
             "{} at {place} failed: {}",
             argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr.trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// Runs `argv` at `place` and returns its stdout whatever its exit status.
-pub async fn run_status(cluster: &str, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
-    let out = output(cluster, place, argv).await?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `argv` at `place` and returns how it ended, whatever that was.
-pub async fn output(
-    cluster: &str,
-    place: &Place,
-    argv: &[&str],
-) -> anyhow::Result<std::process::Output> {
-    let exe = std::env::current_exe().context("locating the swarmkit binary")?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["--cluster", cluster]);
-    match place {
-        Place::Node(n) => cmd.args(["node", "exec", n, "--"]),
-        Place::Sandbox(n, s) => cmd.args(["node", "exec", "--netns", s, n, "--"]),
-        Place::Task(t) => cmd.args(["exec", t, "--"]),
-    };
-    cmd.args(argv).kill_on_drop(true);
-    tokio::time::timeout(EXEC_DEADLINE, cmd.output())
-        .await
-        .with_context(|| {
-            format!(
-                "{} at {place} took longer than {EXEC_DEADLINE:?}",
-                argv.join(" ")
-            )
-        })?
-        .with_context(|| format!("running {} at {place}", argv.join(" ")))
+pub async fn run_status(swarm: &Swarm, place: &Place, argv: &[&str]) -> anyhow::Result<String> {
+    Ok(swarm.output(place, argv).await?.stdout)
 }
 
 /// One direction of a conntrack tuple.
@@ -171,7 +124,7 @@ pub fn parse_conntrack(out: &str) -> Vec<CtEntry> {
 /// The conntrack entries at `place` whose original direction matches `want` (empty fields
 /// and zero ports match anything).
 pub async fn conntrack(
-    cluster: &str,
+    swarm: &Swarm,
     place: &Place,
     proto: &str,
     want: &Tuple,
@@ -186,11 +139,11 @@ pub async fn conntrack(
         argv.extend(["--orig-port-src".into(), want.sport.to_string()]);
     }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = match run(cluster, place, &argv).await {
+    let out = match run(swarm, place, &argv).await {
         Ok(out) => out,
         // A host without the conntrack tool: its kernel lists the same table in /proc.
         Err(err) if missing_tool(&format!("{err:#}"), "conntrack") => {
-            run(cluster, place, &["cat", "/proc/net/nf_conntrack"]).await?
+            run(swarm, place, &["cat", "/proc/net/nf_conntrack"]).await?
         }
         Err(err) => return Err(err),
     };
@@ -209,12 +162,12 @@ pub async fn conntrack(
 /// What `host` resolves to at `place` (a task: its resolver is the embedded DNS at
 /// 127.0.0.11), and the tool that asked.
 pub async fn resolve(
-    cluster: &str,
+    swarm: &Swarm,
     place: &Place,
     host: &str,
 ) -> anyhow::Result<(Vec<String>, &'static str)> {
     match run(
-        cluster,
+        swarm,
         place,
         &["dig", "+short", "+time=2", "+tries=2", host],
     )
@@ -231,7 +184,7 @@ pub async fn resolve(
         // QEMU guests have busybox's nslookup, not dig (whose libraries would double the
         // guest volume). It exits non-zero for a name with no answer: no addresses.
         Err(err) if missing_tool(&format!("{err:#}"), "dig") => {
-            let out = run_status(cluster, place, &["nslookup", host]).await?;
+            let out = run_status(swarm, place, &["nslookup", host]).await?;
             Ok((parse_nslookup(&out), "nslookup @127.0.0.11"))
         }
         Err(err) => Err(err),
@@ -279,14 +232,63 @@ pub fn parse_ipvs_conns(out: &str) -> Vec<IpvsConn> {
 
 /// IPVS connection entries at `place` from source port `sport`; empty where the place has
 /// no IPVS (the nftables driver), which is not an error.
-pub async fn ipvs_conns(cluster: &str, place: &Place, sport: u16) -> Vec<IpvsConn> {
-    match run(cluster, place, &["ipvsadm", "-Lnc"]).await {
+pub async fn ipvs_conns(swarm: &Swarm, place: &Place, sport: u16) -> Vec<IpvsConn> {
+    match run(swarm, place, &["ipvsadm", "-Lnc"]).await {
         Ok(out) => parse_ipvs_conns(&out)
             .into_iter()
             .filter(|c| c.source.rsplit(':').next() == Some(&sport.to_string()))
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Where IPVS should balance at `place` but the kernel has none: what says so (the
+/// kernel's missing `/proc/net/ip_vs`, and the marks the engine set for it in the mangle
+/// table). None where IPVS is there, or where that cannot be told.
+pub async fn ipvs_missing(swarm: &Swarm, place: &Place) -> Option<String> {
+    let probe = "if [ -e /proc/net/ip_vs ]; then echo present; else echo absent; fi";
+    let out = run(swarm, place, &["sh", "-c", probe]).await.ok()?;
+    if out.trim() != "absent" {
+        return None;
+    }
+    let marks = run_status(swarm, place, &["iptables", "-t", "mangle", "-S"])
+        .await
+        .unwrap_or_default();
+    let marks: Vec<&str> = marks
+        .lines()
+        .filter(|l| l.contains("MARK"))
+        .take(3)
+        .collect();
+    Some(if marks.is_empty() {
+        "no /proc/net/ip_vs".to_string()
+    } else {
+        format!(
+            "no /proc/net/ip_vs; mangle marks it for IPVS: {}",
+            marks.join("; ")
+        )
+    })
+}
+
+/// On a Docker node, whether its nat table lacks the routing mesh's DNAT for `port` (the
+/// DOCKER-INGRESS chain): what says so, or None where the rule is there.
+pub async fn docker_mesh_missing(swarm: &Swarm, place: &Place, port: u16) -> Option<String> {
+    let rules = run(swarm, place, &["iptables", "-t", "nat", "-S"])
+        .await
+        .ok()?;
+    let dport = format!("--dport {port} ");
+    let dnat = rules
+        .lines()
+        .any(|l| l.contains(&dport) && l.contains("DNAT"));
+    (!dnat).then(|| {
+        format!(
+            "conntrack -L; iptables -t nat -S: no DNAT for dport {port}{}",
+            if rules.contains("DOCKER-INGRESS") {
+                ""
+            } else {
+                ", no DOCKER-INGRESS chain at all"
+            }
+        )
+    })
 }
 
 /// The VXLAN hop towards `addr` as a network sandbox's kernel has it: the permanent
@@ -303,26 +305,19 @@ pub struct VxlanHop {
     pub fdb_unreadable: bool,
 }
 
-/// `ip -j ARGS` at `place`, parsed. QEMU guests' `ip` on PATH is busybox's, which has no
-/// JSON; iproute2's own is packed beside it.
-async fn ip_json(cluster: &str, place: &Place, args: &[&str]) -> anyhow::Result<Value> {
+/// `ip -j ARGS` at `place`, parsed.
+async fn ip_json(swarm: &Swarm, place: &Place, args: &[&str]) -> anyhow::Result<Value> {
     let mut argv = vec!["ip", "-j"];
     argv.extend_from_slice(args);
-    let out = match run(cluster, place, &argv).await {
-        Ok(out) => out,
-        Err(_) => {
-            argv[0] = ::testbed::vm::image::IPROUTE2_IP;
-            run(cluster, place, &argv).await?
-        }
-    };
+    let out = run(swarm, place, &argv).await?;
     serde_json::from_str(&out).with_context(|| format!("{} at {place}: not JSON", argv.join(" ")))
 }
 
-pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
-    let neigh = ip_json(cluster, sandbox, &["neigh", "show", "to", addr]).await?;
+pub async fn vxlan_hop(swarm: &Swarm, sandbox: &Place, addr: &str) -> anyhow::Result<VxlanHop> {
+    let neigh = ip_json(swarm, sandbox, &["neigh", "show", "to", addr]).await?;
     // A host without iproute2's `bridge` (an SSH node set up by hand): the hop then says the
     // FDB could not be read.
-    let fdb: Option<Value> = run(cluster, sandbox, &["bridge", "-j", "fdb", "show"])
+    let fdb: Option<Value> = run(swarm, sandbox, &["bridge", "-j", "fdb", "show"])
         .await
         .ok()
         .map(|out| serde_json::from_str(&out).unwrap_or(Value::Null));
@@ -364,7 +359,7 @@ pub async fn vxlan_hop(cluster: &str, sandbox: &Place, addr: &str) -> anyhow::Re
     };
     if hop.remote_vtep.is_some() && !device.is_empty() {
         let link = ip_json(
-            cluster,
+            swarm,
             sandbox,
             &["-s", "-d", "link", "show", "dev", &device],
         )

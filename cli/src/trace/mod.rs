@@ -1,4 +1,4 @@
-//! `swarmkit trace`: follow one real connection through the cluster, hop by hop, from what
+//! `swarmkit trace`: follow one real connection through the swarm, hop by hop, from what
 //! the kernels recorded about it (conntrack and IPVS entries, neighbour and FDB entries, link
 //! counters). Nothing here predicts where a packet should go: each hop is found by the
 //! previous hop's reply tuple, and a hop the kernel has no record of ends the trace.
@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 
 use crate::graph::model::{GTask, Topology};
 use crate::graph::svg::{Anchor, Overlay};
-use kernel::{Place, Tuple};
+use kernel::{Place, Swarm, Tuple};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TraceFormat {
@@ -41,6 +41,8 @@ pub struct TraceArgs {
     pub output: Option<PathBuf>,
     /// Where the connection goes, HOST:PORT (e.g. localhost:9200, search:9200)
     pub target: String,
+    #[command(flatten)]
+    pub swarm: crate::reach::SwarmArgs,
 }
 
 /// One hop, as the kernel at `place` recorded it.
@@ -143,7 +145,7 @@ pub enum From {
 /// Follows one connection to `target` (HOST:PORT) from `from`: the one from source port
 /// `sport`, or a new one made with curl.
 pub async fn trace(
-    cluster: &str,
+    swarm: &Swarm,
     topo: &Topology,
     from: &From,
     target: &str,
@@ -151,8 +153,8 @@ pub async fn trace(
 ) -> anyhow::Result<Trace> {
     let (host, port) = parse_target(target)?;
     match from {
-        From::Node(node) => from_node(cluster, topo, node, &host, port, sport).await,
-        From::Task(task) => from_task(cluster, topo, task, &host, port, sport).await,
+        From::Node(node) => from_node(swarm, topo, node, &host, port, sport).await,
+        From::Task(task) => from_task(swarm, topo, task, &host, port, sport).await,
     }
 }
 
@@ -164,8 +166,8 @@ pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {
     };
     // Check the target before asking the manager anything.
     parse_target(&args.target)?;
-    let topo = crate::graph::model::fetch(cluster).await?;
-    let trace = trace(cluster, &topo, &from, &args.target, args.sport).await?;
+    let (topo, swarm) = crate::graph::model::open(cluster, &args.swarm).await?;
+    let trace = trace(&swarm, &topo, &from, &args.target, args.sport).await?;
     let body = match args.format {
         TraceFormat::Text => trace.text(),
         TraceFormat::Svg => crate::graph::svg::render(&topo, Some(&trace.overlay())),
@@ -175,13 +177,13 @@ pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {
 }
 
 /// Makes one connection with curl at `place` and returns its source port.
-async fn connect(cluster: &str, place: &Place, host: &str, port: u16) -> anyhow::Result<u16> {
+async fn connect(swarm: &Swarm, place: &Place, host: &str, port: u16) -> anyhow::Result<u16> {
     let url = format!("http://{host}:{port}/");
     // curl fails on a server that does not speak HTTP, but it has connected by then, which
     // is all a trace needs; the local port tells which connection it was. The host is the
     // user's: --globoff keeps curl from expanding brackets or braces in it into many URLs.
     let out = kernel::run_status(
-        cluster,
+        swarm,
         place,
         &[
             "curl",
@@ -199,12 +201,40 @@ async fn connect(cluster: &str, place: &Place, host: &str, port: u16) -> anyhow:
     .await?;
     match out.trim().parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
+        // On a Docker Swarm a refused connection is worth following too: where the mesh or a
+        // VIP fails silently (no IPVS), the kernels' records show how far it got. curl names
+        // no local port for a connection that failed, so it gets one chosen here.
+        _ if swarm.is_docker() => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+            let sport = 42000 + (nanos % 18000) as u16;
+            kernel::run_status(
+                swarm,
+                place,
+                &[
+                    "curl",
+                    "--globoff",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-m",
+                    "3",
+                    "--local-port",
+                    &sport.to_string(),
+                    &url,
+                ],
+            )
+            .await?;
+            Ok(sport)
+        }
         _ => bail!("curl {url} at {place} did not connect; is something listening on port {port}?"),
     }
 }
 
 async fn from_node(
-    cluster: &str,
+    swarm: &Swarm,
     topo: &Topology,
     node: &str,
     host: &str,
@@ -213,7 +243,8 @@ async fn from_node(
 ) -> anyhow::Result<Trace> {
     let n = topo.node(node).with_context(|| {
         format!(
-            "no node {node:?} in cluster {cluster:?}: nodes are {}",
+            "no node {node:?} in {}: nodes are {}",
+            swarm.name,
             topo.nodes
                 .iter()
                 .map(|n| n.hostname.as_str())
@@ -224,7 +255,7 @@ async fn from_node(
     let place = Place::Node(n.hostname.clone());
     let sport = match sport {
         Some(p) => p,
-        None => connect(cluster, &place, host, port).await?,
+        None => connect(swarm, &place, host, port).await?,
     };
     let mut hops = vec![Hop {
         place: n.hostname.clone(),
@@ -246,7 +277,7 @@ async fn from_node(
         dport: port,
         ..Tuple::default()
     };
-    let replica = walk::follow(cluster, topo, place, &n.hostname, want, &mut hops).await?;
+    let replica = walk::follow(swarm, topo, place, &n.hostname, want, &mut hops).await?;
     Ok(Trace {
         title: format!("trace: {node} -> {host}:{port} (tcp, source port {sport})"),
         hops,
@@ -255,7 +286,7 @@ async fn from_node(
 }
 
 async fn from_task(
-    cluster: &str,
+    swarm: &Swarm,
     topo: &Topology,
     task: &str,
     host: &str,
@@ -267,7 +298,7 @@ async fn from_task(
     let mut hops = Vec::new();
     let mut dst = String::new();
     if host.parse::<std::net::Ipv4Addr>().is_err() {
-        let (addrs, tool) = kernel::resolve(cluster, &place, host).await?;
+        let (addrs, tool) = kernel::resolve(swarm, &place, host).await?;
         if addrs.is_empty() {
             bail!(
                 "{host} does not resolve in task {}: does it share a network with that service?",
@@ -300,7 +331,7 @@ async fn from_task(
     }
     let sport = match sport {
         Some(p) => p,
-        None => connect(cluster, &place, host, port).await?,
+        None => connect(swarm, &place, host, port).await?,
     };
     hops.push(Hop {
         place: t.name.clone(),
@@ -314,7 +345,7 @@ async fn from_task(
         dport: port,
         ..Tuple::default()
     };
-    let replica = walk::follow(cluster, topo, place, &t.node, want, &mut hops).await?;
+    let replica = walk::follow(swarm, topo, place, &t.node, want, &mut hops).await?;
     Ok(Trace {
         title: format!(
             "trace: task {} -> {host}:{port} (tcp, source port {sport})",

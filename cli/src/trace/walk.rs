@@ -6,7 +6,7 @@
 use anyhow::Context;
 
 use super::Hop;
-use super::kernel::{self, CtEntry, Place, Tuple};
+use super::kernel::{self, CtEntry, Place, Swarm, Tuple};
 use crate::graph::model::{GNetwork, GTask, Topology};
 use crate::graph::svg::Anchor;
 
@@ -41,18 +41,14 @@ enum Step {
 /// Walks from `place`, where a conntrack entry with original tuple `want` must exist, to the
 /// task that accepted the connection. Returns that task.
 pub async fn follow(
-    cluster: &str,
+    swarm: &Swarm,
     topo: &Topology,
     place: Place,
     start_node: &str,
     want: Tuple,
     hops: &mut Vec<Hop>,
 ) -> anyhow::Result<Option<GTask>> {
-    let mut walk = Walk {
-        cluster,
-        topo,
-        hops,
-    };
+    let mut walk = Walk { swarm, topo, hops };
     let mut at = At {
         place,
         node: start_node.to_string(),
@@ -78,7 +74,7 @@ pub async fn follow(
 /// One walk: the cluster it reads the kernels of, what its manager says the cluster is, and
 /// the hops found so far.
 struct Walk<'a> {
-    cluster: &'a str,
+    swarm: &'a Swarm,
     topo: &'a Topology,
     hops: &'a mut Vec<Hop>,
 }
@@ -86,8 +82,8 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// The connection's record at `at`, or None (with a hop saying why) where there is none.
     async fn read_record(&mut self, at: &At, here: &str) -> Option<Record> {
-        let (cluster, topo) = (self.cluster, self.topo);
-        let entries = match kernel::conntrack(cluster, &at.place, "tcp", &at.want).await {
+        let (swarm, topo) = (self.swarm, self.topo);
+        let entries = match kernel::conntrack(swarm, &at.place, "tcp", &at.want).await {
             Ok(entries) => entries,
             Err(err) => {
                 self.hops.push(Hop {
@@ -100,11 +96,30 @@ impl Walk<'_> {
             }
         };
         let Some(e) = pick(&entries) else {
-            self.hops.push(Hop {
-                place: here.to_string(),
-                what: format!("no conntrack entry for {}", describe(&at.want)),
-                evidence: "conntrack -L".into(),
-                anchors: Vec::new(),
+            let docker_node = matches!(at.place, Place::Node(_))
+                && topo.node(&at.node).is_some_and(|n| n.engine == "docker");
+            let mesh = if docker_node {
+                kernel::docker_mesh_missing(swarm, &at.place, at.want.dport).await
+            } else {
+                None
+            };
+            self.hops.push(match mesh {
+                Some(evidence) => Hop {
+                    place: here.to_string(),
+                    what: format!(
+                        "no conntrack entry for {}, and no DNAT for port {} here: dockerd did not program the routing mesh on this node (it gives up on a kernel without IPVS; swarmkit doctor says why)",
+                        describe(&at.want),
+                        at.want.dport
+                    ),
+                    evidence,
+                    anchors: vec![Anchor::Node(at.node.clone())],
+                },
+                None => Hop {
+                    place: here.to_string(),
+                    what: format!("no conntrack entry for {}", describe(&at.want)),
+                    evidence: "conntrack -L".into(),
+                    anchors: Vec::new(),
+                },
             });
             return None;
         };
@@ -117,10 +132,29 @@ impl Walk<'_> {
         let ipvs = topo.node(&at.node).is_some_and(|n| n.lb_driver == "ipvs");
         // IPVS may balance without conntrack recording the rewrite.
         let balanced = if ipvs && !e.dnat() {
-            kernel::ipvs_conns(cluster, &at.place, e.orig.sport).await
+            kernel::ipvs_conns(swarm, &at.place, e.orig.sport).await
         } else {
             Vec::new()
         };
+        // A Docker sandbox marks the connection for IPVS; on a kernel without IPVS nothing
+        // balances it and the sandbox itself refuses it: the walk ends here, saying why.
+        if ipvs
+            && balanced.is_empty()
+            && !e.dnat()
+            && matches!(at.place, Place::Sandbox(..))
+            && let Some(evidence) = kernel::ipvs_missing(swarm, &at.place).await
+        {
+            self.hops.push(Hop {
+                place: here.to_string(),
+                what: format!(
+                    "{} arrived for IPVS to balance, but this kernel has no IPVS: nothing balances it, and the sandbox refuses it itself (the routing mesh and VIPs fail silently here)",
+                    e.orig
+                ),
+                evidence,
+                anchors: vec![Anchor::Sandbox(at.node.clone())],
+            });
+            return None;
+        }
         if let Some(c) = balanced.first()
             && let Some((a, p)) = c.destination.rsplit_once(':')
         {
@@ -280,7 +314,7 @@ impl Walk<'_> {
                 want: record.onward,
             }));
         }
-        let overlay = overlay_hop(self.cluster, topo, &at.node, task, network).await?;
+        let overlay = overlay_hop(self.swarm, topo, &at.node, task, network).await?;
         self.hops.push(overlay);
         Ok(Step::Onward(At {
             place: Place::Task(task.id.clone()),
@@ -335,7 +369,7 @@ fn lb_anchor(topo: &Topology, place: &Place, node: &str) -> Vec<Anchor> {
 /// The hop from `node` to `task` over `network`, from the network sandbox's neighbour and
 /// FDB entries on `node`.
 async fn overlay_hop(
-    cluster: &str,
+    swarm: &Swarm,
     topo: &Topology,
     node: &str,
     task: &GTask,
@@ -354,7 +388,7 @@ async fn overlay_hop(
         .with_context(|| format!("network {network} is not in the cluster's list"))?;
     let short: String = net.id.chars().take(10).collect();
     let sandbox = Place::Sandbox(node.to_string(), format!("1-{short}"));
-    let hop = kernel::vxlan_hop(cluster, &sandbox, &addr).await?;
+    let hop = kernel::vxlan_hop(swarm, &sandbox, &addr).await?;
     let vtep_node = |vtep: &str| {
         topo.nodes
             .iter()

@@ -41,6 +41,8 @@ pub struct UiArgs {
     /// Port on 127.0.0.1 (0 picks a free one)
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    #[command(flatten)]
+    pub swarm: crate::reach::SwarmArgs,
 }
 
 /// What the page shows: the picture and the names in it, with a version that changes
@@ -61,7 +63,7 @@ struct Snapshot {
 }
 
 struct App {
-    cluster: String,
+    swarm: Arc<crate::reach::Swarm>,
     latest: watch::Receiver<Snapshot>,
     served: AtomicU64,
     /// The names this server answers to: `127.0.0.1:PORT` and `localhost:PORT`.
@@ -74,14 +76,19 @@ struct App {
 }
 
 impl App {
-    fn new(cluster: &str, latest: watch::Receiver<Snapshot>, port: u16, token: String) -> App {
+    fn new(
+        swarm: Arc<crate::reach::Swarm>,
+        latest: watch::Receiver<Snapshot>,
+        port: u16,
+        token: String,
+    ) -> App {
         let mut hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
         // A browser leaves the default port out of Host and Origin.
         if port == 80 {
             hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
         }
         App {
-            cluster: cluster.to_string(),
+            swarm,
             latest,
             served: AtomicU64::new(0),
             hosts,
@@ -94,7 +101,8 @@ impl App {
 
 pub async fn run(cluster: &str, args: UiArgs) -> anyhow::Result<i32> {
     // Fail now, with the usual message, if the cluster is not up.
-    let first = model::fetch(cluster).await?;
+    let (first, swarm) = model::open(cluster, &args.swarm).await?;
+    let swarm = Arc::new(swarm);
     let token = page_token()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
@@ -106,9 +114,21 @@ pub async fn run(cluster: &str, args: UiArgs) -> anyhow::Result<i32> {
         })?;
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(snapshot(first, 1));
-    let app = Arc::new(App::new(cluster, rx, addr.port(), token));
-    tokio::spawn(refresh(cluster.to_string(), tx));
-    println!("swarmkit ui for cluster {cluster}: http://{addr}/  (Ctrl-C stops it)");
+    let app = Arc::new(App::new(swarm.clone(), rx, addr.port(), token));
+    tokio::spawn(refresh(
+        cluster.to_string(),
+        args.swarm.clone(),
+        swarm.clone(),
+        tx,
+    ));
+    println!(
+        "swarmkit ui for {}: http://{addr}/  (Ctrl-C stops it)",
+        if swarm.is_docker() {
+            format!("the Docker Swarm at {}", swarm.name)
+        } else {
+            format!("cluster {cluster}")
+        }
+    );
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -213,12 +233,18 @@ fn snapshot(t: Topology, version: u64) -> Snapshot {
     }
 }
 
-async fn refresh(cluster: String, tx: watch::Sender<Snapshot>) {
+async fn refresh(
+    cluster: String,
+    args: crate::reach::SwarmArgs,
+    swarm: Arc<crate::reach::Swarm>,
+    tx: watch::Sender<Snapshot>,
+) {
     let mut version = 1;
     loop {
         tokio::time::sleep(REFRESH).await;
-        match model::fetch(&cluster).await {
+        match model::topology(&cluster, &args).await {
             Ok(t) => {
+                swarm.set_tasks(t.containers());
                 let changed = {
                     let cur = tx.borrow();
                     cur.topology != t || cur.error.is_some()
@@ -281,7 +307,7 @@ struct Status {
 
 async fn status(State(app): State<Arc<App>>) -> Json<Status> {
     Json(Status {
-        cluster: app.cluster.clone(),
+        cluster: app.swarm.name.clone(),
         version: app.latest.borrow().version,
         served: app.served.load(Ordering::Relaxed),
     })
@@ -349,7 +375,7 @@ async fn trace_route(State(app): State<Arc<App>>, headers: HeaderMap, body: Byte
             .into_response();
     };
     let topo = app.latest.borrow().topology.clone();
-    match trace::trace(&app.cluster, &topo, &from, &q.target, None).await {
+    match trace::trace(&app.swarm, &topo, &from, &q.target, None).await {
         Ok(t) => Json(TraceAnswer {
             text: t.text(),
             svg: crate::graph::svg::render(&topo, Some(&t.overlay())),
@@ -423,7 +449,12 @@ mod tests {
     #[test]
     fn a_default_port_server_answers_the_bare_names_a_browser_sends() {
         let (_tx, rx) = watch::channel(Snapshot::default());
-        let app = App::new("c", rx, 80, "t".into());
+        let app = App::new(
+            Arc::new(crate::reach::Swarm::swarmkit("c")),
+            rx,
+            80,
+            "t".into(),
+        );
         let ok = |h: &str, o: &str| refusal(&app.hosts, Some(h.as_bytes()), Some(o.as_bytes()));
         assert_eq!(ok("localhost", "http://localhost"), None);
         assert_eq!(ok("127.0.0.1:80", "http://127.0.0.1"), None);
@@ -445,7 +476,12 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
         assert_ne!(a, b);
         let (_tx, rx) = watch::channel(Snapshot::default());
-        let app = App::new("c", rx, 8080, a.clone());
+        let app = App::new(
+            Arc::new(crate::reach::Swarm::swarmkit("c")),
+            rx,
+            8080,
+            a.clone(),
+        );
         assert!(!app.page.contains(TOKEN_SLOT));
         assert!(app.page.contains(&format!("content=\"{a}\"")));
     }
