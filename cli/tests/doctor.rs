@@ -145,6 +145,28 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
     ])
     .ok();
     let lo_node = c.running_tasks("lo")[0].node.clone();
+    // The balancer on node1 sends web's second slot to an address no task has.
+    let vip = c
+        .sk(&[
+            "service",
+            "inspect",
+            "web",
+            "--format",
+            "{{range .Endpoint.VirtualIPs}}{{.NetworkID}} {{.Addr}}\n{{end}}",
+        ])
+        .ok()
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(net.trim()))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|a| a.split('/').next())
+        .unwrap()
+        .to_string();
+    c.sk(&[
+        "node", "exec", "--netns", &overlay, "node1", "--", "sh", "-c",
+        &format!("nft delete element ip swarmkit backends {{ {vip} . 0x1 }} && nft add element ip swarmkit backends {{ {vip} . 0x1 : 10.0.0.250 }}"),
+    ])
+    .ok();
 
     let before: Vec<String> = ["node1", "node2", "node3"]
         .iter()
@@ -164,6 +186,7 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         ("underlay-mtu", "node3"),
         ("stale-fdb", "node1"),
         ("task-listens", lo_node.as_str()),
+        ("lb-backends", "node1"),
     ] {
         assert!(
             found.contains(&(want.0.to_string(), want.1.to_string())),
@@ -229,6 +252,8 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         "bridge fdb del 02:42:0a:00:00:63 dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst 192.168.0.99 self",
     ])
     .ok();
+    // The balancer's fix: node1's agent, restarted by its supervisor, programs it anew.
+    common::sigkill(common::pid_of(&c, "node1"));
     c.eventually(
         "only the loopback finding is left",
         Duration::from_secs(20),

@@ -132,6 +132,28 @@ pub fn run(flavor: Flavor, f: &Facts) -> Verdict {
         stale_fdb(f, &read),
     );
     v.check("encryption-sa", String::new(), encryption_sas(f, &read));
+    let balanced: usize = read
+        .iter()
+        .map(|(_, k)| {
+            k.overlays
+                .iter()
+                .filter_map(|o| o.lb.as_ref())
+                .map(|lb| lb.vips.len())
+                .sum::<usize>()
+                + k.mesh_lb.as_ref().map_or(0, |(_, lb)| lb.ports.len())
+        })
+        .sum();
+    v.check(
+        "lb-backends",
+        if balanced > 0 {
+            format!(
+                "{balanced} load-balanced VIP(s) and port(s) send to exactly their running tasks"
+            )
+        } else {
+            String::new()
+        },
+        lb_backends(f, &read),
+    );
     let probes: usize = read.iter().map(|(_, k)| k.probes.len()).sum();
     v.check(
         "overlay-reach",
@@ -613,6 +635,113 @@ fn overlay_reach(
                     c => format!("fix {} first: it explains this", c.join(", ")),
                 },
             });
+        }
+    }
+    out
+}
+
+/// Backends the balancer holds against the running tasks the manager reports.
+fn lb_backends(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
+    use std::collections::BTreeSet;
+    let mut out = Vec::new();
+    let running_on = |svc: &str, net: &str| -> BTreeSet<String> {
+        f.running()
+            .filter(|t| t.service_id == svc)
+            .flat_map(|t| {
+                t.addrs
+                    .iter()
+                    .filter(|(n, _)| n == net)
+                    .map(|(_, a)| a.clone())
+            })
+            .collect()
+    };
+    let name_of = |addr: &str| {
+        f.tasks
+            .iter()
+            .find(|t| t.addrs.iter().any(|(_, a)| a == addr))
+            .map(|t| {
+                format!(
+                    "{addr} ({}{})",
+                    t.name,
+                    if t.running { "" } else { ", not running" }
+                )
+            })
+            .unwrap_or_else(|| format!("{addr} (no task)"))
+    };
+    let mut compare = |node: &NodeFacts,
+                       what: String,
+                       svc: &super::facts::SvcFacts,
+                       place: &str,
+                       have: &BTreeSet<String>,
+                       want: BTreeSet<String>| {
+        if *have == want {
+            return;
+        }
+        let extra: Vec<String> = have.difference(&want).map(|a| name_of(a)).collect();
+        let missing: Vec<String> = want.difference(have).map(|a| name_of(a)).collect();
+        let mut problem = format!("{what} of {} on this node", svc.name);
+        if !extra.is_empty() {
+            problem += &format!(
+                " sends part of its connections to {}, which the manager does not run for it",
+                extra.join(", ")
+            );
+        }
+        if !missing.is_empty() {
+            problem += &format!(
+                "{} never sends to {}",
+                if extra.is_empty() { "" } else { ", and" },
+                missing.join(", ")
+            );
+        }
+        out.push(Finding {
+            check: "lb-backends",
+            node: Some(node.hostname.clone()),
+            problem,
+            evidence: format!(
+                "nft list table ip swarmkit in {place}: backends {}; running tasks: {}",
+                have.iter().cloned().collect::<Vec<_>>().join(", "),
+                want.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            fix: "restart the node's agent (stop the process in /run/swarmkit/<cluster>/<node>.pid; its supervisor starts it again and it programs the balancer anew from the manager's tasks), and report it: the agent missed a change".into(),
+        });
+    };
+    for (n, k) in read {
+        for o in &k.overlays {
+            let Some(lb) = &o.lb else { continue };
+            for (vip, have) in &lb.vips {
+                let Some(svc) = f.services.iter().find(|s| {
+                    s.vips
+                        .iter()
+                        .any(|(net, a)| net == &o.network_id && a == vip)
+                }) else {
+                    continue;
+                };
+                let want = running_on(&svc.id, &o.network_id);
+                compare(n, format!("VIP {vip}"), svc, &o.sandbox, have, want);
+            }
+        }
+        if let Some((place, lb)) = &k.mesh_lb {
+            let Some(ingress) = f.networks.iter().find(|n| n.ingress) else {
+                continue;
+            };
+            for ((proto, port), have) in &lb.ports {
+                let Some(svc) = f
+                    .services
+                    .iter()
+                    .find(|s| s.ports.iter().any(|p| p.3 && p.0 == *port && &p.2 == proto))
+                else {
+                    continue;
+                };
+                let want = running_on(&svc.id, &ingress.id);
+                compare(
+                    n,
+                    format!("published port {port}/{proto}"),
+                    svc,
+                    place,
+                    have,
+                    want,
+                );
+            }
         }
     }
     out

@@ -53,6 +53,7 @@ impl Default for KernelFacts {
             listeners: Vec::new(),
             gossip: Vec::new(),
             probes: Vec::new(),
+            mesh_lb: None,
         }
     }
 }
@@ -74,6 +75,9 @@ pub struct KernelFacts {
     pub gossip: Vec<(String, Result<(), String>)>,
     /// Pings over an overlay from a task on this node to tasks on other nodes.
     pub probes: Vec<Probe>,
+    /// The routing mesh's load balancer (swarmkit's nftables driver): where it was read
+    /// (the ingress sandbox, or the node itself) and what it balances to.
+    pub mesh_lb: Option<(String, LbMaps)>,
 }
 
 /// Whether a kernel feature is there, and what said so.
@@ -120,6 +124,53 @@ pub struct OverlayFacts {
     pub fdb: Vec<FdbEntry>,
     pub neighbours: Vec<Neighbour>,
     pub mtu: Option<u32>,
+    /// The sandbox's load balancer (swarmkit's nftables driver), where it was read.
+    pub lb: Option<LbMaps>,
+}
+
+/// What a swarmkit sandbox balances to: each VIP's backends and each published port's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbMaps {
+    pub vips: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    pub ports: std::collections::BTreeMap<(String, u16), std::collections::BTreeSet<String>>,
+}
+
+/// `nft -j list table ip swarmkit`: the `backends` map (VIP . slot : backend) and the
+/// `port_backends` map (protocol . port . slot : backend).
+pub fn parse_lb_maps(json: &str) -> Option<LbMaps> {
+    let v: Value = serde_json::from_str(json).ok()?;
+    let mut lb = LbMaps::default();
+    let mut found = false;
+    for item in v["nftables"].as_array()? {
+        let m = &item["map"];
+        let name = m["name"].as_str().unwrap_or_default();
+        if name != "backends" && name != "port_backends" {
+            continue;
+        }
+        found = true;
+        for e in m["elem"].as_array().into_iter().flatten() {
+            let (Some(key), Some(backend)) = (e[0]["concat"].as_array(), e[1].as_str()) else {
+                continue;
+            };
+            if name == "backends" {
+                if let Some(vip) = key.first().and_then(Value::as_str) {
+                    lb.vips
+                        .entry(vip.to_string())
+                        .or_default()
+                        .insert(backend.to_string());
+                }
+            } else if let (Some(proto), Some(port)) = (
+                key.first().and_then(Value::as_str),
+                key.get(1).and_then(Value::as_u64),
+            ) {
+                lb.ports
+                    .entry((proto.to_string(), port as u16))
+                    .or_default()
+                    .insert(backend.to_string());
+            }
+        }
+    }
+    found.then_some(lb)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +226,8 @@ pub struct SvcFacts {
     pub id: String,
     pub name: String,
     pub vip: bool,
+    /// (network ID, VIP without its length)
+    pub vips: Vec<(String, String)>,
     /// (published, target, protocol, ingress mode)
     pub ports: Vec<(u16, u16, String, bool)>,
 }
@@ -502,6 +555,18 @@ mod tests {
             drops[1].ports,
             vec![("tcp".to_string(), 22), ("tcp".to_string(), 7946)]
         );
+    }
+
+    #[test]
+    fn swarmkit_lb_maps_give_backends_per_vip_and_port() {
+        let json = r#"{"nftables": [{"metainfo": {}},
+          {"map": {"family": "ip", "name": "backends", "table": "swarmkit", "elem": [[{"concat": ["10.0.0.2", 0]}, "10.0.0.3"], [{"concat": ["10.0.0.2", 1]}, "10.0.0.4"]]}},
+          {"map": {"family": "ip", "name": "port_backends", "table": "swarmkit", "elem": [[{"concat": ["tcp", 8080, 65536]}, "10.255.0.5"]]}},
+          {"map": {"family": "ip", "name": "vips", "table": "swarmkit"}}]}"#;
+        let lb = parse_lb_maps(json).unwrap();
+        assert_eq!(lb.vips["10.0.0.2"].len(), 2);
+        assert!(lb.ports[&("tcp".to_string(), 8080)].contains("10.255.0.5"));
+        assert_eq!(parse_lb_maps(r#"{"nftables": []}"#), None);
     }
 
     #[test]

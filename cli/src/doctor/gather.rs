@@ -120,6 +120,22 @@ fn service(s: &Service) -> SvcFacts {
             && endpoint
                 .and_then(|e| e.virtual_ips.as_ref())
                 .is_some_and(|v| !v.is_empty()),
+        vips: if dnsrr {
+            Vec::new()
+        } else {
+            endpoint
+                .and_then(|e| e.virtual_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| {
+                    let addr = v.addr.as_deref()?;
+                    Some((
+                        v.network_id.clone()?,
+                        addr.split('/').next().unwrap_or(addr).to_string(),
+                    ))
+                })
+                .collect()
+        },
         ports: endpoint
             .and_then(|e| e.ports.as_ref())
             .into_iter()
@@ -281,6 +297,20 @@ async fn read_node(
         k.sas = parse_xfrm_states(&out);
     }
     k.overlays = overlays(flavor, f, me, swarm).await;
+    for (label, place) in [
+        (
+            "ingress_sbox",
+            Place::Sandbox(me.hostname.clone(), "ingress_sbox".into()),
+        ),
+        ("the node", node.clone()),
+    ] {
+        if let Some(lb) = lb_maps(flavor, swarm, &place).await
+            && !lb.ports.is_empty()
+        {
+            k.mesh_lb = Some((label.to_string(), lb));
+            break;
+        }
+    }
     let mine: Vec<&TaskFacts> = f.running().filter(|t| t.node_id == id).collect();
     for t in &mine {
         let Some(svc) = f.service(&t.service_id) else {
@@ -357,15 +387,32 @@ async fn overlays(flavor: Flavor, f: &Facts, me: &NodeFacts, swarm: &Swarm) -> V
                     .max()
             })
             .map(|m| m as u32);
+        let lb = lb_maps(flavor, swarm, &place).await;
         out.push(OverlayFacts {
             network_id,
             sandbox,
             fdb: parse_fdb(&fdb),
             neighbours: parse_neighbours(&neigh),
             mtu,
+            lb,
         });
     }
     out
+}
+
+/// swarmkit's load-balancer maps in a sandbox, where it balances with nftables.
+async fn lb_maps(flavor: Flavor, swarm: &Swarm, place: &Place) -> Option<LbMaps> {
+    if flavor != Flavor::Swarmkit {
+        return None;
+    }
+    let json = run(
+        swarm,
+        place,
+        &["nft", "-j", "list", "table", "ip", "swarmkit"],
+    )
+    .await
+    .ok()?;
+    parse_lb_maps(&json)
 }
 
 const PING: &str = r#"if command -v ping >/dev/null 2>&1; then exec ping -c1 -W2 "$0"; else exec busybox ping -c1 -W2 "$0"; fi"#;
