@@ -883,6 +883,7 @@ mod tests {
                 id: "s1".into(),
                 name: "search".into(),
                 vip: true,
+                vips: Vec::new(),
                 ports: vec![(9200, 80, "tcp".into(), true)],
             }],
             tasks: vec![TaskFacts {
