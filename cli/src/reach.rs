@@ -286,9 +286,14 @@ pub struct SwarmArgs {
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
     /// How to read a Docker node's kernel, by hostname or node ID: NODE=local (this machine),
-    /// NODE=netns:NAME (a network namespace here, as in a lab); repeatable. SSH hosts come
-    /// from --inventory
-    #[arg(long = "reach", value_name = "NODE=WAY")]
+    /// NODE=netns:NAME (a network namespace here, as in a lab); repeatable, or comma-separated
+    /// in SWARMKIT_REACH. SSH hosts come from --inventory
+    #[arg(
+        long = "reach",
+        value_name = "NODE=WAY",
+        env = "SWARMKIT_REACH",
+        value_delimiter = ','
+    )]
     pub nodes: Vec<String>,
     /// SSH hosts to read Docker nodes' kernels from: a TOML file of [[host]] name (the node's
     /// hostname), address, user, key, host_key (pinned), as `cluster up --backend ssh` takes
