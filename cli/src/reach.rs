@@ -179,6 +179,31 @@ impl Swarm {
     }
 }
 
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    #[test]
+    fn swarmkits_own_sockets_name_their_cluster() {
+        let args = |h: &str| SwarmArgs {
+            docker_host: Some(h.into()),
+            ..SwarmArgs::default()
+        };
+        assert!(matches!(
+            args("unix:///run/swarmkit/lab/nodes/node1.sock").engine("default"),
+            Engine::Cluster(c) if c == "lab"
+        ));
+        assert!(matches!(
+            args("unix:///var/run/docker.sock").engine("default"),
+            Engine::Docker(h) if h == "unix:///var/run/docker.sock"
+        ));
+        assert!(matches!(
+            SwarmArgs::default().engine("x"),
+            Engine::Cluster(c) if c == "x"
+        ));
+    }
+}
+
 fn unreached(host: &str) -> String {
     format!(
         "doctor, trace and graph were not told how to reach node {host}: give --reach {host}=local|netns:NAME, or an --inventory of SSH hosts"
@@ -302,9 +327,21 @@ pub struct SwarmArgs {
 }
 
 impl SwarmArgs {
+    /// A Docker host that is one of swarmkit's own sockets (`swarmkit cluster env` exports
+    /// them as DOCKER_HOST) names that cluster: its nodes are reached the swarmkit way.
     pub fn engine(&self, cluster: &str) -> Engine {
         match &self.docker_host {
-            Some(h) if !h.is_empty() => Engine::Docker(h.clone()),
+            Some(h) if !h.is_empty() => {
+                let own = h
+                    .strip_prefix("unix://")
+                    .and_then(|p| p.strip_prefix(cluster::paths::RUN_ROOT))
+                    .and_then(|p| p.trim_start_matches('/').split('/').next())
+                    .filter(|c| !c.is_empty());
+                match own {
+                    Some(c) => Engine::Cluster(c.to_string()),
+                    None => Engine::Docker(h.clone()),
+                }
+            }
             _ => Engine::Cluster(cluster.to_string()),
         }
     }
