@@ -17,6 +17,9 @@
 //! - this file: the vocabulary every layer above shares: [`Backend`] (the typed value kept
 //!   in a cluster's record), [`Fault`], [`Inside`], [`TestbedError`], and what a ready node
 //!   is ([`node_ready`]); `inject`, `ClusterInfo` and `UpOptions` are re-exported here;
+//! - [`docker_lab`]: a real Docker Swarm (docker.io's dockerds in namespaces) beside the
+//!   clusters, for comparing swarmkit with and for doctor's walkthrough; it shares nothing
+//!   with the layers above but this crate's conventions;
 //! - [`vm`]: whole-machine nodes: guest images, QEMU launch, a node's record, waiting until
 //!   it answers, inventories, the `__vmhost` SSH daemon; [`ssh`]: the SSH client (pinned host
 //!   keys); [`procs`]: finding a cluster's processes through /proc; [`wait`]: the one wait
@@ -32,6 +35,7 @@
 //!    compiler checks for exhaustiveness.
 
 pub mod backend;
+pub mod docker_lab;
 pub mod lifecycle;
 pub mod procs;
 pub mod record;
