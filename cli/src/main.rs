@@ -12,7 +12,7 @@
 //! - `render` (tables and sizes) and `template` (docker's `--format` Go templates, on `render`);
 //!   `progress`: docker's converge bars for service create and update.
 //! - `commands`: one module per docker verb group (`cluster`, `network`, `node`, `service/`
-//!   with one file per subcommand, `stack/` (compose files read, converted, checked, deployed), `exec`, `vm`), plus `trust` (join tokens, the root CA and
+//!   with one file per subcommand, `stack/` (compose files read, converted, checked, deployed), `exec`, `vm`, `lab` (a real Docker Swarm in namespaces)), plus `trust` (join tokens, the root CA and
 //!   client certificates behind `cluster`); the lifecycle ones call `testbed`.
 //! - `reach`: which swarm to look at (a swarmkit cluster, or a Docker engine's swarm) and
 //!   running read-only tools on its nodes, in their sandboxes and in tasks.
@@ -99,6 +99,9 @@ enum Command {
     /// Build guest images for the qemu backend
     #[command(subcommand)]
     Vm(commands::vm::VmCmd),
+    /// Run a real Docker Swarm (docker.io's dockerd) in namespaces on this host
+    #[command(subcommand)]
+    Lab(commands::lab::LabCmd),
     #[command(name = "__manager", hide = true)]
     Manager,
     #[command(name = "__agent", hide = true)]
@@ -147,6 +150,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(args) => doctor::run(cluster, args).await,
         Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
+        Command::Lab(cmd) => commands::lab::run(cmd).await,
         Command::Manager => testbed::lifecycle::run_manager(cluster).await.map(|()| 0),
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
