@@ -85,6 +85,15 @@ fn encrypted_on_qemu_guests() {
     walkthrough(&["encrypted", "--backend", "qemu"]);
 }
 
+/// `swarmkit doctor` on a real Docker Swarm (a lab of docker.io's dockerds in namespaces):
+/// healthy, then a firewall on node2 dropping VXLAN named with its fix, then healthy again.
+/// Skipped (with the reason) where dockerd is not installed.
+#[test]
+fn doctor_on_a_docker_lab() {
+    testkit::skip_unless!(testkit::docker_swarm::unavailable());
+    walkthrough(&["doctor"]);
+}
+
 #[test]
 fn list_shows_every_plan() {
     let out = Command::new(env!("CARGO_BIN_EXE_swarmkit"))

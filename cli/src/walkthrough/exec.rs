@@ -1,6 +1,9 @@
 //! Turning a walkthrough line into a process, and running it. `docker ...` lines go to the
 //! cluster's manager, through swarmkit's own CLI or through the real docker binary; every
-//! other line runs in a shell on the block's node or inside the block's task.
+//! other line runs in a shell on the block's node or inside the block's task. On a Docker lab
+//! (`engine=docker`) `docker` lines go to the lab's manager through docker.io's CLI,
+//! `swarmkit` lines read the lab (DOCKER_HOST and SWARMKIT_REACH), and node lines run in the
+//! node's network namespace.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -43,9 +46,17 @@ pub struct Invocation {
 
 pub struct Runner {
     pub exe: PathBuf,
+    /// The cluster's name, or the Docker lab's.
     pub cluster: String,
     pub client: Client,
+    /// `Some(N)`: the walkthrough runs on a Docker lab of N nodes named `cluster`, whose
+    /// hostnames are [`LAB_HOSTNAMES`]`1` to `N`, instead of a swarmkit cluster.
+    pub lab_nodes: Option<usize>,
 }
+
+/// The hostname prefix of a walkthrough's Docker lab: its nodes are `node1`, `node2`, ...,
+/// as a swarmkit cluster's are, so the same blocks (`node=node2`) and output read alike.
+pub const LAB_HOSTNAMES: &str = "node";
 
 impl Runner {
     /// The swarmkit binary with its cluster selected, followed by `args`.
@@ -66,7 +77,108 @@ impl Runner {
         )
     }
 
+    /// DOCKER_HOST and SWARMKIT_REACH of the walkthrough's Docker lab of `nodes` nodes.
+    fn lab_env(&self, nodes: usize) -> Vec<(String, String)> {
+        let reach: Vec<String> = (0..nodes)
+            .map(|i| {
+                let ns = testbed::docker_lab::node_netns(&self.cluster, i);
+                format!("{LAB_HOSTNAMES}{}=netns:{ns}", i + 1)
+            })
+            .collect();
+        let socket = testbed::docker_lab::manager_socket(&self.cluster);
+        vec![
+            ("DOCKER_HOST".into(), format!("unix://{}", socket.display())),
+            ("SWARMKIT_REACH".into(), reach.join(",")),
+        ]
+    }
+
+    /// A line on the walkthrough's Docker lab of `nodes` nodes.
+    fn lab_invocation(&self, nodes: usize, target: &Target, line: &str) -> Invocation {
+        let env = self.lab_env(nodes);
+        let docker = testbed::docker_lab::docker_cli().display().to_string();
+        let words = split_words(line);
+        let first = match &words {
+            Some(w) => w.first().cloned().unwrap_or_default(),
+            None => line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        // `sh -c LINE`, after `pre` (a command that runs it somewhere: `ip netns exec NS`).
+        let shell = |pre: &[String], line: &str| {
+            let mut argv: Vec<String> = pre.to_vec();
+            argv.extend(["sh".into(), "-c".into(), line.into()]);
+            Invocation {
+                program: argv.remove(0),
+                args: argv,
+                env: env.clone(),
+            }
+        };
+        let refuse = |why: String| Invocation {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo \"$1\" >&2; exit 2".into(),
+                "sh".into(),
+                why,
+            ],
+            env: env.clone(),
+        };
+        match (first.as_str(), words) {
+            ("swarmkit", Some(w)) => Invocation {
+                program: self.exe.display().to_string(),
+                args: w[1..].to_vec(),
+                env: env.clone(),
+            },
+            ("docker", Some(w)) => Invocation {
+                program: docker,
+                args: w[1..].to_vec(),
+                env: env.clone(),
+            },
+            // Shell syntax: `docker` (and `swarmkit`) are functions calling the right binary.
+            ("docker" | "swarmkit", None) => shell(
+                &[],
+                &format!(
+                    "docker() {{ '{docker}' \"$@\"; }}\nswarmkit() {{ '{}' \"$@\"; }}\n{line}",
+                    self.exe.display()
+                ),
+            ),
+            _ => match target {
+                Target::Node(node) => {
+                    let index = node
+                        .strip_prefix(LAB_HOSTNAMES)
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .filter(|i| (1..=nodes).contains(i));
+                    match index {
+                        Some(i) => {
+                            let ns = testbed::docker_lab::node_netns(&self.cluster, i - 1);
+                            shell(&["ip".into(), "netns".into(), "exec".into(), ns], line)
+                        }
+                        None => refuse(format!(
+                            "no node {node} in the Docker lab: its nodes are {LAB_HOSTNAMES}1 to {LAB_HOSTNAMES}{nodes}"
+                        )),
+                    }
+                }
+                Target::Task(task) => refuse(format!(
+                    "task={task}: blocks run in tasks on swarmkit clusters only; on a Docker lab use `docker exec` on the task's node"
+                )),
+                Target::Underlay => {
+                    let ns = format!(
+                        "--net={}/{}-ul",
+                        netcore::netns::NETNS_RUN_DIR,
+                        self.cluster
+                    );
+                    shell(&["nsenter".into(), ns], line)
+                }
+            },
+        }
+    }
+
     pub fn invocation(&self, target: &Target, line: &str) -> Invocation {
+        if let Some(nodes) = self.lab_nodes {
+            return self.lab_invocation(nodes, target, line);
+        }
         let words = split_words(line);
         // swarmkit's own commands (graph, trace) run on this host, whichever client answers
         // `docker` lines.
@@ -256,6 +368,7 @@ mod tests {
             exe: PathBuf::from("/usr/bin/swarmkit"),
             cluster: "wt42".into(),
             client,
+            lab_nodes: None,
         }
     }
 
@@ -269,6 +382,7 @@ mod tests {
             exe: PathBuf::from("/usr/bin/swarmkit"),
             cluster: "wt42".into(),
             client: Client::Docker,
+            lab_nodes: None,
         };
         let inv = r.invocation(
             &Target::Node("node3".into()),
@@ -346,6 +460,57 @@ mod tests {
                 "getent hosts api"
             ])
         );
+    }
+
+    #[test]
+    fn lines_on_a_docker_lab_go_to_its_manager_its_nodes_and_swarmkit_reads_it() {
+        let r = Runner {
+            exe: PathBuf::from("/usr/bin/swarmkit"),
+            cluster: "doc-wt42".into(),
+            client: Client::Swarmkit,
+            lab_nodes: Some(3),
+        };
+        let node2 = Target::Node("node2".into());
+        let env = vec![
+            (
+                "DOCKER_HOST".to_string(),
+                "unix:///run/swarm-labs/doc-wt42/n1/docker.sock".to_string(),
+            ),
+            (
+                "SWARMKIT_REACH".to_string(),
+                "node1=netns:doc-wt42-n1,node2=netns:doc-wt42-n2,node3=netns:doc-wt42-n3"
+                    .to_string(),
+            ),
+        ];
+        let inv = r.invocation(&node2, "docker service ls");
+        assert!(inv.program.ends_with("docker"), "{inv:?}");
+        assert_eq!((inv.args, &inv.env), (s(&["service", "ls"]), &env));
+        let inv = r.invocation(&node2, "swarmkit doctor");
+        assert_eq!(
+            (inv.program.as_str(), inv.args),
+            ("/usr/bin/swarmkit", s(&["doctor"]))
+        );
+        assert_eq!(inv.env, env);
+        let inv = r.invocation(&node2, "nft list ruleset | head");
+        assert_eq!(inv.program, "ip");
+        assert_eq!(
+            inv.args,
+            s(&[
+                "netns",
+                "exec",
+                "doc-wt42-n2",
+                "sh",
+                "-c",
+                "nft list ruleset | head"
+            ])
+        );
+        let inv = r.invocation(&Target::Underlay, "ip link");
+        assert_eq!(inv.program, "nsenter");
+        assert_eq!(inv.args[0], "--net=/run/netns/doc-wt42-ul");
+        for nowhere in [Target::Node("node4".into()), Target::Task("web.1".into())] {
+            let inv = r.invocation(&nowhere, "true");
+            assert_eq!(inv.program, "sh", "{nowhere}: refused with a message");
+        }
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use testbed::Backend;
 
 pub use plan::Client;
+use plan::Engine;
 
 use display::Display;
 use exec::Runner;
@@ -127,38 +128,99 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
         .transpose()
         .with_context(|| format!("reading the snapshot of {}", args.name))?;
 
+    let on_lab = plan.engine == Engine::Docker;
+    if on_lab && let Some(why) = testbed::docker_lab::unavailable() {
+        println!(
+            "walkthrough {}: skipped: it runs on a real Docker Swarm, which cannot run here: \
+             {why}",
+            plan.name
+        );
+        return Ok(1);
+    }
     let started = Instant::now();
     let name = unique_cluster_name(cluster, std::process::id())?;
-    let client = plan.client.unwrap_or(args.client);
+    // A Docker lab is always driven by docker.io's own CLI.
+    let client = if on_lab {
+        Client::Docker
+    } else {
+        plan.client.unwrap_or(args.client)
+    };
     let runner = Runner {
         exe: std::env::current_exe().context("finding the swarmkit executable")?,
         cluster: name.clone(),
         client,
+        lab_nodes: on_lab.then_some(plan.nodes),
     };
     let display = Display::new(plan.command_count());
+    let nodes = plan.nodes.to_string();
+    let (on, up, down): (String, Vec<&str>, Vec<&str>) = if on_lab {
+        (
+            format!("Docker lab {name}, docker.io's dockerd and CLI"),
+            vec![
+                "lab",
+                "up",
+                &name,
+                "--nodes",
+                &nodes,
+                "--hostnames",
+                exec::LAB_HOSTNAMES,
+            ],
+            vec!["lab", "down", &name],
+        )
+    } else {
+        (
+            format!(
+                "cluster {name}, {} client",
+                match client {
+                    Client::Swarmkit => "swarmkit",
+                    Client::Docker => "docker",
+                }
+            ),
+            vec![
+                "cluster",
+                "up",
+                "--nodes",
+                &nodes,
+                "--backend",
+                args.backend.as_str(),
+            ],
+            vec!["cluster", "down"],
+        )
+    };
     display.line(&format!(
-        "walkthrough {}: {} ({} nodes, cluster {name}, {} client)",
-        plan.name,
-        plan.title,
-        plan.nodes,
-        match client {
-            Client::Swarmkit => "swarmkit",
-            Client::Docker => "docker",
-        }
+        "walkthrough {}: {} ({} nodes, {on})",
+        plan.name, plan.title, plan.nodes,
     ));
-    let outcome = replay(&runner, &display, &plan, accepted.as_deref(), args.backend).await;
+    let outcome = replay(
+        &runner,
+        &display,
+        &plan,
+        accepted.as_deref(),
+        args.backend,
+        &up,
+    )
+    .await;
     // A failed run shows what the cluster's daemons logged before teardown removes them.
     let failed = !matches!(&outcome, Ok(Some(r)) if r.mismatches == 0);
     if failed {
-        show_daemon_logs(&display, &name);
+        if on_lab {
+            show_lab_logs(&display, &name);
+        } else {
+            show_daemon_logs(&display, &name);
+        }
     }
     // Teardown runs whatever happened above, so a failed run leaves nothing behind.
-    if args.keep {
+    if args.keep && on_lab {
+        display.line(&format!(
+            "lab kept: eval \"$(swarmkit lab env {name})\" to use it; remove it with \
+             `swarmkit lab down {name}`"
+        ));
+    } else if args.keep {
         display.line(&format!(
             "cluster kept: swarmkit --cluster {name} ... ; remove it with \
              `swarmkit --cluster {name} cluster down`"
         ));
-    } else if let Err(e) = cluster_command(&runner, &display, &["cluster", "down"]).await {
+    } else if let Err(e) = cluster_command(&runner, &display, &down).await {
         display.line(&format!("warning: {e:#}"));
     }
     display.finish();
@@ -201,26 +263,18 @@ fn load_plan(plans: &Source, name: &str) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-/// Brings the runner's cluster up on `backend` and replays the plan on it; None when
-/// interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), which the caller's teardown then
-/// still follows.
+/// Brings the runner's cluster (or Docker lab) up with the swarmkit command `up` and replays
+/// the plan on it; None when interrupted (Ctrl-C, or `timeout`/`kill` sending TERM), which
+/// the caller's teardown then still follows.
 async fn replay(
     runner: &Runner,
     display: &Display,
     plan: &Plan,
     snapshot: Option<&[snapshot::Entry]>,
     backend: Backend,
+    up: &[&str],
 ) -> anyhow::Result<Option<Report>> {
-    let nodes = plan.nodes.to_string();
-    let up = [
-        "cluster",
-        "up",
-        "--nodes",
-        &nodes,
-        "--backend",
-        backend.as_str(),
-    ];
-    cluster_command(runner, display, &up).await?;
+    cluster_command(runner, display, up).await?;
     let session = Session {
         plan,
         runner,
@@ -374,6 +428,16 @@ async fn cluster_command(runner: &Runner, display: &Display, args: &[&str]) -> a
         why,
     }
     .into())
+}
+
+/// The last lines of each dockerd's log of the Docker lab `name`.
+fn show_lab_logs(display: &display::Display, name: &str) {
+    let Ok(lab) = testbed::docker_lab::load(name) else {
+        return;
+    };
+    for line in lab.log_tails(20).lines().filter(|l| !l.is_empty()) {
+        display.line(&format!("# {line}"));
+    }
 }
 
 /// The last lines of each daemon log of the cluster (manager, agents, VM hosts).

@@ -166,11 +166,26 @@ pub const PATTERNS: &[Pattern] = &[
         rule: Rule::Regex(r"\b\d+ packets\b", "<n> packets"),
     },
     Pattern {
+        name: "lab",
+        default: true,
+        about: "a Docker lab's name in its namespaces' names (`doctor-wt4242-n2`, and any \
+                `netns NAME-n2`) and directory (`/run/swarm-labs/doctor-wt4242/`) -> <lab>",
+        rule: Rule::Func(lab),
+    },
+    Pattern {
         name: "overlay-host",
         default: true,
         about: "host part of 10.x.y.z addresses -> 10.x.y.<n>: the subnet is fixed, \
                 the allocator's order is not",
         rule: Rule::Regex(r"\b10\.(\d{1,3})\.(\d{1,3})\.\d{1,3}\b", "10.$1.$2.<n>"),
+    },
+    Pattern {
+        name: "doctor-pairs",
+        default: false,
+        about: "sort the task pairs doctor lists under one finding (`    task A on N is \
+                unreachable ... from task B on M`), which follow the API's task order; \
+                applied last, to the normalised lines",
+        rule: Rule::Func(doctor_pairs),
     },
 ];
 
@@ -275,6 +290,37 @@ pub fn matches_expected(expected: &[String], actual: &[String]) -> bool {
     }
 }
 
+fn lab(text: &str) -> String {
+    static RUN: OnceLock<Regex> = OnceLock::new();
+    static NETNS: OnceLock<Regex> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        Regex::new(r"\b(?:[a-z0-9][a-z0-9-]*-)?wt\d+(-(?:n\d+|ul)\b|/)").expect("lab regex")
+    });
+    let netns = NETNS.get_or_init(|| {
+        Regex::new(r"\b(netns[: ]+)[a-z0-9][a-z0-9-]*?-(n\d+|ul)\b").expect("netns regex")
+    });
+    let text = run.replace_all(text, "<lab>$1");
+    netns.replace_all(&text, "$1<lab>-$2").into_owned()
+}
+
+fn doctor_pairs(text: &str) -> String {
+    let is_pair = |l: &str| l.starts_with("    task ");
+    let mut out: Vec<&str> = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    for line in text.split('\n') {
+        if is_pair(line) {
+            run.push(line);
+            continue;
+        }
+        run.sort_unstable();
+        out.append(&mut run);
+        out.push(line);
+    }
+    run.sort_unstable();
+    out.append(&mut run);
+    out.join("\n")
+}
+
 fn terminal(text: &str) -> String {
     static ANSI: OnceLock<Regex> = OnceLock::new();
     let ansi = ANSI.get_or_init(|| Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").expect("ansi regex"));
@@ -336,6 +382,34 @@ mod tests {
     fn norm(text: &str, extra: &[&str]) -> String {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         normalize(text, &extra).expect("known patterns").join("\n")
+    }
+
+    #[test]
+    fn a_walkthroughs_lab_is_named_alike_in_every_run() {
+        assert_eq!(
+            norm(
+                "read through netns default-wt4242-n2; /run/swarm-labs/default-wt4242/n1",
+                &[]
+            ),
+            "read through netns <lab>-n2; /run/swarm-labs/<lab>/n1"
+        );
+        assert_eq!(
+            norm("wt7-ul and sk-c.node1", &[]),
+            "<lab>-ul and sk-c.node1"
+        );
+        assert_eq!(
+            norm("node2=netns:demo-n2, read through netns my-lab-n1", &[]),
+            "node2=netns:<lab>-n2, read through netns <lab>-n1"
+        );
+    }
+
+    #[test]
+    fn doctor_pairs_are_sorted_within_their_finding_only() {
+        let text = "x\n    task b on n2\n    task a on n1\n    fix: y\n    task d\n    task c";
+        assert_eq!(
+            norm(text, &["doctor-pairs"]),
+            "x\n    task a on n1\n    task b on n2\n    fix: y\n    task c\n    task d"
+        );
     }
 
     #[test]

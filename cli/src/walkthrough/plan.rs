@@ -33,6 +33,16 @@ pub enum Client {
     Docker,
 }
 
+/// What the walkthrough runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// A fresh swarmkit cluster (`swarmkit cluster up`).
+    #[default]
+    Swarmkit,
+    /// A real Docker Swarm: a lab of docker.io's dockerds in namespaces (`swarmkit lab up`).
+    Docker,
+}
+
 /// Where a block's non-docker commands run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -115,6 +125,8 @@ pub struct Plan {
     /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
     /// `--client` says.
     pub client: Option<Client>,
+    /// `engine=docker`: a real Docker Swarm instead of a swarmkit cluster.
+    pub engine: Engine,
     pub blocks: Vec<Block>,
 }
 
@@ -142,6 +154,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
     };
     let mut nodes = DEFAULT_NODES;
     let mut client = None;
+    let mut engine = Engine::Swarmkit;
     let mut blocks: Vec<Block> = Vec::new();
     let mut lines = markdown.lines().enumerate().map(|(i, l)| (i + 1, l));
 
@@ -172,6 +185,8 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                     })?
                             }
                             Some(("client", "docker")) => client = Some(Client::Docker),
+                            Some(("engine", "docker")) => engine = Engine::Docker,
+                            Some(("engine", "swarmkit")) => engine = Engine::Swarmkit,
                             _ => return Err(err(lineno, format!("unknown setting {word:?}"))),
                         }
                     }
@@ -195,6 +210,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         title: title_of(markdown),
         nodes,
         client,
+        engine,
         blocks,
     })
 }
@@ -348,6 +364,9 @@ $ getent hosts \
         let plan = parse("sample", DOC).expect("parses");
         assert_eq!(plan.title, "Sample walk");
         assert_eq!(plan.nodes, 2);
+        assert_eq!(plan.engine, Engine::Swarmkit);
+        let docker = parse("d", &DOC.replace("nodes=2", "engine=docker nodes=2")).unwrap();
+        assert_eq!((docker.engine, docker.nodes), (Engine::Docker, 2));
         assert_eq!(plan.blocks.len(), 2);
         let b1 = &plan.blocks[0];
         assert_eq!(b1.number, 1);

@@ -255,6 +255,7 @@ mod tests {
             exe,
             cluster: "fake".into(),
             client: Client::Swarmkit,
+            lab_nodes: None,
         };
         let plan = plan::parse("fake", markdown).expect("plan parses");
         let display = Display::new(plan.command_count());
