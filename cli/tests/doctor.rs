@@ -162,9 +162,31 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         .and_then(|a| a.split('/').next())
         .unwrap()
         .to_string();
+    // Once all three of its backends are there, one of them is swapped for a stray.
+    let backends = |c: &Cluster| {
+        c.sk(&[
+            "node", "exec", "--netns", &overlay, "node1", "--", "nft", "list", "map", "ip",
+            "swarmkit", "backends",
+        ])
+        .ok()
+        .stdout
+        .split([',', '{', '}'])
+        .filter_map(|e| {
+            let (key, _) = e.trim().split_once(" : ")?;
+            key.starts_with(&format!("{vip} . "))
+                .then(|| key.to_string())
+        })
+        .collect::<Vec<String>>()
+    };
+    c.eventually(
+        "web's three backends on node1",
+        Duration::from_secs(20),
+        || backends(&c).len() == 3,
+    );
+    let key = backends(&c).pop().unwrap();
     c.sk(&[
         "node", "exec", "--netns", &overlay, "node1", "--", "sh", "-c",
-        &format!("nft delete element ip swarmkit backends {{ {vip} . 0x1 }} && nft add element ip swarmkit backends {{ {vip} . 0x1 : 10.0.0.250 }}"),
+        &format!("nft delete element ip swarmkit backends {{ {key} }} && nft add element ip swarmkit backends {{ {key} : 10.0.0.250 }}"),
     ])
     .ok();
 

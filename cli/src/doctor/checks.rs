@@ -244,7 +244,7 @@ fn ipvs(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
             check: "kernel-ipvs",
             node: Some(n.hostname.clone()),
             problem: format!(
-                "the kernel has no IPVS: every VIP and every routing-mesh port on this node fails silently (services: {services})"
+                "the kernel has no IPVS: every VIP and every routing-mesh port here fails silently (services: {services})"
             ),
             evidence: k.ipvs.evidence.clone(),
             fix: "load it (modprobe ip_vs ip_vs_rr), or boot a kernel built with CONFIG_IP_VS; until then use --endpoint-mode dnsrr and --publish mode=host".into(),

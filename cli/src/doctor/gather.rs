@@ -432,16 +432,19 @@ async fn probes(f: &Facts, id: &str, swarm: &Swarm, mine: &[&TaskFacts]) -> Vec<
             let Some((_, addr)) = to.addrs.iter().find(|(nid, _)| nid == &net.id) else {
                 continue;
             };
-            let outcome = run(
-                swarm,
-                &Place::Task(from.id.clone()),
-                &["sh", "-c", PING, addr],
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| {
+            let place = Place::Task(from.id.clone());
+            let argv = ["sh", "-c", PING, addr.as_str()];
+            let ping = || run(swarm, &place, &argv);
+            // A task that has only just started may not be reachable for a moment (its
+            // peers' agents are still programming it): only a second miss, 1 s later, counts.
+            let mut outcome = ping().await;
+            if outcome.is_err() {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                outcome = ping().await;
+            }
+            let outcome = outcome.map(|_| ()).map_err(|e| {
                 if e == "exit status 1" {
-                    "no reply within 2 s".to_string()
+                    "no reply to two pings 1 s apart".to_string()
                 } else {
                     e
                 }

@@ -167,19 +167,8 @@ fn text(flavor: Flavor, f: &Facts, how: &BTreeMap<String, String>, v: &Verdict) 
         let _ = writeln!(s, "  {:<20} {:<16} {read}", n.hostname, n.addr);
     }
     s.push('\n');
-    for x in &v.findings {
-        let _ = writeln!(
-            s,
-            "✗ {}{}: {}",
-            x.check,
-            x.node
-                .as_deref()
-                .map(|n| format!(" on {n}"))
-                .unwrap_or_default(),
-            x.problem
-        );
-        let _ = writeln!(s, "    evidence: {}", x.evidence);
-        let _ = writeln!(s, "    fix:      {}", x.fix);
+    for group in group_findings(&v.findings) {
+        s += &group;
     }
     for p in &v.passed {
         let _ = writeln!(s, "✓ {}: {}", p.check, p.detail);
@@ -191,4 +180,58 @@ fn text(flavor: Flavor, f: &Facts, how: &BTreeMap<String, String>, v: &Verdict) 
         let _ = writeln!(s, "{} problem(s) found", v.findings.len());
     }
     s
+}
+
+/// The findings as text, the same finding on several nodes said once with their names, and
+/// the unreachable task pairs of one cause listed under one heading.
+fn group_findings(findings: &[checks::Finding]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut done = vec![false; findings.len()];
+    for (i, x) in findings.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        let same: Vec<usize> = (i..findings.len())
+            .filter(|&j| {
+                let y = &findings[j];
+                !done[j]
+                    && y.check == x.check
+                    && y.fix == x.fix
+                    && (x.check == "overlay-reach"
+                        || (y.problem == x.problem && y.evidence == x.evidence))
+            })
+            .collect();
+        for &j in &same {
+            done[j] = true;
+        }
+        let nodes: Vec<&str> = same
+            .iter()
+            .filter_map(|&j| findings[j].node.as_deref())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let on = if nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", nodes.join(", "))
+        };
+        let mut text = String::new();
+        if x.check == "overlay-reach" && same.len() > 1 {
+            text += &format!(
+                "✗ {}{on}: {} task pair(s) unreachable over their overlays\n",
+                x.check,
+                same.len()
+            );
+            for &j in &same {
+                let y = &findings[j];
+                text += &format!("    {} ({})\n", y.problem, y.evidence);
+            }
+        } else {
+            text += &format!("✗ {}{on}: {}\n", x.check, x.problem);
+            text += &format!("    evidence: {}\n", x.evidence);
+        }
+        text += &format!("    fix:      {}\n", x.fix);
+        out.push(text);
+    }
+    out
 }

@@ -89,11 +89,20 @@ pub struct GPort {
     pub published: i64,
     pub target: i64,
     pub protocol: String,
+    /// Published in host mode: only on the nodes running a task, not by the routing mesh.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub host: bool,
 }
 
 impl GPort {
     pub fn label(&self) -> String {
-        format!("*:{}->{}/{}", self.published, self.target, self.protocol)
+        format!(
+            "*:{}->{}/{}{}",
+            self.published,
+            self.target,
+            self.protocol,
+            if self.host { " (host mode)" } else { "" }
+        )
     }
 }
 
@@ -355,10 +364,21 @@ impl Topology {
     }
 
     /// Ports published by any service: they enter at every node.
+    /// The ports the routing mesh publishes on every node (host-mode ports are the tasks'
+    /// nodes' own).
     pub fn published(&self) -> Vec<(&GService, &GPort)> {
         self.services
             .iter()
-            .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+            .flat_map(|s| s.ports.iter().filter(|p| !p.host).map(move |p| (s, p)))
+            .collect()
+    }
+
+    /// The host-mode ports open on `node`: those of services with a task there.
+    pub fn host_ports(&self, node: &GNode) -> Vec<(&GService, &GPort)> {
+        self.services
+            .iter()
+            .filter(|s| node.tasks.iter().any(|t| t.service == s.name))
+            .flat_map(|s| s.ports.iter().filter(|p| p.host).map(move |p| (s, p)))
             .collect()
     }
 }
@@ -501,6 +521,7 @@ fn service(
                     .protocol
                     .map(|x| x.to_string())
                     .unwrap_or_else(|| "tcp".into()),
+                host: p.publish_mode.map(|m| m.to_string()).as_deref() == Some("host"),
             })
             .collect(),
         id,

@@ -110,12 +110,18 @@ fn net_colour(t: &Topology, net: &str) -> &'static str {
     NET_PALETTE[i % NET_PALETTE.len()]
 }
 
-/// The published ports as they are written above each column, wrapped to its width.
-fn port_lines(t: &Topology) -> Vec<String> {
+/// The published ports as they are written above a node's column, wrapped to its width:
+/// the routing mesh's, then the host-mode ports of the node's own tasks.
+fn port_lines(t: &Topology, n: &GNode) -> Vec<String> {
     let ports: Vec<String> = t
         .published()
         .iter()
         .map(|(_, p)| format!(":{}", p.published))
+        .chain(
+            t.host_ports(n)
+                .iter()
+                .map(|(_, p)| format!(":{}(host)", p.published)),
+        )
         .collect();
     if ports.is_empty() {
         return Vec::new();
@@ -125,7 +131,13 @@ fn port_lines(t: &Topology) -> Vec<String> {
 
 pub fn layout(t: &Topology) -> Layout {
     let mut l = Layout::default();
-    let ports_h = (24.0 + 16.0 * port_lines(t).len() as f64).max(PORTS_H);
+    let most = t
+        .nodes
+        .iter()
+        .map(|n| port_lines(t, n).len())
+        .max()
+        .unwrap_or(0);
+    let ports_h = (24.0 + 16.0 * most as f64).max(PORTS_H);
     let cols = t.nodes.len().max(1) as f64;
     let content_w = cols * COL_W + (cols - 1.0) * COL_GAP;
     let width = (MARGIN * 2.0 + content_w).max(MARGIN * 2.0 + 2.0 * SVC_W);
@@ -225,11 +237,11 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
     let height = l.height + extra;
     let mut o = String::new();
     draw_frame(&mut o, t, l.width, height);
-    let port_lines = port_lines(t);
     for n in &t.nodes {
         let (Some(r), Some(pr)) = (l.nodes.get(&n.hostname), l.ports.get(&n.hostname)) else {
             continue;
         };
+        let port_lines = port_lines(t, n);
         if !port_lines.is_empty() {
             draw_ports(&mut o, r, pr, &port_lines);
         }
@@ -240,9 +252,12 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
             }
         }
     }
+    // Labels go over every network's bar and attachment lines, so no line crosses one.
+    let mut labels = String::new();
     for net in &t.networks {
-        draw_network(&mut o, t, &l, net);
+        draw_network(&mut o, &mut labels, t, &l, net);
     }
+    o += &labels;
     draw_services(&mut o, t, &l);
     if let Some(ov) = overlay {
         draw_overlay(&mut o, &l, ov, chars);
@@ -274,13 +289,23 @@ fn draw_frame(o: &mut String, t: &Topology, width: f64, height: f64) {
     );
     let _ = writeln!(
         o,
-        r##"<text x="{MARGIN}" y="28" font-size="18" font-weight="bold" fill="#222">cluster {} — {} nodes, {} overlays, {} services, {} tasks</text>"##,
-        esc(&t.cluster),
+        r##"<text x="{MARGIN}" y="28" font-size="18" font-weight="bold" fill="#222">{} — {} nodes, {} overlays, {} services, {} tasks</text>"##,
+        esc(&heading(t)),
         t.nodes.len(),
         t.networks.len(),
         t.services.len(),
         t.tasks().count()
     );
+}
+
+/// What the picture is of: a swarmkit cluster by name, or a Docker Swarm (whose engine's
+/// address is too long for a heading and says little).
+fn heading(t: &Topology) -> String {
+    if t.nodes.iter().any(|n| n.engine == "docker") {
+        "Docker Swarm".into()
+    } else {
+        format!("cluster {}", t.cluster)
+    }
 }
 
 /// The published ports written above a node's column `r` (in `pr`), with an arrow into it.
@@ -381,7 +406,7 @@ fn draw_task(o: &mut String, t: &Topology, task: &GTask, tr: &Rect) {
 
 /// An overlay: a bar under the columns it spans (dashed when encrypted), a line up to each
 /// node's VTEP, and its name, VNI and subnet.
-fn draw_network(o: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
+fn draw_network(o: &mut String, labels: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
     // A node the layout has no column for has no VTEP on the bar.
     let vteps: Vec<(&String, (f64, f64))> = net
         .nodes
@@ -405,6 +430,7 @@ fn draw_network(o: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
         .map(|r| r.x + r.w)
         .unwrap_or(x0 + COL_W);
     let c = net_colour(t, &net.name);
+    let mut dots = Vec::new();
     let _ = write!(
         o,
         r##"<g class="network" data-network="{name}"><rect x="{x0}" y="{y}" width="{w}" height="{NET_H}" rx="12" fill="{c}" fill-opacity="0.15" stroke="{c}" stroke-width="2"{dash}/>"##,
@@ -420,9 +446,9 @@ fn draw_network(o: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
         let bottom = l.nodes.get(host).map(|r| r.y + r.h).unwrap_or(vy);
         let _ = write!(
             o,
-            r##"<line x1="{vx}" y1="{bottom}" x2="{vx}" y2="{vy}" stroke="{c}" stroke-width="2"/><circle cx="{vx}" cy="{cy}" r="5" fill="{c}"/>"##,
-            cy = vy + NET_H / 2.0
+            r##"<line x1="{vx}" y1="{bottom}" x2="{vx}" y2="{vy}" stroke="{c}" stroke-width="2"/>"##,
         );
+        dots.push((vx, vy + NET_H / 2.0));
     }
     let label = format!(
         "{}  ·  VNI {}  ·  {}{}{}",
@@ -440,13 +466,32 @@ fn draw_network(o: &mut String, t: &Topology, l: &Layout, net: &GNetwork) {
             ""
         }
     );
+    o.push_str("</g>\n");
+    // A backing as wide as the label (12px bold averages under 6.6px a character) hides the lines
+    // of other networks that cross it.
+    let _ = write!(
+        labels,
+        r##"<rect x="{}" y="{}" width="{}" height="16" rx="3" fill="#ffffff" fill-opacity="0.9"/>"##,
+        x0 + 10.0,
+        y + 4.0,
+        label.chars().count() as f64 * 6.6 + 8.0,
+    );
     let _ = writeln!(
-        o,
-        r##"<text x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}" stroke="#ffffff" stroke-width="4" paint-order="stroke">{}</text></g>"##,
+        labels,
+        r##"<text class="network-label" data-network="{}" x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}" stroke="#ffffff" stroke-width="4" paint-order="stroke">{}</text>"##,
+        esc(&net.name),
         x0 + 14.0,
         y + 16.5,
         esc(&label)
     );
+    // The VTEPs go over the label's backing.
+    for (cx, cy) in dots {
+        let _ = write!(
+            labels,
+            r##"<circle cx="{cx}" cy="{cy}" r="5" fill="{c}"/>"##
+        );
+    }
+    labels.push('\n');
 }
 
 /// The service legend: each service in its colour with its mode, replicas, VIPs and ports.

@@ -84,6 +84,7 @@ fn big() -> Topology {
                     published: 8000 + s as i64,
                     target: 80,
                     protocol: "tcp".into(),
+                    host: false,
                 }]
             } else {
                 Vec::new()
