@@ -194,6 +194,10 @@ mod engine_tests {
             Engine::Cluster(c) if c == "lab"
         ));
         assert!(matches!(
+            args("unix:///run/swarmkit-docker/lab/n1.sock").engine("default"),
+            Engine::Docker(_)
+        ));
+        assert!(matches!(
             args("unix:///var/run/docker.sock").engine("default"),
             Engine::Docker(h) if h == "unix:///var/run/docker.sock"
         ));
@@ -335,7 +339,8 @@ impl SwarmArgs {
                 let own = h
                     .strip_prefix("unix://")
                     .and_then(|p| p.strip_prefix(cluster::paths::RUN_ROOT))
-                    .and_then(|p| p.trim_start_matches('/').split('/').next())
+                    .and_then(|p| p.strip_prefix('/'))
+                    .and_then(|p| p.split('/').next())
                     .filter(|c| !c.is_empty());
                 match own {
                     Some(c) => Engine::Cluster(c.to_string()),

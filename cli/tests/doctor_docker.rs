@@ -124,10 +124,14 @@ fn swarm_state(swarm: &DockerSwarm) -> Vec<String> {
 
 /// Whether this machine's kernel can balance with IPVS (these machines cannot).
 fn host_has_ipvs() -> bool {
-    std::path::Path::new("/proc/net/ip_vs").exists()
-        || std::path::Path::new("/sys/module/ip_vs").exists()
+    std::path::Path::new("/proc/net/ip_vs").exists() || host_has("ip_vs")
+}
+
+/// Whether this machine's kernel has module `m`, loaded or loadable.
+fn host_has(m: &str) -> bool {
+    std::path::Path::new("/sys/module").join(m).exists()
         || std::process::Command::new("modprobe")
-            .args(["-n", "ip_vs"])
+            .args(["-n", m])
             .output()
             .is_ok_and(|o| o.status.success())
 }
@@ -250,6 +254,21 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
     );
     wait_running(&swarm, "lo", 1);
     wait_running(&swarm, "vip", 1);
+    // An encrypted overlay, which this kernel (no ESP) cannot carry.
+    swarm
+        .docker(
+            0,
+            &[
+                "network",
+                "create",
+                "-d",
+                "overlay",
+                "--opt",
+                "encrypted",
+                "sec",
+            ],
+        )
+        .ok();
 
     let before = swarm_state(&swarm);
     let (v, code, text) = doctor(&swarm);
@@ -269,6 +288,9 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
     ];
     if !host_has_ipvs() {
         want.extend((0..3).map(|i| ("kernel-ipvs", host(i))));
+    }
+    if !host_has("esp4") {
+        want.extend((0..3).map(|i| ("kernel-esp", host(i))));
     }
     for (check, node) in &want {
         assert!(
@@ -359,6 +381,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
 
     // Faults removed: the swarm recovers, and only what is the application's (loopback) and
     // the kernel's (IPVS) is left.
+    swarm.docker(0, &["network", "rm", "sec"]).ok();
     swarm
         .in_node(1, &["nft", "delete", "table", "inet", "fault"])
         .ok();
