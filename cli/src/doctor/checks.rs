@@ -671,7 +671,7 @@ fn lb_backends(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
     let mut compare = |node: &NodeFacts,
                        what: String,
                        svc: &super::facts::SvcFacts,
-                       place: &str,
+                       (source, place): (&str, &str),
                        have: &BTreeSet<String>,
                        want: BTreeSet<String>| {
         if *have == want {
@@ -698,7 +698,7 @@ fn lb_backends(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
             node: Some(node.hostname.clone()),
             problem,
             evidence: format!(
-                "nft list table ip swarmkit in {place}: backends {}; running tasks: {}",
+                "{source} in {place}: backends {}; running tasks: {}",
                 have.iter().cloned().collect::<Vec<_>>().join(", "),
                 want.iter().cloned().collect::<Vec<_>>().join(", ")
             ),
@@ -717,7 +717,14 @@ fn lb_backends(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
                     continue;
                 };
                 let want = running_on(&svc.id, &o.network_id);
-                compare(n, format!("VIP {vip}"), svc, &o.sandbox, have, want);
+                compare(
+                    n,
+                    format!("VIP {vip}"),
+                    svc,
+                    (&lb.source, &o.sandbox),
+                    have,
+                    want,
+                );
             }
         }
         if let Some((place, lb)) = &k.mesh_lb {
@@ -737,7 +744,7 @@ fn lb_backends(f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
                     n,
                     format!("published port {port}/{proto}"),
                     svc,
-                    place,
+                    (&lb.source, place),
                     have,
                     want,
                 );

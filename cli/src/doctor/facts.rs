@@ -131,15 +131,144 @@ pub struct OverlayFacts {
 /// What a swarmkit sandbox balances to: each VIP's backends and each published port's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LbMaps {
+    /// The tools that said so.
+    pub source: String,
     pub vips: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
     pub ports: std::collections::BTreeMap<(String, u16), std::collections::BTreeSet<String>>,
+}
+
+/// The firewall marks a sandbox puts on each VIP's and published port's traffic for IPVS
+/// to balance (swarmkit's `vip_marks`/`port_marks` maps, Docker's mangle MARK rules).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub vips: Vec<(String, u32)>,
+    pub ports: Vec<((String, u16), u32)>,
+}
+
+impl Marks {
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.ports.is_empty()
+    }
+
+    /// Joined with IPVS's firewall-mark services (`ipvsadm -Ln`): what each VIP and port
+    /// is balanced to.
+    pub fn join(&self, ipvs: &std::collections::BTreeMap<u32, Vec<String>>) -> LbMaps {
+        let backends = |mark: &u32| -> std::collections::BTreeSet<String> {
+            ipvs.get(mark).into_iter().flatten().cloned().collect()
+        };
+        LbMaps {
+            source: "ipvsadm -Ln, joined by firewall mark with the sandbox's marks".into(),
+            vips: self
+                .vips
+                .iter()
+                .map(|(vip, m)| (vip.clone(), backends(m)))
+                .collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|(key, m)| (key.clone(), backends(m)))
+                .collect(),
+        }
+    }
+}
+
+/// swarmkit's IPVS driver: `vip_marks` (VIP : mark) and `port_marks` (protocol . port : mark)
+/// in `nft -j list table ip swarmkit`.
+pub fn parse_nft_marks(json: &str) -> Marks {
+    let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+    let mut marks = Marks::default();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let m = &item["map"];
+        let name = m["name"].as_str().unwrap_or_default();
+        for e in m["elem"].as_array().into_iter().flatten() {
+            let Some(mark) = e[1].as_u64() else { continue };
+            match name {
+                "vip_marks" => {
+                    if let Some(vip) = e[0].as_str() {
+                        marks.vips.push((vip.to_string(), mark as u32));
+                    }
+                }
+                "port_marks" => {
+                    if let Some(key) = e[0]["concat"].as_array()
+                        && let (Some(proto), Some(port)) = (
+                            key.first().and_then(Value::as_str),
+                            key.get(1).and_then(Value::as_u64),
+                        )
+                    {
+                        marks
+                            .ports
+                            .push(((proto.to_string(), port as u16), mark as u32));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    marks
+}
+
+/// Docker's sandboxes: `iptables -t mangle -S` rules that mark a VIP (`-d VIP/32`) or a
+/// published port (`-p tcp --dport P`) for IPVS.
+pub fn parse_mangle_marks(rules: &str) -> Marks {
+    let mut marks = Marks::default();
+    for line in rules.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1));
+        let Some(mark) = after("--set-xmark")
+            .or_else(|| after("--set-mark"))
+            .and_then(|m| m.split('/').next())
+            .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
+        else {
+            continue;
+        };
+        if let Some(port) = after("--dport").and_then(|p| p.parse().ok()) {
+            let proto = after("-p")
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "tcp".into());
+            marks.ports.push(((proto, port), mark));
+        } else if let Some(dst) = after("-d") {
+            marks
+                .vips
+                .push((dst.trim_end_matches("/32").to_string(), mark));
+        }
+    }
+    marks
+}
+
+/// `ipvsadm -Ln`: each firewall-mark service's real servers (addresses without ports).
+pub fn parse_ipvs_fwm(text: &str) -> std::collections::BTreeMap<u32, Vec<String>> {
+    let mut out: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+    let mut current: Option<u32> = None;
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.first() {
+            Some(&"FWM") => {
+                current = w.get(1).and_then(|m| m.parse().ok());
+                if let Some(m) = current {
+                    out.entry(m).or_default();
+                }
+            }
+            Some(&"TCP") | Some(&"UDP") | Some(&"SCTP") => current = None,
+            Some(&"->") => {
+                if let (Some(m), Some(addr)) = (current, w.get(1)) {
+                    let ip = addr.rsplit_once(':').map(|(a, _)| a).unwrap_or(addr);
+                    out.entry(m).or_default().push(ip.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `nft -j list table ip swarmkit`: the `backends` map (VIP . slot : backend) and the
 /// `port_backends` map (protocol . port . slot : backend).
 pub fn parse_lb_maps(json: &str) -> Option<LbMaps> {
     let v: Value = serde_json::from_str(json).ok()?;
-    let mut lb = LbMaps::default();
+    let mut lb = LbMaps {
+        source: "nft list table ip swarmkit".into(),
+        ..LbMaps::default()
+    };
     let mut found = false;
     for item in v["nftables"].as_array()? {
         let m = &item["map"];
@@ -567,6 +696,26 @@ mod tests {
         assert_eq!(lb.vips["10.0.0.2"].len(), 2);
         assert!(lb.ports[&("tcp".to_string(), 8080)].contains("10.255.0.5"));
         assert_eq!(parse_lb_maps(r#"{"nftables": []}"#), None);
+    }
+
+    #[test]
+    fn ipvs_balancers_join_marks_to_real_servers() {
+        let ipvs = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\nFWM  256 rr\n  -> 10.0.0.3:0                   Masq    1      0          0\n  -> 10.0.0.4:0                   Masq    1      0          0\nFWM  257 rr\nTCP  10.1.1.1:80 rr\n  -> 10.9.9.9:80                  Masq    1      0          0\n";
+        let fwm = parse_ipvs_fwm(ipvs);
+        assert_eq!(fwm[&256], vec!["10.0.0.3", "10.0.0.4"]);
+        assert!(fwm[&257].is_empty());
+        assert_eq!(fwm.len(), 2);
+        let mangle = "-P PREROUTING ACCEPT\n-A PREROUTING -p tcp -m tcp --dport 9200 -j MARK --set-xmark 0x101/0xffffffff\n-A OUTPUT -d 10.0.1.2/32 -j MARK --set-xmark 0x100/0xffffffff\n";
+        let marks = parse_mangle_marks(mangle);
+        assert_eq!(marks.vips, vec![("10.0.1.2".to_string(), 256)]);
+        assert_eq!(marks.ports, vec![(("tcp".to_string(), 9200), 257)]);
+        let lb = marks.join(&fwm);
+        assert_eq!(lb.vips["10.0.1.2"].len(), 2);
+        assert!(lb.ports[&("tcp".to_string(), 9200)].is_empty());
+        let nft = r#"{"nftables":[{"map":{"name":"vip_marks","elem":[["10.0.0.2",256]]}},{"map":{"name":"port_marks","elem":[[{"concat":["tcp",8080]},257]]}}]}"#;
+        let m = parse_nft_marks(nft);
+        assert_eq!(m.vips, vec![("10.0.0.2".to_string(), 256)]);
+        assert_eq!(m.ports, vec![(("tcp".to_string(), 8080), 257)]);
     }
 
     #[test]

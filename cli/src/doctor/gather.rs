@@ -342,12 +342,16 @@ async fn listeners(swarm: &Swarm, t: &TaskFacts) -> Result<Vec<Listener>, String
 /// Docker names them and swarmkit does too): its FDB, neighbours and MTU.
 async fn overlays(flavor: Flavor, f: &Facts, me: &NodeFacts, swarm: &Swarm) -> Vec<OverlayFacts> {
     let id = me.id.as_str();
-    let names: Vec<(String, String)> = match flavor {
+    let sandboxes = match flavor {
         Flavor::Docker => swarm
             .docker_sandboxes(&me.hostname)
             .await
-            .unwrap_or_default()
-            .into_iter()
+            .unwrap_or_default(),
+        Flavor::Swarmkit => Vec::new(),
+    };
+    let names: Vec<(String, String)> = match flavor {
+        Flavor::Docker => sandboxes
+            .iter()
             .filter_map(|s| {
                 let prefix = s.strip_prefix("1-")?;
                 let net = f.networks.iter().find(|n| n.id.starts_with(prefix))?;
@@ -387,7 +391,21 @@ async fn overlays(flavor: Flavor, f: &Facts, me: &NodeFacts, swarm: &Swarm) -> V
                     .max()
             })
             .map(|m| m as u32);
-        let lb = lb_maps(flavor, swarm, &place).await;
+        // Docker balances a network's VIPs in its `lb_<network id prefix>` sandbox.
+        let lb_place = match flavor {
+            Flavor::Swarmkit => Some(place.clone()),
+            Flavor::Docker => sandboxes
+                .iter()
+                .find(|s| {
+                    s.strip_prefix("lb_")
+                        .is_some_and(|p| !p.is_empty() && network_id.starts_with(p))
+                })
+                .map(|s| Place::Sandbox(me.hostname.clone(), s.clone())),
+        };
+        let lb = match &lb_place {
+            Some(p) => lb_maps(flavor, swarm, p).await,
+            None => None,
+        };
         out.push(OverlayFacts {
             network_id,
             sandbox,
@@ -401,18 +419,36 @@ async fn overlays(flavor: Flavor, f: &Facts, me: &NodeFacts, swarm: &Swarm) -> V
 }
 
 /// swarmkit's load-balancer maps in a sandbox, where it balances with nftables.
+/// What a sandbox (or node) balances each VIP and published port to: swarmkit's nftables
+/// maps, or the marks swarmkit's IPVS driver or Docker set joined with IPVS's services.
 async fn lb_maps(flavor: Flavor, swarm: &Swarm, place: &Place) -> Option<LbMaps> {
-    if flavor != Flavor::Swarmkit {
+    let marks = match flavor {
+        Flavor::Swarmkit => {
+            let json = run(
+                swarm,
+                place,
+                &["nft", "-j", "list", "table", "ip", "swarmkit"],
+            )
+            .await
+            .ok()?;
+            if let Some(lb) = parse_lb_maps(&json) {
+                return Some(lb);
+            }
+            parse_nft_marks(&json)
+        }
+        Flavor::Docker => {
+            let rules = run(swarm, place, &["iptables", "-t", "mangle", "-S"])
+                .await
+                .ok()?;
+            parse_mangle_marks(&rules)
+        }
+    };
+    if marks.is_empty() {
         return None;
     }
-    let json = run(
-        swarm,
-        place,
-        &["nft", "-j", "list", "table", "ip", "swarmkit"],
-    )
-    .await
-    .ok()?;
-    parse_lb_maps(&json)
+    // No ipvsadm, or no IPVS at all (kernel-ipvs says so): nothing to compare.
+    let ipvs = run(swarm, place, &["ipvsadm", "-Ln"]).await.ok()?;
+    Some(marks.join(&parse_ipvs_fwm(&ipvs)))
 }
 
 const PING: &str = r#"if command -v ping >/dev/null 2>&1; then exec ping -c1 -W2 "$0"; else exec busybox ping -c1 -W2 "$0"; fi"#;
@@ -434,21 +470,30 @@ async fn probes(f: &Facts, id: &str, swarm: &Swarm, mine: &[&TaskFacts]) -> Vec<
             };
             let place = Place::Task(from.id.clone());
             let argv = ["sh", "-c", PING, addr.as_str()];
-            let ping = || run(swarm, &place, &argv);
+            // Ok(true): a reply; Ok(false): ping ran and had none; Err: it could not run.
+            let ping = || async {
+                swarm
+                    .output(&place, &argv)
+                    .await
+                    .map(|r| r.ok)
+                    .map_err(|e| format!("{e:#}"))
+            };
             // A task that has only just started may not be reachable for a moment (its
             // peers' agents are still programming it): only a second miss, 1 s later, counts.
             let mut outcome = ping().await;
-            if outcome.is_err() {
+            if outcome == Ok(false) {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 outcome = ping().await;
             }
-            let outcome = outcome.map(|_| ()).map_err(|e| {
-                if e == "exit status 1" {
-                    "no reply to two pings 1 s apart".to_string()
-                } else {
-                    e
+            let outcome = match outcome {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("no reply to two pings 1 s apart".to_string()),
+                // Not reachability: the probe could not be made, which is not a finding.
+                Err(e) => {
+                    tracing::debug!("probe from {} to {addr}: {e}", from.id);
+                    continue;
                 }
-            });
+            };
             out.push(Probe {
                 network: net.id.clone(),
                 from_task: from.id.clone(),
