@@ -85,6 +85,7 @@ pub fn run(flavor: Flavor, f: &Facts) -> Verdict {
         count("underlay MTU fits the overlay's"),
         mtu(f, &read),
     );
+    v.check("vxlan-offload", String::new(), offload(&read));
     v.check(
         "node-address",
         count("advertised address assigned and used towards every peer"),
@@ -310,6 +311,41 @@ fn mtu(_f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
                     "raise the MTU of {} to at least {need}, or create the overlays with --opt com.docker.network.driver.mtu={}",
                     link.name,
                     link.mtu.saturating_sub(VXLAN_OVERHEAD)
+                ),
+            })
+        })
+        .collect()
+}
+
+/// NIC drivers known to corrupt VXLAN's inner checksums when they offload them (VMware's
+/// vmxnet3 is the one Swarm users meet: moby#30727 and its many duplicates).
+const BAD_VXLAN_OFFLOAD: &[&str] = &["vmxnet3"];
+
+fn offload(read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
+    read.iter()
+        .filter_map(|(n, k)| {
+            let o = k.offload.as_ref()?;
+            let on = o.on("tx-checksum-ip-generic") || o.on("tx-udp_tnl-csum-segmentation");
+            (BAD_VXLAN_OFFLOAD.contains(&o.driver.as_str()) && on).then(|| Finding {
+                check: "vxlan-offload",
+                node: Some(n.hostname.clone()),
+                problem: format!(
+                    "the underlay NIC ({}, driver {}) offloads checksums of VXLAN packets, which this driver gets wrong: overlay TCP stalls or drops while pings pass",
+                    o.link, o.driver
+                ),
+                evidence: format!(
+                    "ethtool -k {}: {}",
+                    o.link,
+                    o.features
+                        .iter()
+                        .filter(|(f, on)| *on && (f == "tx-checksum-ip-generic" || f == "tx-udp_tnl-csum-segmentation"))
+                        .map(|(f, _)| format!("{f}: on"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                fix: format!(
+                    "turn it off (ethtool -K {} tx-checksum-ip-generic off), and make it persist in the host's network configuration",
+                    o.link
                 ),
             })
         })
@@ -990,6 +1026,22 @@ mod tests {
         assert!(v.findings.iter().any(|x| x.fix.contains("handle 4")));
         // Swarmkit has no gossip port: the probe is Docker's only.
         assert!(!checks(&run(Flavor::Swarmkit, &f)).contains(&"gossip-reach"));
+    }
+
+    #[test]
+    fn vxlan_checksum_offload_is_named_on_drivers_that_break_it() {
+        let mut f = healthy();
+        let offload = |driver: &str| Offload {
+            link: "eth0".into(),
+            driver: driver.into(),
+            features: vec![("tx-checksum-ip-generic".into(), true)],
+        };
+        kernel_of(&mut f, "a").offload = Some(offload("vmxnet3"));
+        kernel_of(&mut f, "b").offload = Some(offload("virtio_net"));
+        let v = run(Flavor::Docker, &f);
+        assert_eq!(checks(&v), vec!["vxlan-offload"]);
+        assert_eq!(v.findings[0].node.as_deref(), Some("host-a"));
+        assert!(v.findings[0].fix.contains("ethtool -K eth0"));
     }
 
     #[test]

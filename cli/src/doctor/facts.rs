@@ -54,6 +54,7 @@ impl Default for KernelFacts {
             gossip: Vec::new(),
             probes: Vec::new(),
             mesh_lb: None,
+            offload: None,
         }
     }
 }
@@ -78,6 +79,38 @@ pub struct KernelFacts {
     /// The routing mesh's load balancer (swarmkit's nftables driver): where it was read
     /// (the ingress sandbox, or the node itself) and what it balances to.
     pub mesh_lb: Option<(String, LbMaps)>,
+    /// The underlay NIC's driver and its offload features as `ethtool -k` lists them.
+    pub offload: Option<Offload>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    pub link: String,
+    pub driver: String,
+    pub features: Vec<(String, bool)>,
+}
+
+impl Offload {
+    pub fn on(&self, feature: &str) -> bool {
+        self.features.iter().any(|(f, on)| f == feature && *on)
+    }
+}
+
+/// The NIC's driver name (first line, possibly empty) and `ethtool -k` (the rest).
+pub fn parse_offload(link: &str, text: &str) -> Offload {
+    let mut lines = text.lines();
+    let driver = lines.next().unwrap_or_default().trim().to_string();
+    Offload {
+        link: link.to_string(),
+        driver,
+        features: lines
+            .filter_map(|l| {
+                let (k, v) = l.trim().split_once(':')?;
+                let v = v.trim();
+                Some((k.trim().to_string(), v == "on" || v.starts_with("on ")))
+            })
+            .collect(),
+    }
 }
 
 /// Whether a kernel feature is there, and what said so.
@@ -696,6 +729,17 @@ mod tests {
         assert_eq!(lb.vips["10.0.0.2"].len(), 2);
         assert!(lb.ports[&("tcp".to_string(), 8080)].contains("10.255.0.5"));
         assert_eq!(parse_lb_maps(r#"{"nftables": []}"#), None);
+    }
+
+    #[test]
+    fn offload_features_parse() {
+        let o = parse_offload(
+            "ens192",
+            "vmxnet3\nFeatures for ens192:\nrx-checksumming: on\ntx-checksumming: on\n\ttx-checksum-ip-generic: on\n\ttx-udp_tnl-csum-segmentation: off [fixed]\n",
+        );
+        assert_eq!(o.driver, "vmxnet3");
+        assert!(o.on("tx-checksum-ip-generic"));
+        assert!(!o.on("tx-udp_tnl-csum-segmentation"));
     }
 
     #[test]

@@ -263,6 +263,19 @@ async fn read_node(
         },
         ..KernelFacts::default()
     };
+    if let Some(link) = k
+        .links
+        .iter()
+        .find(|l| l.addrs.iter().any(|a| a.addr().to_string() == me.addr))
+    {
+        let probe = format!(
+            "basename \"$(readlink /sys/class/net/{0}/device/driver)\" 2>/dev/null || echo; ethtool -k {0} 2>/dev/null || true",
+            link.name
+        );
+        if let Ok(out) = run(swarm, &node, &["sh", "-c", &probe]).await {
+            k.offload = Some(parse_offload(&link.name, &out));
+        }
+    }
     let peers: Vec<&NodeFacts> = f
         .nodes
         .iter()
