@@ -318,7 +318,7 @@ fn mtu(_f: &Facts, read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
 }
 
 /// NIC drivers known to corrupt VXLAN's inner checksums when they offload them (VMware's
-/// vmxnet3 is the one Swarm users meet: moby#30727 and its many duplicates).
+/// vmxnet3 is the one Swarm users report).
 const BAD_VXLAN_OFFLOAD: &[&str] = &["vmxnet3"];
 
 fn offload(read: &[(&NodeFacts, &KernelFacts)]) -> Vec<Finding> {
