@@ -28,6 +28,19 @@
 //! `EXEC_ROOT/netns/<sandbox>`: from the host's mount namespace they are reached through the
 //! dockerd's root, `/proc/<dockerd pid>/root/EXEC_ROOT/netns/<sandbox>` ([`Lab::sandboxes`]),
 //! e.g. with `nsenter --net=<that path>`.
+//!
+//! Two more ways in, each asked for at [`up_with`] ([`access`] makes their material):
+//! - `tls`: a throwaway CA, a server certificate per node and one client certificate (docker's
+//!   `DOCKER_CERT_PATH` layout in [`Lab::tls_dir`]); each dockerd also serves the Engine API
+//!   with `--tlsverify` at `tcp://ADDR:2376` ([`Lab::tcp_host`]);
+//! - `ssh`: dropbear in each node's namespace at `ADDR:22`, under a private mount namespace
+//!   where the lab's own root home (its `authorized_keys`) is bind-mounted over `/root`, with
+//!   a host key per node; [`Lab::inventory`] pins them (the format of `--inventory`).
+//!
+//! Both listen on the underlay only, which the host has no route to: they are reached from
+//! inside the lab's namespaces (`ip netns exec NAME-n1 ...`).
+
+pub mod access;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -71,6 +84,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a dockerd may take to answer `/_ping`, and the swarm to list every node Ready.
 const DAEMON_DEADLINE: Duration = Duration::from_secs(60);
 const SWARM_DEADLINE: Duration = Duration::from_secs(60);
+/// How long an SSH server may take to listen.
+const SSH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// How long dockerds get to stop on SIGTERM, and the rest to die on SIGKILL, at teardown.
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
@@ -159,6 +174,9 @@ pub struct LabNode {
     pub exec_root: PathBuf,
     /// The node's directory: data root, pid file, daemon.json, key.json, dockerd.log.
     pub dir: PathBuf,
+    /// Its SSH server's pid, with `ssh` (0 otherwise, or until it started).
+    #[serde(default)]
+    pub dropbear_pid: u32,
 }
 
 impl LabNode {
@@ -188,6 +206,25 @@ pub struct Lab {
     pub image: String,
     /// The tag every node knows the image by.
     pub image_tag: String,
+    /// Whether each dockerd serves the Engine API over TLS too ([`Lab::tcp_host`]).
+    #[serde(default)]
+    pub tls: bool,
+    /// Whether each node runs an SSH server ([`Lab::inventory`]).
+    #[serde(default)]
+    pub ssh: bool,
+}
+
+/// What [`up_with`] makes besides the swarm.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Hostnames `PREFIX1`, `PREFIX2`, ... instead of `NAME-n1`, ...
+    pub hostname_prefix: Option<String>,
+    /// The Engine API over TLS at `tcp://ADDR:2376` on each node, certificates in
+    /// [`Lab::tls_dir`].
+    pub tls: bool,
+    /// An SSH server (dropbear) at `ADDR:22` on each node, an inventory in
+    /// [`Lab::inventory`].
+    pub ssh: bool,
 }
 
 /// Why a lab cannot be brought up here, if it cannot: it needs root, docker.io's dockerd and
@@ -332,6 +369,20 @@ pub fn list() -> Vec<(String, Result<Lab>)> {
 /// use (see [`down`]); on failure removes what it made and says why, with the dockerds' logs.
 /// Takes 2-4 s for 3 nodes here.
 pub fn up(name: &str, nodes: usize, hostname_prefix: Option<&str>) -> Result<Lab> {
+    up_with(
+        name,
+        nodes,
+        &Options {
+            hostname_prefix: hostname_prefix.map(str::to_string),
+            ..Options::default()
+        },
+    )
+}
+
+/// [`up`], with the Engine API over TLS and SSH servers when `options` ask for them (each
+/// adds well under a second).
+pub fn up_with(name: &str, nodes: usize, options: &Options) -> Result<Lab> {
+    let hostname_prefix = options.hostname_prefix.as_deref();
     validate_name(name)?;
     if !(1..=MAX_NODES).contains(&nodes) {
         return Err(LabError::BadNodes(nodes));
@@ -340,6 +391,11 @@ pub fn up(name: &str, nodes: usize, hostname_prefix: Option<&str>) -> Result<Lab
         validate_prefix(p)?;
     }
     if let Some(why) = unavailable() {
+        return Err(LabError::Unavailable(why));
+    }
+    if options.ssh
+        && let Some(why) = access::ssh_unavailable()
+    {
         return Err(LabError::Unavailable(why));
     }
     let dir = lab_dir(name);
@@ -365,11 +421,14 @@ pub fn up(name: &str, nodes: usize, hostname_prefix: Option<&str>) -> Result<Lab
                     dockerd_pid: 0,
                     exec_root: node_dir.join("exec"),
                     dir: node_dir,
+                    dropbear_pid: 0,
                 }
             })
             .collect(),
         image: String::new(),
         image_tag: IMAGE_TAG.into(),
+        tls: options.tls,
+        ssh: options.ssh,
     };
     match lab.build() {
         Ok(()) => Ok(lab),
@@ -392,8 +451,15 @@ pub fn up(name: &str, nodes: usize, hostname_prefix: Option<&str>) -> Result<Lab
 pub fn down(name: &str) -> Result<bool> {
     validate_name(name)?;
     let dir = lab_dir(name);
-    let dockerds: Vec<u32> = load(name)
+    let record = load(name).ok();
+    let dockerds: Vec<u32> = record
+        .as_ref()
         .map(|l| l.nodes.iter().map(|n| n.dockerd_pid).collect())
+        .unwrap_or_default();
+    // The SSH servers, when this process started them: reaped as they die.
+    let children: Vec<u32> = record
+        .as_ref()
+        .map(|l| l.nodes.iter().map(|n| n.dropbear_pid).collect())
         .unwrap_or_default();
     let dockerds: Vec<u32> = dockerds
         .into_iter()
@@ -428,8 +494,10 @@ pub fn down(name: &str) -> Result<bool> {
         }
         kill_all(&procs, nix::sys::signal::Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(50));
+        reap(&children);
     }
     reap(&dockerds);
+    reap(&children);
     // Nothing of the nodes' mount namespaces reaches the host's (ip netns exec makes them
     // slaves); detach anything that did all the same.
     for mnt in mounts_under(&dir).into_iter().rev() {
@@ -471,6 +539,37 @@ impl Lab {
             .map(|n| format!("{}=netns:{}", n.hostname, n.netns))
             .collect();
         each.join(",")
+    }
+
+    /// With `tls`: the Engine API of node `node` over TLS, `tcp://ADDR:2376` (for
+    /// `DOCKER_HOST` with `DOCKER_TLS_VERIFY=1` and `DOCKER_CERT_PATH=`[`Lab::tls_dir`]).
+    /// Reachable from inside the lab's namespaces only.
+    pub fn tcp_host(&self, node: usize) -> Option<String> {
+        self.tls
+            .then(|| format!("tcp://{}:{}", self.nodes[node].addr, access::TLS_PORT))
+    }
+
+    /// With `tls`: docker's `DOCKER_CERT_PATH`, `ca.pem` (the lab's CA), `cert.pem` and
+    /// `key.pem` (a client's, 0600).
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.join("tls"))
+    }
+
+    /// With `ssh`: the inventory of the nodes' SSH servers (`[[host]]` name = hostname,
+    /// address = `ADDR:22`, user root, key = [`Lab::ssh_key`], host_key pinned), as
+    /// `swarmkit doctor --inventory` takes it. Reachable from inside the lab's namespaces
+    /// only.
+    pub fn inventory(&self) -> Option<PathBuf> {
+        self.ssh.then(|| self.dir.join("inventory.toml"))
+    }
+
+    /// With `ssh`: the client's private key (OpenSSH format, 0600) the servers accept.
+    pub fn ssh_key(&self) -> Option<PathBuf> {
+        self.ssh.then(|| self.ssh_dir().join("id_ed25519"))
+    }
+
+    fn ssh_dir(&self) -> PathBuf {
+        self.dir.join("ssh")
     }
 
     /// The docker CLI against node `node`'s dockerd, bounded by a timeout.
@@ -564,10 +663,82 @@ impl Lab {
             .map_err(self.io(format!("creating {}", self.dir.display())))?;
         self.save()?;
         self.underlay()?;
+        if let Some(tls) = self.tls_dir() {
+            access::make_tls(&self.name, &tls, &self.nodes)
+                .map_err(self.io("making the lab's TLS certificates"))?;
+        }
         self.start_daemons()?;
         self.save()?;
+        if self.ssh {
+            let (ssh, inventory) = (self.ssh_dir(), self.dir.join("inventory.toml"));
+            access::make_ssh(&ssh, &inventory, &self.nodes)
+                .map_err(self.io("making the lab's SSH keys"))?;
+            self.start_ssh()?;
+            self.save()?;
+        }
         self.form_swarm()?;
         self.save()
+    }
+
+    /// Starts dropbear in each node's namespace (see [`access::dropbear_script`]), each in a
+    /// process group of its own, and waits until each listens.
+    fn start_ssh(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            let script = access::dropbear_script(n, &self.ssh_dir());
+            let log_path = n.dir.join("dropbear.log");
+            let log = std::fs::File::create(&log_path)
+                .map_err(self.io(format!("creating {}", log_path.display())))?;
+            let log2 = log
+                .try_clone()
+                .map_err(self.io(format!("opening {}", log_path.display())))?;
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &n.netns,
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0)
+                .spawn()
+                .map_err(self.io(format!("starting the SSH server of {}", n.netns)))?;
+            // `ip netns exec`, `unshare` and `sh` exec each other: the child is dropbear.
+            self.nodes[i].dropbear_pid = child.id();
+        }
+        self.save()?;
+        for n in &self.nodes {
+            let start = Instant::now();
+            while !access::listens(n.dropbear_pid, access::SSH_PORT) {
+                if !alive(n.dropbear_pid) {
+                    reap(&[n.dropbear_pid]);
+                    return Err(self.command_failed(
+                        format!("dropbear in {}", n.netns),
+                        format!(
+                            "it exited while starting: {}",
+                            tail(&n.dir.join("dropbear.log"), 10)
+                        ),
+                    ));
+                }
+                if start.elapsed() > SSH_DEADLINE {
+                    return Err(LabError::Timeout {
+                        lab: self.name.clone(),
+                        what: format!("the SSH server of {} to listen", n.netns),
+                        after: SSH_DEADLINE,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     fn ip(&self, args: &[&str]) -> Result<()> {
@@ -643,8 +814,13 @@ impl Lab {
                  {private}\
                  echo $$ > {d}/launch.pid\n\
                  exec dockerd --data-root {d}/data --exec-root {exec} --pidfile {d}/dockerd.pid \
-                 -H unix://{sock} --config-file {d}/daemon.json --cgroup-parent /{netns} \
+                 -H unix://{sock} {tls}--config-file {d}/daemon.json --cgroup-parent /{netns} \
                  --log-level info\n",
+                tls = if self.tls {
+                    format!("{} ", access::dockerd_tls_flags(n))
+                } else {
+                    String::new()
+                },
                 host = n.hostname,
                 exec = n.exec_root.display(),
                 sock = n.socket.display(),
@@ -1246,6 +1422,7 @@ mod tests {
             dockerd_pid: 0,
             exec_root: PathBuf::from("/x"),
             dir: PathBuf::from("/x"),
+            dropbear_pid: 0,
         };
         let lab = Lab {
             name: "lab".into(),
@@ -1254,6 +1431,8 @@ mod tests {
             nodes: vec![node(0), node(1)],
             image: "sha256:0".into(),
             image_tag: IMAGE_TAG.into(),
+            tls: false,
+            ssh: false,
         };
         let back: Lab = serde_json::from_str(&serde_json::to_string(&lab).unwrap()).unwrap();
         assert_eq!(back, lab);

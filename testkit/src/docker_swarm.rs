@@ -14,7 +14,7 @@ use testbed::docker_lab::{self, Lab};
 
 use crate::Run;
 
-pub use testbed::docker_lab::{UNDERLAY, namespaces_of, processes_of};
+pub use testbed::docker_lab::{Options, UNDERLAY, namespaces_of, processes_of};
 
 /// One dockerd of the swarm: its namespace, hostname (`NAME-nI`), underlay address, socket,
 /// pid and exec root.
@@ -23,6 +23,11 @@ pub type SwarmNode = docker_lab::LabNode;
 /// Why a real Docker Swarm cannot be brought up here, if it cannot.
 pub fn unavailable() -> Option<String> {
     docker_lab::unavailable()
+}
+
+/// Why a swarm's nodes cannot run SSH servers here (no dropbear), if they cannot.
+pub fn ssh_unavailable() -> Option<String> {
+    testbed::docker_lab::access::ssh_unavailable()
 }
 
 /// A real Docker Swarm of dockerds in namespaces; dropping it removes every trace.
@@ -37,12 +42,19 @@ impl DockerSwarm {
     /// process need tags of their own (whatever an earlier process of the same pid left under
     /// the name is removed first). Takes 2-4 s for 3 nodes here.
     pub fn up(tag: &str, nodes: usize) -> DockerSwarm {
+        DockerSwarm::up_with(tag, nodes, &docker_lab::Options::default())
+    }
+
+    /// [`DockerSwarm::up`], with what `options` ask for besides: the Engine API over TLS on
+    /// each node ([`DockerSwarm::tcp_host`], [`DockerSwarm::tls_dir`]), an SSH server on each
+    /// ([`DockerSwarm::inventory`]; see [`ssh_unavailable`] first).
+    pub fn up_with(tag: &str, nodes: usize, options: &docker_lab::Options) -> DockerSwarm {
         let name = crate::unique_name(tag);
         // Leftovers of an earlier process with the same pid and tag.
         if let Err(e) = docker_lab::down(&name) {
             panic!("{e}");
         }
-        match docker_lab::up(&name, nodes, None) {
+        match docker_lab::up_with(&name, nodes, options) {
             Ok(lab) => DockerSwarm { lab },
             Err(e) => panic!("{e}"),
         }
@@ -79,6 +91,22 @@ impl DockerSwarm {
     /// `unix://SOCKET` of the manager (node 0), for `DOCKER_HOST` or `-H`.
     pub fn host(&self) -> String {
         self.lab.host()
+    }
+
+    /// With TLS: `tcp://ADDR:2376` of node `node`, reachable from inside the swarm's
+    /// namespaces only.
+    pub fn tcp_host(&self, node: usize) -> Option<String> {
+        self.lab.tcp_host(node)
+    }
+
+    /// With TLS: the client's `DOCKER_CERT_PATH` (ca.pem, cert.pem, key.pem).
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.lab.tls_dir()
+    }
+
+    /// With SSH: the inventory of the nodes' SSH servers, host keys pinned.
+    pub fn inventory(&self) -> Option<PathBuf> {
+        self.lab.inventory()
     }
 
     /// The docker CLI against node `node`'s dockerd, bounded by a timeout.
