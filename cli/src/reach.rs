@@ -546,8 +546,11 @@ impl Reach {
             Way::Local => local_dockerd(&std::fs::metadata("/proc/self/ns/net"))?,
             Way::Netns(ns) => local_dockerd(&std::fs::metadata(format!("/run/netns/{ns}")))?,
             Way::Ssh(_) => {
+                // The dockerd in the session's own network namespace: a host may run several
+                // (a lab), and the oldest on the host is not necessarily this node's.
+                let find = "pgrep -xo --nslist net --ns $$ dockerd || pgrep -xo dockerd";
                 let out = self
-                    .node_run(&["pgrep".into(), "-xo".into(), "dockerd".into()])
+                    .node_run(&["sh".into(), "-c".into(), find.into()])
                     .await?
                     .result()?;
                 out.trim()

@@ -474,6 +474,44 @@ fn graph_and_trace_read_a_real_docker_swarm() {
     assert!(r.stdout.contains("accepted"), "{}", r.stdout);
     assert!(r.stdout.contains("VXLAN"), "the overlay hop: {}", r.stdout);
 
+    // The live picture of the same swarm: `swarmkit ui` serves it on 127.0.0.1.
+    let mut ui_args: Vec<String> = vec!["ui".into()];
+    ui_args.extend(reach.iter().cloned());
+    let mut ui = std::process::Command::new(testkit::bin().unwrap())
+        .args(&ui_args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(ui.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .map(str::to_string);
+    let graph = url.as_ref().map(|u| {
+        testkit::Run::from(
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "10", &format!("{u}graph")])
+                .output()
+                .unwrap(),
+        )
+    });
+    let _ = ui.kill();
+    let _ = ui.wait();
+    assert!(line.contains("Docker Swarm"), "{line}");
+    let graph: Value = serde_json::from_str(&graph.expect("ui printed its address").stdout)
+        .expect("GET /graph answers JSON");
+    for n in swarm.nodes() {
+        assert!(
+            graph["nodes"].to_string().contains(&n.hostname),
+            "{graph:#}"
+        );
+    }
+
     // The routing mesh from node 1: DNAT into the ingress sandbox, where no IPVS balances.
     let r = sk(&[
         "trace",

@@ -343,11 +343,9 @@ fn doctor_reads_nodes_over_ssh_with_pinned_host_keys() {
 
 /// Over SSH, each node's sandboxes must be its own dockerd's: a stale FDB entry in node 2's
 /// overlay sandbox is named on node 2. In a lab every dockerd shares the host's PID namespace,
-/// and doctor's SSH path takes `pgrep -xo dockerd` (the host's oldest dockerd: node 1's), so
-/// it reads node 1's sandboxes for every node; `pgrep -xo --nslist net --ns $$ dockerd` (in
-/// `sh -c`) would pick the dockerd of the SSH session's own network namespace.
+/// so over SSH doctor must take the dockerd of the session's own network namespace, not the
+/// host's oldest (node 1's).
 #[test]
-#[ignore = "doctor over SSH takes the host's oldest dockerd (pgrep -xo dockerd), not the node's: see reach.rs find_engine"]
 fn doctor_over_ssh_reads_each_nodes_own_sandboxes() {
     testkit::skip_unless!(unavailable());
     testkit::skip_unless!(ssh_unavailable());
