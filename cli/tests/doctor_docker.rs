@@ -463,6 +463,8 @@ fn graph_and_trace_read_a_real_docker_swarm() {
     for name in ["web", "mesh", "ov", "ingress"] {
         assert!(text.contains(name), "{name} in the picture:\n{text}");
     }
+    // Each node's ingress sandbox endpoint, read from its kernel.
+    assert!(text.contains("lb-ingress"), "{text}");
     let svg = sk(&["graph", "--format", "svg"]).ok().stdout;
     roxmltree::Document::parse(&svg).expect("the SVG parses");
 

@@ -70,7 +70,7 @@ pub fn emit(body: &str, path: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 pub async fn run(cluster: &str, args: GraphArgs) -> anyhow::Result<i32> {
-    let t = model::topology(cluster, &args.swarm).await?;
+    let (t, _) = model::open(cluster, &args.swarm).await?;
     emit(&render(&t, args.format), args.output.as_deref())?;
     Ok(0)
 }

@@ -36,6 +36,10 @@ pub struct GNode {
     /// Where the routing mesh balances on this node: `sandbox` or `node`.
     pub mesh: String,
     pub tasks: Vec<GTask>,
+    /// A Docker engine's load-balancer endpoints (`lb-<network>` in its `lb_` sandboxes, and
+    /// the ingress sandbox's), read from the node's kernel where it can be reached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lb_endpoints: Vec<Attachment>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -250,7 +254,77 @@ pub async fn open(cluster: &str, args: &SwarmArgs) -> anyhow::Result<(Topology, 
         .collect();
     let (reaches, _) = reach::docker_reaches(&engine, &keys, answering.as_deref(), args).await?;
     let swarm = Swarm::docker(host, reaches, topo.containers());
+    let mut topo = topo;
+    read_lb_endpoints(&mut topo, &swarm).await;
     Ok((topo, swarm))
+}
+
+/// Each reachable Docker node's load-balancer endpoints: the address its `lb_<network id
+/// prefix>` sandbox holds on that network.
+pub async fn read_lb_endpoints(topo: &mut Topology, swarm: &Swarm) {
+    if !swarm.is_docker() {
+        return;
+    }
+    let networks: Vec<(String, String, Option<ipnet::Ipv4Net>)> = topo
+        .networks
+        .iter()
+        .map(|n| (n.id.clone(), n.name.clone(), n.subnet.parse().ok()))
+        .collect();
+    let topo_ingress = topo
+        .networks
+        .iter()
+        .find(|n| n.ingress)
+        .map(|n| n.id.clone());
+    for node in &mut topo.nodes {
+        if !swarm.reaches(&node.hostname) {
+            continue;
+        }
+        let Ok(sandboxes) = swarm.docker_sandboxes(&node.hostname).await else {
+            continue;
+        };
+        let mut found = Vec::new();
+        for sb in sandboxes {
+            // The ingress sandbox is the routing mesh's endpoint on the ingress network.
+            let net = if sb == "ingress_sbox" {
+                topo_ingress
+                    .as_ref()
+                    .and_then(|id| networks.iter().find(|(n, _, _)| n == id))
+            } else {
+                sb.strip_prefix("lb_")
+                    .filter(|p| !p.is_empty())
+                    .and_then(|p| networks.iter().find(|(id, _, _)| id.starts_with(p)))
+            };
+            let Some((_, name, subnet)) = net else {
+                continue;
+            };
+            let place = reach::Place::Sandbox(node.hostname.clone(), sb.clone());
+            let Ok(out) = swarm.output(&place, &["ip", "-j", "addr", "show"]).await else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            for a in v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            {
+                let Some(ip) = a["local"]
+                    .as_str()
+                    .and_then(|x| x.parse::<std::net::Ipv4Addr>().ok())
+                else {
+                    continue;
+                };
+                if subnet.is_some_and(|s| s.contains(&ip)) {
+                    found.push(Attachment {
+                        network: name.clone(),
+                        addr: ip.to_string(),
+                    });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.network.cmp(&b.network));
+        node.lb_endpoints = found;
+    }
 }
 
 fn strip_len(addr: &str) -> String {
@@ -426,6 +500,7 @@ fn node(n: &Node) -> GNode {
             .cloned()
             .unwrap_or_else(|| "sandbox".into()),
         tasks: Vec::new(),
+        lb_endpoints: Vec::new(),
     }
 }
 

@@ -129,6 +129,9 @@ fn port_lines(t: &Topology, n: &GNode) -> Vec<String> {
     wrap(&format!("published {}", ports.join(" ")), 26)
 }
 
+/// The height of one load-balancer endpoint's line under a node's tasks.
+const LB_LINE_H: f64 = 16.0;
+
 pub fn layout(t: &Topology) -> Layout {
     let mut l = Layout::default();
     let most = t
@@ -145,7 +148,12 @@ pub fn layout(t: &Topology) -> Layout {
     let node_h = t
         .nodes
         .iter()
-        .map(|n| HEADER_H + n.tasks.iter().map(|t| task_h(t) + 8.0).sum::<f64>() + 8.0)
+        .map(|n| {
+            HEADER_H
+                + n.tasks.iter().map(|t| task_h(t) + 8.0).sum::<f64>()
+                + LB_LINE_H * n.lb_endpoints.len() as f64
+                + 8.0
+        })
         .fold(HEADER_H + 30.0, f64::max);
     for (i, n) in t.nodes.iter().enumerate() {
         let x = MARGIN + i as f64 * (COL_W + COL_GAP);
@@ -246,10 +254,23 @@ pub fn render(t: &Topology, overlay: Option<&Overlay>) -> String {
             draw_ports(&mut o, r, pr, &port_lines);
         }
         draw_node(&mut o, n, r);
+        let mut below = r.y + HEADER_H;
         for task in &n.tasks {
             if let Some(tr) = l.tasks.get(&task.name) {
                 draw_task(&mut o, t, task, tr);
+                below = tr.y + tr.h + 8.0;
             }
+        }
+        for (i, lb) in n.lb_endpoints.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                r##"<text class="lb-endpoint" x="{}" y="{}" font-size="11" fill="{}">lb-{} {}</text>"##,
+                r.x + 12.0,
+                below + 12.0 + LB_LINE_H * i as f64,
+                net_colour(t, &lb.network),
+                esc(&lb.network),
+                esc(&lb.addr)
+            );
         }
     }
     // Labels go over every network's bar and attachment lines, so no line crosses one.
@@ -466,32 +487,28 @@ fn draw_network(o: &mut String, labels: &mut String, t: &Topology, l: &Layout, n
             ""
         }
     );
+    // The VTEPs sit on the bar; the label goes just above it, in the gap, on a backing as
+    // wide as the label (12px bold averages under 6.6px a character) that hides the lines
+    // crossing the gap there.
+    for (cx, cy) in dots {
+        let _ = write!(o, r##"<circle cx="{cx}" cy="{cy}" r="5" fill="{c}"/>"##);
+    }
     o.push_str("</g>\n");
-    // A backing as wide as the label (12px bold averages under 6.6px a character) hides the lines
-    // of other networks that cross it.
     let _ = write!(
         labels,
-        r##"<rect x="{}" y="{}" width="{}" height="16" rx="3" fill="#ffffff" fill-opacity="0.9"/>"##,
+        r##"<rect x="{}" y="{}" width="{}" height="15" rx="3" fill="#ffffff"/>"##,
         x0 + 10.0,
-        y + 4.0,
+        y - 16.0,
         label.chars().count() as f64 * 6.6 + 8.0,
     );
     let _ = writeln!(
         labels,
-        r##"<text class="network-label" data-network="{}" x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}" stroke="#ffffff" stroke-width="4" paint-order="stroke">{}</text>"##,
+        r##"<text class="network-label" data-network="{}" x="{}" y="{}" font-size="12" font-weight="bold" fill="{c}">{}</text>"##,
         esc(&net.name),
         x0 + 14.0,
-        y + 16.5,
+        y - 4.5,
         esc(&label)
     );
-    // The VTEPs go over the label's backing.
-    for (cx, cy) in dots {
-        let _ = write!(
-            labels,
-            r##"<circle cx="{cx}" cy="{cy}" r="5" fill="{c}"/>"##
-        );
-    }
-    labels.push('\n');
 }
 
 /// The service legend: each service in its colour with its mode, replicas, VIPs and ports.

@@ -28,6 +28,7 @@ fn big() -> Topology {
             engine: "swarmkit".into(),
             mesh: "sandbox".into(),
             tasks: Vec::new(),
+            lb_endpoints: Vec::new(),
         });
     }
     t.networks = vec![

@@ -29,7 +29,14 @@ pub fn text(t: &Topology) -> String {
         for task in &n.tasks {
             table.row(vec![task.name.clone(), task.state.clone(), addresses(task)]);
         }
-        if n.tasks.is_empty() {
+        for lb in &n.lb_endpoints {
+            table.row(vec![
+                format!("lb-{}", lb.network),
+                "endpoint".into(),
+                format!("{} {}", lb.network, lb.addr),
+            ]);
+        }
+        if n.tasks.is_empty() && n.lb_endpoints.is_empty() {
             out += "      (no tasks)\n";
         } else {
             // Skip the header row: the node line above says what follows.

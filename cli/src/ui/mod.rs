@@ -243,8 +243,9 @@ async fn refresh(
     loop {
         tokio::time::sleep(REFRESH).await;
         match model::topology(&cluster, &args).await {
-            Ok(t) => {
+            Ok(mut t) => {
                 swarm.set_tasks(t.containers());
+                model::read_lb_endpoints(&mut t, &swarm).await;
                 let changed = {
                     let cur = tx.borrow();
                     cur.topology != t || cur.error.is_some()
