@@ -129,6 +129,18 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
     )
     .ok();
     c.node("node3", "ip link set eth0 mtu 1400").ok();
+    // A forwarding firewall that refuses the published port on node3, and node3 sending to
+    // node1 from a second address (a data-path address on the wrong interface, as it were).
+    c.node(
+        "node3",
+        "nft add table inet fwdfault && nft add chain inet fwdfault forwarded '{ type filter hook forward priority 0; }' && nft add rule inet fwdfault forwarded tcp dport 8080 drop",
+    )
+    .ok();
+    c.node(
+        "node3",
+        "ip addr add 192.168.0.99/24 dev eth0 && ip route add 192.168.0.11/32 dev eth0 src 192.168.0.99",
+    )
+    .ok();
     c.sk(&[
         "node", "exec", "--netns", &overlay, "node1", "--", "sh", "-c",
         "bridge fdb add 02:42:0a:00:00:63 dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst 192.168.0.99 self permanent",
@@ -209,6 +221,8 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         ("stale-fdb", "node1"),
         ("task-listens", lo_node.as_str()),
         ("lb-backends", "node1"),
+        ("firewall-forward", "node3"),
+        ("node-address", "node3"),
     ] {
         assert!(
             found.contains(&(want.0.to_string(), want.1.to_string())),
@@ -269,6 +283,12 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
     // application's own.
     c.node("node2", "nft delete table inet fault").ok();
     c.node("node3", "ip link set eth0 mtu 1500").ok();
+    c.node("node3", "nft delete table inet fwdfault").ok();
+    c.node(
+        "node3",
+        "ip route del 192.168.0.11/32 dev eth0 src 192.168.0.99 && ip addr del 192.168.0.99/24 dev eth0",
+    )
+    .ok();
     c.sk(&[
         "node", "exec", "--netns", &overlay, "node1", "--", "sh", "-c",
         "bridge fdb del 02:42:0a:00:00:63 dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst 192.168.0.99 self",
