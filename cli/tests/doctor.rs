@@ -46,20 +46,6 @@ fn doctor(c: &Cluster) -> (Value, i32) {
     (v, r.code)
 }
 
-fn findings(v: &Value) -> Vec<(String, String)> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["check"].as_str().unwrap().to_string(),
-                f["node"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
     require_root!();
@@ -214,7 +200,7 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
     assert_eq!(before, after, "doctor changed what it read");
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["healthy"], false);
-    let found = findings(&v);
+    let found = testkit::doctor_findings(&v);
     for want in [
         ("firewall-vxlan", "node2"),
         ("underlay-mtu", "node3"),
@@ -234,8 +220,12 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         assert!(!f["evidence"].as_str().unwrap().is_empty(), "{f:#}");
         assert!(!f["fix"].as_str().unwrap().is_empty(), "{f:#}");
     }
-    let vxlan = &v["findings"].as_array().unwrap()
-        [found.iter().position(|f| f.0 == "firewall-vxlan").unwrap()];
+    let vxlan = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "firewall-vxlan")
+        .unwrap();
     assert!(
         vxlan["evidence"]
             .as_str()
@@ -301,7 +291,7 @@ fn doctor_passes_a_healthy_cluster_and_names_each_injected_fault() {
         Duration::from_secs(20),
         || {
             let (v, _) = doctor(&c);
-            findings(&v) == vec![("task-listens".to_string(), lo_node.clone())]
+            testkit::doctor_findings(&v) == vec![("task-listens".to_string(), lo_node.clone())]
         },
     );
 }
@@ -357,7 +347,7 @@ fn doctor_reads_qemu_guests() {
     let (v, code) = doctor(&c);
     assert_eq!(code, 1, "{v:#}");
     assert!(
-        findings(&v).contains(&("firewall-vxlan".into(), "node2".into())),
+        testkit::doctor_findings(&v).contains(&("firewall-vxlan".into(), "node2".into())),
         "{v:#}"
     );
 }

@@ -27,53 +27,6 @@ fn doctor(swarm: &DockerSwarm) -> (Value, i32, String) {
     (v, r.code, text)
 }
 
-fn findings(v: &Value) -> Vec<(String, String)> {
-    let mut f: Vec<(String, String)> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["check"].as_str().unwrap().to_string(),
-                f["node"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    f.sort();
-    f.dedup();
-    f
-}
-
-fn service(swarm: &DockerSwarm, args: &[&str], cmd: &str) {
-    let mut all = vec!["service", "create", "--detach", "--no-resolve-image"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&[swarm.image(), "sh", "-c", cmd]);
-    swarm.docker(0, &all).ok();
-}
-
-fn wait_running(swarm: &DockerSwarm, name: &str, replicas: usize) {
-    testkit::eventually_true(
-        &format!("{replicas} task(s) of {name} running"),
-        Duration::from_secs(90),
-        || {
-            let r = swarm.docker(
-                0,
-                &[
-                    "service",
-                    "ps",
-                    name,
-                    "--filter",
-                    "desired-state=running",
-                    "--format",
-                    "{{.CurrentState}}",
-                ],
-            );
-            let states: Vec<&str> = r.stdout.lines().collect();
-            states.len() == replicas && states.iter().all(|s| s.starts_with("Running"))
-        },
-    );
-}
-
 /// The overlay sandbox of node `i` (`1-<network id prefix>`), as a path the host can enter.
 fn overlay_sandbox(swarm: &DockerSwarm, i: usize) -> PathBuf {
     swarm
@@ -148,8 +101,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         )
         .ok();
     // dnsrr and host-mode ports: what works on a kernel without IPVS.
-    service(
-        &swarm,
+    swarm.create_service(
         &[
             "--name",
             "web",
@@ -166,7 +118,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         ],
         "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
     );
-    wait_running(&swarm, "web", 3);
+    swarm.wait_running("web", 3);
 
     let (v, code, text) = doctor(&swarm);
     eprintln!("{text}");
@@ -231,8 +183,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         &format!("bridge fdb add {STALE_MAC} dev $(ip -br link show type vxlan | cut -d@ -f1 | head -n1) dst {STALE_VTEP} self permanent"),
     )
     .ok();
-    service(
-        &swarm,
+    swarm.create_service(
         &[
             "--name",
             "lo",
@@ -247,13 +198,9 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
         ],
         "mkdir -p /www && echo lo > /www/index.html && exec httpd -f -p 127.0.0.1:80 -h /www",
     );
-    service(
-        &swarm,
-        &["--name", "vip", "--network", "ov"],
-        "exec sleep 100000",
-    );
-    wait_running(&swarm, "lo", 1);
-    wait_running(&swarm, "vip", 1);
+    swarm.create_service(&["--name", "vip", "--network", "ov"], "exec sleep 100000");
+    swarm.wait_running("lo", 1);
+    swarm.wait_running("vip", 1);
     // An encrypted overlay, which this kernel (no ESP) cannot carry.
     swarm
         .docker(
@@ -276,7 +223,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
     assert_eq!(before, swarm_state(&swarm), "doctor changed the swarm");
     assert_eq!(code, 1, "{text}");
     assert_eq!(v["healthy"], false);
-    let found = findings(&v);
+    let found = testkit::doctor_findings(&v);
     let mut want = vec![
         ("firewall-vxlan", host(1)),
         ("firewall-gossip", host(2)),
@@ -361,7 +308,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
             .unwrap(),
     );
     let local: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"));
-    let lf = findings(&local);
+    let lf = testkit::doctor_findings(&local);
     assert!(lf.contains(&("underlay-mtu".into(), host(0))), "{local:#}");
     assert!(lf.contains(&("node-unread".into(), host(1))), "{local:#}");
     assert!(
@@ -404,7 +351,7 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
     testkit::eventually_true(
         "only the loopback and IPVS findings left",
         Duration::from_secs(60),
-        || findings(&doctor(&swarm).0) == left,
+        || testkit::doctor_findings(&doctor(&swarm).0) == left,
     );
 }
 
@@ -432,8 +379,7 @@ fn graph_and_trace_read_a_real_docker_swarm() {
             &["network", "create", "-d", "overlay", "--attachable", "ov"],
         )
         .ok();
-    service(
-        &swarm,
+    swarm.create_service(
         &[
             "--name",
             "web",
@@ -448,13 +394,12 @@ fn graph_and_trace_read_a_real_docker_swarm() {
         ],
         "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
     );
-    service(
-        &swarm,
+    swarm.create_service(
         &["--name", "mesh", "--network", "ov", "--publish", "8082:80"],
         "exec httpd -f -p 80",
     );
-    wait_running(&swarm, "web", 2);
-    wait_running(&swarm, "mesh", 1);
+    swarm.wait_running("web", 2);
+    swarm.wait_running("mesh", 1);
 
     let text = sk(&["graph"]).ok().stdout;
     for n in swarm.nodes() {

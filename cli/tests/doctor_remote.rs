@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 use testkit::docker_swarm::{DockerSwarm, Options, ssh_unavailable, unavailable};
@@ -46,23 +45,6 @@ fn json(r: &testkit::Run) -> Value {
         .unwrap_or_else(|e| panic!("doctor --format json: {e}\n{}\n{}", r.stdout, r.stderr))
 }
 
-fn findings(v: &Value) -> Vec<(String, String)> {
-    let mut f: Vec<(String, String)> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["check"].as_str().unwrap().to_string(),
-                f["node"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    f.sort();
-    f.dedup();
-    f
-}
-
 /// A dnsrr service of `replicas` busybox httpds, one per node, on overlay `ov`, running.
 fn web(swarm: &DockerSwarm, replicas: usize) {
     swarm
@@ -71,52 +53,22 @@ fn web(swarm: &DockerSwarm, replicas: usize) {
             &["network", "create", "-d", "overlay", "--attachable", "ov"],
         )
         .ok();
-    let replicas_s = replicas.to_string();
-    swarm
-        .docker(
-            0,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--no-resolve-image",
-                "--name",
-                "web",
-                "--network",
-                "ov",
-                "--endpoint-mode",
-                "dnsrr",
-                "--replicas",
-                &replicas_s,
-                "--replicas-max-per-node",
-                "1",
-                swarm.image(),
-                "sh",
-                "-c",
-                "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
-            ],
-        )
-        .ok();
-    testkit::eventually_true(
-        &format!("{replicas} task(s) of web running"),
-        Duration::from_secs(90),
-        || {
-            let r = swarm.docker(
-                0,
-                &[
-                    "service",
-                    "ps",
-                    "web",
-                    "--filter",
-                    "desired-state=running",
-                    "--format",
-                    "{{.CurrentState}}",
-                ],
-            );
-            let states: Vec<&str> = r.stdout.lines().collect();
-            states.len() == replicas && states.iter().all(|s| s.starts_with("Running"))
-        },
+    swarm.create_service(
+        &[
+            "--name",
+            "web",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            &replicas.to_string(),
+            "--replicas-max-per-node",
+            "1",
+        ],
+        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
     );
+    swarm.wait_running("web", replicas);
 }
 
 fn path(p: &Path) -> &str {
@@ -290,7 +242,7 @@ fn doctor_reads_nodes_over_ssh_with_pinned_host_keys() {
     let r = doctor_in(&swarm, 0, &[], &args);
     let v = json(&r);
     assert_eq!(r.code, 1, "{v:#}");
-    let found = findings(&v);
+    let found = testkit::doctor_findings(&v);
     assert!(
         found.contains(&("firewall-vxlan".to_string(), host(1))),
         "firewall-vxlan on {} not named:\n{v:#}",
@@ -391,7 +343,7 @@ fn doctor_over_ssh_reads_each_nodes_own_sandboxes() {
         ],
     );
     let v = json(&r);
-    let found = findings(&v);
+    let found = testkit::doctor_findings(&v);
     let node2 = swarm.nodes()[1].hostname.clone();
     assert!(
         found.contains(&("stale-fdb".to_string(), node2.clone())),

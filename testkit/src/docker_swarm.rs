@@ -110,6 +110,39 @@ impl DockerSwarm {
     }
 
     /// The docker CLI against node `node`'s dockerd, bounded by a timeout.
+    /// `docker service create --detach --no-resolve-image ARGS <lab image> sh -c CMD` on the
+    /// manager (the image is every node's already: nothing to pull).
+    pub fn create_service(&self, args: &[&str], cmd: &str) -> Run {
+        let mut all = vec!["service", "create", "--detach", "--no-resolve-image"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[self.image(), "sh", "-c", cmd]);
+        self.docker(0, &all).ok()
+    }
+
+    /// Waits (up to 90 s) until exactly `replicas` tasks of service `name` run.
+    pub fn wait_running(&self, name: &str, replicas: usize) {
+        crate::eventually_true(
+            &format!("{replicas} task(s) of {name} running"),
+            std::time::Duration::from_secs(90),
+            || {
+                let r = self.docker(
+                    0,
+                    &[
+                        "service",
+                        "ps",
+                        name,
+                        "--filter",
+                        "desired-state=running",
+                        "--format",
+                        "{{.CurrentState}}",
+                    ],
+                );
+                let states: Vec<&str> = r.stdout.lines().collect();
+                states.len() == replicas && states.iter().all(|s| s.starts_with("Running"))
+            },
+        );
+    }
+
     pub fn docker(&self, node: usize, args: &[&str]) -> Run {
         Run::from(self.lab.docker(node, args).expect("running the docker CLI"))
     }

@@ -13,6 +13,26 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// The (check, node) of each finding in `swarmkit doctor --format json`'s answer, sorted,
+/// each once.
+pub fn doctor_findings(answer: &serde_json::Value) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = answer["findings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap_or_default().to_string(),
+                f["node"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
 /// Returns from the test (which then passes, printing why) when `$reason` is `Some`.
 #[macro_export]
 macro_rules! skip_unless {

@@ -182,23 +182,17 @@ async fn connect(swarm: &Swarm, place: &Place, host: &str, port: u16) -> anyhow:
     // curl fails on a server that does not speak HTTP, but it has connected by then, which
     // is all a trace needs; the local port tells which connection it was. The host is the
     // user's: --globoff keeps curl from expanding brackets or braces in it into many URLs.
-    let out = kernel::run_status(
-        swarm,
-        place,
-        &[
-            "curl",
-            "--globoff",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-m",
-            "5",
-            "-w",
-            "%{local_port}",
-            &url,
-        ],
-    )
-    .await?;
+    let curl = |extra: &[&str]| {
+        let mut argv = vec!["curl", "--globoff", "-s", "-o", "/dev/null", "-m", "5"];
+        argv.extend_from_slice(extra);
+        argv.push(url.as_str());
+        argv.iter().map(|a| a.to_string()).collect::<Vec<String>>()
+    };
+    let run = |argv: Vec<String>| async move {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        kernel::run_status(swarm, place, &argv).await
+    };
+    let out = run(curl(&["-w", "%{local_port}"])).await?;
     match out.trim().parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
         // On a Docker Swarm a refused connection is worth following too: where the mesh or a
@@ -210,23 +204,7 @@ async fn connect(swarm: &Swarm, place: &Place, host: &str, port: u16) -> anyhow:
                 .map(|d| d.subsec_nanos())
                 .unwrap_or_default();
             let sport = 42000 + (nanos % 18000) as u16;
-            kernel::run_status(
-                swarm,
-                place,
-                &[
-                    "curl",
-                    "--globoff",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-m",
-                    "3",
-                    "--local-port",
-                    &sport.to_string(),
-                    &url,
-                ],
-            )
-            .await?;
+            run(curl(&["--local-port", &sport.to_string()])).await?;
             Ok(sport)
         }
         _ => bail!("curl {url} at {place} did not connect; is something listening on port {port}?"),
