@@ -673,6 +673,8 @@ fn overlay_reach(
             });
         }
     }
+    // Tasks come from the API in no order; the pairs read best in one.
+    out.sort_by(|a, b| (&a.node, &a.problem).cmp(&(&b.node, &b.problem)));
     out
 }
 
