@@ -94,31 +94,8 @@ fn doctor_on_a_real_docker_swarm_names_each_injected_fault_and_changes_nothing()
     testkit::skip_unless!(unavailable());
     let swarm = DockerSwarm::up("ddoc", 3);
     let host = |i: usize| swarm.nodes()[i].hostname.clone();
-    swarm
-        .docker(
-            0,
-            &["network", "create", "-d", "overlay", "--attachable", "ov"],
-        )
-        .ok();
     // dnsrr and host-mode ports: what works on a kernel without IPVS.
-    swarm.create_service(
-        &[
-            "--name",
-            "web",
-            "--network",
-            "ov",
-            "--endpoint-mode",
-            "dnsrr",
-            "--replicas",
-            "3",
-            "--replicas-max-per-node",
-            "1",
-            "--publish",
-            "mode=host,target=80,published=8080",
-        ],
-        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
-    );
-    swarm.wait_running("web", 3);
+    swarm.web(3, &["--publish", "mode=host,target=80,published=8080"]);
 
     let (v, code, text) = doctor(&swarm);
     eprintln!("{text}");
@@ -373,32 +350,11 @@ fn graph_and_trace_read_a_real_docker_swarm() {
         all.extend(reach.iter().map(String::as_str));
         testkit::swarmkit(&all)
     };
-    swarm
-        .docker(
-            0,
-            &["network", "create", "-d", "overlay", "--attachable", "ov"],
-        )
-        .ok();
-    swarm.create_service(
-        &[
-            "--name",
-            "web",
-            "--network",
-            "ov",
-            "--endpoint-mode",
-            "dnsrr",
-            "--replicas",
-            "2",
-            "--replicas-max-per-node",
-            "1",
-        ],
-        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
-    );
+    swarm.web(2, &[]);
     swarm.create_service(
         &["--name", "mesh", "--network", "ov", "--publish", "8082:80"],
         "exec httpd -f -p 80",
     );
-    swarm.wait_running("web", 2);
     swarm.wait_running("mesh", 1);
 
     let text = sk(&["graph"]).ok().stdout;

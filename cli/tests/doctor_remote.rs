@@ -45,32 +45,6 @@ fn json(r: &testkit::Run) -> Value {
         .unwrap_or_else(|e| panic!("doctor --format json: {e}\n{}\n{}", r.stdout, r.stderr))
 }
 
-/// A dnsrr service of `replicas` busybox httpds, one per node, on overlay `ov`, running.
-fn web(swarm: &DockerSwarm, replicas: usize) {
-    swarm
-        .docker(
-            0,
-            &["network", "create", "-d", "overlay", "--attachable", "ov"],
-        )
-        .ok();
-    swarm.create_service(
-        &[
-            "--name",
-            "web",
-            "--network",
-            "ov",
-            "--endpoint-mode",
-            "dnsrr",
-            "--replicas",
-            &replicas.to_string(),
-            "--replicas-max-per-node",
-            "1",
-        ],
-        "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www",
-    );
-    swarm.wait_running("web", replicas);
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
@@ -99,7 +73,7 @@ fn doctor_speaks_tls_to_a_docker_engine_as_the_docker_cli_does() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "the client key is private");
-    web(&swarm, 3);
+    swarm.web(3, &[]);
     let reach = reach_all(&swarm);
     let args = ["--docker-host", &tcp, "--reach", &reach];
 
@@ -202,7 +176,7 @@ fn doctor_reads_nodes_over_ssh_with_pinned_host_keys() {
     // The lab's authorized_keys is its own: the host's root has none of the lab's keys.
     let host_keys = std::fs::read_to_string("/root/.ssh/authorized_keys").unwrap_or_default();
     assert!(!host_keys.contains("swarm-lab"), "{host_keys}");
-    web(&swarm, 3);
+    swarm.web(3, &[]);
 
     let socket = swarm.nodes()[0].host();
     let args = [
@@ -310,7 +284,7 @@ fn doctor_over_ssh_reads_each_nodes_own_sandboxes() {
             ..Options::default()
         },
     );
-    web(&swarm, 3);
+    swarm.web(3, &[]);
     let sandbox = swarm
         .sandboxes(1)
         .into_iter()

@@ -119,6 +119,37 @@ impl DockerSwarm {
         self.docker(0, &all).ok()
     }
 
+    /// The tests' usual workload: an attachable overlay `ov` and a dnsrr service `web` of
+    /// `replicas` busybox httpds on it, at most one per node, each serving
+    /// `served-by-<its hostname>`, with `extra` service flags (a published port...). Returns
+    /// once they run.
+    pub fn web(&self, replicas: usize, extra: &[&str]) {
+        self.docker(
+            0,
+            &["network", "create", "-d", "overlay", "--attachable", "ov"],
+        )
+        .ok();
+        let replicas_s = replicas.to_string();
+        let mut args = vec![
+            "--name",
+            "web",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+            "--replicas",
+            &replicas_s,
+            "--replicas-max-per-node",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        self.create_service(
+            &args,
+            "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www",
+        );
+        self.wait_running("web", replicas);
+    }
+
     /// Waits (up to 90 s) until exactly `replicas` tasks of service `name` run.
     pub fn wait_running(&self, name: &str, replicas: usize) {
         crate::eventually_true(

@@ -38,37 +38,7 @@ fn a_real_swarm_carries_a_dnsrr_service_across_nodes_and_leaves_nothing_behind()
     want.sort();
     assert_eq!(hostnames, want, "docker node ls");
 
-    swarm
-        .docker(
-            0,
-            &["network", "create", "-d", "overlay", "--attachable", "ov"],
-        )
-        .ok();
-    swarm
-        .docker(
-            0,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--no-resolve-image",
-                "--name",
-                "web",
-                "--network",
-                "ov",
-                "--endpoint-mode",
-                "dnsrr",
-                "--replicas",
-                "2",
-                "--replicas-max-per-node",
-                "1",
-                swarm.image(),
-                "sh",
-                "-c",
-                "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www",
-            ],
-        )
-        .ok();
+    swarm.web(2, &[]);
 
     // Both tasks running, on two nodes: (node index, container ID) of each.
     let tasks: Vec<(usize, String)> =
