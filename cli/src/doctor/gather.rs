@@ -287,17 +287,19 @@ async fn read_node(
             .and_then(|o| parse_route_source(&o).ok_or_else(|| format!("no source in {o}")));
         k.routes_to_peers.push((p.addr.clone(), src));
         if flavor == Flavor::Docker {
+            // bash's /dev/tcp: a TCP connect with nothing installed but bash. 124 is
+            // timeout's, 1 bash's refused connection; anything else (no bash, no timeout)
+            // means the probe could not be made, which says nothing about the peer.
             let probe = format!("exec 3<>/dev/tcp/{}/7946", p.addr);
-            let outcome = run(swarm, &node, &["timeout", "3", "bash", "-c", &probe])
+            let outcome = match swarm
+                .output(&node, &["timeout", "3", "bash", "-c", &probe])
                 .await
-                .map(|_| ())
-                .map_err(|e| {
-                    if e == "exit status 124" {
-                        "no answer within 3 s".to_string()
-                    } else {
-                        e
-                    }
-                });
+            {
+                Ok(r) if r.ok => Ok(()),
+                Ok(r) if r.code == 124 => Err("no answer within 3 s".to_string()),
+                Ok(r) if r.code == 1 => Err(r.stderr.trim().to_string()),
+                _ => continue,
+            };
             k.gossip.push((p.addr.clone(), outcome));
         }
     }
