@@ -124,7 +124,7 @@ impl Swarm {
             Kind::Swarmkit => Err("swarmkit's sandboxes are named from the API".into()),
             Kind::Docker { nodes, .. } => {
                 let reach = nodes.get(host).ok_or_else(|| unreached(host))?;
-                Ok(reach.engine().await?.sandboxes.keys().cloned().collect())
+                Ok(reach.read_sandboxes().await?.into_keys().collect())
             }
         }
     }
@@ -465,21 +465,19 @@ pub enum Way {
 /// One Docker node, reachable.
 pub struct Reach {
     way: Way,
-    /// dockerd's PID there and its sandboxes (name to path in its mount namespace), read once.
-    engine: OnceCell<Result<Dockerd, String>>,
-}
-
-#[derive(Clone, Debug)]
-struct Dockerd {
-    pid: u32,
-    sandboxes: BTreeMap<String, String>,
+    /// dockerd's PID there, found once.
+    dockerd: OnceCell<Result<u32, String>>,
+    /// Its sandboxes (name to path in its mount namespace) as last read: read again when asked
+    /// for all of them, or for one they lack (a live picture sees networks come and go).
+    sandboxes: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Reach {
     pub fn new(way: Way) -> Arc<Reach> {
         Arc::new(Reach {
             way,
-            engine: OnceCell::new(),
+            dockerd: OnceCell::new(),
+            sandboxes: Default::default(),
         })
     }
 
@@ -488,16 +486,22 @@ impl Reach {
         match at {
             At::Node => {}
             At::Sandbox(name) => {
-                let engine = self.engine().await?;
-                let path = engine
-                    .sandboxes
-                    .get(name)
-                    .ok_or_else(|| format!("dockerd (pid {}) has no sandbox {name}", engine.pid))?;
+                let pid = self.dockerd().await?;
+                let known = self.known_sandbox(name);
+                let path = match known {
+                    Some(p) => p,
+                    None => self
+                        .read_sandboxes()
+                        .await?
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| format!("dockerd (pid {pid}) has no sandbox {name}"))?,
+                };
                 full.extend(
                     [
                         "nsenter",
                         "-t",
-                        &engine.pid.to_string(),
+                        &pid.to_string(),
                         "-m",
                         "--",
                         "nsenter",
@@ -534,15 +538,35 @@ impl Reach {
             .ok_or_else(|| format!("no process of container {container} on this node"))
     }
 
-    async fn engine(&self) -> Result<Dockerd, String> {
-        self.engine
-            .get_or_init(|| async { self.find_engine().await })
+    fn known_sandbox(&self, name: &str) -> Option<String> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// dockerd's sandboxes now, from its mount table.
+    async fn read_sandboxes(&self) -> Result<BTreeMap<String, String>, String> {
+        let pid = self.dockerd().await?;
+        let mountinfo = self
+            .node_run(&["cat".into(), format!("/proc/{pid}/mountinfo")])
+            .await?
+            .result()?;
+        let found = nsfs_mounts(&mountinfo);
+        *self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
+        Ok(found)
+    }
+
+    async fn dockerd(&self) -> Result<u32, String> {
+        self.dockerd
+            .get_or_init(|| async { self.find_dockerd().await })
             .await
             .clone()
     }
 
-    async fn find_engine(&self) -> Result<Dockerd, String> {
-        let pid = match &self.way {
+    async fn find_dockerd(&self) -> Result<u32, String> {
+        Ok(match &self.way {
             Way::Local => local_dockerd(&std::fs::metadata("/proc/self/ns/net"))?,
             Way::Netns(ns) => local_dockerd(&std::fs::metadata(format!("/run/netns/{ns}")))?,
             Way::Ssh(_) => {
@@ -557,14 +581,6 @@ impl Reach {
                     .parse()
                     .map_err(|_| "no dockerd runs there".to_string())?
             }
-        };
-        let mountinfo = self
-            .node_run(&["cat".into(), format!("/proc/{pid}/mountinfo")])
-            .await?
-            .result()?;
-        Ok(Dockerd {
-            pid,
-            sandboxes: nsfs_mounts(&mountinfo),
         })
     }
 
