@@ -2,12 +2,12 @@
 //! or swarmkit's, which serve the same shapes), then every reachable node's kernel, nodes in
 //! parallel. Only reads: `ip`, `bridge`, `nft list`, `/proc`, pings and TCP connects.
 
-use anyhow::{Context, bail};
-use bollard::models::{Network, Node, Service};
+use bollard::models::{Node, Service};
 use cluster::client::ManagerClient;
 use serde_json::Value;
 
 use super::facts::*;
+use crate::graph::model::{ApiTask, Raw};
 use crate::reach::{Place, Swarm};
 
 /// The manager's view, and which node answered (the one doctor may read as "local").
@@ -18,17 +18,13 @@ pub struct ApiView {
 }
 
 pub async fn api_view(client: &ManagerClient) -> anyhow::Result<ApiView> {
-    let info: Value = client.get("/info").await.context("GET /info")?;
-    let state = info["Swarm"]["LocalNodeState"].as_str().unwrap_or_default();
-    if !info["Swarm"]["ControlAvailable"].as_bool().unwrap_or(false) {
-        bail!(
-            "this engine is not a swarm manager (swarm state {state:?}): point --docker-host at a manager node's engine"
-        );
-    }
-    let nodes: Vec<Node> = client.get("/nodes").await.context("GET /nodes")?;
-    let networks: Vec<Network> = client.get("/networks").await.context("GET /networks")?;
-    let services: Vec<Service> = client.get("/services").await.context("GET /services")?;
-    let tasks: Vec<Value> = client.get("/tasks").await.context("GET /tasks")?;
+    let (raw, answering_node) = Raw::fetch_from(client).await?;
+    let Raw {
+        nodes,
+        networks,
+        services,
+        tasks,
+    } = raw;
     let label = |n: &Node, k: &str| {
         n.description
             .as_ref()
@@ -97,7 +93,7 @@ pub async fn api_view(client: &ManagerClient) -> anyhow::Result<ApiView> {
     Ok(ApiView {
         facts,
         flavor,
-        answering_node: info["Swarm"]["NodeID"].as_str().map(str::to_string),
+        answering_node,
     })
 }
 
@@ -154,39 +150,36 @@ fn service(s: &Service) -> SvcFacts {
     }
 }
 
-fn task(t: &Value, facts: &Facts) -> TaskFacts {
-    let service_id = t["ServiceID"].as_str().unwrap_or_default().to_string();
-    let node_id = t["NodeID"].as_str().unwrap_or_default().to_string();
+fn task(t: &ApiTask, facts: &Facts) -> TaskFacts {
     let svc = facts
-        .service(&service_id)
+        .service(&t.service_id)
         .map(|s| s.name.clone())
         .unwrap_or_default();
-    let name = match t["Slot"].as_u64() {
-        Some(slot) if slot > 0 => format!("{svc}.{slot}"),
-        _ => format!("{svc}.{node_id}"),
-    };
     TaskFacts {
-        id: t["ID"].as_str().unwrap_or_default().to_string(),
-        name,
-        service_id,
-        node_id,
-        running: t["Status"]["State"] == "running" && t["DesiredState"] == "running",
-        container_id: t["Status"]["ContainerStatus"]["ContainerID"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        addrs: t["NetworksAttachments"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        id: t.id.clone(),
+        name: match t.slot {
+            slot if slot > 0 => format!("{svc}.{slot}"),
+            _ => format!("{svc}.{}", t.node_id),
+        },
+        service_id: t.service_id.clone(),
+        node_id: t.node_id.clone(),
+        running: t.status.state == "running" && t.desired_state == "running",
+        container_id: t
+            .status
+            .container_status
+            .as_ref()
+            .map(|c| c.container_id.clone())
+            .unwrap_or_default(),
+        addrs: t
+            .networks_attachments
+            .iter()
             .flat_map(|a| {
-                let id = a["Network"]["ID"].as_str().unwrap_or_default().to_string();
-                a["Addresses"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| x.as_str())
-                    .map(move |x| (id.clone(), x.split('/').next().unwrap_or(x).to_string()))
+                a.addresses.iter().map(|x| {
+                    (
+                        a.network.id.clone(),
+                        x.split('/').next().unwrap_or(x).to_string(),
+                    )
+                })
             })
             .collect(),
     }
