@@ -19,7 +19,8 @@
 //! - The channel: `protocol` (what manager and agents say to each other), `client` (the HTTP
 //!   client agents and the lifecycle use), `images` (the built-in images tasks run),
 //!   `registry` (how this cluster reaches image registries: their settings' environment, and
-//!   digest resolution from the namespace registries are reachable in).
+//!   digest resolution from the namespace registries are reachable in), `raft` (managers
+//!   replicating the store: its log, its state machine, the transport between managers).
 //! - The two processes: `manager` (API, store, dispatcher, background loops) and `agent`
 //!   (registration, plan poll, dataplane and tasks on its node). Neither imports the other:
 //!   what passes between them is `protocol`'s and `plan`'s.
@@ -46,6 +47,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod protocol;
+pub mod raft;
 pub mod registry;
 pub mod sealed;
 pub mod store;

@@ -35,6 +35,24 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Sealed(#[from] crate::sealed::SealError),
+    /// A write no quorum of managers took: nothing of it is applied anywhere it was answered.
+    #[error("{0}")]
+    NoLeader(String),
+}
+
+/// What one write changed, as the store writes it: each touched key with its new bytes (none:
+/// removed). Sealed payloads travel sealed, so what a manager replicates is what it stores.
+pub type Rows = Vec<(String, Option<Vec<u8>>)>;
+
+/// Where a write goes before it counts: a replicated store hands each write's rows to its
+/// managers' Raft, and the write is answered only once a quorum holds them and this manager
+/// applied them (through [`Store::apply`]).
+pub trait Replicate: Send + Sync {
+    /// Readies this manager to decide a write: it leads, and holds every entry committed
+    /// before, so the draft a write starts from is the cluster's latest state.
+    fn prepare(&self) -> Result<(), StoreError>;
+    /// Blocks until `rows` are committed on a quorum and applied here.
+    fn replicate(&self, rows: Rows) -> Result<(), StoreError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,17 +189,6 @@ impl State {
             .flat_map(|on| on.keys().copied())
     }
 
-    /// Rebuilds what [`State::holds`] reads from the services and tasks themselves.
-    fn index_holds(&mut self) {
-        let mut held = OrdMap::new();
-        for s in self.services.values() {
-            hold(&mut held, service_holds(s), 1);
-        }
-        for t in self.tasks.values() {
-            hold(&mut held, task_holds(t), 1);
-        }
-        self.held = held;
-    }
     pub fn put_node(&mut self, mut n: Node) {
         n.version = self.version;
         self.dirty.push((Kind::Node, n.id.clone()));
@@ -213,6 +220,81 @@ impl State {
     pub fn remove_config(&mut self, id: &str) {
         self.dirty.push((Kind::Config, id.to_string()));
         self.configs.remove(id);
+    }
+
+    /// Takes one stored row into this state as it is on disk (its object's own version kept):
+    /// how a store is loaded, and how a replicated write is applied.
+    fn absorb(
+        &mut self,
+        key: &str,
+        bytes: Option<&[u8]>,
+        sealer: &Sealer,
+    ) -> Result<(), StoreError> {
+        if key == Kind::Meta.prefix() {
+            if let Some(bytes) = bytes {
+                let (version, meta): (u64, Meta) = decode(key, bytes)?;
+                self.version = version;
+                self.meta = meta;
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Network.prefix()) {
+            match bytes {
+                Some(b) => drop(self.networks.insert(id.to_string(), decode(key, b)?)),
+                None => drop(self.networks.remove(id)),
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Service.prefix()) {
+            let new = bytes.map(|b| unseal_service(key, b, sealer)).transpose()?;
+            if let Some(s) = &new {
+                hold(&mut self.held, service_holds(s), 1);
+            }
+            let old = match new {
+                Some(s) => self.services.insert(id.to_string(), s),
+                None => self.services.remove(id),
+            };
+            if let Some(old) = old {
+                hold(&mut self.held, service_holds(&old), -1);
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Task.prefix()) {
+            let new: Option<Task> = bytes.map(|b| decode(key, b)).transpose()?;
+            if let Some(t) = &new {
+                hold(&mut self.held, task_holds(t), 1);
+            }
+            let old = match new {
+                Some(t) => self.tasks.insert(id.to_string(), t),
+                None => self.tasks.remove(id),
+            };
+            if let Some(old) = old {
+                hold(&mut self.held, task_holds(&old), -1);
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Node.prefix()) {
+            match bytes {
+                Some(b) => drop(self.nodes.insert(id.to_string(), decode(key, b)?)),
+                None => drop(self.nodes.remove(id)),
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Secret.prefix()) {
+            match bytes {
+                Some(b) => drop(self.secrets.insert(id.to_string(), unseal(key, b, sealer)?)),
+                None => drop(self.secrets.remove(id)),
+            }
+        } else if let Some(id) = key.strip_prefix(Kind::Config.prefix()) {
+            match bytes {
+                Some(b) => drop(self.configs.insert(id.to_string(), unseal(key, b, sealer)?)),
+                None => drop(self.configs.remove(id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows this draft's writes touched, as the store writes them.
+    fn rows(&self, sealer: &Sealer) -> Result<Rows, StoreError> {
+        self.dirty
+            .iter()
+            .map(|(kind, id)| {
+                Ok((
+                    format!("{}{}", kind.prefix(), id),
+                    self.encoded(*kind, id, sealer)?,
+                ))
+            })
+            .collect()
     }
 
     fn encoded(
@@ -320,6 +402,8 @@ pub struct Store {
     current: RwLock<Arc<State>>,
     write_lock: Mutex<()>,
     changed: watch::Sender<u64>,
+    /// Set when this store is one of several managers' replicas.
+    replicas: std::sync::OnceLock<Box<dyn Replicate>>,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -355,42 +439,15 @@ impl Store {
         }
         let sealer = Sealer::load_or_create(&path.with_extension("key"))?;
         let db = Database::create(path).map_err(|e| err(e.to_string()))?;
-        let mut state = State::default();
         {
             let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
             txn.open_table(OBJECTS).map_err(|e| err(e.to_string()))?;
             txn.commit().map_err(|e| err(e.to_string()))?;
         }
-        let txn = db.begin_read().map_err(|e| err(e.to_string()))?;
-        let table = txn.open_table(OBJECTS).map_err(|e| err(e.to_string()))?;
-        for row in table.iter().map_err(|e| err(e.to_string()))? {
-            let (k, v) = row.map_err(|e| err(e.to_string()))?;
-            let (key, bytes) = (k.value(), v.value());
-            if key == Kind::Meta.prefix() {
-                let (version, meta): (u64, Meta) = decode(key, bytes)?;
-                state.version = version;
-                state.meta = meta;
-            } else if let Some(id) = key.strip_prefix(Kind::Network.prefix()) {
-                state.networks.insert(id.to_string(), decode(key, bytes)?);
-            } else if let Some(id) = key.strip_prefix(Kind::Service.prefix()) {
-                state
-                    .services
-                    .insert(id.to_string(), unseal_service(key, bytes, &sealer)?);
-            } else if let Some(id) = key.strip_prefix(Kind::Task.prefix()) {
-                state.tasks.insert(id.to_string(), decode(key, bytes)?);
-            } else if let Some(id) = key.strip_prefix(Kind::Node.prefix()) {
-                state.nodes.insert(id.to_string(), decode(key, bytes)?);
-            } else if let Some(id) = key.strip_prefix(Kind::Secret.prefix()) {
-                state
-                    .secrets
-                    .insert(id.to_string(), unseal(key, bytes, &sealer)?);
-            } else if let Some(id) = key.strip_prefix(Kind::Config.prefix()) {
-                state
-                    .configs
-                    .insert(id.to_string(), unseal(key, bytes, &sealer)?);
-            }
-        }
-        state.index_holds();
+        let state = load(&db, &sealer).map_err(|e| match e {
+            StoreError::Write(message) => err(message),
+            e => e,
+        })?;
         let version = state.version;
         Ok(Store {
             db,
@@ -398,6 +455,7 @@ impl Store {
             current: RwLock::new(Arc::new(state)),
             write_lock: Mutex::new(()),
             changed: watch::channel(version).0,
+            replicas: std::sync::OnceLock::new(),
         })
     }
 
@@ -414,12 +472,16 @@ impl Store {
     }
 
     /// Runs `f` on a draft of the state; commits durably only if it returns Ok and changed
-    /// something. `E` must absorb store failures.
+    /// something (replicated to a quorum of managers first, where there are several). `E`
+    /// must absorb store failures.
     pub fn update<T, E>(&self, f: impl FnOnce(&mut State) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let _serialised = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(replicas) = self.replicas.get() {
+            replicas.prepare()?;
+        }
         let mut draft = (*self.snapshot()).clone();
         draft.version += 1;
         draft.dirty.clear();
@@ -430,22 +492,105 @@ impl Store {
         draft.dirty.push((Kind::Meta, String::new()));
         draft.dirty.sort();
         draft.dirty.dedup();
-        self.persist(&draft)?;
+        let rows = draft.rows(&self.sealer)?;
+        if let Some(replicas) = self.replicas.get() {
+            // Applied through `apply` here as on every other manager, once committed.
+            replicas.replicate(rows)?;
+            return Ok(out);
+        }
+        self.persist(&rows, None)?;
         draft.dirty.clear();
-        let version = draft.version;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(draft);
-        self.changed.send_replace(version);
+        self.publish(draft);
         Ok(out)
     }
 
-    fn persist(&self, draft: &State) -> Result<(), StoreError> {
+    fn publish(&self, state: State) {
+        let version = state.version;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        self.changed.send_replace(version);
+    }
+
+    /// From now on every write goes through `replicas` first.
+    pub fn replicate_through(&self, replicas: Box<dyn Replicate>) {
+        if self.replicas.set(replicas).is_err() {
+            tracing::warn!("the store already replicates: the second replicator is ignored");
+        }
+    }
+
+    /// Applies a committed write's rows, with what the replicated log says was applied last
+    /// (`applied`, kept beside the rows in the same transaction, so a restart resumes at the
+    /// right entry).
+    pub fn apply(&self, rows: &Rows, applied: &[u8]) -> Result<(), StoreError> {
+        let mut next = (*self.snapshot()).clone();
+        for (key, bytes) in rows {
+            next.absorb(key, bytes.as_deref(), &self.sealer)?;
+        }
+        self.persist(rows, Some(applied))?;
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Records what the replicated log applied last when the entry changed no object (a
+    /// membership change, a new leader's first entry).
+    pub fn note_applied(&self, applied: &[u8]) -> Result<(), StoreError> {
+        self.persist(&Vec::new(), Some(applied))
+    }
+
+    /// What [`Store::apply`] last recorded as applied.
+    pub fn applied(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        applied_in(&txn)
+    }
+
+    /// Every stored row, and what was applied last: a replica's snapshot, read in one
+    /// transaction.
+    pub fn export(&self) -> Result<(Rows, Option<Vec<u8>>), StoreError> {
+        let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+        let txn = self.db.begin_read().map_err(|e| w(&e))?;
+        let applied = applied_in(&txn)?;
+        let table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
+        let mut rows = Vec::new();
+        for row in table.iter().map_err(|e| w(&e))? {
+            let (k, v) = row.map_err(|e| w(&e))?;
+            rows.push((k.value().to_string(), Some(v.value().to_vec())));
+        }
+        Ok((rows, applied))
+    }
+
+    /// Replaces everything with a snapshot's rows in one transaction (a manager that was
+    /// away too long to catch up from the log).
+    pub fn install(&self, rows: &Rows, applied: &[u8]) -> Result<(), StoreError> {
         let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
         let txn = self.db.begin_write().map_err(|e| w(&e))?;
         {
             let mut table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
-            for (kind, id) in &draft.dirty {
-                let key = format!("{}{}", kind.prefix(), id);
-                match draft.encoded(*kind, id, &self.sealer)? {
+            table.retain(|_, _| false).map_err(|e| w(&e))?;
+            for (key, bytes) in rows {
+                if let Some(bytes) = bytes {
+                    table
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(|e| w(&e))?;
+                }
+            }
+            let mut marks = txn.open_table(APPLIED).map_err(|e| w(&e))?;
+            marks.insert(APPLIED_KEY, applied).map_err(|e| w(&e))?;
+        }
+        txn.commit().map_err(|e| w(&e))?;
+        let state = load(&self.db, &self.sealer)?;
+        self.publish(state);
+        Ok(())
+    }
+
+    fn persist(&self, rows: &Rows, applied: Option<&[u8]>) -> Result<(), StoreError> {
+        let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+        let txn = self.db.begin_write().map_err(|e| w(&e))?;
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
+            for (key, bytes) in rows {
+                match bytes {
                     Some(bytes) => {
                         table
                             .insert(key.as_str(), bytes.as_slice())
@@ -456,9 +601,43 @@ impl Store {
                     }
                 }
             }
+            if let Some(applied) = applied {
+                let mut marks = txn.open_table(APPLIED).map_err(|e| w(&e))?;
+                marks.insert(APPLIED_KEY, applied).map_err(|e| w(&e))?;
+            }
         }
         txn.commit().map_err(|e| w(&e))
     }
+}
+
+/// What the replicated log applied last, beside the rows it wrote.
+const APPLIED: TableDefinition<&str, &[u8]> = TableDefinition::new("applied");
+const APPLIED_KEY: &str = "raft";
+
+fn applied_in(txn: &redb::ReadTransaction) -> Result<Option<Vec<u8>>, StoreError> {
+    let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+    let table = match txn.open_table(APPLIED) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(w(&e)),
+    };
+    Ok(table
+        .get(APPLIED_KEY)
+        .map_err(|e| w(&e))?
+        .map(|v| v.value().to_vec()))
+}
+
+/// Every row of the store, as one state.
+fn load(db: &Database, sealer: &Sealer) -> Result<State, StoreError> {
+    let w = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+    let txn = db.begin_read().map_err(|e| w(&e))?;
+    let table = txn.open_table(OBJECTS).map_err(|e| w(&e))?;
+    let mut state = State::default();
+    for row in table.iter().map_err(|e| w(&e))? {
+        let (k, v) = row.map_err(|e| w(&e))?;
+        state.absorb(k.value(), Some(v.value()), sealer)?;
+    }
+    Ok(state)
 }
 
 #[cfg(test)]

@@ -57,6 +57,8 @@ impl ApiError {
             ) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::Ipam(_)) => StatusCode::BAD_REQUEST,
             ApiError::Schedule(ScheduleError::NoNodes) => StatusCode::SERVICE_UNAVAILABLE,
+            // dockerd answers a write without a quorum 503 too: try again when there is one.
+            ApiError::Store(StoreError::NoLeader(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -7,7 +7,8 @@
 //! handlers, one file per resource (`networks`, `services`, `tasks`, `nodes`, `system`,
 //! `images` for image references, their digests and registry credentials, `logs`,
 //! `rotation`, `agents` for the agents' channel and liveness, and `trust` for the CA,
-//! certificates, tokens and who a request's certificate proves), and the background loops
+//! certificates, tokens and who a request's certificate proves, and `replicas` for the Raft
+//! routes between managers), and the background loops
 //! (`updater`, `rotation::run`, `agents::watch_liveness`) use them, with `error`, `extract`
 //! and `lookup` for answering like dockerd. Handlers import `shared` and those helpers, never
 //! this file; one handler file uses another's only for a shape or a constant (`tasks` ->
@@ -31,6 +32,7 @@ mod networks;
 mod nodes;
 mod options;
 mod payloads;
+pub mod replicas;
 mod rotation;
 mod services;
 mod shared;

@@ -1,0 +1,345 @@
+//! Managers that replicate the store through Raft (openraft; docs/raft.md says why that one).
+//!
+//! A write is decided by the leader against its latest state, as today's single manager
+//! decides it (`Store::update`), and what it changed, its rows, becomes one log entry. The
+//! write is answered once that entry is committed on a quorum and applied here; every
+//! manager applies the same rows in the same order, so their stores are the same bytes.
+//!
+//! - [`log`]: the log and vote, durable in `raft.redb`;
+//! - [`machine`]: the state machine, which is the store;
+//! - [`net`]: the transport between managers (mutual TLS, manager certificates only).
+
+pub mod log;
+pub mod machine;
+pub mod net;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Rows, Store, StoreError};
+
+/// Leaders heartbeat at this. A follower stands for election once it has heard nothing for
+/// the leader's lease (`ELECTION_MAX`: it refuses votes before, so a slow heartbeat cannot
+/// depose a live leader) plus its own timeout (random in `ELECTION_MIN..ELECTION_MAX`):
+/// 1.75 to 2 s after the leader's last heartbeat, a new leader inside the 3 s the
+/// managers promise (Swarm's default is ~10 s).
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+const ELECTION_MIN: Duration = Duration::from_millis(750);
+const ELECTION_MAX: Duration = Duration::from_millis(1000);
+
+/// How long a write waits for a leader and a quorum before it is refused.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// docker's words when a write finds no quorum.
+pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+
+/// A manager as the others know it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its swarm node ID.
+    pub node: String,
+    /// Where its manager listens to the others (`host:port`).
+    pub addr: String,
+}
+
+/// One committed write: the rows it changed, sealed payloads still sealed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Write {
+    pub rows: Vec<Row>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub key: String,
+    /// The stored bytes, base64 (none: removed).
+    #[serde(with = "base64_bytes")]
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A snapshot: every row of the store.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Image {
+    pub rows: Vec<Row>,
+}
+
+impl Write {
+    pub fn from_rows(rows: Rows) -> Write {
+        Write {
+            rows: rows
+                .into_iter()
+                .map(|(key, bytes)| Row { key, bytes })
+                .collect(),
+        }
+    }
+}
+
+pub(crate) fn rows_of(rows: &[Row]) -> Rows {
+    rows.iter()
+        .map(|r| (r.key.clone(), r.bytes.clone()))
+        .collect()
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The managers' Raft: writes in, nothing out (the store is read directly).
+    pub Managers:
+        D = Write,
+        R = (),
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = Image,
+);
+
+/// When to snapshot and how much log to keep past one: bounded disk, and a follower a few
+/// hundred writes behind still catches up from the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Compaction {
+    pub every: u64,
+    pub keep: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            every: 1000,
+            keep: 500,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("the managers' Raft: {0}")]
+    Raft(String),
+    #[error("the managers' Raft log: {0}")]
+    Log(#[from] openraft::StorageError<u64>),
+}
+
+fn raft_error(e: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::Raft(e.to_string())
+}
+
+/// How a manager stands, as `docker node ls` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reachability {
+    Leader,
+    Reachable,
+    Unreachable,
+}
+
+/// This manager's replica of the store.
+pub struct Replica {
+    id: u64,
+    raft: Raft<Managers>,
+    answered: net::Answered,
+}
+
+impl Replica {
+    /// Starts replica `id` over `store`, its log in `dir/raft.redb`. The store must not be
+    /// written by anyone else from now on: every write goes through the log.
+    pub async fn start(
+        id: u64,
+        dir: &Path,
+        store: Arc<Store>,
+        network: net::Network,
+        compaction: Compaction,
+    ) -> Result<Arc<Replica>, ReplicaError> {
+        let config = Config {
+            cluster_name: "swarmkit-managers".into(),
+            heartbeat_interval: HEARTBEAT.as_millis() as u64,
+            election_timeout_min: ELECTION_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_MAX.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(compaction.every),
+            max_in_snapshot_log_to_keep: compaction.keep,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_error)?;
+        let log = log::Log::open(&dir.join("raft.redb"))?;
+        let machine = machine::Machine::new(store.clone());
+        let answered = network.answered();
+        let raft = Raft::new(id, Arc::new(config), network, log, machine)
+            .await
+            .map_err(raft_error)?;
+        let replica = Arc::new(Replica { id, raft, answered });
+        store.replicate_through(Box::new(Writer(replica.clone())));
+        Ok(replica)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft<Managers> {
+        &self.raft
+    }
+
+    /// Makes these managers a new cluster (once, on the first manager).
+    pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<(), ReplicaError> {
+        self.raft.initialize(members).await.map_err(raft_error)
+    }
+
+    /// Adds a manager: it catches up as a learner first, then votes (docker's promote).
+    pub async fn add(&self, id: u64, member: Member) -> Result<(), ReplicaError> {
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(raft_error)?;
+        let mut voters: BTreeSet<u64> = self.voters();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+
+    /// Removes a manager's vote (docker's demote).
+    pub async fn remove(&self, id: u64) -> Result<(), ReplicaError> {
+        let mut voters = self.voters();
+        voters.remove(&id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .collect()
+    }
+
+    /// The leader's ID, as this manager last heard it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this manager leads and a quorum acknowledged it within an election timeout
+    /// (a leader cut off from the others stops counting itself one long before it hears
+    /// of a successor).
+    pub fn leads(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms <= ELECTION_MAX.as_millis() as u64)
+    }
+
+    /// Waits until this manager leads with every entry it holds applied, so that what it
+    /// decides next starts from the cluster's latest state.
+    async fn ready_to_decide(&self) -> Result<(), StoreError> {
+        let ready = |m: &openraft::RaftMetrics<u64, Member>| {
+            m.state == ServerState::Leader && m.last_applied.map(|l| l.index) == m.last_log_index
+        };
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+        loop {
+            if ready(&metrics.borrow_and_update()) {
+                return if self.leads() {
+                    Ok(())
+                } else {
+                    Err(StoreError::NoLeader(NO_LEADER.into()))
+                };
+            }
+            // A follower never becomes ready by waiting: the write belongs to the leader.
+            if metrics.borrow().state != ServerState::Leader
+                && metrics.borrow().state != ServerState::Candidate
+                && metrics.borrow().current_leader.is_some()
+            {
+                return Err(StoreError::NoLeader(NO_LEADER.into()));
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(StoreError::NoLeader(NO_LEADER.into())),
+            }
+        }
+    }
+
+    async fn write(&self, rows: Rows) -> Result<(), StoreError> {
+        match tokio::time::timeout(
+            WRITE_DEADLINE,
+            self.raft.client_write(Write::from_rows(rows)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!("a write was not committed: {e}");
+                Err(StoreError::NoLeader(NO_LEADER.into()))
+            }
+            Err(_) => Err(StoreError::NoLeader(NO_LEADER.into())),
+        }
+    }
+
+    /// Every manager and how it stands, as the leader sees it (`None` on a follower: ask the
+    /// leader).
+    pub fn standing(&self) -> Option<Vec<(u64, Member, Reachability)>> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        Some(
+            m.membership_config
+                .nodes()
+                .map(|(id, member)| {
+                    let standing = if *id == self.id {
+                        Reachability::Leader
+                    } else if self.answered.within(*id, 2 * ELECTION_MAX) {
+                        Reachability::Reachable
+                    } else {
+                        Reachability::Unreachable
+                    };
+                    (*id, member.clone(), standing)
+                })
+                .collect(),
+        )
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("the managers' Raft did not stop cleanly: {e}");
+        }
+    }
+}
+
+/// The store's way into the log. `Store::update` runs on a thread that may block (the
+/// manager's writes run in `block_in_place`), so it waits for Raft on the runtime's handle.
+struct Writer(Arc<Replica>);
+
+impl crate::store::Replicate for Writer {
+    fn prepare(&self) -> Result<(), StoreError> {
+        tokio::runtime::Handle::current().block_on(self.0.ready_to_decide())
+    }
+
+    fn replicate(&self, rows: Rows) -> Result<(), StoreError> {
+        tokio::runtime::Handle::current().block_on(self.0.write(rows))
+    }
+}
