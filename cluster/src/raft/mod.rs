@@ -32,6 +32,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 const ELECTION_MIN: Duration = Duration::from_millis(750);
 const ELECTION_MAX: Duration = Duration::from_millis(1000);
 
+/// How long sending and installing a whole snapshot may take.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How long a write waits for a leader and a quorum before it is refused.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -174,6 +177,9 @@ impl Replica {
             election_timeout_max: ELECTION_MAX.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(compaction.every),
             max_in_snapshot_log_to_keep: compaction.keep,
+            // A snapshot goes whole, in one request, and is installed with a durable commit
+            // and a reload: openraft's 200 ms default is a chunk's, far too short for that.
+            install_snapshot_timeout: SNAPSHOT_DEADLINE.as_millis() as u64,
             ..Default::default()
         }
         .validate()
@@ -263,10 +269,14 @@ impl Replica {
         let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
         loop {
             if ready(&metrics.borrow_and_update()) {
-                return if self.leads() {
-                    Ok(())
-                } else {
-                    Err(StoreError::NoLeader(NO_LEADER.into()))
+                // A quorum confirms this leader now, one round trip before the write is
+                // proposed: a leader that lost its followers refuses the write rather than
+                // log an entry that may commit long after it was answered "no leader".
+                let confirmed =
+                    tokio::time::timeout(2 * ELECTION_MAX, self.raft.ensure_linearizable()).await;
+                return match confirmed {
+                    Ok(Ok(_)) => Ok(()),
+                    _ => Err(StoreError::NoLeader(NO_LEADER.into())),
                 };
             }
             // A follower never becomes ready by waiting: the write belongs to the leader.
