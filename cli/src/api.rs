@@ -38,7 +38,7 @@ pub struct Api {
 
 impl Api {
     pub fn connect(cluster: &str) -> Result<Api, ApiError> {
-        let socket = ClusterPaths::new(cluster).manager_socket();
+        let socket = ClusterPaths::new(cluster).live_manager_socket();
         let unreachable = || ApiError::Unreachable {
             cluster: cluster.to_string(),
             socket: socket.clone(),

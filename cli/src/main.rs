@@ -103,7 +103,14 @@ enum Command {
     #[command(subcommand)]
     Lab(commands::lab::LabCmd),
     #[command(name = "__manager", hide = true)]
-    Manager,
+    Manager {
+        /// This manager's Raft ID, in a cluster of several managers (see the members file).
+        #[arg(long)]
+        replica: Option<u64>,
+        /// Only make a new cluster's first store at this path, and exit.
+        #[arg(long, conflicts_with = "replica")]
+        seed: Option<std::path::PathBuf>,
+    },
     #[command(name = "__agent", hide = true)]
     Agent {
         #[arg(long)]
@@ -151,7 +158,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Lab(cmd) => commands::lab::run(cmd).await,
-        Command::Manager => testbed::lifecycle::run_manager(cluster).await.map(|()| 0),
+        Command::Manager { replica, seed } => {
+            testbed::lifecycle::run_manager(cluster, replica, seed.as_deref())
+                .await
+                .map(|()| 0)
+        }
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
         Command::Relay => {

@@ -256,7 +256,7 @@ pub enum Engine {
 pub fn client(engine: &Engine) -> anyhow::Result<ManagerClient> {
     let host = match engine {
         Engine::Cluster(name) => {
-            let socket = cluster::paths::ClusterPaths::new(name).manager_socket();
+            let socket = cluster::paths::ClusterPaths::new(name).live_manager_socket();
             if !socket.exists() {
                 anyhow::bail!(
                     "cluster {name:?} is not up (no manager socket at {}): start it with `swarmkit cluster up --name {name}`, or point doctor at a Docker engine with --docker-host",

@@ -40,6 +40,18 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether asking another manager may help: this one is gone, stalled, or answered
+    /// that it does not lead (503).
+    pub fn another_manager_may_answer(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Status { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
+            ClientError::Http { .. } => false,
+        }
+    }
+}
+
 /// Where the manager listens: its unix socket on the host, or a TCP port that an SSH tunnel
 /// forwards to that socket (agents inside guests).
 #[derive(Clone, Debug)]
@@ -59,21 +71,27 @@ type SharedTls = Arc<RwLock<Arc<rustls::ClientConfig>>>;
 
 #[derive(Debug)]
 pub struct ManagerClient {
-    endpoint: Endpoint,
+    /// Every manager this client may ask; one unless the cluster has several.
+    endpoints: Arc<[Endpoint]>,
+    /// The one it asks now, shared by every clone: when one clone finds a manager gone or
+    /// not leading, the others move with it.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     tls: Option<SharedTls>,
     /// Who the TLS peer must prove to be; the manager unless told otherwise.
     server_name: rustls::pki_types::ServerName<'static>,
-    /// The connection the last request used, kept for the next: an agent long-polls its
-    /// plan every heartbeat, and a connection per poll (a TCP handshake and teardown across
-    /// the underlay each time) was most of an idle cluster's CPU.
-    idle: std::sync::Mutex<Option<Sender>>,
+    /// The connection the last request used (to the endpoint of that index), kept for the
+    /// next: an agent long-polls its plan every heartbeat, and a connection per poll (a TCP
+    /// handshake and teardown across the underlay each time) was most of an idle cluster's
+    /// CPU.
+    idle: std::sync::Mutex<Option<(usize, Sender)>>,
 }
 
 /// A clone has its own connection: a long poll holds one for its whole wait.
 impl Clone for ManagerClient {
     fn clone(&self) -> Self {
         ManagerClient {
-            endpoint: self.endpoint.clone(),
+            endpoints: self.endpoints.clone(),
+            current: self.current.clone(),
             tls: self.tls.clone(),
             server_name: self.server_name.clone(),
             idle: std::sync::Mutex::new(None),
@@ -84,23 +102,63 @@ impl Clone for ManagerClient {
 /// Longer than the manager's plan long-poll (5 s) with room for a loaded machine.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// With other managers to ask, how long one may take before the next is asked: well past a
+/// plan long-poll (a heartbeat), and short enough that agents reach a new leader inside its
+/// reconnect grace when theirs died with its connections stalled.
+const FAILOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
 impl ManagerClient {
-    pub fn new(socket: &Path) -> Self {
+    fn of(endpoints: Vec<Endpoint>) -> Self {
+        assert!(!endpoints.is_empty(), "a client needs a manager to ask");
         ManagerClient {
-            endpoint: Endpoint::Unix(socket.to_path_buf()),
+            endpoints: endpoints.into(),
+            current: Default::default(),
             tls: None,
             server_name: crate::pki::tls::manager_name(),
             idle: std::sync::Mutex::new(None),
         }
     }
 
+    pub fn new(socket: &Path) -> Self {
+        ManagerClient::of(vec![Endpoint::Unix(socket.to_path_buf())])
+    }
+
     pub fn tcp(addr: &str) -> Self {
-        ManagerClient {
-            endpoint: Endpoint::Tcp(addr.to_string()),
-            tls: None,
-            server_name: crate::pki::tls::manager_name(),
-            idle: std::sync::Mutex::new(None),
-        }
+        ManagerClient::of(vec![Endpoint::Tcp(addr.to_string())])
+    }
+
+    /// A client of several managers' sockets: it asks one, and moves to the next when that
+    /// one is gone, does not answer in time, or answers that it does not lead.
+    pub fn any_of(sockets: &[PathBuf]) -> Self {
+        ManagerClient::of(sockets.iter().cloned().map(Endpoint::Unix).collect())
+    }
+
+    /// Every manager of `cluster` (see [`crate::paths::ClusterPaths::manager_sockets`]).
+    pub fn of_cluster(paths: &crate::paths::ClusterPaths) -> Self {
+        ManagerClient::any_of(&paths.manager_sockets())
+    }
+
+    /// [`ManagerClient::any_of`] over TCP addresses (agents dialling managers across the
+    /// underlay).
+    pub fn tcp_any_of(addrs: &[String]) -> Self {
+        ManagerClient::of(addrs.iter().cloned().map(Endpoint::Tcp).collect())
+    }
+
+    fn at(&self) -> (usize, &Endpoint) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
+        (i, &self.endpoints[i])
+    }
+
+    /// Moves every clone from endpoint `from` to the next (unless one already moved them).
+    fn move_on(&self, from: usize) {
+        let next = (from + 1) % self.endpoints.len();
+        let _ = self.current.compare_exchange(
+            from,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The same endpoint in TLS under `config` (the manager is checked against its roots and
@@ -132,7 +190,7 @@ impl ManagerClient {
 
     fn connect_error(&self, source: std::io::Error) -> ClientError {
         ClientError::Connect {
-            path: match &self.endpoint {
+            path: match self.at().1 {
                 Endpoint::Unix(p) => p.clone(),
                 Endpoint::Tcp(a) => PathBuf::from(format!("tcp:{a}")),
             },
@@ -164,7 +222,7 @@ impl ManagerClient {
             })
         }
         let connect = |e| self.connect_error(e);
-        Ok(match &self.endpoint {
+        Ok(match self.at().1 {
             Endpoint::Unix(p) => {
                 let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
                 secured(stream, tls, self.server_name.clone())
@@ -257,15 +315,35 @@ impl ManagerClient {
         uri: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.call_once(method.clone(), uri, body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClientError::Timeout {
-                    method,
-                    uri: uri.to_string(),
-                    after: REQUEST_TIMEOUT,
-                })
-            })
+        let several = self.endpoints.len() > 1;
+        let within = if several {
+            FAILOVER_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+        let mut attempts = self.endpoints.len();
+        loop {
+            let (at, _) = self.at();
+            let answer = tokio::time::timeout(within, self.call_once(method.clone(), uri, body))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Timeout {
+                        method: method.clone(),
+                        uri: uri.to_string(),
+                        after: within,
+                    })
+                });
+            attempts -= 1;
+            match answer {
+                Err(e) if several && e.another_manager_may_answer() => {
+                    self.move_on(at);
+                    if attempts == 0 {
+                        return Err(e);
+                    }
+                }
+                answer => return answer,
+            }
+        }
     }
 
     async fn call_once<B: Serialize, T: DeserializeOwned>(
@@ -292,12 +370,14 @@ impl ManagerClient {
                 .body(Full::new(bytes.clone()))
                 .map_err(|e| http(e.to_string()))
         };
+        let (at, _) = self.at();
         let kept = self
             .idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .filter(|s| !s.is_closed());
+            .filter(|(to, s)| *to == at && !s.is_closed())
+            .map(|(_, s)| s);
         let answered = match kept {
             // The manager may have closed it meanwhile (it restarted, say): then once more on
             // a new one.
@@ -331,7 +411,7 @@ impl ManagerClient {
             .map_err(|e| http(e.to_string()))?
             .to_bytes();
         if sender.ready().await.is_ok() {
-            *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+            *self.idle.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, sender));
         }
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)

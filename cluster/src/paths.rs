@@ -63,11 +63,51 @@ impl ClusterPaths {
     pub fn client_credentials(&self) -> PathBuf {
         self.state_dir().join("client")
     }
+    /// Where a docker client finds a manager now (the first that answers, when there are
+    /// several).
     pub fn docker_host(&self) -> String {
-        format!("unix://{}", self.manager_socket().display())
+        format!("unix://{}", self.live_manager_socket().display())
     }
     pub fn store(&self) -> PathBuf {
         self.state_dir().join("state.redb")
+    }
+    /// Where the manager on `node` keeps its replica of the store, its sealing key and its
+    /// Raft log, in a cluster of several managers.
+    pub fn replica_dir(&self, node: &str) -> PathBuf {
+        self.state_dir().join("managers").join(node)
+    }
+    /// The sockets of the manager on `node` (its Engine API, agents', nodes').
+    pub fn replica_run_dir(&self, node: &str) -> PathBuf {
+        self.run_dir().join("managers").join(node)
+    }
+    /// Every manager of a cluster of several, with its Raft ID and address.
+    pub fn members_file(&self) -> PathBuf {
+        self.state_dir().join("managers.json")
+    }
+    /// Every manager's Engine API socket: the one manager's, or one per manager node
+    /// (ordered by node) when there are several.
+    pub fn manager_sockets(&self) -> Vec<PathBuf> {
+        let mut sockets: Vec<PathBuf> = std::fs::read_dir(self.run_dir().join("managers"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.path().join("manager.sock")))
+            .collect();
+        if sockets.is_empty() {
+            return vec![self.manager_socket()];
+        }
+        // Manager nodes are the first few (node1..node7): their names sort as their numbers.
+        sockets.sort();
+        sockets
+    }
+    /// The first manager socket that takes a connection (the first of all when none does,
+    /// for the error to name).
+    pub fn live_manager_socket(&self) -> PathBuf {
+        let sockets = self.manager_sockets();
+        sockets
+            .iter()
+            .find(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+            .unwrap_or(&sockets[0])
+            .clone()
     }
     pub fn info_file(&self) -> PathBuf {
         self.state_dir().join("cluster.json")

@@ -144,7 +144,7 @@ impl Managers {
             .build()
             .unwrap();
         let (network, compaction, server_tls) = (
-            Network::new(self.tls.client.clone()),
+            Network::new(tokio::sync::watch::channel(Arc::new(self.tls.client.clone())).1),
             self.compaction,
             self.tls.server.clone(),
         );

@@ -37,6 +37,7 @@
 pub mod backend;
 pub mod docker_lab;
 pub mod lifecycle;
+pub mod managers;
 pub mod procs;
 pub mod record;
 pub mod ssh;
@@ -153,6 +154,8 @@ pub enum TestbedError {
     },
     #[error(transparent)]
     Timeout(#[from] crate::wait::Timeout),
+    #[error("invalid --managers {given}: give 1 to {max} (at most --nodes, and at most 7)")]
+    InvalidManagers { given: usize, max: usize },
     #[error("invalid --nodes {given} for the {backend} backend: give 1 to {max}")]
     InvalidNodes {
         backend: Backend,
@@ -299,7 +302,7 @@ pub(crate) async fn wait_restarted(
     deadline: std::time::Duration,
     log: std::path::PathBuf,
 ) -> Result<()> {
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(paths);
     wait::wait_until(&format!("{node} to be ready"), deadline, &log, || {
         hostname_ready_since(&client, node, Some(since))
     })

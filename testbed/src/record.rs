@@ -73,6 +73,8 @@ impl RegistrySettings {
 pub struct UpOptions {
     pub name: String,
     pub nodes: usize,
+    /// Managers replicating the store, on the first nodes (1: one manager, off the nodes).
+    pub managers: usize,
     pub backend: Backend,
     /// None means each agent probes its kernel.
     pub lb: Option<Driver>,

@@ -190,7 +190,15 @@ pub fn run(cluster: &str) -> Result<()> {
             }
         }
         for spec in all(&paths) {
-            if killed_marker(&paths, &spec.name).exists() || running(&paths, &spec).is_some() {
+            // A node killed on purpose takes every daemon on it down (a manager's too).
+            let node_killed = spec
+                .hostname
+                .as_ref()
+                .is_some_and(|h| killed_marker(&paths, h).exists());
+            if node_killed
+                || killed_marker(&paths, &spec.name).exists()
+                || running(&paths, &spec).is_some()
+            {
                 continue;
             }
             if last_start
@@ -230,9 +238,7 @@ const MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The cluster's current worker join token, as `docker swarm join-token -q worker` prints it.
 pub(crate) async fn worker_token(paths: &ClusterPaths) -> Result<String> {
-    let swarm: serde_json::Value = ManagerClient::new(&paths.manager_socket())
-        .get("/swarm")
-        .await?;
+    let swarm: serde_json::Value = ManagerClient::of_cluster(paths).get("/swarm").await?;
     swarm["JoinTokens"]["Worker"]
         .as_str()
         .map(str::to_string)
@@ -250,7 +256,7 @@ pub(crate) async fn write_join_token(paths: &ClusterPaths) -> Result<()> {
 }
 
 pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(paths);
     crate::wait::wait_until(
         "the manager to answer",
         MANAGER_TIMEOUT,

@@ -24,6 +24,10 @@ pub enum ClusterCmd {
         /// Number of nodes; the first one runs the manager
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Managers replicating the cluster's state through Raft, on the first nodes (as
+        /// docker's manager nodes; 3 or 5 survive the loss of 1 or 2); netns backend
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        managers: usize,
         /// How nodes are built
         #[arg(long, default_value = "netns", value_parser = flags::backend_parser(flags::all_backends()))]
         backend: Backend,
@@ -122,6 +126,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
         ClusterCmd::Up {
             name,
             nodes,
+            managers,
             backend,
             lb,
             inventory,
@@ -137,6 +142,7 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
             let opts = UpOptions {
                 name,
                 nodes,
+                managers,
                 backend,
                 lb: lb.map(Into::into),
                 inventory,

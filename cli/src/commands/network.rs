@@ -56,7 +56,7 @@ const ROTATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120)
 async fn rotate_key(cluster: &str, network: &str) -> anyhow::Result<i32> {
     use ::cluster::client::{ClientError, ManagerClient};
     use ::cluster::manager::KeyStatus;
-    let client = ManagerClient::new(&::cluster::paths::ClusterPaths::new(cluster).manager_socket());
+    let client = ManagerClient::of_cluster(&::cluster::paths::ClusterPaths::new(cluster));
     let base = format!("/swarmkit/v1/networks/{network}");
     let begun: Result<KeyStatus, _> = client
         .post(&format!("{base}/rotate-key"), &serde_json::json!({}))

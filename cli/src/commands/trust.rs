@@ -341,7 +341,7 @@ pub async fn env_tls(cluster: &str) -> anyhow::Result<i32> {
     let paths = ClusterPaths::new(cluster);
     let (key_pem, csr_pem) = ::cluster::pki::ca::new_key_and_request()?;
     let name = client_name();
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(&paths);
     let issued: ClientCert = client
         .post(
             "/swarmkit/v1/client-cert",

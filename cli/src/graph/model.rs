@@ -193,8 +193,8 @@ impl Raw {
         let nodes = api.docker.list_nodes(None).await.api(&api)?;
         let networks = api.docker.list_networks(None).await.api(&api)?;
         let services = api.docker.list_services(None).await.api(&api)?;
-        let client = ::cluster::client::ManagerClient::new(
-            &::cluster::paths::ClusterPaths::new(cluster).manager_socket(),
+        let client = ::cluster::client::ManagerClient::of_cluster(
+            &::cluster::paths::ClusterPaths::new(cluster),
         );
         let tasks = client.get("/tasks").await?;
         Ok(Raw {

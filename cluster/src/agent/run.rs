@@ -56,6 +56,11 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         return Err(AgentError::NoBridgeNetfilter.into());
     }
     let endpoint = match &config.manager_tcp {
+        // Several managers: a comma-separated list, asked in turn until the leader answers.
+        Some(addrs) if addrs.contains(',') => {
+            let addrs: Vec<String> = addrs.split(',').map(str::to_string).collect();
+            ManagerClient::tcp_any_of(&addrs)
+        }
         Some(addr) => ManagerClient::tcp(addr),
         None => ManagerClient::new(&paths.agent_socket()),
     };

@@ -205,7 +205,7 @@ pub async fn watch_liveness(m: Shared) {
             // A node this manager has not heard from yet gets the reconnect grace.
             let due = match m.last_seen(&n.id) {
                 Some(seen) => seen + hb.timeout(),
-                None => m.started + hb.grace.max(hb.timeout()),
+                None => m.lead_since() + hb.grace.max(hb.timeout()),
             };
             if due <= now {
                 stale.push(n.id.clone());

@@ -56,7 +56,7 @@ pub use config::{
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};
 pub use rotation::KeyStatus;
-pub use shared::{Manager, Shared};
+pub use shared::{Manager, Replication, Shared};
 pub use system::{API_VERSION, ENGINE_VERSION, MIN_API_VERSION};
 
 /// Docker clients prefix paths with `/v1.NN`; route on the rest.
@@ -178,14 +178,36 @@ pub async fn serve(
     let local = bind_private(socket)?;
     let agents_sock = bind_private(&socket.with_file_name(AGENT_SOCKET))?;
     let clients = bind_clients(&m).await?;
-    let api = axum::middleware::map_request(strip_version).layer(router(m.clone()));
-    let remote_api = axum::middleware::map_request(strip_version).layer(router(m.clone()).layer(
-        axum::middleware::from_fn_with_state(m.clone(), trust::api_caller),
+    // A follower hands what it is asked to the leader.
+    let writes_to_leader = axum::middleware::from_fn_with_state(m.clone(), replicas::to_leader);
+    let api = axum::middleware::map_request(strip_version)
+        .layer(router(m.clone()).layer(writes_to_leader.clone()));
+    let remote_api = axum::middleware::map_request(strip_version).layer(
+        router(m.clone())
+            .layer(writes_to_leader)
+            .layer(axum::middleware::from_fn_with_state(
+                m.clone(),
+                trust::api_caller,
+            )),
+    );
+    let mut agent_app = agent_router(m.clone()).layer(axum::middleware::from_fn_with_state(
+        m.clone(),
+        replicas::agents_to_leader,
     ));
-    let agent_app = agent_router(m.clone());
-    tokio::spawn(agents::watch_liveness(m.clone()));
-    tokio::spawn(rotation::run(m.clone()));
-    tokio::spawn(updater::run(m.clone()));
+    if let Some(replica) = &m.replica {
+        let cluster_id = m.store.snapshot().meta.cluster_id.clone();
+        let replayed = axum::middleware::map_request(strip_version).layer(router(m.clone()));
+        agent_app = agent_app
+            .merge(replicas::routes(replica.clone(), &cluster_id))
+            .merge(replicas::forwarded(
+                Router::new().fallback_service(replayed),
+                &cluster_id,
+            ));
+    }
+    // What decides is the leader's alone.
+    tokio::spawn(m.clone().while_leading(agents::watch_liveness));
+    tokio::spawn(m.clone().while_leading(rotation::run));
+    tokio::spawn(m.clone().while_leading(updater::run));
     tokio::spawn(trust::renew_own(m.clone()));
     tokio::spawn(containers::serve_nodes(
         m.clone(),
@@ -237,6 +259,11 @@ async fn bind_clients(m: &Shared) -> anyhow::Result<tokio::net::TcpListener> {
     let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
     let port = l.local_addr()?.port();
     tracing::warn!("the clients' port was taken; listening on 127.0.0.1:{port} instead");
+    if m.replica.is_some() {
+        // The recorded port is the managers' shared setting (another manager on this
+        // machine may hold it): not this one's to change.
+        return Ok(l);
+    }
     m.update(|s| {
         let mut meta = s.meta.clone();
         meta.client_port = port;

@@ -29,7 +29,13 @@ pub const MESH_LABEL: &str = "swarmkit.mesh";
 /// (`ready`) or not yet (`pending`): `cluster up` returns once every node's is ready.
 pub const DATAPLANE_LABEL: &str = "swarmkit.dataplane";
 
-pub fn to_api(n: &Node, applied: u64, trust: Option<&crate::pki::trust::Trust>) -> ApiNode {
+/// `manager`: whether the node is a manager, and then whether it leads and is reachable.
+pub fn to_api(
+    n: &Node,
+    applied: u64,
+    trust: Option<&crate::pki::trust::Trust>,
+    manager: Option<(bool, crate::raft::Reachability)>,
+) -> ApiNode {
     ApiNode {
         id: Some(n.id.clone()),
         version: Some(ObjectVersion {
@@ -40,7 +46,7 @@ pub fn to_api(n: &Node, applied: u64, trust: Option<&crate::pki::trust::Trust>) 
         spec: Some(NodeSpec {
             name: None,
             labels: Some(n.labels.clone().into_iter().collect()),
-            role: Some(if n.leader {
+            role: Some(if manager.is_some() {
                 NodeSpecRoleEnum::MANAGER
             } else {
                 NodeSpecRoleEnum::WORKER
@@ -89,9 +95,12 @@ pub fn to_api(n: &Node, applied: u64, trust: Option<&crate::pki::trust::Trust>) 
             message: None,
             addr: Some(n.addr.to_string()),
         }),
-        manager_status: n.leader.then(|| ManagerStatus {
-            leader: Some(true),
-            reachability: Some(Reachability::REACHABLE),
+        manager_status: manager.map(|(leads, reach)| ManagerStatus {
+            leader: Some(leads),
+            reachability: Some(match reach {
+                crate::raft::Reachability::Unreachable => Reachability::UNREACHABLE,
+                _ => Reachability::REACHABLE,
+            }),
             addr: Some(format!("{}:2377", n.addr)),
         }),
     }
@@ -147,10 +156,14 @@ pub async fn list(
     filters.check_values("membership", &["accepted", "pending"])?;
     filters.check_values("availability", &["active", "pause", "drain"])?;
     let s = m.store.snapshot();
+    let managers = m.managers(&s);
     Ok(Json(
         s.nodes
             .values()
-            .map(|n| to_api(n, m.ack_of(&n.id), s.meta.trust.as_ref()))
+            .map(|n| {
+                let manager = managers.get(&n.id).copied();
+                to_api(n, m.ack_of(&n.id), s.meta.trust.as_ref(), manager)
+            })
             .filter(|n| matches(n, &filters))
             .collect(),
     ))
@@ -159,7 +172,13 @@ pub async fn list(
 pub async fn inspect(State(m): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<ApiNode>> {
     let s = m.store.snapshot();
     let n = find(&s.nodes, &id, |n| &n.hostname, "node")?;
-    Ok(Json(to_api(n, m.ack_of(&n.id), s.meta.trust.as_ref())))
+    let manager = m.managers(&s).get(&n.id).copied();
+    Ok(Json(to_api(
+        n,
+        m.ack_of(&n.id),
+        s.meta.trust.as_ref(),
+        manager,
+    )))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
-//! The Raft routes between managers (`raft::net::ROUTE`): served on the agents' listener,
-//! answered only to a manager certificate of this cluster. An agent or a client that reaches
-//! them gets 403 whatever it sends: a vote or a log entry is a manager's to give.
+//! What managers say to each other, on the agents' listener and only to a manager
+//! certificate of this cluster (an agent or a client gets 403 whatever it sends): the Raft
+//! routes (`raft::net::ROUTE`), and a follower's Engine API writes forwarded to the leader,
+//! which replays them through its own API as if they had come to it.
 
 use std::sync::Arc;
 
@@ -13,7 +14,19 @@ use axum::{Json, Router};
 use openraft::Snapshot;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
+use axum::extract::Request;
+use axum::http::Method;
+use axum::middleware::Next;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+
+use super::error;
+use super::extract;
 use super::listen::Peer;
+use super::shared::Shared;
+use crate::client::ManagerClient;
 use crate::pki::Role;
 use crate::raft::net::{ROUTE, SnapshotRequest};
 use crate::raft::{Managers, Replica};
@@ -28,13 +41,24 @@ struct Replicas {
 /// the request's head, before its body is read: a stranger's body is never parsed.
 struct FromManager;
 
-impl FromRequestParts<Replicas> for FromManager {
+/// The cluster whose managers a route serves.
+trait OfCluster {
+    fn cluster_id(&self) -> &str;
+}
+
+impl OfCluster for Replicas {
+    fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+}
+
+impl<S: OfCluster + Sync> FromRequestParts<S> for FromManager {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, r: &Replicas) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, r: &S) -> Result<Self, Response> {
         match parts.extensions.get::<Peer>() {
             Some(Peer::Tls(Some(id)))
-                if id.role == Role::Manager && *id.cluster_id == *r.cluster_id =>
+                if id.role == Role::Manager && id.cluster_id == r.cluster_id() =>
             {
                 Ok(FromManager)
             }
@@ -99,4 +123,214 @@ async fn snapshot(
             .await,
     )
     .into_response()
+}
+
+/// Where a follower sends the leader a write it was asked.
+pub const FORWARD: &str = "/swarmkit/v1/raft/forward";
+
+/// An Engine API request as a follower received it (after its caller was authorised there).
+#[derive(Serialize, Deserialize)]
+struct Forwarded {
+    method: String,
+    uri: String,
+    content_type: Option<String>,
+    /// base64
+    body: String,
+}
+
+/// The leader's answer to it, as its API gave it.
+#[derive(Serialize, Deserialize)]
+struct Replayed {
+    status: u16,
+    content_type: Option<String>,
+    /// base64
+    body: String,
+}
+
+#[derive(Clone)]
+struct Forwarding {
+    api: Router,
+    cluster_id: Arc<str>,
+}
+
+impl OfCluster for Forwarding {
+    fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+}
+
+/// The leader's end: replays forwarded writes through `api` (its Engine API).
+pub fn forwarded(api: Router, cluster_id: &str) -> Router {
+    Router::new()
+        .route(FORWARD, post(replay))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(Forwarding {
+            api,
+            cluster_id: cluster_id.into(),
+        })
+}
+
+async fn replay(
+    State(f): State<Forwarding>,
+    _: FromManager,
+    Json(request): Json<Forwarded>,
+) -> Response {
+    let body = match STANDARD.decode(&request.body) {
+        Ok(b) => b,
+        Err(e) => return error::body(StatusCode::BAD_REQUEST, &format!("a forwarded body: {e}")),
+    };
+    let mut builder = axum::http::Request::builder()
+        .method(request.method.as_str())
+        .uri(&request.uri);
+    if let Some(ct) = &request.content_type {
+        builder = builder.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    let mut req = match builder.body(axum::body::Body::from(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            return error::body(
+                StatusCode::BAD_REQUEST,
+                &format!("a forwarded request: {e}"),
+            );
+        }
+    };
+    // The follower authorised its caller; here the request is the cluster's own.
+    req.extensions_mut().insert(Peer::Local);
+    let answer = match f.api.oneshot(req).await {
+        Ok(a) => a,
+        Err(never) => match never {},
+    };
+    let status = answer.status().as_u16();
+    let content_type = answer
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = axum::body::to_bytes(answer.into_body(), BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    Json(Replayed {
+        status,
+        content_type,
+        body: STANDARD.encode(&body),
+    })
+    .into_response()
+}
+
+/// The follower's end, a middleware on its Engine API. Every request goes to the leader, as
+/// docker's followers proxy theirs, and the leader's answer is this one's: what agents have
+/// acknowledged (a task's visible state, a node's) lives on the leader alone. With no leader
+/// reachable a read is answered from this manager's replica, and a write gets docker's 503.
+/// Logs stay local: they stream, and are answered from the store's history wherever asked.
+pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(replica) = m.replica.clone() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let local = path == "/_ping" || path == "/version" || path.ends_with("/logs");
+    if local || replica.is_leader() {
+        return next.run(req).await;
+    }
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, extract::BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return error::body(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+    };
+    let forwarded = Forwarded {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        content_type: parts
+            .headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: STANDARD.encode(&body),
+    };
+    let local = |parts, body| next.run(Request::from_parts(parts, axum::body::Body::from(body)));
+    // A read waits little for the leader (this manager's replica answers it otherwise); a
+    // write waits through an election, and follows the leadership wherever it moves.
+    let deadline = tokio::time::Instant::now()
+        + if read {
+            READ_PATIENCE
+        } else {
+            crate::raft::WRITE_DEADLINE
+        };
+    loop {
+        if replica.is_leader() {
+            return local(parts, body).await;
+        }
+        let Some((leader_id, leader)) = replica.leader_with_id() else {
+            if read {
+                return local(parts, body).await;
+            }
+            if tokio::time::timeout_at(deadline, replica.leader_changes_from(None))
+                .await
+                .is_err()
+            {
+                return error::body(StatusCode::SERVICE_UNAVAILABLE, crate::raft::NO_LEADER);
+            }
+            continue;
+        };
+        let tls = (**m.tls.managers().borrow()).clone();
+        let client = ManagerClient::tcp(&leader.addr).with_tls(tls);
+        tokio::select! {
+            answered = client.post::<_, Replayed>(FORWARD, &forwarded) => match answered {
+                Ok(r) => return replayed(r),
+                Err(e) if read => {
+                    tracing::debug!("the leader at {} did not answer a read: {e}", leader.addr);
+                    return local(parts, body).await;
+                }
+                Err(e) => {
+                    tracing::warn!("forwarding a write to the leader at {}: {e}", leader.addr);
+                    return error::body(StatusCode::SERVICE_UNAVAILABLE, crate::raft::NO_LEADER);
+                }
+            },
+            // The leader it went to lost the leadership: the write goes to the new one. Should
+            // the old one still commit it, nothing applies twice: a create sent again meets
+            // its own name, an update its own version, a removal finds nothing.
+            () = replica.leader_changes_from(Some(leader_id)) => continue,
+            () = tokio::time::sleep_until(deadline) => {
+                return if read {
+                    local(parts, body).await
+                } else {
+                    error::body(StatusCode::SERVICE_UNAVAILABLE, crate::raft::NO_LEADER)
+                };
+            }
+        }
+    }
+}
+
+/// How long a follower waits for the leader's answer to a read before giving its own.
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn replayed(r: Replayed) -> Response {
+    let mut answer = axum::response::Response::builder()
+        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY));
+    if let Some(ct) = r.content_type {
+        answer = answer.header(axum::http::header::CONTENT_TYPE, ct);
+    }
+    answer
+        .body(axum::body::Body::from(
+            STANDARD.decode(r.body).unwrap_or_default(),
+        ))
+        .unwrap_or_else(|e| error::body(StatusCode::BAD_GATEWAY, &e.to_string()))
+}
+
+/// On a follower, the agents' channel answers 503: agents ask the next manager they know
+/// until they find the leader, whose dispatcher holds their plans.
+pub async fn agents_to_leader(State(m): State<Shared>, req: Request, next: Next) -> Response {
+    if m.leads() {
+        return next.run(req).await;
+    }
+    let leader = m
+        .replica
+        .as_ref()
+        .and_then(|r| r.leader_member())
+        .map(|l| format!("{} at {}", l.node, l.addr))
+        .unwrap_or_else(|| "none yet".into());
+    error::body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("this manager does not lead the swarm (the leader: {leader}): ask another"),
+    )
 }

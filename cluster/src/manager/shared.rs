@@ -2,7 +2,7 @@
 //! node's plan, the agents' acks and last words, the tasks' output. Every write goes through
 //! `Manager::update`, which commits and wakes whoever the commit concerns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -14,10 +14,13 @@ use super::error::{ApiError, ApiResult};
 use super::logstore::Logs;
 use crate::dispatch::Dispatcher;
 use crate::model::{Meta, Network};
+use crate::raft::{Member, Reachability, Replica};
 use crate::store::{State, Store};
 
 pub struct Manager {
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// This manager's replica of the store, when it is one of several managers.
+    pub replica: Option<Arc<Replica>>,
     /// Every node's plan, kept up to date from the store's commits, and the agents' acks.
     dispatch: Mutex<Dispatcher>,
     /// What tasks printed, as their agents pushed it.
@@ -27,7 +30,9 @@ pub struct Manager {
     /// When each node's agent last talked to us.
     last_seen: Mutex<HashMap<String, Instant>>,
     pub heartbeat: Heartbeat,
-    pub(super) started: Instant,
+    /// Since when this manager leads (since it started, when it is the only one): what a
+    /// node it has not heard from yet is given its reconnect grace from.
+    lead_since: Mutex<Instant>,
     /// What the TLS listeners present (the manager's certificate under the current roots).
     pub(super) tls: super::tls::Listeners,
     /// `docker exec` sessions on the nodes' sockets.
@@ -36,10 +41,61 @@ pub struct Manager {
 
 pub type Shared = Arc<Manager>;
 
+/// How one of several managers joins the others.
+#[derive(Clone, Debug)]
+pub struct Replication {
+    /// Its Raft ID.
+    pub id: u64,
+    /// Every manager of the cluster, this one included.
+    pub members: BTreeMap<u64, Member>,
+    /// Whether this manager makes the managers a cluster on its first start (one does).
+    pub initialize: bool,
+}
+
 impl Manager {
     pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
         let store = Store::open(path)?;
         initialise(&store, cluster)?;
+        Manager::with(Arc::new(store), None)
+    }
+
+    /// Makes a cluster's first store at `path`, as a single manager's first start makes it;
+    /// every manager of a new replicated cluster starts from a copy of it (the same
+    /// identity, trust and sealing key).
+    pub fn seed(cluster: &str, path: &Path) -> anyhow::Result<()> {
+        initialise(&Store::open(path)?, cluster)?;
+        Ok(())
+    }
+
+    /// One of several managers, its store replicated with theirs (its log beside its store).
+    pub async fn open_replicated(path: &Path, r: Replication) -> anyhow::Result<Shared> {
+        let store = Arc::new(Store::open(path)?);
+        let meta = store.snapshot().meta.clone();
+        let trust = meta.trust.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the store at {} holds no cluster: a replicated manager starts from a copy of \
+                 a seeded store (cluster up --managers makes them)",
+                path.display()
+            )
+        })?;
+        let tls = super::tls::Listeners::new(trust, &meta.cluster_id)?;
+        let network = crate::raft::net::Network::new(tls.managers());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let replica = Replica::start(
+            r.id,
+            dir,
+            store.clone(),
+            network,
+            crate::raft::Compaction::default(),
+        )
+        .await?;
+        if r.initialize && !replica.raft().is_initialized().await? {
+            replica.initialize(r.members).await?;
+        }
+        Manager::with(store, Some(replica))
+    }
+
+    fn with(store: Arc<Store>, replica: Option<Arc<Replica>>) -> anyhow::Result<Shared> {
         let meta = store.snapshot().meta.clone();
         let heartbeat = Heartbeat::of(&meta)?;
         let trust = meta
@@ -50,12 +106,13 @@ impl Manager {
         let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,
+            replica,
             dispatch,
             logs: Default::default(),
             epoch: watch::channel(0).0,
             last_seen: Mutex::new(HashMap::new()),
             heartbeat,
-            started: Instant::now(),
+            lead_since: Mutex::new(Instant::now()),
             tls,
             execs: Default::default(),
         });
@@ -116,6 +173,94 @@ fn initialise(store: &Store, cluster: &str) -> Result<(), ApiError> {
 }
 
 impl Manager {
+    /// Whether this manager leads: the only one always does. Leading is Raft's word for it,
+    /// not whether a quorum answered lately: the loops that follow it must not flap.
+    pub fn leads(&self) -> bool {
+        self.replica.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    pub fn lead_since(&self) -> Instant {
+        *self.lead_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until this manager leads (`true`) or stops leading (`false`).
+    pub async fn until_leading(&self, leading: bool) {
+        let Some(replica) = &self.replica else {
+            if leading {
+                return;
+            }
+            return std::future::pending().await;
+        };
+        replica.until_leader(leading).await
+    }
+
+    /// Runs `work` while this manager leads, restarting it each time it leads again: the
+    /// loops that decide (liveness, updates, key rotation) are the leader's alone. Taking
+    /// over starts as a restarted manager starts: every node gets its reconnect grace from
+    /// now, and what the agents last acknowledged is taken as applied.
+    pub async fn while_leading<F, Fut>(self: Arc<Self>, work: F)
+    where
+        F: Fn(Shared) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        loop {
+            self.until_leading(true).await;
+            if self.replica.is_some() {
+                *self.lead_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                self.dispatch().assume_applied_before_restart();
+            }
+            tokio::select! {
+                () = work(self.clone()) => return,
+                () = self.until_leading(false) => {
+                    tracing::info!("this manager no longer leads: its loops wait");
+                }
+            }
+        }
+    }
+
+    /// The managers among `s`'s nodes, by node ID: whether each leads and whether the
+    /// leader hears from it (docker's MANAGER STATUS). The one manager is the node that
+    /// registered first; several are the Raft members, as the leader sees them (a follower
+    /// answering alone sees only itself).
+    pub fn managers(&self, s: &State) -> BTreeMap<String, (bool, Reachability)> {
+        let id_of = |hostname: &str| {
+            s.nodes
+                .values()
+                .find(|n| n.hostname == hostname)
+                .map(|n| n.id.clone())
+        };
+        let Some(replica) = &self.replica else {
+            return s
+                .nodes
+                .values()
+                .filter(|n| n.leader)
+                .map(|n| (n.id.clone(), (true, Reachability::Reachable)))
+                .collect();
+        };
+        let standing = replica.standing().unwrap_or_else(|| {
+            replica
+                .members()
+                .into_iter()
+                .map(|(id, m)| {
+                    let seen = if id == replica.id() {
+                        Reachability::Reachable
+                    } else {
+                        Reachability::Unreachable
+                    };
+                    (id, m, seen)
+                })
+                .collect()
+        });
+        standing
+            .into_iter()
+            .filter_map(|(_, member, seen)| {
+                let leads = seen == Reachability::Leader;
+                let reach = if leads { Reachability::Reachable } else { seen };
+                Some((id_of(&member.node)?, (leads, reach)))
+            })
+            .collect()
+    }
+
     /// The dispatcher, brought up to the store's latest commit.
     pub(super) fn dispatch(&self) -> MutexGuard<'_, Dispatcher> {
         let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());

@@ -86,7 +86,11 @@ fn swarm_spec(meta: &crate::model::Meta, heartbeat: std::time::Duration) -> Swar
 
 pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
     let s = m.store.snapshot();
-    let leader = s.nodes.values().find(|n| n.leader);
+    let managers = m.managers(&s);
+    let leader = managers
+        .iter()
+        .find(|(_, (leads, _))| *leads)
+        .and_then(|(id, _)| s.nodes.get(id));
     let nodes = s.nodes.len() as i64;
     Json(SystemInfo {
         id: Some(s.meta.cluster_id.clone()),
@@ -115,14 +119,18 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
             local_node_state: Some(LocalNodeState::ACTIVE),
             control_available: Some(true),
             error: Some(String::new()),
-            remote_managers: leader.map(|n| {
-                vec![PeerNode {
-                    node_id: Some(n.id.clone()),
-                    addr: Some(format!("{}:2377", n.addr)),
-                }]
-            }),
+            remote_managers: Some(
+                managers
+                    .keys()
+                    .filter_map(|id| s.nodes.get(id))
+                    .map(|n| PeerNode {
+                        node_id: Some(n.id.clone()),
+                        addr: Some(format!("{}:2377", n.addr)),
+                    })
+                    .collect(),
+            ),
             nodes: Some(nodes),
-            managers: Some(1),
+            managers: Some(managers.len().max(1) as i64),
             cluster: Some(ClusterInfo {
                 id: Some(s.meta.cluster_id.clone()),
                 version: Some(ObjectVersion {

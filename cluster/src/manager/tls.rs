@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::watch;
 
 use super::error::{ApiError, ApiResult};
 use super::listen::TlsConfig;
 use crate::pki::PkiError;
 use crate::pki::identity::{renew_at, validity_of};
-use crate::pki::tls::{ClientAuth, server_config};
+use crate::pki::tls::{ClientAuth, client_config, server_config};
 use crate::pki::trust::Trust;
 use crate::store::State as StoreState;
 
@@ -26,6 +26,8 @@ pub struct Listeners {
     agents: watch::Sender<Arc<ServerConfig>>,
     /// The remote clients' listener: no certificate, no connection.
     clients: watch::Sender<Arc<ServerConfig>>,
+    /// What this manager dials the other managers with (the same certificate, as a client).
+    managers: watch::Sender<Arc<ClientConfig>>,
     /// When the manager's own certificate should be renewed.
     pub(super) renew_at: std::sync::Mutex<chrono::DateTime<Utc>>,
     /// `Trust::root_id` of the root these present, which every plan answer names: read
@@ -35,10 +37,11 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn new(trust: &Trust, cluster_id: &str) -> Result<Listeners, PkiError> {
-        let (agents, clients, at) = configs(trust, cluster_id)?;
+        let (agents, clients, managers, at) = configs(trust, cluster_id)?;
         Ok(Listeners {
             agents: watch::channel(Arc::new(agents)).0,
             clients: watch::channel(Arc::new(clients)).0,
+            managers: watch::channel(Arc::new(managers)).0,
             renew_at: std::sync::Mutex::new(at),
             root_id: std::sync::RwLock::new(trust.root_id().into()),
         })
@@ -52,11 +55,16 @@ impl Listeners {
         self.clients.subscribe()
     }
 
+    pub fn managers(&self) -> watch::Receiver<Arc<ClientConfig>> {
+        self.managers.subscribe()
+    }
+
     /// New configurations from `trust` (a rotated root, or the manager's certificate due).
     pub(super) fn refresh(&self, trust: &Trust, cluster_id: &str) -> Result<(), PkiError> {
-        let (agents, clients, at) = configs(trust, cluster_id)?;
+        let (agents, clients, managers, at) = configs(trust, cluster_id)?;
         self.agents.send_replace(Arc::new(agents));
         self.clients.send_replace(Arc::new(clients));
+        self.managers.send_replace(Arc::new(managers));
         *self.renew_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
         *self.root_id.write().unwrap_or_else(|e| e.into_inner()) = trust.root_id().into();
         Ok(())
@@ -71,11 +79,20 @@ impl Listeners {
 }
 
 /// The manager's certificate, issued anew at each start and renewal under the current root,
-/// and the two server configurations that present it.
+/// the two server configurations that present it, and the client configuration other
+/// managers know this one by.
 fn configs(
     trust: &Trust,
     cluster_id: &str,
-) -> Result<(ServerConfig, ServerConfig, chrono::DateTime<Utc>), PkiError> {
+) -> Result<
+    (
+        ServerConfig,
+        ServerConfig,
+        ClientConfig,
+        chrono::DateTime<Utc>,
+    ),
+    PkiError,
+> {
     // Remote clients dial loopback; agents ask for pki::MANAGER_NAME whatever they dial.
     let addrs = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
     let (issued, key) = trust
@@ -91,8 +108,9 @@ fn configs(
     let trusted = trust.trusted();
     let agents = server_config(&trusted, &chain, &key, ClientAuth::Optional)?;
     let clients = server_config(&trusted, &chain, &key, ClientAuth::Required)?;
+    let managers = client_config(&trusted, Some((&chain, &key)))?;
     let (from, until) = validity_of(&issued.cert_pem)?;
-    Ok((agents, clients, renew_at(from, until)))
+    Ok((agents, clients, managers, renew_at(from, until)))
 }
 
 /// The manager's own certificate lives a week and is renewed well before, whatever the

@@ -36,7 +36,7 @@ const ELECTION_MAX: Duration = Duration::from_millis(1000);
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a write waits for a leader and a quorum before it is refused.
-const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// docker's words when a write finds no quorum.
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
@@ -240,6 +240,72 @@ impl Replica {
             .borrow()
             .membership_config
             .voter_ids()
+            .collect()
+    }
+
+    /// Whether Raft has this manager lead (however recently a quorum answered it).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Waits until this manager leads (`true`) or does not (`false`).
+    pub async fn until_leader(&self, leading: bool) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if (metrics.borrow_and_update().state == ServerState::Leader) == leading {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: this manager leads no more, and never will again.
+                if leading {
+                    std::future::pending::<()>().await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// The leader's ID and address, as this manager last heard of them.
+    pub fn leader_with_id(&self) -> Option<(u64, Member)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(id, member)| (*id, member.clone()))
+    }
+
+    /// Waits until the leader this manager knows of is another than `from`.
+    pub async fn leader_changes_from(&self, from: Option<u64>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != from {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// The leader as a member (its address), as this manager last heard of it.
+    pub fn leader_member(&self) -> Option<Member> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, member)| member.clone())
+    }
+
+    /// Every manager, by Raft ID.
+    pub fn members(&self) -> BTreeMap<u64, Member> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .map(|(id, m)| (*id, m.clone()))
             .collect()
     }
 

@@ -56,17 +56,20 @@ impl Answered {
     }
 }
 
+/// This manager's certificate as a client, replaced when it is renewed.
+pub type ClientTls = tokio::sync::watch::Receiver<Arc<rustls::ClientConfig>>;
+
 /// Dials managers with this manager's certificate.
 #[derive(Clone)]
 pub struct Network {
-    tls: Arc<rustls::ClientConfig>,
+    tls: ClientTls,
     answered: Answered,
 }
 
 impl Network {
-    pub fn new(tls: rustls::ClientConfig) -> Network {
+    pub fn new(tls: ClientTls) -> Network {
         Network {
-            tls: Arc::new(tls),
+            tls,
             answered: Answered::default(),
         }
     }
@@ -79,6 +82,7 @@ impl Network {
 pub struct Peer {
     target: u64,
     client: ManagerClient,
+    tls: ClientTls,
     answered: Answered,
 }
 
@@ -88,7 +92,8 @@ impl RaftNetworkFactory<Managers> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
         Peer {
             target,
-            client: ManagerClient::tcp(&node.addr).with_tls((*self.tls).clone()),
+            client: ManagerClient::tcp(&node.addr).with_tls((**self.tls.borrow()).clone()),
+            tls: self.tls.clone(),
             answered: self.answered.clone(),
         }
     }
@@ -102,12 +107,16 @@ enum Unanswered {
 
 impl Peer {
     async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
+        &mut self,
         what: &str,
         body: &B,
         within: std::time::Duration,
     ) -> Result<T, Unanswered> {
         let uri = format!("{ROUTE}/{what}");
+        if self.tls.has_changed().unwrap_or(false) {
+            self.client
+                .set_tls((**self.tls.borrow_and_update()).clone());
+        }
         match tokio::time::timeout(within, self.client.post::<B, T>(&uri, body)).await {
             Err(_) | Ok(Err(ClientError::Timeout { .. })) => Err(Unanswered::Timeout),
             Ok(Err(e)) => Err(Unanswered::Unreachable(e.to_string())),

@@ -33,7 +33,7 @@ pub(crate) async fn start_agents(
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
     crate::supervise::wait_manager(paths).await?;
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(paths);
     let see = format!(
         "{} and, inside the node, /run/swarmkit/{}/agent.log",
         paths.log_file("vmhost").display(),

@@ -96,6 +96,31 @@ fn write_underlay_resolv_conf(paths: &ClusterPaths) -> Result<()> {
 
 /// How the `i`th node's agent is started: inside its namespace, dialling the manager across
 /// the underlay.
+/// Where agents find the managers: every manager node's underlay address when there are
+/// several, else the one manager's on the underlay.
+fn manager_addrs(paths: &ClusterPaths) -> Vec<String> {
+    match crate::managers::members(paths) {
+        Ok(members) => members.into_values().map(|m| m.addr).collect(),
+        Err(_) => vec![format!("{MANAGER_ADDR}:{MANAGER_PORT}")],
+    }
+}
+
+/// The managers of a cluster of several: Raft ID 1..=N on node1..nodeN, on their underlay
+/// addresses.
+fn replicas(managers: usize) -> std::collections::BTreeMap<u64, cluster::raft::Member> {
+    (1..=managers)
+        .map(|i| {
+            (
+                i as u64,
+                cluster::raft::Member {
+                    node: format!("node{i}"),
+                    addr: format!("{}:{MANAGER_PORT}", node_addr(i).addr()),
+                },
+            )
+        })
+        .collect()
+}
+
 pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
     let (ns_var, ns) = cluster::agent::NodeNs::Named.as_env();
     let mut env = vec![
@@ -106,7 +131,7 @@ pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterP
         ),
         (
             cluster::agent::ENV_MANAGER_TCP.to_string(),
-            format!("{MANAGER_ADDR}:{MANAGER_PORT}"),
+            manager_addrs(paths).join(","),
         ),
         (
             cluster::agent::ENV_RESOLV_CONF.to_string(),
@@ -190,6 +215,12 @@ fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
 
 impl NodeBackend for Netns {
     fn check(&self, opts: &UpOptions) -> Result<()> {
+        if opts.managers > opts.nodes.min(crate::managers::MAX_MANAGERS) || opts.managers == 0 {
+            return Err(TestbedError::InvalidManagers {
+                given: opts.managers,
+                max: opts.nodes.min(crate::managers::MAX_MANAGERS),
+            });
+        }
         if !(1..=MAX_NODES).contains(&opts.nodes) {
             return Err(TestbedError::InvalidNodes {
                 backend: Backend::Netns,
@@ -220,14 +251,22 @@ impl NodeBackend for Netns {
         // The manager starts while the nodes are plugged.
         // The registries the nodes pull from may be on the underlay: the manager resolves
         // digests from there too.
-        crate::supervise::start_manager(
-            opts,
-            paths,
-            &[
-                (ENV_UNDERLAY_LISTEN, "1".to_string()),
-                (cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()),
-            ],
-        )?;
+        let replicated = opts.managers > 1;
+        if replicated {
+            let mut env = opts.manager_env();
+            env.push((cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()));
+            crate::record::note_registry(paths, &opts.registry)?;
+            crate::managers::seed(paths, &replicas(opts.managers), &env)?;
+        } else {
+            crate::supervise::start_manager(
+                opts,
+                paths,
+                &[
+                    (ENV_UNDERLAY_LISTEN, "1".to_string()),
+                    (cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()),
+                ],
+            )?;
+        }
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let plugs = hostnames.iter().enumerate().map(|(i, h)| {
             let underlay = underlay.clone();
@@ -247,13 +286,22 @@ impl NodeBackend for Netns {
             }
         });
         futures::future::try_join_all(plugs).await?;
+        if replicated {
+            // Each manager in its node's namespaces, where losing the node loses it.
+            let mut env = opts.manager_env();
+            env.push((cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()));
+            for (id, member) in replicas(opts.managers) {
+                supervise::ensure(paths, &crate::managers::spec(paths, id, &member.node, &env))?;
+            }
+            supervise::ensure_supervisor(paths)?;
+        }
         crate::supervise::wait_manager(paths).await?;
         crate::supervise::write_join_token(paths).await?;
 
         // The agents dial the manager across the underlay; each opens its node's namespace.
         // The first node leads, as the node that ran `docker swarm init` does: it registers
         // before the others start, so which node leads does not depend on a race.
-        let client = ManagerClient::new(&paths.manager_socket());
+        let client = ManagerClient::of_cluster(paths);
         for (i, h) in hostnames.iter().enumerate() {
             supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
             if i == 0 {
@@ -365,17 +413,34 @@ impl NodeBackend for Netns {
                         message: "its agent or a task did not die within 5s of SIGKILL".into(),
                     });
                 }
+                if let Some(spec) = supervise::load(paths, &crate::managers::daemon(node))
+                    && let Some(pid) = supervise::running(paths, &spec)
+                    && !procs::kill_tree(pid)
+                {
+                    return Err(TestbedError::Remote {
+                        node: node.to_string(),
+                        message: "its manager did not die within 5s of SIGKILL".into(),
+                    });
+                }
                 Ok(())
             }
             Fault::Start => {
                 set_port(paths, i, true).await?;
                 let spec = agent_spec(i, node, info.lb, paths);
-                if supervise::running(paths, &spec).is_some() {
+                let manager = supervise::load(paths, &crate::managers::daemon(node));
+                if supervise::running(paths, &spec).is_some()
+                    && manager
+                        .as_ref()
+                        .is_none_or(|m| supervise::running(paths, m).is_some())
+                {
                     return Ok(());
                 }
                 let since = chrono::Utc::now();
                 // Once unmarked, the supervisor may start the agent first; either way once.
                 let _ = std::fs::remove_file(supervise::killed_marker(paths, node));
+                if let Some(manager) = &manager {
+                    supervise::ensure(paths, manager)?;
+                }
                 supervise::ensure(paths, &spec)?;
                 crate::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
             }

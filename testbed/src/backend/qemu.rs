@@ -88,6 +88,13 @@ async fn image() -> Result<image::Image> {
 impl NodeBackend for Qemu {
     fn check(&self, opts: &UpOptions) -> Result<()> {
         // The guests bring their own kernel, with IPVS: any --lb is theirs to honour.
+        if opts.managers > 1 {
+            return Err(TestbedError::Unsupported {
+                backend: Backend::Qemu,
+                what: "run several managers yet".into(),
+                why: "replicated managers are built on the netns backend so far; use --backend netns, or one manager",
+            });
+        }
         if !(1..=MAX_NODES).contains(&opts.nodes) {
             return Err(TestbedError::InvalidNodes {
                 backend: Backend::Qemu,

@@ -22,6 +22,13 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 impl NodeBackend for Ssh {
     fn check(&self, opts: &UpOptions) -> Result<()> {
         // The node count is the inventory's; the hosts' kernels judge --lb when agents start.
+        if opts.managers > 1 {
+            return Err(TestbedError::Unsupported {
+                backend: Backend::Ssh,
+                what: "run several managers yet".into(),
+                why: "replicated managers are built on the netns backend so far; use --backend netns, or one manager",
+            });
+        }
         if opts.inventory.is_none() {
             return Err(TestbedError::NoInventory);
         }

@@ -155,7 +155,10 @@ fn require_root() -> Result<()> {
 }
 
 fn manager_running(paths: &ClusterPaths) -> bool {
-    std::os::unix::net::UnixStream::connect(paths.manager_socket()).is_ok()
+    paths
+        .manager_sockets()
+        .iter()
+        .any(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
 }
 
 pub async fn up(opts: &UpOptions) -> Result<ClusterInfo> {
@@ -215,7 +218,7 @@ async fn resume(info: ClusterInfo, paths: &ClusterPaths) -> Result<ClusterInfo> 
     supervise::ensure_supervisor(paths)?;
     supervise::wait_manager(paths).await?;
     supervise::write_join_token(paths).await?;
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(paths);
     for node in &info.nodes {
         if supervise::killed_marker(paths, node).exists() {
             continue;
@@ -367,7 +370,7 @@ fn recorded(cluster: &str) -> Result<(ClusterPaths, ClusterInfo), TestbedError> 
 pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> Result<i32> {
     require_root()?;
     let (paths, info) = recorded(cluster)?;
-    let client = ManagerClient::new(&paths.manager_socket());
+    let client = ManagerClient::of_cluster(&paths);
     let tasks: Vec<serde_json::Value> = client.get("/tasks").await?;
     let services: Vec<bollard::models::Service> = client.get("/services").await?;
     let name_of = |t: &serde_json::Value| {
@@ -413,8 +416,18 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> Result<i32
 }
 
 /// Entry points of the daemons `cluster up` starts (hidden subcommands of the binary).
-pub async fn run_manager(cluster: &str) -> anyhow::Result<()> {
+pub async fn run_manager(
+    cluster: &str,
+    replica: Option<u64>,
+    seed: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
+    if let Some(path) = seed {
+        return cluster::manager::Manager::seed(cluster, path);
+    }
+    if let Some(id) = replica {
+        return crate::managers::run_replica(&paths, id).await;
+    }
     let m = cluster::manager::Manager::open(cluster, &paths.store())?;
     let underlay = match std::env::var(crate::backend::netns::ENV_UNDERLAY_LISTEN) {
         Ok(_) => Some(crate::backend::netns::underlay_listener(&paths)?),
@@ -440,6 +453,7 @@ mod tests {
 
     fn opts(backend: Backend, nodes: usize) -> UpOptions {
         UpOptions {
+            managers: 1,
             name: "t".into(),
             nodes,
             backend,

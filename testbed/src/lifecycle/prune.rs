@@ -53,7 +53,10 @@ pub fn candidates() -> Vec<String> {
 /// Whether the cluster still runs: its manager answers or its supervisor is alive (which will
 /// bring the manager back).
 pub fn alive(paths: &ClusterPaths) -> bool {
-    std::os::unix::net::UnixStream::connect(paths.manager_socket()).is_ok()
+    paths
+        .manager_sockets()
+        .iter()
+        .any(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
         || crate::supervise::supervisor(paths).is_some()
 }
 

@@ -223,7 +223,7 @@ async fn check(
         "Configs": plan.configs.iter().map(payload_json).collect::<Vec<_>>(),
         "Services": services,
     });
-    let client = ManagerClient::new(&::cluster::paths::ClusterPaths::new(cluster).manager_socket());
+    let client = ManagerClient::of_cluster(&::cluster::paths::ClusterPaths::new(cluster));
     let checked: Result<serde_json::Value, _> =
         client.post("/swarmkit/v1/stacks/check", &body).await;
     match checked {

@@ -1,0 +1,140 @@
+//! Clusters of several managers (`cluster up --managers N`): manager `k` runs on node `k`, in
+//! that node's namespaces, so that killing or isolating the node takes its manager with it,
+//! as losing a machine does. Every manager starts from a copy of one seeded store (the same
+//! cluster identity, trust and sealing key) and they replicate from there through Raft; the
+//! members file says who they are and where they listen.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cluster::manager::{Manager, Replication};
+use cluster::paths::ClusterPaths;
+use cluster::raft::Member;
+
+use crate::supervise::Spec;
+use crate::{Result, TestbedError, io};
+
+/// The most managers a cluster may have; Swarm advises at most seven too.
+pub const MAX_MANAGERS: usize = 7;
+
+/// How long seeding the first store may take (a process start and a durable write).
+const SEED_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The daemon name of the manager on `node`.
+pub fn daemon(node: &str) -> String {
+    format!("manager-{node}")
+}
+
+pub fn spec(paths: &ClusterPaths, id: u64, node: &str, env: &[(&str, String)]) -> Spec {
+    let mut spec = Spec::host(
+        &daemon(node),
+        &["__manager", "--replica", &id.to_string()],
+        env,
+    );
+    spec.node_ns = Some(paths.node_ns(node));
+    spec.hostname = Some(node.to_string());
+    spec
+}
+
+pub fn members(paths: &ClusterPaths) -> Result<BTreeMap<u64, Member>> {
+    let file = paths.members_file();
+    let bytes = std::fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| TestbedError::Remote {
+        node: "managers".into(),
+        message: format!("{} does not parse: {e}", file.display()),
+    })
+}
+
+/// Makes the first store once (in a process of its own, with the settings `env` carries, as
+/// a single manager's first start would), gives every manager a copy, and records who the
+/// managers are.
+pub fn seed(
+    paths: &ClusterPaths,
+    members: &BTreeMap<u64, Member>,
+    env: &[(&str, String)],
+) -> Result<()> {
+    let seed = paths.state_dir().join("seed.redb");
+    let mut cmd = std::process::Command::new(cluster::paths::OWN_BINARY);
+    cmd.arg("--cluster")
+        .arg(&paths.name)
+        .args(["__manager", "--seed"])
+        .arg(&seed)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(io("seeding the managers' store"))?;
+    let until = std::time::Instant::now() + SEED_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(io("seeding the managers' store"))?
+        {
+            break status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(TestbedError::Remote {
+                node: "managers".into(),
+                message: format!("seeding the store took over {SEED_TIMEOUT:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(TestbedError::Remote {
+            node: "managers".into(),
+            message: format!("seeding the store failed ({status})"),
+        });
+    }
+    for member in members.values() {
+        // Its sockets' directory now, so that clients know from the start there are several.
+        let run_dir = paths.replica_run_dir(&member.node);
+        cluster::paths::create_private_dir(&run_dir)
+            .map_err(io(format!("creating {}", run_dir.display())))?;
+        let dir = paths.replica_dir(&member.node);
+        cluster::paths::create_private_dir(&dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
+        for (from, to) in [("seed.redb", "state.redb"), ("seed.key", "state.key")] {
+            let (from, to) = (paths.state_dir().join(from), dir.join(to));
+            std::fs::copy(&from, &to).map_err(io(format!(
+                "copying {} to {}",
+                from.display(),
+                to.display()
+            )))?;
+        }
+    }
+    for leftover in ["seed.redb", "seed.key"] {
+        let _ = std::fs::remove_file(paths.state_dir().join(leftover));
+    }
+    let bytes = serde_json::to_vec_pretty(members).expect("members serialize");
+    cluster::paths::write_atomically(&paths.members_file(), &bytes)
+        .map_err(io("writing the members file"))?;
+    Ok(())
+}
+
+/// Entry point of `__manager --replica ID`, in its node's namespaces.
+pub async fn run_replica(paths: &ClusterPaths, id: u64) -> anyhow::Result<()> {
+    let members = members(paths)?;
+    let me = members
+        .get(&id)
+        .ok_or_else(|| anyhow::anyhow!("no manager {id} in {}", paths.members_file().display()))?
+        .clone();
+    let run_dir = paths.replica_run_dir(&me.node);
+    cluster::paths::create_private_dir(&run_dir)?;
+    let store = paths.replica_dir(&me.node).join("state.redb");
+    let m = Manager::open_replicated(
+        &store,
+        Replication {
+            id,
+            members,
+            initialize: id == 1,
+        },
+    )
+    .await?;
+    // Agents and the other managers reach this one on its node's underlay address.
+    let listener = std::net::TcpListener::bind(&me.addr)
+        .map_err(|e| anyhow::anyhow!("binding {} for manager {id}: {e}", me.addr))?;
+    cluster::manager::serve(m, &run_dir.join("manager.sock"), Some(listener)).await
+}
