@@ -265,6 +265,24 @@ impl Cluster {
         Run::from(out)
     }
 
+    /// The stock docker CLI against the manager on `node`, in a cluster of several managers
+    /// (`cluster up --managers`), bounded like every command.
+    pub fn docker_via(&self, node: &str, args: &[&str]) -> Run {
+        let out = Command::new("timeout")
+            .args(["--kill-after=5", "60", "docker"])
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!(
+                    "unix:///run/swarmkit/{}/managers/{node}/manager.sock",
+                    self.name
+                ),
+            )
+            .output()
+            .expect("the docker CLI is installed (scripts/setup)");
+        Run::from(out)
+    }
+
     /// A shell command on a node.
     pub fn node(&self, node: &str, cmd: &str) -> Run {
         self.sk(&["node", "exec", node, "--", "sh", "-c", cmd])

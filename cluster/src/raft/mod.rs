@@ -375,13 +375,14 @@ impl Replica {
         }
     }
 
-    /// Every manager and how it stands, as the leader sees it (`None` on a follower: ask the
-    /// leader).
+    /// Every manager and how it stands, as the leader sees it (`None` on a follower, or on a
+    /// leader cut off from the others: ask the leader).
     pub fn standing(&self) -> Option<Vec<(u64, Member, Reachability)>> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state != ServerState::Leader {
+        // A leader no quorum answered lately has lost the others: it speaks for itself only.
+        if !self.leads() {
             return None;
         }
+        let m = self.raft.metrics().borrow().clone();
         Some(
             m.membership_config
                 .nodes()

@@ -1,0 +1,265 @@
+//! Three managers replicating the store (issue 24): the leader's node killed, the leader cut
+//! off, and two of three managers lost, each while a bounded load runs through the routing
+//! mesh on a worker. Every write goes through the stock docker CLI on a manager's own socket,
+//! as a user on that manager's machine would. Each test prints its figures on `MANAGERS name
+//! key=value` lines (the time from the fault to the first accepted write among them); what
+//! must hold is asserted.
+
+mod common;
+#[path = "heal/load.rs"]
+mod load;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use load::Load;
+
+const PORT: u16 = 8080;
+/// docker's words when a write finds no quorum.
+const NO_LEADER: &str = "The swarm does not have a leader";
+
+fn up(tag: &str) -> Cluster {
+    Cluster::up_with(tag, 5, &["--managers", "3"])
+}
+
+/// The managers as `docker node ls` on `via` shows them: (hostname, MANAGER STATUS).
+fn managers(c: &Cluster, via: &str) -> Vec<(String, String)> {
+    let out = c
+        .docker_via(
+            via,
+            &["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"],
+        )
+        .stdout;
+    out.lines()
+        .filter_map(|l| {
+            let (host, status) = l.split_once(' ')?;
+            (!status.is_empty()).then(|| (host.to_string(), status.to_string()))
+        })
+        .collect()
+}
+
+fn leader(c: &Cluster, via: &str) -> Option<String> {
+    managers(c, via)
+        .into_iter()
+        .find(|(_, s)| s == "Leader")
+        .map(|(h, _)| h)
+}
+
+/// A web service on the two workers (node4, node5), off every manager: what the mesh
+/// serves must not depend on which manager dies.
+fn web(c: &Cluster) {
+    c.docker_via(
+        "node1",
+        &[
+            "service",
+            "create",
+            "-q",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.hostname!=node1",
+            "--constraint",
+            "node.hostname!=node2",
+            "--constraint",
+            "node.hostname!=node3",
+            "-p",
+            "8080:80",
+            "whoami",
+        ],
+    )
+    .ok();
+}
+
+fn load(c: &Cluster) -> Load {
+    let l = Load::start(&c.name, "node5", PORT, 2);
+    c.eventually("the load to get going", Duration::from_secs(20), || {
+        l.sent() > 50
+    });
+    l
+}
+
+fn figure(test: &str, pairs: &[(&str, String)]) {
+    let kv: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!("MANAGERS {test} {}", kv.join(" "));
+}
+
+/// Creates network `name` through the manager on `via` until it is taken, within `deadline`;
+/// returns how long that took.
+fn first_write(c: &Cluster, via: &str, name: &str, deadline: Duration) -> Duration {
+    let started = Instant::now();
+    c.eventually(&format!("a write through {via}"), deadline, || {
+        c.docker_via(via, &["network", "create", "-d", "overlay", name])
+            .success()
+    });
+    started.elapsed()
+}
+
+#[test]
+fn the_leaders_machine_dies_and_another_manager_takes_over() {
+    require_root!();
+    let c = up("mgr-kill");
+    assert_eq!(
+        managers(&c, "node2").len(),
+        3,
+        "three managers: {:?}",
+        managers(&c, "node2")
+    );
+    let old = leader(&c, "node2").expect("a leader");
+    let via = if old == "node2" { "node3" } else { "node2" };
+    web(&c);
+    let l = load(&c);
+
+    let killed = Instant::now();
+    c.sk(&["node", "kill", &old]).ok();
+    let took = first_write(&c, via, "after-kill", Duration::from_secs(20));
+    let new = leader(&c, via).expect("a new leader");
+    assert_ne!(new, old);
+    assert!(
+        managers(&c, via).contains(&(old.clone(), "Unreachable".to_string())),
+        "the dead leader shows Unreachable: {:?}",
+        managers(&c, via)
+    );
+    // The new leader keeps the heartbeats: the dead node is marked down by it.
+    c.eventually("the dead node down", Duration::from_secs(30), || {
+        c.docker_via(
+            via,
+            &["node", "ls", "--format", "{{.Hostname}} {{.Status}}"],
+        )
+        .stdout
+        .lines()
+        .any(|l| l == format!("{old} Down"))
+    });
+    let down = killed.elapsed();
+    let r = l.stop();
+    figure(
+        "leader_kill",
+        &[
+            ("first_write_after_s", format!("{:.2}", took.as_secs_f64())),
+            ("node_down_after_s", format!("{:.2}", down.as_secs_f64())),
+            ("requests", (r.ok + r.failed).to_string()),
+            ("failed", r.failed.to_string()),
+        ],
+    );
+    assert_eq!(r.failed, 0, "the mesh served throughout: {:?}", r.errors);
+
+    // The old leader comes back as a follower, with everything written while it was away.
+    c.sk(&["node", "start", &old]).ok();
+    c.eventually(
+        "the old leader back, following",
+        Duration::from_secs(30),
+        || {
+            let m = managers(&c, &old);
+            m.contains(&(old.clone(), "Reachable".to_string()))
+                && m.contains(&(new.clone(), "Leader".to_string()))
+        },
+    );
+    let nets = c.docker_via(&old, &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        nets.stdout.lines().any(|n| n == "after-kill"),
+        "{}",
+        nets.stdout
+    );
+}
+
+#[test]
+fn without_a_quorum_writes_are_refused_reads_and_the_mesh_go_on() {
+    require_root!();
+    let c = up("mgr-quorum");
+    web(&c);
+    c.docker_via("node1", &["network", "create", "-d", "overlay", "kept"])
+        .ok();
+    let l = load(&c);
+    c.sk(&["node", "kill", "node2"]).ok();
+    c.sk(&["node", "kill", "node3"]).ok();
+
+    let refused = c.docker_via("node1", &["network", "create", "-d", "overlay", "refused"]);
+    assert!(!refused.success(), "a write without a quorum was taken");
+    assert!(
+        refused.stderr.contains(NO_LEADER),
+        "docker's words: {}",
+        refused.stderr
+    );
+    let services = c.docker_via("node1", &["service", "ls", "--format", "{{.Name}}"]);
+    assert!(services.success(), "reads go on: {}", services.stderr);
+    assert_eq!(services.stdout.trim(), "web");
+
+    for node in ["node2", "node3"] {
+        c.sk(&["node", "start", node]).ok();
+    }
+    let took = first_write(&c, "node1", "resumed", Duration::from_secs(30));
+    let r = l.stop();
+    figure(
+        "quorum_loss",
+        &[
+            (
+                "first_write_after_return_s",
+                format!("{:.2}", took.as_secs_f64()),
+            ),
+            ("requests", (r.ok + r.failed).to_string()),
+            ("failed", r.failed.to_string()),
+        ],
+    );
+    assert_eq!(r.failed, 0, "the mesh served throughout: {:?}", r.errors);
+    let nets = c
+        .docker_via("node2", &["network", "ls", "--format", "{{.Name}}"])
+        .ok();
+    let names: Vec<&str> = nets.stdout.lines().collect();
+    assert!(
+        names.contains(&"kept") && names.contains(&"resumed"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"refused"),
+        "a refused write was applied: {names:?}"
+    );
+}
+
+#[test]
+fn a_leader_cut_off_steps_down_and_rejoins_as_a_follower() {
+    require_root!();
+    let c = up("mgr-isolate");
+    let old = leader(&c, "node1").expect("a leader");
+    let majority: Vec<String> = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != old)
+        .map(String::from)
+        .collect();
+    c.sk(&["node", "isolate", &old]).ok();
+
+    let took = first_write(&c, &majority[0], "majority", Duration::from_secs(20));
+    let new = leader(&c, &majority[0]).expect("the majority elects a leader");
+    assert_ne!(new, old);
+    // The cut-off side takes no write: it cannot reach a quorum.
+    let refused = c.docker_via(&old, &["network", "create", "-d", "overlay", "minority"]);
+    assert!(!refused.success(), "the isolated manager took a write");
+    assert!(refused.stderr.contains(NO_LEADER), "{}", refused.stderr);
+
+    c.sk(&["node", "heal", &old]).ok();
+    c.eventually(
+        "the old leader back, following",
+        Duration::from_secs(30),
+        || {
+            let m = managers(&c, &old);
+            m.contains(&(old.clone(), "Reachable".to_string()))
+                && m.contains(&(new.clone(), "Leader".to_string()))
+        },
+    );
+    figure(
+        "leader_isolated",
+        &[("first_write_after_s", format!("{:.2}", took.as_secs_f64()))],
+    );
+    for via in ["node1", "node2", "node3"] {
+        let nets = c
+            .docker_via(via, &["network", "ls", "--format", "{{.Name}}"])
+            .ok();
+        let names: Vec<&str> = nets.stdout.lines().collect();
+        assert_eq!(
+            names.iter().filter(|n| **n == "majority").count(),
+            1,
+            "{via}: {names:?}"
+        );
+        assert!(!names.contains(&"minority"), "{via}: {names:?}");
+    }
+}
