@@ -86,14 +86,13 @@ fn figure(test: &str, pairs: &[(&str, String)]) {
 }
 
 /// Creates network `name` through the manager on `via` until it is taken, within `deadline`;
-/// returns how long that took.
-fn first_write(c: &Cluster, via: &str, name: &str, deadline: Duration) -> Duration {
-    let started = Instant::now();
+/// returns how long after `since` that was.
+fn first_write(c: &Cluster, since: Instant, via: &str, name: &str, deadline: Duration) -> Duration {
     c.eventually(&format!("a write through {via}"), deadline, || {
         c.docker_via(via, &["network", "create", "-d", "overlay", name])
             .success()
     });
-    started.elapsed()
+    since.elapsed()
 }
 
 #[test]
@@ -113,7 +112,7 @@ fn the_leaders_machine_dies_and_another_manager_takes_over() {
 
     let killed = Instant::now();
     c.sk(&["node", "kill", &old]).ok();
-    let took = first_write(&c, via, "after-kill", Duration::from_secs(20));
+    let took = first_write(&c, killed, via, "after-kill", Duration::from_secs(20));
     let new = leader(&c, via).expect("a new leader");
     assert_ne!(new, old);
     assert!(
@@ -185,10 +184,11 @@ fn without_a_quorum_writes_are_refused_reads_and_the_mesh_go_on() {
     assert!(services.success(), "reads go on: {}", services.stderr);
     assert_eq!(services.stdout.trim(), "web");
 
+    let returned = Instant::now();
     for node in ["node2", "node3"] {
         c.sk(&["node", "start", node]).ok();
     }
-    let took = first_write(&c, "node1", "resumed", Duration::from_secs(30));
+    let took = first_write(&c, returned, "node1", "resumed", Duration::from_secs(30));
     let r = l.stop();
     figure(
         "quorum_loss",
@@ -226,9 +226,10 @@ fn a_leader_cut_off_steps_down_and_rejoins_as_a_follower() {
         .filter(|n| *n != old)
         .map(String::from)
         .collect();
+    let cut = Instant::now();
     c.sk(&["node", "isolate", &old]).ok();
 
-    let took = first_write(&c, &majority[0], "majority", Duration::from_secs(20));
+    let took = first_write(&c, cut, &majority[0], "majority", Duration::from_secs(20));
     let new = leader(&c, &majority[0]).expect("the majority elects a leader");
     assert_ne!(new, old);
     // The cut-off side takes no write: it cannot reach a quorum.

@@ -60,6 +60,13 @@ fn failover_with_swarmkit_cli() {
     walkthrough(&["failover"]);
 }
 
+/// Three managers: the leader's node dies, another manager leads, the mesh goes on serving,
+/// and the old leader rejoins as a follower.
+#[test]
+fn managers_with_docker_cli() {
+    walkthrough(&["managers"]);
+}
+
 #[test]
 fn overlay_with_swarmkit_cli() {
     walkthrough(&["overlay"]);

@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,6 +50,15 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::Timeout { .. } => true,
             ClientError::Status { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
             ClientError::Http { .. } => false,
+        }
+    }
+}
+
+impl Endpoint {
+    fn describe(&self) -> String {
+        match self {
+            Endpoint::Unix(p) => p.display().to_string(),
+            Endpoint::Tcp(a) => a.clone(),
         }
     }
 }
@@ -100,12 +111,12 @@ impl Clone for ManagerClient {
 }
 
 /// Longer than the manager's plan long-poll (5 s) with room for a loaded machine.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// With other managers to ask, how long one may take before the next is asked: well past a
 /// plan long-poll (a heartbeat), and short enough that agents reach a new leader inside its
 /// reconnect grace when theirs died with its connections stalled.
-const FAILOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(4);
 
 impl ManagerClient {
     fn of(endpoints: Vec<Endpoint>) -> Self {
@@ -315,12 +326,33 @@ impl ManagerClient {
         uri: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.call_held(method, uri, body, Duration::ZERO).await
+    }
+
+    /// A long poll the manager holds up to `hold` before it answers: it is given that much
+    /// longer before another manager is asked.
+    pub async fn get_held<T: DeserializeOwned>(
+        &self,
+        uri: &str,
+        hold: Duration,
+    ) -> Result<T, ClientError> {
+        self.call_held::<(), T>(Method::GET, uri, None, hold).await
+    }
+
+    async fn call_held<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<&B>,
+        hold: Duration,
+    ) -> Result<T, ClientError> {
         let several = self.endpoints.len() > 1;
-        let within = if several {
-            FAILOVER_TIMEOUT
-        } else {
-            REQUEST_TIMEOUT
-        };
+        let within = hold
+            + if several {
+                FAILOVER_TIMEOUT
+            } else {
+                REQUEST_TIMEOUT
+            };
         let mut attempts = self.endpoints.len();
         loop {
             let (at, _) = self.at();
@@ -334,9 +366,23 @@ impl ManagerClient {
                     })
                 });
             attempts -= 1;
+            // A write that timed out may still be applied: asking another manager could apply
+            // it twice. Only a read, or what never reached a leader, moves on.
+            let moves_on = |e: &ClientError| {
+                e.another_manager_may_answer()
+                    && (method == Method::GET || !matches!(e, ClientError::Timeout { .. }))
+            };
             match answer {
-                Err(e) if several && e.another_manager_may_answer() => {
+                Err(e) if several && moves_on(&e) => {
                     self.move_on(at);
+                    // A manager away or not leading is routine with several; one that took
+                    // a request and went silent is worth seeing.
+                    let next = self.at().1.describe();
+                    if matches!(e, ClientError::Timeout { .. }) {
+                        tracing::warn!("{e}; asking the next manager ({next})");
+                    } else {
+                        tracing::debug!("{e}; asking the next manager ({next})");
+                    }
                     if attempts == 0 {
                         return Err(e);
                     }

@@ -505,6 +505,10 @@ pub struct Meta {
     /// each `swarm update`: not the store's, which every task report moves.
     #[serde(default)]
     pub swarm_version: u64,
+    /// Hostnames of the nodes whose managers replicate the store (`cluster up --managers`);
+    /// empty: one manager, and the first node to register stands for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manager_nodes: Vec<String>,
 }
 
 impl Meta {

@@ -99,13 +99,17 @@ impl ClusterPaths {
         sockets.sort();
         sockets
     }
-    /// The first manager socket that takes a connection (the first of all when none does,
-    /// for the error to name).
+    /// The first manager socket whose manager answers a ping within a second (the first of
+    /// all when none does, for the error to name).
     pub fn live_manager_socket(&self) -> PathBuf {
         let sockets = self.manager_sockets();
+        if sockets.len() == 1 {
+            // Nothing to choose: no probe for the one manager to serve.
+            return sockets[0].clone();
+        }
         sockets
             .iter()
-            .find(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+            .find(|s| answers_ping(s))
             .unwrap_or(&sockets[0])
             .clone()
     }
@@ -183,6 +187,27 @@ impl ClusterPaths {
     pub fn host_journal(&self) -> PathBuf {
         self.run_dir().join("host-changes.json")
     }
+}
+
+/// Whether the manager on `socket` answers `GET /_ping` with 200 within a second: a socket
+/// that takes a connection may still belong to a manager on its way down.
+fn answers_ping(socket: &std::path::Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let second = Some(std::time::Duration::from_secs(1));
+    if stream.set_read_timeout(second).is_err() || stream.set_write_timeout(second).is_err() {
+        return false;
+    }
+    if stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: swarmkit\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old content or the new, never a

@@ -21,6 +21,8 @@ pub const REPORT: &str = "/swarmkit/v1/agent/report";
 pub const LOGS: &str = "/swarmkit/v1/agent/logs";
 /// Long-polled by each agent: the `docker exec` sessions started on its node's socket.
 pub const EXECS: &str = "/swarmkit/v1/agent/execs";
+/// How long the manager holds an agent's poll for exec sessions when there are none.
+pub const EXECS_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An exec session for the agent: the task to run `argv` in, and whether the client sends
 /// stdin. The agent attaches to `EXECS/{session}` (an HTTP upgrade to a raw stream) and

@@ -153,6 +153,7 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
     };
     let display = Display::new(plan.command_count());
     let nodes = plan.nodes.to_string();
+    let managers = plan.managers.to_string();
     let (on, up, down): (String, Vec<&str>, Vec<&str>) = if on_lab {
         (
             format!("Docker lab {name}, docker.io's dockerd and CLI"),
@@ -181,6 +182,8 @@ pub async fn run(cluster: &str, args: WalkthroughArgs) -> anyhow::Result<i32> {
                 "up",
                 "--nodes",
                 &nodes,
+                "--managers",
+                &managers,
                 "--backend",
                 args.backend.as_str(),
             ],

@@ -122,6 +122,8 @@ pub struct Plan {
     pub name: String,
     pub title: String,
     pub nodes: usize,
+    /// `managers=N`: managers replicating the cluster's state (`cluster up --managers`).
+    pub managers: usize,
     /// `client=docker`: the plan needs the real docker CLI (e.g. for `docker stack`), whatever
     /// `--client` says.
     pub client: Option<Client>,
@@ -153,6 +155,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         message,
     };
     let mut nodes = DEFAULT_NODES;
+    let mut managers = 1;
     let mut client = None;
     let mut engine = Engine::Swarmkit;
     let mut blocks: Vec<Block> = Vec::new();
@@ -184,6 +187,11 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
                                         err(lineno, format!("bad node count {n:?}"))
                                     })?
                             }
+                            Some(("managers", n)) => {
+                                managers = n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                                    err(lineno, format!("bad manager count {n:?}"))
+                                })?
+                            }
                             Some(("client", "docker")) => client = Some(Client::Docker),
                             Some(("engine", "docker")) => engine = Engine::Docker,
                             Some(("engine", "swarmkit")) => engine = Engine::Swarmkit,
@@ -209,6 +217,7 @@ pub fn parse(name: &str, markdown: &str) -> Result<Plan, PlanError> {
         name: name.to_string(),
         title: title_of(markdown),
         nodes,
+        managers,
         client,
         engine,
         blocks,
@@ -367,6 +376,10 @@ $ getent hosts \
         assert_eq!(plan.engine, Engine::Swarmkit);
         let docker = parse("d", &DOC.replace("nodes=2", "engine=docker nodes=2")).unwrap();
         assert_eq!((docker.engine, docker.nodes), (Engine::Docker, 2));
+        assert_eq!(plan.managers, 1);
+        let replicated = parse("m", &DOC.replace("nodes=2", "nodes=5 managers=3")).unwrap();
+        assert_eq!((replicated.nodes, replicated.managers), (5, 3));
+        assert!(parse("m", &DOC.replace("nodes=2", "managers=0")).is_err());
         assert_eq!(plan.blocks.len(), 2);
         let b1 = &plan.blocks[0];
         assert_eq!(b1.number, 1);

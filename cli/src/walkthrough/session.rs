@@ -114,13 +114,15 @@ impl Session<'_> {
         let mut patterns = block.patterns.clone();
         patterns.extend(command.patterns.iter().cloned());
         let expected = compare_keys(&normalize(&command.expected.join("\n"), &patterns)?);
-        let invocation = self.runner.invocation(&block.target, &command.line);
         let retry_until = block
             .retry_secs
             .map(|s| Instant::now() + Duration::from_secs(s));
         let timeout = Duration::from_secs(block.timeout_secs);
         self.display.start(block.target.label(), &command.line);
         loop {
+            // Made for each attempt: where it goes (the manager that answers) may change
+            // between attempts, as managers fail over.
+            let invocation = self.runner.invocation(&block.target, &command.line);
             let outcome = exec::run(&invocation, timeout, |l| self.display.line(l)).await?;
             let normalised = normalize(&outcome.output, &patterns)?;
             let doc_ok = block.nocheck || matches_expected(&expected, &compare_keys(&normalised));

@@ -12,14 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::Event;
 use crate::client::ManagerClient;
-use crate::protocol::{EXEC_EXIT_FRAME, EXECS, ExecRequest, exec_frame};
+use crate::protocol::{EXEC_EXIT_FRAME, EXECS, EXECS_HOLD, ExecRequest, exec_frame};
 
 /// Status of an exec whose command could not be made or started (docker's "cannot invoke").
 const CANNOT_RUN: i32 = 126;
 
 pub async fn serve(client: ManagerClient, events: mpsc::UnboundedSender<Event>) {
     loop {
-        match client.get::<Vec<ExecRequest>>(EXECS).await {
+        match client.get_held::<Vec<ExecRequest>>(EXECS, EXECS_HOLD).await {
             Ok(sessions) => {
                 for r in sessions {
                     tokio::spawn(run_one(client.clone(), events.clone(), r));

@@ -421,14 +421,19 @@ async fn poll_plans(
     let mut since: Option<u64> = None;
     let mut plan = PlanState::default();
     let mut digest = 0;
+    // The manager holds a poll up to one heartbeat period, which it names in each answer.
+    let mut hold = Duration::from_millis(500);
     loop {
         let uri = match since {
             Some(v) => format!("{PLAN}?since={v}"),
             None => PLAN.to_string(),
         };
-        match client.get::<PlanResponse>(&uri).await {
+        match client.get_held::<PlanResponse>(&uri, hold).await {
             Ok(r) => {
                 since = Some(r.version);
+                if r.heartbeat_ms > 0 {
+                    hold = Duration::from_millis(r.heartbeat_ms);
+                }
                 if renewal.due(&r.root_id)
                     && let Err(e) = renewal.renew().await
                 {

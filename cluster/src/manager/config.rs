@@ -69,6 +69,8 @@ pub const ENV_DATA_PATH_PORT: &str = "SWARMKIT_DATA_PATH_PORT";
 pub const ENV_KEY_ROTATION_SECS: &str = "SWARMKIT_KEY_ROTATION_SECS";
 /// Node certificates' lifetime in seconds (`cluster up --cert-expiry`; at least 10).
 pub const ENV_CERT_EXPIRY_SECS: &str = "SWARMKIT_CERT_EXPIRY_SECS";
+/// The manager nodes' hostnames, comma-separated (`cluster up --managers`).
+pub const ENV_MANAGER_NODES: &str = "SWARMKIT_MANAGER_NODES";
 
 /// The settings a new cluster is created with (0: the default).
 pub fn settings_from_env() -> Meta {
@@ -83,6 +85,14 @@ pub fn settings_from_env() -> Meta {
         cert_expiry_secs: num(ENV_CERT_EXPIRY_SECS)
             .map(|s| s.max(crate::pki::ca::MIN_CERT_EXPIRY.as_secs()))
             .unwrap_or(0),
+        manager_nodes: std::env::var(ENV_MANAGER_NODES)
+            .map(|v| {
+                v.split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     }
 }

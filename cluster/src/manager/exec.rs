@@ -24,8 +24,7 @@ use crate::protocol::{EXEC_EXIT_FRAME, ExecRequest, exec_frame};
 
 /// How long a started session waits for its node's agent to take it.
 const TAKE_DEADLINE: Duration = Duration::from_secs(20);
-/// How long an agent's poll for sessions is held when there are none.
-const POLL_HOLD: Duration = Duration::from_secs(10);
+use crate::protocol::EXECS_HOLD as POLL_HOLD;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]

@@ -51,7 +51,7 @@ use axum::routing::{get, post};
 
 pub use config::{
     ENV_CERT_EXPIRY_SECS, ENV_DATA_PATH_PORT, ENV_HEARTBEAT_MISSES, ENV_HEARTBEAT_MS,
-    ENV_KEY_ROTATION_SECS, Heartbeat,
+    ENV_KEY_ROTATION_SECS, ENV_MANAGER_NODES, Heartbeat,
 };
 pub use error::{ApiError, ApiResult};
 pub use nodes::{DATAPLANE_LABEL, LB_DRIVER_LABEL};

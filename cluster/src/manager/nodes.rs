@@ -215,7 +215,8 @@ pub async fn update(
         };
         if spec.role.is_some_and(|r| r != role) {
             return Err(ApiError::BadRequest(format!(
-                "node {} cannot change role: a swarmkit cluster has exactly one manager",
+                "node {} cannot change role: a cluster's managers are chosen when it is made \
+                 (swarmkit cluster up --managers N); promote and demote are not built yet",
                 node.hostname
             )));
         }
@@ -279,7 +280,7 @@ pub async fn remove(
         let node = find(&s.nodes, &id, |n| &n.hostname, "node")?.clone();
         if node.leader {
             return Err(ApiError::BadRequest(format!(
-                "node {} is the cluster's manager and cannot be removed: remove the cluster instead (swarmkit cluster down)",
+                "node {} is a manager and cannot be removed: remove the cluster instead (swarmkit cluster down)",
                 node.hostname
             )));
         }

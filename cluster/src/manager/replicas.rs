@@ -1,7 +1,8 @@
 //! What managers say to each other, on the agents' listener and only to a manager
 //! certificate of this cluster (an agent or a client gets 403 whatever it sends): the Raft
-//! routes (`raft::net::ROUTE`), and a follower's Engine API writes forwarded to the leader,
-//! which replays them through its own API as if they had come to it.
+//! routes (`raft::net::ROUTE`), and a follower's Engine API requests forwarded to the leader,
+//! which replays them through its own API as if they had come to it. Also the middlewares a
+//! follower's listeners run: the Engine API proxied to the leader, agents sent on to it.
 
 use std::sync::Arc;
 
@@ -221,13 +222,20 @@ async fn replay(
 /// docker's followers proxy theirs, and the leader's answer is this one's: what agents have
 /// acknowledged (a task's visible state, a node's) lives on the leader alone. With no leader
 /// reachable a read is answered from this manager's replica, and a write gets docker's 503.
-/// Logs stay local: they stream, and are answered from the store's history wherever asked.
+/// Tasks' output is the leader's too (agents push it there); a followed log, which streams,
+/// is answered here, with what this manager holds (nothing yet: a known gap).
 pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Response {
     let Some(replica) = m.replica.clone() else {
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let local = path == "/_ping" || path == "/version" || path.ends_with("/logs");
+    // A followed log streams: the proxy carries whole answers only (not yet a stream).
+    let following = path.ends_with("/logs")
+        && req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv == "follow=1" || kv == "follow=true")
+        });
+    let local = path == "/_ping" || path == "/version" || following;
     if local || replica.is_leader() {
         return next.run(req).await;
     }

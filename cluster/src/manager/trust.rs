@@ -212,7 +212,13 @@ fn new_node(s: &StoreState, req: &RegisterRequest) -> ApiResult<Node> {
         updated: now,
         version: 0,
         state: NodeState::Ready,
-        leader: !s.nodes.values().any(|n| n.leader),
+        // A manager node: one of the replicating managers', or the first node to register
+        // where there is one manager.
+        leader: if s.meta.manager_nodes.is_empty() {
+            !s.nodes.values().any(|n| n.leader)
+        } else {
+            s.meta.manager_nodes.contains(&req.hostname)
+        },
         lb_driver: String::new(),
         mesh: String::new(),
         kernel: String::new(),

@@ -215,17 +215,17 @@ fn node_sandboxes(paths: &ClusterPaths, node: &str) -> Vec<String> {
 
 impl NodeBackend for Netns {
     fn check(&self, opts: &UpOptions) -> Result<()> {
-        if opts.managers > opts.nodes.min(crate::managers::MAX_MANAGERS) || opts.managers == 0 {
-            return Err(TestbedError::InvalidManagers {
-                given: opts.managers,
-                max: opts.nodes.min(crate::managers::MAX_MANAGERS),
-            });
-        }
         if !(1..=MAX_NODES).contains(&opts.nodes) {
             return Err(TestbedError::InvalidNodes {
                 backend: Backend::Netns,
                 given: opts.nodes,
                 max: MAX_NODES,
+            });
+        }
+        if opts.managers > opts.nodes.min(crate::managers::MAX_MANAGERS) || opts.managers == 0 {
+            return Err(TestbedError::InvalidManagers {
+                given: opts.managers,
+                max: opts.nodes.min(crate::managers::MAX_MANAGERS),
             });
         }
         // Namespaces share the host's kernel, so what it lacks, every node lacks.
@@ -256,7 +256,10 @@ impl NodeBackend for Netns {
             let mut env = opts.manager_env();
             env.push((cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()));
             crate::record::note_registry(paths, &opts.registry)?;
-            crate::managers::seed(paths, &replicas(opts.managers), &env)?;
+            let members = replicas(opts.managers);
+            let hostnames: Vec<String> = members.values().map(|m| m.node.clone()).collect();
+            env.push((cluster::manager::ENV_MANAGER_NODES, hostnames.join(",")));
+            crate::managers::seed(paths, &members, &env)?;
         } else {
             crate::supervise::start_manager(
                 opts,

@@ -506,6 +506,26 @@ mod tests {
                 ..
             })
         ));
+        let mut o = opts(Backend::Netns, 3);
+        o.managers = 4;
+        assert!(matches!(
+            refused(&o),
+            Err(TestbedError::InvalidManagers { given: 4, max: 3 })
+        ));
+        o.managers = 0;
+        assert!(matches!(
+            refused(&o),
+            Err(TestbedError::InvalidManagers { given: 0, .. })
+        ));
+        let mut o = opts(Backend::Qemu, 3);
+        o.managers = 3;
+        assert!(matches!(
+            refused(&o),
+            Err(TestbedError::Unsupported {
+                backend: Backend::Qemu,
+                ..
+            })
+        ));
         assert!(matches!(
             refused(&opts(Backend::Ssh, 1)),
             Err(TestbedError::NoInventory)
