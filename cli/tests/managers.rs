@@ -38,6 +38,19 @@ fn managers(c: &Cluster, via: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits until `old`, asked itself, shows itself Reachable under `new` as Leader.
+fn following(c: &Cluster, old: &str, new: &str) {
+    c.eventually(
+        "the old leader back, following",
+        Duration::from_secs(30),
+        || {
+            let m = managers(c, old);
+            m.contains(&(old.to_string(), "Reachable".to_string()))
+                && m.contains(&(new.to_string(), "Leader".to_string()))
+        },
+    );
+}
+
 fn leader(c: &Cluster, via: &str) -> Option<String> {
     managers(c, via)
         .into_iter()
@@ -145,15 +158,7 @@ fn the_leaders_machine_dies_and_another_manager_takes_over() {
 
     // The old leader comes back as a follower, with everything written while it was away.
     c.sk(&["node", "start", &old]).ok();
-    c.eventually(
-        "the old leader back, following",
-        Duration::from_secs(30),
-        || {
-            let m = managers(&c, &old);
-            m.contains(&(old.clone(), "Reachable".to_string()))
-                && m.contains(&(new.clone(), "Leader".to_string()))
-        },
-    );
+    following(&c, &old, &new);
     let nets = c.docker_via(&old, &["network", "ls", "--format", "{{.Name}}"]);
     assert!(
         nets.stdout.lines().any(|n| n == "after-kill"),
@@ -238,15 +243,7 @@ fn a_leader_cut_off_steps_down_and_rejoins_as_a_follower() {
     assert!(refused.stderr.contains(NO_LEADER), "{}", refused.stderr);
 
     c.sk(&["node", "heal", &old]).ok();
-    c.eventually(
-        "the old leader back, following",
-        Duration::from_secs(30),
-        || {
-            let m = managers(&c, &old);
-            m.contains(&(old.clone(), "Reachable".to_string()))
-                && m.contains(&(new.clone(), "Leader".to_string()))
-        },
-    );
+    following(&c, &old, &new);
     figure(
         "leader_isolated",
         &[("first_write_after_s", format!("{:.2}", took.as_secs_f64()))],

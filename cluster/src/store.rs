@@ -530,12 +530,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records what the replicated log applied last when the entry changed no object (a
-    /// membership change, a new leader's first entry).
-    pub fn note_applied(&self, applied: &[u8]) -> Result<(), StoreError> {
-        self.persist(&Vec::new(), Some(applied))
-    }
-
     /// What [`Store::apply`] last recorded as applied.
     pub fn applied(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self

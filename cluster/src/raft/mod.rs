@@ -290,12 +290,7 @@ impl Replica {
 
     /// The leader as a member (its address), as this manager last heard of it.
     pub fn leader_member(&self) -> Option<Member> {
-        let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
-        m.membership_config
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, member)| member.clone())
+        self.leader_with_id().map(|(_, member)| member)
     }
 
     /// Every manager, by Raft ID.
