@@ -132,9 +132,17 @@ enum Command {
     },
 }
 
+/// openraft reports every failed heartbeat to a manager that is down, five times a second,
+/// at ERROR: `node ls` says which manager is unreachable; its log need not. Elections and
+/// storage errors (openraft::core, openraft::storage) still show.
+const QUIET_REPLICATION: &str = "openraft::replication=off,openraft::engine=off";
+
 fn init_tracing(debug: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "warn" })
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},{QUIET_REPLICATION}",
+            if debug { "debug" } else { "warn" }
+        ))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
