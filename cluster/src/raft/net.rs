@@ -147,18 +147,37 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// One request-response RPC (`append`, `vote`): the peer's Raft answers Ok or its error.
+    async fn rpc<B: Serialize, T: DeserializeOwned>(
+        &mut self,
+        what: &str,
+        action: openraft::network::RPCTypes,
+        rpc: &B,
+        option: RPCOption,
+    ) -> Result<T, RPCError<u64, Member, RaftError<u64>>> {
+        let within = option.hard_ttl();
+        let answer: Result<T, RaftError<u64>> = self
+            .post(what, rpc, within)
+            .await
+            .map_err(|f| self.rpc_error(f, action, within))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
 impl RaftNetwork<Managers> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<Managers>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let within = option.hard_ttl();
-        let answer: Result<AppendEntriesResponse<u64>, RaftError<u64>> = self
-            .post("append", &rpc, within)
-            .await
-            .map_err(|f| self.rpc_error(f, openraft::network::RPCTypes::AppendEntries, within))?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        self.rpc(
+            "append",
+            openraft::network::RPCTypes::AppendEntries,
+            &rpc,
+            option,
+        )
+        .await
     }
 
     async fn vote(
@@ -166,12 +185,8 @@ impl RaftNetwork<Managers> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        let within = option.hard_ttl();
-        let answer: Result<VoteResponse<u64>, RaftError<u64>> = self
-            .post("vote", &rpc, within)
+        self.rpc("vote", openraft::network::RPCTypes::Vote, &rpc, option)
             .await
-            .map_err(|f| self.rpc_error(f, openraft::network::RPCTypes::Vote, within))?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn full_snapshot(
