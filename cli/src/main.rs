@@ -104,9 +104,10 @@ enum Command {
     Lab(commands::lab::LabCmd),
     #[command(name = "__manager", hide = true)]
     Manager {
-        /// This manager's Raft ID, in a cluster of several managers (see the members file).
+        /// Run the manager of this node, in a cluster of several managers (its agent does; see
+        /// the node's replica file).
         #[arg(long)]
-        replica: Option<u64>,
+        replica: Option<String>,
         /// Only make a new cluster's first store at this path, and exit.
         #[arg(long, conflicts_with = "replica")]
         seed: Option<std::path::PathBuf>,
@@ -167,7 +168,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Lab(cmd) => commands::lab::run(cmd).await,
         Command::Manager { replica, seed } => {
-            testbed::lifecycle::run_manager(cluster, replica, seed.as_deref())
+            testbed::lifecycle::run_manager(cluster, replica.as_deref(), seed.as_deref())
                 .await
                 .map(|()| 0)
         }

@@ -261,3 +261,130 @@ fn a_leader_cut_off_steps_down_and_rejoins_as_a_follower() {
         assert!(!names.contains(&"minority"), "{via}: {names:?}");
     }
 }
+
+/// Whether `node` shows `status` (Leader, Reachable, Unreachable, or "" for none) in `docker
+/// node ls` on `via`.
+fn shows(c: &Cluster, via: &str, node: &str, status: &str) -> bool {
+    let listed = c.docker_via(via, &["node", "ls", "--format", "{{.Hostname}}"]);
+    if !listed.success() || !listed.stdout.lines().any(|h| h == node) {
+        return false;
+    }
+    let m = managers(c, via);
+    match status {
+        "" => !m.iter().any(|(h, _)| h == node),
+        s => m.contains(&(node.to_string(), s.to_string())),
+    }
+}
+
+#[test]
+fn managers_are_promoted_and_demoted_through_the_docker_cli() {
+    require_root!();
+    let c = up("mgr-roles");
+    let state = format!("/var/lib/swarmkit/{}/managers", c.name);
+
+    // docker node promote answers at once, as docker's does; the new manager catches up and
+    // votes: with node1 gone, node2, node3 and node4 are the quorum.
+    let promoted = c.docker_via("node1", &["node", "promote", "node4"]).ok();
+    assert_eq!(
+        promoted.stdout.trim(),
+        "Node node4 promoted to a manager in the swarm."
+    );
+    c.eventually("node4 a reachable manager", Duration::from_secs(30), || {
+        shows(&c, "node1", "node4", "Reachable")
+    });
+    let info = c
+        .docker_via("node4", &["info", "--format", "{{.Swarm.Managers}}"])
+        .ok();
+    assert_eq!(info.stdout.trim(), "4", "docker info on the new manager");
+    // The new manager serves the API with the cluster's state.
+    let nets = c.docker_via("node4", &["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        nets.stdout.lines().any(|n| n == "ingress"),
+        "{}",
+        nets.stdout
+    );
+
+    let leader_before = leader(&c, "node1").expect("a leader");
+    c.sk(&["node", "kill", &leader_before]).ok();
+    let via = if leader_before == "node4" {
+        "node2"
+    } else {
+        "node4"
+    };
+    first_write(
+        &c,
+        Instant::now(),
+        via,
+        "with-node4",
+        Duration::from_secs(20),
+    );
+    c.eventually(
+        "the dead leader unreachable",
+        Duration::from_secs(10),
+        || shows(&c, via, &leader_before, "Unreachable"),
+    );
+
+    // A demotion that would leave no quorum of reachable managers is refused, whole.
+    let survivors: Vec<&str> = ["node1", "node2", "node3", "node4"]
+        .into_iter()
+        .filter(|n| *n != leader_before)
+        .collect();
+    let first = c.docker_via(via, &["node", "demote", survivors[0]]).ok();
+    assert!(first.stdout.contains("demoted"), "{}", first.stdout);
+    c.eventually("the demoted manager gone", Duration::from_secs(20), || {
+        shows(&c, via, survivors[0], "")
+    });
+    let refused = c.docker_via(via, &["node", "demote", survivors[1]]);
+    assert!(!refused.success(), "a demotion without a quorum was taken");
+    assert!(
+        refused.stderr.contains("loss of quorum"),
+        "exit {}: {}{}",
+        refused.code,
+        refused.stdout,
+        refused.stderr
+    );
+    assert!(shows(&c, via, survivors[1], "Reachable") || shows(&c, via, survivors[1], "Leader"));
+
+    // The killed leader returns and is demoted; its replica is deleted and its node serves on
+    // as a worker.
+    c.sk(&["node", "start", &leader_before]).ok();
+    c.eventually("the old leader back", Duration::from_secs(30), || {
+        shows(&c, via, &leader_before, "Reachable") || shows(&c, via, &leader_before, "Leader")
+    });
+    let demoted = c.sk(&["node", "demote", &leader_before]).ok();
+    assert_eq!(
+        demoted.stdout.trim(),
+        format!("Manager {leader_before} demoted in the swarm.")
+    );
+    c.eventually(
+        "the demoted manager's replica deleted",
+        Duration::from_secs(10),
+        || !std::path::Path::new(&format!("{state}/{leader_before}")).exists(),
+    );
+    for node in [survivors[0], &leader_before] {
+        let role = c
+            .docker_via(
+                via,
+                &["node", "inspect", node, "--format", "{{.Spec.Role}}"],
+            )
+            .ok();
+        assert_eq!(role.stdout.trim(), "worker", "{node}");
+    }
+
+    // Down to one manager: it cannot be demoted.
+    let left: Vec<String> = managers(&c, via).into_iter().map(|(h, _)| h).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    c.sk(&["node", "demote", &left[0]]).ok();
+    let last = &left[1];
+    let refused = c.docker_via(last, &["node", "demote", last]);
+    assert!(!refused.success());
+    assert!(
+        refused.stderr.contains("demote the last manager"),
+        "{}",
+        refused.stderr
+    );
+    // The one manager left takes writes alone, and re-promoting a demoted node works.
+    first_write(&c, Instant::now(), last, "alone", Duration::from_secs(20));
+    c.sk(&["node", "promote", &leader_before]).ok();
+    assert!(shows(&c, last, &leader_before, "Reachable"));
+}

@@ -82,19 +82,35 @@ type SharedTls = Arc<RwLock<Arc<rustls::ClientConfig>>>;
 
 #[derive(Debug)]
 pub struct ManagerClient {
-    /// Every manager this client may ask; one unless the cluster has several.
-    endpoints: Arc<[Endpoint]>,
+    /// Every manager this client may ask; one unless the cluster has several. Shared by
+    /// every clone, and replaced when the managers change (an agent hears of them).
+    endpoints: Arc<RwLock<Endpoints>>,
     /// The one it asks now, shared by every clone: when one clone finds a manager gone or
     /// not leading, the others move with it.
     current: Arc<std::sync::atomic::AtomicUsize>,
     tls: Option<SharedTls>,
     /// Who the TLS peer must prove to be; the manager unless told otherwise.
     server_name: rustls::pki_types::ServerName<'static>,
-    /// The connection the last request used (to the endpoint of that index), kept for the
+    /// The connection the last request used (to the endpoint at that slot), kept for the
     /// next: an agent long-polls its plan every heartbeat, and a connection per poll (a TCP
     /// handshake and teardown across the underlay each time) was most of an idle cluster's
     /// CPU.
-    idle: std::sync::Mutex<Option<(usize, Sender)>>,
+    idle: std::sync::Mutex<Option<(Slot, Sender)>>,
+}
+
+#[derive(Debug)]
+/// The managers a client asks, stamped anew whenever they are replaced: an index into an
+/// older list is stale.
+struct Endpoints {
+    list: Arc<[Endpoint]>,
+    generation: u64,
+}
+
+/// Which endpoint: its list's generation and its index there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    generation: u64,
+    index: usize,
 }
 
 /// A clone has its own connection: a long poll holds one for its whole wait.
@@ -122,7 +138,10 @@ impl ManagerClient {
     fn of(endpoints: Vec<Endpoint>) -> Self {
         assert!(!endpoints.is_empty(), "a client needs a manager to ask");
         ManagerClient {
-            endpoints: endpoints.into(),
+            endpoints: Arc::new(RwLock::new(Endpoints {
+                list: endpoints.into(),
+                generation: 0,
+            })),
             current: Default::default(),
             tls: None,
             server_name: crate::pki::tls::manager_name(),
@@ -155,21 +174,70 @@ impl ManagerClient {
         ManagerClient::of(addrs.iter().cloned().map(Endpoint::Tcp).collect())
     }
 
-    fn at(&self) -> (usize, &Endpoint) {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
-        (i, &self.endpoints[i])
+    fn at(&self) -> (Slot, Endpoint) {
+        let e = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed) % e.list.len();
+        let slot = Slot {
+            generation: e.generation,
+            index,
+        };
+        (slot, e.list[index].clone())
     }
 
-    /// Moves every clone from endpoint `from` to the next (unless one already moved them).
-    fn move_on(&self, from: usize) {
-        let next = (from + 1) % self.endpoints.len();
-        let _ = self.current.compare_exchange(
-            from,
-            next,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    fn endpoint_count(&self) -> usize {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .len()
+    }
+
+    /// Moves every clone from endpoint `from` to the next (unless one already moved them, or
+    /// the list was replaced meanwhile).
+    fn move_on(&self, from: Slot) {
+        let e = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+        if e.generation == from.generation {
+            let next = (from.index + 1) % e.list.len();
+            let _ = self.current.compare_exchange(
+                from.index,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        drop(e);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Asks these TCP addresses from now on, in this client and every clone (the managers
+    /// changed: one promoted, one demoted). The manager asked now stays the one asked, if it
+    /// is still among them.
+    pub fn set_tcp_endpoints(&self, addrs: &[String]) {
+        if addrs.is_empty() {
+            return;
+        }
+        let mut e = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        // A client of unix sockets (an SSH forward's end) has no use for the managers'
+        // underlay addresses.
+        if e.list.iter().any(|have| matches!(have, Endpoint::Unix(_))) {
+            return;
+        }
+        let same = e.list.len() == addrs.len()
+            && e.list
+                .iter()
+                .zip(addrs)
+                .all(|(have, want)| matches!(have, Endpoint::Tcp(a) if a == want));
+        if same {
+            return;
+        }
+        let asked = e.list[self.current.load(std::sync::atomic::Ordering::Relaxed) % e.list.len()]
+            .describe();
+        let index = addrs.iter().position(|a| *a == asked).unwrap_or(0);
+        e.list = addrs.iter().cloned().map(Endpoint::Tcp).collect();
+        e.generation += 1;
+        self.current
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(managers = ?addrs, "the managers changed");
     }
 
     /// The same endpoint in TLS under `config` (the manager is checked against its roots and
@@ -202,7 +270,7 @@ impl ManagerClient {
     fn connect_error(&self, source: std::io::Error) -> ClientError {
         ClientError::Connect {
             path: match self.at().1 {
-                Endpoint::Unix(p) => p.clone(),
+                Endpoint::Unix(p) => p,
                 Endpoint::Tcp(a) => PathBuf::from(format!("tcp:{a}")),
             },
             source,
@@ -235,13 +303,13 @@ impl ManagerClient {
         let connect = |e| self.connect_error(e);
         Ok(match self.at().1 {
             Endpoint::Unix(p) => {
-                let stream = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                let stream = tokio::net::UnixStream::connect(&p).await.map_err(connect)?;
                 secured(stream, tls, self.server_name.clone())
                     .await
                     .map_err(connect)?
             }
             Endpoint::Tcp(a) => {
-                let stream = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
+                let stream = tokio::net::TcpStream::connect(&a).await.map_err(connect)?;
                 secured(stream, tls, self.server_name.clone())
                     .await
                     .map_err(connect)?
@@ -346,14 +414,14 @@ impl ManagerClient {
         body: Option<&B>,
         hold: Duration,
     ) -> Result<T, ClientError> {
-        let several = self.endpoints.len() > 1;
+        let several = self.endpoint_count() > 1;
         let within = hold
             + if several {
                 FAILOVER_TIMEOUT
             } else {
                 REQUEST_TIMEOUT
             };
-        let mut attempts = self.endpoints.len();
+        let mut attempts = self.endpoint_count();
         loop {
             let (at, _) = self.at();
             let answer = tokio::time::timeout(within, self.call_once(method.clone(), uri, body))

@@ -509,6 +509,10 @@ pub struct Meta {
     /// empty: one manager, and the first node to register stands for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manager_nodes: Vec<String>,
+    /// The highest Raft ID a promoted manager was given: a new one is never a departed
+    /// one's.
+    #[serde(default)]
+    pub last_manager_id: u64,
 }
 
 impl Meta {

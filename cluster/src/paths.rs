@@ -80,6 +80,19 @@ impl ClusterPaths {
     pub fn replica_run_dir(&self, node: &str) -> PathBuf {
         self.run_dir().join("managers").join(node)
     }
+    /// Which manager the one on `node` is (`ReplicaOf`): while it exists, the node's agent
+    /// runs that manager.
+    pub fn replica_file(&self, node: &str) -> PathBuf {
+        self.replica_dir(node).join("replica.json")
+    }
+    /// The log of the manager on `node`.
+    pub fn replica_log(&self, node: &str) -> PathBuf {
+        self.log_file(&format!("manager-{node}"))
+    }
+    /// The settings every manager of a cluster of several starts with (name, value pairs).
+    pub fn managers_env_file(&self) -> PathBuf {
+        self.state_dir().join("managers-env.json")
+    }
     /// Every manager of a cluster of several, with its Raft ID and address.
     pub fn members_file(&self) -> PathBuf {
         self.state_dir().join("managers.json")

@@ -19,6 +19,8 @@ pub const RENEW: &str = "/swarmkit/v1/agent/renew";
 pub const PLAN: &str = "/swarmkit/v1/agent/plan";
 pub const REPORT: &str = "/swarmkit/v1/agent/report";
 pub const LOGS: &str = "/swarmkit/v1/agent/logs";
+/// Asked by the agent of a node promoted to manager: what its manager starts from.
+pub const MANAGER_JOIN: &str = "/swarmkit/v1/agent/manager";
 /// Long-polled by each agent: the `docker exec` sessions started on its node's socket.
 pub const EXECS: &str = "/swarmkit/v1/agent/execs";
 /// How long the manager holds an agent's poll for exec sessions when there are none.
@@ -115,6 +117,28 @@ pub struct PlanResponse {
     /// The cluster's current root (`Trust::root_id`).
     #[serde(default)]
     pub root_id: String,
+    /// Where managers replicate: whether this node runs one (docker's promote and demote
+    /// set it; a demoted node keeps its manager until the others have let it go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<bool>,
+    /// Where managers replicate: every manager's address, for the agent to ask in turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
+}
+
+/// What the manager of a node promoted to manager starts from: its Raft ID and address, the
+/// store's sealing key (rows replicate sealed) and the store as the leader had it, applied
+/// log position included, so that it serves with the cluster's identity from its first start
+/// and catches up from there through the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManagerJoin {
+    pub id: u64,
+    pub member: crate::raft::Member,
+    /// The sealing key file's bytes, base64.
+    pub key: String,
+    pub image: crate::raft::Image,
+    /// What the store records as applied (`Store::applied`), base64.
+    pub applied: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -58,6 +58,21 @@ impl Sealer {
         })
     }
 
+    /// Keeps `bytes`, another replica's key, at `path` (0600) for a store about to open there.
+    pub fn install(path: &Path, bytes: &[u8]) -> Result<(), SealError> {
+        let bad = |message: String| SealError::Key {
+            path: path.to_path_buf(),
+            message,
+        };
+        if bytes.len() != 32 {
+            return Err(bad(format!(
+                "{} bytes given, not a 32-byte key",
+                bytes.len()
+            )));
+        }
+        write_private(path, bytes).map_err(|e| bad(e.to_string()))
+    }
+
     /// `data` sealed for the object `id` (bound to it: a sealed payload moved to another
     /// object does not open), as hex of nonce and ciphertext.
     pub fn seal(&self, id: &str, data: &[u8]) -> Result<String, SealError> {

@@ -404,6 +404,7 @@ pub struct Store {
     changed: watch::Sender<u64>,
     /// Set when this store is one of several managers' replicas.
     replicas: std::sync::OnceLock<Box<dyn Replicate>>,
+    path: std::path::PathBuf,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -456,7 +457,13 @@ impl Store {
             write_lock: Mutex::new(()),
             changed: watch::channel(version).0,
             replicas: std::sync::OnceLock::new(),
+            path: path.to_path_buf(),
         })
+    }
+
+    /// The file the sealing key is kept in (what another replica of this store needs).
+    pub fn key_file(&self) -> std::path::PathBuf {
+        self.path.with_extension("key")
     }
 
     pub fn snapshot(&self) -> Arc<State> {

@@ -1,17 +1,17 @@
-//! Clusters of several managers (`cluster up --managers N`): manager `k` runs on node `k`, in
-//! that node's namespaces, so that killing or isolating the node takes its manager with it,
-//! as losing a machine does. Every manager starts from a copy of one seeded store (the same
-//! cluster identity, trust and sealing key) and they replicate from there through Raft; the
-//! members file says who they are and where they listen.
+//! Clusters of several managers (`cluster up --managers N`): manager `k` runs on node `k`,
+//! started by that node's agent (as dockerd runs its manager), so that killing or isolating
+//! the node takes its manager with it, as losing a machine does. Every first manager starts
+//! from a copy of one seeded store (the same cluster identity, trust and sealing key) and
+//! they replicate from there through Raft; the members file says who they were at first, each
+//! replica file which one a node runs. A node promoted later gets its copy from the leader.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cluster::manager::{Manager, Replication};
 use cluster::paths::ClusterPaths;
-use cluster::raft::Member;
+use cluster::raft::{Member, ReplicaIdentity};
 
-use crate::supervise::Spec;
 use crate::{Result, TestbedError, io};
 
 /// The most managers a cluster may have; Swarm advises at most seven too.
@@ -19,22 +19,6 @@ pub const MAX_MANAGERS: usize = 7;
 
 /// How long seeding the first store may take (a process start and a durable write).
 const SEED_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The daemon name of the manager on `node`.
-pub fn daemon(node: &str) -> String {
-    format!("manager-{node}")
-}
-
-pub fn spec(paths: &ClusterPaths, id: u64, node: &str, env: &[(&str, String)]) -> Spec {
-    let mut spec = Spec::host(
-        &daemon(node),
-        &["__manager", "--replica", &id.to_string()],
-        env,
-    );
-    spec.node_ns = Some(paths.node_ns(node));
-    spec.hostname = Some(node.to_string());
-    spec
-}
 
 pub fn members(paths: &ClusterPaths) -> Result<BTreeMap<u64, Member>> {
     let file = paths.members_file();
@@ -105,6 +89,26 @@ pub fn seed(
             )))?;
         }
     }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    cluster::paths::write_atomically(
+        &paths.managers_env_file(),
+        &serde_json::to_vec(&env).expect("pairs of strings serialize"),
+    )
+    .map_err(io("writing the managers' settings"))?;
+    // Last: a replica file is what makes its node's agent start the manager.
+    for (id, member) in members {
+        let seat = ReplicaIdentity {
+            id: *id,
+            member: member.clone(),
+            initialize: *id == 1,
+        };
+        let file = paths.replica_file(&member.node);
+        cluster::paths::write_atomically(
+            &file,
+            &serde_json::to_vec_pretty(&seat).expect("a replica identity serializes"),
+        )
+        .map_err(io(format!("writing {}", file.display())))?;
+    }
     for leftover in ["seed.redb", "seed.key"] {
         let _ = std::fs::remove_file(paths.state_dir().join(leftover));
     }
@@ -114,27 +118,32 @@ pub fn seed(
     Ok(())
 }
 
-/// Entry point of `__manager --replica ID`, in its node's namespaces.
-pub async fn run_replica(paths: &ClusterPaths, id: u64) -> anyhow::Result<()> {
-    let members = members(paths)?;
-    let me = members
-        .get(&id)
-        .ok_or_else(|| anyhow::anyhow!("no manager {id} in {}", paths.members_file().display()))?
-        .clone();
-    let run_dir = paths.replica_run_dir(&me.node);
+/// Entry point of `__manager --replica NODE`, which the node's agent runs in its namespaces.
+pub async fn run_replica(paths: &ClusterPaths, node: &str) -> anyhow::Result<()> {
+    let file = paths.replica_file(node);
+    let me: ReplicaIdentity = serde_json::from_slice(
+        &std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", file.display()))?;
+    let run_dir = paths.replica_run_dir(node);
     cluster::paths::create_private_dir(&run_dir)?;
-    let store = paths.replica_dir(&me.node).join("state.redb");
+    let store = paths.replica_dir(node).join("state.redb");
+    let members = if me.initialize {
+        members(paths)?
+    } else {
+        BTreeMap::new()
+    };
     let m = Manager::open_replicated(
         &store,
         Replication {
-            id,
+            id: me.id,
             members,
-            initialize: id == 1,
+            initialize: me.initialize,
         },
     )
     .await?;
     // Agents and the other managers reach this one on its node's underlay address.
-    let listener = std::net::TcpListener::bind(&me.addr)
-        .map_err(|e| anyhow::anyhow!("binding {} for manager {id}: {e}", me.addr))?;
+    let listener = std::net::TcpListener::bind(&me.member.addr)
+        .map_err(|e| anyhow::anyhow!("binding {} for manager {}: {e}", me.member.addr, me.id))?;
     cluster::manager::serve(m, &run_dir.join("manager.sock"), Some(listener)).await
 }

@@ -1,7 +1,7 @@
 //! `swarmkit node ...`
 
 use ::testbed::Fault;
-use bollard::models::{Node, NodeSpecAvailabilityEnum};
+use bollard::models::{Node, NodeSpecAvailabilityEnum, NodeSpecRoleEnum};
 use bollard::query_parameters::{DeleteNodeOptions, ListNodesOptions, UpdateNodeOptions};
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
@@ -42,6 +42,9 @@ pub enum NodeCmd {
         /// Availability of the node
         #[arg(long, value_enum)]
         availability: Option<Availability>,
+        /// Role of the node (a cluster of several managers promotes and demotes)
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
         /// Add or update a node label (KEY=VALUE)
         #[arg(long, value_name = "KEY=VALUE")]
         label_add: Vec<String>,
@@ -49,6 +52,17 @@ pub enum NodeCmd {
         #[arg(long, value_name = "KEY")]
         label_rm: Vec<String>,
         node: String,
+    },
+    /// Promote one or more nodes to manager in the swarm; returns once each manager is
+    /// reachable
+    Promote {
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+    /// Demote one or more nodes from manager in the swarm; returns once each has left
+    Demote {
+        #[arg(required = true, value_name = "NODE")]
+        nodes: Vec<String>,
     },
     /// Remove one or more nodes from the swarm
     #[command(visible_alias = "remove")]
@@ -81,6 +95,12 @@ pub enum NodeCmd {
     Heal { node: String },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Worker,
+    Manager,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Availability {
     Active,
@@ -92,10 +112,23 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
     match cmd {
         NodeCmd::Update {
             availability,
+            role,
             label_add,
             label_rm,
             node,
-        } => update(cluster, &node, availability, &label_add, &label_rm).await,
+        } => {
+            let change = Change {
+                availability,
+                role,
+                label_add: &label_add,
+                label_rm: &label_rm,
+            };
+            update(&Api::connect(cluster)?, &node, &change).await?;
+            println!("{node}");
+            Ok(0)
+        }
+        NodeCmd::Promote { nodes } => change_roles(cluster, &nodes, RoleArg::Manager).await,
+        NodeCmd::Demote { nodes } => change_roles(cluster, &nodes, RoleArg::Worker).await,
         NodeCmd::Rm { force, nodes } => {
             let api = Api::connect(cluster)?;
             let api = &api;
@@ -329,14 +362,27 @@ fn pretty_node(n: &Node) -> String {
 
 /// docker's `node update`: read the spec, change what the flags name, send it back at the
 /// version read (a concurrent change makes the manager refuse, and the edit is replayed).
-async fn update(
-    cluster: &str,
-    name: &str,
+/// What `node update` changes.
+struct Change<'a> {
     availability: Option<Availability>,
-    label_add: &[String],
-    label_rm: &[String],
-) -> anyhow::Result<i32> {
-    for l in label_add {
+    role: Option<RoleArg>,
+    label_add: &'a [String],
+    label_rm: &'a [String],
+}
+
+impl Change<'_> {
+    fn role(role: RoleArg) -> Change<'static> {
+        Change {
+            availability: None,
+            role: Some(role),
+            label_add: &[],
+            label_rm: &[],
+        }
+    }
+}
+
+async fn update(api: &Api, name: &str, change: &Change<'_>) -> anyhow::Result<()> {
+    for l in change.label_add {
         if l.split_once('=')
             .map_or(l.is_empty(), |(k, _)| k.is_empty())
         {
@@ -345,25 +391,30 @@ async fn update(
             );
         }
     }
-    let api = Api::connect(cluster)?;
     const ATTEMPTS: usize = 20;
     for attempt in 1..=ATTEMPTS {
-        let node = api.docker.inspect_node(name).await.api(&api)?;
+        let node = api.docker.inspect_node(name).await.api(api)?;
         let id = node.id.clone().unwrap_or_else(|| name.to_string());
         let version = node.version.and_then(|v| v.index).unwrap_or(0);
         let mut spec = node.spec.unwrap_or_default();
-        if let Some(a) = availability {
+        if let Some(a) = change.availability {
             spec.availability = Some(match a {
                 Availability::Active => NodeSpecAvailabilityEnum::ACTIVE,
                 Availability::Pause => NodeSpecAvailabilityEnum::PAUSE,
                 Availability::Drain => NodeSpecAvailabilityEnum::DRAIN,
             });
         }
+        if let Some(r) = change.role {
+            spec.role = Some(match r {
+                RoleArg::Manager => NodeSpecRoleEnum::MANAGER,
+                RoleArg::Worker => NodeSpecRoleEnum::WORKER,
+            });
+        }
         let labels = spec.labels.get_or_insert_with(Default::default);
-        for k in label_rm {
+        for k in change.label_rm {
             labels.remove(k);
         }
-        for l in label_add {
+        for l in change.label_add {
             let (k, v) = l.split_once('=').unwrap_or((l, ""));
             labels.insert(k.to_string(), v.to_string());
         }
@@ -371,15 +422,86 @@ async fn update(
             version: i64::try_from(version).unwrap_or(i64::MAX),
         };
         match api.docker.update_node(&id, spec, opts).await {
-            Ok(()) => {
-                println!("{name}");
-                return Ok(0);
-            }
+            Ok(()) => return Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
             }) if attempt < ATTEMPTS => continue,
-            Err(e) => return Err(Err::<(), _>(e).api(&api).unwrap_err().into()),
+            Err(e) => return Err(Err::<(), _>(e).api(api).unwrap_err().into()),
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// How long a promoted manager may take to become reachable, or a demoted one to leave.
+const ROLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `node promote` / `node demote`: docker's words, once the managers agree.
+async fn change_roles(cluster: &str, nodes: &[String], role: RoleArg) -> anyhow::Result<i32> {
+    let api = Api::connect(cluster)?;
+    let api = &api;
+    super::for_each_name(nodes, |name| async move {
+        let node = api.docker.inspect_node(&name).await.api(api)?;
+        let is_manager = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.role)
+            .is_some_and(|r| r == NodeSpecRoleEnum::MANAGER);
+        let promote = role == RoleArg::Manager;
+        if is_manager == promote {
+            return Ok(if promote {
+                format!("Node {name} is already a manager.")
+            } else {
+                format!("Node {name} is already a worker.")
+            });
+        }
+        update(api, &name, &Change::role(role)).await?;
+        let settled = cluster::wait::until(
+            Some(ROLE_TIMEOUT),
+            cluster::wait::Pace::every(std::time::Duration::from_millis(200)),
+            || async {
+                // Only the leader knows how every manager stands: a demoted manager that
+                // has not stopped yet answers for itself alone. Asked anew each time: the
+                // manager first asked may be the one demoted, and gone.
+                let Ok(now) = Api::connect(cluster) else {
+                    return cluster::wait::Check::NotYet("no manager answers");
+                };
+                let Ok(all) = now.docker.list_nodes(None::<ListNodesOptions>).await else {
+                    return cluster::wait::Check::NotYet("the managers did not answer");
+                };
+                let leads = |n: &Node| n.manager_status.as_ref().is_some_and(|m| m.leader == Some(true));
+                let Some(n) = all.iter().find(|n| hostname(n) == name || n.id.as_deref() == Some(&name)) else {
+                    return cluster::wait::Check::NotYet("the node is not listed");
+                };
+                let reachable = n.manager_status.as_ref().is_some_and(|m| {
+                    m.leader == Some(true)
+                        || m.reachability == Some(bollard::models::Reachability::REACHABLE)
+                });
+                let done = all.iter().any(leads)
+                    && if promote { reachable } else { n.manager_status.is_none() };
+                if done {
+                    cluster::wait::Check::Ready(())
+                } else {
+                    cluster::wait::Check::NotYet(if promote {
+                        "its manager is not reachable yet"
+                    } else {
+                        "it is still a manager"
+                    })
+                }
+            },
+        )
+        .await;
+        if let Err(w) = settled {
+            anyhow::bail!(
+                "{name}'s role changed, but {} within {ROLE_TIMEOUT:?}: see its manager's log ({}) and docker node ls",
+                w.into_reason(),
+                cluster::paths::ClusterPaths::new(cluster).replica_log(&name).display()
+            );
+        }
+        Ok(if promote {
+            format!("Node {name} promoted to a manager in the swarm.")
+        } else {
+            format!("Manager {name} demoted in the swarm.")
+        })
+    })
+    .await
 }

@@ -24,6 +24,7 @@ mod init;
 mod logs;
 mod node;
 mod process;
+mod replica;
 mod run;
 mod tasks;
 

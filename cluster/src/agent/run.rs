@@ -55,11 +55,33 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     {
         return Err(AgentError::NoBridgeNetfilter.into());
     }
+    // The node's manager, if it is one, before the node enrolls: a new cluster's managers
+    // must answer before any node can.
+    let (role_tx, role_rx) = watch::channel(None);
+    let (client_tx, client_rx) = watch::channel(None);
+    tokio::spawn(super::replica::run(
+        paths.clone(),
+        hostname.to_string(),
+        super::replica::Inputs {
+            role: role_rx,
+            client: client_rx,
+        },
+    ));
+    let managers_file = credentials::dir(&paths, hostname).join("managers.json");
     let endpoint = match &config.manager_tcp {
-        // Several managers: a comma-separated list, asked in turn until the leader answers.
+        // Several managers: a comma-separated list, asked in turn until the leader answers,
+        // after the managers the node last heard of (one promoted since may lead now).
         Some(addrs) if addrs.contains(',') => {
-            let addrs: Vec<String> = addrs.split(',').map(str::to_string).collect();
-            ManagerClient::tcp_any_of(&addrs)
+            let mut known: Vec<String> = std::fs::read(&managers_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            for addr in addrs.split(',') {
+                if !known.iter().any(|k| k == addr) {
+                    known.push(addr.to_string());
+                }
+            }
+            ManagerClient::tcp_any_of(&known)
         }
         Some(addr) => ManagerClient::tcp(addr),
         None => ManagerClient::new(&paths.agent_socket()),
@@ -84,6 +106,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
     };
     let (client, credentials, node_id) = enroll(endpoint, &paths, &req).await?;
     tracing::info!(node_id, hostname, %driver, %mesh, "registered");
+    client_tx.send_replace(Some(client.clone()));
 
     let (plan_tx, plan_rx) = watch::channel::<Latest>(None);
     let renewal = Renewal::new(
@@ -91,7 +114,16 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         credentials::dir(&paths, hostname),
         &credentials,
     );
-    tokio::spawn(poll_plans(client.clone(), renewal, plan_tx));
+    tokio::spawn(poll_plans(
+        client.clone(),
+        renewal,
+        plan_tx,
+        Membership {
+            role: role_tx,
+            file: managers_file,
+            known: Vec::new(),
+        },
+    ));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(super::exec::serve(client.clone(), events_tx.clone()));
     let logs = LogSink::start(client.clone());
@@ -408,6 +440,36 @@ async fn probe_ipsec(node: &NetNs) -> Vec<String> {
     }
 }
 
+/// What the plan answers say of the managers: whether this node runs one, and who they all
+/// are (kept, so that a restarted agent asks the managers of now, not those it started with).
+struct Membership {
+    role: watch::Sender<Option<bool>>,
+    file: std::path::PathBuf,
+    known: Vec<String>,
+}
+
+impl Membership {
+    fn heard(&mut self, client: &ManagerClient, r: &PlanResponse) {
+        self.role.send_if_modified(|known| {
+            let changed = *known != r.manager;
+            *known = r.manager;
+            changed
+        });
+        if r.managers.is_empty() || r.managers == self.known {
+            return;
+        }
+        client.set_tcp_endpoints(&r.managers);
+        let bytes = serde_json::to_vec(&r.managers).expect("strings serialize");
+        if let Err(e) = crate::paths::write_atomically(&self.file, &bytes) {
+            tracing::warn!(
+                "keeping the managers' addresses in {}: {e}",
+                self.file.display()
+            );
+        }
+        self.known = r.managers.clone();
+    }
+}
+
 /// How soon a failed apply or report is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -417,6 +479,7 @@ async fn poll_plans(
     client: ManagerClient,
     mut renewal: Renewal,
     tx: watch::Sender<Option<(Arc<NodePlan>, u64)>>,
+    mut membership: Membership,
 ) {
     let mut since: Option<u64> = None;
     let mut plan = PlanState::default();
@@ -431,6 +494,7 @@ async fn poll_plans(
         match client.get_held::<PlanResponse>(&uri, hold).await {
             Ok(r) => {
                 since = Some(r.version);
+                membership.heard(&client, &r);
                 if r.heartbeat_ms > 0 {
                     hold = Duration::from_millis(r.heartbeat_ms);
                 }

@@ -104,6 +104,8 @@ pub async fn plan(
                 delta: delivery.delta,
                 heartbeat_ms: m.heartbeat.period.as_millis() as u64,
                 root_id: root_id.to_string(),
+                manager: super::promotion::runs_manager(&m, &id, &node.hostname),
+                managers: super::promotion::addresses(&m),
             })
             // Plain structs and string-keyed maps: encoding cannot fail.
             .expect("plan responses encode");

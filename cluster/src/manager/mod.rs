@@ -32,6 +32,7 @@ mod networks;
 mod nodes;
 mod options;
 mod payloads;
+mod promotion;
 pub mod replicas;
 mod rotation;
 mod services;
@@ -139,7 +140,7 @@ pub fn router(m: Shared) -> Router {
 /// The agent channel, and nothing else: what the agents' listeners serve (mutual TLS, the
 /// node known by its certificate). The Engine API and the admin routes are not here at all.
 pub fn agent_router(m: Shared) -> Router {
-    use crate::protocol::{EXECS, JOIN, LOGS, PLAN, REGISTER, RENEW, REPORT};
+    use crate::protocol::{EXECS, JOIN, LOGS, MANAGER_JOIN, PLAN, REGISTER, RENEW, REPORT};
     Router::new()
         .route(JOIN, post(trust::join))
         .route(REGISTER, post(agents::register))
@@ -147,6 +148,7 @@ pub fn agent_router(m: Shared) -> Router {
         .route(PLAN, get(agents::plan))
         .route(REPORT, post(agents::report))
         .route(LOGS, post(logs::push))
+        .route(MANAGER_JOIN, post(promotion::join))
         .route(EXECS, get(exec::poll))
         .route(&format!("{EXECS}/{{session}}"), post(exec::attach))
         .fallback(agent_listener_only)
@@ -208,6 +210,7 @@ pub async fn serve(
     tokio::spawn(m.clone().while_leading(agents::watch_liveness));
     tokio::spawn(m.clone().while_leading(rotation::run));
     tokio::spawn(m.clone().while_leading(updater::run));
+    tokio::spawn(m.clone().while_leading(promotion::reconcile));
     tokio::spawn(trust::renew_own(m.clone()));
     tokio::spawn(containers::serve_nodes(
         m.clone(),

@@ -46,7 +46,8 @@ pub fn to_api(
         spec: Some(NodeSpec {
             name: None,
             labels: Some(n.labels.clone().into_iter().collect()),
-            role: Some(if manager.is_some() {
+            // What the node should be: a promoted node is a manager before it has joined.
+            role: Some(if n.leader {
                 NodeSpecRoleEnum::MANAGER
             } else {
                 NodeSpecRoleEnum::WORKER
@@ -208,17 +209,13 @@ pub async fn update(
                 node.hostname, node.version
             )));
         }
-        let role = if node.leader {
-            NodeSpecRoleEnum::MANAGER
-        } else {
-            NodeSpecRoleEnum::WORKER
+        let manager = match spec.role {
+            Some(NodeSpecRoleEnum::MANAGER) => Some(true),
+            Some(NodeSpecRoleEnum::WORKER) => Some(false),
+            _ => None,
         };
-        if spec.role.is_some_and(|r| r != role) {
-            return Err(ApiError::BadRequest(format!(
-                "node {} cannot change role: a cluster's managers are chosen when it is made \
-                 (swarmkit cluster up --managers N); promote and demote are not built yet",
-                node.hostname
-            )));
+        if let Some(manager) = manager.filter(|want| *want != node.leader) {
+            super::promotion::check_role_change(&m, s, &node, manager)?;
         }
         if let Some(name) = spec.name.as_deref().filter(|n| !n.is_empty()) {
             return Err(ApiError::BadRequest(format!(
@@ -245,11 +242,16 @@ pub async fn update(
             .labels
             .map(|l| l.into_iter().collect())
             .unwrap_or_else(|| node.labels.clone());
-        if availability == node.availability && labels == node.labels {
+        let leader = manager.unwrap_or(node.leader);
+        if availability == node.availability && labels == node.labels && leader == node.leader {
             return Ok(());
+        }
+        if leader != node.leader {
+            tracing::info!(node = node.hostname, manager = leader, "role changed");
         }
         node.availability = availability;
         node.labels = labels;
+        node.leader = leader;
         node.updated = chrono::Utc::now();
         s.put_node(node);
         // Draining, or labels a constraint no longer admits: tasks move where they can;
@@ -280,8 +282,8 @@ pub async fn remove(
         let node = find(&s.nodes, &id, |n| &n.hostname, "node")?.clone();
         if node.leader {
             return Err(ApiError::BadRequest(format!(
-                "node {} is a manager and cannot be removed: remove the cluster instead (swarmkit cluster down)",
-                node.hostname
+                "node {} is a cluster manager: demote it to a worker before removing it (docker node demote {})",
+                node.hostname, node.hostname
             )));
         }
         if node.state != NodeState::Down && !q.force.unwrap_or(false) {

@@ -41,6 +41,28 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// docker's words when a write finds no quorum.
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 
+/// How recently a manager must have answered the leader to count towards the quorum a
+/// membership change needs (a few heartbeats: one killed a second ago does not count).
+const RECENTLY_ANSWERED: Duration = Duration::from_millis(3 * HEARTBEAT.as_millis() as u64);
+
+/// How far behind the leader a learner may be and still become a voter.
+const CAUGHT_UP_WITHIN: u64 = 10;
+
+/// The port managers listen on, to agents and to each other (docker's).
+pub const MANAGER_PORT: u16 = 2377;
+
+/// Which manager a node's manager is: kept beside its replica (`ClusterPaths::replica_file`),
+/// and what the node's agent starts it from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaIdentity {
+    pub id: u64,
+    pub member: Member,
+    /// Whether it makes the managers a cluster on its first start (the first manager of a
+    /// new cluster, from the members file).
+    #[serde(default)]
+    pub initialize: bool,
+}
+
 /// A manager as the others know it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -208,30 +230,81 @@ impl Replica {
         self.raft.initialize(members).await.map_err(raft_error)
     }
 
-    /// Adds a manager: it catches up as a learner first, then votes (docker's promote).
-    pub async fn add(&self, id: u64, member: Member) -> Result<(), ReplicaError> {
+    /// Adds a manager as a learner (docker's promote, first half): the leader replicates to
+    /// it from now on; it votes once [`Replica::make_voters`] says so. Returns once the
+    /// change is committed, not once the learner has caught up.
+    pub async fn add_learner(&self, id: u64, member: Member) -> Result<(), ReplicaError> {
         self.raft
-            .add_learner(id, member, true)
-            .await
-            .map_err(raft_error)?;
-        let mut voters: BTreeSet<u64> = self.voters();
-        voters.insert(id);
-        self.raft
-            .change_membership(voters, false)
+            .add_learner(id, member, false)
             .await
             .map_err(raft_error)?;
         Ok(())
     }
 
-    /// Removes a manager's vote (docker's demote).
-    pub async fn remove(&self, id: u64) -> Result<(), ReplicaError> {
-        let mut voters = self.voters();
-        voters.remove(&id);
+    /// Learners that now vote (docker's promote, second half).
+    pub async fn make_voters(&self, ids: BTreeSet<u64>) -> Result<(), ReplicaError> {
         self.raft
-            .change_membership(voters, false)
+            .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
             .await
             .map_err(raft_error)?;
         Ok(())
+    }
+
+    /// Managers that leave, voters and learners alike (docker's demote). A leader that
+    /// removes itself leads until the change commits, then steps down.
+    pub async fn remove_members(&self, ids: BTreeSet<u64>) -> Result<(), ReplicaError> {
+        let voters: BTreeSet<u64> = self.voters().intersection(&ids).copied().collect();
+        if !voters.is_empty() {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters(voters), false)
+                .await
+                .map_err(raft_error)?;
+        }
+        let left: BTreeSet<u64> = self
+            .members()
+            .into_keys()
+            .filter(|id| ids.contains(id))
+            .collect();
+        if !left.is_empty() {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(left), false)
+                .await
+                .map_err(raft_error)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the voters left once `leaving` have gone would still have a quorum that
+    /// answered this leader within the last few heartbeats: `Err((reachable, remaining))`
+    /// when not (a change that could not commit would stop every write behind it).
+    pub fn quorum_without(&self, leaving: &BTreeSet<u64>) -> Result<(), (usize, usize)> {
+        let voters = self.voters();
+        if !self.leads() {
+            return Err((0, voters.difference(leaving).count()));
+        }
+        let remaining: Vec<u64> = voters.difference(leaving).copied().collect();
+        let reachable = remaining
+            .iter()
+            .filter(|id| **id == self.id || self.answered.within(**id, RECENTLY_ANSWERED))
+            .count();
+        if reachable > remaining.len() / 2 {
+            Ok(())
+        } else {
+            Err((reachable, remaining.len()))
+        }
+    }
+
+    /// Whether the leader has replicated to learner `id` all but the last few entries (it may
+    /// vote without slowing the commits it will count in).
+    pub fn caught_up(&self, id: u64) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let (Some(last), Some(replication)) = (m.last_log_index, m.replication.as_ref()) else {
+            return false;
+        };
+        replication
+            .get(&id)
+            .and_then(|matched| *matched)
+            .is_some_and(|matched| matched.index + CAUGHT_UP_WITHIN >= last)
     }
 
     pub fn voters(&self) -> BTreeSet<u64> {

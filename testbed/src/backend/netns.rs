@@ -289,19 +289,19 @@ impl NodeBackend for Netns {
             }
         });
         futures::future::try_join_all(plugs).await?;
+        // The agents dial the manager across the underlay; each opens its node's namespace.
+        // Where managers replicate, the manager nodes' agents start first: each runs its
+        // node's manager, and the cluster answers once a quorum of them do.
+        let managers = if replicated { opts.managers } else { 0 };
+        for (i, h) in hostnames.iter().enumerate().take(managers) {
+            supervise::ensure(paths, &agent_spec(i + 1, h, opts.lb, paths))?;
+        }
         if replicated {
-            // Each manager in its node's namespaces, where losing the node loses it.
-            let mut env = opts.manager_env();
-            env.push((cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()));
-            for (id, member) in replicas(opts.managers) {
-                supervise::ensure(paths, &crate::managers::spec(paths, id, &member.node, &env))?;
-            }
             supervise::ensure_supervisor(paths)?;
         }
         crate::supervise::wait_manager(paths).await?;
         crate::supervise::write_join_token(paths).await?;
 
-        // The agents dial the manager across the underlay; each opens its node's namespace.
         // The first node leads, as the node that ran `docker swarm init` does: it registers
         // before the others start, so which node leads does not depend on a race.
         let client = ManagerClient::of_cluster(paths);
@@ -413,16 +413,9 @@ impl NodeBackend for Netns {
                 {
                     return Err(TestbedError::Remote {
                         node: node.to_string(),
-                        message: "its agent or a task did not die within 5s of SIGKILL".into(),
-                    });
-                }
-                if let Some(spec) = supervise::load(paths, &crate::managers::daemon(node))
-                    && let Some(pid) = supervise::running(paths, &spec)
-                    && !procs::kill_tree(pid)
-                {
-                    return Err(TestbedError::Remote {
-                        node: node.to_string(),
-                        message: "its manager did not die within 5s of SIGKILL".into(),
+                        message:
+                            "its agent, its manager or a task did not die within 5s of SIGKILL"
+                                .into(),
                     });
                 }
                 Ok(())
@@ -430,20 +423,12 @@ impl NodeBackend for Netns {
             Fault::Start => {
                 set_port(paths, i, true).await?;
                 let spec = agent_spec(i, node, info.lb, paths);
-                let manager = supervise::load(paths, &crate::managers::daemon(node));
-                if supervise::running(paths, &spec).is_some()
-                    && manager
-                        .as_ref()
-                        .is_none_or(|m| supervise::running(paths, m).is_some())
-                {
+                if supervise::running(paths, &spec).is_some() {
                     return Ok(());
                 }
                 let since = chrono::Utc::now();
                 // Once unmarked, the supervisor may start the agent first; either way once.
                 let _ = std::fs::remove_file(supervise::killed_marker(paths, node));
-                if let Some(manager) = &manager {
-                    supervise::ensure(paths, manager)?;
-                }
                 supervise::ensure(paths, &spec)?;
                 crate::wait_restarted(paths, node, since, START_TIMEOUT, paths.log_file(node)).await
             }

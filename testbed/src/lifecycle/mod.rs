@@ -418,15 +418,15 @@ pub async fn task_exec(cluster: &str, task: &str, argv: &[String]) -> Result<i32
 /// Entry points of the daemons `cluster up` starts (hidden subcommands of the binary).
 pub async fn run_manager(
     cluster: &str,
-    replica: Option<u64>,
+    replica: Option<&str>,
     seed: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     if let Some(path) = seed {
         return cluster::manager::Manager::seed(cluster, path);
     }
-    if let Some(id) = replica {
-        return crate::managers::run_replica(&paths, id).await;
+    if let Some(node) = replica {
+        return crate::managers::run_replica(&paths, node).await;
     }
     let m = cluster::manager::Manager::open(cluster, &paths.store())?;
     let underlay = match std::env::var(crate::backend::netns::ENV_UNDERLAY_LISTEN) {
