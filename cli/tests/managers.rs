@@ -388,3 +388,56 @@ fn managers_are_promoted_and_demoted_through_the_docker_cli() {
     c.sk(&["node", "promote", &leader_before]).ok();
     assert!(shows(&c, last, &leader_before, "Reachable"));
 }
+
+#[test]
+fn a_lost_quorum_is_rebuilt_from_one_manager_with_force_new_cluster() {
+    require_root!();
+    let c = up("mgr-recover");
+    c.docker_via("node1", &["network", "create", "-d", "overlay", "kept"])
+        .ok();
+    c.sk(&["node", "kill", "node2"]).ok();
+    c.sk(&["node", "kill", "node3"]).ok();
+    let refused = c.docker_via("node1", &["network", "create", "-d", "overlay", "refused"]);
+    assert!(refused.stderr.contains(NO_LEADER), "{}", refused.stderr);
+
+    let recovered = c
+        .sk(&[
+            "cluster",
+            "recover",
+            "--force-new-cluster",
+            "--from",
+            "node1",
+        ])
+        .ok();
+    assert!(
+        recovered.stdout.contains("recovered from node1"),
+        "{}",
+        recovered.stdout
+    );
+    // One manager, itself a quorum: it takes writes at once, and kept what it had.
+    c.docker_via("node1", &["network", "create", "-d", "overlay", "after"])
+        .ok();
+    assert_eq!(
+        managers(&c, "node1"),
+        vec![("node1".to_string(), "Leader".to_string())]
+    );
+
+    // A dropped manager's node comes back a worker: its agent stops the stale manager and
+    // deletes its replica; promoted again, it catches up with everything.
+    c.sk(&["node", "start", "node2"]).ok();
+    let replica = format!("/var/lib/swarmkit/{}/managers/node2", c.name);
+    c.eventually(
+        "node2's stale replica deleted",
+        Duration::from_secs(20),
+        || !std::path::Path::new(&replica).exists(),
+    );
+    c.sk(&["node", "promote", "node2"]).ok();
+    let nets = c
+        .docker_via("node2", &["network", "ls", "--format", "{{.Name}}"])
+        .ok();
+    let names: Vec<&str> = nets.stdout.lines().collect();
+    for want in ["kept", "after"] {
+        assert!(names.contains(&want), "{want} on node2: {names:?}");
+    }
+    assert!(!names.contains(&"refused"), "{names:?}");
+}

@@ -509,8 +509,9 @@ pub struct Meta {
     /// empty: one manager, and the first node to register stands for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manager_nodes: Vec<String>,
-    /// The highest Raft ID a promoted manager was given: a new one is never a departed
-    /// one's.
+    /// The highest Raft ID a manager was ever given. A new one gets the next (never a
+    /// departed one's), and one at or below it that is no longer a member has left: what it
+    /// still sends is refused, so it cannot disturb the managers of now.
     #[serde(default)]
     pub last_manager_id: u64,
 }

@@ -151,10 +151,10 @@ impl Managers {
         let (on, from) = (dir.clone(), store.clone());
         let replica = runtime
             .spawn(async move {
-                let replica = Replica::start(id, &on, from, network, compaction)
+                let replica = Replica::start(id, &on, from.clone(), network, compaction)
                     .await
                     .unwrap();
-                let routes = replicas::routes(replica.clone(), CLUSTER);
+                let routes = replicas::routes(replica.clone(), from, CLUSTER);
                 let config = tokio::sync::watch::channel(server_tls).1;
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();

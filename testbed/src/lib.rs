@@ -154,6 +154,8 @@ pub enum TestbedError {
     },
     #[error(transparent)]
     Timeout(#[from] crate::wait::Timeout),
+    #[error("cannot recover cluster {cluster}: {why}")]
+    CannotRecover { cluster: String, why: String },
     #[error("invalid --managers {given}: give 1 to {max} (at most --nodes, and at most 7)")]
     InvalidManagers { given: usize, max: usize },
     #[error("invalid --nodes {given} for the {backend} backend: give 1 to {max}")]

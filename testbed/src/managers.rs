@@ -147,3 +147,67 @@ pub async fn run_replica(paths: &ClusterPaths, node: &str) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("binding {} for manager {}: {e}", me.member.addr, me.id))?;
     cluster::manager::serve(m, &run_dir.join("manager.sock"), Some(listener)).await
 }
+
+/// `swarmkit cluster recover --force-new-cluster [--from NODE]` (docker's `swarm init
+/// --force-new-cluster`, run on a surviving manager): the manager on `from` (else the first
+/// manager node not killed) becomes the only one, keeping everything its store applied; the
+/// others are dropped, their nodes workers that can be promoted again. Returns the node
+/// recovered from.
+pub async fn recover(cluster: &str, from: Option<&str>) -> Result<String> {
+    let paths = ClusterPaths::new(cluster);
+    let cannot = |why: String| TestbedError::CannotRecover {
+        cluster: cluster.to_string(),
+        why,
+    };
+    let info = crate::record::read_info(&paths)
+        .ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
+    let seat = |node: &str| -> Option<ReplicaIdentity> {
+        serde_json::from_slice(&std::fs::read(paths.replica_file(node)).ok()?).ok()
+    };
+    let managers: Vec<&String> = info.nodes.iter().filter(|n| seat(n).is_some()).collect();
+    if managers.is_empty() {
+        return Err(cannot(
+            "it has one manager, which does not replicate: there is nothing to recover from \
+             (a cluster of several is made with cluster up --managers 3)"
+                .into(),
+        ));
+    }
+    let node = match from {
+        Some(node) => node.to_string(),
+        None => managers
+            .iter()
+            .find(|n| !crate::supervise::killed_marker(&paths, n).exists())
+            .map(|n| n.to_string())
+            .ok_or_else(|| {
+                cannot("every manager's node is killed: start one (swarmkit node start) or give --from NODE".into())
+            })?,
+    };
+    let me = seat(&node).ok_or_else(|| {
+        cannot(format!(
+            "{node} runs no manager; the managers are {}",
+            managers
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    // Its manager stops with its node, the store and log are rewritten, and the node starts
+    // again: its manager elects itself and its agent registers with it.
+    crate::lifecycle::inject(cluster, &node, crate::Fault::Kill).await?;
+    let dir = paths.replica_dir(&node);
+    let dropped = tokio::task::spawn_blocking(move || {
+        cluster::raft::force_new_cluster(&dir, &me).map(|d| (d, me))
+    })
+    .await
+    .map_err(|e| cannot(e.to_string()))?
+    .map_err(|e| cannot(e.to_string()))?;
+    let (dropped, me) = dropped;
+    let bytes = serde_json::to_vec_pretty(&BTreeMap::from([(me.id, me.member.clone())]))
+        .expect("members serialize");
+    cluster::paths::write_atomically(&paths.members_file(), &bytes)
+        .map_err(io("writing the members file"))?;
+    tracing::info!(?dropped, "managers dropped");
+    crate::lifecycle::inject(cluster, &node, crate::Fault::Start).await?;
+    Ok(node)
+}

@@ -66,6 +66,17 @@ pub enum ClusterCmd {
     /// List clusters
     #[command(visible_alias = "list")]
     Ls,
+    /// Rebuild a cluster of several managers that lost its quorum from one surviving
+    /// manager (docker's swarm init --force-new-cluster): it becomes the only manager, with
+    /// everything its store holds; promote others again afterwards
+    Recover {
+        /// Required: the others are dropped for good
+        #[arg(long, required = true)]
+        force_new_cluster: bool,
+        /// The manager node to recover from (default: the first whose node is not killed)
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+    },
     /// Stop a cluster and remove everything it created
     Down {
         /// Cluster name (defaults to the global --cluster)
@@ -180,6 +191,14 @@ pub async fn run(cluster: &str, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 ]);
             }
             table.print()?;
+            Ok(0)
+        }
+        ClusterCmd::Recover { from, .. } => {
+            let node = testbed::managers::recover(cluster, from.as_deref()).await?;
+            println!(
+                "cluster {cluster:?} recovered from {node}: it is the only manager now; promote \
+                 others with swarmkit node promote NODE"
+            );
             Ok(0)
         }
         ClusterCmd::Down { name } => {

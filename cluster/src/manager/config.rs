@@ -75,6 +75,14 @@ pub const ENV_MANAGER_NODES: &str = "SWARMKIT_MANAGER_NODES";
 /// The settings a new cluster is created with (0: the default).
 pub fn settings_from_env() -> Meta {
     let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let manager_nodes: Vec<String> = std::env::var(ENV_MANAGER_NODES)
+        .map(|v| {
+            v.split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     Meta {
         data_path_port: num(ENV_DATA_PATH_PORT)
             .and_then(|p| u16::try_from(p).ok())
@@ -85,14 +93,9 @@ pub fn settings_from_env() -> Meta {
         cert_expiry_secs: num(ENV_CERT_EXPIRY_SECS)
             .map(|s| s.max(crate::pki::ca::MIN_CERT_EXPIRY.as_secs()))
             .unwrap_or(0),
-        manager_nodes: std::env::var(ENV_MANAGER_NODES)
-            .map(|v| {
-                v.split(',')
-                    .filter(|h| !h.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        // The first managers are Raft IDs 1..=N.
+        last_manager_id: manager_nodes.len() as u64,
+        manager_nodes,
         ..Default::default()
     }
 }

@@ -200,7 +200,11 @@ pub async fn serve(
         let cluster_id = m.store.snapshot().meta.cluster_id.clone();
         let replayed = axum::middleware::map_request(strip_version).layer(router(m.clone()));
         agent_app = agent_app
-            .merge(replicas::routes(replica.clone(), &cluster_id))
+            .merge(replicas::routes(
+                replica.clone(),
+                m.store.clone(),
+                &cluster_id,
+            ))
             .merge(replicas::forwarded(
                 Router::new().fallback_service(replayed),
                 &cluster_id,

@@ -88,6 +88,8 @@ pub fn addresses(m: &Shared) -> Vec<String> {
         .unwrap_or_default()
 }
 
+static JOINS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `POST /swarmkit/v1/agent/manager`: the agent of a node promoted to manager asks what its
 /// manager starts from. The leader makes it a learner (once: asked again, it answers the
 /// same ID) and hands over the store as it is, with its sealing key.
@@ -113,6 +115,8 @@ pub async fn join(State(m): State<Shared>, Caller(node): Caller) -> ApiResult<Js
         node: node.hostname.clone(),
         addr: format!("{}:{MANAGER_PORT}", node.addr),
     };
+    // One join at a time: two promoted together must not be given the same ID.
+    let _one_at_a_time = JOINS.lock().await;
     let known = replica
         .members()
         .into_iter()

@@ -35,7 +35,31 @@ use crate::raft::{Managers, Replica};
 #[derive(Clone)]
 struct Replicas {
     replica: Arc<Replica>,
+    store: Arc<crate::store::Store>,
     cluster_id: Arc<str>,
+}
+
+impl Replicas {
+    /// A refusal when `vote` is a manager that left (given an ID once, a member no more): it
+    /// would otherwise make a follower of whoever it reaches with a higher term.
+    fn refuse_departed(&self, vote: &openraft::Vote<u64>) -> Option<Response> {
+        let sender = vote.leader_id().node_id;
+        // A manager not made a member of anything yet (a new cluster's, before its first
+        // entry) knows no one to refuse.
+        let members = self.replica.members();
+        let departed = !members.is_empty()
+            && sender <= self.store.snapshot().meta.last_manager_id
+            && !members.contains_key(&sender);
+        departed.then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                Json(serde_json::json!({
+                    "message": format!("manager {sender} was removed from the swarm's managers")
+                })),
+            )
+                .into_response()
+        })
+    }
 }
 
 /// A request whose connection proved a manager certificate of this cluster. Checked from
@@ -79,8 +103,8 @@ impl<S: OfCluster + Sync> FromRequestParts<S> for FromManager {
 /// Only managers get as far as a body.
 const BODY_LIMIT: usize = 1 << 30;
 
-/// The three routes, for `replica` of cluster `cluster_id`.
-pub fn routes(replica: Arc<Replica>, cluster_id: &str) -> Router {
+/// The three routes, for `replica` (over `store`) of cluster `cluster_id`.
+pub fn routes(replica: Arc<Replica>, store: Arc<crate::store::Store>, cluster_id: &str) -> Router {
     Router::new()
         .route(&format!("{ROUTE}/append"), post(append))
         .route(&format!("{ROUTE}/vote"), post(vote))
@@ -88,6 +112,7 @@ pub fn routes(replica: Arc<Replica>, cluster_id: &str) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Replicas {
             replica,
+            store,
             cluster_id: cluster_id.into(),
         })
 }
@@ -97,6 +122,9 @@ async fn append(
     _: FromManager,
     Json(rpc): Json<AppendEntriesRequest<Managers>>,
 ) -> Response {
+    if let Some(refused) = r.refuse_departed(&rpc.vote) {
+        return refused;
+    }
     Json(r.replica.raft().append_entries(rpc).await).into_response()
 }
 
@@ -105,6 +133,9 @@ async fn vote(
     _: FromManager,
     Json(rpc): Json<VoteRequest<u64>>,
 ) -> Response {
+    if let Some(refused) = r.refuse_departed(&rpc.vote) {
+        return refused;
+    }
     Json(r.replica.raft().vote(rpc).await).into_response()
 }
 
@@ -113,6 +144,9 @@ async fn snapshot(
     _: FromManager,
     Json(request): Json<SnapshotRequest>,
 ) -> Response {
+    if let Some(refused) = r.refuse_departed(&request.vote) {
+        return refused;
+    }
     let snapshot = Snapshot {
         meta: request.meta,
         snapshot: Box::new(request.image),

@@ -119,6 +119,57 @@ impl Log {
     }
 }
 
+impl Log {
+    /// With no manager running on this log: makes `id` (as `member`) the only voter, in a
+    /// membership entry after the last entry held (or `applied`, what the store applied,
+    /// when compaction left none), under a term past any this log has seen. Started again,
+    /// the manager elects itself and commits it: a quorum of one (docker's
+    /// `--force-new-cluster`).
+    pub fn force_alone(
+        &self,
+        id: u64,
+        member: super::Member,
+        applied: Option<LogId<u64>>,
+    ) -> Result<LogId<u64>, Failed> {
+        let io = |e: &dyn std::fmt::Display| Failed::from(StorageIOError::write_logs(anyerror(e)));
+        let db = &self.db;
+        let purged: Option<LogId<u64>> = Log::mark(db, PURGED)?;
+        let last = Log::last(db)?.or(purged).max(applied);
+        let vote: Option<Vote<u64>> = Log::mark(db, VOTE)?;
+        let seen = vote
+            .map(|v| v.leader_id().term)
+            .max(last.map(|l| l.leader_id.term))
+            .unwrap_or(0);
+        let term = seen + 1;
+        let log_id = LogId::new(
+            openraft::CommittedLeaderId::new(term, id),
+            last.map_or(1, |l| l.index + 1),
+        );
+        let entry: Entry<Managers> = Entry {
+            log_id,
+            payload: openraft::EntryPayload::Membership(openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([id])],
+                std::collections::BTreeMap::from([(id, member)]),
+            )),
+        };
+        let bytes = serde_json::to_vec(&entry).map_err(|e| io(&e))?;
+        let vote = serde_json::to_vec(&Vote::new(term, id)).map_err(|e| io(&e))?;
+        let txn = db.begin_write().map_err(|e| io(&e))?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(|e| io(&e))?;
+            table
+                .insert(log_id.index, bytes.as_slice())
+                .map_err(|e| io(&e))?;
+            txn.open_table(MARKS)
+                .map_err(|e| io(&e))?
+                .insert(VOTE, vote.as_slice())
+                .map_err(|e| io(&e))?;
+        }
+        txn.commit().map_err(|e| io(&e))?;
+        Ok(log_id)
+    }
+}
+
 /// openraft's errors carry an `AnyError`; ours are strings by then.
 fn anyerror(e: &dyn std::fmt::Display) -> openraft::AnyError {
     openraft::AnyError::error(e.to_string())

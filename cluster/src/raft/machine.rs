@@ -61,6 +61,15 @@ impl Machine {
     }
 }
 
+/// The last entry applied, and the membership as of it.
+pub type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, Member>);
+
+/// What `store` applied last.
+pub fn applied_state(store: &Store) -> Result<AppliedState, Failed> {
+    let applied = Machine::applied(store)?;
+    Ok((applied.last, applied.membership))
+}
+
 fn anyerror(e: &dyn std::fmt::Display) -> openraft::AnyError {
     openraft::AnyError::error(e.to_string())
 }

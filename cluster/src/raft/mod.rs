@@ -42,8 +42,10 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 
 /// How recently a manager must have answered the leader to count towards the quorum a
-/// membership change needs (a few heartbeats: one killed a second ago does not count).
-const RECENTLY_ANSWERED: Duration = Duration::from_millis(3 * HEARTBEAT.as_millis() as u64);
+/// membership change needs: what `docker node ls` shows as Reachable. (Much shorter, and a
+/// loaded machine's late heartbeat refuses a sound change; a manager lost within it is
+/// counted, as docker counts it.)
+const RECENTLY_ANSWERED: Duration = Duration::from_millis(2 * ELECTION_MAX.as_millis() as u64);
 
 /// How far behind the leader a learner may be and still become a voter.
 const CAUGHT_UP_WITHIN: u64 = 10;
@@ -160,7 +162,13 @@ pub enum ReplicaError {
     #[error("the managers' Raft: {0}")]
     Raft(String),
     #[error("the managers' Raft log: {0}")]
-    Log(#[from] openraft::StorageError<u64>),
+    Log(Box<openraft::StorageError<u64>>),
+}
+
+impl From<openraft::StorageError<u64>> for ReplicaError {
+    fn from(e: openraft::StorageError<u64>) -> ReplicaError {
+        ReplicaError::Log(Box::new(e))
+    }
 }
 
 fn raft_error(e: impl std::fmt::Display) -> ReplicaError {
@@ -173,6 +181,51 @@ pub enum Reachability {
     Leader,
     Reachable,
     Unreachable,
+}
+
+/// docker's `swarm init --force-new-cluster`, on the replica in `dir` with no manager running
+/// on it: that manager becomes the only one (its log gains a membership of itself alone,
+/// which it commits by itself once started), every other manager is dropped (their IDs
+/// refused from now on, their nodes workers in the store) and the store keeps everything it
+/// applied. Returns the managers dropped.
+pub fn force_new_cluster(dir: &Path, me: &ReplicaIdentity) -> Result<BTreeSet<u64>, ReplicaError> {
+    let store = Store::open(&dir.join("state.redb")).map_err(raft_error)?;
+    let (applied, membership) = machine::applied_state(&store)?;
+    let log = log::Log::open(&dir.join("raft.redb"))?;
+    let meta = store.snapshot().meta.clone();
+    let highest = membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .chain([meta.last_manager_id, me.id])
+        .max()
+        .unwrap_or(me.id);
+    let dropped: BTreeSet<u64> = (1..=highest).filter(|id| *id != me.id).collect();
+    // The store is written directly: no other manager is left to replicate it, and the
+    // entry below makes this one the cluster from here on.
+    store
+        .update(|s| {
+            let mut meta = s.meta.clone();
+            // Every ID up to here that is not this manager's is refused from now on.
+            meta.last_manager_id = highest;
+            meta.manager_nodes = vec![me.member.node.clone()];
+            s.put_meta(meta);
+            let others: Vec<_> = s
+                .nodes
+                .values()
+                .filter(|n| n.leader && n.hostname != me.member.node)
+                .cloned()
+                .collect();
+            for mut n in others {
+                n.leader = false;
+                s.put_node(n);
+            }
+            Ok::<_, StoreError>(())
+        })
+        .map_err(raft_error)?;
+    let at = log.force_alone(me.id, me.member.clone(), applied)?;
+    tracing::info!(id = me.id, %at, ?dropped, "forced a new cluster of one manager");
+    Ok(dropped)
 }
 
 /// This manager's replica of the store.
@@ -457,7 +510,7 @@ impl Replica {
                 .map(|(id, member)| {
                     let standing = if *id == self.id {
                         Reachability::Leader
-                    } else if self.answered.within(*id, 2 * ELECTION_MAX) {
+                    } else if self.answered.within(*id, RECENTLY_ANSWERED) {
                         Reachability::Reachable
                     } else {
                         Reachability::Unreachable
