@@ -125,6 +125,7 @@ pub fn router(m: Shared) -> Router {
         .route("/nodes/{id}", get(nodes::inspect).delete(nodes::remove))
         .route("/nodes/{id}/update", post(nodes::update))
         .route("/swarmkit/v1/agents", get(agents::status))
+        .route(replicas::REPLICA_STATUS, get(replicas::replica_status))
         .route(
             "/swarmkit/v1/networks/{id}/rotate-key",
             post(rotation::rotate),

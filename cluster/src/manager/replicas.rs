@@ -160,6 +160,38 @@ async fn snapshot(
     .into_response()
 }
 
+/// Where a manager says how its own replica stands: never handed to the leader.
+pub const REPLICA_STATUS: &str = "/swarmkit/v1/replica";
+
+/// `GET /swarmkit/v1/replica`: this manager's own replica (its Raft ID, whether it leads,
+/// the last entry its store applied, and a digest of the store's rows), for comparing the
+/// managers with each other: replicas that applied the same entries hold the same bytes.
+pub async fn replica_status(
+    State(m): State<Shared>,
+) -> super::error::ApiResult<Json<serde_json::Value>> {
+    let store = m.store.clone();
+    let (rows, applied) = tokio::task::spawn_blocking(move || store.export())
+        .await
+        .map_err(|e| super::error::ApiError::Internal(e.to_string()))??;
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for (key, bytes) in &rows {
+        digest.update((key.len() as u64).to_be_bytes());
+        digest.update(key.as_bytes());
+        let bytes = bytes.as_deref().unwrap_or_default();
+        digest.update((bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    }
+    let applied: Option<serde_json::Value> = applied.and_then(|a| serde_json::from_slice(&a).ok());
+    Ok(Json(serde_json::json!({
+        "id": m.replica.as_ref().map(|r| r.id()),
+        "leader": m.leads(),
+        "applied": applied.as_ref().and_then(|a| a["last"]["index"].as_u64()),
+        "rows": rows.len(),
+        "digest": hex::encode(digest.finalize()),
+    })))
+}
+
 /// Where a follower sends the leader a write it was asked.
 pub const FORWARD: &str = "/swarmkit/v1/raft/forward";
 
@@ -269,7 +301,7 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
             q.split('&')
                 .any(|kv| kv == "follow=1" || kv == "follow=true")
         });
-    let local = path == "/_ping" || path == "/version" || following;
+    let local = path == "/_ping" || path == "/version" || path == REPLICA_STATUS || following;
     if local || replica.is_leader() {
         return next.run(req).await;
     }
