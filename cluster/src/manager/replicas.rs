@@ -338,7 +338,10 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
             if read {
                 return local(parts, body).await;
             }
-            if tokio::time::timeout_at(deadline, replica.leader_changes_from(None))
+            // No leader it knows as a member: none yet, or one that has just left (a demoted
+            // leader steps down once its removal commits). Wait for the next, whichever
+            // this one is.
+            if tokio::time::timeout_at(deadline, replica.leader_changes_from(replica.leader()))
                 .await
                 .is_err()
             {
