@@ -35,11 +35,10 @@ exec curl -sf -o /dev/null --unix-socket "$1" http://swarmkit/configs
 SH
 chmod +x "$work/write" "$work/read"
 
-# The CPU seconds (user + system) the processes in pid files "$@" have used.
+# The CPU seconds (user + system) the processes "$@" have used.
 cpu_secs() {
   local total=0 pid
-  for f in "$@"; do
-    pid=$(cat "$f")
+  for pid in "$@"; do
     total=$(awk -v t="$total" -v hz="$(getconf CLK_TCK)" '{print t + ($14 + $15) / hz}' "/proc/$pid/stat")
   done
   echo "$total"
@@ -55,13 +54,14 @@ for m in 1 3 5; do
   "$SK" cluster up --name "$c" --nodes 5 --managers "$m" >/dev/null
   if [ "$m" = 1 ]; then
     sock=/run/swarmkit/$c/manager.sock
-    pids=(/run/swarmkit/$c/manager.pid)
+    pids=("$(cat /run/swarmkit/$c/manager.pid)")
   else
     leader=$(DOCKER_HOST=unix:///run/swarmkit/$c/managers/node1/manager.sock \
       docker node ls --format '{{.Hostname}} {{.ManagerStatus}}' | awk '$2=="Leader"{print $1}')
     sock=/run/swarmkit/$c/managers/$leader/manager.sock
-    pids=()
-    for i in $(seq "$m"); do pids+=("/run/swarmkit/$c/manager-node$i.pid"); done
+    # Each manager node's agent runs its manager.
+    mapfile -t pids < <(pgrep -f -- "--cluster $c __manager --replica")
+    [ "${#pids[@]}" = "$m" ] || { echo "expected $m managers, found ${#pids[@]}" >&2; exit 1; }
   fi
   echo "== $m manager(s): idle ${IDLE_SECS}s, then writes through $sock" >&2
   before=$(cpu_secs "${pids[@]}")
