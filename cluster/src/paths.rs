@@ -120,11 +120,18 @@ impl ClusterPaths {
             // Nothing to choose: no probe for the one manager to serve.
             return sockets[0].clone();
         }
-        sockets
-            .iter()
-            .find(|s| answers_ping(s))
-            .unwrap_or(&sockets[0])
-            .clone()
+        // Managers may be between leaders, or one may be stopping (demoted): a few seconds
+        // for one to answer before the first is named in the error.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if let Some(live) = sockets.iter().find(|s| answers_ping(s)) {
+                return live.clone();
+            }
+            if std::time::Instant::now() >= until {
+                return sockets[0].clone();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     pub fn info_file(&self) -> PathBuf {
         self.state_dir().join("cluster.json")

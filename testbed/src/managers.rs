@@ -17,6 +17,9 @@ use crate::{Result, TestbedError, io};
 /// The most managers a cluster may have; Swarm advises at most seven too.
 pub const MAX_MANAGERS: usize = 7;
 
+/// How long a killed manager's store may stay locked after the kill.
+const STORE_RELEASE: Duration = Duration::from_secs(5);
+
 /// How long seeding the first store may take (a process start and a durable write).
 const SEED_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -196,13 +199,26 @@ pub async fn recover(cluster: &str, from: Option<&str>) -> Result<String> {
     // again: its manager elects itself and its agent registers with it.
     crate::lifecycle::inject(cluster, &node, crate::Fault::Kill).await?;
     let dir = paths.replica_dir(&node);
-    let dropped = tokio::task::spawn_blocking(move || {
-        cluster::raft::force_new_cluster(&dir, &me).map(|d| (d, me))
-    })
-    .await
-    .map_err(|e| cannot(e.to_string()))?
-    .map_err(|e| cannot(e.to_string()))?;
-    let (dropped, me) = dropped;
+    // A killed process's files close as its last thread exits, a moment after its leader
+    // shows as dead: its store's lock may still be held for that moment.
+    let until = std::time::Instant::now() + STORE_RELEASE;
+    let (dropped, me) = loop {
+        let (dir, me) = (dir.clone(), me.clone());
+        let tried = tokio::task::spawn_blocking(move || {
+            cluster::raft::force_new_cluster(&dir, &me).map(|d| (d, me))
+        })
+        .await
+        .map_err(|e| cannot(e.to_string()))?;
+        match tried {
+            Ok(done) => break done,
+            Err(e)
+                if e.to_string().contains("already open") && std::time::Instant::now() < until =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(cannot(e.to_string())),
+        }
+    };
     let bytes = serde_json::to_vec_pretty(&BTreeMap::from([(me.id, me.member.clone())]))
         .expect("members serialize");
     cluster::paths::write_atomically(&paths.members_file(), &bytes)

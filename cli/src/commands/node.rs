@@ -123,7 +123,7 @@ pub async fn run(cluster: &str, cmd: NodeCmd) -> anyhow::Result<i32> {
                 label_add: &label_add,
                 label_rm: &label_rm,
             };
-            update(&Api::connect(cluster)?, &node, &change).await?;
+            update(cluster, &node, &change).await?;
             println!("{node}");
             Ok(0)
         }
@@ -381,7 +381,7 @@ impl Change<'_> {
     }
 }
 
-async fn update(api: &Api, name: &str, change: &Change<'_>) -> anyhow::Result<()> {
+async fn update(cluster: &str, name: &str, change: &Change<'_>) -> anyhow::Result<()> {
     for l in change.label_add {
         if l.split_once('=')
             .map_or(l.is_empty(), |(k, _)| k.is_empty())
@@ -391,9 +391,10 @@ async fn update(api: &Api, name: &str, change: &Change<'_>) -> anyhow::Result<()
             );
         }
     }
+    let mut api = Api::connect(cluster)?;
     const ATTEMPTS: usize = 20;
     for attempt in 1..=ATTEMPTS {
-        let node = api.docker.inspect_node(name).await.api(api)?;
+        let node = api.docker.inspect_node(name).await.api(&api)?;
         let id = node.id.clone().unwrap_or_else(|| name.to_string());
         let version = node.version.and_then(|v| v.index).unwrap_or(0);
         let mut spec = node.spec.unwrap_or_default();
@@ -426,7 +427,16 @@ async fn update(api: &Api, name: &str, change: &Change<'_>) -> anyhow::Result<()
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409, ..
             }) if attempt < ATTEMPTS => continue,
-            Err(e) => return Err(Err::<(), _>(e).api(api).unwrap_err().into()),
+            // The manager asked went away mid-request (a manager being demoted stops): the
+            // next attempt asks whichever answers now.
+            Err(
+                bollard::errors::Error::HyperResponseError { .. }
+                | bollard::errors::Error::HyperLegacyError { .. },
+            ) if attempt < ATTEMPTS => {
+                api = Api::connect(cluster)?;
+                continue;
+            }
+            Err(e) => return Err(Err::<(), _>(e).api(&api).unwrap_err().into()),
         }
     }
     unreachable!("the last attempt returns")
@@ -454,7 +464,7 @@ async fn change_roles(cluster: &str, nodes: &[String], role: RoleArg) -> anyhow:
                 format!("Node {name} is already a worker.")
             });
         }
-        update(api, &name, &Change::role(role)).await?;
+        update(cluster, &name, &Change::role(role)).await?;
         let settled = cluster::wait::until(
             Some(ROLE_TIMEOUT),
             cluster::wait::Pace::every(std::time::Duration::from_millis(200)),

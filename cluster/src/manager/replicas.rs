@@ -295,6 +295,16 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
         return next.run(req).await;
     };
     let path = req.uri().path();
+    // Removed from the managers (demoted, its agent about to stop it): it knows no leader
+    // any more and its state stops moving, so it serves nothing but its own status, and
+    // clients that try managers in turn (ping first) pass it by.
+    let members = replica.members();
+    if !members.is_empty() && !members.contains_key(&replica.id()) && path != REPLICA_STATUS {
+        return error::body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this manager has left the swarm's managers (demoted): ask another manager",
+        );
+    }
     // A followed log streams: the proxy carries whole answers only (not yet a stream).
     let following = path.ends_with("/logs")
         && req.uri().query().is_some_and(|q| {
