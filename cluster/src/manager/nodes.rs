@@ -102,7 +102,7 @@ pub fn to_api(
                 crate::raft::Reachability::Unreachable => Reachability::UNREACHABLE,
                 _ => Reachability::REACHABLE,
             }),
-            addr: Some(format!("{}:2377", n.addr)),
+            addr: Some(format!("{}:{}", n.addr, crate::raft::MANAGER_PORT)),
         }),
     }
 }

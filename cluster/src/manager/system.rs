@@ -125,7 +125,7 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
                     .filter_map(|id| s.nodes.get(id))
                     .map(|n| PeerNode {
                         node_id: Some(n.id.clone()),
-                        addr: Some(format!("{}:2377", n.addr)),
+                        addr: Some(format!("{}:{}", n.addr, crate::raft::MANAGER_PORT)),
                     })
                     .collect(),
             ),

@@ -27,7 +27,7 @@ pub struct Netns;
 pub(crate) const UNDERLAY_BRIDGE: &str = "br0";
 /// The manager's address on the underlay (nodes are .11 and up).
 pub const MANAGER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-pub const MANAGER_PORT: u16 = 2377;
+pub const MANAGER_PORT: u16 = cluster::raft::MANAGER_PORT;
 /// Set on the manager: bind the agents' TCP listener inside the cluster's underlay namespace.
 pub const ENV_UNDERLAY_LISTEN: &str = "SWARMKIT_MANAGER_UNDERLAY";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
