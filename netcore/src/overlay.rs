@@ -11,9 +11,10 @@
 //! Docker programs every VIP into every task's namespace (what makes thousands of services
 //! slow, moby#30820): each VIP is a /32 on the bridge, so a task's ARP for it is answered by
 //! the sandbox, whose load balancer rewrites the destination to a backend. The backend's
-//! reply crosses the bridge on its way back to the task, and br_netfilter runs bridged
-//! packets through the sandbox's conntrack, which restores the VIP as their source. The
-//! client's own address reaches the backend unchanged. A task balanced onto itself is
+//! reply crosses the bridge on its way back to the task, and is lifted off it into the
+//! sandbox's conntrack, which restores the VIP as its source (`lb::lift`; br_netfilter,
+//! which would run every bridged packet through conntrack, is left off, except under
+//! IPVS). The client's own address reaches the backend unchanged. A task balanced onto itself is
 //! masqueraded by the load balancer and sent back through its bridge port (hairpin).
 
 use std::collections::BTreeSet;
@@ -22,8 +23,10 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::lb::{Driver, lift};
 use crate::link::{LinkError, Links};
 use crate::netns::{NetNs, NetNsError};
+use crate::nft::NftError;
 
 /// IANA VXLAN port, the one Swarm uses by default.
 pub const VXLAN_PORT: u16 = 4789;
@@ -41,6 +44,8 @@ pub enum OverlayError {
         "bridged packets cannot reach conntrack in the network sandbox ({0}): VIP load balancing needs br_netfilter (modprobe br_netfilter)"
     )]
     NoBridgeNetfilter(String),
+    #[error("lifting VIP replies into the network sandbox: {0}")]
+    Lift(#[from] NftError),
     #[error("endpoint {ifname}: {problem}")]
     InvalidEndpoint { ifname: String, problem: String },
 }
@@ -135,20 +140,23 @@ fn validate(spec: &OverlaySpec) -> Result<(), OverlayError> {
 }
 
 /// Reconciles the sandbox namespace `sandbox_name` for this network on this node and returns
-/// it open. See the module documentation for what it contains.
+/// it open, ready for `driver` to balance its VIPs. See the module documentation for what it
+/// contains.
 pub async fn ensure(
     node: &NetNs,
     sandbox_name: &str,
     local_vtep: Ipv4Addr,
     spec: &OverlaySpec,
+    driver: Driver,
 ) -> Result<NetNs, OverlayError> {
     validate(spec)?;
     let sandbox = NetNs::create(sandbox_name)?;
     let sb = Links::new(&sandbox)?;
     sb.set_up_by_name("lo").await?;
 
-    let bridge = ensure_bridge(&sb, spec).await?;
-    balance_in(&sandbox, &bridge_name(spec))?;
+    let mac = lift::bridge_mac(sandbox_name);
+    let bridge = ensure_bridge(&sb, spec, mac).await?;
+    balance_in(&sandbox, &bridge_name(spec), driver, mac)?;
     let vx = ensure_vxlan(node, &sandbox, &sb, local_vtep, spec).await?;
     sb.set_mtu(vx, spec.mtu).await?;
     sb.set_master(vx, bridge).await?;
@@ -157,10 +165,16 @@ pub async fn ensure(
     Ok(sandbox)
 }
 
-/// What the sandbox needs to balance VIPs: forwarding, bridged packets through conntrack
-/// (the replies' way back to the VIP), no ICMP redirects for the hairpin, and conntrack
-/// that soon forgets entries without a connection (see `lb::CONNTRACK_TIMEOUTS`).
-fn balance_in(sandbox: &NetNs, bridge: &str) -> Result<(), OverlayError> {
+/// What the sandbox needs to balance VIPs: forwarding, the replies' way back to the VIP
+/// through conntrack (lifted, or all bridged packets under IPVS), no ICMP redirects for the
+/// hairpin, and conntrack that soon forgets entries without a connection (see
+/// `lb::CONNTRACK_TIMEOUTS`).
+fn balance_in(
+    sandbox: &NetNs,
+    bridge: &str,
+    driver: Driver,
+    bridge_mac: [u8; 6],
+) -> Result<(), OverlayError> {
     crate::lb::forget_unanswered_quickly(sandbox)?;
     let sysctls = [
         ("net/ipv4/ip_forward", "1"),
@@ -173,9 +187,12 @@ fn balance_in(sandbox: &NetNs, bridge: &str) -> Result<(), OverlayError> {
     for (key, value) in sysctls {
         sandbox.set_sysctl(key, value)?;
     }
-    sandbox
-        .set_sysctl("net/bridge/bridge-nf-call-iptables", "1")
-        .map_err(|e| OverlayError::NoBridgeNetfilter(e.to_string()))?;
+    match driver {
+        Driver::Nftables => lift::install(sandbox, bridge_mac)?,
+        Driver::Ipvs => sandbox
+            .set_sysctl("net/bridge/bridge-nf-call-iptables", "1")
+            .map_err(|e| OverlayError::NoBridgeNetfilter(e.to_string()))?,
+    }
     Ok(())
 }
 
@@ -215,7 +232,7 @@ pub async fn reconcile_vips(
     Ok(())
 }
 
-async fn ensure_bridge(sb: &Links, spec: &OverlaySpec) -> Result<u32, OverlayError> {
+async fn ensure_bridge(sb: &Links, spec: &OverlaySpec, mac: [u8; 6]) -> Result<u32, OverlayError> {
     let name = bridge_name(spec);
     let index = match sb.index_of(&name).await? {
         Some(index) => {
@@ -228,6 +245,7 @@ async fn ensure_bridge(sb: &Links, spec: &OverlaySpec) -> Result<u32, OverlayErr
             sb.require(&name).await?
         }
     };
+    sb.set_address(index, mac).await?;
     let gateway = Ipv4Net::new(spec.gateway, spec.subnet.prefix_len()).map_err(|e| {
         OverlayError::InvalidSpec {
             network: spec.network_id.clone(),

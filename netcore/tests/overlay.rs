@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use netcore::lb::Driver;
 use netcore::link::{self, LinkStats, Links};
 use netcore::netns::NetNs;
 use netcore::overlay::{self, Endpoint, OverlaySpec, Peer};
@@ -84,9 +85,15 @@ async fn overlay_with_tasks(
     let mut tasks = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let s = spec(id, vni, net, nodes, i);
-        let sandbox = overlay::ensure(&node.ns, &c.name(&format!("sb{net}-{i}")), node.vtep, &s)
-            .await
-            .unwrap();
+        let sandbox = overlay::ensure(
+            &node.ns,
+            &c.name(&format!("sb{net}-{i}")),
+            node.vtep,
+            &s,
+            Driver::Nftables,
+        )
+        .await
+        .unwrap();
         let task = NetNs::create(&c.name(&format!("task{net}-{i}"))).unwrap();
         overlay::attach(&sandbox, &s, &task, &endpoint(net, i))
             .await
@@ -225,9 +232,15 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     // Re-applying changes nothing.
     let s0 = spec("netaaaa", 4097, 0, &nodes, 0);
     let snap = snapshot(&sandboxes[0], &s0).await;
-    let again = overlay::ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &s0)
-        .await
-        .unwrap();
+    let again = overlay::ensure(
+        &nodes[0].ns,
+        sandboxes[0].name(),
+        nodes[0].vtep,
+        &s0,
+        Driver::Nftables,
+    )
+    .await
+    .unwrap();
     overlay::attach(&again, &s0, &tasks[0], &endpoint(0, 0))
         .await
         .unwrap();
@@ -238,18 +251,30 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     // Dropping the peer removes its ARP and FDB entries, and traffic stops.
     let mut lonely = s0.clone();
     lonely.peers.clear();
-    overlay::ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &lonely)
-        .await
-        .unwrap();
+    overlay::ensure(
+        &nodes[0].ns,
+        sandboxes[0].name(),
+        nodes[0].vtep,
+        &lonely,
+        Driver::Nftables,
+    )
+    .await
+    .unwrap();
     let l = Links::new(&sandboxes[0]).unwrap();
     let vx_index = l.require(&vx).await.unwrap();
     assert!(l.neighbours(vx_index).await.unwrap().is_empty());
     assert!(l.fdb(vx_index).await.unwrap().is_empty());
 
     // Restoring it restores connectivity.
-    overlay::ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &s0)
-        .await
-        .unwrap();
+    overlay::ensure(
+        &nodes[0].ns,
+        sandboxes[0].name(),
+        nodes[0].vtep,
+        &s0,
+        Driver::Nftables,
+    )
+    .await
+    .unwrap();
     assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
     cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP after peer restored");
 
@@ -282,9 +307,15 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     );
     // A changed underlay address rebuilds the tunnel with the new source.
     let moved = Ipv4Addr::new(192, 168, 77, 99);
-    overlay::ensure(&nodes[0].ns, sandboxes[0].name(), moved, &s0)
-        .await
-        .unwrap();
+    overlay::ensure(
+        &nodes[0].ns,
+        sandboxes[0].name(),
+        moved,
+        &s0,
+        Driver::Nftables,
+    )
+    .await
+    .unwrap();
     assert_eq!(l.vxlan_local(&vx).await.unwrap(), Some(moved));
     assert!(
         !l.fdb(l.require(&vx).await.unwrap())
@@ -297,7 +328,7 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     drop((sandboxes, again, l));
     overlay::remove(&name0).await.unwrap();
     overlay::remove(&name0).await.unwrap();
-    overlay::ensure(&nodes[0].ns, &name0, nodes[0].vtep, &s0)
+    overlay::ensure(&nodes[0].ns, &name0, nodes[0].vtep, &s0, Driver::Nftables)
         .await
         .expect("re-create after remove");
 }
@@ -324,9 +355,15 @@ async fn overlays_are_isolated() {
         mac: overlay::mac_for(b1),
         vtep: nodes[1].vtep,
     });
-    overlay::ensure(&nodes[0].ns, sb_a[0].name(), nodes[0].vtep, &a0)
-        .await
-        .unwrap();
+    overlay::ensure(
+        &nodes[0].ns,
+        sb_a[0].name(),
+        nodes[0].vtep,
+        &a0,
+        Driver::Nftables,
+    )
+    .await
+    .unwrap();
     let t = Links::new(&tasks_a[0]).unwrap();
     let eth0 = t.require("eth0").await.unwrap();
     t.add_route_dev("10.0.2.0/24".parse().unwrap(), eth0)
@@ -396,4 +433,97 @@ async fn three_node_setup_time() {
     );
     cross(&tasks[2], task_ip(3, 2), &tasks[0]).expect("node 0 -> node 2");
     cross(&tasks[0], task_ip(3, 0), &tasks[1]).expect("node 1 -> node 0");
+}
+
+/// Serves one connection in `ns` on `ip`:PORT: answers each line with the address it came
+/// from, then the line.
+fn peer_echo(ns: &NetNs, ip: Ipv4Addr) -> std::thread::JoinHandle<io::Result<()>> {
+    let listener = ns.run(|| TcpListener::bind((ip, PORT))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        let (conn, peer) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = conn.try_clone()?;
+        for line in io::BufRead::lines(io::BufReader::new(conn)) {
+            writeln!(out, "{} {}", peer.ip(), line?)?;
+        }
+        Ok(())
+    })
+}
+
+fn conntrack_entries(ns: &NetNs) -> String {
+    // /proc/net is the main thread's namespace; this thread's is what it entered.
+    ns.run(|| std::fs::read_to_string("/proc/thread-self/net/nf_conntrack"))
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// A VIP balanced in node 0's sandbox onto the task on node 1, with br_netfilter off there:
+/// the backend sees the client's own address and the client hears the VIP answer, line after
+/// line on one connection, because the VIP's replies are lifted into the sandbox's conntrack
+/// (`lb::lift`). Plain traffic between the two tasks leaves no conntrack entry in either
+/// sandbox: it meets no netfilter hook there.
+#[tokio::test]
+async fn vip_replies_are_lifted_and_plain_traffic_meets_no_conntrack() {
+    use netcore::lb::{self, Frontend, VirtualService};
+    testkit::require_root!();
+    let c = Namespaces::new("ov-lift");
+    let nodes = nodes(&c, 2).await;
+    let (sandboxes, tasks) = overlay_with_tasks(&c, &nodes, "netlift", 4099, 3).await;
+    for sb in &sandboxes {
+        if let Ok(v) = sb.sysctl("net/bridge/bridge-nf-call-iptables") {
+            assert_eq!(v, "0", "br_netfilter is left on in {}", sb.name());
+        }
+    }
+    let s0 = spec("netlift", 4099, 3, &nodes, 0);
+    let vip = Ipv4Addr::new(10, 0, 3, 200);
+    let (client, backend) = (task_ip(3, 0), task_ip(3, 1));
+    overlay::reconcile_vips(&sandboxes[0], &s0, None, &[vip].into())
+        .await
+        .unwrap();
+    let mut balancer = lb::new(Driver::Nftables, sandboxes[0].clone());
+    balancer
+        .apply(&[VirtualService {
+            fwmark: 256,
+            frontend: Frontend::Vip(vip),
+            backends: vec![backend],
+        }])
+        .unwrap();
+
+    let server = peer_echo(&tasks[1], backend);
+    let addr = SocketAddr::from((vip, PORT));
+    let conn = tasks[0]
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+        .unwrap()
+        .expect("a connection to the VIP");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(conn.peer_addr().unwrap(), addr);
+    let mut lines = io::BufRead::lines(io::BufReader::new(conn.try_clone().unwrap()));
+    for i in 0..3 {
+        writeln!(&conn, "line {i}").unwrap();
+        let answer = lines.next().expect("an answer").expect("an answer");
+        assert_eq!(
+            answer,
+            format!("{client} line {i}"),
+            "the backend saw another client"
+        );
+    }
+    drop(lines);
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    server.join().unwrap().expect("the backend served the VIP");
+    let through_vip = format!("src={client} dst={vip} ");
+    assert!(
+        conntrack_entries(&sandboxes[0]).contains(&through_vip),
+        "the VIP's connection is tracked where it was balanced"
+    );
+
+    cross(&tasks[1], backend, &tasks[0]).expect("TCP between the tasks");
+    let direct = format!("src={client} dst={backend} ");
+    for sb in &sandboxes {
+        let entries = conntrack_entries(sb);
+        assert!(
+            !entries.contains(&direct),
+            "plain traffic went through conntrack in {}:\n{entries}",
+            sb.name()
+        );
+    }
 }

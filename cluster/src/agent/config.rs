@@ -83,8 +83,8 @@ pub enum AgentError {
     },
     #[error(
         "this kernel does not pass bridged packets to conntrack (no /proc/sys/net/bridge): \
-         VIPs are balanced in each network's sandbox, which needs br_netfilter; load it with \
-         `modprobe br_netfilter`"
+         IPVS balances VIPs in each network's sandbox, which then needs br_netfilter; load it \
+         with `modprobe br_netfilter`, or balance with nftables (--lb nftables)"
     )]
     NoBridgeNetfilter,
 }

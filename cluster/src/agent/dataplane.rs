@@ -160,7 +160,7 @@ impl Dataplane {
                 }
             }
             let name = self.paths.sandbox_ns(&self.hostname, &n.id);
-            let ns = overlay::ensure(&self.node, &name, self.vtep, &spec).await?;
+            let ns = overlay::ensure(&self.node, &name, self.vtep, &spec, self.driver).await?;
             match self.sandboxes.get_mut(&n.id) {
                 // Same namespace: its load balancer and VIPs are still what it applied.
                 Some(sb) => sb.spec = spec,

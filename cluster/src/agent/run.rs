@@ -48,10 +48,12 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         }
         _ => Owner::namespace(),
     };
-    // Refused at start, not at the first network: its sandbox could not balance VIPs.
-    if node_ns
-        .sysctl("net/bridge/bridge-nf-call-iptables")
-        .is_err()
+    // Refused at start, not at the first network: its sandbox could not balance VIPs. Only
+    // IPVS needs bridged packets in conntrack (the nftables driver lifts its replies there).
+    if config.driver == netcore::lb::Driver::Ipvs
+        && node_ns
+            .sysctl("net/bridge/bridge-nf-call-iptables")
+            .is_err()
     {
         return Err(AgentError::NoBridgeNetfilter.into());
     }

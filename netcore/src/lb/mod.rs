@@ -13,7 +13,9 @@
 //! - `hairpin`: the set of VIP backends both drivers masquerade back to themselves;
 //! - `conntrack`: forgetting the conntrack entries that would keep a client on a backend
 //!   that left (the nftables driver's; IPVS keeps its own connection table, and Swarm's
-//!   `expire_nodest_conn` already expires a removed destination's connections there).
+//!   `expire_nodest_conn` already expires a removed destination's connections there);
+//! - [`lift`]: how the nftables driver's VIP replies reach the sandbox's conntrack without
+//!   br_netfilter (which IPVS still needs).
 //!
 //! This module is the factory ([`new`], [`probe`]) and what a namespace that balances needs
 //! beside a driver (conntrack settings). The drivers name `api`, `hairpin` and `conntrack`,
@@ -28,6 +30,7 @@ mod genl;
 mod hairpin;
 pub mod ipvs;
 pub mod ipvs_msg;
+pub mod lift;
 pub mod nft;
 
 pub use api::{Driver, Frontend, LbError, LoadBalancer, MIN_FWMARK, Protocol, VirtualService};

@@ -251,6 +251,16 @@ impl Links {
             .await
     }
 
+    /// Gives a link a fixed hardware address; a bridge given one no longer takes the lowest
+    /// of its ports' addresses.
+    pub async fn set_address(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.set("set address", &format!("link #{index}"), msg)
+            .await
+    }
+
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).controller(master).build();
         self.set("set master", &format!("link #{index} to #{master}"), msg)

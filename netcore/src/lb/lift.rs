@@ -1,0 +1,149 @@
+//! How a VIP's replies find their way back through the network sandbox without every bridged
+//! packet paying for it.
+//!
+//! The sandbox balances a VIP by rewriting the destination of the client's packets (they
+//! reach its IP stack: the VIP is an address of its bridge). The backend answers the client
+//! directly, across the bridge, and something must restore the VIP as the reply's source.
+//! br_netfilter would do it by running every bridged packet through the sandbox's IP hooks
+//! and conntrack, plain task-to-task traffic included: on these hosts that was the largest
+//! cost between swarmkit's overlay and a bare VXLAN pair (see the README's overlay
+//! benchmark). Instead, br_netfilter stays off in the sandbox, and only the replies of
+//! connections the sandbox rewrote are lifted off the bridge into its IP stack, where
+//! conntrack restores the VIP and routes them on to the client:
+//!
+//! - each packet the sandbox rewrote and forwards to a backend is marked (IP family, where
+//!   conntrack knows it was rewritten), and the bridge's output hook, seeing that mark as the
+//!   packet leaves, records the reply's tuple in a set and clears the mark;
+//! - the bridge's prerouting hook lifts a frame whose tuple is in the set: addressed to the
+//!   bridge itself, it goes up to the sandbox's IP stack instead of across the bridge.
+//!
+//! Every other bridged packet meets one set lookup and no conntrack. A recorded tuple lives
+//! as long as its connection: it is refreshed by every packet the client sends, for 5 days
+//! (conntrack's own timeout for an established TCP connection) while the sandbox's conntrack
+//! holds the connection established, and for 130 s otherwise (a connection opening or
+//! closing, UDP), so a closed connection's tuple goes soon after conntrack's entry does.
+//! The bridge keeps a fixed address ([`bridge_mac`]), because lifted frames are re-addressed
+//! to it and a bridge otherwise takes the lowest address among its ports, which changes as
+//! tasks come and go.
+//!
+//! Only the nftables driver balances this way; IPVS, which rewrites replies in its own
+//! hooks, still needs br_netfilter in the sandbox.
+
+use crate::netns::NetNs;
+use crate::nft::NftError;
+
+/// Both tables' name (one in the ip family, one in the bridge family).
+const TABLE: &str = "swarmkit-lift";
+
+/// The packet mark the IP side leaves for the bridge side (and the bridge side clears): one
+/// for a connection conntrack holds established, one for anything else. No other mark is
+/// used in a network sandbox.
+const MARK_ESTABLISHED: u32 = 0x5c11_0001;
+const MARK_BRIEF: u32 = 0x5c11_0002;
+/// An established connection's tuple lives as long as conntrack keeps an idle established
+/// TCP connection (`nf_conntrack_tcp_timeout_established`); one opening or closing, or UDP,
+/// a little longer than TIME_WAIT.
+const ESTABLISHED_SECS: u64 = 432_000;
+const BRIEF_SECS: u64 = 130;
+/// Conntrack's time left above which a connection counts as established: only an
+/// established TCP connection is given more than a day.
+const ESTABLISHED_ABOVE: &str = "1d";
+/// At most this many replies' tuples at once; the kernel's default conntrack table is
+/// smaller, so a sandbox runs out of conntrack entries first.
+const MAX_TUPLES: u32 = 1 << 20;
+
+/// The bridge's fixed address: locally administered, derived from the sandbox's namespace
+/// name, so each node's sandbox for a network has its own (they meet over VXLAN) and a
+/// restarted agent sets the same one again.
+pub fn bridge_mac(sandbox_name: &str) -> [u8; 6] {
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sandbox_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    // 0x06: unicast, locally administered, and never Docker's 02:42 task prefix.
+    [0x06, b[3], b[4], b[5], b[6], b[7]]
+}
+
+/// The two tables, as one nft transaction: `ip swarmkit-lift` marks, `bridge swarmkit-lift`
+/// records and lifts. Their rules are rewritten and the set is declared again, which keeps
+/// its tuples: a restarted agent leaves the connections in flight alone.
+pub fn ruleset(bridge_mac: [u8; 6]) -> String {
+    let mac = bridge_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let reply = "ip daddr . meta l4proto . th dport . ip saddr . th sport";
+    let tuple = "ip saddr . meta l4proto . th sport . ip daddr . th dport";
+    let rewritten = "ct direction original ct status dnat ct expiration";
+    let record = |mark: u32, secs: u64| {
+        format!(
+            "add rule bridge {TABLE} record meta mark {mark:#x} meta mark set 0 \
+             meta l4proto {{ tcp, udp }} update @replies {{ {reply} timeout {secs}s }}\n"
+        )
+    };
+    format!(
+        "table ip {TABLE} {{\n\
+         \tchain rewritten {{ type filter hook forward priority 0; policy accept; }}\n\
+         }}\n\
+         flush chain ip {TABLE} rewritten\n\
+         add rule ip {TABLE} rewritten {rewritten} > {ESTABLISHED_ABOVE} meta mark set {MARK_ESTABLISHED:#x}\n\
+         add rule ip {TABLE} rewritten {rewritten} <= {ESTABLISHED_ABOVE} meta mark set {MARK_BRIEF:#x}\n\
+         table bridge {TABLE} {{\n\
+         \tset replies {{\n\
+         \t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service\n\
+         \t\tsize {MAX_TUPLES}\n\
+         \t\tflags dynamic,timeout\n\
+         \t}}\n\
+         \tchain record {{ type filter hook output priority 0; policy accept; }}\n\
+         \tchain lift {{ type filter hook prerouting priority 0; policy accept; }}\n\
+         }}\n\
+         flush chain bridge {TABLE} record\n\
+         flush chain bridge {TABLE} lift\n\
+         {}{}\
+         add rule bridge {TABLE} lift {tuple} @replies meta pkttype set host ether daddr set {mac}\n",
+        record(MARK_ESTABLISHED, ESTABLISHED_SECS),
+        record(MARK_BRIEF, BRIEF_SECS),
+    )
+}
+
+/// Turns br_netfilter off in `sandbox` (where it is loaded at all) and installs the lift.
+pub fn install(sandbox: &NetNs, bridge_mac: [u8; 6]) -> Result<(), NftError> {
+    if sandbox
+        .sysctl("net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v != "0")
+    {
+        sandbox
+            .set_sysctl("net/bridge/bridge-nf-call-iptables", "0")
+            .map_err(|e| NftError::Failed {
+                ns: sandbox.name().to_string(),
+                stderr: format!("turning br_netfilter off: {e}"),
+            })?;
+    }
+    crate::nft::apply_nft(sandbox, &ruleset(bridge_mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_addresses_are_unicast_local_and_differ_per_sandbox() {
+        let a = bridge_mac("sk-c.node1.1-abc");
+        let b = bridge_mac("sk-c.node2.1-abc");
+        assert_ne!(a, b);
+        assert_eq!(a, bridge_mac("sk-c.node1.1-abc"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+    }
+
+    #[test]
+    fn the_lift_readdresses_frames_to_the_bridge() {
+        let r = ruleset([0x06, 0, 0, 0, 0, 0x0a]);
+        assert!(r.contains("ether daddr set 06:00:00:00:00:0a"), "{r}");
+        assert!(r.contains("type filter hook prerouting"), "{r}");
+    }
+}
