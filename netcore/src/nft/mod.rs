@@ -18,6 +18,7 @@ use crate::netns::{NetNs, enter_raw};
 pub mod batch;
 pub mod expr;
 pub mod libnft;
+pub mod ops;
 
 pub use batch::{NftBatch, PRIO_DSTNAT, PRIO_MANGLE, PRIO_SRCNAT};
 use libnft::Slot;
