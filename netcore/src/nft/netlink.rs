@@ -75,6 +75,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Socket buffers above this are sized to the batch: the default (~208 KiB) holds the
 /// messages of a few hundred services and the answers of a few hundred messages.
 const DEFAULT_BUFFER: usize = 128 * 1024;
+/// Room for one answer (an ACK is 36 bytes).
+const ANSWER_BUFFER: usize = 8192;
 /// Receive buffer counted per answer: an ACK's skb with its overhead.
 const BUFFER_PER_ANSWER: usize = 2048;
 
@@ -481,11 +483,20 @@ impl NfSocket {
         let mut answered = vec![false; ops];
         let mut left = ops;
         let mut refused = None;
+        // An answer is an error code and the header it answers: one read each, never more.
+        let mut buf = Vec::with_capacity(ANSWER_BUFFER);
         while left > 0 {
-            let (buf, _) = self
+            buf.clear();
+            let len = self
                 .sock
-                .recv_from_full()
+                .recv(&mut buf, libc::MSG_TRUNC)
                 .map_err(|e| Failure::Unanswered("recv", e))?;
+            if len > buf.len() {
+                return Err(Failure::Unanswered(
+                    "recv",
+                    io::Error::other(format!("an answer of {len} bytes")),
+                ));
+            }
             let mut at = 0;
             while at < buf.len() {
                 let msg = NetlinkBuffer::new_checked(&buf[at..]).map_err(|_| {
