@@ -7,8 +7,9 @@
 //! - nf_tables netlink messages ([`netlink`]), when every command of the batch is a typed
 //!   [`ops::Op`]: what the nftables load balancer sends once its table exists (a service's
 //!   chain, rules and elements, hairpin pairs). libnftables lists every chain of the table
-//!   before such a batch, which cost milliseconds at thousands of services; the kernel does
-//!   not care how many there are.
+//!   before such a batch, which cost milliseconds at thousands of services; the kernel
+//!   resolves the names itself (what remains proportional is its own validation at commit:
+//!   see [`netlink`]).
 //! - libnftables in-process ([`libnft`]) for every other batch: what has no message builder
 //!   here (tables, base chains, set declarations, the skeleton's rules, the IPVS driver's
 //!   marks, the routing mesh, host ports, teardown), and for typed batches where the netlink

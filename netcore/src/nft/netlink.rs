@@ -5,8 +5,13 @@
 //! Why not libnftables for these too: before each batch that adds a rule or an element it
 //! lists every chain of the table to resolve names, and the load balancer's table has a chain
 //! per service, so one added service cost ~4-10 ms at 2400 services against ~1 ms at one.
-//! The kernel resolves chain and set names itself; a batch of messages costs the same
-//! whatever the table holds.
+//! The kernel resolves chain and set names itself. What still grows with the table is the
+//! kernel's own check at commit: a batch that adds a rule with `nat` or a `goto` element
+//! makes it validate every chain the base chains reach, so all the services' chains. At
+//! 2400 services (kernel 6.18, this 2-core host) adding a chain costs ~20 µs and a backend
+//! element ~50 µs, but a service's rule or dispatch element ~0.6 ms; one service's batch
+//! ~0.8 ms against ~2.8 ms through libnftables (`incremental_batch_cost` in
+//! `netcore/tests/nft_netlink.rs`).
 //!
 //! The messages are built with `netlink-packet-netfilter` (already the conntrack code's
 //! crate): its `nftables` module has the table, chain, rule, set-element messages and the
