@@ -181,10 +181,10 @@ impl PublishedTable {
             }
         };
         for p in have.difference(&want) {
-            b.delete_element(PUBLISHED, proto_port(p.proto.as_str(), p.port));
+            b.delete_element_expr(PUBLISHED, proto_port(p.proto.as_str(), p.port));
         }
         for p in want.difference(have) {
-            b.add_element(PUBLISHED, proto_port(p.proto.as_str(), p.port));
+            b.add_element_expr(PUBLISHED, proto_port(p.proto.as_str(), p.port));
         }
         b
     }

@@ -11,7 +11,8 @@ use nftables::stmt::Statement;
 
 use super::api::{Frontend, ServiceMap, VirtualService};
 use crate::nft::NftBatch;
-use crate::nft::expr::{concat, eq, ip, payload, set_ref};
+use crate::nft::expr::{concat, eq, payload, set_ref};
+use crate::nft::ops::{Key, KeyPart};
 
 const SET: &str = "hairpin";
 
@@ -41,8 +42,8 @@ fn backends(services: &ServiceMap) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-fn pair(addr: Ipv4Addr) -> nftables::expr::Expression<'static> {
-    concat(vec![ip(addr), ip(addr)])
+fn pair(addr: Ipv4Addr) -> Key {
+    Key(vec![KeyPart::Addr(addr), KeyPart::Addr(addr)])
 }
 
 /// Elements for backends that left first, then for those that came.
@@ -90,7 +91,7 @@ pub fn split_counted(
     for (addr, by) in changes {
         let before = i64::from(refs.get(addr).copied().unwrap_or(0));
         match (before > 0, before + by > 0) {
-            (false, true) => added_to.add_element(SET, pair(*addr)),
+            (false, true) => added_to.add_element(SET, pair(*addr), None),
             (true, false) => removed_to.delete_element(SET, pair(*addr)),
             _ => {}
         }
@@ -123,7 +124,7 @@ pub fn split(
 
 fn added(b: &mut NftBatch, before: &BTreeSet<Ipv4Addr>, after: &BTreeSet<Ipv4Addr>) {
     for came in after.difference(before) {
-        b.add_element(SET, pair(*came));
+        b.add_element(SET, pair(*came), None);
     }
 }
 

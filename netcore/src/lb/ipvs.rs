@@ -252,23 +252,23 @@ fn map_lookup(key: Expression<'static>, map: &str) -> Expression<'static> {
 fn add_marks(b: &mut NftBatch, svc: &VirtualService) {
     let mark = num(svc.fwmark);
     match svc.frontend {
-        Frontend::Vip(vip) => b.add_element(VIP_MARKS, mapping(ip(vip), mark)),
+        Frontend::Vip(vip) => b.add_element_expr(VIP_MARKS, mapping(ip(vip), mark)),
         Frontend::Port { proto, port, .. } => {
-            b.add_element(
+            b.add_element_expr(
                 PORT_MARKS,
                 mapping(proto_port(proto.as_str(), port), mark.clone()),
             );
-            b.add_element(MASQ_MARKS, mark);
+            b.add_element_expr(MASQ_MARKS, mark);
         }
     }
 }
 
 fn remove_marks(b: &mut NftBatch, svc: &VirtualService) {
     match svc.frontend {
-        Frontend::Vip(vip) => b.delete_element(VIP_MARKS, ip(vip)),
+        Frontend::Vip(vip) => b.delete_element_expr(VIP_MARKS, ip(vip)),
         Frontend::Port { proto, port, .. } => {
-            b.delete_element(PORT_MARKS, proto_port(proto.as_str(), port));
-            b.delete_element(MASQ_MARKS, num(svc.fwmark));
+            b.delete_element_expr(PORT_MARKS, proto_port(proto.as_str(), port));
+            b.delete_element_expr(MASQ_MARKS, num(svc.fwmark));
         }
     }
 }

@@ -1,18 +1,20 @@
-//! One nftables transaction: typed `nftables` schema objects collected in order, which the
-//! runner (`NftBatch::run`, in the parent module) sends inside the target namespace as one
-//! JSON document. nft applies the whole document as one kernel transaction, so a batch
-//! either lands completely or not at all.
+//! One nftables transaction: commands collected in order, which the runner (`NftBatch::run`,
+//! in the parent module) sends inside the target namespace as one kernel transaction, so a
+//! batch either lands completely or not at all. A command is either a typed [`Op`] (what a
+//! load balancer changes once its table exists), which can go as nf_tables messages or as
+//! JSON, or a JSON command of the `nftables` schema, which only libnftables or nft can send.
 
 use std::borrow::Cow;
 
 use nftables::expr::Expression;
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule, Set, SetType, SetTypeValue,
-    Table,
+    Chain, Element, NfCmd, NfListObject, NfObject, Rule, Set, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::Statement;
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::Value;
+
+use super::ops::{Data, Key, Op};
 
 /// Base-chain priorities (nft's `dstnat`, `srcnat`, `mangle`); numbers because nft 1.0.6 does
 /// not accept the `dstnat` keyword on the output hook.
@@ -23,7 +25,12 @@ pub const PRIO_MANGLE: i32 = -150;
 /// Commands for one table, in the order the kernel must see them.
 pub struct NftBatch {
     table: String,
-    cmds: Vec<Value>,
+    cmds: Vec<Cmd>,
+}
+
+enum Cmd {
+    Op(Op),
+    Json(Value),
 }
 
 impl NftBatch {
@@ -43,10 +50,24 @@ impl NftBatch {
     }
 
     fn push(&mut self, cmd: NfCmd<'_>) {
-        // Serialising a schema value into a Value cannot fail: it has no non-string map keys.
-        if let Ok(v) = serde_json::to_value(NfObject::CmdObject(cmd)) {
-            self.cmds.push(v);
+        if let Some(v) = json_of(cmd) {
+            self.cmds.push(Cmd::Json(v));
         }
+    }
+
+    fn push_op(&mut self, op: Op) {
+        self.cmds.push(Cmd::Op(op));
+    }
+
+    /// The batch as typed ops, if every command is one: what can go as nf_tables messages.
+    pub fn ops(&self) -> Option<Vec<&Op>> {
+        self.cmds
+            .iter()
+            .map(|c| match c {
+                Cmd::Op(op) => Some(op),
+                Cmd::Json(_) => None,
+            })
+            .collect()
     }
 
     fn table_obj(&self) -> Table<'static> {
@@ -101,19 +122,25 @@ impl NftBatch {
         self.push(NfCmd::Add(NfListObject::Chain(chain)));
     }
 
+    /// A regular chain (typed: see [`Op`]).
     pub fn add_chain(&mut self, name: &str) {
-        let chain = self.chain_obj(name);
-        self.push(NfCmd::Add(NfListObject::Chain(chain)));
+        self.push_op(Op::AddChain(name.to_string()));
     }
 
     pub fn flush_chain(&mut self, name: &str) {
-        let chain = self.chain_obj(name);
-        self.push(NfCmd::Flush(FlushObject::Chain(chain)));
+        self.push_op(Op::FlushChain(name.to_string()));
     }
 
     pub fn delete_chain(&mut self, name: &str) {
-        let chain = self.chain_obj(name);
-        self.push(NfCmd::Delete(NfListObject::Chain(chain)));
+        self.push_op(Op::DeleteChain(name.to_string()));
+    }
+
+    /// A rule of the shapes [`Op::AddRule`] knows, in a regular chain.
+    pub fn add_typed_rule(&mut self, chain: &str, stmts: Vec<super::ops::Stmt>) {
+        self.push_op(Op::AddRule {
+            chain: chain.to_string(),
+            stmts,
+        });
     }
 
     pub fn add_rule(&mut self, chain: &str, expr: Vec<Statement<'static>>) {
@@ -155,10 +182,10 @@ impl NftBatch {
     /// A map whose values are verdicts (`goto chain`). The typed schema has no `verdict` data
     /// type, so this one declaration is written as JSON with the same shape nft lists.
     pub fn add_verdict_map(&mut self, name: &str, key: SetTypeValue<'static>) {
-        self.cmds.push(serde_json::json!({"add": {"map": {
+        self.cmds.push(Cmd::Json(serde_json::json!({"add": {"map": {
             "family": "ip", "table": self.table, "name": name,
             "type": key, "map": "verdict",
-        }}}));
+        }}})));
     }
 
     fn element(&self, set: &str, elem: Expression<'static>) -> NfListObject<'static> {
@@ -170,21 +197,51 @@ impl NftBatch {
         })
     }
 
-    pub fn add_element(&mut self, set: &str, elem: Expression<'static>) {
+    /// An element written as a schema expression (JSON only).
+    pub fn add_element_expr(&mut self, set: &str, elem: Expression<'static>) {
         let obj = self.element(set, elem);
         self.push(NfCmd::Add(obj));
     }
 
-    pub fn delete_element(&mut self, set: &str, elem: Expression<'static>) {
+    pub fn delete_element_expr(&mut self, set: &str, elem: Expression<'static>) {
         let obj = self.element(set, elem);
         self.push(NfCmd::Delete(obj));
     }
 
+    /// A set element (`data` None) or a map element (typed: see [`Op`]).
+    pub fn add_element(&mut self, set: &str, key: Key, data: Option<Data>) {
+        self.push_op(Op::AddElement {
+            set: set.to_string(),
+            key,
+            data,
+        });
+    }
+
+    pub fn delete_element(&mut self, set: &str, key: Key) {
+        self.push_op(Op::DeleteElement {
+            set: set.to_string(),
+            key,
+        });
+    }
+
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(&serde_json::json!({ "nftables": self.cmds }))
+        let cmds: Vec<Value> = self
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::Op(op) => json_of(op.to_json(&self.table)),
+                Cmd::Json(v) => Some(v.clone()),
+            })
+            .collect();
+        serde_json::to_string(&serde_json::json!({ "nftables": cmds }))
     }
 
     pub fn table(&self) -> &str {
         &self.table
     }
+}
+
+fn json_of(cmd: NfCmd<'_>) -> Option<Value> {
+    // Serialising a schema value into a Value cannot fail: it has no non-string map keys.
+    serde_json::to_value(NfObject::CmdObject(cmd)).ok()
 }

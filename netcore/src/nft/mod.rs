@@ -1,10 +1,27 @@
-//! The nft runner: one nftables transaction applied inside a namespace, in-process through
-//! libnftables where it is installed ([`libnft`]), else by spawning the `nft` binary there.
-//! Below everything that writes nftables (the load balancers, the routing mesh, host ports,
-//! the IPsec marks, teardown); above `netns` only.
+//! The nft runner: one nftables transaction applied inside a namespace. Below everything
+//! that writes nftables (the load balancers, the routing mesh, host ports, the IPsec marks,
+//! teardown); above `netns` only.
 //!
-//! - [`batch`]: [`NftBatch`], typed schema objects collected in order, sent as one transaction;
-//! - [`expr`]: expression and statement shorthands for the rules those batches carry;
+//! A batch takes one of three paths, chosen per batch by [`NftBatch::run`]:
+//!
+//! - nf_tables netlink messages ([`netlink`]), when every command of the batch is a typed
+//!   [`ops::Op`]: what the nftables load balancer sends once its table exists (a service's
+//!   chain, rules and elements, hairpin pairs). libnftables lists every chain of the table
+//!   before such a batch, which cost milliseconds at thousands of services; the kernel
+//!   resolves the names itself (what remains proportional is its own validation at commit:
+//!   see [`netlink`]).
+//! - libnftables in-process ([`libnft`]) for every other batch: what has no message builder
+//!   here (tables, base chains, set declarations, the skeleton's rules, the IPVS driver's
+//!   marks, the routing mesh, host ports, teardown), and for typed batches where the netlink
+//!   socket cannot be opened or the send fails before reaching the kernel.
+//! - the `nft` binary, spawned in the namespace, where libnftables is not installed.
+//!
+//! Modules:
+//!
+//! - [`batch`]: [`NftBatch`], commands collected in order, sent as one transaction;
+//! - [`ops`]: the typed commands, which render as JSON and encode as netlink alike;
+//! - [`netlink`]: those commands as nf_tables messages in one nfnetlink transaction;
+//! - [`expr`]: expression and statement shorthands for the JSON rules;
 //! - [`libnft`]: libnftables opened with dlopen, one context per namespace.
 
 use std::io::Write;
@@ -18,9 +35,12 @@ use crate::netns::{NetNs, enter_raw};
 pub mod batch;
 pub mod expr;
 pub mod libnft;
+pub mod netlink;
+pub mod ops;
 
 pub use batch::{NftBatch, PRIO_DSTNAT, PRIO_MANGLE, PRIO_SRCNAT};
 use libnft::Slot;
+use netlink::Failure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -34,6 +54,41 @@ pub enum NftError {
     Failed { ns: String, stderr: String },
     #[error("encoding nft JSON: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("{what} in table ip {table} in namespace {ns}: {}", errno_text(*errno))]
+    Refused {
+        ns: String,
+        table: String,
+        /// The op the kernel refused, or the batch itself.
+        what: String,
+        errno: i32,
+    },
+    #[error("nf_tables netlink in namespace {ns}: {op}: {source}")]
+    Netlink {
+        ns: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// "File exists (EEXIST)", as the kernel's answer reads best in an error about one object.
+fn errno_text(errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno);
+    format!("{} ({e:?})", e.desc())
+}
+
+/// Which way [`NftBatch::run_via`] sends a batch whose commands are all typed ops (any other
+/// batch goes through libnftables, or nft).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// As netlink messages, or through libnftables when no netlink socket can be opened in
+    /// the namespace (or the send fails before the kernel sees it).
+    #[default]
+    Auto,
+    /// As netlink messages, with no fallback: how a test proves that path.
+    Netlink,
+    /// Through libnftables (or nft), as every batch went before the netlink path.
+    Libnftables,
 }
 
 /// As [`apply_nft`], for a namespace that is written once: no context is kept for it (one
@@ -114,15 +169,56 @@ pub fn run_nft(ns: &NetNs, args: &[&str], stdin: Option<&[u8]>) -> Result<String
 /// Sending, here rather than in [`batch`], which only builds: the batch module names nothing
 /// above it.
 impl NftBatch {
-    /// Sends the batch as one transaction in `ns`. An empty batch sends nothing.
+    /// Sends the batch as one transaction in `ns`, the way [`Transport::Auto`] says. An empty
+    /// batch sends nothing.
     pub fn run(&self, ns: &NetNs) -> Result<(), NftError> {
+        self.run_via(ns, Transport::Auto)
+    }
+
+    pub fn run_via(&self, ns: &NetNs, transport: Transport) -> Result<(), NftError> {
         if self.is_empty() {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        apply_nft(ns, &self.to_json()?)?;
-        tracing::debug!(ns = ns.name(), table = %self.table(), commands = self.len(), took = ?started.elapsed(), "nft batch");
+        let ops = match transport {
+            Transport::Libnftables => None,
+            Transport::Auto | Transport::Netlink => self.ops(),
+        };
+        let via = match ops {
+            Some(ops) => match netlink::apply_in(ns, self.table(), &ops) {
+                Ok(()) => "netlink",
+                Err(Failure::Unsent(op, source)) if transport == Transport::Auto => {
+                    tracing::warn!(ns = ns.name(), op, error = %source, "nf_tables netlink unavailable; sending the batch through libnftables");
+                    apply_nft(ns, &self.to_json()?)?;
+                    "libnftables"
+                }
+                Err(failure) => return Err(self.failed(ns, &ops, failure)),
+            },
+            None => {
+                apply_nft(ns, &self.to_json()?)?;
+                "libnftables"
+            }
+        };
+        tracing::debug!(ns = ns.name(), table = %self.table(), commands = self.len(), via, took = ?started.elapsed(), "nft batch");
         Ok(())
+    }
+
+    fn failed(&self, ns: &NetNs, ops: &[&ops::Op], failure: Failure) -> NftError {
+        let refused = |what: String, errno| NftError::Refused {
+            ns: ns.name().to_string(),
+            table: self.table().to_string(),
+            what,
+            errno,
+        };
+        match failure {
+            Failure::Refused(i, errno) => refused(ops[i].to_string(), errno),
+            Failure::RefusedBatch(errno) => refused(format!("a batch of {} ops", ops.len()), errno),
+            Failure::Unsent(op, source) | Failure::Unanswered(op, source) => NftError::Netlink {
+                ns: ns.name().to_string(),
+                op,
+                source,
+            },
+        }
     }
 }
 

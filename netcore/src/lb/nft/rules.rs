@@ -30,17 +30,16 @@
 
 use std::net::Ipv4Addr;
 
-use nftables::expr::{Expression, MetaKey, NamedExpression, NgMode, Numgen, SetItem};
+use nftables::expr::{Expression, MetaKey, NamedExpression, SetItem};
 use nftables::schema::{SetType, SetTypeValue};
-use nftables::stmt::{NAT, Reject, RejectType, Statement, VerdictMap};
-use nftables::types::{NfHook, RejectCode};
+use nftables::stmt::{Statement, VerdictMap};
+use nftables::types::NfHook;
 
 use crate::lb::api::{Frontend, Protocol, ServiceMap, VirtualService};
 use crate::lb::hairpin;
 use crate::nft::NftBatch;
-use crate::nft::expr::{
-    self, concat, eq, goto, ip, mapping, meta, num, payload, proto_port, s, set_ref,
-};
+use crate::nft::expr::{self, eq, meta, payload, s, set_ref};
+use crate::nft::ops::{Data, Field, Key, KeyPart, Proto, Stmt};
 
 pub const TABLE: &str = "swarmkit";
 const VIPS: &str = "vips";
@@ -198,18 +197,32 @@ pub(super) fn diff(
     offsets
 }
 
-fn dispatch_element(svc: &VirtualService) -> (&'static str, Expression<'static>) {
-    match svc.frontend {
-        Frontend::Vip(vip) => (VIPS, ip(vip)),
-        Frontend::Port { proto, port, .. } => (PORTS, proto_port(proto.as_str(), port)),
+fn proto(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
     }
+}
+
+fn dispatch_element(svc: &VirtualService) -> (&'static str, Key) {
+    match svc.frontend {
+        Frontend::Vip(vip) => (VIPS, Key(vec![KeyPart::Addr(vip)])),
+        Frontend::Port { proto: p, port, .. } => (
+            PORTS,
+            Key(vec![KeyPart::Proto(proto(p)), KeyPart::Service(port)]),
+        ),
+    }
+}
+
+fn masq_element(port: u16) -> Key {
+    Key(vec![KeyPart::Service(port)])
 }
 
 fn add_dispatch(b: &mut NftBatch, svc: &VirtualService) {
     let (map, key) = dispatch_element(svc);
-    b.add_element(map, mapping(key, goto(&service_chain(svc.fwmark))));
+    b.add_element(map, key, Some(Data::Goto(service_chain(svc.fwmark))));
     if let Frontend::Port { proto, port, .. } = svc.frontend {
-        b.add_element(masq_set(proto), num(port.into()));
+        b.add_element(masq_set(proto), masq_element(port), None);
     }
 }
 
@@ -217,21 +230,19 @@ fn remove_dispatch(b: &mut NftBatch, svc: &VirtualService) {
     let (map, key) = dispatch_element(svc);
     b.delete_element(map, key);
     if let Frontend::Port { proto, port, .. } = svc.frontend {
-        b.delete_element(masq_set(proto), num(port.into()));
+        b.delete_element(masq_set(proto), masq_element(port));
     }
 }
 
 /// The service's backend elements: its map, and each backend keyed by the frontend and its
 /// place in the rotation (which starts at `offset`).
-fn backend_keys(
-    svc: &VirtualService,
-    offset: u32,
-) -> (&'static str, Vec<(Expression<'static>, Ipv4Addr)>) {
-    let (map, frontend): (_, Vec<Expression<'static>>) = match svc.frontend {
-        Frontend::Vip(vip) => (BACKENDS, vec![ip(vip)]),
-        Frontend::Port { proto, port, .. } => {
-            (PORT_BACKENDS, vec![s(proto.as_str()), num(port.into())])
-        }
+fn backend_keys(svc: &VirtualService, offset: u32) -> (&'static str, Vec<(Key, Ipv4Addr)>) {
+    let (map, frontend) = match svc.frontend {
+        Frontend::Vip(vip) => (BACKENDS, vec![KeyPart::Addr(vip)]),
+        Frontend::Port { proto: p, port, .. } => (
+            PORT_BACKENDS,
+            vec![KeyPart::Proto(proto(p)), KeyPart::Service(port)],
+        ),
     };
     let keys = svc
         .backends
@@ -239,8 +250,8 @@ fn backend_keys(
         .enumerate()
         .map(|(i, addr)| {
             let mut key = frontend.clone();
-            key.push(num(offset + i as u32));
-            (concat(key), *addr)
+            key.push(KeyPart::Mark(offset + i as u32));
+            (Key(key), *addr)
         })
         .collect();
     (map, keys)
@@ -258,61 +269,39 @@ fn remove_backends(b: &mut NftBatch, svc: &VirtualService, offset: u32) {
 fn fill_chain(b: &mut NftBatch, svc: &VirtualService, offset: u32) {
     let chain = service_chain(svc.fwmark);
     if svc.backends.is_empty() {
-        b.add_rule(
+        b.add_typed_rule(
             &chain,
-            vec![
-                eq(meta(MetaKey::L4proto), s("tcp")),
-                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
-            ],
+            vec![Stmt::L4protoIs(Proto::Tcp), Stmt::RejectTcpReset],
         );
-        b.add_rule(
-            &chain,
-            vec![Statement::Reject(Some(Reject::new(
-                Some(RejectType::ICMP),
-                Some(RejectCode::PortUnreach),
-            )))],
-        );
+        b.add_typed_rule(&chain, vec![Stmt::RejectPortUnreachable]);
         return;
     }
     let (map, keys) = backend_keys(svc, offset);
     for (key, addr) in keys {
-        b.add_element(map, mapping(key, ip(addr)));
+        b.add_element(map, key, Some(Data::Addr(addr)));
     }
-    let ct_mark = || Expression::Named(NamedExpression::CT(ct("mark", None)));
     let mut rule = Vec::new();
     let (key, port) = match svc.frontend {
-        Frontend::Vip(_) => (concat(vec![payload("ip", "daddr"), ct_mark()]), None),
-        Frontend::Port { proto, target, .. } => {
+        Frontend::Vip(_) => (vec![Field::IpDaddr, Field::CtMark], None),
+        Frontend::Port {
+            proto: p, target, ..
+        } => {
             // nft only accepts a port in DNAT after the transport protocol is pinned down.
-            rule.push(eq(meta(MetaKey::L4proto), s(proto.as_str())));
+            rule.push(Stmt::L4protoIs(proto(p)));
             (
-                concat(vec![
-                    meta(MetaKey::L4proto),
-                    payload("th", "dport"),
-                    ct_mark(),
-                ]),
-                Some(num(target.into())),
+                vec![Field::L4proto, Field::ThDport, Field::CtMark],
+                Some(target),
             )
         }
     };
-    rule.push(Statement::Mangle(nftables::stmt::Mangle {
-        key: ct_mark(),
-        value: Expression::Named(NamedExpression::Numgen(Numgen {
-            mode: NgMode::Inc,
-            ng_mod: svc.backends.len() as u32,
-            offset: (offset != 0).then_some(offset),
-        })),
-    }));
-    rule.push(Statement::DNAT(Some(NAT {
-        addr: Some(Expression::Named(NamedExpression::Map(Box::new(
-            nftables::expr::Map {
-                key,
-                data: set_ref(map),
-            },
-        )))),
-        family: None,
+    rule.push(Stmt::CtMarkSetNumgen {
+        modulus: svc.backends.len() as u32,
+        offset,
+    });
+    rule.push(Stmt::DnatToMap {
+        key,
+        map: map.to_string(),
         port,
-        flags: None,
-    })));
-    b.add_rule(&chain, rule);
+    });
+    b.add_typed_rule(&chain, rule);
 }
