@@ -159,6 +159,35 @@ pub async fn conntrack(
         .collect())
 }
 
+/// The table that turns connection tracking on in a task's namespace: the kernel tracks only
+/// in a namespace whose rules use it. It filters nothing.
+const TRACKING: &str = "swarmkit-conntrack";
+
+/// Turns connection tracking on at `place` (a task) for a trace's own connection. Some(true)
+/// where this call turned it on (and [`untrack`] should turn it off again), Some(false) where
+/// it already was, None where it could not be (the walk then reads the hops around the task).
+pub async fn track(swarm: &Swarm, place: &Place) -> Option<bool> {
+    if run(swarm, place, &["nft", "list", "table", "ip", TRACKING])
+        .await
+        .is_ok()
+    {
+        return Some(false);
+    }
+    let on = format!(
+        "add table ip {TRACKING}; \
+         add chain ip {TRACKING} track {{ type filter hook prerouting priority -300; policy accept; }}; \
+         add rule ip {TRACKING} track ct state established,related accept"
+    );
+    run(swarm, place, &["nft", &on]).await.ok().map(|_| true)
+}
+
+/// Turns off the tracking [`track`] turned on at `place`.
+pub async fn untrack(swarm: &Swarm, place: &Place) -> anyhow::Result<()> {
+    run(swarm, place, &["nft", "delete", "table", "ip", TRACKING])
+        .await
+        .map(|_| ())
+}
+
 /// What `host` resolves to at `place` (a task: its resolver is the embedded DNS at
 /// 127.0.0.11), and the tool that asked.
 pub async fn resolve(
@@ -169,7 +198,8 @@ pub async fn resolve(
     match run(
         swarm,
         place,
-        &["dig", "+short", "+time=2", "+tries=2", host],
+        // -q: a service named like a record type (srv, mx, any) is still the name asked.
+        &["dig", "+short", "+time=2", "+tries=2", "-q", host],
     )
     .await
     {

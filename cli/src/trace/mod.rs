@@ -152,10 +152,58 @@ pub async fn trace(
     sport: Option<u16>,
 ) -> anyhow::Result<Trace> {
     let (host, port) = parse_target(target)?;
-    match from {
+    // A swarmkit task's namespace tracks connections only while a trace needs it: tracking
+    // every packet of every task cost ~6 % of overlay throughput (README, overlay benchmark).
+    // The trace's own connection is tracked in the tasks it may reach, and tracking ends with
+    // the trace. A connection made before (`--sport`) was not: its tasks' hops are read from
+    // the places around them (see `walk`).
+    let tracked = match sport {
+        None if !swarm.is_docker() => track(swarm, topo, from, &host, port).await,
+        _ => Vec::new(),
+    };
+    let traced = match from {
         From::Node(node) => from_node(swarm, topo, node, &host, port, sport).await,
         From::Task(task) => from_task(swarm, topo, task, &host, port, sport).await,
+    };
+    for place in &tracked {
+        if let Err(e) = kernel::untrack(swarm, place).await {
+            eprintln!("warning: connection tracking stays on at {place}: {e:#}");
+        }
     }
+    traced
+}
+
+/// Turns tracking on in the tasks a connection from `from` to `host`:`port` may reach: the
+/// calling task, and the tasks of the services that name, publish or answer `host`:`port`
+/// (every task where none does). Returns the places where it was turned on.
+async fn track(swarm: &Swarm, topo: &Topology, from: &From, host: &str, port: u16) -> Vec<Place> {
+    let named = host.strip_prefix("tasks.").unwrap_or(host);
+    let serving: Vec<&str> = topo
+        .services
+        .iter()
+        .filter(|s| {
+            s.name == named
+                || s.vips.iter().any(|v| v.addr == host)
+                || s.ports.iter().any(|p| p.published == i64::from(port))
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    let caller = match from {
+        From::Task(x) => find_task(topo, x).ok().map(|t| t.id.clone()),
+        From::Node(_) => None,
+    };
+    let tasks = topo.tasks().filter(|t| {
+        serving.is_empty()
+            || serving.contains(&t.service.as_str())
+            || caller.as_deref() == Some(t.id.as_str())
+    });
+    let places: Vec<Place> = tasks.map(|t| Place::Task(t.id.clone())).collect();
+    let turned = futures::future::join_all(places.iter().map(|p| kernel::track(swarm, p))).await;
+    places
+        .into_iter()
+        .zip(turned)
+        .filter_map(|(p, on)| (on == Some(true)).then_some(p))
+        .collect()
 }
 
 pub async fn run(cluster: &str, args: TraceArgs) -> anyhow::Result<i32> {

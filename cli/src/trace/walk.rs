@@ -21,6 +21,7 @@ struct At {
 /// What the kernel at one place recorded of the connection: its conntrack entry, where the
 /// connection went from there (the reply's source, or the backend IPVS chose), the record
 /// that says so, and the tuple the next place's entry must have.
+#[derive(Clone)]
 struct Record {
     entry: CtEntry,
     next: (String, u16),
@@ -57,11 +58,13 @@ pub async fn follow(
     // A connection crosses at most node -> sandbox -> node -> sandbox -> task (the mesh
     // balanced by the node's own IPVS), node -> sandbox -> task (in the sandbox), or task ->
     // network sandbox -> task (VIP).
+    let mut previous: Option<(Record, String)> = None;
     for _ in 0..6 {
         let here = place_label(topo, &at.place);
-        let Some(record) = walk.read_record(&at, &here).await else {
+        let Some(record) = walk.read_record(&at, &here, previous.as_ref()).await else {
             return Ok(None);
         };
+        previous = Some((record.clone(), here.clone()));
         match walk.step(at, record, here).await? {
             Step::Accepted(task) => return Ok(Some(task)),
             Step::Lost => return Ok(None),
@@ -81,7 +84,13 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// The connection's record at `at`, or None (with a hop saying why) where there is none.
-    async fn read_record(&mut self, at: &At, here: &str) -> Option<Record> {
+    /// `previous` is the record of the place before, with its label.
+    async fn read_record(
+        &mut self,
+        at: &At,
+        here: &str,
+        previous: Option<&(Record, String)>,
+    ) -> Option<Record> {
         let (swarm, topo) = (self.swarm, self.topo);
         let entries = match kernel::conntrack(swarm, &at.place, "tcp", &at.want).await {
             Ok(entries) => entries,
@@ -95,6 +104,13 @@ impl Walk<'_> {
                 return None;
             }
         };
+        let untracked = match at.place {
+            Place::Task(ref id) if entries.is_empty() => self.untracked(id, &at.want, previous),
+            _ => None,
+        };
+        if untracked.is_some() {
+            return untracked;
+        }
         let Some(e) = pick(&entries) else {
             let docker_node = matches!(at.place, Place::Node(_))
                 && topo.node(&at.node).is_some_and(|n| n.engine == "docker");
@@ -168,6 +184,66 @@ impl Walk<'_> {
             };
         }
         Some(record)
+    }
+
+    /// The record of task `id` that tracked no connections when this one was made (swarmkit
+    /// tasks track only during a trace's own connection): what the places around it recorded.
+    /// Sent here by the place before, that place's entry shows the task's answer; at the task
+    /// that called, the address it called is where the connection went.
+    fn untracked(
+        &self,
+        id: &str,
+        want: &Tuple,
+        previous: Option<&(Record, String)>,
+    ) -> Option<Record> {
+        let reversed = |t: &Tuple| Tuple {
+            src: t.dst.clone(),
+            sport: t.dport,
+            dst: t.src.clone(),
+            dport: t.sport,
+        };
+        let (orig, state, evidence) = match previous {
+            Some((before, place)) => {
+                // An entry still in SYN_SENT saw no answer: the task did not accept.
+                if before.entry.state == "SYN_SENT" || want.dst.is_empty() {
+                    return None;
+                }
+                let state = before.entry.state.clone();
+                let evidence = format!("conntrack {} at {place}", or_new(&state));
+                (want.clone(), state, evidence)
+            }
+            None if !want.dst.is_empty() => {
+                let task = self.topo.tasks().find(|t| t.id == id)?;
+                let network = vip_network(self.topo, &want.dst)
+                    .map(|n| n.name.clone())
+                    .or_else(|| task_by_addr(self.topo, &want.dst).map(|(_, n)| n));
+                let src = task
+                    .addresses
+                    .iter()
+                    .find(|a| Some(&a.network) == network.as_ref())
+                    .map(|a| a.addr.clone())
+                    .unwrap_or_default();
+                let orig = Tuple {
+                    src,
+                    ..want.clone()
+                };
+                let evidence = "the address it called; the task tracked no connections then".into();
+                (orig, String::new(), evidence)
+            }
+            None => return None,
+        };
+        let entry = CtEntry {
+            proto: "tcp".into(),
+            state,
+            reply: reversed(&orig),
+            orig,
+        };
+        Some(Record {
+            next: (entry.orig.dst.clone(), entry.orig.dport),
+            evidence,
+            onward: entry.onward(),
+            entry,
+        })
     }
 
     /// Reads where `record` sends the connection from `at`: to a task (its own, which accepted

@@ -533,8 +533,6 @@ impl Tasks {
                 .set_sysctl(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
         }
         let dns = self.resolver.serve_in(&t.id, &ns, self.upstreams(t))?;
-        tokio::task::block_in_place(|| lb::track_connections(&ns))
-            .context("connection tracking in the task's namespace")?;
         let argv = match (crate::images::resolve(&t.image), t.args.is_empty()) {
             (Some(b), true) => vec![
                 crate::paths::OWN_BINARY.to_string(),

@@ -35,22 +35,6 @@ pub mod nft;
 
 pub use api::{Driver, Frontend, LbError, LoadBalancer, MIN_FWMARK, Protocol, VirtualService};
 
-/// Turns on connection tracking in a task's namespace, which the kernel only does for a
-/// namespace whose rules use it. Nothing is filtered: the entries are what `swarmkit trace`
-/// reads to show where a connection began and which task accepted it.
-pub fn track_connections(ns: &NetNs) -> Result<(), LbError> {
-    crate::nft::apply_nft_once(
-        ns,
-        "table ip swarmkit-conntrack {\n\
-         \tchain track {\n\
-         \t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tct state established,related accept\n\
-         \t}\n\
-         }\n",
-    )?;
-    Ok(())
-}
-
 /// IPVS if the kernel has it (generic netlink family "IPVS" resolves), else Nftables.
 pub fn probe() -> Driver {
     match genl::GenlSocket::open().and_then(|mut s| s.resolve_family(ipvs_msg::IPVS_GENL_NAME)) {

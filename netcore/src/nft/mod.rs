@@ -91,15 +91,6 @@ pub enum Transport {
     Libnftables,
 }
 
-/// As [`apply_nft`], for a namespace that is written once: no context is kept for it (one
-/// per task would cost a descriptor and a ruleset cache each).
-pub fn apply_nft_once(ns: &NetNs, commands: &str) -> Result<(), NftError> {
-    match libnft::Context::open_in(ns) {
-        Some(mut ctx) => run_in_context(&mut ctx, ns, commands),
-        None => spawn_nft(ns, commands),
-    }
-}
-
 /// Applies `commands` (a JSON batch, or nft syntax as `nft -f` reads it) in `ns` as one
 /// transaction: in-process through libnftables when it is installed, else with the binary.
 pub fn apply_nft(ns: &NetNs, commands: &str) -> Result<(), NftError> {
