@@ -17,11 +17,24 @@
 //! - the bridge's prerouting hook lifts a frame whose tuple is in the set: addressed to the
 //!   bridge itself, it goes up to the sandbox's IP stack instead of across the bridge.
 //!
-//! Every other bridged packet meets one set lookup and no conntrack. A recorded tuple lives
+//! Every other bridged packet meets one set lookup and no conntrack.
+//!
+//! Because the sandbox no longer sees a task's direct connections, it cannot keep a VIP
+//! connection from reusing the tuple a direct one left in TIME_WAIT at the backend (the
+//! client picks its port per destination, and the VIP and the backend's address are two).
+//! The backend then refuses the SYN, and the client waits a second to retry: with a client
+//! alternating between a task and its VIP, `bench/run.sh conn` fell from ~2000 to 17
+//! connections a second. So the sandbox gives a VIP connection a source port below the
+//! kernel's ephemeral range (1024-32767; the client's address is kept), which a client's
+//! direct connections never use, and forgets a closed one's tuple after 10 s instead of
+//! 120 s: ~31700 ports per client, backend and port, ~3000 new connections a second. A
+//! backend accepts a port reused while its socket is still in TIME_WAIT, because the client's
+//! timestamps toward one VIP only grow. A recorded tuple lives
 //! as long as its connection: it is refreshed by every packet the client sends, for 5 days
 //! (conntrack's own timeout for an established TCP connection) while the sandbox's conntrack
-//! holds the connection established, and for 130 s otherwise (a connection opening or
-//! closing, UDP), so a closed connection's tuple goes soon after conntrack's entry does.
+//! holds the connection established, for 15 s while a TCP connection opens or closes, and
+//! for 130 s for UDP, so a closed connection's tuple goes soon after it closes and the set
+//! holds about 15 s worth of a client's new connections.
 //! The bridge keeps a fixed address ([`bridge_mac`]), because lifted frames are re-addressed
 //! to it and a bridge otherwise takes the lowest address among its ports, which changes as
 //! tasks come and go.
@@ -41,13 +54,24 @@ const TABLE: &str = "swarmkit-lift";
 const MARK_ESTABLISHED: u32 = 0x5c11_0001;
 const MARK_BRIEF: u32 = 0x5c11_0002;
 /// An established connection's tuple lives as long as conntrack keeps an idle established
-/// TCP connection (`nf_conntrack_tcp_timeout_established`); one opening or closing, or UDP,
-/// a little longer than TIME_WAIT.
+/// TCP connection (`nf_conntrack_tcp_timeout_established`); one opening or closing a little
+/// longer than its handshake's or its close's retransmissions take (each of the client's
+/// packets refreshes it); UDP's as long as conntrack keeps a stream.
 const ESTABLISHED_SECS: u64 = 432_000;
-const BRIEF_SECS: u64 = 130;
+const TCP_BRIEF_SECS: u64 = 15;
+const UDP_SECS: u64 = 130;
 /// Conntrack's time left above which a connection counts as established: only an
 /// established TCP connection is given more than a day.
 const ESTABLISHED_ABOVE: &str = "1d";
+/// The source ports a VIP connection is given: below the kernel's default ephemeral range
+/// (32768-60999, which tasks keep), so no direct connection of a client shares one.
+const VIP_PORTS: &str = "1024-32767";
+/// After the load balancer's own source NAT (masquerading a published port or a hairpin,
+/// priority srcnat): a connection it NATed keeps that.
+const VIP_PORTS_PRIORITY: i32 = 101;
+/// How long the sandbox's conntrack keeps a closed connection's tuple (the kernel's 120 s
+/// would hold each VIP port that long).
+const TIME_WAIT_SECS: &str = "10";
 /// At most this many replies' tuples at once; the kernel's default conntrack table is
 /// smaller, so a sandbox runs out of conntrack entries first.
 const MAX_TUPLES: u32 = 1 << 20;
@@ -79,17 +103,21 @@ pub fn ruleset(bridge_mac: [u8; 6]) -> String {
     let reply = "ip daddr . meta l4proto . th dport . ip saddr . th sport";
     let tuple = "ip saddr . meta l4proto . th sport . ip daddr . th dport";
     let rewritten = "ct direction original ct status dnat ct expiration";
-    let record = |mark: u32, secs: u64| {
+    let record = |mark: u32, proto: &str, secs: u64| {
         format!(
             "add rule bridge {TABLE} record meta mark {mark:#x} meta mark set 0 \
-             meta l4proto {{ tcp, udp }} update @replies {{ {reply} timeout {secs}s }}\n"
+             meta l4proto {proto} update @replies {{ {reply} timeout {secs}s }}\n"
         )
     };
     format!(
         "table ip {TABLE} {{\n\
          \tchain rewritten {{ type filter hook forward priority 0; policy accept; }}\n\
+         \tchain ports {{ type nat hook postrouting priority {VIP_PORTS_PRIORITY}; policy accept; }}\n\
          }}\n\
          flush chain ip {TABLE} rewritten\n\
+         flush chain ip {TABLE} ports\n\
+         add rule ip {TABLE} ports ct status dnat meta l4proto tcp snat to ip saddr : {VIP_PORTS}\n\
+         add rule ip {TABLE} ports ct status dnat meta l4proto udp snat to ip saddr : {VIP_PORTS}\n\
          add rule ip {TABLE} rewritten {rewritten} > {ESTABLISHED_ABOVE} meta mark set {MARK_ESTABLISHED:#x}\n\
          add rule ip {TABLE} rewritten {rewritten} <= {ESTABLISHED_ABOVE} meta mark set {MARK_BRIEF:#x}\n\
          table bridge {TABLE} {{\n\
@@ -103,10 +131,11 @@ pub fn ruleset(bridge_mac: [u8; 6]) -> String {
          }}\n\
          flush chain bridge {TABLE} record\n\
          flush chain bridge {TABLE} lift\n\
-         {}{}\
+         {}{}{}\
          add rule bridge {TABLE} lift {tuple} @replies meta pkttype set host ether daddr set {mac}\n",
-        record(MARK_ESTABLISHED, ESTABLISHED_SECS),
-        record(MARK_BRIEF, BRIEF_SECS),
+        record(MARK_ESTABLISHED, "tcp", ESTABLISHED_SECS),
+        record(MARK_BRIEF, "tcp", TCP_BRIEF_SECS),
+        record(MARK_BRIEF, "udp", UDP_SECS),
     )
 }
 
@@ -123,6 +152,15 @@ pub fn install(sandbox: &NetNs, bridge_mac: [u8; 6]) -> Result<(), NftError> {
                 stderr: format!("turning br_netfilter off: {e}"),
             })?;
     }
+    sandbox
+        .set_sysctl(
+            "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+            TIME_WAIT_SECS,
+        )
+        .map_err(|e| NftError::Failed {
+            ns: sandbox.name().to_string(),
+            stderr: format!("shortening conntrack's TIME_WAIT: {e}"),
+        })?;
     crate::nft::apply_nft(sandbox, &ruleset(bridge_mac))
 }
 
