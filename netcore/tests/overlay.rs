@@ -435,8 +435,8 @@ async fn three_node_setup_time() {
     cross(&tasks[0], task_ip(3, 0), &tasks[1]).expect("node 1 -> node 0");
 }
 
-/// Serves one connection in `ns` on `ip`:PORT: answers each line with the address it came
-/// from, then the line.
+/// Serves one connection in `ns` on `ip`:PORT: answers each line with the address and port it
+/// came from, then the line.
 fn peer_echo(ns: &NetNs, ip: Ipv4Addr) -> std::thread::JoinHandle<io::Result<()>> {
     let listener = ns.run(|| TcpListener::bind((ip, PORT))).unwrap().unwrap();
     std::thread::spawn(move || {
@@ -444,7 +444,7 @@ fn peer_echo(ns: &NetNs, ip: Ipv4Addr) -> std::thread::JoinHandle<io::Result<()>
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut out = conn.try_clone()?;
         for line in io::BufRead::lines(io::BufReader::new(conn)) {
-            writeln!(out, "{} {}", peer.ip(), line?)?;
+            writeln!(out, "{peer} {}", line?)?;
         }
         Ok(())
     })
@@ -458,8 +458,8 @@ fn conntrack_entries(ns: &NetNs) -> String {
 }
 
 /// A VIP balanced in node 0's sandbox onto the task on node 1, with br_netfilter off there:
-/// the backend sees the client's own address and the client hears the VIP answer, line after
-/// line on one connection, because the VIP's replies are lifted into the sandbox's conntrack
+/// the backend sees the client's own address (from a port no direct connection uses) and the
+/// client hears the VIP answer, line after line on one connection, because the VIP's replies are lifted into the sandbox's conntrack
 /// (`lb::lift`). Plain traffic between the two tasks leaves no conntrack entry in either
 /// sandbox: it meets no netfilter hook there.
 #[tokio::test]
@@ -501,11 +501,12 @@ async fn vip_replies_are_lifted_and_plain_traffic_meets_no_conntrack() {
     for i in 0..3 {
         writeln!(&conn, "line {i}").unwrap();
         let answer = lines.next().expect("an answer").expect("an answer");
-        assert_eq!(
-            answer,
-            format!("{client} line {i}"),
-            "the backend saw another client"
-        );
+        let (peer, line) = answer.split_once(' ').unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(peer.ip(), client, "the backend saw another client");
+        // Below the ephemeral range, so it never meets a direct connection's tuple.
+        assert!((1024..32768).contains(&peer.port()), "{peer}");
+        assert_eq!(line, format!("line {i}"));
     }
     drop(lines);
     conn.shutdown(std::net::Shutdown::Both).unwrap();
