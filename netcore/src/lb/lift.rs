@@ -139,29 +139,33 @@ pub fn ruleset(bridge_mac: [u8; 6]) -> String {
     )
 }
 
-/// Turns br_netfilter off in `sandbox` (where it is loaded at all) and installs the lift.
+/// Installs the lift in `sandbox`, then turns br_netfilter off there (where it is loaded at
+/// all) and shortens conntrack's TIME_WAIT: in that order, so a failure leaves replies still
+/// reaching conntrack the old way, and a retry completes it.
 pub fn install(sandbox: &NetNs, bridge_mac: [u8; 6]) -> Result<(), NftError> {
+    crate::nft::apply_nft(sandbox, &ruleset(bridge_mac))?;
+    let failed = |what: &str| {
+        let ns = sandbox.name().to_string();
+        let what = what.to_string();
+        move |e: crate::netns::NetNsError| NftError::Failed {
+            ns,
+            stderr: format!("{what}: {e}"),
+        }
+    };
     if sandbox
         .sysctl("net/bridge/bridge-nf-call-iptables")
         .is_ok_and(|v| v != "0")
     {
         sandbox
             .set_sysctl("net/bridge/bridge-nf-call-iptables", "0")
-            .map_err(|e| NftError::Failed {
-                ns: sandbox.name().to_string(),
-                stderr: format!("turning br_netfilter off: {e}"),
-            })?;
+            .map_err(failed("turning br_netfilter off"))?;
     }
     sandbox
         .set_sysctl(
             "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
             TIME_WAIT_SECS,
         )
-        .map_err(|e| NftError::Failed {
-            ns: sandbox.name().to_string(),
-            stderr: format!("shortening conntrack's TIME_WAIT: {e}"),
-        })?;
-    crate::nft::apply_nft(sandbox, &ruleset(bridge_mac))
+        .map_err(failed("shortening conntrack's TIME_WAIT"))
 }
 
 #[cfg(test)]
