@@ -73,6 +73,16 @@ fn endpoint(net: u8, i: usize) -> Endpoint {
     }
 }
 
+/// The network's sandbox on a node, balanced by nftables as on these hosts.
+async fn ensure(
+    node: &NetNs,
+    name: &str,
+    vtep: Ipv4Addr,
+    s: &OverlaySpec,
+) -> Result<NetNs, overlay::OverlayError> {
+    overlay::ensure(node, name, vtep, s, Driver::Nftables).await
+}
+
 /// Overlay `net` on every node with one task per node; returns (sandboxes, tasks).
 async fn overlay_with_tasks(
     c: &Namespaces,
@@ -85,15 +95,9 @@ async fn overlay_with_tasks(
     let mut tasks = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let s = spec(id, vni, net, nodes, i);
-        let sandbox = overlay::ensure(
-            &node.ns,
-            &c.name(&format!("sb{net}-{i}")),
-            node.vtep,
-            &s,
-            Driver::Nftables,
-        )
-        .await
-        .unwrap();
+        let sandbox = ensure(&node.ns, &c.name(&format!("sb{net}-{i}")), node.vtep, &s)
+            .await
+            .unwrap();
         let task = NetNs::create(&c.name(&format!("task{net}-{i}"))).unwrap();
         overlay::attach(&sandbox, &s, &task, &endpoint(net, i))
             .await
@@ -232,15 +236,9 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     // Re-applying changes nothing.
     let s0 = spec("netaaaa", 4097, 0, &nodes, 0);
     let snap = snapshot(&sandboxes[0], &s0).await;
-    let again = overlay::ensure(
-        &nodes[0].ns,
-        sandboxes[0].name(),
-        nodes[0].vtep,
-        &s0,
-        Driver::Nftables,
-    )
-    .await
-    .unwrap();
+    let again = ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &s0)
+        .await
+        .unwrap();
     overlay::attach(&again, &s0, &tasks[0], &endpoint(0, 0))
         .await
         .unwrap();
@@ -251,30 +249,18 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     // Dropping the peer removes its ARP and FDB entries, and traffic stops.
     let mut lonely = s0.clone();
     lonely.peers.clear();
-    overlay::ensure(
-        &nodes[0].ns,
-        sandboxes[0].name(),
-        nodes[0].vtep,
-        &lonely,
-        Driver::Nftables,
-    )
-    .await
-    .unwrap();
+    ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &lonely)
+        .await
+        .unwrap();
     let l = Links::new(&sandboxes[0]).unwrap();
     let vx_index = l.require(&vx).await.unwrap();
     assert!(l.neighbours(vx_index).await.unwrap().is_empty());
     assert!(l.fdb(vx_index).await.unwrap().is_empty());
 
     // Restoring it restores connectivity.
-    overlay::ensure(
-        &nodes[0].ns,
-        sandboxes[0].name(),
-        nodes[0].vtep,
-        &s0,
-        Driver::Nftables,
-    )
-    .await
-    .unwrap();
+    ensure(&nodes[0].ns, sandboxes[0].name(), nodes[0].vtep, &s0)
+        .await
+        .unwrap();
     assert_eq!(snap, snapshot(&sandboxes[0], &s0).await);
     cross(&tasks[1], task_ip(0, 1), &tasks[0]).expect("TCP after peer restored");
 
@@ -307,15 +293,9 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     );
     // A changed underlay address rebuilds the tunnel with the new source.
     let moved = Ipv4Addr::new(192, 168, 77, 99);
-    overlay::ensure(
-        &nodes[0].ns,
-        sandboxes[0].name(),
-        moved,
-        &s0,
-        Driver::Nftables,
-    )
-    .await
-    .unwrap();
+    ensure(&nodes[0].ns, sandboxes[0].name(), moved, &s0)
+        .await
+        .unwrap();
     assert_eq!(l.vxlan_local(&vx).await.unwrap(), Some(moved));
     assert!(
         !l.fdb(l.require(&vx).await.unwrap())
@@ -328,7 +308,7 @@ async fn overlay_crosses_nodes_and_reconciles_peers() {
     drop((sandboxes, again, l));
     overlay::remove(&name0).await.unwrap();
     overlay::remove(&name0).await.unwrap();
-    overlay::ensure(&nodes[0].ns, &name0, nodes[0].vtep, &s0, Driver::Nftables)
+    ensure(&nodes[0].ns, &name0, nodes[0].vtep, &s0)
         .await
         .expect("re-create after remove");
 }
@@ -355,15 +335,9 @@ async fn overlays_are_isolated() {
         mac: overlay::mac_for(b1),
         vtep: nodes[1].vtep,
     });
-    overlay::ensure(
-        &nodes[0].ns,
-        sb_a[0].name(),
-        nodes[0].vtep,
-        &a0,
-        Driver::Nftables,
-    )
-    .await
-    .unwrap();
+    ensure(&nodes[0].ns, sb_a[0].name(), nodes[0].vtep, &a0)
+        .await
+        .unwrap();
     let t = Links::new(&tasks_a[0]).unwrap();
     let eth0 = t.require("eth0").await.unwrap();
     t.add_route_dev("10.0.2.0/24".parse().unwrap(), eth0)
