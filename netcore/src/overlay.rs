@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::lb::{Driver, lift};
 use crate::link::{LinkError, Links};
 use crate::netns::{NetNs, NetNsError};
-use crate::nft::NftError;
 
 /// IANA VXLAN port, the one Swarm uses by default.
 pub const VXLAN_PORT: u16 = 4789;
@@ -45,7 +44,7 @@ pub enum OverlayError {
     )]
     NoBridgeNetfilter(String),
     #[error("lifting VIP replies into the network sandbox: {0}")]
-    Lift(#[from] NftError),
+    Lift(#[from] crate::lb::LbError),
     #[error("endpoint {ifname}: {problem}")]
     InvalidEndpoint { ifname: String, problem: String },
 }

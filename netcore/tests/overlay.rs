@@ -433,8 +433,8 @@ fn conntrack_entries(ns: &NetNs) -> String {
 
 /// A VIP balanced in node 0's sandbox onto the task on node 1, with br_netfilter off there:
 /// the backend sees the client's own address (from a port no direct connection uses) and the
-/// client hears the VIP answer, line after line on one connection, because the VIP's replies are lifted into the sandbox's conntrack
-/// (`lb::lift`). Plain traffic between the two tasks leaves no conntrack entry in either
+/// client hears the VIP answer, line after line on one connection, because the VIP's replies
+/// are lifted into the sandbox's conntrack (`lb::lift`). Plain traffic between the two tasks leaves no conntrack entry in either
 /// sandbox: it meets no netfilter hook there.
 #[tokio::test]
 async fn vip_replies_are_lifted_and_plain_traffic_meets_no_conntrack() {

@@ -42,8 +42,8 @@
 //! Only the nftables driver balances this way; IPVS, which rewrites replies in its own
 //! hooks, still needs br_netfilter in the sandbox.
 
+use crate::lb::LbError;
 use crate::netns::NetNs;
-use crate::nft::NftError;
 
 /// Both tables' name (one in the ip family, one in the bridge family).
 const TABLE: &str = "swarmkit-lift";
@@ -142,30 +142,19 @@ pub fn ruleset(bridge_mac: [u8; 6]) -> String {
 /// Installs the lift in `sandbox`, then turns br_netfilter off there (where it is loaded at
 /// all) and shortens conntrack's TIME_WAIT: in that order, so a failure leaves replies still
 /// reaching conntrack the old way, and a retry completes it.
-pub fn install(sandbox: &NetNs, bridge_mac: [u8; 6]) -> Result<(), NftError> {
+pub fn install(sandbox: &NetNs, bridge_mac: [u8; 6]) -> Result<(), LbError> {
     crate::nft::apply_nft(sandbox, &ruleset(bridge_mac))?;
-    let failed = |what: &str| {
-        let ns = sandbox.name().to_string();
-        let what = what.to_string();
-        move |e: crate::netns::NetNsError| NftError::Failed {
-            ns,
-            stderr: format!("{what}: {e}"),
-        }
-    };
     if sandbox
         .sysctl("net/bridge/bridge-nf-call-iptables")
         .is_ok_and(|v| v != "0")
     {
-        sandbox
-            .set_sysctl("net/bridge/bridge-nf-call-iptables", "0")
-            .map_err(failed("turning br_netfilter off"))?;
+        sandbox.set_sysctl("net/bridge/bridge-nf-call-iptables", "0")?;
     }
-    sandbox
-        .set_sysctl(
-            "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
-            TIME_WAIT_SECS,
-        )
-        .map_err(failed("shortening conntrack's TIME_WAIT"))
+    sandbox.set_sysctl(
+        "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+        TIME_WAIT_SECS,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

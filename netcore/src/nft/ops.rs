@@ -258,15 +258,20 @@ impl fmt::Display for KeyPart {
     }
 }
 
+/// Writes `parts` joined as nft joins a concatenation: `a . b . c`.
+fn write_dotted<T: fmt::Display>(f: &mut fmt::Formatter<'_>, parts: &[T]) -> fmt::Result {
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            f.write_str(" . ")?;
+        }
+        write!(f, "{part}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, part) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" . ")?;
-            }
-            write!(f, "{part}")?;
-        }
-        Ok(())
+        write_dotted(f, &self.0)
     }
 }
 
@@ -305,12 +310,7 @@ impl fmt::Display for Stmt {
             }
             Stmt::DnatToMap { key, map, port } => {
                 f.write_str("dnat to ")?;
-                for (i, field) in key.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(" . ")?;
-                    }
-                    write!(f, "{field}")?;
-                }
+                write_dotted(f, key)?;
                 write!(f, " map @{map}")?;
                 if let Some(port) = port {
                     write!(f, " : {port}")?;
