@@ -21,15 +21,19 @@ pub struct NodePlan {
     pub vtep: Option<Ipv4Addr>,
     pub lb_driver: String,
     pub networks: Vec<NetworkPlan>,
-    /// Shared with the plan state they came from: a plan is made for every change, and its
-    /// thousands of unchanged objects are not copied (nor compared, see `Arc::ptr_eq`).
-    pub tasks: Vec<Arc<TaskPlan>>,
-    pub services: Vec<Arc<ServicePlan>>,
+    /// By key, shared with the plan state they came from: a plan is made for every change,
+    /// and neither the maps (persistent, so a copy is a pointer) nor their thousands of
+    /// unchanged objects are copied (nor compared, see `Arc::ptr_eq`).
+    pub tasks: Objects<TaskPlan>,
+    pub services: Objects<ServicePlan>,
     pub ingress: Option<IngressPlan>,
     /// UDP port of all VXLAN traffic (0 in plans from before it existed: 4789).
     #[serde(default)]
     pub data_port: u16,
 }
+
+/// Plan objects by key.
+pub type Objects<T> = imbl::OrdMap<String, Arc<T>>;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KeyringPlan {
@@ -720,7 +724,7 @@ impl<T: Keyed> Changes<T> {
     }
 
     /// Applies these changes to `map`, keeping `digest` (see [`PlanState::digest`]) current.
-    fn apply_to(&self, map: &mut BTreeMap<T::Key, Arc<T>>, kind: u8, digest: &mut u64)
+    fn apply_to(&self, map: &mut imbl::OrdMap<T::Key, Arc<T>>, kind: u8, digest: &mut u64)
     where
         T: Clone + Serialize,
     {
@@ -776,15 +780,15 @@ impl PlanDelta {
 }
 
 /// A node's plan keyed by object, as the manager maintains it and the agent accumulates it.
-/// Objects are shared, so the plans made from it cost pointers, not copies.
+/// Maps and objects are shared, so the plans made from it cost pointers, not copies.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlanState {
     pub header: NodeHeader,
-    pub networks: BTreeMap<String, Arc<NetworkPlan>>,
-    pub peers: BTreeMap<PeerKey, Arc<NetworkPeer>>,
-    pub tasks: BTreeMap<String, Arc<TaskPlan>>,
-    pub services: BTreeMap<String, Arc<ServicePlan>>,
-    pub ports: BTreeMap<PortKey, Arc<IngressPort>>,
+    pub networks: imbl::OrdMap<String, Arc<NetworkPlan>>,
+    pub peers: imbl::OrdMap<PeerKey, Arc<NetworkPeer>>,
+    pub tasks: Objects<TaskPlan>,
+    pub services: Objects<ServicePlan>,
+    pub ports: imbl::OrdMap<PortKey, Arc<IngressPort>>,
 }
 
 /// A stable hash of one plan object (same binary, same value, same hash).
@@ -848,7 +852,7 @@ impl PlanState {
 
     /// The whole plan as one delta (a full resync).
     pub fn to_full_delta(&self) -> PlanDelta {
-        fn all<T: Keyed + Clone>(m: &BTreeMap<T::Key, Arc<T>>) -> Changes<T> {
+        fn all<T: Keyed + Clone>(m: &imbl::OrdMap<T::Key, Arc<T>>) -> Changes<T> {
             Changes {
                 put: m.values().map(|v| (**v).clone()).collect(),
                 del: Vec::new(),
@@ -894,8 +898,8 @@ impl PlanState {
                     n
                 })
                 .collect(),
-            tasks: self.tasks.values().cloned().collect(),
-            services: self.services.values().cloned().collect(),
+            tasks: self.tasks.clone(),
+            services: self.services.clone(),
             ingress: h.ingress.as_ref().map(|(id, addr)| IngressPlan {
                 network_id: id.clone(),
                 sandbox_addr: *addr,

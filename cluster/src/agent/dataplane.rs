@@ -219,7 +219,7 @@ impl Dataplane {
                 _ => {
                     let vips = plan
                         .services
-                        .iter()
+                        .values()
                         .filter_map(|s| s.vips.get(id).map(|(vip, _)| *vip))
                         .collect();
                     (vips, None)

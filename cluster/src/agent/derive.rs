@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
 use netcore::dns::{Answer, View};
 use netcore::ingress::PublishedPort;
 use netcore::lb::{Frontend, VirtualService};
@@ -112,39 +113,18 @@ pub fn published_ports(ing: &IngressPlan) -> Vec<PublishedPort> {
 /// A service as it was and as it is (None: absent).
 pub type ServiceChange<'a> = (Option<&'a Arc<ServicePlan>>, Option<&'a Arc<ServicePlan>>);
 
-/// Services that appeared, left or changed between two plans: one walk down both lists,
-/// which a plan keeps sorted by ID (`PlanState` holds them in a BTreeMap). Plans made from one
-/// plan state share their unchanged services, so most steps compare two pointers.
+/// Services that appeared, left or changed between two plans. Plans made from one plan state
+/// share their service maps' unchanged subtrees, which the walk skips whole: it costs the
+/// changes, not the services.
 pub fn changed_services<'a>(old: &'a NodePlan, new: &'a NodePlan) -> Vec<ServiceChange<'a>> {
-    debug_assert!(old.services.is_sorted_by(|a, b| a.id < b.id));
-    debug_assert!(new.services.is_sorted_by(|a, b| a.id < b.id));
-    let (mut a, mut b) = (
-        old.services.iter().peekable(),
-        new.services.iter().peekable(),
-    );
-    let mut out = Vec::new();
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {
-                a.next();
-                b.next();
-            }
-            (Some(o), Some(n)) => match o.id.cmp(&n.id) {
-                std::cmp::Ordering::Equal => {
-                    if o != n {
-                        out.push((Some(*o), Some(*n)));
-                    }
-                    a.next();
-                    b.next();
-                }
-                std::cmp::Ordering::Less => out.push((a.next(), None)),
-                std::cmp::Ordering::Greater => out.push((None, b.next())),
-            },
-            (Some(_), None) => out.push((a.next(), None)),
-            (None, Some(_)) => out.push((None, b.next())),
-            (None, None) => return out,
-        }
-    }
+    old.services
+        .diff(&new.services)
+        .map(|d| match d {
+            DiffItem::Add(_, n) => (None, Some(n)),
+            DiffItem::Remove(_, o) => (Some(o), None),
+            DiffItem::Update { old, new } => (Some(old.1), Some(new.1)),
+        })
+        .collect()
 }
 
 /// The networks whose services `changed_services` found changed: the tasks on them need
@@ -210,7 +190,7 @@ fn virtual_service(s: &ServicePlan, network_id: &str) -> Option<VirtualService> 
 /// that serves.
 pub fn network_services(plan: &NodePlan, network_id: &str) -> Vec<VirtualService> {
     plan.services
-        .iter()
+        .values()
         .filter_map(|s| virtual_service(s, network_id))
         .collect()
 }
@@ -292,7 +272,7 @@ fn claim(names: &mut HashMap<String, Answer>, name: String, answer: Answer, how:
 pub fn task_view(plan: &NodePlan, task: &TaskPlan) -> View {
     let nets = task_networks(plan, task);
     let mut names = HashMap::new();
-    for s in &plan.services {
+    for s in plan.services.values() {
         for (name, answer, how) in claims(s, &nets) {
             claim(&mut names, name, answer, how);
         }
@@ -320,7 +300,7 @@ pub fn view_changes(
         .into_iter()
         .map(|name| {
             let mut one = HashMap::new();
-            for s in plan.services.iter().filter(|s| may_claim(s, &name)) {
+            for s in plan.services.values().filter(|s| may_claim(s, &name)) {
                 for (n, answer, how) in claims(s, &nets) {
                     if n == name {
                         claim(&mut one, n, answer, how);
@@ -411,11 +391,13 @@ mod tests {
         }
     }
 
-    /// A plan as `PlanState` makes them: services sorted by ID.
-    fn plan(mut services: Vec<ServicePlan>) -> NodePlan {
-        services.sort_by(|a, b| a.id.cmp(&b.id));
+    /// A plan as `PlanState` makes them: services by ID.
+    fn plan(services: Vec<ServicePlan>) -> NodePlan {
         NodePlan {
-            services: services.into_iter().map(Arc::new).collect(),
+            services: services
+                .into_iter()
+                .map(|s| (s.id.clone(), Arc::new(s)))
+                .collect(),
             ingress: Some(IngressPlan {
                 network_id: "ingress".into(),
                 sandbox_addr: "10.255.0.2/16".parse().unwrap(),
@@ -531,8 +513,10 @@ mod tests {
         // leaves and `d` comes with its mark and VIP.
         let mut b = marked("b", 301, 20);
         b.backends.get_mut("back").unwrap().push(ip(99));
-        let mut services = vec![old.services[0].clone(), Arc::new(b)];
-        services.push(Arc::new(marked("d", 302, 30)));
+        let mut services = old.services.clone();
+        services.insert("b".into(), Arc::new(b));
+        services.remove("c");
+        services.insert("d".into(), Arc::new(marked("d", 302, 30)));
         let new = NodePlan {
             services,
             ..old.clone()

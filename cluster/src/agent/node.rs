@@ -93,7 +93,7 @@ impl Node {
     ) {
         let touched = changed.map(derive::networks_of);
         let prev_tasks: HashSet<&str> = prev
-            .map(|p| p.tasks.iter().map(|t| t.id.as_str()).collect())
+            .map(|p| p.tasks.keys().map(String::as_str).collect())
             .unwrap_or_default();
         // Tasks on the same networks see the same names: each view is computed once per
         // apply (not once per task), and shared.

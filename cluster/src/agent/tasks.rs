@@ -137,7 +137,7 @@ impl Tasks {
     pub fn next_start(&self, plan: &NodePlan) -> Option<tokio::time::Instant> {
         let now = chrono::Utc::now();
         plan.tasks
-            .iter()
+            .values()
             .filter(|t| !self.running.contains_key(&t.id) && !self.finished.contains(&t.id))
             .filter_map(|t| t.start_after)
             .filter(|at| *at > now)
@@ -300,7 +300,7 @@ impl Tasks {
     /// not run here yet; a task that cannot start is reported rejected.
     pub async fn converge(&mut self, plan: &NodePlan, dataplane: &Dataplane) {
         let wanted: HashMap<&str, &TaskPlan> =
-            plan.tasks.iter().map(|t| (t.id.as_str(), &**t)).collect();
+            plan.tasks.values().map(|t| (t.id.as_str(), &**t)).collect();
         let stale: Vec<String> = self
             .running
             .keys()
@@ -316,7 +316,7 @@ impl Tasks {
             images.retain(&wanted.keys().copied().collect());
         }
         let now = chrono::Utc::now();
-        for t in &plan.tasks {
+        for t in plan.tasks.values() {
             if self.running.contains_key(&t.id)
                 || self.finished.contains(&t.id)
                 || t.start_after.is_some_and(|at| at > now)
@@ -445,7 +445,7 @@ impl Tasks {
     /// Stops what an earlier agent left running that the plan no longer wants (its node was
     /// down meanwhile and the tasks were replaced elsewhere), so nothing runs twice.
     pub fn sweep(&mut self, plan: &NodePlan) {
-        let wanted: HashSet<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
+        let wanted: HashSet<&str> = plan.tasks.values().map(|t| t.id.as_str()).collect();
         let tasks_dir = self.paths.run_dir().join("tasks");
         for (id, dir, rec) in adopt::records(&tasks_dir, &self.hostname) {
             if wanted.contains(id.as_str()) || self.running.contains_key(&id) {

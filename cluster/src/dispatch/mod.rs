@@ -107,7 +107,7 @@ impl Feed {
 /// Sets one object of a node's plan; records the key as dirty when it changed, and keeps
 /// `digest` (the plan's, see [`PlanState::digest`]) current.
 fn set<T: Keyed + Clone + PartialEq + serde::Serialize>(
-    map: &mut BTreeMap<T::Key, Arc<T>>,
+    map: &mut imbl::OrdMap<T::Key, Arc<T>>,
     dirty: &mut BTreeSet<T::Key>,
     (kind, digest): (u8, &mut u64),
     key: &T::Key,
@@ -131,7 +131,7 @@ fn set<T: Keyed + Clone + PartialEq + serde::Serialize>(
 }
 
 fn changes<T: Keyed + Clone>(
-    map: &BTreeMap<T::Key, Arc<T>>,
+    map: &imbl::OrdMap<T::Key, Arc<T>>,
     keys: &BTreeSet<T::Key>,
 ) -> Changes<T> {
     let mut c = Changes::default();

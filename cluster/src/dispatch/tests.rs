@@ -422,13 +422,7 @@ fn a_draining_task_stays_until_every_node_applied_its_removal() {
         s.put_task(t);
     });
     d.advance(s1.clone());
-    let on_node2 = |d: &Dispatcher| {
-        d.plan_of("node2id")
-            .unwrap()
-            .tasks
-            .iter()
-            .any(|t| t.id == "web2")
-    };
+    let on_node2 = |d: &Dispatcher| d.plan_of("node2id").unwrap().tasks.contains_key("web2");
     assert!(on_node2(&d), "stopped before the others routed around it");
     let backends = |d: &Dispatcher| {
         d.plan_of("node1id").unwrap().ingress.unwrap().ports[0]
@@ -487,25 +481,13 @@ fn after_a_manager_restart_running_tasks_stay_running_and_draining_ones_wait() {
         1,
         "web2's removal (version 2) is not known applied"
     );
-    assert!(
-        d.plan_of("node2id")
-            .unwrap()
-            .tasks
-            .iter()
-            .any(|t| t.id == "web2")
-    );
+    assert!(d.plan_of("node2id").unwrap().tasks.contains_key("web2"));
     for n in ["node1id", "node2id", "node3id"] {
         let v = d.take(n, Some(3)).unwrap().version;
         d.ack(n, v, None);
     }
     assert_eq!(d.min_ack(), 3);
-    assert!(
-        !d.plan_of("node2id")
-            .unwrap()
-            .tasks
-            .iter()
-            .any(|t| t.id == "web2")
-    );
+    assert!(!d.plan_of("node2id").unwrap().tasks.contains_key("web2"));
 }
 
 /// A key rotation re-sends the encrypted network (with its keyring) to the nodes that have
@@ -559,11 +541,11 @@ fn registry_auth_travels_in_the_plans_of_the_services_tasks() {
     let s0 = Arc::new(s);
     for n in ["node1id", "node2id"] {
         let plan = compute(&s0, n, 0);
-        let web = plan.tasks.iter().find(|t| t.service_id == "web").unwrap();
+        let web = plan.tasks.values().find(|t| t.service_id == "web").unwrap();
         assert_eq!(web.registry_auth.as_deref(), Some(auth), "{n}");
         assert!(
             plan.tasks
-                .iter()
+                .values()
                 .filter(|t| t.service_id != "web")
                 .all(|t| t.registry_auth.is_none())
         );
