@@ -115,7 +115,7 @@ impl Target {
     fn tasks(&self, s: &StoreState) -> Option<Vec<String>> {
         match self {
             Target::Service(id) => s.services.get(id).map(|_| {
-                let mut tasks: Vec<_> = s.tasks.values().filter(|t| &t.service_id == id).collect();
+                let mut tasks: Vec<_> = s.tasks_of(id).collect();
                 tasks.sort_by_key(|t| (t.slot, t.created));
                 tasks.into_iter().map(|t| t.id.clone()).collect()
             }),

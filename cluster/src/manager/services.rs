@@ -478,7 +478,7 @@ pub fn to_api(s: &StoreState, svc: &Service, min_ack: u64, with_status: bool) ->
 fn service_status(s: &StoreState, svc: &Service, min_ack: u64) -> ServiceServiceStatus {
     let mode = svc.mode();
     let (mut running, mut desired, mut completed) = (0u64, 0u64, 0u64);
-    for t in s.tasks.values().filter(|t| t.service_id == svc.id) {
+    for t in s.tasks_of(&svc.id) {
         if mode.is_job() && t.spec_generation != svc.spec_generation {
             continue;
         }

@@ -19,8 +19,10 @@ pub use reconcile::{
     HISTORY_PER_SLOT, MAX_REPLICAS, TASKS_PER_PASS, begin_update, in_transition, prune_history,
     reconcile, reconcile_at, reconcile_or_keep,
 };
-pub use schedule::{Constraint, ScheduleError, constraints_of, homes, pick_node, reservation};
-pub use tasks::{shut_down, status};
+pub use schedule::{
+    Constraint, ScheduleError, constraints_of, homes, is_active, pick_node, reservation,
+};
+pub use tasks::{shut_down, status, unplaced};
 
 #[cfg(test)]
 mod tests;

@@ -135,7 +135,7 @@ pub fn reconcile_at(
     };
     let mut status = service.update_status.clone();
     let mut by_slot: BTreeMap<u64, Vec<Task>> = BTreeMap::new();
-    for t in state.tasks.values().filter(|t| t.service_id == service_id) {
+    for t in state.tasks_of(service_id) {
         by_slot.entry(t.slot).or_default().push(t.clone());
     }
 
@@ -538,28 +538,18 @@ pub fn in_transition(state: &State) -> BTreeSet<String> {
         .filter(|s| updating(s) || s.filling || (s.mode().is_global() && awaits_node(state, s)))
         .map(|s| s.id.clone())
         .collect();
-    let waiting: BTreeSet<&str> = state
-        .tasks
-        .values()
-        .filter(|t| is_active(t) && unplaced(t))
-        .map(|t| t.service_id.as_str())
-        .collect();
-    for service in waiting {
+    for service in state.waiting_services() {
         if pick_node(state, service).is_ok() {
             out.insert(service.to_string());
         }
     }
-    let mut seen: HashMap<(&str, u64), usize> = HashMap::new();
-    for t in state.tasks.values().filter(|t| is_active(t)) {
-        let n = seen.entry((t.service_id.as_str(), t.slot)).or_default();
-        *n += 1;
-        let drained = state
-            .nodes
-            .get(&t.node_id)
-            .is_some_and(|n| n.availability == Availability::Drain);
-        if *n > 1 || drained {
-            out.insert(t.service_id.clone());
-        }
+    out.extend(state.crowded_services().map(String::from));
+    for node in state
+        .nodes
+        .values()
+        .filter(|n| n.availability == Availability::Drain)
+    {
+        out.extend(state.services_on(&node.id).map(String::from));
     }
     out
 }
@@ -597,7 +587,7 @@ fn awaits_node(state: &State, service: &Service) -> bool {
 /// Deletes the oldest finished tasks beyond the per-slot history limit.
 pub fn prune_history(state: &mut State, service_id: &str) {
     let mut by_slot: HashMap<u64, Vec<(chrono::DateTime<Utc>, String, bool)>> = HashMap::new();
-    for t in state.tasks.values().filter(|t| t.service_id == service_id) {
+    for t in state.tasks_of(service_id) {
         let finished = t.desired != TaskState::Running && t.status.state.is_terminal();
         by_slot
             .entry(t.slot)

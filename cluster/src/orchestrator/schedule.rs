@@ -195,7 +195,7 @@ fn may_keep(n: &Node, constraints: &[Constraint]) -> bool {
 pub fn homes(state: &State, service: &Service) -> BTreeMap<u64, String> {
     let constraints = constraints_of(&service.spec).unwrap_or_default();
     let mut slot_of: HashMap<&str, u64> = HashMap::new();
-    for t in state.tasks.values().filter(|t| t.service_id == service.id) {
+    for t in state.tasks_of(&service.id) {
         slot_of.insert(t.node_id.as_str(), t.slot);
     }
     let taken: BTreeSet<u64> = slot_of.values().copied().collect();
@@ -238,14 +238,11 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .map(|s| constraints_of(&s.spec).unwrap_or_default())
         .unwrap_or_default();
     let wanted = service.map(|s| reservation(&s.spec)).unwrap_or_default();
-    let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
-    for t in state.tasks.values().filter(|t| is_active(t)) {
-        let e = load.entry(t.node_id.as_str()).or_default();
-        e.1 += 1;
-        if t.service_id == service_id {
-            e.0 += 1;
-        }
-    }
+    // (this service's, all) active tasks on a node
+    let load = |node: &str| {
+        let (all, mine) = state.active_on(node, service_id);
+        (mine, all)
+    };
     let ready: Vec<_> = state
         .nodes
         .values()
@@ -253,7 +250,7 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .collect();
     // A host-mode port exists once per node: at most one replica of such a service per node.
     let host_mode = service.is_some_and(|s| s.ports.iter().any(|p| p.mode == PublishMode::Host));
-    let busy = |node: &str| host_mode && load.get(node).is_some_and(|(mine, _)| *mine > 0);
+    let busy = |node: &str| host_mode && load(node).0 > 0;
     if ready.is_empty() {
         return Err(ScheduleError::NoNodes);
     }
@@ -288,7 +285,7 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .into_iter()
         .filter(|n| !busy(&n.id))
         .min_by_key(|n| {
-            let (mine, all) = load.get(n.id.as_str()).copied().unwrap_or_default();
+            let (mine, all) = load(n.id.as_str());
             (mine, all, n.hostname.clone())
         })
         .map(|n| n.id.clone())
