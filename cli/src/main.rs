@@ -125,6 +125,9 @@ enum Command {
     Supervise,
     #[command(name = "__image", hide = true)]
     Image { image: String },
+    /// What starts an agent's task processes (see cluster/src/agent/spawner.rs).
+    #[command(name = "__spawner", hide = true)]
+    Spawner,
     /// What a task with `--init` runs under: `__init -- COMMAND...`.
     #[command(name = "__init", hide = true)]
     Init {
@@ -184,14 +187,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0),
         Command::Image { image } => cluster::images::run(&image).await.map(|()| 0),
         Command::Init { argv } => Ok(cluster::agent::run_init(&argv)),
+        Command::Spawner => Ok(cluster::agent::run_spawner()),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
     // The init forks: it must run before the runtime starts its threads.
-    if let Command::Init { argv } = &cli.command {
-        std::process::exit(cluster::agent::run_init(argv));
+    match &cli.command {
+        Command::Init { argv } => std::process::exit(cluster::agent::run_init(argv)),
+        Command::Spawner => std::process::exit(cluster::agent::run_spawner()),
+        _ => {}
     }
     init_tracing(cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -26,6 +26,7 @@ mod node;
 mod process;
 mod replica;
 mod run;
+mod spawner;
 mod tasks;
 
 pub use cgroup::remove_cluster as remove_cluster_cgroups;
@@ -35,3 +36,4 @@ pub use config::{
 pub use init::run as run_init;
 pub use process::write_files;
 pub use run::{ENV_JOIN_TOKEN, run};
+pub use spawner::serve as run_spawner;

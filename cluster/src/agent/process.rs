@@ -3,7 +3,7 @@
 //! /etc/resolv.conf (127.0.0.11) and hostname, as a container would.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -39,6 +39,9 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// What the spawner (`spawner.rs`) said went wrong, in its words.
+    #[error("{message}")]
+    Spawner { message: String },
 }
 
 /// Writes the task's hosts, resolv.conf and hostname files into `dir`.
@@ -129,6 +132,12 @@ fn cstr(task: &str, what: &'static str, s: &str) -> Result<CString, ProcessError
 /// copy of them all cost ~20 ms to make and tear down at 5000. Mounts made on the host after the
 /// agent started are not in it; tasks have never needed one.
 pub struct MountTemplate(std::os::fd::OwnedFd);
+
+impl AsFd for MountTemplate {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 impl MountTemplate {
     pub fn new() -> std::io::Result<MountTemplate> {
@@ -244,15 +253,18 @@ fn under_init(task: &TaskPlan, argv: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Starts a task's process (see the module's doc): in the network namespace `net`, with a
+/// mount namespace copied from `mounts` (the caller's own where None). Called in the agent's
+/// spawner (see `spawner.rs`), which is the process's parent.
 pub fn spawn(
     task: &TaskPlan,
-    ns: &NetNs,
-    mounts: Option<&MountTemplate>,
+    net: BorrowedFd<'_>,
+    mounts: Option<BorrowedFd<'_>>,
     dir: &Path,
     cluster: &str,
     argv: &[String],
     [stdout, stderr]: [std::os::fd::OwnedFd; 2],
-) -> Result<tokio::process::Child, ProcessError> {
+) -> Result<std::process::Child, ProcessError> {
     let prepare = |what, source| ProcessError::Prepare {
         task: task.name.clone(),
         what,
@@ -283,8 +295,8 @@ pub fn spawn(
         "working directory",
         if task.dir.is_empty() { "/" } else { &task.dir },
     )?;
-    let net_fd = ns.raw_fd();
-    let mounts_fd = mounts.map(|m| m.0.as_raw_fd());
+    let net_fd = net.as_raw_fd();
+    let mounts_fd = mounts.map(|m| m.as_raw_fd());
     let groups = task_groups(task, user.as_ref()).map_err(|e| prepare("its --group", e))?;
     let capabilities =
         CapabilityPlan::of(task).map_err(|e| prepare("its --cap-add/--cap-drop", e))?;
@@ -347,16 +359,12 @@ pub fn spawn(
             become_task(&capabilities, groups.as_deref(), user.as_ref())
         });
     }
-    let cmd = tokio::process::Command::from(cmd);
-    let mut cmd = cmd;
-    cmd.kill_on_drop(false);
-    cmd.spawn().map_err(|source| {
-        cgroup::remove(cluster, &task.id, std::time::Duration::ZERO);
-        ProcessError::Spawn {
-            task: task.name.clone(),
-            program: argv[0].clone(),
-            source,
-        }
+    // A failed start leaves the cgroup: the spawner runs no runtime to retire it in, and the
+    // agent removes it on hearing of the failure.
+    cmd.spawn().map_err(|source| ProcessError::Spawn {
+        task: task.name.clone(),
+        program: argv[0].clone(),
+        source,
     })
 }
 

@@ -134,7 +134,7 @@ pub async fn run(cluster: &str, hostname: &str) -> anyhow::Result<()> {
         .with_ipsec_owner(ipsec_owner);
     let host_ports =
         netcore::hostport::HostPorts::new(node_ns.clone(), &paths.nft_table("hostports"), journal);
-    let tasks = Tasks::new(paths, hostname, node_ns, events_tx, logs, resolv_conf);
+    let tasks = Tasks::new(paths, hostname, node_ns, events_tx, logs, resolv_conf)?;
     let node = Node::new(dataplane, host_ports, tasks);
     serve(node, &client, plan_rx, events_rx).await
 }

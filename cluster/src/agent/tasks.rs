@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::health;
 use super::images::{Images, Prepared};
 use super::logs::{self, LogSink};
 use super::process::{self, MountTemplate};
+use super::spawner::Spawner;
 use crate::model::TaskState;
 use crate::paths::ClusterPaths;
 use crate::plan::{NodePlan, TaskPlan};
@@ -65,12 +67,22 @@ pub struct Tasks {
     logs: LogSink,
     /// None where it could not be made: tasks then copy the agent's own mount table.
     mounts: Option<MountTemplate>,
+    /// What starts task processes (registry images' containers excepted, which their runtime
+    /// starts).
+    spawner: Arc<Spawner>,
     /// Lists the node's resolvers, read at each task's start as dockerd reads them.
     resolv_conf: PathBuf,
     /// None where the node's image store could not be opened (said in the agent's log).
     images: Option<Images>,
     /// Tasks reported preparing (waiting for their image).
     preparing: HashSet<String>,
+}
+
+/// A task's process as it was started: by the spawner, or by a container runtime the agent
+/// started.
+enum Started {
+    Process(u32),
+    Container(tokio::process::Child),
 }
 
 impl Tasks {
@@ -81,13 +93,14 @@ impl Tasks {
         events: mpsc::UnboundedSender<Event>,
         logs: LogSink,
         resolv_conf: PathBuf,
-    ) -> Tasks {
+    ) -> anyhow::Result<Tasks> {
+        let spawner = Spawner::start(&paths.name).context("starting the agent's task spawner")?;
         let images = Images::open(paths.node_images(hostname), events.clone())
             .inspect_err(|e| {
                 tracing::warn!("the node's image store: {e}; registry images cannot run here")
             })
             .ok();
-        Tasks {
+        Ok(Tasks {
             images,
             preparing: HashSet::new(),
             paths,
@@ -104,8 +117,9 @@ impl Tasks {
                     tracing::warn!("tasks will copy the node's whole mount table: {e}")
                 })
                 .ok(),
+            spawner: Arc::new(spawner),
             resolv_conf,
-        }
+        })
     }
 
     /// Where a task's embedded DNS forwards the names it does not own: its `--dns`, else the
@@ -550,32 +564,37 @@ impl Tasks {
             .as_ref()
             .map(|_| self.paths.node_containers(&self.hostname).join(&t.id));
         let volumes = self.paths.node_volumes(&self.hostname);
-        let child = match (&image, &runtime, &layer) {
-            (Some(image), Some(runtime), Some(layer)) => process::spawn_container(
+        let started = match (&image, &runtime, &layer) {
+            (Some(image), Some(runtime), Some(layer)) => {
+                Started::Container(process::spawn_container(
+                    t,
+                    &ns,
+                    self.mounts.as_ref(),
+                    &dir,
+                    &self.paths.name,
+                    &process::Container {
+                        runtime,
+                        image,
+                        layer,
+                        volumes: &volumes,
+                    },
+                    outputs,
+                )?)
+            }
+            _ => Started::Process(self.spawner.spawn(
                 t,
-                &ns,
-                self.mounts.as_ref(),
-                &dir,
-                &self.paths.name,
-                &process::Container {
-                    runtime,
-                    image,
-                    layer,
-                    volumes: &volumes,
-                },
-                outputs,
-            )?,
-            _ => process::spawn(
-                t,
-                &ns,
-                self.mounts.as_ref(),
+                ns.fd(),
+                self.mounts.as_ref().map(|m| m.as_fd()),
                 &dir,
                 &self.paths.name,
                 &argv,
                 outputs,
-            )?,
+            )?),
         };
-        let pid = child.id();
+        let pid = match &started {
+            Started::Container(child) => child.id(),
+            Started::Process(pid) => Some(*pid),
+        };
         if let Some(p) = pid {
             let rec = adopt::Record {
                 node: self.hostname.clone(),
@@ -591,9 +610,12 @@ impl Tasks {
         }
         let id = t.id.clone();
         let events = self.events.clone();
+        let spawner = Arc::clone(&self.spawner);
         tokio::spawn(async move {
-            let mut child = child;
-            let code = child.wait().await.ok().and_then(|s| s.code());
+            let code = match started {
+                Started::Container(mut child) => child.wait().await.ok().and_then(|s| s.code()),
+                Started::Process(pid) => spawner.exited(pid).await,
+            };
             let _ = events.send(Event::Exited { id, code });
         });
         let port = crate::images::resolve(&t.image)
