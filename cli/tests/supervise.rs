@@ -187,3 +187,56 @@ fn daemons_and_tasks_still_start_after_their_binary_is_replaced() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(c.api_tasks("web")[0]["Status"]["State"], "running");
 }
+
+/// The parent of `pid` and its command line.
+fn parent_of(pid: i64) -> (i32, String) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+    (ppid, String::from_utf8_lossy(&cmdline).replace('\0', " "))
+}
+
+fn task_pid(c: &Cluster, service: &str) -> i64 {
+    c.api_tasks(service)[0]["Status"]["ContainerStatus"]["PID"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Tasks are started by their node's spawner (named after the cluster), which ends with its
+/// agent; the restarted agent keeps the running task and starts new ones through a spawner
+/// of its own.
+#[test]
+fn tasks_are_started_by_a_spawner_that_ends_with_its_agent() {
+    require_root!();
+    let c = Cluster::up("spawner", 1);
+    c.service_create(&["--name", "first", "whoami"]).ok();
+    let first = task_pid(&c, "first");
+    let (spawner, cmdline) = parent_of(first);
+    assert!(
+        cmdline.contains(&format!("--cluster {} __spawner", c.name)),
+        "{cmdline}"
+    );
+    let agent = common::pid_of(&c, "node1");
+    sigkill(agent);
+    c.eventually("the spawner to end", Duration::from_secs(5), || {
+        !common::alive(spawner)
+    });
+    c.eventually("node1 restarted", Duration::from_secs(15), || {
+        let new = common::pid_of(&c, "node1");
+        new != agent && common::alive(new)
+    });
+    c.service_create(&["--name", "second", "whoami"]).ok();
+    let (again, cmdline) = parent_of(task_pid(&c, "second"));
+    assert!(cmdline.contains("__spawner"), "{cmdline}");
+    assert_ne!(again, spawner);
+    assert_eq!(task_pid(&c, "first"), first, "the first task was restarted");
+    assert!(common::alive(first as i32));
+}
