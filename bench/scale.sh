@@ -57,6 +57,10 @@ wait_for() {
 # Pid files end without a newline.
 pids() { for f in /run/swarmkit/"$C"/manager.pid /run/swarmkit/"$C"/node*.pid; do echo "$(<"$f")"; done; }
 agent_pids() { for f in /run/swarmkit/"$C"/node*.pid; do echo "$(<"$f")"; done; }
+# The host's pid 1 (on these machines a sandbox agent, not ours) costs more the more processes
+# run in network namespaces of their own (15% of a core idle at 2000, ~58% at 5000 tasks),
+# which the creation times include; the curve reports it beside them.
+init_ticks() { awk '{print $14 + $15}' /proc/1/stat; }
 cpu_ticks() { for p in $(pids); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 # Mean agent RSS in MiB.
 agent_rss() { for p in $(agent_pids); do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s += $1; n++} END {printf "%.1f", s / n / 1024}'; }
@@ -147,7 +151,7 @@ bench_curve() {
   echo "== scale curve: 3 netns nodes, one-replica services with real tasks, $ROUNDS probes per level"
   "$SK" cluster up --name "$C" --nodes 3 >/dev/null
   ensure_net net1
-  local base have=0 level t0 t1 rss0 idle0 line
+  local base have=0 level t0 t1 rss0 idle0 line inits=()
   idle0=$(idle_cpu)
   rss0=$(agent_rss)
   base=$(probes)
@@ -157,11 +161,16 @@ bench_curve() {
   printf '%-9s %-10s %-10s %-9s %-10s %-9s %-12s %-12s %-11s %s\n' 0 "$a0" 1.00 "$r0" 1.00 - \
     "$ab0" "$rb0" "$rss0" -
   for level in $LEVELS; do
+    local init0 init1
+    init0=$(init_ticks)
     t0=$(now)
     fill $((have + 1)) "$level"
     t1=$(now)
+    init1=$(init_ticks)
     local per
     per=$(awk -v s="$(secs "$t0" "$t1")" -v n=$((level - have)) 'BEGIN {printf "%.1f", s / n * 1000}')
+    inits+=("$have→$level: $(awk -v a="$init0" -v b="$init1" -v t="$TCK" -v s="$(secs "$t0" "$t1")" \
+      'BEGIN {printf "%.0f", 100 * (b - a) / t / s}')%")
     have=$level
     line=$(probes)
     read -r a r ab rb <<<"$line"
@@ -179,6 +188,7 @@ bench_curve() {
     awk '{s += $1; n++} END {if (n) printf "%.1f", s / n / 1024}')
   echo "idle CPU, manager + 3 agents over ${IDLE}s: ${idle0}% of a core at 0 services, ${idle1}% at $have (target < 1%)"
   echo "a task's own process (whoami): ${pss} MiB PSS"
+  echo "this machine's init (pid 1, not ours) during each fill, % of a core: ${inits[*]}"
   "$SK" cluster down "$C" >/dev/null
 }
 
