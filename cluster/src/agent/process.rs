@@ -253,18 +253,33 @@ fn under_init(task: &TaskPlan, argv: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Starts a task's process (see the module's doc): in the network namespace `net`, with a
-/// mount namespace copied from `mounts` (the caller's own where None). Called in the agent's
-/// spawner (see `spawner.rs`), which is the process's parent.
+/// What a task's process starts with.
+pub struct Launch<'a> {
+    pub task: &'a TaskPlan,
+    /// Its network namespace.
+    pub net: BorrowedFd<'a>,
+    /// The mount namespace its own is copied from (the starter's own where None).
+    pub mounts: Option<BorrowedFd<'a>>,
+    /// Its run directory (hosts, resolv.conf, hostname).
+    pub dir: &'a Path,
+    pub cluster: &'a str,
+    pub argv: &'a [String],
+}
+
+/// Starts a task's process (see the module's doc). Called in the agent's spawner (see
+/// `spawner.rs`), which is the process's parent.
 pub fn spawn(
-    task: &TaskPlan,
-    net: BorrowedFd<'_>,
-    mounts: Option<BorrowedFd<'_>>,
-    dir: &Path,
-    cluster: &str,
-    argv: &[String],
+    launch: &Launch<'_>,
     [stdout, stderr]: [std::os::fd::OwnedFd; 2],
 ) -> Result<std::process::Child, ProcessError> {
+    let Launch {
+        task,
+        net,
+        mounts,
+        dir,
+        cluster,
+        argv,
+    } = *launch;
     let prepare = |what, source| ProcessError::Prepare {
         task: task.name.clone(),
         what,

@@ -14,17 +14,17 @@
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::process::{self, ProcessError};
+use super::process::{self, Launch, ProcessError};
 use crate::plan::TaskPlan;
 
 /// The descriptors the spawner finds its sockets at.
@@ -203,30 +203,21 @@ impl Spawner {
 
     /// Starts a task's process through the spawner; returns its pid. A spawner that is gone
     /// is started again (its processes run on; their exits are watched by pidfd).
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        &self,
-        task: &TaskPlan,
-        net: BorrowedFd<'_>,
-        mounts: Option<BorrowedFd<'_>>,
-        dir: &Path,
-        cluster: &str,
-        argv: &[String],
-        outputs: [OwnedFd; 2],
-    ) -> Result<u32, ProcessError> {
+    pub fn spawn(&self, launch: &Launch<'_>, outputs: [OwnedFd; 2]) -> Result<u32, ProcessError> {
+        let task = launch.task;
         let request = serde_json::to_vec(&Request {
             task: task.clone(),
-            dir: dir.to_path_buf(),
-            cluster: cluster.to_string(),
-            argv: argv.to_vec(),
+            dir: launch.dir.to_path_buf(),
+            cluster: launch.cluster.to_string(),
+            argv: launch.argv.to_vec(),
         })
         .map_err(|e| self.failed(task, std::io::Error::other(e)))?;
         let mut fds = vec![
-            net.as_raw_fd(),
+            launch.net.as_raw_fd(),
             outputs[0].as_raw_fd(),
             outputs[1].as_raw_fd(),
         ];
-        fds.extend(mounts.map(|m| m.as_raw_fd()));
+        fds.extend(launch.mounts.map(|m| m.as_raw_fd()));
         let mut link = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let mut answer = ask(&link.sock, &request, &fds);
         if answer.is_err() {
@@ -245,7 +236,7 @@ impl Spawner {
             Err(e) => self.failed(task, e),
         };
         // The spawner made the task's cgroup; its process never joined it.
-        super::cgroup::remove(cluster, &task.id, std::time::Duration::ZERO);
+        super::cgroup::remove(launch.cluster, &task.id, std::time::Duration::ZERO);
         Err(failed)
     }
 
@@ -368,16 +359,15 @@ fn start(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<u32, String> {
         ));
     };
     let mounts = fds.next();
-    let child = process::spawn(
-        &req.task,
-        net.as_fd(),
-        mounts.as_ref().map(|m| m.as_fd()),
-        &req.dir,
-        &req.cluster,
-        &req.argv,
-        [stdout, stderr],
-    )
-    .map_err(|e| format!("{e:#}"))?;
+    let launch = Launch {
+        task: &req.task,
+        net: net.as_fd(),
+        mounts: mounts.as_ref().map(|m| m.as_fd()),
+        dir: &req.dir,
+        cluster: &req.cluster,
+        argv: &req.argv,
+    };
+    let child = process::spawn(&launch, [stdout, stderr]).map_err(|e| format!("{e:#}"))?;
     // Reaped by `reap`, by pid; the handle's own wait is not used.
     Ok(child.id())
 }

@@ -582,12 +582,14 @@ impl Tasks {
                 )?)
             }
             _ => Started::Process(self.spawner.spawn(
-                t,
-                ns.fd(),
-                self.mounts.as_ref().map(|m| m.as_fd()),
-                &dir,
-                &self.paths.name,
-                &argv,
+                &process::Launch {
+                    task: t,
+                    net: ns.fd(),
+                    mounts: self.mounts.as_ref().map(|m| m.as_fd()),
+                    dir: &dir,
+                    cluster: &self.paths.name,
+                    argv: &argv,
+                },
                 outputs,
             )?),
         };
