@@ -66,10 +66,10 @@ cpu_ticks() { for p in $(pids); do awk '{print $14 + $15}' "/proc/$p/stat"; done
 agent_rss() { for p in $(agent_pids); do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s += $1; n++} END {printf "%.1f", s / n / 1024}'; }
 sent_bytes() { api http://swarmkit/swarmkit/v1/agents | jq '[.[].sent.bytes] | add'; }
 all_in_sync() { api http://swarmkit/swarmkit/v1/agents | jq -e 'all(.in_sync and .pending == 0)' >/dev/null; }
-# Running tasks as `docker info` counts them (its Containers). Not the task list: at 5000
+# Running tasks as `docker info` counts them (its ContainersRunning). Not the task list: at 5000
 # tasks one listing cost ~0.3 s of the manager's and jq's CPU, and polled every 0.2 s it took
 # a core from the cluster being measured.
-running_count() { api http://swarmkit/info | jq '.Containers'; }
+running_count() { api http://swarmkit/info | jq '.ContainersRunning'; }
 has_running() { [ "$(running_count)" -ge "$1" ]; }
 
 # Share of one core used by manager + agents over IDLE seconds (a measuring window, not a wait).

@@ -92,6 +92,11 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
         .find(|(_, (leads, _))| *leads)
         .and_then(|(id, _)| s.nodes.get(id));
     let nodes = s.nodes.len() as i64;
+    let running = s
+        .tasks
+        .values()
+        .filter(|t| t.status.state == crate::model::TaskState::Running)
+        .count() as i64;
     Json(SystemInfo {
         id: Some(s.meta.cluster_id.clone()),
         name: leader.map(|n| n.hostname.clone()),
@@ -105,12 +110,9 @@ pub async fn info(State(m): State<Shared>) -> Json<SystemInfo> {
                 .map(|n| n.get() as i64)
                 .unwrap_or(1),
         ),
-        containers: Some(
-            s.tasks
-                .values()
-                .filter(|t| t.status.state == crate::model::TaskState::Running)
-                .count() as i64,
-        ),
+        // Tasks are the containers here; the ones running are all that run.
+        containers: Some(running),
+        containers_running: Some(running),
         driver: Some("swarmkit".into()),
         docker_root_dir: Some(crate::paths::STATE_ROOT.into()),
         swarm: Some(SwarmInfo {
