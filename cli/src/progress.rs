@@ -20,6 +20,10 @@ use crate::api::{Api, ApiResult};
 use crate::render;
 
 const POLL: Duration = Duration::from_millis(50);
+/// Faster at first: a service converges in 60-200 ms, and polled only every 50 ms the same
+/// add took 0.065 s or 0.115 s by where the poll fell.
+const FIRST_POLLS: Duration = Duration::from_millis(10);
+const FIRST_POLLS_FOR: Duration = Duration::from_millis(300);
 /// Above this many replicas docker draws only the overall line.
 const MAX_BARS: usize = 20;
 /// A slot whose task failed this many times will not converge on its own: give up and
@@ -370,6 +374,7 @@ pub async fn converge(api: &Api, service_id: &str, quiet: bool) -> anyhow::Resul
     };
     let mut tracker = Tracker::default();
     let filters = HashMap::from([("service".to_string(), vec![service_id.to_string()])]);
+    let started = std::time::Instant::now();
     loop {
         let service = api
             .docker
@@ -402,7 +407,12 @@ pub async fn converge(api: &Api, service_id: &str, quiet: bool) -> anyhow::Resul
                 return Err(err.into());
             }
         }
-        tokio::time::sleep(POLL).await;
+        let pace = if started.elapsed() < FIRST_POLLS_FOR {
+            FIRST_POLLS
+        } else {
+            POLL
+        };
+        tokio::time::sleep(pace).await;
     }
 }
 

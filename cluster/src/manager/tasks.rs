@@ -180,7 +180,6 @@ pub async fn list(
     // converges, `service ps` lists them): the services are resolved once, so each of the
     // thousands of other tasks costs one set lookup rather than a full match.
     let services = filters.get("service");
-    // Few services match (one, as a rule): a list beats hashing every task's service ID.
     let of_services: Option<Vec<&str>> = (!services.is_empty()).then(|| {
         s.services
             .values()
@@ -194,14 +193,20 @@ pub async fn list(
             .chain(services.iter().map(String::as_str))
             .collect()
     });
+    let tasks: Vec<&crate::model::Task> = match of_services {
+        // Through the store's index: a poll for one service costs its tasks, not all.
+        Some(mut ids) => {
+            ids.sort_unstable();
+            ids.dedup();
+            let mut tasks: Vec<_> = ids.iter().flat_map(|id| s.tasks_of(id)).collect();
+            tasks.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            tasks
+        }
+        None => s.tasks.values().collect(),
+    };
     Ok(Json(
-        s.tasks
-            .values()
-            .filter(|t| {
-                of_services
-                    .as_ref()
-                    .is_none_or(|ids| ids.contains(&t.service_id.as_str()))
-            })
+        tasks
+            .into_iter()
             .filter(|t| matches(&s, t, &filters))
             .map(|t| to_api(&s, t, min_ack))
             .collect(),
