@@ -111,14 +111,21 @@ fn recv_frame(sock: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd
 /// The agent's handle on its spawner.
 pub struct Spawner {
     requests: Mutex<Link>,
-    exits: Arc<Exits>,
     /// Named in its command line, as everything of a cluster's is.
     cluster: String,
 }
 
+/// One spawner process: its request socket and the exits it reports.
 struct Link {
     sock: UnixStream,
     child: std::process::Child,
+    exits: Arc<Exits>,
+}
+
+/// A process a spawner started, and where its exit will be reported.
+pub struct Spawned {
+    pub pid: u32,
+    exits: Arc<Exits>,
 }
 
 /// Exits the spawner reported, and who waits for which.
@@ -157,16 +164,14 @@ impl Spawner {
     /// Starts the spawner (the agent's child, in the agent's mount namespace) and the task
     /// that reads its exit reports.
     pub fn start(cluster: &str) -> std::io::Result<Spawner> {
-        let exits = Arc::new(Exits::default());
-        let link = Self::launch(cluster, &exits)?;
         Ok(Spawner {
-            requests: Mutex::new(link),
-            exits,
+            requests: Mutex::new(Self::launch(cluster)?),
             cluster: cluster.to_string(),
         })
     }
 
-    fn launch(cluster: &str, exits: &Arc<Exits>) -> std::io::Result<Link> {
+    fn launch(cluster: &str) -> std::io::Result<Link> {
+        let exits = Arc::new(Exits::default());
         let (ours, theirs) = UnixStream::pair()?;
         let (exits_ours, exits_theirs) = UnixStream::pair()?;
         let (req, ex) = (theirs.as_raw_fd(), exits_theirs.as_raw_fd());
@@ -186,24 +191,32 @@ impl Spawner {
         }
         let child = cmd.spawn()?;
         drop((theirs, exits_theirs));
-        let exits = Arc::clone(exits);
+        let reported = Arc::clone(&exits);
         std::thread::Builder::new()
             .name("spawner-exits".into())
             .spawn(move || {
                 while let Ok(Some((bytes, _))) = recv_frame(&exits_ours) {
                     match serde_json::from_slice::<Exit>(&bytes) {
-                        Ok(e) => exits.report(e),
+                        Ok(e) => reported.report(e),
                         Err(e) => tracing::warn!("the spawner's exit report: {e}"),
                     }
                 }
-                exits.orphan();
+                reported.orphan();
             })?;
-        Ok(Link { sock: ours, child })
+        Ok(Link {
+            sock: ours,
+            child,
+            exits,
+        })
     }
 
     /// Starts a task's process through the spawner; returns its pid. A spawner that is gone
     /// is started again (its processes run on; their exits are watched by pidfd).
-    pub fn spawn(&self, launch: &Launch<'_>, outputs: [OwnedFd; 2]) -> Result<u32, ProcessError> {
+    pub fn spawn(
+        &self,
+        launch: &Launch<'_>,
+        outputs: [OwnedFd; 2],
+    ) -> Result<Spawned, ProcessError> {
         let task = launch.task;
         let request = serde_json::to_vec(&Request {
             task: task.clone(),
@@ -224,14 +237,15 @@ impl Spawner {
             // Gone (or broken): reap it and start another, once.
             let _ = link.child.kill();
             let _ = link.child.wait();
-            answer = Self::launch(&self.cluster, &self.exits).and_then(|l| {
+            answer = Self::launch(&self.cluster).and_then(|l| {
                 *link = l;
                 ask(&link.sock, &request, &fds)
             });
         }
+        let exits = Arc::clone(&link.exits);
         drop(link);
         let failed = match answer {
-            Ok(Reply::Started { pid }) => return Ok(pid),
+            Ok(Reply::Started { pid }) => return Ok(Spawned { pid, exits }),
             Ok(Reply::Failed { message }) => ProcessError::Spawner { message },
             Err(e) => self.failed(task, e),
         };
@@ -247,10 +261,13 @@ impl Spawner {
             source: e,
         }
     }
+}
 
-    /// Resolves with the exit code of a process this spawner started (None: killed by a
-    /// signal, or its spawner went away and the code is lost).
-    pub async fn exited(&self, pid: u32) -> Option<i32> {
+impl Spawned {
+    /// Resolves with the process's exit code (None: killed by a signal, or its spawner went
+    /// away and the code is lost).
+    pub async fn exited(self) -> Option<i32> {
+        let pid = self.pid;
         let rx = {
             let mut s = self.exits.state.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(code) = s.early.remove(&pid) {

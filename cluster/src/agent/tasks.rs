@@ -23,7 +23,7 @@ use super::health;
 use super::images::{Images, Prepared};
 use super::logs::{self, LogSink};
 use super::process::{self, MountTemplate};
-use super::spawner::Spawner;
+use super::spawner::{Spawned, Spawner};
 use crate::model::TaskState;
 use crate::paths::ClusterPaths;
 use crate::plan::{NodePlan, TaskPlan};
@@ -69,7 +69,7 @@ pub struct Tasks {
     mounts: Option<MountTemplate>,
     /// What starts task processes (registry images' containers excepted, which their runtime
     /// starts).
-    spawner: Arc<Spawner>,
+    spawner: Spawner,
     /// Lists the node's resolvers, read at each task's start as dockerd reads them.
     resolv_conf: PathBuf,
     /// None where the node's image store could not be opened (said in the agent's log).
@@ -81,7 +81,7 @@ pub struct Tasks {
 /// A task's process as it was started: by the spawner, or by a container runtime the agent
 /// started.
 enum Started {
-    Process(u32),
+    Process(Spawned),
     Container(tokio::process::Child),
 }
 
@@ -117,7 +117,7 @@ impl Tasks {
                     tracing::warn!("tasks will copy the node's whole mount table: {e}")
                 })
                 .ok(),
-            spawner: Arc::new(spawner),
+            spawner,
             resolv_conf,
         })
     }
@@ -595,7 +595,7 @@ impl Tasks {
         };
         let pid = match &started {
             Started::Container(child) => child.id(),
-            Started::Process(pid) => Some(*pid),
+            Started::Process(spawned) => Some(spawned.pid),
         };
         if let Some(p) = pid {
             let rec = adopt::Record {
@@ -612,11 +612,10 @@ impl Tasks {
         }
         let id = t.id.clone();
         let events = self.events.clone();
-        let spawner = Arc::clone(&self.spawner);
         tokio::spawn(async move {
             let code = match started {
                 Started::Container(mut child) => child.wait().await.ok().and_then(|s| s.code()),
-                Started::Process(pid) => spawner.exited(pid).await,
+                Started::Process(spawned) => spawned.exited().await,
             };
             let _ = events.send(Event::Exited { id, code });
         });
