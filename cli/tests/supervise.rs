@@ -240,3 +240,42 @@ fn tasks_are_started_by_a_spawner_that_ends_with_its_agent() {
     assert_eq!(task_pid(&c, "first"), first, "the first task was restarted");
     assert!(common::alive(first as i32));
 }
+
+/// A spawner that dies is replaced at the next start, and the exits of what the new one
+/// starts still carry their codes.
+#[test]
+fn a_dead_spawner_is_replaced_and_exit_codes_still_arrive() {
+    require_root!();
+    let c = Cluster::up("respawn", 1);
+    c.service_create(&["--name", "first", "whoami"]).ok();
+    let (spawner, _) = parent_of(task_pid(&c, "first"));
+    sigkill(spawner);
+    c.eventually("the spawner to end", Duration::from_secs(5), || {
+        !common::alive(spawner)
+    });
+    c.service_create(&[
+        "--detach",
+        "--name",
+        "three",
+        "--restart-condition",
+        "none",
+        "whoami",
+        "sh",
+        "-c",
+        "exit 3",
+    ])
+    .ok();
+    c.eventually(
+        "three to fail with its code",
+        Duration::from_secs(10),
+        || {
+            c.api_tasks("three")
+                .first()
+                .is_some_and(|t| t["Status"]["ContainerStatus"]["ExitCode"] == 3)
+        },
+    );
+    assert!(
+        common::alive(task_pid(&c, "first") as i32),
+        "a task outlives its spawner"
+    );
+}
