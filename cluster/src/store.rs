@@ -185,16 +185,7 @@ fn hold<'a>(
     delta: i32,
 ) {
     for (network, addr) in holds {
-        let on = held.entry(network.to_string()).or_default();
-        let count = on.get(&addr).copied().unwrap_or(0);
-        match count.saturating_add_signed(delta) {
-            0 => {
-                on.remove(&addr);
-            }
-            n => {
-                on.insert(addr, n);
-            }
-        }
+        count(held.entry(network.to_string()).or_default(), addr, delta);
     }
 }
 
@@ -271,7 +262,7 @@ impl State {
             .flat_map(|ids| ids.iter().filter_map(|id| self.tasks.get(id)))
     }
 
-    /// Active tasks on a node, of all services and of `service_id`.
+    /// Active tasks on a node: of `service_id`, and of all services.
     pub fn active_on(&self, node_id: &str, service_id: &str) -> (u32, u32) {
         let all = self.tasks_by.on_node.get(node_id).copied().unwrap_or(0);
         let mine = self
@@ -280,7 +271,7 @@ impl State {
             .get(&(node_id.to_string(), service_id.to_string()))
             .copied()
             .unwrap_or(0);
-        (all, mine)
+        (mine, all)
     }
 
     /// Services with an active task on a node.
@@ -853,7 +844,7 @@ mod tests {
             out += &format!("{node}: {on:?}");
             for svc in 0..5 {
                 let svc = format!("s{svc}");
-                let (all, mine) = s.active_on(node, &svc);
+                let (mine, all) = s.active_on(node, &svc);
                 let of: BTreeSet<&str> = s.tasks_of(&svc).map(|t| t.id.as_str()).collect();
                 out += &format!(" {svc}={all},{mine},{of:?}");
             }

@@ -238,11 +238,7 @@ pub fn pick_node(state: &State, service_id: &str) -> Result<String, ScheduleErro
         .map(|s| constraints_of(&s.spec).unwrap_or_default())
         .unwrap_or_default();
     let wanted = service.map(|s| reservation(&s.spec)).unwrap_or_default();
-    // (this service's, all) active tasks on a node
-    let load = |node: &str| {
-        let (all, mine) = state.active_on(node, service_id);
-        (mine, all)
-    };
+    let load = |node: &str| state.active_on(node, service_id);
     let ready: Vec<_> = state
         .nodes
         .values()
