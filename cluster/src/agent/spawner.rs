@@ -224,7 +224,7 @@ impl Spawner {
             cluster: launch.cluster.to_string(),
             argv: launch.argv.to_vec(),
         })
-        .map_err(|e| self.failed(task, std::io::Error::other(e)))?;
+        .map_err(|e| failed(task, std::io::Error::other(e)))?;
         let mut fds = vec![
             launch.net.as_raw_fd(),
             outputs[0].as_raw_fd(),
@@ -247,19 +247,11 @@ impl Spawner {
         let failed = match answer {
             Ok(Reply::Started { pid }) => return Ok(Spawned { pid, exits }),
             Ok(Reply::Failed { message }) => ProcessError::Spawner { message },
-            Err(e) => self.failed(task, e),
+            Err(e) => failed(task, e),
         };
         // The spawner made the task's cgroup; its process never joined it.
         super::cgroup::remove(launch.cluster, &task.id, std::time::Duration::ZERO);
         Err(failed)
-    }
-
-    fn failed(&self, task: &TaskPlan, e: std::io::Error) -> ProcessError {
-        ProcessError::Prepare {
-            task: task.name.clone(),
-            what: "a request to the agent's spawner",
-            source: e,
-        }
     }
 }
 
@@ -287,6 +279,14 @@ impl Spawned {
                 None
             }
         }
+    }
+}
+
+fn failed(task: &TaskPlan, e: std::io::Error) -> ProcessError {
+    ProcessError::Prepare {
+        task: task.name.clone(),
+        what: "a request to the agent's spawner",
+        source: e,
     }
 }
 
