@@ -120,7 +120,11 @@ enum Command {
     #[command(name = "__vmhost", hide = true)]
     VmHost,
     #[command(name = "__relay", hide = true)]
-    Relay,
+    Relay {
+        /// The node, when it runs a manager the host reaches through the relay.
+        #[arg(long)]
+        node: Option<String>,
+    },
     #[command(name = "__supervise", hide = true)]
     Supervise,
     #[command(name = "__image", hide = true)]
@@ -177,11 +181,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
-        Command::Relay => {
-            testbed::vm::relay::node_side(&cluster::paths::ClusterPaths::new(cluster))
-                .await
-                .map(|()| 0)
-        }
+        Command::Relay { node } => testbed::vm::relay::node_side(
+            &cluster::paths::ClusterPaths::new(cluster),
+            node.as_deref(),
+        )
+        .await
+        .map(|()| 0),
         Command::Supervise => testbed::lifecycle::run_supervisor(cluster)
             .await
             .map(|()| 0),

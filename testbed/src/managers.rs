@@ -23,6 +23,92 @@ const STORE_RELEASE: Duration = Duration::from_secs(5);
 /// How long seeding the first store may take (a process start and a durable write).
 const SEED_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The managers of a cluster of several: Raft ID 1, 2, ... on the nodes given (the first
+/// few, in order), each on its node's address.
+pub fn replicas(nodes: &[(String, std::net::Ipv4Addr)]) -> BTreeMap<u64, Member> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (node, addr))| {
+            (
+                i as u64 + 1,
+                Member {
+                    node: node.clone(),
+                    addr: format!("{addr}:{}", cluster::raft::MANAGER_PORT),
+                },
+            )
+        })
+        .collect()
+}
+
+/// [`replicas`] on node1..nodeN of a cluster whose nodes sit on its own underlay (netns
+/// nodes, qemu guests), at their underlay addresses.
+pub fn underlay_replicas(managers: usize) -> BTreeMap<u64, Member> {
+    let nodes: Vec<_> = (1..=managers)
+        .map(|i| {
+            (
+                format!("node{i}"),
+                crate::backend::netns::node_addr(i).addr(),
+            )
+        })
+        .collect();
+    replicas(&nodes)
+}
+
+/// What a manager that runs on a machine of its own needs there before its agent starts
+/// it: its copy of the seeded store and sealing key, the members and settings files, and
+/// its replica file last (what makes the agent start it). Paths are the machine's, which
+/// are this host's (the same `ClusterPaths`). Empty for a node that runs no manager.
+pub fn seat_files(paths: &ClusterPaths, node: &str) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>> {
+    let seat = paths.replica_file(node);
+    if !seat.exists() {
+        return Ok(Vec::new());
+    }
+    let dir = paths.replica_dir(node);
+    [
+        dir.join("state.redb"),
+        dir.join("state.key"),
+        paths.members_file(),
+        paths.managers_env_file(),
+        seat,
+    ]
+    .into_iter()
+    .map(|f| {
+        let bytes = std::fs::read(&f).map_err(io(format!("reading {}", f.display())))?;
+        Ok((f, bytes))
+    })
+    .collect()
+}
+
+/// Refuses a manager count the cluster cannot have: from 1 to its nodes, at most
+/// [`MAX_MANAGERS`].
+pub fn check_count(opts: &crate::record::UpOptions) -> Result<()> {
+    let max = opts.nodes.min(MAX_MANAGERS);
+    if opts.managers == 0 || opts.managers > max {
+        return Err(TestbedError::InvalidManagers {
+            given: opts.managers,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Seeds the `members` of a new cluster with the settings `cluster up` was given and
+/// `extra` (what the backend's nodes need).
+pub fn seed_replicas(
+    opts: &crate::record::UpOptions,
+    paths: &ClusterPaths,
+    members: &BTreeMap<u64, Member>,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    crate::record::note_registry(paths, &opts.registry)?;
+    let mut env = opts.manager_env();
+    env.extend_from_slice(extra);
+    let hostnames: Vec<String> = members.values().map(|m| m.node.clone()).collect();
+    env.push((cluster::manager::ENV_MANAGER_NODES, hostnames.join(",")));
+    seed(paths, members, &env)
+}
+
 pub fn members(paths: &ClusterPaths) -> Result<BTreeMap<u64, Member>> {
     let file = paths.members_file();
     let bytes = std::fs::read(&file).map_err(io(format!("reading {}", file.display())))?;
@@ -35,7 +121,7 @@ pub fn members(paths: &ClusterPaths) -> Result<BTreeMap<u64, Member>> {
 /// Makes the first store once (in a process of its own, with the settings `env` carries, as
 /// a single manager's first start would), gives every manager a copy, and records who the
 /// managers are.
-pub fn seed(
+fn seed(
     paths: &ClusterPaths,
     members: &BTreeMap<u64, Member>,
     env: &[(&str, String)],
@@ -112,7 +198,11 @@ pub fn seed(
         )
         .map_err(io(format!("writing {}", file.display())))?;
     }
-    for leftover in ["seed.redb", "seed.key"] {
+    // Where the nodes' agents look for it, for machines whose managers are not up yet.
+    let token = paths.state_dir().join("seed.token");
+    std::fs::copy(&token, paths.join_token_file())
+        .map_err(io(format!("copying {}", token.display())))?;
+    for leftover in ["seed.redb", "seed.key", "seed.token"] {
         let _ = std::fs::remove_file(paths.state_dir().join(leftover));
     }
     let bytes = serde_json::to_vec_pretty(members).expect("members serialize");
@@ -164,6 +254,13 @@ pub async fn recover(cluster: &str, from: Option<&str>) -> Result<String> {
     };
     let info = crate::record::read_info(&paths)
         .ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
+    if info.backend != crate::Backend::Netns {
+        return Err(cannot(format!(
+            "its managers run on {} machines, whose stores this host does not hold; \
+             recovering them is built for netns clusters so far",
+            info.backend
+        )));
+    }
     let seat = |node: &str| -> Option<ReplicaIdentity> {
         serde_json::from_slice(&std::fs::read(paths.replica_file(node)).ok()?).ok()
     };

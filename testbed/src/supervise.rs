@@ -256,10 +256,16 @@ pub(crate) async fn write_join_token(paths: &ClusterPaths) -> Result<()> {
 }
 
 pub(crate) async fn wait_manager(paths: &ClusterPaths) -> Result<()> {
+    wait_manager_within(paths, MANAGER_TIMEOUT).await
+}
+
+/// [`wait_manager`] with a deadline of the caller's: managers that machines' agents run
+/// answer only once those machines are up.
+pub(crate) async fn wait_manager_within(paths: &ClusterPaths, within: Duration) -> Result<()> {
     let client = ManagerClient::of_cluster(paths);
     crate::wait::wait_until(
         "the manager to answer",
-        MANAGER_TIMEOUT,
+        within,
         &paths.log_file("manager"),
         || async { client.get::<serde_json::Value>("/swarm").await.is_ok() },
     )

@@ -61,9 +61,20 @@ impl Manager {
 
     /// Makes a cluster's first store at `path`, as a single manager's first start makes it;
     /// every manager of a new replicated cluster starts from a copy of it (the same
-    /// identity, trust and sealing key).
+    /// identity, trust and sealing key). The worker join token is left beside it (`.token`,
+    /// owner-only): machines whose agents run the managers need it before any manager
+    /// answers.
     pub fn seed(cluster: &str, path: &Path) -> anyhow::Result<()> {
-        initialise(&Store::open(path)?, cluster)?;
+        let store = Store::open(path)?;
+        initialise(&store, cluster)?;
+        let token = store
+            .snapshot()
+            .meta
+            .trust
+            .as_ref()
+            .map(|t| t.worker_token.clone())
+            .ok_or_else(|| anyhow::anyhow!("the seeded store holds no trust"))?;
+        crate::paths::write_atomically(&path.with_extension("token"), token.as_bytes())?;
         Ok(())
     }
 

@@ -32,7 +32,11 @@ pub(crate) async fn start_agents(
     progress: &NodeProgress,
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
-    crate::supervise::wait_manager(paths).await?;
+    if paths.members_file().exists() {
+        crate::supervise::wait_manager_within(paths, SSH_TIMEOUT + READY_TIMEOUT).await?;
+    } else {
+        crate::supervise::wait_manager(paths).await?;
+    }
     let client = ManagerClient::of_cluster(paths);
     let see = format!(
         "{} and, inside the node, /run/swarmkit/{}/agent.log",

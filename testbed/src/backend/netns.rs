@@ -105,22 +105,6 @@ fn manager_addrs(paths: &ClusterPaths) -> Vec<String> {
     }
 }
 
-/// The managers of a cluster of several: Raft ID 1..=N on node1..nodeN, on their underlay
-/// addresses.
-fn replicas(managers: usize) -> std::collections::BTreeMap<u64, cluster::raft::Member> {
-    (1..=managers)
-        .map(|i| {
-            (
-                i as u64,
-                cluster::raft::Member {
-                    node: format!("node{i}"),
-                    addr: format!("{}:{MANAGER_PORT}", node_addr(i).addr()),
-                },
-            )
-        })
-        .collect()
-}
-
 pub fn agent_spec(i: usize, hostname: &str, lb: Option<Driver>, paths: &ClusterPaths) -> Spec {
     let (ns_var, ns) = cluster::agent::NodeNs::Named.as_env();
     let mut env = vec![
@@ -222,12 +206,7 @@ impl NodeBackend for Netns {
                 max: MAX_NODES,
             });
         }
-        if opts.managers > opts.nodes.min(crate::managers::MAX_MANAGERS) || opts.managers == 0 {
-            return Err(TestbedError::InvalidManagers {
-                given: opts.managers,
-                max: opts.nodes.min(crate::managers::MAX_MANAGERS),
-            });
-        }
+        crate::managers::check_count(opts)?;
         // Namespaces share the host's kernel, so what it lacks, every node lacks.
         if opts.lb == Some(Driver::Ipvs) && netcore::lb::probe() != Driver::Ipvs {
             return Err(TestbedError::KernelLacks {
@@ -253,13 +232,12 @@ impl NodeBackend for Netns {
         // digests from there too.
         let replicated = opts.managers > 1;
         if replicated {
-            let mut env = opts.manager_env();
-            env.push((cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns()));
-            crate::record::note_registry(paths, &opts.registry)?;
-            let members = replicas(opts.managers);
-            let hostnames: Vec<String> = members.values().map(|m| m.node.clone()).collect();
-            env.push((cluster::manager::ENV_MANAGER_NODES, hostnames.join(",")));
-            crate::managers::seed(paths, &members, &env)?;
+            crate::managers::seed_replicas(
+                opts,
+                paths,
+                &crate::managers::underlay_replicas(opts.managers),
+                &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
+            )?;
         } else {
             crate::supervise::start_manager(
                 opts,

@@ -88,13 +88,7 @@ async fn image() -> Result<image::Image> {
 impl NodeBackend for Qemu {
     fn check(&self, opts: &UpOptions) -> Result<()> {
         // The guests bring their own kernel, with IPVS: any --lb is theirs to honour.
-        if opts.managers > 1 {
-            return Err(TestbedError::Unsupported {
-                backend: Backend::Qemu,
-                what: "run several managers yet".into(),
-                why: "replicated managers are built on the netns backend so far; use --backend netns, or one manager",
-            });
-        }
+        crate::managers::check_count(opts)?;
         if !(1..=MAX_NODES).contains(&opts.nodes) {
             return Err(TestbedError::InvalidNodes {
                 backend: Backend::Qemu,
@@ -111,13 +105,24 @@ impl NodeBackend for Qemu {
         // With the underlay's own address, as on netns clusters: where the guests' tasks find
         // the cluster's outside world (its resolver among it).
         super::netns::create_switch(&underlay).await?;
-        // The registries the guests pull from may be on the underlay: the manager resolves
-        // digests from there too.
-        crate::supervise::start_manager(
-            opts,
-            paths,
-            &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
-        )?;
+        if opts.managers > 1 {
+            // Each of the first guests runs a manager, started by its agent; they start from
+            // one seeded store, copied to each guest's state disk before its agent starts.
+            crate::managers::seed_replicas(
+                opts,
+                paths,
+                &crate::managers::underlay_replicas(opts.managers),
+                &[],
+            )?;
+        } else {
+            // The registries the guests pull from may be on the underlay: the manager
+            // resolves digests from there too.
+            crate::supervise::start_manager(
+                opts,
+                paths,
+                &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
+            )?;
+        }
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;
@@ -221,16 +226,24 @@ impl NodeBackend for Qemu {
             // The control path is a unix socket the node's relay serves (see vm::relay):
             // a stopped relay blackholes it as a partition would, connections and all, and
             // carries on where it stopped when continued.
+            // Where the guests run the managers, agents and managers meet across the
+            // underlay alone: the relay only carries this host's clients to the node's
+            // manager, which answers them, cut off, as an isolated netns node's does.
             Fault::Isolate => {
                 set_tap(paths, &launch.tap, false).await?;
+                if paths.members_file().exists() {
+                    return Ok(());
+                }
                 guest(&node, &signal_relay(paths, "STOP"), "")
                     .await
                     .map_err(remote(name))
             }
             Fault::Heal => {
-                guest(&node, &signal_relay(paths, "CONT"), "")
-                    .await
-                    .map_err(remote(name))?;
+                if !paths.members_file().exists() {
+                    guest(&node, &signal_relay(paths, "CONT"), "")
+                        .await
+                        .map_err(remote(name))?;
+                }
                 set_tap(paths, &launch.tap, true).await
             }
         }

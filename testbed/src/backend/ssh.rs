@@ -21,14 +21,8 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl NodeBackend for Ssh {
     fn check(&self, opts: &UpOptions) -> Result<()> {
-        // The node count is the inventory's; the hosts' kernels judge --lb when agents start.
-        if opts.managers > 1 {
-            return Err(TestbedError::Unsupported {
-                backend: Backend::Ssh,
-                what: "run several managers yet".into(),
-                why: "replicated managers are built on the netns backend so far; use --backend netns, or one manager",
-            });
-        }
+        // The node count is the inventory's (the manager count is checked against it once
+        // read); the hosts' kernels judge --lb when agents start.
         if opts.inventory.is_none() {
             return Err(TestbedError::NoInventory);
         }
@@ -50,7 +44,22 @@ impl NodeBackend for Ssh {
             crate::ssh::ensure_client_key(&n.key_file)?;
             save_node(paths, n).map_err(crate::io("saving the node's record"))?;
         }
-        crate::supervise::start_manager(opts, paths, &[])?;
+        crate::managers::check_count(&UpOptions {
+            nodes: nodes.len(),
+            ..opts.clone()
+        })?;
+        if opts.managers > 1 {
+            // The first hosts of the inventory run the managers, on the addresses the
+            // inventory gives them; each gets its copy of the seed over SSH.
+            let first: Vec<_> = nodes
+                .iter()
+                .take(opts.managers)
+                .map(|n| (n.name.clone(), n.addr.addr()))
+                .collect();
+            crate::managers::seed_replicas(opts, paths, &crate::managers::replicas(&first), &[])?;
+        } else {
+            crate::supervise::start_manager(opts, paths, &[])?;
+        }
         let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let progress = NodeProgress::new(&names, start);
         machine::start_agents(paths, &nodes, &progress).await

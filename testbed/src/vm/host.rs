@@ -81,7 +81,14 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
 /// Leaves the worker join token where the node's agent looks for it, owner-only, sent on
 /// the session's stdin; an agent that has its credentials never reads it.
 async fn put_join_token(s: &Session, paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<()> {
-    let token = crate::supervise::worker_token(paths).await?;
+    // Where the machines run the managers, none answers before their agents start: the
+    // token is the one the seeded store was made with.
+    let token = if paths.members_file().exists() {
+        let file = paths.join_token_file();
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+    } else {
+        crate::supervise::worker_token(paths).await?
+    };
     let file = paths.join_token_file();
     let dir = file.parent().context("the token file has a directory")?;
     let out = s
@@ -167,6 +174,70 @@ async fn put_registry_certs(
     Ok(Some(remote))
 }
 
+/// Shell command that mounts the machine's state disk (a QEMU guest's `sk-state` drive, see
+/// the qemu backend) on the cluster's state directory, once: a manager's store and Raft log
+/// and the node's credentials survive the guest's death as a machine's disk does. A machine
+/// without one (an ssh host) keeps its state on its own disks.
+fn mount_state_command(paths: &ClusterPaths) -> String {
+    format!(
+        "i=0; while [ ! -e /run/swarmkit-modules.done ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; \
+         st={st}; grep -q \" $st \" /proc/mounts && exit 0; \
+         for b in /sys/block/vd*; do \
+           if [ \"$(cat $b/serial 2>/dev/null)\" = {serial} ]; then \
+             mkdir -p $st && chmod 700 $st && exec mount -t ext4 /dev/${{b##*/}} $st; \
+           fi; \
+         done; exit 0",
+        st = shell_quote(&paths.state_dir().display().to_string()),
+        serial = STATE_DISK_SERIAL,
+    )
+}
+
+/// The serial number a guest's state disk carries, by which the guest finds it.
+pub(crate) const STATE_DISK_SERIAL: &str = "sk-state";
+
+/// Lays out the node's manager (its store, key, the members and settings, its replica file
+/// last) unless the node already has it: a restarted machine keeps the store it had, which
+/// is ahead of the seed.
+async fn put_manager_seat(s: &Session, paths: &ClusterPaths, node: &VmNode) -> anyhow::Result<()> {
+    let files = crate::managers::seat_files(paths, &node.name)?;
+    let Some((seat, _)) = files.last() else {
+        return Ok(());
+    };
+    let present = s
+        .exec(&format!(
+            "test -f {}",
+            shell_quote(&seat.display().to_string())
+        ))
+        .await?;
+    if present.code == 0 {
+        return Ok(());
+    }
+    for (file, bytes) in &files {
+        let f = shell_quote(&file.display().to_string());
+        let d = shell_quote(
+            &file
+                .parent()
+                .context("a seat file has a directory")?
+                .display()
+                .to_string(),
+        );
+        let out = s
+            .exec_with_stdin(
+                &format!("umask 077 && mkdir -p {d} && cat > {f}.tmp && sync && mv {f}.tmp {f}"),
+                bytes,
+            )
+            .await?;
+        if out.code != 0 {
+            anyhow::bail!(
+                "copying {f} to {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Shell command that starts the agent unless it already runs, with `extra` in its
 /// environment.
 fn agent_command(
@@ -235,21 +306,36 @@ async fn serve_node(
     let s = connect(node).await?;
     set_session_state(paths, &node.name, "ssh");
     let bin = ensure_binary(&s, node).await?;
+    let out = s.exec(&mount_state_command(paths)).await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "mounting the state disk on {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     put_join_token(&s, paths, node).await?;
+    put_manager_seat(&s, paths, node).await?;
+    let runs_manager = paths.replica_file(&node.name).exists();
     // Before the agent, whose first connection would otherwise wait out a retry.
     let relay = s
-        .exec_stream(&relay::command(&bin, &paths.name))
+        .exec_stream(&relay::command(
+            &bin,
+            &paths.name,
+            runs_manager.then_some(node.name.as_str()),
+        ))
         .await
         .context("starting the node's end of the control path")?;
     let registry = crate::record::registry_of(paths);
     let certs = put_registry_certs(&s, node, &registry, &paths.name).await?;
+    let mut env = registry.env(certs.as_deref());
+    // Where the machines run the managers, agents dial them across the underlay.
+    if let Ok(members) = crate::managers::members(paths) {
+        let addrs: Vec<String> = members.into_values().map(|m| m.addr).collect();
+        env.push((cluster::agent::ENV_MANAGER_TCP, addrs.join(",")));
+    }
     let out = s
-        .exec(&agent_command(
-            &paths.name,
-            node,
-            &bin,
-            &registry.env(certs.as_deref()),
-        ))
+        .exec(&agent_command(&paths.name, node, &bin, &env))
         .await?;
     if out.code != 0 {
         anyhow::bail!(
@@ -282,13 +368,31 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
                         tracing::info!(node = node.name, "session up, agent started");
                         set_session_state(&paths, &node.name, "agent");
                         pause = Duration::from_millis(200);
+                        // The node's manager, when it runs one, is reached here through the
+                        // relay; only while the session is up, so that clients find no
+                        // socket (and move on at once) while the machine is away.
+                        let manager = paths
+                            .replica_file(&node.name)
+                            .exists()
+                            .then(|| paths.replica_run_dir(&node.name).join("manager.sock"));
+                        let listener = match manager.as_deref().map(relay::bind_manager_socket) {
+                            Some(Ok(l)) => Some(l),
+                            Some(Err(e)) => {
+                                tracing::warn!(node = node.name, "{e:#}");
+                                None
+                            }
+                            None => None,
+                        };
                         tokio::select! {
                             () = s.closed() => {
                                 tracing::warn!(node = node.name, "session lost; reconnecting");
                             }
-                            ended = relay::serve_host_end(channel, paths.agent_socket()) => {
+                            ended = relay::serve_host_end(channel, paths.agent_socket(), listener.as_ref()) => {
                                 tracing::warn!(node = node.name, "the relay ended ({ended:?}); reconnecting");
                             }
+                        }
+                        if let Some(socket) = manager {
+                            let _ = std::fs::remove_file(socket);
                         }
                     }
                     // A killed guest (`node kill`) is waited for quietly and often, as it may

@@ -36,25 +36,32 @@ fn config() -> yamux::Config {
     yamux::Config::default()
 }
 
-/// `swarmkit __relay --cluster C`, on the node: serves the cluster's agent socket until
-/// stdin ends.
-pub async fn node_side(paths: &ClusterPaths) -> anyhow::Result<()> {
+/// `swarmkit __relay --cluster C [--node N]`, on the node: serves the cluster's agent socket
+/// until stdin ends; with `--node`, the host's streams reach the node's manager socket (a
+/// node that runs one of several managers).
+pub async fn node_side(paths: &ClusterPaths, node: Option<&str>) -> anyhow::Result<()> {
     let run = paths.run_dir();
     create_private_dir(&run).with_context(|| format!("making {} root-only", run.display()))?;
     let listener = bind(&paths.agent_socket())?;
     std::fs::write(pid_file(paths), std::process::id().to_string())?;
-    serve_node_end(
-        listener,
+    serve_end(
         tokio::io::join(tokio::io::stdin(), tokio::io::stdout()),
+        yamux::Mode::Client,
+        Some(&listener),
+        node.map(|n| paths.replica_run_dir(n).join("manager.sock")),
     )
     .await
 }
 
 /// The command that starts the node's end with the swarmkit at `bin` there, marked as the
-/// cluster's (for `cluster down` on the node to find it, as it finds the agent).
-pub fn command(bin: &str, cluster: &str) -> String {
+/// cluster's (for `cluster down` on the node to find it, as it finds the agent); `manager`
+/// names the node when it runs a manager the host reaches through the relay.
+pub fn command(bin: &str, cluster: &str, manager: Option<&str>) -> String {
+    let node = manager
+        .map(|n| format!(" --node {}", shell_quote(n)))
+        .unwrap_or_default();
     format!(
-        "{}={c} {} --cluster {c} __relay",
+        "{}={c} {} --cluster {c} __relay{node}",
         cluster::paths::OWNER_ENV,
         shell_quote(bin),
         c = shell_quote(cluster)
@@ -62,52 +69,64 @@ pub fn command(bin: &str, cluster: &str) -> String {
 }
 
 /// The host's end, over the exec channel of [`command`]: hands every stream the node's end
-/// opens to `agents` (the manager's agent socket). Returns when the relay or its session ends.
-pub async fn serve_host_end<T>(channel: T, agents: PathBuf) -> anyhow::Result<()>
+/// opens to `agents` (the manager's agent socket), and carries every connection to
+/// `manager` (this host's socket for the node's manager, when it runs one) to the node.
+/// Returns when the relay or its session ends.
+pub async fn serve_host_end<T>(
+    channel: T,
+    agents: PathBuf,
+    manager: Option<&UnixListener>,
+) -> anyhow::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = yamux::Connection::new(channel.compat(), config(), yamux::Mode::Server);
-    while let Some(inbound) = poll_fn(|cx| conn.poll_next_inbound(cx)).await {
-        let stream = inbound.context("the relay's channel failed")?;
-        let agents = agents.clone();
-        tokio::spawn(async move {
-            match UnixStream::connect(&agents).await {
-                Ok(local) => splice(local, stream).await,
-                Err(e) => tracing::warn!("relayed connection to {}: {e}", agents.display()),
-            }
-        });
-    }
-    Ok(())
+    serve_end(channel, yamux::Mode::Server, manager, Some(agents)).await
 }
 
-async fn serve_node_end<T>(listener: UnixListener, channel: T) -> anyhow::Result<()>
+/// Listens on `socket` (owner-only) for connections to a node's manager, replacing what an
+/// earlier session left there.
+pub fn bind_manager_socket(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        create_private_dir(dir).with_context(|| format!("making {}", dir.display()))?;
+    }
+    bind(socket)
+}
+
+/// One end of the relay: each connection `listener` accepts becomes a stream to the other
+/// end, and each stream the other end opens is spliced to a connection to `target` (turned
+/// away when there is none, or nothing listens there).
+async fn serve_end<T>(
+    channel: T,
+    mode: yamux::Mode,
+    listener: Option<&UnixListener>,
+    target: Option<PathBuf>,
+) -> anyhow::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut conn = yamux::Connection::new(channel.compat(), config(), yamux::Mode::Client);
+    let mut conn = yamux::Connection::new(channel.compat(), config(), mode);
     enum Event {
         Accepted(UnixStream),
+        Opened(yamux::Stream),
         Ended(Option<yamux::ConnectionError>),
     }
     loop {
         let event = poll_fn(|cx| {
-            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+            if let Some(listener) = listener
+                && let Poll::Ready(accepted) = listener.poll_accept(cx)
+            {
                 match accepted {
                     Ok((local, _)) => return Poll::Ready(Event::Accepted(local)),
                     // A failed accept (out of descriptors) costs that connection, not the
                     // relay; the channel below is still polled and wakes us again.
-                    Err(e) => tracing::warn!("accepting an agent connection: {e}"),
+                    Err(e) => tracing::warn!("accepting a connection to relay: {e}"),
                 }
             }
-            loop {
-                match conn.poll_next_inbound(cx) {
-                    // The host side never opens streams; one that does is turned away.
-                    Poll::Ready(Some(Ok(stream))) => drop(stream),
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Ended(Some(e))),
-                    Poll::Ready(None) => return Poll::Ready(Event::Ended(None)),
-                    Poll::Pending => return Poll::Pending,
-                }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => Poll::Ready(Event::Opened(stream)),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Event::Ended(Some(e))),
+                Poll::Ready(None) => Poll::Ready(Event::Ended(None)),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await;
@@ -115,8 +134,20 @@ where
             Event::Accepted(local) => {
                 let stream = poll_fn(|cx| conn.poll_new_outbound(cx))
                     .await
-                    .context("opening a stream to the manager")?;
+                    .context("opening a stream to the other end")?;
                 tokio::spawn(splice(local, stream));
+            }
+            Event::Opened(stream) => {
+                let Some(target) = target.clone() else {
+                    drop(stream);
+                    continue;
+                };
+                tokio::spawn(async move {
+                    match UnixStream::connect(&target).await {
+                        Ok(local) => splice(local, stream).await,
+                        Err(e) => tracing::warn!("relayed connection to {}: {e}", target.display()),
+                    }
+                });
             }
             Event::Ended(None) => return Ok(()),
             Event::Ended(Some(e)) => return Err(e).context("the session's channel failed"),
@@ -170,8 +201,10 @@ mod tests {
             }
         });
         let listener = bind(&node_socket).unwrap();
-        let node_end = tokio::spawn(serve_node_end(listener, node_io));
-        let host_end = tokio::spawn(serve_host_end(host_io, manager_socket.clone()));
+        let node_end = tokio::spawn(async move {
+            serve_end(node_io, yamux::Mode::Client, Some(&listener), None).await
+        });
+        let host_end = tokio::spawn(serve_host_end(host_io, manager_socket.clone(), None));
         let clients: Vec<_> = (0..20)
             .map(|i| {
                 let node_socket = node_socket.clone();
@@ -200,6 +233,70 @@ mod tests {
             .expect("the node's end outlived its channel")
             .unwrap()
             .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The other direction, over the same channel at once: connections to the host's socket
+    /// for the node's manager reach the node's manager socket, while the node's agent
+    /// connections still reach the host; a stream to a node whose manager is not listening
+    /// is closed at once rather than left hanging.
+    #[tokio::test]
+    async fn the_host_reaches_the_nodes_manager_through_the_same_channel() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (node_io, host_io) = tokio::io::duplex(64 * 1024);
+        let dir = std::env::temp_dir().join(format!("sk-relay-back-{}", std::process::id()));
+        create_private_dir(&dir).unwrap();
+        let (agents_node, agents_host) = (dir.join("agents-node.sock"), dir.join("agents.sock"));
+        let (manager_node, manager_host) = (dir.join("m/node.sock"), dir.join("m/host.sock"));
+        let echo = |socket: &Path, tag: &'static str| {
+            let l = bind_manager_socket(socket).unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        c.read_to_end(&mut buf).await.unwrap();
+                        c.write_all(tag.as_bytes()).await.unwrap();
+                        c.write_all(&buf).await.unwrap();
+                    });
+                }
+            })
+        };
+        let node_listener = bind(&agents_node).unwrap();
+        let host_listener = bind_manager_socket(&manager_host).unwrap();
+        let target = manager_node.clone();
+        let _node_end = tokio::spawn(async move {
+            serve_end(
+                node_io,
+                yamux::Mode::Client,
+                Some(&node_listener),
+                Some(target),
+            )
+            .await
+        });
+        let _host_end = tokio::spawn(async move {
+            serve_host_end(host_io, agents_host, Some(&host_listener)).await
+        });
+        let ask = |socket: PathBuf, what: &'static str| async move {
+            let mut c = UnixStream::connect(&socket).await.unwrap();
+            c.write_all(what.as_bytes()).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut got = String::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                c.read_to_string(&mut got),
+            )
+            .await
+            .expect("a relayed connection hung")
+            .unwrap();
+            got
+        };
+        // Nothing listens on the node's manager socket yet: closed, not hung.
+        assert_eq!(ask(manager_host.clone(), "early").await, "");
+        let _manager = echo(&manager_node, "manager:");
+        let _agents = echo(&dir.join("agents.sock"), "agents:");
+        assert_eq!(ask(manager_host.clone(), "ping").await, "manager:ping");
+        assert_eq!(ask(agents_node.clone(), "plan").await, "agents:plan");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

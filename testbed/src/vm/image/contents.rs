@@ -38,6 +38,8 @@ pub(super) const MODULES: &[&str] = &[
     "ip_vs_lc",
     // ctnetlink: how `conntrack -L` (and so `swarmkit trace`) reads the connection table.
     "nf_conntrack_netlink",
+    // The guest's state disk (its manager's store and log, its credentials) is ext4.
+    "ext4",
 ];
 
 /// IPsec ESP and the crypto it needs, and nft expressions our rulesets do not use (there for

@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
@@ -136,6 +136,38 @@ fn node_initrd(base: &Path, dest: &Path, host_key: &[u8], authorized: &str) -> R
     r.map_err(io(dest.display().to_string()))
 }
 
+/// How big a guest's state disk is (sparse: it takes what its files take).
+const STATE_DISK_SIZE: &str = "256M";
+
+/// The guest's disk for the cluster's state directory (its manager's store and Raft log, its
+/// credentials): made empty (ext4) on its first boot and kept, as a machine's disk is, when
+/// the guest is killed and started again; it goes with the cluster's state.
+fn state_disk(paths: &ClusterPaths, node: &str) -> Result<PathBuf> {
+    let dir = paths.state_dir().join("machines");
+    cluster::paths::create_private_dir(&dir).map_err(io(dir.display().to_string()))?;
+    let disk = dir.join(format!("{node}.img"));
+    if disk.exists() {
+        return Ok(disk);
+    }
+    let tmp = disk.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "sk-state"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(&tmp)
+        .arg(STATE_DISK_SIZE)
+        .output()
+        .map_err(io("running mke2fs (e2fsprogs) for a guest's state disk"))?;
+    if !out.status.success() {
+        return Err(QemuError::Io {
+            what: format!("making {}", tmp.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        });
+    }
+    std::fs::rename(&tmp, &disk).map_err(io(disk.display().to_string()))?;
+    Ok(disk)
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("picking a free port"))?;
     Ok(l.local_addr().map_err(io("picking a free port"))?.port())
@@ -193,6 +225,7 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
     };
     secret(&hk_file, &host_key.openssh_private)?;
     secret(&ak_file, spec.authorized_key.as_bytes())?;
+    let state_disk = state_disk(paths, &spec.name)?;
     let console = paths.log_file(&format!("{}.console", spec.name));
     let cpu = if spec.accel == "kvm" { "host" } else { TCG_CPU };
     let mut cmd = headless_guest(&spec.image.vmlinux, &initrd)?;
@@ -219,6 +252,19 @@ pub async fn boot(spec: BootSpec<'_>) -> Result<VmNode> {
         ])
         .args(["-device", &format!("{},netdev=m", machine.device("net", 4))])
         .args(volume_args(spec.image, &machine))
+        .args([
+            "-drive",
+            &format!(
+                "file={},if=none,id=state,format=raw,cache=writeback",
+                state_disk.display()
+            ),
+            "-device",
+            &format!(
+                "{},drive=state,serial={}",
+                machine.device("blk", 6),
+                crate::vm::host::STATE_DISK_SERIAL
+            ),
+        ])
         .arg("-fw_cfg")
         .arg(format!(
             "name=opt/swarmkit/host_key,file={}",
