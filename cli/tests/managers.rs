@@ -648,3 +648,82 @@ fn service_writes_through_every_manager_keep_their_history_through_kills_and_iso
         "too little was acknowledged to tell anything: {acked_ops}"
     );
 }
+
+/// A followed log asked of a follower streams the leader's copy of the task's output (agents
+/// push it to the leader): lines printed after the follow began arrive while it runs.
+#[test]
+fn a_followed_log_through_a_follower_streams_as_the_task_writes() {
+    require_root!();
+    let c = up("mgr-logs");
+    let lead = leader(&c, "node1").expect("a leader");
+    let follower = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| *n != lead)
+        .unwrap();
+    c.service_create(&[
+        "--name",
+        "ticker",
+        "--constraint",
+        "node.hostname==node4",
+        "whoami",
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done",
+    ])
+    .ok();
+    let mut follow = std::process::Command::new("timeout")
+        .args([
+            "--kill-after=5",
+            "30",
+            "docker",
+            "service",
+            "logs",
+            "-f",
+            "--raw",
+            "ticker",
+        ])
+        .env(
+            "DOCKER_HOST",
+            format!(
+                "unix:///run/swarmkit/{}/managers/{follower}/manager.sock",
+                c.name
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the docker CLI is installed (scripts/setup)");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(n) = line
+                .trim()
+                .strip_prefix("tick ")
+                .and_then(|n| n.parse::<u64>().ok())
+                && tx.send(n).is_err()
+            {
+                return;
+            }
+        }
+    });
+    // The first line may be one written before the follow began; a later, higher one shows
+    // the answer streaming.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let next = |deadline: Instant| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a tick line through the follower within the deadline")
+    };
+    let first = next(deadline);
+    let mut last = first;
+    while last < first + 5 {
+        last = next(deadline);
+    }
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "the followed log ended instead of streaming"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

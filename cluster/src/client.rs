@@ -385,6 +385,38 @@ impl ManagerClient {
         Ok(hyper_util::rt::TokioIo::new(upgraded))
     }
 
+    /// `POST uri` with a JSON body on a connection of its own, answered as it streams: the
+    /// status and headers within [`REQUEST_TIMEOUT`], the body for as long as the server
+    /// sends it (a followed log). Any status is returned, not turned into an error.
+    pub async fn post_streaming<B: Serialize>(
+        &self,
+        uri: &str,
+        body: &B,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let http = |message: String| ClientError::Http {
+            method: Method::POST,
+            uri: uri.to_string(),
+            message,
+        };
+        let bytes = serde_json::to_vec(body).map_err(|e| http(e.to_string()))?;
+        let mut sender = self.handshake().await?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header("Host", "swarmkit")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| http(e.to_string()))?;
+        tokio::time::timeout(REQUEST_TIMEOUT, send(&mut sender, req))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                method: Method::POST,
+                uri: uri.to_string(),
+                after: REQUEST_TIMEOUT,
+            })?
+            .map_err(http)
+    }
+
     /// One request, given up after [`REQUEST_TIMEOUT`]: a connection that stalls (seen once
     /// through an SSH forward into a guest, with both ends still established) must cost an
     /// agent one retry, not its plan updates for good.

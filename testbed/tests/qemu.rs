@@ -752,7 +752,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
 #[test]
 fn guest_managers_survive_a_killed_guest_and_a_cut() {
     testkit::skip_unless!(testkit::needs_qemu());
-    let cl = Cluster::up_with("qm", 3, &["--backend", "qemu", "--managers", "3"]);
+    let cl = Cluster::up_with("qgm", 3, &["--backend", "qemu", "--managers", "3"]);
     let status = || -> Vec<(String, String)> {
         let out = cl.sk(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
         out.stdout
@@ -873,4 +873,118 @@ fn guest_managers_survive_a_killed_guest_and_a_cut() {
     names.sort();
     assert_eq!(names, ["after-cut", "after-kill", "before"], "{services}");
     down_leaves_nothing(&cl);
+}
+
+/// Issue 24 on hosts someone owns: the first three hosts of an ssh inventory each run a
+/// manager (their copies of the seed sent over SSH, their Raft traffic between the addresses
+/// the inventory gives), this host reaches each through its SSH session, a write through a
+/// follower lands once in every store, and `cluster down` removes the managers and their
+/// stores from the hosts.
+#[test]
+fn ssh_hosts_run_the_managers() {
+    testkit::skip_unless!(testkit::needs_qemu());
+    let machines = Cluster::up_with_env(
+        "qh",
+        3,
+        &["--backend", "qemu"],
+        &[(testbed::backend::qemu::ENV_BARE, "1")],
+    );
+    let c = Cluster::guard(&testkit::unique_name("qsm"));
+    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{}.toml", c.name));
+    std::fs::write(&inv_path, inventory(&machines)).unwrap();
+    let out = sk(&[
+        "cluster",
+        "up",
+        "--name",
+        &c.name,
+        "--backend",
+        "ssh",
+        "--managers",
+        "3",
+        "--inventory",
+        inv_path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&inv_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statuses = eventually("a leader", Duration::from_secs(30), || {
+        let s = on(&c, &["node", "ls", "--format", "{{.ManagerStatus}}"]);
+        s.contains("Leader").then_some(s)
+    });
+    assert_eq!(statuses.matches("Reachable").count(), 2, "{statuses}");
+    let paths = ClusterPaths::new(&c.name);
+    let follower = on(
+        &c,
+        &["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"],
+    )
+    .lines()
+    .find(|l| l.ends_with(" Reachable"))
+    .and_then(|l| l.split_whitespace().next())
+    .expect("a follower")
+    .to_string();
+    let via = |node: &str, args: &[&str]| {
+        Command::new("docker")
+            .env(
+                "DOCKER_HOST",
+                format!(
+                    "unix://{}",
+                    paths.replica_run_dir(node).join("manager.sock").display()
+                ),
+            )
+            .args(args)
+            .output()
+            .expect("running docker")
+    };
+    let created = via(
+        &follower,
+        &["service", "create", "--detach", "--name", "web", "whoami"],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    eventually("every manager to list it", Duration::from_secs(20), || {
+        ["node1", "node2", "node3"]
+            .iter()
+            .all(|n| {
+                let ls = via(n, &["service", "ls", "--format", "{{.Name}}"]);
+                String::from_utf8_lossy(&ls.stdout).trim() == "web"
+            })
+            .then_some(())
+    });
+    let stores = on(
+        &machines,
+        &[
+            "node",
+            "exec",
+            "node2",
+            "--",
+            "ls",
+            &paths.replica_dir("node2").display().to_string(),
+        ],
+    );
+    assert!(stores.contains("state.redb"), "{stores}");
+    ok(&["cluster", "down", &c.name]);
+    for n in ["node1", "node2", "node3"] {
+        let left = on(
+            &machines,
+            &[
+                "node",
+                "exec",
+                n,
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "ls -d {} 2>/dev/null; ps | grep -c '[_]_manager'; true",
+                    paths.state_dir().display()
+                ),
+            ],
+        );
+        assert_eq!(left.trim(), "0", "{n} kept: {left}");
+    }
 }

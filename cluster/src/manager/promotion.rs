@@ -227,12 +227,12 @@ async fn step(m: &Shared, replica: &Replica) -> Result<(), crate::raft::ReplicaE
 async fn bounded(
     change: impl std::future::Future<Output = Result<(), crate::raft::ReplicaError>>,
 ) -> Result<(), crate::raft::ReplicaError> {
-    tokio::time::timeout(crate::raft::WRITE_DEADLINE, change)
+    tokio::time::timeout(crate::raft::timing().write_deadline, change)
         .await
         .map_err(|_| {
             crate::raft::ReplicaError::Raft(format!(
                 "the membership change did not commit within {:?}",
-                crate::raft::WRITE_DEADLINE
+                crate::raft::timing().write_deadline
             ))
         })?
 }

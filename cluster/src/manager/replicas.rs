@@ -194,6 +194,9 @@ pub async fn replica_status(
 
 /// Where a follower sends the leader a write it was asked.
 pub const FORWARD: &str = "/swarmkit/v1/raft/forward";
+/// Where a follower sends a request whose answer streams (a followed log): the leader's
+/// answer comes back as it is written, status and headers first.
+pub const FORWARD_STREAM: &str = "/swarmkit/v1/raft/forward-stream";
 
 /// An Engine API request as a follower received it (after its caller was authorised there).
 #[derive(Serialize, Deserialize)]
@@ -230,6 +233,7 @@ impl OfCluster for Forwarding {
 pub fn forwarded(api: Router, cluster_id: &str) -> Router {
     Router::new()
         .route(FORWARD, post(replay))
+        .route(FORWARD_STREAM, post(replay_streaming))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Forwarding {
             api,
@@ -237,32 +241,50 @@ pub fn forwarded(api: Router, cluster_id: &str) -> Router {
         })
 }
 
-async fn replay(
-    State(f): State<Forwarding>,
-    _: FromManager,
-    Json(request): Json<Forwarded>,
-) -> Response {
-    let body = match STANDARD.decode(&request.body) {
-        Ok(b) => b,
-        Err(e) => return error::body(StatusCode::BAD_REQUEST, &format!("a forwarded body: {e}")),
-    };
+/// The request a follower forwarded, as the leader's own API takes it (else what is wrong
+/// with it).
+fn rebuilt(request: &Forwarded) -> Result<Request, String> {
+    let body = STANDARD
+        .decode(&request.body)
+        .map_err(|e| format!("a forwarded body: {e}"))?;
     let mut builder = axum::http::Request::builder()
         .method(request.method.as_str())
         .uri(&request.uri);
     if let Some(ct) = &request.content_type {
         builder = builder.header(axum::http::header::CONTENT_TYPE, ct);
     }
-    let mut req = match builder.body(axum::body::Body::from(body)) {
-        Ok(r) => r,
-        Err(e) => {
-            return error::body(
-                StatusCode::BAD_REQUEST,
-                &format!("a forwarded request: {e}"),
-            );
-        }
-    };
+    let mut req = builder
+        .body(axum::body::Body::from(body))
+        .map_err(|e| format!("a forwarded request: {e}"))?;
     // The follower authorised its caller; here the request is the cluster's own.
     req.extensions_mut().insert(Peer::Local);
+    Ok(req)
+}
+
+/// A forwarded request whose answer streams: the API's answer is this one, as it is written.
+async fn replay_streaming(
+    State(f): State<Forwarding>,
+    _: FromManager,
+    Json(request): Json<Forwarded>,
+) -> Response {
+    match rebuilt(&request) {
+        Ok(req) => match f.api.oneshot(req).await {
+            Ok(answer) => answer,
+            Err(never) => match never {},
+        },
+        Err(e) => error::body(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+async fn replay(
+    State(f): State<Forwarding>,
+    _: FromManager,
+    Json(request): Json<Forwarded>,
+) -> Response {
+    let req = match rebuilt(&request) {
+        Ok(r) => r,
+        Err(e) => return error::body(StatusCode::BAD_REQUEST, &e),
+    };
     let answer = match f.api.oneshot(req).await {
         Ok(a) => a,
         Err(never) => match never {},
@@ -289,7 +311,7 @@ async fn replay(
 /// acknowledged (a task's visible state, a node's) lives on the leader alone. With no leader
 /// reachable a read is answered from this manager's replica, and a write gets docker's 503.
 /// Tasks' output is the leader's too (agents push it there); a followed log, which streams,
-/// is answered here, with what this manager holds (nothing yet: a known gap).
+/// is streamed through from the leader (`follow_at_leader`).
 pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Response {
     let Some(replica) = m.replica.clone() else {
         return next.run(req).await;
@@ -305,15 +327,17 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
             "this manager has left the swarm's managers (demoted): ask another manager",
         );
     }
-    // A followed log streams: the proxy carries whole answers only (not yet a stream).
     let following = path.ends_with("/logs")
         && req.uri().query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| kv == "follow=1" || kv == "follow=true")
         });
-    let local = path == "/_ping" || path == "/version" || path == REPLICA_STATUS || following;
+    let local = path == "/_ping" || path == "/version" || path == REPLICA_STATUS;
     if local || replica.is_leader() {
         return next.run(req).await;
+    }
+    if following {
+        return follow_at_leader(&m, &replica, req, next).await;
     }
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let (parts, body) = req.into_parts();
@@ -338,7 +362,7 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
         + if read {
             READ_PATIENCE
         } else {
-            crate::raft::WRITE_DEADLINE
+            crate::raft::timing().write_deadline
         };
     loop {
         if replica.is_leader() {
@@ -384,6 +408,43 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
                     error::body(StatusCode::SERVICE_UNAVAILABLE, crate::raft::NO_LEADER)
                 };
             }
+        }
+    }
+}
+
+/// A followed log asked of a follower: the tasks' output is on the leader (agents push it
+/// there), so the leader's answer is streamed through as it is written. With no leader
+/// reachable, this manager answers with what it holds.
+async fn follow_at_leader(m: &Shared, replica: &Replica, req: Request, next: Next) -> Response {
+    let Some(leader) = replica.leader_member() else {
+        return next.run(req).await;
+    };
+    let uri = req.uri().to_string();
+    let content_type = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let forwarded = Forwarded {
+        method: req.method().to_string(),
+        uri,
+        content_type,
+        // A log request carries its options in its query.
+        body: String::new(),
+    };
+    let tls = (**m.tls.managers().borrow()).clone();
+    let client = ManagerClient::tcp(&leader.addr).with_tls(tls);
+    match client.post_streaming(FORWARD_STREAM, &forwarded).await {
+        Ok(answer) => {
+            let (parts, body) = answer.into_parts();
+            Response::from_parts(parts, axum::body::Body::new(body))
+        }
+        Err(e) => {
+            tracing::debug!(
+                "the leader at {} did not stream a followed log: {e}",
+                leader.addr
+            );
+            next.run(req).await
         }
     }
 }

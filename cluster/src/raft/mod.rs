@@ -23,29 +23,63 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Rows, Store, StoreError};
 
-/// Leaders heartbeat at this. A follower stands for election once it has heard nothing for
-/// the leader's lease (`ELECTION_MAX`: it refuses votes before, so a slow heartbeat cannot
-/// depose a live leader) plus its own timeout (random in `ELECTION_MIN..ELECTION_MAX`):
-/// 1.75 to 2 s after the leader's last heartbeat, a new leader inside the 3 s the
-/// managers promise (Swarm's default is ~10 s).
-pub const HEARTBEAT: Duration = Duration::from_millis(200);
-const ELECTION_MIN: Duration = Duration::from_millis(750);
-const ELECTION_MAX: Duration = Duration::from_millis(1000);
+/// The managers' clock, on a machine of ordinary speed: leaders heartbeat every 200 ms. A
+/// follower stands for election once it has heard nothing for the leader's lease
+/// (`election_max`: it refuses votes before, so a slow heartbeat cannot depose a live leader)
+/// plus its own timeout (random in `election_min..election_max`): 1.75 to 2 s after the
+/// leader's last heartbeat, a new leader inside the 3 s the managers promise (Swarm's default
+/// is ~10 s). A write waits up to 5 s for a leader and a quorum before it is refused.
+///
+/// Machines much slower than that (QEMU guests under software emulation, several to a core)
+/// answer a vote later than 750 ms and never elect anyone: their managers run `pace` times
+/// slower (`SWARMKIT_RAFT_PACE`, which the backend sets for them).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    election_min: Duration,
+    election_max: Duration,
+    /// How long a write waits for a leader and a quorum before it is refused.
+    pub write_deadline: Duration,
+    /// How recently a manager must have answered the leader to count towards the quorum a
+    /// membership change needs: what `docker node ls` shows as Reachable. (Much shorter,
+    /// and a loaded machine's late heartbeat refuses a sound change; a manager lost within
+    /// it is counted, as docker counts it.)
+    recently_answered: Duration,
+}
+
+/// How many times slower than the default the managers' clock runs, 1 to 20.
+pub const ENV_RAFT_PACE: &str = "SWARMKIT_RAFT_PACE";
+
+impl Timing {
+    pub fn paced(pace: u32) -> Timing {
+        let pace = pace.clamp(1, 20);
+        Timing {
+            heartbeat: Duration::from_millis(200) * pace,
+            election_min: Duration::from_millis(750) * pace,
+            election_max: Duration::from_millis(1000) * pace,
+            write_deadline: Duration::from_secs(5) * pace,
+            recently_answered: Duration::from_millis(2000) * pace,
+        }
+    }
+}
+
+/// This process's managers' clock (see [`Timing`]).
+pub fn timing() -> &'static Timing {
+    static TIMING: std::sync::OnceLock<Timing> = std::sync::OnceLock::new();
+    TIMING.get_or_init(|| {
+        let pace = std::env::var(ENV_RAFT_PACE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        Timing::paced(pace)
+    })
+}
 
 /// How long sending and installing a whole snapshot may take.
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// How long a write waits for a leader and a quorum before it is refused.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
-
 /// docker's words when a write finds no quorum.
 pub const NO_LEADER: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
-
-/// How recently a manager must have answered the leader to count towards the quorum a
-/// membership change needs: what `docker node ls` shows as Reachable. (Much shorter, and a
-/// loaded machine's late heartbeat refuses a sound change; a manager lost within it is
-/// counted, as docker counts it.)
-const RECENTLY_ANSWERED: Duration = Duration::from_millis(2 * ELECTION_MAX.as_millis() as u64);
 
 /// How far behind the leader a learner may be and still become a voter.
 const CAUGHT_UP_WITHIN: u64 = 10;
@@ -247,9 +281,9 @@ impl Replica {
     ) -> Result<Arc<Replica>, ReplicaError> {
         let config = Config {
             cluster_name: "swarmkit-managers".into(),
-            heartbeat_interval: HEARTBEAT.as_millis() as u64,
-            election_timeout_min: ELECTION_MIN.as_millis() as u64,
-            election_timeout_max: ELECTION_MAX.as_millis() as u64,
+            heartbeat_interval: timing().heartbeat.as_millis() as u64,
+            election_timeout_min: timing().election_min.as_millis() as u64,
+            election_timeout_max: timing().election_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(compaction.every),
             max_in_snapshot_log_to_keep: compaction.keep,
             // A snapshot goes whole, in one request, and is installed with a durable commit
@@ -338,7 +372,7 @@ impl Replica {
         let remaining: Vec<u64> = voters.difference(leaving).copied().collect();
         let reachable = remaining
             .iter()
-            .filter(|id| **id == self.id || self.answered.within(**id, RECENTLY_ANSWERED))
+            .filter(|id| **id == self.id || self.answered.within(**id, timing().recently_answered))
             .count();
         if reachable > remaining.len() / 2 {
             Ok(())
@@ -443,7 +477,7 @@ impl Replica {
         m.state == ServerState::Leader
             && m.current_leader == Some(self.id)
             && m.millis_since_quorum_ack
-                .is_some_and(|ms| ms <= ELECTION_MAX.as_millis() as u64)
+                .is_some_and(|ms| ms <= timing().election_max.as_millis() as u64)
     }
 
     /// Waits until this manager leads with every entry it holds applied, so that what it
@@ -453,14 +487,17 @@ impl Replica {
             m.state == ServerState::Leader && m.last_applied.map(|l| l.index) == m.last_log_index
         };
         let mut metrics = self.raft.metrics();
-        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+        let deadline = tokio::time::Instant::now() + timing().write_deadline;
         loop {
             if ready(&metrics.borrow_and_update()) {
                 // A quorum confirms this leader now, one round trip before the write is
                 // proposed: a leader that lost its followers refuses the write rather than
                 // log an entry that may commit long after it was answered "no leader".
-                let confirmed =
-                    tokio::time::timeout(2 * ELECTION_MAX, self.raft.ensure_linearizable()).await;
+                let confirmed = tokio::time::timeout(
+                    2 * timing().election_max,
+                    self.raft.ensure_linearizable(),
+                )
+                .await;
                 return match confirmed {
                     Ok(Ok(_)) => Ok(()),
                     _ => Err(StoreError::NoLeader(NO_LEADER.into())),
@@ -482,7 +519,7 @@ impl Replica {
 
     async fn write(&self, rows: Rows) -> Result<(), StoreError> {
         match tokio::time::timeout(
-            WRITE_DEADLINE,
+            timing().write_deadline,
             self.raft.client_write(Write::from_rows(rows)),
         )
         .await
@@ -510,7 +547,7 @@ impl Replica {
                 .map(|(id, member)| {
                     let standing = if *id == self.id {
                         Reachability::Leader
-                    } else if self.answered.within(*id, RECENTLY_ANSWERED) {
+                    } else if self.answered.within(*id, timing().recently_answered) {
                         Reachability::Reachable
                     } else {
                         Reachability::Unreachable

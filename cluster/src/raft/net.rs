@@ -226,6 +226,6 @@ impl RaftNetwork<Managers> for Peer {
 
     /// Retry a lost peer at the heartbeat: a manager that comes back rejoins within one.
     fn backoff(&self) -> openraft::network::Backoff {
-        openraft::network::Backoff::new(std::iter::repeat(super::HEARTBEAT))
+        openraft::network::Backoff::new(std::iter::repeat(super::timing().heartbeat))
     }
 }

@@ -32,6 +32,9 @@ pub const ENV_BARE: &str = "SWARMKIT_QEMU_BARE";
 
 /// A rebooted guest is booted, logged into and given its agent by the `__vmhost` daemon.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How much slower managers in guests under TCG keep time than on a real machine: elections
+/// 5-6 s after a leader's death rather than ~2 s, still inside Swarm's ~10 s.
+const TCG_RAFT_PACE: u32 = 3;
 
 fn qemu_pid(paths: &ClusterPaths, node: &VmNode) -> Option<i32> {
     let name = format!("sk-{}-{}", paths.name, node.name);
@@ -105,24 +108,6 @@ impl NodeBackend for Qemu {
         // With the underlay's own address, as on netns clusters: where the guests' tasks find
         // the cluster's outside world (its resolver among it).
         super::netns::create_switch(&underlay).await?;
-        if opts.managers > 1 {
-            // Each of the first guests runs a manager, started by its agent; they start from
-            // one seeded store, copied to each guest's state disk before its agent starts.
-            crate::managers::seed_replicas(
-                opts,
-                paths,
-                &crate::managers::underlay_replicas(opts.managers),
-                &[],
-            )?;
-        } else {
-            // The registries the guests pull from may be on the underlay: the manager
-            // resolves digests from there too.
-            crate::supervise::start_manager(
-                opts,
-                paths,
-                &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
-            )?;
-        }
         let hostnames: Vec<String> = (1..=opts.nodes).map(|i| format!("node{i}")).collect();
         let progress = NodeProgress::new(&hostnames, start);
         let img = image().await?;
@@ -137,6 +122,30 @@ impl NodeBackend for Qemu {
             let (p, i) = (paths.clone(), img.clone());
             tokio::task::spawn_blocking(move || vm::detect_accel(&p, &i)).await??
         };
+        if opts.managers > 1 {
+            // Each of the first guests runs a manager, started by its agent; they start from
+            // one seeded store, copied to each guest's state disk before its agent starts.
+            // Under software emulation a guest answers a vote in seconds when several share
+            // a core: its managers' clock runs slower (see cluster::raft::Timing).
+            let pace = match accel.as_str() {
+                "kvm" => Vec::new(),
+                _ => vec![(cluster::raft::ENV_RAFT_PACE, TCG_RAFT_PACE.to_string())],
+            };
+            crate::managers::seed_replicas(
+                opts,
+                paths,
+                &crate::managers::underlay_replicas(opts.managers),
+                &pace,
+            )?;
+        } else {
+            // The registries the guests pull from may be on the underlay: the manager
+            // resolves digests from there too.
+            crate::supervise::start_manager(
+                opts,
+                paths,
+                &[(cluster::registry::ENV_REGISTRY_NETNS, paths.underlay_ns())],
+            )?;
+        }
         let boots = hostnames.iter().enumerate().map(|(i, h)| {
             vm::boot(vm::BootSpec {
                 paths,

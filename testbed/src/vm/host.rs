@@ -174,10 +174,9 @@ async fn put_registry_certs(
     Ok(Some(remote))
 }
 
-/// Shell command that mounts the machine's state disk (a QEMU guest's `sk-state` drive, see
-/// the qemu backend) on the cluster's state directory, once: a manager's store and Raft log
-/// and the node's credentials survive the guest's death as a machine's disk does. A machine
-/// without one (an ssh host) keeps its state on its own disks.
+/// Shell command that mounts a QEMU guest's state disk (its `sk-state` drive, see the qemu
+/// backend) on the cluster's state directory, once: a manager's store and Raft log and the
+/// node's credentials survive the guest's death as a machine's disk does.
 fn mount_state_command(paths: &ClusterPaths) -> String {
     format!(
         "i=0; while [ ! -e /run/swarmkit-modules.done ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; \
@@ -306,13 +305,17 @@ async fn serve_node(
     let s = connect(node).await?;
     set_session_state(paths, &node.name, "ssh");
     let bin = ensure_binary(&s, node).await?;
-    let out = s.exec(&mount_state_command(paths)).await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "mounting the state disk on {} failed: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    // A guest we booted has its state disk; a host (the ssh backend's) is left as it is,
+    // even when it happens to be a guest of ours.
+    if node.launch.is_some() {
+        let out = s.exec(&mount_state_command(paths)).await?;
+        if out.code != 0 {
+            anyhow::bail!(
+                "mounting the state disk on {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
     put_join_token(&s, paths, node).await?;
     put_manager_seat(&s, paths, node).await?;
