@@ -119,6 +119,9 @@ enum Command {
     },
     #[command(name = "__vmhost", hide = true)]
     VmHost,
+    /// The docker socket of a cluster of several managers (see testbed/src/docker_proxy.rs).
+    #[command(name = "__docker_proxy", hide = true)]
+    DockerProxy,
     #[command(name = "__relay", hide = true)]
     Relay {
         /// The node, when it runs a manager the host reaches through the relay.
@@ -181,6 +184,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
+        Command::DockerProxy => testbed::docker_proxy::run(cluster).await.map(|()| 0),
         Command::Relay { node } => testbed::vm::relay::node_side(
             &cluster::paths::ClusterPaths::new(cluster),
             node.as_deref(),

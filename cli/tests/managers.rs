@@ -727,3 +727,61 @@ fn a_followed_log_through_a_follower_streams_as_the_task_writes() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+/// `cluster env` points docker at the cluster's one socket, which takes each connection to
+/// the manager leading with a quorum: the same DOCKER_HOST takes writes again soon after its
+/// leader is cut off, and after the next leader's node is killed, with no one changing it.
+#[test]
+fn cluster_env_follows_the_leader_through_a_cut_and_a_kill() {
+    require_root!();
+    let c = up("mgr-env");
+    let env = c.sk(&["cluster", "env", &c.name]).ok().stdout;
+    let host = env
+        .trim()
+        .strip_prefix("export DOCKER_HOST=")
+        .expect("an export line")
+        .to_string();
+    assert_eq!(host, format!("unix:///run/swarmkit/{}/docker.sock", c.name));
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .args(["--kill-after=5", "30", "docker"])
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .output()
+            .expect("the docker CLI is installed (scripts/setup)");
+        // A create whose answer was lost in the failover may have landed: its retry meets
+        // the name taken.
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("already exists")
+    };
+    assert!(docker(&["network", "create", "-d", "overlay", "before"]));
+    let first = leader(&c, "node1").expect("a leader");
+    c.sk(&["node", "isolate", &first]).ok();
+    let cut = Instant::now();
+    c.eventually(
+        "a write through DOCKER_HOST after the cut",
+        Duration::from_secs(20),
+        || docker(&["network", "create", "-d", "overlay", "after-cut"]),
+    );
+    eprintln!(
+        "leader cut off -> write through DOCKER_HOST: {:.2}s",
+        cut.elapsed().as_secs_f64()
+    );
+    let second = ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != first)
+        .find_map(|via| leader(&c, via))
+        .expect("a new leader");
+    assert_ne!(second, first);
+    c.sk(&["node", "heal", &first]).ok();
+    c.sk(&["node", "kill", &second]).ok();
+    let killed = Instant::now();
+    c.eventually(
+        "a write through DOCKER_HOST after the kill",
+        Duration::from_secs(20),
+        || docker(&["network", "create", "-d", "overlay", "after-kill"]),
+    );
+    eprintln!(
+        "leader killed -> write through DOCKER_HOST: {:.2}s",
+        killed.elapsed().as_secs_f64()
+    );
+}

@@ -63,10 +63,19 @@ impl ClusterPaths {
     pub fn client_credentials(&self) -> PathBuf {
         self.state_dir().join("client")
     }
-    /// Where a docker client finds a manager now (the first that answers, when there are
-    /// several).
+    /// Where a docker client finds a manager: with several, the cluster's docker socket,
+    /// which takes each connection to the leader (`__docker_proxy`), else the first manager
+    /// that answers; the one manager's socket otherwise.
     pub fn docker_host(&self) -> String {
+        let proxy = self.docker_proxy_socket();
+        if proxy.exists() {
+            return format!("unix://{}", proxy.display());
+        }
         format!("unix://{}", self.live_manager_socket().display())
+    }
+    /// The cluster's docker socket when it has several managers (see [`Self::docker_host`]).
+    pub fn docker_proxy_socket(&self) -> PathBuf {
+        self.run_dir().join("docker.sock")
     }
     pub fn store(&self) -> PathBuf {
         self.state_dir().join("state.redb")

@@ -36,6 +36,7 @@
 
 pub mod backend;
 pub mod docker_lab;
+pub mod docker_proxy;
 pub mod lifecycle;
 pub mod managers;
 pub mod procs;

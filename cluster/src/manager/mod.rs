@@ -126,6 +126,7 @@ pub fn router(m: Shared) -> Router {
         .route("/nodes/{id}/update", post(nodes::update))
         .route("/swarmkit/v1/agents", get(agents::status))
         .route(replicas::REPLICA_STATUS, get(replicas::replica_status))
+        .route(replicas::LEADS, get(replicas::leads))
         .route(
             "/swarmkit/v1/networks/{id}/rotate-key",
             post(rotation::rotate),

@@ -163,6 +163,16 @@ async fn snapshot(
 /// Where a manager says how its own replica stands: never handed to the leader.
 pub const REPLICA_STATUS: &str = "/swarmkit/v1/replica";
 
+/// `GET /swarmkit/v1/replica/leads`: `{"leads": true}` when this manager leads with a quorum
+/// that answered it lately (a leader cut off says false long before it hears of a
+/// successor); answered by the manager asked, cheaply, for clients choosing whom to ask.
+pub const LEADS: &str = "/swarmkit/v1/replica/leads";
+
+pub async fn leads(State(m): State<Shared>) -> Json<serde_json::Value> {
+    let leads = m.replica.as_ref().is_none_or(|r| r.leads());
+    Json(serde_json::json!({ "leads": leads }))
+}
+
 /// `GET /swarmkit/v1/replica`: this manager's own replica (its Raft ID, whether it leads,
 /// the last entry its store applied, and a digest of the store's rows), for comparing the
 /// managers with each other: replicas that applied the same entries hold the same bytes.
@@ -321,7 +331,11 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
     // any more and its state stops moving, so it serves nothing but its own status, and
     // clients that try managers in turn (ping first) pass it by.
     let members = replica.members();
-    if !members.is_empty() && !members.contains_key(&replica.id()) && path != REPLICA_STATUS {
+    if !members.is_empty()
+        && !members.contains_key(&replica.id())
+        && path != REPLICA_STATUS
+        && path != LEADS
+    {
         return error::body(
             StatusCode::SERVICE_UNAVAILABLE,
             "this manager has left the swarm's managers (demoted): ask another manager",
@@ -332,7 +346,7 @@ pub async fn to_leader(State(m): State<Shared>, req: Request, next: Next) -> Res
             q.split('&')
                 .any(|kv| kv == "follow=1" || kv == "follow=true")
         });
-    let local = path == "/_ping" || path == "/version" || path == REPLICA_STATUS;
+    let local = path == "/_ping" || path == "/version" || path == REPLICA_STATUS || path == LEADS;
     if local || replica.is_leader() {
         return next.run(req).await;
     }

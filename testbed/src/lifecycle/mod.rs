@@ -182,13 +182,40 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo> {
     }
     note_backend(&paths, opts.backend)?;
     let result = match with_backend!(opts.backend, b => b.up(opts, &paths).await) {
-        Ok(nodes) => record_up(opts, &paths, nodes).map_err(LifecycleError::from),
+        Ok(nodes) => start_docker_proxy(&paths)
+            .and_then(|()| record_up(opts, &paths, nodes))
+            .map_err(LifecycleError::from),
         Err(e) => Err(e.into()),
     };
     if result.is_err() {
         let _ = down(&opts.name).await;
     }
     result
+}
+
+/// With several managers, the cluster's one docker socket (see crate::docker_proxy), once
+/// it listens: `cluster env` points docker at it as soon as `cluster up` returns.
+fn start_docker_proxy(paths: &ClusterPaths) -> crate::Result<()> {
+    if !paths.members_file().exists() {
+        return Ok(());
+    }
+    supervise::ensure(paths, &Spec::host("docker", &["__docker_proxy"], &[]))?;
+    let socket = paths.docker_proxy_socket();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if std::time::Instant::now() > until {
+            return Err(TestbedError::Remote {
+                node: "docker".into(),
+                message: format!(
+                    "the docker socket {} did not appear within 5s; see {}",
+                    socket.display(),
+                    paths.log_file("docker").display()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// `cluster up` on a cluster that is recorded as up: starts whatever of it is not running (the
