@@ -785,3 +785,52 @@ fn cluster_env_follows_the_leader_through_a_cut_and_a_kill() {
         killed.elapsed().as_secs_f64()
     );
 }
+
+/// A root CA rotation on a cluster of three managers: it completes (every node, the managers'
+/// own nodes among them, renewed under the new root), and the managers still elect and
+/// replicate with each other over mutual TLS afterwards: the leader's node killed, another
+/// leads, takes a write, and every agent still takes orders.
+#[test]
+fn a_ca_rotation_reaches_every_manager_and_failover_still_works() {
+    require_root!();
+    let c = up("mgr-ca");
+    let before = c.sk(&["cluster", "ca"]).ok().stdout;
+    let rotated = c.sk(&["cluster", "ca", "--rotate", "-q"]).ok().stdout;
+    assert!(
+        rotated.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{rotated}"
+    );
+    assert_ne!(rotated, before);
+    for via in ["node1", "node2", "node3"] {
+        let root = c.docker_via(via, &["swarm", "ca"]).stdout;
+        assert_eq!(root, rotated, "{via} shows another root");
+    }
+    let old = leader(&c, "node2").expect("a leader");
+    let via = if old == "node2" { "node3" } else { "node2" };
+    c.sk(&["node", "kill", &old]).ok();
+    first_write(
+        &c,
+        Instant::now(),
+        via,
+        "after-rotation",
+        Duration::from_secs(20),
+    );
+    let new = leader(&c, via).expect("a new leader");
+    assert_ne!(new, old);
+    // Every live agent takes orders from the new leader under the new root.
+    for node in ["node1", "node2", "node3", "node4", "node5"]
+        .into_iter()
+        .filter(|n| *n != old)
+    {
+        c.service_create(&[
+            "--name",
+            &format!("on-{node}"),
+            "--constraint",
+            &format!("node.hostname=={node}"),
+            "whoami",
+        ])
+        .ok();
+    }
+    c.sk(&["node", "start", &old]).ok();
+    following(&c, &old, &new);
+}

@@ -56,7 +56,7 @@ impl Manager {
     pub fn open(cluster: &str, path: &Path) -> anyhow::Result<Shared> {
         let store = Store::open(path)?;
         initialise(&store, cluster)?;
-        Manager::with(Arc::new(store), None)
+        Manager::with(Arc::new(store), None, None)
     }
 
     /// Makes a cluster's first store at `path`, as a single manager's first start makes it;
@@ -103,17 +103,28 @@ impl Manager {
         if r.initialize && !replica.raft().is_initialized().await? {
             replica.initialize(r.members).await?;
         }
-        Manager::with(store, Some(replica))
+        // The same listeners the Raft network dials with: what refreshes one (a renewal, a
+        // rotated root) must refresh the other.
+        Manager::with(store, Some(replica), Some(tls))
     }
 
-    fn with(store: Arc<Store>, replica: Option<Arc<Replica>>) -> anyhow::Result<Shared> {
+    fn with(
+        store: Arc<Store>,
+        replica: Option<Arc<Replica>>,
+        tls: Option<super::tls::Listeners>,
+    ) -> anyhow::Result<Shared> {
         let meta = store.snapshot().meta.clone();
         let heartbeat = Heartbeat::of(&meta)?;
-        let trust = meta
-            .trust
-            .as_ref()
-            .expect("initialise makes the cluster's trust");
-        let tls = super::tls::Listeners::new(trust, &meta.cluster_id)?;
+        let tls = match tls {
+            Some(tls) => tls,
+            None => {
+                let trust = meta
+                    .trust
+                    .as_ref()
+                    .expect("initialise makes the cluster's trust");
+                super::tls::Listeners::new(trust, &meta.cluster_id)?
+            }
+        };
         let dispatch = Mutex::new(Dispatcher::new(store.snapshot(), 0));
         let m = Arc::new(Manager {
             store,

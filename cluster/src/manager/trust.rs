@@ -30,17 +30,37 @@ use crate::pki::trust::Trust;
 use crate::protocol::{Issued, JoinRequest, RegisterRequest, RenewRequest};
 use crate::store::State as StoreState;
 
-/// Renews the manager's certificate when it is due; runs for the manager's life.
+/// Renews the manager's certificate when it is due, and presents the cluster's trust as the
+/// store holds it whenever that changes: a root rotation is written once, by the leader, and
+/// reaches the other managers through the log, whose listeners and Raft client must follow
+/// it (or, once it completes, the leader trusts only the new root and their old certificates
+/// are refused). Runs for the manager's life.
 pub async fn renew_own(m: Shared) {
+    let mut changes = m.store.subscribe();
+    let mut presented = m.store.snapshot().meta.trust.clone();
     loop {
         let at = *m.tls.renew_at.lock().unwrap_or_else(|e| e.into_inner());
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        let due = tokio::select! {
+            () = tokio::time::sleep(wait.max(Duration::from_secs(1))) => true,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+        };
         let meta = m.store.snapshot().meta.clone();
-        if let Some(trust) = &meta.trust
-            && let Err(e) = m.tls.refresh(trust, &meta.cluster_id)
-        {
-            tracing::error!("renewing the manager's certificate: {e}");
+        let Some(trust) = &meta.trust else { continue };
+        let rotated = presented
+            .as_ref()
+            .is_none_or(|p| p.trusted() != trust.trusted());
+        if !due && !rotated {
+            continue;
+        }
+        match m.tls.refresh(trust, &meta.cluster_id) {
+            Ok(()) => presented = Some(trust.clone()),
+            Err(e) => tracing::error!("renewing the manager's certificate: {e}"),
         }
     }
 }
