@@ -111,6 +111,10 @@ enum Command {
         /// Only make a new cluster's first store at this path, and exit.
         #[arg(long, conflicts_with = "replica")]
         seed: Option<std::path::PathBuf>,
+        /// Rewrite this node's stopped replica as the only manager (`cluster recover`, on
+        /// a machine that holds the replica), and exit.
+        #[arg(long, requires = "replica")]
+        force_new_cluster: bool,
     },
     #[command(name = "__agent", hide = true)]
     Agent {
@@ -177,11 +181,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ui(args) => ui::run(cluster, args).await,
         Command::Vm(cmd) => commands::vm::run(cmd).await,
         Command::Lab(cmd) => commands::lab::run(cmd).await,
-        Command::Manager { replica, seed } => {
-            testbed::lifecycle::run_manager(cluster, replica.as_deref(), seed.as_deref())
-                .await
-                .map(|()| 0)
-        }
+        Command::Manager {
+            replica,
+            seed,
+            force_new_cluster,
+        } => testbed::lifecycle::run_manager(
+            cluster,
+            replica.as_deref(),
+            seed.as_deref(),
+            force_new_cluster,
+        )
+        .await
+        .map(|()| 0),
         Command::Agent { node } => cluster::agent::run(cluster, &node).await.map(|()| 0),
         Command::VmHost => testbed::lifecycle::run_vmhost(cluster).await.map(|()| 0),
         Command::DockerProxy => testbed::docker_proxy::run(cluster).await.map(|()| 0),

@@ -254,13 +254,6 @@ pub async fn recover(cluster: &str, from: Option<&str>) -> Result<String> {
     };
     let info = crate::record::read_info(&paths)
         .ok_or_else(|| TestbedError::NoCluster(cluster.to_string()))?;
-    if info.backend != crate::Backend::Netns {
-        return Err(cannot(format!(
-            "its managers run on {} machines, whose stores this host does not hold; \
-             recovering them is built for netns clusters so far",
-            info.backend
-        )));
-    }
     let seat = |node: &str| -> Option<ReplicaIdentity> {
         serde_json::from_slice(&std::fs::read(paths.replica_file(node)).ok()?).ok()
     };
@@ -292,35 +285,78 @@ pub async fn recover(cluster: &str, from: Option<&str>) -> Result<String> {
                 .join(", ")
         ))
     })?;
-    // Its manager stops with its node, the store and log are rewritten, and the node starts
-    // again: its manager elects itself and its agent registers with it.
-    crate::lifecycle::inject(cluster, &node, crate::Fault::Kill).await?;
-    let dir = paths.replica_dir(&node);
+    let members = BTreeMap::from([(me.id, me.member.clone())]);
+    let write_members = || {
+        let bytes = serde_json::to_vec_pretty(&members).expect("members serialize");
+        cluster::paths::write_atomically(&paths.members_file(), &bytes)
+            .map_err(io("writing the members file"))
+    };
+    if info.backend == crate::Backend::Netns {
+        // Its manager stops with its node, the store and log are rewritten, and the node
+        // starts again: its manager elects itself and its agent registers with it.
+        crate::lifecycle::inject(cluster, &node, crate::Fault::Kill).await?;
+        let (p, n) = (paths.clone(), node.clone());
+        let dropped = tokio::task::spawn_blocking(move || force_new_cluster_here(&p, &n))
+            .await
+            .map_err(|e| cannot(e.to_string()))?
+            .map_err(|e| cannot(format!("{e:#}")))?;
+        write_members()?;
+        tracing::info!(?dropped, "managers dropped");
+        crate::lifecycle::inject(cluster, &node, crate::Fault::Start).await?;
+        return Ok(node);
+    }
+    // On a machine the store is on its disk: its agent (and the manager it runs) stops, the
+    // machine rewrites its own replica, and the agent starts again with the managers this
+    // host now knows. The dropped managers' seats here go, so that nothing reaches for them;
+    // their own agents stop them once the plans say their nodes are workers.
+    crate::backend::machine::force_new_cluster(&paths, &node)
+        .await
+        .map_err(|e| cannot(e.to_string()))?;
+    write_members()?;
+    for other in managers.iter().filter(|n| **n != &node) {
+        for dir in [paths.replica_dir(other), paths.replica_run_dir(other)] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    crate::backend::machine::restart_agent(&paths, &node)
+        .await
+        .map_err(|e| cannot(e.to_string()))?;
+    crate::supervise::wait_manager_within(&paths, RECOVER_TIMEOUT).await?;
+    Ok(node)
+}
+
+/// How long a machine's manager gets to answer again after a recovery.
+const RECOVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `__manager --replica NODE --force-new-cluster`, where the node's replica lives (this host
+/// for a netns node, the machine for the others), its manager stopped: rewrites the replica
+/// as the only manager (see `cluster::raft::force_new_cluster`) and the members file beside
+/// it. Returns the IDs dropped.
+pub fn force_new_cluster_here(
+    paths: &ClusterPaths,
+    node: &str,
+) -> anyhow::Result<std::collections::BTreeSet<u64>> {
+    let file = paths.replica_file(node);
+    let me: ReplicaIdentity = serde_json::from_slice(
+        &std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{} does not parse: {e}", file.display()))?;
+    let dir = paths.replica_dir(node);
     // A killed process's files close as its last thread exits, a moment after its leader
     // shows as dead: its store's lock may still be held for that moment.
     let until = std::time::Instant::now() + STORE_RELEASE;
-    let (dropped, me) = loop {
-        let (dir, me) = (dir.clone(), me.clone());
-        let tried = tokio::task::spawn_blocking(move || {
-            cluster::raft::force_new_cluster(&dir, &me).map(|d| (d, me))
-        })
-        .await
-        .map_err(|e| cannot(e.to_string()))?;
-        match tried {
-            Ok(done) => break done,
+    let dropped = loop {
+        match cluster::raft::force_new_cluster(&dir, &me) {
+            Ok(dropped) => break dropped,
             Err(e)
                 if e.to_string().contains("already open") && std::time::Instant::now() < until =>
             {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(cannot(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     };
-    let bytes = serde_json::to_vec_pretty(&BTreeMap::from([(me.id, me.member.clone())]))
-        .expect("members serialize");
-    cluster::paths::write_atomically(&paths.members_file(), &bytes)
-        .map_err(io("writing the members file"))?;
-    tracing::info!(?dropped, "managers dropped");
-    crate::lifecycle::inject(cluster, &node, crate::Fault::Start).await?;
-    Ok(node)
+    let bytes = serde_json::to_vec_pretty(&BTreeMap::from([(me.id, me.member.clone())]))?;
+    cluster::paths::write_atomically(&paths.members_file(), &bytes)?;
+    Ok(dropped)
 }

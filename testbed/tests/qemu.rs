@@ -872,6 +872,50 @@ fn guest_managers_survive_a_killed_guest_and_a_cut() {
     let mut names: Vec<&str> = services.lines().collect();
     names.sort();
     assert_eq!(names, ["after-cut", "after-kill", "before"], "{services}");
+
+    // Two of three guests die: no quorum, writes refused; the survivor is made the only
+    // manager from its own disk, and takes writes again.
+    let survivor = leader().expect("a leader");
+    for n in ["node1", "node2", "node3"]
+        .into_iter()
+        .filter(|n| *n != survivor)
+    {
+        on(&cl, &["node", "kill", n]);
+    }
+    eventually(
+        "writes refused without a quorum",
+        Duration::from_secs(30),
+        || {
+            let r = cl.sk(&["service", "create", "--detach", "--name", "lost", "whoami"]);
+            r.stderr
+                .contains("The swarm does not have a leader")
+                .then_some(())
+        },
+    );
+    on(
+        &cl,
+        &[
+            "cluster",
+            "recover",
+            "--force-new-cluster",
+            "--from",
+            &survivor,
+        ],
+    );
+    eventually(
+        "a write after the recovery",
+        Duration::from_secs(30),
+        || create("after-recover").then_some(()),
+    );
+    let managers = status();
+    assert_eq!(
+        managers
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .collect::<Vec<_>>(),
+        [&(survivor.clone(), "Leader".to_string())],
+        "{managers:?}"
+    );
     down_leaves_nothing(&cl);
 }
 

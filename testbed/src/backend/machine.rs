@@ -132,3 +132,42 @@ pub(crate) async fn exec(
 pub async fn run_host(cluster: &str) -> anyhow::Result<()> {
     crate::vm::host::run(cluster).await
 }
+
+/// `cluster recover` on a machine: stops the node's agent (its manager dies with it) and
+/// rewrites the node's replica there as the only manager.
+pub(crate) async fn force_new_cluster(paths: &ClusterPaths, node: &str) -> anyhow::Result<()> {
+    let n = load_node(paths, node)?;
+    let s = crate::vm::host::connect(&n).await?;
+    let bin = crate::vm::host::ensure_binary(&s, &n).await?;
+    let run = shell_quote(&paths.run_dir().display().to_string());
+    let out = s
+        .exec(&format!(
+            "a=$(cat {run}/agent.pid 2>/dev/null); \
+             if [ -n \"$a\" ]; then kill \"$a\" 2>/dev/null; i=0; \
+               while kill -0 \"$a\" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; fi; \
+             {bin} --cluster {c} __manager --replica {n} --force-new-cluster",
+            bin = shell_quote(&bin),
+            c = shell_quote(&paths.name),
+            n = shell_quote(node),
+        ))
+        .await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "rewriting {node}'s replica failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    tracing::info!(node, dropped = %String::from_utf8_lossy(&out.stdout).trim(), "forced a new cluster");
+    Ok(())
+}
+
+/// Ends the node's relay, so that `__vmhost` reconnects and starts the node's agent again
+/// with what this host now knows (the managers' addresses among it).
+pub(crate) async fn restart_agent(paths: &ClusterPaths, node: &str) -> anyhow::Result<()> {
+    let n = load_node(paths, node)?;
+    let s = crate::vm::host::connect(&n).await?;
+    let pid = shell_quote(&crate::vm::relay::pid_file(paths).display().to_string());
+    s.exec(&format!("kill $(cat {pid}) 2>/dev/null; true"))
+        .await?;
+    Ok(())
+}

@@ -447,10 +447,18 @@ pub async fn run_manager(
     cluster: &str,
     replica: Option<&str>,
     seed: Option<&std::path::Path>,
+    force_new_cluster: bool,
 ) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
     if let Some(path) = seed {
         return cluster::manager::Manager::seed(cluster, path);
+    }
+    if force_new_cluster {
+        let node =
+            replica.ok_or_else(|| anyhow::anyhow!("--force-new-cluster needs --replica NODE"))?;
+        let dropped = crate::managers::force_new_cluster_here(&paths, node)?;
+        println!("{}", serde_json::to_string(&dropped)?);
+        return Ok(());
     }
     if let Some(node) = replica {
         return crate::managers::run_replica(&paths, node).await;
