@@ -748,7 +748,8 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
 /// session. The leader's guest killed: another leads and takes writes, and the guest started
 /// again comes back from its disk as a follower; the leader cut off: the majority takes
 /// writes, the cut-off manager refuses them in docker's words, and after the heal the three
-/// stores are the same bytes, each write in them once.
+/// stores are the same bytes, each write in them once. A demoted and re-promoted manager is
+/// reached from this host again; two guests lost, the third is recovered as the only manager.
 #[test]
 fn guest_managers_survive_a_killed_guest_and_a_cut() {
     testkit::skip_unless!(testkit::needs_qemu());
@@ -872,6 +873,29 @@ fn guest_managers_survive_a_killed_guest_and_a_cut() {
     let mut names: Vec<&str> = services.lines().collect();
     names.sort();
     assert_eq!(names, ["after-cut", "after-kill", "before"], "{services}");
+
+    // A manager demoted through the API leaves this host's list of managers; promoted again,
+    // its new manager on its guest is reached from here once more, caught up.
+    let lead = leader().expect("a leader");
+    let other = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| *n != lead)
+        .unwrap();
+    let dir = ClusterPaths::new(&cl.name).replica_run_dir(other);
+    on(&cl, &["node", "demote", other]);
+    eventually("its socket withdrawn here", Duration::from_secs(30), || {
+        (!dir.exists()).then_some(())
+    });
+    on(&cl, &["node", "promote", other]);
+    eventually(
+        "the promoted manager reached here, caught up",
+        Duration::from_secs(90),
+        || {
+            let theirs = replica(other)?;
+            let leaders = replica(&lead)?;
+            (theirs["digest"] == leaders["digest"] && theirs["leader"] == false).then_some(())
+        },
+    );
 
     // Two of three guests die: no quorum, writes refused; the survivor is made the only
     // manager from its own disk, and takes writes again.

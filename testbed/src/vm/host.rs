@@ -15,6 +15,7 @@ use super::node::{VmNode, load_node, load_nodes, set_session_state};
 use super::reach::{self, ReachError};
 use super::relay;
 use crate::ssh::{self, Session, Target, shell_quote};
+use cluster::client::ManagerClient;
 use cluster::paths::ClusterPaths;
 use russh::ChannelStream;
 
@@ -319,7 +320,8 @@ async fn serve_node(
     }
     put_join_token(&s, paths, node).await?;
     put_manager_seat(&s, paths, node).await?;
-    let runs_manager = paths.replica_file(&node.name).exists();
+    // Any node of a cluster of several managers may run one (promoted later).
+    let runs_manager = paths.members_file().exists();
     // Before the agent, whose first connection would otherwise wait out a retry.
     let relay = s
         .exec_stream(&relay::command(
@@ -351,6 +353,70 @@ async fn serve_node(
     Ok((s, relay))
 }
 
+/// Where this host's end of a node's manager socket listens (while the node's session is up);
+/// clients find it through the node's manager directory while the node is a manager
+/// ([`show_manager`]).
+fn forward_socket(paths: &ClusterPaths, node: &str) -> std::path::PathBuf {
+    super::node::vm_dir(paths).join(format!("{node}.manager.sock"))
+}
+
+/// Lists the node among the managers clients ask (`ClusterPaths::manager_sockets`), or not.
+fn show_manager(paths: &ClusterPaths, node: &str, is: bool) {
+    let dir = paths.replica_run_dir(node);
+    if !is {
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            tracing::info!(node, "no longer a manager: its socket is withdrawn");
+        }
+        return;
+    }
+    let link = dir.join("manager.sock");
+    if link.symlink_metadata().is_ok() {
+        return;
+    }
+    let made = cluster::paths::create_private_dir(&dir)
+        .and_then(|()| std::os::unix::fs::symlink(forward_socket(paths, node), &link));
+    match made {
+        Ok(()) => tracing::info!(node, "a manager: its socket is reached here"),
+        Err(e) => tracing::warn!(node, "listing its manager socket: {e}"),
+    }
+}
+
+/// How often the managers are asked which nodes are managers (a promotion or demotion shows
+/// in clients' list of manager sockets within about this long).
+const ROLES_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the managers this host's clients know in step with the nodes' roles: a node
+/// promoted through the API runs its manager on its machine, reached through its relay.
+async fn follow_manager_roles(paths: ClusterPaths) {
+    use bollard::models::NodeSpecRoleEnum;
+    loop {
+        tokio::time::sleep(ROLES_EVERY).await;
+        let client = ManagerClient::of_cluster(&paths);
+        let Ok(Ok(nodes)) = tokio::time::timeout(
+            ROLES_EVERY,
+            client.get::<Vec<bollard::models::Node>>("/nodes"),
+        )
+        .await
+        else {
+            continue;
+        };
+        for n in nodes {
+            let (Some(spec), Some(desc)) = (n.spec, n.description) else {
+                continue;
+            };
+            let Some(hostname) = desc.hostname else {
+                continue;
+            };
+            show_manager(
+                &paths,
+                &hostname,
+                spec.role == Some(NodeSpecRoleEnum::MANAGER),
+            );
+        }
+    }
+}
+
 /// Entry point of `swarmkit __vmhost --cluster C`.
 pub async fn run(cluster: &str) -> anyhow::Result<()> {
     let paths = ClusterPaths::new(cluster);
@@ -359,6 +425,14 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
         anyhow::bail!("cluster {cluster} has no whole-machine nodes");
     }
     let mut tasks = Vec::new();
+    if paths.members_file().exists() {
+        if let Ok(members) = crate::managers::members(&paths) {
+            for m in members.values() {
+                show_manager(&paths, &m.node, true);
+            }
+        }
+        tasks.push(tokio::spawn(follow_manager_roles(paths.clone())));
+    }
     for node in nodes {
         let paths = paths.clone();
         tasks.push(tokio::spawn(async move {
@@ -375,9 +449,9 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
                         // relay; only while the session is up, so that clients find no
                         // socket (and move on at once) while the machine is away.
                         let manager = paths
-                            .replica_file(&node.name)
+                            .members_file()
                             .exists()
-                            .then(|| paths.replica_run_dir(&node.name).join("manager.sock"));
+                            .then(|| forward_socket(&paths, &node.name));
                         let listener = match manager.as_deref().map(relay::bind_manager_socket) {
                             Some(Ok(l)) => Some(l),
                             Some(Err(e)) => {
