@@ -61,10 +61,11 @@ pub fn underlay_replicas(managers: usize) -> BTreeMap<u64, Member> {
 /// are this host's (the same `ClusterPaths`). Empty for a node that runs no manager.
 pub fn seat_files(paths: &ClusterPaths, node: &str) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>> {
     let seat = paths.replica_file(node);
-    if !seat.exists() {
+    let dir = paths.replica_dir(node);
+    // Once laid on the machine, this host's copy of the store goes (see `seated`).
+    if !seat.exists() || !dir.join("state.redb").exists() {
         return Ok(Vec::new());
     }
-    let dir = paths.replica_dir(node);
     [
         dir.join("state.redb"),
         dir.join("state.key"),
@@ -107,6 +108,17 @@ pub fn seed_replicas(
     let hostnames: Vec<String> = members.values().map(|m| m.node.clone()).collect();
     env.push((cluster::manager::ENV_MANAGER_NODES, hostnames.join(",")));
     seed(paths, members, &env)
+}
+
+/// The node's manager has its copy of the seed on its machine: this host's copy of the store
+/// and its sealing key go (a machine that restarts keeps its own, which is ahead; a node
+/// demoted and restarted must not be handed a stale seat again). Its replica file stays, as
+/// the record of which manager the node was.
+pub fn seated(paths: &ClusterPaths, node: &str) {
+    let dir = paths.replica_dir(node);
+    for f in ["state.redb", "state.key"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
 
 pub fn members(paths: &ClusterPaths) -> Result<BTreeMap<u64, Member>> {

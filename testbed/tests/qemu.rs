@@ -34,9 +34,18 @@ fn owned_live_processes(cluster: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every test here that boots guests holds this: under TCG, two multi-guest clusters at once
+/// on a 2-core machine starve each other's managers and agents (elections time out), which
+/// tests the machine, not swarmkit.
+fn one_cluster_of_guests_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GUESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn three_guests_ipvs_pinned_keys_and_clean_teardown() {
     testkit::skip_unless!(testkit::needs_qemu());
+    let _alone = one_cluster_of_guests_at_a_time();
     a_cached_image_build_is_instant();
     let t = Instant::now();
     let c = Cluster::up_with("qt", 3, &["--backend", "qemu"]);
@@ -303,6 +312,7 @@ fn changed_host_key_is_refused() {
 #[test]
 fn ssh_backend_on_bare_guests() {
     testkit::skip_unless!(testkit::needs_qemu());
+    let _alone = one_cluster_of_guests_at_a_time();
     let machines = Cluster::up_with_env(
         "qm",
         2,
@@ -594,6 +604,7 @@ fn a_prebuilt_image_directory_is_checked() {
 #[test]
 fn guests_take_ipvs_exec_tasks_and_take_faults() {
     testkit::skip_unless!(testkit::needs_qemu());
+    let _alone = one_cluster_of_guests_at_a_time();
     let cl = Cluster::up_with("qf", 2, &["--backend", "qemu", "--lb", "ipvs"]);
     let c = |args: &[&str]| on(&cl, args);
     let inspect = c(&["node", "inspect", "node1"]);
@@ -753,6 +764,7 @@ fn guests_take_ipvs_exec_tasks_and_take_faults() {
 #[test]
 fn guest_managers_survive_a_killed_guest_and_a_cut() {
     testkit::skip_unless!(testkit::needs_qemu());
+    let _alone = one_cluster_of_guests_at_a_time();
     let cl = Cluster::up_with("qgm", 3, &["--backend", "qemu", "--managers", "3"]);
     let status = || -> Vec<(String, String)> {
         let out = cl.sk(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
@@ -886,7 +898,23 @@ fn guest_managers_survive_a_killed_guest_and_a_cut() {
     eventually("its socket withdrawn here", Duration::from_secs(30), || {
         (!dir.exists()).then_some(())
     });
-    on(&cl, &["node", "promote", other]);
+    let promoted = cl.sk(&["node", "promote", other]);
+    if !promoted.success() {
+        // The promoted manager's and agent's logs are on its guest.
+        let logs = cl.sk(&[
+            "node",
+            "exec",
+            other,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "tail -n 30 /run/swarmkit/{c}/manager-{other}.log; tail -n 30 /run/swarmkit/{c}/agent.log",
+                c = cl.name
+            ),
+        ]);
+        panic!("promoting {other}: {}\n{}", promoted.stderr, logs.stdout);
+    }
     eventually(
         "the promoted manager reached here, caught up",
         Duration::from_secs(90),
@@ -951,6 +979,7 @@ fn guest_managers_survive_a_killed_guest_and_a_cut() {
 #[test]
 fn ssh_hosts_run_the_managers() {
     testkit::skip_unless!(testkit::needs_qemu());
+    let _alone = one_cluster_of_guests_at_a_time();
     let machines = Cluster::up_with_env(
         "qh",
         3,
@@ -978,11 +1007,14 @@ fn ssh_hosts_run_the_managers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let statuses = eventually("a leader", Duration::from_secs(30), || {
-        let s = on(&c, &["node", "ls", "--format", "{{.ManagerStatus}}"]);
-        s.contains("Leader").then_some(s)
-    });
-    assert_eq!(statuses.matches("Reachable").count(), 2, "{statuses}");
+    eventually(
+        "a leader and two followers",
+        Duration::from_secs(30),
+        || {
+            let s = on(&c, &["node", "ls", "--format", "{{.ManagerStatus}}"]);
+            (s.contains("Leader") && s.matches("Reachable").count() == 2).then_some(())
+        },
+    );
     let paths = ClusterPaths::new(&c.name);
     let follower = on(
         &c,

@@ -554,12 +554,11 @@ mod tests {
         ));
         let mut o = opts(Backend::Qemu, 3);
         o.managers = 3;
+        assert!(refused(&o).is_ok(), "guests run managers too");
+        o.managers = 4;
         assert!(matches!(
             refused(&o),
-            Err(TestbedError::Unsupported {
-                backend: Backend::Qemu,
-                ..
-            })
+            Err(TestbedError::InvalidManagers { given: 4, max: 3 })
         ));
         assert!(matches!(
             refused(&opts(Backend::Ssh, 1)),

@@ -210,6 +210,7 @@ async fn put_manager_seat(s: &Session, paths: &ClusterPaths, node: &VmNode) -> a
         ))
         .await?;
     if present.code == 0 {
+        crate::managers::seated(paths, &node.name);
         return Ok(());
     }
     for (file, bytes) in &files {
@@ -235,6 +236,7 @@ async fn put_manager_seat(s: &Session, paths: &ClusterPaths, node: &VmNode) -> a
             );
         }
     }
+    crate::managers::seated(paths, &node.name);
     Ok(())
 }
 
@@ -385,6 +387,9 @@ fn show_manager(paths: &ClusterPaths, node: &str, is: bool) {
 /// How often the managers are asked which nodes are managers (a promotion or demotion shows
 /// in clients' list of manager sockets within about this long).
 const ROLES_EVERY: Duration = Duration::from_secs(2);
+/// How long the managers get to answer which nodes are managers (guests under emulation
+/// answer in seconds while an election runs).
+const ROLES_ANSWER: Duration = Duration::from_secs(10);
 
 /// Keeps the managers this host's clients know in step with the nodes' roles: a node
 /// promoted through the API runs its manager on its machine, reached through its relay.
@@ -392,9 +397,16 @@ async fn follow_manager_roles(paths: ClusterPaths) {
     use bollard::models::NodeSpecRoleEnum;
     loop {
         tokio::time::sleep(ROLES_EVERY).await;
-        let client = ManagerClient::of_cluster(&paths);
+        // The cluster's docker socket goes to the leader, which answers at once; a follower
+        // asked directly may first wait seconds for the leader's view.
+        let proxy = paths.docker_proxy_socket();
+        let client = if proxy.exists() {
+            ManagerClient::new(&proxy)
+        } else {
+            ManagerClient::of_cluster(&paths)
+        };
         let Ok(Ok(nodes)) = tokio::time::timeout(
-            ROLES_EVERY,
+            ROLES_ANSWER,
             client.get::<Vec<bollard::models::Node>>("/nodes"),
         )
         .await
