@@ -356,14 +356,7 @@ impl ManagerClient {
             .header(hyper::header::UPGRADE, "tcp")
             .body(Full::new(Bytes::new()))
             .map_err(|e| http(e.to_string()))?;
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, send(&mut sender, req))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                method: Method::POST,
-                uri: uri.to_string(),
-                after: REQUEST_TIMEOUT,
-            })?
-            .map_err(http)?;
+        let resp = send_within(&mut sender, req).await?;
         let status = resp.status();
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let body = resp
@@ -407,14 +400,7 @@ impl ManagerClient {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| http(e.to_string()))?;
-        tokio::time::timeout(REQUEST_TIMEOUT, send(&mut sender, req))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                method: Method::POST,
-                uri: uri.to_string(),
-                after: REQUEST_TIMEOUT,
-            })?
-            .map_err(http)
+        send_within(&mut sender, req).await
     }
 
     /// One request, given up after [`REQUEST_TIMEOUT`]: a connection that stalls (seen once
@@ -589,6 +575,28 @@ impl ManagerClient {
         body: &B,
     ) -> Result<T, ClientError> {
         self.call(Method::POST, uri, Some(body)).await
+    }
+}
+
+/// [`send`] on a connection of its own, given up after [`REQUEST_TIMEOUT`] without the
+/// answer's head.
+async fn send_within(
+    sender: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    let (method, uri) = (req.method().clone(), req.uri().to_string());
+    match tokio::time::timeout(REQUEST_TIMEOUT, send(sender, req)).await {
+        Err(_) => Err(ClientError::Timeout {
+            method,
+            uri,
+            after: REQUEST_TIMEOUT,
+        }),
+        Ok(Err(message)) => Err(ClientError::Http {
+            method,
+            uri,
+            message,
+        }),
+        Ok(Ok(answer)) => Ok(answer),
     }
 }
 

@@ -48,9 +48,11 @@ pub async fn run(cluster: &str) -> anyhow::Result<()> {
         let first = leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let paths = paths.clone();
         tokio::spawn(async move {
-            let mut candidates: Vec<PathBuf> = first.into_iter().collect();
-            candidates.extend(paths.manager_sockets());
-            candidates.dedup();
+            let mut candidates = paths.manager_sockets();
+            if let Some(leader) = first {
+                candidates.retain(|s| *s != leader);
+                candidates.insert(0, leader);
+            }
             if let Some(manager) = first_accepting(&candidates).await {
                 splice(client, manager).await;
             } else {

@@ -244,6 +244,21 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+impl Output {
+    /// Ok when the command exited 0; else an error saying `what` failed, with its exit code
+    /// and what it printed on stderr.
+    pub fn succeeded(&self, what: impl std::fmt::Display) -> anyhow::Result<()> {
+        if self.code == 0 {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{what} failed ({}): {}",
+            self.code,
+            String::from_utf8_lossy(&self.stderr).trim()
+        )
+    }
+}
+
 impl Session {
     fn proto(&self) -> impl Fn(russh::Error) -> SshError + '_ {
         |source| SshError::Protocol {

@@ -323,25 +323,8 @@ fn ssh_backend_on_bare_guests() {
     let c = Cluster::guard(&testkit::unique_name("qs"));
     let host = Host(&machines);
     host.set_aside_its_own_state();
-    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{}.toml", c.name));
-    std::fs::write(&inv_path, inventory(&machines)).unwrap();
     let t = Instant::now();
-    let out = sk(&[
-        "cluster",
-        "up",
-        "--name",
-        &c.name,
-        "--backend",
-        "ssh",
-        "--inventory",
-        inv_path.to_str().unwrap(),
-    ]);
-    let _ = std::fs::remove_file(&inv_path);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssh_cluster_up(&c, &machines, &[]);
     eprintln!(
         "ssh backend, 2 hosts (with upload): {:.2}s",
         t.elapsed().as_secs_f64()
@@ -362,6 +345,23 @@ fn ssh_backend_on_bare_guests() {
         left.split_whitespace().collect::<Vec<_>>(),
         ["0", "0"],
         "{left}"
+    );
+}
+
+/// `cluster up` of `c` on the ssh backend over the bare guests of `machines`, with `flags`;
+/// it must succeed.
+fn ssh_cluster_up(c: &Cluster, machines: &Cluster, flags: &[&str]) {
+    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{}.toml", c.name));
+    std::fs::write(&inv_path, inventory(machines)).unwrap();
+    let mut args = vec!["cluster", "up", "--name", &c.name, "--backend", "ssh"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--inventory", inv_path.to_str().unwrap()]);
+    let out = sk(&args);
+    let _ = std::fs::remove_file(&inv_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -987,26 +987,7 @@ fn ssh_hosts_run_the_managers() {
         &[(testbed::backend::qemu::ENV_BARE, "1")],
     );
     let c = Cluster::guard(&testkit::unique_name("qsm"));
-    let inv_path = std::env::temp_dir().join(format!("sktest-inventory-{}.toml", c.name));
-    std::fs::write(&inv_path, inventory(&machines)).unwrap();
-    let out = sk(&[
-        "cluster",
-        "up",
-        "--name",
-        &c.name,
-        "--backend",
-        "ssh",
-        "--managers",
-        "3",
-        "--inventory",
-        inv_path.to_str().unwrap(),
-    ]);
-    let _ = std::fs::remove_file(&inv_path);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ssh_cluster_up(&c, &machines, &["--managers", "3"]);
     eventually(
         "a leader and two followers",
         Duration::from_secs(30),

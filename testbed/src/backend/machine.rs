@@ -151,12 +151,7 @@ pub(crate) async fn force_new_cluster(paths: &ClusterPaths, node: &str) -> anyho
             n = shell_quote(node),
         ))
         .await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "rewriting {node}'s replica failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    out.succeeded(format!("rewriting {node}'s replica"))?;
     tracing::info!(node, dropped = %String::from_utf8_lossy(&out.stdout).trim(), "forced a new cluster");
     Ok(())
 }

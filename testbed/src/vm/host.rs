@@ -69,13 +69,7 @@ pub(crate) async fn ensure_binary(s: &Session, node: &VmNode) -> anyhow::Result<
             &bytes,
         )
         .await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "uploading swarmkit to {} failed: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    out.succeeded(format!("uploading swarmkit to {n}", n = node.name))?;
     Ok(path)
 }
 
@@ -102,13 +96,7 @@ async fn put_join_token(s: &Session, paths: &ClusterPaths, node: &VmNode) -> any
             token.as_bytes(),
         )
         .await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "leaving the join token on {} failed: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    out.succeeded(format!("leaving the join token on {n}", n = node.name))?;
     Ok(())
 }
 
@@ -144,13 +132,7 @@ async fn put_registry_certs(
             r = shell_quote(&remote)
         ))
         .await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "making {remote} on {} failed: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    out.succeeded(format!("making {remote} on {n}", n = node.name))?;
     for (host, file, bytes) in files {
         let d = format!("{remote}/{}", host.to_string_lossy());
         let f = format!("{d}/{}", file.to_string_lossy());
@@ -164,13 +146,7 @@ async fn put_registry_certs(
                 &bytes,
             )
             .await?;
-        if out.code != 0 {
-            anyhow::bail!(
-                "copying {f} to {} failed: {}",
-                node.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        out.succeeded(format!("copying {f} to {n}", n = node.name))?;
     }
     Ok(Some(remote))
 }
@@ -228,13 +204,7 @@ async fn put_manager_seat(s: &Session, paths: &ClusterPaths, node: &VmNode) -> a
                 bytes,
             )
             .await?;
-        if out.code != 0 {
-            anyhow::bail!(
-                "copying {f} to {} failed: {}",
-                node.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        out.succeeded(format!("copying {f} to {n}", n = node.name))?;
     }
     crate::managers::seated(paths, &node.name);
     Ok(())
@@ -312,13 +282,7 @@ async fn serve_node(
     // even when it happens to be a guest of ours.
     if node.launch.is_some() {
         let out = s.exec(&mount_state_command(paths)).await?;
-        if out.code != 0 {
-            anyhow::bail!(
-                "mounting the state disk on {} failed: {}",
-                node.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        out.succeeded(format!("mounting the state disk on {n}", n = node.name))?;
     }
     put_join_token(&s, paths, node).await?;
     put_manager_seat(&s, paths, node).await?;
@@ -344,14 +308,7 @@ async fn serve_node(
     let out = s
         .exec(&agent_command(&paths.name, node, &bin, &env))
         .await?;
-    if out.code != 0 {
-        anyhow::bail!(
-            "starting the agent on {} failed ({}): {}",
-            node.name,
-            out.code,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    out.succeeded(format!("starting the agent on {n}", n = node.name))?;
     Ok((s, relay))
 }
 
