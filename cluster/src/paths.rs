@@ -106,6 +106,11 @@ impl ClusterPaths {
     pub fn members_file(&self) -> PathBuf {
         self.state_dir().join("managers.json")
     }
+    /// Whether the cluster's managers replicate (`cluster up --managers N`, N > 1): its
+    /// members file exists.
+    pub fn replicated(&self) -> bool {
+        self.members_file().exists()
+    }
     /// Every manager's Engine API socket: the one manager's, or one per manager node
     /// (ordered by node) when there are several.
     pub fn manager_sockets(&self) -> Vec<PathBuf> {

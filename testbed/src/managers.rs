@@ -60,12 +60,11 @@ pub fn underlay_replicas(managers: usize) -> BTreeMap<u64, Member> {
 /// its replica file last (what makes the agent start it). Paths are the machine's, which
 /// are this host's (the same `ClusterPaths`). Empty for a node that runs no manager.
 pub fn seat_files(paths: &ClusterPaths, node: &str) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>> {
-    let seat = paths.replica_file(node);
-    let dir = paths.replica_dir(node);
-    // Once laid on the machine, this host's copy of the store goes (see `seated`).
-    if !seat.exists() || !dir.join("state.redb").exists() {
+    if !has_seat_to_give(paths, node) {
         return Ok(Vec::new());
     }
+    let seat = paths.replica_file(node);
+    let dir = paths.replica_dir(node);
     [
         dir.join("state.redb"),
         dir.join("state.key"),
@@ -108,6 +107,12 @@ pub fn seed_replicas(
     let hostnames: Vec<String> = members.values().map(|m| m.node.clone()).collect();
     env.push((cluster::manager::ENV_MANAGER_NODES, hostnames.join(",")));
     seed(paths, members, &env)
+}
+
+/// Whether this host holds a seat for the node's manager not yet laid on its machine (once
+/// laid, this host's copy of the store goes, see [`seated`]).
+pub fn has_seat_to_give(paths: &ClusterPaths, node: &str) -> bool {
+    paths.replica_file(node).exists() && paths.replica_dir(node).join("state.redb").exists()
 }
 
 /// The node's manager has its copy of the seed on its machine: this host's copy of the store

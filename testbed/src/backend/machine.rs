@@ -32,7 +32,7 @@ pub(crate) async fn start_agents(
     progress: &NodeProgress,
 ) -> Result<Vec<String>> {
     supervise::ensure(paths, &Spec::host("vmhost", &["__vmhost"], &[]))?;
-    if paths.members_file().exists() {
+    if paths.replicated() {
         crate::supervise::wait_manager_within(paths, SSH_TIMEOUT + READY_TIMEOUT).await?;
     } else {
         crate::supervise::wait_manager(paths).await?;

@@ -240,7 +240,7 @@ impl NodeBackend for Qemu {
             // manager, which answers them, cut off, as an isolated netns node's does.
             Fault::Isolate => {
                 set_tap(paths, &launch.tap, false).await?;
-                if paths.members_file().exists() {
+                if paths.replicated() {
                     return Ok(());
                 }
                 guest(&node, &signal_relay(paths, "STOP"), "")
@@ -248,7 +248,7 @@ impl NodeBackend for Qemu {
                     .map_err(remote(name))
             }
             Fault::Heal => {
-                if !paths.members_file().exists() {
+                if !paths.replicated() {
                     guest(&node, &signal_relay(paths, "CONT"), "")
                         .await
                         .map_err(remote(name))?;

@@ -196,7 +196,7 @@ pub async fn up(opts: &UpOptions) -> Result<ClusterInfo> {
 /// With several managers, the cluster's one docker socket (see crate::docker_proxy), once
 /// it listens: `cluster env` points docker at it as soon as `cluster up` returns.
 fn start_docker_proxy(paths: &ClusterPaths) -> crate::Result<()> {
-    if !paths.members_file().exists() {
+    if !paths.replicated() {
         return Ok(());
     }
     supervise::ensure(paths, &Spec::host("docker", &["__docker_proxy"], &[]))?;
